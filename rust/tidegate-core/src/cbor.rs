@@ -1,0 +1,420 @@
+//! A strict CBOR (RFC 8949) decoder producing the same `Value` tree as the JSON decoder, so a record means the
+//! same whichever format carried it. Declared lengths are checked against the bytes actually present before
+//! anything is allocated.
+
+use std::borrow::Cow;
+
+use crate::error::{Limits, PayloadError};
+use crate::json::duplicate_key;
+use crate::value::{MAX_EXACT_INTEGER, Value};
+
+/// Decodes a CBOR body: one data item, or a top-level array whose items are the records.
+pub fn parse_records<'a>(data: &'a [u8], limits: &Limits) -> Result<Vec<Value<'a>>, PayloadError> {
+    let mut decoder = Decoder { data, pos: 0, limits };
+    let records = match data.first() {
+        Some(&b) if b >> 5 == 4 => {
+            decoder.pos += 1;
+            let count = decoder.read_length(b & 0x1f)?;
+            let mut records = Vec::new();
+            let mut index = 0u64;
+            loop {
+                if count.is_none() && decoder.peek() == Some(0xff) {
+                    decoder.pos += 1;
+                    break;
+                }
+                if count == Some(index) {
+                    break;
+                }
+                if records.len() == limits.max_records {
+                    return Err(PayloadError::TooLarge { what: "number of records", limit: limits.max_records });
+                }
+                records.push(decoder.item(1)?);
+                index += 1;
+            }
+            records
+        }
+        Some(_) => vec![decoder.item(1)?],
+        None => return decoder.fail("empty body"),
+    };
+    if decoder.pos != data.len() {
+        return decoder.fail("unexpected data after the CBOR item");
+    }
+    Ok(records)
+}
+
+struct Decoder<'a, 'l> {
+    data: &'a [u8],
+    pos: usize,
+    limits: &'l Limits,
+}
+
+impl<'a> Decoder<'a, '_> {
+    fn fail<T>(&self, message: impl Into<String>) -> Result<T, PayloadError> {
+        Err(PayloadError::Malformed { offset: self.pos, message: message.into() })
+    }
+
+    fn peek(&self) -> Option<u8> {
+        self.data.get(self.pos).copied()
+    }
+
+    fn take(&mut self, n: usize) -> Result<&'a [u8], PayloadError> {
+        match self.data.get(self.pos..self.pos.saturating_add(n)) {
+            Some(bytes) if self.pos.checked_add(n).is_some() => {
+                self.pos += n;
+                Ok(bytes)
+            }
+            _ => self.fail("truncated CBOR item"),
+        }
+    }
+
+    fn read_uint(&mut self, info: u8) -> Result<u64, PayloadError> {
+        Ok(match info {
+            0..=23 => u64::from(info),
+            24 => u64::from(self.take(1)?[0]),
+            25 => u64::from(u16::from_be_bytes(self.take(2)?.try_into().unwrap_or_default())),
+            26 => u64::from(u32::from_be_bytes(self.take(4)?.try_into().unwrap_or_default())),
+            27 => u64::from_be_bytes(self.take(8)?.try_into().unwrap_or_default()),
+            _ => return self.fail("invalid CBOR additional information"),
+        })
+    }
+
+    /// A definite length (`Some`) or indefinite (`None`, info 31).
+    fn read_length(&mut self, info: u8) -> Result<Option<u64>, PayloadError> {
+        if info == 31 { Ok(None) } else { self.read_uint(info).map(Some) }
+    }
+
+    /// Every declared element needs at least one byte, so a length larger than what is left is a lie.
+    fn check_declared(&self, count: u64, min_bytes_each: u64) -> Result<usize, PayloadError> {
+        let left = (self.data.len() - self.pos) as u64;
+        match count.checked_mul(min_bytes_each) {
+            Some(needed) if needed <= left => Ok(count as usize),
+            _ => self.fail(format!("declared length {count} exceeds the remaining {left} bytes")),
+        }
+    }
+
+    fn item(&mut self, depth: usize) -> Result<Value<'a>, PayloadError> {
+        let Some(initial) = self.peek() else {
+            return self.fail("truncated CBOR item");
+        };
+        self.pos += 1;
+        let (major, info) = (initial >> 5, initial & 0x1f);
+        match major {
+            0 => {
+                let n = self.read_uint(info)?;
+                Ok(exact_integer(n as f64, n <= MAX_EXACT_INTEGER as u64, n))
+            }
+            1 => {
+                let n = self.read_uint(info)?;
+                Ok(exact_integer(-1.0 - n as f64, n < MAX_EXACT_INTEGER as u64, n))
+            }
+            2 => {
+                self.skip_string(info, 2)?;
+                Ok(Value::Invalid("CBOR byte strings have no JSON equivalent".into()))
+            }
+            3 => Ok(match self.text(info)? {
+                Ok(s) if s.len() > self.limits.max_string_bytes => {
+                    Value::Invalid(format!("string longer than {} bytes", self.limits.max_string_bytes).into())
+                }
+                Ok(s) => Value::String(s),
+                Err(problem) => Value::Invalid(problem.into()),
+            }),
+            4..=6 if depth > self.limits.max_depth => {
+                self.pos -= 1;
+                self.skip_item(0)?;
+                Ok(Value::Invalid(format!("nesting deeper than {} levels", self.limits.max_depth).into()))
+            }
+            4 => self.array(info, depth),
+            5 => self.map(info, depth),
+            6 => {
+                let tag = self.read_uint(info)?;
+                let inner = self.item(depth + 1)?;
+                Ok(match tag {
+                    2 | 3 => Value::Invalid("CBOR bignums cannot be represented exactly".into()),
+                    _ => inner,
+                })
+            }
+            _ => self.simple(info),
+        }
+    }
+
+    fn simple(&mut self, info: u8) -> Result<Value<'a>, PayloadError> {
+        let float = match info {
+            20 => return Ok(Value::Bool(false)),
+            21 => return Ok(Value::Bool(true)),
+            22 => return Ok(Value::Null),
+            23 => return Ok(Value::Invalid("CBOR undefined has no JSON equivalent".into())),
+            25 => {
+                let half = u16::from_be_bytes(self.take(2)?.try_into().unwrap_or_default());
+                f64::from(half_to_f32(half))
+            }
+            // A float32 is read at its own precision, so 0.1f32 means 0.1, as its sender wrote it.
+            26 => {
+                let single = f32::from_be_bytes(self.take(4)?.try_into().unwrap_or_default());
+                if single.is_finite() {
+                    let mut buf = ryu_js::Buffer::new();
+                    buf.format_finite(single).parse::<f64>().unwrap_or(f64::NAN)
+                } else {
+                    f64::NAN
+                }
+            }
+            27 => f64::from_be_bytes(self.take(8)?.try_into().unwrap_or_default()),
+            31 => return self.fail("unexpected CBOR break"),
+            _ => return Ok(Value::Invalid("CBOR simple value has no JSON equivalent".into())),
+        };
+        Ok(if float.is_finite() {
+            Value::Number(float)
+        } else {
+            Value::Invalid("NaN and Infinity are not allowed".into())
+        })
+    }
+
+    fn text(&mut self, info: u8) -> Result<Result<Cow<'a, str>, &'static str>, PayloadError> {
+        match self.read_length(info)? {
+            Some(len) => {
+                let len = self.check_declared(len, 1)?;
+                let bytes = self.take(len)?;
+                Ok(std::str::from_utf8(bytes).map(Cow::Borrowed).map_err(|_| "invalid UTF-8 in string"))
+            }
+            None => {
+                let mut owned = String::new();
+                let mut problem = None;
+                loop {
+                    match self.peek() {
+                        Some(0xff) => {
+                            self.pos += 1;
+                            return Ok(problem.map_or(Ok(Cow::Owned(owned)), Err));
+                        }
+                        Some(b) if b >> 5 == 3 && b & 0x1f != 31 => {
+                            self.pos += 1;
+                            let len = self.read_uint(b & 0x1f)?;
+                            let len = self.check_declared(len, 1)?;
+                            match std::str::from_utf8(self.take(len)?) {
+                                Ok(s) if owned.len() + s.len() <= self.limits.max_string_bytes => owned.push_str(s),
+                                Ok(_) => problem = Some("string too long"),
+                                Err(_) => problem = Some("invalid UTF-8 in string"),
+                            }
+                        }
+                        _ => return self.fail("invalid chunk in indefinite-length text string"),
+                    }
+                }
+            }
+        }
+    }
+
+    fn skip_string(&mut self, info: u8, major: u8) -> Result<(), PayloadError> {
+        match self.read_length(info)? {
+            Some(len) => {
+                let len = self.check_declared(len, 1)?;
+                self.take(len)?;
+            }
+            None => loop {
+                match self.peek() {
+                    Some(0xff) => {
+                        self.pos += 1;
+                        break;
+                    }
+                    Some(b) if b >> 5 == major && b & 0x1f != 31 => {
+                        self.pos += 1;
+                        let len = self.read_uint(b & 0x1f)?;
+                        let len = self.check_declared(len, 1)?;
+                        self.take(len)?;
+                    }
+                    _ => return self.fail("invalid chunk in indefinite-length string"),
+                }
+            },
+        }
+        Ok(())
+    }
+
+    fn array(&mut self, info: u8, depth: usize) -> Result<Value<'a>, PayloadError> {
+        let declared = self.read_length(info)?;
+        let count = match declared {
+            Some(n) => Some(self.check_declared(n, 1)?),
+            None => None,
+        };
+        let mut items = Vec::with_capacity(count.unwrap_or(0).min(self.limits.max_array_items));
+        let mut seen = 0usize;
+        loop {
+            match count {
+                Some(n) if seen == n => break,
+                None if self.peek() == Some(0xff) => {
+                    self.pos += 1;
+                    break;
+                }
+                _ => {}
+            }
+            let item = self.item(depth + 1)?;
+            if items.len() < self.limits.max_array_items {
+                items.push(item);
+            }
+            seen += 1;
+        }
+        if seen > self.limits.max_array_items {
+            return Ok(Value::Invalid(format!("array longer than {} items", self.limits.max_array_items).into()));
+        }
+        Ok(Value::Array(items))
+    }
+
+    fn map(&mut self, info: u8, depth: usize) -> Result<Value<'a>, PayloadError> {
+        let declared = self.read_length(info)?;
+        let count = match declared {
+            Some(n) => Some(self.check_declared(n, 2)?),
+            None => None,
+        };
+        let mut fields = Vec::with_capacity(count.unwrap_or(0).min(self.limits.max_object_keys).min(64));
+        let mut problem: Option<String> = None;
+        let mut seen = 0usize;
+        loop {
+            match count {
+                Some(n) if seen == n => break,
+                None if self.peek() == Some(0xff) => {
+                    self.pos += 1;
+                    break;
+                }
+                _ => {}
+            }
+            let key = self.item(depth + 1)?;
+            let value = self.item(depth + 1)?;
+            seen += 1;
+            match key {
+                Value::String(k) if k.len() > self.limits.max_key_bytes => {
+                    problem.get_or_insert_with(|| format!("object key longer than {} bytes", self.limits.max_key_bytes));
+                }
+                Value::String(_) if fields.len() >= self.limits.max_object_keys => {
+                    problem.get_or_insert_with(|| format!("object with more than {} keys", self.limits.max_object_keys));
+                }
+                Value::String(k) => fields.push((k, value)),
+                _ => {
+                    problem.get_or_insert_with(|| "object keys must be text strings".to_string());
+                }
+            }
+        }
+        if let Some(p) = problem {
+            return Ok(Value::Invalid(p.into()));
+        }
+        if let Some(key) = duplicate_key(&fields) {
+            return Ok(Value::Invalid(format!("duplicate key {key:?}").into()));
+        }
+        Ok(Value::Object(fields))
+    }
+
+    /// Skips one item without building it and without recursion (for values nested past the depth limit).
+    fn skip_item(&mut self, _depth: usize) -> Result<(), PayloadError> {
+        // Each entry counts the items still to skip in an open container; u64::MAX marks indefinite length.
+        let mut pending: Vec<u64> = vec![1];
+        while let Some(left) = pending.last_mut() {
+            if *left == 0 {
+                pending.pop();
+                continue;
+            }
+            if *left == u64::MAX {
+                if self.peek() == Some(0xff) {
+                    self.pos += 1;
+                    pending.pop();
+                    continue;
+                }
+            } else {
+                *left -= 1;
+            }
+            let Some(initial) = self.peek() else {
+                return self.fail("truncated CBOR item");
+            };
+            self.pos += 1;
+            let (major, info) = (initial >> 5, initial & 0x1f);
+            match major {
+                0 | 1 => {
+                    self.read_uint(info)?;
+                }
+                2 | 3 => self.skip_string(info, major)?,
+                4 | 5 => {
+                    let per_entry = if major == 5 { 2 } else { 1 };
+                    match self.read_length(info)? {
+                        Some(n) => {
+                            self.check_declared(n, per_entry)?;
+                            pending.push(n * per_entry);
+                        }
+                        None => pending.push(u64::MAX),
+                    }
+                }
+                6 => {
+                    self.read_uint(info)?;
+                    pending.push(1);
+                }
+                _ => match info {
+                    24 => {
+                        self.take(1)?;
+                    }
+                    25 => {
+                        self.take(2)?;
+                    }
+                    26 => {
+                        self.take(4)?;
+                    }
+                    27 => {
+                        self.take(8)?;
+                    }
+                    31 => return self.fail("unexpected CBOR break"),
+                    _ => {}
+                },
+            }
+        }
+        Ok(())
+    }
+}
+
+fn exact_integer(value: f64, exact: bool, raw: u64) -> Value<'static> {
+    if exact {
+        Value::Number(value)
+    } else {
+        Value::Invalid(format!("integer {raw} cannot be represented exactly").into())
+    }
+}
+
+fn half_to_f32(half: u16) -> f32 {
+    let sign = if half & 0x8000 != 0 { -1.0 } else { 1.0 };
+    let exponent = i32::from((half >> 10) & 0x1f);
+    let fraction = f32::from(half & 0x3ff);
+    match exponent {
+        0 => sign * fraction * 2f32.powi(-24),
+        31 if fraction == 0.0 => sign * f32::INFINITY,
+        31 => f32::NAN,
+        e => sign * (1.0 + fraction / 1024.0) * 2f32.powi(e - 15),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decode(bytes: &[u8]) -> Result<Vec<Value<'_>>, PayloadError> {
+        parse_records(bytes, &Limits::default())
+    }
+
+    #[test]
+    fn decodes_maps_and_floats() {
+        // {"a": 1, "b": [1.5, "x"]}
+        let bytes = [0xa2, 0x61, b'a', 0x01, 0x61, b'b', 0x82, 0xf9, 0x3e, 0x00, 0x61, b'x'];
+        let records = decode(&bytes).unwrap();
+        assert_eq!(records[0].get("a"), Some(&Value::Number(1.0)));
+        assert_eq!(records[0].get("b"), Some(&Value::Array(vec![Value::Number(1.5), Value::String("x".into())])));
+    }
+
+    #[test]
+    fn huge_declared_lengths_fail_without_allocating() {
+        assert!(decode(&[0x9b, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]).is_err());
+        assert!(decode(&[0xa1, 0x7b, 0x7f, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]).is_err());
+        assert!(decode(&[0x5a, 0xff, 0xff, 0xff, 0xff]).is_err());
+    }
+
+    #[test]
+    fn truncation_and_hostile_values() {
+        assert!(decode(&[0xa1, 0x61]).is_err());
+        assert!(decode(&[]).is_err());
+        let nan = decode(&[0xf9, 0x7e, 0x00]).unwrap();
+        assert!(matches!(nan[0], Value::Invalid(_)));
+        let big = decode(&[0x1b, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]).unwrap();
+        assert!(matches!(big[0], Value::Invalid(_)));
+        let deep: Vec<u8> = std::iter::repeat_n(0x81u8, 100_000).chain([0x01]).collect();
+        assert!(decode(&deep).unwrap()[0].first_invalid().is_some());
+    }
+}

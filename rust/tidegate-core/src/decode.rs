@@ -1,0 +1,122 @@
+//! From request bytes to records: content encoding (bounded decompression) and content type dispatch.
+
+use std::borrow::Cow;
+use std::io::Read;
+
+use crate::error::{Limits, PayloadError};
+use crate::value::Value;
+use crate::{cbor, json};
+
+/// The body formats tidegate decodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// One JSON value, or a top-level array of records.
+    Json,
+    /// Newline-delimited JSON: one record per line; a bad line rejects only that record.
+    Ndjson,
+    /// One CBOR item, or a top-level array of records.
+    Cbor,
+}
+
+impl Format {
+    /// Maps a `Content-Type` header value (parameters ignored) to a format.
+    pub fn from_content_type(content_type: &str) -> Result<Format, PayloadError> {
+        let essence = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+        match essence.as_str() {
+            "" | "application/json" | "text/json" => Ok(Format::Json),
+            "application/x-ndjson" | "application/ndjson" | "application/jsonl" | "application/json-seq" => {
+                Ok(Format::Ndjson)
+            }
+            "application/cbor" => Ok(Format::Cbor),
+            other if other.starts_with("application/") && other.ends_with("+json") => Ok(Format::Json),
+            _ => Err(PayloadError::UnsupportedFormat(content_type.to_string())),
+        }
+    }
+}
+
+/// Content encodings tidegate decompresses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encoding {
+    Identity,
+    Gzip,
+    Zstd,
+}
+
+impl Encoding {
+    /// Maps a `Content-Encoding` header value to an encoding.
+    pub fn from_header(value: Option<&str>) -> Result<Encoding, PayloadError> {
+        let Some(value) = value else { return Ok(Encoding::Identity) };
+        match value.trim().to_ascii_lowercase().as_str() {
+            "" | "identity" => Ok(Encoding::Identity),
+            "gzip" | "x-gzip" => Ok(Encoding::Gzip),
+            "zstd" => Ok(Encoding::Zstd),
+            _ => Err(PayloadError::UnsupportedEncoding(value.to_string())),
+        }
+    }
+}
+
+/// Undoes the content encoding. The size limit applies to the decompressed bytes, so a small bomb is refused
+/// after reading at most `max_body_bytes + 1` bytes of output.
+pub fn decompress<'a>(body: &'a [u8], encoding: Encoding, limits: &Limits) -> Result<Cow<'a, [u8]>, PayloadError> {
+    let too_large = PayloadError::TooLarge { what: "decoded body size in bytes", limit: limits.max_body_bytes };
+    match encoding {
+        Encoding::Identity if body.len() > limits.max_body_bytes => Err(too_large),
+        Encoding::Identity => Ok(Cow::Borrowed(body)),
+        Encoding::Gzip => read_capped(flate2::read::MultiGzDecoder::new(body), limits.max_body_bytes, "gzip"),
+        Encoding::Zstd => {
+            let decoder = ruzstd::decoding::StreamingDecoder::new(body).map_err(|e| PayloadError::Malformed {
+                offset: 0,
+                message: format!("invalid zstd stream: {e}"),
+            })?;
+            read_capped(decoder, limits.max_body_bytes, "zstd")
+        }
+    }
+}
+
+fn read_capped<'a>(reader: impl Read, cap: usize, name: &str) -> Result<Cow<'a, [u8]>, PayloadError> {
+    let mut out = Vec::new();
+    reader.take(cap as u64 + 1).read_to_end(&mut out).map_err(|e| PayloadError::Malformed {
+        offset: 0,
+        message: format!("invalid {name} stream: {e}"),
+    })?;
+    if out.len() > cap {
+        return Err(PayloadError::TooLarge { what: "decoded body size in bytes", limit: cap });
+    }
+    Ok(Cow::Owned(out))
+}
+
+/// Splits a decoded body into records. Whole-body failures are errors; a bad NDJSON line becomes an
+/// `Invalid` record so the other lines still count.
+pub fn parse_records<'a>(body: &'a [u8], format: Format, limits: &Limits) -> Result<Vec<Value<'a>>, PayloadError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(PayloadError::Malformed { offset: 0, message: "empty body".into() });
+    }
+    match format {
+        Format::Json => json::parse_records(body, limits),
+        Format::Cbor => cbor::parse_records(body, limits),
+        Format::Ndjson => {
+            let mut records = Vec::new();
+            for line in body.split(|&b| b == b'\n') {
+                if line.iter().all(u8::is_ascii_whitespace) {
+                    continue;
+                }
+                if records.len() == limits.max_records {
+                    return Err(PayloadError::TooLarge { what: "number of records", limit: limits.max_records });
+                }
+                let record = match std::str::from_utf8(line) {
+                    Ok(text) => json::parse_one(text, limits).unwrap_or_else(|e| Value::Invalid(line_problem(&e))),
+                    Err(_) => Value::Invalid("invalid UTF-8".into()),
+                };
+                records.push(record);
+            }
+            Ok(records)
+        }
+    }
+}
+
+fn line_problem(error: &PayloadError) -> Box<str> {
+    match error {
+        PayloadError::Malformed { offset, message } => format!("malformed JSON at column {offset}: {message}").into(),
+        other => other.to_string().into(),
+    }
+}

@@ -1,0 +1,423 @@
+//! A practical JSON Schema subset, compiled once into a native tree. Unsupported keywords are compile errors,
+//! never silently ignored.
+
+use std::fmt;
+
+use regex::Regex;
+
+use crate::canonical;
+use crate::error::Limits;
+use crate::json;
+use crate::time::Timestamp;
+use crate::value::{Value, is_integer, push_index, push_key};
+
+/// Why a schema could not be compiled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SchemaError {
+    /// JSON path of the offending keyword in the schema document.
+    pub path: String,
+    pub message: String,
+}
+
+impl fmt::Display for SchemaError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid schema at {}: {}", self.path, self.message)
+    }
+}
+
+impl std::error::Error for SchemaError {}
+
+/// Keywords that only annotate and never constrain.
+const ANNOTATIONS: &[&str] = &["$schema", "$id", "$comment", "title", "description", "default", "examples"];
+
+const TYPE_NAMES: [&str; 7] = ["null", "boolean", "integer", "number", "string", "array", "object"];
+
+#[derive(Debug, Clone, Default)]
+enum Additional {
+    #[default]
+    Allowed,
+    Forbidden,
+    Schema(Box<Schema>),
+}
+
+/// A compiled schema node.
+#[derive(Debug, Clone, Default)]
+pub struct Schema {
+    /// Bit i set when `TYPE_NAMES[i]` is allowed; 0 means any type.
+    types: u8,
+    allowed: Option<Vec<Vec<u8>>>,
+    min_length: Option<usize>,
+    max_length: Option<usize>,
+    pattern: Option<Regex>,
+    date_time: bool,
+    minimum: Option<f64>,
+    maximum: Option<f64>,
+    exclusive_minimum: Option<f64>,
+    exclusive_maximum: Option<f64>,
+    items: Option<Box<Schema>>,
+    min_items: Option<usize>,
+    max_items: Option<usize>,
+    properties: Vec<(String, Schema)>,
+    required: Vec<String>,
+    additional: Additional,
+    min_properties: Option<usize>,
+    max_properties: Option<usize>,
+    /// Set at compile time: the node accepts any value (only decoding problems can fail it).
+    unconstrained: bool,
+}
+
+/// A node of the path being validated, rendered only when an error is reported.
+#[derive(Clone, Copy)]
+pub enum Path<'p> {
+    Root,
+    Key(&'p Path<'p>, &'p str),
+    Index(&'p Path<'p>, usize),
+}
+
+impl Path<'_> {
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        self.render_into(&mut out);
+        out
+    }
+
+    fn render_into(&self, out: &mut String) {
+        match self {
+            Path::Root => out.push('$'),
+            Path::Key(parent, key) => {
+                parent.render_into(out);
+                push_key(out, key);
+            }
+            Path::Index(parent, i) => {
+                parent.render_into(out);
+                push_index(out, *i);
+            }
+        }
+    }
+}
+
+/// One validation failure: where and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldError {
+    pub path: String,
+    pub message: String,
+}
+
+impl Schema {
+    /// Compiles a JSON Schema document (JSON text).
+    pub fn compile_json(text: &str) -> Result<Schema, SchemaError> {
+        let limits = Limits { max_depth: 64, max_string_bytes: 1 << 20, ..Limits::default() };
+        let document = json::parse_one(text, &limits)
+            .map_err(|e| SchemaError { path: "$".into(), message: format!("not valid JSON: {e}") })?;
+        if let Some((path, message)) = document.first_invalid() {
+            return Err(SchemaError { path, message });
+        }
+        Schema::compile(&document, &Path::Root)
+    }
+
+    fn compile(document: &Value<'_>, path: &Path<'_>) -> Result<Schema, SchemaError> {
+        let err = |at: &Path<'_>, message: String| SchemaError { path: at.render(), message };
+        let fields = match document {
+            Value::Object(fields) => fields,
+            Value::Bool(true) => return Ok(Schema::any()),
+            _ => return Err(err(path, "a schema must be an object or true".into())),
+        };
+        let mut schema = Schema::default();
+        for (keyword, value) in fields {
+            let here = Path::Key(path, keyword);
+            let as_count = |v: &Value<'_>| match v {
+                Value::Number(n) if is_integer(*n) && *n >= 0.0 => Ok(*n as usize),
+                _ => Err(err(&here, "must be a non-negative integer".into())),
+            };
+            let as_number = |v: &Value<'_>| match v {
+                Value::Number(n) => Ok(*n),
+                _ => Err(err(&here, "must be a number".into())),
+            };
+            match keyword.as_ref() {
+                "type" => {
+                    let names: Vec<&str> = match value {
+                        Value::String(s) => vec![s.as_ref()],
+                        Value::Array(items) => items.iter().filter_map(Value::as_str).collect(),
+                        _ => return Err(err(&here, "must be a type name or a list of them".into())),
+                    };
+                    for name in names {
+                        let bit = TYPE_NAMES
+                            .iter()
+                            .position(|t| *t == name)
+                            .ok_or_else(|| err(&here, format!("unknown type {name:?}")))?;
+                        schema.types |= 1 << bit;
+                    }
+                }
+                "enum" => {
+                    let Value::Array(options) = value else {
+                        return Err(err(&here, "must be an array".into()));
+                    };
+                    schema.allowed = Some(options.iter().map(canonical_bytes).collect());
+                }
+                "const" => schema.allowed = Some(vec![canonical_bytes(value)]),
+                "pattern" => {
+                    let source = value.as_str().ok_or_else(|| err(&here, "must be a string".into()))?;
+                    let regex = regex::RegexBuilder::new(source)
+                        .size_limit(1 << 20)
+                        .build()
+                        .map_err(|e| err(&here, format!("invalid pattern: {e}")))?;
+                    schema.pattern = Some(regex);
+                }
+                "format" => match value.as_str() {
+                    Some("date-time") => schema.date_time = true,
+                    Some(other) => return Err(err(&here, format!("unsupported format {other:?} (only date-time)"))),
+                    None => return Err(err(&here, "must be a string".into())),
+                },
+                "minLength" => schema.min_length = Some(as_count(value)?),
+                "maxLength" => schema.max_length = Some(as_count(value)?),
+                "minimum" => schema.minimum = Some(as_number(value)?),
+                "maximum" => schema.maximum = Some(as_number(value)?),
+                "exclusiveMinimum" => schema.exclusive_minimum = Some(as_number(value)?),
+                "exclusiveMaximum" => schema.exclusive_maximum = Some(as_number(value)?),
+                "items" => schema.items = Some(Box::new(Schema::compile(value, &here)?)),
+                "minItems" => schema.min_items = Some(as_count(value)?),
+                "maxItems" => schema.max_items = Some(as_count(value)?),
+                "minProperties" => schema.min_properties = Some(as_count(value)?),
+                "maxProperties" => schema.max_properties = Some(as_count(value)?),
+                "required" => {
+                    let Value::Array(names) = value else {
+                        return Err(err(&here, "must be an array of strings".into()));
+                    };
+                    for name in names {
+                        let name = name.as_str().ok_or_else(|| err(&here, "must be an array of strings".into()))?;
+                        schema.required.push(name.to_string());
+                    }
+                }
+                "properties" => {
+                    let Value::Object(props) = value else {
+                        return Err(err(&here, "must be an object".into()));
+                    };
+                    for (name, sub) in props {
+                        let at = Path::Key(&here, name);
+                        schema.properties.push((name.to_string(), Schema::compile(sub, &at)?));
+                    }
+                }
+                "additionalProperties" => {
+                    schema.additional = match value {
+                        Value::Bool(true) => Additional::Allowed,
+                        Value::Bool(false) => Additional::Forbidden,
+                        other => Additional::Schema(Box::new(Schema::compile(other, &here)?)),
+                    }
+                }
+                k if ANNOTATIONS.contains(&k) => {}
+                k => return Err(err(&here, format!("unsupported keyword {k:?}"))),
+            }
+        }
+        schema.unconstrained = schema.accepts_anything();
+        Ok(schema)
+    }
+
+    /// The schema `true`: any value.
+    pub fn any() -> Schema {
+        Schema { unconstrained: true, ..Schema::default() }
+    }
+
+    fn allows(&self, type_bit: usize) -> bool {
+        self.types == 0 || self.types & (1 << type_bit) != 0
+    }
+
+    fn accepts_anything(&self) -> bool {
+        self.types == 0
+            && self.allowed.is_none()
+            && self.properties.is_empty()
+            && self.required.is_empty()
+            && matches!(self.additional, Additional::Allowed)
+            && self.items.is_none()
+            && self.pattern.is_none()
+            && !self.date_time
+            && self.min_length.is_none()
+            && self.max_length.is_none()
+            && self.minimum.is_none()
+            && self.maximum.is_none()
+            && self.exclusive_minimum.is_none()
+            && self.exclusive_maximum.is_none()
+            && self.min_items.is_none()
+            && self.max_items.is_none()
+            && self.min_properties.is_none()
+            && self.max_properties.is_none()
+    }
+
+    /// Validates `value`, pushing every failure found. Decoding problems (`Invalid` nodes) anywhere in the value
+    /// are failures too, including inside unconstrained subtrees.
+    pub fn validate(&self, value: &Value<'_>, path: &Path<'_>, errors: &mut Vec<FieldError>) {
+        let fail = |errors: &mut Vec<FieldError>, message: String| {
+            errors.push(FieldError { path: path.render(), message });
+        };
+        if let Value::Invalid(problem) = value {
+            return fail(errors, problem.to_string());
+        }
+        if self.unconstrained {
+            return check_decoded(value, path, errors);
+        }
+        let type_ok = match value {
+            Value::Null => self.allows(0),
+            Value::Bool(_) => self.allows(1),
+            Value::Number(n) => self.allows(3) || (self.allows(2) && is_integer(*n)),
+            Value::String(_) => self.allows(4),
+            Value::Array(_) => self.allows(5),
+            Value::Object(_) => self.allows(6),
+            Value::Invalid(_) => false,
+        };
+        if !type_ok {
+            return fail(errors, format!("expected {}, got {}", self.expected_types(), value.type_name()));
+        }
+        if let Some(allowed) = &self.allowed {
+            let actual = canonical_bytes(value);
+            if !allowed.contains(&actual) {
+                let options: Vec<String> = allowed.iter().map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+                fail(errors, format!("must be one of {}", options.join(", ")));
+            }
+        }
+        match value {
+            Value::String(s) => self.validate_string(s, path, errors),
+            Value::Number(n) => self.validate_number(*n, path, errors),
+            Value::Array(items) => {
+                if let Some(min) = self.min_items.filter(|min| items.len() < *min) {
+                    fail(errors, format!("must have at least {min} items"));
+                }
+                if let Some(max) = self.max_items.filter(|max| items.len() > *max) {
+                    fail(errors, format!("must have at most {max} items"));
+                }
+                for (i, item) in items.iter().enumerate() {
+                    let at = Path::Index(path, i);
+                    match &self.items {
+                        Some(schema) => schema.validate(item, &at, errors),
+                        None => check_decoded(item, &at, errors),
+                    }
+                }
+            }
+            Value::Object(fields) => self.validate_object(fields, path, errors),
+            _ => {}
+        }
+    }
+
+    fn validate_string(&self, s: &str, path: &Path<'_>, errors: &mut Vec<FieldError>) {
+        let fail = |errors: &mut Vec<FieldError>, message: String| {
+            errors.push(FieldError { path: path.render(), message });
+        };
+        if self.min_length.is_some() || self.max_length.is_some() {
+            let length = s.chars().count();
+            if let Some(min) = self.min_length.filter(|min| length < *min) {
+                fail(errors, format!("must be at least {min} characters long"));
+            }
+            if let Some(max) = self.max_length.filter(|max| length > *max) {
+                fail(errors, format!("must be at most {max} characters long"));
+            }
+        }
+        if let Some(pattern) = self.pattern.as_ref().filter(|p| !p.is_match(s)) {
+            fail(errors, format!("must match the pattern {}", pattern.as_str()));
+        }
+        if self.date_time && Timestamp::parse(s).is_none() {
+            fail(errors, "must be an RFC 3339 date-time with a time zone".into());
+        }
+    }
+
+    fn validate_number(&self, n: f64, path: &Path<'_>, errors: &mut Vec<FieldError>) {
+        let mut fail = |message: String| errors.push(FieldError { path: path.render(), message });
+        if let Some(min) = self.minimum.filter(|min| n < *min) {
+            fail(format!("must be >= {min}"));
+        }
+        if let Some(max) = self.maximum.filter(|max| n > *max) {
+            fail(format!("must be <= {max}"));
+        }
+        if let Some(min) = self.exclusive_minimum.filter(|min| n <= *min) {
+            fail(format!("must be > {min}"));
+        }
+        if let Some(max) = self.exclusive_maximum.filter(|max| n >= *max) {
+            fail(format!("must be < {max}"));
+        }
+    }
+
+    fn validate_object(&self, fields: &[(std::borrow::Cow<'_, str>, Value<'_>)], path: &Path<'_>, errors: &mut Vec<FieldError>) {
+        for name in &self.required {
+            if !fields.iter().any(|(k, _)| k == name) {
+                let at = Path::Key(path, name);
+                errors.push(FieldError { path: at.render(), message: "required field is missing".into() });
+            }
+        }
+        if let Some(min) = self.min_properties.filter(|min| fields.len() < *min) {
+            errors.push(FieldError { path: path.render(), message: format!("must have at least {min} entries") });
+        }
+        if let Some(max) = self.max_properties.filter(|max| fields.len() > *max) {
+            errors.push(FieldError { path: path.render(), message: format!("must have at most {max} entries") });
+        }
+        for (key, value) in fields {
+            let at = Path::Key(path, key);
+            match self.properties.iter().find(|(name, _)| name == key) {
+                Some((_, schema)) => schema.validate(value, &at, errors),
+                None => match &self.additional {
+                    Additional::Allowed => check_decoded(value, &at, errors),
+                    Additional::Forbidden => {
+                        errors.push(FieldError { path: at.render(), message: "unknown field".into() })
+                    }
+                    Additional::Schema(schema) => schema.validate(value, &at, errors),
+                },
+            }
+        }
+    }
+
+    fn expected_types(&self) -> String {
+        let names: Vec<&str> =
+            TYPE_NAMES.iter().enumerate().filter(|(i, _)| self.types & (1 << i) != 0).map(|(_, n)| *n).collect();
+        names.join(" or ")
+    }
+}
+
+/// Fails a value that holds a decoding problem anywhere inside it.
+fn check_decoded(value: &Value<'_>, path: &Path<'_>, errors: &mut Vec<FieldError>) {
+    if let Some((sub_path, message)) = value.first_invalid() {
+        errors.push(FieldError { path: format!("{}{}", path.render(), &sub_path[1..]), message });
+    }
+}
+
+fn canonical_bytes(value: &Value<'_>) -> Vec<u8> {
+    let mut out = Vec::new();
+    canonical::write_value(&mut out, value);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn errors(schema: &str, doc: &str) -> Vec<FieldError> {
+        let schema = Schema::compile_json(schema).unwrap();
+        let value = json::parse_one(doc, &Limits::default()).unwrap();
+        let mut errors = Vec::new();
+        schema.validate(&value, &Path::Root, &mut errors);
+        errors
+    }
+
+    #[test]
+    fn reports_paths_of_nested_failures() {
+        let schema = r#"{"type":"object","required":["a"],"properties":{"a":{"type":"array","items":{"type":"integer","maximum":3}}},"additionalProperties":false}"#;
+        assert!(errors(schema, r#"{"a":[1,2,3]}"#).is_empty());
+        let found = errors(schema, r#"{"a":[1,4,2.5],"b":1}"#);
+        let paths: Vec<&str> = found.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(paths, ["$.a[1]", "$.a[2]", "$.b"]);
+        assert_eq!(errors(schema, "{}")[0].path, "$.a");
+    }
+
+    #[test]
+    fn enum_const_and_strings() {
+        assert!(errors(r#"{"enum":[1,"x",{"a":1}]}"#, r#"{"a":1.0}"#).is_empty());
+        assert_eq!(errors(r#"{"const":"x"}"#, r#""y""#).len(), 1);
+        assert_eq!(errors(r#"{"type":"string","minLength":2,"maxLength":3}"#, r#""é""#).len(), 1);
+        assert_eq!(errors(r#"{"type":"string","format":"date-time"}"#, r#""yesterday""#).len(), 1);
+        assert!(errors(r#"{"type":"string","pattern":"^a+$"}"#, r#""aaa""#).is_empty());
+    }
+
+    #[test]
+    fn unsupported_keywords_fail_at_compile_time() {
+        let error = Schema::compile_json(r#"{"properties":{"a":{"oneOf":[]}}}"#).unwrap_err();
+        assert_eq!(error.path, "$.properties.a.oneOf");
+        assert!(Schema::compile_json(r#"{"format":"email"}"#).is_err());
+        assert!(Schema::compile_json(r#"{"pattern":"("}"#).is_err());
+        assert!(Schema::compile_json(r#"{"type":"text"}"#).is_err());
+    }
+}

@@ -1,0 +1,438 @@
+//! The validator: body bytes in, per-record outcomes and a delivery-ready batch out.
+
+use std::borrow::Cow;
+
+use crate::batch::{RecordBatch, encode_header, hex};
+use crate::canonical::{compare_keys, write_object};
+use crate::contract::{Contract, ContractKind};
+use crate::decode::{self, Encoding, Format};
+use crate::error::{Limits, PayloadError};
+use crate::schema::{FieldError, Path};
+use crate::time::{self, Timestamp};
+use crate::value::Value;
+
+/// Domain separation for event ids; bump the version if the canonical form ever changes.
+pub const EVENT_ID_DOMAIN: &str = "tidegate:event-id:v1\n";
+
+/// A semantic range: values outside it are flagged with a warning, never rejected.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MetricRange {
+    pub name: String,
+    pub min: f64,
+    pub max: f64,
+}
+
+/// Seed 001's expected ranges.
+pub fn default_metric_ranges() -> Vec<MetricRange> {
+    [
+        ("temperature", -50.0, 150.0),
+        ("humidity", 0.0, 100.0),
+        ("pressure", 800.0, 1200.0),
+        ("battery_level", 0.0, 100.0),
+        ("signal_strength", -120.0, 0.0),
+    ]
+    .into_iter()
+    .map(|(name, min, max)| MetricRange { name: name.into(), min, max })
+    .collect()
+}
+
+/// Everything configurable about a validator.
+#[derive(Debug, Clone)]
+pub struct ValidatorOptions {
+    pub limits: Limits,
+    /// Oldest accepted record time, relative to reception.
+    pub max_past_ms: i64,
+    /// Furthest accepted record time into the future, relative to reception.
+    pub max_future_ms: i64,
+    pub metric_ranges: Vec<MetricRange>,
+    /// Most readings in one batch.
+    pub max_batch_readings: usize,
+    /// Where flagged records are copied.
+    pub dlq_topic: String,
+    /// Overrides the contract's topic.
+    pub topic: Option<String>,
+}
+
+impl Default for ValidatorOptions {
+    fn default() -> Self {
+        ValidatorOptions {
+            limits: Limits::default(),
+            max_past_ms: 7 * 24 * 3600 * 1000,
+            max_future_ms: 5 * 60 * 1000,
+            metric_ranges: default_metric_ranges(),
+            max_batch_readings: 1000,
+            dlq_topic: "ingest-dlq".into(),
+            topic: None,
+        }
+    }
+}
+
+/// One request to validate.
+#[derive(Debug, Clone, Copy)]
+pub struct Request<'a> {
+    pub body: &'a [u8],
+    pub content_type: &'a str,
+    pub content_encoding: Option<&'a str>,
+    /// Server reception time, Unix milliseconds.
+    pub received_at_ms: i64,
+    pub priority: Option<&'a str>,
+    pub traceparent: Option<&'a str>,
+}
+
+/// A rejection or warning: which record (`None` for the batch envelope), where, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Issue {
+    pub index: Option<usize>,
+    pub path: String,
+    pub message: String,
+}
+
+/// The result of validating one body.
+#[derive(Debug, Clone, Default)]
+pub struct Outcome {
+    /// Records in the body (for a batch: readings).
+    pub total: usize,
+    pub accepted: usize,
+    pub rejected: Vec<Issue>,
+    pub warnings: Vec<Issue>,
+    /// Per record, in input order: the event id, or `None` when rejected.
+    pub event_ids: Vec<Option<[u8; 16]>>,
+    /// Per record: reception time minus record time, when accepted and the contract has a time field.
+    pub ingest_lag_ms: Vec<Option<i64>>,
+    /// Accepted records, plus dead-letter copies of flagged ones.
+    pub batch: RecordBatch,
+    /// For a batch body: its `device_id` and `batch_id`.
+    pub envelope: Option<(String, String)>,
+}
+
+/// A compiled contract plus options; immutable and safe to share between threads.
+#[derive(Debug, Clone)]
+pub struct Validator {
+    contract: Contract,
+    options: ValidatorOptions,
+}
+
+struct RecordContext<'r> {
+    index: usize,
+    inherited_device_id: Option<&'r str>,
+    batch_id: Option<&'r str>,
+}
+
+impl Validator {
+    pub fn new(contract: Contract, options: ValidatorOptions) -> Validator {
+        Validator { contract, options }
+    }
+
+    pub fn contract(&self) -> &Contract {
+        &self.contract
+    }
+
+    pub fn options(&self) -> &ValidatorOptions {
+        &self.options
+    }
+
+    pub fn topic(&self) -> &str {
+        self.options.topic.as_deref().unwrap_or(&self.contract.topic)
+    }
+
+    /// Validates a body. Only whole-payload failures are errors; bad records are reported in the outcome.
+    pub fn validate(&self, request: &Request<'_>) -> Result<Outcome, PayloadError> {
+        let format = Format::from_content_type(request.content_type)?;
+        let encoding = Encoding::from_header(request.content_encoding)?;
+        let body = decode::decompress(request.body, encoding, &self.options.limits)?;
+        let records = decode::parse_records(&body, format, &self.options.limits)?;
+        let mut run = Run::new(self, request);
+        if self.contract.kind == ContractKind::Batch {
+            run.batch_envelope(records)?;
+        } else {
+            run.outcome.total = records.len();
+            for (index, record) in records.iter().enumerate() {
+                run.record(record, &RecordContext { index, inherited_device_id: None, batch_id: None });
+            }
+        }
+        Ok(run.outcome)
+    }
+}
+
+/// The state of one `validate` call.
+struct Run<'v> {
+    validator: &'v Validator,
+    request: &'v Request<'v>,
+    received_at: String,
+    headers_common: Vec<u8>,
+    outcome: Outcome,
+    errors: Vec<FieldError>,
+    identity: Vec<u8>,
+}
+
+impl<'v> Run<'v> {
+    fn new(validator: &'v Validator, request: &'v Request<'v>) -> Self {
+        let mut received_at = Vec::with_capacity(24);
+        time::write_millis(&mut received_at, request.received_at_ms);
+        let mut headers_common = Vec::new();
+        encode_header(&mut headers_common, "content-type", b"application/json");
+        encode_header(&mut headers_common, "schema", validator.contract.name.as_bytes());
+        if let Some(priority) = request.priority {
+            encode_header(&mut headers_common, "priority", priority.as_bytes());
+        }
+        if let Some(traceparent) = request.traceparent {
+            encode_header(&mut headers_common, "traceparent", traceparent.as_bytes());
+        }
+        Run {
+            validator,
+            request,
+            received_at: String::from_utf8(received_at).unwrap_or_default(),
+            headers_common,
+            outcome: Outcome::default(),
+            errors: Vec::new(),
+            identity: Vec::with_capacity(256),
+        }
+    }
+
+    fn reject_envelope(&mut self, path: String, message: String) {
+        self.outcome.rejected.push(Issue { index: None, path, message });
+    }
+
+    fn batch_envelope(&mut self, records: Vec<Value<'_>>) -> Result<(), PayloadError> {
+        let [envelope] = records.as_slice() else {
+            return Err(PayloadError::Malformed { offset: 0, message: "a batch body is one object".into() });
+        };
+        let readings = match envelope.get("readings") {
+            Some(Value::Array(items)) => items.as_slice(),
+            _ => &[],
+        };
+        self.outcome.total = readings.len();
+        if let Some(schema) = &self.validator.contract.envelope_schema {
+            // Readings are checked one by one below; the envelope check must not descend into them.
+            let shallow = match envelope {
+                Value::Object(fields) => Value::Object(
+                    fields
+                        .iter()
+                        .map(|(k, v)| match (k.as_ref(), v) {
+                            ("readings", Value::Array(items)) => (k.clone(), Value::Array(vec![Value::Null; items.len().min(1)])),
+                            _ => (k.clone(), v.clone()),
+                        })
+                        .collect(),
+                ),
+                other => other.clone(),
+            };
+            schema.validate(&shallow, &Path::Root, &mut self.errors);
+        }
+        let max = self.validator.options.max_batch_readings;
+        if readings.len() > max {
+            self.errors.push(FieldError { path: "$.readings".into(), message: format!("must have at most {max} items") });
+        }
+        if !self.errors.is_empty() {
+            for error in std::mem::take(&mut self.errors) {
+                self.reject_envelope(error.path, error.message);
+            }
+            self.outcome.event_ids = vec![None; readings.len()];
+            self.outcome.ingest_lag_ms = vec![None; readings.len()];
+            return Ok(());
+        }
+        let device_id = envelope.get("device_id").and_then(Value::as_str).unwrap_or_default();
+        let batch_id = envelope.get("batch_id").and_then(Value::as_str).unwrap_or_default();
+        self.outcome.envelope = Some((device_id.to_string(), batch_id.to_string()));
+        for (index, reading) in readings.iter().enumerate() {
+            let context = RecordContext { index, inherited_device_id: Some(device_id), batch_id: Some(batch_id) };
+            self.record(reading, &context);
+        }
+        Ok(())
+    }
+
+    fn reject(&mut self, index: usize, path: String, message: String) {
+        self.outcome.rejected.push(Issue { index: Some(index), path, message });
+    }
+
+    /// Path prefix of a record in the body: `$` for a lone record, `$[i]` in an array, `$.readings[i]` in a batch.
+    fn record_path(&self, context: &RecordContext<'_>) -> String {
+        if context.batch_id.is_some() {
+            format!("$.readings[{}]", context.index)
+        } else {
+            "$".into()
+        }
+    }
+
+    fn record(&mut self, record: &Value<'_>, context: &RecordContext<'_>) {
+        let contract = &self.validator.contract;
+        let options = &self.validator.options;
+        let index = context.index;
+        let fail_count = self.outcome.rejected.len();
+        contract.record_schema.validate(record, &Path::Root, &mut self.errors);
+        if !self.errors.is_empty() {
+            let prefix = self.record_path(context);
+            for error in std::mem::take(&mut self.errors) {
+                self.reject(index, format!("{prefix}{}", &error.path[1..]), error.message);
+            }
+        }
+        let Value::Object(fields) = record else {
+            return self.skip(fail_count);
+        };
+        if let (Some(inherited), Some(own)) = (context.inherited_device_id, record.get("device_id").and_then(Value::as_str))
+            && own != inherited
+        {
+            let prefix = self.record_path(context);
+            self.reject(index, format!("{prefix}.device_id"), "must equal the batch's device_id".into());
+        }
+        let time_field = contract.time_field.as_deref();
+        let timestamp = time_field.and_then(|f| record.get(f)).and_then(Value::as_str).and_then(Timestamp::parse);
+        if let (Some(ts), Some(field), true) = (timestamp, time_field, contract.enforce_window) {
+            let millis = ts.unix_millis();
+            let received = self.request.received_at_ms;
+            let prefix = self.record_path(context);
+            if millis < received - options.max_past_ms {
+                let message = format!("is more than {} older than reception", human_duration(options.max_past_ms));
+                self.reject(index, format!("{prefix}.{field}"), message);
+            } else if millis > received + options.max_future_ms {
+                let message = format!("is more than {} in the future", human_duration(options.max_future_ms));
+                self.reject(index, format!("{prefix}.{field}"), message);
+            }
+        }
+        if self.outcome.rejected.len() > fail_count {
+            return self.skip(fail_count);
+        }
+
+        let warnings_before = self.outcome.warnings.len();
+        if contract.metric_ranges {
+            self.check_ranges(record, context);
+        }
+
+        let normalized_time = timestamp.map(|ts| {
+            let mut out = Vec::with_capacity(32);
+            ts.write_canonical(&mut out);
+            Value::String(Cow::Owned(String::from_utf8(out).unwrap_or_default()))
+        });
+        let inherited_device = context.inherited_device_id.map(|d| Value::String(Cow::Borrowed(d)));
+        let mut entries: Vec<(&str, &Value<'_>)> = Vec::with_capacity(fields.len() + 5);
+        for (key, value) in fields {
+            let value = match (&normalized_time, time_field) {
+                (Some(normalized), Some(field)) if key == field => normalized,
+                _ => value,
+            };
+            entries.push((key.as_ref(), value));
+        }
+        if let Some(device) = &inherited_device
+            && record.get("device_id").is_none()
+        {
+            entries.push(("device_id", device));
+        }
+        entries.sort_unstable_by(|a, b| compare_keys(a.0, b.0));
+
+        self.identity.clear();
+        self.identity.extend_from_slice(EVENT_ID_DOMAIN.as_bytes());
+        self.identity.extend_from_slice(contract.name.as_bytes());
+        self.identity.push(b'\n');
+        match &contract.identity_fields {
+            Some(names) => {
+                let subset: Vec<(&str, &Value<'_>)> =
+                    entries.iter().copied().filter(|(k, _)| names.iter().any(|n| n == k)).collect();
+                write_object(&mut self.identity, &subset);
+            }
+            None => write_object(&mut self.identity, &entries),
+        }
+        let digest = blake3::hash(&self.identity);
+        let mut event_id = [0u8; 16];
+        event_id.copy_from_slice(&digest.as_bytes()[..16]);
+        let event_id_hex = hex(&event_id);
+
+        let lag = timestamp.map(|ts| self.request.received_at_ms - ts.unix_millis());
+        let key_value = contract.key_field.as_deref().and_then(|f| entries.iter().find(|(k, _)| *k == f)).map(|(_, v)| *v);
+        let key: Option<Cow<'_, [u8]>> = match key_value {
+            Some(Value::String(s)) => Some(Cow::Borrowed(s.as_bytes())),
+            Some(other) => {
+                let mut out = Vec::new();
+                crate::canonical::write_value(&mut out, other);
+                Some(Cow::Owned(out))
+            }
+            None => None,
+        };
+
+        let event_id_value = Value::String(Cow::Borrowed(event_id_hex.as_str()));
+        let received_value = Value::String(Cow::Borrowed(self.received_at.as_str()));
+        let lag_value = lag.map(|l| Value::Number(l as f64));
+        let batch_value = context.batch_id.map(|b| Value::String(Cow::Borrowed(b)));
+        let enriched: [(&str, Option<&Value<'_>>); 4] = [
+            ("batch_id", batch_value.as_ref()),
+            ("event_id", Some(&event_id_value)),
+            ("ingest_lag_ms", lag_value.as_ref()),
+            ("server_received_at", Some(&received_value)),
+        ];
+        for (name, value) in enriched {
+            if let Some(value) = value {
+                entries.retain(|(k, _)| *k != name);
+                entries.push((name, value));
+            }
+        }
+        entries.sort_unstable_by(|a, b| compare_keys(a.0, b.0));
+
+        let topic = self.validator.topic();
+        let headers_common = &self.headers_common;
+        self.outcome.batch.push_with(
+            topic,
+            key.as_deref(),
+            event_id,
+            self.request.received_at_ms,
+            |out| write_object(out, &entries),
+            |out| {
+                encode_header(out, "event_id", event_id_hex.as_bytes());
+                out.extend_from_slice(headers_common);
+            },
+        );
+        if self.outcome.warnings.len() > warnings_before {
+            let reasons: Vec<String> = self.outcome.warnings[warnings_before..]
+                .iter()
+                .map(|w| format!("{}: {}", w.path, w.message))
+                .collect();
+            let mut extra = Vec::new();
+            encode_header(&mut extra, "dlq-reason", b"semantic-range");
+            encode_header(&mut extra, "warnings", reasons.join("; ").as_bytes());
+            let last = self.outcome.batch.len() - 1;
+            self.outcome.batch.copy_to_topic(last, &options.dlq_topic, &extra);
+        }
+        self.outcome.accepted += 1;
+        self.outcome.event_ids.push(Some(event_id));
+        self.outcome.ingest_lag_ms.push(lag);
+    }
+
+    fn skip(&mut self, fail_count: usize) {
+        debug_assert!(self.outcome.rejected.len() > fail_count);
+        self.outcome.event_ids.push(None);
+        self.outcome.ingest_lag_ms.push(None);
+    }
+
+    fn check_ranges(&mut self, record: &Value<'_>, context: &RecordContext<'_>) {
+        let ranges = &self.validator.options.metric_ranges;
+        for section in ["metrics", "metadata"] {
+            let Some(Value::Object(values)) = record.get(section) else { continue };
+            for (name, value) in values {
+                let Value::Number(n) = value else { continue };
+                if let Some(range) = ranges.iter().find(|r| r.name == *name)
+                    && !(range.min..=range.max).contains(n)
+                {
+                    let mut path = self.record_path(context);
+                    path.push('.');
+                    path.push_str(section);
+                    crate::value::push_key(&mut path, name);
+                    let mut shown = Vec::new();
+                    crate::number::write_canonical(&mut shown, *n);
+                    let message = format!(
+                        "{name}={} outside expected range [{}, {}]",
+                        String::from_utf8_lossy(&shown),
+                        range.min,
+                        range.max
+                    );
+                    self.outcome.warnings.push(Issue { index: Some(context.index), path, message });
+                }
+            }
+        }
+    }
+}
+
+fn human_duration(ms: i64) -> String {
+    match ms {
+        ms if ms % 86_400_000 == 0 => format!("{} days", ms / 86_400_000),
+        ms if ms % 3_600_000 == 0 => format!("{} hours", ms / 3_600_000),
+        ms if ms % 60_000 == 0 => format!("{} minutes", ms / 60_000),
+        ms => format!("{} seconds", ms as f64 / 1000.0),
+    }
+}
