@@ -119,7 +119,14 @@ impl RecordBatch {
         let key = record.key.map(|k| self.append(k));
         let value = self.append(record.value);
         let headers = self.append(record.headers);
-        self.slots.push(Slot { topic, key, value, headers, event_id: record.event_id, timestamp_ms: record.timestamp_ms });
+        self.slots.push(Slot {
+            topic,
+            key,
+            value,
+            headers,
+            event_id: record.event_id,
+            timestamp_ms: record.timestamp_ms,
+        });
     }
 
     /// Adds a record whose value is written straight into the arena by `write_value`, avoiding a copy.
@@ -140,7 +147,14 @@ impl RecordBatch {
         let headers_start = self.arena.len() as u32;
         write_headers(&mut self.arena);
         let headers = (headers_start, self.arena.len() as u32);
-        self.slots.push(Slot { topic, key, value, headers, event_id, timestamp_ms });
+        self.slots.push(Slot {
+            topic,
+            key,
+            value,
+            headers,
+            event_id,
+            timestamp_ms,
+        });
     }
 
     /// Appends a copy of record `index` sent to `topic`, with `extra_headers` (encoded) added.
@@ -150,7 +164,14 @@ impl RecordBatch {
         let mut headers = record.headers.to_vec();
         headers.extend_from_slice(extra_headers);
         let (event_id, timestamp_ms) = (record.event_id, record.timestamp_ms);
-        self.push(&RecordRef { topic, key: key.as_deref(), value: &value, headers: &headers, event_id, timestamp_ms });
+        self.push(&RecordRef {
+            topic,
+            key: key.as_deref(),
+            value: &value,
+            headers: &headers,
+            event_id,
+            timestamp_ms,
+        });
     }
 
     pub fn get(&self, index: usize) -> Option<RecordRef<'_>> {
@@ -210,13 +231,30 @@ mod tests {
         encode_header(&mut headers, "event_id", b"abc");
         encode_header(&mut headers, "priority", b"high");
         let mut batch = RecordBatch::new();
-        batch.push(&RecordRef { topic: "t1", key: Some(b"k"), value: b"v1", headers: &headers, event_id: [1; 16], timestamp_ms: 5 });
-        batch.push(&RecordRef { topic: "t2", key: None, value: b"v2", headers: &[], event_id: [2; 16], timestamp_ms: 6 });
+        batch.push(&RecordRef {
+            topic: "t1",
+            key: Some(b"k"),
+            value: b"v1",
+            headers: &headers,
+            event_id: [1; 16],
+            timestamp_ms: 5,
+        });
+        batch.push(&RecordRef {
+            topic: "t2",
+            key: None,
+            value: b"v2",
+            headers: &[],
+            event_id: [2; 16],
+            timestamp_ms: 6,
+        });
         assert_eq!(batch.len(), 2);
         assert_eq!(batch.topics(), ["t1", "t2"]);
         let first = batch.get(0).unwrap();
         assert_eq!(first.key, Some(&b"k"[..]));
-        assert_eq!(first.headers().collect::<Vec<_>>(), [("event_id", &b"abc"[..]), ("priority", &b"high"[..])]);
+        assert_eq!(
+            first.headers().collect::<Vec<_>>(),
+            [("event_id", &b"abc"[..]), ("priority", &b"high"[..])]
+        );
         assert_eq!(batch.get(1).unwrap().key, None);
         batch.retain(|r| r.topic == "t2");
         assert_eq!(batch.len(), 1);

@@ -98,8 +98,14 @@ mod tests {
 
     #[test]
     fn key_order_and_whitespace_do_not_matter() {
-        assert_eq!(canonical(r#"{ "b" : 1.50, "a": [ 1.0, "x" ] }"#), r#"{"a":[1,"x"],"b":1.5}"#);
-        assert_eq!(canonical(r#"{"\u00e9":1,"z":2,"\ud83d\ude00":3,"\uffff":4}"#), "{\"z\":2,\"é\":1,\"😀\":3,\"\u{ffff}\":4}");
+        assert_eq!(
+            canonical(r#"{ "b" : 1.50, "a": [ 1.0, "x" ] }"#),
+            r#"{"a":[1,"x"],"b":1.5}"#
+        );
+        assert_eq!(
+            canonical(r#"{"\u00e9":1,"z":2,"\ud83d\ude00":3,"\uffff":4}"#),
+            "{\"z\":2,\"é\":1,\"😀\":3,\"\u{ffff}\":4}"
+        );
         assert_eq!(canonical(r#""a\u0001\/\"""#), r#""a\u0001/\"""#);
     }
 }

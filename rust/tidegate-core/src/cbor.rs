@@ -26,7 +26,10 @@ pub fn parse_records<'a>(data: &'a [u8], limits: &Limits) -> Result<Vec<Value<'a
                     break;
                 }
                 if records.len() == limits.max_records {
-                    return Err(PayloadError::TooLarge { what: "number of records", limit: limits.max_records });
+                    return Err(PayloadError::TooLarge {
+                        what: "number of records",
+                        limit: limits.max_records,
+                    });
                 }
                 records.push(decoder.item(1)?);
                 index += 1;
@@ -50,7 +53,10 @@ struct Decoder<'a, 'l> {
 
 impl<'a> Decoder<'a, '_> {
     fn fail<T>(&self, message: impl Into<String>) -> Result<T, PayloadError> {
-        Err(PayloadError::Malformed { offset: self.pos, message: message.into() })
+        Err(PayloadError::Malformed {
+            offset: self.pos,
+            message: message.into(),
+        })
     }
 
     fn peek(&self) -> Option<u8> {
@@ -80,7 +86,11 @@ impl<'a> Decoder<'a, '_> {
 
     /// A definite length (`Some`) or indefinite (`None`, info 31).
     fn read_length(&mut self, info: u8) -> Result<Option<u64>, PayloadError> {
-        if info == 31 { Ok(None) } else { self.read_uint(info).map(Some) }
+        if info == 31 {
+            Ok(None)
+        } else {
+            self.read_uint(info).map(Some)
+        }
     }
 
     /// Every declared element needs at least one byte, so a length larger than what is left is a lie.
@@ -121,7 +131,9 @@ impl<'a> Decoder<'a, '_> {
             4..=6 if depth > self.limits.max_depth => {
                 self.pos -= 1;
                 self.skip_item(0)?;
-                Ok(Value::Invalid(format!("nesting deeper than {} levels", self.limits.max_depth).into()))
+                Ok(Value::Invalid(
+                    format!("nesting deeper than {} levels", self.limits.max_depth).into(),
+                ))
             }
             4 => self.array(info, depth),
             5 => self.map(info, depth),
@@ -173,7 +185,9 @@ impl<'a> Decoder<'a, '_> {
             Some(len) => {
                 let len = self.check_declared(len, 1)?;
                 let bytes = self.take(len)?;
-                Ok(std::str::from_utf8(bytes).map(Cow::Borrowed).map_err(|_| "invalid UTF-8 in string"))
+                Ok(std::str::from_utf8(bytes)
+                    .map(Cow::Borrowed)
+                    .map_err(|_| "invalid UTF-8 in string"))
             }
             None => {
                 let mut owned = String::new();
@@ -250,7 +264,9 @@ impl<'a> Decoder<'a, '_> {
             seen += 1;
         }
         if seen > self.limits.max_array_items {
-            return Ok(Value::Invalid(format!("array longer than {} items", self.limits.max_array_items).into()));
+            return Ok(Value::Invalid(
+                format!("array longer than {} items", self.limits.max_array_items).into(),
+            ));
         }
         Ok(Value::Array(items))
     }
@@ -278,10 +294,12 @@ impl<'a> Decoder<'a, '_> {
             seen += 1;
             match key {
                 Value::String(k) if k.len() > self.limits.max_key_bytes => {
-                    problem.get_or_insert_with(|| format!("object key longer than {} bytes", self.limits.max_key_bytes));
+                    problem
+                        .get_or_insert_with(|| format!("object key longer than {} bytes", self.limits.max_key_bytes));
                 }
                 Value::String(_) if fields.len() >= self.limits.max_object_keys => {
-                    problem.get_or_insert_with(|| format!("object with more than {} keys", self.limits.max_object_keys));
+                    problem
+                        .get_or_insert_with(|| format!("object with more than {} keys", self.limits.max_object_keys));
                 }
                 Value::String(k) => fields.push((k, value)),
                 _ => {
@@ -396,7 +414,10 @@ mod tests {
         let bytes = [0xa2, 0x61, b'a', 0x01, 0x61, b'b', 0x82, 0xf9, 0x3e, 0x00, 0x61, b'x'];
         let records = decode(&bytes).unwrap();
         assert_eq!(records[0].get("a"), Some(&Value::Number(1.0)));
-        assert_eq!(records[0].get("b"), Some(&Value::Array(vec![Value::Number(1.5), Value::String("x".into())])));
+        assert_eq!(
+            records[0].get("b"),
+            Some(&Value::Array(vec![Value::Number(1.5), Value::String("x".into())]))
+        );
     }
 
     #[test]

@@ -42,7 +42,11 @@ pub struct Contract {
 const DEVICE_ID_PATTERN: &str = "^[A-Za-z0-9_-]{1,64}$";
 
 fn reading_schema(device_id_required: bool) -> String {
-    let required = if device_id_required { r#"["device_id","timestamp","metrics"]"# } else { r#"["timestamp","metrics"]"# };
+    let required = if device_id_required {
+        r#"["device_id","timestamp","metrics"]"#
+    } else {
+        r#"["timestamp","metrics"]"#
+    };
     format!(
         r#"{{"type":"object","required":{required},"additionalProperties":false,"properties":{{
             "device_id":{{"type":"string","pattern":"{DEVICE_ID_PATTERN}"}},

@@ -45,7 +45,9 @@ pub enum Encoding {
 impl Encoding {
     /// Maps a `Content-Encoding` header value to an encoding.
     pub fn from_header(value: Option<&str>) -> Result<Encoding, PayloadError> {
-        let Some(value) = value else { return Ok(Encoding::Identity) };
+        let Some(value) = value else {
+            return Ok(Encoding::Identity);
+        };
         match value.trim().to_ascii_lowercase().as_str() {
             "" | "identity" => Ok(Encoding::Identity),
             "gzip" | "x-gzip" => Ok(Encoding::Gzip),
@@ -58,7 +60,10 @@ impl Encoding {
 /// Undoes the content encoding. The size limit applies to the decompressed bytes, so a small bomb is refused
 /// after reading at most `max_body_bytes + 1` bytes of output.
 pub fn decompress<'a>(body: &'a [u8], encoding: Encoding, limits: &Limits) -> Result<Cow<'a, [u8]>, PayloadError> {
-    let too_large = PayloadError::TooLarge { what: "decoded body size in bytes", limit: limits.max_body_bytes };
+    let too_large = PayloadError::TooLarge {
+        what: "decoded body size in bytes",
+        limit: limits.max_body_bytes,
+    };
     match encoding {
         Encoding::Identity if body.len() > limits.max_body_bytes => Err(too_large),
         Encoding::Identity => Ok(Cow::Borrowed(body)),
@@ -75,12 +80,18 @@ pub fn decompress<'a>(body: &'a [u8], encoding: Encoding, limits: &Limits) -> Re
 
 fn read_capped<'a>(reader: impl Read, cap: usize, name: &str) -> Result<Cow<'a, [u8]>, PayloadError> {
     let mut out = Vec::new();
-    reader.take(cap as u64 + 1).read_to_end(&mut out).map_err(|e| PayloadError::Malformed {
-        offset: 0,
-        message: format!("invalid {name} stream: {e}"),
-    })?;
+    reader
+        .take(cap as u64 + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| PayloadError::Malformed {
+            offset: 0,
+            message: format!("invalid {name} stream: {e}"),
+        })?;
     if out.len() > cap {
-        return Err(PayloadError::TooLarge { what: "decoded body size in bytes", limit: cap });
+        return Err(PayloadError::TooLarge {
+            what: "decoded body size in bytes",
+            limit: cap,
+        });
     }
     Ok(Cow::Owned(out))
 }
@@ -89,7 +100,10 @@ fn read_capped<'a>(reader: impl Read, cap: usize, name: &str) -> Result<Cow<'a, 
 /// `Invalid` record so the other lines still count.
 pub fn parse_records<'a>(body: &'a [u8], format: Format, limits: &Limits) -> Result<Vec<Value<'a>>, PayloadError> {
     if body.iter().all(u8::is_ascii_whitespace) {
-        return Err(PayloadError::Malformed { offset: 0, message: "empty body".into() });
+        return Err(PayloadError::Malformed {
+            offset: 0,
+            message: "empty body".into(),
+        });
     }
     match format {
         Format::Json => json::parse_records(body, limits),
@@ -101,7 +115,10 @@ pub fn parse_records<'a>(body: &'a [u8], format: Format, limits: &Limits) -> Res
                     continue;
                 }
                 if records.len() == limits.max_records {
-                    return Err(PayloadError::TooLarge { what: "number of records", limit: limits.max_records });
+                    return Err(PayloadError::TooLarge {
+                        what: "number of records",
+                        limit: limits.max_records,
+                    });
                 }
                 let record = match std::str::from_utf8(line) {
                     Ok(text) => json::parse_one(text, limits).unwrap_or_else(|e| Value::Invalid(line_problem(&e))),

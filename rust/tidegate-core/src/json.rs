@@ -45,7 +45,12 @@ struct Parser<'a, 'l> {
 
 impl<'a, 'l> Parser<'a, 'l> {
     fn new(text: &'a str, limits: &'l Limits) -> Self {
-        Parser { text, data: text.as_bytes(), pos: 0, limits }
+        Parser {
+            text,
+            data: text.as_bytes(),
+            pos: 0,
+            limits,
+        }
     }
 
     fn peek(&self) -> Option<u8> {
@@ -53,7 +58,10 @@ impl<'a, 'l> Parser<'a, 'l> {
     }
 
     fn fail<T>(&self, message: impl Into<String>) -> Result<T, PayloadError> {
-        Err(PayloadError::Malformed { offset: self.pos, message: message.into() })
+        Err(PayloadError::Malformed {
+            offset: self.pos,
+            message: message.into(),
+        })
     }
 
     fn skip_ws(&mut self) {
@@ -79,7 +87,10 @@ impl<'a, 'l> Parser<'a, 'l> {
         }
         loop {
             if records.len() == self.limits.max_records {
-                return Err(PayloadError::TooLarge { what: "number of records", limit: self.limits.max_records });
+                return Err(PayloadError::TooLarge {
+                    what: "number of records",
+                    limit: self.limits.max_records,
+                });
             }
             records.push(self.parse_value(1)?);
             self.skip_ws();
@@ -100,7 +111,9 @@ impl<'a, 'l> Parser<'a, 'l> {
         match self.peek() {
             Some(b'{') | Some(b'[') if depth > self.limits.max_depth => {
                 self.skip_nested()?;
-                Ok(Value::Invalid(format!("nesting deeper than {} levels", self.limits.max_depth).into()))
+                Ok(Value::Invalid(
+                    format!("nesting deeper than {} levels", self.limits.max_depth).into(),
+                ))
             }
             Some(b'{') => {
                 self.pos += 1;
@@ -114,9 +127,9 @@ impl<'a, 'l> Parser<'a, 'l> {
                 self.pos += 1;
                 let s = self.parse_string()?;
                 Ok(match s {
-                    Ok(s) if s.len() > self.limits.max_string_bytes => Value::Invalid(
-                        format!("string longer than {} bytes", self.limits.max_string_bytes).into(),
-                    ),
+                    Ok(s) if s.len() > self.limits.max_string_bytes => {
+                        Value::Invalid(format!("string longer than {} bytes", self.limits.max_string_bytes).into())
+                    }
                     Ok(s) => Value::String(s),
                     Err(problem) => Value::Invalid(problem.into()),
                 })
@@ -307,7 +320,9 @@ impl<'a, 'l> Parser<'a, 'l> {
             }
         }
         if too_many {
-            return Ok(Value::Invalid(format!("array longer than {} items", self.limits.max_array_items).into()));
+            return Ok(Value::Invalid(
+                format!("array longer than {} items", self.limits.max_array_items).into(),
+            ));
         }
         Ok(Value::Array(items))
     }
@@ -336,10 +351,12 @@ impl<'a, 'l> Parser<'a, 'l> {
             match key {
                 Err(p) => problem = problem.or_else(|| Some(format!("object key: {p}"))),
                 Ok(k) if k.len() > self.limits.max_key_bytes => {
-                    problem = problem.or_else(|| Some(format!("object key longer than {} bytes", self.limits.max_key_bytes)))
+                    problem =
+                        problem.or_else(|| Some(format!("object key longer than {} bytes", self.limits.max_key_bytes)))
                 }
                 Ok(_) if fields.len() >= self.limits.max_object_keys => {
-                    problem = problem.or_else(|| Some(format!("object with more than {} keys", self.limits.max_object_keys)))
+                    problem =
+                        problem.or_else(|| Some(format!("object with more than {} keys", self.limits.max_object_keys)))
                 }
                 Ok(k) => fields.push((k, value)),
             }
@@ -419,11 +436,14 @@ mod tests {
     #[test]
     fn decodes_nested_documents() {
         let v = one(r#"{"a": [1, 2.5, "x\n\u00e9\ud83d\ude00"], "b": {"c": null, "d": true}}"#);
-        assert_eq!(v.get("a"), Some(&Value::Array(vec![
-            Value::Number(1.0),
-            Value::Number(2.5),
-            Value::String("x\né😀".into())
-        ])));
+        assert_eq!(
+            v.get("a"),
+            Some(&Value::Array(vec![
+                Value::Number(1.0),
+                Value::Number(2.5),
+                Value::String("x\né😀".into())
+            ]))
+        );
     }
 
     #[test]
@@ -437,7 +457,20 @@ mod tests {
 
     #[test]
     fn rejects_syntax_errors() {
-        for bad in ["", "{", "[1,]", "{\"a\" 1}", "NaN", "-Infinity", "01", "1.", "\"a", "tru", "{} x", "[1 2]"] {
+        for bad in [
+            "",
+            "{",
+            "[1,]",
+            "{\"a\" 1}",
+            "NaN",
+            "-Infinity",
+            "01",
+            "1.",
+            "\"a",
+            "tru",
+            "{} x",
+            "[1 2]",
+        ] {
             assert!(parse_one(bad, &Limits::default()).is_err(), "{bad:?} should fail");
         }
     }

@@ -27,7 +27,26 @@ pub fn exact_f64(text: &str, plain_integer: bool) -> Option<f64> {
     }
     let mut buffer = ryu_js::Buffer::new();
     let shortest = buffer.format_finite(value);
-    (decimal_parts(shortest) == (digits, exponent)).then_some(value)
+    let (shortest_digits, shortest_exponent) = decimal_parts(shortest);
+    if (shortest_digits == digits && shortest_exponent == exponent) || is_exact_integer(&digits, exponent, value) {
+        return Some(value);
+    }
+    None
+}
+
+/// Whether the decimal `0.DIGITS × 10^exponent` is an integer equal to the double exactly, such as
+/// 2^60 written out in full (not the shortest spelling, yet no rounding happened).
+fn is_exact_integer(digits: &str, exponent: i64, value: f64) -> bool {
+    let Ok(zeros) = usize::try_from(exponent - digits.len() as i64) else {
+        return false;
+    };
+    if digits.len() + zeros > 38 {
+        return false;
+    }
+    let spelled: String = digits.chars().chain(std::iter::repeat_n('0', zeros)).collect();
+    spelled
+        .parse::<u128>()
+        .is_ok_and(|n| n as f64 == value.abs() && n == value.abs() as u128)
 }
 
 /// The significant digits (no leading or trailing zeros) and the exponent `e` such that the value is
@@ -105,6 +124,12 @@ mod tests {
         assert_eq!(exact_f64("0.1", false), Some(0.1));
         assert_eq!(exact_f64("5e-324", false), Some(5e-324));
         assert_eq!(exact_f64("-0", true), Some(-0.0));
+        assert_eq!(
+            exact_f64("1152921504606846976", true),
+            Some(1_152_921_504_606_846_976.0)
+        );
+        assert_eq!(exact_f64("41120572465778824", true), Some(41_120_572_465_778_824.0));
+        assert_eq!(exact_f64("41120572465778825", true), None);
     }
 
     #[test]

@@ -28,7 +28,15 @@ impl fmt::Display for SchemaError {
 impl std::error::Error for SchemaError {}
 
 /// Keywords that only annotate and never constrain.
-const ANNOTATIONS: &[&str] = &["$schema", "$id", "$comment", "title", "description", "default", "examples"];
+const ANNOTATIONS: &[&str] = &[
+    "$schema",
+    "$id",
+    "$comment",
+    "title",
+    "description",
+    "default",
+    "examples",
+];
 
 const TYPE_NAMES: [&str; 7] = ["null", "boolean", "integer", "number", "string", "array", "object"];
 
@@ -106,9 +114,15 @@ pub struct FieldError {
 impl Schema {
     /// Compiles a JSON Schema document (JSON text).
     pub fn compile_json(text: &str) -> Result<Schema, SchemaError> {
-        let limits = Limits { max_depth: 64, max_string_bytes: 1 << 20, ..Limits::default() };
-        let document = json::parse_one(text, &limits)
-            .map_err(|e| SchemaError { path: "$".into(), message: format!("not valid JSON: {e}") })?;
+        let limits = Limits {
+            max_depth: 64,
+            max_string_bytes: 1 << 20,
+            ..Limits::default()
+        };
+        let document = json::parse_one(text, &limits).map_err(|e| SchemaError {
+            path: "$".into(),
+            message: format!("not valid JSON: {e}"),
+        })?;
         if let Some((path, message)) = document.first_invalid() {
             return Err(SchemaError { path, message });
         }
@@ -116,7 +130,10 @@ impl Schema {
     }
 
     fn compile(document: &Value<'_>, path: &Path<'_>) -> Result<Schema, SchemaError> {
-        let err = |at: &Path<'_>, message: String| SchemaError { path: at.render(), message };
+        let err = |at: &Path<'_>, message: String| SchemaError {
+            path: at.render(),
+            message,
+        };
         let fields = match document {
             Value::Object(fields) => fields,
             Value::Bool(true) => return Ok(Schema::any()),
@@ -184,7 +201,9 @@ impl Schema {
                         return Err(err(&here, "must be an array of strings".into()));
                     };
                     for name in names {
-                        let name = name.as_str().ok_or_else(|| err(&here, "must be an array of strings".into()))?;
+                        let name = name
+                            .as_str()
+                            .ok_or_else(|| err(&here, "must be an array of strings".into()))?;
                         schema.required.push(name.to_string());
                     }
                 }
@@ -214,7 +233,10 @@ impl Schema {
 
     /// The schema `true`: any value.
     pub fn any() -> Schema {
-        Schema { unconstrained: true, ..Schema::default() }
+        Schema {
+            unconstrained: true,
+            ..Schema::default()
+        }
     }
 
     fn allows(&self, type_bit: usize) -> bool {
@@ -246,7 +268,10 @@ impl Schema {
     /// are failures too, including inside unconstrained subtrees.
     pub fn validate(&self, value: &Value<'_>, path: &Path<'_>, errors: &mut Vec<FieldError>) {
         let fail = |errors: &mut Vec<FieldError>, message: String| {
-            errors.push(FieldError { path: path.render(), message });
+            errors.push(FieldError {
+                path: path.render(),
+                message,
+            });
         };
         if let Value::Invalid(problem) = value {
             return fail(errors, problem.to_string());
@@ -264,12 +289,18 @@ impl Schema {
             Value::Invalid(_) => false,
         };
         if !type_ok {
-            return fail(errors, format!("expected {}, got {}", self.expected_types(), value.type_name()));
+            return fail(
+                errors,
+                format!("expected {}, got {}", self.expected_types(), value.type_name()),
+            );
         }
         if let Some(allowed) = &self.allowed {
             let actual = canonical_bytes(value);
             if !allowed.contains(&actual) {
-                let options: Vec<String> = allowed.iter().map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+                let options: Vec<String> = allowed
+                    .iter()
+                    .map(|a| String::from_utf8_lossy(a).into_owned())
+                    .collect();
                 fail(errors, format!("must be one of {}", options.join(", ")));
             }
         }
@@ -278,7 +309,10 @@ impl Schema {
             Value::Number(n) => self.validate_number(*n, path, errors),
             Value::Array(items) => {
                 if let Some(min) = self.min_items.filter(|min| items.len() < *min) {
-                    fail(errors, format!("must have at least {min} items"));
+                    fail(
+                        errors,
+                        format!("must have at least {min} {}", plural(min, "item", "items")),
+                    );
                 }
                 if let Some(max) = self.max_items.filter(|max| items.len() > *max) {
                     fail(errors, format!("must have at most {max} items"));
@@ -298,12 +332,18 @@ impl Schema {
 
     fn validate_string(&self, s: &str, path: &Path<'_>, errors: &mut Vec<FieldError>) {
         let fail = |errors: &mut Vec<FieldError>, message: String| {
-            errors.push(FieldError { path: path.render(), message });
+            errors.push(FieldError {
+                path: path.render(),
+                message,
+            });
         };
         if self.min_length.is_some() || self.max_length.is_some() {
             let length = s.chars().count();
             if let Some(min) = self.min_length.filter(|min| length < *min) {
-                fail(errors, format!("must be at least {min} characters long"));
+                fail(
+                    errors,
+                    format!("must be at least {min} {} long", plural(min, "character", "characters")),
+                );
             }
             if let Some(max) = self.max_length.filter(|max| length > *max) {
                 fail(errors, format!("must be at most {max} characters long"));
@@ -318,7 +358,12 @@ impl Schema {
     }
 
     fn validate_number(&self, n: f64, path: &Path<'_>, errors: &mut Vec<FieldError>) {
-        let mut fail = |message: String| errors.push(FieldError { path: path.render(), message });
+        let mut fail = |message: String| {
+            errors.push(FieldError {
+                path: path.render(),
+                message,
+            })
+        };
         if let Some(min) = self.minimum.filter(|min| n < *min) {
             fail(format!("must be >= {min}"));
         }
@@ -333,18 +378,32 @@ impl Schema {
         }
     }
 
-    fn validate_object(&self, fields: &[(std::borrow::Cow<'_, str>, Value<'_>)], path: &Path<'_>, errors: &mut Vec<FieldError>) {
+    fn validate_object(
+        &self,
+        fields: &[(std::borrow::Cow<'_, str>, Value<'_>)],
+        path: &Path<'_>,
+        errors: &mut Vec<FieldError>,
+    ) {
         for name in &self.required {
             if !fields.iter().any(|(k, _)| k == name) {
                 let at = Path::Key(path, name);
-                errors.push(FieldError { path: at.render(), message: "required field is missing".into() });
+                errors.push(FieldError {
+                    path: at.render(),
+                    message: "required field is missing".into(),
+                });
             }
         }
         if let Some(min) = self.min_properties.filter(|min| fields.len() < *min) {
-            errors.push(FieldError { path: path.render(), message: format!("must have at least {min} entries") });
+            errors.push(FieldError {
+                path: path.render(),
+                message: format!("must have at least {min} {}", plural(min, "entry", "entries")),
+            });
         }
         if let Some(max) = self.max_properties.filter(|max| fields.len() > *max) {
-            errors.push(FieldError { path: path.render(), message: format!("must have at most {max} entries") });
+            errors.push(FieldError {
+                path: path.render(),
+                message: format!("must have at most {max} {}", plural(max, "entry", "entries")),
+            });
         }
         for (key, value) in fields {
             let at = Path::Key(path, key);
@@ -352,9 +411,10 @@ impl Schema {
                 Some((_, schema)) => schema.validate(value, &at, errors),
                 None => match &self.additional {
                     Additional::Allowed => check_decoded(value, &at, errors),
-                    Additional::Forbidden => {
-                        errors.push(FieldError { path: at.render(), message: "unknown field".into() })
-                    }
+                    Additional::Forbidden => errors.push(FieldError {
+                        path: at.render(),
+                        message: "unknown field".into(),
+                    }),
                     Additional::Schema(schema) => schema.validate(value, &at, errors),
                 },
             }
@@ -362,16 +422,27 @@ impl Schema {
     }
 
     fn expected_types(&self) -> String {
-        let names: Vec<&str> =
-            TYPE_NAMES.iter().enumerate().filter(|(i, _)| self.types & (1 << i) != 0).map(|(_, n)| *n).collect();
+        let names: Vec<&str> = TYPE_NAMES
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| self.types & (1 << i) != 0)
+            .map(|(_, n)| *n)
+            .collect();
         names.join(" or ")
     }
+}
+
+fn plural(n: usize, one: &'static str, many: &'static str) -> &'static str {
+    if n == 1 { one } else { many }
 }
 
 /// Fails a value that holds a decoding problem anywhere inside it.
 fn check_decoded(value: &Value<'_>, path: &Path<'_>, errors: &mut Vec<FieldError>) {
     if let Some((sub_path, message)) = value.first_invalid() {
-        errors.push(FieldError { path: format!("{}{}", path.render(), &sub_path[1..]), message });
+        errors.push(FieldError {
+            path: format!("{}{}", path.render(), &sub_path[1..]),
+            message,
+        });
     }
 }
 
@@ -407,8 +478,14 @@ mod tests {
     fn enum_const_and_strings() {
         assert!(errors(r#"{"enum":[1,"x",{"a":1}]}"#, r#"{"a":1.0}"#).is_empty());
         assert_eq!(errors(r#"{"const":"x"}"#, r#""y""#).len(), 1);
-        assert_eq!(errors(r#"{"type":"string","minLength":2,"maxLength":3}"#, r#""é""#).len(), 1);
-        assert_eq!(errors(r#"{"type":"string","format":"date-time"}"#, r#""yesterday""#).len(), 1);
+        assert_eq!(
+            errors(r#"{"type":"string","minLength":2,"maxLength":3}"#, r#""é""#).len(),
+            1
+        );
+        assert_eq!(
+            errors(r#"{"type":"string","format":"date-time"}"#, r#""yesterday""#).len(),
+            1
+        );
         assert!(errors(r#"{"type":"string","pattern":"^a+$"}"#, r#""aaa""#).is_empty());
     }
 

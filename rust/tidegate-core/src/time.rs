@@ -47,7 +47,8 @@ impl Timestamp {
             if fraction.is_empty() || fraction.len() > 9 {
                 return None;
             }
-            nanos = fraction.iter().fold(0u32, |acc, d| acc * 10 + u32::from(d - b'0')) * 10u32.pow(9 - fraction.len() as u32);
+            nanos = fraction.iter().fold(0u32, |acc, d| acc * 10 + u32::from(d - b'0'))
+                * 10u32.pow(9 - fraction.len() as u32);
         }
         let offset_seconds = match &b[pos..] {
             [b'Z' | b'z'] => 0,
@@ -102,7 +103,9 @@ fn write_utc(out: &mut Vec<u8>, seconds: i64, nanos: u32, fixed_millis: bool) {
 }
 
 fn digits(b: &[u8]) -> Option<u32> {
-    b.iter().try_fold(0u32, |acc, &d| d.is_ascii_digit().then(|| acc * 10 + u32::from(d - b'0')))
+    b.iter().try_fold(0u32, |acc, &d| {
+        d.is_ascii_digit().then(|| acc * 10 + u32::from(d - b'0'))
+    })
 }
 
 fn is_leap(year: u32) -> bool {
@@ -163,8 +166,16 @@ mod tests {
 
     #[test]
     fn refuses_impossible_dates() {
-        for bad in ["2026-02-29T00:00:00Z", "2026-13-01T00:00:00Z", "2026-01-01T24:00:00Z", "2026-01-01T00:00:00",
-                    "2026-01-01T00:00:00.Z", "2026-01-01T00:00:00+2:00", "not a date at all!!", "2026-01-01T00:00:60Z"] {
+        for bad in [
+            "2026-02-29T00:00:00Z",
+            "2026-13-01T00:00:00Z",
+            "2026-01-01T24:00:00Z",
+            "2026-01-01T00:00:00",
+            "2026-01-01T00:00:00.Z",
+            "2026-01-01T00:00:00+2:00",
+            "not a date at all!!",
+            "2026-01-01T00:00:60Z",
+        ] {
             assert!(Timestamp::parse(bad).is_none(), "{bad}");
         }
         assert!(Timestamp::parse("2024-02-29T00:00:00Z").is_some());

@@ -32,7 +32,11 @@ pub fn default_metric_ranges() -> Vec<MetricRange> {
         ("signal_strength", -120.0, 0.0),
     ]
     .into_iter()
-    .map(|(name, min, max)| MetricRange { name: name.into(), min, max })
+    .map(|(name, min, max)| MetricRange {
+        name: name.into(),
+        min,
+        max,
+    })
     .collect()
 }
 
@@ -142,12 +146,24 @@ impl Validator {
         let body = decode::decompress(request.body, encoding, &self.options.limits)?;
         let records = decode::parse_records(&body, format, &self.options.limits)?;
         let mut run = Run::new(self, request);
+        run.array_body = match format {
+            Format::Json => body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'['),
+            Format::Cbor => body.first().is_some_and(|b| b >> 5 == 4),
+            Format::Ndjson => false,
+        };
         if self.contract.kind == ContractKind::Batch {
             run.batch_envelope(records)?;
         } else {
             run.outcome.total = records.len();
             for (index, record) in records.iter().enumerate() {
-                run.record(record, &RecordContext { index, inherited_device_id: None, batch_id: None });
+                run.record(
+                    record,
+                    &RecordContext {
+                        index,
+                        inherited_device_id: None,
+                        batch_id: None,
+                    },
+                );
             }
         }
         Ok(run.outcome)
@@ -163,6 +179,8 @@ struct Run<'v> {
     outcome: Outcome,
     errors: Vec<FieldError>,
     identity: Vec<u8>,
+    /// Records came from a top-level array, so their paths start `$[i]`.
+    array_body: bool,
 }
 
 impl<'v> Run<'v> {
@@ -186,16 +204,24 @@ impl<'v> Run<'v> {
             outcome: Outcome::default(),
             errors: Vec::new(),
             identity: Vec::with_capacity(256),
+            array_body: false,
         }
     }
 
     fn reject_envelope(&mut self, path: String, message: String) {
-        self.outcome.rejected.push(Issue { index: None, path, message });
+        self.outcome.rejected.push(Issue {
+            index: None,
+            path,
+            message,
+        });
     }
 
     fn batch_envelope(&mut self, records: Vec<Value<'_>>) -> Result<(), PayloadError> {
         let [envelope] = records.as_slice() else {
-            return Err(PayloadError::Malformed { offset: 0, message: "a batch body is one object".into() });
+            return Err(PayloadError::Malformed {
+                offset: 0,
+                message: "a batch body is one object".into(),
+            });
         };
         let readings = match envelope.get("readings") {
             Some(Value::Array(items)) => items.as_slice(),
@@ -209,7 +235,9 @@ impl<'v> Run<'v> {
                     fields
                         .iter()
                         .map(|(k, v)| match (k.as_ref(), v) {
-                            ("readings", Value::Array(items)) => (k.clone(), Value::Array(vec![Value::Null; items.len().min(1)])),
+                            ("readings", Value::Array(items)) => {
+                                (k.clone(), Value::Array(vec![Value::Null; items.len().min(1)]))
+                            }
                             _ => (k.clone(), v.clone()),
                         })
                         .collect(),
@@ -220,7 +248,10 @@ impl<'v> Run<'v> {
         }
         let max = self.validator.options.max_batch_readings;
         if readings.len() > max {
-            self.errors.push(FieldError { path: "$.readings".into(), message: format!("must have at most {max} items") });
+            self.errors.push(FieldError {
+                path: "$.readings".into(),
+                message: format!("must have at most {max} items"),
+            });
         }
         if !self.errors.is_empty() {
             for error in std::mem::take(&mut self.errors) {
@@ -234,20 +265,31 @@ impl<'v> Run<'v> {
         let batch_id = envelope.get("batch_id").and_then(Value::as_str).unwrap_or_default();
         self.outcome.envelope = Some((device_id.to_string(), batch_id.to_string()));
         for (index, reading) in readings.iter().enumerate() {
-            let context = RecordContext { index, inherited_device_id: Some(device_id), batch_id: Some(batch_id) };
+            let context = RecordContext {
+                index,
+                inherited_device_id: Some(device_id),
+                batch_id: Some(batch_id),
+            };
             self.record(reading, &context);
         }
         Ok(())
     }
 
     fn reject(&mut self, index: usize, path: String, message: String) {
-        self.outcome.rejected.push(Issue { index: Some(index), path, message });
+        self.outcome.rejected.push(Issue {
+            index: Some(index),
+            path,
+            message,
+        });
     }
 
-    /// Path prefix of a record in the body: `$` for a lone record, `$[i]` in an array, `$.readings[i]` in a batch.
+    /// Path prefix of a record in the body: `$` for a lone record or an NDJSON line, `$[i]` in an array,
+    /// `$.readings[i]` in a batch.
     fn record_path(&self, context: &RecordContext<'_>) -> String {
         if context.batch_id.is_some() {
             format!("$.readings[{}]", context.index)
+        } else if self.array_body {
+            format!("$[{}]", context.index)
         } else {
             "$".into()
         }
@@ -268,20 +310,32 @@ impl<'v> Run<'v> {
         let Value::Object(fields) = record else {
             return self.skip(fail_count);
         };
-        if let (Some(inherited), Some(own)) = (context.inherited_device_id, record.get("device_id").and_then(Value::as_str))
-            && own != inherited
+        if let (Some(inherited), Some(own)) = (
+            context.inherited_device_id,
+            record.get("device_id").and_then(Value::as_str),
+        ) && own != inherited
         {
             let prefix = self.record_path(context);
-            self.reject(index, format!("{prefix}.device_id"), "must equal the batch's device_id".into());
+            self.reject(
+                index,
+                format!("{prefix}.device_id"),
+                "must equal the batch's device_id".into(),
+            );
         }
         let time_field = contract.time_field.as_deref();
-        let timestamp = time_field.and_then(|f| record.get(f)).and_then(Value::as_str).and_then(Timestamp::parse);
+        let timestamp = time_field
+            .and_then(|f| record.get(f))
+            .and_then(Value::as_str)
+            .and_then(Timestamp::parse);
         if let (Some(ts), Some(field), true) = (timestamp, time_field, contract.enforce_window) {
             let millis = ts.unix_millis();
             let received = self.request.received_at_ms;
             let prefix = self.record_path(context);
             if millis < received - options.max_past_ms {
-                let message = format!("is more than {} older than reception", human_duration(options.max_past_ms));
+                let message = format!(
+                    "is more than {} older than reception",
+                    human_duration(options.max_past_ms)
+                );
                 self.reject(index, format!("{prefix}.{field}"), message);
             } else if millis > received + options.max_future_ms {
                 let message = format!("is more than {} in the future", human_duration(options.max_future_ms));
@@ -324,8 +378,11 @@ impl<'v> Run<'v> {
         self.identity.push(b'\n');
         match &contract.identity_fields {
             Some(names) => {
-                let subset: Vec<(&str, &Value<'_>)> =
-                    entries.iter().copied().filter(|(k, _)| names.iter().any(|n| n == k)).collect();
+                let subset: Vec<(&str, &Value<'_>)> = entries
+                    .iter()
+                    .copied()
+                    .filter(|(k, _)| names.iter().any(|n| n == k))
+                    .collect();
                 write_object(&mut self.identity, &subset);
             }
             None => write_object(&mut self.identity, &entries),
@@ -336,7 +393,11 @@ impl<'v> Run<'v> {
         let event_id_hex = hex(&event_id);
 
         let lag = timestamp.map(|ts| self.request.received_at_ms - ts.unix_millis());
-        let key_value = contract.key_field.as_deref().and_then(|f| entries.iter().find(|(k, _)| *k == f)).map(|(_, v)| *v);
+        let key_value = contract
+            .key_field
+            .as_deref()
+            .and_then(|f| entries.iter().find(|(k, _)| *k == f))
+            .map(|(_, v)| *v);
         let key: Option<Cow<'_, [u8]>> = match key_value {
             Some(Value::String(s)) => Some(Cow::Borrowed(s.as_bytes())),
             Some(other) => {
@@ -403,7 +464,9 @@ impl<'v> Run<'v> {
     fn check_ranges(&mut self, record: &Value<'_>, context: &RecordContext<'_>) {
         let ranges = &self.validator.options.metric_ranges;
         for section in ["metrics", "metadata"] {
-            let Some(Value::Object(values)) = record.get(section) else { continue };
+            let Some(Value::Object(values)) = record.get(section) else {
+                continue;
+            };
             for (name, value) in values {
                 let Value::Number(n) = value else { continue };
                 if let Some(range) = ranges.iter().find(|r| r.name == *name)
@@ -421,7 +484,11 @@ impl<'v> Run<'v> {
                         range.min,
                         range.max
                     );
-                    self.outcome.warnings.push(Issue { index: Some(context.index), path, message });
+                    self.outcome.warnings.push(Issue {
+                        index: Some(context.index),
+                        path,
+                        message,
+                    });
                 }
             }
         }

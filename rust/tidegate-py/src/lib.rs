@@ -1,1 +1,398 @@
+//! `tidegate._native`: the thin PyO3 binding of `tidegate-core`. Types, error mapping and GIL release; no logic.
 
+// Python keyword arguments map one-to-one onto Rust parameters.
+#![allow(clippy::too_many_arguments)]
+
+mod errors;
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict, PyString};
+use tidegate_core as core;
+
+#[pyclass(frozen, module = "tidegate._native")]
+struct Contract(core::Contract);
+
+#[pymethods]
+impl Contract {
+    #[staticmethod]
+    fn telemetry() -> Contract {
+        Contract(core::Contract::telemetry())
+    }
+
+    #[staticmethod]
+    fn event() -> Contract {
+        Contract(core::Contract::event())
+    }
+
+    #[staticmethod]
+    fn batch() -> Contract {
+        Contract(core::Contract::batch())
+    }
+
+    #[staticmethod]
+    #[pyo3(signature = (schema, *, name = "custom/v1", topic = "custom-raw", key_field = None, time_field = None, identity_fields = None))]
+    fn from_json_schema(
+        py: Python<'_>,
+        schema: &Bound<'_, PyAny>,
+        name: &str,
+        topic: &str,
+        key_field: Option<String>,
+        time_field: Option<String>,
+        identity_fields: Option<Vec<String>>,
+    ) -> PyResult<Contract> {
+        let text: String = if let Ok(text) = schema.cast::<PyString>() {
+            text.to_str()?.to_owned()
+        } else if let Ok(bytes) = schema.cast::<PyBytes>() {
+            String::from_utf8(bytes.as_bytes().to_vec())
+                .map_err(|_| errors::SchemaError::new_err("schema is not UTF-8"))?
+        } else {
+            py.import("json")?.call_method1("dumps", (schema,))?.extract()?
+        };
+        core::Contract::custom(name, &text, topic, key_field, time_field, identity_fields)
+            .map(Contract)
+            .map_err(|e| errors::schema_error(&e))
+    }
+
+    #[getter]
+    fn name(&self) -> &str {
+        &self.0.name
+    }
+
+    #[getter]
+    fn topic(&self) -> &str {
+        &self.0.topic
+    }
+
+    #[getter]
+    fn kind(&self) -> &'static str {
+        match self.0.kind {
+            core::ContractKind::Telemetry => "telemetry",
+            core::ContractKind::Batch => "batch",
+            core::ContractKind::Event => "event",
+            core::ContractKind::Custom => "custom",
+        }
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "Contract(kind={:?}, name={:?}, topic={:?})",
+            self.kind(),
+            self.0.name,
+            self.0.topic
+        )
+    }
+}
+
+#[pyclass(frozen, module = "tidegate._native")]
+struct Validator(core::Validator);
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+#[pymethods]
+impl Validator {
+    #[new]
+    #[pyo3(signature = (
+        contract, *, max_past_seconds = 604800.0, max_future_seconds = 300.0, metric_ranges = None,
+        max_body_bytes = None, max_depth = None, max_string_bytes = None, max_key_bytes = None,
+        max_array_items = None, max_object_keys = None, max_records = None, max_batch_readings = 1000,
+        dlq_topic = "ingest-dlq", topic = None,
+    ))]
+    fn new(
+        contract: &Contract,
+        max_past_seconds: f64,
+        max_future_seconds: f64,
+        metric_ranges: Option<&Bound<'_, PyDict>>,
+        max_body_bytes: Option<usize>,
+        max_depth: Option<usize>,
+        max_string_bytes: Option<usize>,
+        max_key_bytes: Option<usize>,
+        max_array_items: Option<usize>,
+        max_object_keys: Option<usize>,
+        max_records: Option<usize>,
+        max_batch_readings: usize,
+        dlq_topic: &str,
+        topic: Option<String>,
+    ) -> PyResult<Validator> {
+        let defaults = core::Limits::default();
+        let limits = core::Limits {
+            max_body_bytes: max_body_bytes.unwrap_or(defaults.max_body_bytes),
+            max_depth: max_depth.unwrap_or(defaults.max_depth),
+            max_string_bytes: max_string_bytes.unwrap_or(defaults.max_string_bytes),
+            max_key_bytes: max_key_bytes.unwrap_or(defaults.max_key_bytes),
+            max_array_items: max_array_items.unwrap_or(defaults.max_array_items),
+            max_object_keys: max_object_keys.unwrap_or(defaults.max_object_keys),
+            max_records: max_records.unwrap_or(defaults.max_records),
+        };
+        let metric_ranges = match metric_ranges {
+            None => core::validator::default_metric_ranges(),
+            Some(ranges) => {
+                let mut out = Vec::with_capacity(ranges.len());
+                for (name, bounds) in ranges.iter() {
+                    let (min, max): (f64, f64) = bounds.extract()?;
+                    out.push(core::MetricRange {
+                        name: name.extract()?,
+                        min,
+                        max,
+                    });
+                }
+                out
+            }
+        };
+        let options = core::ValidatorOptions {
+            limits,
+            max_past_ms: (max_past_seconds * 1000.0) as i64,
+            max_future_ms: (max_future_seconds * 1000.0) as i64,
+            metric_ranges,
+            max_batch_readings,
+            dlq_topic: dlq_topic.to_string(),
+            topic,
+        };
+        Ok(Validator(core::Validator::new(contract.0.clone(), options)))
+    }
+
+    #[pyo3(signature = (body, content_type = "application/json", content_encoding = None, *, received_at_ms = None, priority = None, traceparent = None))]
+    fn validate(
+        &self,
+        py: Python<'_>,
+        body: &[u8],
+        content_type: &str,
+        content_encoding: Option<&str>,
+        received_at_ms: Option<i64>,
+        priority: Option<&str>,
+        traceparent: Option<&str>,
+    ) -> PyResult<ValidationResult> {
+        let request = core::Request {
+            body,
+            content_type,
+            content_encoding,
+            received_at_ms: received_at_ms.unwrap_or_else(now_ms),
+            priority,
+            traceparent,
+        };
+        let mut outcome = py
+            .detach(|| self.0.validate(&request))
+            .map_err(|e| errors::payload_error(&e))?;
+        let batch = Py::new(py, RecordBatch(std::mem::take(&mut outcome.batch)))?;
+        Ok(ValidationResult { outcome, batch })
+    }
+
+    #[getter]
+    fn contract(&self) -> Contract {
+        Contract(self.0.contract().clone())
+    }
+
+    #[getter]
+    fn topic(&self) -> &str {
+        self.0.topic()
+    }
+}
+
+#[pyclass(frozen, module = "tidegate._native")]
+struct Issue {
+    #[pyo3(get)]
+    index: Option<usize>,
+    #[pyo3(get)]
+    path: String,
+    #[pyo3(get)]
+    message: String,
+}
+
+#[pymethods]
+impl Issue {
+    fn __repr__(&self) -> String {
+        let index = self.index.map_or_else(|| "None".to_string(), |i| i.to_string());
+        format!("Issue(index={index}, path={:?}, message={:?})", self.path, self.message)
+    }
+
+    fn __eq__(&self, other: &Issue) -> bool {
+        (self.index, &self.path, &self.message) == (other.index, &other.path, &other.message)
+    }
+}
+
+fn issues(list: &[core::Issue]) -> Vec<Issue> {
+    list.iter()
+        .map(|i| Issue {
+            index: i.index,
+            path: i.path.clone(),
+            message: i.message.clone(),
+        })
+        .collect()
+}
+
+#[pyclass(frozen, module = "tidegate._native")]
+struct ValidationResult {
+    outcome: core::Outcome,
+    batch: Py<RecordBatch>,
+}
+
+#[pymethods]
+impl ValidationResult {
+    #[getter]
+    fn total(&self) -> usize {
+        self.outcome.total
+    }
+
+    #[getter]
+    fn accepted(&self) -> usize {
+        self.outcome.accepted
+    }
+
+    #[getter]
+    fn rejected(&self) -> Vec<Issue> {
+        issues(&self.outcome.rejected)
+    }
+
+    #[getter]
+    fn warnings(&self) -> Vec<Issue> {
+        issues(&self.outcome.warnings)
+    }
+
+    #[getter]
+    fn event_ids(&self) -> Vec<Option<String>> {
+        self.outcome
+            .event_ids
+            .iter()
+            .map(|id| id.map(|id| core::batch::hex(&id)))
+            .collect()
+    }
+
+    #[getter]
+    fn ingest_lag_ms(&self) -> Vec<Option<i64>> {
+        self.outcome.ingest_lag_ms.clone()
+    }
+
+    #[getter]
+    fn batch(&self, py: Python<'_>) -> Py<RecordBatch> {
+        self.batch.clone_ref(py)
+    }
+
+    #[getter]
+    fn device_id(&self) -> Option<&str> {
+        self.outcome.envelope.as_ref().map(|(device, _)| device.as_str())
+    }
+
+    #[getter]
+    fn batch_id(&self) -> Option<&str> {
+        self.outcome.envelope.as_ref().map(|(_, batch)| batch.as_str())
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "ValidationResult(total={}, accepted={}, rejected={}, warnings={})",
+            self.outcome.total,
+            self.outcome.accepted,
+            self.outcome.rejected.len(),
+            self.outcome.warnings.len()
+        )
+    }
+}
+
+type RecordTuple<'py> = (
+    Option<Bound<'py, PyBytes>>,
+    Bound<'py, PyBytes>,
+    Vec<(String, Bound<'py, PyBytes>)>,
+    i64,
+);
+
+#[pyclass(module = "tidegate._native")]
+struct RecordBatch(core::RecordBatch);
+
+#[pymethods]
+impl RecordBatch {
+    #[new]
+    fn new() -> RecordBatch {
+        RecordBatch(core::RecordBatch::new())
+    }
+
+    fn __len__(&self) -> usize {
+        self.0.len()
+    }
+
+    #[getter]
+    fn topics(&self) -> Vec<String> {
+        self.0.topics().to_vec()
+    }
+
+    #[getter]
+    fn payload_bytes(&self) -> usize {
+        self.0.payload_bytes()
+    }
+
+    /// `(key, value, headers, timestamp_ms)` for each record of `topic` (all topics when `None`).
+    #[pyo3(signature = (topic = None))]
+    fn records<'py>(&self, py: Python<'py>, topic: Option<&str>) -> Vec<RecordTuple<'py>> {
+        self.0
+            .iter()
+            .filter(|r| topic.is_none_or(|t| t == r.topic))
+            .map(|r| {
+                let headers = r
+                    .headers()
+                    .map(|(name, value)| (name.to_string(), PyBytes::new(py, value)))
+                    .collect();
+                (
+                    r.key.map(|k| PyBytes::new(py, k)),
+                    PyBytes::new(py, r.value),
+                    headers,
+                    r.timestamp_ms,
+                )
+            })
+            .collect()
+    }
+
+    /// Record values (canonical enriched JSON) of `topic`, or of all topics.
+    #[pyo3(signature = (topic = None))]
+    fn values<'py>(&self, py: Python<'py>, topic: Option<&str>) -> Vec<Bound<'py, PyBytes>> {
+        self.0
+            .iter()
+            .filter(|r| topic.is_none_or(|t| t == r.topic))
+            .map(|r| PyBytes::new(py, r.value))
+            .collect()
+    }
+
+    #[pyo3(signature = (topic = None))]
+    fn event_ids(&self, topic: Option<&str>) -> Vec<String> {
+        self.0
+            .iter()
+            .filter(|r| topic.is_none_or(|t| t == r.topic))
+            .map(|r| r.event_id_hex())
+            .collect()
+    }
+
+    /// Distinct record keys, in order of first appearance.
+    fn keys(&self) -> Vec<String> {
+        let mut keys: Vec<String> = Vec::new();
+        for record in self.0.iter() {
+            if let Some(key) = record.key.and_then(|k| std::str::from_utf8(k).ok())
+                && !keys.iter().any(|k| k == key)
+            {
+                keys.push(key.to_string());
+            }
+        }
+        keys
+    }
+
+    fn extend(&mut self, other: &RecordBatch) {
+        self.0.extend(&other.0);
+    }
+
+    fn __repr__(&self) -> String {
+        format!("RecordBatch(records={}, topics={:?})", self.0.len(), self.0.topics())
+    }
+}
+
+#[pymodule(gil_used = false)]
+fn _native(module: &Bound<'_, PyModule>) -> PyResult<()> {
+    module.add_class::<Contract>()?;
+    module.add_class::<Validator>()?;
+    module.add_class::<ValidationResult>()?;
+    module.add_class::<Issue>()?;
+    module.add_class::<RecordBatch>()?;
+    module.add("EVENT_ID_DOMAIN", core::validator::EVENT_ID_DOMAIN)?;
+    errors::register(module)
+}

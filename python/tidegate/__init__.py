@@ -1,0 +1,29 @@
+"""tidegate: a Rust-accelerated ingest engine for device telemetry and events."""
+
+from tidegate._native import (
+    EVENT_ID_DOMAIN,
+    Contract,
+    Issue,
+    MalformedPayload,
+    PayloadError,
+    PayloadTooLarge,
+    RecordBatch,
+    SchemaError,
+    UnsupportedFormat,
+    ValidationResult,
+    Validator,
+)
+
+__all__ = [
+    "EVENT_ID_DOMAIN",
+    "Contract",
+    "Issue",
+    "MalformedPayload",
+    "PayloadError",
+    "PayloadTooLarge",
+    "RecordBatch",
+    "SchemaError",
+    "UnsupportedFormat",
+    "ValidationResult",
+    "Validator",
+]

@@ -1,0 +1,195 @@
+"""Type stubs and documentation for tidegate's native core (`rust/tidegate-py`)."""
+
+from collections.abc import Mapping
+from typing import Any, Final, Literal, final
+
+__all__ = [
+    "EVENT_ID_DOMAIN",
+    "Contract",
+    "Issue",
+    "MalformedPayload",
+    "PayloadError",
+    "PayloadTooLarge",
+    "RecordBatch",
+    "SchemaError",
+    "UnsupportedFormat",
+    "ValidationResult",
+    "Validator",
+]
+
+EVENT_ID_DOMAIN: Final[str]
+"""The prefix hashed before every event id's canonical form (see the README's event_id definition)."""
+
+class PayloadError(ValueError):
+    """The whole body could not be taken apart into records."""
+
+class MalformedPayload(PayloadError):
+    """The body is not parseable in its declared format (syntax, truncation, invalid UTF-8, empty)."""
+
+class PayloadTooLarge(PayloadError):
+    """The body exceeds a size limit (measured after decompression) or the record count limit."""
+
+class UnsupportedFormat(PayloadError):
+    """The content type or content encoding is not supported."""
+
+class SchemaError(ValueError):
+    """A JSON Schema could not be compiled: invalid, or using a keyword outside the supported subset."""
+
+@final
+class Contract:
+    """What a record must look like, where it goes and which fields make its identity."""
+
+    @staticmethod
+    def telemetry() -> Contract:
+        """Seed 001's reading: device_id, timestamp (RFC 3339), metrics (non-empty map of numbers), metadata."""
+
+    @staticmethod
+    def event() -> Contract:
+        """Seed 004's event: source, event_type, entity_id, event_time, payload (any JSON), all required."""
+
+    @staticmethod
+    def batch() -> Contract:
+        """Seed 001's batch: device_id, batch_id, readings[1..max]; each reading becomes a telemetry record."""
+
+    @staticmethod
+    def from_json_schema(
+        schema: Mapping[str, Any] | str | bytes,
+        *,
+        name: str = "custom/v1",
+        topic: str = "custom-raw",
+        key_field: str | None = None,
+        time_field: str | None = None,
+        identity_fields: list[str] | None = None,
+    ) -> Contract:
+        """Compiles a JSON Schema subset: type, properties, required, additionalProperties, enum, const, pattern,
+        minLength/maxLength, minimum/maximum, exclusiveMinimum/exclusiveMaximum, items, minItems/maxItems,
+        minProperties/maxProperties, format date-time. Any other keyword raises SchemaError.
+        """
+
+    @property
+    def name(self) -> str:
+        """Name and version, sent in the `schema` header (`telemetry/v1`)."""
+
+    @property
+    def topic(self) -> str: ...
+    @property
+    def kind(self) -> Literal["telemetry", "batch", "event", "custom"]: ...
+
+@final
+class Validator:
+    """A compiled contract plus options. Immutable, safe to share between threads; `validate` releases the GIL."""
+
+    def __new__(
+        cls,
+        contract: Contract,
+        *,
+        max_past_seconds: float = 604800.0,
+        max_future_seconds: float = 300.0,
+        metric_ranges: Mapping[str, tuple[float, float]] | None = None,
+        max_body_bytes: int | None = None,
+        max_depth: int | None = None,
+        max_string_bytes: int | None = None,
+        max_key_bytes: int | None = None,
+        max_array_items: int | None = None,
+        max_object_keys: int | None = None,
+        max_records: int | None = None,
+        max_batch_readings: int = 1000,
+        dlq_topic: str = "ingest-dlq",
+        topic: str | None = None,
+    ) -> Validator:
+        """Limits default to: body 8 MiB (after decompression), depth 32, strings 64 KiB, keys 256 B, arrays
+        10,000 items, objects 1,000 keys, 10,000 records per body. `metric_ranges` defaults to seed 001's table.
+        """
+
+    def validate(
+        self,
+        body: bytes,
+        content_type: str = "application/json",
+        content_encoding: str | None = None,
+        *,
+        received_at_ms: int | None = None,
+        priority: str | None = None,
+        traceparent: str | None = None,
+    ) -> ValidationResult:
+        """Validates one body: a JSON object or array, NDJSON, or CBOR, optionally gzip or zstd encoded.
+
+        Bad records are reported in the result and never spoil good ones. Raises a PayloadError subclass only
+        when the body as a whole cannot be decoded.
+        """
+
+    @property
+    def contract(self) -> Contract: ...
+    @property
+    def topic(self) -> str: ...
+
+@final
+class Issue:
+    """A rejection or a warning: the record's index (None for a batch envelope), a JSON path, a message."""
+
+    @property
+    def index(self) -> int | None: ...
+    @property
+    def path(self) -> str: ...
+    @property
+    def message(self) -> str: ...
+    def __eq__(self, other: object, /) -> bool: ...
+
+@final
+class ValidationResult:
+    """The outcome of one `validate` call."""
+
+    @property
+    def total(self) -> int:
+        """Records in the body (for a batch: readings)."""
+
+    @property
+    def accepted(self) -> int: ...
+    @property
+    def rejected(self) -> list[Issue]:
+        """Every failure of every rejected record; a record may have several."""
+
+    @property
+    def warnings(self) -> list[Issue]:
+        """Semantic-range warnings of accepted records (those records are also copied to the DLQ topic)."""
+
+    @property
+    def event_ids(self) -> list[str | None]:
+        """Per record, in input order: the event id (32 hex digits), or None when rejected."""
+
+    @property
+    def ingest_lag_ms(self) -> list[int | None]:
+        """Per record: reception time minus record time, or None when rejected."""
+
+    @property
+    def batch(self) -> RecordBatch:
+        """Accepted records ready for delivery, plus DLQ copies of flagged ones."""
+
+    @property
+    def device_id(self) -> str | None:
+        """For a batch body: its device_id."""
+
+    @property
+    def batch_id(self) -> str | None:
+        """For a batch body: its batch_id."""
+
+@final
+class RecordBatch:
+    """Delivery-ready records (Kafka key, canonical enriched JSON value, headers), grouped by topic, held in
+    one native buffer: no Python object exists per record until asked for.
+    """
+
+    def __new__(cls) -> RecordBatch: ...
+    def __len__(self) -> int: ...
+    @property
+    def topics(self) -> list[str]: ...
+    @property
+    def payload_bytes(self) -> int: ...
+    def records(self, topic: str | None = None) -> list[tuple[bytes | None, bytes, list[tuple[str, bytes]], int]]:
+        """(key, value, headers, timestamp_ms) per record of `topic` (all topics when None)."""
+
+    def values(self, topic: str | None = None) -> list[bytes]: ...
+    def event_ids(self, topic: str | None = None) -> list[str]: ...
+    def keys(self) -> list[str]:
+        """Distinct record keys, in order of first appearance."""
+
+    def extend(self, other: RecordBatch) -> None: ...

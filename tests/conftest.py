@@ -1,0 +1,53 @@
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+import tidegate
+
+
+def iso_now(offset_seconds: float = 0.0) -> str:
+    """An RFC 3339 UTC timestamp `offset_seconds` from now, with milliseconds."""
+    moment = time.time() + offset_seconds
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(moment)) + f".{int(moment * 1000) % 1000:03d}Z"
+
+
+def reading(device_id: str = "sensor-factory-floor-001", **overrides: Any) -> dict[str, Any]:
+    """Seed 001's standard telemetry reading, stamped now."""
+    record: dict[str, Any] = {
+        "device_id": device_id,
+        "timestamp": iso_now(),
+        "metrics": {"temperature": 23.5, "humidity": 67.2, "pressure": 1013.25},
+        "metadata": {"firmware_version": "2.1.0", "battery_level": 85, "signal_strength": -67},
+    }
+    record.update(overrides)
+    return record
+
+
+def event(**overrides: Any) -> dict[str, Any]:
+    """Seed 004's example event."""
+    record: dict[str, Any] = {
+        "source": "demo",
+        "event_type": "heartbeat",
+        "entity_id": "user_123",
+        "event_time": "2025-12-28T23:59:59Z",
+        "payload": {"steps": 10},
+    }
+    record.update(overrides)
+    return record
+
+
+@pytest.fixture(scope="session")
+def telemetry() -> tidegate.Validator:
+    return tidegate.Validator(tidegate.Contract.telemetry())
+
+
+@pytest.fixture(scope="session")
+def events() -> tidegate.Validator:
+    return tidegate.Validator(tidegate.Contract.event())
+
+
+@pytest.fixture(scope="session")
+def batches() -> tidegate.Validator:
+    return tidegate.Validator(tidegate.Contract.batch())
