@@ -1,17 +1,22 @@
 """Type stubs and documentation for tidegate's native core (`rust/tidegate-py`)."""
 
 from collections.abc import Mapping
+from os import PathLike
+from pathlib import Path
 from typing import Any, Final, Literal, final
 
 __all__ = [
     "EVENT_ID_DOMAIN",
     "Contract",
+    "DedupWindow",
     "Issue",
     "MalformedPayload",
     "PayloadError",
     "PayloadTooLarge",
     "RecordBatch",
     "SchemaError",
+    "Spool",
+    "SpoolFull",
     "UnsupportedFormat",
     "ValidationResult",
     "Validator",
@@ -31,6 +36,9 @@ class PayloadTooLarge(PayloadError):
 
 class UnsupportedFormat(PayloadError):
     """The content type or content encoding is not supported."""
+
+class SpoolFull(OSError):
+    """The spool's disk quota is reached; the caller sheds load (503) rather than lose or corrupt data."""
 
 class SchemaError(ValueError):
     """A JSON Schema could not be compiled: invalid, or using a keyword outside the supported subset."""
@@ -193,3 +201,74 @@ class RecordBatch:
         """Distinct record keys, in order of first appearance."""
 
     def extend(self, other: RecordBatch) -> None: ...
+
+@final
+class Spool:
+    """The append-only segment log that makes records durable before they are acknowledged.
+
+    Records get consecutive sequence numbers. `append` writes (page cache); `commit` fsyncs everything appended
+    so far and is shared by every append it covers (group commit). `read` returns records in order, `ack` records
+    what the broker acknowledged (persisted), `cleanup` deletes fully acknowledged segments past retention.
+    Opening recovers from a crash: a torn tail is truncated, every complete record before it is kept.
+    """
+
+    def __new__(
+        cls,
+        path: str | PathLike[str],
+        *,
+        segment_bytes: int = 67108864,
+        quota_bytes: int = 1073741824,
+        retention_seconds: float = 3600.0,
+    ) -> Spool: ...
+    def append(self, batch: RecordBatch) -> int:
+        """Writes the batch; returns the sequence after its last record (durable once `durable_seq` reaches it).
+        Raises SpoolFull when the quota would be exceeded."""
+
+    def commit(self) -> int:
+        """fsyncs what was appended; returns the durable sequence."""
+
+    def append_durable(self, batch: RecordBatch, window_ms: float = 2.0) -> int:
+        """Blocking append + group commit: waits `window_ms` for concurrent appends to share the fsync."""
+
+    def ack(self, seq: int) -> None:
+        """Every record below `seq` was acknowledged by the broker."""
+
+    def cleanup(self) -> int:
+        """Deletes acknowledged segments past retention (or when over half the quota); returns how many."""
+
+    def read(
+        self, seq: int, max_records: int = 10000, max_bytes: int = 4194304, durable_only: bool = True
+    ) -> tuple[RecordBatch, int]:
+        """Records from `seq` (or the oldest still on disk) and the sequence to read next."""
+
+    @property
+    def path(self) -> Path: ...
+    @property
+    def durable_seq(self) -> int: ...
+    @property
+    def acked_seq(self) -> int: ...
+    def stats(self) -> dict[str, int]:
+        """segments, bytes, quota_bytes, next_seq, durable_seq, acked_seq, lag_records, fsyncs,
+        appended_records, recovered_records, truncated_bytes."""
+
+@final
+class DedupWindow:
+    """Event ids and idempotency keys seen recently, bounded in count and time. Thread-safe."""
+
+    def __new__(cls, *, capacity: int = 1000000, ttl_seconds: float = 3600.0) -> DedupWindow: ...
+    def claim_batch(self, batch: RecordBatch, now_ms: int) -> list[str]:
+        """Claims the batch's event ids; removes records seen before (and repeats within the batch) from
+        `batch` in place; returns the event ids that were seen before."""
+
+    def release_batch(self, batch: RecordBatch) -> None:
+        """Forgets the batch's ids (it could not be made durable) so a retry is not called a duplicate."""
+
+    def claim_key(self, scope: str, key: str, now_ms: int) -> bool:
+        """Claims an idempotency key (`batch_id`, `X-Idempotency-Key`); False if seen within the window."""
+
+    def release_key(self, scope: str, key: str) -> None: ...
+    def contains(self, event_id: str, now_ms: int) -> bool: ...
+    def load_spool(self, spool: Spool, now_ms: int, since_ms: int) -> int:
+        """Rebuilds from the spool's records received since `since_ms`; returns the window's size."""
+
+    def __len__(self) -> int: ...

@@ -13,6 +13,25 @@ pub struct RecordRef<'b> {
 }
 
 impl<'b> RecordRef<'b> {
+    /// A record from its parts; `headers` in [`encode_header`] form.
+    pub fn from_parts(
+        topic: &'b str,
+        key: Option<&'b [u8]>,
+        value: &'b [u8],
+        headers: &'b [u8],
+        event_id: [u8; 16],
+        timestamp_ms: i64,
+    ) -> RecordRef<'b> {
+        RecordRef {
+            topic,
+            key,
+            value,
+            headers,
+            event_id,
+            timestamp_ms,
+        }
+    }
+
     /// Iterates the headers as `(name, value)` pairs, in the order they were added.
     pub fn headers(&self) -> HeaderIter<'b> {
         HeaderIter { rest: self.headers }

@@ -4,6 +4,7 @@
 #![allow(clippy::too_many_arguments)]
 
 mod errors;
+mod spool;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -301,7 +302,7 @@ type RecordTuple<'py> = (
 );
 
 #[pyclass(module = "tidegate._native")]
-struct RecordBatch(core::RecordBatch);
+pub struct RecordBatch(pub core::RecordBatch);
 
 #[pymethods]
 impl RecordBatch {
@@ -394,5 +395,6 @@ fn _native(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_class::<Issue>()?;
     module.add_class::<RecordBatch>()?;
     module.add("EVENT_ID_DOMAIN", core::validator::EVENT_ID_DOMAIN)?;
-    errors::register(module)
+    errors::register(module)?;
+    spool::register(module)
 }

@@ -1,0 +1,1 @@
+"""Benchmarks of tidegate's core against msgspec, Pydantic and orjson (see bench/report.py)."""

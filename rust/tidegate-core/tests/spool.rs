@@ -1,0 +1,226 @@
+//! The spool: round trips, torn-tail recovery, group commit, quota, acknowledgement and cleanup.
+
+use std::fs::{self, OpenOptions};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tidegate_core::batch::encode_header;
+use tidegate_core::spool::{Spool, SpoolError, SpoolOptions};
+use tidegate_core::{RecordBatch, RecordRef};
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("tidegate-spool-{name}-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&dir);
+    dir
+}
+
+fn batch_of(n: usize, tag: &str) -> RecordBatch {
+    let mut batch = RecordBatch::new();
+    let mut headers = Vec::new();
+    encode_header(&mut headers, "event_id", b"x");
+    for i in 0..n {
+        let value = format!("{{\"tag\":\"{tag}\",\"i\":{i},\"pad\":\"{}\"}}", "p".repeat(250));
+        let key = format!("dev-{}", i % 7);
+        let mut id = [0u8; 16];
+        id[..8].copy_from_slice(&(i as u64).to_le_bytes());
+        let topic = if i % 2 == 0 { "telemetry-raw" } else { "events-raw" };
+        batch.push(&RecordRef::from_parts(
+            topic,
+            Some(key.as_bytes()),
+            value.as_bytes(),
+            &headers,
+            id,
+            1000 + i as i64,
+        ));
+    }
+    batch
+}
+
+fn read_all(spool: &Spool) -> RecordBatch {
+    let (batch, _) = spool.read(spool.cursor_at(0), u64::MAX, usize::MAX, u64::MAX).unwrap();
+    batch
+}
+
+#[test]
+fn round_trip_across_segments_and_reopen() {
+    let dir = temp_dir("roundtrip");
+    let options = SpoolOptions {
+        segment_bytes: 4096,
+        ..SpoolOptions::default()
+    };
+    let written = batch_of(100, "a");
+    {
+        let spool = Spool::open(&dir, options.clone()).unwrap();
+        for chunk in 0..10 {
+            let mut part = RecordBatch::new();
+            for record in written.iter().skip(chunk * 10).take(10) {
+                part.push(&record);
+            }
+            spool.append(&part).unwrap();
+        }
+        assert_eq!(spool.commit().unwrap(), 100);
+        assert!(spool.stats().segments > 5, "rolled segments");
+    }
+    let spool = Spool::open(&dir, options).unwrap();
+    assert_eq!(spool.stats().recovery.records, 100);
+    let read = read_all(&spool);
+    assert_eq!(read.len(), 100);
+    for (a, b) in read.iter().zip(written.iter()) {
+        assert_eq!(a, b);
+    }
+    // Reading in small steps with cursors gives the same sequence.
+    let mut cursor = spool.cursor_at(0);
+    let mut seen = 0;
+    loop {
+        let (part, next) = spool.read(cursor, 7, usize::MAX, u64::MAX).unwrap();
+        if part.is_empty() {
+            break;
+        }
+        for record in part.iter() {
+            assert_eq!(record, written.get(seen).unwrap());
+            seen += 1;
+        }
+        cursor = next;
+    }
+    assert_eq!(seen, 100);
+    let (from_middle, _) = spool.read(spool.cursor_at(42), 3, usize::MAX, u64::MAX).unwrap();
+    assert_eq!(from_middle.get(0).unwrap(), written.get(42).unwrap());
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn torn_tail_is_truncated_at_every_offset_of_the_last_record() {
+    let dir = temp_dir("torn");
+    let written = batch_of(5, "t");
+    let segment = {
+        let spool = Spool::open(&dir, SpoolOptions::default()).unwrap();
+        spool.append(&written).unwrap();
+        spool.commit().unwrap();
+        fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.extension().is_some_and(|e| e == "seg"))
+            .unwrap()
+    };
+    let full = fs::read(&segment).unwrap();
+    let mut four = RecordBatch::new();
+    for record in written.iter().take(4) {
+        four.push(&record);
+    }
+    let four_len = {
+        let mut frames = Vec::new();
+        for record in four.iter() {
+            tidegate_core::spool::encode_frame(&mut frames, &record);
+        }
+        tidegate_core::spool::MAGIC.len() + frames.len()
+    };
+    for cut in four_len..full.len() {
+        fs::write(&segment, &full[..cut]).unwrap();
+        let spool = Spool::open(&dir, SpoolOptions::default()).unwrap();
+        let stats = spool.stats();
+        assert_eq!(stats.recovery.records, 4, "cut at {cut}");
+        assert_eq!(stats.recovery.truncated_bytes, (cut - four_len) as u64);
+        assert_eq!(read_all(&spool).len(), 4);
+        // New appends after recovery are readable after the kept records.
+        spool.append(&batch_of(1, "after")).unwrap();
+        assert_eq!(read_all(&spool).len(), 5);
+        drop(spool);
+        fs::write(&segment, &full[..cut]).unwrap();
+    }
+    // A flipped bit in the last record is corruption: dropped, the rest kept.
+    let mut flipped = full.clone();
+    let last = flipped.len() - 3;
+    flipped[last] ^= 0x40;
+    fs::write(&segment, &flipped).unwrap();
+    let spool = Spool::open(&dir, SpoolOptions::default()).unwrap();
+    assert_eq!(spool.stats().recovery.records, 4);
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn group_commit_shares_fsyncs_and_releases_waiters_after_sync() {
+    let dir = temp_dir("group");
+    let spool = Arc::new(Spool::open(&dir, SpoolOptions::default()).unwrap());
+    let writers = 64;
+    let handles: Vec<_> = (0..writers)
+        .map(|i| {
+            let spool = Arc::clone(&spool);
+            std::thread::spawn(move || {
+                let end = spool
+                    .append_durable(&batch_of(1, &format!("w{i}")), Duration::from_millis(3))
+                    .unwrap();
+                assert!(spool.durable_seq() >= end, "released only once its records are synced");
+            })
+        })
+        .collect();
+    for handle in handles {
+        handle.join().unwrap();
+    }
+    let stats = spool.stats();
+    assert_eq!(stats.durable_seq, writers);
+    assert!(
+        stats.fsyncs < writers / 4,
+        "{} fsyncs for {writers} appends",
+        stats.fsyncs
+    );
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn quota_refuses_instead_of_losing_and_acked_segments_free_space() {
+    let dir = temp_dir("quota");
+    let options = SpoolOptions {
+        segment_bytes: 8 * 1024,
+        quota_bytes: 32 * 1024,
+        retention: Duration::from_secs(3600),
+    };
+    let spool = Spool::open(&dir, options).unwrap();
+    let mut appended = 0u64;
+    loop {
+        match spool.append(&batch_of(10, "q")) {
+            Ok(end) => appended = end,
+            Err(SpoolError::Full { .. }) => break,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    spool.commit().unwrap();
+    assert_eq!(
+        read_all(&spool).len() as u64,
+        appended,
+        "nothing written was lost or corrupted"
+    );
+    spool.ack(appended).unwrap();
+    assert!(
+        spool.append(&batch_of(10, "q")).is_ok(),
+        "acked segments are reclaimed under pressure"
+    );
+    assert!(spool.stats().segments < 5);
+    drop(spool);
+    let reopened = Spool::open(&dir, SpoolOptions::default()).unwrap();
+    assert_eq!(reopened.acked_seq(), appended, "the checkpoint survives a restart");
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn appends_after_a_failed_partial_write_stay_readable() {
+    let dir = temp_dir("partial");
+    let spool = Spool::open(&dir, SpoolOptions::default()).unwrap();
+    spool.append(&batch_of(3, "ok")).unwrap();
+    drop(spool);
+    // Simulate garbage from a crash mid-write.
+    let segment = fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "seg"))
+        .unwrap();
+    let mut file = OpenOptions::new().append(true).open(&segment).unwrap();
+    std::io::Write::write_all(&mut file, &[200, 0, 0, 0, 1, 2]).unwrap();
+    drop(file);
+    let spool = Spool::open(&dir, SpoolOptions::default()).unwrap();
+    spool.append(&batch_of(2, "more")).unwrap();
+    drop(spool);
+    let spool = Spool::open(&dir, SpoolOptions::default()).unwrap();
+    assert_eq!(read_all(&spool).len(), 5);
+    fs::remove_dir_all(&dir).unwrap();
+}

@@ -1,0 +1,225 @@
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use pyo3::create_exception;
+use pyo3::exceptions::{PyOSError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::PyDict;
+use tidegate_core::batch::hex;
+use tidegate_core::dedup::{self, DedupWindow as CoreWindow};
+use tidegate_core::spool::{Cursor, Spool as CoreSpool, SpoolError, SpoolOptions};
+
+use crate::RecordBatch;
+
+create_exception!(
+    tidegate,
+    SpoolFull,
+    PyOSError,
+    "The spool's disk quota is reached; shed load rather than lose data."
+);
+
+fn spool_error(error: SpoolError) -> PyErr {
+    match error {
+        SpoolError::Full { .. } => SpoolFull::new_err(error.to_string()),
+        SpoolError::Io(e) => PyOSError::new_err(e.to_string()),
+    }
+}
+
+#[pyclass(frozen, module = "tidegate._native")]
+pub struct Spool {
+    inner: CoreSpool,
+    /// The reader's last position, so sequential reads do not rescan a segment.
+    cursor: Mutex<Option<Cursor>>,
+}
+
+#[pymethods]
+impl Spool {
+    #[new]
+    #[pyo3(signature = (path, *, segment_bytes = 67_108_864, quota_bytes = 1_073_741_824, retention_seconds = 3600.0))]
+    fn new(
+        py: Python<'_>,
+        path: PathBuf,
+        segment_bytes: u64,
+        quota_bytes: u64,
+        retention_seconds: f64,
+    ) -> PyResult<Spool> {
+        let options = SpoolOptions {
+            segment_bytes,
+            quota_bytes,
+            retention: Duration::from_secs_f64(retention_seconds),
+        };
+        let inner = py.detach(|| CoreSpool::open(&path, options)).map_err(spool_error)?;
+        Ok(Spool {
+            inner,
+            cursor: Mutex::new(None),
+        })
+    }
+
+    fn append(&self, py: Python<'_>, batch: PyRef<'_, RecordBatch>) -> PyResult<u64> {
+        let records = &batch.0;
+        py.detach(|| self.inner.append(records)).map_err(spool_error)
+    }
+
+    fn commit(&self, py: Python<'_>) -> PyResult<u64> {
+        py.detach(|| self.inner.commit()).map_err(spool_error)
+    }
+
+    #[pyo3(signature = (batch, window_ms = 2.0))]
+    fn append_durable(&self, py: Python<'_>, batch: PyRef<'_, RecordBatch>, window_ms: f64) -> PyResult<u64> {
+        let records = &batch.0;
+        let window = Duration::from_secs_f64(window_ms / 1000.0);
+        py.detach(|| self.inner.append_durable(records, window))
+            .map_err(spool_error)
+    }
+
+    fn ack(&self, py: Python<'_>, seq: u64) -> PyResult<()> {
+        py.detach(|| self.inner.ack(seq)).map_err(spool_error)
+    }
+
+    fn cleanup(&self, py: Python<'_>) -> PyResult<usize> {
+        py.detach(|| self.inner.cleanup()).map_err(spool_error)
+    }
+
+    #[pyo3(signature = (seq, max_records = 10_000, max_bytes = 4_194_304, durable_only = true))]
+    fn read(
+        &self,
+        py: Python<'_>,
+        seq: u64,
+        max_records: u64,
+        max_bytes: usize,
+        durable_only: bool,
+    ) -> PyResult<(RecordBatch, u64)> {
+        let (batch, next) = py
+            .detach(|| {
+                let cached = *self.cursor.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                let cursor = cached
+                    .filter(|c| c.seq == seq)
+                    .unwrap_or_else(|| self.inner.cursor_at(seq));
+                let limit = if durable_only {
+                    self.inner.durable_seq()
+                } else {
+                    u64::MAX
+                };
+                let result = self.inner.read(cursor, max_records, max_bytes, limit)?;
+                *self.cursor.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(result.1);
+                Ok(result)
+            })
+            .map_err(spool_error)?;
+        Ok((RecordBatch(batch), next.seq))
+    }
+
+    #[getter]
+    fn path(&self) -> PathBuf {
+        self.inner.dir().to_path_buf()
+    }
+
+    #[getter]
+    fn durable_seq(&self) -> u64 {
+        self.inner.durable_seq()
+    }
+
+    #[getter]
+    fn acked_seq(&self) -> u64 {
+        self.inner.acked_seq()
+    }
+
+    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let stats = self.inner.stats();
+        let out = PyDict::new(py);
+        out.set_item("segments", stats.segments)?;
+        out.set_item("bytes", stats.bytes)?;
+        out.set_item("quota_bytes", stats.quota_bytes)?;
+        out.set_item("next_seq", stats.next_seq)?;
+        out.set_item("durable_seq", stats.durable_seq)?;
+        out.set_item("acked_seq", stats.acked_seq)?;
+        out.set_item("lag_records", stats.next_seq - stats.acked_seq.min(stats.next_seq))?;
+        out.set_item("fsyncs", stats.fsyncs)?;
+        out.set_item("appended_records", stats.appended_records)?;
+        out.set_item("recovered_records", stats.recovery.records)?;
+        out.set_item("truncated_bytes", stats.recovery.truncated_bytes)?;
+        Ok(out)
+    }
+}
+
+fn parse_id(text: &str) -> PyResult<dedup::Id> {
+    let bad = || PyValueError::new_err(format!("not a 32-digit hex event id: {text:?}"));
+    if text.len() != 32 {
+        return Err(bad());
+    }
+    let mut id = [0u8; 16];
+    for (i, byte) in id.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(text.get(2 * i..2 * i + 2).ok_or_else(bad)?, 16).map_err(|_| bad())?;
+    }
+    Ok(id)
+}
+
+#[pyclass(frozen, module = "tidegate._native")]
+pub struct DedupWindow(CoreWindow);
+
+#[pymethods]
+impl DedupWindow {
+    #[new]
+    #[pyo3(signature = (*, capacity = 1_000_000, ttl_seconds = 3600.0))]
+    fn new(capacity: usize, ttl_seconds: f64) -> DedupWindow {
+        DedupWindow(CoreWindow::new(capacity, (ttl_seconds * 1000.0) as i64))
+    }
+
+    /// Claims the event ids of `batch` at `now_ms`; removes records whose id was seen already (with their
+    /// dead-letter copies) and repeats within the batch, and returns the ids seen before this batch.
+    fn claim_batch(&self, py: Python<'_>, mut batch: PyRefMut<'_, RecordBatch>, now_ms: i64) -> Vec<String> {
+        let records = &mut batch.0;
+        py.detach(|| {
+            let mut ids: Vec<dedup::Id> = records.iter().map(|r| r.event_id).collect();
+            ids.sort_unstable();
+            ids.dedup();
+            let fresh = self.0.claim(&ids, now_ms);
+            let duplicates: HashSet<dedup::Id> = ids.iter().zip(fresh).filter(|(_, f)| !f).map(|(id, _)| *id).collect();
+            // A record repeated within one body is kept once: later copies (per topic) are duplicates too.
+            let mut kept: HashSet<(String, dedup::Id)> = HashSet::new();
+            records.retain(|r| !duplicates.contains(&r.event_id) && kept.insert((r.topic.to_string(), r.event_id)));
+            duplicates.iter().map(|id| hex(id)).collect()
+        })
+    }
+
+    /// Releases the ids of `batch` (its records could not be made durable), so retries are not duplicates.
+    fn release_batch(&self, batch: PyRef<'_, RecordBatch>) {
+        let ids: Vec<dedup::Id> = batch.0.iter().map(|r| r.event_id).collect();
+        self.0.release(&ids);
+    }
+
+    /// Claims an idempotency key within `scope`; `False` when it was seen within the window.
+    fn claim_key(&self, scope: &str, key: &str, now_ms: i64) -> bool {
+        self.0.claim(&[dedup::key_id(scope, key)], now_ms)[0]
+    }
+
+    fn release_key(&self, scope: &str, key: &str) {
+        self.0.release(&[dedup::key_id(scope, key)]);
+    }
+
+    fn contains(&self, event_id: &str, now_ms: i64) -> PyResult<bool> {
+        Ok(self.0.contains(&parse_id(event_id)?, now_ms))
+    }
+
+    /// Rebuilds the window from a spool's records received in the last `ttl`; returns how many ids it holds.
+    fn load_spool(&self, py: Python<'_>, spool: &Spool, now_ms: i64, since_ms: i64) -> PyResult<usize> {
+        py.detach(|| {
+            let ids = spool.inner.event_ids_since(since_ms)?;
+            self.0.load(ids, now_ms);
+            Ok(self.0.len())
+        })
+        .map_err(spool_error)
+    }
+
+    fn __len__(&self) -> usize {
+        self.0.len()
+    }
+}
+
+pub fn register(module: &Bound<'_, PyModule>) -> PyResult<()> {
+    module.add_class::<Spool>()?;
+    module.add_class::<DedupWindow>()?;
+    module.add("SpoolFull", module.py().get_type::<SpoolFull>())?;
+    Ok(())
+}
