@@ -1,5 +1,7 @@
 """tidegate: a Rust-accelerated ingest engine for device telemetry and events."""
 
+from importlib.metadata import version as _version
+
 from tidegate._native import (
     EVENT_ID_DOMAIN,
     Contract,
@@ -17,6 +19,8 @@ from tidegate._native import (
     Validator,
 )
 
+__version__ = _version("tidegate")
+
 __all__ = [
     "EVENT_ID_DOMAIN",
     "Contract",
@@ -32,4 +36,5 @@ __all__ = [
     "UnsupportedFormat",
     "ValidationResult",
     "Validator",
+    "__version__",
 ]

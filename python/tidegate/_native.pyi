@@ -220,6 +220,11 @@ class Spool:
         quota_bytes: int = 1073741824,
         retention_seconds: float = 3600.0,
     ) -> Spool: ...
+    @staticmethod
+    def open_read_only(path: str | PathLike[str]) -> Spool:
+        """Opens a spool another process may be writing, only to read it: nothing is created, truncated or
+        removed, and appends fail."""
+
     def append(self, batch: RecordBatch) -> int:
         """Writes the batch; returns the sequence after its last record (durable once `durable_seq` reaches it).
         Raises SpoolFull when the quota would be exceeded."""

@@ -152,6 +152,7 @@ pub struct Spool {
     durability: Mutex<Durability>,
     durable_changed: Condvar,
     recovery: Recovery,
+    read_only: bool,
 }
 
 fn segment_path(dir: &Path, base_seq: u64) -> PathBuf {
@@ -265,8 +266,20 @@ impl Spool {
     /// Opens (creating if needed) the spool in `dir`, recovering from any crash: a torn or corrupt tail is
     /// truncated, every complete record before it is kept.
     pub fn open(dir: impl AsRef<Path>, options: SpoolOptions) -> Result<Spool, SpoolError> {
-        let dir = dir.as_ref().to_path_buf();
-        fs::create_dir_all(&dir)?;
+        Spool::open_with(dir.as_ref(), options, false)
+    }
+
+    /// Opens a spool another process may be writing, to read it (`tidegate tail`, `spool stats`): nothing is
+    /// created, truncated or removed, and appends fail. Only the last segment is scanned.
+    pub fn open_read_only(dir: impl AsRef<Path>) -> Result<Spool, SpoolError> {
+        Spool::open_with(dir.as_ref(), SpoolOptions::default(), true)
+    }
+
+    fn open_with(dir: &Path, options: SpoolOptions, read_only: bool) -> Result<Spool, SpoolError> {
+        let dir = dir.to_path_buf();
+        if !read_only {
+            fs::create_dir_all(&dir)?;
+        }
         let mut bases: Vec<u64> = fs::read_dir(&dir)?
             .filter_map(|entry| {
                 let name = entry.ok()?.file_name().into_string().ok()?;
@@ -278,6 +291,21 @@ impl Spool {
         let mut segments = Vec::new();
         for (i, &base) in bases.iter().enumerate() {
             let path = segment_path(&dir, base);
+            let is_last = i + 1 == bases.len();
+            let created = fs::metadata(&path)
+                .and_then(|m| m.modified())
+                .unwrap_or_else(|_| SystemTime::now());
+            if read_only && !is_last {
+                let bytes = fs::metadata(&path)?.len();
+                segments.push(Segment {
+                    base_seq: base,
+                    records: bases[i + 1] - base,
+                    bytes,
+                    path,
+                    created,
+                });
+                continue;
+            }
             let mut data = Vec::new();
             File::open(&path)?.read_to_end(&mut data)?;
             let body = data.strip_prefix(MAGIC.as_slice()).unwrap_or(&[]);
@@ -287,20 +315,16 @@ impl Spool {
             } else {
                 0
             };
-            if keep < data.len() {
+            if keep < data.len() && !read_only {
                 recovery.truncated_bytes += (data.len() - keep) as u64;
                 let file = OpenOptions::new().write(true).open(&path)?;
                 file.set_len(keep as u64)?;
                 file.sync_all()?;
             }
-            let is_last = i + 1 == bases.len();
-            if keep == 0 && !is_last {
+            if keep == 0 && !is_last && !read_only {
                 fs::remove_file(&path)?;
                 continue;
             }
-            let created = fs::metadata(&path)
-                .and_then(|m| m.modified())
-                .unwrap_or_else(|_| SystemTime::now());
             recovery.records += records;
             segments.push(Segment {
                 base_seq: base,
@@ -308,6 +332,37 @@ impl Spool {
                 bytes: keep as u64,
                 path,
                 created,
+            });
+        }
+        if read_only {
+            let acked_seq = read_checkpoint(&dir)?;
+            let next_seq = segments.last().map_or(acked_seq, Segment::end_seq);
+            let file = match segments.last() {
+                Some(last) => File::open(&last.path)?,
+                None => File::open(&dir)?,
+            };
+            let total_bytes = segments.iter().map(|s| s.bytes).sum();
+            recovery.segments = segments.len();
+            return Ok(Spool {
+                dir,
+                options,
+                writer: Mutex::new(Writer {
+                    segments,
+                    file,
+                    next_seq,
+                    total_bytes,
+                    appended_records: 0,
+                    unsynced: Vec::new(),
+                }),
+                durability: Mutex::new(Durability {
+                    durable_seq: next_seq,
+                    committing: false,
+                    fsyncs: 0,
+                    acked_seq,
+                }),
+                durable_changed: Condvar::new(),
+                recovery,
+                read_only,
             });
         }
         let acked_seq = read_checkpoint(&dir)?;
@@ -341,6 +396,7 @@ impl Spool {
             }),
             durable_changed: Condvar::new(),
             recovery,
+            read_only,
         })
     }
 
@@ -359,6 +415,12 @@ impl Spool {
     }
 
     fn append_frames(&self, frames: &[u8], count: u64) -> Result<u64, SpoolError> {
+        if self.read_only {
+            return Err(SpoolError::Io(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                "spool opened read-only",
+            )));
+        }
         let mut writer = lock(&self.writer);
         if writer.total_bytes + frames.len() as u64 > self.options.quota_bytes {
             drop(writer);
@@ -462,6 +524,12 @@ impl Spool {
 
     /// Records that the broker acknowledged everything below `seq`; persisted atomically.
     pub fn ack(&self, seq: u64) -> Result<(), SpoolError> {
+        if self.read_only {
+            return Err(SpoolError::Io(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                "spool opened read-only",
+            )));
+        }
         let mut durability = lock(&self.durability);
         if seq <= durability.acked_seq {
             return Ok(());
@@ -478,6 +546,9 @@ impl Spool {
     /// Deletes segments that are fully acknowledged and either past retention or needed for space
     /// (the spool more than half full). Never deletes the segment being written. Returns segments removed.
     pub fn cleanup(&self) -> Result<usize, SpoolError> {
+        if self.read_only {
+            return Ok(0);
+        }
         let acked = self.acked_seq();
         let now = SystemTime::now();
         let mut writer = lock(&self.writer);

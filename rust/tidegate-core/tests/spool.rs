@@ -224,3 +224,30 @@ fn appends_after_a_failed_partial_write_stay_readable() {
     assert_eq!(read_all(&spool).len(), 5);
     fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn read_only_open_never_modifies_and_sees_new_records() {
+    let dir = temp_dir("readonly");
+    let options = SpoolOptions {
+        segment_bytes: 2048,
+        ..SpoolOptions::default()
+    };
+    let writer = Spool::open(&dir, options).unwrap();
+    writer.append(&batch_of(20, "a")).unwrap();
+    writer.commit().unwrap();
+    let segment = fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
+        .max()
+        .unwrap();
+    // A torn frame being written by the live writer must not be cut by a reader.
+    let mut file = OpenOptions::new().append(true).open(&segment).unwrap();
+    std::io::Write::write_all(&mut file, &[50, 0, 0, 0]).unwrap();
+    let before = fs::metadata(&segment).unwrap().len();
+    let reader = Spool::open_read_only(&dir).unwrap();
+    assert_eq!(fs::metadata(&segment).unwrap().len(), before);
+    assert_eq!(read_all(&reader).len(), 20);
+    assert!(reader.append(&batch_of(1, "x")).is_err());
+    fs::remove_dir_all(&dir).unwrap();
+}

@@ -57,6 +57,13 @@ impl Spool {
         })
     }
 
+    /// Opens a spool another process may be writing, only to read it.
+    #[staticmethod]
+    fn open_read_only(py: Python<'_>, path: PathBuf) -> PyResult<Spool> {
+        let inner = py.detach(|| CoreSpool::open_read_only(&path)).map_err(spool_error)?;
+        Ok(Spool { inner, cursor: Mutex::new(None) })
+    }
+
     fn append(&self, py: Python<'_>, batch: PyRef<'_, RecordBatch>) -> PyResult<u64> {
         let records = &batch.0;
         py.detach(|| self.inner.append(records)).map_err(spool_error)

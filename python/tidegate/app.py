@@ -1,0 +1,729 @@
+"""The HTTP service: a thin Starlette app whose ingest routes take a raw-ASGI fast path.
+
+POSTs to the ingest routes never build a Starlette Request or Response: headers are read once from the scope,
+admission (credentials, priority shedding, the device's rate) is decided before the body is read, the raw body
+goes to the native validator, and the answer is written straight to ASGI. Everything else (health, metrics,
+OpenAPI, capabilities, 404/405) is ordinary Starlette.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import json
+import logging
+import math
+import os
+import random
+import time
+from collections.abc import AsyncIterator, Callable, Coroutine
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
+
+from tidegate._native import (
+    Contract,
+    DedupWindow,
+    PayloadError,
+    PayloadTooLarge,
+    RecordBatch,
+    Spool,
+    SpoolFull,
+    UnsupportedFormat,
+    ValidationResult,
+    Validator,
+)
+from tidegate.auth import KeyStore, presented_key
+from tidegate.config import PRIORITIES, Settings, load_settings
+from tidegate.delivery.kafka import Forwarder, KafkaSettings
+from tidegate.delivery.spool import SpoolWriter
+from tidegate.metrics import Metrics
+from tidegate.openapi import capabilities, openapi_document
+from tidegate.problems import Problem, issue_errors
+
+log = logging.getLogger("tidegate")
+
+WANTED_HEADERS = frozenset(
+    {
+        b"content-type",
+        b"content-encoding",
+        b"content-length",
+        b"x-device-token",
+        b"authorization",
+        b"x-priority",
+        b"x-idempotency-key",
+        b"x-dry-run",
+        b"x-ack",
+        b"traceparent",
+    }
+)
+
+
+@dataclass(frozen=True)
+class IngestRoute:
+    name: str
+    path: str
+    validator: Validator
+    priority: str
+    kind: str
+    """"telemetry", "batch" or "event"."""
+
+
+@dataclass
+class Answer:
+    status: int
+    body: bytes
+    headers: list[tuple[bytes, bytes]]
+    device_id: str | None = None
+    event_id: str | None = None
+    records: int = 0
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def json_bytes(document: object) -> bytes:
+    return json.dumps(document, separators=(",", ":")).encode()
+
+
+def is_sequence_body(body: bytes, content_type: str) -> bool:
+    """Whether a body holds many records (array, NDJSON, CBOR array) rather than one object."""
+    if "ndjson" in content_type or "jsonl" in content_type:
+        return True
+    if "cbor" in content_type:
+        return bool(body) and body[0] >> 5 == 4
+    stripped = body.lstrip()
+    return stripped[:1] == b"["
+
+
+class TokenBuckets:
+    """Per-device token buckets: `rate` tokens per second, up to `burst`."""
+
+    def __init__(self, rate: float, burst: float) -> None:
+        self.rate, self.burst = rate, max(burst, 1.0)
+        self.buckets: dict[str, list[float]] = {}
+
+    def take(self, device_id: str, now: float) -> float:
+        """Takes one token; returns 0 when granted, else the seconds until one is available."""
+        if self.rate <= 0:
+            return 0.0
+        bucket = self.buckets.get(device_id)
+        if bucket is None:
+            bucket = self.buckets[device_id] = [self.burst, now]
+        tokens = min(self.burst, bucket[0] + (now - bucket[1]) * self.rate)
+        bucket[1] = now
+        if tokens >= 1.0:
+            bucket[0] = tokens - 1.0
+            return 0.0
+        bucket[0] = tokens
+        return (1.0 - tokens) / self.rate
+
+
+def claim_worker_dir(root: Path) -> tuple[Path, IO[str]]:
+    """Each worker owns one spool directory: the first `w<N>` whose lock it can take. Never two writers."""
+    root.mkdir(parents=True, exist_ok=True)
+    index = 0
+    while True:
+        directory = root / f"w{index}"
+        directory.mkdir(exist_ok=True)
+        lock = (directory / "lock").open("w")
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.close()
+            index += 1
+            continue
+        lock.write(str(os.getpid()))
+        lock.flush()
+        return directory, lock
+
+
+class Gateway:
+    """The state of one worker: validators, spool, dedup window, admission, metrics."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.metrics = Metrics()
+        common: dict[str, Any] = {
+            "max_body_bytes": settings.max_body_bytes,
+            "max_past_seconds": settings.max_past_seconds,
+            "max_future_seconds": settings.max_future_seconds,
+        }
+        self.routes = {
+            route.path: route
+            for route in (
+                IngestRoute(
+                    "ingest",
+                    "/api/v1/ingest",
+                    Validator(Contract.telemetry(), **common),
+                    settings.priority_ingest,
+                    "telemetry",
+                ),
+                IngestRoute(
+                    "batch",
+                    "/api/v1/ingest/batch",
+                    Validator(Contract.batch(), max_batch_readings=settings.max_batch_readings, **common),
+                    settings.priority_batch,
+                    "batch",
+                ),
+                IngestRoute(
+                    "events", "/api/v1/events", Validator(Contract.event(), **common), settings.priority_events, "event"
+                ),
+            )
+        }
+        self.keys = KeyStore(settings.keys_file) if settings.auth else None
+        self.buckets = TokenBuckets(settings.rate_per_device, settings.burst_per_device)
+        self.dedup = DedupWindow(capacity=settings.dedup_capacity, ttl_seconds=settings.dedup_ttl_seconds)
+        self.last_seen: dict[str, float] = {}
+        self.spool: Spool | None = None
+        self.writer: SpoolWriter | None = None
+        self.forwarder: Forwarder | None = None
+        self.ready = False
+        self.shutting_down = False
+        self.in_flight_requests = 0
+        self.in_flight_records = 0
+        self.spool_fill = 0.0
+        self.spool_full = False
+        """Set when an append hit the quota; cleared once the spool drains below 95 % of it."""
+        self._lock_file: IO[str] | None = None
+        self._recent_requests = 0
+        self._rate_window_start = time.monotonic()
+        self._request_rate = 0.0
+        self.metrics.gauge("tidegate_utilization", "Admission utilization (0..1).", self.utilization)
+        self.metrics.gauge("tidegate_in_flight_records", "Records awaiting durability.", lambda: self.in_flight_records)
+        self.metrics.gauge("tidegate_spool_bytes", "Bytes in the spool.", lambda: self._spool_stat("bytes"))
+        self.metrics.gauge("tidegate_spool_fsyncs_total", "fsyncs of the spool.", lambda: self._spool_stat("fsyncs"))
+        self.metrics.gauge("tidegate_spool_lag_records", "Records not yet acknowledged by Kafka.", self._kafka_lag)
+        self.metrics.gauge("tidegate_active_devices", "Devices seen in the last 5 minutes.", self._active_devices)
+        self.metrics.gauge("tidegate_ready", "1 when ready to accept traffic.", lambda: float(self.is_ready()))
+
+    # ----- state read by health and metrics
+
+    def _spool_stat(self, name: str) -> float:
+        return float(self.spool.stats()[name]) if self.spool is not None else 0.0
+
+    def _kafka_lag(self) -> float:
+        if self.spool is None or self.forwarder is None:
+            return 0.0
+        stats = self.spool.stats()
+        return float(stats["next_seq"] - stats["acked_seq"])
+
+    def _active_devices(self) -> float:
+        cutoff = time.time() - 300
+        return float(sum(1 for seen in self.last_seen.values() if seen >= cutoff))
+
+    def utilization(self) -> float:
+        spool = 1.0 if self.spool_full else self.spool_fill
+        return max(self.in_flight_records / self.settings.max_in_flight_records, spool)
+
+    def is_ready(self) -> bool:
+        breaker_open = self.forwarder is not None and getattr(self.forwarder, "state", "closed") == "open"
+        return self.ready and not self.shutting_down and not self.spool_full and not breaker_open
+
+    # ----- lifecycle
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, _app: Starlette) -> AsyncIterator[None]:
+        directory, self._lock_file = claim_worker_dir(self.settings.spool_root)
+        self.spool = Spool(
+            directory,
+            segment_bytes=self.settings.spool_segment_bytes,
+            quota_bytes=self.settings.spool_quota_bytes,
+            retention_seconds=self.settings.spool_retention_seconds,
+        )
+        self.writer = SpoolWriter(self.spool, commit_window_ms=self.settings.commit_window_ms)
+        await self.writer.start()
+        now = now_ms()
+        loaded = await asyncio.to_thread(
+            self.dedup.load_spool, self.spool, now, now - int(self.settings.dedup_ttl_seconds * 1000)
+        )
+        if self.settings.kafka:
+            self.forwarder = Forwarder(self.spool, KafkaSettings(bootstrap=self.settings.kafka))
+            await self.forwarder.start()
+        housekeeping = asyncio.create_task(self._housekeeping())
+        self.ready = True
+        log.info(
+            json.dumps({"event": "started", "spool": str(directory), "dedup_ids": loaded, "kafka": self.settings.kafka})
+        )
+        try:
+            yield
+        finally:
+            self.shutting_down = True
+            deadline = time.monotonic() + self.settings.shutdown_deadline_s
+            while self.in_flight_requests and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+            housekeeping.cancel()
+            await self.writer.stop()
+            if self.forwarder is not None:
+                await self.forwarder.stop(max(0.0, deadline - time.monotonic()))
+            self._lock_file.close()
+            log.info(json.dumps({"event": "stopped", "spool": str(directory)}))
+
+    async def _housekeeping(self) -> None:
+        while True:
+            if self.spool is not None:
+                stats = self.spool.stats()
+                self.spool_fill = stats["bytes"] / max(1, stats["quota_bytes"])
+                if self.spool_full and self.spool_fill < 0.95:
+                    self.spool_full = False
+            now = time.monotonic()
+            elapsed = now - self._rate_window_start
+            if elapsed >= 1.0:
+                self._request_rate = self._recent_requests / elapsed
+                self._recent_requests = 0
+                self._rate_window_start = now
+            await asyncio.sleep(0.1)
+
+    # ----- the ingest fast path
+
+    async def handle(self, route: IngestRoute, scope: Scope, receive: Receive, send: Send) -> None:
+        started = time.perf_counter()
+        self.in_flight_requests += 1
+        self._recent_requests += 1
+        headers: dict[bytes, str] = {}
+        for name, value in scope["headers"]:
+            if name in WANTED_HEADERS:
+                headers[name] = value.decode("latin-1")
+        try:
+            answer = await self.ingest(route, headers, receive)
+        except Problem as problem:
+            answer = Answer(
+                problem.status,
+                problem.body(),
+                [(b"content-type", b"application/problem+json")]
+                + [(k.encode(), v.encode()) for k, v in problem.headers],
+            )
+        finally:
+            self.in_flight_requests -= 1
+        answer.headers.append((b"content-length", str(len(answer.body)).encode()))
+        if answer.status < 300 or answer.headers[0][1] != b"application/problem+json":
+            answer.headers.insert(0, (b"content-type", b"application/json"))
+        await send({"type": "http.response.start", "status": answer.status, "headers": answer.headers})
+        await send({"type": "http.response.body", "body": answer.body})
+        elapsed = time.perf_counter() - started
+        self.metrics.requests.inc((route.name, str(answer.status)))
+        self.metrics.latency.observe(elapsed, (route.name,))
+        self._log(route, answer, elapsed)
+
+    def _log(self, route: IngestRoute, answer: Answer, elapsed: float) -> None:
+        sampled = (
+            answer.status >= 400
+            or self._request_rate < self.settings.log_full_below_rps
+            or random.random() < self.settings.log_sample_rate
+        )
+        if sampled and log.isEnabledFor(logging.INFO):
+            line = {
+                "ts": round(time.time(), 3),
+                "route": route.path,
+                "status": answer.status,
+                "device_id": answer.device_id,
+                "event_id": answer.event_id,
+                "records": answer.records,
+                "ms": round(elapsed * 1000, 3),
+            }
+            log.info(json.dumps(line, separators=(",", ":")))
+
+    def _admit(self, route: IngestRoute, headers: dict[bytes, str]) -> tuple[str | None, str]:
+        """Credentials, priority shedding and the device's rate: all decided before the body is read."""
+        if not self.is_ready():
+            raise Problem(
+                503,
+                "not-ready",
+                "the service is starting, draining or its spool is full",
+                headers=[("Retry-After", "5")],
+            )
+        device_id: str | None = None
+        if self.keys is not None:
+            key = presented_key(headers.get(b"x-device-token"), headers.get(b"authorization"))
+            if key is None:
+                raise Problem(
+                    401,
+                    "missing-credential",
+                    "send the device key as X-Device-Token or Authorization: Bearer",
+                    headers=[("WWW-Authenticate", 'Bearer realm="tidegate"')],
+                )
+            device_id = self.keys.device_for(key)
+            if device_id is None:
+                raise Problem(
+                    401,
+                    "invalid-credential",
+                    "the device key is unknown or revoked",
+                    headers=[("WWW-Authenticate", 'Bearer realm="tidegate", error="invalid_token"')],
+                )
+        priority = headers.get(b"x-priority", route.priority).strip().lower()
+        if priority not in PRIORITIES:
+            raise Problem(
+                400,
+                "invalid-priority",
+                "X-Priority must be high, medium or low",
+                [{"path": "header:X-Priority", "message": f"unknown priority {priority!r}"}],
+            )
+        utilization = self.utilization()
+        if (utilization >= self.settings.shed_medium_at and priority != "high") or (
+            utilization >= self.settings.shed_low_at and priority == "low"
+        ):
+            self.metrics.shed.inc((priority,))
+            raise Problem(
+                503,
+                "shed",
+                f"overloaded (utilization {utilization:.2f}); {priority} priority traffic is shed",
+                headers=[("Retry-After", "1")],
+            )
+        if device_id is not None:
+            wait = self.buckets.take(device_id, time.monotonic())
+            if wait > 0:
+                self.metrics.rate_limited.inc()
+                raise Problem(
+                    429,
+                    "rate-limited",
+                    f"device {device_id} is over its rate of {self.settings.rate_per_device:g} requests/s",
+                    headers=[("Retry-After", str(max(1, math.ceil(wait))))],
+                )
+        return device_id, priority
+
+    async def _read_body(self, headers: dict[bytes, str], receive: Receive) -> bytes:
+        limit = self.settings.max_body_bytes
+        declared = headers.get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise Problem(413, "too-large", f"the body exceeds {limit} bytes")
+        chunks: list[bytes] = []
+        size = 0
+        try:
+            async with asyncio.timeout(self.settings.body_timeout_s):
+                while True:
+                    message = await receive()
+                    if message["type"] == "http.disconnect":
+                        raise Problem(400, "disconnected", "the client went away before sending the whole body")
+                    chunk = message.get("body", b"")
+                    size += len(chunk)
+                    if size > limit:
+                        raise Problem(413, "too-large", f"the body exceeds {limit} bytes")
+                    chunks.append(chunk)
+                    if not message.get("more_body", False):
+                        break
+        except TimeoutError:
+            raise Problem(
+                408,
+                "body-timeout",
+                f"the body was not received within {self.settings.body_timeout_s:g} s",
+                headers=[("Connection", "close")],
+            ) from None
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    def _validate(self, route: IngestRoute, body: bytes, headers: dict[bytes, str], priority: str) -> ValidationResult:
+        try:
+            return route.validator.validate(
+                body,
+                headers.get(b"content-type", "application/json"),
+                headers.get(b"content-encoding"),
+                priority=priority,
+                traceparent=headers.get(b"traceparent"),
+            )
+        except PayloadTooLarge as error:
+            raise Problem(413, "too-large", str(error)) from None
+        except UnsupportedFormat as error:
+            raise Problem(415, "unsupported-media-type", str(error)) from None
+        except PayloadError as error:
+            raise Problem(400, "malformed", str(error)) from None
+
+    async def ingest(self, route: IngestRoute, headers: dict[bytes, str], receive: Receive) -> Answer:
+        device_id, priority = self._admit(route, headers)
+        body = await self._read_body(headers, receive)
+        result = self._validate(route, body, headers, priority)
+        many = is_sequence_body(body, headers.get(b"content-type", ""))
+        batch = result.batch
+        if device_id is not None and route.kind != "event":
+            owners = [result.device_id] if route.kind == "batch" and result.device_id else batch.keys()
+            foreign = [owner for owner in owners if owner != device_id]
+            if foreign:
+                raise Problem(
+                    403,
+                    "wrong-device",
+                    f"the key belongs to {device_id}, not {foreign[0]}",
+                    [{"path": "$.device_id", "message": f"must be {device_id}"}],
+                )
+        if result.accepted == 0:
+            self.metrics.records.inc(("rejected", priority), result.total)
+            raise Problem(400, "invalid", f"no record of {result.total} is valid", issue_errors(result.rejected))
+        received = now_ms()
+        dry_run = self.settings.dry_run or headers.get(b"x-dry-run", "").strip().lower() == "true"
+        durability = "spool"
+        key_claims: list[tuple[str, str]] = []
+        duplicates: set[str] = set()
+        whole_duplicate = False
+        idempotency_key = headers.get(b"x-idempotency-key")
+        owner = device_id or result.device_id or "-"
+        if idempotency_key:
+            key_claims.append((f"{owner}:{route.name}", idempotency_key))
+        if route.kind == "batch" and result.batch_id is not None:
+            key_claims.append((f"batch:{result.device_id}", result.batch_id))
+        if dry_run:
+            whole_duplicate = any(not self._key_is_new(scope, key, received) for scope, key in key_claims)
+            duplicates = {eid for eid in result.event_ids if eid is not None and self.dedup.contains(eid, received)}
+        else:
+            claimed = []
+            for scope, key in key_claims:
+                if self.dedup.claim_key(scope, key, received):
+                    claimed.append((scope, key))
+                else:
+                    whole_duplicate = True
+            if whole_duplicate:
+                for scope, key in claimed:
+                    self.dedup.release_key(scope, key)
+            else:
+                duplicates = set(self.dedup.claim_batch(batch, received))
+                durability = await self._persist(batch, key_claims, headers)
+        if whole_duplicate:
+            duplicates = {eid for eid in result.event_ids if eid is not None}
+        if dry_run or whole_duplicate:
+            durability = "none" if dry_run else "spool"
+        for device in batch.keys() if route.kind != "event" else ():
+            self.last_seen[device] = received / 1000
+        return self._answer(
+            route, result, duplicates=duplicates, durability=durability, dry_run=dry_run, priority=priority, many=many
+        )
+
+    def _key_is_new(self, scope: str, key: str, now: int) -> bool:
+        new = self.dedup.claim_key(scope, key, now)
+        if new:
+            self.dedup.release_key(scope, key)
+        return new
+
+    async def _persist(self, batch: RecordBatch, key_claims: list[tuple[str, str]], headers: dict[bytes, str]) -> str:
+        """Makes the batch durable (spool, and Kafka when asked); releases its dedup claims if that fails."""
+        if len(batch) == 0:
+            return "spool"
+        assert self.writer is not None
+        records = len(batch)
+        self.in_flight_records += records
+        try:
+            end = await self.writer.write(batch)
+        except (SpoolFull, OSError) as error:
+            self.dedup.release_batch(batch)
+            for scope, key in key_claims:
+                self.dedup.release_key(scope, key)
+            self.spool_full = self.spool_full or isinstance(error, SpoolFull)
+            raise Problem(
+                503,
+                "spool-full" if isinstance(error, SpoolFull) else "spool-error",
+                "the local spool cannot take more data right now",
+                headers=[("Retry-After", "5")],
+            ) from None
+        finally:
+            self.in_flight_records -= records
+        if headers.get(b"x-ack", "").strip().lower() == "kafka" and self.forwarder is not None:
+            acked: bool = await self.forwarder.wait_acked(end, self.settings.kafka_ack_timeout_s)
+            return "kafka" if acked else "spool"
+        return "spool"
+
+    def _answer(
+        self,
+        route: IngestRoute,
+        result: ValidationResult,
+        *,
+        duplicates: set[str],
+        durability: str,
+        dry_run: bool,
+        priority: str,
+        many: bool,
+    ) -> Answer:
+        event_ids = result.event_ids
+        lags = result.ingest_lag_ms
+        new = sum(1 for eid in event_ids if eid is not None and eid not in duplicates)
+        self.metrics.records.inc(("accepted", priority), new)
+        if result.accepted - new:
+            self.metrics.records.inc(("duplicate", priority), result.accepted - new)
+        if result.rejected:
+            self.metrics.records.inc(("rejected", priority), result.total - result.accepted)
+        for lag in lags:
+            if lag is not None:
+                self.metrics.lag.observe(float(lag))
+        response_headers = [(b"x-durability", durability.encode())]
+        if result.warnings:
+            response_headers.append((b"x-tidegate-flagged", b"true"))
+        rejected_by_index: dict[int, list[dict[str, object]]] = {}
+        for issue in result.rejected:
+            if issue.index is not None:
+                rejected_by_index.setdefault(issue.index, []).append({"path": issue.path, "message": issue.message})
+        warnings_by_index: dict[int, list[str]] = {}
+        for warning in result.warnings:
+            if warning.index is not None:
+                warnings_by_index.setdefault(warning.index, []).append(warning.message)
+        seen: set[str] = set()
+
+        def status_of(eid: str | None) -> str:
+            if eid is None:
+                return "rejected"
+            if eid in duplicates or eid in seen:
+                return "duplicate"
+            seen.add(eid)
+            return "accepted"
+
+        statuses = [status_of(eid) for eid in event_ids]
+        document: dict[str, object]
+        if route.kind == "telemetry" and not many:
+            document = {
+                "status": statuses[0],
+                "event_id": event_ids[0],
+                "ingest_lag_ms": lags[0],
+                "warnings": warnings_by_index.get(0, []),
+            }
+        elif route.kind == "batch":
+            document = {
+                "status": "duplicate" if all(s == "duplicate" for s in statuses if s != "rejected") else "accepted",
+                "batch_id": result.batch_id,
+                "device_id": result.device_id,
+                "readings_count": result.total,
+                "accepted": statuses.count("accepted"),
+                "duplicates": statuses.count("duplicate"),
+                "rejected": statuses.count("rejected"),
+                "results": [
+                    {"index": i, "status": s, "event_id": event_ids[i], "reason": rejected_by_index.get(i)}
+                    if s == "rejected"
+                    else {"index": i, "status": s, "event_id": event_ids[i]}
+                    for i, s in enumerate(statuses)
+                    if s != "accepted"
+                ],
+                "warnings": [{"index": i, "messages": m} for i, m in sorted(warnings_by_index.items())],
+            }
+        else:
+            items = []
+            for i, status in enumerate(statuses):
+                item: dict[str, object] = {
+                    "index": i,
+                    "status": status.upper() if route.kind == "event" else status,
+                    "event_id": event_ids[i],
+                    "ingest_lag_ms": lags[i],
+                }
+                if status == "rejected":
+                    item["errors"] = rejected_by_index.get(i, [])
+                if i in warnings_by_index:
+                    item["warnings"] = warnings_by_index[i]
+                items.append(item)
+            if not many:
+                document = dict(items[0])
+                del document["index"]
+            else:
+                document = {
+                    "accepted": statuses.count("accepted"),
+                    "duplicates": statuses.count("duplicate"),
+                    "rejected": statuses.count("rejected"),
+                    "results": items,
+                }
+        if dry_run:
+            document["dry_run"] = True
+        return Answer(
+            202,
+            json_bytes(document),
+            response_headers,
+            event_id=event_ids[0],
+            records=result.total,
+            device_id=result.device_id,
+        )
+
+
+def _problem_response(problem: Problem) -> Response:
+    return Response(
+        problem.body(), problem.status, headers=dict(problem.headers), media_type="application/problem+json"
+    )
+
+
+async def _http_exception(_request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    slug = {404: "not-found", 405: "method-not-allowed"}.get(exc.status_code, "http-error")
+    detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+    return _problem_response(Problem(exc.status_code, slug, detail, headers=(exc.headers or {}).items()))
+
+
+def create_app(settings: Settings | None = None) -> Callable[[Scope, Receive, Send], Coroutine[Any, Any, None]]:
+    """The ASGI application (Granian runs it with `--interface asgi`; use the factory form)."""
+    settings = settings or load_settings()
+    gateway = Gateway(settings)
+
+    async def live(_request: Request) -> Response:
+        return JSONResponse({"status": "alive"})
+
+    async def ready(_request: Request) -> Response:
+        checks = {
+            "started": gateway.ready,
+            "not_draining": not gateway.shutting_down,
+            "spool_has_room": not gateway.spool_full,
+            "kafka": getattr(gateway.forwarder, "state", "not configured"),
+        }
+        ok = gateway.is_ready()
+        return JSONResponse({"status": "ready" if ok else "not_ready", "checks": checks}, 200 if ok else 503)
+
+    async def metrics(_request: Request) -> Response:
+        return PlainTextResponse(gateway.metrics.render(), media_type="text/plain; version=0.0.4")
+
+    async def openapi(_request: Request) -> Response:
+        return JSONResponse(openapi_document(settings))
+
+    async def caps(_request: Request) -> Response:
+        return JSONResponse(capabilities(settings))
+
+    async def silent(request: Request) -> Response:
+        raw = request.query_params.get("for", "300")
+        try:
+            threshold = float(raw)
+            if not math.isfinite(threshold) or threshold < 0:
+                raise ValueError(raw)
+        except ValueError:
+            return _problem_response(
+                Problem(
+                    400,
+                    "invalid-query",
+                    "`for` must be a non-negative number of seconds",
+                    [{"path": "query:for", "message": f"not a number of seconds: {raw!r}"}],
+                )
+            )
+        now = time.time()
+        devices = sorted(
+            (
+                {"device_id": d, "last_seen": round(seen, 3), "silent_for_s": round(now - seen, 3)}
+                for d, seen in gateway.last_seen.items()
+                if now - seen >= threshold
+            ),
+            key=lambda item: -float(item["silent_for_s"]),  # type: ignore[arg-type]
+        )
+        return JSONResponse({"threshold_s": threshold, "count": len(devices), "devices": devices})
+
+    async def unreachable(_request: Request) -> Response:
+        raise HTTPException(405)
+
+    routes = [
+        Route("/health/live", live, methods=["GET"]),
+        Route("/health/ready", ready, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
+        Route("/openapi.json", openapi, methods=["GET"]),
+        Route("/api/v1/capabilities", caps, methods=["GET"]),
+        Route("/api/v1/devices/silent", silent, methods=["GET"]),
+        *(Route(path, unreachable, methods=["POST"]) for path in gateway.routes),
+    ]
+    starlette = Starlette(
+        routes=routes,
+        lifespan=gateway.lifespan,
+        exception_handlers={HTTPException: _http_exception},
+    )
+    starlette.state.gateway = gateway
+    fast_routes = gateway.routes
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            route = fast_routes.get(scope["path"])
+            if route is not None:
+                await gateway.handle(route, scope, receive, send)
+                return
+        await starlette(scope, receive, send)
+
+    app.gateway = gateway  # type: ignore[attr-defined]
+    return app

@@ -1,0 +1,133 @@
+"""Per-device API keys: random, prefixed, stored only as hashes, compared in constant time.
+
+A key reads `tg_<key id>_<secret>`. The key id finds the entry; the secret's SHA-256 is compared with
+`hmac.compare_digest`. A device holds at most two active keys, so keys rotate without downtime. The store is a
+JSON file under the data dir, written atomically; servers re-read it when it changes (checked at most every
+`reload_interval` seconds), so a revocation takes effect within a second without a restart.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import secrets
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+PREFIX = "tg_"
+MAX_KEYS_PER_DEVICE = 2
+
+
+@dataclass(frozen=True)
+class KeyEntry:
+    key_id: str
+    device_id: str
+    secret_sha256: str
+    created_at: float
+
+
+def _digest(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+class KeyStore:
+    """The key file: read for lookups (with change detection) and written by the `tidegate keys` commands."""
+
+    def __init__(self, path: Path, *, reload_interval: float = 0.5) -> None:
+        self.path = path
+        self.reload_interval = reload_interval
+        self._entries: dict[str, KeyEntry] = {}
+        self._stamp: tuple[int, int] | None = None
+        self._checked_at = 0.0
+        self._load()
+
+    def _load(self) -> None:
+        try:
+            stat = self.path.stat()
+        except FileNotFoundError:
+            self._entries, self._stamp = {}, None
+            return
+        stamp = (stat.st_mtime_ns, stat.st_size)
+        if stamp == self._stamp:
+            return
+        document: dict[str, Any] = json.loads(self.path.read_text() or "{}")
+        self._entries = {
+            item["key_id"]: KeyEntry(item["key_id"], item["device_id"], item["secret_sha256"], item["created_at"])
+            for item in document.get("keys", [])
+        }
+        self._stamp = stamp
+
+    def refresh(self) -> None:
+        now = time.monotonic()
+        if now - self._checked_at >= self.reload_interval:
+            self._checked_at = now
+            self._load()
+
+    def device_for(self, presented: str) -> str | None:
+        """The device a presented key belongs to, or None for a malformed, unknown or revoked key."""
+        self.refresh()
+        if not presented.startswith(PREFIX):
+            return None
+        key_id, _, secret = presented[len(PREFIX) :].partition("_")
+        entry = self._entries.get(key_id)
+        # Compare even when the id is unknown, so timing does not tell ids apart.
+        expected = entry.secret_sha256 if entry is not None else _digest("")
+        matches = hmac.compare_digest(_digest(secret), expected)
+        return entry.device_id if entry is not None and matches and secret else None
+
+    def entries(self) -> list[KeyEntry]:
+        self._load()
+        return sorted(self._entries.values(), key=lambda e: (e.device_id, e.created_at))
+
+    def _save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        document = {"keys": [entry.__dict__ for entry in self.entries_unsorted()]}
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(document, indent=1))
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, self.path)
+        self._stamp = None
+        self._load()
+
+    def entries_unsorted(self) -> list[KeyEntry]:
+        return list(self._entries.values())
+
+    def add(self, device_id: str) -> str:
+        """Creates a key for `device_id` and returns it (the only time it is ever shown)."""
+        self._load()
+        held = [e for e in self._entries.values() if e.device_id == device_id]
+        if len(held) >= MAX_KEYS_PER_DEVICE:
+            raise ValueError(
+                f"{device_id} already holds {MAX_KEYS_PER_DEVICE} keys; revoke one first (tidegate keys revoke)"
+            )
+        key_id = secrets.token_hex(6)
+        secret = secrets.token_urlsafe(32).replace("_", "-")
+        self._entries[key_id] = KeyEntry(key_id, device_id, _digest(secret), time.time())
+        self._save()
+        return f"{PREFIX}{key_id}_{secret}"
+
+    def revoke(self, target: str) -> list[KeyEntry]:
+        """Revokes a key (by the key itself or its id) or every key of a device id; returns what was revoked."""
+        self._load()
+        key_id = target[len(PREFIX) :].partition("_")[0] if target.startswith(PREFIX) else target
+        revoked = [e for e in self._entries.values() if e.key_id == key_id or e.device_id == target]
+        for entry in revoked:
+            del self._entries[entry.key_id]
+        if revoked:
+            self._save()
+        return revoked
+
+
+def presented_key(device_token: str | None, authorization: str | None) -> str | None:
+    """The key from `X-Device-Token` or `Authorization: Bearer`."""
+    if device_token:
+        return device_token.strip()
+    if authorization:
+        scheme, _, value = authorization.partition(" ")
+        if scheme.lower() == "bearer" and value.strip():
+            return value.strip()
+    return None

@@ -1,0 +1,179 @@
+"""The `tidegate` command: serve, keys, tail, spool stats."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from granian import Granian
+from granian.constants import Interfaces
+
+from tidegate._native import Spool
+from tidegate.auth import KeyStore
+from tidegate.config import load_settings, to_env
+
+
+def _serve(args: argparse.Namespace) -> int:
+    settings = load_settings(
+        args.config,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        data_dir=args.data_dir,
+        kafka=args.kafka,
+        dry_run=True if args.dry_run else None,
+        auth=False if args.no_auth else None,
+    )
+    os.environ.update(to_env(settings))
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    print(
+        f"tidegate: http://{settings.host}:{settings.port} · data {settings.data_dir.resolve()} · "
+        f"{'kafka ' + settings.kafka if settings.kafka else 'embedded spool (no Kafka)'} · "
+        f"{settings.workers} worker(s){' · auth off' if not settings.auth else ''}",
+        file=sys.stderr,
+    )
+    server = Granian(
+        "tidegate.app:create_app",
+        factory=True,
+        address=settings.host,
+        port=settings.port,
+        interface=Interfaces.ASGI,
+        workers=settings.workers,
+        log_access=False,
+    )
+    server.serve()
+    return 0
+
+
+def _keys(args: argparse.Namespace) -> int:
+    store = KeyStore(load_settings(data_dir=args.data_dir).keys_file)
+    if args.keys_command == "add":
+        for device_id in args.device_ids:
+            try:
+                print(f"{device_id} {store.add(device_id)}")
+            except ValueError as error:
+                print(f"tidegate: {error}", file=sys.stderr)
+                return 1
+    elif args.keys_command == "revoke":
+        revoked = [entry for target in args.targets for entry in store.revoke(target)]
+        for entry in revoked:
+            print(f"revoked {entry.device_id} tg_{entry.key_id}_…")
+        if not revoked:
+            print("tidegate: nothing matched", file=sys.stderr)
+            return 1
+    else:
+        for entry in store.entries():
+            created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(entry.created_at))
+            print(f"{entry.device_id} tg_{entry.key_id}_… created {created}")
+    return 0
+
+
+def _spool_dirs(data_dir: Path) -> list[Path]:
+    root = data_dir / "spool"
+    return sorted(p for p in root.glob("w*") if p.is_dir()) if root.is_dir() else []
+
+
+def _tail(args: argparse.Namespace) -> int:
+    directories = _spool_dirs(args.data_dir)
+    if not directories:
+        print(f"tidegate: no spool under {args.data_dir}", file=sys.stderr)
+        return 1
+    positions: dict[Path, int] = {}
+    for directory in directories:
+        spool = Spool.open_read_only(directory)
+        stats = spool.stats()
+        positions[directory] = 0 if args.from_start else max(stats["acked_seq"], stats["next_seq"] - args.lines)
+    out = sys.stdout.buffer
+    while True:
+        for directory in directories:
+            spool = Spool.open_read_only(directory)
+            while True:
+                batch, next_seq = spool.read(positions[directory], max_records=10_000, durable_only=False)
+                if len(batch) == 0:
+                    break
+                for value in batch.values(args.topic):
+                    out.write(value + b"\n")
+                positions[directory] = next_seq
+        out.flush()
+        if not args.follow:
+            return 0
+        time.sleep(0.25)
+        directories = _spool_dirs(args.data_dir)
+        for directory in directories:
+            positions.setdefault(directory, 0)
+
+
+def _spool_stats(args: argparse.Namespace) -> int:
+    report = {}
+    for directory in _spool_dirs(args.data_dir):
+        stats = Spool.open_read_only(directory).stats()
+        report[directory.name] = {
+            "segments": stats["segments"],
+            "bytes": stats["bytes"],
+            "records_written": stats["next_seq"],
+            "acknowledged_seq": stats["acked_seq"],
+            "lag_records": stats["lag_records"],
+        }
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tidegate", description="Ingest engine for device telemetry and events.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the HTTP ingest service")
+    serve.add_argument("--host")
+    serve.add_argument("--port", type=int)
+    serve.add_argument("--workers", type=int)
+    serve.add_argument("--data-dir", type=Path)
+    serve.add_argument("--kafka", metavar="BOOTSTRAP", help="Kafka bootstrap servers (default: spool only)")
+    serve.add_argument("--config", type=Path, help="TOML settings file")
+    serve.add_argument("--dry-run", action="store_true", help="validate and compute ids, write nothing")
+    serve.add_argument("--no-auth", action="store_true", help="accept requests without device keys (development)")
+    serve.set_defaults(run=_serve)
+
+    keys = commands.add_parser("keys", help="manage device API keys")
+    key_commands = keys.add_subparsers(dest="keys_command", required=True)
+    add = key_commands.add_parser("add", help="create a key per device; prints DEVICE_ID KEY lines")
+    add.add_argument("device_ids", nargs="+", metavar="DEVICE_ID")
+    revoke = key_commands.add_parser("revoke", help="revoke a key (the key or its id) or all keys of a device")
+    revoke.add_argument("targets", nargs="+", metavar="KEY_OR_DEVICE")
+    key_commands.add_parser("list", help="list devices and key ids")
+    for sub in (add, revoke, keys):
+        sub.add_argument("--data-dir", type=Path, default=Path(os.environ.get("TIDEGATE_DATA_DIR", "data")))
+    keys.set_defaults(run=_keys)
+
+    tail = commands.add_parser("tail", help="print spooled records, one JSON line each (the Kafka value)")
+    tail.add_argument("--data-dir", type=Path, default=Path(os.environ.get("TIDEGATE_DATA_DIR", "data")))
+    tail.add_argument("--topic", help="only this topic")
+    tail.add_argument("--follow", "-f", action="store_true")
+    tail.add_argument("--from-start", action="store_true", help="from the oldest record still spooled")
+    tail.add_argument("--lines", "-n", type=int, default=10, help="without --from-start: the last N records")
+    tail.set_defaults(run=_tail)
+
+    spool = commands.add_parser("spool", help="inspect the spool")
+    spool_commands = spool.add_subparsers(dest="spool_command", required=True)
+    stats = spool_commands.add_parser("stats", help="segments, sizes, acknowledged offsets and lag")
+    stats.add_argument("--data-dir", type=Path, default=Path(os.environ.get("TIDEGATE_DATA_DIR", "data")))
+    stats.set_defaults(run=_spool_stats)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.run(args))
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,116 @@
+"""Settings: defaults, overridden by a TOML file, then by `TIDEGATE_*` environment variables, then by CLI flags."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+Priority = Literal["high", "medium", "low"]
+PRIORITIES: tuple[Priority, ...] = ("high", "medium", "low")
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    workers: int = 1
+    data_dir: Path = Path("data")
+    kafka: str | None = None
+    """Kafka bootstrap servers; None keeps everything in the spool (the embedded default)."""
+    auth: bool = True
+    dry_run: bool = False
+    max_body_bytes: int = 8 * 1024 * 1024
+    """Limit on the body after decompression; the raw body is capped at the same size."""
+    body_timeout_s: float = 10.0
+    max_batch_readings: int = 1000
+    max_past_seconds: float = 7 * 86400.0
+    max_future_seconds: float = 300.0
+    rate_per_device: float = 50.0
+    """Requests per second a device may sustain (token bucket refill); 0 disables rate limiting."""
+    burst_per_device: float = 100.0
+    max_in_flight_records: int = 50_000
+    """Records awaiting durability at which utilization reaches 1.0."""
+    shed_medium_at: float = 0.9
+    shed_low_at: float = 0.7
+    priority_ingest: Priority = "medium"
+    priority_batch: Priority = "medium"
+    priority_events: Priority = "medium"
+    spool_quota_bytes: int = 1 << 30
+    spool_segment_bytes: int = 64 << 20
+    spool_retention_seconds: float = 3600.0
+    commit_window_ms: float = 1.0
+    dedup_capacity: int = 1_000_000
+    dedup_ttl_seconds: float = 3600.0
+    kafka_ack_timeout_s: float = 10.0
+    shutdown_deadline_s: float = 10.0
+    log_sample_rate: float = 0.01
+    """Share of successful requests logged once the request rate passes `log_full_below_rps`."""
+    log_full_below_rps: float = 50.0
+
+    @property
+    def spool_root(self) -> Path:
+        return self.data_dir / "spool"
+
+    @property
+    def keys_file(self) -> Path:
+        return self.data_dir / "keys.json"
+
+
+_FIELDS = {field.name: field for field in dataclasses.fields(Settings)}
+
+
+def _coerce(name: str, raw: Any) -> Any:
+    kind = _FIELDS[name].type
+    if raw is None:
+        return None
+    if kind == "bool":
+        if isinstance(raw, str):
+            return raw.strip().lower() in {"1", "true", "yes", "on"}
+        return bool(raw)
+    if kind == "int":
+        return int(raw)
+    if kind == "float":
+        return float(raw)
+    if kind == "Path":
+        return Path(raw)
+    if kind == "Priority":
+        if raw not in PRIORITIES:
+            raise ValueError(f"{name} must be one of {', '.join(PRIORITIES)}, not {raw!r}")
+        return raw
+    if kind == "str | None":
+        return str(raw) or None
+    return str(raw)
+
+
+def load_settings(config_file: Path | None = None, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+    """Defaults < TOML file (`[tidegate]` table or top level) < `TIDEGATE_<NAME>` variables < overrides."""
+    env = os.environ if env is None else env
+    values: dict[str, Any] = {}
+    config_file = config_file or (Path(env["TIDEGATE_CONFIG"]) if env.get("TIDEGATE_CONFIG") else None)
+    if config_file is not None:
+        document = tomllib.loads(config_file.read_text())
+        table = document.get("tidegate", document)
+        unknown = set(table) - set(_FIELDS)
+        if unknown:
+            raise ValueError(f"unknown settings in {config_file}: {', '.join(sorted(unknown))}")
+        values.update({name: _coerce(name, raw) for name, raw in table.items()})
+    for name in _FIELDS:
+        raw = env.get(f"TIDEGATE_{name.upper()}")
+        if raw is not None:
+            values[name] = _coerce(name, raw)
+    values.update({name: _coerce(name, raw) for name, raw in overrides.items() if raw is not None})
+    return Settings(**values)
+
+
+def to_env(settings: Settings) -> dict[str, str]:
+    """The settings as `TIDEGATE_*` variables, to hand them to server worker processes."""
+    out = {}
+    for name in _FIELDS:
+        value = getattr(settings, name)
+        if value is not None:
+            out[f"TIDEGATE_{name.upper()}"] = str(value).lower() if isinstance(value, bool) else str(value)
+    return out

@@ -1,0 +1,93 @@
+"""Asynchronous group commit over the native spool.
+
+Appends are written at once (native, GIL released); durability is awaited. One committer task runs at most one
+fsync at a time in a worker thread, and every append it covers is released together: many concurrent requests
+share one fsync, and none is released before its records are on disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+from tidegate._native import RecordBatch, Spool
+
+
+class SpoolWriter:
+    """Writes batches to a spool and awaits their durability with group commit."""
+
+    def __init__(self, spool: Spool, *, commit_window_ms: float = 1.0) -> None:
+        self.spool = spool
+        self.commit_window = commit_window_ms / 1000.0
+        self._waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.commits = 0
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="tidegate-spool-committer")
+
+    async def stop(self) -> None:
+        """Commits whatever is pending, then stops the committer."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        await asyncio.to_thread(self.spool.commit)
+        self._release(self.spool.durable_seq)
+
+    async def write(self, batch: RecordBatch) -> int:
+        """Appends `batch` and returns once it is durable; returns the sequence after its last record.
+        Raises SpoolFull when the quota is reached (nothing of the batch was written then)."""
+        end = self.spool.append(batch)
+        if self.spool.durable_seq >= end:
+            return end
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append((end, future))
+        self._wake.set()
+        await future
+        return end
+
+    def _release(self, durable: int) -> None:
+        still_waiting = []
+        for end, future in self._waiters:
+            if end <= durable:
+                if not future.done():
+                    future.set_result(None)
+            else:
+                still_waiting.append((end, future))
+        self._waiters = still_waiting
+
+    def _fail(self, error: BaseException) -> None:
+        for _, future in self._waiters:
+            if not future.done():
+                future.set_exception(error)
+        self._waiters = []
+
+    async def _run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            if self.commit_window > 0:
+                await asyncio.sleep(self.commit_window)
+            try:
+                durable = await asyncio.to_thread(self.spool.commit)
+            except OSError as error:
+                self._fail(error)
+                continue
+            self.commits += 1
+            self._release(durable)
+            if self._waiters:
+                self._wake.set()
+
+
+@contextlib.asynccontextmanager
+async def open_writer(spool: Spool, *, commit_window_ms: float = 1.0) -> AsyncIterator[SpoolWriter]:
+    writer = SpoolWriter(spool, commit_window_ms=commit_window_ms)
+    await writer.start()
+    try:
+        yield writer
+    finally:
+        await writer.stop()

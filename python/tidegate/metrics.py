@@ -1,0 +1,116 @@
+"""A small Prometheus registry: labelled counters, histograms and gauges, rendered in the text format.
+
+Written here rather than imported so that the hot path costs one dict update per observation.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Callable, Iterable
+
+LabelValues = tuple[str, ...]
+
+
+def _labels(names: tuple[str, ...], values: LabelValues) -> str:
+    if not names:
+        return ""
+    pairs = ",".join(
+        f'{n}="{v.replace(chr(92), chr(92) * 2).replace(chr(34), chr(92) + chr(34))}"'
+        for n, v in zip(names, values, strict=True)
+    )
+    return "{" + pairs + "}"
+
+
+class Counter:
+    def __init__(self, name: str, help_text: str, labels: tuple[str, ...] = ()) -> None:
+        self.name, self.help, self.label_names = name, help_text, labels
+        self.values: dict[LabelValues, float] = {}
+
+    def inc(self, labels: LabelValues = (), amount: float = 1.0) -> None:
+        self.values[labels] = self.values.get(labels, 0.0) + amount
+
+    def get(self, labels: LabelValues = ()) -> float:
+        return self.values.get(labels, 0.0)
+
+    def render(self) -> Iterable[str]:
+        yield f"# HELP {self.name} {self.help}"
+        yield f"# TYPE {self.name} counter"
+        for labels, value in sorted(self.values.items()):
+            yield f"{self.name}{_labels(self.label_names, labels)} {value:g}"
+
+
+class Histogram:
+    def __init__(self, name: str, help_text: str, buckets: tuple[float, ...], labels: tuple[str, ...] = ()) -> None:
+        self.name, self.help, self.label_names, self.buckets = name, help_text, labels, buckets
+        self.series: dict[LabelValues, list[float]] = {}
+
+    def observe(self, value: float, labels: LabelValues = ()) -> None:
+        series = self.series.get(labels)
+        if series is None:
+            # Per-bucket counts, then +Inf, then the sum.
+            series = self.series[labels] = [0.0] * (len(self.buckets) + 2)
+        series[bisect.bisect_left(self.buckets, value)] += 1
+        series[-1] += value
+
+    def count(self, labels: LabelValues = ()) -> float:
+        series = self.series.get(labels)
+        return sum(series[:-1]) if series else 0.0
+
+    def render(self) -> Iterable[str]:
+        yield f"# HELP {self.name} {self.help}"
+        yield f"# TYPE {self.name} histogram"
+        for labels, series in sorted(self.series.items()):
+            cumulative = 0.0
+            for bound, count in zip((*self.buckets, float("inf")), series[:-1], strict=True):
+                cumulative += count
+                le = "+Inf" if bound == float("inf") else f"{bound:g}"
+                names = (*self.label_names, "le")
+                yield f"{self.name}_bucket{_labels(names, (*labels, le))} {cumulative:g}"
+            yield f"{self.name}_sum{_labels(self.label_names, labels)} {series[-1]:g}"
+            yield f"{self.name}_count{_labels(self.label_names, labels)} {cumulative:g}"
+
+
+class Gauge:
+    """A gauge read from a callback at scrape time."""
+
+    def __init__(self, name: str, help_text: str, read: Callable[[], float]) -> None:
+        self.name, self.help, self.read = name, help_text, read
+
+    def render(self) -> Iterable[str]:
+        yield f"# HELP {self.name} {self.help}"
+        yield f"# TYPE {self.name} gauge"
+        yield f"{self.name} {self.read():g}"
+
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+LAG_BUCKETS = (100.0, 1_000.0, 10_000.0, 60_000.0, 600_000.0, 3_600_000.0, 86_400_000.0, 604_800_000.0)
+
+
+class Metrics:
+    """Every metric tidegate exports."""
+
+    def __init__(self) -> None:
+        self.requests = Counter("tidegate_requests_total", "HTTP requests by route and status.", ("route", "status"))
+        self.records = Counter("tidegate_records_total", "Records by outcome and priority.", ("outcome", "priority"))
+        self.shed = Counter("tidegate_shed_total", "Requests shed by priority (503).", ("priority",))
+        self.rate_limited = Counter("tidegate_rate_limited_total", "Requests refused by a device's rate (429).")
+        self.latency = Histogram(
+            "tidegate_ingest_latency_seconds", "Ingest request latency until the answer.", LATENCY_BUCKETS, ("route",)
+        )
+        self.lag = Histogram("tidegate_ingest_lag_ms", "Reception time minus record time.", LAG_BUCKETS)
+        self.kafka_latency = Histogram(
+            "tidegate_kafka_send_latency_seconds", "Kafka batch send latency.", LATENCY_BUCKETS
+        )
+        self.gauges: list[Gauge] = []
+
+    def gauge(self, name: str, help_text: str, read: Callable[[], float]) -> None:
+        self.gauges.append(Gauge(name, help_text, read))
+
+    def render(self) -> str:
+        lines: list[str] = []
+        for metric in (self.requests, self.records, self.shed, self.rate_limited, self.latency, self.lag):
+            lines.extend(metric.render())
+        lines.extend(self.kafka_latency.render())
+        for gauge in self.gauges:
+            lines.extend(gauge.render())
+        return "\n".join(lines) + "\n"

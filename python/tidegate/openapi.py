@@ -1,0 +1,380 @@
+"""The OpenAPI 3.1 description of the HTTP API and the capabilities document."""
+
+from __future__ import annotations
+
+from importlib.metadata import version
+from typing import Any
+
+from tidegate.config import PRIORITIES, Settings
+
+FORMATS = ["application/json", "application/x-ndjson", "application/cbor"]
+ENCODINGS = ["identity", "gzip", "zstd"]
+
+_TIMESTAMP = {"type": "string", "format": "date-time", "description": "RFC 3339 with a time zone."}
+_METRICS = {
+    "type": "object",
+    "minProperties": 1,
+    "additionalProperties": {"type": "number"},
+    "description": "Metric name to number. Values outside the semantic ranges add warnings, never rejections.",
+}
+_DEVICE_ID = {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"}
+_EVENT_ID = {"type": "string", "pattern": "^[0-9a-f]{32}$", "description": "BLAKE3-based id (see the README)."}
+_LAG = {"type": ["integer", "null"], "description": "Reception time minus record time, in milliseconds."}
+
+
+def _schemas(settings: Settings) -> dict[str, Any]:
+    reading = {
+        "type": "object",
+        "required": ["device_id", "timestamp", "metrics"],
+        "additionalProperties": False,
+        "properties": {
+            "device_id": _DEVICE_ID,
+            "timestamp": _TIMESTAMP,
+            "metrics": _METRICS,
+            "metadata": {"type": "object"},
+        },
+    }
+    batch_reading = {
+        "type": "object",
+        "required": ["timestamp", "metrics"],
+        "additionalProperties": False,
+        "properties": {
+            "device_id": _DEVICE_ID,
+            "timestamp": _TIMESTAMP,
+            "metrics": _METRICS,
+            "metadata": {"type": "object"},
+        },
+    }
+    name = {"type": "string", "minLength": 1, "maxLength": 256}
+    event = {
+        "type": "object",
+        "required": ["source", "event_type", "entity_id", "event_time", "payload"],
+        "additionalProperties": False,
+        "properties": {"source": name, "event_type": name, "entity_id": name, "event_time": _TIMESTAMP, "payload": {}},
+    }
+    field_error = {
+        "type": "object",
+        "required": ["path", "message"],
+        "properties": {"path": {"type": "string"}, "message": {"type": "string"}, "index": {"type": "integer"}},
+    }
+    return {
+        "TelemetryReading": reading,
+        "Batch": {
+            "type": "object",
+            "required": ["device_id", "batch_id", "readings"],
+            "additionalProperties": False,
+            "properties": {
+                "device_id": _DEVICE_ID,
+                "batch_id": {"type": "string", "minLength": 1, "maxLength": 128, "description": "Idempotency key."},
+                "readings": {
+                    "type": "array",
+                    "minItems": 1,
+                    "maxItems": settings.max_batch_readings,
+                    "items": {"$ref": "#/components/schemas/BatchReading"},
+                },
+            },
+        },
+        "BatchReading": batch_reading,
+        "Event": event,
+        "Events": {
+            "oneOf": [
+                {"$ref": "#/components/schemas/Event"},
+                {"type": "array", "items": {"$ref": "#/components/schemas/Event"}},
+            ]
+        },
+        "Readings": {
+            "oneOf": [
+                {"$ref": "#/components/schemas/TelemetryReading"},
+                {"type": "array", "items": {"$ref": "#/components/schemas/TelemetryReading"}},
+            ]
+        },
+        "FieldError": field_error,
+        "Problem": {
+            "type": "object",
+            "required": ["type", "title", "status", "detail", "errors"],
+            "properties": {
+                "type": {"type": "string", "format": "uri"},
+                "title": {"type": "string"},
+                "status": {"type": "integer"},
+                "detail": {"type": "string"},
+                "errors": {"type": "array", "items": {"$ref": "#/components/schemas/FieldError"}},
+            },
+        },
+        "ReadingAccepted": {
+            "type": "object",
+            "required": ["status", "event_id", "ingest_lag_ms", "warnings"],
+            "properties": {
+                "status": {"enum": ["accepted", "duplicate"]},
+                "event_id": _EVENT_ID,
+                "ingest_lag_ms": _LAG,
+                "warnings": {"type": "array", "items": {"type": "string"}},
+                "dry_run": {"type": "boolean"},
+            },
+        },
+        "ItemResult": {
+            "type": "object",
+            "required": ["index", "status", "event_id"],
+            "properties": {
+                "index": {"type": "integer"},
+                "status": {"enum": ["accepted", "duplicate", "rejected", "ACCEPTED", "DUPLICATE", "REJECTED"]},
+                "event_id": {"type": ["string", "null"]},
+                "ingest_lag_ms": _LAG,
+                "errors": {"type": "array", "items": {"$ref": "#/components/schemas/FieldError"}},
+                "reason": {"type": ["array", "null"], "items": {"$ref": "#/components/schemas/FieldError"}},
+                "warnings": {"type": "array", "items": {"type": "string"}},
+            },
+        },
+        "ManyAccepted": {
+            "type": "object",
+            "required": ["accepted", "duplicates", "rejected", "results"],
+            "properties": {
+                "accepted": {"type": "integer"},
+                "duplicates": {"type": "integer"},
+                "rejected": {"type": "integer"},
+                "results": {"type": "array", "items": {"$ref": "#/components/schemas/ItemResult"}},
+                "dry_run": {"type": "boolean"},
+            },
+        },
+        "BatchAccepted": {
+            "type": "object",
+            "required": [
+                "status",
+                "batch_id",
+                "device_id",
+                "readings_count",
+                "accepted",
+                "duplicates",
+                "rejected",
+                "results",
+            ],
+            "properties": {
+                "status": {"enum": ["accepted", "duplicate"]},
+                "batch_id": {"type": "string"},
+                "device_id": {"type": "string"},
+                "readings_count": {"type": "integer"},
+                "accepted": {"type": "integer"},
+                "duplicates": {"type": "integer"},
+                "rejected": {"type": "integer"},
+                "results": {"type": "array", "items": {"$ref": "#/components/schemas/ItemResult"}},
+                "warnings": {"type": "array", "items": {"type": "object"}},
+                "dry_run": {"type": "boolean"},
+            },
+        },
+        "EventAccepted": {
+            "type": "object",
+            "required": ["status", "event_id", "ingest_lag_ms"],
+            "properties": {
+                "status": {"enum": ["ACCEPTED", "DUPLICATE"]},
+                "event_id": _EVENT_ID,
+                "ingest_lag_ms": _LAG,
+                "dry_run": {"type": "boolean"},
+            },
+        },
+    }
+
+
+def _problem(description: str, retry_after: bool = False) -> dict[str, Any]:
+    response: dict[str, Any] = {
+        "description": description,
+        "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}},
+    }
+    if retry_after:
+        response["headers"] = {"Retry-After": {"schema": {"type": "integer"}, "description": "Seconds to wait."}}
+    return response
+
+
+def _ingest_operation(summary: str, request_schema: str, accepted: list[str], settings: Settings) -> dict[str, Any]:
+    body_schema = {"$ref": f"#/components/schemas/{request_schema}"}
+    accepted_schema: dict[str, Any] = (
+        {"$ref": f"#/components/schemas/{accepted[0]}"}
+        if len(accepted) == 1
+        else {"oneOf": [{"$ref": f"#/components/schemas/{name}"} for name in accepted]}
+    )
+    parameters = [
+        {
+            "name": "X-Device-Token",
+            "in": "header",
+            "schema": {"type": "string"},
+            "description": "The device key (or Authorization: Bearer).",
+        },
+        {"name": "X-Priority", "in": "header", "schema": {"enum": list(PRIORITIES)}},
+        {"name": "X-Idempotency-Key", "in": "header", "schema": {"type": "string"}},
+        {
+            "name": "X-Dry-Run",
+            "in": "header",
+            "schema": {"enum": ["true", "false"]},
+            "description": "Validate and compute ids; write nothing.",
+        },
+        {
+            "name": "X-Ack",
+            "in": "header",
+            "schema": {"enum": ["spool", "kafka"]},
+            "description": "Answer once the spool (default) or the broker holds the records.",
+        },
+        {"name": "traceparent", "in": "header", "schema": {"type": "string"}},
+        {"name": "Content-Encoding", "in": "header", "schema": {"enum": ENCODINGS}},
+    ]
+    return {
+        "summary": summary,
+        "parameters": parameters,
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": body_schema},
+                "application/x-ndjson": {"schema": {"type": "string"}},
+                "application/cbor": {"schema": {"type": "string", "contentEncoding": "binary"}},
+            },
+        },
+        "responses": {
+            "202": {
+                "description": "Accepted: durable at the level X-Durability names.",
+                "headers": {
+                    "X-Durability": {"schema": {"enum": ["spool", "kafka", "none"]}},
+                    "X-Tidegate-Flagged": {
+                        "schema": {"enum": ["true"]},
+                        "description": "Some value is outside its semantic range.",
+                    },
+                },
+                "content": {"application/json": {"schema": accepted_schema}},
+            },
+            "400": _problem("Malformed or invalid (every record rejected), with JSON paths."),
+            "401": _problem("No or unknown device key."),
+            "403": _problem("The key belongs to another device."),
+            "408": _problem("The body was not received in time."),
+            "413": _problem(f"The body exceeds {settings.max_body_bytes} bytes after decompression."),
+            "415": _problem("Unsupported content type or encoding."),
+            "429": _problem("The device is over its rate.", retry_after=True),
+            "503": _problem("Shed under load, not ready, or the spool is full.", retry_after=True),
+        },
+    }
+
+
+def openapi_document(settings: Settings) -> dict[str, Any]:
+    health = {"type": "object", "properties": {"status": {"type": "string"}, "checks": {"type": "object"}}}
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "tidegate",
+            "version": version("tidegate"),
+            "description": "Ingest API for device telemetry and events.",
+        },
+        "paths": {
+            "/api/v1/ingest": {
+                "post": _ingest_operation(
+                    "One telemetry reading (or an array / NDJSON of them).",
+                    "Readings",
+                    ["ReadingAccepted", "ManyAccepted"],
+                    settings,
+                )
+            },
+            "/api/v1/ingest/batch": {
+                "post": _ingest_operation(
+                    "A batch of readings from one device; batch_id is an idempotency key.",
+                    "Batch",
+                    ["BatchAccepted"],
+                    settings,
+                )
+            },
+            "/api/v1/events": {
+                "post": _ingest_operation(
+                    "Events: one object, an array or NDJSON.", "Events", ["EventAccepted", "ManyAccepted"], settings
+                )
+            },
+            "/health/live": {
+                "get": {
+                    "summary": "Liveness",
+                    "responses": {"200": {"description": "Alive", "content": {"application/json": {"schema": health}}}},
+                }
+            },
+            "/health/ready": {
+                "get": {
+                    "summary": "Readiness",
+                    "responses": {
+                        "200": {"description": "Ready", "content": {"application/json": {"schema": health}}},
+                        "503": {"description": "Not ready", "content": {"application/json": {"schema": health}}},
+                    },
+                }
+            },
+            "/metrics": {
+                "get": {
+                    "summary": "Prometheus metrics",
+                    "responses": {
+                        "200": {
+                            "description": "Text exposition format",
+                            "content": {"text/plain": {"schema": {"type": "string"}}},
+                        }
+                    },
+                }
+            },
+            "/api/v1/capabilities": {
+                "get": {
+                    "summary": "Formats, encodings, limits, contracts",
+                    "responses": {
+                        "200": {
+                            "description": "Capabilities",
+                            "content": {"application/json": {"schema": {"type": "object"}}},
+                        }
+                    },
+                }
+            },
+            "/api/v1/devices/silent": {
+                "get": {
+                    "summary": "Devices not heard from for at least `for` seconds",
+                    "parameters": [{"name": "for", "in": "query", "schema": {"type": "number", "minimum": 0}}],
+                    "responses": {
+                        "200": {
+                            "description": "Silent devices",
+                            "content": {
+                                "application/json": {
+                                    "schema": {
+                                        "type": "object",
+                                        "required": ["threshold_s", "count", "devices"],
+                                        "properties": {
+                                            "threshold_s": {"type": "number"},
+                                            "count": {"type": "integer"},
+                                            "devices": {"type": "array", "items": {"type": "object"}},
+                                        },
+                                    }
+                                }
+                            },
+                        },
+                        "400": _problem("`for` is not a number of seconds."),
+                    },
+                }
+            },
+            "/openapi.json": {
+                "get": {
+                    "summary": "This document",
+                    "responses": {
+                        "200": {
+                            "description": "OpenAPI 3.1",
+                            "content": {"application/json": {"schema": {"type": "object"}}},
+                        }
+                    },
+                }
+            },
+        },
+        "components": {"schemas": _schemas(settings)},
+    }
+
+
+def capabilities(settings: Settings) -> dict[str, Any]:
+    return {
+        "version": version("tidegate"),
+        "formats": FORMATS,
+        "encodings": ENCODINGS,
+        "limits": {
+            "max_body_bytes": settings.max_body_bytes,
+            "max_batch_readings": settings.max_batch_readings,
+            "max_depth": 32,
+            "max_past_seconds": settings.max_past_seconds,
+            "max_future_seconds": settings.max_future_seconds,
+            "rate_per_device": settings.rate_per_device,
+            "burst_per_device": settings.burst_per_device,
+            "body_timeout_s": settings.body_timeout_s,
+        },
+        "contracts": {"telemetry": "telemetry/v1", "batch": "telemetry/v1", "event": "event/v1"},
+        "priorities": list(PRIORITIES),
+        "ack_levels": ["spool", "kafka"] if settings.kafka else ["spool"],
+        "auth": ["X-Device-Token", "Authorization: Bearer"] if settings.auth else [],
+    }

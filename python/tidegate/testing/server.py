@@ -1,0 +1,106 @@
+"""A real tidegate server for tests: `python -m tidegate serve` (Granian, ASGI) in a subprocess on a free port."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Mapping
+from pathlib import Path
+from types import TracebackType
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Server:
+    """Starts `tidegate serve` with `TIDEGATE_*` settings from `env`; `start()` returns once /health/ready is 200."""
+
+    def __init__(self, data_dir: Path, env: Mapping[str, str] | None = None, *, workers: int = 1) -> None:
+        self.data_dir = data_dir
+        self.env = dict(env or {})
+        self.workers = workers
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = data_dir / f"server-{self.port}.log"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def keys(self, *device_ids: str) -> dict[str, str]:
+        """Creates a key per device with the real CLI; returns device id → key."""
+        out = subprocess.run(
+            [sys.executable, "-m", "tidegate", "keys", "add", "--data-dir", str(self.data_dir), *device_ids],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+        return dict(line.split(" ", 1) for line in out.strip().splitlines())
+
+    def start(self, timeout: float = 30.0) -> Server:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, "TIDEGATE_LOG_FULL_BELOW_RPS": "0", **self.env}
+        command = [
+            sys.executable,
+            "-m",
+            "tidegate",
+            "serve",
+            "--port",
+            str(self.port),
+            "--data-dir",
+            str(self.data_dir),
+            "--workers",
+            str(self.workers),
+        ]
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"tidegate exited with {self.proc.returncode}:\n{self.log_tail()}")
+            try:
+                with urllib.request.urlopen(self.url + "/health/ready", timeout=1) as response:
+                    if response.status == 200:
+                        return self
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                pass
+            time.sleep(0.05)
+        self.stop(kill=True)
+        raise RuntimeError(f"tidegate did not become ready:\n{self.log_tail()}")
+
+    def stop(self, *, kill: bool = False, timeout: float = 20.0) -> int | None:
+        """SIGTERM (graceful drain) or SIGKILL the whole process group; returns the exit code."""
+        if self.proc is None:
+            return None
+        proc, self.proc = self.proc, None
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL if kill else signal.SIGTERM)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        return proc.returncode
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except FileNotFoundError:
+            return ""
+
+    def __enter__(self) -> Server:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()

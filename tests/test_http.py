@@ -1,0 +1,453 @@
+"""The HTTP contract, against a real Granian server over a socket."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import json
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import cbor2
+import httpx
+import pytest
+import zstandard
+from tidegate.testing.server import Server
+
+from tests.conftest import event, iso_now, reading
+
+DEVICES = [f"dev-{i}" for i in range(8)]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    instance = Server(
+        tmp_path_factory.mktemp("http"), {"TIDEGATE_RATE_PER_DEVICE": "1000", "TIDEGATE_BURST_PER_DEVICE": "1000"}
+    )
+    instance.device_keys = instance.keys(*DEVICES)  # type: ignore[attr-defined]
+    with instance:
+        yield instance
+
+
+@pytest.fixture
+def client(server: Server) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=server.url, timeout=10) as http:
+        yield http
+
+
+def key(server: Server, device: str) -> dict[str, str]:
+    keys: dict[str, str] = server.device_keys  # type: ignore[attr-defined]
+    return {"X-Device-Token": keys[device]}
+
+
+def assert_problem(response: httpx.Response, status: int) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    document: dict[str, Any] = response.json()
+    assert document["status"] == status
+    assert document["type"].startswith("urn:tidegate:problem:")
+    assert {"title", "detail", "errors"} <= document.keys()
+    return document
+
+
+class TestIngest:
+    def test_reading_accepted_then_duplicate(self, server: Server, client: httpx.Client) -> None:
+        body = reading("dev-0", metrics={"temperature": 21.5})
+        first = client.post("/api/v1/ingest", json=body, headers=key(server, "dev-0"))
+        assert first.status_code == 202, first.text
+        assert first.headers["x-durability"] == "spool"
+        document = first.json()
+        assert document["status"] == "accepted"
+        assert len(document["event_id"]) == 32
+        assert isinstance(document["ingest_lag_ms"], int)
+        assert document["warnings"] == []
+        again = client.post("/api/v1/ingest", json=body, headers=key(server, "dev-0"))
+        assert again.status_code == 202
+        assert again.json()["status"] == "duplicate"
+        assert again.json()["event_id"] == document["event_id"]
+
+    def test_semantic_warning_flags(self, server: Server, client: httpx.Client) -> None:
+        response = client.post(
+            "/api/v1/ingest", json=reading("dev-0", metrics={"temperature": 9999}), headers=key(server, "dev-0")
+        )
+        assert response.status_code == 202
+        assert response.headers["x-tidegate-flagged"] == "true"
+        assert "outside expected range" in response.json()["warnings"][0]
+
+    def test_formats_and_encodings(self, server: Server, client: httpx.Client) -> None:
+        headers = key(server, "dev-1")
+        cases = [
+            (cbor2.dumps(reading("dev-1", metrics={"a": 1})), {"Content-Type": "application/cbor"}),
+            (
+                gzip.compress(json.dumps(reading("dev-1", metrics={"a": 2})).encode()),
+                {"Content-Type": "application/json", "Content-Encoding": "gzip"},
+            ),
+            (
+                zstandard.ZstdCompressor().compress(json.dumps(reading("dev-1", metrics={"a": 3})).encode()),
+                {"Content-Type": "application/json", "Content-Encoding": "zstd"},
+            ),
+        ]
+        for body, extra in cases:
+            response = client.post("/api/v1/ingest", content=body, headers={**headers, **extra})
+            assert response.status_code == 202, response.text
+            assert response.json()["status"] == "accepted"
+        lines = b"\n".join(json.dumps(reading("dev-1", metrics={"n": i})).encode() for i in range(3))
+        response = client.post(
+            "/api/v1/ingest", content=lines, headers={**headers, "Content-Type": "application/x-ndjson"}
+        )
+        assert response.status_code == 202
+        assert [r["status"] for r in response.json()["results"]] == ["accepted"] * 3
+
+    def test_batch_partial_duplicate_and_all_bad(self, server: Server, client: httpx.Client) -> None:
+        batch = {
+            "device_id": "dev-2",
+            "batch_id": f"b-{time.time_ns()}",
+            "readings": [
+                {"timestamp": iso_now(), "metrics": {"t": 1}},
+                {"timestamp": iso_now(), "metrics": {"t": "hot"}},
+                {"timestamp": iso_now(-1), "metrics": {"t": 2}},
+            ],
+        }
+        response = client.post("/api/v1/ingest/batch", json=batch, headers=key(server, "dev-2"))
+        assert response.status_code == 202, response.text
+        document = response.json()
+        assert (document["accepted"], document["rejected"], document["readings_count"]) == (2, 1, 3)
+        (bad,) = document["results"]
+        assert (bad["index"], bad["status"]) == (1, "rejected")
+        assert bad["reason"][0]["path"] == "$.readings[1].metrics.t"
+        again = client.post("/api/v1/ingest/batch", json=batch, headers=key(server, "dev-2"))
+        assert again.status_code == 202 and again.json()["status"] == "duplicate"
+        all_bad = {**batch, "batch_id": "b-bad", "readings": [{"timestamp": "never", "metrics": {}}]}
+        problem = assert_problem(client.post("/api/v1/ingest/batch", json=all_bad, headers=key(server, "dev-2")), 400)
+        assert {e["path"] for e in problem["errors"]} == {"$.readings[0].timestamp", "$.readings[0].metrics"}
+
+    def test_events_single_array_and_ndjson(self, server: Server, client: httpx.Client) -> None:
+        headers = key(server, "dev-3")
+        one = event(entity_id=f"user-{time.time_ns()}")
+        first = client.post("/api/v1/events", json=one, headers=headers)
+        assert first.status_code == 202 and first.json()["status"] == "ACCEPTED"
+        assert first.json()["ingest_lag_ms"] > 0
+        second = client.post("/api/v1/events", json=one, headers=headers)
+        assert second.json() == {**first.json(), "status": "DUPLICATE", "ingest_lag_ms": second.json()["ingest_lag_ms"]}
+        items = [one, event(entity_id="x1"), {"source": "s"}, event(entity_id="x1")]
+        response = client.post("/api/v1/events", json=items, headers=headers)
+        statuses = [(r["index"], r["status"]) for r in response.json()["results"]]
+        assert statuses == [(0, "DUPLICATE"), (1, "ACCEPTED"), (2, "REJECTED"), (3, "DUPLICATE")]
+        lines = "\n".join(json.dumps(event(entity_id=f"n-{time.time_ns()}-{i}")) for i in range(3))
+        ndjson = client.post(
+            "/api/v1/events", content=lines, headers={**headers, "Content-Type": "application/x-ndjson"}
+        )
+        assert [r["status"] for r in ndjson.json()["results"]] == ["ACCEPTED"] * 3
+
+    def test_idempotency_key(self, server: Server, client: httpx.Client) -> None:
+        headers = {**key(server, "dev-4"), "X-Idempotency-Key": f"k-{time.time_ns()}"}
+        first = client.post("/api/v1/ingest", json=reading("dev-4", metrics={"a": 1}), headers=headers)
+        other_body = client.post("/api/v1/ingest", json=reading("dev-4", metrics={"a": 2}), headers=headers)
+        assert first.json()["status"] == "accepted"
+        assert other_body.json()["status"] == "duplicate"
+
+    def test_dry_run_writes_nothing(self, server: Server, client: httpx.Client) -> None:
+        body = reading("dev-5", metrics={"dry": time.time_ns() % 1000})
+        dry = client.post("/api/v1/ingest", json=body, headers={**key(server, "dev-5"), "X-Dry-Run": "true"})
+        assert dry.status_code == 202 and dry.json()["dry_run"] is True
+        assert dry.headers["x-durability"] == "none"
+        real = client.post("/api/v1/ingest", json=body, headers=key(server, "dev-5"))
+        assert real.json()["status"] == "accepted", "the dry run claimed nothing"
+        assert real.json()["event_id"] == dry.json()["event_id"]
+
+    def test_tail_prints_the_kafka_values(self, server: Server, client: httpx.Client) -> None:
+        marker = time.time_ns() % 10**9
+        response = client.post(
+            "/api/v1/ingest", json=reading("dev-6", metrics={"marker": marker}), headers=key(server, "dev-6")
+        )
+        event_id = response.json()["event_id"]
+        out = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "tidegate",
+                "tail",
+                "--data-dir",
+                str(server.data_dir),
+                "--from-start",
+                "--topic",
+                "telemetry-raw",
+            ],
+            check=True,
+            capture_output=True,
+            timeout=30,
+        ).stdout
+        values = [json.loads(line) for line in out.splitlines()]
+        mine = [v for v in values if v["event_id"] == event_id]
+        assert len(mine) == 1 and mine[0]["metrics"] == {"marker": marker}
+        assert {"server_received_at", "ingest_lag_ms", "device_id", "timestamp"} <= mine[0].keys()
+        stats = subprocess.run(
+            [sys.executable, "-m", "tidegate", "spool", "stats", "--data-dir", str(server.data_dir)],
+            check=True,
+            capture_output=True,
+            timeout=30,
+        ).stdout
+        assert json.loads(stats)["w0"]["records_written"] >= len(values)
+
+
+class TestAuth:
+    def test_missing_unknown_and_bearer(self, server: Server, client: httpx.Client) -> None:
+        body = reading("dev-0")
+        assert_problem(client.post("/api/v1/ingest", json=body), 401)
+        assert_problem(client.post("/api/v1/ingest", json=body, headers={"X-Device-Token": "tg_nope_nope"}), 401)
+        token = key(server, "dev-0")["X-Device-Token"]
+        ok = client.post(
+            "/api/v1/ingest", json=reading("dev-0", metrics={"b": 1}), headers={"Authorization": f"Bearer {token}"}
+        )
+        assert ok.status_code == 202
+
+    def test_foreign_device_is_forbidden(self, server: Server, client: httpx.Client) -> None:
+        problem = assert_problem(
+            client.post("/api/v1/ingest", json=reading("dev-1"), headers=key(server, "dev-0")), 403
+        )
+        assert problem["errors"][0]["path"] == "$.device_id"
+        batch = {"device_id": "dev-1", "batch_id": "x", "readings": [{"timestamp": iso_now(), "metrics": {"a": 1}}]}
+        assert_problem(client.post("/api/v1/ingest/batch", json=batch, headers=key(server, "dev-0")), 403)
+
+    def test_revocation_under_load_takes_effect_within_a_second(self, server: Server) -> None:
+        token = server.keys("dev-revoked")["dev-revoked"]
+        statuses: list[tuple[float, int]] = []
+        stop = threading.Event()
+
+        def hammer() -> None:
+            with httpx.Client(base_url=server.url, timeout=10) as http:
+                i = 0
+                while not stop.is_set():
+                    i += 1
+                    response = http.post(
+                        "/api/v1/ingest",
+                        json=reading("dev-revoked", metrics={"i": i}),
+                        headers={"X-Device-Token": token},
+                    )
+                    statuses.append((time.monotonic(), response.status_code))
+
+        worker = threading.Thread(target=hammer)
+        worker.start()
+        time.sleep(0.5)
+        subprocess.run(
+            [sys.executable, "-m", "tidegate", "keys", "revoke", "--data-dir", str(server.data_dir), "dev-revoked"],
+            check=True,
+            capture_output=True,
+        )
+        revoked_at = time.monotonic()
+        time.sleep(1.5)
+        stop.set()
+        worker.join()
+        assert any(status == 202 for _, status in statuses)
+        late = [status for at, status in statuses if at > revoked_at + 1.0]
+        assert late and set(late) == {401}
+
+
+class TestErrors:
+    def test_malformed_unsupported_and_too_large(self, server: Server, client: httpx.Client) -> None:
+        headers = key(server, "dev-7")
+        assert_problem(client.post("/api/v1/ingest", content=b'{"device_id":', headers=headers), 400)
+        assert_problem(client.post("/api/v1/ingest", content=b"[1, NaN]", headers=headers), 400)
+        assert_problem(
+            client.post("/api/v1/ingest", content=b"x", headers={**headers, "Content-Type": "text/plain"}), 415
+        )
+        assert_problem(client.post("/api/v1/ingest", content=b"x", headers={**headers, "Content-Encoding": "br"}), 415)
+        big = b"[" + b" " * (9 * 1024 * 1024) + b"]"
+        assert_problem(client.post("/api/v1/ingest", content=big, headers=headers), 413)
+        bomb = gzip.compress(big)
+        assert_problem(
+            client.post("/api/v1/ingest", content=bomb, headers={**headers, "Content-Encoding": "gzip"}), 413
+        )
+        invalid = assert_problem(client.post("/api/v1/ingest", json={"device_id": "dev-7"}, headers=headers), 400)
+        assert {e["path"] for e in invalid["errors"]} == {"$.timestamp", "$.metrics"}
+        assert_problem(
+            client.post("/api/v1/ingest", json=reading("dev-7"), headers={**headers, "X-Priority": "urgent"}), 400
+        )
+
+    def test_methods_and_paths(self, client: httpx.Client) -> None:
+        wrong_method = assert_problem(client.get("/api/v1/ingest"), 405)
+        assert wrong_method["status"] == 405
+        assert "POST" in client.get("/api/v1/ingest").headers["allow"]
+        assert_problem(client.post("/api/v1/nothing", json={}), 404)
+        assert_problem(client.get("/nothing"), 404)
+
+    def test_slow_body_gets_408(self, tmp_path: Path) -> None:
+        with Server(tmp_path, {"TIDEGATE_AUTH": "false", "TIDEGATE_BODY_TIMEOUT_S": "0.5"}) as slow:
+
+            async def trickle() -> bytes:
+                reader, writer = await asyncio.open_connection("127.0.0.1", slow.port)
+                writer.write(
+                    b"POST /api/v1/ingest HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                    b"Content-Length: 1000\r\n\r\n{"
+                )
+                await writer.drain()
+                data = await asyncio.wait_for(reader.read(4096), 10)
+                writer.close()
+                return data
+
+            answer = asyncio.run(trickle())
+            assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+
+
+class TestOperations:
+    def test_health(self, client: httpx.Client) -> None:
+        assert client.get("/health/live").json() == {"status": "alive"}
+        ready = client.get("/health/ready")
+        assert ready.status_code == 200 and ready.json()["status"] == "ready"
+
+    def test_metrics(self, server: Server, client: httpx.Client) -> None:
+        client.post("/api/v1/ingest", json=reading("dev-7", metrics={"m": 1}), headers=key(server, "dev-7"))
+        text = client.get("/metrics").text
+        for name in [
+            'tidegate_requests_total{route="ingest",status="202"}',
+            "tidegate_records_total",
+            "tidegate_ingest_latency_seconds_bucket",
+            "tidegate_ingest_lag_ms_bucket",
+            "tidegate_spool_bytes",
+            "tidegate_spool_fsyncs_total",
+            "tidegate_active_devices",
+            "tidegate_shed_total",
+            "tidegate_rate_limited_total",
+            "tidegate_kafka_send_latency_seconds",
+        ]:
+            assert name in text, name
+
+    def test_capabilities_and_silent_devices(self, server: Server, client: httpx.Client) -> None:
+        caps = client.get("/api/v1/capabilities").json()
+        assert caps["formats"] == ["application/json", "application/x-ndjson", "application/cbor"]
+        assert caps["limits"]["max_batch_readings"] == 1000
+        client.post("/api/v1/ingest", json=reading("dev-6", metrics={"s": 1}), headers=key(server, "dev-6"))
+        silent_now = client.get("/api/v1/devices/silent", params={"for": 0}).json()
+        assert "dev-6" in {d["device_id"] for d in silent_now["devices"]}
+        assert client.get("/api/v1/devices/silent", params={"for": 3600}).json()["count"] == 0
+        assert_problem(client.get("/api/v1/devices/silent", params={"for": "soon"}), 400)
+
+
+class TestAdmission:
+    def test_rate_limit_with_retry_after(self, tmp_path: Path) -> None:
+        env = {"TIDEGATE_RATE_PER_DEVICE": "0.5", "TIDEGATE_BURST_PER_DEVICE": "2"}
+        limited = Server(tmp_path, env)
+        token = limited.keys("slow-dev")["slow-dev"]
+        with limited, httpx.Client(base_url=limited.url) as http:
+            codes = [
+                http.post(
+                    "/api/v1/ingest", json=reading("slow-dev", metrics={"i": i}), headers={"X-Device-Token": token}
+                )
+                for i in range(3)
+            ]
+            assert [c.status_code for c in codes] == [202, 202, 429]
+            assert_problem(codes[2], 429)
+            assert 1 <= int(codes[2].headers["retry-after"]) <= 2
+
+    def test_low_priority_is_shed_first(self, tmp_path: Path) -> None:
+        env = {"TIDEGATE_AUTH": "false", "TIDEGATE_MAX_IN_FLIGHT_RECORDS": "10", "TIDEGATE_COMMIT_WINDOW_MS": "1500"}
+        with Server(tmp_path, env) as busy:
+
+            async def scenario() -> dict[str, int]:
+                async with httpx.AsyncClient(base_url=busy.url, timeout=20) as http:
+
+                    def post(priority: str, i: int) -> Any:
+                        return http.post(
+                            "/api/v1/ingest", json=reading(f"d{priority}{i}"), headers={"X-Priority": priority}
+                        )
+
+                    # Eight medium readings wait for the slow group commit: utilization 0.8.
+                    pending = [asyncio.create_task(post("medium", i)) for i in range(8)]
+                    await asyncio.sleep(0.5)
+                    low = await post("low", 0)
+                    ninth = asyncio.create_task(post("medium", 8))
+                    await asyncio.sleep(0.3)
+                    # Nine waiting: utilization 0.9, so medium is shed too while high still gets in.
+                    medium = await post("medium", 9)
+                    high = asyncio.create_task(post("high", 0))
+                    done = await asyncio.gather(*pending, ninth, high)
+                    return {
+                        "low": low.status_code,
+                        "medium_at_0.8": done[8].status_code,
+                        "medium_at_0.9": medium.status_code,
+                        "high": done[9].status_code,
+                        "waiting": min(r.status_code for r in done[:8]),
+                        "retry_after": int(low.headers.get("retry-after", "0")),
+                    }
+
+            outcome = asyncio.run(scenario())
+            assert outcome == {
+                "low": 503,
+                "medium_at_0.8": 202,
+                "medium_at_0.9": 503,
+                "high": 202,
+                "waiting": 202,
+                "retry_after": 1,
+            }
+            shed = httpx.get(busy.url + "/metrics").text
+            assert 'tidegate_shed_total{priority="low"} 1' in shed
+
+    def test_full_spool_answers_503_and_not_ready(self, tmp_path: Path) -> None:
+        env = {"TIDEGATE_AUTH": "false", "TIDEGATE_SPOOL_QUOTA_BYTES": "65536", "TIDEGATE_SPOOL_SEGMENT_BYTES": "16384"}
+        with Server(tmp_path, env) as tiny, httpx.Client(base_url=tiny.url) as http:
+            statuses = []
+            for i in range(200):
+                response = http.post("/api/v1/ingest", json=reading(f"fill-{i}", metadata={"pad": "x" * 400}))
+                statuses.append(response.status_code)
+                if response.status_code == 503:
+                    assert_problem(response, 503)
+                    assert response.headers["retry-after"]
+                    break
+            assert statuses[0] == 202 and statuses[-1] == 503
+            time.sleep(0.3)
+            assert http.get("/health/ready").status_code == 503
+
+
+class TestLifecycle:
+    def test_sigkill_loses_nothing_acknowledged_and_dedup_survives(self, tmp_path: Path) -> None:
+        env = {"TIDEGATE_AUTH": "false"}
+        first = Server(tmp_path, env).start()
+        acknowledged: dict[str, dict[str, Any]] = {}
+        with httpx.Client(base_url=first.url) as http:
+            for i in range(50):
+                body = reading("crash-dev", metrics={"i": i})
+                response = http.post("/api/v1/ingest", json=body)
+                assert response.status_code == 202
+                acknowledged[response.json()["event_id"]] = body
+        first.stop(kill=True)
+        again = Server(tmp_path, env)
+        again.port = first.port
+        with again, httpx.Client(base_url=again.url) as http:
+            out = subprocess.run(
+                [sys.executable, "-m", "tidegate", "tail", "--data-dir", str(tmp_path), "--from-start"],
+                check=True,
+                capture_output=True,
+                timeout=30,
+            ).stdout
+            spooled = {json.loads(line)["event_id"] for line in out.splitlines()}
+            assert set(acknowledged) <= spooled
+            event_id, body = next(iter(acknowledged.items()))
+            retry = http.post("/api/v1/ingest", json=body)
+            assert retry.json() == {**retry.json(), "status": "duplicate", "event_id": event_id}
+
+    def test_sigterm_finishes_in_flight_requests(self, tmp_path: Path) -> None:
+        env = {"TIDEGATE_AUTH": "false", "TIDEGATE_COMMIT_WINDOW_MS": "800"}
+        server = Server(tmp_path, env).start()
+
+        async def in_flight() -> int:
+            async with httpx.AsyncClient(base_url=server.url, timeout=20) as http:
+                request = asyncio.create_task(http.post("/api/v1/ingest", json=reading("term-dev")))
+                await asyncio.sleep(0.3)
+                stopper = asyncio.create_task(asyncio.to_thread(server.stop))
+                response = await request
+                await stopper
+                return response.status_code
+
+        assert asyncio.run(in_flight()) == 202
+        out = subprocess.run(
+            [sys.executable, "-m", "tidegate", "tail", "--data-dir", str(tmp_path), "--from-start"],
+            check=True,
+            capture_output=True,
+            timeout=30,
+        ).stdout
+        assert len(out.splitlines()) == 1
