@@ -20,6 +20,7 @@ import zstandard
 from tidegate.testing.server import Server
 
 from tests.conftest import event, iso_now, reading
+from tests.openapi_check import OpenApiChecker
 
 DEVICES = [f"dev-{i}" for i in range(8)]
 
@@ -34,10 +35,17 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         yield instance
 
 
+@pytest.fixture(scope="module")
+def openapi(server: Server) -> OpenApiChecker:
+    return OpenApiChecker(httpx.get(server.url + "/openapi.json").json())
+
+
 @pytest.fixture
-def client(server: Server) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=server.url, timeout=10) as http:
+def client(server: Server, openapi: OpenApiChecker) -> Iterator[httpx.Client]:
+    """A client whose every response is checked against the service's OpenAPI document."""
+    with httpx.Client(base_url=server.url, timeout=10, event_hooks={"response": [openapi.check]}) as http:
         yield http
+    assert openapi.violations == []
 
 
 def key(server: Server, device: str) -> dict[str, str]:
@@ -451,3 +459,9 @@ class TestLifecycle:
             timeout=30,
         ).stdout
         assert len(out.splitlines()) == 1
+
+
+def test_every_documented_path_was_exercised(server: Server, openapi: OpenApiChecker) -> None:
+    """Runs last in this module: the OpenAPI document is valid and the responses above matched it."""
+    assert openapi.checked >= 30
+    assert openapi.violations == []

@@ -647,6 +647,13 @@ async def _http_exception(_request: Request, exc: Exception) -> Response:
 def create_app(settings: Settings | None = None) -> Callable[[Scope, Receive, Send], Coroutine[Any, Any, None]]:
     """The ASGI application (Granian runs it with `--interface asgi`; use the factory form)."""
     settings = settings or load_settings()
+    if not log.handlers:
+        # Structured JSON lines on stderr, one per request at most (sampled under load).
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        log.propagate = False
     gateway = Gateway(settings)
 
     async def live(_request: Request) -> Response:
