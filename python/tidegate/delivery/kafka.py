@@ -1,18 +1,28 @@
 """The Kafka forwarder: drains the spool to Kafka in order and checkpoints what the broker acknowledged.
 
-One task reads a range of durable records from ``spool.acked_seq`` forward, groups them by topic and partition
-(the partition of a keyed record is aiokafka's default one: murmur2 of the key modulo the topic's partition count;
-unkeyed records are spread round-robin), packs each partition's records into ``create_batch()`` batches of at most
-``max_batch_bytes`` and hands all of them to the producer at once (aiokafka puts every partition's next batch in
-one produce request per broker). Every attempt runs under the forwarder's own deadline, as aiokafka has none of
-its own for a broker that is down. Batches that failed are retried (only those) with exponential backoff and full
-jitter, behind a circuit breaker. Only once every record of the range is acknowledged (acks=all) does the
-spool's checkpoint move: ``spool.ack(next_seq)``. Delivery is at least once: a send cut off by the deadline may
-still land later, and its records are sent again.
+The forwarder reads ranges of durable records from ``spool.acked_seq`` forward and delivers each range:
 
-A record larger than ``max_record_bytes``, or one the broker refuses as too large, is skipped (counted in
-``oversize_skipped`` and logged); a refused batch of several records is split first, so that only the record
-that is too large on its own is ever skipped.
+* Records are grouped by topic and partition. A keyed record goes where aiokafka's default partitioner would put
+  it (murmur2 of the key modulo the topic's partition count, from the producer's metadata); unkeyed records are
+  spread round-robin.
+* Each partition's records are packed into ``create_batch()`` batches of at most ``max_batch_bytes``, and every
+  partition's batches are queued at once: aiokafka puts the next batch of every partition of a broker into one
+  produce request (acks=all).
+* Each attempt runs under the forwarder's own deadline (``send_deadline_s``), as aiokafka has none of its own for
+  a broker that is down. Only the batches that failed are retried, with exponential backoff and full jitter,
+  behind a circuit breaker: ``breaker_failures`` consecutive failed attempts open it; an open breaker waits
+  ``breaker_cooldown_s`` and then lets one attempt through as a probe ("half-open"): success closes it, failure
+  opens it again. Opening also replaces the producer (the old one stops in the background).
+* Once every record of a range is acknowledged, and every range before it, ``spool.ack(next_seq)`` moves the
+  checkpoint; ``spool.cleanup()`` runs every ``cleanup_interval_s``.
+
+Up to ``pipeline_ranges`` ranges are under way at once: while one waits for the broker the next is read and packed.
+Their batches are queued in range order, so a partition receives its records in spool order as long as nothing
+fails. Delivery is at least once: a send cut off by the deadline may still land, and its records are sent again.
+
+A record larger than ``max_record_bytes``, or one the broker refuses as too large, is skipped: counted in
+``oversize_skipped``, its reason kept in ``oversize_reasons`` and logged. A refused batch of several records is
+split first, so only a record that is too large on its own is ever skipped.
 """
 
 from __future__ import annotations
@@ -62,31 +72,47 @@ class KafkaSettings:
 
     bootstrap: str
     client_id: str = "tidegate"
-    #: aiokafka's own per-request timeout (also the time its accumulator keeps a batch it cannot deliver).
+    #: aiokafka's own per-request timeout (also how long its accumulator keeps a batch it cannot deliver).
     request_timeout_ms: int = 10_000
-    #: The forwarder's deadline around one attempt (all batches of a read range): past it, the attempt failed.
+    #: The forwarder's deadline around one attempt (all batches of one read range).
     send_deadline_s: float = 10.0
     #: Upper bound of one produce batch (one partition's share of a produce request).
     max_batch_bytes: int = 1 << 20
-    #: A record whose encoded size exceeds this is never sent (Kafka's default ``message.max.bytes`` is ~1 MiB).
+    #: A record whose encoded size (as a batch of its own) exceeds this is never sent; Kafka's default
+    #: ``message.max.bytes`` is 1 MiB + 12 bytes.
     max_record_bytes: int = 1 << 20
     read_max_records: int = 10_000
-    read_max_bytes: int = 8 << 20
+    read_max_bytes: int = 4 << 20
+    #: Ranges under way at once (read and packed while the previous one waits for the broker).
+    pipeline_ranges: int = 2
     backoff_base_s: float = 0.1
     backoff_max_s: float = 5.0
     #: Consecutive failed attempts that open the breaker.
     breaker_failures: int = 5
-    #: How long an open breaker waits before a probe (the next attempt, "half-open").
+    #: How long an open breaker waits before it lets a probe through ("half-open").
     breaker_cooldown_s: float = 5.0
     #: With nothing durable left to send, wait this long (or until ``notify()``) before reading again.
     linger_idle_s: float = 0.05
     #: Delete fully acknowledged segments past retention at most this often.
     cleanup_interval_s: float = 30.0
     compression_type: str | None = None
-    #: Latencies of the last N successful attempts are kept in ``Forwarder.latencies_s``.
+    #: The latencies of the last N successful attempts are kept in ``Forwarder.latencies_s``.
     latency_samples: int = 256
     #: Extra keyword arguments for ``AIOKafkaProducer`` (security settings and the like).
     producer_options: dict[str, Any] = field(default_factory=dict)
+
+
+def _cancelling() -> bool:
+    """Whether the current task is being cancelled: aiokafka lets CancelledErrors of its own internal tasks
+    escape (when a broker vanishes, say), and those must count as failures, not stop the forwarder."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    """Marks a late outcome as seen (no "exception was never retrieved" at garbage collection)."""
+    if not future.cancelled():
+        future.exception()
 
 
 def partition_for_key(key: bytes, partitions: Sequence[int]) -> int:
@@ -102,6 +128,8 @@ class _Chunk:
     topic: str
     partition: int
     records: list[Record]
+    builder: Any = None
+    future: asyncio.Future[Any] | None = None
     ok: bool = False
     error: BaseException | None = None
 
@@ -110,8 +138,9 @@ class Forwarder:
     """Drains a spool to Kafka in order; see the module docstring.
 
     Counters and gauges are plain attributes: ``records_sent``, ``batches_sent``, ``send_failures`` (failed
-    attempts), ``oversize_skipped``, ``last_send_latency_s``, ``latencies_s``, ``breaker_opens``, ``last_error``,
-    ``lag_records`` and ``state`` (the breaker: "closed", "open" or "half-open"; readiness wants "closed").
+    attempts), ``oversize_skipped``, ``last_send_latency_s``, ``latencies_s`` (recent attempts), ``breaker_opens``,
+    ``last_error``, ``lag_records`` and ``state`` (the breaker: "closed", "open" or "half-open"; readiness wants
+    "closed"). ``metrics()`` returns them in one dict.
     """
 
     def __init__(self, spool: Spool, settings: KafkaSettings) -> None:
@@ -127,11 +156,16 @@ class Forwarder:
         self.breaker_opens = 0
         self.last_error: str | None = None
         self.ranges_acked = 0
-        self.cleanups = 0
+        self.segments_cleaned = 0
         self._state: BreakerState = "closed"
+        #: (time.monotonic(), new state) of the breaker's recent transitions.
+        self.state_changes: deque[tuple[float, BreakerState]] = deque(maxlen=64)
         self._consecutive_failures = 0
         self._opened_at = 0.0
         self._producer: Any = None
+        self._producer_lock = asyncio.Lock()
+        self._retiring: set[asyncio.Task[None]] = set()
+        self._submit_lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._ack_waiters: list[tuple[int, asyncio.Future[None]]] = []
@@ -140,7 +174,7 @@ class Forwarder:
         self._murmur: dict[bytes, int] = {}
         self._last_cleanup = time.monotonic()
 
-    # ----------------------------------------------------------------------------------------------- public
+    # ------------------------------------------------------------------------------------------------ public
 
     @property
     def state(self) -> BreakerState:
@@ -160,14 +194,14 @@ class Forwarder:
         return self._task is not None and not self._task.done()
 
     async def start(self) -> None:
-        """Starts forwarding in the background. Never fails for want of a broker: it keeps retrying."""
+        """Starts forwarding in the background. Never fails for want of a broker: it keeps trying."""
         if self._task is not None:
             raise RuntimeError("forwarder already started")
         self._acked = self.spool.acked_seq
         self._task = asyncio.create_task(self._run(), name="tidegate-kafka-forwarder")
 
     def notify(self) -> None:
-        """New durable records: read again now instead of after ``linger_idle_s``."""
+        """New durable records: read again now rather than after ``linger_idle_s``."""
         self._wake.set()
 
     async def wait_acked(self, seq: int, timeout: float) -> bool:
@@ -188,35 +222,31 @@ class Forwarder:
         return True
 
     async def stop(self, deadline_s: float) -> bool:
-        """Drains: keeps forwarding until everything in the spool is acknowledged or `deadline_s` passed, then
-        stops. Returns whether the spool was fully acknowledged. Stop the spool writer first."""
+        """Drains, then stops: keeps forwarding until everything in the spool is acknowledged or `deadline_s`
+        passed. Returns whether the spool was fully acknowledged. Stop the spool writer first."""
         loop = asyncio.get_running_loop()
         end = loop.time() + max(0.0, deadline_s)
-        drained = False
         if self._task is not None and not self._task.done():
             with contextlib.suppress(OSError):
-                await asyncio.to_thread(self.spool.commit)  # anything appended becomes readable
+                await asyncio.to_thread(self.spool.commit)  # whatever was appended becomes readable
             while True:
                 target = self.spool.stats()["next_seq"]
                 remaining = end - loop.time()
-                if self._acked >= target:
-                    drained = True
-                    break
-                if remaining <= 0 or self._task.done():
+                if self._acked >= target or remaining <= 0 or self._task.done():
                     break
                 await self.wait_acked(target, remaining)
-        else:
-            drained = self.spool.acked_seq >= self.spool.stats()["next_seq"]
+        drained = self.spool.acked_seq >= self.spool.stats()["next_seq"]
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-        await self._drop_producer(abandon=not drained, timeout=max(0.5, end - loop.time()))
+        # With the broker down, batches aiokafka still holds keep it from stopping until they expire.
+        await self._drop_producer(timeout=max(1.0, end - loop.time()))
         return drained
 
     def metrics(self) -> dict[str, Any]:
-        """Counters and gauges in one dict (for /metrics and logs)."""
+        """Counters and gauges in one dict (for /metrics, readiness and logs)."""
         return {
             "state": self._state,
             "records_sent": self.records_sent,
@@ -227,44 +257,67 @@ class Forwarder:
             "last_send_latency_s": self.last_send_latency_s,
             "acked_seq": self._acked,
             "lag_records": self.lag_records,
+            "last_error": self.last_error,
         }
 
-    # ----------------------------------------------------------------------------------------------- loop
+    # ------------------------------------------------------------------------------------------------ main loop
 
     async def _run(self) -> None:
-        settings = self.settings
-        prefetch: asyncio.Task[tuple[RecordBatch, int]] | None = None
+        depth = max(1, self.settings.pipeline_ranges)
+        inflight: deque[tuple[asyncio.Task[None], int]] = deque()  # (delivery of a range, its next_seq)
+        read_seq = self._acked
         try:
             while True:
                 try:
-                    start = self._acked
-                    if prefetch is not None and prefetch.get_name() == str(start):
-                        batch, next_seq = await prefetch
-                    else:
-                        batch, next_seq = await self._read(start)
-                    prefetch = None
-                    if len(batch) == 0:
-                        if next_seq > start:  # the records below were deleted from disk: nothing left to send
-                            await self._checkpoint(next_seq)
-                            continue
+                    while len(inflight) < depth:
+                        batch, next_seq = await self._read(read_seq)
+                        if len(batch) == 0 and next_seq <= read_seq:
+                            break
+                        inflight.append((asyncio.create_task(self._deliver(batch)), next_seq))
+                        read_seq = next_seq
+                    if not inflight:
                         await self._idle()
                         continue
-                    # Read the next range from disk (GIL released) while this one is on its way.
-                    prefetch = asyncio.create_task(self._read(next_seq), name=str(next_seq))
-                    await self._deliver(batch)
-                    await self._checkpoint(next_seq)
+                    head = inflight[0][0]
+                    if len(inflight) < depth:  # room for more: also wake up for new records
+                        self._wake.clear()
+                        woken = asyncio.ensure_future(self._wake.wait())
+                        try:
+                            await asyncio.wait(
+                                [head, woken], timeout=self.settings.linger_idle_s, return_when=asyncio.FIRST_COMPLETED
+                            )
+                        finally:
+                            woken.cancel()
+                    else:
+                        await asyncio.wait([head])
+                    while inflight and inflight[0][0].done():
+                        task, next_seq = inflight.popleft()
+                        if task.cancelled():
+                            raise RuntimeError("a range's delivery was cancelled")
+                        task.result()  # a bug surfaces here
+                        await self._checkpoint(next_seq)
                 except asyncio.CancelledError:
-                    raise
+                    if _cancelling():
+                        raise
+                    log.error("kafka forwarder: stray CancelledError from aiokafka, going on")
+                    await self._cancel_all(inflight)
+                    read_seq = self._acked
                 except Exception as error:  # a spool error or a bug: never die silently, never spin
-                    log.exception("forwarder iteration failed")
+                    log.exception("kafka forwarder iteration failed")
                     self.last_error = f"{type(error).__name__}: {error}"
-                    prefetch = None
-                    await asyncio.sleep(settings.backoff_max_s)
+                    await self._cancel_all(inflight)
+                    read_seq = self._acked
+                    await asyncio.sleep(self.settings.backoff_max_s)
         finally:
-            if prefetch is not None:
-                prefetch.cancel()
-                with contextlib.suppress(BaseException):
-                    await prefetch
+            await self._cancel_all(inflight)
+
+    @staticmethod
+    async def _cancel_all(inflight: deque[tuple[asyncio.Task[None], int]]) -> None:
+        tasks = [task for task, _ in inflight]
+        inflight.clear()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _read(self, seq: int) -> tuple[RecordBatch, int]:
         settings = self.settings
@@ -296,11 +349,11 @@ class Forwarder:
     async def _cleanup(self) -> None:
         self._last_cleanup = time.monotonic()
         try:
-            self.cleanups += await asyncio.to_thread(self.spool.cleanup)
+            self.segments_cleaned += await asyncio.to_thread(self.spool.cleanup)
         except OSError as error:
             log.warning("spool cleanup failed: %s", error)
 
-    # ----------------------------------------------------------------------------------------------- delivery
+    # ------------------------------------------------------------------------------------------------ delivery
 
     async def _deliver(self, batch: RecordBatch) -> None:
         """Returns once every record of `batch` is acknowledged by Kafka (or skipped as too large)."""
@@ -315,7 +368,9 @@ class Forwarder:
             try:
                 producer = await self._ensure_producer()
                 pending, refused, error = await self._attempt(producer, pending, cap)
-            except Exception as exc:  # no producer, no metadata within the deadline
+            except (Exception, asyncio.CancelledError) as exc:  # no producer, no metadata within the deadline
+                if isinstance(exc, asyncio.CancelledError) and _cancelling():
+                    raise
                 error = exc
             if error is None:
                 if not pending:
@@ -336,16 +391,10 @@ class Forwarder:
         deadline = self.settings.send_deadline_s
         loop = asyncio.get_running_loop()
         end = loop.time() + deadline
-        chunks = await asyncio.wait_for(self._plan(producer, pending, cap), deadline)
-        by_tp: dict[tuple[str, int], list[_Chunk]] = {}
-        for chunk in chunks:
-            by_tp.setdefault((chunk.topic, chunk.partition), []).append(chunk)
-        tasks = [asyncio.create_task(self._send_partition(producer, tp_chunks)) for tp_chunks in by_tp.values()]
-        _, not_done = await asyncio.wait(tasks, timeout=max(0.0, end - loop.time()))
-        for task in not_done:
-            task.cancel()  # aiokafka keeps a batch it queued: it may still land, and be sent again (at least once)
-        if not_done:
-            await asyncio.gather(*not_done, return_exceptions=True)
+        chunks = self._build(producer, await asyncio.wait_for(self._plan(producer, pending, cap), deadline))
+        # Past the deadline aiokafka keeps what it queued: it may still land, and be sent again (at least once).
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._send(producer, chunks), max(0.0, end - loop.time()))
         remaining: dict[str, list[Record]] = {}
         refused = False
         first_error: BaseException | None = None
@@ -366,98 +415,145 @@ class Forwarder:
 
     async def _plan(self, producer: Any, pending: dict[str, list[Record]], cap: int) -> list[_Chunk]:
         """Assigns partitions (from current metadata) and cuts each partition's records into batches of at most
-        `cap` bytes (estimated from above); order within a partition is kept."""
+        `cap` bytes (estimated from above), keeping their order. Records above ``max_record_bytes`` are skipped
+        here, and dropped from `pending` so that a later attempt does not count them again."""
         chunks: list[_Chunk] = []
         size_of = DefaultRecordBatchBuilder.size_of
-        # A record's size as a batch of its own (what the broker's message.max.bytes limits).
+        # A record's size as a batch of its own is what the broker's message.max.bytes limits.
         record_limit = self.settings.max_record_bytes - _BATCH_HEADER_BYTES - _RECORD_OVERHEAD_BYTES
+        murmur = self._murmur
         for topic, records in pending.items():
             partitions = sorted(await producer.partitions_for(topic))
             if not partitions:
                 raise KafkaError(f"no partitions known for topic {topic!r}")
-            by_partition: dict[int, list[Record]] = {}
             count = len(partitions)
-            oversize = False
+            open_chunks: dict[int, tuple[list[Record], list[int]]] = {}  # partition: (records, [estimated bytes])
+            kept: list[Record] = []
             for record in records:
-                key = record[0]
-                if size_of(key, record[1], record[2]) > record_limit:
+                key, value, headers, _ = record
+                size = size_of(key, value, headers)
+                if size > record_limit:
                     self._skip_oversize(topic, record, f"above max_record_bytes={self.settings.max_record_bytes}")
-                    oversize = True
                     continue
+                kept.append(record)
                 if key is None:
                     partition = partitions[self._round_robin % count]
                     self._round_robin += 1
                 else:
-                    hashed = self._murmur.get(key)
+                    hashed = murmur.get(key)
                     if hashed is None:
-                        if len(self._murmur) >= _MURMUR_CACHE_MAX:
-                            self._murmur.clear()
-                        hashed = self._murmur[key] = murmur2(key) & 0x7FFFFFFF
+                        if len(murmur) >= _MURMUR_CACHE_MAX:
+                            murmur.clear()
+                        hashed = murmur[key] = murmur2(key) & 0x7FFFFFFF
                     partition = partitions[hashed % count]
-                by_partition.setdefault(partition, []).append(record)
-            for partition, part_records in by_partition.items():
-                current: list[Record] = []
-                size = _BATCH_HEADER_BYTES
-                for record in part_records:
-                    estimate = size_of(record[0], record[1], record[2]) + _RECORD_OVERHEAD_BYTES
-                    if current and size + estimate > cap:
-                        chunks.append(_Chunk(topic, partition, current))
-                        current, size = [], _BATCH_HEADER_BYTES
-                    current.append(record)
-                    size += estimate
-                if current:
-                    chunks.append(_Chunk(topic, partition, current))
-            if oversize:  # skipped once and for all: later attempts do not see them
-                pending[topic] = [record for part in by_partition.values() for record in part]
+                size += _RECORD_OVERHEAD_BYTES
+                current = open_chunks.get(partition)
+                if current is None or current[1][0] + size > cap:
+                    if current is not None:
+                        chunks.append(_Chunk(topic, partition, current[0]))
+                    current = open_chunks[partition] = ([], [_BATCH_HEADER_BYTES])
+                current[0].append(record)
+                current[1][0] += size
+            for partition, (part_records, _) in open_chunks.items():
+                chunks.append(_Chunk(topic, partition, part_records))
+            if len(kept) != len(records):
+                pending[topic] = kept
         return chunks
 
-    async def _send_partition(self, producer: Any, chunks: list[_Chunk]) -> None:
-        """Queues one partition's batches in order (aiokafka holds one queued batch per partition and sends the
-        next with the following produce request), then waits for their acknowledgements."""
-        sent: list[tuple[_Chunk, asyncio.Future[Any]]] = []
+    @staticmethod
+    def _build(producer: Any, planned: list[_Chunk]) -> list[_Chunk]:
+        """Fills a ``create_batch()`` builder per chunk (a chunk the builder finds too large is cut in two)."""
+        chunks: list[_Chunk] = []
+        for plan in planned:
+            builder = producer.create_batch()
+            taken: list[Record] = []
+            for record in plan.records:
+                key, value, headers, timestamp_ms = record
+                if builder.append(key=key, value=value, timestamp=timestamp_ms, headers=headers) is None:
+                    chunks.append(_Chunk(plan.topic, plan.partition, taken, builder))
+                    builder, taken = producer.create_batch(), []
+                    builder.append(key=key, value=value, timestamp=timestamp_ms, headers=headers)  # always fits
+                taken.append(record)
+            chunks.append(_Chunk(plan.topic, plan.partition, taken, builder))
+        return chunks
+
+    async def _send(self, producer: Any, chunks: list[_Chunk]) -> None:
+        """Queues every batch (ranges one after another, so partitions get them in spool order), then waits for
+        the acknowledgements; outcomes are left in the chunks, also when cancelled by the deadline."""
+        by_partition: dict[tuple[str, int], list[_Chunk]] = {}
         for chunk in chunks:
+            by_partition.setdefault((chunk.topic, chunk.partition), []).append(chunk)
+        try:
+            async with self._submit_lock:
+                queued = [asyncio.create_task(self._queue(producer, part)) for part in by_partition.values()]
+                try:
+                    await asyncio.gather(*queued)
+                finally:
+                    for task in queued:
+                        task.cancel()
+                    await asyncio.gather(*queued, return_exceptions=True)
+            futures = [chunk.future for chunk in chunks if chunk.future is not None]
+            if futures:
+                await asyncio.wait(futures)
+        finally:
+            for chunk in chunks:
+                future = chunk.future
+                if future is None:
+                    continue  # never queued: its error is set
+                if not future.done():
+                    # Cut off by the deadline (the caller reports a timeout); aiokafka may still deliver the batch.
+                    # Not cancelled: a cancelled shield would leave aiokafka's own future's exception unretrieved.
+                    future.add_done_callback(_retrieve)
+                    continue
+                if future.cancelled():
+                    continue
+                error = future.exception()
+                if error is None:
+                    chunk.ok = True
+                else:
+                    chunk.error = error
+
+    @staticmethod
+    async def _queue(producer: Any, chunks: list[_Chunk]) -> None:
+        """Queues one partition's batches in order: aiokafka holds one queued batch per partition, and sends the
+        next one with the following produce request."""
+        for index, chunk in enumerate(chunks):
             try:
-                builder = producer.create_batch()
-                for key, value, headers, timestamp_ms in chunk.records:
-                    if builder.append(key=key, value=value, timestamp=timestamp_ms, headers=headers) is None:
-                        raise RuntimeError("batch estimate too low: a record did not fit")  # a bug, never seen
-                future = await producer.send_batch(builder, chunk.topic, partition=chunk.partition)
+                chunk.future = await producer.send_batch(chunk.builder, chunk.topic, partition=chunk.partition)
             except Exception as error:
-                chunk.error = error
-                break
-            sent.append((chunk, future))
-        for chunk, future in sent:
-            try:
-                await future
-            except Exception as error:
-                chunk.error = error
-            else:
-                chunk.ok = True
+                for unsent in chunks[index:]:
+                    unsent.error = error
+                return
 
     def _skip_oversize(self, topic: str, record: Record, reason: str) -> None:
         self.oversize_skipped += 1
-        event_id = next((v.decode(errors="replace") for k, v in record[2] if k == "event_id"), None)
-        message = f"{topic} event_id={event_id} key={record[0]!r}: {reason}"
+        event_id = next((value.decode(errors="replace") for name, value in record[2] if name == "event_id"), None)
+        message = f"{topic} event_id={event_id} key={record[0]!r} value={len(record[1])} bytes: {reason}"
         self.oversize_reasons.append(message)
         log.error("skipping a record too large for Kafka: %s", message)
 
-    # ----------------------------------------------------------------------------------------------- breaker
+    # ------------------------------------------------------------------------------------------------ breaker
+
+    def _set_state(self, state: BreakerState) -> None:
+        self._state = state
+        self.state_changes.append((time.monotonic(), state))
 
     async def _breaker_gate(self) -> None:
         if self._state == "open":
             wait = self._opened_at + self.settings.breaker_cooldown_s - time.monotonic()
             if wait > 0:
                 await asyncio.sleep(wait)
-            self._state = "half-open"
-            log.info("kafka breaker half-open: probing")
+            if self._state == "open":
+                self._set_state("half-open")
+                log.info("kafka breaker half-open: probing")
 
     def _on_success(self, latency: float) -> None:
         self.last_send_latency_s = latency
         self.latencies_s.append(latency)
         self._consecutive_failures = 0
         if self._state != "closed":
-            log.info("kafka breaker closed: broker acknowledging again")
-        self._state = "closed"
+            log.info("kafka breaker closed: the broker acknowledges again")
+            self._set_state("closed")
         self.last_error = None
 
     async def _on_failure(self, error: BaseException | None, attempt: int) -> None:
@@ -468,59 +564,72 @@ class Forwarder:
             if self._state != "open":
                 self.breaker_opens += 1
                 log.warning(
-                    "kafka breaker open after %d consecutive failures (last: %s)",
+                    "kafka breaker open after %d consecutive failed attempts (last: %s)",
                     self._consecutive_failures,
                     self.last_error,
                 )
-                # Drop the producer: its queued batches would only come back as duplicates; the probe starts fresh.
-                await self._drop_producer(abandon=True, timeout=1.0)
-            self._state = "open"
-            self._opened_at = time.monotonic()
+                self._set_state("open")
+                self._opened_at = time.monotonic()
+                # The probe starts with a fresh producer (in case this one is what broke).
+                self._retire_producer()
             return
         log.warning("kafka send failed (attempt %d): %s", attempt, self.last_error)
         ceiling = min(self.settings.backoff_max_s, self.settings.backoff_base_s * (2 ** (attempt - 1)))
         await asyncio.sleep(random.uniform(0.0, ceiling))
 
-    # ----------------------------------------------------------------------------------------------- producer
+    # ------------------------------------------------------------------------------------------------ producer
 
     async def _ensure_producer(self) -> Any:
-        if self._producer is not None:
-            return self._producer
-        settings = self.settings
-        producer = AIOKafkaProducer(
-            bootstrap_servers=settings.bootstrap,
-            client_id=settings.client_id,
-            acks="all",
-            enable_idempotence=False,
-            request_timeout_ms=settings.request_timeout_ms,
-            max_batch_size=settings.max_batch_bytes,
-            max_request_size=max(settings.max_record_bytes, settings.max_batch_bytes) + 65536,
-            compression_type=settings.compression_type,
-            linger_ms=0,
-            **settings.producer_options,
-        )
-        try:
-            await asyncio.wait_for(producer.start(), settings.send_deadline_s)
-        except BaseException:
-            await self._close_producer(producer, abandon=True, timeout=1.0)
-            raise
-        self._producer = producer
-        return producer
+        async with self._producer_lock:
+            if self._producer is not None:
+                return self._producer
+            settings = self.settings
+            producer = AIOKafkaProducer(
+                bootstrap_servers=settings.bootstrap,
+                client_id=settings.client_id,
+                acks="all",
+                enable_idempotence=False,
+                request_timeout_ms=settings.request_timeout_ms,
+                max_batch_size=settings.max_batch_bytes,
+                max_request_size=max(settings.max_record_bytes, settings.max_batch_bytes) + 65536,
+                compression_type=settings.compression_type,
+                linger_ms=0,
+                **settings.producer_options,
+            )
+            try:
+                await asyncio.wait_for(producer.start(), settings.send_deadline_s)
+            except BaseException:
+                await self._close_producer(producer, 1.0)
+                raise
+            self._producer = producer
+            return producer
 
-    async def _drop_producer(self, *, abandon: bool, timeout: float) -> None:
+    def _retire_producer(self) -> None:
+        """Replaces the producer (the next attempt starts a fresh one) and stops the old one in the background:
+        its ``stop()`` returns once its queued batches are delivered or expired (``request_timeout_ms``)."""
         producer, self._producer = self._producer, None
         if producer is not None:
-            await self._close_producer(producer, abandon=abandon, timeout=timeout)
+            task = asyncio.create_task(self._close_producer(producer, self.settings.request_timeout_ms / 1000 + 5))
+            self._retiring.add(task)
+            task.add_done_callback(self._retiring.discard)
+
+    async def _drop_producer(self, *, timeout: float) -> None:
+        producer, self._producer = self._producer, None
+        closing = [asyncio.create_task(self._close_producer(producer, timeout))] if producer is not None else []
+        closing.extend(self._retiring)
+        if not closing:
+            return
+        _, late = await asyncio.wait(closing, timeout=timeout)
+        for task in late:
+            task.cancel()
+        await asyncio.gather(*closing, return_exceptions=True)
 
     @staticmethod
-    async def _close_producer(producer: Any, *, abandon: bool, timeout: float) -> None:
-        """``stop()`` waits for queued batches; with `abandon` they are failed first (they are still in the spool)."""
-        if abandon:
-            accumulator = getattr(producer, "_message_accumulator", None)
-            fail_all = getattr(accumulator, "fail_all", None)
-            if fail_all is not None:
-                fail_all(KafkaError("abandoned by the tidegate forwarder"))
+    async def _close_producer(producer: Any, timeout: float) -> None:
+        """``stop()`` waits until every batch it holds is delivered or expired (``request_timeout_ms``)."""
         try:
             await asyncio.wait_for(producer.stop(), timeout)
-        except Exception as error:
+        except (Exception, asyncio.CancelledError) as error:
+            if isinstance(error, asyncio.CancelledError) and _cancelling():
+                raise
             log.warning("kafka producer did not stop cleanly: %r", error)
