@@ -205,6 +205,15 @@ class Gateway:
         self.metrics.gauge("tidegate_spool_lag_records", "Records not yet acknowledged by Kafka.", self._kafka_lag)
         self.metrics.gauge("tidegate_active_devices", "Devices seen in the last 5 minutes.", self._active_devices)
         self.metrics.gauge("tidegate_ready", "1 when ready to accept traffic.", lambda: float(self.is_ready()))
+        self.metrics.gauge(
+            "tidegate_kafka_records_sent", "Records acknowledged by Kafka.", self._kafka_stat("records_sent")
+        )
+        self.metrics.gauge(
+            "tidegate_kafka_send_failures", "Failed Kafka send attempts.", self._kafka_stat("send_failures")
+        )
+        self.metrics.gauge(
+            "tidegate_kafka_breaker_open", "1 while the Kafka circuit breaker is open.", self._breaker_open
+        )
 
     # ----- state read by health and metrics
 
@@ -217,6 +226,12 @@ class Gateway:
         stats = self.spool.stats()
         return float(stats["next_seq"] - stats["acked_seq"])
 
+    def _kafka_stat(self, name: str) -> Callable[[], float]:
+        return lambda: float(getattr(self.forwarder, name, 0) or 0)
+
+    def _breaker_open(self) -> float:
+        return float(self.forwarder is not None and self.forwarder.state == "open")
+
     def _active_devices(self) -> float:
         cutoff = time.time() - 300
         return float(sum(1 for seen in self.last_seen.values() if seen >= cutoff))
@@ -226,8 +241,8 @@ class Gateway:
         return max(self.in_flight_records / self.settings.max_in_flight_records, spool)
 
     def is_ready(self) -> bool:
-        breaker_open = self.forwarder is not None and getattr(self.forwarder, "state", "closed") == "open"
-        return self.ready and not self.shutting_down and not self.spool_full and not breaker_open
+        # Kafka being down does not make the service unready: the spool is the sink and absorbs traffic.
+        return self.ready and not self.shutting_down and not self.spool_full
 
     # ----- lifecycle
 
@@ -248,6 +263,7 @@ class Gateway:
         )
         if self.settings.kafka:
             self.forwarder = Forwarder(self.spool, KafkaSettings(bootstrap=self.settings.kafka))
+            self.forwarder.on_latency = self.metrics.kafka_latency.observe
             await self.forwarder.start()
         housekeeping = asyncio.create_task(self._housekeeping())
         self.ready = True
@@ -520,6 +536,8 @@ class Gateway:
             ) from None
         finally:
             self.in_flight_records -= records
+        if self.forwarder is not None:
+            self.forwarder.notify()
         if headers.get(b"x-ack", "").strip().lower() == "kafka" and self.forwarder is not None:
             acked: bool = await self.forwarder.wait_acked(end, self.settings.kafka_ack_timeout_s)
             return "kafka" if acked else "spool"

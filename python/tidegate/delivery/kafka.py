@@ -33,7 +33,7 @@ import logging
 import random
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -153,6 +153,8 @@ class Forwarder:
         self.oversize_reasons: deque[str] = deque(maxlen=32)
         self.last_send_latency_s: float | None = None
         self.latencies_s: deque[float] = deque(maxlen=settings.latency_samples)
+        #: Called with each successful attempt's latency (the service feeds its histogram with it).
+        self.on_latency: Callable[[float], None] | None = None
         self.breaker_opens = 0
         self.last_error: str | None = None
         self.ranges_acked = 0
@@ -550,6 +552,8 @@ class Forwarder:
     def _on_success(self, latency: float) -> None:
         self.last_send_latency_s = latency
         self.latencies_s.append(latency)
+        if self.on_latency is not None:
+            self.on_latency(latency)
         self._consecutive_failures = 0
         if self._state != "closed":
             log.info("kafka breaker closed: the broker acknowledges again")

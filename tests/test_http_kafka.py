@@ -1,0 +1,79 @@
+"""End to end: HTTP requests to a real server, delivered to a real Kafka-protocol broker, consumed back."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+from tidegate.testing.broker import Broker, consume_all
+from tidegate.testing.server import Server
+
+from tests.conftest import event, iso_now, reading
+
+
+def test_counts_consumed_back_equal_accepted_counts(tmp_path: Path) -> None:
+    with Broker(tmp_path / "broker") as broker:
+        for topic in ("telemetry-raw", "events-raw", "ingest-dlq"):
+            broker.create_topics([topic], partitions=3)
+        env = {"TIDEGATE_AUTH": "false", "TIDEGATE_KAFKA": broker.bootstrap}
+        with Server(tmp_path / "server", env) as server, httpx.Client(base_url=server.url, timeout=30) as http:
+            accepted: dict[str, set[str]] = {"telemetry-raw": set(), "events-raw": set()}
+            flagged: set[str] = set()
+            for i in range(40):
+                body = reading(f"fleet-{i % 5}", metrics={"temperature": 500 if i % 10 == 0 else 20, "i": i})
+                response = http.post("/api/v1/ingest", json=body)
+                assert response.status_code == 202
+                document = response.json()
+                if document["status"] == "accepted":
+                    accepted["telemetry-raw"].add(document["event_id"])
+                    if document["warnings"]:
+                        flagged.add(document["event_id"])
+                if i % 8 == 0:
+                    assert http.post("/api/v1/ingest", json=body).json()["status"] == "duplicate"
+            for b in range(5):
+                readings = [{"timestamp": iso_now(-j), "metrics": {"b": b, "j": j}} for j in range(20)]
+                readings.append({"timestamp": "never", "metrics": {"bad": 1}})
+                batch = {"device_id": "fleet-batch", "batch_id": f"batch-{b}", "readings": readings}
+                document = http.post("/api/v1/ingest/batch", json=batch).json()
+                assert (document["accepted"], document["rejected"]) == (20, 1)
+                assert http.post("/api/v1/ingest/batch", json=batch).json()["status"] == "duplicate"
+            events = [event(entity_id=f"user-{i}", payload={"n": i}) for i in range(30)]
+            results = http.post("/api/v1/events", json=events + events[:5]).json()["results"]
+            assert [r["status"] for r in results] == ["ACCEPTED"] * 30 + ["DUPLICATE"] * 5
+            accepted["events-raw"] = {r["event_id"] for r in results[:30]}
+            confirmed = http.post(
+                "/api/v1/ingest", json=reading("fleet-ack", metrics={"x": 1}), headers={"X-Ack": "kafka"}
+            )
+            assert confirmed.status_code == 202
+            assert confirmed.headers["x-durability"] == "kafka"
+            accepted["telemetry-raw"].add(confirmed.json()["event_id"])
+
+            async def consume() -> dict[str, list[str]]:
+                expected = {
+                    "telemetry-raw": len(accepted["telemetry-raw"]) + 100,
+                    "events-raw": 30,
+                    "ingest-dlq": len(flagged),
+                }
+                out = {}
+                for topic, count in expected.items():
+                    records = await consume_all(broker.bootstrap, topic, expected=count, timeout=20)
+                    out[topic] = [json.loads(r.value)["event_id"] for r in records]
+                return out
+
+            started = time.monotonic()
+            consumed = asyncio.run(consume())
+            telemetry_ids = consumed["telemetry-raw"]
+            assert len(telemetry_ids) == len(set(telemetry_ids)), "no duplicates without failures"
+            assert len(telemetry_ids) == len(accepted["telemetry-raw"]) + 100, "singles plus 5 batches of 20"
+            assert accepted["telemetry-raw"] <= set(telemetry_ids)
+            assert sorted(consumed["events-raw"]) == sorted(accepted["events-raw"])
+            assert set(consumed["ingest-dlq"]) == flagged and len(consumed["ingest-dlq"]) == len(flagged)
+            assert time.monotonic() - started < 30
+            command = [sys.executable, "-m", "tidegate", "spool", "stats", "--data-dir", str(server.data_dir)]
+            stats = json.loads(subprocess.run(command, check=True, capture_output=True, timeout=30).stdout)
+            assert stats["w0"]["lag_records"] == 0, "the forwarder checkpointed everything the broker acknowledged"
