@@ -635,13 +635,25 @@ impl Spool {
                 let (_, consumed) = scan_frames(&data, None, cursor.seq - segment.base_seq, usize::MAX);
                 cursor.offset = MAGIC.len() as u64 + consumed as u64;
             }
-            file.seek(SeekFrom::Start(cursor.offset))?;
-            let mut data = Vec::new();
-            file.take(segment.bytes.saturating_sub(cursor.offset))
-                .read_to_end(&mut data)?;
             let before = batch.len() as u64;
             let byte_room = max_bytes.saturating_sub(batch.payload_bytes());
-            let (_, consumed) = scan_frames(&data, Some(&mut batch), room, byte_room);
+            let remaining = segment.bytes.saturating_sub(cursor.offset);
+            // Read about what the byte budget allows (frames add a little to the payload), not the whole segment;
+            // widen the window only when a single frame does not fit in it.
+            let budget = (byte_room as u64)
+                .saturating_add(byte_room as u64 / 4)
+                .saturating_add(64 << 10);
+            let mut window = remaining.min(budget);
+            let consumed = loop {
+                file.seek(SeekFrom::Start(cursor.offset))?;
+                let mut data = Vec::new();
+                (&mut file).take(window).read_to_end(&mut data)?;
+                let (records, consumed) = scan_frames(&data, Some(&mut batch), room, byte_room);
+                if records > 0 || window >= remaining {
+                    break consumed;
+                }
+                window = remaining.min(window.saturating_mul(2));
+            };
             cursor.offset += consumed as u64;
             cursor.seq += batch.len() as u64 - before;
         }
