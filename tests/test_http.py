@@ -412,6 +412,22 @@ class TestAdmission:
 
 
 class TestLifecycle:
+    def test_each_worker_owns_a_spool(self, tmp_path: Path) -> None:
+        with Server(tmp_path, {"TIDEGATE_AUTH": "false"}, workers=2) as pair, httpx.Client(base_url=pair.url) as http:
+            ids = set()
+            for i in range(40):
+                response = http.post("/api/v1/ingest", json=reading(f"w-{i}"), headers={"Connection": "close"})
+                assert response.status_code == 202
+                ids.add(response.json()["event_id"])
+            assert sorted(p.name for p in (tmp_path / "spool").iterdir()) == ["w0", "w1"]
+            out = subprocess.run(
+                [sys.executable, "-m", "tidegate", "tail", "--data-dir", str(tmp_path), "--from-start"],
+                check=True,
+                capture_output=True,
+                timeout=30,
+            ).stdout
+            assert {json.loads(line)["event_id"] for line in out.splitlines()} == ids
+
     def test_sigkill_loses_nothing_acknowledged_and_dedup_survives(self, tmp_path: Path) -> None:
         env = {"TIDEGATE_AUTH": "false"}
         first = Server(tmp_path, env).start()

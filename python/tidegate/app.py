@@ -204,6 +204,11 @@ class Gateway:
         self.metrics.gauge("tidegate_spool_fsyncs_total", "fsyncs of the spool.", lambda: self._spool_stat("fsyncs"))
         self.metrics.gauge("tidegate_spool_lag_records", "Records not yet acknowledged by Kafka.", self._kafka_lag)
         self.metrics.gauge("tidegate_active_devices", "Devices seen in the last 5 minutes.", self._active_devices)
+        self.metrics.gauge(
+            "tidegate_silent_devices",
+            "Devices seen before but not for `silence_after_s` seconds.",
+            self._silent_devices,
+        )
         self.metrics.gauge("tidegate_ready", "1 when ready to accept traffic.", lambda: float(self.is_ready()))
         self.metrics.gauge(
             "tidegate_kafka_records_sent", "Records acknowledged by Kafka.", self._kafka_stat("records_sent")
@@ -231,6 +236,10 @@ class Gateway:
 
     def _breaker_open(self) -> float:
         return float(self.forwarder is not None and self.forwarder.state == "open")
+
+    def _silent_devices(self) -> float:
+        cutoff = time.time() - self.settings.silence_after_s
+        return float(sum(1 for seen in self.last_seen.values() if seen < cutoff))
 
     def _active_devices(self) -> float:
         cutoff = time.time() - 300

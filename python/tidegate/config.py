@@ -47,6 +47,8 @@ class Settings:
     dedup_ttl_seconds: float = 3600.0
     kafka_ack_timeout_s: float = 10.0
     shutdown_deadline_s: float = 10.0
+    silence_after_s: float = 180.0
+    """A device not heard from for this long counts as silent (seed 001: 3x a 60 s reporting interval)."""
     log_sample_rate: float = 0.01
     """Share of successful requests logged once the request rate passes `log_full_below_rps`."""
     log_full_below_rps: float = 50.0
