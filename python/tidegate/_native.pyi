@@ -200,6 +200,19 @@ class RecordBatch:
     def keys(self) -> list[str]:
         """Distinct record keys, in order of first appearance."""
 
+    def kafka_batches(
+        self,
+        topic: str,
+        partitions: int,
+        *,
+        max_batch_bytes: int = 1048576,
+        max_record_bytes: int = 1048576,
+        round_robin_start: int = 0,
+    ) -> tuple[list[tuple[int, bytes, int]], list[int]]:
+        """The records of `topic` as Kafka v2 record batches, encoded natively: `(partition, batch bytes, record
+        count)` per batch (keyed records partitioned by murmur2 like the Java client and aiokafka, unkeyed ones
+        round robin), plus the indexes of records larger than `max_record_bytes`, which are left out."""
+
     def extend(self, other: RecordBatch) -> None: ...
 
 @final

@@ -50,7 +50,7 @@ from aiokafka.record.default_records import (  # type: ignore[import-untyped,unu
 
 from tidegate._native import RecordBatch, Spool
 
-__all__ = ["BreakerState", "Forwarder", "KafkaSettings", "partition_for_key"]
+__all__ = ["BreakerState", "EncodedBatch", "Forwarder", "KafkaSettings", "partition_for_key"]
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +113,35 @@ def _retrieve(future: asyncio.Future[Any]) -> None:
     """Marks a late outcome as seen (no "exception was never retrieved" at garbage collection)."""
     if not future.cancelled():
         future.exception()
+
+
+class EncodedBatch:
+    """A v2 record batch encoded natively (`RecordBatch.kafka_batches`), shaped like aiokafka's `BatchBuilder` so
+    `producer.send_batch(batch, topic, partition=...)` sends the finished bytes with no Python per record."""
+
+    __slots__ = ("_buffer", "_count")
+
+    def __init__(self, buffer: bytes, count: int) -> None:
+        self._buffer = buffer
+        self._count = count
+
+    def record_count(self) -> int:
+        return self._count
+
+    def size(self) -> int:
+        return len(self._buffer)
+
+    def closed(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        """Already closed: the batch was built natively."""
+
+    def _build(self) -> bytes:
+        return self._buffer
+
+    def _set_producer_state(self, producer_id: int, producer_epoch: int, base_sequence: int) -> None:
+        raise NotImplementedError("natively encoded batches carry no producer id: idempotence is not supported")
 
 
 def partition_for_key(key: bytes, partitions: Sequence[int]) -> int:

@@ -27,6 +27,7 @@ pub mod decode;
 pub mod dedup;
 pub mod error;
 pub mod json;
+pub mod kafka;
 pub mod number;
 pub mod schema;
 pub mod spool;

@@ -378,6 +378,36 @@ impl RecordBatch {
         keys
     }
 
+    /// The records of `topic` as encoded Kafka v2 record batches per partition (default partitioner), and the
+    /// indexes of records left out for exceeding `max_record_bytes`. The GIL is released while encoding.
+    #[pyo3(signature = (topic, partitions, *, max_batch_bytes = 1_048_576, max_record_bytes = 1_048_576, round_robin_start = 0))]
+    fn kafka_batches<'py>(
+        &self,
+        py: Python<'py>,
+        topic: &str,
+        partitions: u32,
+        max_batch_bytes: usize,
+        max_record_bytes: usize,
+        round_robin_start: u32,
+    ) -> (Vec<(u32, Bound<'py, PyBytes>, usize)>, Vec<usize>) {
+        let records = &self.0;
+        let (batches, oversize) = py.detach(|| {
+            core::kafka::partition_batches(
+                records,
+                topic,
+                partitions,
+                max_batch_bytes,
+                max_record_bytes,
+                round_robin_start,
+            )
+        });
+        let batches = batches
+            .into_iter()
+            .map(|b| (b.partition, PyBytes::new(py, &b.bytes), b.records))
+            .collect();
+        (batches, oversize)
+    }
+
     fn extend(&mut self, other: &RecordBatch) {
         self.0.extend(&other.0);
     }
