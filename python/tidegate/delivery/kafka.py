@@ -2,12 +2,14 @@
 
 The forwarder reads ranges of durable records from ``spool.acked_seq`` forward and delivers each range:
 
-* Records are grouped by topic and partition. A keyed record goes where aiokafka's default partitioner would put
-  it (murmur2 of the key modulo the topic's partition count, from the producer's metadata); unkeyed records are
-  spread round-robin.
-* Each partition's records are packed into ``create_batch()`` batches of at most ``max_batch_bytes``, and every
-  partition's batches are queued at once: aiokafka puts the next batch of every partition of a broker into one
-  produce request (acks=all).
+* The range is encoded natively (``RecordBatch.kafka_batches``, off the event loop): per topic and partition,
+  Kafka v2 record batches of at most ``max_batch_bytes``, byte-identical to what aiokafka's builder makes. A keyed
+  record goes where aiokafka's default partitioner would put it (murmur2 of the key modulo the topic's partition
+  count, from the producer's metadata); unkeyed records are spread round-robin, continued from range to range.
+  No Python object is made per record: the finished bytes go to ``producer.send_batch`` (`EncodedBatch`), and
+  with ``compression_type`` each batch's records are compressed in one call, as aiokafka's builder does it.
+* Every partition's batches are queued at once: aiokafka puts the next batch of every partition of a broker into
+  one produce request (acks=all). A range is encoded once; an attempt that fails sends the same batches again.
 * Each attempt runs under the forwarder's own deadline (``send_deadline_s``), as aiokafka has none of its own for
   a broker that is down. Only the batches that failed are retried, with exponential backoff and full jitter,
   behind a circuit breaker: ``breaker_failures`` consecutive failed attempts open it; an open breaker waits
@@ -16,13 +18,15 @@ The forwarder reads ranges of durable records from ``spool.acked_seq`` forward a
 * Once every record of a range is acknowledged, and every range before it, ``spool.ack(next_seq)`` moves the
   checkpoint; ``spool.cleanup()`` runs every ``cleanup_interval_s``.
 
-Up to ``pipeline_ranges`` ranges are under way at once: while one waits for the broker the next is read and packed.
+Up to ``pipeline_ranges`` ranges are under way at once: while one waits for the broker the next is read and encoded.
 Their batches are queued in range order, so a partition receives its records in spool order as long as nothing
 fails. Delivery is at least once: a send cut off by the deadline may still land, and its records are sent again.
 
-A record larger than ``max_record_bytes``, or one the broker refuses as too large, is skipped: counted in
-``oversize_skipped``, its reason kept in ``oversize_reasons`` and logged. A refused batch of several records is
-split first, so only a record that is too large on its own is ever skipped.
+A record larger than ``max_record_bytes`` (encoded as a batch of its own), or one the broker refuses as too large,
+is skipped: counted in ``oversize_skipped``, its reason kept in ``oversize_reasons`` and logged. A refused batch of
+several records is encoded again as batches of half its size (the rare path, in Python: its records are decoded
+and rebuilt with aiokafka's builder), again and again if need be, so only a record that is too large on its own
+is ever skipped.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import struct
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -38,6 +43,12 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from aiokafka import AIOKafkaProducer  # type: ignore[import-untyped,unused-ignore]
+from aiokafka.codec import (  # type: ignore[import-untyped,unused-ignore]
+    gzip_encode,
+    lz4_encode,
+    snappy_encode,
+    zstd_encode,
+)
 from aiokafka.errors import (  # type: ignore[import-untyped,unused-ignore]
     KafkaError,
     MessageSizeTooLargeError,
@@ -45,8 +56,10 @@ from aiokafka.errors import (  # type: ignore[import-untyped,unused-ignore]
 )
 from aiokafka.partitioner import murmur2  # type: ignore[import-untyped,unused-ignore]
 from aiokafka.record.default_records import (  # type: ignore[import-untyped,unused-ignore]
+    DefaultRecordBatch,
     DefaultRecordBatchBuilder,
 )
+from aiokafka.record.util import calc_crc32c  # type: ignore[import-untyped,unused-ignore]
 
 from tidegate._native import RecordBatch, Spool
 
@@ -60,10 +73,15 @@ BreakerState = Literal["closed", "open", "half-open"]
 Record = tuple[bytes | None, bytes, list[tuple[str, bytes]], int]
 
 _TOO_LARGE: tuple[type[BaseException], ...] = (MessageSizeTooLargeError, RecordListTooLargeError)
-_MURMUR_CACHE_MAX = 65536
-# Kafka record batch v2: a 61-byte header, and per record at most 21 bytes of varints around key, value, headers.
+# Kafka record batch v2: a 61-byte header (CRC at 17, attributes at 21), then the records.
 _BATCH_HEADER_BYTES = 61
-_RECORD_OVERHEAD_BYTES = 21
+#: compression_type: (the codec's bits in a batch's attributes, its encoder), as aiokafka's builder uses them.
+_CODECS: dict[str, tuple[int, Callable[[bytes], bytes]]] = {
+    "gzip": (0x01, gzip_encode),
+    "snappy": (0x02, snappy_encode),
+    "lz4": (0x03, lz4_encode),
+    "zstd": (0x04, zstd_encode),
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,15 +170,24 @@ def partition_for_key(key: bytes, partitions: Sequence[int]) -> int:
 
 @dataclass(slots=True)
 class _Chunk:
-    """One produce batch of one partition in one attempt."""
+    """One encoded produce batch of one partition, and its outcome in the latest attempt."""
 
     topic: str
     partition: int
-    records: list[Record]
-    builder: Any = None
+    #: The v2 record batch as sent (compressed when ``compression_type`` is set and that made it smaller).
+    data: bytes
+    count: int
+    #: Its size uncompressed, and the ``max_batch_bytes`` it was cut with (halved when the broker refuses it).
+    raw_bytes: int
+    cap: int
     future: asyncio.Future[Any] | None = None
     ok: bool = False
     error: BaseException | None = None
+
+
+def _decode(data: bytes) -> list[Record]:
+    """The records of an encoded batch (only for the rare batch the broker refuses)."""
+    return [(r.key, r.value, list(r.headers), r.timestamp) for r in DefaultRecordBatch(data)]
 
 
 class Forwarder:
@@ -202,7 +229,6 @@ class Forwarder:
         self._ack_waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._acked = spool.acked_seq
         self._round_robin = 0
-        self._murmur: dict[bytes, int] = {}
         self._last_cleanup = time.monotonic()
 
     # ------------------------------------------------------------------------------------------------ public
@@ -388,125 +414,154 @@ class Forwarder:
 
     async def _deliver(self, batch: RecordBatch) -> None:
         """Returns once every record of `batch` is acknowledged by Kafka (or skipped as too large)."""
-        pending = {topic: batch.records(topic) for topic in batch.topics}
-        cap = self.settings.max_batch_bytes
+        if len(batch) == 0:
+            return
+        loop = asyncio.get_running_loop()
+        deadline = self.settings.send_deadline_s
+        pending: list[_Chunk] | None = None  # encoded once, by the first attempt that has the partition counts
         failures = 0
-        while pending:
+        while True:
             await self._breaker_gate()
             began = time.monotonic()
             error: BaseException | None = None
             refused = False
             try:
                 producer = await self._ensure_producer()
-                pending, refused, error = await self._attempt(producer, pending, cap)
+                end = loop.time() + deadline
+                if pending is None:
+                    pending = await asyncio.wait_for(self._encode(producer, batch), deadline)
+                pending, refused, error = await self._attempt(producer, pending, end)
             except (Exception, asyncio.CancelledError) as exc:  # no producer, no metadata within the deadline
                 if isinstance(exc, asyncio.CancelledError) and _cancelling():
                     raise
                 error = exc
-            if error is None:
+            if error is None and pending is not None:
                 if not pending:
                     self._on_success(time.monotonic() - began)
                     return
-                if refused:  # a batch refused as too large is no broker failure: split it and go again at once
-                    cap = max(1, cap // 2)
+                if refused:  # a batch refused as too large is no broker failure: it was split, go again at once
                     continue
             failures += 1
             await self._on_failure(error, failures)
 
+    async def _encode(self, producer: Any, batch: RecordBatch) -> list[_Chunk]:
+        """Encodes `batch` natively into produce batches: partitions (counts from current metadata) and record
+        order per partition as aiokafka's default partitioner, at most ``max_batch_bytes`` per batch. Records above
+        ``max_record_bytes`` are skipped and counted here, once: a range is encoded only once."""
+        partitions: dict[str, list[int]] = {}
+        for topic in batch.topics:
+            ids = sorted(await producer.partitions_for(topic))
+            if not ids:
+                raise KafkaError(f"no partitions known for topic {topic!r}")
+            partitions[topic] = ids
+        round_robin = self._round_robin  # unkeyed records: round robin, continued from range to range
+        self._round_robin = (round_robin + len(batch)) & 0xFFFFFFFF
+        chunks, oversize = await asyncio.to_thread(self._encode_native, batch, partitions, round_robin)
+        if oversize:
+            records = batch.records()  # indexes are into every topic's records, in batch order
+            limit = self.settings.max_record_bytes
+            for topic, index in oversize:
+                self._skip_oversize(topic, records[index], f"above max_record_bytes={limit}")
+        return chunks
+
+    def _encode_native(
+        self, batch: RecordBatch, partitions: dict[str, list[int]], round_robin: int
+    ) -> tuple[list[_Chunk], list[tuple[str, int]]]:
+        """The native encoding (and compression) of every topic of `batch`, off the event loop."""
+        settings = self.settings
+        cap = settings.max_batch_bytes
+        # max_record_bytes limits a record as a batch of its own (what the broker's message.max.bytes limits).
+        record_limit = max(0, settings.max_record_bytes - _BATCH_HEADER_BYTES)
+        chunks: list[_Chunk] = []
+        oversize: list[tuple[str, int]] = []
+        for topic, ids in partitions.items():
+            encoded, skipped = batch.kafka_batches(
+                topic,
+                len(ids),
+                max_batch_bytes=cap,
+                max_record_bytes=record_limit,
+                round_robin_start=round_robin % len(ids),
+            )
+            for index, data, count in encoded:
+                chunks.append(_Chunk(topic, ids[index], self._compress(data), count, len(data), cap))
+            oversize.extend((topic, index) for index in skipped)
+        return chunks, oversize
+
+    def _compress(self, data: bytes) -> bytes:
+        """Compresses a v2 batch's records section like aiokafka's builder (kept uncompressed when that is no
+        smaller): one call per batch, nothing per record."""
+        codec = _CODECS.get(self.settings.compression_type or "")
+        if codec is None:
+            return data
+        attributes, encode = codec
+        body = data[_BATCH_HEADER_BYTES:]
+        packed: bytes = encode(body)
+        if len(packed) >= len(body):
+            return data
+        out = bytearray(data[:_BATCH_HEADER_BYTES])
+        out += packed
+        struct.pack_into(">i", out, 8, len(out) - 12)  # batch length: from after this field to the end
+        struct.pack_into(">h", out, 21, attributes)
+        struct.pack_into(">I", out, 17, calc_crc32c(out[21:]))  # CRC-32C from the attributes on
+        return bytes(out)
+
+    def _split(self, chunk: _Chunk) -> list[_Chunk]:
+        """A batch the broker refused as too large, encoded again as batches of at most half its (uncompressed)
+        size, in the same order. Rare, so plain Python: its records are decoded and put through aiokafka's
+        builder, whose output is byte-identical to the native encoding."""
+        cap = max(1, min(chunk.cap, chunk.raw_bytes) // 2)
+        chunks: list[_Chunk] = []
+        builder: Any = None
+        count = 0
+        for key, value, headers, timestamp_ms in _decode(chunk.data):
+            if builder is not None:
+                if builder.append(count, timestamp=timestamp_ms, key=key, value=value, headers=headers) is not None:
+                    count += 1
+                    continue
+                chunks.append(self._finish(chunk.topic, chunk.partition, builder, count, cap))
+            builder = DefaultRecordBatchBuilder(2, 0, 0, -1, -1, -1, cap)
+            builder.append(0, timestamp=timestamp_ms, key=key, value=value, headers=headers)  # always fits
+            count = 1
+        if builder is not None:
+            chunks.append(self._finish(chunk.topic, chunk.partition, builder, count, cap))
+        return chunks
+
+    def _finish(self, topic: str, partition: int, builder: Any, count: int, cap: int) -> _Chunk:
+        data = bytes(builder.build())
+        return _Chunk(topic, partition, self._compress(data), count, len(data), cap)
+
     async def _attempt(
-        self, producer: Any, pending: dict[str, list[Record]], cap: int
-    ) -> tuple[dict[str, list[Record]], bool, BaseException | None]:
-        """One attempt under the deadline. Returns the records still to send, whether a batch was refused as too
-        large (its records are still to send, unless it held one record: that one is skipped) and the first
-        other error (None if there was none)."""
-        deadline = self.settings.send_deadline_s
+        self, producer: Any, pending: list[_Chunk], end: float
+    ) -> tuple[list[_Chunk], bool, BaseException | None]:
+        """One attempt, until the loop time `end`. Returns the batches still to send, whether a batch was refused
+        as too large (it is split in the batches still to send, unless it held one record: that one is skipped)
+        and the first other error (None if there was none)."""
         loop = asyncio.get_running_loop()
-        end = loop.time() + deadline
-        chunks = self._build(producer, await asyncio.wait_for(self._plan(producer, pending, cap), deadline))
+        for chunk in pending:
+            chunk.future, chunk.ok, chunk.error = None, False, None
         # Past the deadline aiokafka keeps what it queued: it may still land, and be sent again (at least once).
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._send(producer, chunks), max(0.0, end - loop.time()))
-        remaining: dict[str, list[Record]] = {}
+            await asyncio.wait_for(self._send(producer, pending), max(0.0, end - loop.time()))
+        remaining: list[_Chunk] = []
         refused = False
         first_error: BaseException | None = None
-        for chunk in chunks:
+        for chunk in pending:
             if chunk.ok:
-                self.records_sent += len(chunk.records)
+                self.records_sent += chunk.count
                 self.batches_sent += 1
                 continue
             if isinstance(chunk.error, _TOO_LARGE):
-                if len(chunk.records) == 1:
-                    self._skip_oversize(chunk.topic, chunk.records[0], f"refused by the broker: {chunk.error!r}")
+                if chunk.count == 1:
+                    self._skip_oversize(chunk.topic, _decode(chunk.data)[0], f"refused by the broker: {chunk.error!r}")
                     continue
                 refused = True
-            elif first_error is None:
+                remaining.extend(self._split(chunk))
+                continue
+            if first_error is None:
+                deadline = self.settings.send_deadline_s
                 first_error = chunk.error or TimeoutError(f"not acknowledged within send_deadline_s={deadline}")
-            remaining.setdefault(chunk.topic, []).extend(chunk.records)
+            remaining.append(chunk)
         return remaining, refused, first_error
-
-    async def _plan(self, producer: Any, pending: dict[str, list[Record]], cap: int) -> list[_Chunk]:
-        """Assigns partitions (from current metadata) and cuts each partition's records into batches of at most
-        `cap` bytes (estimated from above), keeping their order. Records above ``max_record_bytes`` are skipped
-        here, and dropped from `pending` so that a later attempt does not count them again."""
-        chunks: list[_Chunk] = []
-        size_of = DefaultRecordBatchBuilder.size_of
-        # A record's size as a batch of its own is what the broker's message.max.bytes limits.
-        record_limit = self.settings.max_record_bytes - _BATCH_HEADER_BYTES - _RECORD_OVERHEAD_BYTES
-        murmur = self._murmur
-        for topic, records in pending.items():
-            partitions = sorted(await producer.partitions_for(topic))
-            if not partitions:
-                raise KafkaError(f"no partitions known for topic {topic!r}")
-            count = len(partitions)
-            open_chunks: dict[int, tuple[list[Record], list[int]]] = {}  # partition: (records, [estimated bytes])
-            kept: list[Record] = []
-            for record in records:
-                key, value, headers, _ = record
-                size = size_of(key, value, headers)
-                if size > record_limit:
-                    self._skip_oversize(topic, record, f"above max_record_bytes={self.settings.max_record_bytes}")
-                    continue
-                kept.append(record)
-                if key is None:
-                    partition = partitions[self._round_robin % count]
-                    self._round_robin += 1
-                else:
-                    hashed = murmur.get(key)
-                    if hashed is None:
-                        if len(murmur) >= _MURMUR_CACHE_MAX:
-                            murmur.clear()
-                        hashed = murmur[key] = murmur2(key) & 0x7FFFFFFF
-                    partition = partitions[hashed % count]
-                size += _RECORD_OVERHEAD_BYTES
-                current = open_chunks.get(partition)
-                if current is None or current[1][0] + size > cap:
-                    if current is not None:
-                        chunks.append(_Chunk(topic, partition, current[0]))
-                    current = open_chunks[partition] = ([], [_BATCH_HEADER_BYTES])
-                current[0].append(record)
-                current[1][0] += size
-            for partition, (part_records, _) in open_chunks.items():
-                chunks.append(_Chunk(topic, partition, part_records))
-            if len(kept) != len(records):
-                pending[topic] = kept
-        return chunks
-
-    @staticmethod
-    def _build(producer: Any, planned: list[_Chunk]) -> list[_Chunk]:
-        """Fills a ``create_batch()`` builder per chunk (a chunk the builder finds too large is cut in two)."""
-        chunks: list[_Chunk] = []
-        for plan in planned:
-            builder = producer.create_batch()
-            taken: list[Record] = []
-            for record in plan.records:
-                key, value, headers, timestamp_ms = record
-                if builder.append(key=key, value=value, timestamp=timestamp_ms, headers=headers) is None:
-                    chunks.append(_Chunk(plan.topic, plan.partition, taken, builder))
-                    builder, taken = producer.create_batch(), []
-                    builder.append(key=key, value=value, timestamp=timestamp_ms, headers=headers)  # always fits
-                taken.append(record)
-            chunks.append(_Chunk(plan.topic, plan.partition, taken, builder))
-        return chunks
 
     async def _send(self, producer: Any, chunks: list[_Chunk]) -> None:
         """Queues every batch (ranges one after another, so partitions get them in spool order), then waits for
@@ -550,7 +605,9 @@ class Forwarder:
         next one with the following produce request."""
         for index, chunk in enumerate(chunks):
             try:
-                chunk.future = await producer.send_batch(chunk.builder, chunk.topic, partition=chunk.partition)
+                chunk.future = await producer.send_batch(
+                    EncodedBatch(chunk.data, chunk.count), chunk.topic, partition=chunk.partition
+                )
             except Exception as error:
                 for unsent in chunks[index:]:
                     unsent.error = error
