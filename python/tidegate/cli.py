@@ -123,6 +123,19 @@ def _spool_stats(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench(args: argparse.Namespace) -> int:
+    """`python -m bench` from a source checkout (bench/ is not part of the installed package)."""
+    import subprocess  # noqa: PLC0415
+
+    roots = (Path.cwd(), Path(__file__).resolve().parents[2])
+    root = next((r for r in roots if (r / "bench" / "__main__.py").is_file()), None)
+    if root is None:
+        print("tidegate bench: run it from a tidegate source checkout (no bench/ found)", file=sys.stderr)
+        return 2
+    path = os.pathsep.join(p for p in (str(root), os.environ.get("PYTHONPATH", "")) if p)
+    return subprocess.call([sys.executable, "-m", "bench", *args.bench_args], env={**os.environ, "PYTHONPATH": path})
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tidegate", description="Ingest engine for device telemetry and events.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -162,6 +175,15 @@ def build_parser() -> argparse.ArgumentParser:
     stats = spool_commands.add_parser("stats", help="segments, sizes, acknowledged offsets and lag")
     stats.add_argument("--data-dir", type=Path, default=Path(os.environ.get("TIDEGATE_DATA_DIR", "data")))
     stats.set_defaults(run=_spool_stats)
+
+    bench = commands.add_parser(
+        "bench",
+        help="benchmarks against the peers, plots and the release gate (python -m bench --help)",
+        add_help=False,
+        prefix_chars="\0",  # every argument goes to python -m bench
+    )
+    bench.add_argument("bench_args", nargs=argparse.REMAINDER)
+    bench.set_defaults(run=_bench)
     return parser
 
 

@@ -1,0 +1,1 @@
+"""Peers that tidegate is measured against, side by side in the same bench session."""
