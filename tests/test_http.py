@@ -400,10 +400,15 @@ class TestAdmission:
         with Server(tmp_path, env) as tiny, httpx.Client(base_url=tiny.url) as http:
             statuses = []
             for i in range(200):
-                response = http.post("/api/v1/ingest", json=reading(f"fill-{i}", metadata={"pad": "x" * 400}))
+                # High priority is never shed for spool fill, so the spool really reaches its quota.
+                response = http.post(
+                    "/api/v1/ingest",
+                    json=reading(f"fill-{i}", metadata={"pad": "x" * 400}),
+                    headers={"X-Priority": "high"},
+                )
                 statuses.append(response.status_code)
                 if response.status_code == 503:
-                    assert_problem(response, 503)
+                    assert assert_problem(response, 503)["type"] == "urn:tidegate:problem:spool-full"
                     assert response.headers["retry-after"]
                     break
             assert statuses[0] == 202 and statuses[-1] == 503

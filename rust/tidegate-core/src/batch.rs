@@ -132,6 +132,12 @@ impl RecordBatch {
         (start, self.arena.len() as u32)
     }
 
+    /// Makes room for `records` more records holding about `bytes` more bytes in all.
+    pub(crate) fn reserve(&mut self, records: usize, bytes: usize) {
+        self.slots.reserve(records);
+        self.arena.reserve(bytes);
+    }
+
     /// Adds a record; `headers` is in [`encode_header`] form.
     pub fn push(&mut self, record: &RecordRef<'_>) {
         let topic = self.topic_index(record.topic);

@@ -99,6 +99,20 @@ fn read_capped<'a>(reader: impl Read, cap: usize, name: &str) -> Result<Cow<'a, 
 /// Splits a decoded body into records. Whole-body failures are errors; a bad NDJSON line becomes an
 /// `Invalid` record so the other lines still count.
 pub fn parse_records<'a>(body: &'a [u8], format: Format, limits: &Limits) -> Result<Vec<Value<'a>>, PayloadError> {
+    let mut records = Vec::new();
+    for_each_record(body, format, limits, |_, record| records.push(record))?;
+    Ok(records)
+}
+
+/// [`parse_records`], handing each record to `f` (with its index) as soon as it is decoded, so that each
+/// record's tree is freed, and its memory reused, before the next is built; returns how many there were. On a
+/// whole-body error, `f` may have seen the records before it.
+pub(crate) fn for_each_record<'a>(
+    body: &'a [u8],
+    format: Format,
+    limits: &Limits,
+    mut f: impl FnMut(usize, Value<'a>),
+) -> Result<usize, PayloadError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Err(PayloadError::Malformed {
             offset: 0,
@@ -106,27 +120,41 @@ pub fn parse_records<'a>(body: &'a [u8], format: Format, limits: &Limits) -> Res
         });
     }
     match format {
-        Format::Json => json::parse_records(body, limits),
-        Format::Cbor => cbor::parse_records(body, limits),
+        Format::Json => json::for_each_record(body, limits, f),
+        Format::Cbor => {
+            let records = cbor::parse_records(body, limits)?;
+            let count = records.len();
+            for (index, record) in records.into_iter().enumerate() {
+                f(index, record);
+            }
+            Ok(count)
+        }
         Format::Ndjson => {
-            let mut records = Vec::new();
-            for line in body.split(|&b| b == b'\n') {
+            let mut count = 0;
+            let mut scratch = json::Scratch::default();
+            let mut start = 0;
+            while start < body.len() {
+                let end = json::find_byte(body, b'\n', start);
+                let line = &body[start..end];
+                start = end + 1;
                 if line.iter().all(u8::is_ascii_whitespace) {
                     continue;
                 }
-                if records.len() == limits.max_records {
+                if count == limits.max_records {
                     return Err(PayloadError::TooLarge {
                         what: "number of records",
                         limit: limits.max_records,
                     });
                 }
                 let record = match std::str::from_utf8(line) {
-                    Ok(text) => json::parse_one(text, limits).unwrap_or_else(|e| Value::Invalid(line_problem(&e))),
+                    Ok(text) => json::parse_one_with(text, limits, &mut scratch)
+                        .unwrap_or_else(|e| Value::Invalid(line_problem(&e))),
                     Err(_) => Value::Invalid("invalid UTF-8".into()),
                 };
-                records.push(record);
+                f(count, record);
+                count += 1;
             }
-            Ok(records)
+            Ok(count)
         }
     }
 }

@@ -57,6 +57,8 @@ pub struct Schema {
     min_length: Option<usize>,
     max_length: Option<usize>,
     pattern: Option<Regex>,
+    /// The same pattern as a byte-set check, when it is that simple.
+    class_pattern: Option<ClassPattern>,
     date_time: bool,
     minimum: Option<f64>,
     maximum: Option<f64>,
@@ -67,6 +69,9 @@ pub struct Schema {
     max_items: Option<usize>,
     properties: Vec<(String, Schema)>,
     required: Vec<String>,
+    /// Set at compile time: the bit of each required name's property (`required` order), when every required
+    /// name is one of at most 64 properties; the object check then tracks the properties seen in a mask.
+    required_mask: Option<u64>,
     additional: Additional,
     min_properties: Option<usize>,
     max_properties: Option<usize>,
@@ -178,6 +183,7 @@ impl Schema {
                         .size_limit(1 << 20)
                         .build()
                         .map_err(|e| err(&here, format!("invalid pattern: {e}")))?;
+                    schema.class_pattern = ClassPattern::parse(source);
                     schema.pattern = Some(regex);
                 }
                 "format" => match value.as_str() {
@@ -228,6 +234,12 @@ impl Schema {
             }
         }
         schema.unconstrained = schema.accepts_anything();
+        if schema.properties.len() <= 64 {
+            schema.required_mask = schema.required.iter().try_fold(0u64, |mask, name| {
+                let i = schema.properties.iter().position(|(p, _)| p == name)?;
+                Some(mask | 1 << i)
+            });
+        }
         Ok(schema)
     }
 
@@ -349,7 +361,11 @@ impl Schema {
                 fail(errors, format!("must be at most {max} characters long"));
             }
         }
-        if let Some(pattern) = self.pattern.as_ref().filter(|p| !p.is_match(s)) {
+        let matches = |p: &Regex| match &self.class_pattern {
+            Some(class) => class.is_match(s),
+            None => p.is_match(s),
+        };
+        if let Some(pattern) = self.pattern.as_ref().filter(|p| !matches(p)) {
             fail(errors, format!("must match the pattern {}", pattern.as_str()));
         }
         if self.date_time && Timestamp::parse(s).is_none() {
@@ -384,15 +400,28 @@ impl Schema {
         path: &Path<'_>,
         errors: &mut Vec<FieldError>,
     ) {
-        for name in &self.required {
-            if !fields.iter().any(|(k, _)| k == name) {
-                let at = Path::Key(path, name);
-                errors.push(FieldError {
-                    path: at.render(),
-                    message: "required field is missing".into(),
-                });
+        // Fast path: each field's property looked up once, required ones tracked in a mask.
+        const SMALL: usize = 32;
+        let mut small = [u8::MAX; SMALL];
+        let found = match self.required_mask {
+            Some(required) if fields.len() <= SMALL => {
+                let mut seen = 0u64;
+                for (slot, (key, _)) in small.iter_mut().zip(fields) {
+                    if let Some(i) = self.property_index(key) {
+                        *slot = i as u8;
+                        seen |= 1 << i;
+                    }
+                }
+                if seen & required != required {
+                    self.missing_required(fields, path, errors);
+                }
+                Some(&small[..fields.len()])
             }
-        }
+            _ => {
+                self.missing_required(fields, path, errors);
+                None
+            }
+        };
         if let Some(min) = self.min_properties.filter(|min| fields.len() < *min) {
             errors.push(FieldError {
                 path: path.render(),
@@ -405,10 +434,14 @@ impl Schema {
                 message: format!("must have at most {max} {}", plural(max, "entry", "entries")),
             });
         }
-        for (key, value) in fields {
+        for (n, (key, value)) in fields.iter().enumerate() {
             let at = Path::Key(path, key);
-            match self.properties.iter().find(|(name, _)| name == key) {
-                Some((_, schema)) => schema.validate(value, &at, errors),
+            let property = match found {
+                Some(found) => Some(usize::from(found[n])).filter(|&i| i < self.properties.len()),
+                None => self.property_index(key),
+            };
+            match property {
+                Some(i) => self.properties[i].1.validate(value, &at, errors),
                 None => match &self.additional {
                     Additional::Allowed => check_decoded(value, &at, errors),
                     Additional::Forbidden => errors.push(FieldError {
@@ -421,6 +454,27 @@ impl Schema {
         }
     }
 
+    fn missing_required(
+        &self,
+        fields: &[(std::borrow::Cow<'_, str>, Value<'_>)],
+        path: &Path<'_>,
+        errors: &mut Vec<FieldError>,
+    ) {
+        for name in &self.required {
+            if !fields.iter().any(|(k, _)| same_key(k, name)) {
+                let at = Path::Key(path, name);
+                errors.push(FieldError {
+                    path: at.render(),
+                    message: "required field is missing".into(),
+                });
+            }
+        }
+    }
+
+    fn property_index(&self, key: &str) -> Option<usize> {
+        self.properties.iter().position(|(name, _)| same_key(name, key))
+    }
+
     fn expected_types(&self) -> String {
         let names: Vec<&str> = TYPE_NAMES
             .iter()
@@ -429,6 +483,94 @@ impl Schema {
             .map(|(_, n)| *n)
             .collect();
         names.join(" or ")
+    }
+}
+
+/// String equality without a `memcmp` call for the usual short keys: unequal lengths decide at once, and up
+/// to 16 bytes are compared as two overlapping words.
+#[inline]
+pub(crate) fn same_key(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    let n = a.len();
+    if n != b.len() {
+        return false;
+    }
+    let word = |s: &[u8], at: usize| u64::from_le_bytes(s[at..at + 8].try_into().unwrap_or_default());
+    let half = |s: &[u8], at: usize| u32::from_le_bytes(s[at..at + 4].try_into().unwrap_or_default());
+    match n {
+        0..4 => a.iter().zip(b).all(|(x, y)| x == y),
+        4..8 => half(a, 0) == half(b, 0) && half(a, n - 4) == half(b, n - 4),
+        8..=16 => word(a, 0) == word(b, 0) && word(a, n - 8) == word(b, n - 8),
+        _ => a.first() == b.first() && a == b,
+    }
+}
+
+/// A pattern `^[CLASS]QUANTIFIER$` whose class lists only ASCII letters, digits, `_` and ranges of those (and `-`
+/// first or last), with `?`, `*`, `+`, `{n}`, `{n,}` or `{m,n}` (or nothing): matched as a byte-set check, the
+/// same as the regex (`$` is the end of the text in the `regex` crate, and every member is one byte).
+#[derive(Debug, Clone)]
+struct ClassPattern {
+    members: [bool; 128],
+    min: usize,
+    max: usize,
+}
+
+impl ClassPattern {
+    fn parse(source: &str) -> Option<ClassPattern> {
+        let rest = source.strip_prefix("^[")?.strip_suffix('$')?;
+        let (class, quantifier) = rest.split_once(']')?;
+        let plain = |b: u8| b.is_ascii_alphanumeric() || b == b'_';
+        let mut members = [false; 128];
+        let bytes = class.as_bytes();
+        let mut i = 0;
+        while i < bytes.len() {
+            let b = bytes[i];
+            if b == b'-' && (i == 0 || i == bytes.len() - 1) {
+                members[usize::from(b)] = true;
+                i += 1;
+            } else if !plain(b) {
+                return None;
+            } else if bytes.get(i + 1) == Some(&b'-') && i + 2 < bytes.len() {
+                let end = bytes[i + 2];
+                if !plain(end) || end < b {
+                    return None;
+                }
+                for m in b..=end {
+                    members[usize::from(m)] = true;
+                }
+                i += 3;
+            } else {
+                members[usize::from(b)] = true;
+                i += 1;
+            }
+        }
+        if bytes.is_empty() {
+            return None;
+        }
+        let count = |text: &str| -> Option<usize> {
+            (!text.is_empty() && text.bytes().all(|b| b.is_ascii_digit())).then(|| text.parse().ok())?
+        };
+        let (min, max) = match quantifier {
+            "" => (1, 1),
+            "?" => (0, 1),
+            "*" => (0, usize::MAX),
+            "+" => (1, usize::MAX),
+            _ => {
+                let inner = quantifier.strip_prefix('{')?.strip_suffix('}')?;
+                match inner.split_once(',') {
+                    None => (count(inner)?, count(inner)?),
+                    Some((min, "")) => (count(min)?, usize::MAX),
+                    Some((min, max)) => (count(min)?, count(max)?),
+                }
+            }
+        };
+        (min <= max).then_some(ClassPattern { members, min, max })
+    }
+
+    fn is_match(&self, s: &str) -> bool {
+        (self.min..=self.max).contains(&s.len())
+            && s.bytes()
+                .all(|b| self.members.get(usize::from(b)).copied().unwrap_or(false))
     }
 }
 
@@ -487,6 +629,69 @@ mod tests {
             1
         );
         assert!(errors(r#"{"type":"string","pattern":"^a+$"}"#, r#""aaa""#).is_empty());
+    }
+
+    #[test]
+    fn same_key_is_string_equality() {
+        let keys = [
+            "",
+            "a",
+            "ab",
+            "abc",
+            "abcd",
+            "abce",
+            "bbcd",
+            "temperature",
+            "temperaturf",
+            "uemperature",
+        ];
+        let long = [
+            "x".repeat(17),
+            "x".repeat(16) + "y",
+            "y".to_string() + &"x".repeat(16),
+            "x".repeat(40),
+        ];
+        let all: Vec<&str> = keys.iter().copied().chain(long.iter().map(String::as_str)).collect();
+        for a in &all {
+            for b in &all {
+                assert_eq!(same_key(a, b), a == b, "{a:?} {b:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn simple_class_patterns_match_like_the_regex() {
+        let patterns = [
+            ("^[A-Za-z0-9_-]{1,64}$", true),
+            ("^[-a-c]+$", true),
+            ("^[a]*$", true),
+            ("^[0-9]?$", true),
+            ("^[x-z_]{2}$", true),
+            ("^[a-b]{2,}$", true),
+            ("^[a-z]$", true),
+            ("^[a-z-0]+$", false),
+            ("^[a-z]{1,3}x$", false),
+            ("[a-z]+$", false),
+            ("^[^a]+$", false),
+            ("^[a.]+$", false),
+            ("^[\\d]+$", false),
+            ("^[a-z]+?$", false),
+            ("^[]a]$", false),
+            ("^[a-z]{1,3}?$", false),
+        ];
+        let texts = [
+            "", "a", "ab", "abc", "a-b", "-", "_", "xy", "xyz", "AZ09_-", "é", "a\n", "\n", "1", "12", "a.b", "ax",
+        ];
+        for (source, supported) in patterns {
+            let regex = Regex::new(source).unwrap();
+            let class = ClassPattern::parse(source);
+            assert_eq!(class.is_some(), supported, "{source}");
+            if let Some(class) = &class {
+                for text in texts.into_iter().chain([&*"a".repeat(64), &*"a".repeat(65)]) {
+                    assert_eq!(class.is_match(text), regex.is_match(text), "{source} {text:?}");
+                }
+            }
+        }
     }
 
     #[test]

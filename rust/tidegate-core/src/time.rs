@@ -17,18 +17,38 @@ impl Timestamp {
     /// Parses `YYYY-MM-DDTHH:MM:SS[.fraction](Z|±HH:MM)`; `None` for anything else, including impossible dates.
     pub fn parse(text: &str) -> Option<Timestamp> {
         let b = text.as_bytes();
-        if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't' | b' ') {
+        let head = b.first_chunk::<19>().filter(|_| b.len() >= 20)?;
+        if head[4] != b'-' || head[7] != b'-' || !matches!(head[10], b'T' | b't' | b' ') {
             return None;
         }
-        if b[13] != b':' || b[16] != b':' {
+        if head[13] != b':' || head[16] != b':' {
             return None;
         }
-        let year = digits(&b[0..4])?;
-        let month = digits(&b[5..7])?;
-        let day = digits(&b[8..10])?;
-        let hour = digits(&b[11..13])?;
-        let minute = digits(&b[14..16])?;
-        let second = digits(&b[17..19])?;
+        // The fourteen digit positions, checked at once.
+        let d = |i: usize| u32::from(head[i].wrapping_sub(b'0'));
+        let not_digits = (d(0) > 9)
+            | (d(1) > 9)
+            | (d(2) > 9)
+            | (d(3) > 9)
+            | (d(5) > 9)
+            | (d(6) > 9)
+            | (d(8) > 9)
+            | (d(9) > 9)
+            | (d(11) > 9)
+            | (d(12) > 9)
+            | (d(14) > 9)
+            | (d(15) > 9)
+            | (d(17) > 9)
+            | (d(18) > 9);
+        if not_digits {
+            return None;
+        }
+        let year = d(0) * 1000 + d(1) * 100 + d(2) * 10 + d(3);
+        let month = d(5) * 10 + d(6);
+        let day = d(8) * 10 + d(9);
+        let hour = d(11) * 10 + d(12);
+        let minute = d(14) * 10 + d(15);
+        let second = d(17) * 10 + d(18);
         if !(1..=12).contains(&month) || day == 0 || day > days_in_month(year, month) {
             return None;
         }
@@ -47,8 +67,19 @@ impl Timestamp {
             if fraction.is_empty() || fraction.len() > 9 {
                 return None;
             }
-            nanos = fraction.iter().fold(0u32, |acc, d| acc * 10 + u32::from(d - b'0'))
-                * 10u32.pow(9 - fraction.len() as u32);
+            const SCALE: [u32; 10] = [
+                1,
+                10,
+                100,
+                1_000,
+                10_000,
+                100_000,
+                1_000_000,
+                10_000_000,
+                100_000_000,
+                1_000_000_000,
+            ];
+            nanos = fraction.iter().fold(0u32, |acc, d| acc * 10 + u32::from(d - b'0')) * SCALE[9 - fraction.len()];
         }
         let offset_seconds = match &b[pos..] {
             [b'Z' | b'z'] => 0,
@@ -68,6 +99,15 @@ impl Timestamp {
         Some(Timestamp { seconds, nanos })
     }
 
+    /// Whether `text`, a timestamp that parses, is already its canonical spelling: `T`, `Z`, and a fraction, if
+    /// any, without trailing zeros.
+    pub(crate) fn is_canonical_text(text: &str) -> bool {
+        let b = text.as_bytes();
+        b.get(10) == Some(&b'T')
+            && b.last() == Some(&b'Z')
+            && (b.len() == 20 || (b[19] == b'.' && b.len() > 21 && b[b.len() - 2] != b'0'))
+    }
+
     /// Appends the canonical spelling: UTC, `Z`, fraction trimmed of trailing zeros (none when whole).
     pub fn write_canonical(&self, out: &mut Vec<u8>) {
         write_utc(out, self.seconds, self.nanos, false);
@@ -83,23 +123,56 @@ pub fn write_millis(out: &mut Vec<u8>, unix_millis: i64) {
 
 fn write_utc(out: &mut Vec<u8>, seconds: i64, nanos: u32, fixed_millis: bool) {
     let days = seconds.div_euclid(86_400);
-    let secs_of_day = seconds.rem_euclid(86_400);
+    let secs_of_day = seconds.rem_euclid(86_400) as u32;
     let (year, month, day) = civil_from_days(days);
-    let text = format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}",
-        secs_of_day / 3600,
-        secs_of_day / 60 % 60,
-        secs_of_day % 60
-    );
-    out.extend_from_slice(text.as_bytes());
+    if (0..=9999).contains(&year) {
+        let year = year as u32;
+        let mut text = *b"0000-00-00T00:00:00";
+        put2(&mut text[0..2], year / 100);
+        put2(&mut text[2..4], year % 100);
+        put2(&mut text[5..7], month);
+        put2(&mut text[8..10], day);
+        put2(&mut text[11..13], secs_of_day / 3600);
+        put2(&mut text[14..16], secs_of_day / 60 % 60);
+        put2(&mut text[17..19], secs_of_day % 60);
+        out.extend_from_slice(&text);
+    } else {
+        let text = format!(
+            "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}",
+            secs_of_day / 3600,
+            secs_of_day / 60 % 60,
+            secs_of_day % 60
+        );
+        out.extend_from_slice(text.as_bytes());
+    }
     if fixed_millis {
-        out.extend_from_slice(format!(".{:03}", nanos / 1_000_000).as_bytes());
+        let millis = nanos / 1_000_000;
+        out.extend_from_slice(&[
+            b'.',
+            b'0' + (millis / 100) as u8,
+            b'0' + (millis / 10 % 10) as u8,
+            b'0' + (millis % 10) as u8,
+        ]);
     } else if nanos != 0 {
-        let fraction = format!("{nanos:09}");
-        out.push(b'.');
-        out.extend_from_slice(fraction.trim_end_matches('0').as_bytes());
+        let mut fraction = [b'.', 0, 0, 0, 0, 0, 0, 0, 0, 0];
+        let mut rest = nanos;
+        for slot in fraction[1..].iter_mut().rev() {
+            *slot = b'0' + (rest % 10) as u8;
+            rest /= 10;
+        }
+        let mut end = fraction.len();
+        while fraction[end - 1] == b'0' {
+            end -= 1;
+        }
+        out.extend_from_slice(&fraction[..end]);
     }
     out.push(b'Z');
+}
+
+/// Writes two decimal digits of `n < 100`.
+fn put2(slot: &mut [u8], n: u32) {
+    slot[0] = b'0' + (n / 10) as u8;
+    slot[1] = b'0' + (n % 10) as u8;
 }
 
 fn digits(b: &[u8]) -> Option<u32> {
@@ -165,6 +238,23 @@ mod tests {
     }
 
     #[test]
+    fn recognizes_canonical_spellings() {
+        for text in [
+            "2026-03-27T10:15:30.123Z",
+            "2026-03-27T12:15:30.1230+02:00",
+            "2026-03-27t10:15:30z",
+            "2026-03-27T10:15:30Z",
+            "2026-03-27T10:15:30.100Z",
+            "2026-03-27T10:15:30.000000001Z",
+            "2026-03-27 10:15:30.5Z",
+            "0000-01-01T00:00:00Z",
+            "9999-12-31T23:59:59.999999999Z",
+        ] {
+            assert_eq!(Timestamp::is_canonical_text(text), canonical(text) == text, "{text}");
+        }
+    }
+
+    #[test]
     fn refuses_impossible_dates() {
         for bad in [
             "2026-02-29T00:00:00Z",
@@ -186,5 +276,12 @@ mod tests {
         let mut out = Vec::new();
         write_millis(&mut out, 1_774_606_530_123);
         assert_eq!(String::from_utf8(out).unwrap(), "2026-03-27T10:15:30.123Z");
+        let mut out = Vec::new();
+        write_millis(&mut out, -1);
+        write_millis(&mut out, 253_402_300_800_000);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "1969-12-31T23:59:59.999Z10000-01-01T00:00:00.000Z"
+        );
     }
 }

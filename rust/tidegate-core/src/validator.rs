@@ -1,18 +1,46 @@
 //! The validator: body bytes in, per-record outcomes and a delivery-ready batch out.
 
 use std::borrow::Cow;
+use std::cmp::Ordering;
 
-use crate::batch::{RecordBatch, encode_header, hex};
-use crate::canonical::{compare_keys, write_object};
+use crate::batch::{RecordBatch, encode_header};
+use crate::canonical::{Writer, compare_keys, sort_entries, write_string, write_value};
 use crate::contract::{Contract, ContractKind};
 use crate::decode::{self, Encoding, Format};
 use crate::error::{Limits, PayloadError};
-use crate::schema::{FieldError, Path};
+use crate::number;
+use crate::schema::{FieldError, Path, same_key};
 use crate::time::{self, Timestamp};
 use crate::value::Value;
 
 /// Domain separation for event ids; bump the version if the canonical form ever changes.
 pub const EVENT_ID_DOMAIN: &str = "tidegate:event-id:v1\n";
+
+/// Room made at once for a record's identity or enriched value: usually enough.
+const RECORD_ROOM: usize = 448;
+
+/// Records with up to this many fields are assembled on the stack.
+const SMALL_RECORD: usize = 12;
+
+static NULL: Value<'static> = Value::Null;
+
+/// An object member: key and value.
+type Entry<'e, 'v> = (&'e str, &'e Value<'v>);
+
+/// Each byte's two lower-case hex digits.
+const HEX_PAIRS: &[u8; 512] = &{
+    let mut pairs = [0u8; 512];
+    let digits = b"0123456789abcdef";
+    let mut i = 0;
+    while i < 256 {
+        pairs[2 * i] = digits[i >> 4];
+        pairs[2 * i + 1] = digits[i & 15];
+        i += 1;
+    }
+    pairs
+};
+
+const LAG_PREFIX: &[u8] = b",\"ingest_lag_ms\":";
 
 /// A semantic range: values outside it are flagged with a warning, never rejected.
 #[derive(Debug, Clone, PartialEq)]
@@ -144,7 +172,7 @@ impl Validator {
         let format = Format::from_content_type(request.content_type)?;
         let encoding = Encoding::from_header(request.content_encoding)?;
         let body = decode::decompress(request.body, encoding, &self.options.limits)?;
-        let records = decode::parse_records(&body, format, &self.options.limits)?;
+        let limits = &self.options.limits;
         let mut run = Run::new(self, request);
         run.array_body = match format {
             Format::Json => body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'['),
@@ -152,19 +180,20 @@ impl Validator {
             Format::Ndjson => false,
         };
         if self.contract.kind == ContractKind::Batch {
-            run.batch_envelope(records)?;
+            let records = decode::parse_records(&body, format, limits)?;
+            run.batch_envelope(records, body.len())?;
         } else {
-            run.outcome.total = records.len();
-            for (index, record) in records.iter().enumerate() {
-                run.record(
-                    record,
-                    &RecordContext {
-                        index,
-                        inherited_device_id: None,
-                        batch_id: None,
-                    },
-                );
-            }
+            // Records are validated as they are decoded: each one's tree is freed before the next is built.
+            run.reserve(0, body.len());
+            let total = decode::for_each_record(&body, format, limits, |index, record| {
+                let context = RecordContext {
+                    index,
+                    inherited_device_id: None,
+                    batch_id: None,
+                };
+                run.record(&record, &context);
+            })?;
+            run.outcome.total = total;
         }
         Ok(run.outcome)
     }
@@ -174,11 +203,20 @@ impl Validator {
 struct Run<'v> {
     validator: &'v Validator,
     request: &'v Request<'v>,
-    received_at: String,
+    /// `,"server_received_at":"..."`, as it appears in every enriched value.
+    received_member: Vec<u8>,
+    /// `,"batch_id":"..."`, for a batch's readings.
+    batch_member: Vec<u8>,
+    /// `,"ingest_lag_ms":...` of the record at hand.
+    lag_member: Vec<u8>,
     headers_common: Vec<u8>,
     outcome: Outcome,
     errors: Vec<FieldError>,
-    identity: Vec<u8>,
+    /// The event id domain prefix and contract name, then the identity of the record at hand.
+    scratch: Vec<u8>,
+    identity_prefix_len: usize,
+    /// The normalized time of the record at hand.
+    time_text: Vec<u8>,
     /// Records came from a top-level array, so their paths start `$[i]`.
     array_body: bool,
 }
@@ -187,6 +225,11 @@ impl<'v> Run<'v> {
     fn new(validator: &'v Validator, request: &'v Request<'v>) -> Self {
         let mut received_at = Vec::with_capacity(24);
         time::write_millis(&mut received_at, request.received_at_ms);
+        let mut received_member = b",\"server_received_at\":".to_vec();
+        write_string(
+            &mut received_member,
+            std::str::from_utf8(&received_at).unwrap_or_default(),
+        );
         let mut headers_common = Vec::new();
         encode_header(&mut headers_common, "content-type", b"application/json");
         encode_header(&mut headers_common, "schema", validator.contract.name.as_bytes());
@@ -196,16 +239,39 @@ impl<'v> Run<'v> {
         if let Some(traceparent) = request.traceparent {
             encode_header(&mut headers_common, "traceparent", traceparent.as_bytes());
         }
+        let mut scratch = Vec::with_capacity(512);
+        scratch.extend_from_slice(EVENT_ID_DOMAIN.as_bytes());
+        scratch.extend_from_slice(validator.contract.name.as_bytes());
+        scratch.push(b'\n');
         Run {
             validator,
             request,
-            received_at: String::from_utf8(received_at).unwrap_or_default(),
+            received_member,
+            batch_member: Vec::new(),
+            lag_member: LAG_PREFIX.to_vec(),
             headers_common,
             outcome: Outcome::default(),
             errors: Vec::new(),
-            identity: Vec::with_capacity(256),
+            identity_prefix_len: scratch.len(),
+            scratch,
+            time_text: Vec::with_capacity(32),
             array_body: false,
         }
+    }
+
+    /// Sizes the outcome for `records` records from a body of `body_bytes`: a record's enriched value and
+    /// headers take about twice its JSON size plus a constant.
+    fn reserve(&mut self, records: usize, body_bytes: usize) {
+        self.outcome.event_ids.reserve(records);
+        self.outcome.ingest_lag_ms.reserve(records);
+        let bytes = body_bytes.saturating_mul(2).saturating_add(records * 64);
+        // Without a record count: records of about 200 bytes.
+        let bytes = if records == 0 {
+            bytes.saturating_add(body_bytes / 3)
+        } else {
+            bytes
+        };
+        self.outcome.batch.reserve(records, bytes);
     }
 
     fn reject_envelope(&mut self, path: String, message: String) {
@@ -216,7 +282,7 @@ impl<'v> Run<'v> {
         });
     }
 
-    fn batch_envelope(&mut self, records: Vec<Value<'_>>) -> Result<(), PayloadError> {
+    fn batch_envelope(&mut self, records: Vec<Value<'_>>, body_bytes: usize) -> Result<(), PayloadError> {
         let [envelope] = records.as_slice() else {
             return Err(PayloadError::Malformed {
                 offset: 0,
@@ -263,7 +329,10 @@ impl<'v> Run<'v> {
         }
         let device_id = envelope.get("device_id").and_then(Value::as_str).unwrap_or_default();
         let batch_id = envelope.get("batch_id").and_then(Value::as_str).unwrap_or_default();
+        self.batch_member = b",\"batch_id\":".to_vec();
+        write_string(&mut self.batch_member, batch_id);
         self.outcome.envelope = Some((device_id.to_string(), batch_id.to_string()));
+        self.reserve(readings.len(), body_bytes);
         for (index, reading) in readings.iter().enumerate() {
             let context = RecordContext {
                 index,
@@ -323,22 +392,26 @@ impl<'v> Run<'v> {
             );
         }
         let time_field = contract.time_field.as_deref();
-        let timestamp = time_field
-            .and_then(|f| record.get(f))
-            .and_then(Value::as_str)
-            .and_then(Timestamp::parse);
+        let time_source = time_field.and_then(|f| record.get(f)).and_then(Value::as_str);
+        let timestamp = time_source.and_then(Timestamp::parse);
         if let (Some(ts), Some(field), true) = (timestamp, time_field, contract.enforce_window) {
             let millis = ts.unix_millis();
             let received = self.request.received_at_ms;
-            let prefix = self.record_path(context);
-            if millis < received - options.max_past_ms {
-                let message = format!(
+            let problem = if millis < received - options.max_past_ms {
+                Some(format!(
                     "is more than {} older than reception",
                     human_duration(options.max_past_ms)
-                );
-                self.reject(index, format!("{prefix}.{field}"), message);
+                ))
             } else if millis > received + options.max_future_ms {
-                let message = format!("is more than {} in the future", human_duration(options.max_future_ms));
+                Some(format!(
+                    "is more than {} in the future",
+                    human_duration(options.max_future_ms)
+                ))
+            } else {
+                None
+            };
+            if let Some(message) = problem {
+                let prefix = self.record_path(context);
                 self.reject(index, format!("{prefix}.{field}"), message);
             }
         }
@@ -351,46 +424,83 @@ impl<'v> Run<'v> {
             self.check_ranges(record, context);
         }
 
-        let normalized_time = timestamp.map(|ts| {
-            let mut out = Vec::with_capacity(32);
-            ts.write_canonical(&mut out);
-            Value::String(Cow::Owned(String::from_utf8(out).unwrap_or_default()))
-        });
-        let inherited_device = context.inherited_device_id.map(|d| Value::String(Cow::Borrowed(d)));
-        let mut entries: Vec<(&str, &Value<'_>)> = Vec::with_capacity(fields.len() + 5);
-        for (key, value) in fields {
+        // The record's entries in canonical key order, the time field normalized, on the stack when few.
+        let mut time_text = std::mem::take(&mut self.time_text);
+        time_text.clear();
+        let normalized_time = match (timestamp, time_source) {
+            (Some(_), Some(text)) if Timestamp::is_canonical_text(text) => Some(Value::String(Cow::Borrowed(text))),
+            (Some(ts), _) => {
+                ts.write_canonical(&mut time_text);
+                Some(Value::String(Cow::Borrowed(
+                    std::str::from_utf8(&time_text).unwrap_or_default(),
+                )))
+            }
+            (None, _) => None,
+        };
+        let inherited_device = context
+            .inherited_device_id
+            .filter(|_| record.get("device_id").is_none())
+            .map(|d| Value::String(Cow::Borrowed(d)));
+        let count = fields.len() + usize::from(inherited_device.is_some());
+        let mut small_entries: [(&str, &Value<'_>); SMALL_RECORD] = [("", &NULL); SMALL_RECORD];
+        let mut large_entries = Vec::new();
+        let mut small_spans = [(0usize, 0usize); SMALL_RECORD];
+        let mut large_spans = Vec::new();
+        let (entries, spans): (&mut [Entry<'_, '_>], &mut [(usize, usize)]) = if count <= SMALL_RECORD {
+            (&mut small_entries[..count], &mut small_spans[..count])
+        } else {
+            large_entries.resize(count, ("", &NULL));
+            large_spans.resize(count, (0, 0));
+            (&mut large_entries, &mut large_spans)
+        };
+        for (slot, (key, value)) in entries.iter_mut().zip(fields) {
             let value = match (&normalized_time, time_field) {
-                (Some(normalized), Some(field)) if key == field => normalized,
+                (Some(normalized), Some(field)) if same_key(key, field) => normalized,
                 _ => value,
             };
-            entries.push((key.as_ref(), value));
+            *slot = (key.as_ref(), value);
         }
-        if let Some(device) = &inherited_device
-            && record.get("device_id").is_none()
+        if let (Some(device), Some(last)) = (&inherited_device, entries.last_mut())
+            && count > fields.len()
         {
-            entries.push(("device_id", device));
+            *last = ("device_id", device);
         }
-        entries.sort_unstable_by(|a, b| compare_keys(a.0, b.0));
+        sort_entries(entries);
 
-        self.identity.clear();
-        self.identity.extend_from_slice(EVENT_ID_DOMAIN.as_bytes());
-        self.identity.extend_from_slice(contract.name.as_bytes());
-        self.identity.push(b'\n');
-        match &contract.identity_fields {
-            Some(names) => {
-                let subset: Vec<(&str, &Value<'_>)> = entries
-                    .iter()
-                    .copied()
-                    .filter(|(k, _)| names.iter().any(|n| n == k))
-                    .collect();
-                write_object(&mut self.identity, &subset);
+        // The identity's canonical form follows the domain prefix in `scratch`; each of its members' bytes
+        // (`"key":value`) is remembered in `spans` and copied, not written again, into the enriched value.
+        self.scratch.truncate(self.identity_prefix_len);
+        let mut identity = Writer::with_room(&mut self.scratch, RECORD_ROOM);
+        identity.byte(b'{');
+        for (&(key, value), span) in entries.iter().zip(spans.iter_mut()) {
+            let included = match &contract.identity_fields {
+                Some(names) => names.iter().any(|n| same_key(n, key)),
+                None => true,
+            };
+            if !included {
+                continue;
             }
-            None => write_object(&mut self.identity, &entries),
+            if identity.len() > self.identity_prefix_len + 1 {
+                identity.byte(b',');
+            }
+            let start = identity.len();
+            identity.member(key, value);
+            *span = (start, identity.len());
         }
-        let digest = blake3::hash(&self.identity);
+        identity.byte(b'}');
+        let digest = blake3::hash(identity.written());
+        drop(identity);
         let mut event_id = [0u8; 16];
         event_id.copy_from_slice(&digest.as_bytes()[..16]);
-        let event_id_hex = hex(&event_id);
+        // `,"event_id":"<32 hex digits>"`, the member as it appears in the enriched value.
+        const EVENT_ID_PREFIX: &[u8] = b",\"event_id\":\"";
+        let mut event_id_member = [b'"'; EVENT_ID_PREFIX.len() + 33];
+        event_id_member[..EVENT_ID_PREFIX.len()].copy_from_slice(EVENT_ID_PREFIX);
+        let hex_digits = &mut event_id_member[EVENT_ID_PREFIX.len()..EVENT_ID_PREFIX.len() + 32];
+        for (pair, byte) in hex_digits.chunks_exact_mut(2).zip(event_id) {
+            pair.copy_from_slice(&HEX_PAIRS[usize::from(byte) * 2..usize::from(byte) * 2 + 2]);
+        }
+        let event_id_hex = &event_id_member[EVENT_ID_PREFIX.len()..EVENT_ID_PREFIX.len() + 32];
 
         let lag = timestamp.map(|ts| self.request.received_at_ms - ts.unix_millis());
         let key_value = contract
@@ -402,43 +512,78 @@ impl<'v> Run<'v> {
             Some(Value::String(s)) => Some(Cow::Borrowed(s.as_bytes())),
             Some(other) => {
                 let mut out = Vec::new();
-                crate::canonical::write_value(&mut out, other);
+                write_value(&mut out, other);
                 Some(Cow::Owned(out))
             }
             None => None,
         };
 
-        let event_id_value = Value::String(Cow::Borrowed(event_id_hex.as_str()));
-        let received_value = Value::String(Cow::Borrowed(self.received_at.as_str()));
-        let lag_value = lag.map(|l| Value::Number(l as f64));
-        let batch_value = context.batch_id.map(|b| Value::String(Cow::Borrowed(b)));
-        let enriched: [(&str, Option<&Value<'_>>); 4] = [
-            ("batch_id", batch_value.as_ref()),
-            ("event_id", Some(&event_id_value)),
-            ("ingest_lag_ms", lag_value.as_ref()),
-            ("server_received_at", Some(&received_value)),
-        ];
-        for (name, value) in enriched {
-            if let Some(value) = value {
-                entries.retain(|(k, _)| *k != name);
-                entries.push((name, value));
-            }
+        if let Some(lag) = lag {
+            self.lag_member.truncate(LAG_PREFIX.len());
+            number::write_canonical_i64(&mut self.lag_member, lag);
         }
-        entries.sort_unstable_by(|a, b| compare_keys(a.0, b.0));
+        // The added members, as they appear in the enriched value (`,"name":value`), in canonical key order; each
+        // replaces a record field of the same name.
+        let enriched: [(&str, Option<&[u8]>); 4] = [
+            ("batch_id", context.batch_id.map(|_| &self.batch_member[..])),
+            ("event_id", Some(&event_id_member[..])),
+            ("ingest_lag_ms", lag.map(|_| &self.lag_member[..])),
+            ("server_received_at", Some(&self.received_member[..])),
+        ];
 
         let topic = self.validator.topic();
         let headers_common = &self.headers_common;
+        let scratch = &self.scratch;
+        let entries = &*entries;
+        let spans = &*spans;
         self.outcome.batch.push_with(
             topic,
             key.as_deref(),
             event_id,
             self.request.received_at_ms,
-            |out| write_object(out, &entries),
             |out| {
-                encode_header(out, "event_id", event_id_hex.as_bytes());
+                let mut extra = enriched.iter().filter_map(|&(k, v)| v.map(|v| (k, v))).peekable();
+                // Every member is written after a comma, then the first comma becomes the opening brace.
+                let mut w = Writer::with_room(out, RECORD_ROOM);
+                let start = w.len();
+                for (&(key, value), &(from, to)) in entries.iter().zip(spans) {
+                    let mut replaced = false;
+                    while let Some(&(name, member)) = extra.peek() {
+                        match compare_keys(name, key) {
+                            Ordering::Greater => break,
+                            order => {
+                                replaced |= order == Ordering::Equal;
+                                w.put(member);
+                                extra.next();
+                            }
+                        }
+                    }
+                    if replaced {
+                        continue;
+                    }
+                    w.byte(b',');
+                    if to > from {
+                        w.put(&scratch[from..to]);
+                    } else {
+                        w.member(key, value);
+                    }
+                }
+                for (_, member) in extra {
+                    w.put(member);
+                }
+                if w.len() == start {
+                    w.byte(b'{');
+                }
+                w.byte(b'}');
+                drop(w);
+                out[start] = b'{';
+            },
+            |out| {
+                encode_header(out, "event_id", event_id_hex);
                 out.extend_from_slice(headers_common);
             },
         );
+        self.time_text = time_text;
         if self.outcome.warnings.len() > warnings_before {
             let reasons: Vec<String> = self.outcome.warnings[warnings_before..]
                 .iter()
@@ -469,7 +614,7 @@ impl<'v> Run<'v> {
             };
             for (name, value) in values {
                 let Value::Number(n) = value else { continue };
-                if let Some(range) = ranges.iter().find(|r| r.name == *name)
+                if let Some(range) = ranges.iter().find(|r| same_key(&r.name, name))
                     && !(range.min..=range.max).contains(n)
                 {
                     let mut path = self.record_path(context);

@@ -2,6 +2,8 @@
 
 use std::borrow::Cow;
 
+use crate::schema::same_key;
+
 /// A decoded value. Numbers are IEEE doubles: the decoders reject any number a double cannot hold exactly, so
 /// JSON `1.0`, `1.00`, `1` and CBOR `1` (integer or float) are the same value and canonicalize alike.
 #[derive(Debug, Clone, PartialEq)]
@@ -21,7 +23,7 @@ pub enum Value<'a> {
 impl<'a> Value<'a> {
     pub fn get(&self, key: &str) -> Option<&Value<'a>> {
         match self {
-            Value::Object(fields) => fields.iter().find(|(k, _)| k == key).map(|(_, v)| v),
+            Value::Object(fields) => fields.iter().find(|(k, _)| same_key(k, key)).map(|(_, v)| v),
             _ => None,
         }
     }
@@ -95,7 +97,8 @@ impl<'a> Value<'a> {
 }
 
 pub fn is_integer(n: f64) -> bool {
-    n.fract() == 0.0 && n.is_finite()
+    // From 2^52 up every double is an integer; below, truncation is exact only for integers (no libm `fract`).
+    n.is_finite() && (n.abs() >= 4_503_599_627_370_496.0 || (n as i64) as f64 == n)
 }
 
 /// Largest integer magnitude a double holds exactly (2^53).

@@ -294,6 +294,9 @@ impl ValidationResult {
     }
 }
 
+/// `(partition, encoded batch, record count)`.
+type EncodedPartitionBatch<'py> = (u32, Bound<'py, PyBytes>, usize);
+
 type RecordTuple<'py> = (
     Option<Bound<'py, PyBytes>>,
     Bound<'py, PyBytes>,
@@ -389,7 +392,7 @@ impl RecordBatch {
         max_batch_bytes: usize,
         max_record_bytes: usize,
         round_robin_start: u32,
-    ) -> (Vec<(u32, Bound<'py, PyBytes>, usize)>, Vec<usize>) {
+    ) -> (Vec<EncodedPartitionBatch<'py>>, Vec<usize>) {
         let records = &self.0;
         let (batches, oversize) = py.detach(|| {
             core::kafka::partition_batches(

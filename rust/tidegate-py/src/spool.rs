@@ -61,7 +61,10 @@ impl Spool {
     #[staticmethod]
     fn open_read_only(py: Python<'_>, path: PathBuf) -> PyResult<Spool> {
         let inner = py.detach(|| CoreSpool::open_read_only(&path)).map_err(spool_error)?;
-        Ok(Spool { inner, cursor: Mutex::new(None) })
+        Ok(Spool {
+            inner,
+            cursor: Mutex::new(None),
+        })
     }
 
     fn append(&self, py: Python<'_>, batch: PyRef<'_, RecordBatch>) -> PyResult<u64> {
