@@ -212,7 +212,7 @@ class TestBatchContract:
         values = [json.loads(v) for v in result.batch.values()]
         assert {v["device_id"] for v in values} == {"dev-1"}
         assert {v["batch_id"] for v in values} == {"b-42"}
-        assert result.batch.keys() == ["dev-1"]
+        assert result.batch.distinct_keys() == ["dev-1"]
 
     def test_bad_envelope_rejects_everything(self, batches: tidegate.Validator) -> None:
         result = batches.validate(
@@ -404,7 +404,7 @@ class TestRecordBatch:
         assert len(merged) == 3
         assert merged.topics == ["telemetry-raw", "events-raw"]
         assert len(merged.records("telemetry-raw")) == 2
-        assert merged.keys() == ["a", "b", "user_123"]
+        assert merged.distinct_keys() == ["a", "b", "user_123"]
         assert len(merged.event_ids("events-raw")) == 1
         assert merged.payload_bytes > 0
 

@@ -168,6 +168,9 @@ class ValidationResult:
     def ingest_lag_ms(self) -> list[int | None]:
         """Per record: reception time minus record time, or None when rejected."""
 
+    def lag_histogram(self, bounds: list[float]) -> tuple[list[int], float]:
+        """Counts of the accepted records' ingest lags per bucket (`le` bounds, then +Inf) and their sum."""
+
     @property
     def batch(self) -> RecordBatch:
         """Accepted records ready for delivery, plus DLQ copies of flagged ones."""
@@ -197,7 +200,7 @@ class RecordBatch:
 
     def values(self, topic: str | None = None) -> list[bytes]: ...
     def event_ids(self, topic: str | None = None) -> list[str]: ...
-    def keys(self) -> list[str]:
+    def distinct_keys(self) -> list[str]:
         """Distinct record keys, in order of first appearance."""
 
     def kafka_batches(

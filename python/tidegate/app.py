@@ -195,6 +195,12 @@ class Gateway:
         self.spool_full = False
         """Set when an append hit the quota; cleared once the spool drains below 95 % of it."""
         self._lock_file: IO[str] | None = None
+        self._lag_bounds = list(self.metrics.lag.buckets)
+        #: Tasks reading a body, with their deadlines; the housekeeping task cancels the late ones (cheaper than
+        #: a timeout context per request).
+        self._body_deadlines: dict[asyncio.Task[Any], float] = {}
+        self._body_timed_out: set[asyncio.Task[Any]] = set()
+        self.loop_lag_s = 0.0
         self._recent_requests = 0
         self._rate_window_start = time.monotonic()
         self._request_rate = 0.0
@@ -209,6 +215,7 @@ class Gateway:
             "Devices seen before but not for `silence_after_s` seconds.",
             self._silent_devices,
         )
+        self.metrics.gauge("tidegate_event_loop_lag_seconds", "Smoothed event-loop lag.", lambda: self.loop_lag_s)
         self.metrics.gauge("tidegate_ready", "1 when ready to accept traffic.", lambda: float(self.is_ready()))
         self.metrics.gauge(
             "tidegate_kafka_records_sent", "Records acknowledged by Kafka.", self._kafka_stat("records_sent")
@@ -247,7 +254,8 @@ class Gateway:
 
     def utilization(self) -> float:
         spool = 1.0 if self.spool_full else self.spool_fill
-        return max(self.in_flight_records / self.settings.max_in_flight_records, spool)
+        loop = self.loop_lag_s * 1000 / self.settings.shed_loop_lag_ms if self.settings.shed_loop_lag_ms > 0 else 0.0
+        return max(self.in_flight_records / self.settings.max_in_flight_records, spool, loop)
 
     def is_ready(self) -> bool:
         # Kafka being down does not make the service unready: the spool is the sink and absorbs traffic.
@@ -294,7 +302,18 @@ class Gateway:
             log.info(json.dumps({"event": "stopped", "spool": str(directory)}))
 
     async def _housekeeping(self) -> None:
+        interval = 0.05
         while True:
+            started = time.monotonic()
+            await asyncio.sleep(interval)
+            now = time.monotonic()
+            # How late the loop woke us: a queueing signal that rises under CPU overload before any record waits.
+            lag = max(0.0, now - started - interval)
+            self.loop_lag_s = 0.7 * self.loop_lag_s + 0.3 * lag
+            for task, deadline in list(self._body_deadlines.items()):
+                if now > deadline and task not in self._body_timed_out:
+                    self._body_timed_out.add(task)
+                    task.cancel()
             if self.spool is not None:
                 stats = self.spool.stats()
                 self.spool_fill = stats["bytes"] / max(1, stats["quota_bytes"])
@@ -306,7 +325,6 @@ class Gateway:
                 self._request_rate = self._recent_requests / elapsed
                 self._recent_requests = 0
                 self._rate_window_start = now
-            await asyncio.sleep(0.1)
 
     # ----- the ingest fast path
 
@@ -422,26 +440,35 @@ class Gateway:
             raise Problem(413, "too-large", f"the body exceeds {limit} bytes")
         chunks: list[bytes] = []
         size = 0
+        task = asyncio.current_task()
+        assert task is not None
+        self._body_deadlines[task] = time.monotonic() + self.settings.body_timeout_s
         try:
-            async with asyncio.timeout(self.settings.body_timeout_s):
-                while True:
-                    message = await receive()
-                    if message["type"] == "http.disconnect":
-                        raise Problem(400, "disconnected", "the client went away before sending the whole body")
-                    chunk = message.get("body", b"")
-                    size += len(chunk)
-                    if size > limit:
-                        raise Problem(413, "too-large", f"the body exceeds {limit} bytes")
-                    chunks.append(chunk)
-                    if not message.get("more_body", False):
-                        break
-        except TimeoutError:
+            while True:
+                # The only await while the task is registered: a late body is cancelled right here.
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    raise Problem(400, "disconnected", "the client went away before sending the whole body")
+                chunk = message.get("body", b"")
+                size += len(chunk)
+                if size > limit:
+                    raise Problem(413, "too-large", f"the body exceeds {limit} bytes")
+                chunks.append(chunk)
+                if not message.get("more_body", False):
+                    break
+        except asyncio.CancelledError:
+            if task not in self._body_timed_out:
+                raise
+            self._body_timed_out.discard(task)
+            task.uncancel()
             raise Problem(
                 408,
                 "body-timeout",
                 f"the body was not received within {self.settings.body_timeout_s:g} s",
                 headers=[("Connection", "close")],
             ) from None
+        finally:
+            del self._body_deadlines[task]
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     def _validate(self, route: IngestRoute, body: bytes, headers: dict[bytes, str], priority: str) -> ValidationResult:
@@ -467,7 +494,7 @@ class Gateway:
         many = is_sequence_body(body, headers.get(b"content-type", ""))
         batch = result.batch
         if device_id is not None and route.kind != "event":
-            owners = [result.device_id] if route.kind == "batch" and result.device_id else batch.keys()
+            owners = [result.device_id] if route.kind == "batch" and result.device_id else batch.distinct_keys()
             foreign = [owner for owner in owners if owner != device_id]
             if foreign:
                 raise Problem(
@@ -511,8 +538,11 @@ class Gateway:
             duplicates = {eid for eid in result.event_ids if eid is not None}
         if dry_run or whole_duplicate:
             durability = "none" if dry_run else "spool"
-        for device in batch.keys() if route.kind != "event" else ():
-            self.last_seen[device] = received / 1000
+        if route.kind == "batch" and result.device_id is not None:
+            self.last_seen[result.device_id] = received / 1000
+        elif route.kind == "telemetry":
+            for device in batch.distinct_keys():
+                self.last_seen[device] = received / 1000
         return self._answer(
             route, result, duplicates=duplicates, durability=durability, dry_run=dry_run, priority=priority, many=many
         )
@@ -571,9 +601,8 @@ class Gateway:
             self.metrics.records.inc(("duplicate", priority), result.accepted - new)
         if result.rejected:
             self.metrics.records.inc(("rejected", priority), result.total - result.accepted)
-        for lag in lags:
-            if lag is not None:
-                self.metrics.lag.observe(float(lag))
+        counts, total = result.lag_histogram(self._lag_bounds)
+        self.metrics.lag.observe_counts(counts, total)
         response_headers = [(b"x-durability", durability.encode())]
         if result.warnings:
             response_headers.append((b"x-tidegate-flagged", b"true"))

@@ -34,6 +34,8 @@ class Settings:
     burst_per_device: float = 100.0
     max_in_flight_records: int = 50_000
     """Records awaiting durability at which utilization reaches 1.0."""
+    shed_loop_lag_ms: float = 200.0
+    """Event-loop lag at which utilization reaches 1.0 (requests queue before any record waits); 0 disables."""
     shed_medium_at: float = 0.9
     shed_low_at: float = 0.7
     priority_ingest: Priority = "medium"

@@ -52,6 +52,15 @@ class Histogram:
         series[bisect.bisect_left(self.buckets, value)] += 1
         series[-1] += value
 
+    def observe_counts(self, counts: list[int], total: float, labels: LabelValues = ()) -> None:
+        """Adds pre-bucketed observations: `counts` per bucket then +Inf, and their sum."""
+        series = self.series.get(labels)
+        if series is None:
+            series = self.series[labels] = [0.0] * (len(self.buckets) + 2)
+        for i, count in enumerate(counts):
+            series[i] += count
+        series[-1] += total
+
     def count(self, labels: LabelValues = ()) -> float:
         series = self.series.get(labels)
         return sum(series[:-1]) if series else 0.0

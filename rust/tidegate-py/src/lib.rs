@@ -268,6 +268,19 @@ impl ValidationResult {
         self.outcome.ingest_lag_ms.clone()
     }
 
+    /// Counts of the accepted records' ingest lags per histogram bucket (`le` bounds, then +Inf) and their sum,
+    /// so a metrics histogram is fed once per request rather than once per record.
+    fn lag_histogram(&self, bounds: Vec<f64>) -> (Vec<u64>, f64) {
+        let mut counts = vec![0u64; bounds.len() + 1];
+        let mut sum = 0.0;
+        for lag in self.outcome.ingest_lag_ms.iter().flatten() {
+            let lag = *lag as f64;
+            counts[bounds.partition_point(|bound| *bound < lag)] += 1;
+            sum += lag;
+        }
+        (counts, sum)
+    }
+
     #[getter]
     fn batch(&self, py: Python<'_>) -> Py<RecordBatch> {
         self.batch.clone_ref(py)
@@ -369,7 +382,7 @@ impl RecordBatch {
     }
 
     /// Distinct record keys, in order of first appearance.
-    fn keys(&self) -> Vec<String> {
+    fn distinct_keys(&self) -> Vec<String> {
         let mut keys: Vec<String> = Vec::new();
         for record in self.0.iter() {
             if let Some(key) = record.key.and_then(|k| std::str::from_utf8(k).ok())
