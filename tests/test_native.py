@@ -391,6 +391,15 @@ class TestHostileInput:
         with pytest.raises(tidegate.PayloadTooLarge):
             tidegate.Validator(contract, max_records=3).validate(dumps([reading("d")] * 4))
 
+    def test_records_too_large_for_kafka_are_rejected_at_validation(self) -> None:
+        validator = tidegate.Validator(tidegate.Contract.event(), max_record_bytes=2000)
+        small, big = event(payload={"x": "y" * 100}), event(payload={"x": "y" * 3000})
+        result = validator.validate(dumps([small, big, small | {"entity_id": "other"}]))
+        assert result.accepted == 2
+        assert [(i.index, i.path) for i in result.rejected] == [(1, "$[1]")]
+        assert "above the 2000 byte limit" in result.rejected[0].message
+        assert len(result.batch) == 2 and all(len(v) < 2000 for v in result.batch.values())
+
     def test_all_exceptions_are_value_errors(self) -> None:
         for error in [tidegate.MalformedPayload, tidegate.PayloadTooLarge, tidegate.UnsupportedFormat]:
             assert issubclass(error, tidegate.PayloadError) and issubclass(error, ValueError)

@@ -102,11 +102,13 @@ class Validator:
         max_object_keys: int | None = None,
         max_records: int | None = None,
         max_batch_readings: int = 1000,
+        max_record_bytes: int = 1000000,
         dlq_topic: str = "ingest-dlq",
         topic: str | None = None,
     ) -> Validator:
         """Limits default to: body 8 MiB (after decompression), depth 32, strings 64 KiB, keys 256 B, arrays
-        10,000 items, objects 1,000 keys, 10,000 records per body. `metric_ranges` defaults to seed 001's table.
+        10,000 items, objects 1,000 keys, 10,000 records per body, 1,000,000 bytes per enriched record (what Kafka
+        takes by default). `metric_ranges` defaults to seed 001's table.
         """
 
     def validate(

@@ -182,6 +182,21 @@ impl RecordBatch {
         });
     }
 
+    /// The length of the last record's value (0 when empty).
+    pub fn last_value_len(&self) -> usize {
+        self.slots
+            .last()
+            .map_or(0, |slot| (slot.value.1 - slot.value.0) as usize)
+    }
+
+    /// Removes the last record (and its bytes, which are at the end of the arena).
+    pub fn pop(&mut self) {
+        if let Some(slot) = self.slots.pop() {
+            let start = slot.key.map_or(slot.value.0, |key| key.0);
+            self.arena.truncate(start as usize);
+        }
+    }
+
     /// Appends a copy of record `index` sent to `topic`, with `extra_headers` (encoded) added.
     pub fn copy_to_topic(&mut self, index: usize, topic: &str, extra_headers: &[u8]) {
         let Some(record) = self.get(index) else { return };

@@ -79,6 +79,8 @@ pub struct ValidatorOptions {
     pub metric_ranges: Vec<MetricRange>,
     /// Most readings in one batch.
     pub max_batch_readings: usize,
+    /// Largest enriched record value accepted (Kafka refuses records above its `max.message.bytes`).
+    pub max_record_bytes: usize,
     /// Where flagged records are copied.
     pub dlq_topic: String,
     /// Overrides the contract's topic.
@@ -93,6 +95,7 @@ impl Default for ValidatorOptions {
             max_future_ms: 5 * 60 * 1000,
             metric_ranges: default_metric_ranges(),
             max_batch_readings: 1000,
+            max_record_bytes: 1_000_000,
             dlq_topic: "ingest-dlq".into(),
             topic: None,
         }
@@ -584,6 +587,19 @@ impl<'v> Run<'v> {
             },
         );
         self.time_text = time_text;
+        let value_len = self.outcome.batch.last_value_len();
+        if value_len > options.max_record_bytes {
+            // Refused here rather than retried forever by the broker (Kafka's default limit is about 1 MB).
+            self.outcome.batch.pop();
+            self.outcome.warnings.truncate(warnings_before);
+            let path = self.record_path(context);
+            let message = format!(
+                "record is {value_len} bytes once enriched, above the {} byte limit",
+                options.max_record_bytes
+            );
+            self.reject(index, path, message);
+            return self.skip(fail_count);
+        }
         if self.outcome.warnings.len() > warnings_before {
             let reasons: Vec<String> = self.outcome.warnings[warnings_before..]
                 .iter()

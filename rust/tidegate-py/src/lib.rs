@@ -101,7 +101,7 @@ impl Validator {
     #[pyo3(signature = (
         contract, *, max_past_seconds = 604800.0, max_future_seconds = 300.0, metric_ranges = None,
         max_body_bytes = None, max_depth = None, max_string_bytes = None, max_key_bytes = None,
-        max_array_items = None, max_object_keys = None, max_records = None, max_batch_readings = 1000,
+        max_array_items = None, max_object_keys = None, max_records = None, max_batch_readings = 1000, max_record_bytes = 1_000_000,
         dlq_topic = "ingest-dlq", topic = None,
     ))]
     fn new(
@@ -117,6 +117,7 @@ impl Validator {
         max_object_keys: Option<usize>,
         max_records: Option<usize>,
         max_batch_readings: usize,
+        max_record_bytes: usize,
         dlq_topic: &str,
         topic: Option<String>,
     ) -> PyResult<Validator> {
@@ -151,6 +152,7 @@ impl Validator {
             max_future_ms: (max_future_seconds * 1000.0) as i64,
             metric_ranges,
             max_batch_readings,
+            max_record_bytes,
             dlq_topic: dlq_topic.to_string(),
             topic,
         };
