@@ -238,6 +238,24 @@ impl RecordBatch {
         }
     }
 
+    /// Removes the records whose event id `drop` says was seen before, and any later repeat of a (topic, event
+    /// id) pair within this batch. Returns how many records were removed; the batch is rebuilt only if any.
+    pub fn remove_duplicates(&mut self, drop: impl Fn(&[u8; 16]) -> bool) -> usize {
+        let mut seen: crate::dedup::IdSet<(u16, [u8; 16])> = crate::dedup::IdSet::default();
+        seen.reserve(self.slots.len());
+        let keep: Vec<bool> = self
+            .slots
+            .iter()
+            .map(|s| !drop(&s.event_id) && seen.insert((s.topic, s.event_id)))
+            .collect();
+        let removed = keep.iter().filter(|k| !**k).count();
+        if removed > 0 {
+            let mut flags = keep.into_iter();
+            self.retain(|_| flags.next().unwrap_or(true));
+        }
+        removed
+    }
+
     /// Keeps only the records for which `keep` returns true.
     pub fn retain(&mut self, mut keep: impl FnMut(&RecordRef<'_>) -> bool) {
         let mut kept = RecordBatch::new();

@@ -1,6 +1,7 @@
 //! The dedup window: recently seen event ids (and idempotency keys), bounded in count and in time.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Mutex;
 
 /// A 128-bit identity: an event id, or the hash of an idempotency key.
@@ -21,8 +22,36 @@ pub fn key_id(scope: &str, key: &str) -> Id {
     id
 }
 
+/// Ids are BLAKE3 output, already uniformly distributed: their first eight bytes are the hash.
+#[derive(Default)]
+pub struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.0 = self.0.rotate_left(5) ^ u64::from_le_bytes(word);
+        }
+    }
+
+    fn write_u16(&mut self, value: u16) {
+        self.0 = self.0.rotate_left(5) ^ u64::from(value);
+    }
+
+    fn write_usize(&mut self, _length: usize) {}
+}
+
+/// A hash set of ids (or of pairs holding one) that skips SipHash.
+pub type IdSet<T> = HashSet<T, BuildHasherDefault<IdHasher>>;
+type IdMap<V> = HashMap<Id, V, BuildHasherDefault<IdHasher>>;
+
 struct Inner {
-    seen: HashMap<Id, i64>,
+    seen: IdMap<i64>,
     /// Insertion order with insertion time, for expiry and eviction.
     order: VecDeque<(Id, i64)>,
 }
@@ -38,7 +67,7 @@ impl DedupWindow {
     pub fn new(capacity: usize, ttl_ms: i64) -> DedupWindow {
         DedupWindow {
             inner: Mutex::new(Inner {
-                seen: HashMap::new(),
+                seen: IdMap::default(),
                 order: VecDeque::new(),
             }),
             capacity: capacity.max(1),

@@ -1,4 +1,3 @@
-use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -185,10 +184,9 @@ impl DedupWindow {
             ids.sort_unstable();
             ids.dedup();
             let fresh = self.0.claim(&ids, now_ms);
-            let duplicates: HashSet<dedup::Id> = ids.iter().zip(fresh).filter(|(_, f)| !f).map(|(id, _)| *id).collect();
-            // A record repeated within one body is kept once: later copies (per topic) are duplicates too.
-            let mut kept: HashSet<(String, dedup::Id)> = HashSet::new();
-            records.retain(|r| !duplicates.contains(&r.event_id) && kept.insert((r.topic.to_string(), r.event_id)));
+            let duplicates: Vec<dedup::Id> = ids.iter().zip(fresh).filter(|(_, f)| !f).map(|(id, _)| *id).collect();
+            // `duplicates` is sorted (a subset of sorted `ids`).
+            records.remove_duplicates(|id| duplicates.binary_search(id).is_ok());
             duplicates.iter().map(|id| hex(id)).collect()
         })
     }
