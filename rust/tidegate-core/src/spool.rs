@@ -123,6 +123,9 @@ struct Writer {
     appended_records: u64,
     /// Segments rolled but not yet fsynced.
     unsynced: Vec<File>,
+    /// Frames appended but not yet written: `commit` writes them from its own thread, so an append is a copy.
+    pending: Vec<u8>,
+    pending_records: u64,
 }
 
 struct Durability {
@@ -153,6 +156,8 @@ pub struct Spool {
     durable_changed: Condvar,
     recovery: Recovery,
     read_only: bool,
+    commit_lock: Mutex<()>,
+    failed: std::sync::atomic::AtomicBool,
 }
 
 fn segment_path(dir: &Path, base_seq: u64) -> PathBuf {
@@ -353,6 +358,8 @@ impl Spool {
                     total_bytes,
                     appended_records: 0,
                     unsynced: Vec::new(),
+                    pending: Vec::new(),
+                    pending_records: 0,
                 }),
                 durability: Mutex::new(Durability {
                     durable_seq: next_seq,
@@ -363,6 +370,8 @@ impl Spool {
                 durable_changed: Condvar::new(),
                 recovery,
                 read_only,
+                commit_lock: Mutex::new(()),
+                failed: std::sync::atomic::AtomicBool::new(false),
             });
         }
         let acked_seq = read_checkpoint(&dir)?;
@@ -387,6 +396,8 @@ impl Spool {
                 total_bytes,
                 appended_records: 0,
                 unsynced: Vec::new(),
+                pending: Vec::new(),
+                pending_records: 0,
             }),
             durability: Mutex::new(Durability {
                 durable_seq: next_seq,
@@ -397,6 +408,8 @@ impl Spool {
             durable_changed: Condvar::new(),
             recovery,
             read_only,
+            commit_lock: Mutex::new(()),
+            failed: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -433,43 +446,59 @@ impl Spool {
                 });
             }
         }
-        let current_bytes = writer.segments.last().map_or(0, |s| s.bytes);
-        if current_bytes > MAGIC.len() as u64 && current_bytes + frames.len() as u64 > self.options.segment_bytes {
-            let next_seq = writer.next_seq;
-            let segment = new_segment(&self.dir, next_seq)?;
-            let file = OpenOptions::new().append(true).open(&segment.path)?;
-            let previous = std::mem::replace(&mut writer.file, file);
-            writer.unsynced.push(previous);
-            writer.total_bytes += segment.bytes;
-            writer.segments.push(segment);
+        if self.failed.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(SpoolError::Io(io::Error::other(
+                "an earlier spool write failed; reopen the spool",
+            )));
         }
-        if let Err(e) = writer.file.write_all(frames) {
-            // A partial write leaves a torn frame; cut it so later appends stay readable.
-            let size = writer.segments.last().map_or(0, |s| s.bytes);
-            let _ = writer.file.set_len(size);
-            return Err(e.into());
-        }
+        writer.pending.extend_from_slice(frames);
+        writer.pending_records += count;
         writer.next_seq += count;
         writer.total_bytes += frames.len() as u64;
         writer.appended_records += count;
-        if let Some(segment) = writer.segments.last_mut() {
-            segment.records += count;
-            segment.bytes += frames.len() as u64;
-        }
         Ok(writer.next_seq)
     }
 
     /// Makes everything appended so far durable (one fsync, plus one per segment rolled since the last commit).
     /// Returns the durable sequence number.
     pub fn commit(&self) -> Result<u64, SpoolError> {
-        let (target, file, rolled) = {
+        // Commits write the pending frames in sequence order, so only one runs at a time.
+        let _one_at_a_time = lock(&self.commit_lock);
+        let (target, file, rolled, pending) = {
             let mut writer = lock(&self.writer);
+            let pending = std::mem::take(&mut writer.pending);
+            let count = std::mem::take(&mut writer.pending_records);
+            if !pending.is_empty() {
+                let current_bytes = writer.segments.last().map_or(0, |s| s.bytes);
+                if current_bytes > MAGIC.len() as u64
+                    && current_bytes + pending.len() as u64 > self.options.segment_bytes
+                {
+                    let segment = new_segment(&self.dir, writer.next_seq - count)?;
+                    let file = OpenOptions::new().append(true).open(&segment.path)?;
+                    let previous = std::mem::replace(&mut writer.file, file);
+                    writer.unsynced.push(previous);
+                    writer.total_bytes += segment.bytes;
+                    writer.segments.push(segment);
+                }
+                // Accounted before the write: readers bounded by `durable_seq` never look past what is synced,
+                // and others stop at a frame still being written.
+                if let Some(segment) = writer.segments.last_mut() {
+                    segment.records += count;
+                    segment.bytes += pending.len() as u64;
+                }
+            }
             (
                 writer.next_seq,
                 writer.file.try_clone()?,
                 std::mem::take(&mut writer.unsynced),
+                pending,
             )
         };
+        if let Err(e) = (&file).write_all(&pending) {
+            // The records were never acknowledged; refuse further appends rather than leave a gap in sequence.
+            self.failed.store(true, std::sync::atomic::Ordering::Relaxed);
+            return Err(e.into());
+        }
         let mut fsyncs = 0;
         for file in rolled.iter().chain(std::iter::once(&file)) {
             file.sync_data()?;

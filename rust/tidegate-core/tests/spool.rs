@@ -58,6 +58,7 @@ fn round_trip_across_segments_and_reopen() {
                 part.push(&record);
             }
             spool.append(&part).unwrap();
+            spool.commit().unwrap();
         }
         assert_eq!(spool.commit().unwrap(), 100);
         assert!(spool.stats().segments > 5, "rolled segments");
@@ -124,6 +125,7 @@ fn torn_tail_is_truncated_at_every_offset_of_the_last_record() {
         assert_eq!(read_all(&spool).len(), 4);
         // New appends after recovery are readable after the kept records.
         spool.append(&batch_of(1, "after")).unwrap();
+        spool.commit().unwrap();
         assert_eq!(read_all(&spool).len(), 5);
         drop(spool);
         fs::write(&segment, &full[..cut]).unwrap();
@@ -179,7 +181,11 @@ fn quota_refuses_instead_of_losing_and_acked_segments_free_space() {
     let mut appended = 0u64;
     loop {
         match spool.append(&batch_of(10, "q")) {
-            Ok(end) => appended = end,
+            Ok(end) => {
+                // Commits come every few milliseconds in service, so segments roll as the spool fills.
+                spool.commit().unwrap();
+                appended = end;
+            }
             Err(SpoolError::Full { .. }) => break,
             Err(e) => panic!("{e}"),
         }
@@ -207,6 +213,7 @@ fn appends_after_a_failed_partial_write_stay_readable() {
     let dir = temp_dir("partial");
     let spool = Spool::open(&dir, SpoolOptions::default()).unwrap();
     spool.append(&batch_of(3, "ok")).unwrap();
+    spool.commit().unwrap();
     drop(spool);
     // Simulate garbage from a crash mid-write.
     let segment = fs::read_dir(&dir)
@@ -219,9 +226,29 @@ fn appends_after_a_failed_partial_write_stay_readable() {
     drop(file);
     let spool = Spool::open(&dir, SpoolOptions::default()).unwrap();
     spool.append(&batch_of(2, "more")).unwrap();
+    spool.commit().unwrap();
     drop(spool);
     let spool = Spool::open(&dir, SpoolOptions::default()).unwrap();
     assert_eq!(read_all(&spool).len(), 5);
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn appends_are_written_by_commit_and_lost_only_if_never_committed() {
+    let dir = temp_dir("pending");
+    let spool = Spool::open(&dir, SpoolOptions::default()).unwrap();
+    spool.append(&batch_of(4, "committed")).unwrap();
+    spool.commit().unwrap();
+    spool.append(&batch_of(3, "never committed")).unwrap();
+    assert_eq!(spool.stats().next_seq, 7);
+    drop(spool);
+    let reopened = Spool::open(&dir, SpoolOptions::default()).unwrap();
+    assert_eq!(
+        read_all(&reopened).len(),
+        4,
+        "only what a commit covered was ever acknowledged"
+    );
+    assert_eq!(reopened.stats().next_seq, 4);
     fs::remove_dir_all(&dir).unwrap();
 }
 
