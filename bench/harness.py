@@ -250,6 +250,19 @@ def hist_percentile(hist: Mapping[str, Mapping[str, int]], statuses: Sequence[st
     return float(step ** (max(merged) + 0.5) / 1000)
 
 
+def ensure_wrk() -> bool:
+    """wrk is a Debian package, not a Python one: install it when missing and this process may (root, apt)."""
+    if shutil.which("wrk") is not None:
+        return True
+    if os.geteuid() != 0 or shutil.which("apt-get") is None:
+        return False
+    log("installing wrk (apt-get)")
+    for command in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "wrk"]):
+        if subprocess.run(command, check=False, capture_output=True).returncode != 0:
+            return False
+    return shutil.which("wrk") is not None
+
+
 def run_wrk(
     script: str,
     url: str,
@@ -1049,8 +1062,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         loaded["targets"] = targets(loaded["ratios"])
         return finish(args, loaded, args.results, None)
 
-    missing = [tool for tool in ("wrk",) if shutil.which(tool) is None]
-    if missing:
+    if not ensure_wrk():
         log("python -m bench needs wrk: apt-get install -y wrk")
         return 2
 
