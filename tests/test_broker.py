@@ -3,14 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import sys
 import time
 from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "python"))
-
 from aiokafka import AIOKafkaProducer  # type: ignore[import-untyped,unused-ignore]
 from aiokafka.errors import KafkaError  # type: ignore[import-untyped,unused-ignore]
 from aiokafka.structs import ConsumerRecord  # type: ignore[import-untyped,unused-ignore]

@@ -339,52 +339,24 @@ impl Spool {
                 created,
             });
         }
-        if read_only {
-            let acked_seq = read_checkpoint(&dir)?;
-            let next_seq = segments.last().map_or(acked_seq, Segment::end_seq);
-            let file = match segments.last() {
-                Some(last) => File::open(&last.path)?,
-                None => File::open(&dir)?,
-            };
-            let total_bytes = segments.iter().map(|s| s.bytes).sum();
-            recovery.segments = segments.len();
-            return Ok(Spool {
-                dir,
-                options,
-                writer: Mutex::new(Writer {
-                    segments,
-                    file,
-                    next_seq,
-                    total_bytes,
-                    appended_records: 0,
-                    unsynced: Vec::new(),
-                    pending: Vec::new(),
-                    pending_records: 0,
-                }),
-                durability: Mutex::new(Durability {
-                    durable_seq: next_seq,
-                    committing: false,
-                    fsyncs: 0,
-                    acked_seq,
-                }),
-                durable_changed: Condvar::new(),
-                recovery,
-                read_only,
-                commit_lock: Mutex::new(()),
-                failed: std::sync::atomic::AtomicBool::new(false),
-            });
-        }
         let acked_seq = read_checkpoint(&dir)?;
         let next_seq = segments.last().map_or(acked_seq, Segment::end_seq);
-        if segments.last().is_none_or(|s| s.bytes == 0) {
-            if let Some(empty) = segments.pop() {
-                fs::remove_file(&empty.path)?;
+        let file = if read_only {
+            match segments.last() {
+                Some(last) => File::open(&last.path)?,
+                None => File::open(&dir)?,
             }
-            segments.push(new_segment(&dir, next_seq)?);
-        }
+        } else {
+            if segments.last().is_none_or(|s| s.bytes == 0) {
+                if let Some(empty) = segments.pop() {
+                    fs::remove_file(&empty.path)?;
+                }
+                segments.push(new_segment(&dir, next_seq)?);
+            }
+            let last = segments.last().map(|s| s.path.clone()).unwrap_or_default();
+            OpenOptions::new().append(true).open(&last)?
+        };
         recovery.segments = segments.len();
-        let last = segments.last().map(|s| s.path.clone()).unwrap_or_default();
-        let file = OpenOptions::new().append(true).open(&last)?;
         let total_bytes = segments.iter().map(|s| s.bytes).sum();
         Ok(Spool {
             dir,
