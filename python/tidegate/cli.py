@@ -157,8 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("device_ids", nargs="+", metavar="DEVICE_ID")
     revoke = key_commands.add_parser("revoke", help="revoke a key (the key or its id) or all keys of a device")
     revoke.add_argument("targets", nargs="+", metavar="KEY_OR_DEVICE")
-    key_commands.add_parser("list", help="list devices and key ids")
-    for sub in (add, revoke, keys):
+    listing = key_commands.add_parser("list", help="list devices and key ids")
+    for sub in (add, revoke, listing):
         sub.add_argument("--data-dir", type=Path, default=Path(os.environ.get("TIDEGATE_DATA_DIR", "data")))
     keys.set_defaults(run=_keys)
 
