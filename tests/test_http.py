@@ -134,6 +134,22 @@ class TestIngest:
         problem = assert_problem(client.post("/api/v1/ingest/batch", json=all_bad, headers=key(server, "dev-2")), 400)
         assert {e["path"] for e in problem["errors"]} == {"$.readings[0].timestamp", "$.readings[0].metrics"}
 
+    def test_batch_repeats_and_all_accepted(self, server: Server, client: httpx.Client) -> None:
+        same = {"timestamp": iso_now(), "metrics": {"r": time.time_ns() % 10**6}}
+        batch = {"device_id": "dev-2", "batch_id": f"r-{time.time_ns()}", "readings": [same, same]}
+        document = client.post("/api/v1/ingest/batch", json=batch, headers=key(server, "dev-2")).json()
+        assert (document["accepted"], document["duplicates"]) == (1, 1)
+        assert document["results"] == [
+            {"index": 1, "status": "duplicate", "event_id": document["results"][0]["event_id"]}
+        ]
+        clean = {
+            **batch,
+            "batch_id": f"c-{time.time_ns()}",
+            "readings": [{"timestamp": iso_now(), "metrics": {"c": i}} for i in range(5)],
+        }
+        document = client.post("/api/v1/ingest/batch", json=clean, headers=key(server, "dev-2")).json()
+        assert (document["status"], document["accepted"], document["results"]) == ("accepted", 5, [])
+
     def test_events_single_array_and_ndjson(self, server: Server, client: httpx.Client) -> None:
         headers = key(server, "dev-3")
         one = event(entity_id=f"user-{time.time_ns()}")

@@ -202,6 +202,9 @@ class RecordBatch:
 
     def values(self, topic: str | None = None) -> list[bytes]: ...
     def event_ids(self, topic: str | None = None) -> list[str]: ...
+    def count(self, topic: str | None = None) -> int:
+        """Records of `topic`, or of all topics."""
+
     def distinct_keys(self) -> list[str]:
         """Distinct record keys, in order of first appearance."""
 

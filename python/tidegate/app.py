@@ -547,6 +547,14 @@ class Gateway:
             route, result, duplicates=duplicates, durability=durability, dry_run=dry_run, priority=priority, many=many
         )
 
+    @staticmethod
+    def _warnings_by_index(result: ValidationResult) -> list[dict[str, object]]:
+        grouped: dict[int, list[str]] = {}
+        for warning in result.warnings:
+            if warning.index is not None:
+                grouped.setdefault(warning.index, []).append(warning.message)
+        return [{"index": i, "messages": m} for i, m in sorted(grouped.items())]
+
     def _key_is_new(self, scope: str, key: str, now: int) -> bool:
         new = self.dedup.claim_key(scope, key, now)
         if new:
@@ -593,6 +601,32 @@ class Gateway:
         priority: str,
         many: bool,
     ) -> Answer:
+        counts, total = result.lag_histogram(self._lag_bounds)
+        self.metrics.lag.observe_counts(counts, total)
+        response_headers = [(b"x-durability", durability.encode())]
+        if result.warnings:
+            response_headers.append((b"x-tidegate-flagged", b"true"))
+        if (
+            route.kind == "batch"
+            and not duplicates
+            and not result.rejected
+            and not dry_run
+            and result.batch.count(route.validator.topic) == result.accepted
+        ):
+            # Every reading accepted and nothing dropped as a repeat: no per-reading results to build.
+            self.metrics.records.inc(("accepted", priority), result.accepted)
+            summary: dict[str, object] = {
+                "status": "accepted",
+                "batch_id": result.batch_id,
+                "device_id": result.device_id,
+                "readings_count": result.total,
+                "accepted": result.accepted,
+                "duplicates": 0,
+                "rejected": 0,
+                "results": [],
+                "warnings": self._warnings_by_index(result),
+            }
+            return Answer(202, json_bytes(summary), response_headers, records=result.total, device_id=result.device_id)
         event_ids = result.event_ids
         lags = result.ingest_lag_ms
         new = sum(1 for eid in event_ids if eid is not None and eid not in duplicates)
@@ -601,11 +635,6 @@ class Gateway:
             self.metrics.records.inc(("duplicate", priority), result.accepted - new)
         if result.rejected:
             self.metrics.records.inc(("rejected", priority), result.total - result.accepted)
-        counts, total = result.lag_histogram(self._lag_bounds)
-        self.metrics.lag.observe_counts(counts, total)
-        response_headers = [(b"x-durability", durability.encode())]
-        if result.warnings:
-            response_headers.append((b"x-tidegate-flagged", b"true"))
         rejected_by_index: dict[int, list[dict[str, object]]] = {}
         for issue in result.rejected:
             if issue.index is not None:
@@ -649,7 +678,7 @@ class Gateway:
                     for i, s in enumerate(statuses)
                     if s != "accepted"
                 ],
-                "warnings": [{"index": i, "messages": m} for i, m in sorted(warnings_by_index.items())],
+                "warnings": self._warnings_by_index(result),
             }
         else:
             items = []

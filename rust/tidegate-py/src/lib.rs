@@ -383,6 +383,15 @@ impl RecordBatch {
             .collect()
     }
 
+    /// Records of `topic`, or of all topics.
+    #[pyo3(signature = (topic = None))]
+    fn count(&self, topic: Option<&str>) -> usize {
+        match topic {
+            None => self.0.len(),
+            Some(topic) => self.0.iter().filter(|r| r.topic == topic).count(),
+        }
+    }
+
     /// Distinct record keys, in order of first appearance.
     fn distinct_keys(&self) -> Vec<String> {
         let mut keys: Vec<String> = Vec::new();
