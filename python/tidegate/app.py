@@ -629,12 +629,6 @@ class Gateway:
             return Answer(202, json_bytes(summary), response_headers, records=result.total, device_id=result.device_id)
         event_ids = result.event_ids
         lags = result.ingest_lag_ms
-        new = sum(1 for eid in event_ids if eid is not None and eid not in duplicates)
-        self.metrics.records.inc(("accepted", priority), new)
-        if result.accepted - new:
-            self.metrics.records.inc(("duplicate", priority), result.accepted - new)
-        if result.rejected:
-            self.metrics.records.inc(("rejected", priority), result.total - result.accepted)
         rejected_by_index: dict[int, list[dict[str, object]]] = {}
         for issue in result.rejected:
             if issue.index is not None:
@@ -654,6 +648,9 @@ class Gateway:
             return "accepted"
 
         statuses = [status_of(eid) for eid in event_ids]
+        for outcome in ("accepted", "duplicate", "rejected"):
+            if count := statuses.count(outcome):
+                self.metrics.records.inc((outcome, priority), count)
         document: dict[str, object]
         if route.kind == "telemetry" and not many:
             document = {
