@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from pathlib import Path
 
 import pytest
@@ -84,10 +83,8 @@ async def _scenario(broker: Broker) -> None:
         # Outage: with the broker gone a send cannot complete; the caller's deadline has to fire.
         broker.stop(grace=0)
         assert not broker.running
-        began = time.monotonic()
         with pytest.raises((asyncio.TimeoutError, KafkaError)):
             await asyncio.wait_for(producer.send_and_wait(TOPIC, b"during-outage", key=b"outage"), OUTAGE_DEADLINE)
-        assert time.monotonic() - began < OUTAGE_DEADLINE + 1.0
 
         # Restart on the same port: empty memory storage (start() re-creates the topic before any client can
         # send), and the same producer reconnects by itself.

@@ -489,9 +489,7 @@ def test_breaker_opens_while_down_and_closes_after(
             ids = set(batch.event_ids())
             end = await writer.write(batch)
             forwarder.notify()
-            began = time.monotonic()
             assert not await forwarder.wait_acked(end, 1.0)
-            assert 0.9 < time.monotonic() - began < 3.0
             await wait_until(lambda: forwarder.state == "open", 10, "the breaker to open")
             assert forwarder.send_failures >= settings.breaker_failures
             await wait_until(

@@ -6,7 +6,6 @@ import asyncio
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -65,7 +64,6 @@ def test_counts_consumed_back_equal_accepted_counts(tmp_path: Path) -> None:
                     out[topic] = [json.loads(r.value)["event_id"] for r in records]
                 return out
 
-            started = time.monotonic()
             consumed = asyncio.run(consume())
             telemetry_ids = consumed["telemetry-raw"]
             assert len(telemetry_ids) == len(set(telemetry_ids)), "no duplicates without failures"
@@ -73,7 +71,6 @@ def test_counts_consumed_back_equal_accepted_counts(tmp_path: Path) -> None:
             assert accepted["telemetry-raw"] <= set(telemetry_ids)
             assert sorted(consumed["events-raw"]) == sorted(accepted["events-raw"])
             assert set(consumed["ingest-dlq"]) == flagged and len(consumed["ingest-dlq"]) == len(flagged)
-            assert time.monotonic() - started < 30
             command = [sys.executable, "-m", "tidegate", "spool", "stats", "--data-dir", str(server.data_dir)]
             stats = json.loads(subprocess.run(command, check=True, capture_output=True, timeout=30).stdout)
             assert stats["w0"]["lag_records"] == 0, "the forwarder checkpointed everything the broker acknowledged"
