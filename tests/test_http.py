@@ -104,6 +104,9 @@ class TestIngest:
             response = client.post("/api/v1/ingest", content=body, headers={**headers, **extra})
             assert response.status_code == 202, response.text
             assert response.json()["status"] == "accepted"
+        packed_array = gzip.compress(json.dumps([reading("dev-1", metrics={"g": i}) for i in range(2)]).encode())
+        response = client.post("/api/v1/ingest", content=packed_array, headers={**headers, "Content-Encoding": "gzip"})
+        assert [r["status"] for r in response.json()["results"]] == ["accepted"] * 2, "a compressed array is many"
         lines = b"\n".join(json.dumps(reading("dev-1", metrics={"n": i})).encode() for i in range(3))
         response = client.post(
             "/api/v1/ingest", content=lines, headers={**headers, "Content-Type": "application/x-ndjson"}

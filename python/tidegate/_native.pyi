@@ -178,6 +178,10 @@ class ValidationResult:
         """Accepted records ready for delivery, plus DLQ copies of flagged ones."""
 
     @property
+    def sequence(self) -> bool:
+        """The body held a sequence of records (a top-level array, or NDJSON) rather than one record."""
+
+    @property
     def device_id(self) -> str | None:
         """For a batch body: its device_id."""
 
@@ -291,6 +295,9 @@ class DedupWindow:
 
     def claim_key(self, scope: str, key: str, now_ms: int) -> bool:
         """Claims an idempotency key (`batch_id`, `X-Idempotency-Key`); False if seen within the window."""
+
+    def contains_key(self, scope: str, key: str, now_ms: int) -> bool:
+        """Whether an idempotency key was claimed within the window (without claiming it)."""
 
     def release_key(self, scope: str, key: str) -> None: ...
     def contains(self, event_id: str, now_ms: int) -> bool: ...

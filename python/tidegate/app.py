@@ -85,6 +85,7 @@ class Answer:
     device_id: str | None = None
     event_id: str | None = None
     records: int = 0
+    content_type: bytes = b"application/json"
 
 
 def now_ms() -> int:
@@ -93,16 +94,6 @@ def now_ms() -> int:
 
 def json_bytes(document: object) -> bytes:
     return json.dumps(document, separators=(",", ":")).encode()
-
-
-def is_sequence_body(body: bytes, content_type: str) -> bool:
-    """Whether a body holds many records (array, NDJSON, CBOR array) rather than one object."""
-    if "ndjson" in content_type or "jsonl" in content_type:
-        return True
-    if "cbor" in content_type:
-        return bool(body) and body[0] >> 5 == 4
-    stripped = body.lstrip()
-    return stripped[:1] == b"["
 
 
 class TokenBuckets:
@@ -342,14 +333,13 @@ class Gateway:
             answer = Answer(
                 problem.status,
                 problem.body(),
-                [(b"content-type", b"application/problem+json")]
-                + [(k.encode(), v.encode()) for k, v in problem.headers],
+                [(k.encode(), v.encode()) for k, v in problem.headers],
+                content_type=b"application/problem+json",
             )
         finally:
             self.in_flight_requests -= 1
+        answer.headers.append((b"content-type", answer.content_type))
         answer.headers.append((b"content-length", str(len(answer.body)).encode()))
-        if answer.status < 300 or answer.headers[0][1] != b"application/problem+json":
-            answer.headers.insert(0, (b"content-type", b"application/json"))
         await send({"type": "http.response.start", "status": answer.status, "headers": answer.headers})
         await send({"type": "http.response.body", "body": answer.body})
         elapsed = time.perf_counter() - started
@@ -491,11 +481,13 @@ class Gateway:
         device_id, priority = self._admit(route, headers)
         body = await self._read_body(headers, receive)
         result = self._validate(route, body, headers, priority)
-        many = is_sequence_body(body, headers.get(b"content-type", ""))
         batch = result.batch
+        if route.kind == "batch":
+            devices = [result.device_id] if result.device_id is not None else []
+        else:
+            devices = batch.distinct_keys() if route.kind == "telemetry" else []
         if device_id is not None and route.kind != "event":
-            owners = [result.device_id] if route.kind == "batch" and result.device_id else batch.distinct_keys()
-            foreign = [owner for owner in owners if owner != device_id]
+            foreign = [owner for owner in devices if owner != device_id]
             if foreign:
                 raise Problem(
                     403,
@@ -519,7 +511,7 @@ class Gateway:
         if route.kind == "batch" and result.batch_id is not None:
             key_claims.append((f"batch:{result.device_id}", result.batch_id))
         if dry_run:
-            whole_duplicate = any(not self._key_is_new(scope, key, received) for scope, key in key_claims)
+            whole_duplicate = any(self.dedup.contains_key(scope, key, received) for scope, key in key_claims)
             duplicates = {eid for eid in result.event_ids if eid is not None and self.dedup.contains(eid, received)}
         else:
             claimed = []
@@ -538,28 +530,11 @@ class Gateway:
             duplicates = {eid for eid in result.event_ids if eid is not None}
         if dry_run or whole_duplicate:
             durability = "none" if dry_run else "spool"
-        if route.kind == "batch" and result.device_id is not None:
-            self.last_seen[result.device_id] = received / 1000
-        elif route.kind == "telemetry":
-            for device in batch.distinct_keys():
-                self.last_seen[device] = received / 1000
+        for device in devices:
+            self.last_seen[device] = received / 1000
         return self._answer(
-            route, result, duplicates=duplicates, durability=durability, dry_run=dry_run, priority=priority, many=many
+            route, result, duplicates=duplicates, durability=durability, dry_run=dry_run, priority=priority
         )
-
-    @staticmethod
-    def _warnings_by_index(result: ValidationResult) -> list[dict[str, object]]:
-        grouped: dict[int, list[str]] = {}
-        for warning in result.warnings:
-            if warning.index is not None:
-                grouped.setdefault(warning.index, []).append(warning.message)
-        return [{"index": i, "messages": m} for i, m in sorted(grouped.items())]
-
-    def _key_is_new(self, scope: str, key: str, now: int) -> bool:
-        new = self.dedup.claim_key(scope, key, now)
-        if new:
-            self.dedup.release_key(scope, key)
-        return new
 
     async def _persist(self, batch: RecordBatch, key_claims: list[tuple[str, str]], headers: dict[bytes, str]) -> str:
         """Makes the batch durable (spool, and Kafka when asked); releases its dedup claims if that fails."""
@@ -599,22 +574,18 @@ class Gateway:
         durability: str,
         dry_run: bool,
         priority: str,
-        many: bool,
     ) -> Answer:
         counts, total = result.lag_histogram(self._lag_bounds)
         self.metrics.lag.observe_counts(counts, total)
+        rejected, warnings = result.rejected, result.warnings
+        warnings_by_index: dict[int, list[str]] = {}
+        for warning in warnings:
+            if warning.index is not None:
+                warnings_by_index.setdefault(warning.index, []).append(warning.message)
         response_headers = [(b"x-durability", durability.encode())]
-        if result.warnings:
+        if warnings:
             response_headers.append((b"x-tidegate-flagged", b"true"))
-        if (
-            route.kind == "batch"
-            and not duplicates
-            and not result.rejected
-            and not dry_run
-            and result.batch.count(route.validator.topic) == result.accepted
-        ):
-            # Every reading accepted and nothing dropped as a repeat: no per-reading results to build.
-            self.metrics.records.inc(("accepted", priority), result.accepted)
+        if route.kind == "batch":
             summary: dict[str, object] = {
                 "status": "accepted",
                 "batch_id": result.batch_id,
@@ -624,19 +595,25 @@ class Gateway:
                 "duplicates": 0,
                 "rejected": 0,
                 "results": [],
-                "warnings": self._warnings_by_index(result),
+                "warnings": [{"index": i, "messages": m} for i, m in sorted(warnings_by_index.items())],
             }
-            return Answer(202, json_bytes(summary), response_headers, records=result.total, device_id=result.device_id)
+            if (
+                not duplicates
+                and not rejected
+                and not dry_run
+                and result.batch.count(route.validator.topic) == result.accepted
+            ):
+                # Every reading accepted and nothing dropped as a repeat: no per-reading results to build.
+                self.metrics.records.inc(("accepted", priority), result.accepted)
+                return Answer(
+                    202, json_bytes(summary), response_headers, records=result.total, device_id=result.device_id
+                )
         event_ids = result.event_ids
         lags = result.ingest_lag_ms
         rejected_by_index: dict[int, list[dict[str, object]]] = {}
-        for issue in result.rejected:
+        for issue in rejected:
             if issue.index is not None:
                 rejected_by_index.setdefault(issue.index, []).append({"path": issue.path, "message": issue.message})
-        warnings_by_index: dict[int, list[str]] = {}
-        for warning in result.warnings:
-            if warning.index is not None:
-                warnings_by_index.setdefault(warning.index, []).append(warning.message)
         seen: set[str] = set()
 
         def status_of(eid: str | None) -> str:
@@ -652,7 +629,7 @@ class Gateway:
             if count := statuses.count(outcome):
                 self.metrics.records.inc((outcome, priority), count)
         document: dict[str, object]
-        if route.kind == "telemetry" and not many:
+        if route.kind == "telemetry" and not result.sequence:
             document = {
                 "status": statuses[0],
                 "event_id": event_ids[0],
@@ -660,11 +637,8 @@ class Gateway:
                 "warnings": warnings_by_index.get(0, []),
             }
         elif route.kind == "batch":
-            document = {
+            document = summary | {
                 "status": "duplicate" if all(s == "duplicate" for s in statuses if s != "rejected") else "accepted",
-                "batch_id": result.batch_id,
-                "device_id": result.device_id,
-                "readings_count": result.total,
                 "accepted": statuses.count("accepted"),
                 "duplicates": statuses.count("duplicate"),
                 "rejected": statuses.count("rejected"),
@@ -675,7 +649,6 @@ class Gateway:
                     for i, s in enumerate(statuses)
                     if s != "accepted"
                 ],
-                "warnings": self._warnings_by_index(result),
             }
         else:
             items = []
@@ -691,7 +664,7 @@ class Gateway:
                 if i in warnings_by_index:
                     item["warnings"] = warnings_by_index[i]
                 items.append(item)
-            if not many:
+            if not result.sequence:
                 document = dict(items[0])
                 del document["index"]
             else:

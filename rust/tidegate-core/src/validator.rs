@@ -138,6 +138,8 @@ pub struct Outcome {
     pub batch: RecordBatch,
     /// For a batch body: its `device_id` and `batch_id`.
     pub envelope: Option<(String, String)>,
+    /// The body held a sequence of records (a top-level array, or NDJSON) rather than one record.
+    pub sequence: bool,
 }
 
 /// A compiled contract plus options; immutable and safe to share between threads.
@@ -182,6 +184,7 @@ impl Validator {
             Format::Cbor => body.first().is_some_and(|b| b >> 5 == 4),
             Format::Ndjson => false,
         };
+        run.outcome.sequence = run.array_body || format == Format::Ndjson;
         if self.contract.kind == ContractKind::Batch {
             let records = decode::parse_records(&body, format, limits)?;
             run.batch_envelope(records, body.len())?;

@@ -288,6 +288,12 @@ impl ValidationResult {
         self.batch.clone_ref(py)
     }
 
+    /// The body held a sequence of records (a top-level array, or NDJSON) rather than one record.
+    #[getter]
+    fn sequence(&self) -> bool {
+        self.outcome.sequence
+    }
+
     #[getter]
     fn device_id(&self) -> Option<&str> {
         self.outcome.envelope.as_ref().map(|(device, _)| device.as_str())

@@ -202,6 +202,11 @@ impl DedupWindow {
         self.0.claim(&[dedup::key_id(scope, key)], now_ms)[0]
     }
 
+    /// Whether an idempotency key was claimed within the window (without claiming it).
+    fn contains_key(&self, scope: &str, key: &str, now_ms: i64) -> bool {
+        self.0.contains(&dedup::key_id(scope, key), now_ms)
+    }
+
     fn release_key(&self, scope: &str, key: &str) {
         self.0.release(&[dedup::key_id(scope, key)]);
     }
