@@ -168,6 +168,22 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// Bytes [`encode_frame`] writes for `record`.
+pub fn frame_len(record: &RecordRef<'_>) -> usize {
+    FRAME_HEADER
+        + 1
+        + 8
+        + 16
+        + 2
+        + record.topic.len()
+        + 4
+        + record.key.map_or(0, <[u8]>::len)
+        + 4
+        + record.value.len()
+        + 4
+        + record.raw_headers().len()
+}
+
 /// Appends the frame of one record: length, CRC32C, payload.
 pub fn encode_frame(out: &mut Vec<u8>, record: &RecordRef<'_>) {
     let start = out.len();
@@ -189,6 +205,7 @@ pub fn encode_frame(out: &mut Vec<u8>, record: &RecordRef<'_>) {
     let headers = record.raw_headers();
     out.extend_from_slice(&(headers.len() as u32).to_le_bytes());
     out.extend_from_slice(headers);
+    debug_assert_eq!(out.len() - start, frame_len(record));
     let payload_len = (out.len() - start - FRAME_HEADER) as u32;
     let crc = crc32c::crc32c(&out[start + FRAME_HEADER..]);
     out[start..start + 4].copy_from_slice(&payload_len.to_le_bytes());
@@ -392,26 +409,20 @@ impl Spool {
     /// Appends every record of `batch` (written, not yet durable). Returns the sequence number after the last
     /// record: the batch is durable once [`Spool::durable_seq`] reaches it.
     pub fn append(&self, batch: &RecordBatch) -> Result<u64, SpoolError> {
-        let mut frames = Vec::with_capacity(batch.payload_bytes() + batch.len() * 64);
-        for record in batch.iter() {
-            encode_frame(&mut frames, &record);
-        }
-        self.append_frames(&frames, batch.len() as u64)
-    }
-
-    fn append_frames(&self, frames: &[u8], count: u64) -> Result<u64, SpoolError> {
         if self.read_only {
             return Err(SpoolError::Io(io::Error::new(
                 io::ErrorKind::PermissionDenied,
                 "spool opened read-only",
             )));
         }
+        let size: u64 = batch.iter().map(|r| frame_len(&r) as u64).sum();
+        let count = batch.len() as u64;
         let mut writer = lock(&self.writer);
-        if writer.total_bytes + frames.len() as u64 > self.options.quota_bytes {
+        if writer.total_bytes + size > self.options.quota_bytes {
             drop(writer);
             self.cleanup()?;
             writer = lock(&self.writer);
-            if writer.total_bytes + frames.len() as u64 > self.options.quota_bytes {
+            if writer.total_bytes + size > self.options.quota_bytes {
                 return Err(SpoolError::Full {
                     quota_bytes: self.options.quota_bytes,
                     used_bytes: writer.total_bytes,
@@ -423,10 +434,14 @@ impl Spool {
                 "an earlier spool write failed; reopen the spool",
             )));
         }
-        writer.pending.extend_from_slice(frames);
+        // Frames are encoded straight into the pending buffer: one copy of each record per append.
+        writer.pending.reserve(size as usize);
+        for record in batch.iter() {
+            encode_frame(&mut writer.pending, &record);
+        }
         writer.pending_records += count;
         writer.next_seq += count;
-        writer.total_bytes += frames.len() as u64;
+        writer.total_bytes += size;
         writer.appended_records += count;
         Ok(writer.next_seq)
     }
