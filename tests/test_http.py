@@ -53,6 +53,12 @@ def key(server: Server, device: str) -> dict[str, str]:
     return {"X-Device-Token": keys[device]}
 
 
+def spooled_values(data_dir: Path, *options: str) -> bytes:
+    """What `tidegate tail --from-start` prints for a data dir: one Kafka value per line."""
+    command = [sys.executable, "-m", "tidegate", "tail", "--data-dir", str(data_dir), "--from-start", *options]
+    return subprocess.run(command, check=True, capture_output=True, timeout=30).stdout
+
+
 def assert_problem(response: httpx.Response, status: int) -> dict[str, Any]:
     assert response.status_code == status, response.text
     assert response.headers["content-type"] == "application/problem+json"
@@ -193,22 +199,7 @@ class TestIngest:
             "/api/v1/ingest", json=reading("dev-6", metrics={"marker": marker}), headers=key(server, "dev-6")
         )
         event_id = response.json()["event_id"]
-        out = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "tidegate",
-                "tail",
-                "--data-dir",
-                str(server.data_dir),
-                "--from-start",
-                "--topic",
-                "telemetry-raw",
-            ],
-            check=True,
-            capture_output=True,
-            timeout=30,
-        ).stdout
+        out = spooled_values(server.data_dir, "--topic", "telemetry-raw")
         values = [json.loads(line) for line in out.splitlines()]
         mine = [v for v in values if v["event_id"] == event_id]
         assert len(mine) == 1 and mine[0]["metrics"] == {"marker": marker}
@@ -444,12 +435,7 @@ class TestLifecycle:
                 assert response.status_code == 202
                 ids.add(response.json()["event_id"])
             assert sorted(p.name for p in (tmp_path / "spool").iterdir()) == ["w0", "w1"]
-            out = subprocess.run(
-                [sys.executable, "-m", "tidegate", "tail", "--data-dir", str(tmp_path), "--from-start"],
-                check=True,
-                capture_output=True,
-                timeout=30,
-            ).stdout
+            out = spooled_values(tmp_path)
             assert {json.loads(line)["event_id"] for line in out.splitlines()} == ids
 
     def test_sigkill_loses_nothing_acknowledged_and_dedup_survives(self, tmp_path: Path) -> None:
@@ -466,12 +452,7 @@ class TestLifecycle:
         again = Server(tmp_path, env)
         again.port = first.port
         with again, httpx.Client(base_url=again.url) as http:
-            out = subprocess.run(
-                [sys.executable, "-m", "tidegate", "tail", "--data-dir", str(tmp_path), "--from-start"],
-                check=True,
-                capture_output=True,
-                timeout=30,
-            ).stdout
+            out = spooled_values(tmp_path)
             spooled = {json.loads(line)["event_id"] for line in out.splitlines()}
             assert set(acknowledged) <= spooled
             event_id, body = next(iter(acknowledged.items()))
@@ -492,12 +473,7 @@ class TestLifecycle:
                 return response.status_code
 
         assert asyncio.run(in_flight()) == 202
-        out = subprocess.run(
-            [sys.executable, "-m", "tidegate", "tail", "--data-dir", str(tmp_path), "--from-start"],
-            check=True,
-            capture_output=True,
-            timeout=30,
-        ).stdout
+        out = spooled_values(tmp_path)
         assert len(out.splitlines()) == 1
 
 

@@ -34,17 +34,8 @@ def _schemas(settings: Settings) -> dict[str, Any]:
             "metadata": {"type": "object"},
         },
     }
-    batch_reading = {
-        "type": "object",
-        "required": ["timestamp", "metrics"],
-        "additionalProperties": False,
-        "properties": {
-            "device_id": _DEVICE_ID,
-            "timestamp": _TIMESTAMP,
-            "metrics": _METRICS,
-            "metadata": {"type": "object"},
-        },
-    }
+    # In a batch, a reading inherits the batch's device_id (and may repeat it).
+    batch_reading = reading | {"required": ["timestamp", "metrics"]}
     name = {"type": "string", "minLength": 1, "maxLength": 256}
     event = {
         "type": "object",
