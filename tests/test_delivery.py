@@ -23,8 +23,9 @@ from typing import Any
 import pytest
 import tidegate
 from aiokafka import AIOKafkaConsumer  # type: ignore[import-untyped,unused-ignore]
+from aiokafka.partitioner import murmur2  # type: ignore[import-untyped,unused-ignore]
 from aiokafka.structs import TopicPartition  # type: ignore[import-untyped,unused-ignore]
-from tidegate.delivery.kafka import Forwarder, KafkaSettings, partition_for_key
+from tidegate.delivery.kafka import Forwarder, KafkaSettings
 from tidegate.delivery.spool import SpoolWriter, open_writer
 from tidegate.testing.broker import Broker, consume_all
 
@@ -35,6 +36,13 @@ PARTITIONS = {TELEMETRY: 3, DLQ: 2, EVENTS: 3}
 CHILD = Path(__file__).with_name("spool_writer_proc.py")
 
 Record = tuple[bytes | None, bytes, list[tuple[str, bytes]], int]
+
+
+def partition_for_key(key: bytes, partitions: list[int]) -> int:
+    """aiokafka's (and the Java client's) default partition of a keyed record: the reference the forwarder's
+    native partitioning is held to."""
+    index: int = (murmur2(key) & 0x7FFFFFFF) % len(partitions)
+    return partitions[index]
 
 
 # ------------------------------------------------------------------------------------------------------ data

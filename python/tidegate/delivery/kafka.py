@@ -38,7 +38,7 @@ import random
 import struct
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -54,7 +54,6 @@ from aiokafka.errors import (  # type: ignore[import-untyped,unused-ignore]
     MessageSizeTooLargeError,
     RecordListTooLargeError,
 )
-from aiokafka.partitioner import murmur2  # type: ignore[import-untyped,unused-ignore]
 from aiokafka.record.default_records import (  # type: ignore[import-untyped,unused-ignore]
     DefaultRecordBatch,
     DefaultRecordBatchBuilder,
@@ -63,7 +62,7 @@ from aiokafka.record.util import calc_crc32c  # type: ignore[import-untyped,unus
 
 from tidegate._native import RecordBatch, Spool
 
-__all__ = ["BreakerState", "EncodedBatch", "Forwarder", "KafkaSettings", "partition_for_key"]
+__all__ = ["BreakerState", "EncodedBatch", "Forwarder", "KafkaSettings"]
 
 log = logging.getLogger(__name__)
 
@@ -163,12 +162,6 @@ class EncodedBatch:
 
     def _set_producer_state(self, producer_id: int, producer_epoch: int, base_sequence: int) -> None:
         raise NotImplementedError("natively encoded batches carry no producer id: idempotence is not supported")
-
-
-def partition_for_key(key: bytes, partitions: Sequence[int]) -> int:
-    """aiokafka's (and the Java client's) default partition of a keyed record; `partitions` sorted by id."""
-    index: int = (murmur2(key) & 0x7FFFFFFF) % len(partitions)
-    return partitions[index]
 
 
 @dataclass(slots=True)
