@@ -44,19 +44,21 @@ class Histogram:
         self.name, self.help, self.label_names, self.buckets = name, help_text, labels, buckets
         self.series: dict[LabelValues, list[float]] = {}
 
-    def observe(self, value: float, labels: LabelValues = ()) -> None:
+    def _series(self, labels: LabelValues) -> list[float]:
         series = self.series.get(labels)
         if series is None:
             # Per-bucket counts, then +Inf, then the sum.
             series = self.series[labels] = [0.0] * (len(self.buckets) + 2)
+        return series
+
+    def observe(self, value: float, labels: LabelValues = ()) -> None:
+        series = self._series(labels)
         series[bisect.bisect_left(self.buckets, value)] += 1
         series[-1] += value
 
     def observe_counts(self, counts: list[int], total: float, labels: LabelValues = ()) -> None:
         """Adds pre-bucketed observations: `counts` per bucket then +Inf, and their sum."""
-        series = self.series.get(labels)
-        if series is None:
-            series = self.series[labels] = [0.0] * (len(self.buckets) + 2)
+        series = self._series(labels)
         for i, count in enumerate(counts):
             series[i] += count
         series[-1] += total
