@@ -9,6 +9,7 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
@@ -81,6 +82,9 @@ pub struct Recovery {
     pub records: u64,
     /// Bytes cut from torn tails (a partial frame, or a frame whose CRC does not match).
     pub truncated_bytes: u64,
+    /// Why the `acked` checkpoint could not be read, if it could not: delivery then restarts from the oldest record
+    /// still on disk (at least once), never from sequence 0.
+    pub checkpoint_error: Option<String>,
 }
 
 /// Counters for metrics and `spool stats`.
@@ -97,6 +101,13 @@ pub struct SpoolStats {
     pub acked_seq: u64,
     pub fsyncs: u64,
     pub appended_records: u64,
+    /// Records a reader stepped over because their frames are torn or corrupt in a segment that is no longer
+    /// written: what a failed write left behind (never acknowledged), or damage on disk.
+    pub unreadable_records: u64,
+    /// Commits whose write or fsync failed (their records were not acknowledged).
+    pub failed_commits: u64,
+    /// True from a failed write or fsync until a new segment could be started.
+    pub failing: bool,
     pub recovery: Recovery,
 }
 
@@ -121,8 +132,10 @@ struct Writer {
     next_seq: u64,
     total_bytes: u64,
     appended_records: u64,
-    /// Segments rolled but not yet fsynced.
-    unsynced: Vec<File>,
+    /// The current segment's file saw a failed write or fsync: its state on disk is unknown, so it is never
+    /// written or fsynced again (an fsync retried after a failure can succeed without the data being there).
+    /// The next commit starts a new segment; the failed records' sequence numbers are never reused.
+    poisoned: bool,
     /// Frames appended but not yet written: `commit` writes them from its own thread, so an append is a copy.
     pending: Vec<u8>,
     pending_records: u64,
@@ -147,6 +160,16 @@ pub struct Cursor {
     offset: u64,
 }
 
+impl Cursor {
+    fn start_of(segment: &Segment) -> Cursor {
+        Cursor {
+            seq: segment.base_seq,
+            segment_base: segment.base_seq,
+            offset: MAGIC.len() as u64,
+        }
+    }
+}
+
 /// The segment log. Shared between threads: appends serialize on one lock, commits and reads do not block them.
 pub struct Spool {
     dir: PathBuf,
@@ -156,8 +179,30 @@ pub struct Spool {
     durable_changed: Condvar,
     recovery: Recovery,
     read_only: bool,
+    /// Serializes commits (they write pending frames in sequence order). The request path never takes it.
     commit_lock: Mutex<()>,
-    failed: std::sync::atomic::AtomicBool,
+    /// Serializes checkpoint writes, so the durability lock is never held across their fsyncs and rename.
+    checkpoint_lock: Mutex<()>,
+    /// Mirrors `Writer::poisoned` for cheap reads (readiness).
+    failing: AtomicBool,
+    failed_commits: AtomicU64,
+    unreadable_records: AtomicU64,
+    /// Fault injection for tests without root (no small filesystem to fill): the next N commits write half
+    /// their frames and fail as a full disk does.
+    injected_write_failures: AtomicU32,
+}
+
+/// Why [`scan_frames`] stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ScanStop {
+    /// `max_records` or `max_bytes` reached.
+    Limit,
+    /// The data ended exactly after a frame.
+    Exhausted,
+    /// The data ended inside a frame (being written, torn, or cut off by the read window).
+    Incomplete,
+    /// A frame with an impossible length, a CRC mismatch, or a payload that is not a record.
+    Corrupt,
 }
 
 fn segment_path(dir: &Path, base_seq: u64) -> PathBuf {
@@ -249,35 +294,46 @@ fn decode_payload(payload: &[u8], batch: &mut RecordBatch) -> Option<()> {
     Some(())
 }
 
-/// Reads complete, CRC-valid frames from `data` (a segment's bytes after the magic) into `batch`, up to the
-/// limits. Returns the number of records and bytes consumed; stops at the first incomplete or corrupt frame.
-fn scan_frames(data: &[u8], mut batch: Option<&mut RecordBatch>, max_records: u64, max_bytes: usize) -> (u64, usize) {
+/// Reads complete, CRC-valid frames from `data` (a segment's bytes from a frame boundary) into `batch`, up to the
+/// limits (`max_bytes` counts frame bytes; at least one frame is read when one is there). Returns the number of
+/// records, the bytes consumed and why it stopped.
+fn scan_frames(
+    data: &[u8],
+    mut batch: Option<&mut RecordBatch>,
+    max_records: u64,
+    max_bytes: usize,
+) -> (u64, usize, ScanStop) {
     let mut pos = 0usize;
     let mut records = 0u64;
-    while records < max_records && pos < max_bytes {
+    loop {
+        if records >= max_records || pos >= max_bytes {
+            return (records, pos, ScanStop::Limit);
+        }
+        if pos == data.len() {
+            return (records, pos, ScanStop::Exhausted);
+        }
         let Some(header) = data.get(pos..pos + FRAME_HEADER) else {
-            break;
+            return (records, pos, ScanStop::Incomplete);
         };
         let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
         let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
         if len == 0 || len > MAX_FRAME {
-            break;
+            return (records, pos, ScanStop::Corrupt);
         }
         let Some(payload) = data.get(pos + FRAME_HEADER..pos + FRAME_HEADER + len) else {
-            break;
+            return (records, pos, ScanStop::Incomplete);
         };
         if crc32c::crc32c(payload) != crc {
-            break;
+            return (records, pos, ScanStop::Corrupt);
         }
         if let Some(batch) = batch.as_deref_mut()
             && decode_payload(payload, batch).is_none()
         {
-            break;
+            return (records, pos, ScanStop::Corrupt);
         }
         pos += FRAME_HEADER + len;
         records += 1;
     }
-    (records, pos)
 }
 
 fn sync_dir(dir: &Path) -> io::Result<()> {
@@ -331,7 +387,7 @@ impl Spool {
             let mut data = Vec::new();
             File::open(&path)?.read_to_end(&mut data)?;
             let body = data.strip_prefix(MAGIC.as_slice()).unwrap_or(&[]);
-            let (records, valid) = scan_frames(body, None, u64::MAX, usize::MAX);
+            let (records, valid, _) = scan_frames(body, None, u64::MAX, usize::MAX);
             let keep = if data.starts_with(MAGIC) {
                 MAGIC.len() + valid
             } else {
@@ -356,7 +412,16 @@ impl Spool {
                 created,
             });
         }
-        let acked_seq = read_checkpoint(&dir)?;
+        let oldest_on_disk = segments.first().map_or(0, |s| s.base_seq);
+        let acked_seq = match read_checkpoint(&dir) {
+            Ok(seq) => seq,
+            Err(error) => {
+                // Segments are deleted only once acknowledged, so the oldest one on disk bounds what was
+                // delivered: redeliver from there (duplicates carry their event_id), never from 0.
+                recovery.checkpoint_error = Some(error.to_string());
+                oldest_on_disk
+            }
+        };
         let next_seq = segments.last().map_or(acked_seq, Segment::end_seq);
         let file = if read_only {
             match segments.last() {
@@ -384,7 +449,7 @@ impl Spool {
                 next_seq,
                 total_bytes,
                 appended_records: 0,
-                unsynced: Vec::new(),
+                poisoned: false,
                 pending: Vec::new(),
                 pending_records: 0,
             }),
@@ -398,7 +463,11 @@ impl Spool {
             recovery,
             read_only,
             commit_lock: Mutex::new(()),
-            failed: std::sync::atomic::AtomicBool::new(false),
+            checkpoint_lock: Mutex::new(()),
+            failing: AtomicBool::new(false),
+            failed_commits: AtomicU64::new(0),
+            unreadable_records: AtomicU64::new(0),
+            injected_write_failures: AtomicU32::new(0),
         })
     }
 
@@ -407,7 +476,8 @@ impl Spool {
     }
 
     /// Appends every record of `batch` (written, not yet durable). Returns the sequence number after the last
-    /// record: the batch is durable once [`Spool::durable_seq`] reaches it.
+    /// record: the batch is durable once [`Spool::durable_seq`] reaches it. Never blocks on I/O: no write, fsync
+    /// or file removal happens here (quota pressure is relieved by [`Spool::cleanup`], run off the request path).
     pub fn append(&self, batch: &RecordBatch) -> Result<u64, SpoolError> {
         if self.read_only {
             return Err(SpoolError::Io(io::Error::new(
@@ -419,20 +489,10 @@ impl Spool {
         let count = batch.len() as u64;
         let mut writer = lock(&self.writer);
         if writer.total_bytes + size > self.options.quota_bytes {
-            drop(writer);
-            self.cleanup()?;
-            writer = lock(&self.writer);
-            if writer.total_bytes + size > self.options.quota_bytes {
-                return Err(SpoolError::Full {
-                    quota_bytes: self.options.quota_bytes,
-                    used_bytes: writer.total_bytes,
-                });
-            }
-        }
-        if self.failed.load(std::sync::atomic::Ordering::Relaxed) {
-            return Err(SpoolError::Io(io::Error::other(
-                "an earlier spool write failed; reopen the spool",
-            )));
+            return Err(SpoolError::Full {
+                quota_bytes: self.options.quota_bytes,
+                used_bytes: writer.total_bytes,
+            });
         }
         // Frames are encoded straight into the pending buffer: one copy of each record per append.
         writer.pending.reserve(size as usize);
@@ -446,59 +506,125 @@ impl Spool {
         Ok(writer.next_seq)
     }
 
-    /// Makes everything appended so far durable (one fsync, plus one per segment rolled since the last commit).
-    /// Returns the durable sequence number.
+    /// Makes everything appended so far durable (one fsync; a new segment when the current one is full or
+    /// failed). Returns the durable sequence number. On an error, none of the records this commit covered is
+    /// durable: they are never acknowledged, their sequence numbers are never reused, and the next commit starts
+    /// a new segment ([`Spool::is_failing`] until one could be started).
     pub fn commit(&self) -> Result<u64, SpoolError> {
         // Commits write the pending frames in sequence order, so only one runs at a time.
         let _one_at_a_time = lock(&self.commit_lock);
-        let (target, file, rolled, pending) = {
+        let (pending, count, first_seq, roll) = {
             let mut writer = lock(&self.writer);
             let pending = std::mem::take(&mut writer.pending);
             let count = std::mem::take(&mut writer.pending_records);
-            if !pending.is_empty() {
-                let current_bytes = writer.segments.last().map_or(0, |s| s.bytes);
-                if current_bytes > MAGIC.len() as u64
-                    && current_bytes + pending.len() as u64 > self.options.segment_bytes
-                {
-                    let segment = new_segment(&self.dir, writer.next_seq - count)?;
-                    let file = OpenOptions::new().append(true).open(&segment.path)?;
-                    let previous = std::mem::replace(&mut writer.file, file);
-                    writer.unsynced.push(previous);
-                    writer.total_bytes += segment.bytes;
-                    writer.segments.push(segment);
-                }
-                // Accounted before the write: readers bounded by `durable_seq` never look past what is synced,
-                // and others stop at a frame still being written.
-                if let Some(segment) = writer.segments.last_mut() {
-                    segment.records += count;
-                    segment.bytes += pending.len() as u64;
-                }
-            }
-            (
-                writer.next_seq,
-                writer.file.try_clone()?,
-                std::mem::take(&mut writer.unsynced),
-                pending,
-            )
+            let current_bytes = writer.segments.last().map_or(0, |s| s.bytes);
+            let full =
+                current_bytes > MAGIC.len() as u64 && current_bytes + pending.len() as u64 > self.options.segment_bytes;
+            (pending, count, writer.next_seq - count, writer.poisoned || full)
         };
-        if let Err(e) = (&file).write_all(&pending) {
-            // The records were never acknowledged; refuse further appends rather than leave a gap in sequence.
-            self.failed.store(true, std::sync::atomic::Ordering::Relaxed);
-            return Err(e.into());
+        if pending.is_empty() {
+            return Ok(self.durable_seq());
         }
-        let mut fsyncs = 0;
-        for file in rolled.iter().chain(std::iter::once(&file)) {
+        let outcome = (|| {
+            if roll {
+                self.roll(first_seq)?;
+            }
+            let file = lock(&self.writer).file.try_clone()?;
+            self.write_frames(&file, &pending)?;
             file.sync_data()?;
-            fsyncs += 1;
+            Ok::<(), SpoolError>(())
+        })();
+        let mut writer = lock(&self.writer);
+        let rolled_ok = !writer.poisoned || !roll;
+        if let Some(segment) = writer.segments.last_mut() {
+            // The failed records' sequence numbers stay taken by the segment they were meant for: readers step
+            // over their torn frames once a newer segment exists, and nothing after them is renumbered.
+            segment.records += count;
+            if rolled_ok {
+                segment.bytes += pending.len() as u64;
+            }
         }
-        if !rolled.is_empty() {
-            sync_dir(&self.dir)?;
+        if let Err(error) = outcome {
+            writer.poisoned = true;
+            drop(writer);
+            self.failing.store(true, Ordering::Relaxed);
+            self.failed_commits.fetch_add(1, Ordering::Relaxed);
+            return Err(error);
         }
+        drop(writer);
         let mut durability = lock(&self.durability);
-        durability.fsyncs += fsyncs;
-        durability.durable_seq = durability.durable_seq.max(target);
+        durability.fsyncs += 1;
+        durability.durable_seq = durability.durable_seq.max(first_seq + count);
         self.durable_changed.notify_all();
         Ok(durability.durable_seq)
+    }
+
+    /// Starts a new segment at `base_seq` (the first record not yet written) and makes it the one written. The
+    /// file is created and fsynced without holding the writer lock, so appends never wait for that I/O.
+    fn roll(&self, base_seq: u64) -> Result<(), SpoolError> {
+        let (segment, file) = match new_segment(&self.dir, base_seq)
+            .and_then(|s| Ok((OpenOptions::new().append(true).open(&s.path)?, s)))
+        {
+            Ok((file, segment)) => (segment, file),
+            Err(error) => {
+                // A half-made segment (the disk filled while creating it) must not linger as an empty one.
+                let _ = fs::remove_file(segment_path(&self.dir, base_seq));
+                return Err(error);
+            }
+        };
+        let mut writer = lock(&self.writer);
+        writer.file = file;
+        writer.total_bytes += segment.bytes;
+        writer.segments.push(segment);
+        writer.poisoned = false;
+        drop(writer);
+        self.failing.store(false, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn write_frames(&self, mut file: &File, frames: &[u8]) -> Result<(), SpoolError> {
+        let injected = self
+            .injected_write_failures
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+            .is_ok();
+        if injected {
+            file.write_all(&frames[..frames.len() / 2])?;
+            return Err(SpoolError::Io(io::Error::new(
+                io::ErrorKind::StorageFull,
+                "no space left on device (injected)",
+            )));
+        }
+        file.write_all(frames)?;
+        Ok(())
+    }
+
+    /// Whether the last write or fsync failed and no new segment could be started since: the service is not
+    /// ready and sheds writes while this holds. [`Spool::recover`] (or the next commit) clears it.
+    pub fn is_failing(&self) -> bool {
+        self.failing.load(Ordering::Relaxed)
+    }
+
+    /// After a failure, tries to start a new segment now (the disk may have room again), so that a service that
+    /// sheds all writes while failing can find out it may take them again. Returns whether the spool can write.
+    pub fn recover(&self) -> bool {
+        if !self.is_failing() {
+            return true;
+        }
+        let _one_at_a_time = lock(&self.commit_lock);
+        let base_seq = {
+            let writer = lock(&self.writer);
+            if !writer.poisoned {
+                return true;
+            }
+            writer.next_seq - writer.pending_records
+        };
+        self.roll(base_seq).is_ok()
+    }
+
+    /// Makes the next `count` commits fail halfway through their write, as a full disk does (fault injection for
+    /// the tests and the chaos suite where no small filesystem can be mounted).
+    pub fn inject_write_failures(&self, count: u32) {
+        self.injected_write_failures.store(count, Ordering::Relaxed);
     }
 
     /// Blocks until every record below `seq` is durable, sharing fsyncs with concurrent callers: the first
@@ -538,7 +664,9 @@ impl Spool {
         lock(&self.durability).durable_seq
     }
 
-    /// Records that the broker acknowledged everything below `seq`; persisted atomically.
+    /// Records that the broker acknowledged everything below `seq`; persisted atomically (a temporary file, its
+    /// fsync, a rename and the directory's fsync), with no lock held that appends or readers take. On an error
+    /// the previous checkpoint stays in force; the caller reports it and tries again later.
     pub fn ack(&self, seq: u64) -> Result<(), SpoolError> {
         if self.read_only {
             return Err(SpoolError::Io(io::Error::new(
@@ -546,12 +674,13 @@ impl Spool {
                 "spool opened read-only",
             )));
         }
-        let mut durability = lock(&self.durability);
-        if seq <= durability.acked_seq {
+        let _one_at_a_time = lock(&self.checkpoint_lock);
+        if seq <= self.acked_seq() {
             return Ok(());
         }
         write_checkpoint(&self.dir, seq)?;
-        durability.acked_seq = seq;
+        let mut durability = lock(&self.durability);
+        durability.acked_seq = durability.acked_seq.max(seq);
         Ok(())
     }
 
@@ -561,27 +690,34 @@ impl Spool {
 
     /// Deletes segments that are fully acknowledged and either past retention or needed for space
     /// (the spool more than half full). Never deletes the segment being written. Returns segments removed.
+    /// Files are removed after the writer lock is released.
     pub fn cleanup(&self) -> Result<usize, SpoolError> {
         if self.read_only {
             return Ok(0);
         }
         let acked = self.acked_seq();
         let now = SystemTime::now();
-        let mut writer = lock(&self.writer);
-        let pressed = writer.total_bytes * 2 > self.options.quota_bytes;
-        let mut removed = 0;
-        while writer.segments.len() > 1 {
-            let oldest = &writer.segments[0];
-            let expired = now.duration_since(oldest.created).unwrap_or_default() >= self.options.retention;
-            if oldest.end_seq() > acked || !(expired || pressed) {
-                break;
+        let mut doomed = Vec::new();
+        {
+            let mut writer = lock(&self.writer);
+            let pressed = writer.total_bytes * 2 > self.options.quota_bytes;
+            while writer.segments.len() > 1 {
+                let oldest = &writer.segments[0];
+                let expired = now.duration_since(oldest.created).unwrap_or_default() >= self.options.retention;
+                if oldest.end_seq() > acked || !(expired || pressed) {
+                    break;
+                }
+                writer.total_bytes -= oldest.bytes;
+                doomed.push(writer.segments.remove(0));
             }
-            fs::remove_file(&oldest.path)?;
-            writer.total_bytes -= oldest.bytes;
-            writer.segments.remove(0);
-            removed += 1;
         }
-        Ok(removed)
+        for segment in &doomed {
+            match fs::remove_file(&segment.path) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e.into()),
+                _ => {}
+            }
+        }
+        Ok(doomed.len())
     }
 
     /// A cursor at `seq`, or at the first record still on disk if `seq` was deleted already.
@@ -601,8 +737,11 @@ impl Spool {
         }
     }
 
-    /// Reads up to `max_records` records (and roughly `max_bytes`) from `cursor`, only below `limit_seq`
-    /// (pass [`Spool::durable_seq`] to read only durable records). Returns the records and the next cursor.
+    /// Reads up to `max_records` records (and about `max_bytes` of frames, at least one record) from `cursor`,
+    /// only below `limit_seq` (pass [`Spool::durable_seq`] to read only durable records). Returns the records and
+    /// the next cursor. Reads every record in order: a range ends mid-segment and the next one goes on from there.
+    /// Torn or corrupt frames in a segment that is no longer written (a failed write's leftovers, never
+    /// acknowledged, or damage) are stepped over and counted in `unreadable_records`.
     pub fn read(
         &self,
         cursor: Cursor,
@@ -613,67 +752,108 @@ impl Spool {
         let mut batch = RecordBatch::new();
         let mut cursor = cursor;
         let segments: Vec<Segment> = lock(&self.writer).segments.clone();
-        if segments
-            .first()
-            .is_some_and(|first| cursor.segment_base < first.base_seq)
-        {
-            // The segment was deleted under the reader: continue from the oldest one left.
-            cursor = Cursor {
-                seq: segments[0].base_seq,
-                segment_base: segments[0].base_seq,
-                offset: UNRESOLVED,
-            };
+        let Some(mut index) = segments
+            .iter()
+            .position(|s| s.base_seq == cursor.segment_base)
+            .or_else(|| segments.iter().position(|s| s.base_seq > cursor.segment_base))
+        else {
+            return Ok((batch, cursor));
+        };
+        if segments[index].base_seq != cursor.segment_base {
+            // The cursor's segment was deleted under the reader: go on from the oldest one after it.
+            cursor = Cursor::start_of(&segments[index]);
         }
-        for segment in &segments {
+        let mut used_bytes = 0usize;
+        loop {
+            let segment = &segments[index];
             let room = max_records
                 .saturating_sub(batch.len() as u64)
                 .min(limit_seq.saturating_sub(cursor.seq));
-            if room == 0 || batch.payload_bytes() >= max_bytes {
+            if room == 0 || used_bytes >= max_bytes {
                 break;
             }
-            if segment.end_seq() <= cursor.seq && segment.base_seq != cursor.segment_base {
-                continue;
-            }
-            if segment.base_seq > cursor.segment_base {
-                cursor = Cursor {
-                    seq: segment.base_seq,
-                    segment_base: segment.base_seq,
-                    offset: MAGIC.len() as u64,
-                };
-            }
-            let mut file = File::open(&segment.path)?;
-            if cursor.offset == UNRESOLVED {
-                let mut data = Vec::new();
-                file.seek(SeekFrom::Start(MAGIC.len() as u64))?;
-                (&mut file)
-                    .take(segment.bytes.saturating_sub(MAGIC.len() as u64))
-                    .read_to_end(&mut data)?;
-                let (_, consumed) = scan_frames(&data, None, cursor.seq - segment.base_seq, usize::MAX);
-                cursor.offset = MAGIC.len() as u64 + consumed as u64;
-            }
-            let before = batch.len() as u64;
-            let byte_room = max_bytes.saturating_sub(batch.payload_bytes());
-            let remaining = segment.bytes.saturating_sub(cursor.offset);
-            // Read about what the byte budget allows (frames add a little to the payload), not the whole segment;
-            // widen the window only when a single frame does not fit in it.
-            let budget = (byte_room as u64)
-                .saturating_add(byte_room as u64 / 4)
-                .saturating_add(64 << 10);
-            let mut window = remaining.min(budget);
-            let consumed = loop {
-                file.seek(SeekFrom::Start(cursor.offset))?;
-                let mut data = Vec::new();
-                (&mut file).take(window).read_to_end(&mut data)?;
-                let (records, consumed) = scan_frames(&data, Some(&mut batch), room, byte_room);
-                if records > 0 || window >= remaining {
-                    break consumed;
+            if cursor.seq < segment.end_seq() {
+                let (consumed, stop) =
+                    self.read_segment(segment, &mut cursor, &mut batch, room, max_bytes - used_bytes)?;
+                used_bytes += consumed;
+                if stop == ScanStop::Limit {
+                    continue;
                 }
-                window = remaining.min(window.saturating_mul(2));
-            };
-            cursor.offset += consumed as u64;
-            cursor.seq += batch.len() as u64 - before;
+            }
+            if index + 1 == segments.len() {
+                break; // the segment being written: what is missing at its end is still being written
+            }
+            if cursor.seq < segment.end_seq() {
+                // Not the segment being written, yet records are missing at its end: frames a failed write left
+                // torn (those records were never acknowledged), or damage. Step over them, counted.
+                self.unreadable_records
+                    .fetch_add(segment.end_seq() - cursor.seq, Ordering::Relaxed);
+            }
+            index += 1;
+            cursor = Cursor::start_of(&segments[index]);
         }
         Ok((batch, cursor))
+    }
+
+    /// Reads frames of one segment from `cursor` (advanced past them) until a limit or the end of what is there.
+    /// Returns the frame bytes consumed and why it stopped (`Limit`, or the end of the readable frames).
+    fn read_segment(
+        &self,
+        segment: &Segment,
+        cursor: &mut Cursor,
+        batch: &mut RecordBatch,
+        max_records: u64,
+        max_bytes: usize,
+    ) -> Result<(usize, ScanStop), SpoolError> {
+        let mut file = match File::open(&segment.path) {
+            Ok(file) => file,
+            // Deleted under the reader once acknowledged: nothing left to read in it.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((0, ScanStop::Exhausted)),
+            Err(e) => return Err(e.into()),
+        };
+        if cursor.offset == UNRESOLVED {
+            let mut data = Vec::new();
+            file.seek(SeekFrom::Start(MAGIC.len() as u64))?;
+            (&mut file)
+                .take(segment.bytes.saturating_sub(MAGIC.len() as u64))
+                .read_to_end(&mut data)?;
+            let (_, consumed, _) = scan_frames(&data, None, cursor.seq - segment.base_seq, usize::MAX);
+            cursor.offset = MAGIC.len() as u64 + consumed as u64;
+        }
+        let before = batch.len() as u64;
+        let mut consumed_total = 0usize;
+        // Read about what the byte budget allows, not the whole segment; widen the window only when a single
+        // frame does not fit in it.
+        let mut window = (max_bytes as u64).saturating_add(64 << 10);
+        let stop = loop {
+            let remaining = segment.bytes.saturating_sub(cursor.offset);
+            if remaining == 0 {
+                break ScanStop::Exhausted;
+            }
+            let room = max_records - (batch.len() as u64 - before);
+            let byte_room = max_bytes.saturating_sub(consumed_total);
+            let span = remaining.min(window);
+            file.seek(SeekFrom::Start(cursor.offset))?;
+            let mut data = Vec::new();
+            (&mut file).take(span).read_to_end(&mut data)?;
+            let got = batch.len() as u64;
+            let (records, consumed, stop) = scan_frames(&data, Some(batch), room, byte_room);
+            debug_assert_eq!(batch.len() as u64 - got, records);
+            cursor.offset += consumed as u64;
+            cursor.seq += records;
+            consumed_total += consumed;
+            let window_cut = (data.len() as u64) < remaining;
+            match stop {
+                ScanStop::Limit | ScanStop::Corrupt => break stop,
+                ScanStop::Exhausted | ScanStop::Incomplete if window_cut && (data.len() as u64) == span => {
+                    if records == 0 {
+                        window = window.saturating_mul(2);
+                    }
+                }
+                _ => break stop,
+            }
+        };
+        Ok((consumed_total, stop))
     }
 
     pub fn stats(&self) -> SpoolStats {
@@ -688,6 +868,9 @@ impl Spool {
             acked_seq: durability.acked_seq,
             fsyncs: durability.fsyncs,
             appended_records: writer.appended_records,
+            unreadable_records: self.unreadable_records.load(Ordering::Relaxed),
+            failed_commits: self.failed_commits.load(Ordering::Relaxed),
+            failing: self.is_failing(),
             recovery: self.recovery.clone(),
         }
     }
@@ -729,9 +912,23 @@ fn new_segment(dir: &Path, base_seq: u64) -> Result<Segment, SpoolError> {
     })
 }
 
+/// The checkpoint's sequence number: 0 when there is none yet, an error when it cannot be read or parsed.
 fn read_checkpoint(dir: &Path) -> Result<u64, SpoolError> {
-    match fs::read_to_string(dir.join("acked")) {
-        Ok(text) => Ok(text.trim().parse().unwrap_or(0)),
+    let path = dir.join("acked");
+    match fs::read(&path) {
+        Ok(bytes) => std::str::from_utf8(&bytes)
+            .ok()
+            .and_then(|text| text.trim().parse().ok())
+            .ok_or_else(|| {
+                SpoolError::Io(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        "corrupt checkpoint {}: {:?}",
+                        path.display(),
+                        String::from_utf8_lossy(&bytes)
+                    ),
+                ))
+            }),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(0),
         Err(e) => Err(e.into()),
     }
