@@ -255,13 +255,33 @@ class Spool:
         Raises SpoolFull when the quota would be exceeded."""
 
     def commit(self) -> int:
-        """fsyncs what was appended; returns the durable sequence."""
+        """fsyncs what was appended; returns the durable sequence. Raises OSError when the write or fsync failed:
+        none of the records it covered is durable, their sequence numbers are never reused, and the next commit
+        starts a new segment (`failing` until one could be started)."""
+
+    @property
+    def failing(self) -> bool:
+        """The last write or fsync failed and no new segment could be started since: shed writes, not ready."""
+
+    def recover(self) -> bool:
+        """After a failure, tries to start a new segment now (the disk may have room again); returns whether the
+        spool can write."""
+
+    def inject_write_failures(self, count: int) -> None:
+        """Makes the next `count` writes fail as on a full disk (a commit writes half its frames; starting a new
+        segment fails): fault injection for tests where no small filesystem can be mounted."""
+
+    @property
+    def checkpoint_error(self) -> str | None:
+        """Why the delivery checkpoint could not be read at open (delivery restarts from the oldest record on
+        disk, never from 0), or None."""
 
     def append_durable(self, batch: RecordBatch, window_ms: float = 2.0) -> int:
         """Blocking append + group commit: waits `window_ms` for concurrent appends to share the fsync."""
 
     def ack(self, seq: int) -> None:
-        """Every record below `seq` was acknowledged by the broker."""
+        """Every record below `seq` was acknowledged by the broker. Raises OSError when the checkpoint could not be
+        written; the previous one stays in force (try again later)."""
 
     def cleanup(self) -> int:
         """Deletes acknowledged segments past retention (or when over half the quota); returns how many."""
@@ -279,7 +299,8 @@ class Spool:
     def acked_seq(self) -> int: ...
     def stats(self) -> dict[str, int]:
         """segments, bytes, quota_bytes, next_seq, durable_seq, acked_seq, lag_records, fsyncs,
-        appended_records, recovered_records, truncated_bytes."""
+        appended_records, unreadable_records (stepped over: torn by a failed write, or damaged), failed_commits,
+        removed_segments (by cleanup since open), recovered_records, truncated_bytes."""
 
 @final
 class DedupWindow:

@@ -193,12 +193,26 @@ class Gateway:
         self._body_timed_out: set[asyncio.Task[Any]] = set()
         self.loop_lag_s = 0.0
         self._recent_requests = 0
+        self._next_spool_care = 0.0
         self._rate_window_start = time.monotonic()
         self._request_rate = 0.0
         self.metrics.gauge("tidegate_utilization", "Admission utilization (0..1).", self.utilization)
         self.metrics.gauge("tidegate_in_flight_records", "Records awaiting durability.", lambda: self.in_flight_records)
         self.metrics.gauge("tidegate_spool_bytes", "Bytes in the spool.", lambda: self._spool_stat("bytes"))
         self.metrics.gauge("tidegate_spool_fsyncs_total", "fsyncs of the spool.", lambda: self._spool_stat("fsyncs"))
+        self.metrics.gauge(
+            "tidegate_spool_failed_commits_total",
+            "Spool commits whose write or fsync failed (their records were answered 503, never acknowledged).",
+            lambda: self._spool_stat("failed_commits"),
+        )
+        self.metrics.gauge(
+            "tidegate_spool_unreadable_records_total",
+            "Records stepped over by readers: torn by a failed write (never acknowledged) or damaged on disk.",
+            lambda: self._spool_stat("unreadable_records"),
+        )
+        self.metrics.gauge(
+            "tidegate_spool_failing", "1 while the spool cannot write (not ready).", lambda: float(self.spool_failing())
+        )
         self.metrics.gauge("tidegate_spool_lag_records", "Records not yet acknowledged by Kafka.", self._kafka_lag)
         self.metrics.gauge("tidegate_active_devices", "Devices seen in the last 5 minutes.", self._active_devices)
         self.metrics.gauge(
@@ -248,9 +262,13 @@ class Gateway:
         loop = self.loop_lag_s * 1000 / self.settings.shed_loop_lag_ms if self.settings.shed_loop_lag_ms > 0 else 0.0
         return max(self.in_flight_records / self.settings.max_in_flight_records, spool, loop)
 
+    def spool_failing(self) -> bool:
+        """The spool's last write or fsync failed (a full or failing disk) and it could not start anew yet."""
+        return self.spool is not None and self.spool.failing
+
     def is_ready(self) -> bool:
         # Kafka being down does not make the service unready: the spool is the sink and absorbs traffic.
-        return self.ready and not self.shutting_down and not self.spool_full
+        return self.ready and not self.shutting_down and not self.spool_full and not self.spool_failing()
 
     # ----- lifecycle
 
@@ -310,12 +328,38 @@ class Gateway:
                 self.spool_fill = stats["bytes"] / max(1, stats["quota_bytes"])
                 if self.spool_full and self.spool_fill < 0.95:
                     self.spool_full = False
+                if now >= self._next_spool_care:
+                    self._next_spool_care = now + 1.0
+                    await self._care_for_spool()
             now = time.monotonic()
             elapsed = now - self._rate_window_start
             if elapsed >= 1.0:
                 self._request_rate = self._recent_requests / elapsed
                 self._recent_requests = 0
                 self._rate_window_start = now
+
+    async def _care_for_spool(self) -> None:
+        """Off the request path: frees acknowledged segments under pressure (appends never remove files) and,
+        after a failed write, tries to start a new segment, so the worker is ready again once the disk has room."""
+        assert self.spool is not None
+        try:
+            if self.settings.fault_injection:
+                self._inject_faults()
+            if self.spool_full or self.spool_fill > 0.5:
+                await asyncio.to_thread(self.spool.cleanup)
+            if self.spool.failing and await asyncio.to_thread(self.spool.recover):
+                log.info(json.dumps({"event": "spool_recovered", "spool": str(self.spool.path)}))
+        except OSError as error:
+            log.warning(json.dumps({"event": "spool_care_failed", "error": str(error)}))
+
+    def _inject_faults(self) -> None:
+        assert self.spool is not None
+        trigger = self.settings.data_dir / "faults" / "spool-write-failures"
+        with contextlib.suppress(FileNotFoundError):
+            count = int(trigger.read_text().strip() or 0)
+            trigger.unlink()  # one worker takes it
+            self.spool.inject_write_failures(count)
+            log.warning(json.dumps({"event": "fault_injected", "spool_write_failures": count}))
 
     # ----- the ingest fast path
 
@@ -368,6 +412,13 @@ class Gateway:
     def _admit(self, route: IngestRoute, headers: dict[bytes, str]) -> tuple[str | None, str]:
         """Credentials, priority shedding and the device's rate: all decided before the body is read."""
         if not self.is_ready():
+            if self.spool_failing():
+                raise Problem(
+                    503,
+                    "spool-error",
+                    "the local spool cannot write right now (disk full or failing); nothing was acknowledged",
+                    headers=[("Retry-After", "5")],
+                )
             raise Problem(
                 503,
                 "not-ready",
@@ -523,13 +574,14 @@ class Gateway:
             if whole_duplicate:
                 for scope, key in claimed:
                     self.dedup.release_key(scope, key)
+                durability = await self._persist(RecordBatch(), [], headers)
             else:
                 duplicates = set(self.dedup.claim_batch(batch, received))
                 durability = await self._persist(batch, key_claims, headers)
         if whole_duplicate:
             duplicates = {eid for eid in result.event_ids if eid is not None}
-        if dry_run or whole_duplicate:
-            durability = "none" if dry_run else "spool"
+        if dry_run:
+            durability = "none"
         for device in devices:
             self.last_seen[device] = received / 1000
         return self._answer(
@@ -537,18 +589,23 @@ class Gateway:
         )
 
     async def _persist(self, batch: RecordBatch, key_claims: list[tuple[str, str]], headers: dict[bytes, str]) -> str:
-        """Makes the batch durable (spool, and Kafka when asked); releases its dedup claims if that fails."""
-        if len(batch) == 0:
-            return "spool"
+        """Makes the batch durable (spool, and Kafka when asked); its dedup claims are released if that fails.
+
+        A record answered `duplicate` may repeat one that is still on its way to disk, so an answer is given only
+        once everything appended before it is durable too, and fails with it: an empty batch (every record a
+        repeat) waits for that alone. The claims are released inside the failure, before any retry can run."""
         assert self.writer is not None
-        records = len(batch)
-        self.in_flight_records += records
-        try:
-            end = await self.writer.write(batch)
-        except (SpoolFull, OSError) as error:
+
+        def release() -> None:
             self.dedup.release_batch(batch)
             for scope, key in key_claims:
                 self.dedup.release_key(scope, key)
+
+        records = len(batch)
+        self.in_flight_records += records
+        try:
+            end = await (self.writer.write(batch, release) if records else self.writer.settle(release))
+        except (SpoolFull, OSError) as error:
             self.spool_full = self.spool_full or isinstance(error, SpoolFull)
             raise Problem(
                 503,

@@ -54,6 +54,9 @@ class Settings:
     log_sample_rate: float = 0.01
     """Share of successful requests logged once the request rate passes `log_full_below_rps`."""
     log_full_below_rps: float = 50.0
+    fault_injection: bool = False
+    """For tests and the chaos suite only: a worker turns a file `<data_dir>/faults/spool-write-failures` holding
+    N into its next N spool commits failing halfway, as on a full disk (where no small filesystem can be mounted)."""
 
     @property
     def spool_root(self) -> Path:

@@ -210,7 +210,6 @@ class Forwarder:
         self.breaker_opens = 0
         self.last_error: str | None = None
         self.ranges_acked = 0
-        self.segments_cleaned = 0
         self._state: BreakerState = "closed"
         #: (time.monotonic(), new state) of the breaker's recent transitions.
         self.state_changes: deque[tuple[float, BreakerState]] = deque(maxlen=64)
@@ -406,7 +405,7 @@ class Forwarder:
     async def _cleanup(self) -> None:
         self._last_cleanup = time.monotonic()
         try:
-            self.segments_cleaned += await asyncio.to_thread(self.spool.cleanup)
+            await asyncio.to_thread(self.spool.cleanup)
         except OSError as error:
             log.warning("spool cleanup failed: %s", error)
 

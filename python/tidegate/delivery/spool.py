@@ -3,13 +3,18 @@
 Appends are written at once (native, GIL released); durability is awaited. One committer task runs at most one
 fsync at a time in a worker thread, and every append it covers is released together: many concurrent requests
 share one fsync, and none is released before its records are on disk.
+
+A failed commit fails every waiter (over-failing is safe: a record written after all is a duplicate of the
+client's retry, with the same event_id; under-failing would be a lost acknowledgement). Each waiter's `release`
+callback runs synchronously inside that failure, before any other request can run: a retry that arrives after
+the failure is not mistaken for a duplicate of a record that never became durable.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from tidegate._native import RecordBatch, Spool
 
@@ -20,7 +25,7 @@ class SpoolWriter:
     def __init__(self, spool: Spool, *, commit_window_ms: float = 1.0) -> None:
         self.spool = spool
         self.commit_window = commit_window_ms / 1000.0
-        self._waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self._waiters: list[tuple[int, asyncio.Future[None], Callable[[], None] | None]] = []
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.commits = 0
@@ -38,33 +43,53 @@ class SpoolWriter:
         await asyncio.to_thread(self.spool.commit)
         self._release(self.spool.durable_seq)
 
-    async def write(self, batch: RecordBatch) -> int:
+    async def write(self, batch: RecordBatch, release: Callable[[], None] | None = None) -> int:
         """Appends `batch` and returns once it is durable; returns the sequence after its last record.
-        Raises SpoolFull when the quota is reached (nothing of the batch was written then)."""
-        end = self.spool.append(batch)
+        Raises SpoolFull when the quota is reached (nothing of the batch was written then), OSError when the
+        commit failed (none of it is acknowledged). `release` runs exactly when the write fails, synchronously."""
+        try:
+            end = self.spool.append(batch)
+        except OSError:
+            if release is not None:
+                release()
+            raise
+        await self._durable(end, release)
+        return end
+
+    async def settle(self, release: Callable[[], None] | None = None) -> int:
+        """Returns once everything appended so far is durable (the sequence it waited for); raises OSError if its
+        commit failed, running `release` first. A duplicate's answer waits on this: its original was appended
+        before, and is acknowledged only with it."""
+        end = self.spool.stats()["next_seq"]
+        await self._durable(end, release)
+        return end
+
+    async def _durable(self, end: int, release: Callable[[], None] | None) -> None:
         if self.spool.durable_seq >= end:
-            return end
+            return
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.append((end, future))
+        self._waiters.append((end, future, release))
         self._wake.set()
         await future
-        return end
 
     def _release(self, durable: int) -> None:
         still_waiting = []
-        for end, future in self._waiters:
+        for waiter in self._waiters:
+            end, future, _ = waiter
             if end <= durable:
                 if not future.done():
                     future.set_result(None)
             else:
-                still_waiting.append((end, future))
+                still_waiting.append(waiter)
         self._waiters = still_waiting
 
     def _fail(self, error: BaseException) -> None:
-        for _, future in self._waiters:
+        waiters, self._waiters = self._waiters, []
+        for _, future, release in waiters:
+            if release is not None:
+                release()
             if not future.done():
                 future.set_exception(error)
-        self._waiters = []
 
     async def _run(self) -> None:
         while True:

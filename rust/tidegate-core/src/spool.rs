@@ -106,6 +106,8 @@ pub struct SpoolStats {
     pub unreadable_records: u64,
     /// Commits whose write or fsync failed (their records were not acknowledged).
     pub failed_commits: u64,
+    /// Segments deleted by [`Spool::cleanup`] since the spool was opened.
+    pub removed_segments: u64,
     /// True from a failed write or fsync until a new segment could be started.
     pub failing: bool,
     pub recovery: Recovery,
@@ -186,6 +188,7 @@ pub struct Spool {
     /// Mirrors `Writer::poisoned` for cheap reads (readiness).
     failing: AtomicBool,
     failed_commits: AtomicU64,
+    removed_segments: AtomicU64,
     unreadable_records: AtomicU64,
     /// Fault injection for tests without root (no small filesystem to fill): the next N commits write half
     /// their frames and fail as a full disk does.
@@ -466,6 +469,7 @@ impl Spool {
             checkpoint_lock: Mutex::new(()),
             failing: AtomicBool::new(false),
             failed_commits: AtomicU64::new(0),
+            removed_segments: AtomicU64::new(0),
             unreadable_records: AtomicU64::new(0),
             injected_write_failures: AtomicU32::new(0),
         })
@@ -562,6 +566,9 @@ impl Spool {
     /// Starts a new segment at `base_seq` (the first record not yet written) and makes it the one written. The
     /// file is created and fsynced without holding the writer lock, so appends never wait for that I/O.
     fn roll(&self, base_seq: u64) -> Result<(), SpoolError> {
+        if self.take_injected_failure() {
+            return Err(injected_failure());
+        }
         let (segment, file) = match new_segment(&self.dir, base_seq)
             .and_then(|s| Ok((OpenOptions::new().append(true).open(&s.path)?, s)))
         {
@@ -583,19 +590,18 @@ impl Spool {
     }
 
     fn write_frames(&self, mut file: &File, frames: &[u8]) -> Result<(), SpoolError> {
-        let injected = self
-            .injected_write_failures
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
-            .is_ok();
-        if injected {
+        if self.take_injected_failure() {
             file.write_all(&frames[..frames.len() / 2])?;
-            return Err(SpoolError::Io(io::Error::new(
-                io::ErrorKind::StorageFull,
-                "no space left on device (injected)",
-            )));
+            return Err(injected_failure());
         }
         file.write_all(frames)?;
         Ok(())
+    }
+
+    fn take_injected_failure(&self) -> bool {
+        self.injected_write_failures
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+            .is_ok()
     }
 
     /// Whether the last write or fsync failed and no new segment could be started since: the service is not
@@ -621,8 +627,8 @@ impl Spool {
         self.roll(base_seq).is_ok()
     }
 
-    /// Makes the next `count` commits fail halfway through their write, as a full disk does (fault injection for
-    /// the tests and the chaos suite where no small filesystem can be mounted).
+    /// Makes the next `count` writes fail as on a full disk: a commit's write stops halfway, starting a new segment
+    /// fails (fault injection for the tests and the chaos suite where no small filesystem can be mounted).
     pub fn inject_write_failures(&self, count: u32) {
         self.injected_write_failures.store(count, Ordering::Relaxed);
     }
@@ -714,8 +720,8 @@ impl Spool {
         for segment in &doomed {
             match fs::remove_file(&segment.path) {
                 Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e.into()),
-                _ => {}
-            }
+                _ => self.removed_segments.fetch_add(1, Ordering::Relaxed),
+            };
         }
         Ok(doomed.len())
     }
@@ -870,6 +876,7 @@ impl Spool {
             appended_records: writer.appended_records,
             unreadable_records: self.unreadable_records.load(Ordering::Relaxed),
             failed_commits: self.failed_commits.load(Ordering::Relaxed),
+            removed_segments: self.removed_segments.load(Ordering::Relaxed),
             failing: self.is_failing(),
             recovery: self.recovery.clone(),
         }
@@ -895,6 +902,13 @@ impl Spool {
         }
         Ok(ids)
     }
+}
+
+fn injected_failure() -> SpoolError {
+    SpoolError::Io(io::Error::new(
+        io::ErrorKind::StorageFull,
+        "no space left on device (injected)",
+    ))
 }
 
 fn new_segment(dir: &Path, base_seq: u64) -> Result<Segment, SpoolError> {

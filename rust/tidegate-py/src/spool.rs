@@ -87,6 +87,29 @@ impl Spool {
         py.detach(|| self.inner.ack(seq)).map_err(spool_error)
     }
 
+    /// Whether the last write or fsync failed and no new segment could be started since.
+    #[getter]
+    fn failing(&self) -> bool {
+        self.inner.is_failing()
+    }
+
+    /// Why the delivery checkpoint could not be read when the spool was opened (delivery then restarted from the
+    /// oldest record on disk), or None.
+    #[getter]
+    fn checkpoint_error(&self) -> Option<String> {
+        self.inner.stats().recovery.checkpoint_error
+    }
+
+    /// After a failure, tries to start a new segment now; returns whether the spool can write.
+    fn recover(&self, py: Python<'_>) -> bool {
+        py.detach(|| self.inner.recover())
+    }
+
+    /// Makes the next `count` writes fail as on a full disk (fault injection, see the core).
+    fn inject_write_failures(&self, count: u32) {
+        self.inner.inject_write_failures(count);
+    }
+
     fn cleanup(&self, py: Python<'_>) -> PyResult<usize> {
         py.detach(|| self.inner.cleanup()).map_err(spool_error)
     }
@@ -146,6 +169,9 @@ impl Spool {
         out.set_item("lag_records", stats.next_seq - stats.acked_seq.min(stats.next_seq))?;
         out.set_item("fsyncs", stats.fsyncs)?;
         out.set_item("appended_records", stats.appended_records)?;
+        out.set_item("unreadable_records", stats.unreadable_records)?;
+        out.set_item("failed_commits", stats.failed_commits)?;
+        out.set_item("removed_segments", stats.removed_segments)?;
         out.set_item("recovered_records", stats.recovery.records)?;
         out.set_item("truncated_bytes", stats.recovery.truncated_bytes)?;
         Ok(out)
