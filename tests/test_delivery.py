@@ -7,6 +7,7 @@ loses everything it held: the restart test consumes continuously and checks the 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import os
@@ -187,7 +188,7 @@ def test_forwarder_delivers_every_record_intact(
                 forwarder.notify()
             end = spool.stats()["next_seq"]
         assert await forwarder.wait_acked(end, 30), forwarder.metrics()
-        assert spool.acked_seq == end
+        await wait_until(lambda: spool.acked_seq == end, 5, "the checkpoint persisted")
         assert await forwarder.stop(5)
 
         expected = {topic: spool_records(spool, topic) for topic in PARTITIONS}
@@ -206,35 +207,74 @@ def test_forwarder_delivers_every_record_intact(
             assert {r.timestamp for r in consumed} == {ts for _, _, _, ts in records}
 
         assert forwarder.records_sent == sum(len(r) for r in expected.values())
-        assert forwarder.send_failures == 0 and forwarder.oversize_skipped == 0
+        assert forwarder.send_failures == 0 and forwarder.dead_lettered == 0
         assert forwarder.state == "closed" and forwarder.lag_records == 0
         assert forwarder.batches_sent >= len(PARTITIONS) and forwarder.last_send_latency_s is not None
 
     asyncio.run(scenario())
 
 
-def test_oversize_records_are_skipped_and_counted(
+def test_records_kafka_cannot_take_are_dead_lettered_never_skipped(
     tmp_path: Path, broker: Broker, settings: KafkaSettings, telemetry_validator: tidegate.Validator
 ) -> None:
-    """A record too large for Kafka is counted, logged and skipped, never retried; its neighbours arrive."""
+    """A record too large for Kafka (here: a limit below ours) is kept whole in the local dead-letter file and
+    announced on the dead-letter topic with its reason before its range is checkpointed; its neighbours arrive."""
     big = frozenset({3, 17, 18})
 
     async def scenario() -> None:
         spool = tidegate.Spool(tmp_path / "spool")
         result = telemetry_validator.validate(telemetry_body(0, 30, big=big))
         big_ids = {result.event_ids[i] for i in big}
+        big_values = {result.event_ids[i]: v for i, v in enumerate(result.batch.values(TELEMETRY)) if i in big}
         spool.append(result.batch)
         end = spool.commit()
         forwarder = Forwarder(spool, KafkaSettings(**{**_fields(settings), "max_record_bytes": 900}))
         await forwarder.start()
         assert await forwarder.wait_acked(end, 15)
         assert await forwarder.stop(5)
-        assert forwarder.oversize_skipped == len(big)
+        assert forwarder.dead_lettered == len(big)
         assert forwarder.send_failures == 0 and forwarder.state == "closed"
-        assert {reason.split("event_id=")[1].split()[0] for reason in forwarder.oversize_reasons} == big_ids
         consumed = await consume_all(broker.bootstrap, TELEMETRY, timeout=10)
         assert len(consumed) == 30 - len(big)
         assert not big_ids & {header(r, "event_id").decode() for r in consumed}
+        notices = await consume_all(broker.bootstrap, DLQ, timeout=10)
+        assert {header(r, "event_id").decode() for r in notices} == big_ids
+        for notice in notices:
+            assert header(notice, "dlq-reason") == b"undeliverable"
+            assert json.loads(notice.value)["reason"] == "above max_record_bytes=900"
+        kept = [json.loads(line) for line in (tmp_path / "spool" / "dead-letter" / f"{TELEMETRY}.ndjson").open()]
+        assert {k["event_id"]: base64.b64decode(k["value"]) for k in kept} == big_values
+
+    asyncio.run(scenario())
+
+
+def test_a_checkpoint_that_cannot_be_written_is_retried_never_a_redelivery_from_zero(
+    tmp_path: Path, broker: Broker, settings: KafkaSettings, telemetry_validator: tidegate.Validator
+) -> None:
+    """The checkpoint write fails (as on a full disk): the forwarder goes on from the broker's acknowledgements,
+    reports the failure, and persists the checkpoint once it can; nothing is sent twice."""
+
+    async def scenario() -> None:
+        spool = tidegate.Spool(tmp_path / "spool")
+        (tmp_path / "spool" / "acked.tmp").mkdir()  # the checkpoint's temporary file cannot be created
+        forwarder = Forwarder(spool, settings)
+        await forwarder.start()
+        async with open_writer(spool) as writer:
+            for k in range(6):
+                await writer.write(telemetry_validator.validate(telemetry_body(k * 200, 200)).batch)
+                forwarder.notify()
+        end = spool.stats()["next_seq"]
+        assert await forwarder.wait_acked(end, 30), forwarder.metrics()
+        await asyncio.sleep(0.3)  # idle ticks retry the checkpoint, and fail again
+        assert forwarder.checkpoint_failures > 1 and forwarder.checkpoint_error is not None
+        assert spool.acked_seq == 0, "the persisted checkpoint never moved"
+        assert forwarder.records_sent == end, "no range was sent again"
+        (tmp_path / "spool" / "acked.tmp").rmdir()  # space is back
+        await wait_until(lambda: spool.acked_seq == end, 10, "the checkpoint persisted")
+        assert forwarder.checkpoint_error is None
+        assert await forwarder.stop(5)
+        consumed = await consume_all(broker.bootstrap, TELEMETRY, timeout=10)
+        assert len(consumed) == end
 
     asyncio.run(scenario())
 

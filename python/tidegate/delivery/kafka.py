@@ -22,24 +22,36 @@ Up to ``pipeline_ranges`` ranges are under way at once: while one waits for the 
 Their batches are queued in range order, so a partition receives its records in spool order as long as nothing
 fails. Delivery is at least once: a send cut off by the deadline may still land, and its records are sent again.
 
-A record larger than ``max_record_bytes`` (encoded as a batch of its own), or one the broker refuses as too large,
-is skipped: counted in ``oversize_skipped``, its reason kept in ``oversize_reasons`` and logged. A refused batch of
-several records is encoded again as batches of half its size (the rare path, in Python: its records are decoded
-and rebuilt with aiokafka's builder), again and again if need be, so only a record that is too large on its own
-is ever skipped.
+Nothing is ever skipped. A record larger than ``max_record_bytes`` (encoded as a batch of its own; the validator
+refuses such records at the door, so this is a broker whose limit is lower than ours), or one the broker refuses as
+too large, is dead-lettered: the whole record is appended (and fsynced) to a local dead-letter file
+(``dead_letter_dir``, never deleted by tidegate), and a small notice with its key, headers, reason and the file's
+path goes to the dead-letter topic; the range is checkpointed only once the notice is acknowledged. Counted in
+``dead_lettered``, reasons in ``dead_letter_reasons``, logged. A refused batch of several records is encoded again
+as batches of half its size (the rare path, in Python: its records are decoded and rebuilt with aiokafka's
+builder), again and again if need be, so only a record that is too large on its own is dead-lettered.
+
+The checkpoint follows the broker's acknowledgements in memory (``acked_seq``: ``X-Ack: kafka`` waiters are
+released by it, and reading goes on from it); persisting it (``spool.ack``) may fail, a full disk say: that is
+reported (``checkpoint_failures``, ``checkpoint_error``) and retried with the next range or on the next idle
+tick, and never makes the forwarder read from an older position again.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import json
 import logging
+import os
 import random
 import struct
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 from aiokafka import AIOKafkaProducer  # type: ignore[import-untyped,unused-ignore]
@@ -118,6 +130,10 @@ class KafkaSettings:
     compression_type: str | None = None
     #: The latencies of the last N successful attempts are kept in ``Forwarder.latencies_s``.
     latency_samples: int = 256
+    #: Where undeliverable records notices point to go, and where their whole record is kept.
+    dlq_topic: str = "ingest-dlq"
+    #: Directory of the local dead-letter files; None: ``dead-letter`` inside the spool's directory.
+    dead_letter_dir: Path | None = None
     #: Extra keyword arguments for ``AIOKafkaProducer`` (security settings and the like).
     producer_options: dict[str, Any] = field(default_factory=dict)
 
@@ -190,9 +206,9 @@ class Forwarder:
     """Drains a spool to Kafka in order; see the module docstring.
 
     Counters and gauges are plain attributes: ``records_sent``, ``batches_sent``, ``send_failures`` (failed
-    attempts), ``oversize_skipped``, ``last_send_latency_s``, ``latencies_s`` (recent attempts), ``breaker_opens``,
-    ``last_error``, ``lag_records`` and ``state`` (the breaker: "closed", "open" or "half-open"; readiness wants
-    "closed"). ``metrics()`` returns them in one dict.
+    attempts), ``dead_lettered``, ``checkpoint_failures``, ``checkpoint_error``, ``last_send_latency_s``,
+    ``latencies_s`` (recent attempts), ``breaker_opens``, ``last_error``, ``lag_records`` and ``state`` (the breaker:
+    "closed", "open" or "half-open"; readiness wants "closed"). ``metrics()`` returns them in one dict.
     """
 
     def __init__(self, spool: Spool, settings: KafkaSettings) -> None:
@@ -201,8 +217,11 @@ class Forwarder:
         self.records_sent = 0
         self.batches_sent = 0
         self.send_failures = 0
-        self.oversize_skipped = 0
-        self.oversize_reasons: deque[str] = deque(maxlen=32)
+        self.dead_lettered = 0
+        self.dead_letter_reasons: deque[str] = deque(maxlen=32)
+        self.checkpoint_failures = 0
+        self.checkpoint_error: str | None = None
+        self._persisted = spool.acked_seq
         self.last_send_latency_s: float | None = None
         self.latencies_s: deque[float] = deque(maxlen=settings.latency_samples)
         #: Called with each successful attempt's latency (the service feeds its histogram with it).
@@ -225,6 +244,7 @@ class Forwarder:
         self._acked = spool.acked_seq
         self._round_robin = 0
         self._last_cleanup = time.monotonic()
+        self._cleaning: asyncio.Future[int] | None = None
 
     # ------------------------------------------------------------------------------------------------ public
 
@@ -249,7 +269,7 @@ class Forwarder:
         """Starts forwarding in the background. Never fails for want of a broker: it keeps trying."""
         if self._task is not None:
             raise RuntimeError("forwarder already started")
-        self._acked = self.spool.acked_seq
+        self._acked = self._persisted = self.spool.acked_seq
         self._task = asyncio.create_task(self._run(), name="tidegate-kafka-forwarder")
 
     def notify(self) -> None:
@@ -287,12 +307,16 @@ class Forwarder:
                 if self._acked >= target or remaining <= 0 or self._task.done():
                     break
                 await self.wait_acked(target, remaining)
-        drained = self.spool.acked_seq >= self.spool.stats()["next_seq"]
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        if self._cleaning is not None:
+            await asyncio.gather(self._cleaning, return_exceptions=True)
+        if self._persisted < self._acked:
+            await self._persist_checkpoint()
+        drained = self.spool.acked_seq >= self.spool.stats()["next_seq"]
         # With the broker down, batches aiokafka still holds keep it from stopping until they expire.
         await self._drop_producer(timeout=max(1.0, end - loop.time()))
         return drained
@@ -304,7 +328,9 @@ class Forwarder:
             "records_sent": self.records_sent,
             "batches_sent": self.batches_sent,
             "send_failures": self.send_failures,
-            "oversize_skipped": self.oversize_skipped,
+            "dead_lettered": self.dead_lettered,
+            "checkpoint_failures": self.checkpoint_failures,
+            "checkpoint_error": self.checkpoint_error,
             "breaker_opens": self.breaker_opens,
             "last_send_latency_s": self.last_send_latency_s,
             "acked_seq": self._acked,
@@ -379,6 +405,8 @@ class Forwarder:
 
     async def _idle(self) -> None:
         self._wake.clear()
+        if self._persisted < self._acked:
+            await self._persist_checkpoint()
         if time.monotonic() - self._last_cleanup >= self.settings.cleanup_interval_s:
             await self._cleanup()
         with contextlib.suppress(TimeoutError):
@@ -387,7 +415,7 @@ class Forwarder:
                 await asyncio.sleep(self.settings.linger_s)
 
     async def _checkpoint(self, next_seq: int) -> None:
-        await asyncio.to_thread(self.spool.ack, next_seq)
+        """Everything below `next_seq` is acknowledged by the broker: release its waiters, then persist."""
         self._acked = next_seq
         self.ranges_acked += 1
         if self._ack_waiters:
@@ -399,13 +427,33 @@ class Forwarder:
                 else:
                     still.append((seq, future))
             self._ack_waiters = still
+        await self._persist_checkpoint()
         if time.monotonic() - self._last_cleanup >= self.settings.cleanup_interval_s:
             await self._cleanup()
 
+    async def _persist_checkpoint(self) -> None:
+        target = self._acked
+        try:
+            await asyncio.to_thread(self.spool.ack, target)
+        except OSError as error:
+            # The previous checkpoint stays in force (a restart redelivers from it: at least once); reading goes on
+            # from the broker's acknowledgements, and the next range or idle tick tries again.
+            self.checkpoint_failures += 1
+            if self.checkpoint_error is None:
+                log.error("kafka forwarder: cannot persist the checkpoint %d: %s (retrying)", target, error)
+            self.checkpoint_error = str(error)
+            return
+        self._persisted = max(self._persisted, target)
+        if self.checkpoint_error is not None:
+            log.info("kafka forwarder: checkpoint persisted again (%d)", target)
+            self.checkpoint_error = None
+
     async def _cleanup(self) -> None:
         self._last_cleanup = time.monotonic()
+        # Shielded: a cleanup thread cannot be stopped, so `stop()` waits for it rather than leave it running.
+        self._cleaning = asyncio.ensure_future(asyncio.to_thread(self.spool.cleanup))
         try:
-            await asyncio.to_thread(self.spool.cleanup)
+            await asyncio.shield(self._cleaning)
         except OSError as error:
             log.warning("spool cleanup failed: %s", error)
 
@@ -418,6 +466,7 @@ class Forwarder:
         loop = asyncio.get_running_loop()
         deadline = self.settings.send_deadline_s
         pending: list[_Chunk] | None = None  # encoded once, by the first attempt that has the partition counts
+        notices: list[Record] = []  # dead-letter notices of this range not yet acknowledged
         failures = 0
         while True:
             await self._breaker_gate()
@@ -428,8 +477,10 @@ class Forwarder:
                 producer = await self._ensure_producer()
                 end = loop.time() + deadline
                 if pending is None:
-                    pending = await asyncio.wait_for(self._encode(producer, batch), deadline)
-                pending, refused, error = await self._attempt(producer, pending, end)
+                    pending = await asyncio.wait_for(self._encode(producer, batch, notices), deadline)
+                pending, refused, error = await self._attempt(producer, pending, end, notices)
+                if error is None and not pending and notices:
+                    await asyncio.wait_for(self._send_notices(producer, notices), max(0.0, end - loop.time()))
             except (Exception, asyncio.CancelledError) as exc:  # no producer, no metadata within the deadline
                 if isinstance(exc, asyncio.CancelledError) and _cancelling():
                     raise
@@ -443,10 +494,11 @@ class Forwarder:
             failures += 1
             await self._on_failure(error, failures)
 
-    async def _encode(self, producer: Any, batch: RecordBatch) -> list[_Chunk]:
+    async def _encode(self, producer: Any, batch: RecordBatch, notices: list[Record]) -> list[_Chunk]:
         """Encodes `batch` natively into produce batches: partitions (counts from current metadata) and record
         order per partition as aiokafka's default partitioner, at most ``max_batch_bytes`` per batch. Records above
-        ``max_record_bytes`` are skipped and counted here, once: a range is encoded only once."""
+        ``max_record_bytes`` are dead-lettered here, once (their notices added to `notices`): a range is encoded
+        only once."""
         partitions: dict[str, list[int]] = {}
         for topic in batch.topics:
             ids = sorted(await producer.partitions_for(topic))
@@ -460,7 +512,7 @@ class Forwarder:
             records = batch.records()  # indexes are into every topic's records, in batch order
             limit = self.settings.max_record_bytes
             for topic, index in oversize:
-                self._skip_oversize(topic, records[index], f"above max_record_bytes={limit}")
+                notices.append(self._dead_letter(topic, records[index], f"above max_record_bytes={limit}"))
         return chunks
 
     def _encode_native(
@@ -530,11 +582,11 @@ class Forwarder:
         return _Chunk(topic, partition, self._compress(data), count, len(data), cap)
 
     async def _attempt(
-        self, producer: Any, pending: list[_Chunk], end: float
+        self, producer: Any, pending: list[_Chunk], end: float, notices: list[Record]
     ) -> tuple[list[_Chunk], bool, BaseException | None]:
         """One attempt, until the loop time `end`. Returns the batches still to send, whether a batch was refused
-        as too large (it is split in the batches still to send, unless it held one record: that one is skipped)
-        and the first other error (None if there was none)."""
+        as too large (it is split in the batches still to send, unless it held one record: that one is
+        dead-lettered, its notice added to `notices`) and the first other error (None if there was none)."""
         loop = asyncio.get_running_loop()
         for chunk in pending:
             chunk.future, chunk.ok, chunk.error = None, False, None
@@ -551,7 +603,8 @@ class Forwarder:
                 continue
             if isinstance(chunk.error, _TOO_LARGE):
                 if chunk.count == 1:
-                    self._skip_oversize(chunk.topic, _decode(chunk.data)[0], f"refused by the broker: {chunk.error!r}")
+                    record = _decode(chunk.data)[0]
+                    notices.append(self._dead_letter(chunk.topic, record, f"refused by the broker: {chunk.error!r}"))
                     continue
                 refused = True
                 remaining.extend(self._split(chunk))
@@ -612,12 +665,49 @@ class Forwarder:
                     unsent.error = error
                 return
 
-    def _skip_oversize(self, topic: str, record: Record, reason: str) -> None:
-        self.oversize_skipped += 1
-        event_id = next((value.decode(errors="replace") for name, value in record[2] if name == "event_id"), None)
-        message = f"{topic} event_id={event_id} key={record[0]!r} value={len(record[1])} bytes: {reason}"
-        self.oversize_reasons.append(message)
-        log.error("skipping a record too large for Kafka: %s", message)
+    def _dead_letter(self, topic: str, record: Record, reason: str) -> Record:
+        """Keeps a record Kafka cannot take: the whole of it in the local dead-letter file (appended and fsynced;
+        rare, so inline), and returns the notice for the dead-letter topic (key, headers, reason, where it is)."""
+        key, value, headers, timestamp_ms = record
+        event_id = next((v.decode(errors="replace") for name, v in headers if name == "event_id"), None)
+        directory = self.settings.dead_letter_dir or Path(self.spool.path) / "dead-letter"
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / f"{topic}.ndjson"
+        kept = {
+            "topic": topic,
+            "event_id": event_id,
+            "reason": reason,
+            "timestamp_ms": timestamp_ms,
+            "key": None if key is None else base64.b64encode(key).decode(),
+            "value": base64.b64encode(value).decode(),
+            "headers": [[name, base64.b64encode(v).decode()] for name, v in headers],
+        }
+        with path.open("ab") as file:
+            file.write(json.dumps(kept, separators=(",", ":")).encode() + b"\n")
+            file.flush()
+            os.fsync(file.fileno())
+        self.dead_lettered += 1
+        message = f"{topic} event_id={event_id} key={key!r} value={len(value)} bytes: {reason}; kept in {path}"
+        self.dead_letter_reasons.append(message)
+        log.error("a record Kafka cannot take was dead-lettered: %s", message)
+        notice = {
+            "event_id": event_id,
+            "topic": topic,
+            "reason": reason,
+            "value_bytes": len(value),
+            "dead_letter_file": str(path),
+        }
+        notice_headers = [*headers, ("dlq-reason", b"undeliverable"), ("dlq-detail", reason.encode()[:512])]
+        return key, json.dumps(notice, separators=(",", ":")).encode(), notice_headers, timestamp_ms
+
+    async def _send_notices(self, producer: Any, notices: list[Record]) -> None:
+        """Sends the dead-letter notices of a range (removing each once the broker acknowledged it)."""
+        while notices:
+            key, value, headers, timestamp_ms = notices[0]
+            await producer.send_and_wait(
+                self.settings.dlq_topic, value=value, key=key, headers=headers, timestamp_ms=timestamp_ms
+            )
+            notices.pop(0)
 
     # ------------------------------------------------------------------------------------------------ breaker
 
