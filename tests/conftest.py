@@ -6,6 +6,9 @@ from typing import Any
 import pytest
 import tidegate
 
+#: A valid W3C Trace Context traceparent (the specification's example).
+TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
 
 def iso_now(offset_seconds: float = 0.0) -> str:
     """An RFC 3339 UTC timestamp `offset_seconds` from now, with milliseconds."""

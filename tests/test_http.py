@@ -16,10 +16,11 @@ from typing import Any
 import cbor2
 import httpx
 import pytest
+import tidegate
 import zstandard
 from tidegate.testing.server import Server
 
-from tests.conftest import event, iso_now, reading
+from tests.conftest import TRACEPARENT, event, iso_now, reading
 from tests.openapi_check import OpenApiChecker
 
 DEVICES = [f"dev-{i}" for i in range(8)]
@@ -57,6 +58,19 @@ def spooled_values(data_dir: Path, *options: str) -> bytes:
     """What `tidegate tail --from-start` prints for a data dir: one Kafka value per line."""
     command = [sys.executable, "-m", "tidegate", "tail", "--data-dir", str(data_dir), "--from-start", *options]
     return subprocess.run(command, check=True, capture_output=True, timeout=30).stdout
+
+
+def spooled_records(data_dir: Path) -> list[tuple[bytes | None, bytes, dict[str, bytes], int]]:
+    """Every record in a data dir's spools, as it goes to Kafka: (key, value, headers, timestamp_ms)."""
+    records: list[tuple[bytes | None, bytes, dict[str, bytes], int]] = []
+    for directory in sorted((data_dir / "spool").iterdir()):
+        spool, seq = tidegate.Spool.open_read_only(directory), 0
+        while True:
+            batch, seq = spool.read(seq, durable_only=False)
+            if len(batch) == 0:
+                break
+            records.extend((key, value, dict(headers), ts) for key, value, headers, ts in batch.records())
+    return records
 
 
 def assert_problem(response: httpx.Response, status: int) -> dict[str, Any]:
@@ -287,6 +301,86 @@ class TestErrors:
             client.post("/api/v1/ingest", json=reading("dev-7"), headers={**headers, "X-Priority": "urgent"}), 400
         )
 
+    def test_trace_context_is_checked_and_copied(self, server: Server, client: httpx.Client) -> None:
+        marker = time.time_ns() % 10**9
+        batch = {
+            "device_id": "dev-7",
+            "batch_id": f"trace-{marker}",
+            "readings": [{"timestamp": iso_now(), "metrics": {"trace": marker, "i": i}} for i in range(3)],
+        }
+        cases = [
+            ({"traceparent": "0" * 400_000}, "header:traceparent"),
+            ({"traceparent": "00-abc-def-01"}, "header:traceparent"),
+            ({"traceparent": TRACEPARENT.upper()}, "header:traceparent"),
+            ({"traceparent": TRACEPARENT, "tracestate": "Congo=x"}, "header:tracestate"),
+            ({"traceparent": TRACEPARENT, "tracestate": "k=" + "v" * 600}, "header:tracestate"),
+            ({"X-Idempotency-Key": "k" * 129}, "header:X-Idempotency-Key"),
+        ]
+        for extra, path in cases:
+            response = client.post("/api/v1/ingest/batch", json=batch, headers={**key(server, "dev-7"), **extra})
+            problem = assert_problem(response, 400)
+            assert [error["path"] for error in problem["errors"]] == [path], extra.keys()
+        tracestate = "rojo=00f067aa0ba902b7,congo=t61rcWkgMzE"
+        # Sent on two lines, tracestate is one list (W3C Trace Context requires combining them).
+        trace_headers = [
+            ("traceparent", TRACEPARENT),
+            ("tracestate", "rojo=00f067aa0ba902b7"),
+            ("tracestate", "congo=t61rcWkgMzE"),
+        ]
+        response = client.post(
+            "/api/v1/ingest/batch",
+            json=batch,
+            headers=[*key(server, "dev-7").items(), *trace_headers, ("X-Idempotency-Key", "k" * 128)],
+        )
+        assert response.status_code == 202, response.text
+        mine = [r for r in spooled_records(server.data_dir) if json.loads(r[1]).get("batch_id") == batch["batch_id"]]
+        assert len(mine) == 3, "the refused requests wrote nothing"
+        for _, _, headers, _ in mine:
+            assert (headers["traceparent"], headers["tracestate"]) == (TRACEPARENT.encode(), tracestate.encode())
+
+    def test_a_record_too_large_for_kafka_with_its_headers_is_rejected(
+        self, server: Server, client: httpx.Client
+    ) -> None:
+        """The limit (1,000,000 bytes) holds the whole Kafka record: key, value and headers."""
+        received = int(time.time() * 1000)
+        measure = tidegate.Validator(tidegate.Contract.event(), max_record_bytes=1 << 30)
+
+        def big_event(payload_bytes: int) -> dict[str, Any]:
+            chunks = {f"p{i}": "y" * 60_000 for i in range(payload_bytes // 60_000)}
+            return event(entity_id="big", payload=chunks | {"rest": "y" * (payload_bytes % 60_000)})
+
+        probe = 990_000
+        value_bytes = len(
+            measure.validate(json.dumps(big_event(probe)).encode(), received_at_ms=received).batch.values()[0]
+        )
+        # Its value alone is 60 bytes under the limit; its key and headers take more than that.
+        big = big_event(probe + tidegate.MAX_RECORD_BYTES - 60 - value_bytes)
+        small = [event(entity_id=f"small-{time.time_ns()}-{i}") for i in range(2)]
+        response = client.post(
+            "/api/v1/events",
+            json=[small[0], big, small[1]],
+            headers={**key(server, "dev-7"), "traceparent": TRACEPARENT},
+        )
+        assert response.status_code == 202, response.text[:500]
+        results = response.json()["results"]
+        assert [r["status"] for r in results] == ["ACCEPTED", "REJECTED", "ACCEPTED"]
+        assert [e["path"] for e in results[1]["errors"]] == ["$[1]"]
+        assert "above the 1000000 byte limit" in results[1]["errors"][0]["message"]
+
+    def test_ack_levels(self, server: Server, client: httpx.Client) -> None:
+        headers = key(server, "dev-7")
+        for ack, status in [("disk", 400), ("kafka", 400), ("KAFKA", 400), ("SPOOL", 202), ("spool", 202)]:
+            response = client.post(
+                "/api/v1/ingest",
+                json=reading("dev-7", metrics={"ack": time.time_ns() % 10**9}),
+                headers={**headers, "X-Ack": ack},
+            )
+            assert response.status_code == status, (ack, response.text)
+            if status == 400:
+                assert [e["path"] for e in assert_problem(response, 400)["errors"]] == ["header:X-Ack"]
+            else:
+                assert response.headers["x-durability"] == "spool"
+
     def test_methods_and_paths(self, client: httpx.Client) -> None:
         wrong_method = assert_problem(client.get("/api/v1/ingest"), 405)
         assert wrong_method["status"] == 405
@@ -334,6 +428,20 @@ class TestOperations:
             "tidegate_kafka_send_latency_seconds",
         ]:
             assert name in text, name
+
+    def test_spool_lag_counts_records_spooled_without_kafka(self, server: Server, client: httpx.Client) -> None:
+        response = client.post(
+            "/api/v1/ingest", json=reading("dev-6", metrics={"lag": 1}), headers=key(server, "dev-6")
+        )
+        assert response.status_code == 202
+        gauge = next(
+            float(line.split()[-1])
+            for line in client.get("/metrics").text.splitlines()
+            if line.startswith("tidegate_spool_lag_records ")
+        )
+        command = [sys.executable, "-m", "tidegate", "spool", "stats", "--data-dir", str(server.data_dir)]
+        stats = json.loads(subprocess.run(command, check=True, capture_output=True, timeout=30).stdout)
+        assert gauge == stats["w0"]["lag_records"] > 0
 
     def test_capabilities_and_silent_devices(self, server: Server, client: httpx.Client) -> None:
         caps = client.get("/api/v1/capabilities").json()

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from pathlib import Path
 
 import tidegate
 from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import murmur2
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
-from tidegate.delivery.kafka import EncodedBatch
+from tidegate.delivery.kafka import EncodedBatch, KafkaSettings
 from tidegate.testing.broker import Broker, consume_all
 
-from tests.conftest import reading
+from tests.conftest import TRACEPARENT, event, reading
 
 
 def sample_batch(count: int = 60) -> tidegate.RecordBatch:
@@ -21,7 +22,7 @@ def sample_batch(count: int = 60) -> tidegate.RecordBatch:
     records = [
         reading(f"dev-{i % 13}", metrics={"i": i, "temperature": 400 if i % 9 == 0 else 20}) for i in range(count)
     ]
-    result = validator.validate(json.dumps(records).encode(), priority="high", traceparent="00-abc-def-01")
+    result = validator.validate(json.dumps(records).encode(), priority="high", traceparent=TRACEPARENT)
     return result.batch
 
 
@@ -57,6 +58,34 @@ def test_size_limits_split_batches_and_leave_out_oversize_records() -> None:
     assert len(oversize) == len(records)
 
 
+def test_the_forwarder_never_leaves_out_a_record_the_validator_admits() -> None:
+    """The validator admits records up to MAX_RECORD_BYTES as a Kafka batch of their own; the forwarder leaves out
+    records above its own max_record_bytes by the same measure, and its default is not smaller."""
+    forwarder_limit = KafkaSettings(bootstrap="unused").max_record_bytes
+    assert forwarder_limit >= tidegate.MAX_RECORD_BYTES
+    received = int(time.time() * 1000)
+
+    def record_of(payload_bytes: int, limit: int) -> tidegate.ValidationResult:
+        chunks = {f"p{i}": "y" * 60_000 for i in range(payload_bytes // 60_000)}
+        payload = chunks | {"rest": "y" * (payload_bytes % 60_000)}
+        validator = tidegate.Validator(tidegate.Contract.event(), max_record_bytes=limit)
+        return validator.validate(json.dumps(event(payload=payload)).encode(), received_at_ms=received)
+
+    def batch_of_one_size(result: tidegate.ValidationResult) -> int:
+        ((_, data, _),) = result.batch.kafka_batches("events-raw", 1, max_record_bytes=1 << 30)[0]
+        return len(data)
+
+    probe = 990_000
+    # Grow the payload until the record takes exactly MAX_RECORD_BYTES as a batch of its own.
+    size = probe + tidegate.MAX_RECORD_BYTES - batch_of_one_size(record_of(probe, 1 << 30))
+    at_limit = record_of(size, tidegate.MAX_RECORD_BYTES)
+    assert at_limit.accepted == 1 and batch_of_one_size(at_limit) == tidegate.MAX_RECORD_BYTES
+    # What the forwarder's native encoding is given: its limit without the batch header.
+    _, left_out = at_limit.batch.kafka_batches("events-raw", 1, max_record_bytes=forwarder_limit - 61)
+    assert left_out == []
+    assert record_of(size + 1, tidegate.MAX_RECORD_BYTES).accepted == 0
+
+
 def test_a_real_broker_accepts_native_batches(tmp_path: Path) -> None:
     batch = sample_batch(200)
     with Broker(tmp_path) as broker:
@@ -80,7 +109,7 @@ def test_a_real_broker_accepts_native_batches(tmp_path: Path) -> None:
             for record in consumed:
                 headers = dict(record.headers)
                 assert json.loads(record.value)["event_id"] == headers["event_id"].decode()
-                assert headers["priority"] == b"high" and headers["traceparent"] == b"00-abc-def-01"
+                assert headers["priority"] == b"high" and headers["traceparent"] == TRACEPARENT.encode()
             return [record.value for record in consumed]
 
         values = asyncio.run(roundtrip())

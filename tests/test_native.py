@@ -13,7 +13,7 @@ import pytest
 import tidegate
 import zstandard
 
-from tests.conftest import event, iso_now, reading
+from tests.conftest import TRACEPARENT, event, iso_now, reading
 
 
 def dumps(value: Any) -> bytes:
@@ -120,7 +120,7 @@ class TestOutcomes:
         record = reading(timestamp="2026-03-27T12:15:30.1230+02:00")
         received = 1_774_606_531_000
         wide = tidegate.Validator(tidegate.Contract.telemetry(), max_past_seconds=10**9)
-        result = wide.validate(dumps(record), received_at_ms=received, priority="high", traceparent="00-ab-cd-01")
+        result = wide.validate(dumps(record), received_at_ms=received, priority="high", traceparent=TRACEPARENT)
         ((key, value, headers, timestamp_ms),) = result.batch.records()
         assert key == b"sensor-factory-floor-001"
         assert timestamp_ms == received
@@ -136,7 +136,7 @@ class TestOutcomes:
             "content-type": b"application/json",
             "schema": b"telemetry/v1",
             "priority": b"high",
-            "traceparent": b"00-ab-cd-01",
+            "traceparent": TRACEPARENT.encode(),
         }
 
 
@@ -400,9 +400,85 @@ class TestHostileInput:
         assert "above the 2000 byte limit" in result.rejected[0].message
         assert len(result.batch) == 2 and all(len(v) < 2000 for v in result.batch.values())
 
+    def test_the_record_limit_counts_key_and_headers_as_kafka_does(self) -> None:
+        """A record is measured as the forwarder measures it (a Kafka v2 batch of its own: batch header, key,
+        value and every header): its value fitting the limit is not enough."""
+        records = [event(entity_id="a"), event(entity_id="big", payload={"x": "y" * 1500}), event(entity_id="b")]
+        received = int(time.time() * 1000)
+
+        def validate(limit: int) -> tidegate.ValidationResult:
+            validator = tidegate.Validator(tidegate.Contract.event(), max_record_bytes=limit)
+            return validator.validate(
+                dumps(records), received_at_ms=received, traceparent=TRACEPARENT, tracestate="congo=t61rc"
+            )
+
+        unbounded = validate(10**9)
+        limit = len(unbounded.batch.values()[1]) + 100
+        forwarder_limit = limit - 61  # `kafka_batches` limits records without the batch header
+        assert unbounded.batch.kafka_batches("events-raw", 1, max_record_bytes=forwarder_limit)[1] == [1]
+        result = validate(limit)
+        assert result.accepted == 2, "the neighbours are kept"
+        assert [(i.index, i.path) for i in result.rejected] == [(1, "$[1]")]
+        assert "as a Kafka record (key, value and headers)" in result.rejected[0].message
+        assert result.batch.kafka_batches("events-raw", 1, max_record_bytes=forwarder_limit)[1] == []
+
     def test_all_exceptions_are_value_errors(self) -> None:
-        for error in [tidegate.MalformedPayload, tidegate.PayloadTooLarge, tidegate.UnsupportedFormat]:
+        for error in [
+            tidegate.MalformedPayload,
+            tidegate.PayloadTooLarge,
+            tidegate.UnsupportedFormat,
+            tidegate.InvalidHeader,
+        ]:
             assert issubclass(error, tidegate.PayloadError) and issubclass(error, ValueError)
+
+
+class TestRequestHeaders:
+    """Headers copied into every record (trace context) or into the dedup window (the idempotency key)."""
+
+    def test_trace_context_is_copied_into_every_record(self, events: tidegate.Validator) -> None:
+        tracestate = "rojo=00f067aa0ba902b7,congo=t61rcWkgMzE"
+        result = events.validate(
+            dumps([event(), event(entity_id="other")]), traceparent=TRACEPARENT, tracestate=tracestate
+        )
+        for _, _, headers, _ in result.batch.records():
+            assert (dict(headers)["traceparent"], dict(headers)["tracestate"]) == (
+                TRACEPARENT.encode(),
+                tracestate.encode(),
+            )
+        alone = events.validate(dumps(event()), tracestate=tracestate)
+        assert "tracestate" not in dict(alone.batch.records()[0][2]), "tracestate means nothing without traceparent"
+
+    @pytest.mark.parametrize(
+        ("header", "value"),
+        [
+            ("traceparent", "0" * 400_000),
+            ("traceparent", "00-ab-cd-01"),
+            ("traceparent", TRACEPARENT.upper()),
+            ("traceparent", "00-00000000000000000000000000000000-00f067aa0ba902b7-01"),
+            ("traceparent", "ff" + TRACEPARENT[2:]),
+            ("traceparent", TRACEPARENT + "-more"),
+            ("tracestate", "Congo=x"),
+            ("tracestate", "congo=1,congo=2"),
+            ("tracestate", ",".join(f"k{i}=v" for i in range(33))),
+            ("tracestate", "k=" + "v" * 600),
+            ("idempotency_key", "k" * (tidegate._native.MAX_IDEMPOTENCY_KEY_BYTES + 1)),
+        ],
+    )
+    def test_malformed_or_long_headers_refuse_the_request(
+        self, events: tidegate.Validator, header: str, value: str
+    ) -> None:
+        extra: dict[str, Any] = {"traceparent": TRACEPARENT} if header == "tracestate" else {}
+        with pytest.raises(tidegate.InvalidHeader) as raised:
+            events.validate(dumps(event()), **{header: value, **extra})
+        assert raised.value.header == {"idempotency_key": "X-Idempotency-Key"}.get(header, header)
+        assert len(str(raised.value)) < 200, "the message does not echo the value"
+
+    def test_valid_headers_pass(self, events: tidegate.Validator) -> None:
+        future = "cc" + TRACEPARENT[2:] + "-what-comes-next"
+        for traceparent in [TRACEPARENT, TRACEPARENT[:-2] + "00", future]:
+            assert events.validate(dumps(event()), traceparent=traceparent).accepted == 1
+        key = "k" * tidegate._native.MAX_IDEMPOTENCY_KEY_BYTES
+        assert events.validate(dumps(event()), traceparent=TRACEPARENT, tracestate="", idempotency_key=key).accepted
 
 
 class TestRecordBatch:

@@ -4,8 +4,10 @@ from importlib.metadata import version as _version
 
 from tidegate._native import (
     EVENT_ID_DOMAIN,
+    MAX_RECORD_BYTES,
     Contract,
     DedupWindow,
+    InvalidHeader,
     Issue,
     MalformedPayload,
     PayloadError,
@@ -23,8 +25,10 @@ __version__ = _version("tidegate")
 
 __all__ = [
     "EVENT_ID_DOMAIN",
+    "MAX_RECORD_BYTES",
     "Contract",
     "DedupWindow",
+    "InvalidHeader",
     "Issue",
     "MalformedPayload",
     "PayloadError",

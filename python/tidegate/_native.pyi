@@ -7,8 +7,13 @@ from typing import Any, Final, Literal, final
 
 __all__ = [
     "EVENT_ID_DOMAIN",
+    "MAX_IDEMPOTENCY_KEY_BYTES",
+    "MAX_RECORD_BYTES",
+    "MAX_TRACEPARENT_BYTES",
+    "MAX_TRACESTATE_BYTES",
     "Contract",
     "DedupWindow",
+    "InvalidHeader",
     "Issue",
     "MalformedPayload",
     "PayloadError",
@@ -24,6 +29,16 @@ __all__ = [
 
 EVENT_ID_DOMAIN: Final[str]
 """The prefix hashed before every event id's canonical form (see the README's event_id definition)."""
+MAX_RECORD_BYTES: Final[int]
+"""`Validator(max_record_bytes=)`'s default: the largest record accepted, measured as Kafka measures it (key,
+value and every header, as a v2 record batch of its own). The forwarder skips only records above its own
+`KafkaSettings.max_record_bytes` by the same measure, which must not be smaller."""
+MAX_TRACEPARENT_BYTES: Final[int]
+"""Longest `traceparent` accepted (version 00 is 55 characters; later versions may append fields)."""
+MAX_TRACESTATE_BYTES: Final[int]
+"""Longest `tracestate` accepted (the 512 characters W3C Trace Context asks every vendor to propagate)."""
+MAX_IDEMPOTENCY_KEY_BYTES: Final[int]
+"""Longest `X-Idempotency-Key` accepted (as long as a batch's `batch_id` may be)."""
 
 class PayloadError(ValueError):
     """The whole body could not be taken apart into records."""
@@ -36,6 +51,13 @@ class PayloadTooLarge(PayloadError):
 
 class UnsupportedFormat(PayloadError):
     """The content type or content encoding is not supported."""
+
+class InvalidHeader(PayloadError):
+    """A request header copied into every record (`traceparent`, `tracestate`) or into the dedup window
+    (`X-Idempotency-Key`) is malformed or too long."""
+
+    header: str
+    """The header's name: "traceparent", "tracestate" or "X-Idempotency-Key"."""
 
 class SpoolFull(OSError):
     """The spool's disk quota is reached; the caller sheds load (503) rather than lose or corrupt data."""
@@ -107,8 +129,9 @@ class Validator:
         topic: str | None = None,
     ) -> Validator:
         """Limits default to: body 8 MiB (after decompression), depth 32, strings 64 KiB, keys 256 B, arrays
-        10,000 items, objects 1,000 keys, 10,000 records per body, 1,000,000 bytes per enriched record (what Kafka
-        takes by default). `metric_ranges` defaults to seed 001's table.
+        10,000 items, objects 1,000 keys, 10,000 records per body, 1,000,000 bytes per record as Kafka measures it
+        (key, value and headers as a record batch of its own: see MAX_RECORD_BYTES). `metric_ranges` defaults to
+        seed 001's table.
         """
 
     def validate(
@@ -120,11 +143,18 @@ class Validator:
         received_at_ms: int | None = None,
         priority: str | None = None,
         traceparent: str | None = None,
+        tracestate: str | None = None,
+        idempotency_key: str | None = None,
     ) -> ValidationResult:
         """Validates one body: a JSON object or array, NDJSON, or CBOR, optionally gzip or zstd encoded.
 
-        Bad records are reported in the result and never spoil good ones. Raises a PayloadError subclass only
-        when the body as a whole cannot be decoded.
+        `priority` and `traceparent` are copied into every record's headers, and `tracestate` along with a
+        `traceparent`; `traceparent` and `tracestate` must follow W3C Trace Context. `idempotency_key` is only
+        checked (at most MAX_IDEMPOTENCY_KEY_BYTES): the caller claims it in its dedup window.
+
+        Bad records (including one too large for Kafka) are reported in the result and never spoil good ones.
+        Raises a PayloadError subclass only when the request as a whole cannot be taken: InvalidHeader for a
+        malformed or too long header, the others when the body cannot be decoded.
         """
 
     @property

@@ -32,6 +32,7 @@ from starlette.types import Receive, Scope, Send
 from tidegate._native import (
     Contract,
     DedupWindow,
+    InvalidHeader,
     PayloadError,
     PayloadTooLarge,
     RecordBatch,
@@ -63,8 +64,11 @@ WANTED_HEADERS = frozenset(
         b"x-dry-run",
         b"x-ack",
         b"traceparent",
+        b"tracestate",
     }
 )
+
+ACK_LEVELS = ("spool", "kafka")
 
 
 @dataclass(frozen=True)
@@ -213,7 +217,12 @@ class Gateway:
         self.metrics.gauge(
             "tidegate_spool_failing", "1 while the spool cannot write (not ready).", lambda: float(self.spool_failing())
         )
-        self.metrics.gauge("tidegate_spool_lag_records", "Records not yet acknowledged by Kafka.", self._kafka_lag)
+        # Records spooled while no Kafka is configured count too: they are delivered once one is.
+        self.metrics.gauge(
+            "tidegate_spool_lag_records",
+            "Records not yet acknowledged by Kafka.",
+            lambda: self._spool_stat("lag_records"),
+        )
         self.metrics.gauge("tidegate_active_devices", "Devices seen in the last 5 minutes.", self._active_devices)
         self.metrics.gauge(
             "tidegate_silent_devices",
@@ -236,12 +245,6 @@ class Gateway:
 
     def _spool_stat(self, name: str) -> float:
         return float(self.spool.stats()[name]) if self.spool is not None else 0.0
-
-    def _kafka_lag(self) -> float:
-        if self.spool is None or self.forwarder is None:
-            return 0.0
-        stats = self.spool.stats()
-        return float(stats["next_seq"] - stats["acked_seq"])
 
     def _kafka_stat(self, name: str) -> Callable[[], float]:
         return lambda: float(getattr(self.forwarder, name, 0) or 0)
@@ -370,7 +373,10 @@ class Gateway:
         headers: dict[bytes, str] = {}
         for name, value in scope["headers"]:
             if name in WANTED_HEADERS:
-                headers[name] = value.decode("latin-1")
+                text = value.decode("latin-1")
+                # A header sent on several lines is one comma-separated list (RFC 9110, 5.3): W3C Trace Context
+                # requires it for tracestate, and for a single-valued header the joined value is invalid.
+                headers[name] = f"{headers[name]},{text}" if name in headers else text
         try:
             answer = await self.ingest(route, headers, receive)
         except Problem as problem:
@@ -520,7 +526,13 @@ class Gateway:
                 headers.get(b"content-encoding"),
                 priority=priority,
                 traceparent=headers.get(b"traceparent"),
+                tracestate=headers.get(b"tracestate"),
+                idempotency_key=headers.get(b"x-idempotency-key"),
             )
+        except InvalidHeader as error:
+            raise Problem(
+                400, "invalid-header", str(error), [{"path": f"header:{error.header}", "message": str(error)}]
+            ) from None
         except PayloadTooLarge as error:
             raise Problem(413, "too-large", str(error)) from None
         except UnsupportedFormat as error:
@@ -530,6 +542,21 @@ class Gateway:
 
     async def ingest(self, route: IngestRoute, headers: dict[bytes, str], receive: Receive) -> Answer:
         device_id, priority = self._admit(route, headers)
+        ack = headers.get(b"x-ack", "spool").strip().lower()
+        if ack not in ACK_LEVELS:
+            raise Problem(
+                400,
+                "invalid-ack",
+                "X-Ack must be spool or kafka",
+                [{"path": "header:X-Ack", "message": f"unknown acknowledgement level {ack[:32]!r}"}],
+            )
+        if ack == "kafka" and not self.settings.kafka:
+            raise Problem(
+                400,
+                "kafka-not-configured",
+                "X-Ack: kafka asks for the broker's acknowledgement, but this service has no Kafka configured",
+                [{"path": "header:X-Ack", "message": "no Kafka is configured: send spool, or no X-Ack"}],
+            )
         body = await self._read_body(headers, receive)
         result = self._validate(route, body, headers, priority)
         batch = result.batch

@@ -5,6 +5,12 @@ from __future__ import annotations
 from importlib.metadata import version
 from typing import Any
 
+from tidegate._native import (
+    MAX_IDEMPOTENCY_KEY_BYTES,
+    MAX_RECORD_BYTES,
+    MAX_TRACEPARENT_BYTES,
+    MAX_TRACESTATE_BYTES,
+)
 from tidegate.config import PRIORITIES, Settings
 
 FORMATS = ["application/json", "application/x-ndjson", "application/cbor"]
@@ -189,7 +195,12 @@ def _ingest_operation(summary: str, request_schema: str, accepted: list[str], se
             "description": "The device key (or Authorization: Bearer).",
         },
         {"name": "X-Priority", "in": "header", "schema": {"enum": list(PRIORITIES)}},
-        {"name": "X-Idempotency-Key", "in": "header", "schema": {"type": "string"}},
+        {
+            "name": "X-Idempotency-Key",
+            "in": "header",
+            "schema": {"type": "string", "maxLength": MAX_IDEMPOTENCY_KEY_BYTES},
+            "description": "A retry with the same key (per device and route) within the dedup window is a duplicate.",
+        },
         {
             "name": "X-Dry-Run",
             "in": "header",
@@ -200,9 +211,21 @@ def _ingest_operation(summary: str, request_schema: str, accepted: list[str], se
             "name": "X-Ack",
             "in": "header",
             "schema": {"enum": ["spool", "kafka"]},
-            "description": "Answer once the spool (default) or the broker holds the records.",
+            "description": "Answer once the spool (default) or the broker holds the records (case-insensitive); "
+            "kafka without Kafka configured is a 400.",
         },
-        {"name": "traceparent", "in": "header", "schema": {"type": "string"}},
+        {
+            "name": "traceparent",
+            "in": "header",
+            "schema": {"type": "string", "maxLength": MAX_TRACEPARENT_BYTES},
+            "description": "W3C Trace Context; copied into every record's headers.",
+        },
+        {
+            "name": "tracestate",
+            "in": "header",
+            "schema": {"type": "string", "maxLength": MAX_TRACESTATE_BYTES},
+            "description": "W3C Trace Context; copied into every record's headers along with traceparent.",
+        },
         {"name": "Content-Encoding", "in": "header", "schema": {"enum": ENCODINGS}},
     ]
     return {
@@ -228,7 +251,11 @@ def _ingest_operation(summary: str, request_schema: str, accepted: list[str], se
                 },
                 "content": {"application/json": {"schema": accepted_schema}},
             },
-            "400": _problem("Malformed or invalid (every record rejected), with JSON paths."),
+            "400": _problem(
+                "Malformed or invalid (every record rejected), with JSON paths; or a malformed header "
+                "(`header:traceparent`, `header:tracestate`, `header:X-Idempotency-Key`, `header:X-Ack`, "
+                "`header:X-Priority`)."
+            ),
             "401": _problem("No or unknown device key."),
             "403": _problem("The key belongs to another device."),
             "408": _problem("The body was not received in time."),
@@ -357,6 +384,7 @@ def capabilities(settings: Settings) -> dict[str, Any]:
         "limits": {
             "max_body_bytes": settings.max_body_bytes,
             "max_batch_readings": settings.max_batch_readings,
+            "max_record_bytes": MAX_RECORD_BYTES,
             "max_depth": 32,
             "max_past_seconds": settings.max_past_seconds,
             "max_future_seconds": settings.max_future_seconds,

@@ -108,7 +108,8 @@ class KafkaSettings:
     #: Upper bound of one produce batch (one partition's share of a produce request).
     max_batch_bytes: int = 1 << 20
     #: A record whose encoded size (as a batch of its own) exceeds this is never sent; Kafka's default
-    #: ``message.max.bytes`` is 1 MiB + 12 bytes.
+    #: ``message.max.bytes`` is 1 MiB + 12 bytes. The validator refuses records above ``MAX_RECORD_BYTES``
+    #: (1,000,000) by the same measure, so this must never be set below that: what was accepted fits.
     max_record_bytes: int = 1 << 20
     read_max_records: int = 10_000
     read_max_bytes: int = 4 << 20

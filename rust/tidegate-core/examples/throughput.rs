@@ -82,6 +82,8 @@ fn measure(validator: &Validator, name: &str, body: &[u8], content_type: &str) {
         received_at_ms: NOW_MS,
         priority: None,
         traceparent: None,
+        tracestate: None,
+        idempotency_key: None,
     };
     let first = validator.validate(&request).expect("the body decodes");
     assert_eq!(first.accepted, first.total, "{:?}", first.rejected.first());

@@ -182,18 +182,21 @@ impl RecordBatch {
         });
     }
 
-    /// The length of the last record's value (0 when empty).
-    pub fn last_value_len(&self) -> usize {
-        self.slots
-            .last()
-            .map_or(0, |slot| (slot.value.1 - slot.value.0) as usize)
+    /// The last record added.
+    pub fn last(&self) -> Option<RecordRef<'_>> {
+        self.get(self.slots.len().checked_sub(1)?)
     }
 
-    /// Removes the last record (and its bytes, which are at the end of the arena).
+    /// Removes the last record (and its bytes, which are at the end of the arena), and its topic if no other
+    /// record has it.
     pub fn pop(&mut self) {
         if let Some(slot) = self.slots.pop() {
             let start = slot.key.map_or(slot.value.0, |key| key.0);
             self.arena.truncate(start as usize);
+            let topic = usize::from(slot.topic);
+            if topic + 1 == self.topics.len() && !self.slots.iter().any(|s| s.topic == slot.topic) {
+                self.topics.pop();
+            }
         }
     }
 

@@ -2,9 +2,12 @@
 
 use std::fmt;
 
-/// Why a whole request body could not be taken apart into records.
+/// Why a whole request could not be taken apart into records.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PayloadError {
+    /// A request header that would be copied into every record (or into the dedup window) is malformed or too
+    /// long; `header` is its name as documented (`traceparent`, `tracestate`, `X-Idempotency-Key`).
+    InvalidHeader { header: &'static str, message: String },
     /// Not parseable in the declared format (syntax error, truncation, invalid UTF-8 outside a line of NDJSON,
     /// trailing data); `offset` is the byte position in the decoded body.
     Malformed { offset: usize, message: String },
@@ -19,6 +22,7 @@ pub enum PayloadError {
 impl fmt::Display for PayloadError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            PayloadError::InvalidHeader { header, message } => write!(f, "invalid {header} header: {message}"),
             PayloadError::Malformed { offset, message } => write!(f, "malformed body at byte {offset}: {message}"),
             PayloadError::TooLarge { what, limit } => write!(f, "{what} exceeds the limit of {limit}"),
             PayloadError::UnsupportedFormat(ct) => write!(

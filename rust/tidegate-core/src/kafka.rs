@@ -67,21 +67,28 @@ fn record_size(record: &RecordRef<'_>, offset_delta: i64, timestamp_delta: i64) 
     varint_len(body as i64) + body
 }
 
+/// Bytes `record` takes as a v2 record batch of its own, batch header included: what a broker compares with its
+/// `message.max.bytes`. The validator refuses records above its `max_record_bytes` by this measure, and the
+/// forwarder skips records by the same measure (`partition_batches`' `max_record_bytes` is this minus the
+/// batch header).
+pub fn record_batch_size(record: &RecordRef<'_>) -> usize {
+    BATCH_HEADER + record_size(record, 0, 0)
+}
+
 fn record_body_len(record: &RecordRef<'_>, offset_delta: i64, timestamp_delta: i64) -> usize {
     let key = record
         .key
         .map_or(varint_len(-1), |k| varint_len(k.len() as i64) + k.len());
     let value = varint_len(record.value.len() as i64) + record.value.len();
-    let headers: Vec<(&str, &[u8])> = record.headers().collect();
-    let header_bytes: usize = headers
-        .iter()
-        .map(|(n, v)| varint_len(n.len() as i64) + n.len() + varint_len(v.len() as i64) + v.len())
-        .sum();
+    let (header_count, header_bytes) = record.headers().fold((0usize, 0usize), |(count, bytes), (n, v)| {
+        let header = varint_len(n.len() as i64) + n.len() + varint_len(v.len() as i64) + v.len();
+        (count + 1, bytes + header)
+    });
     1 + varint_len(timestamp_delta)
         + varint_len(offset_delta)
         + key
         + value
-        + varint_len(headers.len() as i64)
+        + varint_len(header_count as i64)
         + header_bytes
 }
 
@@ -222,5 +229,17 @@ mod tests {
         );
         assert_eq!(murmur2(b"abc"), 479_470_107);
         assert_eq!(murmur2(b""), 275_646_681);
+    }
+
+    #[test]
+    fn record_batch_size_is_the_size_of_a_batch_of_one() {
+        let mut headers = Vec::new();
+        crate::batch::encode_header(&mut headers, "event_id", &[b'e'; 32]);
+        crate::batch::encode_header(&mut headers, "traceparent", &[b't'; 200]);
+        for (key, value_len) in [(None, 0), (Some(&b"dev-1"[..]), 100), (Some(&b"k"[..]), 70_000)] {
+            let value = vec![b'v'; value_len];
+            let record = RecordRef::from_parts("t", key, &value, &headers, [0; 16], 1_774_606_531_000);
+            assert_eq!(record_batch_size(&record), encode_record_batch(&[record]).len());
+        }
     }
 }

@@ -13,6 +13,8 @@
 //!     received_at_ms: 1_774_606_531_000,
 //!     priority: None,
 //!     traceparent: None,
+//!     tracestate: None,
+//!     idempotency_key: None,
 //! };
 //! let outcome = validator.validate(&request).unwrap();
 //! assert_eq!(outcome.accepted, 1);
@@ -26,6 +28,7 @@ pub mod contract;
 pub mod decode;
 pub mod dedup;
 pub mod error;
+pub mod headers;
 pub mod json;
 pub mod kafka;
 pub mod number;

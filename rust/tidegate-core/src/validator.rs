@@ -8,6 +8,8 @@ use crate::canonical::{Writer, compare_keys, sort_entries, write_string, write_v
 use crate::contract::{Contract, ContractKind};
 use crate::decode::{self, Encoding, Format};
 use crate::error::{Limits, PayloadError};
+use crate::headers;
+use crate::kafka;
 use crate::number;
 use crate::schema::{FieldError, Path, same_key};
 use crate::time::{self, Timestamp};
@@ -15,6 +17,9 @@ use crate::value::Value;
 
 /// Domain separation for event ids; bump the version if the canonical form ever changes.
 pub const EVENT_ID_DOMAIN: &str = "tidegate:event-id:v1\n";
+
+/// The default of [`ValidatorOptions::max_record_bytes`].
+pub const DEFAULT_MAX_RECORD_BYTES: usize = 1_000_000;
 
 /// Room made at once for a record's identity or enriched value: usually enough.
 const RECORD_ROOM: usize = 448;
@@ -79,7 +84,11 @@ pub struct ValidatorOptions {
     pub metric_ranges: Vec<MetricRange>,
     /// Most readings in one batch.
     pub max_batch_readings: usize,
-    /// Largest enriched record value accepted (Kafka refuses records above its `max.message.bytes`).
+    /// Largest record accepted, measured as Kafka measures it: the record's key, enriched value and every header
+    /// it carries (dead-letter headers included for a flagged record's copy), encoded as a v2 record batch of
+    /// its own, batch header included ([`kafka::record_batch_size`]). The forwarder measures records the same
+    /// way against its own `max_record_bytes`, which must be at least this (its default, 1 MiB, leaves the
+    /// default 1,000,000 room for compression framing), so a record accepted here is never skipped there.
     pub max_record_bytes: usize,
     /// Where flagged records are copied.
     pub dlq_topic: String,
@@ -95,7 +104,7 @@ impl Default for ValidatorOptions {
             max_future_ms: 5 * 60 * 1000,
             metric_ranges: default_metric_ranges(),
             max_batch_readings: 1000,
-            max_record_bytes: 1_000_000,
+            max_record_bytes: DEFAULT_MAX_RECORD_BYTES,
             dlq_topic: "ingest-dlq".into(),
             topic: None,
         }
@@ -111,7 +120,36 @@ pub struct Request<'a> {
     /// Server reception time, Unix milliseconds.
     pub received_at_ms: i64,
     pub priority: Option<&'a str>,
+    /// W3C Trace Context headers, checked ([`headers::check_traceparent`]) and copied into every record's headers;
+    /// `tracestate` only alongside a `traceparent` (it means nothing without one).
     pub traceparent: Option<&'a str>,
+    pub tracestate: Option<&'a str>,
+    /// Only checked ([`headers::check_idempotency_key`]): the caller claims it in its dedup window.
+    pub idempotency_key: Option<&'a str>,
+}
+
+/// A header's check: `Err` holds why the value is refused.
+type HeaderCheck = fn(&str) -> Result<(), String>;
+
+impl Request<'_> {
+    /// Checks the headers that reach every record or the dedup window, before any record is built.
+    fn check_headers(&self) -> Result<(), PayloadError> {
+        let checks: [(&'static str, Option<&str>, HeaderCheck); 3] = [
+            ("traceparent", self.traceparent, headers::check_traceparent),
+            ("tracestate", self.tracestate, headers::check_tracestate),
+            (
+                "X-Idempotency-Key",
+                self.idempotency_key,
+                headers::check_idempotency_key,
+            ),
+        ];
+        for (header, value, check) in checks {
+            if let Some(value) = value {
+                check(value).map_err(|message| PayloadError::InvalidHeader { header, message })?;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// A rejection or warning: which record (`None` for the batch envelope), where, and why.
@@ -172,8 +210,10 @@ impl Validator {
         self.options.topic.as_deref().unwrap_or(&self.contract.topic)
     }
 
-    /// Validates a body. Only whole-payload failures are errors; bad records are reported in the outcome.
+    /// Validates a body. Only whole-request failures (a bad header, an undecodable body) are errors; bad records
+    /// are reported in the outcome.
     pub fn validate(&self, request: &Request<'_>) -> Result<Outcome, PayloadError> {
+        request.check_headers()?;
         let format = Format::from_content_type(request.content_type)?;
         let encoding = Encoding::from_header(request.content_encoding)?;
         let body = decode::decompress(request.body, encoding, &self.options.limits)?;
@@ -244,6 +284,12 @@ impl<'v> Run<'v> {
         }
         if let Some(traceparent) = request.traceparent {
             encode_header(&mut headers_common, "traceparent", traceparent.as_bytes());
+            if let Some(tracestate) = request
+                .tracestate
+                .filter(|t| !t.trim_matches([' ', '\t', ',']).is_empty())
+            {
+                encode_header(&mut headers_common, "tracestate", tracestate.as_bytes());
+            }
         }
         let mut scratch = Vec::with_capacity(512);
         scratch.extend_from_slice(EVENT_ID_DOMAIN.as_bytes());
@@ -590,19 +636,8 @@ impl<'v> Run<'v> {
             },
         );
         self.time_text = time_text;
-        let value_len = self.outcome.batch.last_value_len();
-        if value_len > options.max_record_bytes {
-            // Refused here rather than retried forever by the broker (Kafka's default limit is about 1 MB).
-            self.outcome.batch.pop();
-            self.outcome.warnings.truncate(warnings_before);
-            let path = self.record_path(context);
-            let message = format!(
-                "record is {value_len} bytes once enriched, above the {} byte limit",
-                options.max_record_bytes
-            );
-            self.reject(index, path, message);
-            return self.skip(fail_count);
-        }
+        let mut pushed = 1;
+        let mut record_bytes = self.outcome.batch.last().map_or(0, |r| kafka::record_batch_size(&r));
         if self.outcome.warnings.len() > warnings_before {
             let reasons: Vec<String> = self.outcome.warnings[warnings_before..]
                 .iter()
@@ -613,6 +648,23 @@ impl<'v> Run<'v> {
             encode_header(&mut extra, "warnings", reasons.join("; ").as_bytes());
             let last = self.outcome.batch.len() - 1;
             self.outcome.batch.copy_to_topic(last, &options.dlq_topic, &extra);
+            pushed += 1;
+            let copy_bytes = self.outcome.batch.last().map_or(0, |r| kafka::record_batch_size(&r));
+            record_bytes = record_bytes.max(copy_bytes);
+        }
+        if record_bytes > options.max_record_bytes {
+            // Refused here, while the client can still be told, rather than skipped by the forwarder after a 202.
+            for _ in 0..pushed {
+                self.outcome.batch.pop();
+            }
+            self.outcome.warnings.truncate(warnings_before);
+            let path = self.record_path(context);
+            let message = format!(
+                "record is {record_bytes} bytes as a Kafka record (key, value and headers), above the {} byte limit",
+                options.max_record_bytes
+            );
+            self.reject(index, path, message);
+            return self.skip(fail_count);
         }
         self.outcome.accepted += 1;
         self.outcome.event_ids.push(Some(event_id));
@@ -665,5 +717,173 @@ fn human_duration(ms: i64) -> String {
         ms if ms % 3_600_000 == 0 => format!("{} hours", ms / 3_600_000),
         ms if ms % 60_000 == 0 => format!("{} minutes", ms / 60_000),
         ms => format!("{} seconds", ms as f64 / 1000.0),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const RECEIVED_MS: i64 = 1_774_606_531_000;
+    const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    fn request(body: &[u8]) -> Request<'_> {
+        Request {
+            body,
+            content_type: "application/json",
+            content_encoding: None,
+            received_at_ms: RECEIVED_MS,
+            priority: None,
+            traceparent: None,
+            tracestate: None,
+            idempotency_key: None,
+        }
+    }
+
+    fn event(entity_id: &str, payload_bytes: usize) -> String {
+        format!(
+            r#"{{"source":"s","event_type":"t","entity_id":"{entity_id}","event_time":"2026-03-27T10:15:30Z","payload":{{"x":"{}"}}}}"#,
+            "y".repeat(payload_bytes)
+        )
+    }
+
+    fn events_validator(max_record_bytes: usize) -> Validator {
+        let options = ValidatorOptions {
+            max_record_bytes,
+            ..ValidatorOptions::default()
+        };
+        Validator::new(Contract::event(), options)
+    }
+
+    #[test]
+    fn the_whole_kafka_record_is_held_to_the_limit() {
+        let body = format!("[{},{}]", event("small", 100), event("big", 1_500));
+        let trace = Request {
+            traceparent: Some(TRACEPARENT),
+            tracestate: Some("congo=t61rcWkgMzE"),
+            ..request(body.as_bytes())
+        };
+        let unbounded = events_validator(usize::MAX).validate(&trace).unwrap();
+        let big = unbounded.batch.get(1).unwrap();
+        // The value alone fits this limit; with its key and headers the record does not.
+        let limit = big.value.len() + 100;
+        assert!(kafka::record_batch_size(&big) > limit);
+
+        let outcome = events_validator(limit).validate(&trace).unwrap();
+        assert_eq!(outcome.accepted, 1, "the small neighbour is kept");
+        let [rejection] = outcome.rejected.as_slice() else {
+            panic!("{:?}", outcome.rejected)
+        };
+        assert_eq!((rejection.index, rejection.path.as_str()), (Some(1), "$[1]"));
+        assert!(
+            rejection.message.ends_with(&format!("above the {limit} byte limit")),
+            "{}",
+            rejection.message
+        );
+        assert_eq!(outcome.batch.len(), 1);
+        assert!(outcome.batch.iter().all(|r| kafka::record_batch_size(&r) <= limit));
+    }
+
+    #[test]
+    fn a_flagged_record_is_held_to_the_limit_with_its_dead_letter_headers() {
+        let metrics: Vec<String> = (0..40).map(|i| format!(r#""temperature_{i:02}":999"#)).collect();
+        let ranges: Vec<MetricRange> = (0..40)
+            .map(|i| MetricRange {
+                name: format!("temperature_{i:02}"),
+                min: 0.0,
+                max: 100.0,
+            })
+            .collect();
+        let body = format!(
+            r#"{{"device_id":"d","timestamp":"2026-03-27T10:15:30Z","metrics":{{{}}}}}"#,
+            metrics.join(",")
+        );
+        let options = |max_record_bytes| ValidatorOptions {
+            max_record_bytes,
+            metric_ranges: ranges.clone(),
+            ..ValidatorOptions::default()
+        };
+        let flagged = Validator::new(Contract::telemetry(), options(usize::MAX))
+            .validate(&request(body.as_bytes()))
+            .unwrap();
+        let (original, copy) = (flagged.batch.get(0).unwrap(), flagged.batch.get(1).unwrap());
+        assert_eq!(copy.topic, "ingest-dlq");
+        let limit = kafka::record_batch_size(&original);
+        assert!(kafka::record_batch_size(&copy) > limit);
+
+        let outcome = Validator::new(Contract::telemetry(), options(limit))
+            .validate(&request(body.as_bytes()))
+            .unwrap();
+        assert_eq!((outcome.accepted, outcome.rejected.len()), (0, 1));
+        assert!(outcome.warnings.is_empty() && outcome.batch.is_empty());
+        assert!(outcome.batch.topics().is_empty(), "no topic left without records");
+    }
+
+    #[test]
+    fn trace_context_is_checked_and_copied() {
+        let body = event("e", 1);
+        let validator = events_validator(DEFAULT_MAX_RECORD_BYTES);
+        let traced = Request {
+            traceparent: Some(TRACEPARENT),
+            tracestate: Some("rojo=00f067aa0ba902b7,congo=t61rcWkgMzE"),
+            ..request(body.as_bytes())
+        };
+        let outcome = validator.validate(&traced).unwrap();
+        let headers: Vec<(&str, &[u8])> = outcome.batch.get(0).unwrap().headers().collect();
+        assert!(headers.contains(&("traceparent", TRACEPARENT.as_bytes())));
+        assert!(headers.contains(&("tracestate", &b"rojo=00f067aa0ba902b7,congo=t61rcWkgMzE"[..])));
+
+        let state_alone = Request {
+            tracestate: Some("congo=t61rcWkgMzE"),
+            ..request(body.as_bytes())
+        };
+        let outcome = validator.validate(&state_alone).unwrap();
+        assert!(
+            outcome
+                .batch
+                .get(0)
+                .unwrap()
+                .headers()
+                .all(|(name, _)| name != "tracestate")
+        );
+
+        let huge = "0".repeat(400_000);
+        let cases = [
+            (
+                "traceparent",
+                Request {
+                    traceparent: Some(&huge),
+                    ..request(body.as_bytes())
+                },
+            ),
+            (
+                "traceparent",
+                Request {
+                    traceparent: Some("00-abc-def-01"),
+                    ..request(body.as_bytes())
+                },
+            ),
+            (
+                "tracestate",
+                Request {
+                    traceparent: Some(TRACEPARENT),
+                    tracestate: Some("Congo=x"),
+                    ..request(body.as_bytes())
+                },
+            ),
+            (
+                "X-Idempotency-Key",
+                Request {
+                    idempotency_key: Some(&huge),
+                    ..request(body.as_bytes())
+                },
+            ),
+        ];
+        for (expected, bad) in cases {
+            match validator.validate(&bad) {
+                Err(PayloadError::InvalidHeader { header, .. }) => assert_eq!(header, expected),
+                other => panic!("{expected}: {other:?}"),
+            }
+        }
     }
 }

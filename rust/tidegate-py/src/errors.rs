@@ -29,14 +29,27 @@ create_exception!(
 );
 create_exception!(
     tidegate,
+    InvalidHeader,
+    PayloadError,
+    "A request header copied into records or the dedup window is malformed or too long; `header` names it."
+);
+create_exception!(
+    tidegate,
     SchemaError,
     PyValueError,
     "A JSON Schema could not be compiled into a contract."
 );
 
-pub fn payload_error(error: &CorePayloadError) -> PyErr {
+pub fn payload_error(py: Python<'_>, error: &CorePayloadError) -> PyErr {
     let message = error.to_string();
     match error {
+        CorePayloadError::InvalidHeader { header, .. } => {
+            let err = InvalidHeader::new_err(message);
+            if let Err(failed) = err.value(py).setattr("header", *header) {
+                return failed;
+            }
+            err
+        }
         CorePayloadError::Malformed { .. } => MalformedPayload::new_err(message),
         CorePayloadError::TooLarge { .. } => PayloadTooLarge::new_err(message),
         CorePayloadError::UnsupportedFormat(_) | CorePayloadError::UnsupportedEncoding(_) => {
@@ -55,6 +68,7 @@ pub fn register(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add("MalformedPayload", py.get_type::<MalformedPayload>())?;
     module.add("PayloadTooLarge", py.get_type::<PayloadTooLarge>())?;
     module.add("UnsupportedFormat", py.get_type::<UnsupportedFormat>())?;
+    module.add("InvalidHeader", py.get_type::<InvalidHeader>())?;
     module.add("SchemaError", py.get_type::<SchemaError>())?;
     Ok(())
 }

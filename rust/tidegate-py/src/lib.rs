@@ -89,6 +89,9 @@ impl Contract {
 #[pyclass(frozen, module = "tidegate._native")]
 struct Validator(core::Validator);
 
+// `Validator`'s `max_record_bytes` default is spelled as a literal so that Python sees its value.
+const _: () = assert!(core::validator::DEFAULT_MAX_RECORD_BYTES == 1_000_000);
+
 fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -159,7 +162,7 @@ impl Validator {
         Ok(Validator(core::Validator::new(contract.0.clone(), options)))
     }
 
-    #[pyo3(signature = (body, content_type = "application/json", content_encoding = None, *, received_at_ms = None, priority = None, traceparent = None))]
+    #[pyo3(signature = (body, content_type = "application/json", content_encoding = None, *, received_at_ms = None, priority = None, traceparent = None, tracestate = None, idempotency_key = None))]
     fn validate(
         &self,
         py: Python<'_>,
@@ -169,6 +172,8 @@ impl Validator {
         received_at_ms: Option<i64>,
         priority: Option<&str>,
         traceparent: Option<&str>,
+        tracestate: Option<&str>,
+        idempotency_key: Option<&str>,
     ) -> PyResult<ValidationResult> {
         let request = core::Request {
             body,
@@ -177,10 +182,12 @@ impl Validator {
             received_at_ms: received_at_ms.unwrap_or_else(now_ms),
             priority,
             traceparent,
+            tracestate,
+            idempotency_key,
         };
         let mut outcome = py
             .detach(|| self.0.validate(&request))
-            .map_err(|e| errors::payload_error(&e))?;
+            .map_err(|e| errors::payload_error(py, &e))?;
         let batch = Py::new(py, RecordBatch(std::mem::take(&mut outcome.batch)))?;
         Ok(ValidationResult { outcome, batch })
     }
@@ -458,6 +465,10 @@ fn _native(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_class::<Issue>()?;
     module.add_class::<RecordBatch>()?;
     module.add("EVENT_ID_DOMAIN", core::validator::EVENT_ID_DOMAIN)?;
+    module.add("MAX_RECORD_BYTES", core::validator::DEFAULT_MAX_RECORD_BYTES)?;
+    module.add("MAX_TRACEPARENT_BYTES", core::headers::MAX_TRACEPARENT_BYTES)?;
+    module.add("MAX_TRACESTATE_BYTES", core::headers::MAX_TRACESTATE_BYTES)?;
+    module.add("MAX_IDEMPOTENCY_KEY_BYTES", core::headers::MAX_IDEMPOTENCY_KEY_BYTES)?;
     errors::register(module)?;
     spool::register(module)
 }
