@@ -16,6 +16,7 @@ from granian.constants import Interfaces
 from tidegate._native import Spool
 from tidegate.auth import KeyStore
 from tidegate.config import load_settings, to_env
+from tidegate.instance import StartRefused, check_address_free, hold_instance_lock
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -30,7 +31,13 @@ def _serve(args: argparse.Namespace) -> int:
         auth=False if args.no_auth else None,
     )
     os.environ.update(to_env(settings))
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        # Held until this process exits: no second instance may serve the same data dir.
+        instance_lock = hold_instance_lock(settings.data_dir)
+        check_address_free(settings.host, settings.port)
+    except StartRefused as refusal:
+        print(f"tidegate: {refusal}", file=sys.stderr)
+        return 1
     print(
         f"tidegate: http://{settings.host}:{settings.port} · data {settings.data_dir.resolve()} · "
         f"{'kafka ' + settings.kafka if settings.kafka else 'embedded spool (no Kafka)'} · "
@@ -47,6 +54,7 @@ def _serve(args: argparse.Namespace) -> int:
         log_access=False,
     )
     server.serve()
+    instance_lock.close()
     return 0
 
 
