@@ -57,7 +57,7 @@ def _serve(args: argparse.Namespace) -> int:
             **{name: getattr(args, name) for name in KAFKA_FLAGS},
         )
         _check_settings(settings)
-    except ValueError as error:
+    except (ValueError, OSError) as error:  # OSError: a --config file that cannot be read
         print(f"tidegate: {error}", file=sys.stderr)
         return 2
     os.environ.update(to_env(settings))
