@@ -20,6 +20,42 @@ def test_settings_precedence_defaults_file_env_flags(tmp_path: Path) -> None:
     assert load_settings(env=to_env(settings)) == settings, "workers get the same settings through the environment"
 
 
+def test_kafka_settings_precedence(tmp_path: Path) -> None:
+    config = tmp_path / "tidegate.toml"
+    config.write_text(
+        "[tidegate]\n"
+        'kafka = "file-broker:9093"\n'
+        "kafka_acks = 1\n"
+        'kafka_compression = "gzip"\n'
+        'kafka_sasl_mechanism = "SCRAM-SHA-512"\n'
+        'kafka_sasl_username = "file-user"\n'
+        'kafka_sasl_password = "file-secret"\n'
+        'kafka_tls_ca_file = "/etc/kafka/ca.pem"\n'
+        'kafka_topic_telemetry = "file-telemetry"\n'
+        'kafka_topic_events = "file-events"\n'
+        "kafka_linger_ms = 20\n"
+        "ready_requires_kafka = true\n"
+    )
+    env = {
+        "TIDEGATE_KAFKA_SASL_PASSWORD": "env-secret",
+        "TIDEGATE_KAFKA_TOPIC_EVENTS": "env-events",
+        "TIDEGATE_KAFKA_TLS_CHECK_HOSTNAME": "false",
+        "TIDEGATE_KAFKA_COMPRESSION": "zstd",
+    }
+    settings = load_settings(config, env=env, kafka_compression="lz4", kafka_topic_dead_letter="flag-dlq")
+    assert (settings.kafka, settings.kafka_acks, settings.kafka_linger_ms) == ("file-broker:9093", "1", 20.0)
+    assert (settings.kafka_sasl_mechanism, settings.kafka_sasl_username) == ("SCRAM-SHA-512", "file-user")
+    assert settings.kafka_sasl_password == "env-secret", "the environment overrides the file"
+    assert settings.kafka_compression == "lz4", "flags override the environment"
+    assert settings.kafka_topics == ("file-telemetry", "env-events", "flag-dlq")
+    assert (settings.kafka_tls_ca_file, settings.kafka_tls_check_hostname) == (Path("/etc/kafka/ca.pem"), False)
+    assert settings.ready_requires_kafka and not settings.kafka_tls
+    assert load_settings(env=to_env(settings)) == settings, "workers get the same settings through the environment"
+    defaults = load_settings(env={})
+    assert (defaults.kafka_acks, defaults.kafka_compression, defaults.ready_requires_kafka) == ("all", "none", False)
+    assert defaults.kafka_topics == ("telemetry-raw", "events-raw", "ingest-dlq")
+
+
 def test_bad_settings_are_refused(tmp_path: Path) -> None:
     config = tmp_path / "tidegate.toml"
     config.write_text("prot = 1\n")
@@ -27,6 +63,10 @@ def test_bad_settings_are_refused(tmp_path: Path) -> None:
         load_settings(config, env={})
     with pytest.raises(ValueError, match="priority_ingest"):
         load_settings(env={"TIDEGATE_PRIORITY_INGEST": "urgent"})
+    with pytest.raises(ValueError, match="kafka_compression must be one of none, gzip, snappy, lz4, zstd"):
+        load_settings(env={"TIDEGATE_KAFKA_COMPRESSION": "brotli"})
+    with pytest.raises(ValueError, match="kafka_sasl_mechanism"):
+        load_settings(env={"TIDEGATE_KAFKA_SASL_MECHANISM": "GSSAPI"})
 
 
 def test_keys_are_hashed_rotated_and_revoked(tmp_path: Path) -> None:

@@ -44,7 +44,8 @@ from tidegate._native import (
 )
 from tidegate.auth import KeyStore, presented_key
 from tidegate.config import PRIORITIES, Settings, load_settings
-from tidegate.delivery.kafka import Forwarder, KafkaSettings
+from tidegate.delivery.cluster import ClusterCheck
+from tidegate.delivery.kafka import Forwarder, kafka_settings
 from tidegate.delivery.spool import SpoolWriter
 from tidegate.metrics import Metrics
 from tidegate.openapi import capabilities, openapi_document
@@ -152,26 +153,38 @@ class Gateway:
             "max_body_bytes": settings.max_body_bytes,
             "max_past_seconds": settings.max_past_seconds,
             "max_future_seconds": settings.max_future_seconds,
+            "dlq_topic": settings.kafka_topic_dead_letter,
+            "max_record_bytes": settings.max_record_bytes,
         }
+        telemetry_topic = settings.kafka_topic_telemetry
         self.routes = {
             route.path: route
             for route in (
                 IngestRoute(
                     "ingest",
                     "/api/v1/ingest",
-                    Validator(Contract.telemetry(), **common),
+                    Validator(Contract.telemetry(), topic=telemetry_topic, **common),
                     settings.priority_ingest,
                     "telemetry",
                 ),
                 IngestRoute(
                     "batch",
                     "/api/v1/ingest/batch",
-                    Validator(Contract.batch(), max_batch_readings=settings.max_batch_readings, **common),
+                    Validator(
+                        Contract.batch(),
+                        max_batch_readings=settings.max_batch_readings,
+                        topic=telemetry_topic,
+                        **common,
+                    ),
                     settings.priority_batch,
                     "batch",
                 ),
                 IngestRoute(
-                    "events", "/api/v1/events", Validator(Contract.event(), **common), settings.priority_events, "event"
+                    "events",
+                    "/api/v1/events",
+                    Validator(Contract.event(), topic=settings.kafka_topic_events, **common),
+                    settings.priority_events,
+                    "event",
                 ),
             )
         }
@@ -182,6 +195,7 @@ class Gateway:
         self.spool: Spool | None = None
         self.writer: SpoolWriter | None = None
         self.forwarder: Forwarder | None = None
+        self.cluster: ClusterCheck | None = None
         self.ready = False
         self.shutting_down = False
         self.in_flight_requests = 0
@@ -240,6 +254,16 @@ class Gateway:
         self.metrics.gauge(
             "tidegate_kafka_breaker_open", "1 while the Kafka circuit breaker is open.", self._breaker_open
         )
+        self.metrics.gauge(
+            "tidegate_kafka_reachable",
+            "1 when the last check reached a Kafka broker.",
+            lambda: float(self.cluster is not None and self.cluster.reachable is True),
+        )
+        self.metrics.gauge(
+            "tidegate_kafka_topics_missing",
+            "Configured topics the Kafka cluster does not have (delivery stalls until they exist).",
+            lambda: float(len(self.cluster.missing) if self.cluster is not None else 0),
+        )
 
     # ----- state read by health and metrics
 
@@ -270,8 +294,18 @@ class Gateway:
         return self.spool is not None and self.spool.failing
 
     def is_ready(self) -> bool:
-        # Kafka being down does not make the service unready: the spool is the sink and absorbs traffic.
-        return self.ready and not self.shutting_down and not self.spool_full and not self.spool_failing()
+        # By default Kafka being down does not make the service unready: the spool is the sink and absorbs traffic.
+        kafka_ok = self.kafka_reachable() if self.settings.ready_requires_kafka else True
+        return self.ready and not self.shutting_down and not self.spool_full and not self.spool_failing() and kafka_ok
+
+    def kafka_reachable(self) -> bool:
+        """The last cluster check reached a broker and the forwarder's breaker is closed (`ready_requires_kafka`)."""
+        return (
+            self.cluster is not None
+            and self.cluster.reachable is True
+            and self.forwarder is not None
+            and self.forwarder.state == "closed"
+        )
 
     # ----- lifecycle
 
@@ -291,9 +325,12 @@ class Gateway:
             self.dedup.load_spool, self.spool, now, now - int(self.settings.dedup_ttl_seconds * 1000)
         )
         if self.settings.kafka:
-            self.forwarder = Forwarder(self.spool, KafkaSettings(bootstrap=self.settings.kafka))
+            kafka = kafka_settings(self.settings)
+            self.forwarder = Forwarder(self.spool, kafka)
             self.forwarder.on_latency = self.metrics.kafka_latency.observe
             await self.forwarder.start()
+            self.cluster = ClusterCheck(kafka, self.settings.kafka_topics, self.settings.kafka_topic_check_interval_s)
+            await self.cluster.start()
         housekeeping = asyncio.create_task(self._housekeeping())
         self.ready = True
         log.info(
@@ -307,6 +344,8 @@ class Gateway:
             while self.in_flight_requests and time.monotonic() < deadline:
                 await asyncio.sleep(0.01)
             housekeeping.cancel()
+            if self.cluster is not None:
+                await self.cluster.stop()
             await self.writer.stop()
             if self.forwarder is not None:
                 await self.forwarder.stop(max(0.0, deadline - time.monotonic()))
@@ -805,6 +844,10 @@ def create_app(settings: Settings | None = None) -> Callable[[Scope, Receive, Se
             "spool_has_room": not gateway.spool_full,
             "kafka": getattr(gateway.forwarder, "state", "not configured"),
         }
+        if gateway.cluster is not None:
+            checks["kafka_reachable"] = gateway.cluster.reachable
+            checks["kafka_topics_missing"] = list(gateway.cluster.missing)
+            checks["kafka_required"] = settings.ready_requires_kafka
         ok = gateway.is_ready()
         return JSONResponse({"status": "ready" if ok else "not_ready", "checks": checks}, 200 if ok else 503)
 

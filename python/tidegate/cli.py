@@ -15,22 +15,59 @@ from granian.constants import Interfaces
 
 from tidegate._native import Spool
 from tidegate.auth import KeyStore
-from tidegate.config import load_settings, to_env
+from tidegate.config import SETTING_NAMES, Settings, choices_of, load_settings, to_env
+from tidegate.delivery.kafka import kafka_settings
+from tidegate.instance import StartRefused, check_address_free, hold_instance_lock
+
+#: Settings with a flag of their own name (`kafka_tls_ca_file`: `--kafka-tls-ca-file`). Not the SASL password:
+#: flags show in `ps`, so it comes from the TOML file or the environment.
+KAFKA_FLAGS = tuple(
+    name
+    for name in SETTING_NAMES
+    if (name.startswith("kafka_") or name == "ready_requires_kafka") and name != "kafka_sasl_password"
+)
+
+
+def _metavar(name: str) -> str:
+    for suffix, metavar in (("_file", "FILE"), ("_ms", "MS"), ("_s", "SECONDS"), ("_bytes", "BYTES")):
+        if name.endswith(suffix):
+            return metavar
+    return "TOPIC" if name.startswith("kafka_topic_") else "VALUE"
+
+
+def _check_settings(settings: Settings) -> None:
+    """Refuses settings that cannot work before anything starts (ValueError naming the setting)."""
+    if settings.kafka:
+        kafka_settings(settings)
+    elif settings.ready_requires_kafka:
+        raise ValueError("ready_requires_kafka needs kafka (the bootstrap servers)")
 
 
 def _serve(args: argparse.Namespace) -> int:
-    settings = load_settings(
-        args.config,
-        host=args.host,
-        port=args.port,
-        workers=args.workers,
-        data_dir=args.data_dir,
-        kafka=args.kafka,
-        dry_run=True if args.dry_run else None,
-        auth=False if args.no_auth else None,
-    )
+    try:
+        settings = load_settings(
+            args.config,
+            host=args.host,
+            port=args.port,
+            workers=args.workers,
+            data_dir=args.data_dir,
+            kafka=args.kafka,
+            dry_run=True if args.dry_run else None,
+            auth=False if args.no_auth else None,
+            **{name: getattr(args, name) for name in KAFKA_FLAGS},
+        )
+        _check_settings(settings)
+    except (ValueError, OSError) as error:  # OSError: a --config file that cannot be read
+        print(f"tidegate: {error}", file=sys.stderr)
+        return 2
     os.environ.update(to_env(settings))
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        # Held until this process exits: no second instance may serve the same data dir.
+        instance_lock = hold_instance_lock(settings.data_dir)
+        check_address_free(settings.host, settings.port)
+    except StartRefused as refusal:
+        print(f"tidegate: {refusal}", file=sys.stderr)
+        return 1
     print(
         f"tidegate: http://{settings.host}:{settings.port} · data {settings.data_dir.resolve()} · "
         f"{'kafka ' + settings.kafka if settings.kafka else 'embedded spool (no Kafka)'} · "
@@ -47,6 +84,7 @@ def _serve(args: argparse.Namespace) -> int:
         log_access=False,
     )
     server.serve()
+    instance_lock.close()
     return 0
 
 
@@ -149,6 +187,14 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", type=Path, help="TOML settings file")
     serve.add_argument("--dry-run", action="store_true", help="validate and compute ids, write nothing")
     serve.add_argument("--no-auth", action="store_true", help="accept requests without device keys (development)")
+    kafka = serve.add_argument_group("Kafka", "each flag sets the setting of its name (README: Settings)")
+    for name in KAFKA_FLAGS:
+        flag = "--" + name.replace("_", "-")
+        choices = choices_of(name)
+        if choices == ("true", "false"):
+            kafka.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction)
+        else:
+            kafka.add_argument(flag, dest=name, metavar="|".join(choices) if choices else _metavar(name))
     serve.set_defaults(run=_serve)
 
     keys = commands.add_parser("keys", help="manage device API keys")

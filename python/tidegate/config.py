@@ -7,10 +7,22 @@ import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
+
+from tidegate._native import MAX_RECORD_BYTES
 
 Priority = Literal["high", "medium", "low"]
 PRIORITIES: tuple[Priority, ...] = ("high", "medium", "low")
+KafkaAcks = Literal["all", "1"]
+KafkaCompression = Literal["none", "gzip", "snappy", "lz4", "zstd"]
+SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
+#: Settings whose values are one of a few names: the type's name (as the dataclass records it) → the names.
+_CHOICES: dict[str, tuple[str, ...]] = {
+    "Priority": PRIORITIES,
+    "KafkaAcks": get_args(KafkaAcks),
+    "KafkaCompression": get_args(KafkaCompression),
+    "SaslMechanism": get_args(SaslMechanism),
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -20,7 +32,37 @@ class Settings:
     workers: int = 1
     data_dir: Path = Path("data")
     kafka: str | None = None
-    """Kafka bootstrap servers; None keeps everything in the spool (the embedded default)."""
+    """Kafka bootstrap servers (`host:port[,host:port...]`); None keeps everything in the spool (the default)."""
+    kafka_tls: bool = False
+    """TLS to the brokers, verified against the system's CAs unless `kafka_tls_ca_file` is given. Setting any
+    `kafka_tls_*_file` turns TLS on too."""
+    kafka_tls_ca_file: Path | None = None
+    kafka_tls_cert_file: Path | None = None
+    """A client certificate (PEM) for brokers that authenticate clients by TLS; with `kafka_tls_key_file`."""
+    kafka_tls_key_file: Path | None = None
+    kafka_tls_check_hostname: bool = True
+    kafka_sasl_mechanism: SaslMechanism | None = None
+    """SASL authentication (over TLS when TLS is on, else in plain text), with the two settings below."""
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: str | None = None
+    """Give it in the TOML file or `TIDEGATE_KAFKA_SASL_PASSWORD`: there is no flag, as flags show in `ps`."""
+    kafka_acks: KafkaAcks = "all"
+    """"all": a record counts as delivered once every in-sync replica has it. "1": once the partition's
+    leader has it (faster, but a leader that fails before its followers copied the record loses it)."""
+    kafka_compression: KafkaCompression = "none"
+    kafka_linger_ms: float = 5.0
+    """How long the forwarder waits for more records once new ones are spooled, to send fewer, larger batches."""
+    kafka_max_request_bytes: int = 1 << 20
+    """The largest record batch sent, and so the largest record; keep it at or below the brokers'
+    `message.max.bytes` (and the topics' `max.message.bytes`)."""
+    kafka_topic_telemetry: str = "telemetry-raw"
+    kafka_topic_events: str = "events-raw"
+    kafka_topic_dead_letter: str = "ingest-dlq"
+    kafka_topic_check_interval_s: float = 10.0
+    """How often the brokers are asked whether they are reachable and hold the topics above."""
+    ready_requires_kafka: bool = False
+    """Seed 001's rule: not ready while Kafka cannot be reached (the breaker is open, or the last check failed).
+    By default the spool absorbs traffic while Kafka is down, and the service stays ready."""
     auth: bool = True
     dry_run: bool = False
     max_body_bytes: int = 8 * 1024 * 1024
@@ -66,13 +108,34 @@ class Settings:
     def keys_file(self) -> Path:
         return self.data_dir / "keys.json"
 
+    @property
+    def max_record_bytes(self) -> int:
+        """The largest record (key, value and headers as a Kafka batch of its own) accepted at the door: what
+        Kafka will take, so that nothing acknowledged is refused later. One limit for the validators and the
+        forwarder."""
+        return min(MAX_RECORD_BYTES, self.kafka_max_request_bytes)
+
+    @property
+    def kafka_topics(self) -> tuple[str, ...]:
+        """Every topic records are delivered to."""
+        return (self.kafka_topic_telemetry, self.kafka_topic_events, self.kafka_topic_dead_letter)
+
 
 _FIELDS = {field.name: field for field in dataclasses.fields(Settings)}
+SETTING_NAMES = tuple(_FIELDS)
+
+
+def choices_of(name: str) -> tuple[str, ...]:
+    """The values a setting may take when they are a few names ("true", "false" for a flag), else ()."""
+    kind = str(_FIELDS[name].type).removesuffix(" | None")
+    return ("true", "false") if kind == "bool" else _CHOICES.get(kind, ())
 
 
 def _coerce(name: str, raw: Any) -> Any:
-    kind = _FIELDS[name].type
-    if raw is None:
+    kind = str(_FIELDS[name].type)
+    optional = kind.endswith(" | None")
+    kind = kind.removesuffix(" | None")
+    if raw is None or (optional and raw == ""):
         return None
     if kind == "bool":
         if isinstance(raw, str):
@@ -84,12 +147,11 @@ def _coerce(name: str, raw: Any) -> Any:
         return float(raw)
     if kind == "Path":
         return Path(raw)
-    if kind == "Priority":
-        if raw not in PRIORITIES:
-            raise ValueError(f"{name} must be one of {', '.join(PRIORITIES)}, not {raw!r}")
-        return raw
-    if kind == "str | None":
-        return str(raw) or None
+    if kind in _CHOICES:
+        value = str(raw)  # `kafka_acks = 1` in TOML is the number 1
+        if value not in _CHOICES[kind]:
+            raise ValueError(f"{name} must be one of {', '.join(_CHOICES[kind])}, not {raw!r}")
+        return value
     return str(raw)
 
 

@@ -7,7 +7,6 @@ from typing import Any
 
 from tidegate._native import (
     MAX_IDEMPOTENCY_KEY_BYTES,
-    MAX_RECORD_BYTES,
     MAX_TRACEPARENT_BYTES,
     MAX_TRACESTATE_BYTES,
 )
@@ -384,7 +383,7 @@ def capabilities(settings: Settings) -> dict[str, Any]:
         "limits": {
             "max_body_bytes": settings.max_body_bytes,
             "max_batch_readings": settings.max_batch_readings,
-            "max_record_bytes": MAX_RECORD_BYTES,
+            "max_record_bytes": settings.max_record_bytes,
             "max_depth": 32,
             "max_past_seconds": settings.max_past_seconds,
             "max_future_seconds": settings.max_future_seconds,

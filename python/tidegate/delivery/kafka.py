@@ -46,6 +46,7 @@ import json
 import logging
 import os
 import random
+import ssl
 import struct
 import time
 from collections import deque
@@ -57,6 +58,10 @@ from typing import Any, Literal
 from aiokafka import AIOKafkaProducer  # type: ignore[import-untyped,unused-ignore]
 from aiokafka.codec import (  # type: ignore[import-untyped,unused-ignore]
     gzip_encode,
+    has_gzip,
+    has_lz4,
+    has_snappy,
+    has_zstd,
     lz4_encode,
     snappy_encode,
     zstd_encode,
@@ -66,6 +71,7 @@ from aiokafka.errors import (  # type: ignore[import-untyped,unused-ignore]
     MessageSizeTooLargeError,
     RecordListTooLargeError,
 )
+from aiokafka.helpers import create_ssl_context  # type: ignore[import-untyped,unused-ignore]
 from aiokafka.record.default_records import (  # type: ignore[import-untyped,unused-ignore]
     DefaultRecordBatch,
     DefaultRecordBatchBuilder,
@@ -73,8 +79,9 @@ from aiokafka.record.default_records import (  # type: ignore[import-untyped,unu
 from aiokafka.record.util import calc_crc32c  # type: ignore[import-untyped,unused-ignore]
 
 from tidegate._native import RecordBatch, Spool
+from tidegate.config import Settings
 
-__all__ = ["BreakerState", "EncodedBatch", "Forwarder", "KafkaSettings"]
+__all__ = ["BreakerState", "EncodedBatch", "Forwarder", "KafkaSettings", "kafka_settings", "producer_kwargs"]
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +101,14 @@ _CODECS: dict[str, tuple[int, Callable[[bytes], bytes]]] = {
     "zstd": (0x04, zstd_encode),
 }
 
+#: compression_type: whether its codec can be used here (snappy, lz4 and zstd need the cramjam package).
+_CODEC_AVAILABLE: dict[str, Callable[[], bool]] = {
+    "gzip": has_gzip,
+    "snappy": has_snappy,
+    "lz4": has_lz4,
+    "zstd": has_zstd,
+}
+
 
 @dataclass(frozen=True, slots=True)
 class KafkaSettings:
@@ -101,6 +116,9 @@ class KafkaSettings:
 
     bootstrap: str
     client_id: str = "tidegate"
+    #: "all" (every in-sync replica has the record) or 1 (the partition leader has it). Never 0: the checkpoint
+    #: moves on acknowledgements, so a producer that does not wait for one would lose records silently.
+    acks: Literal["all", 1] = "all"
     #: aiokafka's own per-request timeout (also how long its accumulator keeps a batch it cannot deliver).
     request_timeout_ms: int = 10_000
     #: The forwarder's deadline around one attempt (all batches of one read range).
@@ -135,8 +153,84 @@ class KafkaSettings:
     dlq_topic: str = "ingest-dlq"
     #: Directory of the local dead-letter files; None: ``dead-letter`` inside the spool's directory.
     dead_letter_dir: Path | None = None
-    #: Extra keyword arguments for ``AIOKafkaProducer`` (security settings and the like).
+    #: How every aiokafka client (the producer, the cluster check) connects: ``security_protocol``,
+    #: ``ssl_context``, ``sasl_mechanism``, ``sasl_plain_username``, ``sasl_plain_password``.
+    connection_options: dict[str, Any] = field(default_factory=dict)
+    #: Extra keyword arguments for ``AIOKafkaProducer`` only.
     producer_options: dict[str, Any] = field(default_factory=dict)
+
+
+def kafka_settings(settings: Settings) -> KafkaSettings:
+    """The forwarder's settings from the service's `kafka*` settings: the one place that turns one into the other,
+    for every process that talks to Kafka. Raises ValueError naming the setting when the combination cannot work
+    (checked when `tidegate serve` starts, before anything listens)."""
+    if not settings.kafka:
+        raise ValueError("kafka (the bootstrap servers) is not set")
+    tls_files = (settings.kafka_tls_ca_file, settings.kafka_tls_cert_file, settings.kafka_tls_key_file)
+    tls = settings.kafka_tls or any(path is not None for path in tls_files)
+    sasl = settings.kafka_sasl_mechanism is not None
+    options: dict[str, Any] = {
+        "security_protocol": ("SASL_" if sasl else "") + ("SSL" if tls else "PLAINTEXT"),
+    }
+    if tls:
+        if settings.kafka_tls_key_file is not None and settings.kafka_tls_cert_file is None:
+            raise ValueError("kafka_tls_key_file is the key of a client certificate: set kafka_tls_cert_file too")
+        for name in ("kafka_tls_ca_file", "kafka_tls_cert_file", "kafka_tls_key_file"):
+            path = getattr(settings, name)
+            if path is not None and not path.is_file():
+                raise ValueError(f"{name}: no such file: {path}")
+        try:
+            context = create_ssl_context(
+                cafile=settings.kafka_tls_ca_file,
+                certfile=settings.kafka_tls_cert_file,
+                keyfile=settings.kafka_tls_key_file,
+            )
+        except (OSError, ssl.SSLError) as error:
+            raise ValueError(f"the Kafka TLS files cannot be loaded: {error}") from None
+        context.check_hostname = settings.kafka_tls_check_hostname
+        options["ssl_context"] = context
+    if sasl:
+        if not settings.kafka_sasl_username or settings.kafka_sasl_password is None:
+            raise ValueError(
+                f"kafka_sasl_mechanism={settings.kafka_sasl_mechanism} needs kafka_sasl_username and "
+                "kafka_sasl_password (TOML or TIDEGATE_KAFKA_SASL_PASSWORD)"
+            )
+        options["sasl_mechanism"] = settings.kafka_sasl_mechanism
+        options["sasl_plain_username"] = settings.kafka_sasl_username
+        options["sasl_plain_password"] = settings.kafka_sasl_password
+    compression = None if settings.kafka_compression == "none" else settings.kafka_compression
+    if compression is not None and not _CODEC_AVAILABLE[compression]():
+        raise ValueError(
+            f"kafka_compression={compression} needs the cramjam package: pip install 'tidegate[compression]'"
+        )
+    return KafkaSettings(
+        bootstrap=settings.kafka,
+        acks="all" if settings.kafka_acks == "all" else 1,
+        compression_type=compression,
+        linger_s=settings.kafka_linger_ms / 1000,
+        max_batch_bytes=settings.kafka_max_request_bytes,
+        max_record_bytes=settings.max_record_bytes,
+        dlq_topic=settings.kafka_topic_dead_letter,
+        dead_letter_dir=settings.data_dir / "dead-letter",
+        connection_options=options,
+    )
+
+
+def producer_kwargs(settings: KafkaSettings) -> dict[str, Any]:
+    """The keyword arguments of the forwarder's ``AIOKafkaProducer``."""
+    return {
+        "bootstrap_servers": settings.bootstrap,
+        "client_id": settings.client_id,
+        "acks": settings.acks,
+        "enable_idempotence": False,
+        "request_timeout_ms": settings.request_timeout_ms,
+        "max_batch_size": settings.max_batch_bytes,
+        "max_request_size": max(settings.max_record_bytes, settings.max_batch_bytes) + 65536,
+        "compression_type": settings.compression_type,
+        "linger_ms": 0,
+        **settings.connection_options,
+        **settings.producer_options,
+    }
 
 
 def _cancelling() -> bool:
@@ -764,18 +858,7 @@ class Forwarder:
             if self._producer is not None:
                 return self._producer
             settings = self.settings
-            producer = AIOKafkaProducer(
-                bootstrap_servers=settings.bootstrap,
-                client_id=settings.client_id,
-                acks="all",
-                enable_idempotence=False,
-                request_timeout_ms=settings.request_timeout_ms,
-                max_batch_size=settings.max_batch_bytes,
-                max_request_size=max(settings.max_record_bytes, settings.max_batch_bytes) + 65536,
-                compression_type=settings.compression_type,
-                linger_ms=0,
-                **settings.producer_options,
-            )
+            producer = AIOKafkaProducer(**producer_kwargs(settings))
             try:
                 await asyncio.wait_for(producer.start(), settings.send_deadline_s)
             except BaseException:

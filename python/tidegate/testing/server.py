@@ -22,7 +22,8 @@ def free_port() -> int:
 
 
 class Server:
-    """Starts `tidegate serve` with `TIDEGATE_*` settings from `env`; `start()` returns once /health/ready is 200."""
+    """Starts `tidegate serve` with `TIDEGATE_*` settings from `env`; `start()` returns once /health/ready is 200
+    (or /health/live, for a server expected not to be ready)."""
 
     def __init__(self, data_dir: Path, env: Mapping[str, str] | None = None, *, workers: int = 1) -> None:
         self.data_dir = data_dir
@@ -46,7 +47,7 @@ class Server:
         ).stdout
         return dict(line.split(" ", 1) for line in out.strip().splitlines())
 
-    def start(self, timeout: float = 30.0) -> Server:
+    def start(self, timeout: float = 30.0, *, until: str = "/health/ready") -> Server:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, "TIDEGATE_LOG_FULL_BELOW_RPS": "0", **self.env}
         command = [
@@ -68,14 +69,14 @@ class Server:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"tidegate exited with {self.proc.returncode}:\n{self.log_tail()}")
             try:
-                with urllib.request.urlopen(self.url + "/health/ready", timeout=1) as response:
+                with urllib.request.urlopen(self.url + until, timeout=1) as response:
                     if response.status == 200:
                         return self
             except (urllib.error.URLError, ConnectionError, TimeoutError):
                 pass
             time.sleep(0.05)
         self.stop(kill=True)
-        raise RuntimeError(f"tidegate did not become ready:\n{self.log_tail()}")
+        raise RuntimeError(f"tidegate did not answer {until} with 200:\n{self.log_tail()}")
 
     def stop(self, *, kill: bool = False, timeout: float = 20.0) -> int | None:
         """SIGTERM (graceful drain) or SIGKILL the whole process group; returns the exit code."""

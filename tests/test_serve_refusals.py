@@ -1,0 +1,75 @@
+"""`tidegate serve` refuses to start beside another instance: same data dir, or a port already taken."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+from tidegate.testing.server import Server, free_port
+
+from tests.conftest import reading
+
+
+def serve(data_dir: Path, port: int) -> subprocess.CompletedProcess[str]:
+    """Runs `tidegate serve` expecting it to refuse: fails the test if it still runs after 30 s."""
+    command = [sys.executable, "-m", "tidegate", "serve", "--data-dir", str(data_dir), "--port", str(port)]
+    proc = subprocess.Popen(
+        command,
+        env={**os.environ, "TIDEGATE_AUTH": "false"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        out, err = proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        pytest.fail(f"the second `tidegate serve` kept running:\n{err[-2000:]}")
+    return subprocess.CompletedProcess(command, proc.returncode, out, err)
+
+
+def still_serving(server: Server) -> None:
+    with httpx.Client(base_url=server.url, timeout=10) as http:
+        assert http.get("/health/ready").status_code == 200
+        answer = http.post("/api/v1/ingest", json=reading("refusals-1"))
+        assert answer.status_code == 202 and answer.json()["status"] == "accepted"
+
+
+def test_a_second_instance_on_the_same_data_dir_is_refused(tmp_path: Path) -> None:
+    with Server(tmp_path, {"TIDEGATE_AUTH": "false"}) as first:
+        assert first.proc is not None
+        refused = serve(tmp_path, free_port())
+        assert refused.returncode != 0
+        message = refused.stderr
+        assert "another tidegate" in message and str(tmp_path.resolve()) in message, message
+        assert re.search(rf"\bpid {first.proc.pid}\b", message), message
+        assert sorted(p.name for p in (tmp_path / "spool").iterdir()) == ["w0"], "no second worker spool was claimed"
+        still_serving(first)
+
+
+def test_a_taken_port_is_refused(tmp_path: Path) -> None:
+    with Server(tmp_path / "first", {"TIDEGATE_AUTH": "false"}) as first:
+        refused = serve(tmp_path / "second", first.port)
+        assert refused.returncode != 0
+        assert f"127.0.0.1:{first.port}" in refused.stderr and "in use" in refused.stderr, refused.stderr
+        assert not (tmp_path / "second" / "spool").exists(), "nothing was started for the refused instance"
+        still_serving(first)
+
+
+def test_a_port_held_by_another_program_is_refused(tmp_path: Path) -> None:
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        port = other.getsockname()[1]
+        refused = serve(tmp_path, port)
+    assert refused.returncode != 0
+    assert f"127.0.0.1:{port}" in refused.stderr and "in use" in refused.stderr, refused.stderr
