@@ -280,6 +280,23 @@ class Spool:
         """Opens a spool another process may be writing, only to read it: nothing is created, truncated or
         removed, and appends fail."""
 
+    @staticmethod
+    def open_for_delivery(path: str | PathLike[str]) -> Spool:
+        """Opens the spool a worker process writes, to deliver it: `read` follows the writer (new and deleted
+        segments) up to what it made durable; `ack` writes the checkpoint the writer's cleanup obeys and
+        `publish_delivered` tells the writer what the broker acknowledged. Nothing else is written."""
+
+    @property
+    def delivered_seq(self) -> int:
+        """What the delivery process last saw the broker acknowledge (every record below it)."""
+
+    def publish_delivered(self, seq: int) -> None:
+        """Tells the writer the broker acknowledged every record below `seq` (page cache, no fsync)."""
+
+    def refresh_acked(self) -> int:
+        """Reads the checkpoint the delivery process wrote (cleanup deletes what it covers); returns it. Raises
+        OSError when it cannot be read (the last good one stays)."""
+
     def append(self, batch: RecordBatch) -> int:
         """Writes the batch; returns the sequence after its last record (durable once `durable_seq` reaches it).
         Raises SpoolFull when the quota would be exceeded."""

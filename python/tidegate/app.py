@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import functools
 import json
 import logging
 import math
@@ -44,9 +45,8 @@ from tidegate._native import (
 )
 from tidegate.auth import KeyStore, presented_key
 from tidegate.config import PRIORITIES, Settings, load_settings
-from tidegate.delivery.cluster import ClusterCheck
-from tidegate.delivery.kafka import Forwarder, kafka_settings
 from tidegate.delivery.spool import SpoolWriter
+from tidegate.delivery.status import DeliveryStatus
 from tidegate.metrics import Metrics
 from tidegate.openapi import capabilities, openapi_document
 from tidegate.problems import Problem, issue_errors
@@ -194,8 +194,9 @@ class Gateway:
         self.last_seen: dict[str, float] = {}
         self.spool: Spool | None = None
         self.writer: SpoolWriter | None = None
-        self.forwarder: Forwarder | None = None
-        self.cluster: ClusterCheck | None = None
+        self.delivery = DeliveryStatus(settings.data_dir)
+        self._delivered_waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self._delivered_watch: asyncio.Task[None] | None = None
         self.ready = False
         self.shutting_down = False
         self.in_flight_requests = 0
@@ -212,6 +213,7 @@ class Gateway:
         self.loop_lag_s = 0.0
         self._recent_requests = 0
         self._next_spool_care = 0.0
+        self._next_cleanup = 0.0
         self._rate_window_start = time.monotonic()
         self._request_rate = 0.0
         self.metrics.gauge("tidegate_utilization", "Admission utilization (0..1).", self.utilization)
@@ -245,36 +247,45 @@ class Gateway:
         )
         self.metrics.gauge("tidegate_event_loop_lag_seconds", "Smoothed event-loop lag.", lambda: self.loop_lag_s)
         self.metrics.gauge("tidegate_ready", "1 when ready to accept traffic.", lambda: float(self.is_ready()))
+        # Delivery runs in its own process (one per data dir): these are its figures, for every worker spool.
+        delivery = self.delivery
         self.metrics.gauge(
-            "tidegate_kafka_records_sent", "Records acknowledged by Kafka.", self._kafka_stat("records_sent")
+            "tidegate_delivery_up",
+            "1 while the delivery process reports (Kafka configured).",
+            lambda: float(delivery.alive),
         )
+        for name, help_text in (
+            ("records_sent", "Records acknowledged by Kafka."),
+            ("send_failures", "Failed Kafka send attempts."),
+            ("dead_lettered", "Records Kafka could not take, kept in the dead-letter file and announced."),
+            ("checkpoint_failures", "Delivery checkpoints that could not be persisted (retried)."),
+        ):
+            self.metrics.gauge(f"tidegate_kafka_{name}", help_text, functools.partial(delivery.total, name))
         self.metrics.gauge(
-            "tidegate_kafka_send_failures", "Failed Kafka send attempts.", self._kafka_stat("send_failures")
-        )
-        self.metrics.gauge(
-            "tidegate_kafka_breaker_open", "1 while the Kafka circuit breaker is open.", self._breaker_open
+            "tidegate_kafka_breaker_open",
+            "1 while a Kafka circuit breaker is open.",
+            lambda: float(delivery.get("breaker") == "open"),
         )
         self.metrics.gauge(
             "tidegate_kafka_reachable",
             "1 when the last check reached a Kafka broker.",
-            lambda: float(self.cluster is not None and self.cluster.reachable is True),
+            lambda: float(delivery.get("kafka_reachable") is True),
         )
         self.metrics.gauge(
             "tidegate_kafka_topics_missing",
             "Configured topics the Kafka cluster does not have (delivery stalls until they exist).",
-            lambda: float(len(self.cluster.missing) if self.cluster is not None else 0),
+            lambda: float(len(delivery.get("kafka_topics_missing", []))),
+        )
+        self.metrics.gauge(
+            "tidegate_kafka_last_send_latency_seconds",
+            "Latency of the latest successful Kafka send.",
+            lambda: float(delivery.get("last_send_latency_s") or 0.0),
         )
 
     # ----- state read by health and metrics
 
     def _spool_stat(self, name: str) -> float:
         return float(self.spool.stats()[name]) if self.spool is not None else 0.0
-
-    def _kafka_stat(self, name: str) -> Callable[[], float]:
-        return lambda: float(getattr(self.forwarder, name, 0) or 0)
-
-    def _breaker_open(self) -> float:
-        return float(self.forwarder is not None and self.forwarder.state == "open")
 
     def _silent_devices(self) -> float:
         cutoff = time.time() - self.settings.silence_after_s
@@ -295,17 +306,8 @@ class Gateway:
 
     def is_ready(self) -> bool:
         # By default Kafka being down does not make the service unready: the spool is the sink and absorbs traffic.
-        kafka_ok = self.kafka_reachable() if self.settings.ready_requires_kafka else True
+        kafka_ok = self.delivery.kafka_ok if self.settings.ready_requires_kafka else True
         return self.ready and not self.shutting_down and not self.spool_full and not self.spool_failing() and kafka_ok
-
-    def kafka_reachable(self) -> bool:
-        """The last cluster check reached a broker and the forwarder's breaker is closed (`ready_requires_kafka`)."""
-        return (
-            self.cluster is not None
-            and self.cluster.reachable is True
-            and self.forwarder is not None
-            and self.forwarder.state == "closed"
-        )
 
     # ----- lifecycle
 
@@ -324,13 +326,6 @@ class Gateway:
         loaded = await asyncio.to_thread(
             self.dedup.load_spool, self.spool, now, now - int(self.settings.dedup_ttl_seconds * 1000)
         )
-        if self.settings.kafka:
-            kafka = kafka_settings(self.settings)
-            self.forwarder = Forwarder(self.spool, kafka)
-            self.forwarder.on_latency = self.metrics.kafka_latency.observe
-            await self.forwarder.start()
-            self.cluster = ClusterCheck(kafka, self.settings.kafka_topics, self.settings.kafka_topic_check_interval_s)
-            await self.cluster.start()
         housekeeping = asyncio.create_task(self._housekeeping())
         self.ready = True
         log.info(
@@ -344,11 +339,7 @@ class Gateway:
             while self.in_flight_requests and time.monotonic() < deadline:
                 await asyncio.sleep(0.01)
             housekeeping.cancel()
-            if self.cluster is not None:
-                await self.cluster.stop()
-            await self.writer.stop()
-            if self.forwarder is not None:
-                await self.forwarder.stop(max(0.0, deadline - time.monotonic()))
+            await self.writer.stop()  # what is committed now, the delivery process drains until its deadline
             self._lock_file.close()
             log.info(json.dumps({"event": "stopped", "spool": str(directory)}))
 
@@ -381,18 +372,31 @@ class Gateway:
                 self._rate_window_start = now
 
     async def _care_for_spool(self) -> None:
-        """Off the request path: frees acknowledged segments under pressure (appends never remove files) and,
-        after a failed write, tries to start a new segment, so the worker is ready again once the disk has room."""
+        """Off the request path, about once a second: reads the delivery process's status and checkpoint, deletes
+        acknowledged segments past retention or under pressure (appends never remove files) and, after a failed
+        write, tries to start a new segment, so the worker is ready again once the disk has room."""
         assert self.spool is not None
-        try:
-            if self.settings.fault_injection:
-                self._inject_faults()
-            if self.spool_full or self.spool_fill > 0.5:
-                await asyncio.to_thread(self.spool.cleanup)
-            if self.spool.failing and await asyncio.to_thread(self.spool.recover):
-                log.info(json.dumps({"event": "spool_recovered", "spool": str(self.spool.path)}))
-        except OSError as error:
-            log.warning(json.dumps({"event": "spool_care_failed", "error": str(error)}))
+        spool = self.spool
+        if self.settings.fault_injection:
+            self._inject_faults()
+        steps: list[tuple[str, Callable[[], object]]] = []
+        if self.settings.kafka:
+            self.delivery.refresh(time.time())
+            steps.append(("checkpoint", spool.refresh_acked))
+        now = time.monotonic()
+        if self.spool_full or self.spool_fill > 0.5 or now >= self._next_cleanup:
+            self._next_cleanup = now + 30.0
+            steps.append(("cleanup", spool.cleanup))
+        if spool.failing:
+            steps.append(("recover", spool.recover))
+        for name, step in steps:
+            try:
+                outcome = await asyncio.to_thread(step)
+            except OSError as error:
+                log.warning(json.dumps({"event": "spool_care_failed", "step": name, "error": str(error)}))
+                continue
+            if name == "recover" and outcome:
+                log.info(json.dumps({"event": "spool_recovered", "spool": str(spool.path)}))
 
     def _inject_faults(self) -> None:
         assert self.spool is not None
@@ -681,12 +685,38 @@ class Gateway:
             ) from None
         finally:
             self.in_flight_records -= records
-        if self.forwarder is not None:
-            self.forwarder.notify()
-        if headers.get(b"x-ack", "").strip().lower() == "kafka" and self.forwarder is not None:
-            acked: bool = await self.forwarder.wait_acked(end, self.settings.kafka_ack_timeout_s)
-            return "kafka" if acked else "spool"
+        if headers.get(b"x-ack", "").strip().lower() == "kafka":
+            return "kafka" if await self._wait_delivered(end, self.settings.kafka_ack_timeout_s) else "spool"
         return "spool"
+
+    async def _wait_delivered(self, seq: int, timeout: float) -> bool:
+        """True once the delivery process saw the broker acknowledge every record of this spool below `seq`
+        (`X-Ack: kafka`); False after `timeout`. One task watches the published sequence for every waiter."""
+        assert self.spool is not None
+        if self.spool.delivered_seq >= seq:
+            return True
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        waiter = (seq, future)
+        self._delivered_waiters.append(waiter)
+        if self._delivered_watch is None or self._delivered_watch.done():
+            self._delivered_watch = asyncio.create_task(self._watch_delivered())
+        try:
+            await asyncio.wait_for(future, timeout)
+        except TimeoutError:
+            return self.spool.delivered_seq >= seq
+        finally:
+            with contextlib.suppress(ValueError):
+                self._delivered_waiters.remove(waiter)
+        return True
+
+    async def _watch_delivered(self) -> None:
+        assert self.spool is not None
+        while self._delivered_waiters:
+            await asyncio.sleep(0.002)
+            delivered = self.spool.delivered_seq
+            for seq, future in self._delivered_waiters:
+                if seq <= delivered and not future.done():
+                    future.set_result(None)
 
     def _answer(
         self,
@@ -842,11 +872,14 @@ def create_app(settings: Settings | None = None) -> Callable[[Scope, Receive, Se
             "started": gateway.ready,
             "not_draining": not gateway.shutting_down,
             "spool_has_room": not gateway.spool_full,
-            "kafka": getattr(gateway.forwarder, "state", "not configured"),
+            "spool_writable": not gateway.spool_failing(),
+            "kafka": "not configured",
         }
-        if gateway.cluster is not None:
-            checks["kafka_reachable"] = gateway.cluster.reachable
-            checks["kafka_topics_missing"] = list(gateway.cluster.missing)
+        if settings.kafka:
+            delivery = gateway.delivery
+            checks["kafka"] = delivery.get("breaker", "delivery process not running")
+            checks["kafka_reachable"] = delivery.get("kafka_reachable")
+            checks["kafka_topics_missing"] = delivery.get("kafka_topics_missing", [])
             checks["kafka_required"] = settings.ready_requires_kafka
         ok = gateway.is_ready()
         return JSONResponse({"status": "ready" if ok else "not_ready", "checks": checks}, 200 if ok else 503)

@@ -1,9 +1,11 @@
-"""The `tidegate` command: serve, keys, tail, spool stats."""
+"""The `tidegate` command: serve, deliver, keys, tail, spool stats, chaos, bench."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
+import logging
 import os
 import sys
 import time
@@ -17,6 +19,7 @@ from tidegate._native import Spool
 from tidegate.auth import KeyStore
 from tidegate.config import SETTING_NAMES, Settings, choices_of, load_settings, to_env
 from tidegate.delivery.kafka import kafka_settings
+from tidegate.delivery.process import DeliverySupervisor, run_delivery
 from tidegate.instance import StartRefused, check_address_free, hold_instance_lock
 
 #: Settings with a flag of their own name (`kafka_tls_ca_file`: `--kafka-tls-ca-file`). Not the SASL password:
@@ -83,9 +86,30 @@ def _serve(args: argparse.Namespace) -> int:
         workers=settings.workers,
         log_access=False,
     )
-    server.serve()
-    instance_lock.close()
+    # Delivery runs in a process of its own (no Kafka code in the workers), started first and stopped last.
+    supervisor = DeliverySupervisor(settings) if settings.kafka else None
+    if supervisor is not None:
+        supervisor.start()
+    try:
+        server.serve()
+    finally:
+        if supervisor is not None:
+            supervisor.stop()
+        instance_lock.close()
     return 0
+
+
+def _deliver(args: argparse.Namespace) -> int:
+    try:
+        settings = load_settings(args.config, data_dir=args.data_dir, kafka=args.kafka)
+        if not settings.kafka:
+            raise ValueError("tidegate deliver needs kafka (the bootstrap servers): --kafka or TIDEGATE_KAFKA")
+        _check_settings(settings)
+    except (ValueError, OSError) as error:
+        print(f"tidegate deliver: {error}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    return asyncio.run(run_delivery(settings))
 
 
 def _keys(args: argparse.Namespace) -> int:
@@ -196,6 +220,15 @@ def build_parser() -> argparse.ArgumentParser:
         else:
             kafka.add_argument(flag, dest=name, metavar="|".join(choices) if choices else _metavar(name))
     serve.set_defaults(run=_serve)
+
+    deliver = commands.add_parser(
+        "deliver",
+        help="drain every worker spool of a data dir to Kafka (tidegate serve runs and supervises it)",
+    )
+    deliver.add_argument("--data-dir", type=Path)
+    deliver.add_argument("--kafka", metavar="BOOTSTRAP")
+    deliver.add_argument("--config", type=Path, help="TOML settings file")
+    deliver.set_defaults(run=_deliver)
 
     keys = commands.add_parser("keys", help="manage device API keys")
     key_commands = keys.add_subparsers(dest="keys_command", required=True)

@@ -23,11 +23,11 @@ class StartRefused(RuntimeError):
     """Another instance holds the data dir, or the address is taken: the message says which and what to do."""
 
 
-def hold_instance_lock(data_dir: Path) -> IO[str]:
-    """Takes `<data_dir>/tidegate.lock` (flock, released when this process and its children are gone) and
-    writes this process's pid into it. Keep the returned file open for as long as the instance runs."""
+def hold_instance_lock(data_dir: Path, name: str = LOCK_NAME, what: str = "tidegate") -> IO[str]:
+    """Takes `<data_dir>/<name>` (flock, released when this process is gone) and writes this process's pid into
+    it. Keep the returned file open for as long as the instance runs. `what` names the holder in the refusal."""
     data_dir.mkdir(parents=True, exist_ok=True)
-    path = data_dir / LOCK_NAME
+    path = data_dir / name
     lock = path.open("a+")  # not "w": the holder's pid must survive a refused attempt
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -36,7 +36,7 @@ def hold_instance_lock(data_dir: Path) -> IO[str]:
         holder = lock.read().strip() or "unknown"
         lock.close()
         raise StartRefused(
-            f"another tidegate (pid {holder}) serves the data dir {data_dir.resolve()}; "
+            f"another {what} (pid {holder}) serves the data dir {data_dir.resolve()}; "
             f"stop it, or give this instance its own --data-dir"
         ) from None
     lock.seek(0)

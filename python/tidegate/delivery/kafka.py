@@ -510,8 +510,13 @@ class Forwarder:
                 await asyncio.sleep(self.settings.linger_s)
 
     async def _checkpoint(self, next_seq: int) -> None:
-        """Everything below `next_seq` is acknowledged by the broker: release its waiters, then persist."""
+        """Everything below `next_seq` is acknowledged by the broker: publish it (the writer's `X-Ack: kafka`
+        waiters), release local waiters, then persist the checkpoint."""
         self._acked = next_seq
+        try:
+            self.spool.publish_delivered(next_seq)
+        except OSError as error:  # only delays X-Ack: kafka answers; the checkpoint below is what counts
+            log.warning("kafka forwarder: cannot publish the delivered sequence: %s", error)
         self.ranges_acked += 1
         if self._ack_waiters:
             still = []

@@ -180,7 +180,12 @@ pub struct Spool {
     durability: Mutex<Durability>,
     durable_changed: Condvar,
     recovery: Recovery,
-    read_only: bool,
+    role: Role,
+    /// `progress`: two u64 slots shared with the other process of the spool through the page cache (written with
+    /// `pwrite`, never fsynced: only live processes read them). Slot 0: the writer's durable sequence (the delivery
+    /// process never reads past it, so a checkpoint never covers records a power loss could take back). Slot 1:
+    /// what the delivery process saw the broker acknowledge (`X-Ack: kafka` waiters in the writer watch it).
+    progress: Option<File>,
     /// Serializes commits (they write pending frames in sequence order). The request path never takes it.
     commit_lock: Mutex<()>,
     /// Serializes checkpoint writes, so the durability lock is never held across their fsyncs and rename.
@@ -193,6 +198,77 @@ pub struct Spool {
     /// Fault injection for tests without root (no small filesystem to fill): the next N commits write half
     /// their frames and fail as a full disk does.
     injected_write_failures: AtomicU32,
+}
+
+/// Who opened the spool, which decides what it may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    /// The one process that appends (a worker): recovers, writes, commits, cleans up.
+    Writer,
+    /// `tail` and `spool stats`: reads a snapshot, changes nothing.
+    ReadOnly,
+    /// The delivery process: reads what the writer made durable as it goes (segments listed afresh on each read),
+    /// and writes only the checkpoint and the delivered sequence.
+    Delivery,
+}
+
+const PROGRESS_FILE: &str = "progress";
+const DURABLE_SLOT: u64 = 0;
+const DELIVERED_SLOT: u64 = 1;
+
+fn open_progress(dir: &Path) -> io::Result<File> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(dir.join(PROGRESS_FILE))?;
+    if file.metadata()?.len() < 16 {
+        file.set_len(16)?;
+    }
+    Ok(file)
+}
+
+fn read_slot(file: &File, slot: u64) -> u64 {
+    use std::os::unix::fs::FileExt;
+    let mut bytes = [0u8; 8];
+    match file.read_exact_at(&mut bytes, slot * 8) {
+        Ok(()) => u64::from_le_bytes(bytes),
+        Err(_) => 0,
+    }
+}
+
+fn write_slot(file: &File, slot: u64, value: u64) -> io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    file.write_all_at(&value.to_le_bytes(), slot * 8)
+}
+
+/// The segments in `dir` as another process sees them: every one but the last holds the sequences up to the
+/// next one's base; the last holds those below `durable_seq`.
+fn list_segments(dir: &Path, durable_seq: u64) -> Result<Vec<Segment>, SpoolError> {
+    let mut bases: Vec<u64> = fs::read_dir(dir)?
+        .filter_map(|entry| {
+            let name = entry.ok()?.file_name().into_string().ok()?;
+            name.strip_suffix(".seg")?.parse().ok()
+        })
+        .collect();
+    bases.sort_unstable();
+    let mut segments = Vec::with_capacity(bases.len());
+    for (i, &base) in bases.iter().enumerate() {
+        let path = segment_path(dir, base);
+        let Ok(metadata) = fs::metadata(&path) else {
+            continue; // deleted since the listing (acknowledged)
+        };
+        let end = bases.get(i + 1).copied().unwrap_or(durable_seq.max(base));
+        segments.push(Segment {
+            base_seq: base,
+            records: end - base,
+            bytes: metadata.len(),
+            path,
+            created: metadata.modified().unwrap_or_else(|_| SystemTime::now()),
+        });
+    }
+    Ok(segments)
 }
 
 /// Why [`scan_frames`] stopped.
@@ -347,17 +423,25 @@ impl Spool {
     /// Opens (creating if needed) the spool in `dir`, recovering from any crash: a torn or corrupt tail is
     /// truncated, every complete record before it is kept.
     pub fn open(dir: impl AsRef<Path>, options: SpoolOptions) -> Result<Spool, SpoolError> {
-        Spool::open_with(dir.as_ref(), options, false)
+        Spool::open_with(dir.as_ref(), options, Role::Writer)
     }
 
     /// Opens a spool another process may be writing, to read it (`tidegate tail`, `spool stats`): nothing is
     /// created, truncated or removed, and appends fail. Only the last segment is scanned.
     pub fn open_read_only(dir: impl AsRef<Path>) -> Result<Spool, SpoolError> {
-        Spool::open_with(dir.as_ref(), SpoolOptions::default(), true)
+        Spool::open_with(dir.as_ref(), SpoolOptions::default(), Role::ReadOnly)
     }
 
-    fn open_with(dir: &Path, options: SpoolOptions, read_only: bool) -> Result<Spool, SpoolError> {
+    /// Opens the spool a worker process writes, to deliver it: [`Spool::read`] follows the writer (new segments,
+    /// deleted ones) up to what it made durable; [`Spool::ack`] writes the checkpoint the writer's cleanup obeys,
+    /// and [`Spool::publish_delivered`] tells the writer what the broker acknowledged. Nothing else is written.
+    pub fn open_for_delivery(dir: impl AsRef<Path>) -> Result<Spool, SpoolError> {
+        Spool::open_with(dir.as_ref(), SpoolOptions::default(), Role::Delivery)
+    }
+
+    fn open_with(dir: &Path, options: SpoolOptions, role: Role) -> Result<Spool, SpoolError> {
         let dir = dir.to_path_buf();
+        let read_only = role != Role::Writer;
         if !read_only {
             fs::create_dir_all(&dir)?;
         }
@@ -376,11 +460,11 @@ impl Spool {
             let created = fs::metadata(&path)
                 .and_then(|m| m.modified())
                 .unwrap_or_else(|_| SystemTime::now());
-            if read_only && !is_last {
+            if read_only && (!is_last || role == Role::Delivery) {
                 let bytes = fs::metadata(&path)?.len();
                 segments.push(Segment {
                     base_seq: base,
-                    records: bases[i + 1] - base,
+                    records: bases.get(i + 1).map_or(0, |next| next - base),
                     bytes,
                     path,
                     created,
@@ -443,6 +527,15 @@ impl Spool {
         };
         recovery.segments = segments.len();
         let total_bytes = segments.iter().map(|s| s.bytes).sum();
+        let progress = match role {
+            Role::Writer => {
+                let progress = open_progress(&dir)?;
+                write_slot(&progress, DURABLE_SLOT, next_seq)?;
+                Some(progress)
+            }
+            Role::Delivery => Some(open_progress(&dir)?),
+            Role::ReadOnly => None,
+        };
         Ok(Spool {
             dir,
             options,
@@ -464,7 +557,8 @@ impl Spool {
             }),
             durable_changed: Condvar::new(),
             recovery,
-            read_only,
+            role,
+            progress,
             commit_lock: Mutex::new(()),
             checkpoint_lock: Mutex::new(()),
             failing: AtomicBool::new(false),
@@ -483,7 +577,7 @@ impl Spool {
     /// record: the batch is durable once [`Spool::durable_seq`] reaches it. Never blocks on I/O: no write, fsync
     /// or file removal happens here (quota pressure is relieved by [`Spool::cleanup`], run off the request path).
     pub fn append(&self, batch: &RecordBatch) -> Result<u64, SpoolError> {
-        if self.read_only {
+        if self.role != Role::Writer {
             return Err(SpoolError::Io(io::Error::new(
                 io::ErrorKind::PermissionDenied,
                 "spool opened read-only",
@@ -559,8 +653,14 @@ impl Spool {
         let mut durability = lock(&self.durability);
         durability.fsyncs += 1;
         durability.durable_seq = durability.durable_seq.max(first_seq + count);
+        let durable = durability.durable_seq;
         self.durable_changed.notify_all();
-        Ok(durability.durable_seq)
+        drop(durability);
+        if let Some(progress) = &self.progress {
+            // Page cache only: a pwrite, no fsync. If it fails the delivery process lags until the next commit.
+            let _ = write_slot(progress, DURABLE_SLOT, durable);
+        }
+        Ok(durable)
     }
 
     /// Starts a new segment at `base_seq` (the first record not yet written) and makes it the one written. The
@@ -666,15 +766,46 @@ impl Spool {
         Ok(end)
     }
 
+    /// Every record below this sequence is durable (for the delivery role: what the writer published).
     pub fn durable_seq(&self) -> u64 {
-        lock(&self.durability).durable_seq
+        match (&self.progress, self.role) {
+            (Some(progress), Role::Delivery) => read_slot(progress, DURABLE_SLOT),
+            _ => lock(&self.durability).durable_seq,
+        }
+    }
+
+    /// What the delivery process last saw the broker acknowledge (every record below it), as it published it.
+    pub fn delivered_seq(&self) -> u64 {
+        self.progress
+            .as_ref()
+            .map_or(0, |progress| read_slot(progress, DELIVERED_SLOT))
+    }
+
+    /// Tells the writer that the broker acknowledged every record below `seq` (before the checkpoint is persisted:
+    /// `X-Ack: kafka` answers need not wait for it). Never moves backwards.
+    pub fn publish_delivered(&self, seq: u64) -> Result<(), SpoolError> {
+        if let Some(progress) = &self.progress
+            && seq > read_slot(progress, DELIVERED_SLOT)
+        {
+            write_slot(progress, DELIVERED_SLOT, seq)?;
+        }
+        Ok(())
+    }
+
+    /// Reads the checkpoint the delivery process wrote, so that cleanup may delete what it acknowledged. Never
+    /// moves backwards; an unreadable checkpoint keeps the last good one (and is returned as the error).
+    pub fn refresh_acked(&self) -> Result<u64, SpoolError> {
+        let seq = read_checkpoint(&self.dir)?;
+        let mut durability = lock(&self.durability);
+        durability.acked_seq = durability.acked_seq.max(seq);
+        Ok(durability.acked_seq)
     }
 
     /// Records that the broker acknowledged everything below `seq`; persisted atomically (a temporary file, its
     /// fsync, a rename and the directory's fsync), with no lock held that appends or readers take. On an error
     /// the previous checkpoint stays in force; the caller reports it and tries again later.
     pub fn ack(&self, seq: u64) -> Result<(), SpoolError> {
-        if self.read_only {
+        if self.role == Role::ReadOnly {
             return Err(SpoolError::Io(io::Error::new(
                 io::ErrorKind::PermissionDenied,
                 "spool opened read-only",
@@ -698,7 +829,7 @@ impl Spool {
     /// (the spool more than half full). Never deletes the segment being written. Returns segments removed.
     /// Files are removed after the writer lock is released.
     pub fn cleanup(&self) -> Result<usize, SpoolError> {
-        if self.read_only {
+        if self.role != Role::Writer {
             return Ok(0);
         }
         let acked = self.acked_seq();
@@ -728,10 +859,9 @@ impl Spool {
 
     /// A cursor at `seq`, or at the first record still on disk if `seq` was deleted already.
     pub fn cursor_at(&self, seq: u64) -> Cursor {
-        let writer = lock(&self.writer);
-        let seq = seq.max(writer.segments.first().map_or(0, |s| s.base_seq));
-        let segment_base = writer
-            .segments
+        let segments = self.segments().unwrap_or_default();
+        let seq = seq.max(segments.first().map_or(0, |s| s.base_seq));
+        let segment_base = segments
             .iter()
             .rev()
             .find(|s| s.base_seq <= seq)
@@ -757,7 +887,7 @@ impl Spool {
     ) -> Result<(RecordBatch, Cursor), SpoolError> {
         let mut batch = RecordBatch::new();
         let mut cursor = cursor;
-        let segments: Vec<Segment> = lock(&self.writer).segments.clone();
+        let segments = self.segments()?;
         let Some(mut index) = segments
             .iter()
             .position(|s| s.base_seq == cursor.segment_base)
@@ -799,6 +929,15 @@ impl Spool {
             cursor = Cursor::start_of(&segments[index]);
         }
         Ok((batch, cursor))
+    }
+
+    /// The segments as they are now: the writer's own list, or, for the delivery role, listed afresh.
+    fn segments(&self) -> Result<Vec<Segment>, SpoolError> {
+        if self.role == Role::Delivery {
+            list_segments(&self.dir, self.durable_seq())
+        } else {
+            Ok(lock(&self.writer).segments.clone())
+        }
     }
 
     /// Reads frames of one segment from `cursor` (advanced past them) until a limit or the end of what is there.
@@ -863,6 +1002,23 @@ impl Spool {
     }
 
     pub fn stats(&self) -> SpoolStats {
+        if self.role == Role::Delivery {
+            // What the writer made durable, as it is now on disk.
+            let durable_seq = self.durable_seq();
+            let segments = list_segments(&self.dir, durable_seq).unwrap_or_default();
+            let durability = lock(&self.durability);
+            return SpoolStats {
+                segments: segments.len(),
+                bytes: segments.iter().map(|s| s.bytes).sum(),
+                quota_bytes: self.options.quota_bytes,
+                next_seq: durable_seq,
+                durable_seq,
+                acked_seq: durability.acked_seq,
+                unreadable_records: self.unreadable_records.load(Ordering::Relaxed),
+                recovery: self.recovery.clone(),
+                ..SpoolStats::default()
+            };
+        }
         let writer = lock(&self.writer);
         let durability = lock(&self.durability);
         SpoolStats {

@@ -412,3 +412,52 @@ fn a_failed_write_is_never_acknowledged_and_the_spool_recovers_without_reusing_s
     assert_eq!(reopened.stats().next_seq, end);
     fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn a_delivery_process_follows_the_writer_up_to_what_is_durable() {
+    let dir = temp_dir("delivery");
+    let options = SpoolOptions {
+        segment_bytes: 8 * 1024,
+        retention: Duration::ZERO,
+        ..SpoolOptions::default()
+    };
+    let writer = Spool::open(&dir, options).unwrap();
+    let delivery = Spool::open_for_delivery(&dir).unwrap();
+    let mut expected = Vec::new();
+    for n in 0..6 {
+        writer.append(&batch_of(10, &format!("d{n}"))).unwrap();
+        writer.commit().unwrap();
+        expected.extend(tagged(&format!("d{n}"), 10));
+    }
+    writer.append(&batch_of(10, "not-yet-durable")).unwrap();
+    assert!(
+        writer.stats().segments >= 3,
+        "the writer rolled segments after the reader opened"
+    );
+    assert_eq!(delivery.durable_seq(), 60);
+    assert_eq!(
+        read_in_ranges(&delivery, 3_000),
+        expected,
+        "every durable record, nothing beyond"
+    );
+    // The broker acknowledged 40: the writer sees it at once, and deletes segments once the checkpoint says so.
+    delivery.publish_delivered(40).unwrap();
+    assert_eq!(writer.delivered_seq(), 40);
+    delivery.ack(40).unwrap();
+    assert_eq!(writer.refresh_acked().unwrap(), 40);
+    assert!(writer.cleanup().unwrap() > 0);
+    writer.commit().unwrap();
+    let (rest, _) = delivery
+        .read(delivery.cursor_at(40), u64::MAX, usize::MAX, delivery.durable_seq())
+        .unwrap();
+    assert_eq!(
+        rest.len(),
+        30,
+        "after the writer's cleanup the reader goes on from its checkpoint"
+    );
+    assert!(
+        delivery.append(&batch_of(1, "x")).is_err(),
+        "the delivery process never appends"
+    );
+    fs::remove_dir_all(&dir).unwrap();
+}

@@ -66,6 +66,30 @@ impl Spool {
         })
     }
 
+    /// Opens the spool a worker process writes, to deliver it (see the core's `Spool::open_for_delivery`).
+    #[staticmethod]
+    fn open_for_delivery(py: Python<'_>, path: PathBuf) -> PyResult<Spool> {
+        let inner = py.detach(|| CoreSpool::open_for_delivery(&path)).map_err(spool_error)?;
+        Ok(Spool {
+            inner,
+            cursor: Mutex::new(None),
+        })
+    }
+
+    /// What the delivery process last saw the broker acknowledge (every record below it).
+    #[getter]
+    fn delivered_seq(&self) -> u64 {
+        self.inner.delivered_seq()
+    }
+
+    fn publish_delivered(&self, seq: u64) -> PyResult<()> {
+        self.inner.publish_delivered(seq).map_err(spool_error)
+    }
+
+    fn refresh_acked(&self, py: Python<'_>) -> PyResult<u64> {
+        py.detach(|| self.inner.refresh_acked()).map_err(spool_error)
+    }
+
     fn append(&self, py: Python<'_>, batch: PyRef<'_, RecordBatch>) -> PyResult<u64> {
         let records = &batch.0;
         py.detach(|| self.inner.append(records)).map_err(spool_error)

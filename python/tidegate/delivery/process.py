@@ -1,0 +1,235 @@
+"""The delivery process: one per data dir, supervised by `tidegate serve`, the only place that runs Kafka code.
+
+Workers only append to their spools (`data/spool/w<N>`); this process drains every one of them to Kafka, each with
+its own `Forwarder` (in order per partition within a spool, as each worker's records are). It opens the spools with
+`Spool.open_for_delivery`: it reads up to what the worker made durable (the worker publishes its durable sequence
+in the spool's `progress` file after every commit), writes the `acked` checkpoint the worker's cleanup obeys, and
+publishes what the broker acknowledged (`X-Ack: kafka` answers in the worker wait for it). No request CPU goes to
+delivery, and a crash here costs no acknowledged record: a restarted process goes on from the checkpoints.
+
+Its state for the workers' `/metrics` and `/health/ready` is `data/delivery/status.json`, rewritten every
+`STATUS_INTERVAL_S` (atomically: a temporary file and a rename); `tidegate.delivery.status` reads it.
+
+`DeliverySupervisor` (in the `tidegate serve` process) starts `tidegate deliver`, restarts it when it dies, and
+stops it last on shutdown, so that it drains what the workers committed until the deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from typing import Any
+
+from tidegate._native import Spool
+from tidegate.config import Settings
+from tidegate.delivery.cluster import ClusterCheck
+from tidegate.delivery.kafka import Forwarder, kafka_settings
+from tidegate.delivery.status import status_path
+from tidegate.instance import StartRefused, hold_instance_lock
+
+__all__ = ["DeliverySupervisor", "run_delivery"]
+
+log = logging.getLogger("tidegate.delivery")
+
+STATUS_INTERVAL_S = 0.5
+#: How often each spool's published durable sequence is looked at (a pread per spool): new records are read at most
+#: this long after their commit.
+POLL_INTERVAL_S = 0.002
+DISCOVER_INTERVAL_S = 1.0
+LOCK_NAME = "delivery.lock"
+
+
+class Delivery:
+    """Every worker spool of a data dir, each drained by a Forwarder; see the module docstring."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.kafka = kafka_settings(settings)
+        self.forwarders: dict[str, Forwarder] = {}
+        self.cluster = ClusterCheck(self.kafka, settings.kafka_topics, settings.kafka_topic_check_interval_s)
+        self.started = time.time()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await self.cluster.start()
+        await self._discover()
+        background = [
+            asyncio.create_task(self._every(DISCOVER_INTERVAL_S, self._discover)),
+            asyncio.create_task(self._poll()),
+            asyncio.create_task(self._every(STATUS_INTERVAL_S, self._write_status)),
+        ]
+        log.info(json.dumps({"event": "delivery_started", "pid": os.getpid(), "kafka": self.settings.kafka}))
+        await stop.wait()
+        # Drain: the workers stopped first (their spools are committed); deliver what is left until the deadline.
+        deadline = self.settings.shutdown_deadline_s
+        results = await asyncio.gather(*(f.stop(deadline) for f in self.forwarders.values()), return_exceptions=True)
+        for task in background:
+            task.cancel()
+        await asyncio.gather(*background, return_exceptions=True)
+        await self.cluster.stop()
+        await self._write_status()
+        drained = all(result is True for result in results)
+        log.info(json.dumps({"event": "delivery_stopped", "drained": drained}))
+
+    @staticmethod
+    async def _every(interval: float, step: Any) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await step()
+            except Exception:  # never die silently: log and go on
+                log.exception("delivery housekeeping failed")
+
+    async def _discover(self) -> None:
+        """Starts a forwarder for every worker spool that exists (a worker publishes `progress` when it opens)."""
+        root = self.settings.spool_root
+        if not root.is_dir():
+            return
+        for directory in sorted(root.glob("w*")):
+            if directory.name in self.forwarders or not (directory / "progress").exists():
+                continue
+            spool = await asyncio.to_thread(Spool.open_for_delivery, directory)
+            if spool.checkpoint_error is not None:
+                log.error(
+                    json.dumps(
+                        {
+                            "event": "checkpoint_unreadable",
+                            "spool": str(directory),
+                            "error": spool.checkpoint_error,
+                            "redelivering_from": spool.acked_seq,
+                        }
+                    )
+                )
+            forwarder = Forwarder(spool, self.kafka)
+            await forwarder.start()
+            self.forwarders[directory.name] = forwarder
+            log.info(json.dumps({"event": "spool_delivered", "spool": str(directory), "from_seq": spool.acked_seq}))
+
+    async def _poll(self) -> None:
+        """Wakes a forwarder as soon as its worker made new records durable."""
+        seen: dict[str, int] = {}
+        while True:
+            await asyncio.sleep(POLL_INTERVAL_S)
+            for name, forwarder in list(self.forwarders.items()):
+                durable = forwarder.spool.durable_seq
+                if durable != seen.get(name):
+                    seen[name] = durable
+                    forwarder.notify()
+
+    def status(self) -> dict[str, Any]:
+        forwarders = {name: f.metrics() for name, f in self.forwarders.items()}
+        states = {f["state"] for f in forwarders.values()}
+        return {
+            "pid": os.getpid(),
+            "updated": time.time(),
+            "started": self.started,
+            "breaker": "open" if "open" in states else "half-open" if "half-open" in states else "closed",
+            "kafka_reachable": self.cluster.reachable,
+            "kafka_topics_missing": list(self.cluster.missing),
+            "totals": {
+                name: sum(f[name] for f in forwarders.values())
+                for name in ("records_sent", "send_failures", "dead_lettered", "checkpoint_failures", "lag_records")
+            },
+            "last_send_latency_s": max(
+                (f["last_send_latency_s"] for f in forwarders.values() if f["last_send_latency_s"] is not None),
+                default=None,
+            ),
+            "spools": forwarders,
+        }
+
+    async def _write_status(self) -> None:
+        path = status_path(self.settings.data_dir)
+        document = json.dumps(self.status(), separators=(",", ":")).encode()
+
+        def write() -> None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            temporary = path.with_suffix(".tmp")
+            temporary.write_bytes(document)
+            temporary.replace(path)  # readers see the old or the new file whole; no fsync: live processes only
+
+        await asyncio.to_thread(write)
+
+
+async def run_delivery(settings: Settings) -> int:
+    """`tidegate deliver`: runs until SIGTERM or SIGINT, then drains until `shutdown_deadline_s`."""
+    try:
+        lock = hold_instance_lock(settings.data_dir, LOCK_NAME, what="delivery process")
+    except StartRefused as refusal:
+        print(f"tidegate deliver: {refusal}", file=sys.stderr)
+        return 1
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await Delivery(settings).run(stop)
+    finally:
+        lock.close()
+    return 0
+
+
+def _die_with_parent() -> None:
+    """In the child: SIGTERM when the supervising `tidegate serve` dies (even by SIGKILL), so no orphan delivers
+    beside a new instance."""
+    pr_set_pdeathsig = 1
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
+class DeliverySupervisor:
+    """Runs `tidegate deliver` for the data dir beside the HTTP workers, restarts it when it dies, stops it last."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.restarts = 0
+        self._process: subprocess.Popen[bytes] | None = None
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._supervise, name="tidegate-delivery-supervisor", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _spawn(self) -> subprocess.Popen[bytes]:
+        command = [sys.executable, "-m", "tidegate", "deliver", "--data-dir", str(self.settings.data_dir)]
+        return subprocess.Popen(command, preexec_fn=_die_with_parent)  # noqa: PLW1509 (only prctl, async-signal-safe)
+
+    def _supervise(self) -> None:
+        backoff = 0.5
+        while not self._stopping.is_set():
+            started = time.monotonic()
+            self._process = self._spawn()
+            code = self._process.wait()
+            if self._stopping.is_set():
+                return
+            self.restarts += 1
+            if time.monotonic() - started > 30:
+                backoff = 0.5  # it ran for a while: a fresh failure, not a crash loop
+            print(
+                f"tidegate: the delivery process exited with {code}; restarting in {backoff:g} s",
+                file=sys.stderr,
+                flush=True,
+            )
+            if self._stopping.wait(backoff):
+                return
+            backoff = min(backoff * 2, 10.0)
+
+    def stop(self) -> None:
+        """SIGTERM: it drains until `shutdown_deadline_s`; killed if it is still there a little after."""
+        self._stopping.set()
+        process = self._process
+        if process is None or process.poll() is not None:
+            return
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(self.settings.shutdown_deadline_s + 5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()

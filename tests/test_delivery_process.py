@@ -1,0 +1,70 @@
+"""Delivery in its own process: `tidegate serve --kafka` supervises one delivery process per data dir, which drains
+every worker's spool; killed, it is restarted and goes on from its checkpoints. Real server, real broker."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import httpx
+from tidegate.testing.broker import Broker, consume_all
+from tidegate.testing.server import Server
+
+from tests.conftest import reading
+
+TOPICS = ("telemetry-raw", "events-raw", "ingest-dlq")
+
+
+def delivery_status(data_dir: Path) -> dict[str, object]:
+    try:
+        document: dict[str, object] = json.loads((data_dir / "delivery" / "status.json").read_bytes())
+    except (OSError, ValueError):
+        return {}
+    return document
+
+
+def wait_for_delivery(data_dir: Path, other_than: int | None = None) -> int:
+    """The pid of a running delivery process (a new one, with `other_than`)."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        status = delivery_status(data_dir)
+        pid = status.get("pid")
+        if isinstance(pid, int) and pid != other_than and time.time() - float(str(status["updated"])) < 2:
+            return pid
+        time.sleep(0.05)
+    raise AssertionError(f"no delivery process (other than {other_than}) reported")
+
+
+def test_the_delivery_process_drains_every_worker_and_is_restarted_when_killed(tmp_path: Path) -> None:
+    with Broker(tmp_path / "broker") as broker:
+        broker.create_topics(list(TOPICS), partitions=3)
+        env = {"TIDEGATE_AUTH": "false", "TIDEGATE_KAFKA": broker.bootstrap, "TIDEGATE_SPOOL_SEGMENT_BYTES": "32768"}
+        with Server(tmp_path / "server", env, workers=2) as server, httpx.Client(base_url=server.url) as http:
+            pid = wait_for_delivery(server.data_dir)
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            assert b"deliver" in cmdline, "a process of its own, not a worker"
+            assert server.proc is not None and pid != server.proc.pid
+            acknowledged: set[str] = set()
+            for kill in range(4):
+                for i in range(150):
+                    response = http.post(
+                        "/api/v1/ingest",
+                        json=reading(f"dev-{i % 9}", metrics={"kill": kill, "i": i}),
+                        headers={"Connection": "close"},  # spread over both workers
+                    )
+                    assert response.status_code == 202
+                    acknowledged.add(response.json()["event_id"])
+                if kill < 3:
+                    os.kill(pid, signal.SIGKILL)
+                    pid = wait_for_delivery(server.data_dir, other_than=pid)
+            assert sorted(p.name for p in (server.data_dir / "spool").iterdir()) == ["w0", "w1"]
+            consumed = asyncio.run(consume_all(broker.bootstrap, "telemetry-raw", len(acknowledged), timeout=30))
+            delivered = [json.loads(r.value)["event_id"] for r in consumed]
+            assert acknowledged <= set(delivered), f"lost: {len(acknowledged - set(delivered))}"
+            metrics = http.get("/metrics").text
+            assert "tidegate_delivery_up 1" in metrics.replace(".0", "")
+        assert "the delivery process exited" in server.log_tail(200)
