@@ -227,8 +227,9 @@ class Gateway:
         )
         self.metrics.gauge(
             "tidegate_spool_unreadable_records_total",
-            "Records stepped over by readers: torn by a failed write (never acknowledged) or damaged on disk.",
-            lambda: self._spool_stat("unreadable_records"),
+            "Records stepped over by readers (this worker's, and delivery's): torn by a failed write (never "
+            "acknowledged) or damaged on disk.",
+            lambda: self._spool_stat("unreadable_records") + self.delivery.total("unreadable_records"),
         )
         self.metrics.gauge(
             "tidegate_spool_failing", "1 while the spool cannot write (not ready).", lambda: float(self.spool_failing())

@@ -317,6 +317,7 @@ class Forwarder:
         self.checkpoint_failures = 0
         self.checkpoint_error: str | None = None
         self._persisted = spool.acked_seq
+        self._unreadable_reported = 0
         self.last_send_latency_s: float | None = None
         self.latencies_s: deque[float] = deque(maxlen=settings.latency_samples)
         #: Called with each successful attempt's latency (the service feeds its histogram with it).
@@ -424,6 +425,7 @@ class Forwarder:
             "batches_sent": self.batches_sent,
             "send_failures": self.send_failures,
             "dead_lettered": self.dead_lettered,
+            "unreadable_records": self.spool.stats()["unreadable_records"],
             "checkpoint_failures": self.checkpoint_failures,
             "checkpoint_error": self.checkpoint_error,
             "breaker_opens": self.breaker_opens,
@@ -500,6 +502,15 @@ class Forwarder:
 
     async def _idle(self) -> None:
         self._wake.clear()
+        unreadable = self.spool.stats()["unreadable_records"]
+        if unreadable > self._unreadable_reported:
+            log.error(
+                "kafka forwarder: %d records of %s could not be read (torn by a failed write, never acknowledged, "
+                "or damaged on disk) and were stepped over",
+                unreadable - self._unreadable_reported,
+                self.spool.path,
+            )
+            self._unreadable_reported = unreadable
         if self._persisted < self._acked:
             await self._persist_checkpoint()
         if time.monotonic() - self._last_cleanup >= self.settings.cleanup_interval_s:

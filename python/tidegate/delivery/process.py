@@ -136,7 +136,14 @@ class Delivery:
             "kafka_topics_missing": list(self.cluster.missing),
             "totals": {
                 name: sum(f[name] for f in forwarders.values())
-                for name in ("records_sent", "send_failures", "dead_lettered", "checkpoint_failures", "lag_records")
+                for name in (
+                    "records_sent",
+                    "send_failures",
+                    "dead_lettered",
+                    "checkpoint_failures",
+                    "lag_records",
+                    "unreadable_records",
+                )
             },
             "last_send_latency_s": max(
                 (f["last_send_latency_s"] for f in forwarders.values() if f["last_send_latency_s"] is not None),

@@ -523,7 +523,11 @@ impl Spool {
                 segments.push(new_segment(&dir, next_seq)?);
             }
             let last = segments.last().map(|s| s.path.clone()).unwrap_or_default();
-            OpenOptions::new().append(true).open(&last)?
+            let file = OpenOptions::new().append(true).open(&last)?;
+            // A crash between a commit's write and its fsync leaves records readable but perhaps not on disk:
+            // they become durable here, before the delivery process is told they are.
+            file.sync_data()?;
+            file
         };
         recovery.segments = segments.len();
         let total_bytes = segments.iter().map(|s| s.bytes).sum();
