@@ -543,15 +543,13 @@ class Rig:
         return sum(s["next_seq"] - s["acked_seq"] for s in stats.values())
 
     async def drain(self, required: set[str]) -> None:
-        """Waits until Kafka holds every record in ``required``, or the checkpoint says everything was delivered
-        and the consumer has read nothing new for two seconds, or the drain timeout passes."""
+        """Waits until the checkpoint says everything was delivered and either Kafka holds every record in
+        ``required`` or the consumer has read nothing new for two seconds; or until the drain timeout passes."""
         assert self.collector is not None
         deadline = time.monotonic() + self.size.drain_timeout_s
         while time.monotonic() < deadline:
-            if required <= self.collector.ids:
-                return
             quiet = time.monotonic() - self.collector.last_record > 2.0
-            if quiet and await self.kafka_lag() == 0:
+            if (quiet or required <= self.collector.ids) and await self.kafka_lag() == 0:
                 return
             await asyncio.sleep(0.2)
 
