@@ -37,6 +37,8 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
+import urllib.request
 from collections import Counter
 from collections.abc import Callable, Coroutine, Iterable, Iterator, Sequence
 from pathlib import Path
@@ -93,7 +95,7 @@ SIZES = {
         backlog_bytes=6 << 20,
         backlog_segments=3,
         segment_bytes=1 << 20,
-        tmpfs_bytes=16 << 20,
+        tmpfs_bytes=32 << 20,
         drain_timeout_s=40.0,
         recovery_timeout_s=10.0,
     ),
@@ -109,7 +111,7 @@ SIZES = {
         backlog_bytes=24 << 20,
         backlog_segments=3,
         segment_bytes=4 << 20,
-        tmpfs_bytes=64 << 20,
+        tmpfs_bytes=128 << 20,
         drain_timeout_s=120.0,
         recovery_timeout_s=20.0,
     ),
@@ -535,6 +537,20 @@ class Rig:
         assert self.load is not None
         return self.load
 
+    async def ready_status(self) -> int:
+        """The status of GET /health/ready (0 when it cannot be reached)."""
+
+        def probe() -> int:
+            try:
+                with urllib.request.urlopen(self.server.url + "/health/ready", timeout=5) as response:
+                    return int(response.status)
+            except urllib.error.HTTPError as error:
+                return error.code
+            except OSError:
+                return 0
+
+        return await asyncio.to_thread(probe)
+
     async def restart_server(self) -> None:
         await asyncio.to_thread(self.server.start)
 
@@ -747,12 +763,12 @@ async def sigterm(work_dir: Path, size: Size) -> ChaosRow:
 
 
 class _Tmpfs:
-    """A small tmpfs (root only) with a ballast file taking all but ``room`` bytes of it."""
+    """A small tmpfs (root only) whose ``ballast`` file takes most of it, so that freeing the ballast frees space
+    the spool can use again."""
 
-    def __init__(self, mount_point: Path, size_bytes: int, room: int) -> None:
+    def __init__(self, mount_point: Path, size_bytes: int) -> None:
         self.mount_point = mount_point
         self.size_bytes = size_bytes
-        self.room = room
         self.ballast = mount_point / "ballast"
 
     def __enter__(self) -> _Tmpfs:
@@ -762,48 +778,45 @@ class _Tmpfs:
         subprocess.run(
             ["mount", "-t", "tmpfs", "-o", f"size={self.size_bytes}", "tmpfs", str(self.mount_point)], check=True
         )
+        chunk = b"\0" * (1 << 20)
+        with self.ballast.open("wb") as ballast:
+            for _ in range(self.size_bytes * 3 // 4 // len(chunk)):
+                ballast.write(chunk)
         return self
 
-    def fill(self) -> None:
-        free = shutil.disk_usage(self.mount_point).free
-        with self.ballast.open("wb") as ballast:
-            ballast.truncate(0)
-            remaining = max(0, free - self.room)
-            chunk = b"\0" * (1 << 20)
-            while remaining > 0:
-                remaining -= ballast.write(chunk[: min(len(chunk), remaining)])
-
-    def free(self) -> None:
+    def free(self) -> int:
+        """Deletes the ballast; returns the bytes now free."""
         self.ballast.unlink(missing_ok=True)
+        return shutil.disk_usage(self.mount_point).free
 
     def __exit__(self, *_exc: object) -> None:
         subprocess.run(["umount", "-l", str(self.mount_point)], check=False)
 
 
 async def disk_full(work_dir: Path, size: Size) -> ChaosRow:
-    """(d) The disk fills up under load (a small tmpfs), then space is freed: the service answers 503 while
-    full, recovers by itself once space is back, and loses nothing it acknowledged. Runs without Kafka; retries
-    race their originals as in (g)."""
-    with _Tmpfs(work_dir / "disk", size.tmpfs_bytes, room=4 * size.segment_bytes) as disk:
+    """(d) The disk fills up under load (a small tmpfs, mostly taken by a ballast file), then the ballast is
+    deleted: the service answers 503 while full, recovers by itself once space is back, and loses nothing it
+    acknowledged. Runs without Kafka; retries race their originals as in (g)."""
+    with _Tmpfs(work_dir / "disk", size.tmpfs_bytes) as disk:
         env = {"TIDEGATE_SPOOL_SEGMENT_BYTES": str(size.segment_bytes)}
         async with Rig(work_dir, size, kafka=False, env=env, data_dir=disk.mount_point / "data", race=True) as rig:
             load = rig.clients
-            await asyncio.sleep(size.load_s)
-            await asyncio.to_thread(disk.fill)
-            full_since = time.monotonic()
-            refused_before = load.statuses[503]
-            while load.statuses[503] == refused_before and time.monotonic() - full_since < size.drain_timeout_s:
+            began = time.monotonic()
+            while load.statuses[503] == 0 and time.monotonic() - began < size.drain_timeout_s:
                 await asyncio.sleep(0.1)
-            saw_full = load.statuses[503] > refused_before
+            saw_full = load.statuses[503] > 0
+            full_after = time.monotonic() - began
             await asyncio.sleep(size.load_s)  # full for a while
-            await asyncio.to_thread(disk.free)
+            ready_while_full = await rig.ready_status()
+            room = await asyncio.to_thread(disk.free)
             freed = time.monotonic()
             recovered = await load.wait_for_ack(freed, size.recovery_timeout_s)
             if recovered:
                 await asyncio.sleep(size.load_s)
             notes = [
-                f"tmpfs {size.tmpfs_bytes >> 20} MiB; 503 while full: {'yes' if saw_full else 'no'}; "
-                + ("202 again after space was freed" if recovered else f"no 202 within {size.recovery_timeout_s:g} s")
+                f"tmpfs {size.tmpfs_bytes >> 20} MiB; full after {full_after:.1f} s: "
+                f"{'503' if saw_full else 'never 503'}, /health/ready {ready_while_full}; {room >> 20} MiB freed: "
+                + ("202 again" if recovered else f"no 202 within {size.recovery_timeout_s:g} s")
             ]
             return await rig.finish("d. disk full, then space freed", recovered=recovered and saw_full, notes=notes)
 
