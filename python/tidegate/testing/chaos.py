@@ -265,6 +265,8 @@ class Load:
         """time.monotonic() of the latest 202."""
         self._padding = "x" * max(0, size.reading_bytes - 260)
         self._running = True
+        self._unpaused = asyncio.Event()
+        self._unpaused.set()
         self._tasks: list[asyncio.Task[None]] = []
         self._in_flight: dict[int, float] = {}
         self._outcomes: dict[int, int | None] = {}
@@ -275,7 +277,15 @@ class Load:
 
     async def stop(self) -> None:
         self._running = False
+        self._unpaused.set()
         await asyncio.gather(*self._tasks)
+
+    def pause(self) -> None:
+        """Clients send no new body (requests under way finish) until ``resume()``."""
+        self._unpaused.clear()
+
+    def resume(self) -> None:
+        self._unpaused.set()
 
     def in_flight(self, sent_before: float) -> set[int]:
         """Requests written in full before ``sent_before`` (time.monotonic()) and not answered yet (tokens, for
@@ -314,6 +324,7 @@ class Load:
         next_n = 0
         try:
             while self._running:
+                await self._unpaused.wait()
                 body = self._body(device, next_n)
                 next_n += self.size.readings_per_request
                 racing = self.race and next_n // self.size.readings_per_request % 2 == 0
@@ -449,25 +460,34 @@ def _spool_dirs(data_dir: Path) -> list[Path]:
     return sorted(p for p in root.glob("w*") if p.is_dir()) if root.is_dir() else []
 
 
-def spool_contents(data_dir: Path) -> dict[str, tuple[int, list[str]]]:
-    """Per spool directory: the sequence of its oldest record and the event ids of every record, in order.
-
-    Each read takes whole segments (no byte budget), so the reader cannot skip what a budget would cut."""
-    out: dict[str, tuple[int, list[str]]] = {}
+def spooled_ids(data_dir: Path) -> set[str]:
+    """Event ids of every record in every spool directory. Each read takes whole segments (no byte budget), so
+    this reader cannot skip what a budget would cut."""
+    out: set[str] = set()
     for directory in _spool_dirs(data_dir):
         spool = Spool.open_read_only(directory)
-        ids: list[str] = []
-        first: int | None = None
         seq = 0
         while True:
+            batch, seq = spool.read(seq, max_records=50_000, max_bytes=1 << 40, durable_only=False)
+            if len(batch) == 0:
+                break
+            out.update(batch.event_ids())
+    return out
+
+
+def checkpointed_ids(data_dir: Path) -> set[str]:
+    """Event ids of the records (still on disk) that each spool's checkpoint says the broker acknowledged."""
+    out: set[str] = set()
+    for directory in _spool_dirs(data_dir):
+        spool = Spool.open_read_only(directory)
+        acked = spool.stats()["acked_seq"]
+        seq = 0
+        while seq < acked:
             batch, next_seq = spool.read(seq, max_records=50_000, max_bytes=1 << 40, durable_only=False)
             if len(batch) == 0:
                 break
-            if first is None:
-                first = next_seq - len(batch)
-            ids.extend(batch.event_ids(TELEMETRY_TOPIC))
+            out.update(batch.event_ids()[: max(0, acked - (next_seq - len(batch)))])
             seq = next_seq
-        out[directory.name] = (first or 0, ids)
     return out
 
 
@@ -570,24 +590,22 @@ class Rig:
             await asyncio.sleep(0.2)
 
     async def caught_up(self, timeout: float) -> bool:
-        """Waits until the consumer has read every record the spool's checkpoint says the broker acknowledged."""
-        assert self.collector is not None
+        """Waits until everything spooled was delivered and the consumer read all of it (pause the load first)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            contents = await asyncio.to_thread(spool_contents, self.data_dir)
-            acked = await self.acked_seqs()
-            delivered = {i for name, (first, ids) in contents.items() for i in ids[: max(0, acked[name] - first)]}
-            if delivered <= self.collector.ids:
+            if await self.kafka_lag() == 0 and not await self.unread_checkpointed():
                 return True
             await asyncio.sleep(0.2)
         return False
 
-    async def acked_seqs(self) -> dict[str, int]:
-        stats = await asyncio.to_thread(spool_stats, self.data_dir)
-        return {name: s["acked_seq"] for name, s in stats.items()}
+    async def unread_checkpointed(self) -> set[str]:
+        """Records the checkpoint says the broker acknowledged and the consumer has not read. Taken while the broker
+        is down (after ``collector.pause()``), before it restarts empty: these are lost with the broker."""
+        assert self.collector is not None
+        return await asyncio.to_thread(checkpointed_ids, self.data_dir) - self.collector.ids
 
     async def finish(
-        self, scenario: str, *, recovered: bool, notes: list[str], acked_before_restart: dict[str, int] | None = None
+        self, scenario: str, *, recovered: bool, notes: list[str], lost_with_broker: set[str] | None = None
     ) -> ChaosRow:
         """Stops the load, lets the backlog drain, stops the server and counts (see the module docstring)."""
         load = self.clients
@@ -598,11 +616,7 @@ class Rig:
         duplicates: int | None = None
         lost_by_broker: set[str] = set()
         if self.collector is not None:
-            # Acknowledged by a broker that died empty and read by no consumer: these can never arrive.
-            contents = await asyncio.to_thread(spool_contents, self.data_dir)
-            for name, before in (acked_before_restart or {}).items():
-                first, ids = contents.get(name, (0, []))
-                lost_by_broker |= set(ids[: max(0, before - first)]) & acknowledged - self.collector.ids
+            lost_by_broker = (lost_with_broker or set()) & acknowledged - self.collector.ids
             await self.drain(acknowledged - lost_by_broker)
             lag = await self.kafka_lag()
             if lag:
@@ -611,9 +625,7 @@ class Rig:
             in_kafka = acknowledged & self.collector.ids
             duplicates = self.collector.duplicates_delivered()
         code = await asyncio.to_thread(self.server.stop)
-        contents = await asyncio.to_thread(spool_contents, self.data_dir)
-        spooled = {i for _, ids in contents.values() for i in ids}
-        in_spool = acknowledged & spooled
+        in_spool = acknowledged & await asyncio.to_thread(spooled_ids, self.data_dir)
         if in_kafka is None:
             lost = acknowledged - in_spool
         else:
@@ -680,12 +692,14 @@ async def broker_outage(work_dir: Path, size: Size) -> ChaosRow:
         assert rig.broker is not None and rig.collector is not None
         load = rig.clients
         await asyncio.sleep(size.load_s)
-        # Whatever the old broker holds is consumed before it goes (tansu's log dies with it).
+        # Whatever the old broker holds is consumed before it goes (tansu's log dies with it): this scenario is
+        # about the outage and the backlog, (c) about a broker that loses what it acknowledged.
+        load.pause()
         await rig.caught_up(size.drain_timeout_s)
         await asyncio.to_thread(rig.broker.stop, 0)
+        load.resume()
         down = time.monotonic()
         await rig.collector.pause()
-        acked = await rig.acked_seqs()
         while True:
             await asyncio.sleep(0.2)
             stats = await asyncio.to_thread(spool_stats, rig.data_dir)
@@ -699,7 +713,7 @@ async def broker_outage(work_dir: Path, size: Size) -> ChaosRow:
                 break
             if waited > 10 * size.outage_s + 60:
                 break
-        acked_before_restart = await rig.acked_seqs()
+        lost_with_broker = await rig.unread_checkpointed()
         await asyncio.to_thread(rig.broker.start)
         rig.collector.resume()
         back = time.monotonic()
@@ -709,13 +723,11 @@ async def broker_outage(work_dir: Path, size: Size) -> ChaosRow:
             f"broker down {back - down:.0f} s; backlog {backlog_records:,} records, "
             f"~{backlog_bytes / (1 << 20):.1f} MiB over {segments} segments of {size.segment_bytes / (1 << 20):g} MiB"
         ]
-        if acked_before_restart != acked:
-            notes.append("the checkpoint moved while the broker was down")
         return await rig.finish(
             "b. broker down, multi-segment backlog",
             recovered=recovered,
             notes=notes,
-            acked_before_restart=acked_before_restart,
+            lost_with_broker=lost_with_broker,
         )
 
 
@@ -730,7 +742,7 @@ async def broker_restart_empty(work_dir: Path, size: Size) -> ChaosRow:
         await asyncio.to_thread(rig.broker.stop, 0)
         await rig.collector.pause()
         await asyncio.sleep(1.0)  # the stream goes on into the spool
-        acked_before_restart = await rig.acked_seqs()
+        lost_with_broker = await rig.unread_checkpointed()
         await asyncio.to_thread(rig.broker.start)  # empty, topics re-created
         rig.collector.resume()
         back = time.monotonic()
@@ -740,7 +752,7 @@ async def broker_restart_empty(work_dir: Path, size: Size) -> ChaosRow:
             "c. broker restarted empty mid-stream",
             recovered=recovered,
             notes=["lost = acknowledged, not consumed and not acknowledged by the old broker"],
-            acked_before_restart=acked_before_restart,
+            lost_with_broker=lost_with_broker,
         )
 
 
