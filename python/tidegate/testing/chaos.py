@@ -42,7 +42,7 @@ import urllib.request
 from collections import Counter
 from collections.abc import Callable, Coroutine, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, TextIO, TypeVar
 
 from aiokafka import AIOKafkaConsumer  # type: ignore[import-untyped,unused-ignore]
 from aiokafka.structs import TopicPartition  # type: ignore[import-untyped,unused-ignore]
@@ -56,6 +56,7 @@ __all__ = ["SCENARIOS", "SIZES", "ChaosRow", "Scenario", "Size", "format_table",
 TELEMETRY_TOPIC = "telemetry-raw"
 TOPICS = {TELEMETRY_TOPIC: 3, "events-raw": 1, "ingest-dlq": 1}
 INGEST_PATH = "/api/v1/ingest"
+_T = TypeVar("_T")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -460,25 +461,41 @@ def _spool_dirs(data_dir: Path) -> list[Path]:
     return sorted(p for p in root.glob("w*") if p.is_dir()) if root.is_dir() else []
 
 
+def _while_cleanup_runs(read: Callable[[Path], _T], directory: Path) -> _T:
+    """Runs a read of a spool another process writes; its cleanup may delete a segment under the reader (the read
+    then fails with ENOENT), so a failed read is tried again, a few times."""
+    for attempt in range(20):
+        try:
+            return read(directory)
+        except OSError:
+            if attempt == 19:
+                raise
+            time.sleep(0.05)
+    raise AssertionError("unreachable")
+
+
 def spooled_ids(data_dir: Path) -> set[str]:
     """Event ids of every record in every spool directory. Each read takes whole segments (no byte budget), so
     this reader cannot skip what a budget would cut."""
-    out: set[str] = set()
-    for directory in _spool_dirs(data_dir):
+
+    def read(directory: Path) -> set[str]:
+        out: set[str] = set()
         spool = Spool.open_read_only(directory)
         seq = 0
         while True:
             batch, seq = spool.read(seq, max_records=50_000, max_bytes=1 << 40, durable_only=False)
             if len(batch) == 0:
-                break
+                return out
             out.update(batch.event_ids())
-    return out
+
+    return {i for directory in _spool_dirs(data_dir) for i in _while_cleanup_runs(read, directory)}
 
 
 def checkpointed_ids(data_dir: Path) -> set[str]:
     """Event ids of the records (still on disk) that each spool's checkpoint says the broker acknowledged."""
-    out: set[str] = set()
-    for directory in _spool_dirs(data_dir):
+
+    def read(directory: Path) -> set[str]:
+        out: set[str] = set()
         spool = Spool.open_read_only(directory)
         acked = spool.stats()["acked_seq"]
         seq = 0
@@ -488,11 +505,16 @@ def checkpointed_ids(data_dir: Path) -> set[str]:
                 break
             out.update(batch.event_ids()[: max(0, acked - (next_seq - len(batch)))])
             seq = next_seq
-    return out
+        return out
+
+    return {i for directory in _spool_dirs(data_dir) for i in _while_cleanup_runs(read, directory)}
 
 
 def spool_stats(data_dir: Path) -> dict[str, dict[str, int]]:
-    return {d.name: Spool.open_read_only(d).stats() for d in _spool_dirs(data_dir)}
+    def read(directory: Path) -> dict[str, int]:
+        return Spool.open_read_only(directory).stats()
+
+    return {directory.name: _while_cleanup_runs(read, directory) for directory in _spool_dirs(data_dir)}
 
 
 # ------------------------------------------------------------------------------------------------------ the rig
