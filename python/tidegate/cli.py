@@ -198,6 +198,12 @@ def _bench(args: argparse.Namespace) -> int:
     return subprocess.call([sys.executable, "-m", "bench", *args.bench_args], env={**os.environ, "PYTHONPATH": path})
 
 
+def _chaos(args: argparse.Namespace) -> int:
+    from tidegate.testing import chaos  # noqa: PLC0415 - needs the test extras (the tansu broker)
+
+    return chaos.main(args.size, args.scenario or (), args.work_dir)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tidegate", description="Ingest engine for device telemetry and events.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -263,6 +269,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("bench_args", nargs=argparse.REMAINDER)
     bench.set_defaults(run=_bench)
+
+    chaos = commands.add_parser("chaos", help="the chaos suite: faults under load, then count what was lost")
+    chaos.add_argument("--size", choices=("small", "full"), default="full")
+    chaos.add_argument("--scenario", action="append", metavar="NAME", help="a scenario's name or letter (repeatable)")
+    chaos.add_argument("--work-dir", type=Path, help="keep data and logs here (default: a temporary directory)")
+    chaos.set_defaults(run=_chaos)
     return parser
 
 

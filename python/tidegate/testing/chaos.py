@@ -1,0 +1,931 @@
+"""The chaos suite: real faults against a real tidegate server and a real broker, checked by what clients were told.
+
+Every scenario runs `tidegate serve` (``testing.server.Server``), usually with a tansu broker
+(``testing.broker.Broker``), under load from concurrent HTTP/1.1 keep-alive clients that post unique seed-001
+readings and record the event id of every record a ``202`` acknowledged (an answer ``accepted`` or
+``duplicate``). Connection errors, ``429`` and ``503`` are not acknowledgements; a client retries the same body,
+as a device would. While the load runs, the scenario injects its fault, then checks that the service recovered
+and reads back what it holds:
+
+* **in spool**: acknowledged event ids found by ``Spool.open_read_only`` in ``data/spool/w*``;
+* **in Kafka**: acknowledged event ids consumed from the broker (``event_id`` header) by a consumer that reads
+  from the beginning all the time, so records consumed before a broker restart still count;
+* **duplicates delivered**: extra copies in Kafka (the same event id at more than one log position);
+* **lost**: with Kafka configured, acknowledged ids not in Kafka after recovery and drain, minus *lost by the
+  broker* (below); without Kafka, acknowledged ids not in the spool.
+* **lost by the broker**: tansu keeps its log in memory, so a broker restart empties it. Records the spool's
+  checkpoint says the old broker acknowledged, and that no consumer read before it died, are gone with the broker,
+  not lost by tidegate; they are reported separately and never hidden in "lost".
+
+A scenario passes when lost is 0 and the service recovered (it answers ``202`` again after the fault, and with
+Kafka its backlog drained: every acknowledged record reached the broker and the checkpoint caught up).
+
+Run the small size from pytest (``tests/test_chaos.py``), or any size on demand: ``tidegate chaos --size full``.
+Scenarios that need parts not built yet are listed in ``SCENARIOS`` with the reason (``pending``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections import Counter
+from collections.abc import Callable, Coroutine, Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, TextIO, TypeVar
+
+from aiokafka import AIOKafkaConsumer  # type: ignore[import-untyped,unused-ignore]
+from aiokafka.structs import TopicPartition  # type: ignore[import-untyped,unused-ignore]
+
+from tidegate._native import Spool
+from tidegate.testing.broker import Broker
+from tidegate.testing.server import Server
+
+__all__ = ["SCENARIOS", "SIZES", "ChaosRow", "Scenario", "Size", "format_table", "main", "run_scenario"]
+
+TELEMETRY_TOPIC = "telemetry-raw"
+TOPICS = {TELEMETRY_TOPIC: 3, "events-raw": 1, "ingest-dlq": 1}
+INGEST_PATH = "/api/v1/ingest"
+_T = TypeVar("_T")
+
+
+@dataclasses.dataclass(frozen=True)
+class Size:
+    """How long and how hard each scenario pushes; ``small`` runs in the test suite, ``full`` on demand."""
+
+    name: str
+    clients: int
+    readings_per_request: int
+    reading_bytes: int
+    """About how large each reading's JSON is (metadata padding); the issue measured ~1 KB readings."""
+    load_s: float
+    """Load before the first fault and after the last one."""
+    kills: int
+    kill_interval_s: float
+    outage_s: float
+    backlog_bytes: int
+    """(b) keeps the broker down until the spool holds at least this much undelivered (past the forwarder's 4 MiB
+    read budget, so a read stops inside a segment)."""
+    backlog_segments: int
+    segment_bytes: int
+    tmpfs_bytes: int
+    drain_timeout_s: float
+    recovery_timeout_s: float
+
+
+SIZES = {
+    "small": Size(
+        name="small",
+        clients=4,
+        readings_per_request=20,
+        reading_bytes=1000,
+        load_s=1.5,
+        kills=5,
+        kill_interval_s=1.0,
+        outage_s=3.0,
+        backlog_bytes=6 << 20,
+        backlog_segments=3,
+        segment_bytes=1 << 20,
+        tmpfs_bytes=32 << 20,
+        drain_timeout_s=40.0,
+        recovery_timeout_s=10.0,
+    ),
+    "full": Size(
+        name="full",
+        clients=8,
+        readings_per_request=20,
+        reading_bytes=1000,
+        load_s=5.0,
+        kills=5,
+        kill_interval_s=5.0,
+        outage_s=20.0,
+        backlog_bytes=24 << 20,
+        backlog_segments=3,
+        segment_bytes=4 << 20,
+        tmpfs_bytes=128 << 20,
+        drain_timeout_s=120.0,
+        recovery_timeout_s=20.0,
+    ),
+}
+
+
+@dataclasses.dataclass
+class ChaosRow:
+    """One scenario's outcome; see the module docstring for what each count means."""
+
+    scenario: str
+    acknowledged: int
+    in_spool: int
+    in_kafka: int | None
+    """None when the scenario runs without Kafka."""
+    duplicates_delivered: int | None
+    lost: int
+    lost_by_broker: int = 0
+    recovered: bool = True
+    notes: list[str] = dataclasses.field(default_factory=list)
+    seconds: float = 0.0
+
+    def failures(self) -> list[str]:
+        """Why the scenario failed (empty when it passed)."""
+        out = []
+        if self.acknowledged == 0:
+            out.append("nothing was acknowledged: the scenario proved nothing")
+        if self.lost:
+            out.append(f"{self.lost} acknowledged records lost")
+        if not self.recovered:
+            out.append("the service did not recover")
+        return out
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures()
+
+    def cells(self) -> list[str]:
+        def number(value: int | None) -> str:
+            return "-" if value is None else f"{value:,}"
+
+        notes = list(self.notes)
+        if self.lost_by_broker:
+            notes.insert(0, f"lost by the broker (tansu restarted empty): {self.lost_by_broker:,}")
+        if not self.recovered:
+            notes.insert(0, "NOT RECOVERED")
+        return [
+            self.scenario,
+            number(self.acknowledged),
+            number(self.in_spool),
+            number(self.in_kafka),
+            number(self.duplicates_delivered),
+            number(self.lost),
+            "; ".join(notes),
+        ]
+
+
+_HEADER = ["scenario", "acknowledged", "in spool", "in Kafka", "duplicates delivered", "lost", "recovery / notes"]
+
+
+def format_table(rows: Iterable[ChaosRow]) -> str:
+    """The rows as a Markdown table (what the README shows)."""
+    lines = ["| " + " | ".join(_HEADER) + " |", "|---|" + "---:|" * 5 + "---|"]
+    lines += ["| " + " | ".join(row.cells()) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------------------ clients
+
+
+def _iso_now() -> str:
+    moment = time.time()
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(moment)) + f".{int(moment * 1000) % 1000:03d}Z"
+
+
+class _Connection:
+    """One HTTP/1.1 keep-alive connection; any failure closes it and raises ``ConnectionError``."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self._streams: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
+
+    async def post(
+        self, path: str, body: bytes, headers: dict[str, str], sent: Callable[[], None], timeout: float = 30.0
+    ) -> tuple[int, bytes]:
+        """The status and body of the answer; ``sent()`` is called once the request is written in full."""
+        try:
+            return await asyncio.wait_for(self._post(path, body, headers, sent), timeout)
+        except (OSError, EOFError, ValueError, IndexError, TimeoutError, asyncio.IncompleteReadError) as error:
+            self.close()
+            raise ConnectionError(f"{type(error).__name__}: {error}") from None
+
+    async def _post(
+        self, path: str, body: bytes, headers: dict[str, str], sent: Callable[[], None]
+    ) -> tuple[int, bytes]:
+        if self._streams is None:
+            self._streams = await asyncio.open_connection("127.0.0.1", self.port)
+        reader, writer = self._streams
+        head = f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{self.port}\r\nContent-Length: {len(body)}\r\n"
+        head += "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+        writer.write(head.encode() + b"\r\n" + body)
+        await writer.drain()
+        sent()
+        status_and_headers = await reader.readuntil(b"\r\n\r\n")
+        lines = status_and_headers.decode("latin-1").split("\r\n")
+        status = int(lines[0].split(" ", 2)[1])
+        fields = {}
+        for line in lines[1:]:
+            if line:
+                name, _, value = line.partition(":")
+                fields[name.strip().lower()] = value.strip().lower()
+        if "content-length" in fields:
+            content = await reader.readexactly(int(fields["content-length"]))
+        elif fields.get("transfer-encoding") == "chunked":
+            content = b""
+            while size := int((await reader.readuntil(b"\r\n")).strip().split(b";")[0], 16):
+                content += await reader.readexactly(size)
+                await reader.readexactly(2)
+            await reader.readuntil(b"\r\n")
+        else:
+            raise ValueError("response without a length")
+        if fields.get("connection") == "close":
+            self.close()
+        return status, content
+
+    def close(self) -> None:
+        if self._streams is not None:
+            self._streams[1].close()
+            self._streams = None
+
+
+class Load:
+    """Concurrent clients, one device each, posting arrays of unique readings until stopped.
+
+    With ``race=True`` every other body is sent on two connections at once (a retry racing its original).
+    """
+
+    def __init__(self, port: int, keys: dict[str, str], size: Size, *, race: bool = False) -> None:
+        self.port = port
+        self.keys = keys
+        self.size = size
+        self.race = race
+        self.acknowledged: set[str] = set()
+        self.first_answer_duplicate: set[str] = set()
+        """Acknowledged ids whose first 202 said `duplicate` (a retry or a racer answered before its original)."""
+        self.statuses: Counter[int] = Counter()
+        self.problems: Counter[str] = Counter()
+        self.connection_errors = 0
+        self.raced_bodies = 0
+        self.last_ack = 0.0
+        """time.monotonic() of the latest 202."""
+        self._padding = "x" * max(0, size.reading_bytes - 260)
+        self._running = True
+        self._unpaused = asyncio.Event()
+        self._unpaused.set()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._in_flight: dict[int, float] = {}
+        self._outcomes: dict[int, int | None] = {}
+        self._tokens = 0
+
+    def start(self) -> None:
+        self._tasks = [asyncio.create_task(self._client(device, key)) for device, key in self.keys.items()]
+
+    async def stop(self) -> None:
+        self._running = False
+        self._unpaused.set()
+        await asyncio.gather(*self._tasks)
+
+    def pause(self) -> None:
+        """Clients send no new body (requests under way finish) until ``resume()``."""
+        self._unpaused.clear()
+
+    def resume(self) -> None:
+        self._unpaused.set()
+
+    def in_flight(self, sent_before: float) -> set[int]:
+        """Requests written in full before ``sent_before`` (time.monotonic()) and not answered yet (tokens, for
+        ``cut_off``). A request written just before a shutdown may still sit unread in the socket, where no server
+        can tell it from a request that never came; one written a moment earlier has been read."""
+        return {token for token, sent in self._in_flight.items() if sent <= sent_before}
+
+    def cut_off(self, tokens: Iterable[int]) -> int:
+        """How many of these requests ended without any answer."""
+        return sum(1 for token in tokens if self._outcomes.get(token) is None)
+
+    async def wait_for_ack(self, after: float, timeout: float) -> bool:
+        """Whether a 202 arrives after ``after`` (time.monotonic()) within ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        while self.last_ack <= after:
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(0.05)
+        return True
+
+    def _body(self, device: str, first: int) -> bytes:
+        readings = [
+            {
+                "device_id": device,
+                "timestamp": _iso_now(),
+                "metrics": {"temperature": 20 + n % 100 / 10, "humidity": 40 + n % 40, "pressure": 1013.25, "n": n},
+                "metadata": {"firmware_version": "2.1.0", "battery_level": 85, "note": self._padding},
+            }
+            for n in range(first, first + self.size.readings_per_request)
+        ]
+        return json.dumps(readings).encode()
+
+    async def _client(self, device: str, key: str) -> None:
+        headers = {"Content-Type": "application/json", "X-Device-Token": key}
+        connections = [_Connection(self.port), _Connection(self.port)]
+        next_n = 0
+        try:
+            while self._running:
+                await self._unpaused.wait()
+                body = self._body(device, next_n)
+                next_n += self.size.readings_per_request
+                racing = self.race and next_n // self.size.readings_per_request % 2 == 0
+                self.raced_bodies += racing
+                # A device retries the same body until one answer acknowledges it (or the load stops).
+                while self._running:
+                    sends = [self._send(connections[0], body, headers)]
+                    if racing:
+                        sends.append(self._send(connections[1], body, headers))
+                    answers = await asyncio.gather(*sends)
+                    if 202 in answers:
+                        break
+                    await asyncio.sleep(0.05 if None in answers or 503 in answers else 0.01)
+        finally:
+            for connection in connections:
+                connection.close()
+
+    async def _send(self, connection: _Connection, body: bytes, headers: dict[str, str]) -> int | None:
+        token = self._tokens = self._tokens + 1
+        self._outcomes[token] = None
+
+        def sent() -> None:
+            self._in_flight[token] = time.monotonic()
+
+        try:
+            status, content = await connection.post(INGEST_PATH, body, headers, sent)
+        except ConnectionError:
+            self.connection_errors += 1
+            return None
+        finally:
+            self._in_flight.pop(token, None)
+        self._outcomes[token] = status
+        self.statuses[status] += 1
+        if status == 202:
+            document = json.loads(content)
+            for item in document.get("results", [document]):
+                if item["status"] in ("accepted", "duplicate"):
+                    if item["event_id"] not in self.acknowledged and item["status"] == "duplicate":
+                        self.first_answer_duplicate.add(item["event_id"])
+                    self.acknowledged.add(item["event_id"])
+                else:
+                    self.problems[f"202 item {item['status']}"] += 1
+            self.last_ack = time.monotonic()
+        elif status != 429:
+            with contextlib.suppress(ValueError, AttributeError):
+                self.problems[f"{status} {json.loads(content).get('type', '').rsplit(':', 1)[-1]}"] += 1
+        return status
+
+
+# ------------------------------------------------------------------------------------------------------ readers
+
+
+class Collector:
+    """Consumes the telemetry topic from the beginning, all the time, without a group. ``pause()`` drops the
+    consumer (call it before a broker restart), ``resume()`` starts a new one on the restarted broker. Every record
+    is kept as (epoch, partition, offset, event id), so copies at different log positions count as duplicates."""
+
+    def __init__(self, bootstrap: str) -> None:
+        self.bootstrap = bootstrap
+        self.seen: set[tuple[int, int, int, str]] = set()
+        self.ids: set[str] = set()
+        self.last_record = time.monotonic()
+        self.epoch = 0
+        self._run = asyncio.Event()
+        self._run.set()
+        self._idle = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._consume())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def pause(self) -> None:
+        self.epoch += 1
+        self._run.clear()
+        await asyncio.wait_for(self._idle.wait(), 15)
+
+    def resume(self) -> None:
+        self._idle.clear()
+        self._run.set()
+
+    def duplicates_delivered(self) -> int:
+        copies = Counter(event_id for *_, event_id in self.seen)
+        return sum(n - 1 for n in copies.values())
+
+    async def _consume(self) -> None:
+        partitions = [TopicPartition(TELEMETRY_TOPIC, p) for p in range(TOPICS[TELEMETRY_TOPIC])]
+        while True:
+            if not self._run.is_set():
+                self._idle.set()
+                await self._run.wait()
+                continue
+            epoch = self.epoch
+            consumer = AIOKafkaConsumer(
+                bootstrap_servers=self.bootstrap,
+                group_id=None,
+                enable_auto_commit=False,
+                auto_offset_reset="earliest",
+                fetch_max_wait_ms=100,
+                request_timeout_ms=5000,
+            )
+            try:
+                await consumer.start()
+                consumer.assign(partitions)
+                await consumer.seek_to_beginning(*partitions)
+                while epoch == self.epoch:
+                    batches = await consumer.getmany(*partitions, timeout_ms=100, max_records=10_000)
+                    for tp, records in batches.items():
+                        for record in records:
+                            event_id = dict(record.headers)["event_id"].decode()
+                            self.seen.add((epoch, tp.partition, record.offset, event_id))
+                            self.ids.add(event_id)
+                            self.last_record = time.monotonic()
+            except Exception:  # the broker is down or restarting: reconnect
+                await asyncio.sleep(0.2)
+            finally:
+                # With the broker gone, aiokafka's consumer.stop() can let a CancelledError of its own escape.
+                try:
+                    await asyncio.wait_for(consumer.stop(), 5)
+                except (Exception, asyncio.CancelledError):
+                    task = asyncio.current_task()
+                    if task is not None and task.cancelling():
+                        raise
+
+
+def _spool_dirs(data_dir: Path) -> list[Path]:
+    root = data_dir / "spool"
+    return sorted(p for p in root.glob("w*") if p.is_dir()) if root.is_dir() else []
+
+
+def _while_cleanup_runs(read: Callable[[Path], _T], directory: Path) -> _T:
+    """Runs a read of a spool another process writes; its cleanup may delete a segment under the reader (the read
+    then fails with ENOENT), so a failed read is tried again, a few times."""
+    for attempt in range(20):
+        try:
+            return read(directory)
+        except OSError:
+            if attempt == 19:
+                raise
+            time.sleep(0.05)
+    raise AssertionError("unreachable")
+
+
+def spooled_ids(data_dir: Path) -> set[str]:
+    """Event ids of every record in every spool directory. Each read takes whole segments (no byte budget), so
+    this reader cannot skip what a budget would cut."""
+
+    def read(directory: Path) -> set[str]:
+        out: set[str] = set()
+        spool = Spool.open_read_only(directory)
+        seq = 0
+        while True:
+            batch, seq = spool.read(seq, max_records=50_000, max_bytes=1 << 40, durable_only=False)
+            if len(batch) == 0:
+                return out
+            out.update(batch.event_ids())
+
+    return {i for directory in _spool_dirs(data_dir) for i in _while_cleanup_runs(read, directory)}
+
+
+def checkpointed_ids(data_dir: Path) -> set[str]:
+    """Event ids of the records (still on disk) that each spool's checkpoint says the broker acknowledged."""
+
+    def read(directory: Path) -> set[str]:
+        out: set[str] = set()
+        spool = Spool.open_read_only(directory)
+        acked = spool.stats()["acked_seq"]
+        seq = 0
+        while seq < acked:
+            batch, next_seq = spool.read(seq, max_records=50_000, max_bytes=1 << 40, durable_only=False)
+            if len(batch) == 0:
+                break
+            out.update(batch.event_ids()[: max(0, acked - (next_seq - len(batch)))])
+            seq = next_seq
+        return out
+
+    return {i for directory in _spool_dirs(data_dir) for i in _while_cleanup_runs(read, directory)}
+
+
+def spool_stats(data_dir: Path) -> dict[str, dict[str, int]]:
+    def read(directory: Path) -> dict[str, int]:
+        return Spool.open_read_only(directory).stats()
+
+    return {directory.name: _while_cleanup_runs(read, directory) for directory in _spool_dirs(data_dir)}
+
+
+# ------------------------------------------------------------------------------------------------------ the rig
+
+
+class Rig:
+    """A broker (optional), a server on ``data_dir`` with one key per client device, the load and the collector."""
+
+    def __init__(
+        self,
+        work_dir: Path,
+        size: Size,
+        *,
+        kafka: bool = True,
+        env: dict[str, str] | None = None,
+        data_dir: Path | None = None,
+        race: bool = False,
+    ) -> None:
+        self.work_dir = work_dir
+        self.size = size
+        self.broker = Broker(work_dir / "broker") if kafka else None
+        self.data_dir = data_dir or work_dir / "data"
+        settings = {"TIDEGATE_RATE_PER_DEVICE": "0", **(env or {})}
+        self.server = Server(self.data_dir, settings)
+        self.server.log_path = work_dir / "server.log"  # outside data_dir, which may be a small filesystem
+        self.race = race
+        self.collector: Collector | None = None
+        self.load: Load | None = None
+        self.started = time.monotonic()
+
+    async def __aenter__(self) -> Rig:
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        if self.broker is not None:
+            await asyncio.to_thread(self.broker.start)
+            self.broker.create_topics([TELEMETRY_TOPIC], partitions=TOPICS[TELEMETRY_TOPIC])
+            self.broker.create_topics([t for t in TOPICS if t != TELEMETRY_TOPIC], partitions=1)
+            self.server.env["TIDEGATE_KAFKA"] = self.broker.bootstrap
+            self.collector = Collector(self.broker.bootstrap)
+            self.collector.start()
+        devices = [f"chaos-{i:02d}" for i in range(self.size.clients)]
+        try:
+            keys = await asyncio.to_thread(self.server.keys, *devices)
+            await asyncio.to_thread(self.server.start)
+        except BaseException:
+            await self.__aexit__()
+            raise
+        self.load = Load(self.server.port, keys, self.size, race=self.race)
+        self.load.start()
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        if self.load is not None:
+            await self.load.stop()
+        if self.collector is not None:
+            await self.collector.stop()
+        await asyncio.to_thread(self.server.stop)
+        if self.broker is not None:
+            await asyncio.to_thread(self.broker.stop, 0)
+
+    @property
+    def clients(self) -> Load:
+        assert self.load is not None
+        return self.load
+
+    async def ready_status(self) -> int:
+        """The status of GET /health/ready (0 when it cannot be reached)."""
+
+        def probe() -> int:
+            try:
+                with urllib.request.urlopen(self.server.url + "/health/ready", timeout=5) as response:
+                    return int(response.status)
+            except urllib.error.HTTPError as error:
+                return error.code
+            except OSError:
+                return 0
+
+        return await asyncio.to_thread(probe)
+
+    async def restart_server(self) -> None:
+        await asyncio.to_thread(self.server.start)
+
+    async def kafka_lag(self) -> int:
+        stats = await asyncio.to_thread(spool_stats, self.data_dir)
+        return sum(s["next_seq"] - s["acked_seq"] for s in stats.values())
+
+    async def drain(self, required: set[str]) -> None:
+        """Waits until the checkpoint says everything was delivered and either Kafka holds every record in
+        ``required`` or the consumer has read nothing new for two seconds; or until the drain timeout passes."""
+        assert self.collector is not None
+        deadline = time.monotonic() + self.size.drain_timeout_s
+        while time.monotonic() < deadline:
+            quiet = time.monotonic() - self.collector.last_record > 2.0
+            if (quiet or required <= self.collector.ids) and await self.kafka_lag() == 0:
+                return
+            await asyncio.sleep(0.2)
+
+    async def caught_up(self, timeout: float) -> bool:
+        """Waits until everything spooled was delivered and the consumer read all of it (pause the load first)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if await self.kafka_lag() == 0 and not await self.unread_checkpointed():
+                return True
+            await asyncio.sleep(0.2)
+        return False
+
+    async def unread_checkpointed(self) -> set[str]:
+        """Records the checkpoint says the broker acknowledged and the consumer has not read. Taken while the broker
+        is down (after ``collector.pause()``), before it restarts empty: these are lost with the broker."""
+        assert self.collector is not None
+        return await asyncio.to_thread(checkpointed_ids, self.data_dir) - self.collector.ids
+
+    async def finish(
+        self, scenario: str, *, recovered: bool, notes: list[str], lost_with_broker: set[str] | None = None
+    ) -> ChaosRow:
+        """Stops the load, lets the backlog drain, stops the server and counts (see the module docstring)."""
+        load = self.clients
+        await load.stop()
+        acknowledged = load.acknowledged
+        notes = list(notes)
+        in_kafka: set[str] | None = None
+        duplicates: int | None = None
+        lost_by_broker: set[str] = set()
+        if self.collector is not None:
+            lost_by_broker = (lost_with_broker or set()) & acknowledged - self.collector.ids
+            await self.drain(acknowledged - lost_by_broker)
+            lag = await self.kafka_lag()
+            if lag:
+                notes.append(f"checkpoint {lag:,} records behind after {self.size.drain_timeout_s:g} s")
+            recovered = recovered and lag == 0
+            in_kafka = acknowledged & self.collector.ids
+            duplicates = self.collector.duplicates_delivered()
+        code = await asyncio.to_thread(self.server.stop)
+        in_spool = acknowledged & await asyncio.to_thread(spooled_ids, self.data_dir)
+        if in_kafka is None:
+            lost = acknowledged - in_spool
+        else:
+            lost = acknowledged - in_kafka - lost_by_broker
+            if nowhere := acknowledged - in_spool - in_kafka:
+                notes.append(f"{len(nowhere):,} acknowledged ids neither in the spool nor in Kafka")
+        if lost & load.first_answer_duplicate:
+            notes.append(f"{len(lost & load.first_answer_duplicate):,} lost were first answered `duplicate`")
+        if code not in (0, None):
+            notes.append(f"server exit code {code}")
+        answers = ", ".join(f"{status}: {n:,}" for status, n in sorted(load.statuses.items()))
+        notes.append(f"answers {answers}; {load.connection_errors:,} connection errors")
+        if load.problems:
+            notes.append("problems " + ", ".join(f"{p}: {n:,}" for p, n in load.problems.most_common()))
+        return ChaosRow(
+            scenario=scenario,
+            acknowledged=len(acknowledged),
+            in_spool=len(in_spool),
+            in_kafka=None if in_kafka is None else len(in_kafka),
+            duplicates_delivered=duplicates,
+            lost=len(lost),
+            lost_by_broker=len(lost_by_broker),
+            recovered=recovered,
+            notes=notes,
+            seconds=time.monotonic() - self.started,
+        )
+
+
+# ------------------------------------------------------------------------------------------------------ scenarios
+
+
+async def _kill_loop(work_dir: Path, size: Size, *, race: bool, name: str) -> ChaosRow:
+    async with Rig(work_dir, size, race=race) as rig:
+        load = rig.clients
+        await asyncio.sleep(size.load_s)
+        recovered = True
+        for _ in range(size.kills):
+            await asyncio.to_thread(rig.server.stop, kill=True)
+            await rig.restart_server()
+            back = time.monotonic()
+            recovered = await load.wait_for_ack(back, size.recovery_timeout_s) and recovered
+            await asyncio.sleep(size.kill_interval_s)
+        await asyncio.sleep(size.load_s)
+        notes = [f"{size.kills} SIGKILLs, each restart answered 202 again" if recovered else "no 202 after a restart"]
+        if race:
+            notes.append(f"{load.raced_bodies:,} bodies sent twice at once")
+        return await rig.finish(name, recovered=recovered, notes=notes)
+
+
+async def sigkill(work_dir: Path, size: Size) -> ChaosRow:
+    """(a) SIGKILL the server repeatedly under load, restarting it on the same data dir each time."""
+    return await _kill_loop(work_dir, size, race=False, name="a. SIGKILL x5 under load")
+
+
+async def duplicate_races(work_dir: Path, size: Size) -> ChaosRow:
+    """(g) (a) again, with every other body sent on two connections at once: retries racing their originals."""
+    return await _kill_loop(work_dir, size, race=True, name="g. duplicate retries racing, SIGKILL x5")
+
+
+async def broker_outage(work_dir: Path, size: Size) -> ChaosRow:
+    """(b) The broker down while a backlog of several segments (and more than one forwarder read) builds up."""
+    env = {"TIDEGATE_SPOOL_SEGMENT_BYTES": str(size.segment_bytes)}
+    async with Rig(work_dir, size, env=env) as rig:
+        assert rig.broker is not None and rig.collector is not None
+        load = rig.clients
+        await asyncio.sleep(size.load_s)
+        # Whatever the old broker holds is consumed before it goes (tansu's log dies with it): this scenario is
+        # about the outage and the backlog, (c) about a broker that loses what it acknowledged.
+        load.pause()
+        await rig.caught_up(size.drain_timeout_s)
+        await asyncio.to_thread(rig.broker.stop, 0)
+        load.resume()
+        down = time.monotonic()
+        await rig.collector.pause()
+        while True:
+            await asyncio.sleep(0.2)
+            stats = await asyncio.to_thread(spool_stats, rig.data_dir)
+            spooled_bytes = sum(s["bytes"] for s in stats.values())
+            spooled_records = max(1, sum(s["next_seq"] for s in stats.values()))
+            backlog_records = sum(s["next_seq"] - s["acked_seq"] for s in stats.values())
+            backlog_bytes = spooled_bytes * backlog_records // spooled_records
+            segments = max((s["segments"] for s in stats.values()), default=0)
+            waited = time.monotonic() - down
+            if waited >= size.outage_s and backlog_bytes >= size.backlog_bytes and segments >= size.backlog_segments:
+                break
+            if waited > 10 * size.outage_s + 60:
+                break
+        lost_with_broker = await rig.unread_checkpointed()
+        await asyncio.to_thread(rig.broker.start)
+        rig.collector.resume()
+        back = time.monotonic()
+        recovered = await load.wait_for_ack(back, size.recovery_timeout_s)
+        await asyncio.sleep(size.load_s)
+        notes = [
+            f"broker down {back - down:.0f} s; backlog {backlog_records:,} records, "
+            f"~{backlog_bytes / (1 << 20):.1f} MiB over {segments} segments of {size.segment_bytes / (1 << 20):g} MiB"
+        ]
+        return await rig.finish(
+            "b. broker down, multi-segment backlog",
+            recovered=recovered,
+            notes=notes,
+            lost_with_broker=lost_with_broker,
+        )
+
+
+async def broker_restart_empty(work_dir: Path, size: Size) -> ChaosRow:
+    """(c) The broker SIGKILLed mid-stream and started again empty (memory storage): everything the spool had not
+    seen acknowledged by the old broker must reach the new one. What the old broker acknowledged and no consumer
+    read is gone with the broker, and is counted as lost by the broker."""
+    async with Rig(work_dir, size) as rig:
+        assert rig.broker is not None and rig.collector is not None
+        load = rig.clients
+        await asyncio.sleep(size.load_s)
+        await asyncio.to_thread(rig.broker.stop, 0)
+        await rig.collector.pause()
+        await asyncio.sleep(1.0)  # the stream goes on into the spool
+        lost_with_broker = await rig.unread_checkpointed()
+        await asyncio.to_thread(rig.broker.start)  # empty, topics re-created
+        rig.collector.resume()
+        back = time.monotonic()
+        recovered = await load.wait_for_ack(back, size.recovery_timeout_s)
+        await asyncio.sleep(size.load_s)
+        return await rig.finish(
+            "c. broker restarted empty mid-stream",
+            recovered=recovered,
+            notes=["lost = acknowledged, not consumed and not acknowledged by the old broker"],
+            lost_with_broker=lost_with_broker,
+        )
+
+
+async def sigterm(work_dir: Path, size: Size) -> ChaosRow:
+    """(e) SIGTERM under load: requests in flight are answered, the exit is clean, nothing acknowledged is lost;
+    a restart serves again and delivers the rest."""
+    # A long group-commit window keeps every request in flight for a while, so the signal lands among many.
+    async with Rig(work_dir, size, env={"TIDEGATE_COMMIT_WINDOW_MS": "300"}) as rig:
+        load = rig.clients
+        await asyncio.sleep(size.load_s)
+        in_flight = load.in_flight(sent_before=time.monotonic() - 0.1)
+        code = await asyncio.to_thread(rig.server.stop)
+        cut = load.cut_off(in_flight)
+        await rig.restart_server()
+        back = time.monotonic()
+        recovered = await load.wait_for_ack(back, size.recovery_timeout_s)
+        await asyncio.sleep(size.load_s)
+        notes = [f"exit code {code}; {len(in_flight) - cut} of {len(in_flight)} in-flight requests answered"]
+        return await rig.finish("e. SIGTERM under load", recovered=recovered and code == 0 and cut == 0, notes=notes)
+
+
+class _Tmpfs:
+    """A small tmpfs (root only) whose ``ballast`` file takes most of it, so that freeing the ballast frees space
+    the spool can use again."""
+
+    def __init__(self, mount_point: Path, size_bytes: int) -> None:
+        self.mount_point = mount_point
+        self.size_bytes = size_bytes
+        self.ballast = mount_point / "ballast"
+
+    def __enter__(self) -> _Tmpfs:
+        if os.geteuid() != 0:
+            raise PermissionError("the disk-full scenario mounts a tmpfs and needs root (fault injection: to do)")
+        self.mount_point.mkdir(parents=True, exist_ok=True)
+        subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={self.size_bytes}", "tmpfs", str(self.mount_point)], check=True
+        )
+        chunk = b"\0" * (1 << 20)
+        with self.ballast.open("wb") as ballast:
+            for _ in range(self.size_bytes * 3 // 4 // len(chunk)):
+                ballast.write(chunk)
+        return self
+
+    def free(self) -> int:
+        """Deletes the ballast; returns the bytes now free."""
+        self.ballast.unlink(missing_ok=True)
+        return shutil.disk_usage(self.mount_point).free
+
+    def __exit__(self, *_exc: object) -> None:
+        subprocess.run(["umount", "-l", str(self.mount_point)], check=False)
+
+
+async def disk_full(work_dir: Path, size: Size) -> ChaosRow:
+    """(d) The disk fills up under load (a small tmpfs, mostly taken by a ballast file), then the ballast is
+    deleted: the service answers 503 while full, recovers by itself once space is back, and loses nothing it
+    acknowledged. Runs without Kafka; retries race their originals as in (g)."""
+    with _Tmpfs(work_dir / "disk", size.tmpfs_bytes) as disk:
+        env = {"TIDEGATE_SPOOL_SEGMENT_BYTES": str(size.segment_bytes)}
+        async with Rig(work_dir, size, kafka=False, env=env, data_dir=disk.mount_point / "data", race=True) as rig:
+            load = rig.clients
+            began = time.monotonic()
+            while load.statuses[503] == 0 and time.monotonic() - began < size.drain_timeout_s:
+                await asyncio.sleep(0.1)
+            saw_full = load.statuses[503] > 0
+            full_after = time.monotonic() - began
+            await asyncio.sleep(size.load_s)  # full for a while
+            ready_while_full = await rig.ready_status()
+            room = await asyncio.to_thread(disk.free)
+            freed = time.monotonic()
+            recovered = await load.wait_for_ack(freed, size.recovery_timeout_s)
+            if recovered:
+                await asyncio.sleep(size.load_s)
+            notes = [
+                f"tmpfs {size.tmpfs_bytes >> 20} MiB; full after {full_after:.1f} s: "
+                f"{'503' if saw_full else 'never 503'}, /health/ready {ready_while_full}; {room >> 20} MiB freed: "
+                + ("202 again" if recovered else f"no 202 within {size.recovery_timeout_s:g} s")
+            ]
+            return await rig.finish("d. disk full, then space freed", recovered=recovered and saw_full, notes=notes)
+
+
+@dataclasses.dataclass(frozen=True)
+class Scenario:
+    key: str
+    name: str
+    title: str
+    run: Callable[[Path, Size], Coroutine[Any, Any, ChaosRow]] | None
+    pending: str | None = None
+    """Why the scenario cannot run yet (it then has no ``run``)."""
+
+
+SCENARIOS: dict[str, Scenario] = {
+    s.name: s
+    for s in (
+        Scenario("a", "sigkill", "SIGKILL the server 5 times under load", sigkill),
+        Scenario("b", "broker-outage", "the broker down with a backlog of several segments", broker_outage),
+        Scenario("c", "broker-restart-empty", "the broker restarted empty mid-stream", broker_restart_empty),
+        Scenario("d", "disk-full", "the disk full on a small filesystem, then space freed", disk_full),
+        Scenario("e", "sigterm", "SIGTERM under load", sigterm),
+        Scenario(
+            "f",
+            "forwarder-killed",
+            "the forwarder process killed 3 times",
+            None,
+            pending="needs delivery in its own process (issue 8, item 2)",
+        ),
+        Scenario("g", "duplicate-races", "duplicate retries racing their originals during (a)", duplicate_races),
+    )
+}
+
+
+def find_scenario(name: str) -> Scenario:
+    """By name (``sigkill``) or letter (``a``)."""
+    for scenario in SCENARIOS.values():
+        if name in (scenario.name, scenario.key):
+            return scenario
+    raise KeyError(f"no chaos scenario {name!r}; known: {', '.join(f'{s.key}/{s.name}' for s in SCENARIOS.values())}")
+
+
+def run_scenario(name: str, work_dir: Path, size: Size | str = "small") -> ChaosRow:
+    """Runs one scenario in ``work_dir`` (created) and returns its row; raises if it is pending."""
+    scenario = find_scenario(name)
+    if scenario.run is None:
+        raise NotImplementedError(f"chaos scenario {scenario.name}: {scenario.pending}")
+    chosen = SIZES[size] if isinstance(size, str) else size
+    return asyncio.run(scenario.run(work_dir, chosen))
+
+
+@contextlib.contextmanager
+def _work_dir(given: Path | None) -> Iterator[Path]:
+    if given is not None:
+        given.mkdir(parents=True, exist_ok=True)
+        yield given
+    else:
+        with tempfile.TemporaryDirectory(prefix="tidegate-chaos-") as made:
+            yield Path(made)
+
+
+def main(size: str = "small", names: Sequence[str] = (), work_dir: Path | None = None, out: TextIO = sys.stdout) -> int:
+    """``tidegate chaos``: runs the scenarios, prints a row as each ends and the table at the end; 1 if any
+    failed."""
+    chosen = [find_scenario(n) for n in names] if names else list(SCENARIOS.values())
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)  # the collector reconnects through broker outages
+    rows: list[ChaosRow] = []
+    with _work_dir(work_dir) as root:
+        for scenario in chosen:
+            if scenario.run is None:
+                print(f"{scenario.key}. {scenario.title}: pending, {scenario.pending}", file=out, flush=True)
+                continue
+            row = run_scenario(scenario.name, root / scenario.name, size)
+            rows.append(row)
+            verdict = "ok" if row.passed else "FAILED: " + "; ".join(row.failures())
+            print(f"{' | '.join(row.cells())} | {row.seconds:.0f} s | {verdict}", file=out, flush=True)
+    print(f"\nchaos suite, size {size}:\n\n{format_table(rows)}", file=out)
+    return 0 if all(row.passed for row in rows) else 1
