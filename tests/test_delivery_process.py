@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import httpx
+from tidegate.delivery.status import running_delivery_pid
 from tidegate.testing.broker import Broker, consume_all
 from tidegate.testing.server import Server
 
@@ -19,24 +20,11 @@ from tests.conftest import reading
 TOPICS = ("telemetry-raw", "events-raw", "ingest-dlq")
 
 
-def delivery_status(data_dir: Path) -> dict[str, object]:
-    try:
-        document: dict[str, object] = json.loads((data_dir / "delivery" / "status.json").read_bytes())
-    except (OSError, ValueError):
-        return {}
-    return document
-
-
 def wait_for_delivery(data_dir: Path, other_than: int | None = None) -> int:
     """The pid of a running delivery process (a new one, with `other_than`)."""
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        status = delivery_status(data_dir)
-        pid = status.get("pid")
-        if isinstance(pid, int) and pid != other_than and time.time() - float(str(status["updated"])) < 2:
-            return pid
-        time.sleep(0.05)
-    raise AssertionError(f"no delivery process (other than {other_than}) reported")
+    pid = running_delivery_pid(data_dir, other_than=other_than)
+    assert pid is not None, f"no delivery process (other than {other_than}) reported"
+    return pid
 
 
 async def delivered_ids(bootstrap: str, wanted: set[str], timeout: float = 30) -> set[str]:

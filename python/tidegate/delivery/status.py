@@ -9,11 +9,29 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["DeliveryStatus", "status_path"]
+__all__ = ["DeliveryStatus", "running_delivery_pid", "status_path"]
+
+#: A status older than this means the delivery process is gone (it rewrites the file every half second).
+FRESH_S = 5.0
 
 
 def status_path(data_dir: Path) -> Path:
     return data_dir / "delivery" / "status.json"
+
+
+def running_delivery_pid(data_dir: Path, *, other_than: int | None = None, timeout: float = 30.0) -> int | None:
+    """The pid of the delivery process serving `data_dir` once one reports (a new one, with `other_than`), or None
+    after `timeout` seconds. For operators' scripts and the chaos suite."""
+    deadline = time.monotonic() + timeout
+    while True:
+        status = DeliveryStatus(data_dir)
+        status.refresh(time.time())
+        pid = status.get("pid")
+        if isinstance(pid, int) and pid != other_than and time.time() - float(status.get("updated", 0)) < 2.0:
+            return pid
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(0.05)
 
 
 @dataclass
@@ -36,7 +54,7 @@ class DeliveryStatus:
     @property
     def alive(self) -> bool:
         """The delivery process wrote its status within the last few seconds."""
-        return self.document is not None and time.time() - float(self.document["updated"]) < 5.0
+        return self.document is not None and time.time() - float(self.document["updated"]) < FRESH_S
 
     def get(self, name: str, default: Any = None) -> Any:
         return self.document.get(name, default) if self.alive and self.document is not None else default

@@ -33,6 +33,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -42,12 +43,13 @@ import urllib.request
 from collections import Counter
 from collections.abc import Callable, Coroutine, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, TextIO, TypeVar
+from typing import Any, ClassVar, TextIO, TypeVar
 
 from aiokafka import AIOKafkaConsumer  # type: ignore[import-untyped,unused-ignore]
 from aiokafka.structs import TopicPartition  # type: ignore[import-untyped,unused-ignore]
 
 from tidegate._native import Spool
+from tidegate.delivery.status import running_delivery_pid
 from tidegate.testing.broker import Broker
 from tidegate.testing.server import Server
 
@@ -796,18 +798,74 @@ async def sigterm(work_dir: Path, size: Size) -> ChaosRow:
         return await rig.finish("e. SIGTERM under load", recovered=recovered and code == 0 and cut == 0, notes=notes)
 
 
+async def delivery_killed(work_dir: Path, size: Size) -> ChaosRow:
+    """(f) The delivery process SIGKILLed 3 times under load: `tidegate serve` restarts it, the new one goes on from
+    the checkpoints, and every acknowledged record reaches Kafka."""
+    async with Rig(work_dir, size) as rig:
+        await asyncio.sleep(size.load_s)
+        restarted = 0
+        pid = await asyncio.to_thread(running_delivery_pid, rig.data_dir)
+        for _ in range(3):
+            if pid is None:
+                break
+            os.kill(pid, signal.SIGKILL)
+            pid = await asyncio.to_thread(
+                running_delivery_pid, rig.data_dir, other_than=pid, timeout=size.recovery_timeout_s
+            )
+            restarted += pid is not None
+            await asyncio.sleep(size.kill_interval_s)
+        await asyncio.sleep(size.load_s)
+        notes = [f"delivery process SIGKILLed 3 times: restarted {restarted} times by tidegate serve"]
+        return await rig.finish("f. delivery process killed x3", recovered=restarted == 3, notes=notes)
+
+
+class _InjectedDiskFull:
+    """Without root no small filesystem can be mounted: the worker's spool is told to fail every write, as on a
+    full disk (``fault_injection``), until ``free()`` lifts it."""
+
+    ENV: ClassVar[dict[str, str]] = {"TIDEGATE_FAULT_INJECTION": "true"}
+
+    def __init__(self, work_dir: Path) -> None:
+        self.data_dir = work_dir / "data"
+
+    def __enter__(self) -> _InjectedDiskFull:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        pass
+
+    def _trigger(self, failures: int) -> None:
+        trigger = self.data_dir / "faults" / "spool-write-failures"
+        trigger.parent.mkdir(parents=True, exist_ok=True)
+        trigger.write_text(str(failures))
+
+    def fill(self) -> None:
+        self._trigger(1_000_000_000)
+
+    def free(self) -> int:
+        self._trigger(0)
+        return shutil.disk_usage(self.data_dir).free
+
+
 class _Tmpfs:
     """A small tmpfs (root only) whose ``ballast`` file takes most of it, so that freeing the ballast frees space
     the spool can use again."""
+
+    ENV: ClassVar[dict[str, str]] = {}
 
     def __init__(self, mount_point: Path, size_bytes: int) -> None:
         self.mount_point = mount_point
         self.size_bytes = size_bytes
         self.ballast = mount_point / "ballast"
 
+    @property
+    def data_dir(self) -> Path:
+        return self.mount_point / "data"
+
+    def fill(self) -> None:
+        """The load fills it."""
+
     def __enter__(self) -> _Tmpfs:
-        if os.geteuid() != 0:
-            raise PermissionError("the disk-full scenario mounts a tmpfs and needs root (fault injection: to do)")
         self.mount_point.mkdir(parents=True, exist_ok=True)
         subprocess.run(
             ["mount", "-t", "tmpfs", "-o", f"size={self.size_bytes}", "tmpfs", str(self.mount_point)], check=True
@@ -828,13 +886,29 @@ class _Tmpfs:
 
 
 async def disk_full(work_dir: Path, size: Size) -> ChaosRow:
+    """(d) on a real small filesystem when running as root, by fault injection otherwise."""
+    return await _disk_full(work_dir, size, inject=os.geteuid() != 0)
+
+
+async def disk_full_injected(work_dir: Path, size: Size) -> ChaosRow:
+    """(d) by fault injection, as it runs without root, whoever runs it."""
+    return await _disk_full(work_dir, size, inject=True)
+
+
+async def _disk_full(work_dir: Path, size: Size, *, inject: bool) -> ChaosRow:
     """(d) The disk fills up under load (a small tmpfs, mostly taken by a ballast file), then the ballast is
     deleted: the service answers 503 while full, recovers by itself once space is back, and loses nothing it
-    acknowledged. Runs without Kafka; retries race their originals as in (g)."""
-    with _Tmpfs(work_dir / "disk", size.tmpfs_bytes) as disk:
-        env = {"TIDEGATE_SPOOL_SEGMENT_BYTES": str(size.segment_bytes)}
-        async with Rig(work_dir, size, kafka=False, env=env, data_dir=disk.mount_point / "data", race=True) as rig:
+    acknowledged. Runs without Kafka; retries race their originals as in (g). Without root, the full disk is
+    injected (every spool write fails as with ENOSPC until the fault is lifted)."""
+    disk: _Tmpfs | _InjectedDiskFull = (
+        _InjectedDiskFull(work_dir) if inject else _Tmpfs(work_dir / "disk", size.tmpfs_bytes)
+    )
+    with disk:
+        env = {"TIDEGATE_SPOOL_SEGMENT_BYTES": str(size.segment_bytes), **disk.ENV}
+        async with Rig(work_dir, size, kafka=False, env=env, data_dir=disk.data_dir, race=True) as rig:
             load = rig.clients
+            await asyncio.sleep(size.load_s)
+            disk.fill()
             began = time.monotonic()
             while load.statuses[503] == 0 and time.monotonic() - began < size.drain_timeout_s:
                 await asyncio.sleep(0.1)
@@ -847,12 +921,14 @@ async def disk_full(work_dir: Path, size: Size) -> ChaosRow:
             recovered = await load.wait_for_ack(freed, size.recovery_timeout_s)
             if recovered:
                 await asyncio.sleep(size.load_s)
+            how = f"tmpfs {size.tmpfs_bytes >> 20} MiB" if isinstance(disk, _Tmpfs) else "injected ENOSPC (no root)"
             notes = [
-                f"tmpfs {size.tmpfs_bytes >> 20} MiB; full after {full_after:.1f} s: "
+                f"{how}; full after {full_after:.1f} s: "
                 f"{'503' if saw_full else 'never 503'}, /health/ready {ready_while_full}; {room >> 20} MiB freed: "
                 + ("202 again" if recovered else f"no 202 within {size.recovery_timeout_s:g} s")
             ]
-            return await rig.finish("d. disk full, then space freed", recovered=recovered and saw_full, notes=notes)
+            name = "d. disk full (injected), then lifted" if inject else "d. disk full, then space freed"
+            return await rig.finish(name, recovered=recovered and saw_full, notes=notes)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -872,14 +948,9 @@ SCENARIOS: dict[str, Scenario] = {
         Scenario("b", "broker-outage", "the broker down with a backlog of several segments", broker_outage),
         Scenario("c", "broker-restart-empty", "the broker restarted empty mid-stream", broker_restart_empty),
         Scenario("d", "disk-full", "the disk full on a small filesystem, then space freed", disk_full),
+        Scenario("d2", "disk-full-injected", "the disk full by fault injection (no root needed)", disk_full_injected),
         Scenario("e", "sigterm", "SIGTERM under load", sigterm),
-        Scenario(
-            "f",
-            "forwarder-killed",
-            "the forwarder process killed 3 times",
-            None,
-            pending="needs delivery in its own process (issue 8, item 2)",
-        ),
+        Scenario("f", "delivery-killed", "the delivery process killed 3 times", delivery_killed),
         Scenario("g", "duplicate-races", "duplicate retries racing their originals during (a)", duplicate_races),
     )
 }

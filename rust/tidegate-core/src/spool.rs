@@ -461,7 +461,12 @@ impl Spool {
                 .and_then(|m| m.modified())
                 .unwrap_or_else(|_| SystemTime::now());
             if read_only && (!is_last || role == Role::Delivery) {
-                let bytes = fs::metadata(&path)?.len();
+                let bytes = match fs::metadata(&path) {
+                    Ok(metadata) => metadata.len(),
+                    // Deleted by the writer's cleanup since the listing (acknowledged): not there to read.
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(e.into()),
+                };
                 segments.push(Segment {
                     base_seq: base,
                     records: bases.get(i + 1).map_or(0, |next| next - base),
