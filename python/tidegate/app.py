@@ -628,10 +628,12 @@ class Gateway:
         whole_duplicate = False
         idempotency_key = headers.get(b"x-idempotency-key")
         owner = device_id or result.device_id or "-"
+        # Scopes name the kind of key first and the device last (device ids hold no ':'): no two devices, and no
+        # header key and batch_id, can share one.
         if idempotency_key:
-            key_claims.append((f"{owner}:{route.name}", idempotency_key))
+            key_claims.append((f"header:{route.name}:{owner}", idempotency_key))
         if route.kind == "batch" and result.batch_id is not None:
-            key_claims.append((f"batch:{result.device_id}", result.batch_id))
+            key_claims.append((f"batch_id:{result.device_id}", result.batch_id))
         if dry_run:
             whole_duplicate = any(self.dedup.contains_key(scope, key, received) for scope, key in key_claims)
             duplicates = {eid for eid in result.event_ids if eid is not None and self.dedup.contains(eid, received)}
