@@ -627,7 +627,8 @@ class Gateway:
         duplicates: set[str] = set()
         whole_duplicate = False
         idempotency_key = headers.get(b"x-idempotency-key")
-        owner = device_id or result.device_id or "-"
+        # Without auth the devices named in the body own the key.
+        owner = device_id or result.device_id or ",".join(devices) or "-"
         # Scopes name the kind of key first and the device last (device ids hold no ':'): no two devices, and no
         # header key and batch_id, can share one.
         if idempotency_key:
