@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import json
 import os
 import signal
@@ -23,12 +22,10 @@ from typing import Any
 
 import pytest
 import tidegate
-from aiokafka import AIOKafkaConsumer  # type: ignore[import-untyped,unused-ignore]
 from aiokafka.partitioner import murmur2  # type: ignore[import-untyped,unused-ignore]
-from aiokafka.structs import TopicPartition  # type: ignore[import-untyped,unused-ignore]
 from tidegate.delivery.kafka import Forwarder, KafkaSettings
 from tidegate.delivery.spool import SpoolWriter, open_writer
-from tidegate.testing.broker import Broker, consume_all
+from tidegate.testing.broker import Broker, Collector, consume_all
 
 TELEMETRY = "telemetry-raw"
 DLQ = "ingest-dlq"
@@ -326,86 +323,6 @@ def test_records_spooled_without_kafka_are_delivered_later(
 
 
 # ------------------------------------------------------------------------------------------------------ outages
-
-
-class Collector:
-    """Consumes topics from the beginning, all the time, without a group. ``pause()`` drops the consumer (call
-    it before a broker restart); ``resume()`` starts a new one from the beginning of the restarted broker's log.
-    Every record is kept as (epoch, topic, partition, offset, event_id)."""
-
-    def __init__(self, bootstrap: str, partitions: dict[str, int]) -> None:
-        self.bootstrap = bootstrap
-        self.partitions = partitions
-        self.seen: list[tuple[int, str, int, int, str]] = []
-        self.ids: set[str] = set()
-        self.epoch = 0
-        self.errors = 0
-        self._run_flag = asyncio.Event()
-        self._run_flag.set()
-        self._idle = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run())
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-
-    async def pause(self) -> None:
-        self.epoch += 1
-        self._run_flag.clear()
-        await asyncio.wait_for(self._idle.wait(), 10)
-
-    def resume(self) -> None:
-        self._idle.clear()
-        self._run_flag.set()
-
-    async def _run(self) -> None:
-        tps = [TopicPartition(t, p) for t, n in self.partitions.items() for p in range(n)]
-        while True:
-            if not self._run_flag.is_set():
-                self._idle.set()
-                await self._run_flag.wait()
-                continue
-            epoch = self.epoch
-            consumer = AIOKafkaConsumer(
-                bootstrap_servers=self.bootstrap,
-                group_id=None,
-                enable_auto_commit=False,
-                auto_offset_reset="earliest",
-                fetch_max_wait_ms=50,
-                request_timeout_ms=3000,
-            )
-            try:
-                await consumer.start()
-                consumer.assign(tps)
-                await consumer.seek_to_beginning(*tps)
-                while epoch == self.epoch:
-                    batches = await consumer.getmany(*tps, timeout_ms=50)
-                    for tp, records in batches.items():
-                        for r in records:
-                            event_id = header(r, "event_id").decode()
-                            self.seen.append((epoch, tp.topic, tp.partition, r.offset, event_id))
-                            self.ids.add(event_id)
-            except Exception:
-                self.errors += 1
-                await asyncio.sleep(0.1)
-            finally:
-                # With the broker gone, aiokafka's consumer.stop() lets a CancelledError of its own escape.
-                try:
-                    await asyncio.wait_for(consumer.stop(), 5)
-                except (Exception, asyncio.CancelledError):
-                    task = asyncio.current_task()
-                    if task is not None and task.cancelling():
-                        raise
-
-    def duplicates(self) -> dict[str, int]:
-        """Event ids found at more than one log position (broker epoch, topic, partition, offset)."""
-        copies = Counter(event_id for _, _, _, _, event_id in set(self.seen))
-        return {event_id: n for event_id, n in copies.items() if n > 1}
 
 
 class StreamWriter:

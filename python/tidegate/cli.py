@@ -20,6 +20,7 @@ from tidegate.auth import KeyStore
 from tidegate.config import SETTING_NAMES, Settings, choices_of, load_settings, to_env
 from tidegate.delivery.kafka import kafka_settings
 from tidegate.delivery.process import DeliverySupervisor, run_delivery
+from tidegate.delivery.spool import worker_spool_dirs
 from tidegate.instance import StartRefused, check_address_free, hold_instance_lock
 
 #: Settings with a flag of their own name (`kafka_tls_ca_file`: `--kafka-tls-ca-file`). Not the SASL password:
@@ -135,13 +136,8 @@ def _keys(args: argparse.Namespace) -> int:
     return 0
 
 
-def _spool_dirs(data_dir: Path) -> list[Path]:
-    root = data_dir / "spool"
-    return sorted(p for p in root.glob("w*") if p.is_dir()) if root.is_dir() else []
-
-
 def _tail(args: argparse.Namespace) -> int:
-    directories = _spool_dirs(args.data_dir)
+    directories = worker_spool_dirs(args.data_dir)
     if not directories:
         print(f"tidegate: no spool under {args.data_dir}", file=sys.stderr)
         return 1
@@ -165,14 +161,14 @@ def _tail(args: argparse.Namespace) -> int:
         if not args.follow:
             return 0
         time.sleep(0.25)
-        directories = _spool_dirs(args.data_dir)
+        directories = worker_spool_dirs(args.data_dir)
         for directory in directories:
             positions.setdefault(directory, 0)
 
 
 def _spool_stats(args: argparse.Namespace) -> int:
     report = {}
-    for directory in _spool_dirs(args.data_dir):
+    for directory in worker_spool_dirs(args.data_dir):
         stats = Spool.open_read_only(directory).stats()
         report[directory.name] = {
             "segments": stats["segments"],

@@ -33,6 +33,7 @@ from tidegate._native import Spool
 from tidegate.config import Settings
 from tidegate.delivery.cluster import ClusterCheck
 from tidegate.delivery.kafka import Forwarder, kafka_settings
+from tidegate.delivery.spool import worker_spool_dirs
 from tidegate.delivery.status import status_path
 from tidegate.instance import StartRefused, hold_instance_lock
 
@@ -90,10 +91,7 @@ class Delivery:
 
     async def _discover(self) -> None:
         """Starts a forwarder for every worker spool that exists (a worker publishes `progress` when it opens)."""
-        root = self.settings.spool_root
-        if not root.is_dir():
-            return
-        for directory in sorted(root.glob("w*")):
+        for directory in worker_spool_dirs(self.settings.data_dir):
             if directory.name in self.forwarders or not (directory / "progress").exists():
                 continue
             spool = await asyncio.to_thread(Spool.open_for_delivery, directory)

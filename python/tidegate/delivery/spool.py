@@ -15,8 +15,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
 from tidegate._native import RecordBatch, Spool
+
+
+def worker_spool_dirs(data_dir: Path) -> list[Path]:
+    """Every worker's spool directory under a data dir (`spool/w<N>`), in order."""
+    root = data_dir / "spool"
+    return sorted(p for p in root.glob("w*") if p.is_dir()) if root.is_dir() else []
 
 
 class SpoolWriter:

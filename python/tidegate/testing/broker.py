@@ -41,6 +41,7 @@ import socket
 import struct
 import subprocess
 import time
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from types import TracebackType
@@ -48,7 +49,7 @@ from types import TracebackType
 from aiokafka import AIOKafkaConsumer  # type: ignore[import-untyped,unused-ignore]
 from aiokafka.structs import ConsumerRecord, TopicPartition  # type: ignore[import-untyped,unused-ignore]
 
-__all__ = ["Broker", "BrokerError", "consume_all", "find_tansu"]
+__all__ = ["Broker", "BrokerError", "Collector", "consume_all", "find_tansu"]
 
 #: Environment variable that points at an explicit tansu binary (checked first).
 TANSU_ENV_VAR = "TIDEGATE_TANSU_BIN"
@@ -427,3 +428,89 @@ async def consume_all(
         await consumer.stop()
     records.sort(key=lambda r: (r.partition, r.offset))
     return records
+
+
+class Collector:
+    """Consumes topics from the beginning, all the time, without a group, so that what it read before a broker
+    restart still counts. ``pause()`` drops the consumer (call it before a broker restart), ``resume()`` starts a
+    new one from the beginning of the restarted broker's log. Every record is kept as (epoch, topic, partition,
+    offset, event id): copies at different log positions are duplicates delivered."""
+
+    def __init__(self, bootstrap: str, partitions: dict[str, int]) -> None:
+        self.bootstrap = bootstrap
+        self.partitions = partitions
+        self.seen: set[tuple[int, str, int, int, str]] = set()
+        self.ids: set[str] = set()
+        self.last_record = time.monotonic()
+        self.epoch = 0
+        self.errors = 0
+        self._running = asyncio.Event()
+        self._running.set()
+        self._idle = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._consume())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def pause(self) -> None:
+        self.epoch += 1
+        self._running.clear()
+        await asyncio.wait_for(self._idle.wait(), 15)
+
+    def resume(self) -> None:
+        self._idle.clear()
+        self._running.set()
+
+    def duplicates(self) -> dict[str, int]:
+        """Event ids found at more than one log position (broker epoch, topic, partition, offset)."""
+        copies = Counter(event_id for *_, event_id in self.seen)
+        return {event_id: n for event_id, n in copies.items() if n > 1}
+
+    def duplicates_delivered(self) -> int:
+        return sum(n - 1 for n in self.duplicates().values())
+
+    async def _consume(self) -> None:
+        tps = [TopicPartition(topic, p) for topic, n in self.partitions.items() for p in range(n)]
+        while True:
+            if not self._running.is_set():
+                self._idle.set()
+                await self._running.wait()
+                continue
+            epoch = self.epoch
+            consumer = AIOKafkaConsumer(
+                bootstrap_servers=self.bootstrap,
+                group_id=None,
+                enable_auto_commit=False,
+                auto_offset_reset="earliest",
+                fetch_max_wait_ms=50,
+                request_timeout_ms=5000,
+            )
+            try:
+                await consumer.start()
+                consumer.assign(tps)
+                await consumer.seek_to_beginning(*tps)
+                while epoch == self.epoch:
+                    batches = await consumer.getmany(*tps, timeout_ms=100, max_records=10_000)
+                    for tp, records in batches.items():
+                        for record in records:
+                            event_id = dict(record.headers)["event_id"].decode()
+                            self.seen.add((epoch, tp.topic, tp.partition, record.offset, event_id))
+                            self.ids.add(event_id)
+                            self.last_record = time.monotonic()
+            except Exception:  # the broker is down or restarting: reconnect
+                self.errors += 1
+                await asyncio.sleep(0.2)
+            finally:
+                # With the broker gone, aiokafka's consumer.stop() can let a CancelledError of its own escape.
+                try:
+                    await asyncio.wait_for(consumer.stop(), 5)
+                except (Exception, asyncio.CancelledError):
+                    task = asyncio.current_task()
+                    if task is not None and task.cancelling():
+                        raise

@@ -45,12 +45,10 @@ from collections.abc import Callable, Coroutine, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, TextIO, TypeVar
 
-from aiokafka import AIOKafkaConsumer  # type: ignore[import-untyped,unused-ignore]
-from aiokafka.structs import TopicPartition  # type: ignore[import-untyped,unused-ignore]
-
 from tidegate._native import Spool
+from tidegate.delivery.spool import worker_spool_dirs
 from tidegate.delivery.status import running_delivery_pid
-from tidegate.testing.broker import Broker
+from tidegate.testing.broker import Broker, Collector
 from tidegate.testing.server import Server
 
 __all__ = ["SCENARIOS", "SIZES", "ChaosRow", "Scenario", "Size", "format_table", "main", "run_scenario"]
@@ -380,89 +378,6 @@ class Load:
 # ------------------------------------------------------------------------------------------------------ readers
 
 
-class Collector:
-    """Consumes the telemetry topic from the beginning, all the time, without a group. ``pause()`` drops the
-    consumer (call it before a broker restart), ``resume()`` starts a new one on the restarted broker. Every record
-    is kept as (epoch, partition, offset, event id), so copies at different log positions count as duplicates."""
-
-    def __init__(self, bootstrap: str) -> None:
-        self.bootstrap = bootstrap
-        self.seen: set[tuple[int, int, int, str]] = set()
-        self.ids: set[str] = set()
-        self.last_record = time.monotonic()
-        self.epoch = 0
-        self._run = asyncio.Event()
-        self._run.set()
-        self._idle = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._consume())
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-
-    async def pause(self) -> None:
-        self.epoch += 1
-        self._run.clear()
-        await asyncio.wait_for(self._idle.wait(), 15)
-
-    def resume(self) -> None:
-        self._idle.clear()
-        self._run.set()
-
-    def duplicates_delivered(self) -> int:
-        copies = Counter(event_id for *_, event_id in self.seen)
-        return sum(n - 1 for n in copies.values())
-
-    async def _consume(self) -> None:
-        partitions = [TopicPartition(TELEMETRY_TOPIC, p) for p in range(TOPICS[TELEMETRY_TOPIC])]
-        while True:
-            if not self._run.is_set():
-                self._idle.set()
-                await self._run.wait()
-                continue
-            epoch = self.epoch
-            consumer = AIOKafkaConsumer(
-                bootstrap_servers=self.bootstrap,
-                group_id=None,
-                enable_auto_commit=False,
-                auto_offset_reset="earliest",
-                fetch_max_wait_ms=100,
-                request_timeout_ms=5000,
-            )
-            try:
-                await consumer.start()
-                consumer.assign(partitions)
-                await consumer.seek_to_beginning(*partitions)
-                while epoch == self.epoch:
-                    batches = await consumer.getmany(*partitions, timeout_ms=100, max_records=10_000)
-                    for tp, records in batches.items():
-                        for record in records:
-                            event_id = dict(record.headers)["event_id"].decode()
-                            self.seen.add((epoch, tp.partition, record.offset, event_id))
-                            self.ids.add(event_id)
-                            self.last_record = time.monotonic()
-            except Exception:  # the broker is down or restarting: reconnect
-                await asyncio.sleep(0.2)
-            finally:
-                # With the broker gone, aiokafka's consumer.stop() can let a CancelledError of its own escape.
-                try:
-                    await asyncio.wait_for(consumer.stop(), 5)
-                except (Exception, asyncio.CancelledError):
-                    task = asyncio.current_task()
-                    if task is not None and task.cancelling():
-                        raise
-
-
-def _spool_dirs(data_dir: Path) -> list[Path]:
-    root = data_dir / "spool"
-    return sorted(p for p in root.glob("w*") if p.is_dir()) if root.is_dir() else []
-
-
 def _while_cleanup_runs(read: Callable[[Path], _T], directory: Path) -> _T:
     """Runs a read of a spool another process writes; its cleanup may delete a segment under the reader (the read
     then fails with ENOENT), so a failed read is tried again, a few times."""
@@ -490,7 +405,7 @@ def spooled_ids(data_dir: Path) -> set[str]:
                 return out
             out.update(batch.event_ids())
 
-    return {i for directory in _spool_dirs(data_dir) for i in _while_cleanup_runs(read, directory)}
+    return {i for directory in worker_spool_dirs(data_dir) for i in _while_cleanup_runs(read, directory)}
 
 
 def checkpointed_ids(data_dir: Path) -> set[str]:
@@ -509,14 +424,14 @@ def checkpointed_ids(data_dir: Path) -> set[str]:
             seq = next_seq
         return out
 
-    return {i for directory in _spool_dirs(data_dir) for i in _while_cleanup_runs(read, directory)}
+    return {i for directory in worker_spool_dirs(data_dir) for i in _while_cleanup_runs(read, directory)}
 
 
 def spool_stats(data_dir: Path) -> dict[str, dict[str, int]]:
     def read(directory: Path) -> dict[str, int]:
         return Spool.open_read_only(directory).stats()
 
-    return {directory.name: _while_cleanup_runs(read, directory) for directory in _spool_dirs(data_dir)}
+    return {directory.name: _while_cleanup_runs(read, directory) for directory in worker_spool_dirs(data_dir)}
 
 
 # ------------------------------------------------------------------------------------------------------ the rig
@@ -554,7 +469,7 @@ class Rig:
             self.broker.create_topics([TELEMETRY_TOPIC], partitions=TOPICS[TELEMETRY_TOPIC])
             self.broker.create_topics([t for t in TOPICS if t != TELEMETRY_TOPIC], partitions=1)
             self.server.env["TIDEGATE_KAFKA"] = self.broker.bootstrap
-            self.collector = Collector(self.broker.bootstrap)
+            self.collector = Collector(self.broker.bootstrap, {TELEMETRY_TOPIC: TOPICS[TELEMETRY_TOPIC]})
             self.collector.start()
         devices = [f"chaos-{i:02d}" for i in range(self.size.clients)]
         try:
