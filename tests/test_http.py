@@ -425,7 +425,9 @@ class TestOperations:
             "tidegate_active_devices",
             "tidegate_shed_total",
             "tidegate_rate_limited_total",
-            "tidegate_kafka_send_latency_seconds",
+            "tidegate_kafka_last_send_latency_seconds",
+            "tidegate_spool_failed_commits_total",
+            "tidegate_delivery_up",
         ]:
             assert name in text, name
 

@@ -109,9 +109,6 @@ class Metrics:
             "tidegate_ingest_latency_seconds", "Ingest request latency until the answer.", LATENCY_BUCKETS, ("route",)
         )
         self.lag = Histogram("tidegate_ingest_lag_ms", "Reception time minus record time.", LAG_BUCKETS)
-        self.kafka_latency = Histogram(
-            "tidegate_kafka_send_latency_seconds", "Kafka batch send latency.", LATENCY_BUCKETS
-        )
         self.gauges: list[Gauge] = []
 
     def gauge(self, name: str, help_text: str, read: Callable[[], float]) -> None:
@@ -121,7 +118,6 @@ class Metrics:
         lines: list[str] = []
         for metric in (self.requests, self.records, self.shed, self.rate_limited, self.latency, self.lag):
             lines.extend(metric.render())
-        lines.extend(self.kafka_latency.render())
         for gauge in self.gauges:
             lines.extend(gauge.render())
         return "\n".join(lines) + "\n"
