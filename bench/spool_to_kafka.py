@@ -7,6 +7,10 @@
    fsync), then a `Forwarder` drains the spool into a real Kafka-protocol broker (tansu, memory storage, from the
    test extras) with acks=all; timed from `start()` until the spool's checkpoint covers every record. The records
    are consumed back and counted. Prints records/s and MB/s per run and the median.
+   In the same run, on a fresh broker each time, the reference: aiokafka's own `create_batch`/`send_batch` loop
+   over the same records (already in memory as Python objects, partitioned by aiokafka's default partitioner, one
+   task per partition, acks=all, the same batch size and compression), timed until every batch is acknowledged.
+   Printed side by side with the forwarder, as a ratio (issue 8's target: at least 2x).
 2. Group commit: `--writers` asyncio tasks each write single-record batches through `SpoolWriter` (every write
    returns only once its record is fsynced) for `--seconds`. Prints appends/s and the fsyncs they shared.
 
@@ -29,6 +33,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "python"))
 
 import tidegate  # noqa: E402
+from aiokafka import AIOKafkaProducer  # type: ignore[import-untyped,unused-ignore]  # noqa: E402
+from aiokafka.partitioner import murmur2  # type: ignore[import-untyped,unused-ignore]  # noqa: E402
 from tidegate.delivery.kafka import Forwarder, KafkaSettings  # noqa: E402
 from tidegate.delivery.spool import SpoolWriter  # noqa: E402
 from tidegate.testing.broker import Broker, consume_all  # noqa: E402
@@ -76,6 +82,7 @@ async def forward_once(
         read_max_records=args.read_records,
         pipeline_ranges=args.pipeline,
         max_batch_bytes=args.batch_bytes,
+        compression_type=args.compression,
     )
     forwarder = Forwarder(spool, settings)
     began = time.perf_counter()
@@ -96,6 +103,45 @@ async def forward_once(
         "fsyncs": stats["fsyncs"],
         "consumed": consumed,
     }
+
+
+async def aiokafka_once(broker: Broker, batches: list[tidegate.RecordBatch], args: argparse.Namespace) -> float:
+    """The reference: aiokafka's own batch loop over the same records; returns records/s until all acknowledged."""
+    records = [record for batch in batches for record in batch.records(TOPIC)]
+    per_partition: list[list[Any]] = [[] for _ in range(args.partitions)]
+    for record in records:
+        per_partition[(murmur2(record[0]) & 0x7FFFFFFF) % args.partitions].append(record)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=broker.bootstrap,
+        acks="all",
+        enable_idempotence=False,
+        linger_ms=0,
+        max_batch_size=args.batch_bytes,
+        max_request_size=args.batch_bytes + 65536,
+        compression_type=args.compression,
+    )
+    await producer.start()
+    try:
+
+        async def send_partition(partition: int, mine: list[Any]) -> list[Any]:
+            futures = []
+            batch = producer.create_batch()
+            for key, value, headers, timestamp_ms in mine:
+                if batch.append(key=key, value=value, timestamp=timestamp_ms, headers=headers) is None:
+                    futures.append(await producer.send_batch(batch, TOPIC, partition=partition))
+                    batch = producer.create_batch()
+                    batch.append(key=key, value=value, timestamp=timestamp_ms, headers=headers)
+            if batch.record_count():
+                futures.append(await producer.send_batch(batch, TOPIC, partition=partition))
+            return futures
+
+        began = time.perf_counter()
+        queued = await asyncio.gather(*(send_partition(p, mine) for p, mine in enumerate(per_partition)))
+        await asyncio.gather(*(future for futures in queued for future in futures))
+        elapsed = time.perf_counter() - began
+    finally:
+        await producer.stop()
+    return len(records) / elapsed
 
 
 async def group_commit(
@@ -143,6 +189,7 @@ async def main() -> None:
     parser.add_argument("--read-records", type=int, default=KafkaSettings("").read_max_records)
     parser.add_argument("--pipeline", type=int, default=KafkaSettings("").pipeline_ranges)
     parser.add_argument("--batch-bytes", type=int, default=KafkaSettings("").max_batch_bytes)
+    parser.add_argument("--compression", choices=["gzip", "snappy", "lz4", "zstd"], default=None)
     parser.add_argument("--no-verify", dest="verify", action="store_false", help="do not consume the records back")
     parser.add_argument("--writers", type=int, default=64)
     parser.add_argument("--seconds", type=float, default=3.0)
@@ -158,23 +205,34 @@ async def main() -> None:
             values = [len(v) for v in batches[0].values()]
             print(
                 f"forwarder: {args.records} records, value {statistics.mean(values):.0f} B mean, "
-                f"{args.partitions} partitions, read {args.read_records} records/range, pipeline {args.pipeline}"
+                f"{args.partitions} partitions, read {args.read_records} records/range, pipeline {args.pipeline}, "
+                f"compression {args.compression}"
             )
             rates = []
+            references = []
             for run in range(args.runs):
                 with Broker(root / f"broker-{run}") as broker:
                     broker.create_topics([TOPIC], partitions=args.partitions)
                     result = await forward_once(broker, root / f"spool-{run}", batches, args)
+                with Broker(root / f"broker-{run}-aiokafka") as broker:
+                    broker.create_topics([TOPIC], partitions=args.partitions)
+                    reference = await aiokafka_once(broker, batches, args)
                 rates.append(result["records_per_s"])
+                references.append(reference)
                 print(
                     f"  run {run + 1}: {result['records_per_s']:,.0f} records/s, {result['mb_per_s']:.1f} MB/s "
                     f"({result['records']} in {result['seconds']:.2f} s, {result['batches']} batches, "
                     f"{result['send_failures']} failed attempts, spool fsyncs {result['fsyncs']}, "
-                    f"consumed back {result['consumed']}, ok={result['ok']})"
+                    f"consumed back {result['consumed']}, ok={result['ok']}); aiokafka's create_batch/send_batch "
+                    f"loop {reference:,.0f} records/s: {result['records_per_s'] / reference:.2f}x"
                 )
                 if not result["ok"] or (args.verify and result["consumed"] != result["records"]):
                     raise SystemExit("delivery incomplete")
-            print(f"  median: {statistics.median(rates):,.0f} records/s")
+            forwarder_median, reference_median = statistics.median(rates), statistics.median(references)
+            print(
+                f"  median: forwarder {forwarder_median:,.0f} records/s, aiokafka loop {reference_median:,.0f} "
+                f"records/s: {forwarder_median / reference_median:.2f}x (target >= 2x)"
+            )
         if not args.skip_append:
             singles = [b for batch in make_batches(validator, 2000, devices=64) for b in _split(validator, batch)]
             print(f"group commit: {args.writers} writers, single-record writes for {args.seconds} s")

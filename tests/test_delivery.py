@@ -245,6 +245,34 @@ def test_records_kafka_cannot_take_are_dead_lettered_never_skipped(
     asyncio.run(scenario())
 
 
+@pytest.mark.parametrize("codec", ["gzip", "snappy", "lz4", "zstd"])
+def test_compressed_batches_arrive_intact(
+    tmp_path: Path, broker: Broker, settings: KafkaSettings, telemetry_validator: tidegate.Validator, codec: str
+) -> None:
+    """With compression, the natively compressed batches (several per partition: a small cap) are taken by the
+    broker and read back intact by aiokafka's consumer, in spool order per key."""
+
+    async def scenario() -> None:
+        spool = tidegate.Spool(tmp_path / "spool")
+        for k in range(4):
+            spool.append(telemetry_validator.validate(telemetry_body(k * 200, 200)).batch)
+        end = spool.commit()
+        compressed = {**_fields(settings), "compression_type": codec, "max_batch_bytes": 16_384}
+        forwarder = Forwarder(spool, KafkaSettings(**compressed))
+        await forwarder.start()
+        assert await forwarder.wait_acked(end, 15), forwarder.metrics()
+        assert await forwarder.stop(5)
+        records = spool_records(spool, TELEMETRY)
+        consumed = await consume_all(broker.bootstrap, TELEMETRY, expected=len(records), timeout=10)
+        got = Counter((r.key, r.value, tuple(r.headers)) for r in consumed)
+        assert got == Counter((k, v, tuple(h)) for k, v, h, _ in records)
+        for key in {k for k, _, _, _ in records}:
+            assert [r.value for r in consumed if r.key == key] == [v for k, v, _, _ in records if k == key]
+        assert forwarder.batches_sent > 3 * PARTITIONS[TELEMETRY] and forwarder.send_failures == 0
+
+    asyncio.run(scenario())
+
+
 def test_a_checkpoint_that_cannot_be_written_is_retried_never_a_redelivery_from_zero(
     tmp_path: Path, broker: Broker, settings: KafkaSettings, telemetry_validator: tidegate.Validator
 ) -> None:

@@ -15,6 +15,7 @@ __all__ = [
     "DedupWindow",
     "InvalidHeader",
     "Issue",
+    "KafkaRange",
     "MalformedPayload",
     "PayloadError",
     "PayloadTooLarge",
@@ -25,6 +26,7 @@ __all__ = [
     "UnsupportedFormat",
     "ValidationResult",
     "Validator",
+    "read_kafka_range",
 ]
 
 EVENT_ID_DOMAIN: Final[str]
@@ -242,20 +244,94 @@ class RecordBatch:
     def distinct_keys(self) -> list[str]:
         """Distinct record keys, in order of first appearance."""
 
-    def kafka_batches(
+    def kafka_range(
         self,
-        topic: str,
-        partitions: int,
+        partitions: Mapping[str, int],
         *,
+        compression: _Compression | None = None,
         max_batch_bytes: int = 1048576,
         max_record_bytes: int = 1048576,
         round_robin_start: int = 0,
-    ) -> tuple[list[tuple[int, bytes, int]], list[int]]:
-        """The records of `topic` as Kafka v2 record batches, encoded natively: `(partition, batch bytes, record
-        count)` per batch (keyed records partitioned by murmur2 like the Java client and aiokafka, unkeyed ones
-        round robin), plus the indexes of records larger than `max_record_bytes`, which are left out."""
+    ) -> KafkaRange:
+        """These records as Kafka produce batches (see `KafkaRange`); `partitions` gives each topic's partition
+        count. The GIL is released while encoding. ValueError for an unknown `compression`."""
 
     def extend(self, other: RecordBatch) -> None: ...
+
+#: Kafka's codecs (``compression.type``).
+_Compression = Literal["none", "gzip", "snappy", "lz4", "zstd"]
+
+#: (key, value, headers, timestamp_ms) of one record.
+_RecordTuple = tuple[bytes | None, bytes, list[tuple[str, bytes]], int]
+
+@final
+class KafkaRange:
+    """A range of records as finished Kafka produce batches: v2 record batches (magic 2, no producer id),
+    compressed with `compression` where that makes them smaller (the codec in the attributes, the CRC over the
+    compressed bytes: what brokers and consumers decode).
+
+    Partitions are the default partitioner's (keyed records: murmur2 of the key modulo the topic's partition count,
+    like the Java client and aiokafka; unkeyed ones round robin from `round_robin_start`), and each partition's
+    records, in range order, are packed into batches of at most `max_batch_bytes` before compression (a larger
+    record alone in its batch). Records larger than `max_record_bytes` as a batch of their own (the measure of the
+    validator's `max_record_bytes` and of a broker's ``message.max.bytes``) are left out (`oversize`).
+
+    The records are laid out in one order: per topic and partition, then the oversize records; a produce batch's
+    records are the positions `start..end` of it, so a batch can be encoded again (`split`) or its records looked
+    up (`record`).
+    """
+
+    def __len__(self) -> int:
+        """Records in the range (placed, oversize or of a missing topic)."""
+
+    @property
+    def batch(self) -> RecordBatch:
+        """The range's records."""
+
+    @property
+    def batches(self) -> list[tuple[str, int, bytes, int, int, int]]:
+        """`(topic, partition, batch bytes, record count, start, end)` per produce batch."""
+
+    @property
+    def oversize(self) -> list[tuple[str, int]]:
+        """`(topic, position)` of each record left out as larger than `max_record_bytes`."""
+
+    @property
+    def missing_topics(self) -> list[str]:
+        """Topics of the range without a partition count: their records are in no batch (`encode_again`)."""
+
+    @property
+    def partitions(self) -> dict[str, int]:
+        """The partition counts it was encoded with."""
+
+    @property
+    def compression(self) -> _Compression: ...
+    def record(self, position: int) -> _RecordTuple:
+        """The record at `position`. IndexError past the end."""
+
+    def encode_again(self, partitions: Mapping[str, int]) -> KafkaRange:
+        """The same records encoded with other partition counts (same codec, limits and round robin start)."""
+
+    def split(self, start: int, end: int) -> list[tuple[bytes, int, int, int]]:
+        """The records at `start..end` (a produce batch the broker refused as too large) encoded again by the same
+        encoder as batches of at most half their size before compression: `(batch bytes, record count, start,
+        end)` per batch, in order. One record comes back as one batch. IndexError for a range out of bounds."""
+
+def read_kafka_range(
+    spool: Spool,
+    seq: int,
+    partitions: Mapping[str, int],
+    *,
+    max_records: int = 10000,
+    max_bytes: int = 4194304,
+    compression: _Compression | None = None,
+    max_batch_bytes: int = 1048576,
+    max_record_bytes: int = 1048576,
+    round_robin_start: int = 0,
+) -> tuple[KafkaRange, int]:
+    """Reads durable records from `seq` (as `spool.read(seq, max_records, max_bytes)`) and encodes them as
+    `RecordBatch.kafka_range` does, in one native call without the GIL. Returns the range and the sequence number
+    to read from next."""
 
 @final
 class Spool:

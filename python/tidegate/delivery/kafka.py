@@ -2,12 +2,13 @@
 
 The forwarder reads ranges of durable records from ``spool.acked_seq`` forward and delivers each range:
 
-* The range is encoded natively (``RecordBatch.kafka_batches``, off the event loop): per topic and partition,
-  Kafka v2 record batches of at most ``max_batch_bytes``, byte-identical to what aiokafka's builder makes. A keyed
-  record goes where aiokafka's default partitioner would put it (murmur2 of the key modulo the topic's partition
-  count, from the producer's metadata); unkeyed records are spread round-robin, continued from range to range.
-  No Python object is made per record: the finished bytes go to ``producer.send_batch`` (`EncodedBatch`), and
-  with ``compression_type`` each batch's records are compressed in one call, as aiokafka's builder does it.
+* Reading a range and encoding it is one native call (``read_kafka_range``, off the event loop): per topic and
+  partition, Kafka v2 record batches of at most ``max_batch_bytes`` before compression (uncompressed ones
+  byte-identical to what aiokafka's builder makes), compressed with ``compression_type`` (gzip, snappy, lz4, zstd:
+  natively, the codec in the batch attributes and the CRC set by the encoder). A keyed record goes where aiokafka's
+  default partitioner would put it (murmur2 of the key modulo the topic's partition count, from the producer's
+  metadata); unkeyed records are spread round-robin, continued from range to range. No Python object is made per
+  record: the finished bytes go to ``producer.send_batch`` (`EncodedBatch`).
 * Every partition's batches are queued at once: aiokafka puts the next batch of every partition of a broker into
   one produce request (acks=all). A range is encoded once; an attempt that fails sends the same batches again.
 * Each attempt runs under the forwarder's own deadline (``send_deadline_s``), as aiokafka has none of its own for
@@ -28,8 +29,8 @@ too large, is dead-lettered: the whole record is appended (and fsynced) to a loc
 (``dead_letter_dir``, never deleted by tidegate), and a small notice with its key, headers, reason and the file's
 path goes to the dead-letter topic; the range is checkpointed only once the notice is acknowledged. Counted in
 ``dead_lettered``, reasons in ``dead_letter_reasons``, logged. A refused batch of several records is encoded again
-as batches of half its size (the rare path, in Python: its records are decoded and rebuilt with aiokafka's
-builder), again and again if need be, so only a record that is too large on its own is dead-lettered.
+by the same native encoder as batches of half its size (``KafkaRange.split``), again and again if need be, so only
+a record that is too large on its own is dead-lettered.
 
 The checkpoint follows the broker's acknowledgements in memory (``acked_seq``: ``X-Ack: kafka`` waiters are
 released by it, and reading goes on from it); persisting it (``spool.ack``) may fail, a full disk say: that is
@@ -47,7 +48,6 @@ import logging
 import os
 import random
 import ssl
-import struct
 import time
 from collections import deque
 from collections.abc import Callable
@@ -56,29 +56,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 from aiokafka import AIOKafkaProducer  # type: ignore[import-untyped,unused-ignore]
-from aiokafka.codec import (  # type: ignore[import-untyped,unused-ignore]
-    gzip_encode,
-    has_gzip,
-    has_lz4,
-    has_snappy,
-    has_zstd,
-    lz4_encode,
-    snappy_encode,
-    zstd_encode,
-)
 from aiokafka.errors import (  # type: ignore[import-untyped,unused-ignore]
     KafkaError,
     MessageSizeTooLargeError,
     RecordListTooLargeError,
 )
 from aiokafka.helpers import create_ssl_context  # type: ignore[import-untyped,unused-ignore]
-from aiokafka.record.default_records import (  # type: ignore[import-untyped,unused-ignore]
-    DefaultRecordBatch,
-    DefaultRecordBatchBuilder,
-)
-from aiokafka.record.util import calc_crc32c  # type: ignore[import-untyped,unused-ignore]
 
-from tidegate._native import RecordBatch, Spool
+from tidegate._native import KafkaRange, Spool, read_kafka_range
 from tidegate.config import Settings
 
 __all__ = ["BreakerState", "EncodedBatch", "Forwarder", "KafkaSettings", "kafka_settings", "producer_kwargs"]
@@ -91,23 +76,6 @@ BreakerState = Literal["closed", "open", "half-open"]
 Record = tuple[bytes | None, bytes, list[tuple[str, bytes]], int]
 
 _TOO_LARGE: tuple[type[BaseException], ...] = (MessageSizeTooLargeError, RecordListTooLargeError)
-# Kafka record batch v2: a 61-byte header (CRC at 17, attributes at 21), then the records.
-_BATCH_HEADER_BYTES = 61
-#: compression_type: (the codec's bits in a batch's attributes, its encoder), as aiokafka's builder uses them.
-_CODECS: dict[str, tuple[int, Callable[[bytes], bytes]]] = {
-    "gzip": (0x01, gzip_encode),
-    "snappy": (0x02, snappy_encode),
-    "lz4": (0x03, lz4_encode),
-    "zstd": (0x04, zstd_encode),
-}
-
-#: compression_type: whether its codec can be used here (snappy, lz4 and zstd need the cramjam package).
-_CODEC_AVAILABLE: dict[str, Callable[[], bool]] = {
-    "gzip": has_gzip,
-    "snappy": has_snappy,
-    "lz4": has_lz4,
-    "zstd": has_zstd,
-}
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,7 +114,8 @@ class KafkaSettings:
     linger_s: float = 0.005
     #: Delete fully acknowledged segments past retention at most this often.
     cleanup_interval_s: float = 30.0
-    compression_type: str | None = None
+    #: "gzip", "snappy", "lz4" or "zstd" (compressed natively), or None.
+    compression_type: Literal["gzip", "snappy", "lz4", "zstd"] | None = None
     #: The latencies of the last N successful attempts are kept in ``Forwarder.latencies_s``.
     latency_samples: int = 256
     #: Where undeliverable records notices point to go, and where their whole record is kept.
@@ -199,10 +168,6 @@ def kafka_settings(settings: Settings) -> KafkaSettings:
         options["sasl_plain_username"] = settings.kafka_sasl_username
         options["sasl_plain_password"] = settings.kafka_sasl_password
     compression = None if settings.kafka_compression == "none" else settings.kafka_compression
-    if compression is not None and not _CODEC_AVAILABLE[compression]():
-        raise ValueError(
-            f"kafka_compression={compression} needs the cramjam package: pip install 'tidegate[compression]'"
-        )
     return KafkaSettings(
         bootstrap=settings.kafka,
         acks="all" if settings.kafka_acks == "all" else 1,
@@ -226,7 +191,8 @@ def producer_kwargs(settings: KafkaSettings) -> dict[str, Any]:
         "request_timeout_ms": settings.request_timeout_ms,
         "max_batch_size": settings.max_batch_bytes,
         "max_request_size": max(settings.max_record_bytes, settings.max_batch_bytes) + 65536,
-        "compression_type": settings.compression_type,
+        # Not `compression_type`: the forwarder's batches are compressed natively (see `EncodedBatch`); the producer
+        # builds only the small dead-letter notices itself, and would need cramjam for snappy, lz4 and zstd.
         "linger_ms": 0,
         **settings.connection_options,
         **settings.producer_options,
@@ -247,8 +213,17 @@ def _retrieve(future: asyncio.Future[Any]) -> None:
 
 
 class EncodedBatch:
-    """A v2 record batch encoded natively (`RecordBatch.kafka_batches`), shaped like aiokafka's `BatchBuilder` so
-    `producer.send_batch(batch, topic, partition=...)` sends the finished bytes with no Python per record."""
+    """A finished produce batch (`KafkaRange.batches`), handed to aiokafka's public ``producer.send_batch(batch,
+    topic, partition=...)`` in place of the `BatchBuilder` that ``producer.create_batch()`` returns.
+
+    aiokafka has no public way to send bytes that are already encoded, so this relies on the private part of
+    `BatchBuilder` that its accumulator calls (``MessageAccumulator.add_batch`` wraps the builder in a
+    ``MessageBatch``, which calls ``record_count()``, ``closed()``, ``_build()`` when the sender drains it, and
+    ``append()`` when ``send()`` targets the same partition while this batch is queued; ``close()`` when a
+    transaction commits, ``_set_producer_state`` with idempotence only). aiokafka is therefore pinned to the minor
+    versions that were checked (pyproject.toml), and tests/test_kafka_batches.py checks this surface against the
+    installed aiokafka's source, and sends through a real broker.
+    """
 
     __slots__ = ("_buffer", "_count")
 
@@ -268,6 +243,10 @@ class EncodedBatch:
     def close(self) -> None:
         """Already closed: the batch was built natively."""
 
+    def append(self, *, timestamp: int | None, key: bytes | None, value: bytes | None, headers: Any = ()) -> None:
+        """Full: ``producer.send`` to this partition waits until the batch is drained and starts a new one."""
+        return None
+
     def _build(self) -> bytes:
         return self._buffer
 
@@ -279,22 +258,18 @@ class EncodedBatch:
 class _Chunk:
     """One encoded produce batch of one partition, and its outcome in the latest attempt."""
 
+    #: The range it belongs to: its records are the positions ``start:end`` there.
+    encoded: KafkaRange
     topic: str
     partition: int
     #: The v2 record batch as sent (compressed when ``compression_type`` is set and that made it smaller).
     data: bytes
     count: int
-    #: Its size uncompressed, and the ``max_batch_bytes`` it was cut with (halved when the broker refuses it).
-    raw_bytes: int
-    cap: int
+    start: int
+    end: int
     future: asyncio.Future[Any] | None = None
     ok: bool = False
     error: BaseException | None = None
-
-
-def _decode(data: bytes) -> list[Record]:
-    """The records of an encoded batch (only for the rare batch the broker refuses)."""
-    return [(r.key, r.value, list(r.headers), r.timestamp) for r in DefaultRecordBatch(data)]
 
 
 class Forwarder:
@@ -334,11 +309,18 @@ class Forwarder:
         self._producer_lock = asyncio.Lock()
         self._retiring: set[asyncio.Task[None]] = set()
         self._submit_lock = asyncio.Lock()
+        #: Ranges queue their batches in read order: `_deliver` takes a ticket, and the first attempt of the range
+        #: with ticket N queues once every range before it has queued (its encoding may take longer than theirs).
+        self._tickets = 0
+        self._queue_turn = 0
+        self._turn_passed = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._ack_waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._acked = spool.acked_seq
         self._round_robin = 0
+        #: Partition ids per topic, from the producer's metadata (the encoder partitions with their counts).
+        self._partition_ids: dict[str, list[int]] = {}
         self._last_cleanup = time.monotonic()
         self._cleaning: asyncio.Future[int] | None = None
 
@@ -496,9 +478,25 @@ class Forwarder:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def _read(self, seq: int) -> tuple[RecordBatch, int]:
+    async def _read(self, seq: int) -> tuple[KafkaRange, int]:
+        """Reads the durable records from `seq` and encodes them, in one native call (off the event loop); the
+        partition counts are the latest known (`_encode` encodes again if they changed, or a topic was new)."""
         settings = self.settings
-        return await asyncio.to_thread(self.spool.read, seq, settings.read_max_records, settings.read_max_bytes, True)
+        encoded, next_seq = await asyncio.to_thread(
+            read_kafka_range,
+            self.spool,
+            seq,
+            {topic: len(ids) for topic, ids in self._partition_ids.items()},
+            max_records=settings.read_max_records,
+            max_bytes=settings.read_max_bytes,
+            compression=settings.compression_type,
+            max_batch_bytes=settings.max_batch_bytes,
+            max_record_bytes=settings.max_record_bytes,
+            round_robin_start=self._round_robin,
+        )
+        # Unkeyed records: round robin, continued from range to range.
+        self._round_robin = (self._round_robin + len(encoded)) & 0xFFFFFFFF
+        return encoded, next_seq
 
     async def _idle(self) -> None:
         self._wake.clear()
@@ -570,10 +568,19 @@ class Forwarder:
 
     # ------------------------------------------------------------------------------------------------ delivery
 
-    async def _deliver(self, batch: RecordBatch) -> None:
-        """Returns once every record of `batch` is acknowledged by Kafka (or skipped as too large)."""
+    async def _deliver(self, batch: KafkaRange) -> None:
+        """Returns once every record of `batch` is acknowledged by Kafka (or dead-lettered)."""
         if len(batch) == 0:
             return
+        # Before any await: delivery tasks start in the order `_run` made them, which is read order.
+        ticket = self._tickets
+        self._tickets += 1
+        try:
+            await self._deliver_range(batch, ticket)
+        finally:
+            self._pass_turn(ticket)  # also when cancelled before its first attempt
+
+    async def _deliver_range(self, batch: KafkaRange, ticket: int | None) -> None:
         loop = asyncio.get_running_loop()
         deadline = self.settings.send_deadline_s
         pending: list[_Chunk] | None = None  # encoded once, by the first attempt that has the partition counts
@@ -589,7 +596,8 @@ class Forwarder:
                 end = loop.time() + deadline
                 if pending is None:
                     pending = await asyncio.wait_for(self._encode(producer, batch, notices), deadline)
-                pending, refused, error = await self._attempt(producer, pending, end, notices)
+                first, ticket = ticket, None  # only the first attempt waits for its turn
+                pending, refused, error = await self._attempt(producer, pending, end, notices, first)
                 if error is None and not pending and notices:
                     await asyncio.wait_for(self._send_notices(producer, notices), max(0.0, end - loop.time()))
             except (Exception, asyncio.CancelledError) as exc:  # no producer, no metadata within the deadline
@@ -605,95 +613,30 @@ class Forwarder:
             failures += 1
             await self._on_failure(error, failures)
 
-    async def _encode(self, producer: Any, batch: RecordBatch, notices: list[Record]) -> list[_Chunk]:
-        """Encodes `batch` natively into produce batches: partitions (counts from current metadata) and record
-        order per partition as aiokafka's default partitioner, at most ``max_batch_bytes`` per batch. Records above
-        ``max_record_bytes`` are dead-lettered here, once (their notices added to `notices`): a range is encoded
-        only once."""
-        partitions: dict[str, list[int]] = {}
-        for topic in batch.topics:
+    async def _encode(self, producer: Any, batch: KafkaRange, notices: list[Record]) -> list[_Chunk]:
+        """The produce batches of `batch`, encoded again (natively, off the event loop) if the current metadata
+        has other partition counts than it was encoded with. Records above ``max_record_bytes`` are dead-lettered
+        here, once (their notices added to `notices`): a range is encoded only once."""
+        counts: dict[str, int] = {}
+        for topic in batch.batch.topics:
             ids = sorted(await producer.partitions_for(topic))
             if not ids:
                 raise KafkaError(f"no partitions known for topic {topic!r}")
-            partitions[topic] = ids
-        round_robin = self._round_robin  # unkeyed records: round robin, continued from range to range
-        self._round_robin = (round_robin + len(batch)) & 0xFFFFFFFF
-        chunks, oversize = await asyncio.to_thread(self._encode_native, batch, partitions, round_robin)
-        if oversize:
-            records = batch.records()  # indexes are into every topic's records, in batch order
-            limit = self.settings.max_record_bytes
-            for topic, index in oversize:
-                notices.append(self._dead_letter(topic, records[index], f"above max_record_bytes={limit}"))
-        return chunks
-
-    def _encode_native(
-        self, batch: RecordBatch, partitions: dict[str, list[int]], round_robin: int
-    ) -> tuple[list[_Chunk], list[tuple[str, int]]]:
-        """The native encoding (and compression) of every topic of `batch`, off the event loop."""
-        settings = self.settings
-        cap = settings.max_batch_bytes
-        # max_record_bytes limits a record as a batch of its own (what the broker's message.max.bytes limits).
-        record_limit = max(0, settings.max_record_bytes - _BATCH_HEADER_BYTES)
-        chunks: list[_Chunk] = []
-        oversize: list[tuple[str, int]] = []
-        for topic, ids in partitions.items():
-            encoded, skipped = batch.kafka_batches(
-                topic,
-                len(ids),
-                max_batch_bytes=cap,
-                max_record_bytes=record_limit,
-                round_robin_start=round_robin % len(ids),
-            )
-            for index, data, count in encoded:
-                chunks.append(_Chunk(topic, ids[index], self._compress(data), count, len(data), cap))
-            oversize.extend((topic, index) for index in skipped)
-        return chunks, oversize
-
-    def _compress(self, data: bytes) -> bytes:
-        """Compresses a v2 batch's records section like aiokafka's builder (kept uncompressed when that is no
-        smaller): one call per batch, nothing per record."""
-        codec = _CODECS.get(self.settings.compression_type or "")
-        if codec is None:
-            return data
-        attributes, encode = codec
-        body = data[_BATCH_HEADER_BYTES:]
-        packed: bytes = encode(body)
-        if len(packed) >= len(body):
-            return data
-        out = bytearray(data[:_BATCH_HEADER_BYTES])
-        out += packed
-        struct.pack_into(">i", out, 8, len(out) - 12)  # batch length: from after this field to the end
-        struct.pack_into(">h", out, 21, attributes)
-        struct.pack_into(">I", out, 17, calc_crc32c(out[21:]))  # CRC-32C from the attributes on
-        return bytes(out)
-
-    def _split(self, chunk: _Chunk) -> list[_Chunk]:
-        """A batch the broker refused as too large, encoded again as batches of at most half its (uncompressed)
-        size, in the same order. Rare, so plain Python: its records are decoded and put through aiokafka's
-        builder, whose output is byte-identical to the native encoding."""
-        cap = max(1, min(chunk.cap, chunk.raw_bytes) // 2)
-        chunks: list[_Chunk] = []
-        builder: Any = None
-        count = 0
-        for key, value, headers, timestamp_ms in _decode(chunk.data):
-            if builder is not None:
-                if builder.append(count, timestamp=timestamp_ms, key=key, value=value, headers=headers) is not None:
-                    count += 1
-                    continue
-                chunks.append(self._finish(chunk.topic, chunk.partition, builder, count, cap))
-            builder = DefaultRecordBatchBuilder(2, 0, 0, -1, -1, -1, cap)
-            builder.append(0, timestamp=timestamp_ms, key=key, value=value, headers=headers)  # always fits
-            count = 1
-        if builder is not None:
-            chunks.append(self._finish(chunk.topic, chunk.partition, builder, count, cap))
-        return chunks
-
-    def _finish(self, topic: str, partition: int, builder: Any, count: int, cap: int) -> _Chunk:
-        data = bytes(builder.build())
-        return _Chunk(topic, partition, self._compress(data), count, len(data), cap)
+            self._partition_ids[topic] = ids
+            counts[topic] = len(ids)
+        encoded_with = batch.partitions
+        if batch.missing_topics or any(encoded_with.get(topic) != count for topic, count in counts.items()):
+            batch = await asyncio.to_thread(batch.encode_again, counts)
+        limit = self.settings.max_record_bytes
+        for topic, position in batch.oversize:
+            notices.append(self._dead_letter(topic, batch.record(position), f"above max_record_bytes={limit}"))
+        return [
+            _Chunk(batch, topic, self._partition_ids[topic][partition], data, count, start, end)
+            for topic, partition, data, count, start, end in batch.batches
+        ]
 
     async def _attempt(
-        self, producer: Any, pending: list[_Chunk], end: float, notices: list[Record]
+        self, producer: Any, pending: list[_Chunk], end: float, notices: list[Record], ticket: int | None
     ) -> tuple[list[_Chunk], bool, BaseException | None]:
         """One attempt, until the loop time `end`. Returns the batches still to send, whether a batch was refused
         as too large (it is split in the batches still to send, unless it held one record: that one is
@@ -703,7 +646,7 @@ class Forwarder:
             chunk.future, chunk.ok, chunk.error = None, False, None
         # Past the deadline aiokafka keeps what it queued: it may still land, and be sent again (at least once).
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._send(producer, pending), max(0.0, end - loop.time()))
+            await asyncio.wait_for(self._send(producer, pending, ticket), max(0.0, end - loop.time()))
         remaining: list[_Chunk] = []
         refused = False
         first_error: BaseException | None = None
@@ -714,11 +657,16 @@ class Forwarder:
                 continue
             if isinstance(chunk.error, _TOO_LARGE):
                 if chunk.count == 1:
-                    record = _decode(chunk.data)[0]
+                    record = chunk.encoded.record(chunk.start)
                     notices.append(self._dead_letter(chunk.topic, record, f"refused by the broker: {chunk.error!r}"))
                     continue
                 refused = True
-                remaining.extend(self._split(chunk))
+                # The same records encoded again by the same encoder, as batches of half the size.
+                halves = await asyncio.to_thread(chunk.encoded.split, chunk.start, chunk.end)
+                remaining.extend(
+                    _Chunk(chunk.encoded, chunk.topic, chunk.partition, data, count, start, end)
+                    for data, count, start, end in halves
+                )
                 continue
             if first_error is None:
                 deadline = self.settings.send_deadline_s
@@ -726,21 +674,28 @@ class Forwarder:
             remaining.append(chunk)
         return remaining, refused, first_error
 
-    async def _send(self, producer: Any, chunks: list[_Chunk]) -> None:
-        """Queues every batch (ranges one after another, so partitions get them in spool order), then waits for
-        the acknowledgements; outcomes are left in the chunks, also when cancelled by the deadline."""
+    async def _send(self, producer: Any, chunks: list[_Chunk], ticket: int | None) -> None:
+        """Queues every batch (ranges one after another, in read order with their `ticket`, so partitions get them
+        in spool order), then waits for the acknowledgements; outcomes are left in the chunks, also when cancelled
+        by the deadline."""
         by_partition: dict[tuple[str, int], list[_Chunk]] = {}
         for chunk in chunks:
             by_partition.setdefault((chunk.topic, chunk.partition), []).append(chunk)
         try:
-            async with self._submit_lock:
-                queued = [asyncio.create_task(self._queue(producer, part)) for part in by_partition.values()]
-                try:
-                    await asyncio.gather(*queued)
-                finally:
-                    for task in queued:
-                        task.cancel()
-                    await asyncio.gather(*queued, return_exceptions=True)
+            try:
+                if ticket is not None:
+                    await self._wait_turn(ticket)
+                async with self._submit_lock:
+                    queued = [asyncio.create_task(self._queue(producer, part)) for part in by_partition.values()]
+                    try:
+                        await asyncio.gather(*queued)
+                    finally:
+                        for task in queued:
+                            task.cancel()
+                        await asyncio.gather(*queued, return_exceptions=True)
+            finally:
+                if ticket is not None:
+                    self._pass_turn(ticket)
             futures = [chunk.future for chunk in chunks if chunk.future is not None]
             if futures:
                 await asyncio.wait(futures)
@@ -761,6 +716,16 @@ class Forwarder:
                     chunk.ok = True
                 else:
                     chunk.error = error
+
+    async def _wait_turn(self, ticket: int) -> None:
+        while self._queue_turn < ticket:
+            self._turn_passed.clear()  # set() already woke every waiter; each checks its turn again
+            await self._turn_passed.wait()
+
+    def _pass_turn(self, ticket: int) -> None:
+        if self._queue_turn <= ticket:
+            self._queue_turn = ticket + 1
+            self._turn_passed.set()
 
     @staticmethod
     async def _queue(producer: Any, chunks: list[_Chunk]) -> None:

@@ -1,5 +1,5 @@
-//! Kafka wire pieces built natively: the Java client's murmur2 partitioner and v2 record batches
-//! (uncompressed, no producer id), so the forwarder hands finished bytes to the Kafka client.
+//! Kafka wire pieces built natively: the Java client's murmur2 partitioner and v2 record batches (no producer
+//! id), compressed with any of Kafka's codecs, so the forwarder hands finished produce batches to the Kafka client.
 
 use crate::batch::{RecordBatch, RecordRef};
 
@@ -69,8 +69,7 @@ fn record_size(record: &RecordRef<'_>, offset_delta: i64, timestamp_delta: i64) 
 
 /// Bytes `record` takes as a v2 record batch of its own, batch header included: what a broker compares with its
 /// `message.max.bytes`. The validator refuses records above its `max_record_bytes` by this measure, and the
-/// forwarder skips records by the same measure (`partition_batches`' `max_record_bytes` is this minus the
-/// batch header).
+/// forwarder leaves out records by the same measure ([`EncodeOptions::max_record_bytes`]).
 pub fn record_batch_size(record: &RecordRef<'_>) -> usize {
     BATCH_HEADER + record_size(record, 0, 0)
 }
@@ -116,17 +115,114 @@ fn write_record(out: &mut Vec<u8>, record: &RecordRef<'_>, offset_delta: i64, ti
     }
 }
 
-/// Encodes records as one v2 record batch (magic 2, no compression, no producer id, CRC32C).
-pub fn encode_record_batch(records: &[RecordRef<'_>]) -> Vec<u8> {
+/// How a record batch's records are compressed: the codec in the low 3 bits of the batch attributes, each framed
+/// as Kafka's Java client frames it (what brokers and every consumer decode).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Compression {
+    #[default]
+    None,
+    /// A gzip stream, level 6 (the Java client's default).
+    Gzip,
+    /// Snappy blocks of 32 KiB in the xerial framing (Java's `SnappyOutputStream`).
+    Snappy,
+    /// An LZ4 frame of independent 64 KiB blocks, no checksums (Kafka's `KafkaLZ4BlockOutputStream`, KIP-57).
+    Lz4,
+    /// A zstd frame, level 3 (the Java client's default).
+    Zstd,
+}
+
+/// Snappy's xerial stream header: marker, "SNAPPY", NUL, version 1, minimum compatible version 1.
+const XERIAL_HEADER: [u8; 16] = [0x82, b'S', b'N', b'A', b'P', b'P', b'Y', 0, 0, 0, 0, 1, 0, 0, 0, 1];
+const XERIAL_BLOCK: usize = 32 * 1024;
+
+impl Compression {
+    /// `none`, `gzip`, `snappy`, `lz4` or `zstd` (Kafka's `compression.type` names).
+    pub fn from_name(name: &str) -> Option<Compression> {
+        Some(match name {
+            "none" => Compression::None,
+            "gzip" => Compression::Gzip,
+            "snappy" => Compression::Snappy,
+            "lz4" => Compression::Lz4,
+            "zstd" => Compression::Zstd,
+            _ => return None,
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Compression::None => "none",
+            Compression::Gzip => "gzip",
+            Compression::Snappy => "snappy",
+            Compression::Lz4 => "lz4",
+            Compression::Zstd => "zstd",
+        }
+    }
+
+    /// The codec's bits in a batch's attributes.
+    pub fn attributes(self) -> i16 {
+        match self {
+            Compression::None => 0,
+            Compression::Gzip => 1,
+            Compression::Snappy => 2,
+            Compression::Lz4 => 3,
+            Compression::Zstd => 4,
+        }
+    }
+
+    /// `data` compressed with this codec, or None for `Compression::None` (and if an encoder fails: writing to
+    /// memory does not, and an uncompressed batch is as valid).
+    pub fn compress(self, data: &[u8]) -> Option<Vec<u8>> {
+        use std::io::Write;
+        match self {
+            Compression::None => None,
+            Compression::Gzip => {
+                let out = Vec::with_capacity(data.len() / 4 + 64);
+                let mut encoder = flate2::write::GzEncoder::new(out, flate2::Compression::new(6));
+                encoder.write_all(data).ok()?;
+                encoder.finish().ok()
+            }
+            Compression::Snappy => {
+                let mut encoder = snap::raw::Encoder::new();
+                let blocks = data.len().div_ceil(XERIAL_BLOCK);
+                let mut out = Vec::with_capacity(XERIAL_HEADER.len() + blocks * 4 + data.len() / 2);
+                out.extend_from_slice(&XERIAL_HEADER);
+                for block in data.chunks(XERIAL_BLOCK) {
+                    let at = out.len();
+                    out.resize(at + 4 + snap::raw::max_compress_len(block.len()), 0);
+                    let written = encoder.compress(block, &mut out[at + 4..]).ok()?;
+                    out[at..at + 4].copy_from_slice(&(written as i32).to_be_bytes());
+                    out.truncate(at + 4 + written);
+                }
+                Some(out)
+            }
+            Compression::Lz4 => {
+                use lz4_flex::frame::{BlockMode, BlockSize, FrameEncoder, FrameInfo};
+                let info = FrameInfo::new()
+                    .block_size(BlockSize::Max64KB)
+                    .block_mode(BlockMode::Independent)
+                    .block_checksums(false)
+                    .content_checksum(false);
+                let mut encoder = FrameEncoder::with_frame_info(info, Vec::with_capacity(data.len() / 2 + 64));
+                encoder.write_all(data).ok()?;
+                encoder.finish().ok()
+            }
+            Compression::Zstd => zstd::bulk::compress(data, 3).ok(),
+        }
+    }
+}
+
+/// Encodes records as one v2 record batch (magic 2, no producer id, CRC-32C), its records compressed with
+/// `compression` unless that makes them no smaller (then the batch says "no compression", as it may).
+pub fn encode_record_batch(records: &[RecordRef<'_>], compression: Compression) -> Vec<u8> {
     let first_ts = records.iter().map(|r| r.timestamp_ms).min().unwrap_or(0);
     let max_ts = records.iter().map(|r| r.timestamp_ms).max().unwrap_or(0);
     let mut out = Vec::with_capacity(BATCH_HEADER + records.iter().map(|r| r.value.len() + 128).sum::<usize>());
     out.extend_from_slice(&0i64.to_be_bytes()); // base offset: set by the broker
-    out.extend_from_slice(&0i32.to_be_bytes()); // batch length: patched below
+    out.extend_from_slice(&0i32.to_be_bytes()); // batch length: set below
     out.extend_from_slice(&(-1i32).to_be_bytes()); // partition leader epoch
     out.push(2); // magic
-    out.extend_from_slice(&0u32.to_be_bytes()); // CRC: patched below
-    out.extend_from_slice(&0i16.to_be_bytes()); // attributes: no compression, create time
+    out.extend_from_slice(&0u32.to_be_bytes()); // CRC: set below
+    out.extend_from_slice(&0i16.to_be_bytes()); // attributes (codec; create time): set below
     out.extend_from_slice(&(records.len() as i32 - 1).max(0).to_be_bytes()); // last offset delta
     out.extend_from_slice(&first_ts.to_be_bytes());
     out.extend_from_slice(&max_ts.to_be_bytes());
@@ -137,79 +233,171 @@ pub fn encode_record_batch(records: &[RecordRef<'_>]) -> Vec<u8> {
     for (i, record) in records.iter().enumerate() {
         write_record(&mut out, record, i as i64, record.timestamp_ms - first_ts);
     }
+    let mut attributes = Compression::None.attributes();
+    if let Some(packed) = compression.compress(&out[BATCH_HEADER..])
+        && packed.len() < out.len() - BATCH_HEADER
+    {
+        out.truncate(BATCH_HEADER);
+        out.extend_from_slice(&packed);
+        attributes = compression.attributes();
+    }
     let length = (out.len() - 12) as i32;
     out[8..12].copy_from_slice(&length.to_be_bytes());
+    out[21..23].copy_from_slice(&attributes.to_be_bytes());
     let crc = crc32c::crc32c(&out[21..]);
     out[17..21].copy_from_slice(&crc.to_be_bytes());
     out
 }
 
-/// One encoded batch for one partition.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PartitionBatch {
-    pub partition: u32,
-    pub bytes: Vec<u8>,
-    pub records: usize,
+/// How a range of records becomes produce batches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EncodeOptions {
+    pub compression: Compression,
+    /// Upper bound of a batch's size before compression (a record larger than that gets a batch of its own).
+    pub max_batch_bytes: usize,
+    /// A record whose batch of its own ([`record_batch_size`]) is larger is left out (`EncodedRange::oversize`).
+    pub max_record_bytes: usize,
+    /// Where the round robin of unkeyed records starts (in every topic).
+    pub round_robin_start: u32,
 }
 
-/// The records of `topic` in `batch`, partitioned like the default partitioner (keyed: murmur2; unkeyed: round
-/// robin from `round_robin_start`) and packed into v2 batches of at most `max_batch_bytes` each (a single record
-/// larger than that gets a batch of its own). Records larger than `max_record_bytes` are left out and their
-/// indexes in `batch` returned. Per partition, record order is kept.
-pub fn partition_batches(
+/// One produce batch of an [`EncodedRange`]: the records at `order[start..end]`, all of one topic and partition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProduceBatch {
+    pub topic: String,
+    pub partition: u32,
+    pub bytes: Vec<u8>,
+    pub start: usize,
+    pub end: usize,
+}
+
+impl ProduceBatch {
+    pub fn records(&self) -> usize {
+        self.end - self.start
+    }
+}
+
+/// A range of records as produce batches, see [`encode_range`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EncodedRange {
+    /// Indexes into the range's `RecordBatch`: per topic (in order of first appearance) and partition, that
+    /// partition's records in range order, then the oversize records. Batches and oversize records refer to
+    /// positions in this list, so a batch's records can be encoded again (`split_run`) or looked up.
+    pub order: Vec<usize>,
+    pub batches: Vec<ProduceBatch>,
+    /// Positions in `order` of the records larger than `max_record_bytes`, left out of every batch.
+    pub oversize: Vec<usize>,
+    /// Topics of the range with no partition count given: their records are in no batch (encode again).
+    pub missing_topics: Vec<String>,
+}
+
+/// Partitions `batch` like the default partitioner (keyed: murmur2 of the key modulo the topic's partition count;
+/// unkeyed: round robin) and packs each partition's records, in order, into v2 record batches of at most
+/// `options.max_batch_bytes` before compression. `partitions` gives each topic's partition count.
+pub fn encode_range(
     batch: &RecordBatch,
-    topic: &str,
-    partitions: u32,
-    max_batch_bytes: usize,
-    max_record_bytes: usize,
-    round_robin_start: u32,
-) -> (Vec<PartitionBatch>, Vec<usize>) {
-    let partitions = partitions.max(1);
-    let mut per_partition: Vec<Vec<RecordRef<'_>>> = vec![Vec::new(); partitions as usize];
+    partitions: impl Fn(&str) -> Option<u32>,
+    options: &EncodeOptions,
+) -> EncodedRange {
+    let records: Vec<RecordRef<'_>> = batch.iter().collect();
+    let mut encoded = EncodedRange::default();
     let mut oversize = Vec::new();
-    let mut round_robin = round_robin_start;
-    for (index, record) in batch.iter().enumerate().filter(|(_, r)| r.topic == topic) {
-        if record_size(&record, 0, 0) > max_record_bytes {
-            oversize.push(index);
+    for topic in batch.topics() {
+        let Some(count) = partitions(topic).filter(|count| *count > 0) else {
+            encoded.missing_topics.push(topic.clone());
             continue;
-        }
-        let partition = match record.key {
-            Some(key) => partition_for_key(key, partitions),
-            None => {
-                round_robin = round_robin.wrapping_add(1);
-                round_robin.wrapping_sub(1) % partitions
-            }
         };
-        per_partition[partition as usize].push(record);
-    }
-    let mut out = Vec::new();
-    for (partition, records) in per_partition.iter().enumerate() {
-        let mut start = 0;
-        while start < records.len() {
-            let first_ts = records[start].timestamp_ms;
-            let mut size = BATCH_HEADER;
-            let mut end = start;
-            while end < records.len() {
-                let next = record_size(
-                    &records[end],
-                    (end - start) as i64,
-                    records[end].timestamp_ms - first_ts,
-                );
-                if end > start && size + next > max_batch_bytes {
-                    break;
-                }
-                size += next;
-                end += 1;
+        let mut per_partition: Vec<Vec<usize>> = vec![Vec::new(); count as usize];
+        let mut round_robin = options.round_robin_start;
+        for (index, record) in records.iter().enumerate().filter(|(_, r)| r.topic == topic) {
+            if record_batch_size(record) > options.max_record_bytes {
+                oversize.push(index);
+                continue;
             }
-            out.push(PartitionBatch {
-                partition: partition as u32,
-                bytes: encode_record_batch(&records[start..end]),
-                records: end - start,
-            });
-            start = end;
+            let partition = match record.key {
+                Some(key) => partition_for_key(key, count),
+                None => {
+                    round_robin = round_robin.wrapping_add(1);
+                    round_robin.wrapping_sub(1) % count
+                }
+            };
+            per_partition[partition as usize].push(index);
+        }
+        for (partition, indexes) in per_partition.into_iter().enumerate() {
+            let base = encoded.order.len();
+            encoded.order.extend(indexes);
+            let run = &encoded.order[base..];
+            for (start, end, bytes) in pack(&records, run, options.max_batch_bytes, options.compression) {
+                encoded.batches.push(ProduceBatch {
+                    topic: topic.clone(),
+                    partition: partition as u32,
+                    bytes,
+                    start: base + start,
+                    end: base + end,
+                });
+            }
         }
     }
-    (out, oversize)
+    encoded.oversize = (encoded.order.len()..encoded.order.len() + oversize.len()).collect();
+    encoded.order.extend(oversize);
+    encoded
+}
+
+/// The records at `order[start..end]` of an [`EncodedRange`] of `batch` (one produce batch the broker refused as
+/// too large) encoded again as batches of at most half their size before compression: `(start, end, bytes)`
+/// per batch, positions in `order`. A single record cannot be split and comes back as it was.
+pub fn split_run(
+    batch: &RecordBatch,
+    order: &[usize],
+    start: usize,
+    end: usize,
+    compression: Compression,
+) -> Vec<(usize, usize, Vec<u8>)> {
+    let run = &order[start.min(end)..end.min(order.len())];
+    let records: Vec<RecordRef<'_>> = run.iter().filter_map(|&index| batch.get(index)).collect();
+    let size = BATCH_HEADER
+        + records
+            .iter()
+            .enumerate()
+            .map(|(i, r)| record_size(r, i as i64, r.timestamp_ms - records[0].timestamp_ms))
+            .sum::<usize>();
+    let positions: Vec<usize> = (0..records.len()).collect();
+    pack(&records, &positions, (size / 2).max(1), compression)
+        .into_iter()
+        .map(|(s, e, bytes)| (start + s, start + e, bytes))
+        .collect()
+}
+
+/// `run` (indexes into `records`, one partition's, in order) cut into batches of at most `max_batch_bytes` before
+/// compression (a record larger than that alone in its batch): `(start, end, bytes)` per batch, positions in `run`.
+fn pack(
+    records: &[RecordRef<'_>],
+    run: &[usize],
+    max_batch_bytes: usize,
+    compression: Compression,
+) -> Vec<(usize, usize, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut batch: Vec<RecordRef<'_>> = Vec::new();
+    let mut start = 0;
+    while start < run.len() {
+        let first_ts = records[run[start]].timestamp_ms;
+        let mut size = BATCH_HEADER;
+        let mut end = start;
+        while end < run.len() {
+            let record = &records[run[end]];
+            let next = record_size(record, (end - start) as i64, record.timestamp_ms - first_ts);
+            if end > start && size + next > max_batch_bytes {
+                break;
+            }
+            size += next;
+            end += 1;
+        }
+        batch.clear();
+        batch.extend(run[start..end].iter().map(|&index| records[index]));
+        out.push((start, end, encode_record_batch(&batch, compression)));
+        start = end;
+    }
+    out
 }
 
 #[cfg(test)]
@@ -239,7 +427,290 @@ mod tests {
         for (key, value_len) in [(None, 0), (Some(&b"dev-1"[..]), 100), (Some(&b"k"[..]), 70_000)] {
             let value = vec![b'v'; value_len];
             let record = RecordRef::from_parts("t", key, &value, &headers, [0; 16], 1_774_606_531_000);
-            assert_eq!(record_batch_size(&record), encode_record_batch(&[record]).len());
+            assert_eq!(
+                record_batch_size(&record),
+                encode_record_batch(&[record], Compression::None).len()
+            );
+        }
+    }
+
+    const CODECS: [Compression; 4] = [
+        Compression::Gzip,
+        Compression::Snappy,
+        Compression::Lz4,
+        Compression::Zstd,
+    ];
+
+    /// `count` telemetry-like records over two topics: keyed ones (12 devices), every fifth unkeyed.
+    fn sample(count: usize) -> RecordBatch {
+        let mut batch = RecordBatch::new();
+        for i in 0..count {
+            let key = format!("sensor-{:03}", i % 12);
+            let value = format!(
+                r#"{{"device_id":"{key}","metrics":{{"temperature":{}.5,"humidity":{}}},"site":"plant-7-line-3"}}"#,
+                20 + i % 9,
+                40 + i % 50
+            );
+            let mut headers = Vec::new();
+            crate::batch::encode_header(&mut headers, "event_id", format!("{i:032x}").as_bytes());
+            let topic = if i % 7 == 3 { "events-raw" } else { "telemetry-raw" };
+            let key = (i % 5 != 0).then_some(key.as_bytes());
+            let record = RecordRef::from_parts(
+                topic,
+                key,
+                value.as_bytes(),
+                &headers,
+                [0; 16],
+                1_774_606_531_000 + i as i64,
+            );
+            batch.push(&record);
+        }
+        batch
+    }
+
+    /// The header fields of an encoded v2 batch: (batch length, attributes, record count), after checking its
+    /// CRC-32C and magic.
+    fn header(data: &[u8]) -> (usize, i16, usize) {
+        assert_eq!(data[16], 2, "magic");
+        let crc = u32::from_be_bytes(data[17..21].try_into().unwrap());
+        assert_eq!(crc, crc32c::crc32c(&data[21..]), "CRC-32C from the attributes on");
+        let length = i32::from_be_bytes(data[8..12].try_into().unwrap()) as usize;
+        let attributes = i16::from_be_bytes(data[21..23].try_into().unwrap());
+        let count = i32::from_be_bytes(data[57..61].try_into().unwrap()) as usize;
+        (length, attributes, count)
+    }
+
+    /// Decompresses a records section with a decoder other than the encoder (xerial framing by hand).
+    fn decompress(codec: Compression, data: &[u8]) -> Vec<u8> {
+        use std::io::Read;
+        let mut out = Vec::new();
+        match codec {
+            Compression::None => out.extend_from_slice(data),
+            Compression::Gzip => {
+                flate2::read::GzDecoder::new(data).read_to_end(&mut out).unwrap();
+            }
+            Compression::Snappy => {
+                assert_eq!(data[..16], XERIAL_HEADER);
+                let mut rest = &data[16..];
+                while !rest.is_empty() {
+                    let length = i32::from_be_bytes(rest[..4].try_into().unwrap()) as usize;
+                    let block = snap::raw::Decoder::new().decompress_vec(&rest[4..4 + length]).unwrap();
+                    assert!(block.len() <= XERIAL_BLOCK);
+                    out.extend(block);
+                    rest = &rest[4 + length..];
+                }
+            }
+            Compression::Lz4 => {
+                // FLG: version 01, independent blocks, no block or content checksum, no content size.
+                assert_eq!(data[..4], [0x04, 0x22, 0x4d, 0x18]);
+                assert_eq!(data[4], 0b0110_0000);
+                assert_eq!(data[5], 0x40, "BD: 64 KiB blocks");
+                lz4_flex::frame::FrameDecoder::new(data).read_to_end(&mut out).unwrap();
+            }
+            Compression::Zstd => {
+                ruzstd::decoding::StreamingDecoder::new(data)
+                    .unwrap()
+                    .read_to_end(&mut out)
+                    .unwrap();
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn compressed_batches_decode_to_the_uncompressed_records() {
+        let batch = sample(2000);
+        let records: Vec<RecordRef<'_>> = batch.iter().collect();
+        let plain = encode_record_batch(&records, Compression::None);
+        assert_eq!(header(&plain), (plain.len() - 12, 0, records.len()));
+        for codec in CODECS {
+            let packed = encode_record_batch(&records, codec);
+            let (length, attributes, count) = header(&packed);
+            assert_eq!(
+                (length, attributes, count),
+                (packed.len() - 12, codec.attributes(), records.len())
+            );
+            assert!(packed.len() * 3 < plain.len(), "{codec:?} compresses repetitive JSON");
+            assert_eq!(packed[..8], plain[..8], "{codec:?}: base offset");
+            assert_eq!(packed[12..17], plain[12..17], "{codec:?}: leader epoch, magic");
+            assert_eq!(
+                packed[23..BATCH_HEADER],
+                plain[23..BATCH_HEADER],
+                "{codec:?}: the rest of the header"
+            );
+            assert_eq!(
+                decompress(codec, &packed[BATCH_HEADER..]),
+                plain[BATCH_HEADER..],
+                "{codec:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_batch_compression_does_not_shrink_stays_uncompressed() {
+        let mut headers = Vec::new();
+        crate::batch::encode_header(&mut headers, "a", b"b");
+        let record = RecordRef::from_parts("t", None, b"x", &headers, [0; 16], 1);
+        let plain = encode_record_batch(&[record], Compression::None);
+        for codec in CODECS {
+            assert_eq!(encode_record_batch(&[record], codec), plain, "{codec:?}");
+        }
+    }
+
+    #[test]
+    fn codec_names_are_kafkas() {
+        for codec in [
+            Compression::None,
+            Compression::Gzip,
+            Compression::Snappy,
+            Compression::Lz4,
+            Compression::Zstd,
+        ] {
+            assert_eq!(Compression::from_name(codec.name()), Some(codec));
+        }
+        assert_eq!(Compression::from_name("brotli"), None);
+    }
+
+    fn options(compression: Compression, max_batch_bytes: usize) -> EncodeOptions {
+        EncodeOptions {
+            compression,
+            max_batch_bytes,
+            max_record_bytes: 1 << 20,
+            round_robin_start: 7,
+        }
+    }
+
+    /// Every record of `batch` is in exactly one batch or left out; per partition, in batch order; batches
+    /// within the cap (before compression) unless they hold one record; partitions as the default partitioner.
+    fn check_range(batch: &RecordBatch, encoded: &EncodedRange, counts: &[(&str, u32)], cap: usize) {
+        let mut seen = vec![false; batch.len()];
+        for &index in &encoded.order {
+            assert!(!seen[index], "record {index} twice");
+            seen[index] = true;
+        }
+        assert!(seen.iter().all(|s| *s), "every record is placed");
+        let mut last_end = 0;
+        for produce in &encoded.batches {
+            assert!(
+                produce.start < produce.end && produce.start == last_end,
+                "batches tile the order"
+            );
+            last_end = produce.end;
+            let indexes = &encoded.order[produce.start..produce.end];
+            assert!(indexes.windows(2).all(|w| w[0] < w[1]), "record order kept");
+            let records: Vec<RecordRef<'_>> = indexes.iter().map(|&i| batch.get(i).unwrap()).collect();
+            let count = counts.iter().find(|(t, _)| *t == produce.topic).unwrap().1;
+            for record in &records {
+                assert_eq!(record.topic, produce.topic);
+                if let Some(key) = record.key {
+                    assert_eq!(partition_for_key(key, count), produce.partition);
+                }
+            }
+            let plain = encode_record_batch(&records, Compression::None);
+            assert!(records.len() == 1 || plain.len() <= cap, "{} > {cap}", plain.len());
+            let (_, attributes, count) = header(&produce.bytes);
+            assert_eq!(count, records.len());
+            let codec = if attributes == 0 {
+                Compression::None
+            } else {
+                options_codec(attributes)
+            };
+            assert_eq!(decompress(codec, &produce.bytes[BATCH_HEADER..]), plain[BATCH_HEADER..]);
+        }
+        assert_eq!(last_end, encoded.order.len() - encoded.oversize.len());
+    }
+
+    fn options_codec(attributes: i16) -> Compression {
+        *CODECS.iter().find(|c| c.attributes() == attributes).unwrap()
+    }
+
+    #[test]
+    fn a_range_is_partitioned_packed_and_compressed() {
+        let batch = sample(3000);
+        let counts = [("telemetry-raw", 4u32), ("events-raw", 3u32)];
+        let lookup = |topic: &str| counts.iter().find(|(t, _)| *t == topic).map(|(_, c)| *c);
+        for codec in [Compression::None, Compression::Zstd, Compression::Lz4] {
+            for cap in [1 << 20, 4000, 1] {
+                let encoded = encode_range(&batch, lookup, &options(codec, cap));
+                assert!(encoded.oversize.is_empty() && encoded.missing_topics.is_empty());
+                check_range(&batch, &encoded, &counts, cap);
+                if cap == 1 {
+                    assert!(encoded.batches.iter().all(|b| b.records() == 1));
+                }
+            }
+        }
+        // Unkeyed records go round robin from the start given, keyed ones by murmur2.
+        let encoded = encode_range(&batch, lookup, &options(Compression::None, 1 << 20));
+        let first_unkeyed = encoded
+            .batches
+            .iter()
+            .find(|b| b.topic == "telemetry-raw" && encoded.order[b.start..b.end].contains(&0))
+            .unwrap();
+        assert_eq!(first_unkeyed.partition, 7 % 4);
+    }
+
+    #[test]
+    fn oversize_records_and_topics_without_a_partition_count_are_left_out() {
+        let batch = sample(200);
+        let mut big = batch.clone();
+        let value = vec![b'v'; 5000];
+        big.push(&RecordRef::from_parts(
+            "telemetry-raw",
+            Some(b"k"),
+            &value,
+            &[],
+            [0; 16],
+            5,
+        ));
+        let mut opts = options(Compression::Gzip, 1 << 20);
+        opts.max_record_bytes = record_batch_size(&big.get(200).unwrap()) - 1;
+        let encoded = encode_range(&big, |t| (t == "telemetry-raw").then_some(2), &opts);
+        assert_eq!(encoded.missing_topics, ["events-raw"]);
+        assert_eq!(encoded.oversize.len(), 1);
+        assert_eq!(encoded.order[encoded.oversize[0]], 200);
+        let placed: usize = encoded.batches.iter().map(ProduceBatch::records).sum();
+        assert_eq!(placed, big.iter().filter(|r| r.topic == "telemetry-raw").count() - 1);
+        opts.max_record_bytes += 1;
+        assert!(
+            encode_range(&big, |_| Some(2), &opts).oversize.is_empty(),
+            "the limit is inclusive"
+        );
+    }
+
+    #[test]
+    fn a_refused_batch_splits_into_halves_of_the_same_records() {
+        let batch = sample(1000);
+        let counts = [("telemetry-raw", 1u32), ("events-raw", 1u32)];
+        let lookup = |topic: &str| counts.iter().find(|(t, _)| *t == topic).map(|(_, c)| *c);
+        for codec in [Compression::None, Compression::Snappy] {
+            let encoded = encode_range(&batch, lookup, &options(codec, 1 << 20));
+            let whole = &encoded.batches[0];
+            let size = encode_record_batch(
+                &encoded.order[whole.start..whole.end]
+                    .iter()
+                    .map(|&i| batch.get(i).unwrap())
+                    .collect::<Vec<_>>(),
+                Compression::None,
+            )
+            .len();
+            let halves = split_run(&batch, &encoded.order, whole.start, whole.end, codec);
+            assert!(halves.len() >= 2);
+            let mut at = whole.start;
+            for (start, end, bytes) in &halves {
+                assert_eq!(*start, at);
+                at = *end;
+                let records: Vec<RecordRef<'_>> = encoded.order[*start..*end]
+                    .iter()
+                    .map(|&i| batch.get(i).unwrap())
+                    .collect();
+                assert!(encode_record_batch(&records, Compression::None).len() <= size / 2);
+                assert_eq!(*bytes, encode_record_batch(&records, codec), "the same encoder");
+            }
+            assert_eq!(at, whole.end);
+            // One record cannot be split: it comes back as it was.
+            let one = split_run(&batch, &encoded.order, whole.start, whole.start + 1, codec);
+            assert_eq!(one.len(), 1);
+            assert_eq!((one[0].0, one[0].1), (whole.start, whole.start + 1));
         }
     }
 }

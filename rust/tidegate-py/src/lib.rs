@@ -4,6 +4,7 @@
 #![allow(clippy::too_many_arguments)]
 
 mod errors;
+mod kafka;
 mod spool;
 
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -322,15 +323,26 @@ impl ValidationResult {
     }
 }
 
-/// `(partition, encoded batch, record count)`.
-type EncodedPartitionBatch<'py> = (u32, Bound<'py, PyBytes>, usize);
-
+/// `(key, value, headers, timestamp_ms)`.
 type RecordTuple<'py> = (
     Option<Bound<'py, PyBytes>>,
     Bound<'py, PyBytes>,
     Vec<(String, Bound<'py, PyBytes>)>,
     i64,
 );
+
+fn record_tuple<'py>(py: Python<'py>, record: &core::RecordRef<'_>) -> RecordTuple<'py> {
+    let headers = record
+        .headers()
+        .map(|(name, value)| (name.to_string(), PyBytes::new(py, value)))
+        .collect();
+    (
+        record.key.map(|k| PyBytes::new(py, k)),
+        PyBytes::new(py, record.value),
+        headers,
+        record.timestamp_ms,
+    )
+}
 
 #[pyclass(module = "tidegate._native")]
 pub struct RecordBatch(pub core::RecordBatch);
@@ -362,18 +374,7 @@ impl RecordBatch {
         self.0
             .iter()
             .filter(|r| topic.is_none_or(|t| t == r.topic))
-            .map(|r| {
-                let headers = r
-                    .headers()
-                    .map(|(name, value)| (name.to_string(), PyBytes::new(py, value)))
-                    .collect();
-                (
-                    r.key.map(|k| PyBytes::new(py, k)),
-                    PyBytes::new(py, r.value),
-                    headers,
-                    r.timestamp_ms,
-                )
-            })
+            .map(|r| record_tuple(py, &r))
             .collect()
     }
 
@@ -418,34 +419,24 @@ impl RecordBatch {
         keys
     }
 
-    /// The records of `topic` as encoded Kafka v2 record batches per partition (default partitioner), and the
-    /// indexes of records left out for exceeding `max_record_bytes`. The GIL is released while encoding.
-    #[pyo3(signature = (topic, partitions, *, max_batch_bytes = 1_048_576, max_record_bytes = 1_048_576, round_robin_start = 0))]
-    fn kafka_batches<'py>(
-        &self,
-        py: Python<'py>,
-        topic: &str,
-        partitions: u32,
+    /// The records as Kafka produce batches (see `KafkaRange`), encoded without the GIL.
+    #[pyo3(signature = (partitions, *, compression = None, max_batch_bytes = 1_048_576, max_record_bytes = 1_048_576, round_robin_start = 0))]
+    fn kafka_range(
+        slf: &Bound<'_, Self>,
+        partitions: &Bound<'_, PyDict>,
+        compression: Option<&str>,
         max_batch_bytes: usize,
         max_record_bytes: usize,
         round_robin_start: u32,
-    ) -> (Vec<EncodedPartitionBatch<'py>>, Vec<usize>) {
-        let records = &self.0;
-        let (batches, oversize) = py.detach(|| {
-            core::kafka::partition_batches(
-                records,
-                topic,
-                partitions,
-                max_batch_bytes,
-                max_record_bytes,
-                round_robin_start,
-            )
-        });
-        let batches = batches
-            .into_iter()
-            .map(|b| (b.partition, PyBytes::new(py, &b.bytes), b.records))
-            .collect();
-        (batches, oversize)
+    ) -> PyResult<kafka::KafkaRange> {
+        let options = kafka::encode_options(compression, max_batch_bytes, max_record_bytes, round_robin_start)?;
+        let partitions = kafka::partition_counts(partitions)?;
+        Ok(kafka::KafkaRange::encode(
+            slf.py(),
+            slf.clone().unbind(),
+            partitions,
+            options,
+        ))
     }
 
     fn extend(&mut self, other: &RecordBatch) {
@@ -470,5 +461,6 @@ fn _native(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add("MAX_TRACESTATE_BYTES", core::headers::MAX_TRACESTATE_BYTES)?;
     module.add("MAX_IDEMPOTENCY_KEY_BYTES", core::headers::MAX_IDEMPOTENCY_KEY_BYTES)?;
     errors::register(module)?;
+    kafka::register(module)?;
     spool::register(module)
 }

@@ -19,7 +19,7 @@ create_exception!(
     "The spool's disk quota is reached; shed load rather than lose data."
 );
 
-fn spool_error(error: SpoolError) -> PyErr {
+pub(crate) fn spool_error(error: SpoolError) -> PyErr {
     match error {
         SpoolError::Full { .. } => SpoolFull::new_err(error.to_string()),
         SpoolError::Io(e) => PyOSError::new_err(e.to_string()),
@@ -31,6 +31,30 @@ pub struct Spool {
     inner: CoreSpool,
     /// The reader's last position, so sequential reads do not rescan a segment.
     cursor: Mutex<Option<Cursor>>,
+}
+
+impl Spool {
+    /// `read` without the GIL's part, also for `read_kafka_range` (reading and encoding in one native call).
+    pub(crate) fn read_records(
+        &self,
+        seq: u64,
+        max_records: u64,
+        max_bytes: usize,
+        durable_only: bool,
+    ) -> Result<(tidegate_core::RecordBatch, u64), SpoolError> {
+        let cached = *self.cursor.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let cursor = cached
+            .filter(|c| c.seq == seq)
+            .unwrap_or_else(|| self.inner.cursor_at(seq));
+        let limit = if durable_only {
+            self.inner.durable_seq()
+        } else {
+            u64::MAX
+        };
+        let (batch, next) = self.inner.read(cursor, max_records, max_bytes, limit)?;
+        *self.cursor.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(next);
+        Ok((batch, next.seq))
+    }
 }
 
 #[pymethods]
@@ -148,22 +172,9 @@ impl Spool {
         durable_only: bool,
     ) -> PyResult<(RecordBatch, u64)> {
         let (batch, next) = py
-            .detach(|| {
-                let cached = *self.cursor.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-                let cursor = cached
-                    .filter(|c| c.seq == seq)
-                    .unwrap_or_else(|| self.inner.cursor_at(seq));
-                let limit = if durable_only {
-                    self.inner.durable_seq()
-                } else {
-                    u64::MAX
-                };
-                let result = self.inner.read(cursor, max_records, max_bytes, limit)?;
-                *self.cursor.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(result.1);
-                Ok(result)
-            })
+            .detach(|| self.read_records(seq, max_records, max_bytes, durable_only))
             .map_err(spool_error)?;
-        Ok((RecordBatch(batch), next.seq))
+        Ok((RecordBatch(batch), next))
     }
 
     #[getter]
