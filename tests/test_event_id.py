@@ -19,8 +19,10 @@ TELEMETRY = tidegate.Validator(tidegate.Contract.telemetry(), max_past_seconds=1
 EVENTS = tidegate.Validator(tidegate.Contract.event())
 
 finite = st.floats(allow_nan=False, allow_infinity=False, width=64)
-exact_ints = st.integers(min_value=-(2**53), max_value=2**53)
-numbers = st.one_of(finite, exact_ints)
+int64 = st.integers(min_value=-(2**63), max_value=2**64 - 1)
+# Past the 64-bit range too, where integers are the nearest double.
+integers = st.one_of(int64, st.integers(min_value=-(2**70), max_value=2**70))
+numbers = st.one_of(finite, integers)
 names = st.text(min_size=1, max_size=12)
 json_values = st.recursive(
     st.none() | st.booleans() | numbers | st.text(max_size=20),
@@ -133,10 +135,6 @@ def spellings(number: float) -> set[str]:
 @settings(max_examples=500, deadline=None)
 @given(finite)
 def test_number_spellings_are_one_number(number: float) -> None:
-    def event_with(payload: str) -> bytes:
-        head = '{"source":"s","event_type":"t","entity_id":"e","event_time":"2026-01-01T00:00:00Z","payload":'
-        return f"{head}{payload}}}".encode()
-
     ids = {EVENTS.validate(event_with(s), received_at_ms=RECEIVED_MS).event_ids[0] for s in spellings(number)}
     record = {
         "source": "s",
@@ -148,21 +146,69 @@ def test_number_spellings_are_one_number(number: float) -> None:
     assert ids == {reference.event_id("event/v1", record)}
 
 
+def event_with(payload: str) -> bytes:
+    head = '{"source":"s","event_type":"t","entity_id":"e","event_time":"2026-01-01T00:00:00Z","payload":'
+    return f"{head}{payload}}}".encode()
+
+
+def stored_payload(body: bytes, content_type: str = "application/json") -> str:
+    """The payload's canonical text, as stored in the record's value."""
+    result = EVENTS.validate(body, content_type, received_at_ms=RECEIVED_MS)
+    assert result.rejected == [], result.rejected
+    value = result.batch.values()[0].decode()
+    return value[value.index('"payload":') + len('"payload":') : value.index(',"server_received_at"')]
+
+
+@settings(max_examples=500, deadline=None)
+@given(integers)
+def test_integers_keep_their_digits_across_the_64_bit_range(number: int) -> None:
+    """README "event_id": an integer of the 64-bit range is its digits; past it, the nearest double."""
+    expected = str(number) if -(2**63) <= number < 2**64 else reference.canonical_number(float(number))
+    assert reference.canonical_number(number) == expected
+    assert stored_payload(event_with(str(number))) == expected
+    if -(2**64) <= number < 2**64:  # what CBOR integers can carry
+        assert stored_payload(cbor2.dumps(_event(number)), "application/cbor") == expected
+    for big in (number,) if -(2**64) <= number < 2**64 else ():
+        as_bignum = cbor2.dumps(_event(0))[:-1] + cbor2.dumps(cbor2.CBORTag(2 if big >= 0 else 3, _magnitude(big)))
+        assert stored_payload(as_bignum, "application/cbor") == expected
+
+
+def _event(payload: Any) -> dict[str, Any]:
+    head = {"source": "s", "event_type": "t", "entity_id": "e", "event_time": "2026-01-01T00:00:00Z"}
+    return {**head, "payload": payload}
+
+
+def _magnitude(number: int) -> bytes:
+    """A CBOR bignum's bytes: n for tag 2, -1 - n for tag 3."""
+    n = number if number >= 0 else -1 - number
+    return n.to_bytes(max(1, (n.bit_length() + 7) // 8), "big")
+
+
+@settings(max_examples=500, deadline=None)
+@given(finite)
+def test_doubles_printed_any_way_are_the_nearest_double(number: float) -> None:
+    """Shortest, C's %.17g (always the same double) and %.15g (the double nearest those 15 digits), and the
+    double as CBOR: the documented canonical form and ids."""
+    shortest_id = reference.event_id("event/v1", _event(number))
+    for text in [repr(number), f"{number:.17g}", f"{number:.17e}"]:
+        assert stored_payload(event_with(text)) == reference.canonical_number(number), text
+        assert EVENTS.validate(event_with(text), received_at_ms=RECEIVED_MS).event_ids == [shortest_id], text
+    fifteen = f"{number:.15g}"
+    nearest = json.loads(fifteen)  # an int when %.15g prints digits only, which tidegate keeps exactly too
+    if nearest not in (float("inf"), float("-inf")):  # rounded up past the largest double
+        assert stored_payload(event_with(fifteen)) == reference.canonical_number(nearest)
+    from_cbor = EVENTS.validate(cbor2.dumps(_event(number)), "application/cbor", received_at_ms=RECEIVED_MS)
+    assert from_cbor.event_ids == [shortest_id]
+
+
 @settings(max_examples=200, deadline=None)
 @given(st.floats(min_value=1e-3, max_value=1e3).filter(lambda x: len(repr(x)) > 6))
-def test_digits_past_double_precision_are_refused(number: float) -> None:
-    """A spelling with more digits than the double holds does not silently round."""
+def test_digits_past_double_precision_are_the_nearest_double(number: float) -> None:
+    """A spelling with more digits than a double holds is read as the nearest double (never refused)."""
     overlong = repr(number) + "000000000000000000001" if "e" not in repr(number) else None
     if overlong is None or "." not in overlong:
         return
-    body = (
-        b'{"source":"s","event_type":"t","entity_id":"e","event_time":"2026-01-01T00:00:00Z","payload":'
-        + overlong.encode()
-        + b"}"
-    )
-    result = EVENTS.validate(body, received_at_ms=RECEIVED_MS)
-    assert result.event_ids == [None]
-    assert "cannot be represented exactly" in result.rejected[0].message
+    assert stored_payload(event_with(overlong)) == reference.canonical_number(float(overlong))
 
 
 README_VECTORS = [

@@ -79,7 +79,7 @@ class TestOutcomes:
 
     def test_every_failure_has_a_path_and_message(self, telemetry: tidegate.Validator) -> None:
         bad = {"device_id": 7, "timestamp": "yesterday", "metrics": {"t": "hot"}, "extra": 1}
-        result = telemetry.validate(dumps(bad))
+        result = tidegate.Validator(tidegate.Contract.telemetry(unknown_fields="reject")).validate(dumps(bad))
         found = {(i.path, i.message) for i in result.rejected}
         assert ("$.device_id", "expected string, got integer") in found
         assert ("$.timestamp", "must be an RFC 3339 date-time with a time zone") in found
@@ -316,8 +316,7 @@ class TestHostileInput:
         ("fragment", "message"),
         [
             (b'"metrics": {"a": 1, "a": 2}', "duplicate key"),
-            (b'"metrics": {"a": 9007199254740993}', "cannot be represented exactly"),
-            (b'"metrics": {"a": 1e400}', "cannot be represented exactly"),
+            (b'"metrics": {"a": 1e400}', "beyond the range of a double"),
             (b'"metrics": {"a": 1}, "metadata": {"s": "\\ud800"}', "lone surrogate"),
             (b'"metrics": {"a": 1}, "metadata": {"x": ' + b"[" * 40 + b"]" * 40 + b"}", "nesting deeper than 32"),
         ],

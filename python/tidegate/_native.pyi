@@ -72,15 +72,19 @@ class Contract:
     """What a record must look like, where it goes and which fields make its identity."""
 
     @staticmethod
-    def telemetry() -> Contract:
-        """Seed 001's reading: device_id, timestamp (RFC 3339), metrics (non-empty map of numbers), metadata."""
+    def telemetry(*, unknown_fields: Literal["keep", "reject", "drop"] = "keep") -> Contract:
+        """Seed 001's reading: device_id, timestamp (RFC 3339), metrics (non-empty map of numbers), metadata.
+
+        `unknown_fields`: undeclared top-level fields are kept in the record outside its identity (`keep`),
+        reject the record (`reject`) or are left out of it (`drop`). Any other value raises ValueError.
+        """
 
     @staticmethod
-    def event() -> Contract:
+    def event(*, unknown_fields: Literal["keep", "reject", "drop"] = "keep") -> Contract:
         """Seed 004's event: source, event_type, entity_id, event_time, payload (any JSON), all required."""
 
     @staticmethod
-    def batch() -> Contract:
+    def batch(*, unknown_fields: Literal["keep", "reject", "drop"] = "keep") -> Contract:
         """Seed 001's batch: device_id, batch_id, readings[1..max]; each reading becomes a telemetry record."""
 
     @staticmethod
@@ -106,6 +110,9 @@ class Contract:
     def topic(self) -> str: ...
     @property
     def kind(self) -> Literal["telemetry", "batch", "event", "custom"]: ...
+    @property
+    def unknown_fields(self) -> Literal["keep", "reject", "drop"]:
+        """The policy for undeclared top-level fields (a custom contract's: its schema's additionalProperties)."""
 
 @final
 class Validator:
@@ -132,8 +139,9 @@ class Validator:
     ) -> Validator:
         """Limits default to: body 8 MiB (after decompression), depth 32, strings 64 KiB, keys 256 B, arrays
         10,000 items, objects 1,000 keys, 10,000 records per body, 1,000,000 bytes per record as Kafka measures it
-        (key, value and headers as a record batch of its own: see MAX_RECORD_BYTES). `metric_ranges` defaults to
-        seed 001's table.
+        (key, value and headers as a record batch of its own: see MAX_RECORD_BYTES). `metric_ranges` adds to seed
+        001's table (temperature, humidity, pressure, battery_level, signal_strength), replacing a range of the
+        same name.
         """
 
     def validate(

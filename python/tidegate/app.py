@@ -59,6 +59,7 @@ WANTED_HEADERS = frozenset(
         b"content-encoding",
         b"content-length",
         b"x-device-token",
+        b"x-api-key",
         b"authorization",
         b"x-priority",
         b"x-idempotency-key",
@@ -70,6 +71,24 @@ WANTED_HEADERS = frozenset(
 )
 
 ACK_LEVELS = ("spool", "kafka")
+
+DRY_RUN_VALUES = {"true": True, "1": True, "false": False, "0": False}
+
+
+def dry_run_asked(headers: dict[bytes, str]) -> bool:
+    """`X-Dry-Run`: true/false/1/0, any case; anything else is a 400 rather than a guess that might write."""
+    raw = headers.get(b"x-dry-run")
+    if raw is None:
+        return False
+    value = DRY_RUN_VALUES.get(raw.strip().lower())
+    if value is None:
+        raise Problem(
+            400,
+            "invalid-header",
+            f"X-Dry-Run must be true, false, 1 or 0, not {raw.strip()[:64]!r}",
+            [{"path": "header:X-Dry-Run", "message": "must be true, false, 1 or 0"}],
+        )
+    return value
 
 
 @dataclass(frozen=True)
@@ -477,12 +496,14 @@ class Gateway:
             )
         device_id: str | None = None
         if self.keys is not None:
-            key = presented_key(headers.get(b"x-device-token"), headers.get(b"authorization"))
+            key = presented_key(
+                headers.get(b"x-device-token"), headers.get(b"authorization"), headers.get(b"x-api-key")
+            )
             if key is None:
                 raise Problem(
                     401,
                     "missing-credential",
-                    "send the device key as X-Device-Token or Authorization: Bearer",
+                    "send the device key as X-Device-Token, X-API-Key or Authorization: Bearer",
                     headers=[("WWW-Authenticate", 'Bearer realm="tidegate"')],
                 )
             device_id = self.keys.device_for(key)
@@ -601,6 +622,8 @@ class Gateway:
                 "X-Ack: kafka asks for the broker's acknowledgement, but this service has no Kafka configured",
                 [{"path": "header:X-Ack", "message": "no Kafka is configured: send spool, or no X-Ack"}],
             )
+        # Checked before the body is read, like X-Ack; the setting turns every request into a dry run.
+        dry_run = dry_run_asked(headers) or self.settings.dry_run
         body = await self._read_body(headers, receive)
         result = self._validate(route, body, headers, priority)
         batch = result.batch
@@ -621,7 +644,6 @@ class Gateway:
             self.metrics.records.inc(("rejected", priority), result.total)
             raise Problem(400, "invalid", f"no record of {result.total} is valid", issue_errors(result.rejected))
         received = now_ms()
-        dry_run = self.settings.dry_run or headers.get(b"x-dry-run", "").strip().lower() == "true"
         durability = "spool"
         key_claims: list[tuple[str, str]] = []
         duplicates: set[str] = set()
@@ -784,7 +806,9 @@ class Gateway:
         statuses = [status_of(eid) for eid in event_ids]
         for outcome in ("accepted", "duplicate", "rejected"):
             if count := statuses.count(outcome):
-                self.metrics.records.inc((outcome, priority), count)
+                # A dry run's records are counted apart: nothing of them was written.
+                counted = "dry_run" if dry_run and outcome != "rejected" else outcome
+                self.metrics.records.inc((counted, priority), count)
         document: dict[str, object]
         if route.kind == "telemetry" and not result.sequence:
             document = {
@@ -878,6 +902,7 @@ def create_app(settings: Settings | None = None) -> Callable[[Scope, Receive, Se
             "spool_has_room": not gateway.spool_full,
             "spool_writable": not gateway.spool_failing(),
             "kafka": "not configured",
+            "dry_run": settings.dry_run,
         }
         if settings.kafka:
             delivery = gateway.delivery

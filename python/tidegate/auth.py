@@ -12,6 +12,7 @@ import hashlib
 import hmac
 import json
 import os
+import re
 import secrets
 import time
 from dataclasses import dataclass
@@ -20,6 +21,10 @@ from typing import Any
 
 PREFIX = "tg_"
 MAX_KEYS_PER_DEVICE = 2
+
+
+DEVICE_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+"""What a `device_id` may be, as the telemetry contract checks it."""
 
 
 @dataclass(frozen=True)
@@ -97,7 +102,10 @@ class KeyStore:
         return list(self._entries.values())
 
     def add(self, device_id: str) -> str:
-        """Creates a key for `device_id` and returns it (the only time it is ever shown)."""
+        """Creates a key for `device_id` and returns it (the only time it is ever shown). A device id that no
+        reading could carry (the contracts' `^[A-Za-z0-9_-]{1,64}$`) is a ValueError: its key could never be used."""
+        if DEVICE_ID.fullmatch(device_id) is None:
+            raise ValueError(f"device id {device_id!r} must be 1 to 64 letters, digits, '_' or '-'")
         self._load()
         held = [e for e in self._entries.values() if e.device_id == device_id]
         if len(held) >= MAX_KEYS_PER_DEVICE:
@@ -122,10 +130,12 @@ class KeyStore:
         return revoked
 
 
-def presented_key(device_token: str | None, authorization: str | None) -> str | None:
-    """The key from `X-Device-Token` or `Authorization: Bearer`."""
+def presented_key(device_token: str | None, authorization: str | None, api_key: str | None = None) -> str | None:
+    """The key from `X-Device-Token`, `X-API-Key` (seed 001's header) or `Authorization: Bearer`."""
     if device_token:
         return device_token.strip()
+    if api_key and api_key.strip():
+        return api_key.strip()
     if authorization:
         scheme, _, value = authorization.partition(" ")
         if scheme.lower() == "bearer" and value.strip():

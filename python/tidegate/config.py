@@ -155,6 +155,10 @@ def _coerce(name: str, raw: Any) -> Any:
     return str(raw)
 
 
+ENV_ALIASES = {"dry_run": "DRY_RUN"}
+"""Variables read when the `TIDEGATE_` one is not set: seed 001's names."""
+
+
 def load_settings(config_file: Path | None = None, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
     """Defaults < TOML file (`[tidegate]` table or top level) < `TIDEGATE_<NAME>` variables < overrides."""
     env = os.environ if env is None else env
@@ -168,7 +172,7 @@ def load_settings(config_file: Path | None = None, env: Mapping[str, str] | None
             raise ValueError(f"unknown settings in {config_file}: {', '.join(sorted(unknown))}")
         values.update({name: _coerce(name, raw) for name, raw in table.items()})
     for name in _FIELDS:
-        raw = env.get(f"TIDEGATE_{name.upper()}")
+        raw = env.get(f"TIDEGATE_{name.upper()}", env.get(ENV_ALIASES.get(name, "")))
         if raw is not None:
             values[name] = _coerce(name, raw)
     values.update({name: _coerce(name, raw) for name, raw in overrides.items() if raw is not None})

@@ -191,8 +191,9 @@ def _ingest_operation(summary: str, request_schema: str, accepted: list[str], se
             "name": "X-Device-Token",
             "in": "header",
             "schema": {"type": "string"},
-            "description": "The device key (or Authorization: Bearer).",
+            "description": "The device key (or X-API-Key, or Authorization: Bearer).",
         },
+        {"name": "X-API-Key", "in": "header", "schema": {"type": "string"}, "description": "The device key."},
         {"name": "X-Priority", "in": "header", "schema": {"enum": list(PRIORITIES)}},
         {
             "name": "X-Idempotency-Key",
@@ -203,8 +204,9 @@ def _ingest_operation(summary: str, request_schema: str, accepted: list[str], se
         {
             "name": "X-Dry-Run",
             "in": "header",
-            "schema": {"enum": ["true", "false"]},
-            "description": "Validate and compute ids; write nothing.",
+            "schema": {"type": "string", "pattern": "^([Tt][Rr][Uu][Ee]|[Ff][Aa][Ll][Ss][Ee]|1|0)$"},
+            "description": "true or 1 (any case): validate and compute ids, write nothing; false or 0: write. "
+            "Any other value is a 400.",
         },
         {
             "name": "X-Ack",
@@ -394,5 +396,6 @@ def capabilities(settings: Settings) -> dict[str, Any]:
         "contracts": {"telemetry": "telemetry/v1", "batch": "telemetry/v1", "event": "event/v1"},
         "priorities": list(PRIORITIES),
         "ack_levels": ["spool", "kafka"] if settings.kafka else ["spool"],
-        "auth": ["X-Device-Token", "Authorization: Bearer"] if settings.auth else [],
+        "auth": ["X-Device-Token", "X-API-Key", "Authorization: Bearer"] if settings.auth else [],
+        "dry_run": settings.dry_run,
     }

@@ -1,5 +1,6 @@
 //! The canonical JSON form (RFC 8785, JCS): object keys sorted by UTF-16 code units, no insignificant
-//! whitespace, ECMAScript number spelling, minimal string escapes. Same logical value, same bytes.
+//! whitespace, ECMAScript number spelling (integers of the 64-bit range as their digits, see `number`), minimal
+//! string escapes. Same logical value, same bytes.
 
 use std::borrow::Cow;
 use std::cmp::Ordering;
@@ -225,6 +226,7 @@ impl<'w> Writer<'w> {
             Value::Bool(true) => self.put(b"true"),
             Value::Bool(false) => self.put(b"false"),
             Value::Number(n) => number::write_canonical_to(self, *n),
+            Value::Integer(i) => number::write_integer(self, i.negative, i.magnitude),
             Value::String(s) => self.string(s),
             Value::Array(items) => {
                 self.byte(b'[');

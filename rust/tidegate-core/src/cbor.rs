@@ -6,7 +6,8 @@ use std::borrow::Cow;
 
 use crate::error::{Limits, PayloadError};
 use crate::json::duplicate_key;
-use crate::value::{MAX_EXACT_INTEGER, Value};
+use crate::time::Timestamp;
+use crate::value::Value;
 
 /// Decodes a CBOR body: one data item, or a top-level array whose items are the records.
 pub fn parse_records<'a>(data: &'a [u8], limits: &Limits) -> Result<Vec<Value<'a>>, PayloadError> {
@@ -109,14 +110,9 @@ impl<'a> Decoder<'a, '_> {
         self.pos += 1;
         let (major, info) = (initial >> 5, initial & 0x1f);
         match major {
-            0 => {
-                let n = self.read_uint(info)?;
-                Ok(exact_integer(n as f64, n <= MAX_EXACT_INTEGER as u64, n))
-            }
-            1 => {
-                let n = self.read_uint(info)?;
-                Ok(exact_integer(-1.0 - n as f64, n < MAX_EXACT_INTEGER as u64, n))
-            }
+            // Integers follow the JSON rule (`number`): exact within the 64-bit range, else the nearest double.
+            0 => Ok(Value::from_integer(i128::from(self.read_uint(info)?))),
+            1 => Ok(Value::from_integer(-1 - i128::from(self.read_uint(info)?))),
             2 => {
                 self.skip_string(info, 2)?;
                 Ok(Value::Invalid("CBOR byte strings have no JSON equivalent".into()))
@@ -139,11 +135,13 @@ impl<'a> Decoder<'a, '_> {
             5 => self.map(info, depth),
             6 => {
                 let tag = self.read_uint(info)?;
-                let inner = self.item(depth + 1)?;
-                Ok(match tag {
-                    2 | 3 => Value::Invalid("CBOR bignums cannot be represented exactly".into()),
-                    _ => inner,
-                })
+                match tag {
+                    2 | 3 => self.bignum(tag == 3),
+                    _ => {
+                        let inner = self.item(depth + 1)?;
+                        Ok(tagged(tag, inner))
+                    }
+                }
             }
             _ => self.simple(info),
         }
@@ -155,6 +153,17 @@ impl<'a> Decoder<'a, '_> {
             21 => return Ok(Value::Bool(true)),
             22 => return Ok(Value::Null),
             23 => return Ok(Value::Invalid("CBOR undefined has no JSON equivalent".into())),
+            // A simple value in two bytes: 32 to 255 (below 32 is not well-formed, RFC 8949 section 3.3).
+            24 => {
+                let value = self.take(1)?[0];
+                if value < 32 {
+                    return self.fail("CBOR simple value below 32 in two bytes");
+                }
+                return Ok(Value::Invalid(
+                    format!("CBOR simple value {value} has no JSON equivalent").into(),
+                ));
+            }
+            28..=30 => return self.fail("invalid CBOR additional information"),
             25 => {
                 let half = u16::from_be_bytes(self.take(2)?.try_into().unwrap_or_default());
                 f64::from(half_to_f32(half))
@@ -171,13 +180,69 @@ impl<'a> Decoder<'a, '_> {
             }
             27 => f64::from_be_bytes(self.take(8)?.try_into().unwrap_or_default()),
             31 => return self.fail("unexpected CBOR break"),
-            _ => return Ok(Value::Invalid("CBOR simple value has no JSON equivalent".into())),
+            _ => {
+                return Ok(Value::Invalid(
+                    format!("CBOR simple value {info} has no JSON equivalent").into(),
+                ));
+            }
         };
         Ok(if float.is_finite() {
             Value::Number(float)
         } else {
             Value::Invalid("NaN and Infinity are not allowed".into())
         })
+    }
+
+    /// The byte string of a bignum (tag 2, or 3 for `negative`), read as the same integer written in JSON would
+    /// be: exact within the 64-bit range, else the nearest double.
+    fn bignum(&mut self, negative: bool) -> Result<Value<'a>, PayloadError> {
+        let Some(initial) = self.peek() else {
+            return self.fail("truncated CBOR item");
+        };
+        if initial >> 5 != 2 {
+            self.item(1)?;
+            return Ok(Value::Invalid("a CBOR bignum must be a byte string".into()));
+        }
+        self.pos += 1;
+        let bytes = self.byte_string(initial & 0x1f)?;
+        let significant = &bytes[bytes.iter().position(|&b| b != 0).unwrap_or(bytes.len())..];
+        if significant.len() <= 8 {
+            let n = i128::from(significant.iter().fold(0u64, |acc, &b| acc << 8 | u64::from(b)));
+            return Ok(Value::from_integer(if negative { -1 - n } else { n }));
+        }
+        // Past 64 bits: the nearest double, as for the same integer in JSON. Tag 3 is -1 - n = -(n + 1).
+        let mut magnitude = significant.to_vec();
+        if negative {
+            add_one(&mut magnitude);
+        }
+        Ok(match nearest_double(&magnitude) {
+            Some(value) => Value::Number(if negative { -value } else { value }),
+            None => Value::Invalid("CBOR bignum beyond the range of a double".into()),
+        })
+    }
+
+    /// A byte string's content, after its initial byte: borrowed, or gathered from its chunks.
+    fn byte_string(&mut self, info: u8) -> Result<Cow<'a, [u8]>, PayloadError> {
+        let Some(len) = self.read_length(info)? else {
+            let mut owned = Vec::new();
+            loop {
+                match self.peek() {
+                    Some(0xff) => {
+                        self.pos += 1;
+                        return Ok(Cow::Owned(owned));
+                    }
+                    Some(b) if b >> 5 == 2 && b & 0x1f != 31 => {
+                        self.pos += 1;
+                        let len = self.read_uint(b & 0x1f)?;
+                        let len = self.check_declared(len, 1)?;
+                        owned.extend_from_slice(self.take(len)?);
+                    }
+                    _ => return self.fail("invalid chunk in indefinite-length string"),
+                }
+            }
+        };
+        let len = self.check_declared(len, 1)?;
+        self.take(len).map(Cow::Borrowed)
     }
 
     fn text(&mut self, info: u8) -> Result<Result<Cow<'a, str>, &'static str>, PayloadError> {
@@ -380,12 +445,78 @@ impl<'a> Decoder<'a, '_> {
     }
 }
 
-fn exact_integer(value: f64, exact: bool, raw: u64) -> Value<'static> {
-    if exact {
-        Value::Number(value)
-    } else {
-        Value::Invalid(format!("integer {raw} cannot be represented exactly").into())
+/// A tagged item's value. Tag 0 (an RFC 3339 text) is its text, tag 1 (seconds since the epoch) the RFC 3339
+/// text it stands for, so either is a timestamp; tags 4 and 5 (decimal fractions, bigfloats) are rejected with
+/// their record; any other tag is its content.
+fn tagged(tag: u64, inner: Value<'_>) -> Value<'_> {
+    match (tag, inner) {
+        (_, invalid @ Value::Invalid(_)) => invalid,
+        (0, text @ Value::String(_)) => text,
+        (0, _) => Value::Invalid("CBOR tag 0 must hold a text string".into()),
+        (1, Value::Number(seconds)) => epoch_time(seconds),
+        (1, _) => Value::Invalid("CBOR tag 1 must hold seconds since the epoch within the years 0000 to 9999".into()),
+        (4 | 5, _) => Value::Invalid("CBOR decimal fractions and bigfloats are not supported".into()),
+        (_, inner) => inner,
     }
+}
+
+/// The RFC 3339 text of a CBOR epoch time: the fraction as the double's shortest decimal spelling gives it, so
+/// `1.25` is `.25`, not the binary expansion.
+fn epoch_time(seconds: f64) -> Value<'static> {
+    let mut buffer = ryu_js::Buffer::new();
+    let text = buffer.format_finite(seconds.abs());
+    let (whole, fraction) = text.split_once('.').unwrap_or((text, ""));
+    let whole: Option<i64> = whole.parse().ok().filter(|_| !text.contains('e'));
+    let converted = whole.and_then(|whole| {
+        if seconds >= 0.0 || fraction.is_empty() {
+            let whole = if seconds < 0.0 { -whole } else { whole };
+            return Timestamp::epoch_text(whole, fraction.as_bytes());
+        }
+        // Before 1970 with a fraction: the second before, and the fraction's complement (-1.25 is -2 + .75).
+        let scale = 10u64.checked_pow(fraction.len() as u32)?;
+        let complement = scale - fraction.parse::<u64>().ok()?;
+        let digits = format!("{complement:0width$}", width = fraction.len());
+        Timestamp::epoch_text(-whole - 1, digits.as_bytes())
+    });
+    match converted {
+        Some(text) => Value::String(Cow::Owned(text)),
+        None => Value::Invalid("CBOR tag 1 must hold seconds since the epoch within the years 0000 to 9999".into()),
+    }
+}
+
+/// Adds one to a big-endian unsigned integer, growing it when it carries out.
+fn add_one(bytes: &mut Vec<u8>) {
+    for b in bytes.iter_mut().rev() {
+        let (sum, carry) = b.overflowing_add(1);
+        *b = sum;
+        if !carry {
+            return;
+        }
+    }
+    bytes.insert(0, 1);
+}
+
+/// The double nearest a big-endian unsigned integer of more than 8 bytes (ties to even); `None` past the
+/// largest double.
+fn nearest_double(bytes: &[u8]) -> Option<f64> {
+    let bytes = &bytes[bytes.iter().position(|&b| b != 0)?..];
+    if bytes.len() > 128 || bytes.len() < 9 {
+        return None;
+    }
+    let leading = bytes[0].leading_zeros() as usize;
+    let bits = bytes.len() * 8 - leading;
+    // The first 72 bits hold the 64 leading significant ones; below them, only whether any bit is set matters.
+    let window = bytes[..9].iter().fold(0u128, |acc, &b| acc << 8 | u128::from(b));
+    let below = 72 - leading - 64;
+    let top = (window >> below) as u64;
+    let sticky = window & ((1u128 << below) - 1) != 0 || bytes[9..].iter().any(|&b| b != 0);
+    // Keep 53 of the 64 bits, rounding to nearest, ties to even.
+    let (mut mantissa, dropped) = (top >> 11, top & 0x7ff);
+    if dropped > 0x400 || (dropped == 0x400 && (sticky || mantissa & 1 == 1)) {
+        mantissa += 1;
+    }
+    let value = mantissa as f64 * 2f64.powi((bits - 53) as i32);
+    value.is_finite().then_some(value)
 }
 
 fn half_to_f32(half: u16) -> f32 {
@@ -421,6 +552,26 @@ mod tests {
     }
 
     #[test]
+    fn bignums_past_64_bits_are_the_nearest_double() {
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        for _ in 0..20_000 {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let n = u128::from(state) << (state % 64) | u128::from(state >> 40);
+            let bytes = n.to_be_bytes();
+            if n >> 64 == 0 {
+                continue;
+            }
+            assert_eq!(nearest_double(&bytes), Some(n as f64), "{n}");
+        }
+        assert_eq!(nearest_double(&[0xff; 200]), None);
+        let mut ones = vec![0xff; 9];
+        add_one(&mut ones);
+        assert_eq!(ones, [1, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+    }
+
+    #[test]
     fn huge_declared_lengths_fail_without_allocating() {
         assert!(decode(&[0x9b, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]).is_err());
         assert!(decode(&[0xa1, 0x7b, 0x7f, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]).is_err());
@@ -434,7 +585,18 @@ mod tests {
         let nan = decode(&[0xf9, 0x7e, 0x00]).unwrap();
         assert!(matches!(nan[0], Value::Invalid(_)));
         let big = decode(&[0x1b, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]).unwrap();
-        assert!(matches!(big[0], Value::Invalid(_)));
+        assert_eq!(
+            big[0],
+            Value::Integer(crate::value::Integer {
+                negative: false,
+                magnitude: u64::MAX
+            })
+        );
+        // A two-byte simple value keeps the decoder in place: the item after it is read.
+        let records = decode(&[0x82, 0xf8, 0x20, 0x01]).unwrap();
+        assert!(matches!(records[0], Value::Invalid(_)));
+        assert_eq!(records[1], Value::Number(1.0));
+        assert!(decode(&[0xf8, 0x10]).is_err());
         let deep: Vec<u8> = std::iter::repeat_n(0x81u8, 100_000).chain([0x01]).collect();
         assert!(decode(&deep).unwrap()[0].first_invalid().is_some());
     }

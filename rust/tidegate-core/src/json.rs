@@ -1,7 +1,7 @@
 //! A strict JSON decoder for untrusted bodies.
 //!
 //! Syntax errors fail the whole document. Problems confined to one value (duplicate keys, lone surrogates,
-//! numbers a double cannot hold exactly, limits) become `Value::Invalid` so neighbouring records survive.
+//! numbers beyond every double, limits) become `Value::Invalid` so neighbouring records survive.
 
 use std::borrow::Cow;
 
@@ -356,7 +356,7 @@ impl<'a, 'l, 'm> Parser<'a, 'l, 'm> {
             match self.parse_number()? {
                 Ok(n) => self.scratch.members.push((k, Value::Number(n))),
                 Err(start) => {
-                    let value = self.inexact(start);
+                    let value = self.read_number(start);
                     self.scratch.members.push((k, value));
                 }
             }
@@ -445,7 +445,8 @@ impl<'a, 'l, 'm> Parser<'a, 'l, 'm> {
         }
     }
 
-    /// A number: its value, or where it starts when no double holds it exactly.
+    /// A number: its value when it is short and plain (the usual case, read here), or where it starts for
+    /// [`Parser::read_number`].
     #[inline(always)]
     fn parse_number(&mut self) -> Parsed<Result<f64, usize>> {
         let start = self.pos;
@@ -468,10 +469,8 @@ impl<'a, 'l, 'm> Parser<'a, 'l, 'm> {
             _ => return self.fail("invalid number"),
         }
         let mut digits = self.pos - int_start;
-        let mut plain_integer = true;
         let mut fraction_digits = 0;
         if self.peek() == Some(b'.') {
-            plain_integer = false;
             self.pos += 1;
             let fraction_start = self.pos;
             while let Some(&d @ b'0'..=b'9') = self.data.get(self.pos) {
@@ -487,7 +486,6 @@ impl<'a, 'l, 'm> Parser<'a, 'l, 'm> {
         let mut has_exponent = false;
         if let Some(b'e' | b'E') = self.peek() {
             has_exponent = true;
-            plain_integer = false;
             self.pos += 1;
             if let Some(b'+' | b'-') = self.peek() {
                 self.pos += 1;
@@ -501,12 +499,12 @@ impl<'a, 'l, 'm> Parser<'a, 'l, 'm> {
             return self.fail("NaN and Infinity are not JSON numbers");
         }
         if !has_exponent && digits <= 15 {
-            // Exact: at most 15 significant digits; one correctly rounded division of exact doubles
-            // (Clinger's fast path), the double `str::parse` gives.
+            // At most 15 significant digits: one correctly rounded division of exact doubles (Clinger's fast
+            // path), the double `str::parse` gives; an integer is that double exactly.
             let value = mantissa as f64 / number::POW10[fraction_digits];
             return Ok(Ok(if negative { -value } else { value }));
         }
-        Ok(number::exact_f64(&self.text[start..self.pos], plain_integer).ok_or(start))
+        Ok(Err(start))
     }
 
     /// The value of a number [`Parser::parse_number`] just read.
@@ -514,14 +512,16 @@ impl<'a, 'l, 'm> Parser<'a, 'l, 'm> {
     fn number_value(&self, number: Result<f64, usize>) -> Value<'a> {
         match number {
             Ok(n) => Value::Number(n),
-            Err(start) => self.inexact(start),
+            Err(start) => self.read_number(start),
         }
     }
 
+    /// The value of the long or exponent-form number just read from `start` ([`number::read`]).
     #[cold]
-    fn inexact(&self, start: usize) -> Value<'a> {
+    fn read_number(&self, start: usize) -> Value<'a> {
         let text = &self.text[start..self.pos];
-        Value::Invalid(format!("number {text} cannot be represented exactly").into())
+        number::read(text)
+            .unwrap_or_else(|| Value::Invalid(format!("number {text} is beyond the range of a double").into()))
     }
 
     fn skip_digits(&mut self) {
@@ -753,7 +753,7 @@ mod tests {
     fn confines_value_level_problems() {
         assert!(matches!(one(r#"{"a":1,"a":2}"#), Value::Invalid(_)));
         assert!(matches!(one(r#""\ud800""#), Value::Invalid(_)));
-        assert!(matches!(one("9007199254740993"), Value::Invalid(_)));
+        assert!(matches!(one("9007199254740993"), Value::Integer(_)));
         assert!(matches!(one("1e400"), Value::Invalid(_)));
         assert_eq!(one("9007199254740992"), Value::Number(9_007_199_254_740_992.0));
     }

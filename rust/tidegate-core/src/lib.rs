@@ -39,7 +39,7 @@ pub mod validator;
 pub mod value;
 
 pub use batch::{RecordBatch, RecordRef};
-pub use contract::{Contract, ContractKind};
+pub use contract::{Contract, ContractKind, UnknownFields};
 pub use error::{Limits, PayloadError};
 pub use schema::SchemaError;
 pub use validator::{Issue, MetricRange, Outcome, Request, Validator, ValidatorOptions};

@@ -1,42 +1,33 @@
-//! Numbers: exactness checks on decode and the canonical (ECMAScript / RFC 8785) spelling.
+//! Numbers: reading a JSON number as its value, and the canonical spelling.
+//!
+//! The rule: a number written as an integer (digits only, as JSON and CBOR integers are) within the 64-bit range
+//! (`-2^63 ..= 2^64 - 1`) is that integer, kept exactly; any other number is read as the nearest double. The
+//! canonical spelling is a function of the value read: an integer of the 64-bit range (an integer kept exactly,
+//! or a double whose value is one) is written as its digits; any other double as ECMAScript writes it
+//! (RFC 8785). So `10`, `10.0`, `1e1` and CBOR `10` (integer or float) are one value with one spelling, a double
+//! is the same whichever way it is written (shortest, `%.17g`, binary CBOR), and a 64-bit counter keeps every
+//! digit.
 
 use crate::canonical::Writer;
+use crate::value::Value;
 
-/// Parses a JSON number that is known to be syntactically valid. `None` when no double holds its value exactly
-/// (too many significant digits, overflow to infinity, underflow), so such numbers are never silently rounded.
-pub fn exact_f64(text: &str, plain_integer: bool) -> Option<f64> {
+/// Reads a JSON number that is known to be syntactically valid ([`crate::number`] has the rule). `None` when
+/// its magnitude is beyond every double (`1e400`): no JSON number means infinity. Allocation-free.
+pub fn read(text: &str) -> Option<Value<'static>> {
     let bytes = text.as_bytes();
-    if plain_integer && bytes.len() <= 16 {
-        // Up to 15 digits (plus sign) always fits an i64 and is exact as a double.
-        let (negative, digits) = match bytes.split_first() {
-            Some((b'-', rest)) => (true, rest),
-            _ => (false, bytes),
+    let digits = bytes.strip_prefix(b"-").unwrap_or(bytes);
+    if digits.len() <= 20 && digits.iter().all(u8::is_ascii_digit) {
+        let magnitude = digits.iter().fold(0i128, |acc, d| acc * 10 + i128::from(d - b'0'));
+        let n = if digits.len() < bytes.len() {
+            -magnitude
+        } else {
+            magnitude
         };
-        if digits.len() <= 15 {
-            let magnitude = digits.iter().fold(0i64, |acc, d| acc * 10 + i64::from(d - b'0'));
-            let value = magnitude as f64;
-            return Some(if negative { -value } else { value });
-        }
+        return Some(Value::from_integer(n));
     }
-    if let Some(value) = short_decimal(bytes) {
-        return Some(value);
-    }
+    // `str::parse` rounds correctly at any length.
     let value: f64 = text.parse().ok()?;
-    if !value.is_finite() {
-        return None;
-    }
-    let (digits, exponent) = decimal_parts(text);
-    // Any decimal of at most 15 significant digits in the normal range survives a round trip through a double.
-    if digits.len() <= 15 && (-300..=300).contains(&exponent) {
-        return Some(value);
-    }
-    let mut buffer = ryu_js::Buffer::new();
-    let shortest = buffer.format_finite(value);
-    let (shortest_digits, shortest_exponent) = decimal_parts(shortest);
-    if (shortest_digits == digits && shortest_exponent == exponent) || is_exact_integer(&digits, exponent, value) {
-        return Some(value);
-    }
-    None
+    value.is_finite().then_some(Value::Number(value))
 }
 
 /// Exact powers of ten as doubles (every one up to 10^22 is representable).
@@ -45,73 +36,16 @@ pub(crate) const POW10: [f64; 23] = [
     1e21, 1e22,
 ];
 
-/// `-?DIGITS.DIGITS` (no exponent) with at most 15 digits in all: always exact (at most 15 significant digits),
-/// and the correctly rounded value is one IEEE division of two exact doubles (Clinger's fast path), the same
-/// double `str::parse` gives. `None` for any other shape.
-fn short_decimal(bytes: &[u8]) -> Option<f64> {
-    let (negative, body) = match bytes.split_first() {
-        Some((b'-', rest)) => (true, rest),
-        _ => (false, bytes),
-    };
-    if body.len() > 16 {
-        return None;
-    }
-    let mut mantissa = 0u64;
-    let mut fraction_digits = None;
-    for (i, &b) in body.iter().enumerate() {
-        match b {
-            b'0'..=b'9' => mantissa = mantissa * 10 + u64::from(b - b'0'),
-            b'.' if fraction_digits.is_none() => fraction_digits = Some(body.len() - i - 1),
-            _ => return None,
-        }
-    }
-    let fraction_digits = fraction_digits?;
-    let value = mantissa as f64 / POW10[fraction_digits];
-    Some(if negative { -value } else { value })
-}
-
-/// Whether the decimal `0.DIGITS × 10^exponent` is an integer equal to the double exactly, such as
-/// 2^60 written out in full (not the shortest spelling, yet no rounding happened).
-fn is_exact_integer(digits: &str, exponent: i64, value: f64) -> bool {
-    let Ok(zeros) = usize::try_from(exponent - digits.len() as i64) else {
-        return false;
-    };
-    if digits.len() + zeros > 38 {
-        return false;
-    }
-    let spelled: String = digits.chars().chain(std::iter::repeat_n('0', zeros)).collect();
-    spelled
-        .parse::<u128>()
-        .is_ok_and(|n| n as f64 == value.abs() && n == value.abs() as u128)
-}
-
-/// The significant digits (no leading or trailing zeros) and the exponent `e` such that the value is
-/// `0.DIGITS × 10^e`, ignoring sign. Zero is `("", 0)`.
-fn decimal_parts(text: &str) -> (String, i64) {
-    let body = text.trim_start_matches('-');
-    let (mantissa, exp_part) = match body.find(['e', 'E']) {
-        Some(i) => (&body[..i], body[i + 1..].parse::<i64>().unwrap_or(0)),
-        None => (body, 0),
-    };
-    let (int_part, frac_part) = mantissa.split_once('.').unwrap_or((mantissa, ""));
-    let mut digits: String = int_part.chars().chain(frac_part.chars()).collect();
-    let mut exponent = exp_part.saturating_add(int_part.len() as i64);
-    let leading = digits.len() - digits.trim_start_matches('0').len();
-    digits.drain(..leading);
-    exponent = exponent.saturating_sub(leading as i64);
-    let trimmed = digits.trim_end_matches('0').len();
-    digits.truncate(trimmed);
-    if digits.is_empty() {
-        return (digits, 0);
-    }
-    (digits, exponent)
-}
-
-/// Appends the canonical spelling of a finite double: ECMAScript `Number.prototype.toString`, as RFC 8785 (JCS)
-/// prescribes. `1.0`, `1.00` and `1` are all `1`; `-0` is `0`.
+/// Appends the canonical spelling of a finite double: its integer's digits when it is an integer of the 64-bit
+/// range, else ECMAScript `Number.prototype.toString`, as RFC 8785 (JCS) prescribes. `1.0`, `1.00` and `1` are
+/// all `1`; `-0` is `0`; 2^60 is `1152921504606846976` (ECMAScript would write `1152921504606847000`).
 pub fn write_canonical(out: &mut Vec<u8>, value: f64) {
     write_canonical_to(&mut Writer::new(out), value);
 }
+
+/// 2^64 and 2^63, exactly.
+const TWO_POW_64: f64 = 18_446_744_073_709_551_616.0;
+const TWO_POW_63: f64 = 9_223_372_036_854_775_808.0;
 
 pub(crate) fn write_canonical_to(out: &mut Writer<'_>, value: f64) {
     if value == 0.0 {
@@ -119,28 +53,10 @@ pub(crate) fn write_canonical_to(out: &mut Writer<'_>, value: f64) {
         return;
     }
     let magnitude = value.abs();
-    // Below 1e15 a double is an integer exactly when truncating it loses nothing (no `fract`, a libm call).
-    if magnitude < 1e15 && (magnitude as i64) as f64 == magnitude {
-        let mut buf = [0u8; 20];
-        let mut i = buf.len();
-        let mut n = magnitude as i64 as u64;
-        while n >= 100 {
-            i -= 2;
-            buf[i..i + 2].copy_from_slice(two_digits(n % 100));
-            n /= 100;
-        }
-        if n >= 10 {
-            i -= 2;
-            buf[i..i + 2].copy_from_slice(two_digits(n));
-        } else {
-            i -= 1;
-            buf[i] = b'0' + n as u8;
-        }
-        if value < 0.0 {
-            i -= 1;
-            buf[i] = b'-';
-        }
-        out.put(&buf[i..]);
+    // A double of the 64-bit range is an integer exactly when truncating it loses nothing (no `fract`, a libm
+    // call); `as u64` is exact below 2^64.
+    if magnitude < TWO_POW_64 && (magnitude as u64) as f64 == magnitude && (value > 0.0 || magnitude <= TWO_POW_63) {
+        write_integer(out, value < 0.0, magnitude as u64);
         return;
     }
     if write_short_fraction(out, value) {
@@ -150,12 +66,33 @@ pub(crate) fn write_canonical_to(out: &mut Writer<'_>, value: f64) {
     out.put(buffer.format_finite(value).as_bytes());
 }
 
-/// Appends the canonical spelling of `n as f64` (what [`write_canonical`] writes for it), without a `Writer`
-/// for the usual integers below 10^15.
-pub(crate) fn write_canonical_i64(out: &mut Vec<u8>, n: i64) {
-    if n.unsigned_abs() >= 1_000_000_000_000_000 {
-        return write_canonical(out, n as f64);
+/// Appends the digits of an integer, with its sign.
+#[inline]
+pub(crate) fn write_integer(out: &mut Writer<'_>, negative: bool, magnitude: u64) {
+    let mut buf = [0u8; 24];
+    let mut i = buf.len();
+    let mut n = magnitude;
+    while n >= 100 {
+        i -= 2;
+        buf[i..i + 2].copy_from_slice(two_digits(n % 100));
+        n /= 100;
     }
+    if n >= 10 {
+        i -= 2;
+        buf[i..i + 2].copy_from_slice(two_digits(n));
+    } else {
+        i -= 1;
+        buf[i] = b'0' + n as u8;
+    }
+    if negative && magnitude != 0 {
+        i -= 1;
+        buf[i] = b'-';
+    }
+    out.put(&buf[i..]);
+}
+
+/// Appends the canonical spelling of an integer (its digits), without a `Writer`.
+pub(crate) fn write_canonical_i64(out: &mut Vec<u8>, n: i64) {
     let mut buf = [0u8; 20];
     let mut i = buf.len();
     let mut rest = n.unsigned_abs();
@@ -255,29 +192,53 @@ mod tests {
         String::from_utf8(out).unwrap()
     }
 
+    fn read_text(text: &str) -> String {
+        let mut out = Vec::new();
+        crate::canonical::write_value(&mut out, &read(text).unwrap());
+        String::from_utf8(out).unwrap()
+    }
+
     #[test]
     fn spellings_of_one_value_agree() {
-        for text in ["1", "1.0", "1.00", "10e-1", "0.1e1", "1E0"] {
-            assert_eq!(exact_f64(text, !text.contains(['.', 'e', 'E'])), Some(1.0), "{text}");
+        for text in ["1", "1.0", "1.00", "10e-1", "0.1e1", "1E0", "0.00001e5"] {
+            assert_eq!(read(text), Some(Value::Number(1.0)), "{text}");
+        }
+        for text in [
+            "1152921504606846976",
+            "1152921504606846976.0",
+            "1.152921504606847e18",
+            "1.15292150460684698e18",
+        ] {
+            assert_eq!(read_text(text), "1152921504606846976", "{text}");
         }
     }
 
     #[test]
-    fn inexact_numbers_are_refused() {
-        assert_eq!(exact_f64("9007199254740993", true), None);
-        assert_eq!(exact_f64("0.10000000000000000001", false), None);
-        assert_eq!(exact_f64("1e400", false), None);
-        assert_eq!(exact_f64("1e-400", false), None);
-        assert_eq!(exact_f64("123456789012345678", true), None);
-        assert_eq!(exact_f64("0.1", false), Some(0.1));
-        assert_eq!(exact_f64("5e-324", false), Some(5e-324));
-        assert_eq!(exact_f64("-0", true), Some(-0.0));
-        assert_eq!(
-            exact_f64("1152921504606846976", true),
-            Some(1_152_921_504_606_846_976.0)
-        );
-        assert_eq!(exact_f64("41120572465778824", true), Some(41_120_572_465_778_824.0));
-        assert_eq!(exact_f64("41120572465778825", true), None);
+    fn integers_of_64_bits_are_exact_and_others_the_nearest_double() {
+        let cases = [
+            ("9007199254740993", "9007199254740993"),
+            ("-9223372036854775808", "-9223372036854775808"),
+            ("18446744073709551616", "18446744073709552000"),
+            ("1152921504606846976", "1152921504606846976"),
+            ("1e19", "10000000000000000000"),
+            ("1e20", "100000000000000000000"),
+            ("67.200000000000003", "67.2"),
+            ("0.10000000000000000001", "0.1"),
+            ("1e-400", "0"),
+            ("-0", "0"),
+            ("1796077072273099777.5", "1796077072273099776"),
+            (&format!("1{}", "0".repeat(400)), ""),
+        ];
+        for (text, expected) in cases {
+            if expected.is_empty() {
+                assert_eq!(read(text), None, "{text}");
+            } else {
+                assert_eq!(read_text(text), expected, "{text}");
+            }
+        }
+        assert_eq!(read("1e400"), None);
+        assert!(matches!(read("9007199254740993"), Some(Value::Integer(_))));
+        assert!(matches!(read("9007199254740992"), Some(Value::Number(_))));
     }
 
     #[test]
@@ -296,7 +257,7 @@ mod tests {
     }
 
     #[test]
-    fn integers_are_spelled_as_their_doubles() {
+    fn integers_are_spelled_as_their_digits() {
         let mut state = 0x2545_f491_4f6c_dd1du64;
         for i in 0..100_000i64 {
             state ^= state << 13;
@@ -307,10 +268,14 @@ mod tests {
                 1 => (state >> (state % 64)) as i64,
                 _ => state as i64,
             };
-            let (mut fast, mut general) = (Vec::new(), Vec::new());
+            let mut fast = Vec::new();
             write_canonical_i64(&mut fast, n);
-            write_canonical(&mut general, n as f64);
-            assert_eq!(fast, general, "{n}");
+            assert_eq!(fast, n.to_string().as_bytes(), "{n}");
+            if (n as f64) as i64 == n && n != i64::MAX {
+                let mut general = Vec::new();
+                write_canonical(&mut general, n as f64);
+                assert_eq!(fast, general, "{n}");
+            }
         }
     }
 
@@ -335,13 +300,18 @@ mod tests {
             if !value.is_finite() {
                 continue;
             }
-            let expected = buffer.format_finite(value);
+            let expected = if value.abs() < TWO_POW_64 && value.fract() == 0.0 && value >= -TWO_POW_63 {
+                format!("{}", value as i128)
+            } else {
+                buffer.format_finite(value).to_string()
+            };
             assert_eq!(canonical(value), expected, "{value:e}");
-            let text = format!("{value}");
-            if text.len() <= 16 {
-                let plain = !text.contains('.');
-                assert_eq!(exact_f64(&text, plain), text.parse().ok(), "{text}");
-            }
+            let text = format!("{value:e}");
+            assert_eq!(
+                read(&text).map(|v| read_text(&text) == expected && v == read(&expected).unwrap()),
+                Some(true),
+                "{text}"
+            );
         }
     }
 }

@@ -1,6 +1,7 @@
 //! A practical JSON Schema subset, compiled once into a native tree. Unsupported keywords are compile errors,
 //! never silently ignored.
 
+use std::cmp::Ordering;
 use std::fmt;
 
 use regex::Regex;
@@ -149,10 +150,12 @@ impl Schema {
             let here = Path::Key(path, keyword);
             let as_count = |v: &Value<'_>| match v {
                 Value::Number(n) if is_integer(*n) && *n >= 0.0 => Ok(*n as usize),
+                Value::Integer(i) if !i.negative => Ok(usize::try_from(i.magnitude).unwrap_or(usize::MAX)),
                 _ => Err(err(&here, "must be a non-negative integer".into())),
             };
             let as_number = |v: &Value<'_>| match v {
                 Value::Number(n) => Ok(*n),
+                Value::Integer(i) => Ok(i.to_f64()),
                 _ => Err(err(&here, "must be a number".into())),
             };
             match keyword.as_ref() {
@@ -179,7 +182,7 @@ impl Schema {
                 "const" => schema.allowed = Some(vec![canonical_bytes(value)]),
                 "pattern" => {
                     let source = value.as_str().ok_or_else(|| err(&here, "must be a string".into()))?;
-                    let regex = regex::RegexBuilder::new(source)
+                    let regex = regex::RegexBuilder::new(&ecma_classes(source))
                         .size_limit(1 << 20)
                         .build()
                         .map_err(|e| err(&here, format!("invalid pattern: {e}")))?;
@@ -251,6 +254,29 @@ impl Schema {
         }
     }
 
+    /// Whether undeclared members are refused (`additionalProperties: false`).
+    pub fn forbids_additional(&self) -> bool {
+        matches!(self.additional, Additional::Forbidden)
+    }
+
+    /// Whether `key` is one of the declared `properties`.
+    pub fn declares(&self, key: &str) -> bool {
+        self.property_index(key).is_some()
+    }
+
+    /// Whether a `null` member `key` means the member is absent: the property is optional and its schema does
+    /// not accept `null` as a value.
+    pub fn null_means_absent(&self, key: &str) -> bool {
+        self.property_index(key).is_some_and(|i| self.null_means_absent_at(i))
+    }
+
+    fn null_means_absent_at(&self, i: usize) -> bool {
+        let (name, schema) = &self.properties[i];
+        let accepts_null = schema.unconstrained
+            || (schema.allows(0) && schema.allowed.as_ref().is_none_or(|a| a.iter().any(|v| v == b"null")));
+        !accepts_null && !self.required.iter().any(|r| r == name)
+    }
+
     fn allows(&self, type_bit: usize) -> bool {
         self.types == 0 || self.types & (1 << type_bit) != 0
     }
@@ -295,6 +321,7 @@ impl Schema {
             Value::Null => self.allows(0),
             Value::Bool(_) => self.allows(1),
             Value::Number(n) => self.allows(3) || (self.allows(2) && is_integer(*n)),
+            Value::Integer(_) => self.allows(3) || self.allows(2),
             Value::String(_) => self.allows(4),
             Value::Array(_) => self.allows(5),
             Value::Object(_) => self.allows(6),
@@ -318,7 +345,8 @@ impl Schema {
         }
         match value {
             Value::String(s) => self.validate_string(s, path, errors),
-            Value::Number(n) => self.validate_number(*n, path, errors),
+            Value::Number(n) => self.validate_number(|bound| n.partial_cmp(&bound), path, errors),
+            Value::Integer(i) => self.validate_number(|bound| Some(i.cmp_f64(bound)), path, errors),
             Value::Array(items) => {
                 if let Some(min) = self.min_items.filter(|min| items.len() < *min) {
                     fail(
@@ -373,23 +401,36 @@ impl Schema {
         }
     }
 
-    fn validate_number(&self, n: f64, path: &Path<'_>, errors: &mut Vec<FieldError>) {
+    /// The bounds, given how the number compares with a bound (`None`: never, for a NaN bound).
+    fn validate_number(
+        &self,
+        compare: impl Fn(f64) -> Option<Ordering>,
+        path: &Path<'_>,
+        errors: &mut Vec<FieldError>,
+    ) {
         let mut fail = |message: String| {
             errors.push(FieldError {
                 path: path.render(),
                 message,
             })
         };
-        if let Some(min) = self.minimum.filter(|min| n < *min) {
+        let is = |bound: f64, orders: &[Ordering]| compare(bound).is_some_and(|o| orders.contains(&o));
+        if let Some(min) = self.minimum.filter(|&min| is(min, &[Ordering::Less])) {
             fail(format!("must be >= {min}"));
         }
-        if let Some(max) = self.maximum.filter(|max| n > *max) {
+        if let Some(max) = self.maximum.filter(|&max| is(max, &[Ordering::Greater])) {
             fail(format!("must be <= {max}"));
         }
-        if let Some(min) = self.exclusive_minimum.filter(|min| n <= *min) {
+        if let Some(min) = self
+            .exclusive_minimum
+            .filter(|&min| is(min, &[Ordering::Less, Ordering::Equal]))
+        {
             fail(format!("must be > {min}"));
         }
-        if let Some(max) = self.exclusive_maximum.filter(|max| n >= *max) {
+        if let Some(max) = self
+            .exclusive_maximum
+            .filter(|&max| is(max, &[Ordering::Greater, Ordering::Equal]))
+        {
             fail(format!("must be < {max}"));
         }
     }
@@ -441,6 +482,8 @@ impl Schema {
                 None => self.property_index(key),
             };
             match property {
+                // `null` for an optional member is its absence.
+                Some(i) if matches!(value, Value::Null) && self.null_means_absent_at(i) => {}
                 Some(i) => self.properties[i].1.validate(value, &at, errors),
                 None => match &self.additional {
                     Additional::Allowed => check_decoded(value, &at, errors),
@@ -574,6 +617,74 @@ impl ClassPattern {
     }
 }
 
+/// ECMA-262 whitespace (`\s`): WhiteSpace and LineTerminator, as a class body.
+const ECMA_SPACE: &str =
+    r"\t\n\x0B\f\r \x{A0}\x{1680}\x{2000}-\x{200A}\x{2028}\x{2029}\x{202F}\x{205F}\x{3000}\x{FEFF}";
+
+/// Rewrites the class escapes of a JSON Schema pattern to their ECMA-262 meaning for the `regex` crate, whose own
+/// `\d`, `\w` and `\b` follow Unicode: `\d` is `[0-9]`, `\w` `[A-Za-z0-9_]`, `\b` the boundary between those
+/// and anything else, `\s` ECMA-262's whitespace; `\D`, `\W`, `\S`, `\B` their complements. The rest of the
+/// syntax is the `regex` crate's.
+fn ecma_classes(source: &str) -> String {
+    let mut out = String::with_capacity(source.len() + 16);
+    let mut in_class = false;
+    let mut chars = source.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => {
+                let Some(next) = chars.next() else {
+                    out.push(c);
+                    break;
+                };
+                let (body, negated) = match next {
+                    'd' => ("0-9", false),
+                    'D' => ("0-9", true),
+                    'w' => ("A-Za-z0-9_", false),
+                    'W' => ("A-Za-z0-9_", true),
+                    's' => (ECMA_SPACE, false),
+                    'S' => (ECMA_SPACE, true),
+                    'b' if !in_class => {
+                        out.push_str("(?-u:\\b)");
+                        continue;
+                    }
+                    'B' if !in_class => {
+                        out.push_str("(?-u:\\B)");
+                        continue;
+                    }
+                    other => {
+                        out.push(c);
+                        out.push(other);
+                        continue;
+                    }
+                };
+                // A nested class inside a class (the `regex` crate's union), a class outside one.
+                out.push_str(if negated { "[^" } else { "[" });
+                out.push_str(body);
+                out.push(']');
+            }
+            '[' if !in_class => {
+                in_class = true;
+                out.push(c);
+                // A `]` or `^]` right after the opening bracket is a member, not the end.
+                let rest = chars.as_str();
+                for prefix in ["^]", "]", "^"] {
+                    if let Some(after) = rest.strip_prefix(prefix) {
+                        out.push_str(prefix);
+                        chars = after.chars();
+                        break;
+                    }
+                }
+            }
+            ']' if in_class => {
+                in_class = false;
+                out.push(c);
+            }
+            _ => out.push(c),
+        }
+    }
+    out
+}
+
 fn plural(n: usize, one: &'static str, many: &'static str) -> &'static str {
     if n == 1 { one } else { many }
 }
@@ -691,6 +802,31 @@ mod tests {
                     assert_eq!(class.is_match(text), regex.is_match(text), "{source} {text:?}");
                 }
             }
+        }
+    }
+
+    #[test]
+    fn pattern_classes_are_ecma_262() {
+        let cases = [
+            (r"^\d+$", "123", "\u{9e7}"),
+            (r"^[\d.]+$", "1.5", "\u{9e7}"),
+            (r"^[^\d]$", "\u{9e7}", "5"),
+            (r"^\W$", "\u{e9}", "a"),
+            (r"^\s$", "\u{feff}", "\u{85}"),
+            (r"^[\S]$", "\u{85}", "\u{a0}"),
+            (r"^.\bx$", "\u{e9}x", "ax"),
+            (r"^\\d$", "\\d", "1"),
+            (r"^[\]\d]$", "]", "\u{9e7}"),
+        ];
+        let json = |text: &str| {
+            let mut out = Vec::new();
+            canonical::write_string(&mut out, text);
+            String::from_utf8(out).unwrap()
+        };
+        for (source, good, bad) in cases {
+            let schema = format!(r#"{{"pattern":{}}}"#, json(source));
+            assert!(errors(&schema, &json(good)).is_empty(), "{source} {good:?}");
+            assert_eq!(errors(&schema, &json(bad)).len(), 1, "{source} {bad:?}");
         }
     }
 

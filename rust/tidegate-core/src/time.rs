@@ -1,12 +1,19 @@
 //! RFC 3339 timestamps: strict parsing, normalization to UTC, and formatting.
+//!
+//! Normalization: the offset is applied (UTC, `Z`, `T`), and the fraction is kept as written, to any length,
+//! without trailing zeros (none when it is zero). A leap second (`23:59:60` in UTC, on any date: no table of
+//! leap seconds is kept) stays `:60`; for arithmetic (the time window, `ingest_lag_ms`) it counts as the second
+//! before it, `23:59:59`, as POSIX clocks repeat it. Arithmetic uses the fraction to the nanosecond.
 
 /// A parsed RFC 3339 date-time, normalized to UTC.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Timestamp {
-    /// Seconds since the Unix epoch, UTC.
+    /// Seconds since the Unix epoch, UTC (for a leap second, the second before it).
     pub seconds: i64,
-    /// Nanoseconds within the second.
+    /// Nanoseconds within the second (digits past the ninth are left out).
     pub nanos: u32,
+    /// The time is a leap second, `23:59:60` UTC.
+    pub leap: bool,
 }
 
 impl Timestamp {
@@ -52,7 +59,7 @@ impl Timestamp {
         if !(1..=12).contains(&month) || day == 0 || day > days_in_month(year, month) {
             return None;
         }
-        if hour > 23 || minute > 59 || second > 59 {
+        if hour > 23 || minute > 59 || second > 60 {
             return None;
         }
         let mut pos = 19;
@@ -64,9 +71,10 @@ impl Timestamp {
                 pos += 1;
             }
             let fraction = &b[start..pos];
-            if fraction.is_empty() || fraction.len() > 9 {
+            if fraction.is_empty() {
                 return None;
             }
+            let fraction = &fraction[..fraction.len().min(9)];
             const SCALE: [u32; 10] = [
                 1,
                 10,
@@ -96,7 +104,29 @@ impl Timestamp {
         };
         let days = days_from_civil(year as i64, month, day);
         let seconds = days * 86_400 + (hour * 3600 + minute * 60 + second) as i64 - offset_seconds;
-        Some(Timestamp { seconds, nanos })
+        let leap = second == 60;
+        // A leap second ends a UTC day: counted with its 60, it lands on midnight.
+        if leap && seconds.rem_euclid(86_400) != 0 {
+            return None;
+        }
+        Some(Timestamp {
+            seconds: seconds - i64::from(leap),
+            nanos,
+            leap,
+        })
+    }
+
+    /// A time given as seconds since the epoch (CBOR tag 1) and the digits of its fraction: the RFC 3339 text it
+    /// stands for, canonical; `None` outside the years 0000 to 9999.
+    pub fn epoch_text(seconds: i64, fraction: &[u8]) -> Option<String> {
+        if !(-62_167_219_200..=253_402_300_799).contains(&seconds) {
+            return None;
+        }
+        let mut out = Vec::with_capacity(32);
+        write_date_time(&mut out, seconds, false);
+        write_fraction(&mut out, fraction);
+        out.push(b'Z');
+        String::from_utf8(out).ok()
     }
 
     /// Whether `text`, a timestamp that parses, is already its canonical spelling: `T`, `Z`, and a fraction, if
@@ -108,9 +138,25 @@ impl Timestamp {
             && (b.len() == 20 || (b[19] == b'.' && b.len() > 21 && b[b.len() - 2] != b'0'))
     }
 
-    /// Appends the canonical spelling: UTC, `Z`, fraction trimmed of trailing zeros (none when whole).
-    pub fn write_canonical(&self, out: &mut Vec<u8>) {
-        write_utc(out, self.seconds, self.nanos, false);
+    /// Appends the canonical spelling of `text`, which parsed as this timestamp: UTC, `Z`, its fraction as
+    /// written without trailing zeros (none when zero).
+    pub fn write_canonical(&self, text: &str, out: &mut Vec<u8>) {
+        write_date_time(out, self.seconds, self.leap);
+        let fraction = match text.as_bytes().get(19..) {
+            Some([b'.', rest @ ..]) => &rest[..rest.iter().position(|b| !b.is_ascii_digit()).unwrap_or(rest.len())],
+            _ => &[],
+        };
+        write_fraction(out, fraction);
+        out.push(b'Z');
+    }
+}
+
+/// Appends `.DIGITS` without trailing zeros, or nothing when they are all zeros.
+fn write_fraction(out: &mut Vec<u8>, digits: &[u8]) {
+    let end = digits.iter().rposition(|&d| d != b'0').map_or(0, |i| i + 1);
+    if end > 0 {
+        out.push(b'.');
+        out.extend_from_slice(&digits[..end]);
     }
 }
 
@@ -122,6 +168,29 @@ pub fn write_millis(out: &mut Vec<u8>, unix_millis: i64) {
 }
 
 fn write_utc(out: &mut Vec<u8>, seconds: i64, nanos: u32, fixed_millis: bool) {
+    write_date_time(out, seconds, false);
+    if fixed_millis {
+        let millis = nanos / 1_000_000;
+        out.extend_from_slice(&[
+            b'.',
+            b'0' + (millis / 100) as u8,
+            b'0' + (millis / 10 % 10) as u8,
+            b'0' + (millis % 10) as u8,
+        ]);
+    } else if nanos != 0 {
+        let mut fraction = [0u8; 9];
+        let mut rest = nanos;
+        for slot in fraction.iter_mut().rev() {
+            *slot = b'0' + (rest % 10) as u8;
+            rest /= 10;
+        }
+        write_fraction(out, &fraction);
+    }
+    out.push(b'Z');
+}
+
+/// Appends `YYYY-MM-DDTHH:MM:SS` in UTC; `leap`: the second after `seconds` (which ends a day), written `:60`.
+fn write_date_time(out: &mut Vec<u8>, seconds: i64, leap: bool) {
     let days = seconds.div_euclid(86_400);
     let secs_of_day = seconds.rem_euclid(86_400) as u32;
     let (year, month, day) = civil_from_days(days);
@@ -145,28 +214,10 @@ fn write_utc(out: &mut Vec<u8>, seconds: i64, nanos: u32, fixed_millis: bool) {
         );
         out.extend_from_slice(text.as_bytes());
     }
-    if fixed_millis {
-        let millis = nanos / 1_000_000;
-        out.extend_from_slice(&[
-            b'.',
-            b'0' + (millis / 100) as u8,
-            b'0' + (millis / 10 % 10) as u8,
-            b'0' + (millis % 10) as u8,
-        ]);
-    } else if nanos != 0 {
-        let mut fraction = [b'.', 0, 0, 0, 0, 0, 0, 0, 0, 0];
-        let mut rest = nanos;
-        for slot in fraction[1..].iter_mut().rev() {
-            *slot = b'0' + (rest % 10) as u8;
-            rest /= 10;
-        }
-        let mut end = fraction.len();
-        while fraction[end - 1] == b'0' {
-            end -= 1;
-        }
-        out.extend_from_slice(&fraction[..end]);
+    if leap {
+        let at = out.len() - 2;
+        out[at..].copy_from_slice(b"60");
     }
-    out.push(b'Z');
 }
 
 /// Writes two decimal digits of `n < 100`.
@@ -224,8 +275,31 @@ mod tests {
 
     fn canonical(text: &str) -> String {
         let mut out = Vec::new();
-        Timestamp::parse(text).unwrap().write_canonical(&mut out);
+        Timestamp::parse(text).unwrap().write_canonical(text, &mut out);
         String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn leap_seconds_and_long_fractions() {
+        assert_eq!(canonical("2016-12-31T23:59:60Z"), "2016-12-31T23:59:60Z");
+        assert_eq!(canonical("2017-01-01T05:29:60.50+05:30"), "2016-12-31T23:59:60.5Z");
+        let leap = Timestamp::parse("2016-12-31T23:59:60.5Z").unwrap();
+        let before = Timestamp::parse("2016-12-31T23:59:59.5Z").unwrap();
+        assert_eq!((leap.unix_millis(), leap.leap), (before.unix_millis(), true));
+        assert!(Timestamp::parse("2016-12-31T12:59:60Z").is_none());
+        assert_eq!(
+            canonical("2026-03-27T10:15:30.1234567890120Z"),
+            "2026-03-27T10:15:30.123456789012Z"
+        );
+        assert_eq!(
+            Timestamp::parse("2026-03-27T10:15:30.1234567899Z").unwrap().nanos,
+            123_456_789
+        );
+        assert_eq!(
+            Timestamp::epoch_text(1_482_710_400, b"250").unwrap(),
+            "2016-12-26T00:00:00.25Z"
+        );
+        assert_eq!(Timestamp::epoch_text(253_402_300_800, b""), None);
     }
 
     #[test]
@@ -265,6 +339,7 @@ mod tests {
             "2026-01-01T00:00:00+2:00",
             "not a date at all!!",
             "2026-01-01T00:00:60Z",
+            "2026-01-01T00:00:00.1.2Z",
         ] {
             assert!(Timestamp::parse(bad).is_none(), "{bad}");
         }

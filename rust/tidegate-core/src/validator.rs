@@ -5,7 +5,7 @@ use std::cmp::Ordering;
 
 use crate::batch::{RecordBatch, encode_header};
 use crate::canonical::{Writer, compare_keys, sort_entries, write_string, write_value};
-use crate::contract::{Contract, ContractKind};
+use crate::contract::{Contract, ContractKind, UnknownFields};
 use crate::decode::{self, Encoding, Format};
 use crate::error::{Limits, PayloadError};
 use crate::headers;
@@ -15,8 +15,10 @@ use crate::schema::{FieldError, Path, same_key};
 use crate::time::{self, Timestamp};
 use crate::value::Value;
 
-/// Domain separation for event ids; bump the version if the canonical form ever changes.
-pub const EVENT_ID_DOMAIN: &str = "tidegate:event-id:v1\n";
+/// Domain separation for event ids; bump the version if the canonical form ever changes. v2: integers of the
+/// 64-bit range are kept exactly and written as their digits, where v1 wrote a double's shortest digits
+/// (2^60 was `1152921504606847000`).
+pub const EVENT_ID_DOMAIN: &str = "tidegate:event-id:v2\n";
 
 /// The default of [`ValidatorOptions::max_record_bytes`].
 pub const DEFAULT_MAX_RECORD_BYTES: usize = 1_000_000;
@@ -429,6 +431,12 @@ impl<'v> Run<'v> {
             }
         }
         let Value::Object(fields) = record else {
+            if self.outcome.rejected.len() == fail_count {
+                // A schema without `"type": "object"` lets other values through; a record is still an object.
+                let path = self.record_path(context);
+                let message = format!("a record must be an object, got {}", record.type_name());
+                self.reject(index, path, message);
+            }
             return self.skip(fail_count);
         };
         if let (Some(inherited), Some(own)) = (
@@ -481,19 +489,31 @@ impl<'v> Run<'v> {
         time_text.clear();
         let normalized_time = match (timestamp, time_source) {
             (Some(_), Some(text)) if Timestamp::is_canonical_text(text) => Some(Value::String(Cow::Borrowed(text))),
-            (Some(ts), _) => {
-                ts.write_canonical(&mut time_text);
+            (Some(ts), Some(text)) => {
+                ts.write_canonical(text, &mut time_text);
                 Some(Value::String(Cow::Borrowed(
                     std::str::from_utf8(&time_text).unwrap_or_default(),
                 )))
             }
-            (None, _) => None,
+            _ => None,
         };
         let inherited_device = context
             .inherited_device_id
             .filter(|_| record.get("device_id").is_none())
             .map(|d| Value::String(Cow::Borrowed(d)));
-        let count = fields.len() + usize::from(inherited_device.is_some());
+        // Members left out of the stored record: `null` for an optional field (its absence), and, under the
+        // `drop` policy, fields the contract does not declare.
+        let schema = &contract.record_schema;
+        let dropping = contract.unknown_fields == UnknownFields::Drop;
+        let kept = |key: &str, value: &Value<'_>| {
+            !((matches!(value, Value::Null) && schema.null_means_absent(key)) || (dropping && !schema.declares(key)))
+        };
+        let left_out = if dropping || fields.iter().any(|(_, v)| matches!(v, Value::Null)) {
+            fields.iter().filter(|(k, v)| !kept(k, v)).count()
+        } else {
+            0
+        };
+        let count = fields.len() - left_out + usize::from(inherited_device.is_some());
         let mut small_entries: [(&str, &Value<'_>); SMALL_RECORD] = [("", &NULL); SMALL_RECORD];
         let mut large_entries = Vec::new();
         let mut small_spans = [(0usize, 0usize); SMALL_RECORD];
@@ -505,6 +525,7 @@ impl<'v> Run<'v> {
             large_spans.resize(count, (0, 0));
             (&mut large_entries, &mut large_spans)
         };
+        let fields = fields.iter().filter(|(k, v)| left_out == 0 || kept(k, v));
         for (slot, (key, value)) in entries.iter_mut().zip(fields) {
             let value = match (&normalized_time, time_field) {
                 (Some(normalized), Some(field)) if same_key(key, field) => normalized,
@@ -512,9 +533,7 @@ impl<'v> Run<'v> {
             };
             *slot = (key.as_ref(), value);
         }
-        if let (Some(device), Some(last)) = (&inherited_device, entries.last_mut())
-            && count > fields.len()
-        {
+        if let (Some(device), Some(last)) = (&inherited_device, entries.last_mut()) {
             *last = ("device_id", device);
         }
         sort_entries(entries);
@@ -684,16 +703,20 @@ impl<'v> Run<'v> {
                 continue;
             };
             for (name, value) in values {
-                let Value::Number(n) = value else { continue };
+                let n = match value {
+                    Value::Number(n) => *n,
+                    Value::Integer(i) => i.to_f64(),
+                    _ => continue,
+                };
                 if let Some(range) = ranges.iter().find(|r| same_key(&r.name, name))
-                    && !(range.min..=range.max).contains(n)
+                    && !(range.min..=range.max).contains(&n)
                 {
                     let mut path = self.record_path(context);
                     path.push('.');
                     path.push_str(section);
                     crate::value::push_key(&mut path, name);
                     let mut shown = Vec::new();
-                    crate::number::write_canonical(&mut shown, *n);
+                    write_value(&mut shown, value);
                     let message = format!(
                         "{name}={} outside expected range [{}, {}]",
                         String::from_utf8_lossy(&shown),

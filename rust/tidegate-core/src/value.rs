@@ -4,13 +4,17 @@ use std::borrow::Cow;
 
 use crate::schema::same_key;
 
-/// A decoded value. Numbers are IEEE doubles: the decoders reject any number a double cannot hold exactly, so
-/// JSON `1.0`, `1.00`, `1` and CBOR `1` (integer or float) are the same value and canonicalize alike.
+/// A decoded value. A number is read as its exact value when that is an integer within the 64-bit range
+/// (signed or unsigned), else as the nearest double; each value has one representation (`Number` whenever a
+/// double holds it exactly, `Integer` otherwise), so JSON `10`, `10.0`, `1e1` and CBOR `10` (integer or float)
+/// are the same value and canonicalize alike.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Value<'a> {
     Null,
     Bool(bool),
     Number(f64),
+    /// An integer no double holds exactly: beyond 2^53 in magnitude, within `-2^63 ..= 2^64 - 1`.
+    Integer(Integer),
     String(Cow<'a, str>),
     Array(Vec<Value<'a>>),
     /// Keys in document order; duplicates are rejected while decoding.
@@ -41,6 +45,7 @@ impl<'a> Value<'a> {
             Value::Bool(_) => "boolean",
             Value::Number(n) if is_integer(*n) => "integer",
             Value::Number(_) => "number",
+            Value::Integer(_) => "integer",
             Value::String(_) => "string",
             Value::Array(_) => "array",
             Value::Object(_) => "object",
@@ -101,8 +106,58 @@ pub fn is_integer(n: f64) -> bool {
     n.is_finite() && (n.abs() >= 4_503_599_627_370_496.0 || (n as i64) as f64 == n)
 }
 
-/// Largest integer magnitude a double holds exactly (2^53).
-pub const MAX_EXACT_INTEGER: f64 = 9_007_199_254_740_992.0;
+/// An integer of the 64-bit range (signed or unsigned), by sign and magnitude so that it fits in 16 bytes with
+/// 8-byte alignment (an `i128` would widen every `Value`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Integer {
+    pub negative: bool,
+    pub magnitude: u64,
+}
+
+/// The 64-bit range: `i64::MIN ..= u64::MAX`.
+const INTEGER_RANGE: std::ops::RangeInclusive<i128> = (i64::MIN as i128)..=(u64::MAX as i128);
+
+impl Integer {
+    pub fn get(self) -> i128 {
+        let magnitude = i128::from(self.magnitude);
+        if self.negative { -magnitude } else { magnitude }
+    }
+
+    /// The nearest double (ties to even).
+    pub fn to_f64(self) -> f64 {
+        self.get() as f64
+    }
+
+    /// How this integer compares with a finite double, exactly.
+    pub fn cmp_f64(self, other: f64) -> std::cmp::Ordering {
+        let n = self.get();
+        // Every double of magnitude 2^64 or more lies outside the 64-bit range, and 2^64 is a double.
+        if other >= 18_446_744_073_709_551_616.0 {
+            return std::cmp::Ordering::Less;
+        }
+        if other < -18_446_744_073_709_551_616.0 {
+            return std::cmp::Ordering::Greater;
+        }
+        let whole = other.trunc();
+        (n.cmp(&(whole as i128))).then_with(|| 0.0.partial_cmp(&(other - whole)).unwrap_or(std::cmp::Ordering::Equal))
+    }
+}
+
+impl Value<'static> {
+    /// The value of an integer read exactly: a `Number` when a double holds it exactly, an `Integer` when it is
+    /// within the 64-bit range, else the nearest double.
+    pub fn from_integer(n: i128) -> Value<'static> {
+        let double = n as f64;
+        // `double as i128` saturates only far outside the 64-bit range, where the comparison fails anyway.
+        if double as i128 == n || !INTEGER_RANGE.contains(&n) {
+            return Value::Number(double);
+        }
+        Value::Integer(Integer {
+            negative: n < 0,
+            magnitude: n.unsigned_abs() as u64,
+        })
+    }
+}
 
 /// Appends `[i]` to a JSON path.
 pub fn push_index(path: &mut String, i: usize) {

@@ -19,18 +19,32 @@ struct Contract(core::Contract);
 #[pymethods]
 impl Contract {
     #[staticmethod]
-    fn telemetry() -> Contract {
-        Contract(core::Contract::telemetry())
+    #[pyo3(signature = (*, unknown_fields = "keep"))]
+    fn telemetry(unknown_fields: &str) -> PyResult<Contract> {
+        Ok(Contract(core::Contract::telemetry_with(unknown_fields_policy(
+            unknown_fields,
+        )?)))
     }
 
     #[staticmethod]
-    fn event() -> Contract {
-        Contract(core::Contract::event())
+    #[pyo3(signature = (*, unknown_fields = "keep"))]
+    fn event(unknown_fields: &str) -> PyResult<Contract> {
+        Ok(Contract(core::Contract::event_with(unknown_fields_policy(
+            unknown_fields,
+        )?)))
     }
 
     #[staticmethod]
-    fn batch() -> Contract {
-        Contract(core::Contract::batch())
+    #[pyo3(signature = (*, unknown_fields = "keep"))]
+    fn batch(unknown_fields: &str) -> PyResult<Contract> {
+        Ok(Contract(core::Contract::batch_with(unknown_fields_policy(
+            unknown_fields,
+        )?)))
+    }
+
+    #[getter]
+    fn unknown_fields(&self) -> &'static str {
+        self.0.unknown_fields.name()
     }
 
     #[staticmethod]
@@ -87,6 +101,14 @@ impl Contract {
     }
 }
 
+fn unknown_fields_policy(name: &str) -> PyResult<core::UnknownFields> {
+    core::UnknownFields::parse(name).ok_or_else(|| {
+        pyo3::exceptions::PyValueError::new_err(format!(
+            "unknown_fields must be 'keep', 'reject' or 'drop', not {name:?}"
+        ))
+    })
+}
+
 #[pyclass(frozen, module = "tidegate._native")]
 struct Validator(core::Validator);
 
@@ -135,21 +157,15 @@ impl Validator {
             max_object_keys: max_object_keys.unwrap_or(defaults.max_object_keys),
             max_records: max_records.unwrap_or(defaults.max_records),
         };
-        let metric_ranges = match metric_ranges {
-            None => core::validator::default_metric_ranges(),
-            Some(ranges) => {
-                let mut out = Vec::with_capacity(ranges.len());
-                for (name, bounds) in ranges.iter() {
-                    let (min, max): (f64, f64) = bounds.extract()?;
-                    out.push(core::MetricRange {
-                        name: name.extract()?,
-                        min,
-                        max,
-                    });
-                }
-                out
-            }
-        };
+        // Given ranges add to seed 001's defaults, replacing a default of the same name.
+        let mut ranges = core::validator::default_metric_ranges();
+        for (name, bounds) in metric_ranges.iter().flat_map(|r| r.iter()) {
+            let (min, max): (f64, f64) = bounds.extract()?;
+            let name: String = name.extract()?;
+            ranges.retain(|r| r.name != name);
+            ranges.push(core::MetricRange { name, min, max });
+        }
+        let metric_ranges = ranges;
         let options = core::ValidatorOptions {
             limits,
             max_past_ms: (max_past_seconds * 1000.0) as i64,
