@@ -2,7 +2,8 @@
 
 Constraints, as tidegate's `Contract.telemetry()` enforces them:
 
-- an object with exactly the fields device_id, timestamp, metrics (required) and metadata (optional, no others);
+- an object with the fields device_id, timestamp, metrics (required) and metadata (optional; null means absent);
+  other fields are allowed (seed 001's model ignores them; tidegate keeps them in the record, not in its id);
 - device_id: a string matching ^[A-Za-z0-9_-]{1,64}$ (end of text, so no trailing newline);
 - timestamp: an RFC 3339 date-time with a zone, within [reception - 7 days, reception + 5 minutes];
 - metrics: a non-empty object of numbers (booleans are not numbers); metadata: an object when present;
@@ -119,12 +120,12 @@ def _after_decode(records: list[Any], received_at_ms: int) -> Checked:
 # --- msgspec ---------------------------------------------------------------------------------------------------------
 
 
-class MsgspecReading(msgspec.Struct, forbid_unknown_fields=True):
+class MsgspecReading(msgspec.Struct):
     # msgspec matches patterns with re.search, where `$` also matches before a final newline: `\Z` is exact.
     device_id: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{1,64}\Z")]
     timestamp: Annotated[datetime, msgspec.Meta(tz=True)]
     metrics: Annotated[dict[str, float], msgspec.Meta(min_length=1)]
-    metadata: dict[str, Any] | msgspec.UnsetType = msgspec.UNSET
+    metadata: dict[str, Any] | msgspec.UnsetType | None = msgspec.UNSET
 
 
 _msgspec_list = msgspec.json.Decoder(list[MsgspecReading])
@@ -172,12 +173,12 @@ else:  # pragma: no cover - msgspec < 0.19
 
 class PydanticReading(BaseModel):
     # strict: no "23.5" -> 23.5, no Unix seconds as a timestamp; numbers must be finite.
-    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+    model_config = ConfigDict(extra="allow", strict=True, allow_inf_nan=False)
 
     device_id: Annotated[str, StringConstraints(pattern=DEVICE_ID_PATTERN)]  # Rust regex: `$` is end of text
     timestamp: AwareDatetime
     metrics: Annotated[dict[str, float], Field(min_length=1)]
-    metadata: dict[str, Any] = Field(default_factory=dict)  # absent is fine, null is not
+    metadata: dict[str, Any] | None = None  # absent or null
 
 
 _pydantic_list = TypeAdapter(list[PydanticReading])
@@ -213,7 +214,6 @@ def pydantic_ndjson(body: bytes, received_at_ms: int) -> Checked:
 
 # --- orjson + hand-written checks ------------------------------------------------------------------------------------
 
-_FIELDS = frozenset({"device_id", "timestamp", "metrics", "metadata"})
 _DEVICE_ID = re.compile(r"[A-Za-z0-9_-]{1,64}").fullmatch
 _RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(?:\.\d{1,9})?(?:[Zz]|[+-]\d{2}:\d{2})").fullmatch
 _fromisoformat = datetime.fromisoformat
@@ -222,8 +222,6 @@ _fromisoformat = datetime.fromisoformat
 def _check(index: int, record: object, lo: datetime, hi: datetime, warnings: Warnings) -> None:
     if type(record) is not dict:
         raise Rejected(index, "expected an object")
-    if not record.keys() <= _FIELDS:
-        raise Rejected(index, f"unknown fields {sorted(record.keys() - _FIELDS)}")
     device_id = record.get("device_id")
     if type(device_id) is not str or _DEVICE_ID(device_id) is None:
         raise Rejected(index, "device_id must be a string matching " + DEVICE_ID_PATTERN)
@@ -246,8 +244,8 @@ def _check(index: int, record: object, lo: datetime, hi: datetime, warnings: War
         if type(value) is not float and type(value) is not int:
             raise Rejected(index, "metric values must be numbers")
     _range_warnings(index, "metrics", metrics, warnings)
-    if "metadata" in record:
-        metadata = record["metadata"]
+    metadata = record.get("metadata")
+    if metadata is not None:
         if type(metadata) is not dict:
             raise Rejected(index, "metadata must be an object")
         _range_warnings(index, "metadata", metadata, warnings)

@@ -11,7 +11,7 @@ import tidegate
 from pytest_benchmark.fixture import BenchmarkFixture
 
 from .competitors import LIBRARIES, Checked, Outcome, outcome, runner
-from .data import BAD_RECORDS, FORMATS, NOW_MS, RECORDS_PER_DOCUMENT, encode, readings
+from .data import BAD_RECORDS, FORMATS, NOW_MS, ODD_BUT_VALID_RECORDS, RECORDS_PER_DOCUMENT, encode, readings
 
 
 @pytest.mark.parametrize("library", LIBRARIES)
@@ -68,6 +68,16 @@ def test_bad_record_rejected(case: str, fmt: str, library: str) -> None:
         assert got == Outcome(DOCUMENT_SIZE - 1, (BAD_INDEX,), got.warnings)
     else:  # refuses the document at the first bad record
         assert got == Outcome(0, (BAD_INDEX,), ())
+
+
+@pytest.mark.parametrize("library", LIBRARIES)
+@pytest.mark.parametrize("fmt", list(FORMATS))
+@pytest.mark.parametrize("case", list(ODD_BUT_VALID_RECORDS))
+def test_odd_but_valid_record_accepted(case: str, fmt: str, library: str) -> None:
+    records = readings(DOCUMENT_SIZE - 1)
+    records.insert(BAD_INDEX, ODD_BUT_VALID_RECORDS[case])
+    got = outcome(library, fmt, encode(fmt, records), NOW_MS)
+    assert (got.accepted, got.rejected) == (DOCUMENT_SIZE, ())
 
 
 def test_benchmark_data_is_deterministic() -> None:
