@@ -43,6 +43,7 @@ from tidegate._native import (
     ValidationResult,
     Validator,
 )
+from tidegate.admission import AdaptiveLimit, request_cost
 from tidegate.auth import KeyStore, presented_key
 from tidegate.config import PRIORITIES, Settings, load_settings
 from tidegate.delivery.spool import SpoolWriter
@@ -213,6 +214,20 @@ class Gateway:
         self.last_seen: dict[str, float] = {}
         self.spool: Spool | None = None
         self.writer: SpoolWriter | None = None
+        self.admission = AdaptiveLimit(
+            initial=settings.admission_initial_limit,
+            minimum=settings.admission_min_limit,
+            maximum=settings.admission_max_limit,
+            tolerance=settings.admission_tolerance,
+            shares={"high": 1.0, "medium": settings.admission_medium_share, "low": settings.admission_low_share},
+        )
+        #: 503 bodies rendered once: shedding must cost almost nothing.
+        self._shed_bodies: dict[str, bytes] = {
+            priority: Problem(
+                503, "shed", f"overloaded: {priority} priority traffic is shed first; retry after Retry-After"
+            ).body()
+            for priority in PRIORITIES
+        }
         self.delivery = DeliveryStatus(settings.data_dir)
         self._delivered_waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._delivered_watch: asyncio.Task[None] | None = None
@@ -236,6 +251,24 @@ class Gateway:
         self._rate_window_start = time.monotonic()
         self._request_rate = 0.0
         self.metrics.gauge("tidegate_utilization", "Admission utilization (0..1).", self.utilization)
+        admission = self.admission
+        self.metrics.gauge(
+            "tidegate_admission_limit", "Adaptive concurrency limit (cost units).", lambda: admission.limit
+        )
+        for share in ("low", "medium"):
+            self.metrics.gauge(
+                f"tidegate_admission_limit_{share}",
+                f"Part of the limit {share}-priority requests may fill.",
+                functools.partial(admission.capacity, share),
+            )
+        self.metrics.gauge(
+            "tidegate_admission_in_flight", "Cost of the requests in flight.", lambda: admission.in_flight
+        )
+        self.metrics.gauge(
+            "tidegate_admission_slowdown",
+            "Time in the app against the best seen for the same size of request (the limit shrinks above tolerance).",
+            lambda: admission.slowdown,
+        )
         self.metrics.gauge("tidegate_in_flight_records", "Records awaiting durability.", lambda: self.in_flight_records)
         self.metrics.gauge("tidegate_spool_bytes", "Bytes in the spool.", lambda: self._spool_stat("bytes"))
         self.metrics.gauge("tidegate_spool_fsyncs_total", "fsyncs of the spool.", lambda: self._spool_stat("fsyncs"))
@@ -431,7 +464,6 @@ class Gateway:
 
     async def handle(self, route: IngestRoute, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
-        self.in_flight_requests += 1
         self._recent_requests += 1
         headers: dict[bytes, str] = {}
         for name, value in scope["headers"]:
@@ -440,21 +472,39 @@ class Gateway:
                 # A header sent on several lines is one comma-separated list (RFC 9110, 5.3): W3C Trace Context
                 # requires it for tracestate, and for a single-valued header the joined value is invalid.
                 headers[name] = f"{headers[name]},{text}" if name in headers else text
-        try:
-            answer = await self.ingest(route, headers, receive)
-        except Problem as problem:
+        # The adaptive limit comes first, from the headers alone: under overload a refusal costs almost nothing.
+        priority = headers.get(b"x-priority", route.priority).strip().lower()
+        cost = request_cost(headers.get(b"content-length"), headers.get(b"content-encoding"))
+        admitted = self.admission.try_acquire(priority, cost)
+        if not admitted:
+            self.metrics.shed.inc((priority if priority in PRIORITIES else "low",))
             answer = Answer(
-                problem.status,
-                problem.body(),
-                [(k.encode(), v.encode()) for k, v in problem.headers],
+                503,
+                self._shed_bodies.get(priority, self._shed_bodies["low"]),
+                [(b"retry-after", str(self.admission.retry_after()).encode())],
                 content_type=b"application/problem+json",
             )
-        finally:
-            self.in_flight_requests -= 1
+        else:
+            self.in_flight_requests += 1
+            try:
+                answer = await self.ingest(route, headers, receive)
+            except Problem as problem:
+                answer = Answer(
+                    problem.status,
+                    problem.body(),
+                    [(k.encode(), v.encode()) for k, v in problem.headers],
+                    content_type=b"application/problem+json",
+                )
+            finally:
+                self.in_flight_requests -= 1
         answer.headers.append((b"content-type", answer.content_type))
         answer.headers.append((b"content-length", str(len(answer.body)).encode()))
-        await send({"type": "http.response.start", "status": answer.status, "headers": answer.headers})
-        await send({"type": "http.response.body", "body": answer.body})
+        try:
+            await send({"type": "http.response.start", "status": answer.status, "headers": answer.headers})
+            await send({"type": "http.response.body", "body": answer.body})
+        finally:
+            if admitted:
+                self.admission.release(priority, cost, time.perf_counter() - started)
         elapsed = time.perf_counter() - started
         self.metrics.requests.inc((route.name, str(answer.status)))
         self.metrics.latency.observe(elapsed, (route.name,))

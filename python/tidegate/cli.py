@@ -86,6 +86,10 @@ def _serve(args: argparse.Namespace) -> int:
         interface=Interfaces.ASGI,
         workers=settings.workers,
         log_access=False,
+        # Granian's own cap on concurrent requests per worker is set at least as high as the adaptive limit can
+        # go: requests must reach the app, where admission sees them and sheds the low ones cheaply, instead of
+        # waiting unseen inside Granian.
+        backpressure=max(1024, int(settings.admission_max_limit)),
     )
     # Delivery runs in a process of its own (no Kafka code in the workers), started first and stopped last.
     supervisor = DeliverySupervisor(settings) if settings.kafka else None
