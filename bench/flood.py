@@ -1,0 +1,170 @@
+"""Low-priority flood against a high-priority trickle (issue 11), with the adaptive limit and without it.
+
+    python bench/flood.py                    # 16 flooders, 2,000-event bodies, 20 s per phase, 3 rounds
+    python bench/flood.py --flooders 8 --seconds 10 --rounds 1
+
+One tidegate server (one Granian worker, auth and rate limits off) per configuration, started side by side:
+``adaptive`` is tidegate as shipped; ``no-limit`` has the adaptive limit pinned far above any load (what tidegate
+did before issue 11: shedding only on records awaiting fsync, spool fill and event-loop lag). Each round measures,
+for each configuration in turn:
+
+* unloaded: one device posts a high-priority reading every 50 ms;
+* flooded: the same, while `--flooders` devices post low-priority NDJSON bodies of `--events` events as fast as
+  they are answered, pausing 50 ms after a 503 or 429 (a client that backs off a little, not one that honours
+  Retry-After).
+
+Printed per configuration: the high device's p50/p99 latency unloaded and flooded (median over rounds), the share of
+its readings accepted, and the flooders' accepted and shed counts. Targets: every high reading accepted, flooded p99
+at most 3x unloaded. The clients share the two cores with the server: figures are comparable within a run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT / "python"), str(ROOT)]
+
+from tidegate.testing.server import Server  # noqa: E402
+
+CONFIGS = {
+    "adaptive": {},
+    "no-limit": {
+        "TIDEGATE_ADMISSION_INITIAL_LIMIT": "1e9",
+        "TIDEGATE_ADMISSION_MIN_LIMIT": "1e9",
+        "TIDEGATE_ADMISSION_MAX_LIMIT": "1e9",
+    },
+}
+
+
+def _iso(seconds: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{int(seconds * 1000) % 1000:03d}Z"
+
+
+async def trickle(http: httpx.AsyncClient, seconds: float, tag: str) -> tuple[list[float], int, int]:
+    """High-priority readings every 50 ms: (latencies of accepted ones, accepted, sent)."""
+    latencies: list[float] = []
+    sent = accepted = 0
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        body = {
+            "device_id": "vip",
+            "timestamp": _iso(time.time()),
+            "metrics": {"temperature": 21.5, "n": sent},
+            "metadata": {"tag": tag},
+        }
+        began = time.perf_counter()
+        response = await http.post("/api/v1/ingest", json=body, headers={"X-Priority": "high"})
+        elapsed = time.perf_counter() - began
+        sent += 1
+        if response.status_code == 202:
+            accepted += 1
+            latencies.append(elapsed)
+        await asyncio.sleep(max(0.0, 0.05 - elapsed))
+    return latencies, accepted, sent
+
+
+async def flood(http: httpx.AsyncClient, index: int, events: int, stop: asyncio.Event, counts: dict[int, int]) -> None:
+    k = 0
+    while not stop.is_set():
+        k += 1
+        lines = (
+            json.dumps(
+                {
+                    "source": "flood",
+                    "event_type": "tick",
+                    "entity_id": f"f{index}-{k}-{i}",
+                    "event_time": _iso(time.time()),
+                    "payload": {"i": i},
+                }
+            )
+            for i in range(events)
+        )
+        body = "\n".join(lines).encode()
+        try:
+            response = await http.post(
+                "/api/v1/events", content=body, headers={"Content-Type": "application/x-ndjson", "X-Priority": "low"}
+            )
+        except httpx.HTTPError:
+            counts[0] = counts.get(0, 0) + 1
+            continue
+        counts[response.status_code] = counts.get(response.status_code, 0) + 1
+        if response.status_code in (429, 503):
+            await asyncio.sleep(0.05)
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
+
+
+async def measure(server: Server, args: argparse.Namespace, tag: str) -> dict[str, float]:
+    limits = httpx.Limits(max_connections=args.flooders + 4)
+    async with httpx.AsyncClient(base_url=server.url, timeout=60, limits=limits) as http:
+        quiet, _, _ = await trickle(http, args.seconds / 2, tag)
+        stop = asyncio.Event()
+        counts: dict[int, int] = {}
+        flooders = [asyncio.create_task(flood(http, i, args.events, stop, counts)) for i in range(args.flooders)]
+        await asyncio.sleep(1.0)
+        loaded, accepted, sent = await trickle(http, args.seconds, tag)
+        stop.set()
+        await asyncio.gather(*flooders)
+    return {
+        "unloaded_p50_ms": percentile(quiet, 0.5) * 1000,
+        "unloaded_p99_ms": percentile(quiet, 0.99) * 1000,
+        "flooded_p50_ms": percentile(loaded, 0.5) * 1000,
+        "flooded_p99_ms": percentile(loaded, 0.99) * 1000,
+        "high_accepted": accepted / max(1, sent),
+        "low_accepted": counts.get(202, 0),
+        "low_shed": counts.get(503, 0) + counts.get(429, 0),
+    }
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--flooders", type=int, default=16)
+    parser.add_argument("--events", type=int, default=2000)
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    env = {"TIDEGATE_AUTH": "false", "TIDEGATE_RATE_PER_DEVICE": "0", "TIDEGATE_LOG_SAMPLE_RATE": "0"}
+    results: dict[str, list[dict[str, float]]] = {name: [] for name in CONFIGS}
+    with tempfile.TemporaryDirectory(prefix="tidegate-flood-") as tmp:
+        servers = {name: Server(Path(tmp) / name, {**env, **extra}).start() for name, extra in CONFIGS.items()}
+        try:
+            for round_ in range(args.rounds):
+                order = list(CONFIGS) if round_ % 2 == 0 else list(reversed(CONFIGS))
+                for name in order:
+                    result = await measure(servers[name], args, f"{name}-{round_}")
+                    results[name].append(result)
+                    print(f"round {round_ + 1} {name}: " + ", ".join(f"{k} {v:,.3g}" for k, v in result.items()))
+        finally:
+            for server in servers.values():
+                server.stop()
+    print(f"\n{args.flooders} low-priority flooders ({args.events}-event NDJSON bodies) vs one high reading / 50 ms")
+    print(
+        "| configuration | high p50 / p99 unloaded (ms) | high p50 / p99 flooded (ms) | p99 flooded / unloaded "
+        "| high accepted | low accepted | low shed |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for name, runs in results.items():
+        med = {key: statistics.median(run[key] for run in runs) for key in runs[0]}
+        print(
+            f"| {name} | {med['unloaded_p50_ms']:.1f} / {med['unloaded_p99_ms']:.1f} "
+            f"| {med['flooded_p50_ms']:.1f} / {med['flooded_p99_ms']:.1f} "
+            f"| {med['flooded_p99_ms'] / med['unloaded_p99_ms']:.1f}x | {med['high_accepted']:.3f} "
+            f"| {med['low_accepted']:,.0f} | {med['low_shed']:,.0f} |"
+        )
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
