@@ -15,6 +15,7 @@ from pathlib import Path
 from granian import Granian
 from granian.constants import Interfaces
 
+from tidegate import mqtt
 from tidegate._native import Spool
 from tidegate.auth import KeyStore
 from tidegate.config import SETTING_NAMES, Settings, choices_of, load_settings, to_env
@@ -30,6 +31,9 @@ KAFKA_FLAGS = tuple(
     if (name.startswith("kafka_") or name == "ready_requires_kafka") and name != "kafka_sasl_password"
 )
 
+#: The MQTT source's settings, each with a flag of its own name (`--mqtt-topic-telemetry`); not the password.
+MQTT_FLAGS = tuple(name for name in SETTING_NAMES if name.startswith("mqtt_") and name != "mqtt_password")
+
 
 def _metavar(name: str) -> str:
     for suffix, metavar in (("_file", "FILE"), ("_ms", "MS"), ("_s", "SECONDS"), ("_bytes", "BYTES")):
@@ -44,6 +48,7 @@ def _check_settings(settings: Settings) -> None:
         kafka_settings(settings)
     elif settings.ready_requires_kafka:
         raise ValueError("ready_requires_kafka needs kafka (the bootstrap servers)")
+    mqtt.check_settings(settings)
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -57,7 +62,8 @@ def _serve(args: argparse.Namespace) -> int:
             kafka=args.kafka,
             dry_run=True if args.dry_run else None,
             auth=False if args.no_auth else None,
-            **{name: getattr(args, name) for name in KAFKA_FLAGS},
+            mqtt=args.mqtt,
+            **{name: getattr(args, name) for name in (*KAFKA_FLAGS, *MQTT_FLAGS)},
         )
         _check_settings(settings)
     except (ValueError, OSError) as error:  # OSError: a --config file that cannot be read
@@ -74,6 +80,7 @@ def _serve(args: argparse.Namespace) -> int:
     print(
         f"tidegate: http://{settings.host}:{settings.port} · data {settings.data_dir.resolve()} · "
         f"{'kafka ' + settings.kafka if settings.kafka else 'embedded spool (no Kafka)'} · "
+        f"{'mqtt ' + settings.mqtt + ' · ' if settings.mqtt else ''}"
         f"{settings.workers} worker(s){' · auth off' if not settings.auth else ''}",
         file=sys.stderr,
     )
@@ -225,6 +232,13 @@ def build_parser() -> argparse.ArgumentParser:
             kafka.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction)
         else:
             kafka.add_argument(flag, dest=name, metavar="|".join(choices) if choices else _metavar(name))
+    serve.add_argument("--mqtt", metavar="URL", help="also take messages from this MQTT broker (mqtt://host:1883)")
+    mqtt_group = serve.add_argument_group("MQTT", "each flag sets the setting of its name (README: MQTT)")
+    for name in MQTT_FLAGS:
+        choices = choices_of(name)
+        mqtt_group.add_argument(
+            "--" + name.replace("_", "-"), dest=name, metavar="|".join(choices) if choices else _metavar(name)
+        )
     serve.set_defaults(run=_serve)
 
     deliver = commands.add_parser(

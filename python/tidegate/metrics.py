@@ -112,6 +112,16 @@ class Metrics:
         self.kafka_latency = Histogram(
             "tidegate_kafka_send_latency_seconds", "Kafka batch send latency.", LATENCY_BUCKETS
         )
+        self.mqtt_messages = Counter(
+            "tidegate_mqtt_messages_total",
+            "MQTT messages taken and acknowledged, by outcome (accepted, dead_lettered, partly_dead_lettered).",
+            ("outcome",),
+        )
+        self.mqtt_dead_letters = Counter(
+            "tidegate_mqtt_dead_letters_total",
+            "MQTT messages (or records of them) sent to the dead-letter topic, by reason.",
+            ("reason",),
+        )
         self.gauges: list[Gauge] = []
 
     def gauge(self, name: str, help_text: str, read: Callable[[], float]) -> None:
@@ -122,6 +132,8 @@ class Metrics:
         for metric in (self.requests, self.records, self.shed, self.rate_limited, self.latency, self.lag):
             lines.extend(metric.render())
         lines.extend(self.kafka_latency.render())
+        lines.extend(self.mqtt_messages.render())
+        lines.extend(self.mqtt_dead_letters.render())
         for gauge in self.gauges:
             lines.extend(gauge.render())
         return "\n".join(lines) + "\n"
