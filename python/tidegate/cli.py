@@ -142,6 +142,29 @@ def _keys(args: argparse.Namespace) -> int:
     return 0
 
 
+def _mqtt_acl(args: argparse.Namespace) -> int:
+    try:
+        settings = load_settings(args.config, data_dir=args.data_dir)
+        mqtt.check_settings(settings)
+    except (ValueError, OSError) as error:
+        print(f"tidegate mqtt-acl: {error}", file=sys.stderr)
+        return 2
+    skipped = mqtt.write_broker_files(KeyStore(settings.keys_file), settings, args.out)
+    for entry in skipped:
+        print(
+            f"tidegate mqtt-acl: {entry.device_id} key tg_{entry.key_id}_… predates MQTT passwords; left out "
+            "(add a new key for the device and revoke this one)",
+            file=sys.stderr,
+        )
+    if settings.mqtt_username and not settings.mqtt_password:
+        print(
+            f"tidegate mqtt-acl: no mqtt_password for {settings.mqtt_username}: its ACL is written, not its password",
+            file=sys.stderr,
+        )
+    print(f"wrote {args.out / 'passwd'}, {args.out / 'acl'} and a reference {args.out / 'mosquitto.conf'}")
+    return 0
+
+
 def _spool_dirs(data_dir: Path) -> list[Path]:
     root = data_dir / "spool"
     return sorted(p for p in root.glob("w*") if p.is_dir()) if root.is_dir() else []
@@ -260,6 +283,15 @@ def build_parser() -> argparse.ArgumentParser:
     for sub in (add, revoke, listing):
         sub.add_argument("--data-dir", type=Path, default=Path(os.environ.get("TIDEGATE_DATA_DIR", "data")))
     keys.set_defaults(run=_keys)
+
+    acl = commands.add_parser(
+        "mqtt-acl",
+        help="write mosquitto's password and ACL files (and a reference mosquitto.conf) from the key store",
+    )
+    acl.add_argument("--data-dir", type=Path, default=Path(os.environ.get("TIDEGATE_DATA_DIR", "data")))
+    acl.add_argument("--out", type=Path, required=True, metavar="DIR")
+    acl.add_argument("--config", type=Path, help="TOML settings file (mqtt_username, mqtt_password, topic patterns)")
+    acl.set_defaults(run=_mqtt_acl)
 
     tail = commands.add_parser("tail", help="print spooled records, one JSON line each (the Kafka value)")
     tail.add_argument("--data-dir", type=Path, default=Path(os.environ.get("TIDEGATE_DATA_DIR", "data")))

@@ -27,12 +27,14 @@ import contextlib
 import hashlib
 import json
 import logging
+import os
 import re
 import socket
 import ssl
 import time
 import urllib.parse
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import aiomqtt
@@ -43,6 +45,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from tidegate._native import Contract, Validator
+from tidegate.auth import KeyEntry, KeyStore, mosquitto_hash, mqtt_username
 from tidegate.config import Settings
 from tidegate.problems import Problem, issue_errors
 
@@ -471,3 +474,66 @@ class MqttSource:
                 await asyncio.sleep(_RETRY_S * 10)
                 continue
             return "dead_lettered"
+
+
+# ----- the broker's files: authentication and topic rights stay with the broker
+
+
+REFERENCE_CONFIG = """\
+# mosquitto 2 configuration for tidegate, written by `tidegate mqtt-acl`. Devices authenticate with their tidegate
+# key (username tg_<key id>, password the whole key) and may publish only to their own topics; tidegate's own user
+# may only subscribe to them.
+listener 1883
+# listener 8883 with certfile/keyfile/cafile for TLS in production.
+allow_anonymous false
+password_file {passwd}
+acl_file {acl}
+# Sessions (tidegate's subscriptions and what it has not acknowledged) survive a broker restart.
+persistence true
+persistence_location /var/lib/mosquitto/
+autosave_interval 10
+# Messages kept for a tidegate worker that is away or slow; past this mosquitto drops them, so keep it large.
+max_queued_messages 1000000
+max_queued_bytes 0
+# Messages in flight to an MQTT 3.1.1 client (MQTT 5 clients set their own Receive Maximum).
+max_inflight_messages 256
+"""
+
+
+def broker_files(entries: list[KeyEntry], settings: Settings) -> tuple[str, str, list[KeyEntry]]:
+    """The password file, the ACL file, and the keys left out (made before tidegate stored an MQTT hash)."""
+    patterns = topic_patterns(settings)
+    passwd: list[str] = []
+    acl = ["# Written by `tidegate mqtt-acl` from tidegate's key store: each key may publish to its device's topics."]
+    if settings.mqtt_username:
+        if settings.mqtt_password:
+            passwd.append(f"{settings.mqtt_username}:{mosquitto_hash(settings.mqtt_password)}")
+        acl += ["", f"user {settings.mqtt_username}", *(f"topic read {pattern.filter}" for pattern in patterns)]
+    skipped = []
+    for entry in entries:
+        if entry.mqtt_password_hash is None:
+            skipped.append(entry)
+            continue
+        username = mqtt_username(entry)
+        passwd.append(f"{username}:{entry.mqtt_password_hash}")
+        acl += ["", f"user {username}"]
+        acl += [
+            "topic write "
+            + "/".join(entry.device_id if i == p.device_level else level for i, level in enumerate(p.levels))
+            for p in patterns
+        ]
+    return "\n".join(passwd) + "\n", "\n".join(acl) + "\n", skipped
+
+
+def write_broker_files(store: KeyStore, settings: Settings, out: Path) -> list[KeyEntry]:
+    """Writes `passwd`, `acl` and a reference `mosquitto.conf` into `out`; returns the keys left out."""
+    passwd, acl, skipped = broker_files(store.entries(), settings)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, text, mode in (("passwd", passwd, 0o600), ("acl", acl, 0o644)):
+        tmp = out / f".{name}.tmp"
+        tmp.write_text(text)
+        os.chmod(tmp, mode)
+        os.replace(tmp, out / name)
+    conf = out / "mosquitto.conf"
+    conf.write_text(REFERENCE_CONFIG.format(passwd=(out / "passwd").resolve(), acl=(out / "acl").resolve()))
+    return skipped

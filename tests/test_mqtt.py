@@ -1,0 +1,230 @@
+"""The MQTT source against a real mosquitto and a real `tidegate serve`: devices publish QoS 1, records land in the
+spool through the HTTP pipeline, acknowledged only once durable."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import cbor2
+import httpx
+import paho.mqtt.client as paho
+import pytest
+import tidegate
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from tidegate.testing.mosquitto import Mosquitto
+from tidegate.testing.server import Server
+
+from tests.conftest import reading
+
+DLQ = "ingest-dlq"
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[Mosquitto]:
+    with Mosquitto(tmp_path / "broker") as running:
+        yield running
+
+
+class Device:
+    """A device's MQTT client (paho, threaded); `publish` returns once the broker acknowledged (QoS 1)."""
+
+    def __init__(
+        self, broker: Mosquitto, client_id: str, *, username: str | None = None, password: str | None = None
+    ) -> None:
+        self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv5)
+        if username is not None:
+            self.client.username_pw_set(username, password)
+        self.client.max_inflight_messages_set(100)
+        self.client.connect("127.0.0.1", broker.port)
+        self.client.loop_start()
+
+    def publish(self, topic: str, payload: bytes | str | dict[str, Any]) -> paho.MQTTMessageInfo:
+        body = json.dumps(payload) if isinstance(payload, dict) else payload
+        info = self.client.publish(topic, body, qos=1)
+        info.wait_for_publish(10)
+        return info
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def mqtt_env(broker: Mosquitto, **settings: str) -> dict[str, str]:
+    return {"TIDEGATE_MQTT": broker.url, **{f"TIDEGATE_{k.upper()}": v for k, v in settings.items()}}
+
+
+def wait_for(condition: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"gave up waiting for {what}")
+        time.sleep(0.1)
+
+
+def values(data_dir: Path, topic: str | None = None) -> list[dict[str, Any]]:
+    """Every spooled record's value (as it goes to Kafka), of one topic or all, from every worker's spool."""
+    return [json.loads(value) for directory in (data_dir / "spool").iterdir() for value in spooled(directory, topic)]
+
+
+def spooled(directory: Path, topic: str | None = None) -> list[bytes]:
+    spool, seq, out = tidegate.Spool.open_read_only(directory), 0, []
+    while True:
+        batch, seq = spool.read(seq, durable_only=False)
+        if len(batch) == 0:
+            return out
+        out.extend(batch.values(topic))
+
+
+def telemetry_ids(data_dir: Path) -> list[str]:
+    return [value["event_id"] for value in values(data_dir, "telemetry-raw")]
+
+
+def test_a_reading_over_mqtt_has_the_event_id_it_has_over_http(tmp_path: Path, broker: Mosquitto) -> None:
+    server = Server(tmp_path / "data", mqtt_env(broker))
+    keys = server.keys("sensor-001")
+    device = Device(broker, "sensor-001")
+    with server, httpx.Client(base_url=server.url, timeout=20) as http:
+        first, second, third = reading("sensor-001"), reading("sensor-001", metrics={"t": 2}), reading("sensor-001")
+        third["metrics"] = {"t": 3}
+        device.publish("devices/sensor-001/telemetry", first)  # JSON
+        device.publish("devices/sensor-001/telemetry", cbor2.dumps(second))  # CBOR, told apart by its first byte
+        batch = {
+            "device_id": "sensor-001",
+            "batch_id": "b-1",
+            "readings": [{k: third[k] for k in ("timestamp", "metrics")}],
+        }
+        device.publish("devices/sensor-001/batch", batch)
+        wait_for(lambda: len(telemetry_ids(server.data_dir)) == 3, "three readings in the spool")
+        spooled = telemetry_ids(server.data_dir)
+        # The same readings over HTTP: the same event ids, answered as duplicates of what MQTT spooled.
+        for record in (first, second, third):
+            answer = http.post("/api/v1/ingest", json=record, headers={"X-Device-Token": keys["sensor-001"]})
+            assert answer.status_code == 202, answer.text
+            assert answer.json()["status"] == "duplicate"
+            assert answer.json()["event_id"] in spooled
+        assert sorted(telemetry_ids(server.data_dir)) == sorted(spooled), "no second copy"
+        metrics = http.get("/metrics").text
+        assert 'tidegate_mqtt_messages_total{outcome="accepted"} 3' in metrics
+    device.close()
+
+
+def test_what_cannot_be_taken_goes_to_the_dead_letter_topic_with_its_reason(tmp_path: Path, broker: Mosquitto) -> None:
+    server = Server(tmp_path / "data", mqtt_env(broker))
+    device = Device(broker, "sensor-a")
+    with server, httpx.Client(base_url=server.url, timeout=20) as http:
+        device.publish("devices/sensor-a/telemetry", reading("sensor-b"))  # names another device
+        device.publish("devices/sensor-a/telemetry", b"{not json")
+        good, bad = reading("sensor-a"), reading("sensor-a", timestamp="yesterday")
+        batch = {"device_id": "sensor-a", "batch_id": "b-2", "readings": [good, bad]}
+        for item in batch["readings"]:  # type: ignore[attr-defined]
+            del item["device_id"]
+        device.publish("devices/sensor-a/batch", batch)
+        wait_for(lambda: len(values(server.data_dir, DLQ)) == 3, "three dead letters")
+        letters = {letter["reason"]: letter for letter in values(server.data_dir, DLQ)}
+        assert set(letters) == {"wrong-device", "malformed", "invalid"}
+        assert letters["wrong-device"]["device_id"] == "sensor-a"
+        assert letters["wrong-device"]["topic"] == "devices/sensor-a/telemetry"
+        assert letters["wrong-device"]["errors"] == [{"path": "$.device_id", "message": "must be sensor-a"}]
+        assert [error["index"] for error in letters["invalid"]["errors"]] == [1]
+        # The batch's good reading is kept; nothing of sensor-b's reading is.
+        kept = values(server.data_dir, "telemetry-raw")
+        assert [value["device_id"] for value in kept] == ["sensor-a"]
+        metrics = http.get("/metrics").text
+        for reason in ("wrong-device", "malformed", "invalid"):
+            assert f'tidegate_mqtt_dead_letters_total{{reason="{reason}"}} 1' in metrics
+    device.close()
+
+
+def test_sigkill_mid_stream_loses_nothing_and_redeliveries_are_duplicates(tmp_path: Path, broker: Mosquitto) -> None:
+    # A long commit window keeps records written but not yet durable, so unacknowledged, when the kill comes.
+    server = Server(tmp_path / "data", mqtt_env(broker, commit_window_ms="100"))
+    server.start()
+    device = Device(broker, "sensor-k")
+    published: list[str] = []
+    stop = threading.Event()
+
+    def publish() -> None:
+        i = 0
+        while not stop.is_set() or i < 300:
+            record = reading(f"sensor-{i % 7}", metrics={"i": i})
+            info = device.client.publish(f"devices/sensor-{i % 7}/telemetry", json.dumps(record), qos=1)
+            if info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
+                published.append(json.dumps(record))
+            i += 1
+            time.sleep(0.002)
+
+    publisher = threading.Thread(target=publish)
+    publisher.start()
+    try:
+        wait_for(lambda: len(telemetry_ids(server.data_dir)) >= 100, "records before the kill")
+        server.stop(kill=True)
+        time.sleep(0.5)  # the stream goes on while tidegate is down: the broker keeps it for the worker's session
+        server.start()
+        stop.set()
+        publisher.join()
+        wait_for(lambda: len(set(telemetry_ids(server.data_dir))) >= len(published), "every reading spooled")
+        spooled = Counter(telemetry_ids(server.data_dir))
+        assert len(spooled) == len(published), "every reading the broker took is in the spool"
+        assert max(spooled.values()) == 1, "a redelivery is a duplicate, never a second copy"
+        metrics = httpx.get(server.url + "/metrics").text
+        duplicates = [
+            line for line in metrics.splitlines() if line.startswith('tidegate_records_total{outcome="duplicate"')
+        ]
+        assert duplicates, "the broker redelivered what was unacknowledged at the kill, answered duplicate"
+    finally:
+        stop.set()
+        publisher.join()
+        server.stop()
+        device.close()
+
+
+def test_a_shared_subscription_splits_the_fleet_between_workers(tmp_path: Path, broker: Mosquitto) -> None:
+    server = Server(tmp_path / "data", mqtt_env(broker), workers=2)
+    device = Device(broker, "fleet")
+    with server:
+        wait_for(lambda: broker.log_path.read_text().count("-w1 (p5") == 1, "both workers connected")
+        for i in range(200):
+            device.publish(f"devices/dev-{i % 20}/telemetry", reading(f"dev-{i % 20}", metrics={"i": i}))
+        wait_for(lambda: len(telemetry_ids(server.data_dir)) == 200, "every reading spooled")
+        per_worker = {directory.name: len(spooled(directory)) for directory in (server.data_dir / "spool").iterdir()}
+        assert sorted(per_worker) == ["w0", "w1"]
+        assert all(count > 0 for count in per_worker.values()), per_worker
+        assert len(set(telemetry_ids(server.data_dir))) == 200
+    device.close()
+
+
+def test_mqtt_acl_lets_each_device_publish_to_its_own_topics_only(tmp_path: Path) -> None:
+    data_dir, out = tmp_path / "data", tmp_path / "broker-files"
+    server_env = {"TIDEGATE_MQTT_USERNAME": "tidegate", "TIDEGATE_MQTT_PASSWORD": "service-secret"}
+    keys = Server(data_dir).keys("sensor-1", "sensor-2")
+    subprocess.run(
+        [sys.executable, "-m", "tidegate", "mqtt-acl", "--data-dir", str(data_dir), "--out", str(out)],
+        check=True,
+        env={**os.environ, **server_env},
+    )
+    username = {device: "_".join(key.split("_")[:2]) for device, key in keys.items()}
+    with Mosquitto(tmp_path / "broker", password_file=out / "passwd", acl_file=out / "acl") as broker:
+        server = Server(data_dir, {**mqtt_env(broker), **server_env})
+        with server:
+            wait_for(lambda: "as tidegate-" in broker.log_path.read_text(), "tidegate connected with its credentials")
+            device = Device(broker, "s1", username=username["sensor-1"], password=keys["sensor-1"])
+            device.publish("devices/sensor-1/telemetry", reading("sensor-1"))
+            denied = device.publish("devices/sensor-2/telemetry", reading("sensor-2"))
+            wait_for(lambda: len(telemetry_ids(data_dir)) == 1, "sensor-1's reading")
+            assert [value["device_id"] for value in values(data_dir, "telemetry-raw")] == ["sensor-1"]
+            assert denied.rc == MQTTErrorCode.MQTT_ERR_SUCCESS  # taken by the broker, not delivered (no right)
+            device.close()
+        refused = paho.Client(CallbackAPIVersion.VERSION2, client_id="s2", protocol=paho.MQTTv5)
+        refused.username_pw_set(username["sensor-2"], keys["sensor-1"])  # another device's key
+        refused.connect("127.0.0.1", broker.port)
+        assert refused.loop(timeout=5) == MQTTErrorCode.MQTT_ERR_SUCCESS
+        assert not refused.is_connected(), "a wrong password is refused at CONNECT"
