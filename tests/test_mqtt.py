@@ -144,21 +144,19 @@ def test_what_cannot_be_taken_goes_to_the_dead_letter_topic_with_its_reason(tmp_
     device.close()
 
 
-def test_sigkill_mid_stream_loses_nothing_and_redeliveries_are_duplicates(tmp_path: Path, broker: Mosquitto) -> None:
+def test_sigkill_mid_stream_loses_nothing_the_broker_took(tmp_path: Path, broker: Mosquitto) -> None:
     # A long commit window keeps records written but not yet durable, so unacknowledged, when the kill comes.
     server = Server(tmp_path / "data", mqtt_env(broker, commit_window_ms="100"))
     server.start()
     device = Device(broker, "sensor-k")
-    published: list[str] = []
+    published: list[paho.MQTTMessageInfo] = []
     stop = threading.Event()
 
     def publish() -> None:
         i = 0
         while not stop.is_set() or i < 300:
             record = reading(f"sensor-{i % 7}", metrics={"i": i})
-            info = device.client.publish(f"devices/sensor-{i % 7}/telemetry", json.dumps(record), qos=1)
-            if info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
-                published.append(json.dumps(record))
+            published.append(device.client.publish(f"devices/sensor-{i % 7}/telemetry", json.dumps(record), qos=1))
             i += 1
             time.sleep(0.002)
 
@@ -171,20 +169,47 @@ def test_sigkill_mid_stream_loses_nothing_and_redeliveries_are_duplicates(tmp_pa
         server.start()
         stop.set()
         publisher.join()
+        for info in published:
+            info.wait_for_publish(10)
+        assert all(info.is_published() for info in published)
         wait_for(lambda: len(set(telemetry_ids(server.data_dir))) >= len(published), "every reading spooled")
-        spooled = Counter(telemetry_ids(server.data_dir))
-        assert len(spooled) == len(published), "every reading the broker took is in the spool"
-        assert max(spooled.values()) == 1, "a redelivery is a duplicate, never a second copy"
-        metrics = httpx.get(server.url + "/metrics").text
-        duplicates = [
-            line for line in metrics.splitlines() if line.startswith('tidegate_records_total{outcome="duplicate"')
-        ]
-        assert duplicates, "the broker redelivered what was unacknowledged at the kill, answered duplicate"
+        spooled_ids = Counter(telemetry_ids(server.data_dir))
+        assert len(spooled_ids) == len(published), "every reading the broker took is in the spool"
+        assert max(spooled_ids.values()) == 1, "a redelivery is a duplicate, never a second copy"
     finally:
         stop.set()
         publisher.join()
         server.stop()
         device.close()
+
+
+def test_durable_but_unacknowledged_messages_are_redelivered_after_sigkill_as_duplicates(
+    tmp_path: Path, broker: Mosquitto
+) -> None:
+    # PUBACKs go in arrival order: a device over its rate holds the acknowledgements of every message after its own
+    # (the subscription slows, nothing is dropped), while those messages are already durable.
+    server = Server(tmp_path / "data", mqtt_env(broker, rate_per_device="0.01", burst_per_device="1"))
+    device = Device(broker, "fleet")
+    with server:
+        device.publish("devices/slow/telemetry", reading("slow", metrics={"i": 0}))
+        device.publish("devices/slow/telemetry", reading("slow", metrics={"i": 1}))  # waits ~100 s for a token
+        for i in range(50):
+            device.publish(f"devices/dev-{i}/telemetry", reading(f"dev-{i}"))
+        wait_for(lambda: len(telemetry_ids(server.data_dir)) == 51, "the 51 readings that had a token spooled")
+        metrics = httpx.get(server.url + "/metrics").text
+        assert "tidegate_mqtt_unacknowledged 51" in metrics, "50 durable messages wait behind slow's second"
+        server.stop(kill=True)
+        server.start()  # the broker redelivers the 51 unacknowledged messages to the same worker's session
+        wait_for(lambda: len(telemetry_ids(server.data_dir)) == 52, "slow's second reading")
+        wait_for(
+            lambda: (
+                'tidegate_records_total{outcome="duplicate",priority="medium"} 50'
+                in httpx.get(server.url + "/metrics").text
+            ),
+            "the 50 redeliveries answered duplicate",
+        )
+        assert max(Counter(telemetry_ids(server.data_dir)).values()) == 1, "no second copy"
+    device.close()
 
 
 def test_a_shared_subscription_splits_the_fleet_between_workers(tmp_path: Path, broker: Mosquitto) -> None:
