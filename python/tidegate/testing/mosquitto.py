@@ -113,6 +113,7 @@ class Mosquitto:
             "log_type warning",
             "log_type notice",
             "log_type information",
+            "log_type subscribe",
             "connection_messages true",
             f"max_queued_messages {self.max_queued}",
             "max_inflight_messages 100",
@@ -162,6 +163,16 @@ class Mosquitto:
                 proc.kill()
                 proc.wait()
         _live.discard(proc)
+
+    def subscribers(self, topic_filter: str) -> set[str]:
+        """The client ids that subscribed to `topic_filter` (as given, `$share/...` included), from the log."""
+        clients = set()
+        with contextlib.suppress(FileNotFoundError):
+            for line in self.log_path.read_text(errors="replace").splitlines():
+                fields = line.split(" ")
+                if len(fields) == 4 and fields[3] == topic_filter and fields[2].isdigit():
+                    clients.add(fields[1])
+        return clients
 
     def log_tail(self, lines: int = 30) -> str:
         texts = []
