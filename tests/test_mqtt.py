@@ -271,3 +271,20 @@ def test_mqtt_acl_lets_each_device_publish_to_its_own_topics_only(tmp_path: Path
         wait_for(lambda: bool(answers), "the CONNACK")
         refused.loop_stop()
         assert answers[0].is_failure, "another device's key is refused at CONNECT"
+
+
+@pytest.mark.parametrize(
+    ("flags", "named"),
+    [
+        (["--mqtt", "http://broker:1883"], "mqtt must be mqtt://"),
+        (["--mqtt", "mqtt://broker", "--mqtt-topic-telemetry", "devices/+/telemetry"], "mqtt_topic_telemetry"),
+        (["--mqtt", "mqtt://broker", "--mqtt-protocol", "4"], "mqtt_protocol must be one of"),
+    ],
+)
+def test_mqtt_settings_that_cannot_work_stop_serve_with_exit_code_2(
+    tmp_path: Path, flags: list[str], named: str
+) -> None:
+    command = [sys.executable, "-m", "tidegate", "serve", "--data-dir", str(tmp_path), "--port", "1", *flags]
+    refused = subprocess.run(command, check=False, capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 2, refused.stderr
+    assert named in refused.stderr
