@@ -25,7 +25,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from tidegate.testing.mosquitto import Mosquitto
 from tidegate.testing.server import Server
 
-from tests.conftest import reading
+from tests.conftest import event, reading
 
 DLQ = "ingest-dlq"
 #: The last of tidegate's subscriptions (all three go in one SUBSCRIBE).
@@ -271,6 +271,20 @@ def test_mqtt_acl_lets_each_device_publish_to_its_own_topics_only(tmp_path: Path
         wait_for(lambda: bool(answers), "the CONNACK")
         refused.loop_stop()
         assert answers[0].is_failure, "another device's key is refused at CONNECT"
+
+
+def test_mqtt_3_1_1_subscribes_plainly_on_worker_0_and_takes_ndjson(tmp_path: Path, broker: Mosquitto) -> None:
+    server = Server(tmp_path / "data", mqtt_env(broker, mqtt_protocol="3.1.1"), workers=2)
+    device = Device(broker, "gateway-7")
+    with server:
+        # Without shared subscriptions two workers would each take every message: worker 0 alone subscribes.
+        wait_for(lambda: len(broker.subscribers("devices/+/events")) == 1, "worker 0's plain subscription")
+        assert next(iter(broker.subscribers("devices/+/events"))).endswith("-w0")
+        ndjson = "\n".join(json.dumps(event(payload={"n": n})) for n in range(3)) + "\n"
+        device.publish("devices/gateway-7/events", ndjson)  # no content type travels with 3.1.1
+        wait_for(lambda: len(values(server.data_dir, "events-raw")) == 3, "three events")
+        assert not values(server.data_dir, DLQ)
+    device.close()
 
 
 @pytest.mark.parametrize(

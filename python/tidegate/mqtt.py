@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING
 
 import aiomqtt
 from aiomqtt.exceptions import MqttConnectError
+from paho.mqtt import client as paho_client
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
@@ -242,6 +243,9 @@ class MqttSource:
                 log.warning(
                     json.dumps({"event": "mqtt_disconnected", "broker": self.settings.mqtt, "error": str(error)})
                 )
+            except Exception:
+                # Never let the source die quietly: log, and connect again after the backoff.
+                log.exception(json.dumps({"event": "mqtt_source_failed", "broker": self.settings.mqtt}))
             finally:
                 self.connected = False
             if not self._stop.is_set():
@@ -265,7 +269,8 @@ class MqttSource:
             password=settings.mqtt_password,
             protocol=aiomqtt.ProtocolVersion.V5 if v5 else aiomqtt.ProtocolVersion.V311,
             clean_session=None if v5 else False,
-            clean_start=False,
+            # Resume the session (and what it had not acknowledged); 3.1.1 says so with clean_session.
+            clean_start=False if v5 else paho_client.MQTT_CLEAN_START_FIRST_ONLY,
             properties=properties,
             keepalive=30,
             tls_context=ssl.create_default_context() if self.tls else None,
