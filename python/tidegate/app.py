@@ -19,7 +19,7 @@ import os
 import random
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
@@ -34,6 +34,7 @@ from tidegate._native import (
     Contract,
     DedupWindow,
     InvalidHeader,
+    Issue,
     PayloadError,
     PayloadTooLarge,
     RecordBatch,
@@ -111,6 +112,8 @@ class Answer:
     event_id: str | None = None
     records: int = 0
     content_type: bytes = b"application/json"
+    rejected: list[Issue] = field(default_factory=list)
+    """The records refused (the body names them for HTTP; MQTT dead-letters them)."""
 
 
 def now_ms() -> int:
@@ -380,6 +383,12 @@ class Gateway:
             self.dedup.load_spool, self.spool, now, now - int(self.settings.dedup_ttl_seconds * 1000)
         )
         housekeeping = asyncio.create_task(self._housekeeping())
+        mqtt_source = None
+        if self.settings.mqtt:
+            from tidegate.mqtt import MqttSource  # noqa: PLC0415 - only workers with an MQTT broker need it
+
+            mqtt_source = MqttSource(self, worker_index=int(directory.name.removeprefix("w")))
+            await mqtt_source.start()
         self.ready = True
         log.info(
             json.dumps({"event": "started", "spool": str(directory), "dedup_ids": loaded, "kafka": self.settings.kafka})
@@ -389,6 +398,8 @@ class Gateway:
         finally:
             self.shutting_down = True
             deadline = time.monotonic() + self.settings.shutdown_deadline_s
+            if mqtt_source is not None:
+                await mqtt_source.stop(self.settings.shutdown_deadline_s)
             while self.in_flight_requests and time.monotonic() < deadline:
                 await asyncio.sleep(0.01)
             housekeeping.cancel()
@@ -675,6 +686,22 @@ class Gateway:
         # Checked before the body is read, like X-Ack; the setting turns every request into a dry run.
         dry_run = dry_run_asked(headers) or self.settings.dry_run
         body = await self._read_body(headers, receive)
+        return await self.ingest_body(route, body, headers, device_id, priority, dry_run=dry_run)
+
+    async def ingest_body(
+        self,
+        route: IngestRoute,
+        body: bytes,
+        headers: dict[bytes, str],
+        device_id: str | None,
+        priority: str,
+        *,
+        dry_run: bool,
+    ) -> Answer:
+        """The pipeline shared by HTTP and MQTT once a body is admitted: validate, check the device, dedup, spool
+        (durable when this returns; with `dry_run`, nothing is written), answer. `device_id` is the authenticated
+        device (HTTP's key, MQTT's topic), which every telemetry record must name. Raises Problem for a body that
+        cannot be taken as a whole."""
         result = self._validate(route, body, headers, priority)
         batch = result.batch
         if route.kind == "batch":
@@ -730,9 +757,11 @@ class Gateway:
             durability = "none"
         for device in devices:
             self.last_seen[device] = received / 1000
-        return self._answer(
+        answer = self._answer(
             route, result, duplicates=duplicates, durability=durability, dry_run=dry_run, priority=priority
         )
+        answer.rejected = result.rejected
+        return answer
 
     async def _persist(self, batch: RecordBatch, key_claims: list[tuple[str, str]], headers: dict[bytes, str]) -> str:
         """Makes the batch durable (spool, and Kafka when asked); its dedup claims are released if that fails.

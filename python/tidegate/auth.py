@@ -8,6 +8,7 @@ JSON file under the data dir, written atomically; servers re-read it when it cha
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import json
@@ -33,6 +34,9 @@ class KeyEntry:
     device_id: str
     secret_sha256: str
     created_at: float
+    mqtt_password_hash: str | None = None
+    """The whole key hashed as mosquitto's password file wants it (`tidegate mqtt-acl` writes it there); absent
+    for keys made before tidegate stored one."""
 
 
 def _digest(secret: str) -> str:
@@ -61,7 +65,13 @@ class KeyStore:
             return
         document: dict[str, Any] = json.loads(self.path.read_text() or "{}")
         self._entries = {
-            item["key_id"]: KeyEntry(item["key_id"], item["device_id"], item["secret_sha256"], item["created_at"])
+            item["key_id"]: KeyEntry(
+                item["key_id"],
+                item["device_id"],
+                item["secret_sha256"],
+                item["created_at"],
+                item.get("mqtt_password_hash"),
+            )
             for item in document.get("keys", [])
         }
         self._stamp = stamp
@@ -114,9 +124,10 @@ class KeyStore:
             )
         key_id = secrets.token_hex(6)
         secret = secrets.token_urlsafe(32).replace("_", "-")
-        self._entries[key_id] = KeyEntry(key_id, device_id, _digest(secret), time.time())
+        key = f"{PREFIX}{key_id}_{secret}"
+        self._entries[key_id] = KeyEntry(key_id, device_id, _digest(secret), time.time(), mosquitto_hash(key))
         self._save()
-        return f"{PREFIX}{key_id}_{secret}"
+        return key
 
     def revoke(self, target: str) -> list[KeyEntry]:
         """Revokes a key (by the key itself or its id) or every key of a device id; returns what was revoked."""
@@ -128,6 +139,20 @@ class KeyStore:
         if revoked:
             self._save()
         return revoked
+
+
+def mosquitto_hash(password: str, *, iterations: int = 101) -> str:
+    """`password` as mosquitto 2's password file stores it (`mosquitto_passwd`): `$7$<iterations>$<salt>$<hash>`,
+    PBKDF2-HMAC-SHA512 over a 12-byte random salt, both base64."""
+    salt = secrets.token_bytes(12)
+    digest = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, iterations)
+    return f"$7${iterations}${base64.b64encode(salt).decode()}${base64.b64encode(digest).decode()}"
+
+
+def mqtt_username(entry: KeyEntry) -> str:
+    """The MQTT username of a key: `tg_<key id>`, the start of the key itself (a device holds two keys while it
+    rotates, and a username is one password in mosquitto's file)."""
+    return f"{PREFIX}{entry.key_id}"
 
 
 def presented_key(device_token: str | None, authorization: str | None, api_key: str | None = None) -> str | None:

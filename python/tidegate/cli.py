@@ -15,6 +15,7 @@ from pathlib import Path
 from granian import Granian
 from granian.constants import Interfaces
 
+from tidegate import mqtt
 from tidegate._native import Spool
 from tidegate.auth import KeyStore
 from tidegate.config import SETTING_NAMES, Settings, choices_of, load_settings, to_env
@@ -31,6 +32,9 @@ KAFKA_FLAGS = tuple(
     if (name.startswith("kafka_") or name == "ready_requires_kafka") and name != "kafka_sasl_password"
 )
 
+#: The MQTT source's settings, each with a flag of its own name (`--mqtt-topic-telemetry`); not the password.
+MQTT_FLAGS = tuple(name for name in SETTING_NAMES if name.startswith("mqtt_") and name != "mqtt_password")
+
 
 def _metavar(name: str) -> str:
     for suffix, metavar in (("_file", "FILE"), ("_ms", "MS"), ("_s", "SECONDS"), ("_bytes", "BYTES")):
@@ -45,6 +49,7 @@ def _check_settings(settings: Settings) -> None:
         kafka_settings(settings)
     elif settings.ready_requires_kafka:
         raise ValueError("ready_requires_kafka needs kafka (the bootstrap servers)")
+    mqtt.check_settings(settings)
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -58,7 +63,8 @@ def _serve(args: argparse.Namespace) -> int:
             kafka=args.kafka,
             dry_run=True if args.dry_run else None,
             auth=False if args.no_auth else None,
-            **{name: getattr(args, name) for name in KAFKA_FLAGS},
+            mqtt=args.mqtt,
+            **{name: getattr(args, name) for name in (*KAFKA_FLAGS, *MQTT_FLAGS)},
         )
         _check_settings(settings)
     except (ValueError, OSError) as error:  # OSError: a --config file that cannot be read
@@ -75,6 +81,7 @@ def _serve(args: argparse.Namespace) -> int:
     print(
         f"tidegate: http://{settings.host}:{settings.port} · data {settings.data_dir.resolve()} · "
         f"{'kafka ' + settings.kafka if settings.kafka else 'embedded spool (no Kafka)'} · "
+        f"{'mqtt ' + settings.mqtt + ' · ' if settings.mqtt else ''}"
         f"{settings.workers} worker(s){' · auth off' if not settings.auth else ''}",
         file=sys.stderr,
     )
@@ -137,6 +144,29 @@ def _keys(args: argparse.Namespace) -> int:
         for entry in store.entries():
             created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(entry.created_at))
             print(f"{entry.device_id} tg_{entry.key_id}_… created {created}")
+    return 0
+
+
+def _mqtt_acl(args: argparse.Namespace) -> int:
+    try:
+        settings = load_settings(args.config, data_dir=args.data_dir)
+        mqtt.check_settings(settings)
+    except (ValueError, OSError) as error:
+        print(f"tidegate mqtt-acl: {error}", file=sys.stderr)
+        return 2
+    skipped = mqtt.write_broker_files(KeyStore(settings.keys_file), settings, args.out)
+    for entry in skipped:
+        print(
+            f"tidegate mqtt-acl: {entry.device_id} key tg_{entry.key_id}_… predates MQTT passwords; left out "
+            "(add a new key for the device and revoke this one)",
+            file=sys.stderr,
+        )
+    if settings.mqtt_username and not settings.mqtt_password:
+        print(
+            f"tidegate mqtt-acl: no mqtt_password for {settings.mqtt_username}: its ACL is written, not its password",
+            file=sys.stderr,
+        )
+    print(f"wrote {args.out / 'passwd'}, {args.out / 'acl'} and a reference {args.out / 'mosquitto.conf'}")
     return 0
 
 
@@ -225,6 +255,13 @@ def build_parser() -> argparse.ArgumentParser:
             kafka.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction)
         else:
             kafka.add_argument(flag, dest=name, metavar="|".join(choices) if choices else _metavar(name))
+    serve.add_argument("--mqtt", metavar="URL", help="also take messages from this MQTT broker (mqtt://host:1883)")
+    mqtt_group = serve.add_argument_group("MQTT", "each flag sets the setting of its name (README: MQTT)")
+    for name in MQTT_FLAGS:
+        choices = choices_of(name)
+        mqtt_group.add_argument(
+            "--" + name.replace("_", "-"), dest=name, metavar="|".join(choices) if choices else _metavar(name)
+        )
     serve.set_defaults(run=_serve)
 
     deliver = commands.add_parser(
@@ -246,6 +283,15 @@ def build_parser() -> argparse.ArgumentParser:
     for sub in (add, revoke, listing):
         sub.add_argument("--data-dir", type=Path, default=Path(os.environ.get("TIDEGATE_DATA_DIR", "data")))
     keys.set_defaults(run=_keys)
+
+    acl = commands.add_parser(
+        "mqtt-acl",
+        help="write mosquitto's password and ACL files (and a reference mosquitto.conf) from the key store",
+    )
+    acl.add_argument("--data-dir", type=Path, default=Path(os.environ.get("TIDEGATE_DATA_DIR", "data")))
+    acl.add_argument("--out", type=Path, required=True, metavar="DIR")
+    acl.add_argument("--config", type=Path, help="TOML settings file (mqtt_username, mqtt_password, topic patterns)")
+    acl.set_defaults(run=_mqtt_acl)
 
     tail = commands.add_parser("tail", help="print spooled records, one JSON line each (the Kafka value)")
     tail.add_argument("--data-dir", type=Path, default=Path(os.environ.get("TIDEGATE_DATA_DIR", "data")))

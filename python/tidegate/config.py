@@ -16,12 +16,14 @@ PRIORITIES: tuple[Priority, ...] = ("high", "medium", "low")
 KafkaAcks = Literal["all", "1"]
 KafkaCompression = Literal["none", "gzip", "snappy", "lz4", "zstd"]
 SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
+MqttProtocol = Literal["auto", "5", "3.1.1"]
 #: Settings whose values are one of a few names: the type's name (as the dataclass records it) → the names.
 _CHOICES: dict[str, tuple[str, ...]] = {
     "Priority": PRIORITIES,
     "KafkaAcks": get_args(KafkaAcks),
     "KafkaCompression": get_args(KafkaCompression),
     "SaslMechanism": get_args(SaslMechanism),
+    "MqttProtocol": get_args(MqttProtocol),
 }
 
 
@@ -109,6 +111,29 @@ class Settings:
     admission_medium_share: float = 0.8
     admission_tolerance: float = 2.0
     """How much slower than its best a request may get before the limit shrinks."""
+    mqtt: str | None = None
+    """An MQTT broker to ingest from, `mqtt://host[:1883]` (or `mqtts://host[:8883]`, verified against the system's
+    CAs); None (the default) runs no MQTT source."""
+    mqtt_username: str | None = None
+    mqtt_password: str | None = None
+    """Give it in the TOML file or `TIDEGATE_MQTT_PASSWORD`: there is no flag, as flags show in `ps`."""
+    mqtt_protocol: MqttProtocol = "auto"
+    """"5", "3.1.1", or "auto": MQTT 5 (shared subscriptions), falling back to 3.1.1 when the broker refuses 5."""
+    mqtt_shared_group: str = "tidegate"
+    """Subscribe as `$share/<group>/<topic>` (MQTT 5), so every worker of every instance in the group takes a share
+    of the fleet. Empty, or under MQTT 3.1.1: a plain subscription, held by worker 0 of the instance alone."""
+    mqtt_client_id: str | None = None
+    """The prefix of each worker's client id (`<prefix>-w<N>`); by default `tidegate-<host>-<hash of the data dir>`.
+    Stable across restarts, so the broker keeps each worker's session and redelivers what it had not acknowledged."""
+    mqtt_session_expiry_s: int = 86400
+    """How long the broker keeps a worker's session (its subscription and unacknowledged messages) while it is away."""
+    mqtt_receive_maximum: int = 256
+    """Messages the broker may have in flight to a worker, unacknowledged (MQTT 5 Receive Maximum): the bounded
+    window that withheld acknowledgements close under overload. (MQTT 3.1.1: the broker's own setting.)"""
+    mqtt_topic_telemetry: str = "devices/{device_id}/telemetry"
+    """Topic patterns: `{device_id}` stands for one topic level, the device the message is taken from."""
+    mqtt_topic_batch: str = "devices/{device_id}/batch"
+    mqtt_topic_events: str = "devices/{device_id}/events"
 
     @property
     def spool_root(self) -> Path:

@@ -109,6 +109,16 @@ class Metrics:
             "tidegate_ingest_latency_seconds", "Ingest request latency until the answer.", LATENCY_BUCKETS, ("route",)
         )
         self.lag = Histogram("tidegate_ingest_lag_ms", "Reception time minus record time.", LAG_BUCKETS)
+        self.mqtt_messages = Counter(
+            "tidegate_mqtt_messages_total",
+            "MQTT messages taken and acknowledged, by outcome (accepted, dead_lettered, partly_dead_lettered).",
+            ("outcome",),
+        )
+        self.mqtt_dead_letters = Counter(
+            "tidegate_mqtt_dead_letters_total",
+            "MQTT messages (or records of them) sent to the dead-letter topic, by reason.",
+            ("reason",),
+        )
         self.gauges: list[Gauge] = []
 
     def gauge(self, name: str, help_text: str, read: Callable[[], float]) -> None:
@@ -118,6 +128,8 @@ class Metrics:
         lines: list[str] = []
         for metric in (self.requests, self.records, self.shed, self.rate_limited, self.latency, self.lag):
             lines.extend(metric.render())
+        lines.extend(self.mqtt_messages.render())
+        lines.extend(self.mqtt_dead_letters.render())
         for gauge in self.gauges:
             lines.extend(gauge.render())
         return "\n".join(lines) + "\n"

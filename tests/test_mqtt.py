@@ -1,0 +1,304 @@
+"""The MQTT source against a real mosquitto and a real `tidegate serve`: devices publish QoS 1, records land in the
+spool through the HTTP pipeline, acknowledged only once durable."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import cbor2
+import httpx
+import paho.mqtt.client as paho
+import pytest
+import tidegate
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.reasoncodes import ReasonCode
+from tidegate.testing.mosquitto import Mosquitto
+from tidegate.testing.server import Server
+
+from tests.conftest import event, reading
+
+DLQ = "ingest-dlq"
+#: The last of tidegate's subscriptions (all three go in one SUBSCRIBE).
+SHARED_EVENTS = "$share/tidegate/devices/+/events"
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[Mosquitto]:
+    with Mosquitto(tmp_path / "broker") as running:
+        yield running
+
+
+@contextlib.contextmanager
+def serving(server: Server, broker: Mosquitto, workers: int = 1) -> Iterator[Server]:
+    """Runs the server, once its workers subscribed (a message published before would go nowhere)."""
+    server.start()
+    try:
+        wait_for(lambda: len(broker.subscribers(SHARED_EVENTS)) >= workers, "tidegate's subscriptions")
+        yield server
+    finally:
+        server.stop()
+
+
+class Device:
+    """A device's MQTT client (paho, threaded); `publish` returns once the broker acknowledged (QoS 1)."""
+
+    def __init__(
+        self, broker: Mosquitto, client_id: str, *, username: str | None = None, password: str | None = None
+    ) -> None:
+        self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv5)
+        if username is not None:
+            self.client.username_pw_set(username, password)
+        self.client.max_inflight_messages_set(100)
+        self.client.connect("127.0.0.1", broker.port)
+        self.client.loop_start()
+
+    def publish(self, topic: str, payload: bytes | str | dict[str, Any]) -> paho.MQTTMessageInfo:
+        body = json.dumps(payload) if isinstance(payload, dict) else payload
+        info = self.client.publish(topic, body, qos=1)
+        info.wait_for_publish(10)
+        return info
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def mqtt_env(broker: Mosquitto, **settings: str) -> dict[str, str]:
+    return {"TIDEGATE_MQTT": broker.url, **{f"TIDEGATE_{k.upper()}": v for k, v in settings.items()}}
+
+
+def wait_for(condition: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"gave up waiting for {what}")
+        time.sleep(0.1)
+
+
+def values(data_dir: Path, topic: str | None = None) -> list[dict[str, Any]]:
+    """Every spooled record's value (as it goes to Kafka), of one topic or all, from every worker's spool."""
+    return [json.loads(value) for directory in (data_dir / "spool").iterdir() for value in spooled(directory, topic)]
+
+
+def spooled(directory: Path, topic: str | None = None) -> list[bytes]:
+    spool, seq, out = tidegate.Spool.open_read_only(directory), 0, list[bytes]()
+    while True:
+        batch, seq = spool.read(seq, durable_only=False)
+        if len(batch) == 0:
+            return out
+        out.extend(batch.values(topic))
+
+
+def telemetry_ids(data_dir: Path) -> list[str]:
+    return [value["event_id"] for value in values(data_dir, "telemetry-raw")]
+
+
+def test_a_reading_over_mqtt_has_the_event_id_it_has_over_http(tmp_path: Path, broker: Mosquitto) -> None:
+    server = Server(tmp_path / "data", mqtt_env(broker))
+    keys = server.keys("sensor-001")
+    device = Device(broker, "sensor-001")
+    with serving(server, broker), httpx.Client(base_url=server.url, timeout=20) as http:
+        first, second, third = reading("sensor-001"), reading("sensor-001", metrics={"t": 2}), reading("sensor-001")
+        third["metrics"] = {"t": 3}
+        device.publish("devices/sensor-001/telemetry", first)  # JSON
+        device.publish("devices/sensor-001/telemetry", cbor2.dumps(second))  # CBOR, told apart by its first byte
+        batch = {
+            "device_id": "sensor-001",
+            "batch_id": "b-1",
+            "readings": [{k: third[k] for k in ("timestamp", "metrics")}],
+        }
+        device.publish("devices/sensor-001/batch", batch)
+        wait_for(lambda: len(telemetry_ids(server.data_dir)) == 3, "three readings in the spool")
+        spooled = telemetry_ids(server.data_dir)
+        # The same readings over HTTP: the same event ids, answered as duplicates of what MQTT spooled.
+        for record in (first, second, third):
+            answer = http.post("/api/v1/ingest", json=record, headers={"X-Device-Token": keys["sensor-001"]})
+            assert answer.status_code == 202, answer.text
+            assert answer.json()["status"] == "duplicate"
+            assert answer.json()["event_id"] in spooled
+        assert sorted(telemetry_ids(server.data_dir)) == sorted(spooled), "no second copy"
+        metrics = http.get("/metrics").text
+        assert 'tidegate_mqtt_messages_total{outcome="accepted"} 3' in metrics
+    device.close()
+
+
+def test_what_cannot_be_taken_goes_to_the_dead_letter_topic_with_its_reason(tmp_path: Path, broker: Mosquitto) -> None:
+    server = Server(tmp_path / "data", mqtt_env(broker))
+    device = Device(broker, "sensor-a")
+    with serving(server, broker), httpx.Client(base_url=server.url, timeout=20) as http:
+        device.publish("devices/sensor-a/telemetry", reading("sensor-b"))  # names another device
+        device.publish("devices/sensor-a/telemetry", b"{not json")
+        readings = [reading("sensor-a"), reading("sensor-a", timestamp="yesterday")]
+        for item in readings:
+            del item["device_id"]
+        batch = {"device_id": "sensor-a", "batch_id": "b-2", "readings": readings}
+        device.publish("devices/sensor-a/batch", batch)
+        wait_for(lambda: len(values(server.data_dir, DLQ)) == 3, "three dead letters")
+        letters = {letter["reason"]: letter for letter in values(server.data_dir, DLQ)}
+        assert set(letters) == {"wrong-device", "malformed", "invalid"}
+        assert letters["wrong-device"]["device_id"] == "sensor-a"
+        assert letters["wrong-device"]["topic"] == "devices/sensor-a/telemetry"
+        assert letters["wrong-device"]["errors"] == [{"path": "$.device_id", "message": "must be sensor-a"}]
+        assert [error["index"] for error in letters["invalid"]["errors"]] == [1]
+        # The batch's good reading is kept; nothing of sensor-b's reading is.
+        kept = values(server.data_dir, "telemetry-raw")
+        assert [value["device_id"] for value in kept] == ["sensor-a"]
+        metrics = http.get("/metrics").text
+        for reason in ("wrong-device", "malformed", "invalid"):
+            assert f'tidegate_mqtt_dead_letters_total{{reason="{reason}"}} 1' in metrics
+    device.close()
+
+
+def test_sigkill_mid_stream_loses_nothing_the_broker_took(tmp_path: Path, broker: Mosquitto) -> None:
+    # A long commit window keeps records written but not yet durable, so unacknowledged, when the kill comes.
+    server = Server(tmp_path / "data", mqtt_env(broker, commit_window_ms="100"))
+    server.start()
+    wait_for(lambda: len(broker.subscribers(SHARED_EVENTS)) == 1, "tidegate's subscriptions")
+    device = Device(broker, "sensor-k")
+    published: list[paho.MQTTMessageInfo] = []
+    stop = threading.Event()
+
+    def publish() -> None:
+        i = 0
+        while not stop.is_set() or i < 300:
+            record = reading(f"sensor-{i % 7}", metrics={"i": i})
+            published.append(device.client.publish(f"devices/sensor-{i % 7}/telemetry", json.dumps(record), qos=1))
+            i += 1
+            time.sleep(0.002)
+
+    publisher = threading.Thread(target=publish)
+    publisher.start()
+    try:
+        wait_for(lambda: len(telemetry_ids(server.data_dir)) >= 100, "records before the kill")
+        server.stop(kill=True)
+        time.sleep(0.5)  # the stream goes on while tidegate is down: the broker keeps it for the worker's session
+        server.start()
+        stop.set()
+        publisher.join()
+        for info in published:
+            info.wait_for_publish(10)
+        assert all(info.is_published() for info in published)
+        wait_for(lambda: len(set(telemetry_ids(server.data_dir))) >= len(published), "every reading spooled")
+        spooled_ids = Counter(telemetry_ids(server.data_dir))
+        assert len(spooled_ids) == len(published), "every reading the broker took is in the spool"
+        assert max(spooled_ids.values()) == 1, "a redelivery is a duplicate, never a second copy"
+    finally:
+        stop.set()
+        publisher.join()
+        server.stop()
+        device.close()
+
+
+def test_durable_but_unacknowledged_messages_are_redelivered_after_sigkill_as_duplicates(
+    tmp_path: Path, broker: Mosquitto
+) -> None:
+    # PUBACKs go in arrival order: a device over its rate holds the acknowledgements of every message after its own
+    # (the subscription slows, nothing is dropped), while those messages are already durable.
+    server = Server(tmp_path / "data", mqtt_env(broker, rate_per_device="0.01", burst_per_device="1"))
+    device = Device(broker, "fleet")
+    with serving(server, broker):
+        device.publish("devices/slow/telemetry", reading("slow", metrics={"i": 0}))
+        device.publish("devices/slow/telemetry", reading("slow", metrics={"i": 1}))  # waits ~100 s for a token
+        for i in range(50):
+            device.publish(f"devices/dev-{i}/telemetry", reading(f"dev-{i}"))
+        wait_for(lambda: len(telemetry_ids(server.data_dir)) == 51, "the 51 readings that had a token spooled")
+        metrics = httpx.get(server.url + "/metrics").text
+        assert "tidegate_mqtt_unacknowledged 51" in metrics, "50 durable messages wait behind slow's second"
+        server.stop(kill=True)
+        server.start()  # the broker redelivers the 51 unacknowledged messages to the same worker's session
+        wait_for(lambda: len(telemetry_ids(server.data_dir)) == 52, "slow's second reading")
+        wait_for(
+            lambda: (
+                'tidegate_records_total{outcome="duplicate",priority="medium"} 50'
+                in httpx.get(server.url + "/metrics").text
+            ),
+            "the 50 redeliveries answered duplicate",
+        )
+        assert max(Counter(telemetry_ids(server.data_dir)).values()) == 1, "no second copy"
+    device.close()
+
+
+def test_a_shared_subscription_splits_the_fleet_between_workers(tmp_path: Path, broker: Mosquitto) -> None:
+    server = Server(tmp_path / "data", mqtt_env(broker), workers=2)
+    device = Device(broker, "fleet")
+    with serving(server, broker, workers=2):
+        for i in range(200):
+            device.publish(f"devices/dev-{i % 20}/telemetry", reading(f"dev-{i % 20}", metrics={"i": i}))
+        wait_for(lambda: len(telemetry_ids(server.data_dir)) == 200, "every reading spooled")
+        per_worker = {directory.name: len(spooled(directory)) for directory in (server.data_dir / "spool").iterdir()}
+        assert sorted(per_worker) == ["w0", "w1"]
+        assert all(count > 0 for count in per_worker.values()), per_worker
+        assert len(set(telemetry_ids(server.data_dir))) == 200
+    device.close()
+
+
+def test_mqtt_acl_lets_each_device_publish_to_its_own_topics_only(tmp_path: Path) -> None:
+    data_dir, out = tmp_path / "data", tmp_path / "broker-files"
+    server_env = {"TIDEGATE_MQTT_USERNAME": "tidegate", "TIDEGATE_MQTT_PASSWORD": "service-secret"}
+    keys = Server(data_dir).keys("sensor-1", "sensor-2")
+    subprocess.run(
+        [sys.executable, "-m", "tidegate", "mqtt-acl", "--data-dir", str(data_dir), "--out", str(out)],
+        check=True,
+        env={**os.environ, **server_env},
+    )
+    username = {device: "_".join(key.split("_")[:2]) for device, key in keys.items()}
+    with Mosquitto(tmp_path / "broker", password_file=out / "passwd", acl_file=out / "acl") as broker:
+        server = Server(data_dir, {**mqtt_env(broker), **server_env})
+        with serving(server, broker):
+            device = Device(broker, "s1", username=username["sensor-1"], password=keys["sensor-1"])
+            device.publish("devices/sensor-1/telemetry", reading("sensor-1"))
+            device.publish("devices/sensor-2/telemetry", reading("sensor-2"))  # not its topic: not delivered
+            device.publish("devices/sensor-1/telemetry", reading("sensor-1", metrics={"after": 1}))
+            wait_for(lambda: len(telemetry_ids(data_dir)) == 2, "sensor-1's readings")
+            assert [value["device_id"] for value in values(data_dir, "telemetry-raw")] == ["sensor-1", "sensor-1"]
+            device.close()
+        answers: list[ReasonCode] = []
+        refused = paho.Client(CallbackAPIVersion.VERSION2, client_id="s2", protocol=paho.MQTTv5)
+        refused.on_connect = lambda _client, _data, _flags, reason, _props: answers.append(reason)
+        refused.username_pw_set(username["sensor-2"], keys["sensor-1"])  # another device's key
+        refused.connect("127.0.0.1", broker.port)
+        refused.loop_start()
+        wait_for(lambda: bool(answers), "the CONNACK")
+        refused.loop_stop()
+        assert answers[0].is_failure, "another device's key is refused at CONNECT"
+
+
+def test_mqtt_3_1_1_subscribes_plainly_on_worker_0_and_takes_ndjson(tmp_path: Path, broker: Mosquitto) -> None:
+    server = Server(tmp_path / "data", mqtt_env(broker, mqtt_protocol="3.1.1"), workers=2)
+    device = Device(broker, "gateway-7")
+    with server:
+        # Without shared subscriptions two workers would each take every message: worker 0 alone subscribes.
+        wait_for(lambda: len(broker.subscribers("devices/+/events")) == 1, "worker 0's plain subscription")
+        assert next(iter(broker.subscribers("devices/+/events"))).endswith("-w0")
+        ndjson = "\n".join(json.dumps(event(payload={"n": n})) for n in range(3)) + "\n"
+        device.publish("devices/gateway-7/events", ndjson)  # no content type travels with 3.1.1
+        wait_for(lambda: len(values(server.data_dir, "events-raw")) == 3, "three events")
+        assert not values(server.data_dir, DLQ)
+    device.close()
+
+
+@pytest.mark.parametrize(
+    ("flags", "named"),
+    [
+        (["--mqtt", "http://broker:1883"], "mqtt must be mqtt://"),
+        (["--mqtt", "mqtt://broker", "--mqtt-topic-telemetry", "devices/+/telemetry"], "mqtt_topic_telemetry"),
+        (["--mqtt", "mqtt://broker", "--mqtt-protocol", "4"], "mqtt_protocol must be one of"),
+    ],
+)
+def test_mqtt_settings_that_cannot_work_stop_serve_with_exit_code_2(
+    tmp_path: Path, flags: list[str], named: str
+) -> None:
+    command = [sys.executable, "-m", "tidegate", "serve", "--data-dir", str(tmp_path), "--port", "1", *flags]
+    refused = subprocess.run(command, check=False, capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 2, refused.stderr
+    assert named in refused.stderr
