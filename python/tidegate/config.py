@@ -99,6 +99,13 @@ class Settings:
     fault_injection: bool = False
     """For tests and the chaos suite only: a worker turns a file `<data_dir>/faults/spool-write-failures` holding
     N into its next N spool commits failing halfway, as on a full disk (where no small filesystem can be mounted)."""
+    dedup_key_ttl_seconds: float = 86400.0
+    """How long an idempotency key (`X-Idempotency-Key`, a batch's `batch_id`) is remembered; event ids are
+    remembered `dedup_ttl_seconds`. Both live in `<data_dir>/state/dedup.tbl`, shared by the workers of a host and
+    kept across restarts; `dedup_capacity` bounds the ids it holds (about 43 bytes each)."""
+    rate_capacity: int = 1_000_000
+    """Devices whose token buckets are held at once in `<data_dir>/state/rate.tbl` (shared by the workers of a
+    host); past it the fullest bucket is forgotten (its device gets its burst again)."""
 
     @property
     def spool_root(self) -> Path:
