@@ -21,7 +21,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -53,6 +53,8 @@ from tidegate.openapi import capabilities, openapi_document
 from tidegate.problems import Problem, issue_errors
 
 log = logging.getLogger("tidegate")
+
+Table = TypeVar("Table", DedupWindow, RateTable)
 
 WANTED_HEADERS = frozenset(
     {
@@ -100,6 +102,17 @@ def now_ms() -> int:
 
 def json_bytes(document: object) -> bytes:
     return json.dumps(document, separators=(",", ":")).encode()
+
+
+def shared_or_own(path: Path, open_table: Callable[[Path | None], Table]) -> Table:
+    """The table shared by the host's workers at `path`; if it cannot be opened (a disk too full to reserve it),
+    one of this worker's own, in memory, as before there were shared tables: dedup and rates then hold per
+    worker, and the dedup window is rebuilt from this worker's spool."""
+    try:
+        return open_table(path)
+    except OSError as error:
+        log.error(json.dumps({"event": "shared-table-unavailable", "path": str(path), "error": str(error)}))
+        return open_table(None)
 
 
 def claim_worker_dir(root: Path) -> tuple[Path, IO[str]]:
@@ -170,17 +183,23 @@ class Gateway:
         # Shared by every worker of the host (memory-mapped tables), so a retry that lands on another worker is
         # still a duplicate and a device's rate holds whichever worker it reaches; both survive restarts.
         state = settings.data_dir / "state"
-        self.buckets = RateTable(
+        self.buckets = shared_or_own(
             state / "rate.tbl",
-            rate=settings.rate_per_device,
-            burst=settings.burst_per_device,
-            capacity=settings.rate_capacity,
+            functools.partial(
+                RateTable,
+                rate=settings.rate_per_device,
+                burst=settings.burst_per_device,
+                capacity=settings.rate_capacity,
+            ),
         )
-        self.dedup = DedupWindow(
+        self.dedup = shared_or_own(
             state / "dedup.tbl",
-            capacity=settings.dedup_capacity,
-            ttl_seconds=settings.dedup_ttl_seconds,
-            key_ttl_seconds=settings.dedup_key_ttl_seconds,
+            functools.partial(
+                DedupWindow,
+                capacity=settings.dedup_capacity,
+                ttl_seconds=settings.dedup_ttl_seconds,
+                key_ttl_seconds=settings.dedup_key_ttl_seconds,
+            ),
         )
         self.last_seen: dict[str, float] = {}
         self.spool: Spool | None = None

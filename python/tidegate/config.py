@@ -103,9 +103,11 @@ class Settings:
     """How long an idempotency key (`X-Idempotency-Key`, a batch's `batch_id`) is remembered; event ids are
     remembered `dedup_ttl_seconds`. Both live in `<data_dir>/state/dedup.tbl`, shared by the workers of a host and
     kept across restarts; `dedup_capacity` bounds the ids it holds (about 43 bytes each)."""
-    rate_capacity: int = 1_000_000
+    rate_capacity: int = 100_000
     """Devices whose token buckets are held at once in `<data_dir>/state/rate.tbl` (shared by the workers of a
-    host); past it the fullest bucket is forgotten (its device gets its burst again)."""
+    host, about 43 bytes each). A bucket takes room only until it is full again (`burst_per_device /
+    rate_per_device` seconds after the device's last request); past the capacity the fullest bucket is forgotten
+    (its device gets its burst again)."""
 
     @property
     def spool_root(self) -> Path:

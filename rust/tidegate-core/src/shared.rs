@@ -170,6 +170,13 @@ impl Table {
             file.set_len(len as u64)?;
             fresh = true;
         }
+        // Every block reserved now: a page of a sparse file first written on a full disk would kill the
+        // process with SIGBUS. A disk too full for the table fails here, where the caller can do without it.
+        // SAFETY: posix_fallocate takes a file descriptor, which `file` keeps open for the duration of the call.
+        let reserved = unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, len as libc::off_t) };
+        if reserved != 0 {
+            return Err(io::Error::from_raw_os_error(reserved));
+        }
         let map = MmapOptions::new().len(len).map_raw(&file)?;
         let mut table = Table {
             map,
