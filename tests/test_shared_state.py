@@ -7,6 +7,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import socket
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -125,3 +129,29 @@ def test_a_torn_slot_is_never_a_false_duplicate(tmp_path: Path) -> None:
             assert http.post("/api/v1/ingest", json=seen).json()["status"] == "duplicate"
     finally:
         again.stop()
+
+
+def test_idle_and_slow_connections_are_closed(tmp_path: Path) -> None:
+    # Connection hygiene (issue 10, item 5): a kept-alive connection that goes quiet, and headers that stop
+    # halfway, are closed after `idle_timeout_s` instead of holding a descriptor forever.
+    with Server(tmp_path, {"TIDEGATE_AUTH": "false", "TIDEGATE_IDLE_TIMEOUT_S": "0.5"}) as server:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=30) as idle:
+            idle.sendall(b"GET /health/live HTTP/1.1\r\nHost: tidegate\r\n\r\n")
+            assert idle.recv(4096).startswith(b"HTTP/1.1 200")
+            assert idle.recv(4096) == b"", "the server closed the idle keep-alive connection"
+        with socket.create_connection(("127.0.0.1", server.port), timeout=30) as slow:
+            slow.sendall(b"POST /api/v1/ingest HTTP/1.1\r\nHost: tide")
+            assert slow.recv(4096) == b"", "closed with its headers unfinished"
+
+
+def test_an_idle_timeout_outside_what_granian_takes_is_refused(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "tidegate", "serve", "--data-dir", str(tmp_path), "--port", "1"],
+        check=False,
+        env={**os.environ, "TIDEGATE_IDLE_TIMEOUT_S": "120"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "idle_timeout_s" in result.stderr

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from granian import Granian
 from granian.constants import Interfaces
+from granian.http import HTTP1Settings
 
 from tidegate._native import Spool
 from tidegate.auth import KeyStore
@@ -44,6 +45,8 @@ def _check_settings(settings: Settings) -> None:
         kafka_settings(settings)
     elif settings.ready_requires_kafka:
         raise ValueError("ready_requires_kafka needs kafka (the bootstrap servers)")
+    if not 0.001 <= settings.idle_timeout_s <= 60:
+        raise ValueError(f"idle_timeout_s must be within 0.001 and 60 seconds, not {settings.idle_timeout_s:g}")
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -85,6 +88,8 @@ def _serve(args: argparse.Namespace) -> int:
         interface=Interfaces.ASGI,
         workers=settings.workers,
         log_access=False,
+        # Idle keep-alive connections, and headers sent too slowly, are closed instead of holding a descriptor.
+        http1_settings=HTTP1Settings(header_read_timeout=round(settings.idle_timeout_s * 1000)),
     )
     # Delivery runs in a process of its own (no Kafka code in the workers), started first and stopped last.
     supervisor = DeliverySupervisor(settings) if settings.kafka else None

@@ -108,6 +108,9 @@ class Settings:
     host, about 43 bytes each). A bucket takes room only until it is full again (`burst_per_device /
     rate_per_device` seconds after the device's last request); past the capacity the fullest bucket is forgotten
     (its device gets its burst again)."""
+    idle_timeout_s: float = 10.0
+    """A connection is closed when a request's headers have not all arrived this long after it became idle (after
+    its previous request) or after their first byte (Granian's HTTP/1 header read timeout: 0.001 to 60 s)."""
 
     @property
     def spool_root(self) -> Path:
