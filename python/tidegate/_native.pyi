@@ -19,6 +19,7 @@ __all__ = [
     "MalformedPayload",
     "PayloadError",
     "PayloadTooLarge",
+    "RateTable",
     "RecordBatch",
     "SchemaError",
     "Spool",
@@ -435,9 +436,20 @@ class Spool:
 
 @final
 class DedupWindow:
-    """Event ids and idempotency keys seen recently, bounded in count and time. Thread-safe."""
+    """Event ids and idempotency keys seen recently, bounded in count and time, in a memory-mapped table at `path`
+    shared by every process that opens it and surviving restarts (in this process's memory when `path` is None).
+    A claim is pending until `commit`: only committed ids, and this window's own pending claims, are duplicates.
+    A torn slot (a writer killed mid-update) counts as empty. Thread- and process-safe. Raises OSError when the
+    table file cannot be opened or locked."""
 
-    def __new__(cls, *, capacity: int = 1000000, ttl_seconds: float = 3600.0) -> DedupWindow: ...
+    def __new__(
+        cls,
+        path: str | PathLike[str] | None = None,
+        *,
+        capacity: int = 1000000,
+        ttl_seconds: float = 3600.0,
+        key_ttl_seconds: float = 86400.0,
+    ) -> DedupWindow: ...
     def claim_batch(self, batch: RecordBatch, now_ms: int) -> list[str]:
         """Claims the batch's event ids; removes records seen before (and repeats within the batch) from
         `batch` in place; returns the event ids that were seen before."""
@@ -445,8 +457,13 @@ class DedupWindow:
     def release_batch(self, batch: RecordBatch) -> None:
         """Forgets the batch's ids (it could not be made durable) so a retry is not called a duplicate."""
 
+    def commit(self, batch: RecordBatch, keys: list[tuple[str, str]]) -> None:
+        """Marks the claims of the batch's ids and of the idempotency keys `(scope, key)` durable: duplicates for
+        every process sharing the table from now on."""
+
     def claim_key(self, scope: str, key: str, now_ms: int) -> bool:
-        """Claims an idempotency key (`batch_id`, `X-Idempotency-Key`); False if seen within the window."""
+        """Claims an idempotency key (`batch_id`, `X-Idempotency-Key`) for `key_ttl_seconds`; False if seen within
+        that window."""
 
     def contains_key(self, scope: str, key: str, now_ms: int) -> bool:
         """Whether an idempotency key was claimed within the window (without claiming it)."""
@@ -454,6 +471,23 @@ class DedupWindow:
     def release_key(self, scope: str, key: str) -> None: ...
     def contains(self, event_id: str, now_ms: int) -> bool: ...
     def load_spool(self, spool: Spool, now_ms: int, since_ms: int) -> int:
-        """Rebuilds from the spool's records received since `since_ms`; returns the window's size."""
+        """Adds the spool's records received since `since_ms` and before the table was started (it was missing
+        or damaged); returns how many ids were read (0 for a table older than the window)."""
 
-    def __len__(self) -> int: ...
+    @property
+    def bytes_per_id(self) -> float:
+        """The table's bytes per id it holds at capacity."""
+
+    def __len__(self) -> int:
+        """Ids live now (reads the whole table)."""
+
+@final
+class RateTable:
+    """Per-device token buckets (`rate` per second up to `burst`; a rate of 0 grants everything) in a
+    memory-mapped table at `path` shared by every process that opens it (in this process's memory when None)."""
+
+    def __new__(
+        cls, path: str | PathLike[str] | None = None, *, rate: float, burst: float, capacity: int = 1000000
+    ) -> RateTable: ...
+    def take(self, device_id: str, now_us: int) -> float:
+        """Takes one token at `now_us` (µs since the epoch); 0 when granted, else the seconds until one is."""

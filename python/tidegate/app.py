@@ -21,7 +21,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -37,6 +37,7 @@ from tidegate._native import (
     Issue,
     PayloadError,
     PayloadTooLarge,
+    RateTable,
     RecordBatch,
     Spool,
     SpoolFull,
@@ -54,6 +55,8 @@ from tidegate.openapi import capabilities, openapi_document
 from tidegate.problems import Problem, issue_errors
 
 log = logging.getLogger("tidegate")
+
+Table = TypeVar("Table", DedupWindow, RateTable)
 
 WANTED_HEADERS = frozenset(
     {
@@ -124,27 +127,15 @@ def json_bytes(document: object) -> bytes:
     return json.dumps(document, separators=(",", ":")).encode()
 
 
-class TokenBuckets:
-    """Per-device token buckets: `rate` tokens per second, up to `burst`."""
-
-    def __init__(self, rate: float, burst: float) -> None:
-        self.rate, self.burst = rate, max(burst, 1.0)
-        self.buckets: dict[str, list[float]] = {}
-
-    def take(self, device_id: str, now: float) -> float:
-        """Takes one token; returns 0 when granted, else the seconds until one is available."""
-        if self.rate <= 0:
-            return 0.0
-        bucket = self.buckets.get(device_id)
-        if bucket is None:
-            bucket = self.buckets[device_id] = [self.burst, now]
-        tokens = min(self.burst, bucket[0] + (now - bucket[1]) * self.rate)
-        bucket[1] = now
-        if tokens >= 1.0:
-            bucket[0] = tokens - 1.0
-            return 0.0
-        bucket[0] = tokens
-        return (1.0 - tokens) / self.rate
+def shared_or_own(path: Path, open_table: Callable[[Path | None], Table]) -> Table:
+    """The table shared by the host's workers at `path`; if it cannot be opened (a disk too full to reserve it),
+    one of this worker's own, in memory, as before there were shared tables: dedup and rates then hold per
+    worker, and the dedup window is rebuilt from this worker's spool."""
+    try:
+        return open_table(path)
+    except OSError as error:
+        log.error(json.dumps({"event": "shared-table-unavailable", "path": str(path), "error": str(error)}))
+        return open_table(None)
 
 
 def claim_worker_dir(root: Path) -> tuple[Path, IO[str]]:
@@ -212,8 +203,27 @@ class Gateway:
             )
         }
         self.keys = KeyStore(settings.keys_file) if settings.auth else None
-        self.buckets = TokenBuckets(settings.rate_per_device, settings.burst_per_device)
-        self.dedup = DedupWindow(capacity=settings.dedup_capacity, ttl_seconds=settings.dedup_ttl_seconds)
+        # Shared by every worker of the host (memory-mapped tables), so a retry that lands on another worker is
+        # still a duplicate and a device's rate holds whichever worker it reaches; both survive restarts.
+        state = settings.data_dir / "state"
+        self.buckets = shared_or_own(
+            state / "rate.tbl",
+            functools.partial(
+                RateTable,
+                rate=settings.rate_per_device,
+                burst=settings.burst_per_device,
+                capacity=settings.rate_capacity,
+            ),
+        )
+        self.dedup = shared_or_own(
+            state / "dedup.tbl",
+            functools.partial(
+                DedupWindow,
+                capacity=settings.dedup_capacity,
+                ttl_seconds=settings.dedup_ttl_seconds,
+                key_ttl_seconds=settings.dedup_key_ttl_seconds,
+            ),
+        )
         self.last_seen: dict[str, float] = {}
         self.spool: Spool | None = None
         self.writer: SpoolWriter | None = None
@@ -379,6 +389,7 @@ class Gateway:
         self.writer = SpoolWriter(self.spool, commit_window_ms=self.settings.commit_window_ms)
         await self.writer.start()
         now = now_ms()
+        # The shared table outlives restarts; only one started anew (missing or damaged) is filled from the spool.
         loaded = await asyncio.to_thread(
             self.dedup.load_spool, self.spool, now, now - int(self.settings.dedup_ttl_seconds * 1000)
         )
@@ -595,7 +606,7 @@ class Gateway:
                 headers=[("Retry-After", "1")],
             )
         if device_id is not None:
-            wait = self.buckets.take(device_id, time.monotonic())
+            wait = self.buckets.take(device_id, time.time_ns() // 1000)
             if wait > 0:
                 self.metrics.rate_limited.inc()
                 raise Problem(
@@ -764,7 +775,8 @@ class Gateway:
         return answer
 
     async def _persist(self, batch: RecordBatch, key_claims: list[tuple[str, str]], headers: dict[bytes, str]) -> str:
-        """Makes the batch durable (spool, and Kafka when asked); its dedup claims are released if that fails.
+        """Makes the batch durable (spool, and Kafka when asked); its dedup claims are released if that fails, and
+        committed once it is durable (from then on they are duplicates for the other workers too).
 
         A record answered `duplicate` may repeat one that is still on its way to disk, so an answer is given only
         once everything appended before it is durable too, and fails with it: an empty batch (every record a
@@ -790,6 +802,8 @@ class Gateway:
             ) from None
         finally:
             self.in_flight_records -= records
+        if records or key_claims:
+            self.dedup.commit(batch, key_claims)
         if headers.get(b"x-ack", "").strip().lower() == "kafka":
             return "kafka" if await self._wait_delivered(end, self.settings.kafka_ack_timeout_s) else "spool"
         return "spool"

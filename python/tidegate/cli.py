@@ -14,6 +14,7 @@ from pathlib import Path
 
 from granian import Granian
 from granian.constants import Interfaces
+from granian.http import HTTP1Settings
 
 from tidegate import mqtt
 from tidegate._native import Spool
@@ -50,6 +51,8 @@ def _check_settings(settings: Settings) -> None:
     elif settings.ready_requires_kafka:
         raise ValueError("ready_requires_kafka needs kafka (the bootstrap servers)")
     mqtt.check_settings(settings)
+    if not 0.001 <= settings.idle_timeout_s <= 60:
+        raise ValueError(f"idle_timeout_s must be within 0.001 and 60 seconds, not {settings.idle_timeout_s:g}")
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -97,6 +100,8 @@ def _serve(args: argparse.Namespace) -> int:
         # go: requests must reach the app, where admission sees them and sheds the low ones cheaply, instead of
         # waiting unseen inside Granian.
         backpressure=max(1024, int(settings.admission_max_limit)),
+        # Idle keep-alive connections, and headers sent too slowly, are closed instead of holding a descriptor.
+        http1_settings=HTTP1Settings(header_read_timeout=round(settings.idle_timeout_s * 1000)),
     )
     # Delivery runs in a process of its own (no Kafka code in the workers), started first and stopped last.
     supervisor = DeliverySupervisor(settings) if settings.kafka else None

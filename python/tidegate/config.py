@@ -134,6 +134,18 @@ class Settings:
     """Topic patterns: `{device_id}` stands for one topic level, the device the message is taken from."""
     mqtt_topic_batch: str = "devices/{device_id}/batch"
     mqtt_topic_events: str = "devices/{device_id}/events"
+    dedup_key_ttl_seconds: float = 86400.0
+    """How long an idempotency key (`X-Idempotency-Key`, a batch's `batch_id`) is remembered; event ids are
+    remembered `dedup_ttl_seconds`. Both live in `<data_dir>/state/dedup.tbl`, shared by the workers of a host and
+    kept across restarts; `dedup_capacity` bounds the ids it holds (about 43 bytes each)."""
+    rate_capacity: int = 100_000
+    """Devices whose token buckets are held at once in `<data_dir>/state/rate.tbl` (shared by the workers of a
+    host, about 43 bytes each). A bucket takes room only until it is full again (`burst_per_device /
+    rate_per_device` seconds after the device's last request); past the capacity the fullest bucket is forgotten
+    (its device gets its burst again)."""
+    idle_timeout_s: float = 10.0
+    """A connection is closed when a request's headers have not all arrived this long after it became idle (after
+    its previous request) or after their first byte (Granian's HTTP/1 header read timeout: 0.001 to 60 s)."""
 
     @property
     def spool_root(self) -> Path:

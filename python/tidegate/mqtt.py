@@ -428,7 +428,7 @@ class MqttSource:
             if gateway.is_ready() and not shed:
                 break
             await asyncio.sleep(_RETRY_S)
-        while (wait := gateway.buckets.take(device_id, time.monotonic())) > 0:
+        while (wait := gateway.buckets.take(device_id, time.time_ns() // 1000)) > 0:
             if self._stop.is_set():
                 raise _Abandoned
             await asyncio.sleep(wait)

@@ -1,8 +1,8 @@
-//! The dedup window: recently seen event ids (and idempotency keys), bounded in count and in time.
+//! Ids for the dedup window (kept in the shared table, `crate::shared`): event ids, and idempotency keys hashed
+//! into the same 128-bit space; and a hash set of ids.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::HashSet;
 use std::hash::{BuildHasherDefault, Hasher};
-use std::sync::Mutex;
 
 /// A 128-bit identity: an event id, or the hash of an idempotency key.
 pub type Id = [u8; 16];
@@ -48,120 +48,13 @@ impl Hasher for IdHasher {
 
 /// A hash set of ids (or of pairs holding one) that skips SipHash.
 pub type IdSet<T> = HashSet<T, BuildHasherDefault<IdHasher>>;
-type IdMap<V> = HashMap<Id, V, BuildHasherDefault<IdHasher>>;
-
-struct Inner {
-    seen: IdMap<i64>,
-    /// Insertion order with insertion time, for expiry and eviction.
-    order: VecDeque<(Id, i64)>,
-}
-
-/// Ids seen within the last `ttl_ms`, at most `capacity` of them (oldest evicted first). Thread-safe.
-pub struct DedupWindow {
-    inner: Mutex<Inner>,
-    capacity: usize,
-    ttl_ms: i64,
-}
-
-impl DedupWindow {
-    pub fn new(capacity: usize, ttl_ms: i64) -> DedupWindow {
-        DedupWindow {
-            inner: Mutex::new(Inner {
-                seen: IdMap::default(),
-                order: VecDeque::new(),
-            }),
-            capacity: capacity.max(1),
-            ttl_ms,
-        }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    fn expire(&self, inner: &mut Inner, now_ms: i64) {
-        while let Some(&(id, at)) = inner.order.front() {
-            if at > now_ms - self.ttl_ms && inner.order.len() <= self.capacity {
-                break;
-            }
-            inner.order.pop_front();
-            if inner.seen.get(&id) == Some(&at) {
-                inner.seen.remove(&id);
-            }
-        }
-    }
-
-    /// Marks each id seen at `now_ms`. Returns, per id, whether it was new (claimed) rather than a duplicate;
-    /// an id repeated within `ids` is new only the first time.
-    pub fn claim(&self, ids: &[Id], now_ms: i64) -> Vec<bool> {
-        let mut inner = self.lock();
-        self.expire(&mut inner, now_ms);
-        let fresh = ids
-            .iter()
-            .map(|id| {
-                if inner.seen.contains_key(id) {
-                    return false;
-                }
-                inner.seen.insert(*id, now_ms);
-                inner.order.push_back((*id, now_ms));
-                true
-            })
-            .collect();
-        self.expire(&mut inner, now_ms);
-        fresh
-    }
-
-    /// Forgets ids claimed for records that could not be made durable, so a retry is not called a duplicate.
-    pub fn release(&self, ids: &[Id]) {
-        let mut inner = self.lock();
-        for id in ids {
-            inner.seen.remove(id);
-        }
-    }
-
-    /// Whether `id` was seen within the window (without claiming it).
-    pub fn contains(&self, id: &Id, now_ms: i64) -> bool {
-        let mut inner = self.lock();
-        self.expire(&mut inner, now_ms);
-        inner.seen.contains_key(id)
-    }
-
-    /// Loads ids seen at the given times (rebuilding after a restart); ids older than the window are skipped.
-    pub fn load(&self, seen: impl IntoIterator<Item = (Id, i64)>, now_ms: i64) {
-        let mut inner = self.lock();
-        for (id, at) in seen {
-            if at > now_ms - self.ttl_ms && !inner.seen.contains_key(&id) {
-                inner.seen.insert(id, at);
-                inner.order.push_back((id, at));
-            }
-        }
-        self.expire(&mut inner, now_ms);
-    }
-
-    pub fn len(&self) -> usize {
-        self.lock().seen.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn claims_releases_and_expires() {
-        let window = DedupWindow::new(3, 1000);
-        assert_eq!(window.claim(&[[1; 16], [2; 16], [1; 16]], 0), [true, true, false]);
-        assert_eq!(window.claim(&[[2; 16]], 10), [false]);
-        window.release(&[[2; 16]]);
-        assert_eq!(window.claim(&[[2; 16]], 20), [true]);
-        assert!(!window.contains(&[1; 16], 1000), "expired after the ttl");
-        window.claim(&[[3; 16], [4; 16], [5; 16], [6; 16]], 1001);
-        assert_eq!(window.len(), 3, "bounded by capacity");
-        assert!(!window.contains(&[3; 16], 1001));
+    fn key_ids_are_scoped() {
         assert_ne!(key_id("batch", "b-1"), key_id("idempotency", "b-1"));
     }
 }

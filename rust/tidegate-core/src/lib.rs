@@ -33,6 +33,7 @@ pub mod json;
 pub mod kafka;
 pub mod number;
 pub mod schema;
+pub mod shared;
 pub mod spool;
 pub mod time;
 pub mod validator;

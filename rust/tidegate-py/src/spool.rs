@@ -7,7 +7,8 @@ use pyo3::exceptions::{PyOSError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 use tidegate_core::batch::hex;
-use tidegate_core::dedup::{self, DedupWindow as CoreWindow};
+use tidegate_core::dedup;
+use tidegate_core::shared::{RateTable as CoreRateTable, SharedWindow};
 use tidegate_core::spool::{Cursor, Spool as CoreSpool, SpoolError, SpoolOptions};
 
 use crate::RecordBatch;
@@ -225,75 +226,152 @@ fn parse_id(text: &str) -> PyResult<dedup::Id> {
     Ok(id)
 }
 
+fn seconds_to_ms(seconds: f64) -> i64 {
+    (seconds * 1000.0) as i64
+}
+
+fn wall_clock_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// The dedup window shared by a host's workers (see the core's `shared::SharedWindow`).
 #[pyclass(frozen, module = "tidegate._native")]
-pub struct DedupWindow(CoreWindow);
+pub struct DedupWindow {
+    inner: SharedWindow,
+    ttl_ms: i64,
+    key_ttl_ms: i64,
+}
 
 #[pymethods]
 impl DedupWindow {
     #[new]
-    #[pyo3(signature = (*, capacity = 1_000_000, ttl_seconds = 3600.0))]
-    fn new(capacity: usize, ttl_seconds: f64) -> DedupWindow {
-        DedupWindow(CoreWindow::new(capacity, (ttl_seconds * 1000.0) as i64))
+    #[pyo3(signature = (path = None, *, capacity = 1_000_000, ttl_seconds = 3600.0, key_ttl_seconds = 86400.0))]
+    fn new(
+        py: Python<'_>,
+        path: Option<PathBuf>,
+        capacity: usize,
+        ttl_seconds: f64,
+        key_ttl_seconds: f64,
+    ) -> PyResult<DedupWindow> {
+        let inner = py.detach(|| SharedWindow::open(path.as_deref(), capacity))?;
+        Ok(DedupWindow {
+            inner,
+            ttl_ms: seconds_to_ms(ttl_seconds),
+            key_ttl_ms: seconds_to_ms(key_ttl_seconds),
+        })
     }
 
     /// Claims the event ids of `batch` at `now_ms`; removes records whose id was seen already (with their
     /// dead-letter copies) and repeats within the batch, and returns the ids seen before this batch.
-    fn claim_batch(&self, py: Python<'_>, mut batch: PyRefMut<'_, RecordBatch>, now_ms: i64) -> Vec<String> {
+    fn claim_batch(&self, py: Python<'_>, mut batch: PyRefMut<'_, RecordBatch>, now_ms: i64) -> PyResult<Vec<String>> {
         let records = &mut batch.0;
-        py.detach(|| {
+        let duplicates = py.detach(|| -> std::io::Result<Vec<dedup::Id>> {
             let mut ids: Vec<dedup::Id> = records.iter().map(|r| r.event_id).collect();
             ids.sort_unstable();
             ids.dedup();
-            let fresh = self.0.claim(&ids, now_ms);
+            let fresh = self.inner.claim(&ids, now_ms, self.ttl_ms)?;
             let duplicates: Vec<dedup::Id> = ids.iter().zip(fresh).filter(|(_, f)| !f).map(|(id, _)| *id).collect();
             // `duplicates` is sorted (a subset of sorted `ids`).
             records.remove_duplicates(|id| duplicates.binary_search(id).is_ok());
-            duplicates.iter().map(|id| hex(id)).collect()
-        })
+            Ok(duplicates)
+        })?;
+        Ok(duplicates.iter().map(|id| hex(id)).collect())
     }
 
     /// Releases the ids of `batch` (its records could not be made durable), so retries are not duplicates.
-    fn release_batch(&self, batch: PyRef<'_, RecordBatch>) {
+    fn release_batch(&self, batch: PyRef<'_, RecordBatch>) -> PyResult<()> {
         let ids: Vec<dedup::Id> = batch.0.iter().map(|r| r.event_id).collect();
-        self.0.release(&ids);
+        Ok(self.inner.release(&ids)?)
+    }
+
+    /// Marks the claims of `batch` and of the idempotency keys `(scope, key)` durable: from now on they are
+    /// duplicates for every worker of the host.
+    fn commit(&self, batch: PyRef<'_, RecordBatch>, keys: Vec<(String, String)>) -> PyResult<()> {
+        let mut ids: Vec<dedup::Id> = batch.0.iter().map(|r| r.event_id).collect();
+        ids.extend(keys.iter().map(|(scope, key)| dedup::key_id(scope, key)));
+        Ok(self.inner.commit(&ids)?)
     }
 
     /// Claims an idempotency key within `scope`; `False` when it was seen within the window.
-    fn claim_key(&self, scope: &str, key: &str, now_ms: i64) -> bool {
-        self.0.claim(&[dedup::key_id(scope, key)], now_ms)[0]
+    fn claim_key(&self, scope: &str, key: &str, now_ms: i64) -> PyResult<bool> {
+        Ok(self
+            .inner
+            .claim(&[dedup::key_id(scope, key)], now_ms, self.key_ttl_ms)?[0])
     }
 
     /// Whether an idempotency key was claimed within the window (without claiming it).
-    fn contains_key(&self, scope: &str, key: &str, now_ms: i64) -> bool {
-        self.0.contains(&dedup::key_id(scope, key), now_ms)
+    fn contains_key(&self, scope: &str, key: &str, now_ms: i64) -> PyResult<bool> {
+        Ok(self.inner.contains(&dedup::key_id(scope, key), now_ms)?)
     }
 
-    fn release_key(&self, scope: &str, key: &str) {
-        self.0.release(&[dedup::key_id(scope, key)]);
+    fn release_key(&self, scope: &str, key: &str) -> PyResult<()> {
+        Ok(self.inner.release(&[dedup::key_id(scope, key)])?)
     }
 
     fn contains(&self, event_id: &str, now_ms: i64) -> PyResult<bool> {
-        Ok(self.0.contains(&parse_id(event_id)?, now_ms))
+        Ok(self.inner.contains(&parse_id(event_id)?, now_ms)?)
     }
 
-    /// Rebuilds the window from a spool's records received in the last `ttl`; returns how many ids it holds.
+    /// Adds a spool's records received since `since_ms` that the table cannot hold (those from before the table
+    /// was started: it was missing or damaged); returns how many ids were read. Nothing to do for a table
+    /// older than the window.
     fn load_spool(&self, py: Python<'_>, spool: &Spool, now_ms: i64, since_ms: i64) -> PyResult<usize> {
+        let created_ms = self.inner.table().created_ms();
+        if created_ms <= since_ms {
+            return Ok(0);
+        }
         py.detach(|| {
-            let ids = spool.inner.event_ids_since(since_ms)?;
-            self.0.load(ids, now_ms);
-            Ok(self.0.len())
+            let ids: Vec<(dedup::Id, i64)> = spool
+                .inner
+                .event_ids_since(since_ms)
+                .map_err(spool_error)?
+                .into_iter()
+                .filter(|&(_, at)| at < created_ms)
+                .collect();
+            self.inner.load(ids.iter().copied(), now_ms, self.ttl_ms)?;
+            Ok(ids.len())
         })
-        .map_err(spool_error)
     }
 
-    fn __len__(&self) -> usize {
-        self.0.len()
+    /// The table's bytes per id it holds at capacity.
+    #[getter]
+    fn bytes_per_id(&self) -> f64 {
+        self.inner.bytes_per_id()
+    }
+
+    /// Ids live now (reads the whole table).
+    fn __len__(&self, py: Python<'_>) -> PyResult<usize> {
+        Ok(py.detach(|| self.inner.len(wall_clock_ms()))?)
+    }
+}
+
+/// Per-device token buckets shared by a host's workers (see the core's `shared::RateTable`).
+#[pyclass(frozen, module = "tidegate._native")]
+pub struct RateTable(CoreRateTable);
+
+#[pymethods]
+impl RateTable {
+    #[new]
+    #[pyo3(signature = (path = None, *, rate, burst, capacity = 1_000_000))]
+    fn new(py: Python<'_>, path: Option<PathBuf>, rate: f64, burst: f64, capacity: usize) -> PyResult<RateTable> {
+        Ok(RateTable(py.detach(|| {
+            CoreRateTable::open(path.as_deref(), capacity, rate, burst)
+        })?))
+    }
+
+    /// Takes one token of the device's bucket at `now_us` (µs since the epoch); returns 0 when granted, else the
+    /// seconds until one is available.
+    fn take(&self, device_id: &str, now_us: i64) -> PyResult<f64> {
+        Ok(self.0.take(&CoreRateTable::device_id(device_id), now_us)?)
     }
 }
 
 pub fn register(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_class::<Spool>()?;
     module.add_class::<DedupWindow>()?;
+    module.add_class::<RateTable>()?;
     module.add("SpoolFull", module.py().get_type::<SpoolFull>())?;
     Ok(())
 }

@@ -1,0 +1,157 @@
+"""State shared by the workers of a host: the dedup window (event ids, idempotency keys) and the per-device token
+buckets live in memory-mapped tables under `<data_dir>/state`, shared by every worker and kept across restarts.
+Real servers over a socket; `Connection: close` makes each request a new connection, so they spread over the
+workers."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import tidegate
+from tidegate.testing.server import Server
+
+from tests.conftest import iso_now, reading
+from tests.openapi_check import OpenApiChecker
+
+CLOSE = {"Connection": "close"}
+
+
+@contextlib.contextmanager
+def checked_client(server: Server) -> Iterator[httpx.Client]:
+    """A client whose every response is checked against the server's OpenAPI document."""
+    openapi = OpenApiChecker(httpx.get(server.url + "/openapi.json").json())
+    with httpx.Client(base_url=server.url, timeout=10, event_hooks={"response": [openapi.check]}) as http:
+        yield http
+    assert openapi.violations == []
+
+
+def statuses(http: httpx.Client, path: str, body: dict[str, Any], times: int, **headers: str) -> list[str]:
+    out = []
+    for _ in range(times):
+        response = http.post(path, json=body, headers={**CLOSE, **headers})
+        assert response.status_code == 202, response.text
+        out.append(response.json()["status"])
+    return out
+
+
+def test_a_retry_to_either_worker_is_a_duplicate(tmp_path: Path) -> None:
+    with Server(tmp_path, {"TIDEGATE_AUTH": "false"}, workers=2) as server, checked_client(server) as http:
+        answers = [statuses(http, "/api/v1/ingest", reading(f"dev-{i}"), 3) for i in range(8)]
+        assert answers == [["accepted", "duplicate", "duplicate"]] * 8
+        # Idempotency keys too, whichever worker sees the retry.
+        keyed = [
+            http.post(
+                "/api/v1/ingest", json=reading("keyed", metrics={"t": i}), headers={**CLOSE, "X-Idempotency-Key": "k"}
+            ).json()["status"]
+            for i in range(6)
+        ]
+        assert keyed == ["accepted"] + ["duplicate"] * 5
+        assert sorted(p.name for p in (tmp_path / "spool").iterdir()) == ["w0", "w1"]
+
+
+def test_a_batch_id_is_a_duplicate_after_a_restart(tmp_path: Path) -> None:
+    env = {"TIDEGATE_AUTH": "false"}
+    first = Server(tmp_path, env).start()
+    with checked_client(first) as http:
+        batch = {"device_id": "b-dev", "batch_id": "B1", "readings": [{"timestamp": iso_now(), "metrics": {"t": 1}}]}
+        assert statuses(http, "/api/v1/ingest/batch", batch, 1) == ["accepted"]
+        single = reading("b-dev", metrics={"t": 9})
+        assert statuses(http, "/api/v1/ingest", single, 1, **{"X-Idempotency-Key": "K9"}) == ["accepted"]
+    assert first.stop() == 0  # SIGTERM
+    again = Server(tmp_path, env).start()
+    try:
+        with checked_client(again) as http:
+            # The same batch_id with other readings: a retry of the batch, not new data.
+            other = {**batch, "readings": [{"timestamp": iso_now(), "metrics": {"t": 2}}]}
+            assert statuses(http, "/api/v1/ingest/batch", other, 1) == ["duplicate"]
+            changed = reading("b-dev", metrics={"t": 10})
+            assert statuses(http, "/api/v1/ingest", changed, 1, **{"X-Idempotency-Key": "K9"}) == ["duplicate"]
+    finally:
+        again.stop()
+
+
+def test_a_devices_rate_holds_across_workers(tmp_path: Path) -> None:
+    # A burst of 4 and a refill slow enough that no token comes back during the test: exactly 4 pass, on
+    # whichever workers; with a bucket per worker each worker would grant its own 4.
+    env = {"TIDEGATE_RATE_PER_DEVICE": "0.001", "TIDEGATE_BURST_PER_DEVICE": "4"}
+    server = Server(tmp_path, env, workers=2)
+    keys = server.keys("rated", "other")
+    key = keys["rated"]
+    with server, checked_client(server) as http:
+        codes = [
+            http.post(
+                "/api/v1/ingest", json=reading("rated", metrics={"i": i}), headers={**CLOSE, "X-Device-Token": key}
+            ).status_code
+            for i in range(16)
+        ]
+        assert sorted(codes) == [202] * 4 + [429] * 12
+        response = http.post(
+            "/api/v1/ingest", json=reading("other"), headers={**CLOSE, "X-Device-Token": keys["other"]}
+        )
+        assert response.status_code == 202, "another device has its own bucket"
+
+
+def test_a_torn_slot_is_never_a_false_duplicate(tmp_path: Path) -> None:
+    env = {"TIDEGATE_AUTH": "false"}
+    validator = tidegate.Validator(tidegate.Contract.telemetry())
+    seen, unseen = reading("torn", metrics={"t": 1}), reading("torn", metrics={"t": 2})
+    unseen_id = validator.validate(json.dumps(unseen).encode(), "application/json", None).event_ids[0]
+    assert unseen_id is not None
+    first = Server(tmp_path, env).start()
+    with checked_client(first) as http:
+        response = http.post("/api/v1/ingest", json=seen)
+        assert response.json()["status"] == "accepted"
+        seen_id = response.json()["event_id"]
+    assert first.stop() == 0
+    # A write that got as far as another id (the unseen reading's) in the seen reading's slot, and no further.
+    table = tmp_path / "state" / "dedup.tbl"
+    content = bytearray(table.read_bytes())
+    at = content.find(bytes.fromhex(seen_id))
+    assert at > 0
+    content[at : at + 16] = bytes.fromhex(unseen_id)
+    table.write_bytes(bytes(content))
+    again = Server(tmp_path, env).start()
+    try:
+        with checked_client(again) as http:
+            response = http.post("/api/v1/ingest", json=unseen)
+            assert response.json() == {**response.json(), "status": "accepted", "event_id": unseen_id}
+            # The torn slot lost the seen reading: delivered again (same event_id), never refused.
+            assert http.post("/api/v1/ingest", json=seen).json()["status"] == "accepted"
+            assert http.post("/api/v1/ingest", json=seen).json()["status"] == "duplicate"
+    finally:
+        again.stop()
+
+
+def test_idle_and_slow_connections_are_closed(tmp_path: Path) -> None:
+    # Connection hygiene (issue 10, item 5): a kept-alive connection that goes quiet, and headers that stop
+    # halfway, are closed after `idle_timeout_s` instead of holding a descriptor forever.
+    with Server(tmp_path, {"TIDEGATE_AUTH": "false", "TIDEGATE_IDLE_TIMEOUT_S": "0.5"}) as server:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=30) as idle:
+            idle.sendall(b"GET /health/live HTTP/1.1\r\nHost: tidegate\r\n\r\n")
+            assert idle.recv(4096).startswith(b"HTTP/1.1 200")
+            assert idle.recv(4096) == b"", "the server closed the idle keep-alive connection"
+        with socket.create_connection(("127.0.0.1", server.port), timeout=30) as slow:
+            slow.sendall(b"POST /api/v1/ingest HTTP/1.1\r\nHost: tide")
+            assert slow.recv(4096) == b"", "closed with its headers unfinished"
+
+
+def test_an_idle_timeout_outside_what_granian_takes_is_refused(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "tidegate", "serve", "--data-dir", str(tmp_path), "--port", "1"],
+        check=False,
+        env={**os.environ, "TIDEGATE_IDLE_TIMEOUT_S": "120"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "idle_timeout_s" in result.stderr
