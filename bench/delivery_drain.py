@@ -86,6 +86,8 @@ def main() -> None:
         ]
         env = {**os.environ, "PYTHONPATH": str(ROOT / "python")}
         log = (Path(tmp) / "deliver.log").open("wb")
+        assert broker.pid is not None
+        broker_cpu_before, _ = cpu_seconds_and_rss(broker.pid)
         began = time.perf_counter()
         process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
         samples: list[tuple[float, float, int]] = []
@@ -99,6 +101,7 @@ def main() -> None:
                 time.sleep(0.1)
             elapsed = time.perf_counter() - began
             cpu, rss = cpu_seconds_and_rss(process.pid)
+            broker_cpu = cpu_seconds_and_rss(broker.pid)[0] - broker_cpu_before
         finally:
             process.terminate()
             process.wait(30)
@@ -106,7 +109,8 @@ def main() -> None:
         print(
             f"drained: {total / elapsed:,.0f} records/s ({total:,} in {elapsed:.2f} s, from process start to the last "
             f"checkpoint); delivery process CPU {cpu:.1f} s ({100 * cpu / elapsed:.0f}% of one core), "
-            f"RSS peak {peak_rss / 1e6:.0f} MB, at the end {rss / 1e6:.0f} MB"
+            f"RSS peak {peak_rss / 1e6:.0f} MB, at the end {rss / 1e6:.0f} MB; the broker (tansu, same machine) "
+            f"CPU {broker_cpu:.1f} s ({100 * broker_cpu / elapsed:.0f}% of one core)"
         )
         if args.verify:
             consumed = asyncio.run(consume_all(broker.bootstrap, TOPIC, expected=total, timeout=120))
