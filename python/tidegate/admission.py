@@ -9,10 +9,12 @@ recently (TCP Vegas and Netflix's gradient limiters do the same with round-trip 
 * Each request costs about its size: ``1 + Content-Length / COST_BYTES`` (a compressed body counts
   ``COMPRESSED_FACTOR`` times its length), so a 2,000-event body weighs what it costs, not what one reading does.
 * Requests are compared with their own kind: by size class (``floor(log2(cost))``). Every ``WINDOW_S``, each class's
-  mean time in the app is divided by ``base``, the lowest such mean seen for that class, which creeps up slowly so
-  that a new normal is learnt; ``slowdown`` is those ratios averaged by cost. ``gradient = clamp(tolerance /
-  slowdown, 0.5, 1)``, and the limit becomes ``limit * gradient + sqrt(limit)``, smoothed. Under no pressure it
-  grows (only while it is being used); when requests slow down it shrinks, up to half per window.
+  mean time in the app is divided by ``base``, that class's long-run mean (an average over about ``1 / BASE_WEIGHT``
+  windows, as Netflix's gradient2 keeps a long-run RTT); ``slowdown`` is those ratios averaged by cost. ``gradient =
+  clamp(tolerance / slowdown, 0.5, 1)``, and the limit becomes ``limit * gradient + sqrt(limit)``, smoothed. A steady
+  load, however heavy, is its own base and is never shed for being steady (a closed-loop benchmark keeps its
+  goodput); a sudden slowdown against it shrinks the limit, up to half per window, and the priority partitions
+  below decide who is refused. When load drops the base follows it down at once.
 * Priority partitions: a request counts the work in flight of its own priority and those above it, against its share
   of the limit: low counts everything and may fill ``shares["low"]`` of it, medium counts medium and high against
   ``shares["medium"]``, high counts only high against all of it. Low is shed first, and low work never takes room
@@ -36,8 +38,8 @@ __all__ = ["AdaptiveLimit", "request_cost"]
 COST_BYTES = 16_384
 COMPRESSED_FACTOR = 4
 WINDOW_S = 0.1
-#: How fast the remembered lowest time per cost unit forgets (per window): about x2 in 70 s.
-BASE_CREEP = 1.001
+#: Weight of a window in the long-run mean time per size class (about 5 s at 100 ms windows).
+BASE_WEIGHT = 0.02
 
 
 def request_cost(content_length: str | None, content_encoding: str | None) -> float:
@@ -50,8 +52,8 @@ def request_cost(content_length: str | None, content_encoding: str | None) -> fl
 
 @dataclass
 class AdaptiveLimit:
-    initial: float = 64.0
-    minimum: float = 4.0
+    initial: float = 256.0
+    minimum: float = 64.0
     maximum: float = 4096.0
     tolerance: float = 2.0
     smoothing: float = 0.3
@@ -62,7 +64,7 @@ class AdaptiveLimit:
         self.in_flight = 0.0
         self.in_flight_by_priority = dict.fromkeys(self.shares, 0.0)
         self.base: dict[int, float] = {}
-        """Per size class, the lowest mean seconds in the app seen (creeping up slowly)."""
+        """Per size class, the long-run mean seconds in the app."""
         self.slowdown = 1.0
         """The last window's mean time in the app against the base, averaged by cost over the classes."""
         self.drain_rate = 0.0
@@ -123,9 +125,10 @@ class AdaptiveLimit:
         weighted = 0.0
         for size_class, (seconds, requests, class_cost) in window.items():
             mean = seconds / requests
-            base = min(self.base.get(size_class, mean) * BASE_CREEP, mean)
-            self.base[size_class] = base
+            base = self.base.get(size_class, mean)
             weighted += class_cost * mean / base
+            # Compared first, then learnt: a faster window is the new normal at once, a slower one only slowly.
+            self.base[size_class] = mean if mean < base else base * (1 - BASE_WEIGHT) + mean * BASE_WEIGHT
         self.slowdown = weighted / cost
         gradient = max(0.5, min(1.0, self.tolerance / self.slowdown))
         if gradient >= 1.0 and peak < self.limit / 2:
