@@ -288,10 +288,14 @@ impl DedupWindow {
 
     /// Marks the claims of `batch` and of the idempotency keys `(scope, key)` durable: from now on they are
     /// duplicates for every worker of the host.
-    fn commit(&self, batch: PyRef<'_, RecordBatch>, keys: Vec<(String, String)>) -> PyResult<()> {
-        let mut ids: Vec<dedup::Id> = batch.0.iter().map(|r| r.event_id).collect();
-        ids.extend(keys.iter().map(|(scope, key)| dedup::key_id(scope, key)));
-        Ok(self.inner.commit(&ids)?)
+    fn commit(&self, py: Python<'_>, batch: PyRef<'_, RecordBatch>, keys: Vec<(String, String)>) -> PyResult<()> {
+        let records = &batch.0;
+        py.detach(|| {
+            let mut ids: Vec<dedup::Id> = records.iter().map(|r| r.event_id).collect();
+            ids.extend(keys.iter().map(|(scope, key)| dedup::key_id(scope, key)));
+            self.inner.commit(&ids)
+        })?;
+        Ok(())
     }
 
     /// Claims an idempotency key within `scope`; `False` when it was seen within the window.
