@@ -1,9 +1,9 @@
 """One `tidegate serve` per data dir and per address: checked before anything starts.
 
 Granian listens with SO_REUSEPORT, so a second server on a taken port would share it with the first, and its
-workers would claim further spool directories of a shared data dir with dedup windows of their own: the same
-record would then be accepted twice. `tidegate serve` therefore holds an instance lock on the data dir for its
-whole life, and checks that the address is free before Granian binds it.
+workers would claim further spool directories of a shared data dir, with a delivery process and settings of its
+own. `tidegate serve` therefore holds an instance lock on the data dir for its whole life (the delivery process
+holds `delivery.lock`), and checks that the address is free before Granian binds it.
 """
 
 from __future__ import annotations
