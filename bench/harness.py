@@ -28,7 +28,6 @@ import platform
 import resource
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -43,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil  # type: ignore[import-untyped,unused-ignore]
+from tidegate.testing.processes import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 WRK_DIR = ROOT / "bench" / "wrk"
@@ -134,12 +134,6 @@ def children_cpu() -> float:
     """CPU seconds of the finished child processes (the load generators: wrk and Locust are waited for)."""
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class Service:

@@ -27,7 +27,8 @@ from cryptography.x509.oid import NameOID
 from tidegate.config import load_settings
 from tidegate.delivery.kafka import kafka_settings, producer_kwargs
 from tidegate.testing.broker import Broker, consume_all
-from tidegate.testing.server import Server, free_port
+from tidegate.testing.processes import free_port
+from tidegate.testing.server import Server
 
 from tests.conftest import reading
 

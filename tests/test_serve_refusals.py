@@ -12,7 +12,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from tidegate.testing.server import Server, free_port
+from tidegate.testing.processes import free_port
+from tidegate.testing.server import Server
 
 from tests.conftest import reading
 

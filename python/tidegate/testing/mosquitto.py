@@ -9,7 +9,6 @@ allowed unless a password file is given, and an ACL file restricts topics when g
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import getpass
 import os
@@ -21,18 +20,9 @@ import time
 from pathlib import Path
 from types import TracebackType
 
+from tidegate.testing.processes import LOOPBACK, free_port, track, untrack
+
 __all__ = ["Mosquitto", "MosquittoError", "find_mosquitto"]
-
-_LOOPBACK = "127.0.0.1"
-_live: set[subprocess.Popen[bytes]] = set()
-
-
-@atexit.register
-def _kill_leftovers() -> None:
-    for proc in list(_live):
-        with contextlib.suppress(OSError):
-            proc.kill()
-            proc.wait(timeout=5)
 
 
 class MosquittoError(RuntimeError):
@@ -47,19 +37,13 @@ def find_mosquitto() -> str:
     return found
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((_LOOPBACK, 0))
-        return int(sock.getsockname()[1])
-
-
 def _connack(port: int, timeout: float) -> bytes:
     """Sends an MQTT 3.1.1 CONNECT (clean session, client id `probe`) and returns the CONNACK packet."""
     client_id = b"tidegate-probe"
     variable = b"\x00\x04MQTT\x04\x02\x00\x3c"
     payload = len(client_id).to_bytes(2, "big") + client_id
     body = variable + payload
-    with socket.create_connection((_LOOPBACK, port), timeout=timeout) as sock:
+    with socket.create_connection((LOOPBACK, port), timeout=timeout) as sock:
         sock.sendall(bytes([0x10, len(body)]) + body)
         answer = sock.recv(4)
         sock.sendall(b"\xe0\x00")  # DISCONNECT
@@ -80,7 +64,7 @@ class Mosquitto:
         startup_timeout: float = 10.0,
     ) -> None:
         self.work_dir = Path(work_dir)
-        self.port = port or _free_port()
+        self.port = port or free_port()
         self.password_file = password_file
         self.acl_file = acl_file
         self.max_queued = max_queued
@@ -89,7 +73,7 @@ class Mosquitto:
 
     @property
     def url(self) -> str:
-        return f"mqtt://{_LOOPBACK}:{self.port}"
+        return f"mqtt://{LOOPBACK}:{self.port}"
 
     @property
     def config_path(self) -> Path:
@@ -103,7 +87,7 @@ class Mosquitto:
         persistence = self.work_dir / f"mosquitto-{self.port}-data"
         persistence.mkdir(parents=True, exist_ok=True)
         lines = [
-            f"listener {self.port} {_LOOPBACK}",
+            f"listener {self.port} {LOOPBACK}",
             # As root mosquitto would switch to the `mosquitto` user, who cannot write the work dir.
             f"user {getpass.getuser()}",
             "persistence true",
@@ -139,7 +123,7 @@ class Mosquitto:
         self.proc = subprocess.Popen(
             [find_mosquitto(), "-c", str(self.config_path)], stdout=log, stderr=subprocess.STDOUT
         )
-        _live.add(self.proc)
+        track(self.proc)
         deadline = time.monotonic() + self.startup_timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -162,7 +146,7 @@ class Mosquitto:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-        _live.discard(proc)
+        untrack(proc)
 
     def subscribers(self, topic_filter: str) -> set[str]:
         """The client ids that subscribed to `topic_filter` (as given, `$share/...` included), from the log."""
