@@ -17,7 +17,7 @@ def test_cost_follows_the_body_size() -> None:
     assert request_cost("200", None) < 1.1
     assert request_cost("400000", None) > 20
     assert request_cost("100000", "zstd") == request_cost("400000", None), "compressed bodies weigh what they expand to"
-    assert request_cost(None, None) == request_cost("16384", None)
+    assert request_cost(None, None) == request_cost("16384", None), "a body of unknown length counts as 16 KiB"
 
 
 def test_low_fills_only_its_share_and_never_takes_room_from_high() -> None:

@@ -101,10 +101,10 @@ class Settings:
     fault_injection: bool = False
     """For tests and the chaos suite only: a worker turns a file `<data_dir>/faults/spool-write-failures` holding
     N into its next N spool commits failing halfway, as on a full disk (where no small filesystem can be mounted)."""
-    admission_initial_limit: float = 256.0
-    """The adaptive concurrency limit per worker, in cost units (a reading is 1, a body 1 + size / 16 KiB), at start;
+    admission_initial_limit: float = 1024.0
+    """The adaptive concurrency limit per worker, in cost units (a body costs 1 + size / 4 KiB), at start;
     it adapts between `admission_min_limit` and `admission_max_limit` (tidegate/admission.py)."""
-    admission_min_limit: float = 64.0
+    admission_min_limit: float = 1024.0
     admission_max_limit: float = 4096.0
     admission_low_share: float = 0.5
     """Share of the limit low-priority requests may fill (they are shed first)."""
