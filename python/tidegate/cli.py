@@ -21,7 +21,7 @@ from tidegate._native import Spool
 from tidegate.auth import KeyStore
 from tidegate.config import SETTING_NAMES, Settings, choices_of, load_settings, to_env
 from tidegate.delivery.kafka import kafka_settings
-from tidegate.delivery.process import DeliverySupervisor, run_delivery
+from tidegate.delivery.process import DeliverySupervisor, run_delivery, supervise
 from tidegate.delivery.spool import worker_spool_dirs
 from tidegate.instance import StartRefused, check_address_free, hold_instance_lock
 
@@ -126,7 +126,9 @@ def _deliver(args: argparse.Namespace) -> int:
         print(f"tidegate deliver: {error}", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-    return asyncio.run(run_delivery(settings))
+    if args.supervise:
+        return supervise(settings, args.supervised_by)
+    return asyncio.run(run_delivery(settings, args.supervised_by))
 
 
 def _keys(args: argparse.Namespace) -> int:
@@ -276,6 +278,8 @@ def build_parser() -> argparse.ArgumentParser:
     deliver.add_argument("--data-dir", type=Path)
     deliver.add_argument("--kafka", metavar="BOOTSTRAP")
     deliver.add_argument("--config", type=Path, help="TOML settings file")
+    deliver.add_argument("--supervised-by", type=int, metavar="PID", help=argparse.SUPPRESS)
+    deliver.add_argument("--supervise", action="store_true", help="run it, and run it again whenever it exits")
     deliver.set_defaults(run=_deliver)
 
     keys = commands.add_parser("keys", help="manage device API keys")

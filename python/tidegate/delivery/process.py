@@ -37,7 +37,7 @@ from tidegate.delivery.spool import worker_spool_dirs
 from tidegate.delivery.status import status_path
 from tidegate.instance import StartRefused, hold_instance_lock
 
-__all__ = ["DeliverySupervisor", "run_delivery"]
+__all__ = ["DeliverySupervisor", "run_delivery", "supervise"]
 
 log = logging.getLogger("tidegate.delivery")
 
@@ -163,8 +163,13 @@ class Delivery:
         await asyncio.to_thread(write)
 
 
-async def run_delivery(settings: Settings) -> int:
-    """`tidegate deliver`: runs until SIGTERM or SIGINT, then drains until `shutdown_deadline_s`."""
+async def run_delivery(settings: Settings, supervisor_pid: int | None = None) -> int:
+    """`tidegate deliver`: runs until SIGTERM or SIGINT, then drains until `shutdown_deadline_s`. Started by `tidegate
+    serve` (`supervisor_pid`), it also stops when that process dies, even by SIGKILL."""
+    if supervisor_pid is not None:
+        _die_with_parent()
+        if os.getppid() != supervisor_pid:
+            return 0  # the supervisor died before the signal was armed
     try:
         lock = hold_instance_lock(settings.data_dir, LOCK_NAME, what="delivery process")
     except StartRefused as refusal:
@@ -182,59 +187,82 @@ async def run_delivery(settings: Settings) -> int:
 
 
 def _die_with_parent() -> None:
-    """In the child: SIGTERM when the supervising `tidegate serve` dies (even by SIGKILL), so no orphan delivers
-    beside a new instance."""
+    """SIGTERM to this process when its parent dies (even by SIGKILL), so no orphan delivers beside a new instance.
+    Called by the delivery process itself at start, not in a `preexec_fn`: forking a multi-threaded parent (Granian's
+    main process) and running Python before exec can deadlock the child, and `Popen` with it (seen in the chaos
+    suite: the supervisor thread hung and no delivery process came back)."""
     pr_set_pdeathsig = 1
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
 class DeliverySupervisor:
-    """Runs `tidegate deliver` for the data dir beside the HTTP workers, restarts it when it dies, stops it last."""
+    """In `tidegate serve`: one supervising process (`tidegate deliver --supervise`) that runs the delivery process
+    for the data dir beside the HTTP workers, restarts it when it dies, and stops it last.
+
+    The restart loop lives in a process of its own, not in a thread of `tidegate serve`: Granian's main process does
+    not reliably give a Python thread the interpreter back, so a thread waiting for its child could sleep through a
+    crash (seen in the chaos suite: the killed process stayed a zombie and nothing delivered)."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.restarts = 0
         self._process: subprocess.Popen[bytes] | None = None
-        self._stopping = threading.Event()
-        self._thread = threading.Thread(target=self._supervise, name="tidegate-delivery-supervisor", daemon=True)
 
     def start(self) -> None:
-        self._thread.start()
-
-    def _spawn(self) -> subprocess.Popen[bytes]:
         command = [sys.executable, "-m", "tidegate", "deliver", "--data-dir", str(self.settings.data_dir)]
-        return subprocess.Popen(command, preexec_fn=_die_with_parent)  # noqa: PLW1509 (only prctl, async-signal-safe)
-
-    def _supervise(self) -> None:
-        backoff = 0.5
-        while not self._stopping.is_set():
-            started = time.monotonic()
-            self._process = self._spawn()
-            code = self._process.wait()
-            if self._stopping.is_set():
-                return
-            self.restarts += 1
-            if time.monotonic() - started > 30:
-                backoff = 0.5  # it ran for a while: a fresh failure, not a crash loop
-            print(
-                f"tidegate: the delivery process exited with {code}; restarting in {backoff:g} s",
-                file=sys.stderr,
-                flush=True,
-            )
-            if self._stopping.wait(backoff):
-                return
-            backoff = min(backoff * 2, 10.0)
+        self._process = subprocess.Popen([*command, "--supervise", "--supervised-by", str(os.getpid())])
 
     def stop(self) -> None:
-        """SIGTERM: it drains until `shutdown_deadline_s`; killed if it is still there a little after."""
-        self._stopping.set()
+        """SIGTERM: the delivery process drains until `shutdown_deadline_s`; both are killed a little after."""
         process = self._process
         if process is None or process.poll() is not None:
             return
         process.send_signal(signal.SIGTERM)
         try:
-            process.wait(self.settings.shutdown_deadline_s + 5)
+            process.wait(self.settings.shutdown_deadline_s + 10)
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+def supervise(settings: Settings, supervisor_pid: int | None) -> int:
+    """`tidegate deliver --supervise`: runs `tidegate deliver` and restarts it (with backoff) whenever it exits,
+    until SIGTERM, which it passes on; exits when `tidegate serve` (`supervisor_pid`) dies."""
+    if supervisor_pid is not None:
+        _die_with_parent()
+        if os.getppid() != supervisor_pid:
+            return 0
+    stopping = threading.Event()
+    child: subprocess.Popen[bytes] | None = None
+
+    def on_signal(_signum: int, _frame: object) -> None:
+        stopping.set()
+        if child is not None and child.poll() is None:
+            child.send_signal(signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    command = [sys.executable, "-m", "tidegate", "deliver", "--data-dir", str(settings.data_dir)]
+    backoff = 0.5
+    while not stopping.is_set():
+        started = time.monotonic()
+        try:
+            child = subprocess.Popen([*command, "--supervised-by", str(os.getpid())])
+            outcome = f"exited with {child.wait()}"
+        except OSError as error:  # cannot fork or exec now (out of memory, descriptors): try again, never give up
+            outcome = f"could not be started ({error})"
+        if stopping.is_set():
+            break
+        if time.monotonic() - started > 30:
+            backoff = 0.5  # it ran for a while: a fresh failure, not a crash loop
+        print(f"tidegate: the delivery process {outcome}; restarting in {backoff:g} s", file=sys.stderr, flush=True)
+        if stopping.wait(backoff):
+            break
+        backoff = min(backoff * 2, 10.0)
+    if child is not None and child.poll() is None:
+        try:
+            child.wait(settings.shutdown_deadline_s + 5)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+    return 0
