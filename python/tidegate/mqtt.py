@@ -51,7 +51,8 @@ from tidegate.config import Settings
 from tidegate.problems import Problem, issue_errors
 
 if TYPE_CHECKING:
-    from tidegate.app import Answer, Gateway, IngestRoute
+    from tidegate.gateway import Gateway
+    from tidegate.ingest import Answer, IngestRoute
 
 log = logging.getLogger("tidegate")
 
@@ -439,7 +440,7 @@ class MqttSource:
         while True:
             gateway.in_flight_requests += 1
             try:
-                return await gateway.ingest_body(
+                return await gateway.edge.ingest_body(
                     route,
                     payload,
                     {b"content-type": content_type},
@@ -477,7 +478,7 @@ class MqttSource:
             gateway = self.gateway
             gateway.dedup.claim_batch(batch, time.time_ns() // 1_000_000)  # a redelivery's is a duplicate
             try:
-                await gateway._persist(batch, [], {})
+                await gateway.edge.persist(batch, [], {})
             except Problem:
                 if self._stop.is_set():
                     raise _Abandoned from None

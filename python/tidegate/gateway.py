@@ -1,0 +1,372 @@
+"""One worker's state: the validators per route, the shared dedup and rate tables, its spool and group-commit
+writer, admission, the delivery process's status, readiness, the metrics' gauges, and its lifecycle (the spool
+claimed at start, drained at stop) and housekeeping. The ingest edge (`tidegate.ingest`) reads and changes it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import functools
+import json
+import logging
+import os
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import IO, Any, TypeVar
+
+from starlette.applications import Starlette
+
+from tidegate._native import Contract, DedupWindow, RateTable, Spool, Validator
+from tidegate.admission import AdaptiveLimit
+from tidegate.auth import KeyStore
+from tidegate.config import Settings
+from tidegate.delivery.spool import SpoolWriter
+from tidegate.delivery.status import DeliveryStatus
+from tidegate.ingest import IngestEdge, IngestRoute, now_ms
+from tidegate.metrics import Metrics
+
+log = logging.getLogger("tidegate")
+
+Table = TypeVar("Table", DedupWindow, RateTable)
+
+
+def shared_or_own(path: Path, open_table: Callable[[Path | None], Table]) -> Table:
+    """The table shared by the host's workers at `path`; if it cannot be opened (a disk too full to reserve it),
+    one of this worker's own, in memory, as before there were shared tables: dedup and rates then hold per
+    worker, and the dedup window is rebuilt from this worker's spool."""
+    try:
+        return open_table(path)
+    except OSError as error:
+        log.error(json.dumps({"event": "shared-table-unavailable", "path": str(path), "error": str(error)}))
+        return open_table(None)
+
+
+def claim_worker_dir(root: Path) -> tuple[Path, IO[str]]:
+    """Each worker owns one spool directory: the first `w<N>` whose lock it can take. Never two writers."""
+    root.mkdir(parents=True, exist_ok=True)
+    index = 0
+    while True:
+        directory = root / f"w{index}"
+        directory.mkdir(exist_ok=True)
+        lock = (directory / "lock").open("w")
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.close()
+            index += 1
+            continue
+        lock.write(str(os.getpid()))
+        lock.flush()
+        return directory, lock
+
+
+class Gateway:
+    """The state of one worker: validators, spool, dedup window, admission, metrics."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.metrics = Metrics()
+        common: dict[str, Any] = {
+            "max_body_bytes": settings.max_body_bytes,
+            "max_past_seconds": settings.max_past_seconds,
+            "max_future_seconds": settings.max_future_seconds,
+            "dlq_topic": settings.kafka_topic_dead_letter,
+            "max_record_bytes": settings.max_record_bytes,
+        }
+        telemetry_topic = settings.kafka_topic_telemetry
+        self.routes = {
+            route.path: route
+            for route in (
+                IngestRoute(
+                    "ingest",
+                    "/api/v1/ingest",
+                    Validator(Contract.telemetry(), topic=telemetry_topic, **common),
+                    settings.priority_ingest,
+                    "telemetry",
+                ),
+                IngestRoute(
+                    "batch",
+                    "/api/v1/ingest/batch",
+                    Validator(
+                        Contract.batch(),
+                        max_batch_readings=settings.max_batch_readings,
+                        topic=telemetry_topic,
+                        **common,
+                    ),
+                    settings.priority_batch,
+                    "batch",
+                ),
+                IngestRoute(
+                    "events",
+                    "/api/v1/events",
+                    Validator(Contract.event(), topic=settings.kafka_topic_events, **common),
+                    settings.priority_events,
+                    "event",
+                ),
+            )
+        }
+        self.keys = KeyStore(settings.keys_file) if settings.auth else None
+        # Shared by every worker of the host (memory-mapped tables), so a retry that lands on another worker is
+        # still a duplicate and a device's rate holds whichever worker it reaches; both survive restarts.
+        state = settings.data_dir / "state"
+        self.buckets = shared_or_own(
+            state / "rate.tbl",
+            functools.partial(
+                RateTable,
+                rate=settings.rate_per_device,
+                burst=settings.burst_per_device,
+                capacity=settings.rate_capacity,
+            ),
+        )
+        self.dedup = shared_or_own(
+            state / "dedup.tbl",
+            functools.partial(
+                DedupWindow,
+                capacity=settings.dedup_capacity,
+                ttl_seconds=settings.dedup_ttl_seconds,
+                key_ttl_seconds=settings.dedup_key_ttl_seconds,
+            ),
+        )
+        self.last_seen: dict[str, float] = {}
+        self.spool: Spool | None = None
+        self.writer: SpoolWriter | None = None
+        self.admission = AdaptiveLimit(
+            initial=settings.admission_initial_limit,
+            minimum=settings.admission_min_limit,
+            maximum=settings.admission_max_limit,
+            tolerance=settings.admission_tolerance,
+            shares={"high": 1.0, "medium": settings.admission_medium_share, "low": settings.admission_low_share},
+        )
+        self.delivery = DeliveryStatus(settings.data_dir)
+        self.ready = False
+        self.shutting_down = False
+        self.in_flight_requests = 0
+        self.in_flight_records = 0
+        self.spool_fill = 0.0
+        self.spool_full = False
+        """Set when an append hit the quota; cleared once the spool drains below 95 % of it."""
+        self._lock_file: IO[str] | None = None
+        self.loop_lag_s = 0.0
+        self._recent_requests = 0
+        self._next_spool_care = 0.0
+        self._next_cleanup = 0.0
+        self._rate_window_start = time.monotonic()
+        self._request_rate = 0.0
+        self.metrics.gauge("tidegate_utilization", "Admission utilization (0..1).", self.utilization)
+        admission = self.admission
+        self.metrics.gauge(
+            "tidegate_admission_limit", "Adaptive concurrency limit (cost units).", lambda: admission.limit
+        )
+        for share in ("low", "medium"):
+            self.metrics.gauge(
+                f"tidegate_admission_limit_{share}",
+                f"Part of the limit {share}-priority requests may fill.",
+                functools.partial(admission.capacity, share),
+            )
+        self.metrics.gauge(
+            "tidegate_admission_in_flight", "Cost of the requests in flight.", lambda: admission.in_flight
+        )
+        self.metrics.gauge(
+            "tidegate_admission_slowdown",
+            "Time in the app against the best seen for the same size of request (the limit shrinks above tolerance).",
+            lambda: admission.slowdown,
+        )
+        self.metrics.gauge("tidegate_in_flight_records", "Records awaiting durability.", lambda: self.in_flight_records)
+        self.metrics.gauge("tidegate_spool_bytes", "Bytes in the spool.", lambda: self._spool_stat("bytes"))
+        self.metrics.gauge("tidegate_spool_fsyncs_total", "fsyncs of the spool.", lambda: self._spool_stat("fsyncs"))
+        self.metrics.gauge(
+            "tidegate_spool_failed_commits_total",
+            "Spool commits whose write or fsync failed (their records were answered 503, never acknowledged).",
+            lambda: self._spool_stat("failed_commits"),
+        )
+        self.metrics.gauge(
+            "tidegate_spool_unreadable_records_total",
+            "Records stepped over by readers (this worker's, and delivery's): torn by a failed write (never "
+            "acknowledged) or damaged on disk.",
+            lambda: self._spool_stat("unreadable_records") + self.delivery.total("unreadable_records"),
+        )
+        self.metrics.gauge(
+            "tidegate_spool_failing", "1 while the spool cannot write (not ready).", lambda: float(self.spool_failing())
+        )
+        # Records spooled while no Kafka is configured count too: they are delivered once one is.
+        self.metrics.gauge(
+            "tidegate_spool_lag_records",
+            "Records not yet acknowledged by Kafka.",
+            lambda: self._spool_stat("lag_records"),
+        )
+        self.metrics.gauge("tidegate_active_devices", "Devices seen in the last 5 minutes.", self._active_devices)
+        self.metrics.gauge(
+            "tidegate_silent_devices",
+            "Devices seen before but not for `silence_after_s` seconds.",
+            self._silent_devices,
+        )
+        self.metrics.gauge("tidegate_event_loop_lag_seconds", "Smoothed event-loop lag.", lambda: self.loop_lag_s)
+        self.metrics.gauge("tidegate_ready", "1 when ready to accept traffic.", lambda: float(self.is_ready()))
+        # Delivery runs in its own process (one per data dir): these are its figures, for every worker spool.
+        delivery = self.delivery
+        self.metrics.gauge(
+            "tidegate_delivery_up",
+            "1 while the delivery process reports (Kafka configured).",
+            lambda: float(delivery.alive),
+        )
+        for name, help_text in (
+            ("records_sent", "Records acknowledged by Kafka."),
+            ("send_failures", "Failed Kafka send attempts."),
+            ("dead_lettered", "Records Kafka could not take, kept in the dead-letter file and announced."),
+            ("checkpoint_failures", "Delivery checkpoints that could not be persisted (retried)."),
+        ):
+            self.metrics.gauge(f"tidegate_kafka_{name}", help_text, functools.partial(delivery.total, name))
+        self.metrics.gauge(
+            "tidegate_kafka_breaker_open",
+            "1 while a Kafka circuit breaker is open.",
+            lambda: float(delivery.get("breaker") == "open"),
+        )
+        self.metrics.gauge(
+            "tidegate_kafka_reachable",
+            "1 when the last check reached a Kafka broker.",
+            lambda: float(delivery.get("kafka_reachable") is True),
+        )
+        self.metrics.gauge(
+            "tidegate_kafka_topics_missing",
+            "Configured topics the Kafka cluster does not have (delivery stalls until they exist).",
+            lambda: float(len(delivery.get("kafka_topics_missing", []))),
+        )
+        self.metrics.gauge(
+            "tidegate_kafka_last_send_latency_seconds",
+            "Latency of the latest successful Kafka send.",
+            lambda: float(delivery.get("last_send_latency_s") or 0.0),
+        )
+        self.edge = IngestEdge(self)
+
+    # ----- state read by health and metrics
+
+    def _spool_stat(self, name: str) -> float:
+        return float(self.spool.stats()[name]) if self.spool is not None else 0.0
+
+    def _silent_devices(self) -> float:
+        cutoff = time.time() - self.settings.silence_after_s
+        return float(sum(1 for seen in self.last_seen.values() if seen < cutoff))
+
+    def _active_devices(self) -> float:
+        cutoff = time.time() - 300
+        return float(sum(1 for seen in self.last_seen.values() if seen >= cutoff))
+
+    def utilization(self) -> float:
+        spool = 1.0 if self.spool_full else self.spool_fill
+        loop = self.loop_lag_s * 1000 / self.settings.shed_loop_lag_ms if self.settings.shed_loop_lag_ms > 0 else 0.0
+        return max(self.in_flight_records / self.settings.max_in_flight_records, spool, loop)
+
+    def spool_failing(self) -> bool:
+        """The spool's last write or fsync failed (a full or failing disk) and it could not start anew yet."""
+        return self.spool is not None and self.spool.failing
+
+    def is_ready(self) -> bool:
+        # By default Kafka being down does not make the service unready: the spool is the sink and absorbs traffic.
+        kafka_ok = self.delivery.kafka_ok if self.settings.ready_requires_kafka else True
+        return self.ready and not self.shutting_down and not self.spool_full and not self.spool_failing() and kafka_ok
+
+    # ----- lifecycle
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, _app: Starlette) -> AsyncIterator[None]:
+        directory, self._lock_file = claim_worker_dir(self.settings.spool_root)
+        self.spool = Spool(
+            directory,
+            segment_bytes=self.settings.spool_segment_bytes,
+            quota_bytes=self.settings.spool_quota_bytes,
+            retention_seconds=self.settings.spool_retention_seconds,
+        )
+        self.writer = SpoolWriter(self.spool, commit_window_ms=self.settings.commit_window_ms)
+        await self.writer.start()
+        now = now_ms()
+        # The shared table outlives restarts; only one started anew (missing or damaged) is filled from the spool.
+        loaded = await asyncio.to_thread(
+            self.dedup.load_spool, self.spool, now, now - int(self.settings.dedup_ttl_seconds * 1000)
+        )
+        housekeeping = asyncio.create_task(self._housekeeping())
+        mqtt_source = None
+        if self.settings.mqtt:
+            from tidegate.mqtt import MqttSource  # noqa: PLC0415 - only workers with an MQTT broker need it
+
+            mqtt_source = MqttSource(self, worker_index=int(directory.name.removeprefix("w")))
+            await mqtt_source.start()
+        self.ready = True
+        log.info(
+            json.dumps({"event": "started", "spool": str(directory), "dedup_ids": loaded, "kafka": self.settings.kafka})
+        )
+        try:
+            yield
+        finally:
+            self.shutting_down = True
+            deadline = time.monotonic() + self.settings.shutdown_deadline_s
+            if mqtt_source is not None:
+                await mqtt_source.stop(self.settings.shutdown_deadline_s)
+            while self.in_flight_requests and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+            housekeeping.cancel()
+            await self.writer.stop()  # what is committed now, the delivery process drains until its deadline
+            self._lock_file.close()
+            log.info(json.dumps({"event": "stopped", "spool": str(directory)}))
+
+    async def _housekeeping(self) -> None:
+        interval = 0.05
+        while True:
+            started = time.monotonic()
+            await asyncio.sleep(interval)
+            now = time.monotonic()
+            # How late the loop woke us: a queueing signal that rises under CPU overload before any record waits.
+            lag = max(0.0, now - started - interval)
+            self.loop_lag_s = 0.7 * self.loop_lag_s + 0.3 * lag
+            self.edge.cancel_late_bodies(now)
+            if self.spool is not None:
+                stats = self.spool.stats()
+                self.spool_fill = stats["bytes"] / max(1, stats["quota_bytes"])
+                if self.spool_full and self.spool_fill < 0.95:
+                    self.spool_full = False
+                if now >= self._next_spool_care:
+                    self._next_spool_care = now + 1.0
+                    await self._care_for_spool()
+            now = time.monotonic()
+            elapsed = now - self._rate_window_start
+            if elapsed >= 1.0:
+                self._request_rate = self._recent_requests / elapsed
+                self._recent_requests = 0
+                self._rate_window_start = now
+
+    async def _care_for_spool(self) -> None:
+        """Off the request path, about once a second: reads the delivery process's status and checkpoint, deletes
+        acknowledged segments past retention or under pressure (appends never remove files) and, after a failed
+        write, tries to start a new segment, so the worker is ready again once the disk has room."""
+        assert self.spool is not None
+        spool = self.spool
+        if self.settings.fault_injection:
+            self._inject_faults()
+        steps: list[tuple[str, Callable[[], object]]] = []
+        if self.settings.kafka:
+            self.delivery.refresh(time.time())
+            steps.append(("checkpoint", spool.refresh_acked))
+        now = time.monotonic()
+        if self.spool_full or self.spool_fill > 0.5 or now >= self._next_cleanup:
+            self._next_cleanup = now + 30.0
+            steps.append(("cleanup", spool.cleanup))
+        if spool.failing:
+            steps.append(("recover", spool.recover))
+        for name, step in steps:
+            try:
+                outcome = await asyncio.to_thread(step)
+            except OSError as error:
+                log.warning(json.dumps({"event": "spool_care_failed", "step": name, "error": str(error)}))
+                continue
+            if name == "recover" and outcome:
+                log.info(json.dumps({"event": "spool_recovered", "spool": str(spool.path)}))
+
+    def _inject_faults(self) -> None:
+        assert self.spool is not None
+        trigger = self.settings.data_dir / "faults" / "spool-write-failures"
+        with contextlib.suppress(FileNotFoundError):
+            count = int(trigger.read_text().strip() or 0)
+            trigger.unlink()  # one worker takes it
+            self.spool.inject_write_failures(count)
+            log.warning(json.dumps({"event": "fault_injected", "spool_write_failures": count}))

@@ -1,0 +1,614 @@
+"""The ingest edge: POSTs to the ingest routes take a raw-ASGI fast path and never build a Starlette Request or
+Response. Headers are read once from the scope, admission (credentials, priority shedding, the device's rate) is
+decided before the body is read, the raw body goes to the native validator, dedup and the spool, and the answer is
+written straight to ASGI. MQTT shares the pipeline from `IngestEdge.ingest_body` on."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from starlette.types import Receive, Scope, Send
+
+from tidegate._native import (
+    InvalidHeader,
+    Issue,
+    PayloadError,
+    PayloadTooLarge,
+    RecordBatch,
+    SpoolFull,
+    UnsupportedFormat,
+    ValidationResult,
+    Validator,
+)
+from tidegate.admission import request_cost
+from tidegate.auth import presented_key
+from tidegate.config import PRIORITIES
+from tidegate.problems import Problem, issue_errors
+
+if TYPE_CHECKING:
+    from tidegate.gateway import Gateway
+
+log = logging.getLogger("tidegate")
+
+WANTED_HEADERS = frozenset(
+    {
+        b"content-type",
+        b"content-encoding",
+        b"content-length",
+        b"x-device-token",
+        b"x-api-key",
+        b"authorization",
+        b"x-priority",
+        b"x-idempotency-key",
+        b"x-dry-run",
+        b"x-ack",
+        b"traceparent",
+        b"tracestate",
+    }
+)
+
+ACK_LEVELS = ("spool", "kafka")
+
+DRY_RUN_VALUES = {"true": True, "1": True, "false": False, "0": False}
+
+
+def dry_run_asked(headers: dict[bytes, str]) -> bool:
+    """`X-Dry-Run`: true/false/1/0, any case; anything else is a 400 rather than a guess that might write."""
+    raw = headers.get(b"x-dry-run")
+    if raw is None:
+        return False
+    value = DRY_RUN_VALUES.get(raw.strip().lower())
+    if value is None:
+        raise Problem(
+            400,
+            "invalid-header",
+            f"X-Dry-Run must be true, false, 1 or 0, not {raw.strip()[:64]!r}",
+            [{"path": "header:X-Dry-Run", "message": "must be true, false, 1 or 0"}],
+        )
+    return value
+
+
+@dataclass(frozen=True)
+class IngestRoute:
+    name: str
+    path: str
+    validator: Validator
+    priority: str
+    kind: str
+    """"telemetry", "batch" or "event"."""
+
+
+@dataclass
+class Answer:
+    status: int
+    body: bytes
+    headers: list[tuple[bytes, bytes]]
+    device_id: str | None = None
+    event_id: str | None = None
+    records: int = 0
+    content_type: bytes = b"application/json"
+    rejected: list[Issue] = field(default_factory=list)
+    """The records refused (the body names them for HTTP; MQTT dead-letters them)."""
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def json_bytes(document: object) -> bytes:
+    return json.dumps(document, separators=(",", ":")).encode()
+
+
+class IngestEdge:
+    """The ingest routes' raw-ASGI path of one worker (`Gateway`): headers, admission, body, validation, dedup,
+    spool, answer. MQTT enters at `ingest_body`."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+        self.settings = gateway.settings
+        self.metrics = gateway.metrics
+        #: 503 bodies rendered once: shedding must cost almost nothing.
+        self._shed_bodies: dict[str, bytes] = {
+            priority: Problem(
+                503, "shed", f"overloaded: {priority} priority traffic is shed first; retry after Retry-After"
+            ).body()
+            for priority in PRIORITIES
+        }
+        self._delivered_waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self._delivered_watch: asyncio.Task[None] | None = None
+        self._lag_bounds = list(self.metrics.lag.buckets)
+        #: Tasks reading a body, with their deadlines; the housekeeping task cancels the late ones (cheaper than
+        #: a timeout context per request).
+        self._body_deadlines: dict[asyncio.Task[Any], float] = {}
+        self._body_timed_out: set[asyncio.Task[Any]] = set()
+
+    def cancel_late_bodies(self, now: float) -> None:
+        """Called by the housekeeping task: cancels the body reads past their deadline (`_read_body` answers 408)."""
+        for task, deadline in list(self._body_deadlines.items()):
+            if now > deadline and task not in self._body_timed_out:
+                self._body_timed_out.add(task)
+                task.cancel()
+
+    async def handle(self, route: IngestRoute, scope: Scope, receive: Receive, send: Send) -> None:
+        started = time.perf_counter()
+        self.gateway._recent_requests += 1
+        headers: dict[bytes, str] = {}
+        for name, value in scope["headers"]:
+            if name in WANTED_HEADERS:
+                text = value.decode("latin-1")
+                # A header sent on several lines is one comma-separated list (RFC 9110, 5.3): W3C Trace Context
+                # requires it for tracestate, and for a single-valued header the joined value is invalid.
+                headers[name] = f"{headers[name]},{text}" if name in headers else text
+        # The adaptive limit comes first, from the headers alone: under overload a refusal costs almost nothing.
+        priority = headers.get(b"x-priority", route.priority).strip().lower()
+        cost = request_cost(headers.get(b"content-length"), headers.get(b"content-encoding"))
+        admitted = self.gateway.admission.try_acquire(priority, cost)
+        if not admitted:
+            self.metrics.shed.inc((priority if priority in PRIORITIES else "low",))
+            answer = Answer(
+                503,
+                self._shed_bodies.get(priority, self._shed_bodies["low"]),
+                [(b"retry-after", str(self.gateway.admission.retry_after()).encode())],
+                content_type=b"application/problem+json",
+            )
+        else:
+            self.gateway.in_flight_requests += 1
+            try:
+                answer = await self.ingest(route, headers, receive)
+            except Problem as problem:
+                answer = Answer(
+                    problem.status,
+                    problem.body(),
+                    [(k.encode(), v.encode()) for k, v in problem.headers],
+                    content_type=b"application/problem+json",
+                )
+            finally:
+                self.gateway.in_flight_requests -= 1
+        answer.headers.append((b"content-type", answer.content_type))
+        answer.headers.append((b"content-length", str(len(answer.body)).encode()))
+        try:
+            await send({"type": "http.response.start", "status": answer.status, "headers": answer.headers})
+            await send({"type": "http.response.body", "body": answer.body})
+        finally:
+            if admitted:
+                self.gateway.admission.release(priority, cost, time.perf_counter() - started)
+        elapsed = time.perf_counter() - started
+        self.metrics.requests.inc((route.name, str(answer.status)))
+        self.metrics.latency.observe(elapsed, (route.name,))
+        self._log(route, answer, elapsed)
+
+    def _log(self, route: IngestRoute, answer: Answer, elapsed: float) -> None:
+        sampled = (
+            answer.status >= 400
+            or self.gateway._request_rate < self.settings.log_full_below_rps
+            or random.random() < self.settings.log_sample_rate
+        )
+        if sampled and log.isEnabledFor(logging.INFO):
+            line = {
+                "ts": round(time.time(), 3),
+                "route": route.path,
+                "status": answer.status,
+                "device_id": answer.device_id,
+                "event_id": answer.event_id,
+                "records": answer.records,
+                "ms": round(elapsed * 1000, 3),
+            }
+            log.info(json.dumps(line, separators=(",", ":")))
+
+    def _admit(self, route: IngestRoute, headers: dict[bytes, str]) -> tuple[str | None, str]:
+        """Credentials, priority shedding and the device's rate: all decided before the body is read."""
+        if not self.gateway.is_ready():
+            if self.gateway.spool_failing():
+                raise Problem(
+                    503,
+                    "spool-error",
+                    "the local spool cannot write right now (disk full or failing); nothing was acknowledged",
+                    headers=[("Retry-After", "5")],
+                )
+            raise Problem(
+                503,
+                "not-ready",
+                "the service is starting, draining or its spool is full",
+                headers=[("Retry-After", "5")],
+            )
+        device_id: str | None = None
+        if self.gateway.keys is not None:
+            key = presented_key(
+                headers.get(b"x-device-token"), headers.get(b"authorization"), headers.get(b"x-api-key")
+            )
+            if key is None:
+                raise Problem(
+                    401,
+                    "missing-credential",
+                    "send the device key as X-Device-Token, X-API-Key or Authorization: Bearer",
+                    headers=[("WWW-Authenticate", 'Bearer realm="tidegate"')],
+                )
+            device_id = self.gateway.keys.device_for(key)
+            if device_id is None:
+                raise Problem(
+                    401,
+                    "invalid-credential",
+                    "the device key is unknown or revoked",
+                    headers=[("WWW-Authenticate", 'Bearer realm="tidegate", error="invalid_token"')],
+                )
+        priority = headers.get(b"x-priority", route.priority).strip().lower()
+        if priority not in PRIORITIES:
+            raise Problem(
+                400,
+                "invalid-priority",
+                "X-Priority must be high, medium or low",
+                [{"path": "header:X-Priority", "message": f"unknown priority {priority!r}"}],
+            )
+        utilization = self.gateway.utilization()
+        if (utilization >= self.settings.shed_medium_at and priority != "high") or (
+            utilization >= self.settings.shed_low_at and priority == "low"
+        ):
+            self.metrics.shed.inc((priority,))
+            raise Problem(
+                503,
+                "shed",
+                f"overloaded (utilization {utilization:.2f}); {priority} priority traffic is shed",
+                headers=[("Retry-After", "1")],
+            )
+        if device_id is not None:
+            wait = self.gateway.buckets.take(device_id, time.time_ns() // 1000)
+            if wait > 0:
+                self.metrics.rate_limited.inc()
+                raise Problem(
+                    429,
+                    "rate-limited",
+                    f"device {device_id} is over its rate of {self.settings.rate_per_device:g} requests/s",
+                    headers=[("Retry-After", str(max(1, math.ceil(wait))))],
+                )
+        return device_id, priority
+
+    async def _read_body(self, headers: dict[bytes, str], receive: Receive) -> bytes:
+        limit = self.settings.max_body_bytes
+        declared = headers.get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise Problem(413, "too-large", f"the body exceeds {limit} bytes")
+        chunks: list[bytes] = []
+        size = 0
+        task = asyncio.current_task()
+        assert task is not None
+        self._body_deadlines[task] = time.monotonic() + self.settings.body_timeout_s
+        try:
+            while True:
+                # The only await while the task is registered: a late body is cancelled right here.
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    raise Problem(400, "disconnected", "the client went away before sending the whole body")
+                chunk = message.get("body", b"")
+                size += len(chunk)
+                if size > limit:
+                    raise Problem(413, "too-large", f"the body exceeds {limit} bytes")
+                chunks.append(chunk)
+                if not message.get("more_body", False):
+                    break
+        except asyncio.CancelledError:
+            if task not in self._body_timed_out:
+                raise
+            self._body_timed_out.discard(task)
+            task.uncancel()
+            raise Problem(
+                408,
+                "body-timeout",
+                f"the body was not received within {self.settings.body_timeout_s:g} s",
+                headers=[("Connection", "close")],
+            ) from None
+        finally:
+            del self._body_deadlines[task]
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    def _validate(self, route: IngestRoute, body: bytes, headers: dict[bytes, str], priority: str) -> ValidationResult:
+        try:
+            return route.validator.validate(
+                body,
+                headers.get(b"content-type", "application/json"),
+                headers.get(b"content-encoding"),
+                priority=priority,
+                traceparent=headers.get(b"traceparent"),
+                tracestate=headers.get(b"tracestate"),
+                idempotency_key=headers.get(b"x-idempotency-key"),
+            )
+        except InvalidHeader as error:
+            raise Problem(
+                400, "invalid-header", str(error), [{"path": f"header:{error.header}", "message": str(error)}]
+            ) from None
+        except PayloadTooLarge as error:
+            raise Problem(413, "too-large", str(error)) from None
+        except UnsupportedFormat as error:
+            raise Problem(415, "unsupported-media-type", str(error)) from None
+        except PayloadError as error:
+            raise Problem(400, "malformed", str(error)) from None
+
+    async def ingest(self, route: IngestRoute, headers: dict[bytes, str], receive: Receive) -> Answer:
+        device_id, priority = self._admit(route, headers)
+        ack = headers.get(b"x-ack", "spool").strip().lower()
+        if ack not in ACK_LEVELS:
+            raise Problem(
+                400,
+                "invalid-ack",
+                "X-Ack must be spool or kafka",
+                [{"path": "header:X-Ack", "message": f"unknown acknowledgement level {ack[:32]!r}"}],
+            )
+        if ack == "kafka" and not self.settings.kafka:
+            raise Problem(
+                400,
+                "kafka-not-configured",
+                "X-Ack: kafka asks for the broker's acknowledgement, but this service has no Kafka configured",
+                [{"path": "header:X-Ack", "message": "no Kafka is configured: send spool, or no X-Ack"}],
+            )
+        # Checked before the body is read, like X-Ack; the setting turns every request into a dry run.
+        dry_run = dry_run_asked(headers) or self.settings.dry_run
+        body = await self._read_body(headers, receive)
+        return await self.ingest_body(route, body, headers, device_id, priority, dry_run=dry_run)
+
+    async def ingest_body(
+        self,
+        route: IngestRoute,
+        body: bytes,
+        headers: dict[bytes, str],
+        device_id: str | None,
+        priority: str,
+        *,
+        dry_run: bool,
+    ) -> Answer:
+        """The pipeline shared by HTTP and MQTT once a body is admitted: validate, check the device, dedup, spool
+        (durable when this returns; with `dry_run`, nothing is written), answer. `device_id` is the authenticated
+        device (HTTP's key, MQTT's topic), which every telemetry record must name. Raises Problem for a body that
+        cannot be taken as a whole."""
+        result = self._validate(route, body, headers, priority)
+        dedup = self.gateway.dedup
+        batch = result.batch
+        if route.kind == "batch":
+            devices = [result.device_id] if result.device_id is not None else []
+        else:
+            devices = batch.distinct_keys() if route.kind == "telemetry" else []
+        if device_id is not None and route.kind != "event":
+            foreign = [owner for owner in devices if owner != device_id]
+            if foreign:
+                raise Problem(
+                    403,
+                    "wrong-device",
+                    f"the key belongs to {device_id}, not {foreign[0]}",
+                    [{"path": "$.device_id", "message": f"must be {device_id}"}],
+                )
+        if result.accepted == 0:
+            self.metrics.records.inc(("rejected", priority), result.total)
+            raise Problem(400, "invalid", f"no record of {result.total} is valid", issue_errors(result.rejected))
+        received = now_ms()
+        durability = "spool"
+        key_claims: list[tuple[str, str]] = []
+        duplicates: set[str] = set()
+        whole_duplicate = False
+        idempotency_key = headers.get(b"x-idempotency-key")
+        # Without auth the devices named in the body own the key.
+        owner = device_id or result.device_id or ",".join(devices) or "-"
+        # Scopes name the kind of key first and the device last (device ids hold no ':'): no two devices, and no
+        # header key and batch_id, can share one.
+        if idempotency_key:
+            key_claims.append((f"header:{route.name}:{owner}", idempotency_key))
+        if route.kind == "batch" and result.batch_id is not None:
+            key_claims.append((f"batch_id:{result.device_id}", result.batch_id))
+        if dry_run:
+            whole_duplicate = any(dedup.contains_key(scope, key, received) for scope, key in key_claims)
+            duplicates = {eid for eid in result.event_ids if eid is not None and dedup.contains(eid, received)}
+        else:
+            claimed = []
+            for scope, key in key_claims:
+                if dedup.claim_key(scope, key, received):
+                    claimed.append((scope, key))
+                else:
+                    whole_duplicate = True
+            if whole_duplicate:
+                for scope, key in claimed:
+                    dedup.release_key(scope, key)
+                durability = await self.persist(RecordBatch(), [], headers)
+            else:
+                duplicates = set(dedup.claim_batch(batch, received))
+                durability = await self.persist(batch, key_claims, headers)
+        if whole_duplicate:
+            duplicates = {eid for eid in result.event_ids if eid is not None}
+        if dry_run:
+            durability = "none"
+        for device in devices:
+            self.gateway.last_seen[device] = received / 1000
+        answer = self._answer(
+            route, result, duplicates=duplicates, durability=durability, dry_run=dry_run, priority=priority
+        )
+        answer.rejected = result.rejected
+        return answer
+
+    async def persist(self, batch: RecordBatch, key_claims: list[tuple[str, str]], headers: dict[bytes, str]) -> str:
+        """Makes the batch durable (spool, and Kafka when asked); its dedup claims are released if that fails, and
+        committed once it is durable (from then on they are duplicates for the other workers too).
+
+        A record answered `duplicate` may repeat one that is still on its way to disk, so an answer is given only
+        once everything appended before it is durable too, and fails with it: an empty batch (every record a
+        repeat) waits for that alone. The claims are released inside the failure, before any retry can run."""
+        assert self.gateway.writer is not None
+
+        def release() -> None:
+            self.gateway.dedup.release_batch(batch)
+            for scope, key in key_claims:
+                self.gateway.dedup.release_key(scope, key)
+
+        records = len(batch)
+        self.gateway.in_flight_records += records
+        try:
+            end = await (self.gateway.writer.write(batch, release) if records else self.gateway.writer.settle(release))
+        except (SpoolFull, OSError) as error:
+            self.gateway.spool_full = self.gateway.spool_full or isinstance(error, SpoolFull)
+            raise Problem(
+                503,
+                "spool-full" if isinstance(error, SpoolFull) else "spool-error",
+                "the local spool cannot take more data right now",
+                headers=[("Retry-After", "5")],
+            ) from None
+        finally:
+            self.gateway.in_flight_records -= records
+        if records or key_claims:
+            self.gateway.dedup.commit(batch, key_claims)
+        if headers.get(b"x-ack", "").strip().lower() == "kafka":
+            return "kafka" if await self._wait_delivered(end, self.settings.kafka_ack_timeout_s) else "spool"
+        return "spool"
+
+    async def _wait_delivered(self, seq: int, timeout: float) -> bool:
+        """True once the delivery process saw the broker acknowledge every record of this spool below `seq`
+        (`X-Ack: kafka`); False after `timeout`. One task watches the published sequence for every waiter."""
+        assert self.gateway.spool is not None
+        if self.gateway.spool.delivered_seq >= seq:
+            return True
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        waiter = (seq, future)
+        self._delivered_waiters.append(waiter)
+        if self._delivered_watch is None or self._delivered_watch.done():
+            self._delivered_watch = asyncio.create_task(self._watch_delivered())
+        try:
+            await asyncio.wait_for(future, timeout)
+        except TimeoutError:
+            return self.gateway.spool.delivered_seq >= seq
+        finally:
+            with contextlib.suppress(ValueError):
+                self._delivered_waiters.remove(waiter)
+        return True
+
+    async def _watch_delivered(self) -> None:
+        assert self.gateway.spool is not None
+        while self._delivered_waiters:
+            await asyncio.sleep(0.002)
+            delivered = self.gateway.spool.delivered_seq
+            for seq, future in self._delivered_waiters:
+                if seq <= delivered and not future.done():
+                    future.set_result(None)
+
+    def _answer(
+        self,
+        route: IngestRoute,
+        result: ValidationResult,
+        *,
+        duplicates: set[str],
+        durability: str,
+        dry_run: bool,
+        priority: str,
+    ) -> Answer:
+        counts, total = result.lag_histogram(self._lag_bounds)
+        self.metrics.lag.observe_counts(counts, total)
+        rejected, warnings = result.rejected, result.warnings
+        warnings_by_index: dict[int, list[str]] = {}
+        for warning in warnings:
+            if warning.index is not None:
+                warnings_by_index.setdefault(warning.index, []).append(warning.message)
+        response_headers = [(b"x-durability", durability.encode())]
+        if warnings:
+            response_headers.append((b"x-tidegate-flagged", b"true"))
+        if route.kind == "batch":
+            summary: dict[str, object] = {
+                "status": "accepted",
+                "batch_id": result.batch_id,
+                "device_id": result.device_id,
+                "readings_count": result.total,
+                "accepted": result.accepted,
+                "duplicates": 0,
+                "rejected": 0,
+                "results": [],
+                "warnings": [{"index": i, "messages": m} for i, m in sorted(warnings_by_index.items())],
+            }
+            if (
+                not duplicates
+                and not rejected
+                and not dry_run
+                and result.batch.count(route.validator.topic) == result.accepted
+            ):
+                # Every reading accepted and nothing dropped as a repeat: no per-reading results to build.
+                self.metrics.records.inc(("accepted", priority), result.accepted)
+                return Answer(
+                    202, json_bytes(summary), response_headers, records=result.total, device_id=result.device_id
+                )
+        event_ids = result.event_ids
+        lags = result.ingest_lag_ms
+        rejected_by_index: dict[int, list[dict[str, object]]] = {}
+        for issue in rejected:
+            if issue.index is not None:
+                rejected_by_index.setdefault(issue.index, []).append({"path": issue.path, "message": issue.message})
+        seen: set[str] = set()
+
+        def status_of(eid: str | None) -> str:
+            if eid is None:
+                return "rejected"
+            if eid in duplicates or eid in seen:
+                return "duplicate"
+            seen.add(eid)
+            return "accepted"
+
+        statuses = [status_of(eid) for eid in event_ids]
+        for outcome in ("accepted", "duplicate", "rejected"):
+            if count := statuses.count(outcome):
+                # A dry run's records are counted apart: nothing of them was written.
+                counted = "dry_run" if dry_run and outcome != "rejected" else outcome
+                self.metrics.records.inc((counted, priority), count)
+        document: dict[str, object]
+        if route.kind == "telemetry" and not result.sequence:
+            document = {
+                "status": statuses[0],
+                "event_id": event_ids[0],
+                "ingest_lag_ms": lags[0],
+                "warnings": warnings_by_index.get(0, []),
+            }
+        elif route.kind == "batch":
+            document = summary | {
+                "status": "duplicate" if all(s == "duplicate" for s in statuses if s != "rejected") else "accepted",
+                "accepted": statuses.count("accepted"),
+                "duplicates": statuses.count("duplicate"),
+                "rejected": statuses.count("rejected"),
+                "results": [
+                    {"index": i, "status": s, "event_id": event_ids[i], "reason": rejected_by_index.get(i)}
+                    if s == "rejected"
+                    else {"index": i, "status": s, "event_id": event_ids[i]}
+                    for i, s in enumerate(statuses)
+                    if s != "accepted"
+                ],
+            }
+        else:
+            items = []
+            for i, status in enumerate(statuses):
+                item: dict[str, object] = {
+                    "index": i,
+                    "status": status.upper() if route.kind == "event" else status,
+                    "event_id": event_ids[i],
+                    "ingest_lag_ms": lags[i],
+                }
+                if status == "rejected":
+                    item["errors"] = rejected_by_index.get(i, [])
+                if i in warnings_by_index:
+                    item["warnings"] = warnings_by_index[i]
+                items.append(item)
+            if not result.sequence:
+                document = dict(items[0])
+                del document["index"]
+            else:
+                document = {
+                    "accepted": statuses.count("accepted"),
+                    "duplicates": statuses.count("duplicate"),
+                    "rejected": statuses.count("rejected"),
+                    "results": items,
+                }
+        if dry_run:
+            document["dry_run"] = True
+        return Answer(
+            202,
+            json_bytes(document),
+            response_headers,
+            event_id=event_ids[0],
+            records=result.total,
+            device_id=result.device_id,
+        )
