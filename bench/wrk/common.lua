@@ -8,6 +8,8 @@
 --   BENCH_RECORDS   readings per batch (batch.lua) or events per body (events.lua)
 --   BENCH_PACE_RPS  requests/s per connection (paced, open-loop-ish): run with -t equal to -c
 --   BENCH_TIMED     1: per-status latency histograms (one connection per thread: -t equal to -c)
+--   BENCH_HONOUR_RETRY_AFTER  1: after a 429/503 with Retry-After, a paced connection waits that long before its
+--                   next request, as a good SDK does (default: retries on its pace, ignoring it)
 -- done() prints one line "WRKJSON {...}": wrk's summary, latency percentiles, and per thread the status counts and
 -- latency histograms (BENCH_TIMED; log buckets: bucket b holds latencies around 1.02^b microseconds).
 
@@ -38,6 +40,7 @@ if M.priority == "" then M.priority = nil end
 M.records = tonumber(os.getenv("BENCH_RECORDS") or "100") or 100
 M.pace_rps = tonumber(os.getenv("BENCH_PACE_RPS") or "")
 M.timed = os.getenv("BENCH_TIMED") == "1"
+M.honour_retry_after = os.getenv("BENCH_HONOUR_RETRY_AFTER") == "1"
 
 -- A timestamp `back_ms` before now, RFC 3339 with milliseconds, UTC.
 function M.timestamp(back_ms)
@@ -107,15 +110,29 @@ function M.mark_sent()
   end
 end
 
-if M.timed then
+local function retry_after_s(headers)
+  local value = headers["retry-after"] or headers["Retry-After"]
+  return value and tonumber(value) or nil
+end
+
+if M.timed or M.honour_retry_after then
   function response(status, headers, body)
-    local key = tostring(status)
-    counts[key] = (counts[key] or 0) + 1
-    local h = hist[key]
-    if h == nil then h = {}; hist[key] = h end
-    last_us = M.now_us()
-    local b = bucket(last_us - sent_at)
-    h[b] = (h[b] or 0) + 1
+    if M.timed then
+      local key = tostring(status)
+      counts[key] = (counts[key] or 0) + 1
+      local h = hist[key]
+      if h == nil then h = {}; hist[key] = h end
+      last_us = M.now_us()
+      local b = bucket(last_us - sent_at)
+      h[b] = (h[b] or 0) + 1
+    end
+    if M.honour_retry_after and (status == 429 or status == 503) then
+      local wait = retry_after_s(headers)
+      if wait then
+        -- The pace resumes after the wait: the requests of the waited interval are not sent (not made up later).
+        backoff_until = M.now_us() + wait * 1000000
+      end
+    end
   end
 end
 
@@ -128,6 +145,7 @@ if M.pace_rps and M.pace_rps > 0 then
     else
       next_at = next_at + interval
     end
+    if backoff_until ~= nil and next_at < backoff_until then next_at = backoff_until end
     local wait = next_at - now
     if wait < -1000000 then next_at = now; wait = 0 end -- more than a second behind: do not burst to catch up
     if wait <= 0 then return 0 end
