@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import gzip
 import json
 import threading
@@ -518,3 +519,39 @@ def test_a_validator_is_shared_between_threads(telemetry: tidegate.Validator) ->
     for thread in threads:
         thread.join()
     assert results == expected
+
+
+def test_every_tidegate_error_has_one_base_and_keeps_its_builtin_one() -> None:
+    for name in ("PayloadError", "MalformedPayload", "PayloadTooLarge", "UnsupportedFormat", "InvalidHeader"):
+        assert issubclass(getattr(tidegate, name), (tidegate.TidegateError, ValueError))
+    assert issubclass(tidegate.SchemaError, tidegate.TidegateError)
+    assert issubclass(tidegate.SchemaError, ValueError)
+    assert issubclass(tidegate.SpoolFull, tidegate.TidegateError)
+    assert issubclass(tidegate.SpoolFull, OSError)
+    validator = tidegate.Validator(tidegate.Contract.telemetry())
+    with pytest.raises(tidegate.TidegateError) as raised:
+        validator.validate(b"{", "application/json")
+    assert type(raised.value) is tidegate.MalformedPayload
+    with pytest.raises(tidegate.TidegateError):
+        tidegate.Contract.from_json_schema({"type": "object", "if": {}})
+
+
+def test_a_spool_io_error_keeps_its_errno_subclass(tmp_path: Any) -> None:
+    """The old binding raised a bare OSError without errno for every spool I/O failure."""
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(NotADirectoryError) as raised:
+        tidegate.Spool(tmp_path / "a-file" / "spool")
+    assert raised.value.errno == errno.ENOTDIR
+
+
+def test_a_full_spool_raises_spool_full_under_both_bases(tmp_path: Any) -> None:
+    spool = tidegate.Spool(tmp_path / "spool", segment_bytes=1 << 16, quota_bytes=1 << 16)
+    result = tidegate.Validator(tidegate.Contract.telemetry()).validate(
+        json.dumps([reading(seq=i) for i in range(200)]).encode(), "application/json"
+    )
+    with pytest.raises(tidegate.SpoolFull) as raised:
+        for _ in range(100):
+            spool.append(result.batch)
+            spool.commit()
+    assert isinstance(raised.value, tidegate.TidegateError)
+    assert isinstance(raised.value, OSError)

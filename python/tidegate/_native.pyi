@@ -24,6 +24,7 @@ __all__ = [
     "SchemaError",
     "Spool",
     "SpoolFull",
+    "TidegateError",
     "UnsupportedFormat",
     "ValidationResult",
     "Validator",
@@ -43,7 +44,11 @@ MAX_TRACESTATE_BYTES: Final[int]
 MAX_IDEMPOTENCY_KEY_BYTES: Final[int]
 """Longest `X-Idempotency-Key` accepted (as long as a batch's `batch_id` may be)."""
 
-class PayloadError(ValueError):
+class TidegateError(Exception):
+    """Every error tidegate raises derives from this. I/O errors are the exception: they are the built-in
+    `OSError` of their errno (`FileNotFoundError`, `PermissionError`, `OSError` with `errno` ENOSPC...)."""
+
+class PayloadError(TidegateError, ValueError):
     """The whole body could not be taken apart into records."""
 
 class MalformedPayload(PayloadError):
@@ -62,10 +67,10 @@ class InvalidHeader(PayloadError):
     header: str
     """The header's name: "traceparent", "tracestate" or "X-Idempotency-Key"."""
 
-class SpoolFull(OSError):
+class SpoolFull(TidegateError, OSError):
     """The spool's disk quota is reached; the caller sheds load (503) rather than lose or corrupt data."""
 
-class SchemaError(ValueError):
+class SchemaError(TidegateError, ValueError):
     """A JSON Schema could not be compiled: invalid, or using a keyword outside the supported subset."""
 
 @final

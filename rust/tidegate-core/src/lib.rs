@@ -41,6 +41,6 @@ pub mod value;
 
 pub use batch::{RecordBatch, RecordRef};
 pub use contract::{Contract, ContractKind, UnknownFields};
-pub use error::{Limits, PayloadError};
+pub use error::{Error, Limits, PayloadError};
 pub use schema::SchemaError;
 pub use validator::{Issue, MetricRange, Outcome, Request, Validator, ValidatorOptions};

@@ -61,14 +61,13 @@ impl Contract {
         let text: String = if let Ok(text) = schema.cast::<PyString>() {
             text.to_str()?.to_owned()
         } else if let Ok(bytes) = schema.cast::<PyBytes>() {
-            String::from_utf8(bytes.as_bytes().to_vec())
-                .map_err(|_| errors::SchemaError::new_err("schema is not UTF-8"))?
+            String::from_utf8(bytes.as_bytes().to_vec()).map_err(|_| errors::schema_error(py, "schema is not UTF-8"))?
         } else {
             py.import("json")?.call_method1("dumps", (schema,))?.extract()?
         };
         core::Contract::custom(name, &text, topic, key_field, time_field, identity_fields)
             .map(Contract)
-            .map_err(|e| errors::schema_error(&e))
+            .map_err(|e| errors::to_py(py, e))
     }
 
     #[getter]
@@ -204,7 +203,7 @@ impl Validator {
         };
         let mut outcome = py
             .detach(|| self.0.validate(&request))
-            .map_err(|e| errors::payload_error(py, &e))?;
+            .map_err(|e| errors::to_py(py, e))?;
         let batch = Py::new(py, RecordBatch(std::mem::take(&mut outcome.batch)))?;
         Ok(ValidationResult { outcome, batch })
     }

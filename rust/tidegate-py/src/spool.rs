@@ -2,8 +2,7 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use pyo3::create_exception;
-use pyo3::exceptions::{PyOSError, PyValueError};
+use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 use tidegate_core::batch::hex;
@@ -12,19 +11,10 @@ use tidegate_core::shared::{RateTable as CoreRateTable, SharedWindow};
 use tidegate_core::spool::{Cursor, Spool as CoreSpool, SpoolError, SpoolOptions};
 
 use crate::RecordBatch;
-
-create_exception!(
-    tidegate,
-    SpoolFull,
-    PyOSError,
-    "The spool's disk quota is reached; shed load rather than lose data."
-);
+use crate::errors;
 
 pub(crate) fn spool_error(error: SpoolError) -> PyErr {
-    match error {
-        SpoolError::Full { .. } => SpoolFull::new_err(error.to_string()),
-        SpoolError::Io(e) => PyOSError::new_err(e.to_string()),
-    }
+    Python::attach(|py| errors::to_py(py, error))
 }
 
 #[pyclass(frozen, module = "tidegate._native")]
@@ -376,6 +366,5 @@ pub fn register(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_class::<Spool>()?;
     module.add_class::<DedupWindow>()?;
     module.add_class::<RateTable>()?;
-    module.add("SpoolFull", module.py().get_type::<SpoolFull>())?;
     Ok(())
 }
