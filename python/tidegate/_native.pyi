@@ -13,6 +13,7 @@ __all__ = [
     "MAX_TRACESTATE_BYTES",
     "Contract",
     "DedupWindow",
+    "GroupCommit",
     "InvalidHeader",
     "Issue",
     "KafkaRange",
@@ -348,6 +349,20 @@ def read_kafka_range(
     to read from next."""
 
 @final
+class GroupCommit:
+    """Group commit on a native thread. `request()` asks for a commit of everything appended so far (cheap, never
+    blocks); the thread waits its window, fsyncs, and makes `fileno()` readable once per commit, for an event loop
+    to watch; `take()` then returns `(durable_seq, commits, failures, errno, error)`, failures counting every
+    failed commit so far and errno/error describing the latest."""
+
+    def request(self) -> None: ...
+    def fileno(self) -> int: ...
+    def take(self) -> tuple[int, int, int, int | None, str | None]: ...
+    def stop(self) -> None:
+        """Stops the thread after the commit in progress; what is appended and not committed stays for
+        `Spool.commit`."""
+
+@final
 class Spool:
     """The append-only segment log that makes records durable before they are acknowledged.
 
@@ -395,6 +410,9 @@ class Spool:
         """fsyncs what was appended; returns the durable sequence. Raises OSError when the write or fsync failed:
         none of the records it covered is durable, their sequence numbers are never reused, and the next commit
         starts a new segment (`failing` until one could be started)."""
+
+    def group_commit(self, window_ms: float = 1.0) -> GroupCommit:
+        """Starts a committer thread for this spool (see `GroupCommit`)."""
 
     @property
     def failing(self) -> bool:

@@ -1,8 +1,10 @@
 """Asynchronous group commit over the native spool.
 
-Appends are written at once (native, GIL released); durability is awaited. One committer task runs at most one
-fsync at a time in a worker thread, and every append it covers is released together: many concurrent requests
-share one fsync, and none is released before its records are on disk.
+Appends are written at once (native, GIL released); durability is awaited. A native committer thread
+(`Spool.group_commit`) runs one fsync at a time, after a commit window in which requests gather, and wakes the
+event loop once per commit through a descriptor the loop watches: no task, timer or thread hop per commit. Every
+append a commit covers is released together: many concurrent requests share one fsync, and none is released
+before its records are on disk.
 
 A failed commit fails every waiter (over-failing is safe: a record written after all is a duplicate of the
 client's retry, with the same event_id; under-failing would be a lost acknowledgement). Each waiter's `release`
@@ -14,10 +16,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
-from tidegate._native import RecordBatch, Spool
+from tidegate._native import GroupCommit, RecordBatch, Spool
 
 
 def worker_spool_dirs(data_dir: Path) -> list[Path]:
@@ -31,24 +34,32 @@ class SpoolWriter:
 
     def __init__(self, spool: Spool, *, commit_window_ms: float = 1.0) -> None:
         self.spool = spool
-        self.commit_window = commit_window_ms / 1000.0
+        self.commit_window_ms = commit_window_ms
         self._waiters: list[tuple[int, asyncio.Future[None], Callable[[], None] | None]] = []
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self._committer: GroupCommit | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._failures_seen = 0
         self.commits = 0
 
     async def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="tidegate-spool-committer")
+        self._committer = self.spool.group_commit(self.commit_window_ms)
+        self._loop = asyncio.get_running_loop()
+        self._loop.add_reader(self._committer.fileno(), self._on_commit)
 
     async def stop(self) -> None:
         """Commits whatever is pending, then stops the committer."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-        await asyncio.to_thread(self.spool.commit)
-        self._release(self.spool.durable_seq)
+        if self._committer is not None:
+            assert self._loop is not None
+            self._loop.remove_reader(self._committer.fileno())
+            await asyncio.to_thread(self._committer.stop)
+            self._on_commit()  # a commit that finished after the loop last looked
+            self._committer = None
+        try:
+            durable = await asyncio.to_thread(self.spool.commit)
+        except OSError as error:
+            self._fail(error)
+            raise
+        self._release(durable)
 
     async def write(self, batch: RecordBatch, release: Callable[[], None] | None = None) -> int:
         """Appends `batch` and returns once it is durable; returns the sequence after its last record.
@@ -74,10 +85,26 @@ class SpoolWriter:
     async def _durable(self, end: int, release: Callable[[], None] | None) -> None:
         if self.spool.durable_seq >= end:
             return
+        if self._committer is None:
+            raise OSError(errno.ESHUTDOWN, "the spool writer is stopped: nothing more is made durable")
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.append((end, future, release))
-        self._wake.set()
+        self._committer.request()
         await future
+
+    def _on_commit(self) -> None:
+        """The committer's descriptor is readable: one commit (or more) finished."""
+        if self._committer is None:
+            return
+        durable, commits, failures, error_number, message = self._committer.take()
+        self.commits = commits
+        if failures > self._failures_seen:
+            # Every waiter fails, those a later successful commit covered too (over-failing is safe, see above).
+            self._failures_seen = failures
+            self._fail(OSError(error_number or errno.EIO, message or "spool commit failed"))
+        self._release(durable)
+        if self._waiters:
+            self._committer.request()
 
     def _release(self, durable: int) -> None:
         still_waiting = []
@@ -97,22 +124,6 @@ class SpoolWriter:
                 release()
             if not future.done():
                 future.set_exception(error)
-
-    async def _run(self) -> None:
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            if self.commit_window > 0:
-                await asyncio.sleep(self.commit_window)
-            try:
-                durable = await asyncio.to_thread(self.spool.commit)
-            except OSError as error:
-                self._fail(error)
-                continue
-            self.commits += 1
-            self._release(durable)
-            if self._waiters:
-                self._wake.set()
 
 
 @contextlib.asynccontextmanager

@@ -28,6 +28,7 @@ pub mod contract;
 pub mod decode;
 pub mod dedup;
 pub mod error;
+pub mod group_commit;
 pub mod headers;
 pub mod json;
 pub mod kafka;

@@ -461,3 +461,64 @@ fn a_delivery_process_follows_the_writer_up_to_what_is_durable() {
     );
     fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Waits (with a generous guard) until the committer's signal descriptor is readable, as the event loop would.
+fn wait_for_signal(committer: &tidegate_core::group_commit::GroupCommitter) {
+    let mut poll = libc_pollfd(committer.signal_fd());
+    // SAFETY: one valid pollfd, for the duration of the call.
+    let ready = unsafe { libc::poll(&mut poll, 1, 10_000) };
+    assert_eq!(ready, 1, "the committer never signalled");
+}
+
+fn libc_pollfd(fd: std::os::fd::RawFd) -> libc::pollfd {
+    libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    }
+}
+
+#[test]
+fn the_group_committer_makes_appends_durable_and_signals_once_per_commit() {
+    use tidegate_core::group_commit::GroupCommitter;
+    let dir = temp_dir("group-commit");
+    let spool = Arc::new(Spool::open(&dir, SpoolOptions::default()).unwrap());
+    let committer = GroupCommitter::start(Arc::clone(&spool), Duration::from_millis(1)).unwrap();
+    let end = spool.append(&batch_of(10, "a")).unwrap();
+    spool.append(&batch_of(5, "b")).unwrap();
+    committer.request();
+    committer.request(); // a second request before the commit asks for nothing more
+    wait_for_signal(&committer);
+    let outcome = committer.take().unwrap();
+    assert!(outcome.durable_seq >= end);
+    assert_eq!(outcome.failures, 0);
+    assert_eq!(spool.durable_seq(), 15);
+    // The signal was taken: nothing more to read until the next commit.
+    let mut poll = libc_pollfd(committer.signal_fd());
+    // SAFETY: as above; a zero timeout.
+    assert_eq!(unsafe { libc::poll(&mut poll, 1, 0) }, 0);
+    committer.stop();
+    assert_eq!(read_all(&spool).len(), 15);
+}
+
+#[test]
+fn the_group_committer_reports_a_failed_commit_and_the_next_one_succeeds() {
+    use tidegate_core::group_commit::GroupCommitter;
+    let dir = temp_dir("group-commit-failure");
+    let spool = Arc::new(Spool::open(&dir, SpoolOptions::default()).unwrap());
+    let committer = GroupCommitter::start(Arc::clone(&spool), Duration::ZERO).unwrap();
+    spool.inject_write_failures(1);
+    spool.append(&batch_of(3, "lost")).unwrap();
+    committer.request();
+    wait_for_signal(&committer);
+    let failed = committer.take().unwrap();
+    assert_eq!(failed.failures, 1);
+    assert!(failed.last_error.is_some());
+    assert_eq!(failed.durable_seq, 0, "nothing of the failed commit is durable");
+    let end = spool.append(&batch_of(2, "kept")).unwrap();
+    committer.request();
+    wait_for_signal(&committer);
+    let next = committer.take().unwrap();
+    assert_eq!(next.failures, 1);
+    assert_eq!(next.durable_seq, end);
+}

@@ -1,5 +1,5 @@
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use pyo3::exceptions::PyValueError;
@@ -7,6 +7,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyDict;
 use tidegate_core::batch::hex;
 use tidegate_core::dedup;
+use tidegate_core::group_commit::GroupCommitter;
 use tidegate_core::shared::{RateTable as CoreRateTable, SharedWindow};
 use tidegate_core::spool::{Cursor, Spool as CoreSpool, SpoolError, SpoolOptions};
 
@@ -19,7 +20,7 @@ pub(crate) fn spool_error(error: SpoolError) -> PyErr {
 
 #[pyclass(frozen, module = "tidegate._native")]
 pub struct Spool {
-    inner: CoreSpool,
+    inner: Arc<CoreSpool>,
     /// The reader's last position, so sequential reads do not rescan a segment.
     cursor: Mutex<Option<Cursor>>,
 }
@@ -66,7 +67,7 @@ impl Spool {
         };
         let inner = py.detach(|| CoreSpool::open(&path, options)).map_err(spool_error)?;
         Ok(Spool {
-            inner,
+            inner: Arc::new(inner),
             cursor: Mutex::new(None),
         })
     }
@@ -76,7 +77,7 @@ impl Spool {
     fn open_read_only(py: Python<'_>, path: PathBuf) -> PyResult<Spool> {
         let inner = py.detach(|| CoreSpool::open_read_only(&path)).map_err(spool_error)?;
         Ok(Spool {
-            inner,
+            inner: Arc::new(inner),
             cursor: Mutex::new(None),
         })
     }
@@ -86,7 +87,7 @@ impl Spool {
     fn open_for_delivery(py: Python<'_>, path: PathBuf) -> PyResult<Spool> {
         let inner = py.detach(|| CoreSpool::open_for_delivery(&path)).map_err(spool_error)?;
         Ok(Spool {
-            inner,
+            inner: Arc::new(inner),
             cursor: Mutex::new(None),
         })
     }
@@ -112,6 +113,14 @@ impl Spool {
 
     fn commit(&self, py: Python<'_>) -> PyResult<u64> {
         py.detach(|| self.inner.commit()).map_err(spool_error)
+    }
+
+    /// Starts a committer thread for this spool (see `GroupCommit`).
+    #[pyo3(signature = (window_ms = 1.0))]
+    fn group_commit(&self, window_ms: f64) -> PyResult<GroupCommit> {
+        let window = Duration::from_secs_f64(window_ms.max(0.0) / 1000.0);
+        let committer = GroupCommitter::start(Arc::clone(&self.inner), window).map_err(errors::io_error)?;
+        Ok(GroupCommit(committer))
     }
 
     #[pyo3(signature = (batch, window_ms = 2.0))]
@@ -362,8 +371,42 @@ impl RateTable {
     }
 }
 
+/// Group commit on a native thread: `request()` asks for a commit, the thread fsyncs after its window and makes
+/// `fileno()` readable once per commit; `take()` then returns `(durable_seq, commits, failures, errno, error)`.
+#[pyclass(frozen, module = "tidegate._native")]
+pub struct GroupCommit(GroupCommitter);
+
+/// `(durable_seq, commits, failures, errno, error)`.
+type CommitOutcomeTuple = (u64, u64, u64, Option<i32>, Option<String>);
+
+#[pymethods]
+impl GroupCommit {
+    fn request(&self) {
+        self.0.request();
+    }
+
+    fn fileno(&self) -> i32 {
+        self.0.signal_fd()
+    }
+
+    fn take(&self) -> PyResult<CommitOutcomeTuple> {
+        let outcome = self.0.take().map_err(errors::io_error)?;
+        let (errno, message) = match outcome.last_error {
+            Some((errno, message)) => (errno, Some(message)),
+            None => (None, None),
+        };
+        Ok((outcome.durable_seq, outcome.commits, outcome.failures, errno, message))
+    }
+
+    /// Stops the thread after the commit in progress (the GIL is released while it finishes).
+    fn stop(&self, py: Python<'_>) {
+        py.detach(|| self.0.stop());
+    }
+}
+
 pub fn register(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_class::<Spool>()?;
+    module.add_class::<GroupCommit>()?;
     module.add_class::<DedupWindow>()?;
     module.add_class::<RateTable>()?;
     Ok(())
