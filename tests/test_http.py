@@ -472,6 +472,44 @@ class TestAdmission:
             assert_problem(codes[2], 429)
             assert 1 <= int(codes[2].headers["retry-after"]) <= 2
 
+    def test_decompressed_bytes_are_budgeted_per_device(self, tmp_path: Path) -> None:
+        """A few kilobytes of zstd that expand to megabytes: the device pays for what it made the worker decode
+        (without the budget every one of these was answered 202, and 400/413 bombs cost nothing)."""
+        env = {
+            "TIDEGATE_DECODED_BYTES_PER_DEVICE": "100000",
+            "TIDEGATE_DECODED_BYTES_BURST_PER_DEVICE": "1000000",
+            "TIDEGATE_MAX_BODY_BYTES": "2000000",
+        }
+        budgeted = Server(tmp_path, env)
+        tokens = budgeted.keys("bomber", "neighbour")
+        # 1.5 MB of valid NDJSON events compress to a few kilobytes.
+        lines = b"\n".join(json.dumps(event(payload={"pad": "x" * 1400, "i": i})).encode() for i in range(1000))
+        bomb = zstandard.ZstdCompressor().compress(lines)
+        assert len(bomb) < len(lines) // 50
+        headers = {
+            "X-Device-Token": tokens["bomber"],
+            "Content-Type": "application/x-ndjson",
+            "Content-Encoding": "zstd",
+        }
+        with budgeted, httpx.Client(base_url=budgeted.url, timeout=30) as http:
+            first = http.post("/api/v1/events", content=bomb, headers=headers)
+            assert first.status_code == 202, first.text
+            second = http.post("/api/v1/events", content=bomb, headers=headers)
+            problem = assert_problem(second, 429)
+            assert problem["type"].endswith(":byte-budget")
+            # Over a burst of debt at 100 kB/s: the wait is seconds, not forever.
+            assert 1 <= int(second.headers["retry-after"]) <= 21
+            neighbour = http.post(
+                "/api/v1/ingest", json=reading("neighbour"), headers={"X-Device-Token": tokens["neighbour"]}
+            )
+            assert neighbour.status_code == 202
+            # A bomb that fails to decode is charged too: the limit, not its few compressed bytes.
+            other = budgeted.keys("bad-bomber")["bad-bomber"]
+            too_big = zstandard.ZstdCompressor().compress(b"[" + b" " * 3_000_000 + b"]")
+            bad_headers = {"X-Device-Token": other, "Content-Type": "application/json", "Content-Encoding": "zstd"}
+            assert_problem(http.post("/api/v1/events", content=too_big, headers=bad_headers), 413)
+            assert_problem(http.post("/api/v1/events", content=too_big, headers=bad_headers), 429)
+
     def test_low_priority_is_shed_first(self, tmp_path: Path) -> None:
         env = {"TIDEGATE_AUTH": "false", "TIDEGATE_MAX_IN_FLIGHT_RECORDS": "10", "TIDEGATE_COMMIT_WINDOW_MS": "1500"}
         with Server(tmp_path, env) as busy:

@@ -200,6 +200,10 @@ class ValidationResult:
         """Records in the body (for a batch: readings)."""
 
     @property
+    def decoded_bytes(self) -> int:
+        """The body's size once its content encoding was undone."""
+
+    @property
     def accepted(self) -> int: ...
     @property
     def rejected(self) -> list[Issue]:
@@ -514,3 +518,8 @@ class RateTable:
     ) -> RateTable: ...
     def take(self, device_id: str, now_us: int) -> float:
         """Takes one token at `now_us` (µs since the epoch); 0 when granted, else the seconds until one is."""
+    def wait(self, device_id: str, now_us: int) -> float:
+        """Seconds until the bucket's balance is positive (0: now); for post-paid use with `charge`."""
+
+    def charge(self, device_id: str, now_us: int, cost: float) -> None:
+        """Takes `cost` tokens, into debt if need be (at most one burst of debt)."""

@@ -76,6 +76,13 @@ class Settings:
     rate_per_device: float = 50.0
     """Requests per second a device may sustain (token bucket refill); 0 disables rate limiting."""
     burst_per_device: float = 100.0
+    decoded_bytes_per_device: float = 2 * 1024 * 1024
+    """Bytes per second of decompressed body a device may sustain (post-paid: a request is let in while the
+    device's balance is positive and charged its decoded size afterwards; a compressed body that fails to decode
+    is charged `max_body_bytes`). Bounds what a few hundred bytes of zstd expanding to megabytes cost the other
+    devices. 0 disables it."""
+    decoded_bytes_burst_per_device: float = 16 * 1024 * 1024
+    """The balance a device may spend at once (at least one body of `max_body_bytes`)."""
     max_in_flight_records: int = 50_000
     """Records awaiting durability at which utilization reaches 1.0."""
     shed_loop_lag_ms: float = 200.0

@@ -120,6 +120,16 @@ class Gateway:
                 capacity=settings.rate_capacity,
             ),
         )
+        #: Post-paid buckets of decompressed bytes per device (`wait` before the body, `charge` after decoding).
+        self.decoded_bytes = shared_or_own(
+            state / "decoded-bytes.tbl",
+            functools.partial(
+                RateTable,
+                rate=settings.decoded_bytes_per_device,
+                burst=settings.decoded_bytes_burst_per_device,
+                capacity=settings.rate_capacity,
+            ),
+        )
         self.dedup = shared_or_own(
             state / "dedup.tbl",
             functools.partial(

@@ -268,6 +268,16 @@ class IngestEdge:
                     f"device {device_id} is over its rate of {self.settings.rate_per_device:g} requests/s",
                     headers=[("Retry-After", str(max(1, math.ceil(wait))))],
                 )
+            wait = self.gateway.decoded_bytes.wait(device_id, time.time_ns() // 1000)
+            if wait > 0:
+                self.metrics.rate_limited.inc()
+                raise Problem(
+                    429,
+                    "byte-budget",
+                    f"device {device_id} is over its budget of "
+                    f"{self.settings.decoded_bytes_per_device:g} decompressed bytes/s",
+                    headers=[("Retry-After", str(max(1, math.ceil(wait))))],
+                )
         return device_id, priority
 
     async def _read_body(self, headers: dict[bytes, str], receive: Receive) -> bytes:
@@ -308,9 +318,13 @@ class IngestEdge:
             del self._body_deadlines[task]
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
-    def _validate(self, route: IngestRoute, body: bytes, headers: dict[bytes, str], priority: str) -> ValidationResult:
+    def _validate(
+        self, route: IngestRoute, body: bytes, headers: dict[bytes, str], priority: str, device_id: str | None
+    ) -> ValidationResult:
+        """Validates the body and charges the device its decoded size (a compressed body that could not be
+        decoded is charged the body limit: what decompressing it cost is not known here)."""
         try:
-            return route.validator.validate(
+            result = route.validator.validate(
                 body,
                 headers.get(b"content-type", "application/json"),
                 headers.get(b"content-encoding"),
@@ -319,16 +333,24 @@ class IngestEdge:
                 tracestate=headers.get(b"tracestate"),
                 idempotency_key=headers.get(b"x-idempotency-key"),
             )
-        except InvalidHeader as error:
-            raise Problem(
-                400, "invalid-header", str(error), [{"path": f"header:{error.header}", "message": str(error)}]
-            ) from None
-        except PayloadTooLarge as error:
-            raise Problem(413, "too-large", str(error)) from None
-        except UnsupportedFormat as error:
-            raise Problem(415, "unsupported-media-type", str(error)) from None
         except PayloadError as error:
+            encoding = headers.get(b"content-encoding", "identity").strip().lower()
+            self._charge_decoded(device_id, len(body) if encoding == "identity" else self.settings.max_body_bytes)
+            if isinstance(error, InvalidHeader):
+                raise Problem(
+                    400, "invalid-header", str(error), [{"path": f"header:{error.header}", "message": str(error)}]
+                ) from None
+            if isinstance(error, PayloadTooLarge):
+                raise Problem(413, "too-large", str(error)) from None
+            if isinstance(error, UnsupportedFormat):
+                raise Problem(415, "unsupported-media-type", str(error)) from None
             raise Problem(400, "malformed", str(error)) from None
+        self._charge_decoded(device_id, result.decoded_bytes)
+        return result
+
+    def _charge_decoded(self, device_id: str | None, size: int) -> None:
+        if device_id is not None:
+            self.gateway.decoded_bytes.charge(device_id, time.time_ns() // 1000, float(size))
 
     async def ingest(self, route: IngestRoute, headers: dict[bytes, str], receive: Receive) -> Answer:
         device_id, priority = self._admit(route, headers)
@@ -366,7 +388,7 @@ class IngestEdge:
         (durable when this returns; with `dry_run`, nothing is written), answer. `device_id` is the authenticated
         device (HTTP's key, MQTT's topic), which every telemetry record must name. Raises Problem for a body that
         cannot be taken as a whole."""
-        result = self._validate(route, body, headers, priority)
+        result = self._validate(route, body, headers, priority, device_id)
         dedup = self.gateway.dedup
         batch = result.batch
         if route.kind == "batch":

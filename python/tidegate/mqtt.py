@@ -433,6 +433,10 @@ class MqttSource:
             if self._stop.is_set():
                 raise _Abandoned
             await asyncio.sleep(wait)
+        while (wait := gateway.decoded_bytes.wait(device_id, time.time_ns() // 1000)) > 0:
+            if self._stop.is_set():
+                raise _Abandoned
+            await asyncio.sleep(wait)
 
     async def _ingest(self, route: IngestRoute, payload: bytes, content_type: str, device_id: str) -> Answer:
         """The HTTP pipeline; a spool that cannot take the message now (HTTP's 503) is waited for, never dropped."""

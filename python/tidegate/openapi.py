@@ -391,6 +391,8 @@ def capabilities(settings: Settings) -> dict[str, Any]:
             "max_future_seconds": settings.max_future_seconds,
             "rate_per_device": settings.rate_per_device,
             "burst_per_device": settings.burst_per_device,
+            "decoded_bytes_per_device": settings.decoded_bytes_per_device,
+            "decoded_bytes_burst_per_device": settings.decoded_bytes_burst_per_device,
             "body_timeout_s": settings.body_timeout_s,
         },
         "contracts": {"telemetry": "telemetry/v1", "batch": "telemetry/v1", "event": "event/v1"},

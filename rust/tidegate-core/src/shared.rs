@@ -628,6 +628,54 @@ impl RateTable {
         }
         Ok(0.0)
     }
+
+    /// Seconds until `device`'s bucket holds a positive balance (0: now). A bucket used with [`RateTable::charge`]
+    /// is post-paid: a request is let in while the balance is positive, and charged what it cost afterwards.
+    pub fn wait(&self, device: &Id, now_us: i64) -> io::Result<f64> {
+        if self.interval_us <= 0.0 {
+            return Ok(0.0);
+        }
+        let locked = self.table.lock()?;
+        let now = to_word(now_us);
+        let full_at = locked
+            .probe(device, now)
+            .found
+            .map_or(now, |(_, slot)| slot.word.min(self.debt_horizon(now)));
+        let tokens = self.burst - (full_at - now) as f64 / self.interval_us;
+        Ok(if tokens > 0.0 {
+            0.0
+        } else {
+            (1.0 - tokens) * self.interval_us / 1e6
+        })
+    }
+
+    /// Takes `cost` tokens of `device`'s bucket, into debt if need be (at most one burst of it: a device is never
+    /// locked out for longer than two bursts' refill).
+    pub fn charge(&self, device: &Id, now_us: i64, cost: f64) -> io::Result<()> {
+        if self.interval_us <= 0.0 || cost <= 0.0 {
+            return Ok(());
+        }
+        let locked = self.table.lock()?;
+        let now = to_word(now_us);
+        let horizon = self.debt_horizon(now);
+        let probe = locked.probe(device, now);
+        let full_at = probe.found.map_or(now, |(_, slot)| slot.word.clamp(now, horizon));
+        let slot = Slot {
+            id: *device,
+            word: full_at.saturating_add((cost * self.interval_us) as u64).min(horizon),
+            aux: 0,
+        };
+        match probe.found {
+            Some((index, _)) => locked.write(index, slot),
+            None => locked.insert(&probe, slot),
+        }
+        Ok(())
+    }
+
+    /// The latest a post-paid bucket may be full again: one burst of debt below empty.
+    fn debt_horizon(&self, now: u64) -> u64 {
+        now.saturating_add((2.0 * self.burst * self.interval_us) as u64)
+    }
 }
 
 #[cfg(test)]
@@ -838,5 +886,22 @@ mod tests {
         assert_eq!(table.take(&device, now + 10_000_000).unwrap(), 0.0, "full again later");
         let unlimited = RateTable::open(None, 10, 0.0, 1.0).unwrap();
         assert!((0..100).all(|_| unlimited.take(&device, now).unwrap() == 0.0));
+    }
+
+    #[test]
+    fn a_post_paid_budget_lets_in_while_positive_and_caps_the_debt() {
+        // 1,000 bytes per second, 10,000 at once.
+        let table = RateTable::open(None, 10, 1_000.0, 10_000.0).unwrap();
+        let device = RateTable::device_id("bomber");
+        let now = 1_000_000_000_000;
+        assert_eq!(table.wait(&device, now).unwrap(), 0.0);
+        table.charge(&device, now, 4_000.0).unwrap();
+        assert_eq!(table.wait(&device, now).unwrap(), 0.0, "6,000 left");
+        table.charge(&device, now, 1_000_000.0).unwrap();
+        let wait = table.wait(&device, now).unwrap();
+        // A million bytes of debt are capped at one burst below empty: 10 s to get back above zero, not 1,000 s.
+        assert!((10.0..10.1).contains(&wait), "{wait}");
+        assert!(table.wait(&device, now + 10_100_000).unwrap() == 0.0);
+        assert_eq!(table.wait(&RateTable::device_id("neighbour"), now).unwrap(), 0.0);
     }
 }

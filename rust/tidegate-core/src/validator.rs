@@ -180,6 +180,8 @@ pub struct Outcome {
     pub envelope: Option<(String, String)>,
     /// The body held a sequence of records (a top-level array, or NDJSON) rather than one record.
     pub sequence: bool,
+    /// The body's size after its content encoding was undone (what decoding it cost; per-device byte budgets).
+    pub decoded_bytes: usize,
 }
 
 /// A compiled contract plus options; immutable and safe to share between threads.
@@ -221,6 +223,7 @@ impl Validator {
         let body = decode::decompress(request.body, encoding, &self.options.limits)?;
         let limits = &self.options.limits;
         let mut run = Run::new(self, request);
+        run.outcome.decoded_bytes = body.len();
         run.array_body = match format {
             Format::Json => body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'['),
             Format::Cbor => body.first().is_some_and(|b| b >> 5 == 4),

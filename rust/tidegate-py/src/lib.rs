@@ -317,6 +317,12 @@ impl ValidationResult {
         self.outcome.sequence
     }
 
+    /// The body's size once its content encoding was undone.
+    #[getter]
+    fn decoded_bytes(&self) -> usize {
+        self.outcome.decoded_bytes
+    }
+
     #[getter]
     fn device_id(&self) -> Option<&str> {
         self.outcome.envelope.as_ref().map(|(device, _)| device.as_str())

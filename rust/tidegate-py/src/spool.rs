@@ -369,6 +369,14 @@ impl RateTable {
     fn take(&self, device_id: &str, now_us: i64) -> PyResult<f64> {
         Ok(self.0.take(&CoreRateTable::device_id(device_id), now_us)?)
     }
+
+    fn wait(&self, device_id: &str, now_us: i64) -> PyResult<f64> {
+        Ok(self.0.wait(&CoreRateTable::device_id(device_id), now_us)?)
+    }
+
+    fn charge(&self, device_id: &str, now_us: i64, cost: f64) -> PyResult<()> {
+        Ok(self.0.charge(&CoreRateTable::device_id(device_id), now_us, cost)?)
+    }
 }
 
 /// Group commit on a native thread: `request()` asks for a commit, the thread fsyncs after its window and makes
