@@ -142,6 +142,9 @@ def test_idle_and_slow_connections_are_closed(tmp_path: Path) -> None:
         with socket.create_connection(("127.0.0.1", server.port), timeout=30) as slow:
             slow.sendall(b"POST /api/v1/ingest HTTP/1.1\r\nHost: tide")
             assert slow.recv(4096) == b"", "closed with its headers unfinished"
+        # A connection that never sends a byte (Granian's HTTP/1-or-2 detection had no timer: it stayed open).
+        with socket.create_connection(("127.0.0.1", server.port), timeout=30) as silent:
+            assert silent.recv(4096) == b"", "closed without ever sending a byte"
 
 
 def test_an_idle_timeout_outside_what_granian_takes_is_refused(tmp_path: Path) -> None:

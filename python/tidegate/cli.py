@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from granian import Granian
-from granian.constants import Interfaces
+from granian.constants import HTTPModes, Interfaces
 from granian.http import HTTP1Settings
 
 from tidegate import mqtt
@@ -102,6 +102,9 @@ def _serve(args: argparse.Namespace) -> int:
         backpressure=max(1024, int(settings.admission_max_limit)),
         # Idle keep-alive connections, and headers sent too slowly, are closed instead of holding a descriptor.
         http1_settings=HTTP1Settings(header_read_timeout=round(settings.idle_timeout_s * 1000)),
+        # HTTP/1.1 only by default: then the header read timeout runs from the moment a connection is accepted,
+        # and a connection that never sends a byte is closed too (protocol detection, `auto`, waits forever).
+        http=HTTPModes.http1 if settings.http == "1" else HTTPModes.auto,
     )
     # Delivery runs in a process of its own (no Kafka code in the workers), started first and stopped last.
     supervisor = DeliverySupervisor(settings) if settings.kafka else None

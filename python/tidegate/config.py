@@ -17,6 +17,7 @@ KafkaAcks = Literal["all", "1"]
 KafkaCompression = Literal["none", "gzip", "snappy", "lz4", "zstd"]
 SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
 MqttProtocol = Literal["auto", "5", "3.1.1"]
+HttpMode = Literal["1", "auto"]
 #: Settings whose values are one of a few names: the type's name (as the dataclass records it) → the names.
 _CHOICES: dict[str, tuple[str, ...]] = {
     "Priority": PRIORITIES,
@@ -24,6 +25,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "KafkaCompression": get_args(KafkaCompression),
     "SaslMechanism": get_args(SaslMechanism),
     "MqttProtocol": get_args(MqttProtocol),
+    "HttpMode": get_args(HttpMode),
 }
 
 
@@ -151,8 +153,13 @@ class Settings:
     rate_per_device` seconds after the device's last request); past the capacity the fullest bucket is forgotten
     (its device gets its burst again)."""
     idle_timeout_s: float = 10.0
-    """A connection is closed when a request's headers have not all arrived this long after it became idle (after
-    its previous request) or after their first byte (Granian's HTTP/1 header read timeout: 0.001 to 60 s)."""
+    """A connection is closed when a request's headers have not all arrived this long after it was opened, after
+    it became idle (after its previous request) or after their first byte (Granian's HTTP/1 header read timeout:
+    0.001 to 60 s)."""
+    http: HttpMode = "1"
+    """HTTP/1.1 only (`1`, the default), or `auto` (HTTP/1.1 and cleartext HTTP/2 by prior knowledge). With
+    `auto`, a connection that never sends a byte is never closed (Granian's protocol detection has no timer):
+    choose it only behind a proxy that bounds idle connections."""
 
     @property
     def spool_root(self) -> Path:
