@@ -31,6 +31,7 @@ pub mod error;
 pub mod headers;
 pub mod json;
 pub mod kafka;
+pub mod lastseen;
 pub mod number;
 pub mod schema;
 pub mod shared;
