@@ -47,13 +47,13 @@ def test_kafka_settings_precedence(tmp_path: Path) -> None:
     assert (settings.kafka_sasl_mechanism, settings.kafka_sasl_username) == ("SCRAM-SHA-512", "file-user")
     assert settings.kafka_sasl_password == "env-secret", "the environment overrides the file"
     assert settings.kafka_compression == "lz4", "flags override the environment"
-    assert settings.kafka_topics == ("file-telemetry", "env-events", "flag-dlq")
+    assert settings.kafka_topics == ("file-telemetry", "env-events", "flag-dlq", "device-alerts")
     assert (settings.kafka_tls_ca_file, settings.kafka_tls_check_hostname) == (Path("/etc/kafka/ca.pem"), False)
     assert settings.ready_requires_kafka and not settings.kafka_tls
     assert load_settings(env=to_env(settings)) == settings, "workers get the same settings through the environment"
     defaults = load_settings(env={})
     assert (defaults.kafka_acks, defaults.kafka_compression, defaults.ready_requires_kafka) == ("all", "none", False)
-    assert defaults.kafka_topics == ("telemetry-raw", "events-raw", "ingest-dlq")
+    assert defaults.kafka_topics == ("telemetry-raw", "events-raw", "ingest-dlq", "device-alerts")
 
 
 def test_bad_settings_are_refused(tmp_path: Path) -> None:
