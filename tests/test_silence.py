@@ -118,9 +118,9 @@ def test_one_alert_per_silence_and_per_recovery_in_kafka_with_two_workers(tmp_pa
         broker.create_topics(["telemetry-raw", "events-raw", "ingest-dlq", "device-alerts"], partitions=2)
         env = {**FAST, "TIDEGATE_AUTH": "false", "TIDEGATE_KAFKA": broker.bootstrap}
         with Server(tmp_path / "server", env, workers=2) as server, httpx.Client(base_url=server.url) as http:
-            for _ in range(3):
-                send(http, "fast-a")
-                send(http, "fast-b")
+            # One reading each: one silence each, however slowly this machine runs.
+            send(http, "fast-a")
+            send(http, "fast-b")
             wait_for(
                 "both devices alerted as silent",
                 lambda: {"fast-a", "fast-b"} <= {d for d, s in silent_devices(http).items() if s["alerted"]},
@@ -152,12 +152,20 @@ def test_one_alert_per_silence_and_per_recovery_in_kafka_with_two_workers(tmp_pa
             assert all(r.key is not None and json.loads(r.value)["device_id"] == r.key.decode() for r in records)
             ids = Counter(v["event_id"] for v in values)
             assert [eid for eid, n in ids.items() if n > 1] == [], "no alert twice"
-            fast_a = sorted(alerts_for("fast-a"), key=lambda v: v["detected_at"])
-            assert [v["alert"] for v in fast_a] == ["device_silence", "device_recovered", "device_silence"]
-            first, recovered, second = fast_a
-            assert recovered["silent_since"] == first["last_seen"] and second["last_seen"] > first["last_seen"]
-            assert (first["expected_interval_s"], first["threshold_s"]) == (0.3, 0.9)
-            assert [v["alert"] for v in alerts_for("fast-b")] == ["device_silence"]
+            for device in ("fast-a", "fast-b"):
+                # In the order raised (one partition per key). A talker stalled for 0.9 s on a loaded machine makes
+                # an extra episode, never an extra alert: silences and recoveries alternate, each recovery naming
+                # the silence before it.
+                alerts = alerts_for(device)
+                kinds = [v["alert"] for v in alerts]
+                assert kinds[::2] == ["device_silence"] * len(kinds[::2]), kinds
+                assert kinds[1::2] == ["device_recovered"] * len(kinds[1::2]), kinds
+                assert kinds[-1] == "device_silence", "silent at the end"
+                for silence, recovered in zip(alerts[::2], alerts[1::2], strict=False):
+                    assert recovered["silent_since"] == silence["last_seen"] < recovered["last_seen"]
+                assert all((v["expected_interval_s"], v["threshold_s"]) == (0.3, 0.9) for v in alerts)
+            assert "device_recovered" in [v["alert"] for v in alerts_for("fast-a")]
+            assert [v["alert"] for v in alerts_for("fast-b")] == ["device_silence"], "it spoke once"
             headers = {name: value for name, value in records[0].headers}
             assert headers["event_id"].decode() == json.loads(records[0].value)["event_id"]
             assert headers["schema"] == b"device-alert/v1"
@@ -172,8 +180,7 @@ def test_last_seen_and_alerts_survive_a_restart(tmp_path: Path) -> None:
     data_dir = tmp_path / "server"
     env = {**FAST, "TIDEGATE_AUTH": "false"}
     with Server(data_dir, env, workers=2) as server, httpx.Client(base_url=server.url) as http:
-        for _ in range(3):
-            send(http, "fast-a")
+        send(http, "fast-a")
         before = wait_for(
             "fast-a alerted",
             lambda: next((d for n, d in silent_devices(http).items() if n == "fast-a" and d["alerted"]), None),

@@ -524,10 +524,11 @@ class DeviceTable:
     def snapshot(self, now_ms: int) -> DeviceSnapshot:
         """The silent devices at `now_ms` (reads the whole table, a chunk of slots per hold of the lock)."""
 
-    def detect(self, now_ms: int, since_ms: int, topic: str) -> DeviceAlerts:
-        """The detector's scan (one detector at a time): records each new silence in the table and returns every
-        alert due, with its records for `topic`. `since_ms` is when the detector started: a silence is alerted
-        only once it lasted its threshold after that."""
+    def detect(self, now_ms: int, since_ms: int, topic: str, *, max_alerts: int = 10000) -> DeviceAlerts:
+        """The detector's scan (one detector at a time): records each new silence in the table and returns the
+        alerts due (about `max_alerts` at most: the rest are found by the next scan), with their records for
+        `topic`. `since_ms` is when the detector started: a silence is alerted only once it lasted its threshold
+        after that."""
 
     def confirm(self, alerts: DeviceAlerts) -> None:
         """Marks `alerts` sent, once their records are durable; until then `detect` returns them again (with the

@@ -445,10 +445,15 @@ impl LastSeenTable {
     /// The detector's scan (one detector at a time): opens an episode for each device silent at `now_ms` that
     /// has none, and returns every alert due, silences before recoveries. `since_ms` is when the detector
     /// started: a device is not alerted for a silence that began while nothing was listening (a device unheard
-    /// while the service was down), only once it stays silent for its threshold after that.
-    pub fn detect(&self, now_ms: i64, since_ms: i64) -> io::Result<Vec<Alert>> {
+    /// while the service was down), only once it stays silent for its threshold after that. At most about
+    /// `max_alerts` are returned (a whole fleet falling silent at once is raised over several scans): the devices
+    /// beyond them are left as they are, for the next scan.
+    pub fn detect(&self, now_ms: i64, since_ms: i64, max_alerts: usize) -> io::Result<Vec<Alert>> {
         let mut alerts = Vec::new();
         self.scan(now_ms, |slot, state| {
+            if alerts.len() >= max_alerts {
+                return false;
+            }
             let alert = |kind, episode_ms| Alert {
                 kind,
                 device: state.device.clone(),
@@ -587,13 +592,16 @@ mod tests {
     fn one_silence_and_one_recovery_per_episode() {
         let table = LastSeenTable::open(None, 100, rules()).unwrap();
         table.seen(&["fast-a", "fast-b"], T0).unwrap();
-        assert!(table.detect(T0 + 899, T0).unwrap().is_empty(), "not yet 3x 300 ms");
+        assert!(
+            table.detect(T0 + 899, T0, usize::MAX).unwrap().is_empty(),
+            "not yet 3x 300 ms"
+        );
         table.seen(&["fast-b"], T0 + 800).unwrap();
-        let alerts = table.detect(T0 + 900, T0).unwrap();
+        let alerts = table.detect(T0 + 900, T0, usize::MAX).unwrap();
         assert_eq!(kinds(&alerts), [(AlertKind::Silence, "fast-a")]);
         assert_eq!(alerts[0].episode_ms, T0);
         // Not confirmed (the detector died before its record was durable): raised again, with the same id.
-        let again = table.detect(T0 + 1000, T0).unwrap();
+        let again = table.detect(T0 + 1000, T0, usize::MAX).unwrap();
         assert_eq!(
             again,
             [Alert {
@@ -605,7 +613,7 @@ mod tests {
         table.confirm(&again).unwrap();
         assert!(
             table
-                .detect(T0 + 5000, T0)
+                .detect(T0 + 5000, T0, usize::MAX)
                 .unwrap()
                 .iter()
                 .all(|a| a.device != "fast-a"),
@@ -615,7 +623,7 @@ mod tests {
         assert!(snapshot.silent.iter().any(|d| d.device == "fast-a" && d.alerted));
         table.seen(&["fast-a"], T0 + 6000).unwrap();
         table.seen(&["fast-a"], T0 + 6100).unwrap();
-        let alerts = table.detect(T0 + 6200, T0).unwrap();
+        let alerts = table.detect(T0 + 6200, T0, usize::MAX).unwrap();
         let recovered: Vec<_> = alerts.iter().filter(|a| a.device == "fast-a").collect();
         assert_eq!(recovered.len(), 1);
         assert_eq!(recovered[0].kind, AlertKind::Recovered);
@@ -624,7 +632,7 @@ mod tests {
         table.confirm(&alerts).unwrap();
         assert!(
             table
-                .detect(T0 + 6300, T0)
+                .detect(T0 + 6300, T0, usize::MAX)
                 .unwrap()
                 .iter()
                 .all(|a| a.device != "fast-a")
@@ -632,7 +640,7 @@ mod tests {
         let state = table.state("fast-a", T0 + 6300).unwrap().unwrap();
         assert!(!state.alerted);
         // The outage taught nothing: the next silence is a new episode with a new id.
-        let next = table.detect(T0 + 6100 + 900, T0).unwrap();
+        let next = table.detect(T0 + 6100 + 900, T0, usize::MAX).unwrap();
         let next: Vec<_> = next.iter().filter(|a| a.device == "fast-a").collect();
         assert_eq!(next.len(), 1);
         assert_eq!((next[0].kind, next[0].episode_ms), (AlertKind::Silence, T0 + 6100));
@@ -642,17 +650,17 @@ mod tests {
     fn speaking_before_the_silence_is_confirmed_still_pairs_the_alerts() {
         let table = LastSeenTable::open(None, 100, rules()).unwrap();
         table.seen(&["fast-a"], T0).unwrap();
-        let silence = table.detect(T0 + 1000, T0).unwrap();
+        let silence = table.detect(T0 + 1000, T0, usize::MAX).unwrap();
         table.seen(&["fast-a"], T0 + 1100).unwrap();
         table.confirm(&silence).unwrap();
-        let alerts = table.detect(T0 + 1200, T0).unwrap();
+        let alerts = table.detect(T0 + 1200, T0, usize::MAX).unwrap();
         assert_eq!(kinds(&alerts), [(AlertKind::Recovered, "fast-a")]);
         // Died before confirming the silence, and the device spoke: both are due again, in order.
         let table = LastSeenTable::open(None, 100, rules()).unwrap();
         table.seen(&["fast-a"], T0).unwrap();
-        table.detect(T0 + 1000, T0).unwrap();
+        table.detect(T0 + 1000, T0, usize::MAX).unwrap();
         table.seen(&["fast-a"], T0 + 1100).unwrap();
-        let alerts = table.detect(T0 + 1200, T0).unwrap();
+        let alerts = table.detect(T0 + 1200, T0, usize::MAX).unwrap();
         assert_eq!(
             kinds(&alerts),
             [(AlertKind::Silence, "fast-a"), (AlertKind::Recovered, "fast-a")]
@@ -664,8 +672,8 @@ mod tests {
         let table = LastSeenTable::open(None, 100, rules()).unwrap();
         table.seen(&["fast-a"], T0).unwrap();
         let started = T0 + 60 * SECOND;
-        assert!(table.detect(started + 899, started).unwrap().is_empty());
-        assert_eq!(table.detect(started + 900, started).unwrap().len(), 1);
+        assert!(table.detect(started + 899, started, usize::MAX).unwrap().is_empty());
+        assert_eq!(table.detect(started + 900, started, usize::MAX).unwrap().len(), 1);
         assert_eq!(
             table.snapshot(started).unwrap().silent.len(),
             1,
@@ -680,10 +688,10 @@ mod tests {
         let b = LastSeenTable::open(Some(&path), 100, rules()).unwrap();
         a.seen(&["fast-a"], T0).unwrap();
         b.seen(&["fast-a"], T0 + 400).unwrap();
-        let alerts = b.detect(T0 + 1300, T0).unwrap();
+        let alerts = b.detect(T0 + 1300, T0, usize::MAX).unwrap();
         b.confirm(&alerts).unwrap();
         assert!(
-            a.detect(T0 + 1400, T0).unwrap().is_empty(),
+            a.detect(T0 + 1400, T0, usize::MAX).unwrap().is_empty(),
             "the other mapping knows it was sent"
         );
         drop((a, b));
@@ -692,7 +700,7 @@ mod tests {
         let state = again.state("fast-a", T0 + 2000).unwrap().unwrap();
         assert_eq!((state.last_seen_ms, state.alerted), (T0 + 400, true));
         assert!(
-            again.detect(T0 + 2000, T0 + 2000).unwrap().is_empty(),
+            again.detect(T0 + 2000, T0 + 2000, usize::MAX).unwrap().is_empty(),
             "no second alert after a restart"
         );
     }
@@ -720,6 +728,22 @@ mod tests {
     }
 
     #[test]
+    fn a_fleet_falling_silent_at_once_is_raised_over_several_scans() {
+        let table = LastSeenTable::open(None, 1000, rules()).unwrap();
+        let devices: Vec<String> = (0..25).map(|i| format!("fast-{i:02}")).collect();
+        table.seen(&devices, T0).unwrap();
+        let mut raised = Vec::new();
+        for scan in 1..=4 {
+            let alerts = table.detect(T0 + 1000 + scan, T0, 10).unwrap();
+            assert!(alerts.len() <= 10);
+            table.confirm(&alerts).unwrap();
+            raised.extend(alerts.into_iter().map(|a| a.device));
+        }
+        raised.sort();
+        assert_eq!(raised, devices, "each once");
+    }
+
+    #[test]
     fn forgets_devices_unheard_for_too_long_and_skips_ids_it_cannot_hold() {
         let rules = SilenceRules::new(60 * SECOND, SECOND, vec![], 10 * SECOND);
         let table = LastSeenTable::open(None, 100, rules).unwrap();
@@ -728,7 +752,7 @@ mod tests {
         assert!(table.state("old", T0 + 9 * SECOND).unwrap().is_some());
         assert!(table.state(&long, T0).unwrap().is_none());
         assert_eq!(table.snapshot(T0 + 10 * SECOND).unwrap().tracked, 0);
-        assert!(table.detect(T0 + 3600 * SECOND, T0).unwrap().is_empty());
+        assert!(table.detect(T0 + 3600 * SECOND, T0, usize::MAX).unwrap().is_empty());
     }
 
     #[test]

@@ -64,9 +64,18 @@ impl DeviceTable {
         Ok(DeviceSnapshot(py.detach(|| self.0.snapshot(now_ms))?))
     }
 
-    /// The detector's scan (without the GIL): the alerts due at `now_ms`, their records for `topic`.
-    fn detect(&self, py: Python<'_>, now_ms: i64, since_ms: i64, topic: &str) -> PyResult<DeviceAlerts> {
-        let alerts = py.detach(|| self.0.detect(now_ms, since_ms))?;
+    /// The detector's scan (without the GIL): the alerts due at `now_ms` (about `max_alerts` at most), their
+    /// records for `topic`.
+    #[pyo3(signature = (now_ms, since_ms, topic, *, max_alerts = 10_000))]
+    fn detect(
+        &self,
+        py: Python<'_>,
+        now_ms: i64,
+        since_ms: i64,
+        topic: &str,
+        max_alerts: usize,
+    ) -> PyResult<DeviceAlerts> {
+        let alerts = py.detach(|| self.0.detect(now_ms, since_ms, max_alerts))?;
         let batch = Py::new(py, RecordBatch(lastseen::alert_batch(&alerts, topic)))?;
         Ok(DeviceAlerts { alerts, batch })
     }
