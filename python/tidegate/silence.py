@@ -4,10 +4,11 @@ silent devices that the list endpoint and the gauge share.
 The devices' last-seen state lives in `<data_dir>/state/devices.tbl` (the native `DeviceTable`), shared by the
 workers of a host and kept across restarts; each accepted request updates its devices' slots. One worker of the
 host at a time holds the detector (an `flock` on `<data_dir>/state/silence.lock`; the kernel drops it when the
-worker dies, and another one takes over within a scan interval). Every `silence_scan_interval_s` it scans the table
-in a thread (native, without the GIL), appends the alerts due to its spool like any record (claimed in the dedup
-window first, so an alert raised again after a crash is a duplicate, never a second record), and once they are
-durable marks them sent in the table. So each silence raises one alert and each recovery one, whichever worker
+worker exits, and the others try it every scan; Granian stops the server when a worker dies, so in practice the
+detector moves at a restart). Every `silence_scan_interval_s` it scans the table in a thread (native, without
+the GIL), appends the alerts due to its spool like any record (claimed in the dedup window first, so an alert
+raised again after a crash is a duplicate, never a second record), and once they are durable marks them sent in
+the table. So each silence raises one alert and each recovery one, whichever worker
 detects it and across restarts.
 
 The rule is the same everywhere: a device is silent once unheard for 3x its expected interval (configured by id
