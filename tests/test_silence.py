@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 import httpx
 import pytest
+from tidegate._native import DedupWindow, DeviceTable
 from tidegate.testing.broker import Broker, consume_all
 from tidegate.testing.server import Server
 
@@ -249,3 +250,20 @@ def test_list_needs_an_operator_key_pages_and_agrees_with_the_gauge(fleet: Serve
         ).json()
         assert ([d["device_id"] for d in last["devices"]], last["next_cursor"]) == ([devices[-1]], None)
     assert checker.violations == []
+
+
+def test_an_alert_raised_again_after_a_crash_is_a_duplicate_not_a_second_record() -> None:
+    """What the detector does when the one before it died after spooling an alert but before marking it sent."""
+    devices = DeviceTable(None, intervals=[("fast-", 0.3)])
+    dedup = DedupWindow(None)
+    now = time.time_ns() // 1_000_000
+    devices.seen(["fast-a"], now)
+    first = devices.detect(now + 1000, now, "device-alerts")
+    assert dedup.claim_batch(first.records, now + 1000) == [] and len(first.records) == 1
+    dedup.commit(first.records, [])  # durable; then the detector died before `confirm`
+    again = devices.detect(now + 2000, now, "device-alerts")
+    assert [a[4] for a in again.alerts] == [a[4] for a in first.alerts], "the same alert, the same event id"
+    assert dedup.claim_batch(again.records, now + 2000) == first.records.event_ids()
+    assert len(again.records) == 0, "nothing spooled twice"
+    devices.confirm(again)
+    assert len(devices.detect(now + 3000, now, "device-alerts")) == 0
