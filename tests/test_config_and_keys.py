@@ -47,13 +47,13 @@ def test_kafka_settings_precedence(tmp_path: Path) -> None:
     assert (settings.kafka_sasl_mechanism, settings.kafka_sasl_username) == ("SCRAM-SHA-512", "file-user")
     assert settings.kafka_sasl_password == "env-secret", "the environment overrides the file"
     assert settings.kafka_compression == "lz4", "flags override the environment"
-    assert settings.kafka_topics == ("file-telemetry", "env-events", "flag-dlq")
+    assert settings.kafka_topics == ("file-telemetry", "env-events", "flag-dlq", "device-alerts")
     assert (settings.kafka_tls_ca_file, settings.kafka_tls_check_hostname) == (Path("/etc/kafka/ca.pem"), False)
     assert settings.ready_requires_kafka and not settings.kafka_tls
     assert load_settings(env=to_env(settings)) == settings, "workers get the same settings through the environment"
     defaults = load_settings(env={})
     assert (defaults.kafka_acks, defaults.kafka_compression, defaults.ready_requires_kafka) == ("all", "none", False)
-    assert defaults.kafka_topics == ("telemetry-raw", "events-raw", "ingest-dlq")
+    assert defaults.kafka_topics == ("telemetry-raw", "events-raw", "ingest-dlq", "device-alerts")
 
 
 def test_bad_settings_are_refused(tmp_path: Path) -> None:
@@ -67,6 +67,11 @@ def test_bad_settings_are_refused(tmp_path: Path) -> None:
         load_settings(env={"TIDEGATE_KAFKA_COMPRESSION": "brotli"})
     with pytest.raises(ValueError, match="kafka_sasl_mechanism"):
         load_settings(env={"TIDEGATE_KAFKA_SASL_MECHANISM": "GSSAPI"})
+    for intervals in ("meter", "meter-=soon", "meter-=0", "=5"):
+        with pytest.raises(ValueError, match="silence_intervals"):
+            _ = load_settings(env={"TIDEGATE_SILENCE_INTERVALS": intervals}).silence_interval_rules
+    rules = load_settings(env={"TIDEGATE_SILENCE_INTERVALS": " meter-=900, meter-hall=60 ,"}).silence_interval_rules
+    assert rules == [("meter-", 900.0), ("meter-hall", 60.0)]
 
 
 def test_keys_are_hashed_rotated_and_revoked(tmp_path: Path) -> None:
@@ -84,6 +89,22 @@ def test_keys_are_hashed_rotated_and_revoked(tmp_path: Path) -> None:
     assert store.device_for(first) is None, "another process's revocation is seen"
     assert store.device_for(second) == "dev-1"
     assert presented_key(None, "Bearer  abc ") == "abc" and presented_key(None, "Basic abc") is None
+
+
+def test_operator_keys_are_hashed_apart_from_device_keys_and_revoked(tmp_path: Path) -> None:
+    store = KeyStore(tmp_path / "keys.json", reload_interval=0)
+    device = store.add("dev-1")
+    operator = store.add_operator("dashboard")
+    assert operator.startswith("tgo_") and operator.split("_", 2)[2] not in (tmp_path / "keys.json").read_text()
+    assert store.is_operator(operator) and not store.is_operator(device) and store.device_for(operator) is None
+    assert not store.is_operator(operator[:-1] + ("x" if operator[-1] != "x" else "y"))
+    assert not store.is_operator("tgo_unknown_secret") and not store.is_operator("tgo_")
+    other = KeyStore(tmp_path / "keys.json", reload_interval=0)
+    assert other.revoke_operator(operator.rsplit("_", 1)[0]) is not None
+    assert not store.is_operator(operator), "another process's revocation is seen"
+    assert store.device_for(device) == "dev-1", "device keys are kept"
+    with pytest.raises(ValueError, match="name"):
+        store.add_operator(" ")
 
 
 def test_keys_cli(tmp_path: Path) -> None:

@@ -28,8 +28,16 @@ DEVICES = [f"dev-{i}" for i in range(8)]
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    # These tests send many maximal (and compressed oversized) bodies from one device within seconds: generous
+    # rate and decompressed-bytes budgets, tested on servers of their own in TestAdmission.
     instance = Server(
-        tmp_path_factory.mktemp("http"), {"TIDEGATE_RATE_PER_DEVICE": "1000", "TIDEGATE_BURST_PER_DEVICE": "1000"}
+        tmp_path_factory.mktemp("http"),
+        {
+            "TIDEGATE_RATE_PER_DEVICE": "1000",
+            "TIDEGATE_BURST_PER_DEVICE": "1000",
+            "TIDEGATE_DECODED_BYTES_PER_DEVICE": str(1 << 30),
+            "TIDEGATE_DECODED_BYTES_BURST_PER_DEVICE": str(1 << 30),
+        },
     )
     instance.device_keys = instance.keys(*DEVICES)  # type: ignore[attr-defined]
     with instance:
@@ -445,15 +453,24 @@ class TestOperations:
         stats = json.loads(subprocess.run(command, check=True, capture_output=True, timeout=30).stdout)
         assert gauge == stats["w0"]["lag_records"] > 0
 
-    def test_capabilities_and_silent_devices(self, server: Server, client: httpx.Client) -> None:
+    def test_capabilities_and_silent_devices_for_operators_only(self, server: Server, client: httpx.Client) -> None:
         caps = client.get("/api/v1/capabilities").json()
         assert caps["formats"] == ["application/json", "application/x-ndjson", "application/cbor"]
         assert caps["limits"]["max_batch_readings"] == 1000
         client.post("/api/v1/ingest", json=reading("dev-6", metrics={"s": 1}), headers=key(server, "dev-6"))
-        silent_now = client.get("/api/v1/devices/silent", params={"for": 0}).json()
-        assert "dev-6" in {d["device_id"] for d in silent_now["devices"]}
-        assert client.get("/api/v1/devices/silent", params={"for": 3600}).json()["count"] == 0
-        assert_problem(client.get("/api/v1/devices/silent", params={"for": "soon"}), 400)
+        silent = "/api/v1/devices/silent"
+        assert_problem(client.get(silent), 401)
+        assert_problem(client.get(silent, headers={"X-Operator-Key": "tgo_000000000000_nope"}), 401)
+        device_key = key(server, "dev-6")["X-Device-Token"]
+        assert_problem(client.get(silent, headers={"Authorization": f"Bearer {device_key}"}), 403)
+        operator = {"Authorization": f"Bearer {server.operator_key()}"}
+        deadline = time.monotonic() + 30
+        while (listing := client.get(silent, headers=operator)).status_code == 401 and time.monotonic() < deadline:
+            time.sleep(0.05)  # the key store is reloaded within a second
+        assert listing.status_code == 200
+        assert listing.json()["count"] == 0, "dev-6 spoke within 3x the default interval"
+        assert_problem(client.get(silent, params={"limit": 0}, headers=operator), 400)
+        assert_problem(client.get(silent, params={"cursor": "not a cursor"}, headers=operator), 400)
 
 
 class TestAdmission:
@@ -481,7 +498,7 @@ class TestAdmission:
             "TIDEGATE_MAX_BODY_BYTES": "2000000",
         }
         budgeted = Server(tmp_path, env)
-        tokens = budgeted.keys("bomber", "neighbour")
+        tokens = budgeted.keys("bomber", "neighbour", "bad-bomber")
         # 1.5 MB of valid NDJSON events compress to a few kilobytes.
         lines = b"\n".join(json.dumps(event(payload={"pad": "x" * 1400, "i": i})).encode() for i in range(1000))
         bomb = zstandard.ZstdCompressor().compress(lines)
@@ -504,7 +521,7 @@ class TestAdmission:
             )
             assert neighbour.status_code == 202
             # A bomb that fails to decode is charged too: the limit, not its few compressed bytes.
-            other = budgeted.keys("bad-bomber")["bad-bomber"]
+            other = tokens["bad-bomber"]
             too_big = zstandard.ZstdCompressor().compress(b"[" + b" " * 3_000_000 + b"]")
             bad_headers = {"X-Device-Token": other, "Content-Type": "application/json", "Content-Encoding": "zstd"}
             assert_problem(http.post("/api/v1/events", content=too_big, headers=bad_headers), 413)

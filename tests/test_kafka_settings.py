@@ -205,14 +205,15 @@ def test_topics_from_settings_missing_ones_are_loud_until_created(tmp_path: Path
             "TIDEGATE_KAFKA_TOPIC_TELEMETRY": "fleet-telemetry",
             "TIDEGATE_KAFKA_TOPIC_EVENTS": "fleet-events",
             "TIDEGATE_KAFKA_TOPIC_DEAD_LETTER": "fleet-dlq",
+            "TIDEGATE_KAFKA_TOPIC_DEVICE_ALERTS": "fleet-alerts",
             "TIDEGATE_KAFKA_TOPIC_CHECK_INTERVAL_S": "0.2",
             "TIDEGATE_READY_REQUIRES_KAFKA": "true",
         }
         with Server(tmp_path / "server", env) as server:  # ready: Kafka is reachable
             response = poll(server.url, lambda checks: checks.get("kafka_reachable") is True)
             assert response.status_code == 200, "missing topics are loud, but the spool absorbs their records"
-            assert response.json()["checks"]["kafka_topics_missing"] == ["fleet-events", "fleet-dlq"]
-            assert metric(server.url, "tidegate_kafka_topics_missing") == 2
+            assert response.json()["checks"]["kafka_topics_missing"] == ["fleet-events", "fleet-dlq", "fleet-alerts"]
+            assert metric(server.url, "tidegate_kafka_topics_missing") == 3
             log = server.log_tail(200)
             assert "kafka topic 'fleet-events' does not exist" in log and "--create --topic fleet-dlq" in log, log
 
@@ -223,7 +224,7 @@ def test_topics_from_settings_missing_ones_are_loud_until_created(tmp_path: Path
             records = asyncio.run(consume_all(broker.bootstrap, "fleet-telemetry", expected=1, timeout=20))
             assert [json.loads(r.value)["event_id"] for r in records] == [answer.json()["event_id"]]
 
-            broker.create_topics(["fleet-events", "fleet-dlq"], partitions=1)
+            broker.create_topics(["fleet-events", "fleet-dlq", "fleet-alerts"], partitions=1)
             response = poll(server.url, lambda checks: checks.get("kafka_topics_missing") == [])
             assert response.json()["checks"]["kafka_topics_missing"] == []
             assert metric(server.url, "tidegate_kafka_topics_missing") == 0

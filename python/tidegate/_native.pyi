@@ -13,6 +13,9 @@ __all__ = [
     "MAX_TRACESTATE_BYTES",
     "Contract",
     "DedupWindow",
+    "DeviceAlerts",
+    "DeviceSnapshot",
+    "DeviceTable",
     "GroupCommit",
     "InvalidHeader",
     "Issue",
@@ -523,3 +526,75 @@ class RateTable:
 
     def charge(self, device_id: str, now_us: int, cost: float) -> None:
         """Takes `cost` tokens, into debt if need be (at most one burst of debt)."""
+
+@final
+class DeviceTable:
+    """Devices' last-seen state in a memory-mapped table at `path` shared by every process that opens it and
+    surviving restarts (in this process's memory when None): last-seen time, learned interval, silence alert state
+    and the device id, for up to `capacity` devices. A device is silent once unheard for `silence_factor` (3) times
+    its interval: configured by id prefix in `intervals` (`(prefix, seconds)`, longest prefix first), else learned
+    from its inter-arrival times (bursts closer than `min_interval_seconds` ignored), at least
+    `default_interval_seconds` while it has little history. A device unheard for `forget_after_seconds` is
+    forgotten. Raises OSError when the table file cannot be opened or locked."""
+
+    def __new__(
+        cls,
+        path: str | PathLike[str] | None = None,
+        *,
+        capacity: int = 100000,
+        default_interval_seconds: float = 60.0,
+        min_interval_seconds: float = 1.0,
+        intervals: list[tuple[str, float]] = ...,
+        forget_after_seconds: float = 604800.0,
+    ) -> DeviceTable: ...
+    def seen(self, devices: list[str], now_ms: int) -> None:
+        """Records that `devices` were heard at `now_ms` (one lock, one slot each)."""
+
+    def state(self, device: str, now_ms: int) -> tuple[int, int, int, bool] | None:
+        """`(last_seen_ms, interval_ms, samples, alerted)` of one device, or None when it is not held."""
+
+    def snapshot(self, now_ms: int) -> DeviceSnapshot:
+        """The silent devices at `now_ms` (reads the whole table, a chunk of slots per hold of the lock)."""
+
+    def detect(self, now_ms: int, since_ms: int, topic: str, *, max_alerts: int = 10000) -> DeviceAlerts:
+        """The detector's scan (one detector at a time): records each new silence in the table and returns the
+        alerts due (about `max_alerts` at most: the rest are found by the next scan), with their records for
+        `topic`. `since_ms` is when the detector started: a silence is alerted only once it lasted its threshold
+        after that."""
+
+    def confirm(self, alerts: DeviceAlerts) -> None:
+        """Marks `alerts` sent, once their records are durable; until then `detect` returns them again (with the
+        same event ids)."""
+
+    @property
+    def silence_factor(self) -> int: ...
+
+@final
+class DeviceSnapshot:
+    """The silent devices at one instant, sorted by device id."""
+
+    @property
+    def taken_ms(self) -> int: ...
+    @property
+    def tracked(self) -> int:
+        """Devices the table holds."""
+
+    @property
+    def silent(self) -> int: ...
+    def page(self, after: str | None = None, limit: int = 100) -> tuple[list[tuple[str, int, int, bool]], str | None]:
+        """Up to `limit` silent devices whose id sorts after `after`, as `(device_id, last_seen_ms, interval_ms,
+        alerted)`, and the next page's cursor (None on the last page)."""
+
+@final
+class DeviceAlerts:
+    """Alerts due, from `DeviceTable.detect`."""
+
+    def __len__(self) -> int: ...
+    @property
+    def records(self) -> RecordBatch:
+        """The alert records (canonical JSON, key the device id, headers event_id, content-type, schema)."""
+
+    @property
+    def alerts(self) -> list[tuple[str, str, int, int, str]]:
+        """`(kind, device_id, last_seen_ms, interval_ms, event_id)` per alert; kind `device_silence` or
+        `device_recovered`."""

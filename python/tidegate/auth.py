@@ -1,7 +1,9 @@
 """Per-device API keys: random, prefixed, stored only as hashes, compared in constant time.
 
 A key reads `tg_<key id>_<secret>`. The key id finds the entry; the secret's SHA-256 is compared with
-`hmac.compare_digest`. A device holds at most two active keys, so keys rotate without downtime. The store is a
+`hmac.compare_digest`. A device holds at most two active keys, so keys rotate without downtime. Operator keys
+(`tgo_<key id>_<secret>`, `tidegate keys add-operator`) open the operations endpoints that list the fleet; they
+are stored and checked the same way, and are no device's key. The store is a
 JSON file under the data dir, written atomically; servers re-read it when it changes (checked at most every
 `reload_interval` seconds), so a revocation takes effect within a second without a restart.
 """
@@ -21,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 PREFIX = "tg_"
+OPERATOR_PREFIX = "tgo_"
 MAX_KEYS_PER_DEVICE = 2
 
 
@@ -39,6 +42,22 @@ class KeyEntry:
     for keys made before tidegate stored one."""
 
 
+@dataclass(frozen=True)
+class OperatorEntry:
+    key_id: str
+    name: str
+    secret_sha256: str
+    created_at: float
+
+
+def _split(presented: str, prefix: str) -> tuple[str, str] | None:
+    """`(key id, secret)` of a key with `prefix`, else None."""
+    if not presented.startswith(prefix):
+        return None
+    key_id, _, secret = presented[len(prefix) :].partition("_")
+    return key_id, secret
+
+
 def _digest(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
@@ -50,6 +69,7 @@ class KeyStore:
         self.path = path
         self.reload_interval = reload_interval
         self._entries: dict[str, KeyEntry] = {}
+        self._operators: dict[str, OperatorEntry] = {}
         self._stamp: tuple[int, int] | None = None
         self._checked_at = 0.0
         self._load()
@@ -58,7 +78,7 @@ class KeyStore:
         try:
             stat = self.path.stat()
         except FileNotFoundError:
-            self._entries, self._stamp = {}, None
+            self._entries, self._operators, self._stamp = {}, {}, None
             return
         stamp = (stat.st_mtime_ns, stat.st_size)
         if stamp == self._stamp:
@@ -74,6 +94,10 @@ class KeyStore:
             )
             for item in document.get("keys", [])
         }
+        self._operators = {
+            item["key_id"]: OperatorEntry(item["key_id"], item["name"], item["secret_sha256"], item["created_at"])
+            for item in document.get("operators", [])
+        }
         self._stamp = stamp
 
     def refresh(self) -> None:
@@ -85,14 +109,40 @@ class KeyStore:
     def device_for(self, presented: str) -> str | None:
         """The device a presented key belongs to, or None for a malformed, unknown or revoked key."""
         self.refresh()
-        if not presented.startswith(PREFIX):
+        parts = _split(presented, PREFIX)
+        if parts is None:
             return None
-        key_id, _, secret = presented[len(PREFIX) :].partition("_")
+        key_id, secret = parts
         entry = self._entries.get(key_id)
         # Compare even when the id is unknown, so timing does not tell ids apart.
         expected = entry.secret_sha256 if entry is not None else _digest("")
         matches = hmac.compare_digest(_digest(secret), expected)
         return entry.device_id if entry is not None and matches and secret else None
+
+    def is_operator(self, presented: str) -> bool:
+        """Whether a presented key is an operator's (and not revoked)."""
+        self.refresh()
+        key_id, secret = _split(presented, OPERATOR_PREFIX) or ("", "")
+        entry = self._operators.get(key_id)
+        expected = entry.secret_sha256 if entry is not None else _digest("")
+        matches = hmac.compare_digest(_digest(secret), expected)
+        return entry is not None and matches and bool(secret)
+
+    def operators(self) -> list[OperatorEntry]:
+        self._load()
+        return sorted(self._operators.values(), key=lambda e: (e.name, e.created_at))
+
+    def add_operator(self, name: str) -> str:
+        """Creates an operator key named `name` (who holds it: a person, a dashboard) and returns it (the only time
+        it is ever shown)."""
+        if not name.strip():
+            raise ValueError("an operator key needs a name (who holds it)")
+        self._load()
+        key_id = secrets.token_hex(6)
+        secret = secrets.token_urlsafe(32).replace("_", "-")
+        self._operators[key_id] = OperatorEntry(key_id, name.strip(), _digest(secret), time.time())
+        self._save()
+        return f"{OPERATOR_PREFIX}{key_id}_{secret}"
 
     def entries(self) -> list[KeyEntry]:
         self._load()
@@ -100,7 +150,10 @@ class KeyStore:
 
     def _save(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        document = {"keys": [entry.__dict__ for entry in self.entries_unsorted()]}
+        document = {
+            "keys": [entry.__dict__ for entry in self.entries_unsorted()],
+            "operators": [entry.__dict__ for entry in self._operators.values()],
+        }
         tmp = self.path.with_suffix(".tmp")
         tmp.write_text(json.dumps(document, indent=1))
         os.chmod(tmp, 0o600)
@@ -132,11 +185,20 @@ class KeyStore:
     def revoke(self, target: str) -> list[KeyEntry]:
         """Revokes a key (by the key itself or its id) or every key of a device id; returns what was revoked."""
         self._load()
-        key_id = target[len(PREFIX) :].partition("_")[0] if target.startswith(PREFIX) else target
+        key_id = (_split(target, PREFIX) or (target, ""))[0]
         revoked = [e for e in self._entries.values() if e.key_id == key_id or e.device_id == target]
         for entry in revoked:
             del self._entries[entry.key_id]
         if revoked:
+            self._save()
+        return revoked
+
+    def revoke_operator(self, target: str) -> OperatorEntry | None:
+        """Revokes an operator key (by the key itself or its id); returns it, or None when nothing matched."""
+        self._load()
+        key_id = (_split(target, OPERATOR_PREFIX) or (target, ""))[0]
+        revoked = self._operators.pop(key_id, None)
+        if revoked is not None:
             self._save()
         return revoked
 

@@ -19,7 +19,7 @@ from granian.http import HTTP1Settings
 from tidegate import mqtt
 from tidegate._native import Spool
 from tidegate.auth import KeyStore
-from tidegate.config import SETTING_NAMES, Settings, choices_of, load_settings, to_env
+from tidegate.config import SETTING_NAMES, Settings, choices_of, load_settings, parse_intervals, to_env
 from tidegate.delivery.kafka import kafka_settings
 from tidegate.delivery.process import DeliverySupervisor, run_delivery, supervise
 from tidegate.delivery.spool import worker_spool_dirs
@@ -51,6 +51,7 @@ def _check_settings(settings: Settings) -> None:
     elif settings.ready_requires_kafka:
         raise ValueError("ready_requires_kafka needs kafka (the bootstrap servers)")
     mqtt.check_settings(settings)
+    parse_intervals(settings.silence_intervals)
     if not 0.001 <= settings.idle_timeout_s <= 60:
         raise ValueError(f"idle_timeout_s must be within 0.001 and 60 seconds, not {settings.idle_timeout_s:g}")
 
@@ -143,10 +144,21 @@ def _keys(args: argparse.Namespace) -> int:
             except ValueError as error:
                 print(f"tidegate: {error}", file=sys.stderr)
                 return 1
+    elif args.keys_command == "add-operator":
+        try:
+            print(store.add_operator(args.name))
+        except ValueError as error:
+            print(f"tidegate: {error}", file=sys.stderr)
+            return 1
     elif args.keys_command == "revoke":
-        revoked = [entry for target in args.targets for entry in store.revoke(target)]
-        for entry in revoked:
-            print(f"revoked {entry.device_id} tg_{entry.key_id}_…")
+        revoked = [f"{e.device_id} tg_{e.key_id}_…" for target in args.targets for e in store.revoke(target)]
+        revoked += [
+            f"operator {o.name} tgo_{o.key_id}_…"
+            for o in (store.revoke_operator(target) for target in args.targets)
+            if o is not None
+        ]
+        for line in revoked:
+            print(f"revoked {line}")
         if not revoked:
             print("tidegate: nothing matched", file=sys.stderr)
             return 1
@@ -154,6 +166,9 @@ def _keys(args: argparse.Namespace) -> int:
         for entry in store.entries():
             created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(entry.created_at))
             print(f"{entry.device_id} tg_{entry.key_id}_… created {created}")
+        for operator in store.operators():
+            created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(operator.created_at))
+            print(f"operator {operator.name} tgo_{operator.key_id}_… created {created}")
     return 0
 
 
@@ -289,10 +304,16 @@ def build_parser() -> argparse.ArgumentParser:
     key_commands = keys.add_subparsers(dest="keys_command", required=True)
     add = key_commands.add_parser("add", help="create a key per device; prints DEVICE_ID KEY lines")
     add.add_argument("device_ids", nargs="+", metavar="DEVICE_ID")
-    revoke = key_commands.add_parser("revoke", help="revoke a key (the key or its id) or all keys of a device")
+    operator = key_commands.add_parser(
+        "add-operator", help="create an operator key (for the operations endpoints, e.g. the silent devices); prints it"
+    )
+    operator.add_argument("name", metavar="NAME", help="who holds it (a person, a dashboard)")
+    revoke = key_commands.add_parser(
+        "revoke", help="revoke a key (the key or its id, device's or operator's) or all keys of a device"
+    )
     revoke.add_argument("targets", nargs="+", metavar="KEY_OR_DEVICE")
-    listing = key_commands.add_parser("list", help="list devices and key ids")
-    for sub in (add, revoke, listing):
+    listing = key_commands.add_parser("list", help="list devices and key ids, and operator keys")
+    for sub in (add, operator, revoke, listing):
         sub.add_argument("--data-dir", type=Path, default=Path(os.environ.get("TIDEGATE_DATA_DIR", "data")))
     keys.set_defaults(run=_keys)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import tomllib
 from collections.abc import Mapping
@@ -102,8 +103,25 @@ class Settings:
     dedup_ttl_seconds: float = 3600.0
     kafka_ack_timeout_s: float = 10.0
     shutdown_deadline_s: float = 10.0
-    silence_after_s: float = 180.0
-    """A device not heard from for this long counts as silent (seed 001: 3x a 60 s reporting interval)."""
+    silence_default_interval_s: float = 60.0
+    """The expected reporting interval of a device with little history (fewer than 3 intervals learned): it is
+    silent once unheard for 3x this (seed 001: 3x a 60 s interval). A device is silent once unheard for 3x its
+    interval: configured (`silence_intervals`), else learned from its inter-arrival times."""
+    silence_min_interval_s: float = 1.0
+    """The floor of learned intervals: arrivals closer than this to the previous one (retries, a batch sent over
+    several requests) are a burst and teach nothing."""
+    silence_intervals: str = ""
+    """Intervals that override the learned ones, as `prefix=seconds` pairs separated by commas (e.g.
+    `meter-=900,meter-hall=60`): the longest prefix a device id starts with wins (a whole id is its own prefix)."""
+    silence_scan_interval_s: float = 1.0
+    """How often the silence detector (one worker of the host at a time) scans the devices' table."""
+    device_capacity: int = 100_000
+    """Devices whose last-seen state `<data_dir>/state/devices.tbl` holds (shared by the workers of a host, kept
+    across restarts, about 171 bytes each); past it, the device unheard for longest is forgotten."""
+    device_forget_after_s: float = 7 * 86400.0
+    """A device unheard for this long is forgotten (no longer listed as silent)."""
+    kafka_topic_device_alerts: str = "device-alerts"
+    """Where `device_silence` and `device_recovered` records go."""
     log_sample_rate: float = 0.01
     """Share of successful requests logged once the request rate passes `log_full_below_rps`."""
     log_full_below_rps: float = 50.0
@@ -179,7 +197,34 @@ class Settings:
     @property
     def kafka_topics(self) -> tuple[str, ...]:
         """Every topic records are delivered to."""
-        return (self.kafka_topic_telemetry, self.kafka_topic_events, self.kafka_topic_dead_letter)
+        return (
+            self.kafka_topic_telemetry,
+            self.kafka_topic_events,
+            self.kafka_topic_dead_letter,
+            self.kafka_topic_device_alerts,
+        )
+
+    @property
+    def silence_interval_rules(self) -> list[tuple[str, float]]:
+        """`silence_intervals` as `(prefix, seconds)` pairs; a ValueError names a malformed one."""
+        return parse_intervals(self.silence_intervals)
+
+
+def parse_intervals(text: str) -> list[tuple[str, float]]:
+    """`prefix=seconds,...` (see `Settings.silence_intervals`) as pairs; ValueError for a malformed pair."""
+    rules = []
+    for item in text.split(","):
+        if not item.strip():
+            continue
+        prefix, equals, seconds = item.strip().partition("=")
+        try:
+            interval = float(seconds)
+        except ValueError:
+            interval = math.nan
+        if not equals or not prefix.strip() or not math.isfinite(interval) or interval <= 0:
+            raise ValueError(f"silence_intervals: {item.strip()!r} is not prefix=seconds (a positive number)")
+        rules.append((prefix.strip(), interval))
+    return rules
 
 
 _FIELDS = {field.name: field for field in dataclasses.fields(Settings)}

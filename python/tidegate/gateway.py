@@ -1,4 +1,4 @@
-"""One worker's state: the validators per route, the shared dedup and rate tables, its spool and group-commit
+"""One worker's state: the validators per route, the shared dedup, rate and devices' tables, its spool and group-commit
 writer, admission, the delivery process's status, readiness, the metrics' gauges, and its lifecycle (the spool
 claimed at start, drained at stop) and housekeeping. The ingest edge (`tidegate.ingest`) reads and changes it."""
 
@@ -18,7 +18,7 @@ from typing import IO, Any, TypeVar
 
 from starlette.applications import Starlette
 
-from tidegate._native import Contract, DedupWindow, RateTable, Spool, Validator
+from tidegate._native import Contract, DedupWindow, DeviceTable, RateTable, Spool, Validator
 from tidegate.admission import AdaptiveLimit
 from tidegate.auth import KeyStore
 from tidegate.config import Settings
@@ -26,10 +26,11 @@ from tidegate.delivery.spool import SpoolWriter
 from tidegate.delivery.status import DeliveryStatus
 from tidegate.ingest import IngestEdge, IngestRoute, now_ms
 from tidegate.metrics import Metrics
+from tidegate.silence import SilenceWatch
 
 log = logging.getLogger("tidegate")
 
-Table = TypeVar("Table", DedupWindow, RateTable)
+Table = TypeVar("Table", DedupWindow, RateTable, DeviceTable)
 
 
 def shared_or_own(path: Path, open_table: Callable[[Path | None], Table]) -> Table:
@@ -139,7 +140,20 @@ class Gateway:
                 key_ttl_seconds=settings.dedup_key_ttl_seconds,
             ),
         )
-        self.last_seen: dict[str, float] = {}
+        # Last-seen times, learned intervals and silence alerts: shared too, so that a device is one device
+        # whichever worker it reaches, and remembered across restarts.
+        self.devices = shared_or_own(
+            state / "devices.tbl",
+            functools.partial(
+                DeviceTable,
+                capacity=settings.device_capacity,
+                default_interval_seconds=settings.silence_default_interval_s,
+                min_interval_seconds=settings.silence_min_interval_s,
+                intervals=settings.silence_interval_rules,
+                forget_after_seconds=settings.device_forget_after_s,
+            ),
+        )
+        self.silence = SilenceWatch(self, self.devices)
         self.spool: Spool | None = None
         self.writer: SpoolWriter | None = None
         self.admission = AdaptiveLimit(
@@ -206,11 +220,16 @@ class Gateway:
             "Records not yet acknowledged by Kafka.",
             lambda: self._spool_stat("lag_records"),
         )
-        self.metrics.gauge("tidegate_active_devices", "Devices seen in the last 5 minutes.", self._active_devices)
+        # From the same snapshot as GET /api/v1/devices/silent (one rule: unheard for 3x the expected interval).
+        self.metrics.gauge(
+            "tidegate_active_devices",
+            "Devices heard within 3x their expected interval.",
+            lambda: self._devices_stat("active"),
+        )
         self.metrics.gauge(
             "tidegate_silent_devices",
-            "Devices seen before but not for `silence_after_s` seconds.",
-            self._silent_devices,
+            "Devices unheard for 3x their expected interval or longer (as GET /api/v1/devices/silent lists them).",
+            lambda: self._devices_stat("silent"),
         )
         self.metrics.gauge("tidegate_event_loop_lag_seconds", "Smoothed event-loop lag.", lambda: self.loop_lag_s)
         self.metrics.gauge("tidegate_ready", "1 when ready to accept traffic.", lambda: float(self.is_ready()))
@@ -255,13 +274,11 @@ class Gateway:
     def _spool_stat(self, name: str) -> float:
         return float(self.spool.stats()[name]) if self.spool is not None else 0.0
 
-    def _silent_devices(self) -> float:
-        cutoff = time.time() - self.settings.silence_after_s
-        return float(sum(1 for seen in self.last_seen.values() if seen < cutoff))
-
-    def _active_devices(self) -> float:
-        cutoff = time.time() - 300
-        return float(sum(1 for seen in self.last_seen.values() if seen >= cutoff))
+    def _devices_stat(self, name: str) -> float:
+        snapshot = self.silence.latest
+        if snapshot is None:
+            return 0.0
+        return float(snapshot.silent if name == "silent" else snapshot.tracked - snapshot.silent)
 
     def utilization(self) -> float:
         spool = 1.0 if self.spool_full else self.spool_fill
@@ -302,6 +319,7 @@ class Gateway:
 
             mqtt_source = MqttSource(self, worker_index=int(directory.name.removeprefix("w")))
             await mqtt_source.start()
+        self.silence.start()
         self.ready = True
         log.info(
             json.dumps({"event": "started", "spool": str(directory), "dedup_ids": loaded, "kafka": self.settings.kafka})
@@ -316,6 +334,7 @@ class Gateway:
             while self.in_flight_requests and time.monotonic() < deadline:
                 await asyncio.sleep(0.01)
             housekeeping.cancel()
+            await self.silence.stop()
             await self.writer.stop()  # what is committed now, the delivery process drains until its deadline
             self._lock_file.close()
             log.info(json.dumps({"event": "stopped", "spool": str(directory)}))

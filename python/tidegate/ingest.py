@@ -442,8 +442,9 @@ class IngestEdge:
             duplicates = {eid for eid in result.event_ids if eid is not None}
         if dry_run:
             durability = "none"
-        for device in devices:
-            self.gateway.last_seen[device] = received / 1000
+        elif devices:
+            # Heard (a repeat too: the device is alive); a dry run changes nothing.
+            self.gateway.devices.seen(devices, received)
         answer = self._answer(
             route, result, duplicates=duplicates, durability=durability, dry_run=dry_run, priority=priority
         )

@@ -119,6 +119,12 @@ class Metrics:
             "MQTT messages (or records of them) sent to the dead-letter topic, by reason.",
             ("reason",),
         )
+        self.device_alerts = Counter(
+            "tidegate_device_alerts_total",
+            "Device alerts this worker raised (it held the silence detector), by kind (device_silence, "
+            "device_recovered).",
+            ("alert",),
+        )
         self.gauges: list[Gauge] = []
 
     def gauge(self, name: str, help_text: str, read: Callable[[], float]) -> None:
@@ -130,6 +136,7 @@ class Metrics:
             lines.extend(metric.render())
         lines.extend(self.mqtt_messages.render())
         lines.extend(self.mqtt_dead_letters.render())
+        lines.extend(self.device_alerts.render())
         for gauge in self.gauges:
             lines.extend(gauge.render())
         return "\n".join(lines) + "\n"

@@ -85,6 +85,33 @@ def _schemas(settings: Settings) -> dict[str, Any]:
             ]
         },
         "FieldError": field_error,
+        "SilentDevice": {
+            "type": "object",
+            "required": [
+                "device_id",
+                "last_seen",
+                "silent_for_s",
+                "expected_interval_s",
+                "threshold_s",
+                "alerted",
+            ],
+            "additionalProperties": False,
+            "properties": {
+                "device_id": _DEVICE_ID,
+                "last_seen": {"type": "string", "format": "date-time"},
+                "silent_for_s": {"type": "number", "minimum": 0},
+                "expected_interval_s": {
+                    "type": "number",
+                    "description": "Configured for the device's id prefix, else learned from its inter-arrival "
+                    "times (at least the default while it has little history).",
+                },
+                "threshold_s": {"type": "number", "description": "silence_factor x expected_interval_s."},
+                "alerted": {
+                    "type": "boolean",
+                    "description": "A device_silence alert was raised (no device_recovered yet).",
+                },
+            },
+        },
         "Problem": {
             "type": "object",
             "required": ["type", "title", "status", "detail", "errors"],
@@ -338,26 +365,51 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
             },
             "/api/v1/devices/silent": {
                 "get": {
-                    "summary": "Devices not heard from for at least `for` seconds",
-                    "parameters": [{"name": "for", "in": "query", "schema": {"type": "number", "minimum": 0}}],
+                    "summary": "Silent devices: unheard for 3x their expected interval (configured, else learned)",
+                    "description": "The rule of the `tidegate_silent_devices` gauge and of the `device_silence` "
+                    "alerts. Sorted by device id, a page at a time, from a snapshot of the devices' shared table at "
+                    "most `silence_scan_interval_s` old. Needs an operator key (`tidegate keys add-operator`) as "
+                    "`X-Operator-Key` or `Authorization: Bearer`, unless auth is off.",
+                    "parameters": [
+                        {
+                            "name": "cursor",
+                            "in": "query",
+                            "description": "`next_cursor` of the previous page.",
+                            "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"},
+                        },
+                        {
+                            "name": "limit",
+                            "in": "query",
+                            "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100},
+                        },
+                        {"name": "X-Operator-Key", "in": "header", "schema": {"type": "string"}},
+                    ],
                     "responses": {
                         "200": {
-                            "description": "Silent devices",
+                            "description": "One page of silent devices",
                             "content": {
                                 "application/json": {
                                     "schema": {
                                         "type": "object",
-                                        "required": ["threshold_s", "count", "devices"],
+                                        "required": ["as_of", "silence_factor", "count", "devices", "next_cursor"],
+                                        "additionalProperties": False,
                                         "properties": {
-                                            "threshold_s": {"type": "number"},
-                                            "count": {"type": "integer"},
-                                            "devices": {"type": "array", "items": {"type": "object"}},
+                                            "as_of": {"type": "string", "format": "date-time"},
+                                            "silence_factor": {"type": "integer"},
+                                            "count": {"type": "integer", "description": "Silent devices in all."},
+                                            "devices": {
+                                                "type": "array",
+                                                "items": {"$ref": "#/components/schemas/SilentDevice"},
+                                            },
+                                            "next_cursor": {"type": ["string", "null"]},
                                         },
                                     }
                                 }
                             },
                         },
-                        "400": _problem("`for` is not a number of seconds."),
+                        "400": _problem("`cursor` or `limit` is malformed."),
+                        "401": _problem("No operator key, or an unknown or revoked one."),
+                        "403": _problem("A device's key: it cannot list the fleet."),
                     },
                 }
             },

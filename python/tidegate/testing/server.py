@@ -42,6 +42,11 @@ class Server:
         ).stdout
         return dict(line.split(" ", 1) for line in out.strip().splitlines())
 
+    def operator_key(self, name: str = "tests") -> str:
+        """Creates an operator key with the real CLI (`tidegate keys add-operator`); returns it."""
+        command = [sys.executable, "-m", "tidegate", "keys", "add-operator", "--data-dir", str(self.data_dir), name]
+        return subprocess.run(command, check=True, capture_output=True, text=True).stdout.strip()
+
     def start(self, timeout: float = 30.0, *, until: str = "/health/ready") -> Server:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, "TIDEGATE_LOG_FULL_BELOW_RPS": "0", **self.env}

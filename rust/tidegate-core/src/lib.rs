@@ -32,6 +32,7 @@ pub mod group_commit;
 pub mod headers;
 pub mod json;
 pub mod kafka;
+pub mod lastseen;
 pub mod number;
 pub mod schema;
 pub mod shared;

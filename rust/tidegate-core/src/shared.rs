@@ -1,6 +1,7 @@
 //! State shared by the workers of a host: memory-mapped tables under the data dir, one file each, that every
-//! worker process maps and that survive restarts. Two tables use them: the dedup window ([`SharedWindow`]: event
-//! ids and idempotency keys) and the per-device token buckets ([`RateTable`]).
+//! worker process maps and that survive restarts. Three tables use them: the dedup window ([`SharedWindow`]: event
+//! ids and idempotency keys), the per-device token buckets ([`RateTable`]) and the devices' last-seen state
+//! ([`crate::lastseen::LastSeenTable`], whose slots carry extra words).
 //!
 //! # Why this shape
 //!
@@ -13,7 +14,8 @@
 //!   lookup reads all of them, so emptying a slot (release, expiry, a failed check) never hides another id. When
 //!   all of them are live, the one closest to expiry is evicted: the table is bounded, like the window before it.
 //! - **Torn writes are empty slots**: a slot is four 64-bit words, `id` (two), `word` (an expiry, or a bucket's
-//!   refill time) and `aux | check << 32`, where `check` is a CRC32C of the other 28 bytes with its low bit set
+//!   refill time) and `aux | check << 32` (a table may put extra words between `word` and the last one), where
+//!   `check` is a CRC32C of the slot's other bytes with its low bit set
 //!   (so an all-zero slot, as a new file holds, never passes). A write first zeroes the check word, then writes
 //!   the id and `word`, then the new check word; a slot that fails its check counts as empty. A worker killed
 //!   mid-write, or a page torn on disk, therefore loses what the slot held (a later retry is delivered again, with
@@ -35,9 +37,11 @@ use memmap2::{MmapOptions, MmapRaw};
 
 use crate::dedup::Id;
 
-/// Bytes of one slot: a 128-bit id, a 64-bit word, a 32-bit aux value and a 32-bit check.
+/// Bytes of one slot without extra words: a 128-bit id, a 64-bit word, a 32-bit aux value and a 32-bit check.
 pub const SLOT_BYTES: usize = 32;
 const SLOT_WORDS: usize = SLOT_BYTES / 8;
+/// The most extra words a table's slots may carry (between `word` and the check word).
+pub(crate) const MAX_EXTRA_WORDS: usize = 12;
 /// Slots an id may occupy from its home slot (1 KiB, 16 cache lines: read in full by every lookup).
 pub const PROBE: usize = 32;
 /// Slots per id of capacity, as numerator / denominator: a load factor of 0.75 at full capacity, so about
@@ -68,19 +72,37 @@ fn now_ms() -> i64 {
 
 /// One decoded, valid slot.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Slot {
-    id: Id,
-    word: u64,
-    aux: u32,
+pub(crate) struct Slot {
+    pub(crate) id: Id,
+    pub(crate) word: u64,
+    /// The table's extra words (the first `extra_words` of them; the rest stay zero).
+    pub(crate) extra: [u64; MAX_EXTRA_WORDS],
+    pub(crate) aux: u32,
 }
 
 impl Slot {
-    fn check(&self) -> u32 {
-        let mut bytes = [0u8; 28];
+    pub(crate) fn new(id: Id, word: u64, aux: u32) -> Slot {
+        Slot {
+            id,
+            word,
+            extra: [0; MAX_EXTRA_WORDS],
+            aux,
+        }
+    }
+
+    /// CRC32C over the id, `word`, the first `extra_words` extra words and `aux` (for a slot without extra words,
+    /// the 28 bytes before the check), low bit set.
+    fn check(&self, extra_words: usize) -> u32 {
+        let mut bytes = [0u8; 28 + MAX_EXTRA_WORDS * 8];
         bytes[..16].copy_from_slice(&self.id);
         bytes[16..24].copy_from_slice(&self.word.to_le_bytes());
-        bytes[24..].copy_from_slice(&self.aux.to_le_bytes());
-        crc32c::crc32c(&bytes) | 1
+        let mut end = 24;
+        for word in &self.extra[..extra_words] {
+            bytes[end..end + 8].copy_from_slice(&word.to_le_bytes());
+            end += 8;
+        }
+        bytes[end..end + 4].copy_from_slice(&self.aux.to_le_bytes());
+        crc32c::crc32c(&bytes[..end + 4]) | 1
     }
 }
 
@@ -99,6 +121,8 @@ pub struct Table {
     guard: Mutex<()>,
     /// Home slots; the table holds `homes + PROBE - 1` slots, so a probe never wraps.
     homes: usize,
+    /// Words between `word` and the check word of each slot.
+    extra_words: usize,
     owner: u32,
     created_ms: i64,
     fresh: bool,
@@ -125,19 +149,26 @@ impl Table {
         (homes, homes + PROBE - 1)
     }
 
-    fn byte_len(slots: usize) -> usize {
-        HEADER_BYTES + slots * SLOT_BYTES
+    fn byte_len(slots: usize, extra_words: usize) -> usize {
+        HEADER_BYTES + slots * (SLOT_BYTES + extra_words * 8)
     }
 
     /// A table in anonymous memory, for one process (tests, and a gateway without a data dir).
     pub fn in_memory(capacity: usize, kind: u64) -> io::Result<Table> {
+        Table::in_memory_with(capacity, kind, 0)
+    }
+
+    /// [`Table::in_memory`] with `extra_words` (at most [`MAX_EXTRA_WORDS`]) in each slot.
+    pub(crate) fn in_memory_with(capacity: usize, kind: u64, extra_words: usize) -> io::Result<Table> {
+        let extra_words = extra_words.min(MAX_EXTRA_WORDS);
         let (homes, slots) = Table::slots_for(capacity);
-        let map = MmapRaw::from(MmapOptions::new().len(Table::byte_len(slots)).map_anon()?);
+        let map = MmapRaw::from(MmapOptions::new().len(Table::byte_len(slots, extra_words)).map_anon()?);
         let mut table = Table {
             map,
             file: None,
             guard: Mutex::new(()),
             homes,
+            extra_words,
             owner: 1,
             created_ms: now_ms(),
             fresh: true,
@@ -151,6 +182,12 @@ impl Table {
     /// such a table, was made for another capacity or fails its header check is started anew, empty
     /// ([`Table::is_fresh`]).
     pub fn open(path: &Path, capacity: usize, kind: u64) -> io::Result<Table> {
+        Table::open_with(path, capacity, kind, 0)
+    }
+
+    /// [`Table::open`] with `extra_words` (at most [`MAX_EXTRA_WORDS`]) in each slot.
+    pub(crate) fn open_with(path: &Path, capacity: usize, kind: u64, extra_words: usize) -> io::Result<Table> {
+        let extra_words = extra_words.min(MAX_EXTRA_WORDS);
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent)?;
         }
@@ -162,7 +199,7 @@ impl Table {
             .open(path)?;
         lock_file(&file)?;
         let (homes, slots) = Table::slots_for(capacity);
-        let len = Table::byte_len(slots);
+        let len = Table::byte_len(slots, extra_words);
         let mut fresh = false;
         if file.metadata()?.len() != len as u64 {
             // Only a table made for another capacity (or not a table): no worker of this configuration maps it.
@@ -183,6 +220,7 @@ impl Table {
             file: None,
             guard: Mutex::new(()),
             homes,
+            extra_words,
             owner: 0,
             created_ms: 0,
             fresh,
@@ -319,8 +357,8 @@ fn flock(file: &File, operation: libc::c_int) -> io::Result<()> {
 }
 
 /// Where an id is, or where it would go, within its probe window.
-struct Probe {
-    found: Option<(usize, Slot)>,
+pub(crate) struct Probe {
+    pub(crate) found: Option<(usize, Slot)>,
     /// The first empty (never written, failed its check, or expired) slot.
     free: Option<usize>,
     /// The live slot with the smallest `word`, evicted when nothing is free.
@@ -329,38 +367,51 @@ struct Probe {
 
 impl Locked<'_> {
     fn slot_words(&self, index: usize) -> &[AtomicU64] {
-        let start = HEADER_WORDS + index * SLOT_WORDS;
-        &self.table.words()[start..start + SLOT_WORDS]
+        let width = SLOT_WORDS + self.table.extra_words;
+        let start = HEADER_WORDS + index * width;
+        &self.table.words()[start..start + width]
     }
 
-    fn read(&self, index: usize) -> Option<Slot> {
+    pub(crate) fn read(&self, index: usize) -> Option<Slot> {
         let words = self.slot_words(index);
-        let tail = words[3].load(Ordering::Relaxed);
+        let (tail_word, extra_words) = words[3..].split_last()?;
+        let tail = tail_word.load(Ordering::Relaxed);
         let mut id = [0u8; 16];
         id[..8].copy_from_slice(&words[0].load(Ordering::Relaxed).to_le_bytes());
         id[8..].copy_from_slice(&words[1].load(Ordering::Relaxed).to_le_bytes());
-        let slot = Slot {
-            id,
-            word: words[2].load(Ordering::Relaxed),
-            aux: tail as u32,
-        };
-        ((tail >> 32) as u32 == slot.check()).then_some(slot)
+        let mut slot = Slot::new(id, words[2].load(Ordering::Relaxed), tail as u32);
+        for (target, word) in slot.extra.iter_mut().zip(extra_words) {
+            *target = word.load(Ordering::Relaxed);
+        }
+        ((tail >> 32) as u32 == slot.check(self.table.extra_words)).then_some(slot)
     }
 
-    fn write(&self, index: usize, slot: Slot) {
+    pub(crate) fn write(&self, index: usize, slot: Slot) {
         let words = self.slot_words(index);
+        let Some((tail, extra_words)) = words[3..].split_last() else {
+            return;
+        };
         let (low, high) = id_words(&slot.id);
         // The check word first goes to zero (never valid), and comes back last: any prefix of this write is an
         // empty slot.
-        words[3].store(0, Ordering::Relaxed);
+        tail.store(0, Ordering::Relaxed);
         words[0].store(low, Ordering::Relaxed);
         words[1].store(high, Ordering::Relaxed);
         words[2].store(slot.word, Ordering::Relaxed);
-        words[3].store(u64::from(slot.aux) | u64::from(slot.check()) << 32, Ordering::Relaxed);
+        for (target, word) in extra_words.iter().zip(slot.extra) {
+            target.store(word, Ordering::Relaxed);
+        }
+        let check = slot.check(self.table.extra_words);
+        tail.store(u64::from(slot.aux) | u64::from(check) << 32, Ordering::Relaxed);
+    }
+
+    fn tail(&self, index: usize) -> &AtomicU64 {
+        let words = self.slot_words(index);
+        &words[words.len() - 1]
     }
 
     fn clear(&self, index: usize) {
-        self.slot_words(index)[3].store(0, Ordering::Relaxed);
+        self.tail(index).store(0, Ordering::Relaxed);
     }
 
     /// Looks `id` up among the slots still live at `now` (a `word` above it); `now = 0` ignores expiry.
@@ -369,7 +420,7 @@ impl Locked<'_> {
     /// first slot visibly free (check word zero, or expired). Checksums of other slots are computed only when no
     /// slot is visibly free, to find torn slots (free) and the oldest live one (evicted): a new id costs 32 word
     /// compares, not 32 CRCs (the dedup table sits on every request's path).
-    fn probe(&self, id: &Id, now: u64) -> Probe {
+    pub(crate) fn probe(&self, id: &Id, now: u64) -> Probe {
         let home = self.table.home(id);
         let (low, high) = id_words(id);
         let mut probe = Probe {
@@ -379,7 +430,7 @@ impl Locked<'_> {
         };
         for index in home..home + PROBE {
             let words = self.slot_words(index);
-            let tail = words[3].load(Ordering::Relaxed);
+            let tail = self.tail(index).load(Ordering::Relaxed);
             if tail != 0
                 && words[0].load(Ordering::Relaxed) == low
                 && words[1].load(Ordering::Relaxed) == high
@@ -416,7 +467,7 @@ impl Locked<'_> {
     }
 
     /// Writes a new slot where `probe` found room, evicting the live slot closest to expiry if there is none.
-    fn insert(&self, probe: &Probe, slot: Slot) {
+    pub(crate) fn insert(&self, probe: &Probe, slot: Slot) {
         self.write(probe.free.unwrap_or(probe.oldest), slot);
     }
 
@@ -427,7 +478,7 @@ impl Locked<'_> {
     }
 }
 
-fn to_word(ms: i64) -> u64 {
+pub(crate) fn to_word(ms: i64) -> u64 {
     ms.max(1) as u64
 }
 
@@ -473,16 +524,13 @@ impl SharedWindow {
     pub fn claim(&self, ids: &[Id], now_ms: i64, ttl_ms: i64) -> io::Result<Vec<bool>> {
         let locked = self.table.lock()?;
         let now = to_word(now_ms);
-        let pending = Slot {
-            id: [0; 16],
-            word: to_word(now_ms.saturating_add(ttl_ms.max(1))),
-            aux: self.table.owner,
-        };
+        let pending = Slot::new([0; 16], to_word(now_ms.saturating_add(ttl_ms.max(1))), self.table.owner);
         Ok(ids
             .iter()
             .map(|id| {
                 let probe = locked.probe(id, now);
-                let slot = Slot { id: *id, ..pending };
+                let mut slot = pending;
+                slot.id = *id;
                 match probe.found {
                     Some((_, seen)) if seen.aux == COMMITTED || seen.aux == self.table.owner => false,
                     Some((index, _)) => {
@@ -503,7 +551,9 @@ impl SharedWindow {
         let locked = self.table.lock()?;
         for id in ids {
             match locked.probe(id, 0).found {
-                Some((index, slot)) if slot.aux != COMMITTED => locked.write(index, Slot { aux: COMMITTED, ..slot }),
+                Some((index, slot)) if slot.aux != COMMITTED => {
+                    locked.write(index, Slot::new(slot.id, slot.word, COMMITTED))
+                }
                 _ => {}
             }
         }
@@ -544,16 +594,11 @@ impl SharedWindow {
             }
             let probe = locked.probe(&id, now);
             match probe.found {
-                Some((index, slot)) if slot.aux != COMMITTED => locked.write(index, Slot { aux: COMMITTED, ..slot }),
+                Some((index, slot)) if slot.aux != COMMITTED => {
+                    locked.write(index, Slot::new(slot.id, slot.word, COMMITTED))
+                }
                 Some(_) => {}
-                None => locked.insert(
-                    &probe,
-                    Slot {
-                        id,
-                        word: expires,
-                        aux: COMMITTED,
-                    },
-                ),
+                None => locked.insert(&probe, Slot::new(id, expires, COMMITTED)),
             }
         }
         Ok(())
@@ -617,11 +662,7 @@ impl RateTable {
         if tokens < 1.0 {
             return Ok((1.0 - tokens) * self.interval_us / 1e6);
         }
-        let slot = Slot {
-            id: *device,
-            word: full_at + self.interval_us as u64,
-            aux: 0,
-        };
+        let slot = Slot::new(*device, full_at + self.interval_us as u64, 0);
         match probe.found {
             Some((index, _)) => locked.write(index, slot),
             None => locked.insert(&probe, slot),
@@ -660,11 +701,11 @@ impl RateTable {
         let horizon = self.debt_horizon(now);
         let probe = locked.probe(device, now);
         let full_at = probe.found.map_or(now, |(_, slot)| slot.word.clamp(now, horizon));
-        let slot = Slot {
-            id: *device,
-            word: full_at.saturating_add((cost * self.interval_us) as u64).min(horizon),
-            aux: 0,
-        };
+        let slot = Slot::new(
+            *device,
+            full_at.saturating_add((cost * self.interval_us) as u64).min(horizon),
+            0,
+        );
         match probe.found {
             Some((index, _)) => locked.write(index, slot),
             None => locked.insert(&probe, slot),

@@ -3,6 +3,7 @@
 // Python keyword arguments map one-to-one onto Rust parameters.
 #![allow(clippy::too_many_arguments)]
 
+mod devices;
 mod errors;
 mod kafka;
 mod spool;
@@ -483,5 +484,6 @@ fn _native(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add("MAX_IDEMPOTENCY_KEY_BYTES", core::headers::MAX_IDEMPOTENCY_KEY_BYTES)?;
     errors::register(module)?;
     kafka::register(module)?;
+    devices::register(module)?;
     spool::register(module)
 }
