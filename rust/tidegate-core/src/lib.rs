@@ -32,6 +32,7 @@ pub mod headers;
 pub mod json;
 pub mod kafka;
 pub mod number;
+pub mod quarantine;
 pub mod schema;
 pub mod shared;
 pub mod spool;

@@ -360,6 +360,12 @@ impl RateTable {
     fn take(&self, device_id: &str, now_us: i64) -> PyResult<f64> {
         Ok(self.0.take(&CoreRateTable::device_id(device_id), now_us)?)
     }
+
+    /// Takes `costs[i]` tokens for each item in turn, in one lock; returns which were granted (an item that does
+    /// not fit is refused and the next one tried).
+    fn take_each(&self, device_id: &str, costs: Vec<f64>, now_us: i64) -> PyResult<Vec<bool>> {
+        Ok(self.0.take_each(&CoreRateTable::device_id(device_id), &costs, now_us)?)
+    }
 }
 
 pub fn register(module: &Bound<'_, PyModule>) -> PyResult<()> {
