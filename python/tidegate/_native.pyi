@@ -268,6 +268,7 @@ class QuarantineItem:
 def quarantine_records(
     items: Sequence[QuarantineItem],
     *,
+    body: bytes,
     topic: str,
     key: str | None,
     headers: Sequence[tuple[str, bytes]],
@@ -277,8 +278,9 @@ def quarantine_records(
     """The dead-letter records of `items`: value the raw bytes, key `key`, headers `dlq-reason`, `dlq-stage`,
     `dlq-id`, `content-type`, `dlq-index` (for a record of a body), then `headers`. An item too large for
     `max_record_bytes` (as Kafka measures a record) is cut to fit, header `dlq-truncated` giving its whole length.
-    `dlq-id`, the record's event id, is the same for the same bytes, reason, stage and key: a retry is a
-    duplicate in the dedup window."""
+    `dlq-id`, the record's event id, is the same for the same item of the same `body` (the request's, as
+    received) with the same reason, stage and key: a retry or redelivery is a duplicate in the dedup window, the
+    same bad record in another body is not."""
 
 @final
 class RecordBatch:

@@ -376,7 +376,14 @@ class IngestEdge:
             if dry_run:
                 return problem
             return await self.quarantine(
-                problem, items, route=route, device_id=device_id, priority=priority, headers=headers, source=source
+                problem,
+                items,
+                body=body,
+                route=route,
+                device_id=device_id,
+                priority=priority,
+                headers=headers,
+                source=source,
             )
 
         try:
@@ -412,6 +419,7 @@ class IngestEdge:
             # Kept with the accepted records: durable with them, before the answer.
             quarantined = self.gateway.quarantine.records(
                 result.quarantine,
+                body=body,
                 source=source,
                 device_id=device_id,
                 schema=route.validator.contract.name,
@@ -471,6 +479,7 @@ class IngestEdge:
         problem: Problem,
         items: list[QuarantineItem],
         *,
+        body: bytes,
         route: IngestRoute | None,
         device_id: str | None,
         priority: str | None,
@@ -483,6 +492,7 @@ class IngestEdge:
         received = now_ms()
         records = self.gateway.quarantine.records(
             items,
+            body=body,
             source=source,
             device_id=device_id,
             schema=route.validator.contract.name if route is not None else None,

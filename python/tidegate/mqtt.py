@@ -451,6 +451,7 @@ class MqttSource:
                 await self.gateway.edge.quarantine(
                     problem,
                     [item],
+                    body=payload,
                     route=route,
                     device_id=device_id,
                     priority=None,

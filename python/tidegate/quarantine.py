@@ -72,6 +72,7 @@ class Quarantine:
         self,
         items: Sequence[QuarantineItem],
         *,
+        body: bytes,
         source: Source,
         device_id: str | None,
         schema: str | None,
@@ -79,7 +80,9 @@ class Quarantine:
         headers: dict[bytes, str],
         received_ms: int,
     ) -> RecordBatch:
-        """The dead-letter records of the items within `device_id`'s budget (the others are counted as dropped)."""
+        """The dead-letter records of the items of `body` (the request's, as received) within `device_id`'s budget
+        (the others are counted as dropped). An item's id (`dlq-id`) names it in that body: a retry or an MQTT
+        redelivery is a duplicate, not a second copy."""
         if not (self.enabled and items):
             return RecordBatch()
         # An item is charged what it takes: at most a record's worth (a longer one is cut to fit).
@@ -104,6 +107,7 @@ class Quarantine:
         common.extend(source.headers)
         return quarantine_records(
             kept,
+            body=body,
             topic=self.settings.kafka_topic_dead_letter,
             key=device_id,
             headers=common,

@@ -289,17 +289,27 @@ pub struct Destination<'a> {
     pub key: Option<&'a [u8]>,
     /// Headers of every item ([`encode_header`] form): source, device, schema, priority, trace context...
     pub headers: &'a [u8],
+    /// The BLAKE3 digest of the body the items came from ([`body_digest`]), part of each item's id.
+    pub body_digest: [u8; 32],
     pub timestamp_ms: i64,
     /// The largest record, measured as Kafka measures it ([`kafka::record_batch_size`]): a longer item is cut to
     /// fit, its header `dlq-truncated` giving its whole length.
     pub max_record_bytes: usize,
 }
 
-/// The quarantine id of an item: equal for the same bytes refused for the same reason from the same device, so a
-/// redelivery or a client's retry is a duplicate rather than a second copy.
-pub fn quarantine_id(item: &Item, key: Option<&[u8]>) -> [u8; 16] {
+/// The digest of a body, for [`Destination::body_digest`].
+pub fn body_digest(body: &[u8]) -> [u8; 32] {
+    *blake3::hash(body).as_bytes()
+}
+
+/// The quarantine id of an item: equal for the same item of the same body refused for the same reason from the
+/// same device, so a client's retry or an MQTT redelivery is a duplicate rather than a second copy, while the same
+/// bad record in another body is kept again.
+pub fn quarantine_id(item: &Item, key: Option<&[u8]>, body_digest: &[u8; 32]) -> [u8; 16] {
     let mut hasher = blake3::Hasher::new();
     hasher.update(QUARANTINE_ID_DOMAIN.as_bytes());
+    hasher.update(body_digest);
+    hasher.update(item.index.map_or(u64::MAX, |i| i as u64).to_le_bytes().as_slice());
     hasher.update(key.unwrap_or_default());
     hasher.update(b"\n");
     hasher.update(item.stage.as_bytes());
@@ -315,7 +325,7 @@ pub fn quarantine_id(item: &Item, key: Option<&[u8]>) -> [u8; 16] {
 /// Appends the dead-letter record of `item`: value its raw bytes, headers `dlq-reason`, `dlq-stage`, `dlq-id`,
 /// `content-type`, `dlq-index` for a record of a body, then the destination's.
 pub fn push(batch: &mut RecordBatch, destination: &Destination<'_>, item: &Item) {
-    let id = quarantine_id(item, destination.key);
+    let id = quarantine_id(item, destination.key, &destination.body_digest);
     let mut reason = item.reason.as_str();
     if reason.len() > MAX_REASON_BYTES {
         let mut cut = MAX_REASON_BYTES - '…'.len_utf8();
@@ -478,6 +488,7 @@ mod tests {
             topic: "ingest-dlq",
             key: Some(b"dev-1"),
             headers: &[],
+            body_digest: body_digest(&item.raw),
             timestamp_ms: 1,
             max_record_bytes: 1000,
         };

@@ -528,12 +528,14 @@ impl QuarantineItem {
 
 /// The dead-letter records of `items`: value the raw bytes, key `key`, headers `dlq-reason`, `dlq-stage`,
 /// `dlq-id`, `content-type`, `dlq-index` (a record of a body), then `headers`; cut to `max_record_bytes` (header
-/// `dlq-truncated`). Each record's id (`dlq-id`) is the same for the same bytes, reason and key.
+/// `dlq-truncated`). Each record's id (`dlq-id`) is the same for the same item of the same `body` (the request's,
+/// as received), reason and key.
 #[pyfunction]
-#[pyo3(signature = (items, *, topic, key, headers, timestamp_ms, max_record_bytes = 1_000_000))]
+#[pyo3(signature = (items, *, body, topic, key, headers, timestamp_ms, max_record_bytes = 1_000_000))]
 fn quarantine_records(
     py: Python<'_>,
     items: Vec<PyRef<'_, QuarantineItem>>,
+    body: &[u8],
     topic: &str,
     key: Option<&str>,
     headers: Vec<(String, Vec<u8>)>,
@@ -549,6 +551,7 @@ fn quarantine_records(
         topic,
         key: key.map(str::as_bytes),
         headers: &encoded,
+        body_digest: py.detach(|| core::quarantine::body_digest(body)),
         timestamp_ms,
         max_record_bytes,
     };
