@@ -201,8 +201,8 @@ def test_nothing_is_quarantined_without_a_device_to_charge_or_twice_for_a_repeat
         assert repeat.headers["x-tidegate-quarantined"] == "1"
     assert [value for _, value, _, _ in quarantined(server.data_dir, "q-3")] == [b"{same junk"]
     # The same bad record in two different bodies is kept from each: only a repeat of a body is one copy.
-    for other in ("q-3-a", "q-3-b"):
-        body = json.dumps([reading("q-3", metrics={"body": other}), {"device_id": "q-3"}])
+    for n in range(2):
+        body = json.dumps([reading("q-3", metrics={"body": n}), {"device_id": "q-3"}])
         assert client.post("/api/v1/ingest", content=body, headers=key(server, "q-3")).status_code == 202
     values = [value for _, value, _, _ in quarantined(server.data_dir, "q-3")]
     assert values == [b"{same junk", b'{"device_id": "q-3"}', b'{"device_id": "q-3"}']
