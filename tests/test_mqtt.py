@@ -134,7 +134,7 @@ def test_a_reading_over_mqtt_has_the_event_id_it_has_over_http(tmp_path: Path, b
 
 def quarantined(data_dir: Path) -> list[tuple[bytes | None, bytes, dict[str, bytes]]]:
     """The dead-letter topic's records, (key, value, headers), from every worker's spool."""
-    out = []
+    out: list[tuple[bytes | None, bytes, dict[str, bytes]]] = []
     for directory in (data_dir / "spool").iterdir():
         spool, seq = tidegate.Spool.open_read_only(directory), 0
         while True:
