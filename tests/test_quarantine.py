@@ -235,6 +235,7 @@ def test_quarantine_off_keeps_nothing(tmp_path: Path) -> None:
         records = spooled_records(server.data_dir)
         assert len(records) == 1 and "dlq-stage" not in records[0][2]
         assert "tidegate_quarantined_records_total{" not in http.get("/metrics").text
+        assert http.get("/api/v1/capabilities").json()["quarantine"] is False
 
 
 def test_quarantined_records_reach_the_dead_letter_topic_and_good_ones_their_own(tmp_path: Path) -> None:
@@ -276,6 +277,7 @@ def test_unknown_fields_follow_the_service_setting(tmp_path: Path, policy: str) 
     server = Server(tmp_path, {"TIDEGATE_AUTH": "false", "TIDEGATE_UNKNOWN_FIELDS": policy})
     with server, httpx.Client(base_url=server.url, timeout=10) as http:
         openapi = OpenApiChecker(http.get("/openapi.json").json())
+        assert http.get("/api/v1/capabilities").json()["unknown_fields"] == policy
         record = reading("u-1")
         plain = http.post("/api/v1/ingest", json=record)
         extra = http.post("/api/v1/ingest", json={**record, "location": "hall 3"})

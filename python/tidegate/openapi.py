@@ -415,4 +415,6 @@ def capabilities(settings: Settings) -> dict[str, Any]:
         "ack_levels": ["spool", "kafka"] if settings.kafka else ["spool"],
         "auth": ["X-Device-Token", "X-API-Key", "Authorization: Bearer"] if settings.auth else [],
         "dry_run": settings.dry_run,
+        "unknown_fields": settings.unknown_fields,
+        "quarantine": settings.quarantine,
     }
