@@ -415,10 +415,10 @@ class IngestEdge:
             raise await refused(invalid, result.quarantine)
         received = now_ms()
         quarantined = RecordBatch()
-        if result.quarantine and not dry_run:
+        if not dry_run and (items := result.quarantine):
             # Kept with the accepted records: durable with them, before the answer.
             quarantined = self.gateway.quarantine.records(
-                result.quarantine,
+                items,
                 body=body,
                 source=source,
                 device_id=device_id,
