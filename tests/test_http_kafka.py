@@ -56,12 +56,16 @@ def test_counts_consumed_back_equal_accepted_counts(tmp_path: Path) -> None:
                 expected = {
                     "telemetry-raw": len(accepted["telemetry-raw"]) + 100,
                     "events-raw": 30,
-                    "ingest-dlq": len(flagged),
+                    # The flagged readings' copies, and each batch's bad reading, quarantined as it was sent.
+                    "ingest-dlq": len(flagged) + 5,
                 }
                 out = {}
                 for topic, count in expected.items():
                     records = await consume_all(broker.bootstrap, topic, expected=count, timeout=20)
-                    out[topic] = [json.loads(r.value)["event_id"] for r in records]
+                    copies = [r for r in records if "dlq-stage" not in dict(r.headers)]
+                    out[topic] = [json.loads(r.value)["event_id"] for r in copies]
+                    if topic == "ingest-dlq":
+                        out["quarantined"] = [r.value.decode() for r in records if r not in copies]
                 return out
 
             consumed = asyncio.run(consume())
@@ -71,6 +75,9 @@ def test_counts_consumed_back_equal_accepted_counts(tmp_path: Path) -> None:
             assert accepted["telemetry-raw"] <= set(telemetry_ids)
             assert sorted(consumed["events-raw"]) == sorted(accepted["events-raw"])
             assert set(consumed["ingest-dlq"]) == flagged and len(consumed["ingest-dlq"]) == len(flagged)
+            never = {"timestamp": "never", "metrics": {"bad": 1}}
+            quarantined = [json.loads(value) for value in consumed["quarantined"]]
+            assert quarantined == [never] * 5, "each batch's bad reading once (its retry is a repeat)"
             command = [sys.executable, "-m", "tidegate", "spool", "stats", "--data-dir", str(server.data_dir)]
             stats = json.loads(subprocess.run(command, check=True, capture_output=True, timeout=30).stdout)
             assert stats["w0"]["lag_records"] == 0, "the forwarder checkpointed everything the broker acknowledged"

@@ -132,30 +132,58 @@ def test_a_reading_over_mqtt_has_the_event_id_it_has_over_http(tmp_path: Path, b
     device.close()
 
 
-def test_what_cannot_be_taken_goes_to_the_dead_letter_topic_with_its_reason(tmp_path: Path, broker: Mosquitto) -> None:
+def quarantined(data_dir: Path) -> list[tuple[bytes | None, bytes, dict[str, bytes]]]:
+    """The dead-letter topic's records, (key, value, headers), from every worker's spool."""
+    out: list[tuple[bytes | None, bytes, dict[str, bytes]]] = []
+    for directory in (data_dir / "spool").iterdir():
+        spool, seq = tidegate.Spool.open_read_only(directory), 0
+        while True:
+            batch, seq = spool.read(seq, durable_only=False)
+            if len(batch) == 0:
+                break
+            out.extend((key, value, dict(headers)) for key, value, headers, _ in batch.records(DLQ))
+    return out
+
+
+def test_what_cannot_be_taken_is_quarantined_as_over_http(tmp_path: Path, broker: Mosquitto) -> None:
     server = Server(tmp_path / "data", mqtt_env(broker))
     device = Device(broker, "sensor-a")
     with serving(server, broker), httpx.Client(base_url=server.url, timeout=20) as http:
-        device.publish("devices/sensor-a/telemetry", reading("sensor-b"))  # names another device
+        foreign = json.dumps(reading("sensor-b")).encode()
+        device.publish("devices/sensor-a/telemetry", foreign)  # names another device
         device.publish("devices/sensor-a/telemetry", b"{not json")
         readings = [reading("sensor-a"), reading("sensor-a", timestamp="yesterday")]
         for item in readings:
             del item["device_id"]
         batch = {"device_id": "sensor-a", "batch_id": "b-2", "readings": readings}
         device.publish("devices/sensor-a/batch", batch)
-        wait_for(lambda: len(values(server.data_dir, DLQ)) == 3, "three dead letters")
-        letters = {letter["reason"]: letter for letter in values(server.data_dir, DLQ)}
-        assert set(letters) == {"wrong-device", "malformed", "invalid"}
-        assert letters["wrong-device"]["device_id"] == "sensor-a"
-        assert letters["wrong-device"]["topic"] == "devices/sensor-a/telemetry"
-        assert letters["wrong-device"]["errors"] == [{"path": "$.device_id", "message": "must be sensor-a"}]
-        assert [error["index"] for error in letters["invalid"]["errors"]] == [1]
+        device.publish("devices/not.a.device/telemetry", b"{}")
+        wait_for(lambda: len(quarantined(server.data_dir)) == 4, "four quarantined items")
+        letters = {
+            headers["dlq-stage"].decode(): (key, value, headers) for key, value, headers in quarantined(server.data_dir)
+        }
+        assert set(letters) == {"auth", "decode", "contract", "route"}
+        key, value, headers = letters["auth"]
+        assert (key, value) == (b"sensor-a", foreign)
+        assert headers["dlq-source"] == b"mqtt"
+        assert headers["mqtt-topic"] == b"devices/sensor-a/telemetry"
+        assert headers["device_id"] == b"sensor-a"
+        assert headers["dlq-reason"] == b"the key belongs to sensor-a, not sensor-b; $.device_id: must be sensor-a"
+        assert letters["decode"][1] == b"{not json"
+        key, value, headers = letters["contract"]
+        assert value == json.dumps(readings[1]).encode(), "the refused reading as it was sent"
+        assert (headers["dlq-index"], headers["mqtt-topic"]) == (b"1", b"devices/sensor-a/batch")
+        key, value, headers = letters["route"]
+        assert (key, value, headers.get("device_id")) == (None, b"{}", None)
         # The batch's good reading is kept; nothing of sensor-b's reading is.
         kept = values(server.data_dir, "telemetry-raw")
         assert [value["device_id"] for value in kept] == ["sensor-a"]
         metrics = http.get("/metrics").text
-        for reason in ("wrong-device", "malformed", "invalid"):
+        for reason in ("wrong-device", "malformed", "invalid", "invalid-device-id"):
             assert f'tidegate_mqtt_dead_letters_total{{reason="{reason}"}} 1' in metrics
+        for stage in ("auth", "decode", "contract", "route"):
+            assert f'tidegate_quarantined_records_total{{stage="{stage}"}} 1' in metrics
+        assert 'tidegate_mqtt_messages_total{outcome="partly_dead_lettered"} 1' in metrics
     device.close()
 
 
@@ -286,7 +314,7 @@ def test_mqtt_3_1_1_subscribes_plainly_on_worker_0_and_takes_ndjson(tmp_path: Pa
         ndjson = "\n".join(json.dumps(event(payload={"n": n})) for n in range(3)) + "\n"
         device.publish("devices/gateway-7/events", ndjson)  # no content type travels with 3.1.1
         wait_for(lambda: len(values(server.data_dir, "events-raw")) == 3, "three events")
-        assert not values(server.data_dir, DLQ)
+        assert not quarantined(server.data_dir)
     device.close()
 
 

@@ -1,6 +1,6 @@
 """Type stubs and documentation for tidegate's native core (`rust/tidegate-py`)."""
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from os import PathLike
 from pathlib import Path
 from typing import Any, Final, Literal, final
@@ -23,6 +23,7 @@ __all__ = [
     "MalformedPayload",
     "PayloadError",
     "PayloadTooLarge",
+    "QuarantineItem",
     "RateTable",
     "RecordBatch",
     "SchemaError",
@@ -32,6 +33,7 @@ __all__ = [
     "UnsupportedFormat",
     "ValidationResult",
     "Validator",
+    "quarantine_records",
     "read_kafka_range",
 ]
 
@@ -146,12 +148,14 @@ class Validator:
         max_record_bytes: int = 1000000,
         dlq_topic: str = "ingest-dlq",
         topic: str | None = None,
+        quarantine: bool = False,
     ) -> Validator:
         """Limits default to: body 8 MiB (after decompression), depth 32, strings 64 KiB, keys 256 B, arrays
         10,000 items, objects 1,000 keys, 10,000 records per body, 1,000,000 bytes per record as Kafka measures it
         (key, value and headers as a record batch of its own: see MAX_RECORD_BYTES). `metric_ranges` adds to seed
         001's table (temperature, humidity, pressure, battery_level, signal_strength), replacing a range of the
-        same name.
+        same name. With `quarantine`, each result keeps its rejected records' raw bytes and reasons
+        (`ValidationResult.quarantine`).
         """
 
     def validate(
@@ -236,12 +240,55 @@ class ValidationResult:
         """The body held a sequence of records (a top-level array, or NDJSON) rather than one record."""
 
     @property
+    def quarantine(self) -> list[QuarantineItem]:
+        """With `Validator(quarantine=True)`: one item per rejected record, in input order, holding its bytes (a
+        JSON array's element, an NDJSON line, a CBOR array's item, a batch's reading, after content decoding),
+        its reasons (`path: message; ...`) and stage (`decode` for a record that could not be decoded, else
+        `contract`); a batch whose envelope is refused is one item, the whole body."""
+
+    @property
     def device_id(self) -> str | None:
         """For a batch body: its device_id."""
 
     @property
     def batch_id(self) -> str | None:
         """For a batch body: its batch_id."""
+
+@final
+class QuarantineItem:
+    """A rejected item to quarantine: its raw bytes, why (`reason`), the step that refused it (`stage`), the
+    media type of `raw`, and which record of its body it was (None: the whole body)."""
+
+    def __new__(
+        cls, raw: bytes, *, stage: str, reason: str, content_type: str, index: int | None = None
+    ) -> QuarantineItem: ...
+    @property
+    def index(self) -> int | None: ...
+    @property
+    def raw(self) -> bytes: ...
+    @property
+    def stage(self) -> str: ...
+    @property
+    def reason(self) -> str: ...
+    @property
+    def content_type(self) -> str: ...
+
+def quarantine_records(
+    items: Sequence[QuarantineItem],
+    *,
+    body: bytes,
+    topic: str,
+    key: str | None,
+    headers: Sequence[tuple[str, bytes]],
+    timestamp_ms: int,
+    max_record_bytes: int = 1000000,
+) -> RecordBatch:
+    """The dead-letter records of `items`: value the raw bytes, key `key`, headers `dlq-reason`, `dlq-stage`,
+    `dlq-id`, `content-type`, `dlq-index` (for a record of a body), then `headers`. An item too large for
+    `max_record_bytes` (as Kafka measures a record) is cut to fit, header `dlq-truncated` giving its whole length.
+    `dlq-id`, the record's event id, is the same for the same item of the same `body` (the request's, as
+    received) with the same reason, stage and key: a retry or redelivery is a duplicate in the dedup window, the
+    same bad record in another body is not."""
 
 @final
 class RecordBatch:
@@ -526,6 +573,9 @@ class RateTable:
 
     def charge(self, device_id: str, now_us: int, cost: float) -> None:
         """Takes `cost` tokens, into debt if need be (at most one burst of debt)."""
+    def take_each(self, device_id: str, costs: Sequence[float], now_us: int) -> list[bool]:
+        """Takes `costs[i]` tokens for each item in turn, in one lock; which were granted (an item that does not
+        fit is refused, and the next one tried)."""
 
 @final
 class DeviceTable:

@@ -19,6 +19,7 @@ KafkaCompression = Literal["none", "gzip", "snappy", "lz4", "zstd"]
 SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
 MqttProtocol = Literal["auto", "5", "3.1.1"]
 HttpMode = Literal["1", "auto"]
+UnknownFields = Literal["keep", "reject", "drop"]
 #: Settings whose values are one of a few names: the type's name (as the dataclass records it) → the names.
 _CHOICES: dict[str, tuple[str, ...]] = {
     "Priority": PRIORITIES,
@@ -27,6 +28,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "SaslMechanism": get_args(SaslMechanism),
     "MqttProtocol": get_args(MqttProtocol),
     "HttpMode": get_args(HttpMode),
+    "UnknownFields": get_args(UnknownFields),
 }
 
 
@@ -74,6 +76,19 @@ class Settings:
     """Limit on the body after decompression; the raw body is capped at the same size."""
     body_timeout_s: float = 10.0
     max_batch_readings: int = 1000
+    unknown_fields: UnknownFields = "keep"
+    """Top-level fields the contract does not declare, on every route and MQTT: "keep" (kept in the stored record,
+    never part of its event id), "reject" (the record is rejected, each such field named `unknown field`) or
+    "drop" (left out of the stored record)."""
+    quarantine: bool = True
+    """Keep what is refused (rejected records, bodies refused as a whole) on the dead-letter topic, as received,
+    with `dlq-reason` and `dlq-stage` headers (tidegate/quarantine.py)."""
+    quarantine_device_bytes_per_s: float = 16384.0
+    """Each device's quarantine budget: bytes per second it may sustain (each item costs its size plus 256 bytes),
+    so no device can fill the spool with junk; past it, items are counted in `tidegate_quarantine_dropped_total`
+    and not kept. 0: no bound. Without authentication every request shares one budget."""
+    quarantine_device_burst_bytes: float = float(1 << 20)
+    """The most a device may quarantine at once (its budget's bucket size)."""
     max_past_seconds: float = 7 * 86400.0
     max_future_seconds: float = 300.0
     rate_per_device: float = 50.0

@@ -26,6 +26,7 @@ from tidegate.delivery.spool import SpoolWriter
 from tidegate.delivery.status import DeliveryStatus
 from tidegate.ingest import IngestEdge, IngestRoute, now_ms
 from tidegate.metrics import Metrics
+from tidegate.quarantine import Quarantine
 from tidegate.silence import SilenceWatch
 
 log = logging.getLogger("tidegate")
@@ -75,7 +76,9 @@ class Gateway:
             "max_future_seconds": settings.max_future_seconds,
             "dlq_topic": settings.kafka_topic_dead_letter,
             "max_record_bytes": settings.max_record_bytes,
+            "quarantine": settings.quarantine,
         }
+        unknown_fields = settings.unknown_fields
         telemetry_topic = settings.kafka_topic_telemetry
         self.routes = {
             route.path: route
@@ -83,7 +86,7 @@ class Gateway:
                 IngestRoute(
                     "ingest",
                     "/api/v1/ingest",
-                    Validator(Contract.telemetry(), topic=telemetry_topic, **common),
+                    Validator(Contract.telemetry(unknown_fields=unknown_fields), topic=telemetry_topic, **common),
                     settings.priority_ingest,
                     "telemetry",
                 ),
@@ -91,7 +94,7 @@ class Gateway:
                     "batch",
                     "/api/v1/ingest/batch",
                     Validator(
-                        Contract.batch(),
+                        Contract.batch(unknown_fields=unknown_fields),
                         max_batch_readings=settings.max_batch_readings,
                         topic=telemetry_topic,
                         **common,
@@ -102,7 +105,9 @@ class Gateway:
                 IngestRoute(
                     "events",
                     "/api/v1/events",
-                    Validator(Contract.event(), topic=settings.kafka_topic_events, **common),
+                    Validator(
+                        Contract.event(unknown_fields=unknown_fields), topic=settings.kafka_topic_events, **common
+                    ),
                     settings.priority_events,
                     "event",
                 ),
@@ -154,6 +159,19 @@ class Gateway:
             ),
         )
         self.silence = SilenceWatch(self, self.devices)
+        self.quarantine = Quarantine(
+            settings,
+            self.metrics,
+            shared_or_own(
+                state / "quarantine.tbl",
+                functools.partial(
+                    RateTable,
+                    rate=settings.quarantine_device_bytes_per_s,
+                    burst=settings.quarantine_device_burst_bytes,
+                    capacity=settings.rate_capacity,
+                ),
+            ),
+        )
         self.spool: Spool | None = None
         self.writer: SpoolWriter | None = None
         self.admission = AdaptiveLimit(

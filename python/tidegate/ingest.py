@@ -22,6 +22,7 @@ from tidegate._native import (
     Issue,
     PayloadError,
     PayloadTooLarge,
+    QuarantineItem,
     RecordBatch,
     SpoolFull,
     UnsupportedFormat,
@@ -32,6 +33,7 @@ from tidegate.admission import request_cost
 from tidegate.auth import presented_key
 from tidegate.config import PRIORITIES
 from tidegate.problems import Problem, issue_errors
+from tidegate.quarantine import HTTP, QUARANTINED_HEADER, Source, whole_body
 
 if TYPE_CHECKING:
     from tidegate.gateway import Gateway
@@ -96,7 +98,7 @@ class Answer:
     records: int = 0
     content_type: bytes = b"application/json"
     rejected: list[Issue] = field(default_factory=list)
-    """The records refused (the body names them for HTTP; MQTT dead-letters them)."""
+    """The records refused (the body names them; they are quarantined)."""
 
 
 def now_ms() -> int:
@@ -383,12 +385,36 @@ class IngestEdge:
         priority: str,
         *,
         dry_run: bool,
+        source: Source = HTTP,
     ) -> Answer:
         """The pipeline shared by HTTP and MQTT once a body is admitted: validate, check the device, dedup, spool
         (durable when this returns; with `dry_run`, nothing is written), answer. `device_id` is the authenticated
         device (HTTP's key, MQTT's topic), which every telemetry record must name. Raises Problem for a body that
-        cannot be taken as a whole."""
-        result = self._validate(route, body, headers, priority, device_id)
+        cannot be taken as a whole. What is refused is quarantined (`tidegate.quarantine`), durably, before the
+        answer: the rejected records with the accepted ones, a body refused as a whole before the Problem."""
+        content_type = headers.get(b"content-type", "application/json")
+
+        async def refused(problem: Problem, items: list[QuarantineItem]) -> Problem:
+            if dry_run:
+                return problem
+            return await self.quarantine(
+                problem,
+                items,
+                body=body,
+                route=route,
+                device_id=device_id,
+                priority=priority,
+                headers=headers,
+                source=source,
+            )
+
+        try:
+            result = self._validate(route, body, headers, priority, device_id)
+        except Problem as undecodable:
+            # A bad header is refused before any record is looked at: nothing there to investigate.
+            if undecodable.slug == "invalid-header" or (source.undecodable_retried and undecodable.slug == "malformed"):
+                raise
+            raise await refused(undecodable, [whole_body(body, undecodable, "decode", content_type)]) from None
         dedup = self.gateway.dedup
         batch = result.batch
         if route.kind == "batch":
@@ -398,16 +424,32 @@ class IngestEdge:
         if device_id is not None and route.kind != "event":
             foreign = [owner for owner in devices if owner != device_id]
             if foreign:
-                raise Problem(
+                wrong_device = Problem(
                     403,
                     "wrong-device",
                     f"the key belongs to {device_id}, not {foreign[0]}",
                     [{"path": "$.device_id", "message": f"must be {device_id}"}],
                 )
+                raise await refused(wrong_device, [whole_body(body, wrong_device, "auth", content_type)])
         if result.accepted == 0:
             self.metrics.records.inc(("rejected", priority), result.total)
-            raise Problem(400, "invalid", f"no record of {result.total} is valid", issue_errors(result.rejected))
+            invalid = Problem(400, "invalid", f"no record of {result.total} is valid", issue_errors(result.rejected))
+            raise await refused(invalid, result.quarantine)
         received = now_ms()
+        quarantined = RecordBatch()
+        if not dry_run and (items := result.quarantine):
+            # Kept with the accepted records: durable with them, before the answer.
+            quarantined = self.gateway.quarantine.records(
+                items,
+                body=body,
+                source=source,
+                device_id=device_id,
+                schema=route.validator.contract.name,
+                priority=priority,
+                headers=headers,
+                received_ms=received,
+            )
+            batch.extend(quarantined)
         durability = "spool"
         key_claims: list[tuple[str, str]] = []
         duplicates: set[str] = set()
@@ -448,8 +490,47 @@ class IngestEdge:
         answer = self._answer(
             route, result, duplicates=duplicates, durability=durability, dry_run=dry_run, priority=priority
         )
+        if len(quarantined):
+            if not whole_duplicate:
+                self.gateway.quarantine.count(quarantined, duplicates)
+            answer.headers.append((QUARANTINED_HEADER.lower().encode(), str(len(quarantined)).encode()))
         answer.rejected = result.rejected
         return answer
+
+    async def quarantine(
+        self,
+        problem: Problem,
+        items: list[QuarantineItem],
+        *,
+        body: bytes,
+        route: IngestRoute | None,
+        device_id: str | None,
+        priority: str | None,
+        headers: dict[bytes, str],
+        source: Source,
+    ) -> Problem:
+        """Quarantines what a refusal (`problem`) leaves behind, durably, and returns the problem to answer, its
+        `X-Tidegate-Quarantined` header saying how many items were kept. A spool that cannot take them is the
+        503 any write would get: the client's retry is quarantined then."""
+        received = now_ms()
+        records = self.gateway.quarantine.records(
+            items,
+            body=body,
+            source=source,
+            device_id=device_id,
+            schema=route.validator.contract.name if route is not None else None,
+            priority=priority,
+            headers=headers,
+            received_ms=received,
+        )
+        if not len(records):
+            return problem
+        kept = len(records)
+        duplicates = set(self.gateway.dedup.claim_batch(records, received))
+        await self.persist(records, [], {})
+        self.gateway.quarantine.count(records, duplicates)
+        problem.headers.append((QUARANTINED_HEADER, str(kept)))
+        return problem
 
     async def persist(self, batch: RecordBatch, key_claims: list[tuple[str, str]], headers: dict[bytes, str]) -> str:
         """Makes the batch durable (spool, and Kafka when asked); its dedup claims are released if that fails, and

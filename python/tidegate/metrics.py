@@ -125,6 +125,16 @@ class Metrics:
             "device_recovered).",
             ("alert",),
         )
+        self.quarantined = Counter(
+            "tidegate_quarantined_records_total",
+            "Refused records and bodies kept on the dead-letter topic, by the stage that refused them.",
+            ("stage",),
+        )
+        self.quarantine_dropped = Counter(
+            "tidegate_quarantine_dropped_total",
+            "Refused records and bodies not kept: their device's quarantine budget was spent.",
+        )
+        self.quarantine_dropped.inc((), 0)
         self.gauges: list[Gauge] = []
 
     def gauge(self, name: str, help_text: str, read: Callable[[], float]) -> None:
@@ -137,6 +147,8 @@ class Metrics:
         lines.extend(self.mqtt_messages.render())
         lines.extend(self.mqtt_dead_letters.render())
         lines.extend(self.device_alerts.render())
+        lines.extend(self.quarantined.render())
+        lines.extend(self.quarantine_dropped.render())
         for gauge in self.gauges:
             lines.extend(gauge.render())
         return "\n".join(lines) + "\n"

@@ -9,9 +9,9 @@
   when a worker died is redelivered to the worker that owns the same spool, whose dedup window (rebuilt from that
   spool) answers it duplicate: a redelivery is never a second copy.
 - The device comes from the topic (`{device_id}` in a pattern) and is the device every telemetry record must name,
-  as a key is over HTTP. There is no response to carry a rejection, so a message that cannot be taken, or the
-  records of it that are refused, go to the dead-letter topic as one `mqtt-dead-letter/v1` record naming the topic,
-  the reason, the errors and the payload (base64, its first 64 KiB), spooled before the message is acknowledged.
+  as a key is over HTTP. There is no response to carry a rejection: what is refused (the records of a message, or
+  the whole payload) is quarantined as over HTTP (`tidegate.quarantine`: raw bytes on the dead-letter topic, with
+  `dlq-source: mqtt` and `mqtt-topic` headers), durably, before the message is acknowledged.
 - Overload never drops: a message waits, unacknowledged, while the worker is not ready, sheds its priority, or the
   device is over its rate, and a spool write that failed is retried. The broker sends at most
   `mqtt_receive_maximum` unacknowledged messages (MQTT 5 Receive Maximum), so withheld acknowledgements slow the
@@ -21,7 +21,6 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import collections
 import contextlib
 import hashlib
@@ -45,10 +44,10 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from tidegate._native import Contract, Validator
 from tidegate.auth import KeyEntry, KeyStore, mosquitto_hash, mqtt_username
 from tidegate.config import Settings
-from tidegate.problems import Problem, issue_errors
+from tidegate.problems import Problem
+from tidegate.quarantine import Source, whole_body
 
 if TYPE_CHECKING:
     from tidegate.gateway import Gateway
@@ -57,9 +56,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("tidegate")
 
 DEVICE_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-DEAD_LETTER_SCHEMA = "mqtt-dead-letter/v1"
-#: How much of a dead-lettered payload its record keeps (base64), so that the record always fits Kafka.
-DEAD_LETTER_PAYLOAD_BYTES = 64 * 1024
 #: MQTT 5 CONNACK reason "Unsupported Protocol Version", and MQTT 3.1.1's "unacceptable protocol version".
 _UNSUPPORTED_PROTOCOL = (0x84, 1)
 _RETRY_S = 0.05
@@ -141,23 +137,6 @@ def client_id_prefix(settings: Settings) -> str:
     return f"tidegate-{socket.gethostname()}-{where}"
 
 
-def dead_letter_validator(settings: Settings) -> Validator:
-    """Dead-letter records are validated like any other (a custom contract over the envelope), so they get an
-    event id (the same for a redelivery: the envelope holds nothing that changes) and the usual Kafka headers."""
-    contract = Contract.from_json_schema(
-        {"type": "object", "required": ["topic", "reason", "errors", "payload_base64"]},
-        name=DEAD_LETTER_SCHEMA,
-        topic=settings.kafka_topic_dead_letter,
-        key_field="device_id",
-    )
-    return Validator(
-        contract,
-        dlq_topic=settings.kafka_topic_dead_letter,
-        max_record_bytes=settings.max_record_bytes,
-        max_string_bytes=2 * DEAD_LETTER_PAYLOAD_BYTES,
-    )
-
-
 def content_type_of(message: aiomqtt.Message, payload: bytes) -> str:
     """MQTT 5's content type when the publisher gave one; else JSON when the payload starts like JSON, or CBOR
     (a CBOR map or array never starts with `{`, `[` or white space)."""
@@ -192,7 +171,6 @@ class MqttSource:
         self.client_id = f"{client_id_prefix(settings)}-w{worker_index}"
         routes = {route.kind: route for route in gateway.routes.values()}
         self.patterns = [(pattern, routes[pattern.kind]) for pattern in topic_patterns(settings)]
-        self.dead_letters = dead_letter_validator(settings)
         self.protocol = "5" if settings.mqtt_protocol in ("auto", "5") else "3.1.1"
         self.subscriptions: list[str] = []
         self.connected = False
@@ -378,13 +356,14 @@ class MqttSource:
         return None
 
     async def _take(self, message: aiomqtt.Message) -> str:
-        """Takes one message into the spool (or its dead letter); returns the outcome counted in the metrics."""
+        """Takes one message into the spool; what it holds that is refused is quarantined (`ingest_body`, the path
+        HTTP takes). Returns the outcome counted in the metrics."""
         topic = message.topic.value
         payload = message.payload if isinstance(message.payload, bytes) else str(message.payload).encode()
         matched = self._route_of(topic)
         if matched is None:
             problem = Problem(400, "unknown-topic", f"{topic!r} matches no configured topic pattern")
-            return await self._dead_letter(topic, None, problem, payload)
+            return await self._dead_letter(topic, None, None, problem, payload)
         route, device_id = matched
         if not DEVICE_ID.fullmatch(device_id):
             problem = Problem(
@@ -393,25 +372,25 @@ class MqttSource:
                 "the device id in the topic must match ^[A-Za-z0-9_-]{1,64}$",
                 [{"path": "topic", "message": f"not a device id: {device_id[:80]!r}"}],
             )
-            return await self._dead_letter(topic, None, problem, payload)
+            return await self._dead_letter(topic, route, None, problem, payload)
         await self._admit(route, device_id)
         content_type = content_type_of(message, payload)
+        # No content type travels with MQTT 3.1.1: JSON that is not one document may be NDJSON, tried next, so the
+        # first try does not quarantine a body it cannot decode.
+        may_be_ndjson = content_type == "application/json" and b"\n" in payload.strip()
         try:
-            answer = await self._ingest(route, payload, content_type, device_id)
+            answer = await self._ingest(route, payload, content_type, device_id, self._source(topic, may_be_ndjson))
         except Problem as problem:
-            if problem.slug == "malformed" and content_type == "application/json" and b"\n" in payload.strip():
-                # No content type travels with MQTT 3.1.1: JSON that is not one document may be NDJSON.
-                try:
-                    answer = await self._ingest(route, payload, "application/x-ndjson", device_id)
-                except Problem:
-                    return await self._dead_letter(topic, device_id, problem, payload)
-            else:
-                return await self._dead_letter(topic, device_id, problem, payload)
+            if not (may_be_ndjson and problem.slug == "malformed"):
+                self._count_dead_letter(topic, problem)
+                return "dead_lettered"
+            try:
+                answer = await self._ingest(route, payload, "application/x-ndjson", device_id, self._source(topic))
+            except Problem as refused:
+                self._count_dead_letter(topic, refused)
+                return "dead_lettered"
         if answer.rejected:
-            refused = Problem(
-                400, "invalid", f"{len(answer.rejected)} record(s) rejected", issue_errors(answer.rejected)
-            )
-            await self._dead_letter(topic, device_id, refused, payload)
+            self._count_dead_letter(topic, Problem(400, "invalid", f"{len(answer.rejected)} record(s) rejected"))
             return "partly_dead_lettered"
         return "accepted"
 
@@ -438,7 +417,9 @@ class MqttSource:
                 raise _Abandoned
             await asyncio.sleep(wait)
 
-    async def _ingest(self, route: IngestRoute, payload: bytes, content_type: str, device_id: str) -> Answer:
+    async def _ingest(
+        self, route: IngestRoute, payload: bytes, content_type: str, device_id: str, source: Source
+    ) -> Answer:
         """The HTTP pipeline; a spool that cannot take the message now (HTTP's 503) is waited for, never dropped."""
         gateway = self.gateway
         while True:
@@ -451,6 +432,7 @@ class MqttSource:
                     device_id,
                     route.priority,
                     dry_run=gateway.settings.dry_run,
+                    source=source,
                 )
             except Problem as problem:
                 if problem.status < 500:
@@ -461,34 +443,39 @@ class MqttSource:
                 raise _Abandoned
             await asyncio.sleep(_RETRY_S * 10)
 
-    async def _dead_letter(self, topic: str, device_id: str | None, problem: Problem, payload: bytes) -> str:
-        """Spools one dead-letter record for the message (durable when this returns)."""
-        envelope = {
-            "source": "mqtt",
-            "topic": topic,
-            "device_id": device_id or "",
-            "reason": problem.slug,
-            "detail": problem.detail,
-            "errors": problem.errors,
-            "payload_bytes": len(payload),
-            "payload_base64": base64.b64encode(payload[:DEAD_LETTER_PAYLOAD_BYTES]).decode(),
-        }
-        body = json.dumps(envelope, separators=(",", ":")).encode()
-        self.gateway.metrics.mqtt_dead_letters.inc((problem.slug,))
-        log.info(json.dumps({"event": "mqtt_dead_letter", "topic": topic, "reason": problem.slug}))
+    async def _dead_letter(
+        self, topic: str, route: IngestRoute | None, device_id: str | None, problem: Problem, payload: bytes
+    ) -> str:
+        """A message refused before the pipeline (a topic that names no route or no device): counted, and its
+        payload quarantined (stage `route`, durable when this returns; retried while the spool cannot take it)."""
+        self._count_dead_letter(topic, problem)
+        item = whole_body(payload, problem, "route", "application/octet-stream")
         while True:
-            result = self.dead_letters.validate(body, "application/json", received_at_ms=time.time_ns() // 1_000_000)
-            batch = result.batch
-            gateway = self.gateway
-            gateway.dedup.claim_batch(batch, time.time_ns() // 1_000_000)  # a redelivery's is a duplicate
             try:
-                await gateway.edge.persist(batch, [], {})
+                await self.gateway.edge.quarantine(
+                    problem,
+                    [item],
+                    body=payload,
+                    route=route,
+                    device_id=device_id,
+                    priority=None,
+                    headers={},
+                    source=self._source(topic),
+                )
             except Problem:
                 if self._stop.is_set():
                     raise _Abandoned from None
                 await asyncio.sleep(_RETRY_S * 10)
                 continue
             return "dead_lettered"
+
+    def _count_dead_letter(self, topic: str, problem: Problem) -> None:
+        self.gateway.metrics.mqtt_dead_letters.inc((problem.slug,))
+        log.info(json.dumps({"event": "mqtt_dead_letter", "topic": topic, "reason": problem.slug}))
+
+    @staticmethod
+    def _source(topic: str, undecodable_retried: bool = False) -> Source:
+        return Source("mqtt", (("mqtt-topic", topic.encode()),), undecodable_retried)
 
 
 # ----- the broker's files: authentication and topic rights stay with the broker

@@ -196,13 +196,24 @@ def _schemas(settings: Settings) -> dict[str, Any]:
     }
 
 
-def _problem(description: str, retry_after: bool = False) -> dict[str, Any]:
+_QUARANTINED = {
+    "X-Tidegate-Quarantined": {
+        "schema": {"type": "integer", "minimum": 1},
+        "description": "How many rejected records (or the refused body) were kept on the dead-letter topic; absent "
+        "when none were (quarantine off, a dry run, or the device's quarantine budget spent).",
+    }
+}
+
+
+def _problem(description: str, retry_after: bool = False, quarantined: bool = False) -> dict[str, Any]:
     response: dict[str, Any] = {
         "description": description,
         "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}},
     }
     if retry_after:
         response["headers"] = {"Retry-After": {"schema": {"type": "integer"}, "description": "Seconds to wait."}}
+    if quarantined:
+        response["headers"] = _QUARANTINED
     return response
 
 
@@ -276,6 +287,7 @@ def _ingest_operation(summary: str, request_schema: str, accepted: list[str], se
                         "schema": {"enum": ["true"]},
                         "description": "Some value is outside its semantic range.",
                     },
+                    **_QUARANTINED,
                 },
                 "content": {"application/json": {"schema": accepted_schema}},
             },
@@ -283,12 +295,17 @@ def _ingest_operation(summary: str, request_schema: str, accepted: list[str], se
                 "Malformed or invalid (every record rejected), with JSON paths; or a malformed header "
                 "(`header:traceparent`, `header:tracestate`, `header:X-Idempotency-Key`, `header:X-Ack`, "
                 "`header:X-Priority`)."
+                " A malformed body, and every rejected record, is quarantined.",
+                quarantined=True,
             ),
             "401": _problem("No or unknown device key."),
-            "403": _problem("The key belongs to another device."),
+            "403": _problem("The key belongs to another device (the body is quarantined).", quarantined=True),
             "408": _problem("The body was not received in time."),
-            "413": _problem(f"The body exceeds {settings.max_body_bytes} bytes after decompression."),
-            "415": _problem("Unsupported content type or encoding."),
+            "413": _problem(
+                f"The body exceeds {settings.max_body_bytes} bytes (once decompressed: the body is quarantined).",
+                quarantined=True,
+            ),
+            "415": _problem("Unsupported content type or encoding (the body is quarantined).", quarantined=True),
             "429": _problem("The device is over its rate.", retry_after=True),
             "503": _problem("Shed under load, not ready, or the spool is full.", retry_after=True),
         },
@@ -452,4 +469,6 @@ def capabilities(settings: Settings) -> dict[str, Any]:
         "ack_levels": ["spool", "kafka"] if settings.kafka else ["spool"],
         "auth": ["X-Device-Token", "X-API-Key", "Authorization: Bearer"] if settings.auth else [],
         "dry_run": settings.dry_run,
+        "unknown_fields": settings.unknown_fields,
+        "quarantine": settings.quarantine,
     }

@@ -46,6 +46,35 @@ pub fn parse_records<'a>(data: &'a [u8], limits: &Limits) -> Result<Vec<Value<'a
     Ok(records)
 }
 
+/// The byte span of each record of a body [`parse_records`] accepted: a top-level array's items, or the one item;
+/// with `batch`, the items of the top-level map's `readings` array. `None` when they cannot be told apart.
+pub(crate) fn record_spans(data: &[u8], batch: bool, limits: &Limits) -> Option<Vec<std::ops::Range<usize>>> {
+    let mut decoder = Decoder { data, pos: 0, limits };
+    let initial = *data.first()?;
+    if batch {
+        if initial >> 5 != 5 {
+            return None;
+        }
+        decoder.pos += 1;
+        let count = decoder.read_length(initial & 0x1f).ok()?;
+        let mut index = 0u64;
+        while count != Some(index) && decoder.peek()? != 0xff {
+            let key = decoder.item(1).ok()?;
+            if key.as_str() == Some("readings") && decoder.peek()? >> 5 == 4 {
+                return decoder.array_spans();
+            }
+            decoder.skip_item(1).ok()?;
+            index += 1;
+        }
+        return None;
+    }
+    if initial >> 5 == 4 {
+        return decoder.array_spans();
+    }
+    decoder.skip_item(1).ok()?;
+    Some(std::iter::once(0..decoder.pos).collect())
+}
+
 struct Decoder<'a, 'l> {
     data: &'a [u8],
     pos: usize,
@@ -381,6 +410,23 @@ impl<'a> Decoder<'a, '_> {
         Ok(Value::Object(fields))
     }
 
+    /// The spans of the items of the array at `pos`.
+    fn array_spans(&mut self) -> Option<Vec<std::ops::Range<usize>>> {
+        let initial = self.peek()?;
+        self.pos += 1;
+        let count = self.read_length(initial & 0x1f).ok()?;
+        let mut spans = Vec::new();
+        while count != Some(spans.len() as u64) {
+            if count.is_none() && self.peek()? == 0xff {
+                break;
+            }
+            let start = self.pos;
+            self.skip_item(1).ok()?;
+            spans.push(start..self.pos);
+        }
+        Some(spans)
+    }
+
     /// Skips one item without building it and without recursion (for values nested past the depth limit).
     fn skip_item(&mut self, _depth: usize) -> Result<(), PayloadError> {
         // Each entry counts the items still to skip in an open container; u64::MAX marks indefinite length.
@@ -537,6 +583,22 @@ mod tests {
 
     fn decode(bytes: &[u8]) -> Result<Vec<Value<'_>>, PayloadError> {
         parse_records(bytes, &Limits::default())
+    }
+
+    #[test]
+    fn finds_the_span_of_each_record() {
+        // [{"a": 1}, h'00' (a byte string: rejected alone), 2], then a batch map {"x": [1], "readings": [3, 4]}.
+        let body = [0x83, 0xa1, 0x61, b'a', 0x01, 0x41, 0x00, 0x02];
+        let spans = record_spans(&body, false, &Limits::default()).unwrap();
+        assert_eq!(spans, [1..5, 5..7, 7..8]);
+        let batch = [
+            0xa2, 0x61, b'x', 0x81, 0x01, 0x68, b'r', b'e', b'a', b'd', b'i', b'n', b'g', b's', 0x9f, 0x03, 0x04, 0xff,
+        ];
+        assert_eq!(
+            record_spans(&batch, true, &Limits::default()).unwrap(),
+            [15..16, 16..17]
+        );
+        assert_eq!(record_spans(&[0xa0], false, &Limits::default()).unwrap(), vec![0..1; 1]);
     }
 
     #[test]

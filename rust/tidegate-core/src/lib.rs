@@ -34,6 +34,7 @@ pub mod json;
 pub mod kafka;
 pub mod lastseen;
 pub mod number;
+pub mod quarantine;
 pub mod schema;
 pub mod shared;
 pub mod spool;

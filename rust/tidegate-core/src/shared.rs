@@ -717,6 +717,39 @@ impl RateTable {
     fn debt_horizon(&self, now: u64) -> u64 {
         now.saturating_add((2.0 * self.burst * self.interval_us) as u64)
     }
+
+    /// Takes `costs[i]` tokens of `device`'s bucket for each item in turn, at `now_us`, in one lock; returns
+    /// which were granted. An item that does not fit is refused and the next is tried: a budget in bytes still
+    /// admits a small item after a large one. A rate of 0 grants everything.
+    pub fn take_each(&self, device: &Id, costs: &[f64], now_us: i64) -> io::Result<Vec<bool>> {
+        if self.interval_us <= 0.0 {
+            return Ok(vec![true; costs.len()]);
+        }
+        let locked = self.table.lock()?;
+        let now = to_word(now_us);
+        let probe = locked.probe(device, now);
+        let horizon = now.saturating_add((self.burst * self.interval_us) as u64);
+        let mut full_at = probe.found.map_or(now, |(_, slot)| slot.word.min(horizon));
+        let granted: Vec<bool> = costs
+            .iter()
+            .map(|&cost| {
+                let tokens = self.burst - (full_at.max(now) - now) as f64 / self.interval_us;
+                let fits = cost <= tokens;
+                if fits {
+                    full_at = full_at.max(now) + (cost * self.interval_us) as u64;
+                }
+                fits
+            })
+            .collect();
+        if granted.iter().any(|g| *g) {
+            let slot = Slot::new(*device, full_at, 0);
+            match probe.found {
+                Some((index, _)) => locked.write(index, slot),
+                None => locked.insert(&probe, slot),
+            }
+        }
+        Ok(granted)
+    }
 }
 
 #[cfg(test)]
@@ -944,5 +977,22 @@ mod tests {
         assert!((10.0..10.1).contains(&wait), "{wait}");
         assert!(table.wait(&device, now + 10_100_000).unwrap() == 0.0);
         assert_eq!(table.wait(&RateTable::device_id("neighbour"), now).unwrap(), 0.0);
+    }
+
+    #[test]
+    fn a_budget_grants_the_items_that_fit() {
+        // 1000 bytes/s up to 4000: 3000 and 900 fit, 500 does not (100 left), 100 does; then only what refilled.
+        let table = RateTable::open(None, 10, 1000.0, 4000.0).unwrap();
+        let device = RateTable::device_id("sensor-1");
+        let now = 1_000_000_000;
+        let granted = table.take_each(&device, &[3000.0, 900.0, 500.0, 100.0], now).unwrap();
+        assert_eq!(granted, [true, true, false, true]);
+        assert_eq!(table.take_each(&device, &[1.0], now).unwrap(), [false]);
+        assert_eq!(
+            table.take_each(&device, &[600.0, 500.0], now + 1_000_000).unwrap(),
+            [true, false]
+        );
+        let unlimited = RateTable::open(None, 10, 0.0, 1.0).unwrap();
+        assert_eq!(unlimited.take_each(&device, &[1e12], now).unwrap(), [true]);
     }
 }

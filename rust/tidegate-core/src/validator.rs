@@ -11,6 +11,7 @@ use crate::error::{Limits, PayloadError};
 use crate::headers;
 use crate::kafka;
 use crate::number;
+use crate::quarantine;
 use crate::schema::{FieldError, Path, same_key};
 use crate::time::{self, Timestamp};
 use crate::value::Value;
@@ -96,6 +97,8 @@ pub struct ValidatorOptions {
     pub dlq_topic: String,
     /// Overrides the contract's topic.
     pub topic: Option<String>,
+    /// Keep each rejected record's raw bytes and reason in [`Outcome::quarantine`].
+    pub quarantine: bool,
 }
 
 impl Default for ValidatorOptions {
@@ -109,6 +112,7 @@ impl Default for ValidatorOptions {
             max_record_bytes: DEFAULT_MAX_RECORD_BYTES,
             dlq_topic: "ingest-dlq".into(),
             topic: None,
+            quarantine: false,
         }
     }
 }
@@ -182,6 +186,8 @@ pub struct Outcome {
     pub sequence: bool,
     /// The body's size after its content encoding was undone (what decoding it cost; per-device byte budgets).
     pub decoded_bytes: usize,
+    /// With [`ValidatorOptions::quarantine`]: each rejected record's bytes and reasons, in input order.
+    pub quarantine: Vec<quarantine::Item>,
 }
 
 /// A compiled contract plus options; immutable and safe to share between threads.
@@ -230,6 +236,8 @@ impl Validator {
             Format::Ndjson => false,
         };
         run.outcome.sequence = run.array_body || format == Format::Ndjson;
+        // Records the decoder could not decode (quarantined at the decode stage).
+        let mut decode_failed = Vec::new();
         if self.contract.kind == ContractKind::Batch {
             let records = decode::parse_records(&body, format, limits)?;
             run.batch_envelope(records, body.len())?;
@@ -242,9 +250,23 @@ impl Validator {
                     inherited_device_id: None,
                     batch_id: None,
                 };
+                if self.options.quarantine && matches!(record, Value::Invalid(_)) {
+                    decode_failed.push(index);
+                }
                 run.record(&record, &context);
             })?;
             run.outcome.total = total;
+        }
+        if self.options.quarantine {
+            run.outcome.quarantine = quarantine::items(
+                &body,
+                format,
+                request.content_type,
+                self.contract.kind == ContractKind::Batch,
+                &run.outcome.rejected,
+                &decode_failed,
+                limits,
+            );
         }
         Ok(run.outcome)
     }

@@ -128,7 +128,7 @@ impl Validator {
         contract, *, max_past_seconds = 604800.0, max_future_seconds = 300.0, metric_ranges = None,
         max_body_bytes = None, max_depth = None, max_string_bytes = None, max_key_bytes = None,
         max_array_items = None, max_object_keys = None, max_records = None, max_batch_readings = 1000, max_record_bytes = 1_000_000,
-        dlq_topic = "ingest-dlq", topic = None,
+        dlq_topic = "ingest-dlq", topic = None, quarantine = false,
     ))]
     fn new(
         contract: &Contract,
@@ -146,6 +146,7 @@ impl Validator {
         max_record_bytes: usize,
         dlq_topic: &str,
         topic: Option<String>,
+        quarantine: bool,
     ) -> PyResult<Validator> {
         let defaults = core::Limits::default();
         let limits = core::Limits {
@@ -175,6 +176,7 @@ impl Validator {
             max_record_bytes,
             dlq_topic: dlq_topic.to_string(),
             topic,
+            quarantine,
         };
         Ok(Validator(core::Validator::new(contract.0.clone(), options)))
     }
@@ -324,6 +326,12 @@ impl ValidationResult {
         self.outcome.decoded_bytes
     }
 
+    /// With `Validator(quarantine=True)`: each rejected record's raw bytes and reasons, in input order.
+    #[getter]
+    fn quarantine(&self) -> Vec<QuarantineItem> {
+        self.outcome.quarantine.iter().cloned().map(QuarantineItem).collect()
+    }
+
     #[getter]
     fn device_id(&self) -> Option<&str> {
         self.outcome.envelope.as_ref().map(|(device, _)| device.as_str())
@@ -470,6 +478,99 @@ impl RecordBatch {
     }
 }
 
+/// A rejected item to quarantine: its raw bytes, why, at which stage, and which record of its body it was.
+#[pyclass(frozen, module = "tidegate._native")]
+#[derive(Clone)]
+struct QuarantineItem(core::quarantine::Item);
+
+#[pymethods]
+impl QuarantineItem {
+    #[new]
+    #[pyo3(signature = (raw, *, stage, reason, content_type, index = None))]
+    fn new(raw: Vec<u8>, stage: String, reason: String, content_type: String, index: Option<usize>) -> Self {
+        QuarantineItem(core::quarantine::Item {
+            index,
+            raw,
+            stage,
+            reason,
+            content_type,
+        })
+    }
+
+    #[getter]
+    fn index(&self) -> Option<usize> {
+        self.0.index
+    }
+
+    #[getter]
+    fn raw<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
+        PyBytes::new(py, &self.0.raw)
+    }
+
+    #[getter]
+    fn stage(&self) -> &str {
+        &self.0.stage
+    }
+
+    #[getter]
+    fn reason(&self) -> &str {
+        &self.0.reason
+    }
+
+    #[getter]
+    fn content_type(&self) -> &str {
+        &self.0.content_type
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "QuarantineItem(index={:?}, stage={:?}, bytes={}, reason={:?})",
+            self.0.index,
+            self.0.stage,
+            self.0.raw.len(),
+            self.0.reason
+        )
+    }
+}
+
+/// The dead-letter records of `items`: value the raw bytes, key `key`, headers `dlq-reason`, `dlq-stage`,
+/// `dlq-id`, `content-type`, `dlq-index` (a record of a body), then `headers`; cut to `max_record_bytes` (header
+/// `dlq-truncated`). Each record's id (`dlq-id`) is the same for the same item of the same `body` (the request's,
+/// as received), reason and key.
+#[pyfunction]
+#[pyo3(signature = (items, *, body, topic, key, headers, timestamp_ms, max_record_bytes = 1_000_000))]
+fn quarantine_records(
+    py: Python<'_>,
+    items: Vec<PyRef<'_, QuarantineItem>>,
+    body: &[u8],
+    topic: &str,
+    key: Option<&str>,
+    headers: Vec<(String, Vec<u8>)>,
+    timestamp_ms: i64,
+    max_record_bytes: usize,
+) -> RecordBatch {
+    let items: Vec<&core::quarantine::Item> = items.iter().map(|item| &item.0).collect();
+    let mut encoded = Vec::new();
+    for (name, value) in &headers {
+        core::batch::encode_header(&mut encoded, name, value);
+    }
+    let destination = core::quarantine::Destination {
+        topic,
+        key: key.map(str::as_bytes),
+        headers: &encoded,
+        body_digest: py.detach(|| core::quarantine::body_digest(body)),
+        timestamp_ms,
+        max_record_bytes,
+    };
+    let mut batch = core::RecordBatch::new();
+    py.detach(|| {
+        for item in items {
+            core::quarantine::push(&mut batch, &destination, item);
+        }
+    });
+    RecordBatch(batch)
+}
+
 #[pymodule(gil_used = false)]
 fn _native(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_class::<Contract>()?;
@@ -477,6 +578,8 @@ fn _native(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_class::<ValidationResult>()?;
     module.add_class::<Issue>()?;
     module.add_class::<RecordBatch>()?;
+    module.add_class::<QuarantineItem>()?;
+    module.add_function(wrap_pyfunction!(quarantine_records, module)?)?;
     module.add("EVENT_ID_DOMAIN", core::validator::EVENT_ID_DOMAIN)?;
     module.add("MAX_RECORD_BYTES", core::validator::DEFAULT_MAX_RECORD_BYTES)?;
     module.add("MAX_TRACEPARENT_BYTES", core::headers::MAX_TRACEPARENT_BYTES)?;

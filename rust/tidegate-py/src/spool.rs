@@ -377,6 +377,12 @@ impl RateTable {
     fn charge(&self, device_id: &str, now_us: i64, cost: f64) -> PyResult<()> {
         Ok(self.0.charge(&CoreRateTable::device_id(device_id), now_us, cost)?)
     }
+
+    /// Takes `costs[i]` tokens for each item in turn, in one lock; returns which were granted (an item that does
+    /// not fit is refused and the next one tried).
+    fn take_each(&self, device_id: &str, costs: Vec<f64>, now_us: i64) -> PyResult<Vec<bool>> {
+        Ok(self.0.take_each(&CoreRateTable::device_id(device_id), &costs, now_us)?)
+    }
 }
 
 /// Group commit on a native thread: `request()` asks for a commit, the thread fsyncs after its window and makes
