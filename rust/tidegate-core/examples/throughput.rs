@@ -113,14 +113,14 @@ fn cbor(out: &mut Vec<u8>, value: &Value<'_>) {
     match value {
         Value::Null => out.push(0xf6),
         Value::Bool(b) => out.push(if *b { 0xf5 } else { 0xf4 }),
-        Value::Number(n) if n.fract() == 0.0 && n.abs() < 1e15 => {
+        Value::Number(n, _) if n.fract() == 0.0 && n.abs() < 1e15 => {
             if *n < 0.0 {
                 cbor_head(out, 1, (-n - 1.0) as u64);
             } else {
                 cbor_head(out, 0, *n as u64);
             }
         }
-        Value::Number(n) => {
+        Value::Number(n, _) => {
             out.push(0xfb);
             out.extend_from_slice(&n.to_be_bytes());
         }

@@ -225,7 +225,8 @@ impl<'w> Writer<'w> {
             Value::Null | Value::Invalid(_) => self.put(b"null"),
             Value::Bool(true) => self.put(b"true"),
             Value::Bool(false) => self.put(b"false"),
-            Value::Number(n) => number::write_canonical_to(self, *n),
+            Value::Number(_, Some(text)) => self.put(text),
+            Value::Number(n, None) => number::write_canonical_to(self, *n),
             Value::Integer(i) => number::write_integer(self, i.negative, i.magnitude),
             Value::String(s) => self.string(s),
             Value::Array(items) => {

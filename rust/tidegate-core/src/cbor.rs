@@ -187,7 +187,7 @@ impl<'a> Decoder<'a, '_> {
             }
         };
         Ok(if float.is_finite() {
-            Value::Number(float)
+            Value::Number(float, None)
         } else {
             Value::Invalid("NaN and Infinity are not allowed".into())
         })
@@ -216,7 +216,7 @@ impl<'a> Decoder<'a, '_> {
             add_one(&mut magnitude);
         }
         Ok(match nearest_double(&magnitude) {
-            Some(value) => Value::Number(if negative { -value } else { value }),
+            Some(value) => Value::Number(if negative { -value } else { value }, None),
             None => Value::Invalid("CBOR bignum beyond the range of a double".into()),
         })
     }
@@ -453,7 +453,7 @@ fn tagged(tag: u64, inner: Value<'_>) -> Value<'_> {
         (_, invalid @ Value::Invalid(_)) => invalid,
         (0, text @ Value::String(_)) => text,
         (0, _) => Value::Invalid("CBOR tag 0 must hold a text string".into()),
-        (1, Value::Number(seconds)) => epoch_time(seconds),
+        (1, Value::Number(seconds, _)) => epoch_time(seconds),
         (1, _) => Value::Invalid("CBOR tag 1 must hold seconds since the epoch within the years 0000 to 9999".into()),
         (4 | 5, _) => Value::Invalid("CBOR decimal fractions and bigfloats are not supported".into()),
         (_, inner) => inner,
@@ -544,10 +544,10 @@ mod tests {
         // {"a": 1, "b": [1.5, "x"]}
         let bytes = [0xa2, 0x61, b'a', 0x01, 0x61, b'b', 0x82, 0xf9, 0x3e, 0x00, 0x61, b'x'];
         let records = decode(&bytes).unwrap();
-        assert_eq!(records[0].get("a"), Some(&Value::Number(1.0)));
+        assert_eq!(records[0].get("a"), Some(&Value::Number(1.0, None)));
         assert_eq!(
             records[0].get("b"),
-            Some(&Value::Array(vec![Value::Number(1.5), Value::String("x".into())]))
+            Some(&Value::Array(vec![Value::Number(1.5, None), Value::String("x".into())]))
         );
     }
 
@@ -595,7 +595,7 @@ mod tests {
         // A two-byte simple value keeps the decoder in place: the item after it is read.
         let records = decode(&[0x82, 0xf8, 0x20, 0x01]).unwrap();
         assert!(matches!(records[0], Value::Invalid(_)));
-        assert_eq!(records[1], Value::Number(1.0));
+        assert_eq!(records[1], Value::Number(1.0, None));
         assert!(decode(&[0xf8, 0x10]).is_err());
         let deep: Vec<u8> = std::iter::repeat_n(0x81u8, 100_000).chain([0x01]).collect();
         assert!(decode(&deep).unwrap()[0].first_invalid().is_some());

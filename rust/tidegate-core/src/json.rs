@@ -97,6 +97,9 @@ struct Fail;
 
 type Parsed<T> = Result<T, Fail>;
 
+/// A short plain number's value, and its text when that is its canonical spelling.
+type ShortNumber<'a> = (f64, Option<&'a [u8]>);
+
 struct Parser<'a, 'l, 'm> {
     text: &'a str,
     data: &'a [u8],
@@ -354,7 +357,7 @@ impl<'a, 'l, 'm> Parser<'a, 'l, 'm> {
             }
         } else {
             match self.parse_number()? {
-                Ok(n) => self.scratch.members.push((k, Value::Number(n))),
+                Ok((n, text)) => self.scratch.members.push((k, Value::Number(n, text))),
                 Err(start) => {
                     let value = self.read_number(start);
                     self.scratch.members.push((k, value));
@@ -445,10 +448,10 @@ impl<'a, 'l, 'm> Parser<'a, 'l, 'm> {
         }
     }
 
-    /// A number: its value when it is short and plain (the usual case, read here), or where it starts for
-    /// [`Parser::read_number`].
+    /// A number: its value when it is short and plain (the usual case, read here), with its text when that is
+    /// its canonical spelling too; or where it starts, for [`Parser::read_number`].
     #[inline(always)]
-    fn parse_number(&mut self) -> Parsed<Result<f64, usize>> {
+    fn parse_number(&mut self) -> Parsed<Result<ShortNumber<'a>, usize>> {
         let start = self.pos;
         let negative = self.peek() == Some(b'-');
         if negative {
@@ -502,16 +505,22 @@ impl<'a, 'l, 'm> Parser<'a, 'l, 'm> {
             // At most 15 significant digits: one correctly rounded division of exact doubles (Clinger's fast
             // path), the double `str::parse` gives; an integer is that double exactly.
             let value = mantissa as f64 / number::POW10[fraction_digits];
-            return Ok(Ok(if negative { -value } else { value }));
+            // The canonical spelling of a decimal of at most 15 significant digits is that decimal, in its
+            // shortest form (a double tells apart all such decimals, so none shorter reads back as it), written
+            // plainly from 10^-6 up (`number::write_canonical`): the text, when it has no needless zero.
+            let canonical = (fraction_digits == 0 || self.data[self.pos - 1] != b'0')
+                && (value >= 1e-6 || (value == 0.0 && !negative));
+            let text = canonical.then(|| &self.data[start..self.pos]);
+            return Ok(Ok((if negative { -value } else { value }, text)));
         }
         Ok(Err(start))
     }
 
     /// The value of a number [`Parser::parse_number`] just read.
     #[inline(always)]
-    fn number_value(&self, number: Result<f64, usize>) -> Value<'a> {
+    fn number_value(&self, number: Result<ShortNumber<'a>, usize>) -> Value<'a> {
         match number {
-            Ok(n) => Value::Number(n),
+            Ok((n, text)) => Value::Number(n, text),
             Err(start) => self.read_number(start),
         }
     }
@@ -742,8 +751,8 @@ mod tests {
         assert_eq!(
             v.get("a"),
             Some(&Value::Array(vec![
-                Value::Number(1.0),
-                Value::Number(2.5),
+                Value::Number(1.0, None),
+                Value::Number(2.5, None),
                 Value::String("x\né😀".into())
             ]))
         );
@@ -755,7 +764,70 @@ mod tests {
         assert!(matches!(one(r#""\ud800""#), Value::Invalid(_)));
         assert!(matches!(one("9007199254740993"), Value::Integer(_)));
         assert!(matches!(one("1e400"), Value::Invalid(_)));
-        assert_eq!(one("9007199254740992"), Value::Number(9_007_199_254_740_992.0));
+        assert_eq!(one("9007199254740992"), Value::Number(9_007_199_254_740_992.0, None));
+    }
+
+    /// Plain decimals of up to 15 digits keep their text as their canonical spelling only when it is exactly
+    /// what the canonical writer computes from the double.
+    #[test]
+    fn number_text_is_kept_only_when_canonical() {
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move |n: u64| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state % n
+        };
+        let mut kept = 0;
+        for _ in 0..300_000 {
+            let mut text = String::new();
+            if next(3) == 0 {
+                text.push('-');
+            }
+            let int_digits = next(16) as usize;
+            if int_digits == 0 {
+                text.push('0');
+            } else {
+                text.push(char::from(b'1' + next(9) as u8));
+                (1..int_digits).for_each(|_| text.push(char::from(b'0' + next(10) as u8)));
+            }
+            let fraction_digits = next(16 - int_digits.max(1) as u64) as usize;
+            if fraction_digits > 0 {
+                text.push('.');
+                // Leading zeros often, to cross 10^-6; a trailing zero sometimes.
+                let zeros = if int_digits == 0 {
+                    next(fraction_digits as u64 + 1) as usize
+                } else {
+                    0
+                };
+                (0..fraction_digits).for_each(|i| {
+                    let digit = if i < zeros || (i + 1 == fraction_digits && next(4) == 0) {
+                        0
+                    } else {
+                        next(10)
+                    };
+                    text.push(char::from(b'0' + digit as u8));
+                });
+            }
+            let value = one(&text);
+            let Value::Number(n, spelling) = value else {
+                panic!("{text}: {value:?}")
+            };
+            let mut computed = Vec::new();
+            number::write_canonical(&mut computed, n);
+            if let Some(spelling) = spelling {
+                assert_eq!(
+                    String::from_utf8_lossy(spelling),
+                    String::from_utf8_lossy(&computed),
+                    "{text}"
+                );
+                kept += 1;
+            }
+            let mut written = Vec::new();
+            crate::canonical::write_value(&mut written, &value);
+            assert_eq!(written, computed, "{text}");
+        }
+        assert!(kept > 100_000, "{kept}");
     }
 
     #[test]

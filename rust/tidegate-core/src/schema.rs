@@ -149,12 +149,12 @@ impl Schema {
         for (keyword, value) in fields {
             let here = Path::Key(path, keyword);
             let as_count = |v: &Value<'_>| match v {
-                Value::Number(n) if is_integer(*n) && *n >= 0.0 => Ok(*n as usize),
+                Value::Number(n, _) if is_integer(*n) && *n >= 0.0 => Ok(*n as usize),
                 Value::Integer(i) if !i.negative => Ok(usize::try_from(i.magnitude).unwrap_or(usize::MAX)),
                 _ => Err(err(&here, "must be a non-negative integer".into())),
             };
             let as_number = |v: &Value<'_>| match v {
-                Value::Number(n) => Ok(*n),
+                Value::Number(n, _) => Ok(*n),
                 Value::Integer(i) => Ok(i.to_f64()),
                 _ => Err(err(&here, "must be a number".into())),
             };
@@ -320,7 +320,7 @@ impl Schema {
         let type_ok = match value {
             Value::Null => self.allows(0),
             Value::Bool(_) => self.allows(1),
-            Value::Number(n) => self.allows(3) || (self.allows(2) && is_integer(*n)),
+            Value::Number(n, _) => self.allows(3) || (self.allows(2) && is_integer(*n)),
             Value::Integer(_) => self.allows(3) || self.allows(2),
             Value::String(_) => self.allows(4),
             Value::Array(_) => self.allows(5),
@@ -345,7 +345,7 @@ impl Schema {
         }
         match value {
             Value::String(s) => self.validate_string(s, path, errors),
-            Value::Number(n) => self.validate_number(|bound| n.partial_cmp(&bound), path, errors),
+            Value::Number(n, _) => self.validate_number(|bound| n.partial_cmp(&bound), path, errors),
             Value::Integer(i) => self.validate_number(|bound| Some(i.cmp_f64(bound)), path, errors),
             Value::Array(items) => {
                 if let Some(min) = self.min_items.filter(|min| items.len() < *min) {

@@ -718,7 +718,7 @@ impl<'v> Run<'v> {
             };
             for (name, value) in values {
                 let n = match value {
-                    Value::Number(n) => *n,
+                    Value::Number(n, _) => *n,
                     Value::Integer(i) => i.to_f64(),
                     _ => continue,
                 };
