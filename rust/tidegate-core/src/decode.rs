@@ -121,14 +121,7 @@ pub(crate) fn for_each_record<'a>(
     }
     match format {
         Format::Json => json::for_each_record(body, limits, f),
-        Format::Cbor => {
-            let records = cbor::parse_records(body, limits)?;
-            let count = records.len();
-            for (index, record) in records.into_iter().enumerate() {
-                f(index, record);
-            }
-            Ok(count)
-        }
+        Format::Cbor => cbor::for_each_record(body, limits, f),
         Format::Ndjson => {
             let mut count = 0;
             let mut scratch = json::Scratch::default();
