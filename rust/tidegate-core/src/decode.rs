@@ -125,10 +125,12 @@ pub(crate) fn for_each_record<'a>(
         Format::Ndjson => {
             let mut count = 0;
             let mut scratch = json::Scratch::default();
+            // Checked once when it all is (one call, not one a line); else line by line, a bad line its own.
+            let text = std::str::from_utf8(body).ok();
             let mut start = 0;
             while start < body.len() {
-                let end = json::find_byte(body, b'\n', start);
-                let line = &body[start..end];
+                let (line_start, end) = (start, json::find_byte(body, b'\n', start));
+                let line = &body[line_start..end];
                 start = end + 1;
                 if line.iter().all(u8::is_ascii_whitespace) {
                     continue;
@@ -139,7 +141,12 @@ pub(crate) fn for_each_record<'a>(
                         limit: limits.max_records,
                     });
                 }
-                let record = match std::str::from_utf8(line) {
+                let line_text = match text {
+                    // A line ends at a newline or at the end: on character boundaries.
+                    Some(text) => Ok(&text[line_start..end]),
+                    None => std::str::from_utf8(line),
+                };
+                let record = match line_text {
                     Ok(text) => json::parse_one_with(text, limits, &mut scratch)
                         .unwrap_or_else(|e| Value::Invalid(line_problem(&e))),
                     Err(_) => Value::Invalid("invalid UTF-8".into()),
@@ -156,5 +163,27 @@ fn line_problem(error: &PayloadError) -> Box<str> {
     match error {
         PayloadError::Malformed { offset, message } => format!("malformed JSON at column {offset}: {message}").into(),
         other => other.to_string().into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ndjson_lines_are_text_one_by_one() {
+        let limits = Limits::default();
+        let valid = "{\"a\":\"\u{e9}\"}\n\n[\"\u{1f600}\"]\r\n  \n1";
+        let records = parse_records(valid.as_bytes(), Format::Ndjson, &limits).unwrap();
+        assert_eq!(records.len(), 3);
+        assert_eq!(records[0].get("a").and_then(Value::as_str), Some("\u{e9}"));
+        assert!(records.iter().all(|r| r.first_invalid().is_none()));
+        // A line that is not UTF-8 is a bad record of its own.
+        let mut body = valid.as_bytes().to_vec();
+        body.extend_from_slice(b"\n\"\xff\"\n{\"b\":\"\xc3\xa9\"}");
+        let records = parse_records(&body, Format::Ndjson, &limits).unwrap();
+        assert_eq!(records.len(), 5);
+        assert!(matches!(&records[3], Value::Invalid(problem) if problem.contains("UTF-8")));
+        assert_eq!(records[4].get("b").and_then(Value::as_str), Some("\u{e9}"));
     }
 }
