@@ -690,7 +690,12 @@ fn plural(n: usize, one: &'static str, many: &'static str) -> &'static str {
 }
 
 /// Fails a value that holds a decoding problem anywhere inside it.
+#[inline]
 fn check_decoded(value: &Value<'_>, path: &Path<'_>, errors: &mut Vec<FieldError>) {
+    // Most values are scalars, which hold none.
+    if !matches!(value, Value::Invalid(_) | Value::Array(_) | Value::Object(_)) {
+        return;
+    }
     if let Some((sub_path, message)) = value.first_invalid() {
         errors.push(FieldError {
             path: format!("{}{}", path.render(), &sub_path[1..]),
