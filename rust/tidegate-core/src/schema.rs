@@ -305,6 +305,22 @@ impl Schema {
     /// Validates `value`, pushing every failure found. Decoding problems (`Invalid` nodes) anywhere in the value
     /// are failures too, including inside unconstrained subtrees.
     pub fn validate(&self, value: &Value<'_>, path: &Path<'_>, errors: &mut Vec<FieldError>) {
+        self.check(value, path, errors, None);
+    }
+
+    /// [`Schema::validate`], given a text already known to be a date-time (parsed by the caller, which needs its
+    /// value): a `date-time` string equal to it is not parsed again.
+    pub(crate) fn validate_knowing_date_time(
+        &self,
+        value: &Value<'_>,
+        path: &Path<'_>,
+        errors: &mut Vec<FieldError>,
+        date_time: Option<&str>,
+    ) {
+        self.check(value, path, errors, date_time);
+    }
+
+    fn check(&self, value: &Value<'_>, path: &Path<'_>, errors: &mut Vec<FieldError>, date_time: Option<&str>) {
         let fail = |errors: &mut Vec<FieldError>, message: String| {
             errors.push(FieldError {
                 path: path.render(),
@@ -344,7 +360,7 @@ impl Schema {
             }
         }
         match value {
-            Value::String(s) => self.validate_string(s, path, errors),
+            Value::String(s) => self.validate_string(s, path, errors, date_time),
             Value::Number(n, _) => self.validate_number(|bound| n.partial_cmp(&bound), path, errors),
             Value::Integer(i) => self.validate_number(|bound| Some(i.cmp_f64(bound)), path, errors),
             Value::Array(items) => {
@@ -360,17 +376,17 @@ impl Schema {
                 for (i, item) in items.iter().enumerate() {
                     let at = Path::Index(path, i);
                     match &self.items {
-                        Some(schema) => schema.validate(item, &at, errors),
+                        Some(schema) => schema.check(item, &at, errors, date_time),
                         None => check_decoded(item, &at, errors),
                     }
                 }
             }
-            Value::Object(fields) => self.validate_object(fields, path, errors),
+            Value::Object(fields) => self.validate_object(fields, path, errors, date_time),
             _ => {}
         }
     }
 
-    fn validate_string(&self, s: &str, path: &Path<'_>, errors: &mut Vec<FieldError>) {
+    fn validate_string(&self, s: &str, path: &Path<'_>, errors: &mut Vec<FieldError>, date_time: Option<&str>) {
         let fail = |errors: &mut Vec<FieldError>, message: String| {
             errors.push(FieldError {
                 path: path.render(),
@@ -396,7 +412,7 @@ impl Schema {
         if let Some(pattern) = self.pattern.as_ref().filter(|p| !matches(p)) {
             fail(errors, format!("must match the pattern {}", pattern.as_str()));
         }
-        if self.date_time && Timestamp::parse(s).is_none() {
+        if self.date_time && date_time != Some(s) && Timestamp::parse(s).is_none() {
             fail(errors, "must be an RFC 3339 date-time with a time zone".into());
         }
     }
@@ -440,6 +456,7 @@ impl Schema {
         fields: &[(std::borrow::Cow<'_, str>, Value<'_>)],
         path: &Path<'_>,
         errors: &mut Vec<FieldError>,
+        date_time: Option<&str>,
     ) {
         // Fast path: each field's property looked up once, required ones tracked in a mask.
         const SMALL: usize = 32;
@@ -484,14 +501,14 @@ impl Schema {
             match property {
                 // `null` for an optional member is its absence.
                 Some(i) if matches!(value, Value::Null) && self.null_means_absent_at(i) => {}
-                Some(i) => self.properties[i].1.validate(value, &at, errors),
+                Some(i) => self.properties[i].1.check(value, &at, errors, date_time),
                 None => match &self.additional {
                     Additional::Allowed => check_decoded(value, &at, errors),
                     Additional::Forbidden => errors.push(FieldError {
                         path: at.render(),
                         message: "unknown field".into(),
                     }),
-                    Additional::Schema(schema) => schema.validate(value, &at, errors),
+                    Additional::Schema(schema) => schema.check(value, &at, errors, date_time),
                 },
             }
         }

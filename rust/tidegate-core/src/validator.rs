@@ -426,7 +426,12 @@ impl<'v> Run<'v> {
         let options = &self.validator.options;
         let index = context.index;
         let fail_count = self.outcome.rejected.len();
-        contract.record_schema.validate(record, &Path::Root, &mut self.errors);
+        // The record's time, parsed once: the schema's `date-time` check is told it parses.
+        let time_field = contract.time_field.as_deref();
+        let time_source = time_field.and_then(|f| record.get(f)).and_then(Value::as_str);
+        let timestamp = time_source.and_then(Timestamp::parse);
+        let known_date_time = time_source.filter(|_| timestamp.is_some());
+        (contract.record_schema).validate_knowing_date_time(record, &Path::Root, &mut self.errors, known_date_time);
         if !self.errors.is_empty() {
             let prefix = self.record_path(context);
             for error in std::mem::take(&mut self.errors) {
@@ -454,9 +459,6 @@ impl<'v> Run<'v> {
                 "must equal the batch's device_id".into(),
             );
         }
-        let time_field = contract.time_field.as_deref();
-        let time_source = time_field.and_then(|f| record.get(f)).and_then(Value::as_str);
-        let timestamp = time_source.and_then(Timestamp::parse);
         if let (Some(ts), Some(field), true) = (timestamp, time_field, contract.enforce_window) {
             let millis = ts.unix_millis();
             let received = self.request.received_at_ms;
@@ -891,6 +893,26 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn date_times_are_checked_beside_the_parsed_time_field() {
+        let schema = r#"{"type":"object","properties":{"t":{"type":"string","format":"date-time"},
+            "u":{"type":"string","format":"date-time"}}}"#;
+        let contract = Contract::custom("c/v1", schema, "c", None, Some("t".into()), None).unwrap();
+        let validator = Validator::new(contract, ValidatorOptions::default());
+        let paths = |body: &str| -> Vec<String> {
+            let outcome = validator.validate(&request(body.as_bytes())).unwrap();
+            outcome.rejected.into_iter().map(|issue| issue.path).collect()
+        };
+        let good = "2026-03-27T10:15:30Z";
+        assert!(paths(&format!(r#"{{"t":"{good}","u":"{good}"}}"#)).is_empty());
+        assert_eq!(
+            paths(&format!(r#"{{"t":"{good}","u":"2026-02-30T10:15:30Z"}}"#)),
+            ["$.u"]
+        );
+        assert_eq!(paths(&format!(r#"{{"t":"yesterday","u":"{good}"}}"#)), ["$.t"]);
+        assert_eq!(paths(r#"{"t":"2026-03-27T10:15:30","u":"x"}"#), ["$.t", "$.u"]);
     }
 
     #[test]
