@@ -69,6 +69,13 @@ pub(crate) fn write_canonical_to(out: &mut Writer<'_>, value: f64) {
 /// Appends the digits of an integer, with its sign.
 #[inline]
 pub(crate) fn write_integer(out: &mut Writer<'_>, negative: bool, magnitude: u64) {
+    let (digits, start) = integer_digits(negative, magnitude);
+    out.put(&digits[start..]);
+}
+
+/// The digits of an integer, with its sign, two at a time: the end of a buffer, from the index returned.
+#[inline(always)]
+fn integer_digits(negative: bool, magnitude: u64) -> ([u8; 24], usize) {
     let mut buf = [0u8; 24];
     let mut i = buf.len();
     let mut n = magnitude;
@@ -88,27 +95,13 @@ pub(crate) fn write_integer(out: &mut Writer<'_>, negative: bool, magnitude: u64
         i -= 1;
         buf[i] = b'-';
     }
-    out.put(&buf[i..]);
+    (buf, i)
 }
 
 /// Appends the canonical spelling of an integer (its digits), without a `Writer`.
 pub(crate) fn write_canonical_i64(out: &mut Vec<u8>, n: i64) {
-    let mut buf = [0u8; 20];
-    let mut i = buf.len();
-    let mut rest = n.unsigned_abs();
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (rest % 10) as u8;
-        rest /= 10;
-        if rest == 0 {
-            break;
-        }
-    }
-    if n < 0 {
-        i -= 1;
-        buf[i] = b'-';
-    }
-    out.extend_from_slice(&buf[i..]);
+    let (digits, start) = integer_digits(n < 0, n.unsigned_abs());
+    out.extend_from_slice(&digits[start..]);
 }
 
 /// The two decimal digits of `n < 100`.
