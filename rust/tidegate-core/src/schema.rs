@@ -533,6 +533,7 @@ impl Schema {
         }
     }
 
+    #[inline(always)]
     fn property_index(&self, key: &str) -> Option<usize> {
         self.properties.iter().position(|(name, _)| same_key(name, key))
     }
@@ -709,12 +710,15 @@ fn plural(n: usize, one: &'static str, many: &'static str) -> &'static str {
 }
 
 /// Fails a value that holds a decoding problem anywhere inside it.
-#[inline]
+#[inline(always)]
 fn check_decoded(value: &Value<'_>, path: &Path<'_>, errors: &mut Vec<FieldError>) {
     // Most values are scalars, which hold none.
-    if !matches!(value, Value::Invalid(_) | Value::Array(_) | Value::Object(_)) {
-        return;
+    if matches!(value, Value::Invalid(_) | Value::Array(_) | Value::Object(_)) {
+        report_invalid(value, path, errors);
     }
+}
+
+fn report_invalid(value: &Value<'_>, path: &Path<'_>, errors: &mut Vec<FieldError>) {
     if let Some((sub_path, message)) = value.first_invalid() {
         errors.push(FieldError {
             path: format!("{}{}", path.render(), &sub_path[1..]),
