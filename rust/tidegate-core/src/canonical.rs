@@ -256,6 +256,7 @@ impl<'w> Writer<'w> {
     }
 
     /// `"key":value`.
+    #[inline(always)]
     pub(crate) fn member(&mut self, key: &str, value: &Value<'_>) {
         let bytes = key.as_bytes();
         let n = bytes.len();
@@ -275,6 +276,7 @@ impl<'w> Writer<'w> {
     }
 
     /// A JSON string literal with the escapes JCS requires and no others.
+    #[inline(always)]
     pub(crate) fn string(&mut self, s: &str) {
         let bytes = s.as_bytes();
         let n = bytes.len();
@@ -286,6 +288,13 @@ impl<'w> Writer<'w> {
             self.advance(n + 2);
             return;
         }
+        self.long_or_escaped_string(s);
+    }
+
+    /// [`Writer::string`] past the usual short plain string.
+    #[inline(never)]
+    fn long_or_escaped_string(&mut self, s: &str) {
+        let bytes = s.as_bytes();
         self.byte(b'"');
         let mut run_start = 0;
         let mut i = json::scan_plain(bytes, 0);

@@ -43,6 +43,7 @@ impl PartialEq for Value<'_> {
 }
 
 impl<'a> Value<'a> {
+    #[inline(always)]
     pub fn get(&self, key: &str) -> Option<&Value<'a>> {
         match self {
             Value::Object(fields) => fields.iter().find(|(k, _)| same_key(k, key)).map(|(_, v)| v),
