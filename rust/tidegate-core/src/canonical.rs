@@ -272,7 +272,13 @@ impl<'w> Writer<'w> {
             self.string(key);
             self.byte(b':');
         }
-        self.value(value);
+        // The usual scalars without a call.
+        match value {
+            Value::Number(_, Some(text)) => self.put(text),
+            Value::Number(n, None) => number::write_canonical_to(self, *n),
+            Value::String(s) => self.string(s),
+            _ => self.value(value),
+        }
     }
 
     /// A JSON string literal with the escapes JCS requires and no others.
