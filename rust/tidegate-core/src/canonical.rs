@@ -65,8 +65,16 @@ pub fn write_object(out: &mut Vec<u8>, sorted: &[(&str, &Value<'_>)]) {
 /// (4-byte UTF-8, lead byte `F0..=F4`; a surrogate pair in UTF-16, `D800..`) and a character in
 /// `U+E000..=U+FFFF` (lead byte `EE` or `EF`). The first differing bytes tell: equal prefixes end on the same
 /// character boundary, so two differing lead bytes of those two kinds are the only case to reverse.
+#[inline]
 pub fn compare_keys(a: &str, b: &str) -> Ordering {
     let (a, b) = (a.as_bytes(), b.as_bytes());
+    // Usually the first bytes differ, and are not a pair to reverse.
+    if let (Some(&x), Some(&y)) = (a.first(), b.first())
+        && x != y
+        && (x < 0xEE || y < 0xEE)
+    {
+        return x.cmp(&y);
+    }
     match a.iter().zip(b).position(|(x, y)| x != y) {
         None => a.len().cmp(&b.len()),
         Some(i) => {
