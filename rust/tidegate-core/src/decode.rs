@@ -129,6 +129,20 @@ pub(crate) fn for_each_record<'a>(
             let text = std::str::from_utf8(body).ok();
             let mut start = 0;
             while start < body.len() {
+                if let Some(text) = text
+                    && let Some((record, end)) = json::parse_line(text, start, limits, &mut scratch)
+                {
+                    if count == limits.max_records {
+                        return Err(PayloadError::TooLarge {
+                            what: "number of records",
+                            limit: limits.max_records,
+                        });
+                    }
+                    f(count, record);
+                    count += 1;
+                    start = end + 1;
+                    continue;
+                }
                 let (line_start, end) = (start, json::find_byte(body, b'\n', start));
                 let line = &body[line_start..end];
                 start = end + 1;
@@ -169,6 +183,59 @@ fn line_problem(error: &PayloadError) -> Box<str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Lines decoded where they start (without looking for their end first) are the lines decoded one by one.
+    #[test]
+    fn ndjson_is_decoded_line_by_line() {
+        let limits = Limits {
+            max_depth: 3,
+            ..Limits::default()
+        };
+        let fragments = [
+            r#"{"a":1}"#,
+            r#"{"a":[1,2],"b":"x"}"#,
+            "[[[[1]]]]",
+            "[[[[\n]]]]",
+            "[[[[\"\\\n\"]]]]",
+            "{\"a\":\n1}",
+            r#"{"a":"#,
+            "1 2",
+            "  7  ",
+            "\"\t\"",
+            "\r",
+            " ",
+            "",
+            "\t{}\r",
+            "null",
+            r#"{"a":1,"a":2}"#,
+            "1e400",
+            "é",
+            "\"é\"",
+        ];
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        for _ in 0..20_000 {
+            let mut body = String::new();
+            for _ in 0..1 + state % 5 {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                body.push_str(fragments[(state >> 8) as usize % fragments.len()]);
+                if state % 3 != 0 {
+                    body.push('\n');
+                }
+            }
+            if body.trim().is_empty() {
+                continue;
+            }
+            let expected: Vec<Value<'_>> = body
+                .split('\n')
+                .filter(|line| !line.bytes().all(|b| b.is_ascii_whitespace()))
+                .map(|line| json::parse_one(line, &limits).unwrap_or_else(|e| Value::Invalid(line_problem(&e))))
+                .collect();
+            let records = parse_records(body.as_bytes(), Format::Ndjson, &limits).unwrap();
+            assert_eq!(records, expected, "{body:?}");
+        }
+    }
 
     #[test]
     fn ndjson_lines_are_text_one_by_one() {

@@ -92,6 +92,29 @@ pub(crate) fn parse_one_with<'a>(
     parsed.map_err(|Fail| parser.take_error())
 }
 
+/// For NDJSON: the record of the line starting at `start`, and where the line ends (its newline, or the end),
+/// when the line is one value with only spaces, tabs or carriage returns around it; the value is then what
+/// [`parse_one_with`] gives for the line alone, found without looking for the line's end first. `None` when the
+/// line must be decoded on its own: a syntax error, an empty line, a value or data across lines.
+pub(crate) fn parse_line<'a>(
+    text: &'a str,
+    start: usize,
+    limits: &Limits,
+    scratch: &mut Scratch<'a>,
+) -> Option<(Value<'a>, usize)> {
+    scratch.frames.clear();
+    scratch.members.clear();
+    scratch.items.clear();
+    let mut parser = Parser::new(text.get(start..)?, limits, scratch);
+    parser.skip_ws();
+    let value = parser.parse_value(1).ok()?;
+    while let Some(b' ' | b'\t' | b'\r') = parser.peek() {
+        parser.pos += 1;
+    }
+    let ends_line = matches!(parser.peek(), None | Some(b'\n'));
+    (ends_line && !parser.crossed_newline).then_some((value, start + parser.pos))
+}
+
 /// A syntax failure. The error itself waits in [`Parser::error`], which keeps results small and cheap to move.
 struct Fail;
 
@@ -106,6 +129,8 @@ struct Parser<'a, 'l, 'm> {
     pos: usize,
     limits: &'l Limits,
     error: Option<PayloadError>,
+    /// A newline was skipped (between tokens, or in a value nested too deep): the value is not within one line.
+    crossed_newline: bool,
     scratch: &'m mut Scratch<'a>,
 }
 
@@ -117,6 +142,7 @@ impl<'a, 'l, 'm> Parser<'a, 'l, 'm> {
             pos: 0,
             limits,
             error: None,
+            crossed_newline: false,
             scratch,
         }
     }
@@ -150,7 +176,8 @@ impl<'a, 'l, 'm> Parser<'a, 'l, 'm> {
 
     #[cold]
     fn skip_ws_slow(&mut self) {
-        while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.peek() {
+        while let Some(b @ (b' ' | b'\t' | b'\n' | b'\r')) = self.peek() {
+            self.crossed_newline |= b == b'\n';
             self.pos += 1;
         }
     }
@@ -643,6 +670,14 @@ impl<'a, 'l, 'm> Parser<'a, 'l, 'm> {
 
     /// Skips a nested value too deep to decode, without recursion, matching brackets outside strings.
     fn skip_nested(&mut self) -> Parsed<()> {
+        let start = self.pos;
+        self.skip_brackets()?;
+        let skipped = &self.data[start..self.pos.min(self.data.len())];
+        self.crossed_newline |= skipped.contains(&b'\n');
+        Ok(())
+    }
+
+    fn skip_brackets(&mut self) -> Parsed<()> {
         let mut depth = 0usize;
         let mut in_string = false;
         while let Some(b) = self.peek() {
