@@ -65,8 +65,16 @@ pub fn write_object(out: &mut Vec<u8>, sorted: &[(&str, &Value<'_>)]) {
 /// (4-byte UTF-8, lead byte `F0..=F4`; a surrogate pair in UTF-16, `D800..`) and a character in
 /// `U+E000..=U+FFFF` (lead byte `EE` or `EF`). The first differing bytes tell: equal prefixes end on the same
 /// character boundary, so two differing lead bytes of those two kinds are the only case to reverse.
+#[inline]
 pub fn compare_keys(a: &str, b: &str) -> Ordering {
     let (a, b) = (a.as_bytes(), b.as_bytes());
+    // Usually the first bytes differ, and are not a pair to reverse.
+    if let (Some(&x), Some(&y)) = (a.first(), b.first())
+        && x != y
+        && (x < 0xEE || y < 0xEE)
+    {
+        return x.cmp(&y);
+    }
     match a.iter().zip(b).position(|(x, y)| x != y) {
         None => a.len().cmp(&b.len()),
         Some(i) => {
@@ -225,7 +233,8 @@ impl<'w> Writer<'w> {
             Value::Null | Value::Invalid(_) => self.put(b"null"),
             Value::Bool(true) => self.put(b"true"),
             Value::Bool(false) => self.put(b"false"),
-            Value::Number(n) => number::write_canonical_to(self, *n),
+            Value::Number(_, Some(text)) => self.put(text),
+            Value::Number(n, None) => number::write_canonical_to(self, *n),
             Value::Integer(i) => number::write_integer(self, i.negative, i.magnitude),
             Value::String(s) => self.string(s),
             Value::Array(items) => {
@@ -255,6 +264,7 @@ impl<'w> Writer<'w> {
     }
 
     /// `"key":value`.
+    #[inline(always)]
     pub(crate) fn member(&mut self, key: &str, value: &Value<'_>) {
         let bytes = key.as_bytes();
         let n = bytes.len();
@@ -270,10 +280,17 @@ impl<'w> Writer<'w> {
             self.string(key);
             self.byte(b':');
         }
-        self.value(value);
+        // The usual scalars without a call.
+        match value {
+            Value::Number(_, Some(text)) => self.put(text),
+            Value::Number(n, None) => number::write_canonical_to(self, *n),
+            Value::String(s) => self.string(s),
+            _ => self.value(value),
+        }
     }
 
     /// A JSON string literal with the escapes JCS requires and no others.
+    #[inline(always)]
     pub(crate) fn string(&mut self, s: &str) {
         let bytes = s.as_bytes();
         let n = bytes.len();
@@ -285,6 +302,13 @@ impl<'w> Writer<'w> {
             self.advance(n + 2);
             return;
         }
+        self.long_or_escaped_string(s);
+    }
+
+    /// [`Writer::string`] past the usual short plain string.
+    #[inline(never)]
+    fn long_or_escaped_string(&mut self, s: &str) {
+        let bytes = s.as_bytes();
         self.byte(b'"');
         let mut run_start = 0;
         let mut i = json::scan_plain(bytes, 0);

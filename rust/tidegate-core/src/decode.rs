@@ -121,21 +121,30 @@ pub(crate) fn for_each_record<'a>(
     }
     match format {
         Format::Json => json::for_each_record(body, limits, f),
-        Format::Cbor => {
-            let records = cbor::parse_records(body, limits)?;
-            let count = records.len();
-            for (index, record) in records.into_iter().enumerate() {
-                f(index, record);
-            }
-            Ok(count)
-        }
+        Format::Cbor => cbor::for_each_record(body, limits, f),
         Format::Ndjson => {
             let mut count = 0;
             let mut scratch = json::Scratch::default();
+            // Checked once when it all is (one call, not one a line); else line by line, a bad line its own.
+            let text = std::str::from_utf8(body).ok();
             let mut start = 0;
             while start < body.len() {
-                let end = json::find_byte(body, b'\n', start);
-                let line = &body[start..end];
+                if let Some(text) = text
+                    && let Some((record, end)) = json::parse_line(text, start, limits, &mut scratch)
+                {
+                    if count == limits.max_records {
+                        return Err(PayloadError::TooLarge {
+                            what: "number of records",
+                            limit: limits.max_records,
+                        });
+                    }
+                    f(count, record);
+                    count += 1;
+                    start = end + 1;
+                    continue;
+                }
+                let (line_start, end) = (start, json::find_byte(body, b'\n', start));
+                let line = &body[line_start..end];
                 start = end + 1;
                 if line.iter().all(u8::is_ascii_whitespace) {
                     continue;
@@ -146,7 +155,12 @@ pub(crate) fn for_each_record<'a>(
                         limit: limits.max_records,
                     });
                 }
-                let record = match std::str::from_utf8(line) {
+                let line_text = match text {
+                    // A line ends at a newline or at the end: on character boundaries.
+                    Some(text) => Ok(&text[line_start..end]),
+                    None => std::str::from_utf8(line),
+                };
+                let record = match line_text {
                     Ok(text) => json::parse_one_with(text, limits, &mut scratch)
                         .unwrap_or_else(|e| Value::Invalid(line_problem(&e))),
                     Err(_) => Value::Invalid("invalid UTF-8".into()),
@@ -163,5 +177,80 @@ fn line_problem(error: &PayloadError) -> Box<str> {
     match error {
         PayloadError::Malformed { offset, message } => format!("malformed JSON at column {offset}: {message}").into(),
         other => other.to_string().into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Lines decoded where they start (without looking for their end first) are the lines decoded one by one.
+    #[test]
+    fn ndjson_is_decoded_line_by_line() {
+        let limits = Limits {
+            max_depth: 3,
+            ..Limits::default()
+        };
+        let fragments = [
+            r#"{"a":1}"#,
+            r#"{"a":[1,2],"b":"x"}"#,
+            "[[[[1]]]]",
+            "[[[[\n]]]]",
+            "[[[[\"\\\n\"]]]]",
+            "{\"a\":\n1}",
+            r#"{"a":"#,
+            "1 2",
+            "  7  ",
+            "\"\t\"",
+            "\r",
+            " ",
+            "",
+            "\t{}\r",
+            "null",
+            r#"{"a":1,"a":2}"#,
+            "1e400",
+            "é",
+            "\"é\"",
+        ];
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        for _ in 0..20_000 {
+            let mut body = String::new();
+            for _ in 0..1 + state % 5 {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                body.push_str(fragments[(state >> 8) as usize % fragments.len()]);
+                if state % 3 != 0 {
+                    body.push('\n');
+                }
+            }
+            if body.trim().is_empty() {
+                continue;
+            }
+            let expected: Vec<Value<'_>> = body
+                .split('\n')
+                .filter(|line| !line.bytes().all(|b| b.is_ascii_whitespace()))
+                .map(|line| json::parse_one(line, &limits).unwrap_or_else(|e| Value::Invalid(line_problem(&e))))
+                .collect();
+            let records = parse_records(body.as_bytes(), Format::Ndjson, &limits).unwrap();
+            assert_eq!(records, expected, "{body:?}");
+        }
+    }
+
+    #[test]
+    fn ndjson_lines_are_text_one_by_one() {
+        let limits = Limits::default();
+        let valid = "{\"a\":\"\u{e9}\"}\n\n[\"\u{1f600}\"]\r\n  \n1";
+        let records = parse_records(valid.as_bytes(), Format::Ndjson, &limits).unwrap();
+        assert_eq!(records.len(), 3);
+        assert_eq!(records[0].get("a").and_then(Value::as_str), Some("\u{e9}"));
+        assert!(records.iter().all(|r| r.first_invalid().is_none()));
+        // A line that is not UTF-8 is a bad record of its own.
+        let mut body = valid.as_bytes().to_vec();
+        body.extend_from_slice(b"\n\"\xff\"\n{\"b\":\"\xc3\xa9\"}");
+        let records = parse_records(&body, Format::Ndjson, &limits).unwrap();
+        assert_eq!(records.len(), 5);
+        assert!(matches!(&records[3], Value::Invalid(problem) if problem.contains("UTF-8")));
+        assert_eq!(records[4].get("b").and_then(Value::as_str), Some("\u{e9}"));
     }
 }

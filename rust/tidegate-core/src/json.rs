@@ -92,10 +92,36 @@ pub(crate) fn parse_one_with<'a>(
     parsed.map_err(|Fail| parser.take_error())
 }
 
+/// For NDJSON: the record of the line starting at `start`, and where the line ends (its newline, or the end),
+/// when the line is one value with only spaces, tabs or carriage returns around it; the value is then what
+/// [`parse_one_with`] gives for the line alone, found without looking for the line's end first. `None` when the
+/// line must be decoded on its own: a syntax error, an empty line, a value or data across lines.
+pub(crate) fn parse_line<'a>(
+    text: &'a str,
+    start: usize,
+    limits: &Limits,
+    scratch: &mut Scratch<'a>,
+) -> Option<(Value<'a>, usize)> {
+    scratch.frames.clear();
+    scratch.members.clear();
+    scratch.items.clear();
+    let mut parser = Parser::new(text.get(start..)?, limits, scratch);
+    parser.skip_ws();
+    let value = parser.parse_value(1).ok()?;
+    while let Some(b' ' | b'\t' | b'\r') = parser.peek() {
+        parser.pos += 1;
+    }
+    let ends_line = matches!(parser.peek(), None | Some(b'\n'));
+    (ends_line && !parser.crossed_newline).then_some((value, start + parser.pos))
+}
+
 /// A syntax failure. The error itself waits in [`Parser::error`], which keeps results small and cheap to move.
 struct Fail;
 
 type Parsed<T> = Result<T, Fail>;
+
+/// A short plain number's value, and its text when that is its canonical spelling.
+type ShortNumber<'a> = (f64, Option<&'a [u8]>);
 
 struct Parser<'a, 'l, 'm> {
     text: &'a str,
@@ -103,6 +129,8 @@ struct Parser<'a, 'l, 'm> {
     pos: usize,
     limits: &'l Limits,
     error: Option<PayloadError>,
+    /// A newline was skipped (between tokens, or in a value nested too deep): the value is not within one line.
+    crossed_newline: bool,
     scratch: &'m mut Scratch<'a>,
 }
 
@@ -114,6 +142,7 @@ impl<'a, 'l, 'm> Parser<'a, 'l, 'm> {
             pos: 0,
             limits,
             error: None,
+            crossed_newline: false,
             scratch,
         }
     }
@@ -147,7 +176,8 @@ impl<'a, 'l, 'm> Parser<'a, 'l, 'm> {
 
     #[cold]
     fn skip_ws_slow(&mut self) {
-        while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.peek() {
+        while let Some(b @ (b' ' | b'\t' | b'\n' | b'\r')) = self.peek() {
+            self.crossed_newline |= b == b'\n';
             self.pos += 1;
         }
     }
@@ -354,7 +384,7 @@ impl<'a, 'l, 'm> Parser<'a, 'l, 'm> {
             }
         } else {
             match self.parse_number()? {
-                Ok(n) => self.scratch.members.push((k, Value::Number(n))),
+                Ok((n, text)) => self.scratch.members.push((k, Value::Number(n, text))),
                 Err(start) => {
                     let value = self.read_number(start);
                     self.scratch.members.push((k, value));
@@ -445,10 +475,10 @@ impl<'a, 'l, 'm> Parser<'a, 'l, 'm> {
         }
     }
 
-    /// A number: its value when it is short and plain (the usual case, read here), or where it starts for
-    /// [`Parser::read_number`].
+    /// A number: its value when it is short and plain (the usual case, read here), with its text when that is
+    /// its canonical spelling too; or where it starts, for [`Parser::read_number`].
     #[inline(always)]
-    fn parse_number(&mut self) -> Parsed<Result<f64, usize>> {
+    fn parse_number(&mut self) -> Parsed<Result<ShortNumber<'a>, usize>> {
         let start = self.pos;
         let negative = self.peek() == Some(b'-');
         if negative {
@@ -502,16 +532,22 @@ impl<'a, 'l, 'm> Parser<'a, 'l, 'm> {
             // At most 15 significant digits: one correctly rounded division of exact doubles (Clinger's fast
             // path), the double `str::parse` gives; an integer is that double exactly.
             let value = mantissa as f64 / number::POW10[fraction_digits];
-            return Ok(Ok(if negative { -value } else { value }));
+            // The canonical spelling of a decimal of at most 15 significant digits is that decimal, in its
+            // shortest form (a double tells apart all such decimals, so none shorter reads back as it), written
+            // plainly from 10^-6 up (`number::write_canonical`): the text, when it has no needless zero.
+            let canonical = (fraction_digits == 0 || self.data[self.pos - 1] != b'0')
+                && (value >= 1e-6 || (value == 0.0 && !negative));
+            let text = canonical.then(|| &self.data[start..self.pos]);
+            return Ok(Ok((if negative { -value } else { value }, text)));
         }
         Ok(Err(start))
     }
 
     /// The value of a number [`Parser::parse_number`] just read.
     #[inline(always)]
-    fn number_value(&self, number: Result<f64, usize>) -> Value<'a> {
+    fn number_value(&self, number: Result<ShortNumber<'a>, usize>) -> Value<'a> {
         match number {
-            Ok(n) => Value::Number(n),
+            Ok((n, text)) => Value::Number(n, text),
             Err(start) => self.read_number(start),
         }
     }
@@ -634,6 +670,14 @@ impl<'a, 'l, 'm> Parser<'a, 'l, 'm> {
 
     /// Skips a nested value too deep to decode, without recursion, matching brackets outside strings.
     fn skip_nested(&mut self) -> Parsed<()> {
+        let start = self.pos;
+        self.skip_brackets()?;
+        let skipped = &self.data[start..self.pos.min(self.data.len())];
+        self.crossed_newline |= skipped.contains(&b'\n');
+        Ok(())
+    }
+
+    fn skip_brackets(&mut self) -> Parsed<()> {
         let mut depth = 0usize;
         let mut in_string = false;
         while let Some(b) = self.peek() {
@@ -742,8 +786,8 @@ mod tests {
         assert_eq!(
             v.get("a"),
             Some(&Value::Array(vec![
-                Value::Number(1.0),
-                Value::Number(2.5),
+                Value::Number(1.0, None),
+                Value::Number(2.5, None),
                 Value::String("x\né😀".into())
             ]))
         );
@@ -755,7 +799,70 @@ mod tests {
         assert!(matches!(one(r#""\ud800""#), Value::Invalid(_)));
         assert!(matches!(one("9007199254740993"), Value::Integer(_)));
         assert!(matches!(one("1e400"), Value::Invalid(_)));
-        assert_eq!(one("9007199254740992"), Value::Number(9_007_199_254_740_992.0));
+        assert_eq!(one("9007199254740992"), Value::Number(9_007_199_254_740_992.0, None));
+    }
+
+    /// Plain decimals of up to 15 digits keep their text as their canonical spelling only when it is exactly
+    /// what the canonical writer computes from the double.
+    #[test]
+    fn number_text_is_kept_only_when_canonical() {
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move |n: u64| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state % n
+        };
+        let mut kept = 0;
+        for _ in 0..300_000 {
+            let mut text = String::new();
+            if next(3) == 0 {
+                text.push('-');
+            }
+            let int_digits = next(16) as usize;
+            if int_digits == 0 {
+                text.push('0');
+            } else {
+                text.push(char::from(b'1' + next(9) as u8));
+                (1..int_digits).for_each(|_| text.push(char::from(b'0' + next(10) as u8)));
+            }
+            let fraction_digits = next(16 - int_digits.max(1) as u64) as usize;
+            if fraction_digits > 0 {
+                text.push('.');
+                // Leading zeros often, to cross 10^-6; a trailing zero sometimes.
+                let zeros = if int_digits == 0 {
+                    next(fraction_digits as u64 + 1) as usize
+                } else {
+                    0
+                };
+                (0..fraction_digits).for_each(|i| {
+                    let digit = if i < zeros || (i + 1 == fraction_digits && next(4) == 0) {
+                        0
+                    } else {
+                        next(10)
+                    };
+                    text.push(char::from(b'0' + digit as u8));
+                });
+            }
+            let value = one(&text);
+            let Value::Number(n, spelling) = value else {
+                panic!("{text}: {value:?}")
+            };
+            let mut computed = Vec::new();
+            number::write_canonical(&mut computed, n);
+            if let Some(spelling) = spelling {
+                assert_eq!(
+                    String::from_utf8_lossy(spelling),
+                    String::from_utf8_lossy(&computed),
+                    "{text}"
+                );
+                kept += 1;
+            }
+            let mut written = Vec::new();
+            crate::canonical::write_value(&mut written, &value);
+            assert_eq!(written, computed, "{text}");
+        }
+        assert!(kept > 100_000, "{kept}");
     }
 
     #[test]

@@ -27,7 +27,7 @@ pub fn read(text: &str) -> Option<Value<'static>> {
     }
     // `str::parse` rounds correctly at any length.
     let value: f64 = text.parse().ok()?;
-    value.is_finite().then_some(Value::Number(value))
+    value.is_finite().then_some(Value::Number(value, None))
 }
 
 /// Exact powers of ten as doubles (every one up to 10^22 is representable).
@@ -69,6 +69,13 @@ pub(crate) fn write_canonical_to(out: &mut Writer<'_>, value: f64) {
 /// Appends the digits of an integer, with its sign.
 #[inline]
 pub(crate) fn write_integer(out: &mut Writer<'_>, negative: bool, magnitude: u64) {
+    let (digits, start) = integer_digits(negative, magnitude);
+    out.put(&digits[start..]);
+}
+
+/// The digits of an integer, with its sign, two at a time: the end of a buffer, from the index returned.
+#[inline(always)]
+fn integer_digits(negative: bool, magnitude: u64) -> ([u8; 24], usize) {
     let mut buf = [0u8; 24];
     let mut i = buf.len();
     let mut n = magnitude;
@@ -88,27 +95,13 @@ pub(crate) fn write_integer(out: &mut Writer<'_>, negative: bool, magnitude: u64
         i -= 1;
         buf[i] = b'-';
     }
-    out.put(&buf[i..]);
+    (buf, i)
 }
 
 /// Appends the canonical spelling of an integer (its digits), without a `Writer`.
 pub(crate) fn write_canonical_i64(out: &mut Vec<u8>, n: i64) {
-    let mut buf = [0u8; 20];
-    let mut i = buf.len();
-    let mut rest = n.unsigned_abs();
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (rest % 10) as u8;
-        rest /= 10;
-        if rest == 0 {
-            break;
-        }
-    }
-    if n < 0 {
-        i -= 1;
-        buf[i] = b'-';
-    }
-    out.extend_from_slice(&buf[i..]);
+    let (digits, start) = integer_digits(n < 0, n.unsigned_abs());
+    out.extend_from_slice(&digits[start..]);
 }
 
 /// The two decimal digits of `n < 100`.
@@ -201,7 +194,7 @@ mod tests {
     #[test]
     fn spellings_of_one_value_agree() {
         for text in ["1", "1.0", "1.00", "10e-1", "0.1e1", "1E0", "0.00001e5"] {
-            assert_eq!(read(text), Some(Value::Number(1.0)), "{text}");
+            assert_eq!(read(text), Some(Value::Number(1.0, None)), "{text}");
         }
         for text in [
             "1152921504606846976",
@@ -238,7 +231,7 @@ mod tests {
         }
         assert_eq!(read("1e400"), None);
         assert!(matches!(read("9007199254740993"), Some(Value::Integer(_))));
-        assert!(matches!(read("9007199254740992"), Some(Value::Number(_))));
+        assert!(matches!(read("9007199254740992"), Some(Value::Number(..))));
     }
 
     #[test]

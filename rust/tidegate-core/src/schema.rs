@@ -149,12 +149,12 @@ impl Schema {
         for (keyword, value) in fields {
             let here = Path::Key(path, keyword);
             let as_count = |v: &Value<'_>| match v {
-                Value::Number(n) if is_integer(*n) && *n >= 0.0 => Ok(*n as usize),
+                Value::Number(n, _) if is_integer(*n) && *n >= 0.0 => Ok(*n as usize),
                 Value::Integer(i) if !i.negative => Ok(usize::try_from(i.magnitude).unwrap_or(usize::MAX)),
                 _ => Err(err(&here, "must be a non-negative integer".into())),
             };
             let as_number = |v: &Value<'_>| match v {
-                Value::Number(n) => Ok(*n),
+                Value::Number(n, _) => Ok(*n),
                 Value::Integer(i) => Ok(i.to_f64()),
                 _ => Err(err(&here, "must be a number".into())),
             };
@@ -305,6 +305,22 @@ impl Schema {
     /// Validates `value`, pushing every failure found. Decoding problems (`Invalid` nodes) anywhere in the value
     /// are failures too, including inside unconstrained subtrees.
     pub fn validate(&self, value: &Value<'_>, path: &Path<'_>, errors: &mut Vec<FieldError>) {
+        self.check(value, path, errors, None);
+    }
+
+    /// [`Schema::validate`], given a text already known to be a date-time (parsed by the caller, which needs its
+    /// value): a `date-time` string equal to it is not parsed again.
+    pub(crate) fn validate_knowing_date_time(
+        &self,
+        value: &Value<'_>,
+        path: &Path<'_>,
+        errors: &mut Vec<FieldError>,
+        date_time: Option<&str>,
+    ) {
+        self.check(value, path, errors, date_time);
+    }
+
+    fn check(&self, value: &Value<'_>, path: &Path<'_>, errors: &mut Vec<FieldError>, date_time: Option<&str>) {
         let fail = |errors: &mut Vec<FieldError>, message: String| {
             errors.push(FieldError {
                 path: path.render(),
@@ -320,7 +336,7 @@ impl Schema {
         let type_ok = match value {
             Value::Null => self.allows(0),
             Value::Bool(_) => self.allows(1),
-            Value::Number(n) => self.allows(3) || (self.allows(2) && is_integer(*n)),
+            Value::Number(n, _) => self.allows(3) || (self.allows(2) && is_integer(*n)),
             Value::Integer(_) => self.allows(3) || self.allows(2),
             Value::String(_) => self.allows(4),
             Value::Array(_) => self.allows(5),
@@ -344,8 +360,8 @@ impl Schema {
             }
         }
         match value {
-            Value::String(s) => self.validate_string(s, path, errors),
-            Value::Number(n) => self.validate_number(|bound| n.partial_cmp(&bound), path, errors),
+            Value::String(s) => self.validate_string(s, path, errors, date_time),
+            Value::Number(n, _) => self.validate_number(|bound| n.partial_cmp(&bound), path, errors),
             Value::Integer(i) => self.validate_number(|bound| Some(i.cmp_f64(bound)), path, errors),
             Value::Array(items) => {
                 if let Some(min) = self.min_items.filter(|min| items.len() < *min) {
@@ -360,17 +376,17 @@ impl Schema {
                 for (i, item) in items.iter().enumerate() {
                     let at = Path::Index(path, i);
                     match &self.items {
-                        Some(schema) => schema.validate(item, &at, errors),
+                        Some(schema) => schema.check(item, &at, errors, date_time),
                         None => check_decoded(item, &at, errors),
                     }
                 }
             }
-            Value::Object(fields) => self.validate_object(fields, path, errors),
+            Value::Object(fields) => self.validate_object(fields, path, errors, date_time),
             _ => {}
         }
     }
 
-    fn validate_string(&self, s: &str, path: &Path<'_>, errors: &mut Vec<FieldError>) {
+    fn validate_string(&self, s: &str, path: &Path<'_>, errors: &mut Vec<FieldError>, date_time: Option<&str>) {
         let fail = |errors: &mut Vec<FieldError>, message: String| {
             errors.push(FieldError {
                 path: path.render(),
@@ -396,7 +412,9 @@ impl Schema {
         if let Some(pattern) = self.pattern.as_ref().filter(|p| !matches(p)) {
             fail(errors, format!("must match the pattern {}", pattern.as_str()));
         }
-        if self.date_time && Timestamp::parse(s).is_none() {
+        // The known text is usually this very string: the same address is enough.
+        let known = || date_time.is_some_and(|known| std::ptr::eq(known, s) || known == s);
+        if self.date_time && !known() && Timestamp::parse(s).is_none() {
             fail(errors, "must be an RFC 3339 date-time with a time zone".into());
         }
     }
@@ -440,6 +458,7 @@ impl Schema {
         fields: &[(std::borrow::Cow<'_, str>, Value<'_>)],
         path: &Path<'_>,
         errors: &mut Vec<FieldError>,
+        date_time: Option<&str>,
     ) {
         // Fast path: each field's property looked up once, required ones tracked in a mask.
         const SMALL: usize = 32;
@@ -484,14 +503,14 @@ impl Schema {
             match property {
                 // `null` for an optional member is its absence.
                 Some(i) if matches!(value, Value::Null) && self.null_means_absent_at(i) => {}
-                Some(i) => self.properties[i].1.validate(value, &at, errors),
+                Some(i) => self.properties[i].1.check(value, &at, errors, date_time),
                 None => match &self.additional {
                     Additional::Allowed => check_decoded(value, &at, errors),
                     Additional::Forbidden => errors.push(FieldError {
                         path: at.render(),
                         message: "unknown field".into(),
                     }),
-                    Additional::Schema(schema) => schema.validate(value, &at, errors),
+                    Additional::Schema(schema) => schema.check(value, &at, errors, date_time),
                 },
             }
         }
@@ -514,6 +533,7 @@ impl Schema {
         }
     }
 
+    #[inline(always)]
     fn property_index(&self, key: &str) -> Option<usize> {
         self.properties.iter().position(|(name, _)| same_key(name, key))
     }
@@ -690,7 +710,15 @@ fn plural(n: usize, one: &'static str, many: &'static str) -> &'static str {
 }
 
 /// Fails a value that holds a decoding problem anywhere inside it.
+#[inline(always)]
 fn check_decoded(value: &Value<'_>, path: &Path<'_>, errors: &mut Vec<FieldError>) {
+    // Most values are scalars, which hold none.
+    if matches!(value, Value::Invalid(_) | Value::Array(_) | Value::Object(_)) {
+        report_invalid(value, path, errors);
+    }
+}
+
+fn report_invalid(value: &Value<'_>, path: &Path<'_>, errors: &mut Vec<FieldError>) {
     if let Some((sub_path, message)) = value.first_invalid() {
         errors.push(FieldError {
             path: format!("{}{}", path.render(), &sub_path[1..]),

@@ -3,7 +3,7 @@
 use std::borrow::Cow;
 use std::cmp::Ordering;
 
-use crate::batch::{RecordBatch, encode_header};
+use crate::batch::{RecordBatch, RecordRef, encode_header};
 use crate::canonical::{Writer, compare_keys, sort_entries, write_string, write_value};
 use crate::contract::{Contract, ContractKind, UnknownFields};
 use crate::decode::{self, Encoding, Format};
@@ -292,6 +292,8 @@ struct Run<'v> {
     time_text: Vec<u8>,
     /// Records came from a top-level array, so their paths start `$[i]`.
     array_body: bool,
+    /// The Kafka size of a record without key, value or headers ([`record_bytes_bound`]).
+    empty_record_bytes: usize,
 }
 
 impl<'v> Run<'v> {
@@ -335,6 +337,7 @@ impl<'v> Run<'v> {
             scratch,
             time_text: Vec::with_capacity(32),
             array_body: false,
+            empty_record_bytes: kafka::record_batch_size(&RecordRef::from_parts("", None, &[], &[], [0; 16], 0)),
         }
     }
 
@@ -448,7 +451,12 @@ impl<'v> Run<'v> {
         let options = &self.validator.options;
         let index = context.index;
         let fail_count = self.outcome.rejected.len();
-        contract.record_schema.validate(record, &Path::Root, &mut self.errors);
+        // The record's time, parsed once: the schema's `date-time` check is told it parses.
+        let time_field = contract.time_field.as_deref();
+        let time_source = time_field.and_then(|f| record.get(f)).and_then(Value::as_str);
+        let timestamp = time_source.and_then(Timestamp::parse);
+        let known_date_time = time_source.filter(|_| timestamp.is_some());
+        (contract.record_schema).validate_knowing_date_time(record, &Path::Root, &mut self.errors, known_date_time);
         if !self.errors.is_empty() {
             let prefix = self.record_path(context);
             for error in std::mem::take(&mut self.errors) {
@@ -476,9 +484,6 @@ impl<'v> Run<'v> {
                 "must equal the batch's device_id".into(),
             );
         }
-        let time_field = contract.time_field.as_deref();
-        let time_source = time_field.and_then(|f| record.get(f)).and_then(Value::as_str);
-        let timestamp = time_source.and_then(Timestamp::parse);
         if let (Some(ts), Some(field), true) = (timestamp, time_field, contract.enforce_window) {
             let millis = ts.unix_millis();
             let received = self.request.received_at_ms;
@@ -681,7 +686,7 @@ impl<'v> Run<'v> {
         );
         self.time_text = time_text;
         let mut pushed = 1;
-        let mut record_bytes = self.outcome.batch.last().map_or(0, |r| kafka::record_batch_size(&r));
+        let mut record_bytes = self.outcome.batch.last().map_or(0, |r| self.record_bytes(&r));
         if self.outcome.warnings.len() > warnings_before {
             let reasons: Vec<String> = self.outcome.warnings[warnings_before..]
                 .iter()
@@ -693,7 +698,7 @@ impl<'v> Run<'v> {
             let last = self.outcome.batch.len() - 1;
             self.outcome.batch.copy_to_topic(last, &options.dlq_topic, &extra);
             pushed += 1;
-            let copy_bytes = self.outcome.batch.last().map_or(0, |r| kafka::record_batch_size(&r));
+            let copy_bytes = self.outcome.batch.last().map_or(0, |r| self.record_bytes(&r));
             record_bytes = record_bytes.max(copy_bytes);
         }
         if record_bytes > options.max_record_bytes {
@@ -715,6 +720,17 @@ impl<'v> Run<'v> {
         self.outcome.ingest_lag_ms.push(lag);
     }
 
+    /// The record's size as Kafka measures it ([`kafka::record_batch_size`]) when it may be above the limit;
+    /// otherwise a bound of it that is within the limit too (sizes are only reported above the limit).
+    fn record_bytes(&self, record: &RecordRef<'_>) -> usize {
+        let bound = record_bytes_bound(self.empty_record_bytes, record);
+        if bound <= self.validator.options.max_record_bytes {
+            bound
+        } else {
+            kafka::record_batch_size(record)
+        }
+    }
+
     fn skip(&mut self, fail_count: usize) {
         debug_assert!(self.outcome.rejected.len() > fail_count);
         self.outcome.event_ids.push(None);
@@ -729,7 +745,7 @@ impl<'v> Run<'v> {
             };
             for (name, value) in values {
                 let n = match value {
-                    Value::Number(n) => *n,
+                    Value::Number(n, _) => *n,
                     Value::Integer(i) => i.to_f64(),
                     _ => continue,
                 };
@@ -757,6 +773,16 @@ impl<'v> Run<'v> {
             }
         }
     }
+}
+
+/// An upper bound of [`kafka::record_batch_size`] from the lengths of the record's parts alone (measuring exactly
+/// reads every header), given `empty`, the size of a record without key, value or headers. Against an empty
+/// record, each of the four length varints (key, value, header count, the record's own length) takes at most 4
+/// bytes more (5 bytes hold any length below 2^31), and each header at most 2 bytes more than in the batch's
+/// encoding ([`encode_header`]: 2-byte name and 4-byte value lengths, so at least 6 bytes a header).
+fn record_bytes_bound(empty: usize, record: &RecordRef<'_>) -> usize {
+    let headers = record.raw_headers().len();
+    empty + record.key.map_or(0, <[u8]>::len) + record.value.len() + headers + headers / 3 + 16
 }
 
 fn human_duration(ms: i64) -> String {
@@ -865,6 +891,53 @@ mod tests {
         assert_eq!((outcome.accepted, outcome.rejected.len()), (0, 1));
         assert!(outcome.warnings.is_empty() && outcome.batch.is_empty());
         assert!(outcome.batch.topics().is_empty(), "no topic left without records");
+    }
+
+    #[test]
+    fn the_size_bound_holds_at_every_varint_width() {
+        let empty = kafka::record_batch_size(&RecordRef::from_parts("", None, &[], &[], [0; 16], 0));
+        let lengths = [0, 1, 63, 64, 65, 8_191, 8_192, 1_048_575, 1_048_576, 3_000_000];
+        let bytes = vec![b'x'; 3_000_000];
+        for &key in &lengths[..6] {
+            for &value in &lengths {
+                for headers in [0, 1, 3, 200] {
+                    let mut encoded = Vec::new();
+                    for i in 0..headers {
+                        let name = if i % 2 == 0 { "n" } else { "a-longer-header-name" };
+                        encode_header(&mut encoded, name, &bytes[..i % 70]);
+                    }
+                    for key in [None, Some(&bytes[..key])] {
+                        let record = RecordRef::from_parts("t", key, &bytes[..value], &encoded, [0; 16], RECEIVED_MS);
+                        let exact = kafka::record_batch_size(&record);
+                        assert!(
+                            record_bytes_bound(empty, &record) >= exact,
+                            "{:?} {value} {headers}",
+                            key.map(<[u8]>::len)
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn date_times_are_checked_beside_the_parsed_time_field() {
+        let schema = r#"{"type":"object","properties":{"t":{"type":"string","format":"date-time"},
+            "u":{"type":"string","format":"date-time"}}}"#;
+        let contract = Contract::custom("c/v1", schema, "c", None, Some("t".into()), None).unwrap();
+        let validator = Validator::new(contract, ValidatorOptions::default());
+        let paths = |body: &str| -> Vec<String> {
+            let outcome = validator.validate(&request(body.as_bytes())).unwrap();
+            outcome.rejected.into_iter().map(|issue| issue.path).collect()
+        };
+        let good = "2026-03-27T10:15:30Z";
+        assert!(paths(&format!(r#"{{"t":"{good}","u":"{good}"}}"#)).is_empty());
+        assert_eq!(
+            paths(&format!(r#"{{"t":"{good}","u":"2026-02-30T10:15:30Z"}}"#)),
+            ["$.u"]
+        );
+        assert_eq!(paths(&format!(r#"{{"t":"yesterday","u":"{good}"}}"#)), ["$.t"]);
+        assert_eq!(paths(r#"{"t":"2026-03-27T10:15:30","u":"x"}"#), ["$.t", "$.u"]);
     }
 
     #[test]

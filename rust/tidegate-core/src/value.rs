@@ -8,11 +8,13 @@ use crate::schema::same_key;
 /// (signed or unsigned), else as the nearest double; each value has one representation (`Number` whenever a
 /// double holds it exactly, `Integer` otherwise), so JSON `10`, `10.0`, `1e1` and CBOR `10` (integer or float)
 /// are the same value and canonicalize alike.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub enum Value<'a> {
     Null,
     Bool(bool),
-    Number(f64),
+    /// A double, and the text it was decoded from when that text is already its canonical spelling (which then
+    /// need not be worked out again; see [`crate::json`]). Two numbers are equal when their doubles are.
+    Number(f64, Option<&'a [u8]>),
     /// An integer no double holds exactly: beyond 2^53 in magnitude, within `-2^63 ..= 2^64 - 1`.
     Integer(Integer),
     String(Cow<'a, str>),
@@ -24,7 +26,24 @@ pub enum Value<'a> {
     Invalid(Box<str>),
 }
 
+impl PartialEq for Value<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Value::Null, Value::Null) => true,
+            (Value::Bool(a), Value::Bool(b)) => a == b,
+            (Value::Number(a, _), Value::Number(b, _)) => a == b,
+            (Value::Integer(a), Value::Integer(b)) => a == b,
+            (Value::String(a), Value::String(b)) => a == b,
+            (Value::Array(a), Value::Array(b)) => a == b,
+            (Value::Object(a), Value::Object(b)) => a == b,
+            (Value::Invalid(a), Value::Invalid(b)) => a == b,
+            _ => false,
+        }
+    }
+}
+
 impl<'a> Value<'a> {
+    #[inline(always)]
     pub fn get(&self, key: &str) -> Option<&Value<'a>> {
         match self {
             Value::Object(fields) => fields.iter().find(|(k, _)| same_key(k, key)).map(|(_, v)| v),
@@ -43,8 +62,8 @@ impl<'a> Value<'a> {
         match self {
             Value::Null => "null",
             Value::Bool(_) => "boolean",
-            Value::Number(n) if is_integer(*n) => "integer",
-            Value::Number(_) => "number",
+            Value::Number(n, _) if is_integer(*n) => "integer",
+            Value::Number(..) => "number",
             Value::Integer(_) => "integer",
             Value::String(_) => "string",
             Value::Array(_) => "array",
@@ -150,7 +169,7 @@ impl Value<'static> {
         let double = n as f64;
         // `double as i128` saturates only far outside the 64-bit range, where the comparison fails anyway.
         if double as i128 == n || !INTEGER_RANGE.contains(&n) {
-            return Value::Number(double);
+            return Value::Number(double, None);
         }
         Value::Integer(Integer {
             negative: n < 0,
