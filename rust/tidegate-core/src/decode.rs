@@ -220,7 +220,7 @@ mod tests {
                 state ^= state >> 7;
                 state ^= state << 17;
                 body.push_str(fragments[(state >> 8) as usize % fragments.len()]);
-                if state % 3 != 0 {
+                if !state.is_multiple_of(3) {
                     body.push('\n');
                 }
             }
