@@ -3,6 +3,7 @@ spool through the HTTP pipeline, acknowledged only once durable."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -22,6 +23,7 @@ import pytest
 import tidegate
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
+from tidegate.testing.broker import Broker, consume_all
 from tidegate.testing.mosquitto import Mosquitto
 from tidegate.testing.server import Server
 
@@ -143,6 +145,49 @@ def quarantined(data_dir: Path) -> list[tuple[bytes | None, bytes, dict[str, byt
                 break
             out.extend((key, value, dict(headers)) for key, value, headers, _ in batch.records(DLQ))
     return out
+
+
+def test_readings_over_mqtt_reach_kafka_with_the_event_ids_they_have_over_http(
+    tmp_path: Path, broker: Mosquitto
+) -> None:
+    # One reading goes HTTP first and MQTT second, the other MQTT first and HTTP second: whichever path comes
+    # second is answered duplicate, so Kafka holds each reading once, under the id both paths give it.
+    with Broker(tmp_path / "kafka") as kafka:
+        kafka.create_topics(["telemetry-raw", "events-raw", DLQ], partitions=3)
+        server = Server(tmp_path / "data", {**mqtt_env(broker), "TIDEGATE_KAFKA": kafka.bootstrap})
+        keys = server.keys("sensor-kafka")
+        device = Device(broker, "sensor-kafka")
+        auth = {"X-Device-Token": keys["sensor-kafka"]}
+        http_first, mqtt_first = reading("sensor-kafka", metrics={"n": 1}), reading("sensor-kafka", metrics={"n": 2})
+        with serving(server, broker), httpx.Client(base_url=server.url, timeout=30) as http:
+            answer = http.post("/api/v1/ingest", json=http_first, headers=auth).json()
+            assert answer["status"] == "accepted"
+            http_id = answer["event_id"]
+            device.publish("devices/sensor-kafka/telemetry", mqtt_first)
+            device.publish("devices/sensor-kafka/telemetry", http_first)  # a duplicate of the HTTP reading
+            wait_for(
+                lambda: 'tidegate_mqtt_messages_total{outcome="accepted"} 2' in http.get("/metrics").text,
+                "both MQTT messages taken",
+            )
+            assert len(telemetry_ids(server.data_dir)) == 2, "the MQTT copy of the HTTP reading is not spooled"
+            answer = http.post("/api/v1/ingest", json=mqtt_first, headers=auth).json()
+            assert answer["status"] == "duplicate"
+            mqtt_id = answer["event_id"]
+            # Answered once Kafka holds it, so once Kafka holds everything spooled before it.
+            last = http.post(
+                "/api/v1/ingest", json=reading("sensor-kafka", metrics={"n": 3}), headers={**auth, "X-Ack": "kafka"}
+            )
+            assert last.headers["x-durability"] == "kafka", last.text
+            consumed = asyncio.run(consume_all(kafka.bootstrap, "telemetry-raw", timeout=20))
+        device.close()
+    in_kafka = {dict(record.headers)["event_id"].decode(): json.loads(record.value) for record in consumed}
+    assert len(consumed) == 3 == len(in_kafka), "each reading once"
+    assert set(in_kafka) == {http_id, mqtt_id, last.json()["event_id"]}
+    for event_id, value in in_kafka.items():
+        assert value["event_id"] == event_id
+        assert value["device_id"] == "sensor-kafka"
+    assert in_kafka[mqtt_id]["metrics"] == {"n": 2}
+    assert {record.key for record in consumed} == {b"sensor-kafka"}
 
 
 def test_what_cannot_be_taken_is_quarantined_as_over_http(tmp_path: Path, broker: Mosquitto) -> None:
