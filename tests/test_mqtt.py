@@ -120,17 +120,23 @@ def test_a_reading_over_mqtt_has_the_event_id_it_has_over_http(tmp_path: Path, b
             "readings": [{k: third[k] for k in ("timestamp", "metrics")}],
         }
         device.publish("devices/sensor-001/batch", batch)
-        wait_for(lambda: len(telemetry_ids(server.data_dir)) == 3, "three readings in the spool")
+        fourth = reading("sensor-001", metrics={"t": 4})
+        device.publish("devices/sensor-001/telemetry", {k: v for k, v in fourth.items() if k != "device_id"})
+        fifth = reading("sensor-001", metrics={"t": 5})
+        device.publish("devices/sensor-001/telemetry", cbor2.dumps({k: fifth[k] for k in ("timestamp", "metrics")}))
+        wait_for(lambda: len(telemetry_ids(server.data_dir)) == 5, "five readings in the spool")
         spooled = telemetry_ids(server.data_dir)
+        # The topic names the device of a reading that leaves device_id out.
+        assert {value["device_id"] for value in values(server.data_dir, "telemetry-raw")} == {"sensor-001"}
         # The same readings over HTTP: the same event ids, answered as duplicates of what MQTT spooled.
-        for record in (first, second, third):
+        for record in (first, second, third, fourth, fifth):
             answer = http.post("/api/v1/ingest", json=record, headers={"X-Device-Token": keys["sensor-001"]})
             assert answer.status_code == 202, answer.text
             assert answer.json()["status"] == "duplicate"
             assert answer.json()["event_id"] in spooled
         assert sorted(telemetry_ids(server.data_dir)) == sorted(spooled), "no second copy"
         metrics = http.get("/metrics").text
-        assert 'tidegate_mqtt_messages_total{outcome="accepted"} 3' in metrics
+        assert 'tidegate_mqtt_messages_total{outcome="accepted"} 5' in metrics
     device.close()
 
 

@@ -321,10 +321,18 @@ class IngestEdge:
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     def _validate(
-        self, route: IngestRoute, body: bytes, headers: dict[bytes, str], priority: str, device_id: str | None
+        self,
+        route: IngestRoute,
+        body: bytes,
+        headers: dict[bytes, str],
+        priority: str,
+        device_id: str | None,
+        *,
+        device_from_source: bool = False,
     ) -> ValidationResult:
         """Validates the body and charges the device its decoded size (a compressed body that could not be
-        decoded is charged the body limit: what decompressing it cost is not known here)."""
+        decoded is charged the body limit: what decompressing it cost is not known here). With
+        `device_from_source` a telemetry record that leaves device_id out is `device_id`'s."""
         try:
             result = route.validator.validate(
                 body,
@@ -334,6 +342,7 @@ class IngestEdge:
                 traceparent=headers.get(b"traceparent"),
                 tracestate=headers.get(b"tracestate"),
                 idempotency_key=headers.get(b"x-idempotency-key"),
+                device_id=device_id if device_from_source else None,
             )
         except PayloadError as error:
             encoding = headers.get(b"content-encoding", "identity").strip().lower()
@@ -386,12 +395,14 @@ class IngestEdge:
         *,
         dry_run: bool,
         source: Source = HTTP,
+        device_from_source: bool = False,
     ) -> Answer:
         """The pipeline shared by HTTP and MQTT once a body is admitted: validate, check the device, dedup, spool
         (durable when this returns; with `dry_run`, nothing is written), answer. `device_id` is the authenticated
-        device (HTTP's key, MQTT's topic), which every telemetry record must name. Raises Problem for a body that
-        cannot be taken as a whole. What is refused is quarantined (`tidegate.quarantine`), durably, before the
-        answer: the rejected records with the accepted ones, a body refused as a whole before the Problem."""
+        device (HTTP's key, MQTT's topic), which every telemetry record must name; with `device_from_source` (MQTT,
+        whose topic is the device) a telemetry record that leaves device_id out is that device's. Raises Problem
+        for a body that cannot be taken as a whole. What is refused is quarantined (`tidegate.quarantine`), durably,
+        before the answer: the rejected records with the accepted ones, a body refused as a whole before the Problem."""
         content_type = headers.get(b"content-type", "application/json")
 
         async def refused(problem: Problem, items: list[QuarantineItem]) -> Problem:
@@ -409,7 +420,7 @@ class IngestEdge:
             )
 
         try:
-            result = self._validate(route, body, headers, priority, device_id)
+            result = self._validate(route, body, headers, priority, device_id, device_from_source=device_from_source)
         except Problem as undecodable:
             # A bad header is refused before any record is looked at: nothing there to investigate.
             if undecodable.slug == "invalid-header" or (source.undecodable_retried and undecodable.slug == "malformed"):

@@ -9,7 +9,8 @@
   when a worker died is redelivered to the worker that owns the same spool, whose dedup window (rebuilt from that
   spool) answers it duplicate: a redelivery is never a second copy.
 - The device comes from the topic (`{device_id}` in a pattern) and is the device every telemetry record must name,
-  as a key is over HTTP. There is no response to carry a rejection: what is refused (the records of a message, or
+  as a key is over HTTP; a reading that leaves device_id out is the topic's device's, with the event id it has
+  naming it. There is no response to carry a rejection: what is refused (the records of a message, or
   the whole payload) is quarantined as over HTTP (`tidegate.quarantine`: raw bytes on the dead-letter topic, with
   `dlq-source: mqtt` and `mqtt-topic` headers), durably, before the message is acknowledged.
 - Overload never drops: a message waits, unacknowledged, while the worker is not ready, sheds its priority, or the
@@ -433,6 +434,7 @@ class MqttSource:
                     route.priority,
                     dry_run=gateway.settings.dry_run,
                     source=source,
+                    device_from_source=True,
                 )
             except Problem as problem:
                 if problem.status < 500:
