@@ -22,7 +22,11 @@ import paho.mqtt.client as paho
 import pytest
 import tidegate
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.exception import MalformedPacket
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
+from tidegate.mqtt import read_publish
 from tidegate.testing.broker import Broker, consume_all
 from tidegate.testing.mosquitto import Mosquitto
 from tidegate.testing.server import Server
@@ -355,18 +359,65 @@ def test_mqtt_acl_lets_each_device_publish_to_its_own_topics_only(tmp_path: Path
         assert answers[0].is_failure, "another device's key is refused at CONNECT"
 
 
-def test_mqtt_3_1_1_subscribes_plainly_on_worker_0_and_takes_ndjson(tmp_path: Path, broker: Mosquitto) -> None:
+def test_mqtt_3_1_1_shares_the_subscription_between_workers_and_takes_ndjson(tmp_path: Path, broker: Mosquitto) -> None:
     server = Server(tmp_path / "data", mqtt_env(broker, mqtt_protocol="3.1.1"), workers=2)
     device = Device(broker, "gateway-7")
-    with server:
-        # Without shared subscriptions two workers would each take every message: worker 0 alone subscribes.
-        wait_for(lambda: len(broker.subscribers("devices/+/events")) == 1, "worker 0's plain subscription")
-        assert next(iter(broker.subscribers("devices/+/events"))).endswith("-w0")
-        ndjson = "\n".join(json.dumps(event(payload={"n": n})) for n in range(3)) + "\n"
-        device.publish("devices/gateway-7/events", ndjson)  # no content type travels with 3.1.1
-        wait_for(lambda: len(values(server.data_dir, "events-raw")) == 3, "three events")
+    with serving(server, broker, workers=2):
+        assert len(broker.subscribers(SHARED_EVENTS)) == 2, "mosquitto shares $share/ with 3.1.1 clients too"
+        for i in range(40):
+            ndjson = "\n".join(json.dumps(event(entity_id=f"e-{i}", payload={"n": n})) for n in range(3)) + "\n"
+            device.publish(f"devices/gateway-{i}/events", ndjson)  # no content type travels with 3.1.1
+        wait_for(lambda: len(values(server.data_dir, "events-raw")) == 120, "every event")
+        per_worker = {directory.name: len(spooled(directory)) for directory in (server.data_dir / "spool").iterdir()}
+        assert all(count > 0 for count in per_worker.values()) and len(per_worker) == 2, per_worker
         assert not quarantined(server.data_dir)
     device.close()
+
+
+def test_without_a_group_worker_0_alone_subscribes_plainly(tmp_path: Path, broker: Mosquitto) -> None:
+    server = Server(tmp_path / "data", mqtt_env(broker, mqtt_shared_group=""), workers=2)
+    device = Device(broker, "gateway-8")
+    with server:
+        # Two workers subscribing plainly would each take every message.
+        wait_for(lambda: len(broker.subscribers("devices/+/events")) == 1, "worker 0's plain subscription")
+        assert next(iter(broker.subscribers("devices/+/events"))).endswith("-w0")
+        assert not broker.subscribers(SHARED_EVENTS)
+        device.publish("devices/gateway-8/telemetry", reading("gateway-8"))
+        wait_for(lambda: len(telemetry_ids(server.data_dir)) == 1, "the reading")
+    device.close()
+
+
+def publish_packet(topic: str, payload: bytes, *, mid: int | None, properties: bytes | None) -> bytes:
+    """A PUBLISH packet after its fixed header, as a broker sends it (properties None: MQTT 3.1.1)."""
+    packet = len(topic).to_bytes(2, "big") + topic.encode()
+    if mid is not None:
+        packet += mid.to_bytes(2, "big")
+    return packet + (properties if properties is not None else b"") + payload
+
+
+def test_publish_packets_are_read_with_their_content_type_when_they_carry_one() -> None:
+    body = b'{"n":1}'
+    no_properties = publish_packet("devices/d-1/telemetry", body, mid=513, properties=b"\x00")
+    assert read_publish(no_properties, 0x32, v5=True) == ("devices/d-1/telemetry", body, None, 513, 1)
+    given = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+    given.MessageExpiryInterval = 60
+    given.ContentType = "application/x-ndjson"
+    packed = given.pack()  # type: ignore[no-untyped-call]
+    with_properties = publish_packet("devices/d-1/events", body, mid=7, properties=packed)
+    assert read_publish(with_properties, 0x32, v5=True) == ("devices/d-1/events", body, "application/x-ndjson", 7, 1)
+    assert read_publish(publish_packet("a/b", body, mid=9, properties=None), 0x32, v5=False) == (
+        "a/b",
+        body,
+        None,
+        9,
+        1,
+    )
+    assert read_publish(publish_packet("a/b", body, mid=None, properties=b"\x00"), 0x30, v5=True)[3:] == (0, 0)
+    for malformed in (no_properties[:3], publish_packet("", body, mid=1, properties=b"\x00")):
+        with pytest.raises(MalformedPacket):
+            read_publish(malformed, 0x32, v5=True)
+    with pytest.raises(MalformedPacket):
+        read_publish(no_properties, 0x34, v5=True)  # QoS 2: tidegate subscribes with QoS 1
 
 
 @pytest.mark.parametrize(

@@ -162,8 +162,9 @@ class Settings:
     mqtt_protocol: MqttProtocol = "auto"
     """"5", "3.1.1", or "auto": MQTT 5 (shared subscriptions), falling back to 3.1.1 when the broker refuses 5."""
     mqtt_shared_group: str = "tidegate"
-    """Subscribe as `$share/<group>/<topic>` (MQTT 5), so every worker of every instance in the group takes a share
-    of the fleet. Empty, or under MQTT 3.1.1: a plain subscription, held by worker 0 of the instance alone."""
+    """Subscribe as `$share/<group>/<topic>`, so every worker of every instance in the group takes a share of the
+    fleet (MQTT 5, or MQTT 3.1.1 set by `mqtt_protocol`). Empty, or 3.1.1 as the fallback of `auto`: a plain
+    subscription, held by worker 0 of the instance alone."""
     mqtt_client_id: str | None = None
     """The prefix of each worker's client id (`<prefix>-w<N>`); by default `tidegate-<host>-<hash of the data dir>`.
     Stable across restarts, so the broker keeps each worker's session and redelivers what it had not acknowledged."""

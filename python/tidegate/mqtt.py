@@ -1,8 +1,9 @@
 """The MQTT source: each worker subscribes to the device topics and takes messages through the HTTP pipeline.
 
 - MQTT 5 with a shared subscription (`$share/<group>/devices/+/telemetry`, ...): the broker splits the fleet between
-  every worker of every instance in the group. MQTT 3.1.1 (when the broker refuses 5, or by setting) and an empty
-  group subscribe plainly, on worker 0 only, so that no two workers of an instance take the same message.
+  every worker of every instance in the group; MQTT 3.1.1 set by `mqtt_protocol` shares the same way. The fallback
+  to 3.1.1 (when the broker refuses 5) and an empty group subscribe plainly, on worker 0 only, so that no two
+  workers of an instance take the same message.
 - QoS 1 with manual acknowledgement: a message's PUBACK is sent once its records are durable in the spool, never
   before, and in the order the messages arrived (MQTT requires it). Each worker has a client id of its own that
   outlives restarts (`<prefix>-w<N>`, N its spool directory) and a persistent session, so what was not acknowledged
@@ -40,8 +41,10 @@ from typing import TYPE_CHECKING
 import aiomqtt
 from aiomqtt.exceptions import MqttConnectError
 from paho.mqtt import client as paho_client
+from paho.mqtt.enums import MQTTErrorCode
+from paho.mqtt.exception import MalformedPacket, MQTTException
 from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
+from paho.mqtt.properties import Properties, VariableByteIntegers
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
@@ -138,12 +141,11 @@ def client_id_prefix(settings: Settings) -> str:
     return f"tidegate-{socket.gethostname()}-{where}"
 
 
-def content_type_of(message: aiomqtt.Message, payload: bytes) -> str:
+def content_type_of(given: str | None, payload: bytes) -> str:
     """MQTT 5's content type when the publisher gave one; else JSON when the payload starts like JSON, or CBOR
     (a CBOR map or array never starts with `{`, `[` or white space)."""
-    given = getattr(message.properties, "ContentType", None) if message.properties is not None else None
     if given:
-        return str(given)
+        return given
     start = payload.lstrip()[:1]
     return "application/json" if start in (b"{", b"[") or not payload.strip() else "application/cbor"
 
@@ -152,12 +154,47 @@ class _Abandoned(Exception):
     """The worker stops: the message is left unacknowledged, for the broker to redeliver."""
 
 
-@dataclass
-class _Delivery:
+@dataclass(slots=True)
+class _Message:
+    """One PUBLISH as tidegate reads it (see `read_publish`)."""
+
+    topic: str
+    payload: bytes
+    content_type: str | None
     mid: int
     qos: int
     connection: int
     done: bool = False
+
+
+def read_publish(packet: bytes | bytearray, header: int, v5: bool) -> tuple[str, bytes, str | None, int, int]:
+    """A PUBLISH packet's (topic, payload, content type, packet id, QoS); `packet` is what follows its fixed header.
+
+    paho's own decoder builds an MQTT 5 `Properties` object for every message, properties or not (about 35 µs, the
+    largest single cost of a message on the worker's loop); most devices send none, so they are parsed only when
+    present. Raises MalformedPacket, which drops the connection (the broker redelivers what was not acknowledged)."""
+    qos = (header >> 1) & 3
+    try:
+        end = 2 + (packet[0] << 8 | packet[1])
+        topic = bytes(packet[2:end]).decode()
+        mid = 0
+        if qos:
+            mid = packet[end] << 8 | packet[end + 1]
+            end += 2
+        content_type = None
+        if v5:
+            length, used = (packet[end], 1) if packet[end] < 0x80 else VariableByteIntegers.decode(packet[end:])  # type: ignore[no-untyped-call]
+            if length:
+                properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+                properties.unpack(packet[end:])  # type: ignore[no-untyped-call]
+                given = getattr(properties, "ContentType", None)
+                content_type = str(given) if given else None
+            end += used + length
+    except (IndexError, UnicodeDecodeError, ValueError, MQTTException) as error:
+        raise MalformedPacket(f"PUBLISH: {error}") from error
+    if qos > 1 or not topic:
+        raise MalformedPacket(f"PUBLISH with QoS {qos} (tidegate subscribes with QoS 1) or no topic")
+    return topic, bytes(packet[end:]), content_type, mid, qos
 
 
 class MqttSource:
@@ -177,7 +214,7 @@ class MqttSource:
         self.connected = False
         self._client: aiomqtt.Client | None = None
         self._connection = 0
-        self._pending: collections.deque[_Delivery] = collections.deque()
+        self._pending: collections.deque[_Message] = collections.deque()
         self._handlers: set[asyncio.Task[None]] = set()
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -257,7 +294,22 @@ class MqttSource:
         )
         # aiomqtt acknowledges as each message is handed over; paho, under it, can leave that to us.
         client._client.manual_ack_set(True)
+        self._read_publishes_of(client._client, v5)
         return client
+
+    def _read_publishes_of(self, paho: paho_client.Client, v5: bool) -> None:
+        """Takes PUBLISH packets from paho as it reads them, past its decoder and aiomqtt's message queue: each
+        message costs the worker's loop a fraction of what paho's Properties, aiomqtt's Message, its queue and the
+        task its iterator makes per message did. paho still reads the socket, writes the PUBACKs and keeps the
+        connection; aiomqtt's message iterator, now always empty, still ends the session when it drops."""
+
+        def handle_publish() -> MQTTErrorCode:
+            packet = paho._in_packet  # a new one for every packet
+            topic, payload, content_type, mid, qos = read_publish(packet["packet"], packet["command"], v5)
+            self._arrived(_Message(topic, payload, content_type, mid, qos, self._connection))
+            return MQTTErrorCode.MQTT_ERR_SUCCESS
+
+        paho._handle_publish = handle_publish  # type: ignore[method-assign]
 
     def _subscribes(self) -> bool:
         """Shared subscriptions split the fleet between workers; a plain one is held by worker 0 alone."""
@@ -265,14 +317,20 @@ class MqttSource:
 
     @property
     def _shared(self) -> bool:
-        return self.protocol == "5" and bool(self.settings.mqtt_shared_group)
+        """MQTT 5 shares; so does MQTT 3.1.1 when asked for by setting (mosquitto, EMQX, HiveMQ and VerneMQ take
+        `$share/` from 3.1.1 clients too), but not as the fallback of `auto`: a broker that refuses MQTT 5 may not
+        know `$share/`, and would take it for a topic no device publishes to."""
+        return bool(self.settings.mqtt_shared_group) and (
+            self.protocol == "5" or self.settings.mqtt_protocol == "3.1.1"
+        )
 
     async def _session(self) -> None:
         client = self._client_for(self.protocol)
+        # Before connecting: a resumed session's messages may be read as soon as the CONNACK is.
+        self._connection += 1
+        self._pending = collections.deque()
+        self._client = client
         async with client:
-            self._connection += 1
-            self._pending = collections.deque()
-            self._client = client
             self.connected = True
             group = self.settings.mqtt_shared_group
             self.subscriptions = [
@@ -316,15 +374,19 @@ class MqttSource:
             raise aiomqtt.MqttError(f"the broker refused the subscriptions {refused} (codes {codes})")
 
     async def _read(self, client: aiomqtt.Client, connection: int) -> None:
-        async for message in client.messages:
-            delivery = _Delivery(message.mid, message.qos, connection)
-            if message.qos > 0:
-                self._pending.append(delivery)
-            task = asyncio.create_task(self._handle(message, delivery))
-            self._handlers.add(task)
-            task.add_done_callback(self._handlers.discard)
+        """Returns (raising MqttError) when the connection drops; messages come through `_arrived` meanwhile."""
+        async for _ in client.messages:
+            raise AssertionError("tidegate reads PUBLISH packets itself (_read_publishes_of)")
 
-    def _acknowledge(self, delivery: _Delivery) -> None:
+    def _arrived(self, message: _Message) -> None:
+        """Called by paho, on the worker's loop, for each PUBLISH read."""
+        if message.qos > 0:
+            self._pending.append(message)
+        task = asyncio.create_task(self._handle(message))
+        self._handlers.add(task)
+        task.add_done_callback(self._handlers.discard)
+
+    def _acknowledge(self, delivery: _Message) -> None:
         """Sends the PUBACKs that are due: in arrival order, up to the first message not yet durable."""
         delivery.done = True
         client = self._client
@@ -337,17 +399,17 @@ class MqttSource:
 
     # ----- one message
 
-    async def _handle(self, message: aiomqtt.Message, delivery: _Delivery) -> None:
+    async def _handle(self, message: _Message) -> None:
         try:
             outcome = await self._take(message)
         except _Abandoned:
             return
         except Exception:
             # Never acknowledged: the broker redelivers it on the next session.
-            log.exception(json.dumps({"event": "mqtt_message_failed", "topic": message.topic.value}))
+            log.exception(json.dumps({"event": "mqtt_message_failed", "topic": message.topic}))
             return
         self.gateway.metrics.mqtt_messages.inc((outcome,))
-        self._acknowledge(delivery)
+        self._acknowledge(message)
 
     def _route_of(self, topic: str) -> tuple[IngestRoute, str] | None:
         for pattern, route in self.patterns:
@@ -356,11 +418,10 @@ class MqttSource:
                 return route, device_id
         return None
 
-    async def _take(self, message: aiomqtt.Message) -> str:
+    async def _take(self, message: _Message) -> str:
         """Takes one message into the spool; what it holds that is refused is quarantined (`ingest_body`, the path
         HTTP takes). Returns the outcome counted in the metrics."""
-        topic = message.topic.value
-        payload = message.payload if isinstance(message.payload, bytes) else str(message.payload).encode()
+        topic, payload = message.topic, message.payload
         matched = self._route_of(topic)
         if matched is None:
             problem = Problem(400, "unknown-topic", f"{topic!r} matches no configured topic pattern")
@@ -375,7 +436,7 @@ class MqttSource:
             )
             return await self._dead_letter(topic, route, None, problem, payload)
         await self._admit(route, device_id)
-        content_type = content_type_of(message, payload)
+        content_type = content_type_of(message.content_type, payload)
         # No content type travels with MQTT 3.1.1: JSON that is not one document may be NDJSON, tried next, so the
         # first try does not quarantine a body it cannot decode.
         may_be_ndjson = content_type == "application/json" and b"\n" in payload.strip()
