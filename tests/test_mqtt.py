@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import json
 import os
+import pwd
 import subprocess
 import sys
 import threading
@@ -337,6 +338,10 @@ def test_mqtt_acl_lets_each_device_publish_to_its_own_topics_only(tmp_path: Path
         check=True,
         env={**os.environ, **server_env},
     )
+    # mosquitto started as root reads its files as the `mosquitto` user: the password file must be that user's.
+    expected_owner = pwd.getpwnam("mosquitto").pw_uid if os.geteuid() == 0 else os.geteuid()
+    assert (out / "passwd").stat().st_uid == expected_owner
+    assert (out / "passwd").stat().st_mode & 0o777 == 0o600
     username = {device: "_".join(key.split("_")[:2]) for device, key in keys.items()}
     with Mosquitto(tmp_path / "broker", password_file=out / "passwd", acl_file=out / "acl") as broker:
         server = Server(data_dir, {**mqtt_env(broker), **server_env})

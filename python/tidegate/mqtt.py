@@ -29,6 +29,7 @@ import hashlib
 import json
 import logging
 import os
+import pwd
 import re
 import socket
 import ssl
@@ -590,14 +591,30 @@ def broker_files(entries: list[KeyEntry], settings: Settings) -> tuple[str, str,
     return "\n".join(passwd) + "\n", "\n".join(acl) + "\n", skipped
 
 
+def broker_owner() -> tuple[int, int] | None:
+    """Who must own the broker's files: mosquitto started as root reads them as the user it switches to, `mosquitto`
+    (its `user` setting's default), which cannot read a root-owned password file (0600). So when tidegate runs as
+    root and that user exists, its uid and gid; otherwise None (the broker runs as whoever runs tidegate)."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        user = pwd.getpwnam("mosquitto")
+    except KeyError:
+        return None
+    return user.pw_uid, user.pw_gid
+
+
 def write_broker_files(store: KeyStore, settings: Settings, out: Path) -> list[KeyEntry]:
     """Writes `passwd`, `acl` and a reference `mosquitto.conf` into `out`; returns the keys left out."""
     passwd, acl, skipped = broker_files(store.entries(), settings)
     out.mkdir(parents=True, exist_ok=True)
+    owner = broker_owner()
     for name, text, mode in (("passwd", passwd, 0o600), ("acl", acl, 0o644)):
         tmp = out / f".{name}.tmp"
         tmp.write_text(text)
         os.chmod(tmp, mode)
+        if owner is not None:
+            os.chown(tmp, *owner)
         os.replace(tmp, out / name)
     conf = out / "mosquitto.conf"
     conf.write_text(REFERENCE_CONFIG.format(passwd=(out / "passwd").resolve(), acl=(out / "acl").resolve()))
