@@ -14,6 +14,9 @@
   naming it. There is no response to carry a rejection: what is refused (the records of a message, or
   the whole payload) is quarantined as over HTTP (`tidegate.quarantine`: raw bytes on the dead-letter topic, with
   `dlq-source: mqtt` and `mqtt-topic` headers), durably, before the message is acknowledged.
+- The messages of one read are taken together (`_take_together`): each is validated and claimed in the dedup window
+  as over HTTP, their records go to the spool at once and one commit makes them durable; a message that cannot be
+  taken so (admission would wait, a payload refused as a whole, the spool failing) is taken on its own (`_take`).
 - Overload never drops: a message waits, unacknowledged, while the worker is not ready, sheds its priority, or the
   device is over its rate, and a spool write that failed is retried. The broker sends at most
   `mqtt_receive_maximum` unacknowledged messages (MQTT 5 Receive Maximum), so withheld acknowledgements slow the
@@ -31,10 +34,12 @@ import logging
 import os
 import pwd
 import re
+import select
 import socket
 import ssl
 import time
 import urllib.parse
+from collections.abc import Awaitable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -49,14 +54,16 @@ from paho.mqtt.properties import Properties, VariableByteIntegers
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
+from tidegate._native import RecordBatch
 from tidegate.auth import KeyEntry, KeyStore, mosquitto_hash, mqtt_username
 from tidegate.config import Settings
+from tidegate.ingest import Refused
 from tidegate.problems import Problem
 from tidegate.quarantine import Source, whole_body
 
 if TYPE_CHECKING:
     from tidegate.gateway import Gateway
-    from tidegate.ingest import Answer, IngestRoute
+    from tidegate.ingest import Answer, Claimed, IngestRoute
 
 log = logging.getLogger("tidegate")
 
@@ -64,6 +71,8 @@ DEVICE_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 #: MQTT 5 CONNACK reason "Unsupported Protocol Version", and MQTT 3.1.1's "unacceptable protocol version".
 _UNSUPPORTED_PROTOCOL = (0x84, 1)
 _RETRY_S = 0.05
+#: At most this many messages are taken together (a socket that never runs dry still gets its messages taken).
+_TURN_MESSAGES = 1024
 
 
 @dataclass(frozen=True)
@@ -217,6 +226,9 @@ class MqttSource:
         self._connection = 0
         self._pending: collections.deque[_Message] = collections.deque()
         self._handlers: set[asyncio.Task[None]] = set()
+        self._inbox: list[_Message] = []
+        self._turn_scheduled = False
+        self._readable: tuple[int, select.poll] | None = None
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         metrics = gateway.metrics
@@ -380,10 +392,41 @@ class MqttSource:
             raise AssertionError("tidegate reads PUBLISH packets itself (_read_publishes_of)")
 
     def _arrived(self, message: _Message) -> None:
-        """Called by paho, on the worker's loop, for each PUBLISH read."""
+        """Called by paho, on the worker's loop, for each PUBLISH read; the messages of a read are taken together."""
         if message.qos > 0:
             self._pending.append(message)
-        task = asyncio.create_task(self._handle(message))
+        self._inbox.append(message)
+        if not self._turn_scheduled:
+            self._turn_scheduled = True
+            asyncio.get_running_loop().call_soon(self._take_turn)
+
+    def _take_turn(self) -> None:
+        """Takes the messages read since the last turn together, once the socket holds no more (paho reads one
+        packet per turn of the loop, so this waits a turn while there is more), or once `_TURN_MESSAGES` wait."""
+        if self._stop.is_set():
+            return  # left unacknowledged: the broker redelivers them
+        if len(self._inbox) < _TURN_MESSAGES and self._more_to_read():
+            asyncio.get_running_loop().call_soon(self._take_turn)
+            return
+        self._turn_scheduled = False
+        messages, self._inbox = self._inbox, []
+        self._spawn(self._take_together(messages))
+
+    def _more_to_read(self) -> bool:
+        client = self._client
+        sock = client._client.socket() if client is not None else None
+        if sock is None:
+            return False
+        if isinstance(sock, ssl.SSLSocket) and sock.pending():
+            return True
+        if self._readable is None or self._readable[0] != sock.fileno():
+            poller = select.poll()
+            poller.register(sock.fileno(), select.POLLIN)
+            self._readable = (sock.fileno(), poller)
+        return bool(self._readable[1].poll(0))
+
+    def _spawn(self, taking: Coroutine[None, None, None]) -> None:
+        task = asyncio.create_task(taking)
         self._handlers.add(task)
         task.add_done_callback(self._handlers.discard)
 
@@ -398,11 +441,66 @@ class MqttSource:
             head = pending.popleft()
             client._client.ack(head.mid, head.qos)
 
+    # ----- messages taken together
+
+    async def _take_together(self, messages: list[_Message]) -> None:
+        """Validates and claims each message, writes the records of all (and the quarantine records of their
+        rejected ones) to the spool at once and waits for the one commit that makes them durable, then acknowledges
+        them: the pipeline's per-message cost on the worker's loop is its own work, not a task, a spool write and a
+        wait each. A message that cannot be taken so (no route, admission would wait, a payload refused as a whole,
+        a spool that cannot take it now) is taken on its own, as `_take` takes it, from where it stopped."""
+        edge, gateway = self.gateway.edge, self.gateway
+        claims: list[tuple[_Message, IngestRoute, str, Claimed]] = []
+        for message in messages:
+            matched = self._route_of(message.topic)
+            if matched is None or self.settings.dry_run or self._admission(*matched) > 0:
+                self._spawn(self._finish(message, self._take(message)))  # it asks for admission again: nothing taken
+                continue
+            route, device_id = matched
+            content_type = content_type_of(message.content_type, message.payload)
+            try:
+                claimed = edge.claim(
+                    route,
+                    message.payload,
+                    {b"content-type": content_type},
+                    device_id,
+                    route.priority,
+                    dry_run=False,
+                    source=self._source(message.topic),
+                    device_from_source=True,
+                )
+            except Refused:
+                # Nothing was claimed (nor quarantined): taken again on its own, which quarantines what it must.
+                self._spawn(self._finish(message, self._take_admitted(message, route, device_id)))
+                continue
+            claims.append((message, route, device_id, claimed))
+        if not claims:
+            return
+        together, key_claims = RecordBatch(), []
+        for *_, claimed in claims:
+            together.extend(claimed.batch)
+            key_claims.extend(claimed.key_claims)
+        gateway.in_flight_requests += len(claims)
+        try:
+            durability = await edge.persist(together, key_claims, {})
+        except Problem:
+            # Nothing of them is durable and their claims are released: each waits for the spool on its own.
+            for message, route, device_id, _ in claims:
+                self._spawn(self._finish(message, self._take_admitted(message, route, device_id)))
+            return
+        finally:
+            gateway.in_flight_requests -= len(claims)
+        for message, _, _, claimed in claims:
+            outcome = self._outcome(message, edge.answer(claimed, durability))
+            gateway.metrics.mqtt_messages.inc((outcome,))
+            self._acknowledge(message)
+
     # ----- one message
 
-    async def _handle(self, message: _Message) -> None:
+    async def _finish(self, message: _Message, taking: Awaitable[str]) -> None:
+        """Acknowledges the message once `taking` took it (into the spool, or quarantined)."""
         try:
-            outcome = await self._take(message)
+            outcome = await taking
         except _Abandoned:
             return
         except Exception:
@@ -413,10 +511,11 @@ class MqttSource:
         self._acknowledge(message)
 
     def _route_of(self, topic: str) -> tuple[IngestRoute, str] | None:
+        """The route and device of a topic; None for a topic of no pattern or a device id that is not one."""
         for pattern, route in self.patterns:
             device_id = pattern.device_of(topic)
             if device_id is not None:
-                return route, device_id
+                return (route, device_id) if DEVICE_ID.fullmatch(device_id) else None
         return None
 
     async def _take(self, message: _Message) -> str:
@@ -425,10 +524,11 @@ class MqttSource:
         topic, payload = message.topic, message.payload
         matched = self._route_of(topic)
         if matched is None:
-            problem = Problem(400, "unknown-topic", f"{topic!r} matches no configured topic pattern")
-            return await self._dead_letter(topic, None, None, problem, payload)
-        route, device_id = matched
-        if not DEVICE_ID.fullmatch(device_id):
+            named = next(((route, d) for p, route in self.patterns if (d := p.device_of(topic)) is not None), None)
+            if named is None:
+                problem = Problem(400, "unknown-topic", f"{topic!r} matches no configured topic pattern")
+                return await self._dead_letter(topic, None, None, problem, payload)
+            route, device_id = named
             problem = Problem(
                 400,
                 "invalid-device-id",
@@ -436,7 +536,13 @@ class MqttSource:
                 [{"path": "topic", "message": f"not a device id: {device_id[:80]!r}"}],
             )
             return await self._dead_letter(topic, route, None, problem, payload)
+        route, device_id = matched
         await self._admit(route, device_id)
+        return await self._take_admitted(message, route, device_id)
+
+    async def _take_admitted(self, message: _Message, route: IngestRoute, device_id: str) -> str:
+        """`_take` once admitted."""
+        topic, payload = message.topic, message.payload
         content_type = content_type_of(message.content_type, payload)
         # No content type travels with MQTT 3.1.1: JSON that is not one document may be NDJSON, tried next, so the
         # first try does not quarantine a body it cannot decode.
@@ -452,30 +558,35 @@ class MqttSource:
             except Problem as refused:
                 self._count_dead_letter(topic, refused)
                 return "dead_lettered"
+        return self._outcome(message, answer)
+
+    def _outcome(self, message: _Message, answer: Answer) -> str:
+        """A taken message's outcome; its refused records (quarantined with the others) are counted."""
         if answer.rejected:
-            self._count_dead_letter(topic, Problem(400, "invalid", f"{len(answer.rejected)} record(s) rejected"))
+            self._count_dead_letter(
+                message.topic, Problem(400, "invalid", f"{len(answer.rejected)} record(s) rejected")
+            )
             return "partly_dead_lettered"
         return "accepted"
 
-    async def _admit(self, route: IngestRoute, device_id: str) -> None:
-        """Waits, holding the message unacknowledged, until the worker takes this priority and the device has a
-        token: HTTP would answer 503 or 429, MQTT slows the subscription instead."""
+    def _admission(self, route: IngestRoute, device_id: str) -> float:
+        """0 when the message may be taken now (the device's token taken); else the seconds to wait before asking
+        again. Where HTTP would answer 503 or 429, MQTT holds the message unacknowledged: the subscription slows."""
         gateway, settings = self.gateway, self.settings
-        while True:
-            if self._stop.is_set():
-                raise _Abandoned
-            utilization = gateway.utilization()
-            shed = (utilization >= settings.shed_medium_at and route.priority != "high") or (
-                utilization >= settings.shed_low_at and route.priority == "low"
-            )
-            if gateway.is_ready() and not shed:
-                break
-            await asyncio.sleep(_RETRY_S)
-        while (wait := gateway.buckets.take(device_id, time.time_ns() // 1000)) > 0:
-            if self._stop.is_set():
-                raise _Abandoned
-            await asyncio.sleep(wait)
-        while (wait := gateway.decoded_bytes.wait(device_id, time.time_ns() // 1000)) > 0:
+        utilization = gateway.utilization()
+        shed = (utilization >= settings.shed_medium_at and route.priority != "high") or (
+            utilization >= settings.shed_low_at and route.priority == "low"
+        )
+        if shed or not gateway.is_ready():
+            return _RETRY_S
+        now_us = time.time_ns() // 1000
+        # The byte budget is post-paid (waiting takes nothing); the token is taken last, only when it is let in.
+        wait = gateway.decoded_bytes.wait(device_id, now_us)
+        return wait if wait > 0 else gateway.buckets.take(device_id, now_us)
+
+    async def _admit(self, route: IngestRoute, device_id: str) -> None:
+        """Waits, holding the message unacknowledged, until `_admission` lets it in."""
+        while (wait := self._admission(route, device_id)) > 0:
             if self._stop.is_set():
                 raise _Abandoned
             await asyncio.sleep(wait)
