@@ -243,6 +243,42 @@ def test_what_cannot_be_taken_is_quarantined_as_over_http(tmp_path: Path, broker
     device.close()
 
 
+def test_a_burst_of_good_and_bad_messages_is_taken_together_and_each_is_acknowledged(
+    tmp_path: Path, broker: Mosquitto
+) -> None:
+    # Published without waiting, so that tidegate reads many at once and takes them together; the bad ones among
+    # them are taken on their own, and every message is acknowledged.
+    server = Server(tmp_path / "data", mqtt_env(broker))
+    device = Device(broker, "burst")
+    with serving(server, broker), httpx.Client(base_url=server.url, timeout=20) as http:
+        partly: dict[str, Any] = {"device_id": "dev-p", "batch_id": "b-1", "readings": [reading("dev-p")]}
+        partly["readings"].append({"timestamp": "never", "metrics": {"x": 2}})
+        bad = {
+            10: ("devices/dev-x/telemetry", json.dumps(reading("dev-y"))),  # names another device
+            20: ("devices/dev-x/telemetry", "{not json"),
+            30: ("devices/dev-p/batch", json.dumps(partly)),
+            40: ("devices/dev.x/telemetry", json.dumps(reading("dev-x"))),  # not a device id
+        }
+        published = []
+        for i in range(200):
+            topic, body = bad.get(
+                i, (f"devices/dev-{i % 9}/telemetry", json.dumps(reading(f"dev-{i % 9}", metrics={"i": i})))
+            )
+            published.append(device.client.publish(topic, body, qos=1))
+        for info in published:
+            info.wait_for_publish(10)
+        wait_for(lambda: len(values(server.data_dir, DLQ)) == 4, "four dead letters")
+        wait_for(lambda: "tidegate_mqtt_unacknowledged 0" in http.get("/metrics").text, "every message acknowledged")
+        assert len(telemetry_ids(server.data_dir)) == 196 + 1, "196 good readings and the batch's good one"
+        reasons = sorted(letter["reason"] for letter in values(server.data_dir, DLQ))
+        assert reasons == ["invalid", "invalid-device-id", "malformed", "wrong-device"]
+        metrics = http.get("/metrics").text
+        assert 'tidegate_mqtt_messages_total{outcome="accepted"} 196' in metrics
+        assert 'tidegate_mqtt_messages_total{outcome="partly_dead_lettered"} 1' in metrics
+        assert 'tidegate_mqtt_messages_total{outcome="dead_lettered"} 3' in metrics
+    device.close()
+
+
 def test_sigkill_mid_stream_loses_nothing_the_broker_took(tmp_path: Path, broker: Mosquitto) -> None:
     # A long commit window keeps records written but not yet durable, so unacknowledged, when the kill comes.
     server = Server(tmp_path / "data", mqtt_env(broker, commit_window_ms="100"))
