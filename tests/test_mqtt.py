@@ -351,6 +351,26 @@ def test_durable_but_unacknowledged_messages_are_redelivered_after_sigkill_as_du
     device.close()
 
 
+def test_no_more_than_the_receive_maximum_are_read_unacknowledged(tmp_path: Path, broker: Mosquitto) -> None:
+    # As in the test above, slow's second reading waits for a token and holds every acknowledgement after it. With
+    # a window of 5 tidegate then reads 4 more messages and stops reading: the rest wait at the broker (mosquitto
+    # 2.0.11 does not keep to the Receive Maximum a client sends once it has acknowledged some messages).
+    settings = {"rate_per_device": "0.01", "burst_per_device": "1", "mqtt_receive_maximum": "5"}
+    server = Server(tmp_path / "data", mqtt_env(broker, **settings))
+    device = Device(broker, "fleet")
+    with serving(server, broker), httpx.Client(base_url=server.url, timeout=20) as http:
+        device.publish("devices/slow/telemetry", reading("slow", metrics={"i": 0}))
+        device.publish("devices/slow/telemetry", reading("slow", metrics={"i": 1}))
+        for i in range(50):
+            device.publish(f"devices/dev-{i}/telemetry", reading(f"dev-{i}"))  # the broker takes them all
+        wait_for(lambda: "tidegate_mqtt_unacknowledged 5" in http.get("/metrics").text, "a full window")
+        wait_for(lambda: len(telemetry_ids(server.data_dir)) == 5, "slow's first reading and 4 more")
+        time.sleep(1)  # were tidegate reading on, the 46 messages the broker holds would be spooled by now
+        assert "tidegate_mqtt_unacknowledged 5" in http.get("/metrics").text
+        assert len(telemetry_ids(server.data_dir)) == 5
+    device.close()
+
+
 def test_a_shared_subscription_splits_the_fleet_between_workers(tmp_path: Path, broker: Mosquitto) -> None:
     server = Server(tmp_path / "data", mqtt_env(broker), workers=2)
     device = Device(broker, "fleet")

@@ -171,8 +171,9 @@ class Settings:
     mqtt_session_expiry_s: int = 86400
     """How long the broker keeps a worker's session (its subscription and unacknowledged messages) while it is away."""
     mqtt_receive_maximum: int = 256
-    """Messages the broker may have in flight to a worker, unacknowledged (MQTT 5 Receive Maximum): the bounded
-    window that withheld acknowledgements close under overload. (MQTT 3.1.1: the broker's own setting.)"""
+    """Messages a worker reads and holds unacknowledged, at most: the bounded window that withheld acknowledgements
+    close under overload. The worker stops reading at this many (MQTT 5 brokers are also told, as the Receive
+    Maximum; mosquitto 2.0.11 does not keep to it), so it holds under MQTT 3.1.1 too."""
     mqtt_topic_telemetry: str = "devices/{device_id}/telemetry"
     """Topic patterns: `{device_id}` stands for one topic level, the device the message is taken from."""
     mqtt_topic_batch: str = "devices/{device_id}/batch"

@@ -18,9 +18,10 @@
   as over HTTP, their records go to the spool at once and one commit makes them durable; a message that cannot be
   taken so (admission would wait, a payload refused as a whole, the spool failing) is taken on its own (`_take`).
 - Overload never drops: a message waits, unacknowledged, while the worker is not ready, sheds its priority, or the
-  device is over its rate, and a spool write that failed is retried. The broker sends at most
-  `mqtt_receive_maximum` unacknowledged messages (MQTT 5 Receive Maximum), so withheld acknowledgements slow the
-  subscription to what the worker can take.
+  device is over its rate, and a spool write that failed is retried. A worker reads at most `mqtt_receive_maximum`
+  unacknowledged messages (and tells an MQTT 5 broker so, as its Receive Maximum): with that many waiting it stops
+  reading the socket, so withheld acknowledgements slow the subscription to what the worker can take, and what it
+  has not read waits at the broker.
 """
 
 from __future__ import annotations
@@ -160,6 +161,17 @@ def content_type_of(given: str | None, payload: bytes) -> str:
     return "application/json" if start in (b"{", b"[") or not payload.strip() else "application/cbor"
 
 
+@dataclass(slots=True)
+class _Reading:
+    """One connection's socket, read by `MqttSource._read_socket` (paused while the window is full)."""
+
+    loop: asyncio.AbstractEventLoop
+    sock: paho_client.SocketLike
+    paho: paho_client.Client
+    connection: int
+    paused: bool = False
+
+
 class _Abandoned(Exception):
     """The worker stops: the message is left unacknowledged, for the broker to redeliver."""
 
@@ -229,6 +241,7 @@ class MqttSource:
         self._inbox: list[_Message] = []
         self._turn_scheduled = False
         self._readable: tuple[int, select.poll] | None = None
+        self._reading: _Reading | None = None
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         metrics = gateway.metrics
@@ -344,6 +357,7 @@ class MqttSource:
         self._pending = collections.deque()
         self._client = client
         async with client:
+            self._read_from(client)
             self.connected = True
             group = self.settings.mqtt_shared_group
             self.subscriptions = [
@@ -386,6 +400,52 @@ class MqttSource:
         if refused:
             raise aiomqtt.MqttError(f"the broker refused the subscriptions {refused} (codes {codes})")
 
+    def _read_from(self, client: aiomqtt.Client) -> None:
+        """Takes over reading the connection from aiomqtt, so that tidegate stops reading while
+        `mqtt_receive_maximum` messages wait for their acknowledgement: the window holds where the broker does not
+        keep to the Receive Maximum tidegate sent (mosquitto 2.0.11 lets its quota grow with each PUBACK), and
+        under MQTT 3.1.1, which has none. What is not read waits in the socket, then in the broker's queue."""
+        paho = client._client
+        sock = paho.socket()
+        if sock is None:
+            return
+        loop = asyncio.get_running_loop()
+        self._reading = _Reading(loop, sock, paho, self._connection)
+        loop.remove_reader(sock.fileno())
+        loop.add_reader(sock.fileno(), self._read_socket)
+
+    def _read_socket(self) -> None:
+        reading = self._reading
+        if reading is None:
+            return
+        try:
+            reading.paho.loop_read()
+            # An SSL socket may hold decrypted bytes its descriptor does not show (paho issue 131).
+            while isinstance(reading.sock, ssl.SSLSocket) and reading.sock.pending() > 0:
+                reading.paho.loop_read()
+        except Exception:
+            # As aiomqtt would: the session ends (and what was not acknowledged is redelivered to the next).
+            log.exception(json.dumps({"event": "mqtt_read_failed", "broker": self.settings.mqtt}))
+            reading.paho.disconnect()
+
+    def _pause_when_full(self) -> None:
+        reading = self._reading
+        if reading is not None and not reading.paused and len(self._pending) >= self.settings.mqtt_receive_maximum:
+            reading.loop.remove_reader(reading.sock.fileno())
+            reading.paused = True
+
+    def _resume_when_room(self) -> None:
+        reading = self._reading
+        if (
+            reading is not None
+            and reading.paused
+            and reading.connection == self._connection
+            and len(self._pending) < self.settings.mqtt_receive_maximum
+            and reading.sock.fileno() >= 0
+        ):
+            reading.paused = False
+            reading.loop.add_reader(reading.sock.fileno(), self._read_socket)
+
     async def _read(self, client: aiomqtt.Client, connection: int) -> None:
         """Returns (raising MqttError) when the connection drops; messages come through `_arrived` meanwhile."""
         async for _ in client.messages:
@@ -395,6 +455,7 @@ class MqttSource:
         """Called by paho, on the worker's loop, for each PUBLISH read; the messages of a read are taken together."""
         if message.qos > 0:
             self._pending.append(message)
+            self._pause_when_full()
         self._inbox.append(message)
         if not self._turn_scheduled:
             self._turn_scheduled = True
@@ -405,7 +466,8 @@ class MqttSource:
         packet per turn of the loop, so this waits a turn while there is more), or once `_TURN_MESSAGES` wait."""
         if self._stop.is_set():
             return  # left unacknowledged: the broker redelivers them
-        if len(self._inbox) < _TURN_MESSAGES and self._more_to_read():
+        paused = self._reading is None or self._reading.paused
+        if len(self._inbox) < _TURN_MESSAGES and not paused and self._more_to_read():
             asyncio.get_running_loop().call_soon(self._take_turn)
             return
         self._turn_scheduled = False
@@ -413,9 +475,8 @@ class MqttSource:
         self._spawn(self._take_together(messages))
 
     def _more_to_read(self) -> bool:
-        client = self._client
-        sock = client._client.socket() if client is not None else None
-        if sock is None:
+        sock = self._reading.sock if self._reading is not None else None
+        if sock is None or sock.fileno() < 0:
             return False
         if isinstance(sock, ssl.SSLSocket) and sock.pending():
             return True
@@ -440,6 +501,7 @@ class MqttSource:
         while pending and pending[0].done:
             head = pending.popleft()
             client._client.ack(head.mid, head.qos)
+        self._resume_when_room()
 
     # ----- messages taken together
 
