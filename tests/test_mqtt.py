@@ -267,11 +267,13 @@ def test_a_burst_of_good_and_bad_messages_is_taken_together_and_each_is_acknowle
             published.append(device.client.publish(topic, body, qos=1))
         for info in published:
             info.wait_for_publish(10)
-        wait_for(lambda: len(values(server.data_dir, DLQ)) == 4, "four dead letters")
+        wait_for(lambda: len(quarantined(server.data_dir)) == 4, "four quarantined items")
         wait_for(lambda: "tidegate_mqtt_unacknowledged 0" in http.get("/metrics").text, "every message acknowledged")
         assert len(telemetry_ids(server.data_dir)) == 196 + 1, "196 good readings and the batch's good one"
-        reasons = sorted(letter["reason"] for letter in values(server.data_dir, DLQ))
-        assert reasons == ["invalid", "invalid-device-id", "malformed", "wrong-device"]
+        stages = sorted(headers["dlq-stage"].decode() for _, _, headers in quarantined(server.data_dir))
+        assert stages == ["auth", "contract", "decode", "route"]
+        for reason in ("wrong-device", "malformed", "invalid", "invalid-device-id"):
+            assert f'tidegate_mqtt_dead_letters_total{{reason="{reason}"}} 1' in http.get("/metrics").text
         metrics = http.get("/metrics").text
         assert 'tidegate_mqtt_messages_total{outcome="accepted"} 196' in metrics
         assert 'tidegate_mqtt_messages_total{outcome="partly_dead_lettered"} 1' in metrics
