@@ -407,6 +407,7 @@ class MqttSource:
         under MQTT 3.1.1, which has none. What is not read waits in the socket, then in the broker's queue."""
         paho = client._client
         sock = paho.socket()
+        self._reading = None
         if sock is None:
             return
         loop = asyncio.get_running_loop()
