@@ -3,9 +3,11 @@ spool through the HTTP pipeline, acknowledged only once durable."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
+import pwd
 import subprocess
 import sys
 import threading
@@ -21,7 +23,12 @@ import paho.mqtt.client as paho
 import pytest
 import tidegate
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.exception import MalformedPacket
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
+from tidegate.mqtt import read_publish
+from tidegate.testing.broker import Broker, consume_all
 from tidegate.testing.mosquitto import Mosquitto
 from tidegate.testing.server import Server
 
@@ -118,17 +125,23 @@ def test_a_reading_over_mqtt_has_the_event_id_it_has_over_http(tmp_path: Path, b
             "readings": [{k: third[k] for k in ("timestamp", "metrics")}],
         }
         device.publish("devices/sensor-001/batch", batch)
-        wait_for(lambda: len(telemetry_ids(server.data_dir)) == 3, "three readings in the spool")
+        fourth = reading("sensor-001", metrics={"t": 4})
+        device.publish("devices/sensor-001/telemetry", {k: v for k, v in fourth.items() if k != "device_id"})
+        fifth = reading("sensor-001", metrics={"t": 5})
+        device.publish("devices/sensor-001/telemetry", cbor2.dumps({k: fifth[k] for k in ("timestamp", "metrics")}))
+        wait_for(lambda: len(telemetry_ids(server.data_dir)) == 5, "five readings in the spool")
         spooled = telemetry_ids(server.data_dir)
+        # The topic names the device of a reading that leaves device_id out.
+        assert {value["device_id"] for value in values(server.data_dir, "telemetry-raw")} == {"sensor-001"}
         # The same readings over HTTP: the same event ids, answered as duplicates of what MQTT spooled.
-        for record in (first, second, third):
+        for record in (first, second, third, fourth, fifth):
             answer = http.post("/api/v1/ingest", json=record, headers={"X-Device-Token": keys["sensor-001"]})
             assert answer.status_code == 202, answer.text
             assert answer.json()["status"] == "duplicate"
             assert answer.json()["event_id"] in spooled
         assert sorted(telemetry_ids(server.data_dir)) == sorted(spooled), "no second copy"
         metrics = http.get("/metrics").text
-        assert 'tidegate_mqtt_messages_total{outcome="accepted"} 3' in metrics
+        assert 'tidegate_mqtt_messages_total{outcome="accepted"} 5' in metrics
     device.close()
 
 
@@ -143,6 +156,49 @@ def quarantined(data_dir: Path) -> list[tuple[bytes | None, bytes, dict[str, byt
                 break
             out.extend((key, value, dict(headers)) for key, value, headers, _ in batch.records(DLQ))
     return out
+
+
+def test_readings_over_mqtt_reach_kafka_with_the_event_ids_they_have_over_http(
+    tmp_path: Path, broker: Mosquitto
+) -> None:
+    # One reading goes HTTP first and MQTT second, the other MQTT first and HTTP second: whichever path comes
+    # second is answered duplicate, so Kafka holds each reading once, under the id both paths give it.
+    with Broker(tmp_path / "kafka") as kafka:
+        kafka.create_topics(["telemetry-raw", "events-raw", DLQ], partitions=3)
+        server = Server(tmp_path / "data", {**mqtt_env(broker), "TIDEGATE_KAFKA": kafka.bootstrap})
+        keys = server.keys("sensor-kafka")
+        device = Device(broker, "sensor-kafka")
+        auth = {"X-Device-Token": keys["sensor-kafka"]}
+        http_first, mqtt_first = reading("sensor-kafka", metrics={"n": 1}), reading("sensor-kafka", metrics={"n": 2})
+        with serving(server, broker), httpx.Client(base_url=server.url, timeout=30) as http:
+            answer = http.post("/api/v1/ingest", json=http_first, headers=auth).json()
+            assert answer["status"] == "accepted"
+            http_id = answer["event_id"]
+            device.publish("devices/sensor-kafka/telemetry", mqtt_first)
+            device.publish("devices/sensor-kafka/telemetry", http_first)  # a duplicate of the HTTP reading
+            wait_for(
+                lambda: 'tidegate_mqtt_messages_total{outcome="accepted"} 2' in http.get("/metrics").text,
+                "both MQTT messages taken",
+            )
+            assert len(telemetry_ids(server.data_dir)) == 2, "the MQTT copy of the HTTP reading is not spooled"
+            answer = http.post("/api/v1/ingest", json=mqtt_first, headers=auth).json()
+            assert answer["status"] == "duplicate"
+            mqtt_id = answer["event_id"]
+            # Answered once Kafka holds it, so once Kafka holds everything spooled before it.
+            last = http.post(
+                "/api/v1/ingest", json=reading("sensor-kafka", metrics={"n": 3}), headers={**auth, "X-Ack": "kafka"}
+            )
+            assert last.headers["x-durability"] == "kafka", last.text
+            consumed = asyncio.run(consume_all(kafka.bootstrap, "telemetry-raw", timeout=20))
+        device.close()
+    in_kafka = {dict(record.headers)["event_id"].decode(): json.loads(record.value) for record in consumed}
+    assert len(consumed) == 3 == len(in_kafka), "each reading once"
+    assert set(in_kafka) == {http_id, mqtt_id, last.json()["event_id"]}
+    for event_id, value in in_kafka.items():
+        assert value["event_id"] == event_id
+        assert value["device_id"] == "sensor-kafka"
+    assert in_kafka[mqtt_id]["metrics"] == {"n": 2}
+    assert {record.key for record in consumed} == {b"sensor-kafka"}
 
 
 def test_what_cannot_be_taken_is_quarantined_as_over_http(tmp_path: Path, broker: Mosquitto) -> None:
@@ -184,6 +240,44 @@ def test_what_cannot_be_taken_is_quarantined_as_over_http(tmp_path: Path, broker
         for stage in ("auth", "decode", "contract", "route"):
             assert f'tidegate_quarantined_records_total{{stage="{stage}"}} 1' in metrics
         assert 'tidegate_mqtt_messages_total{outcome="partly_dead_lettered"} 1' in metrics
+    device.close()
+
+
+def test_a_burst_of_good_and_bad_messages_is_taken_together_and_each_is_acknowledged(
+    tmp_path: Path, broker: Mosquitto
+) -> None:
+    # Published without waiting, so that tidegate reads many at once and takes them together; the bad ones among
+    # them are taken on their own, and every message is acknowledged.
+    server = Server(tmp_path / "data", mqtt_env(broker))
+    device = Device(broker, "burst")
+    with serving(server, broker), httpx.Client(base_url=server.url, timeout=20) as http:
+        partly: dict[str, Any] = {"device_id": "dev-p", "batch_id": "b-1", "readings": [reading("dev-p")]}
+        partly["readings"].append({"timestamp": "never", "metrics": {"x": 2}})
+        bad = {
+            10: ("devices/dev-x/telemetry", json.dumps(reading("dev-y"))),  # names another device
+            20: ("devices/dev-x/telemetry", "{not json"),
+            30: ("devices/dev-p/batch", json.dumps(partly)),
+            40: ("devices/dev.x/telemetry", json.dumps(reading("dev-x"))),  # not a device id
+        }
+        published = []
+        for i in range(200):
+            topic, body = bad.get(
+                i, (f"devices/dev-{i % 9}/telemetry", json.dumps(reading(f"dev-{i % 9}", metrics={"i": i})))
+            )
+            published.append(device.client.publish(topic, body, qos=1))
+        for info in published:
+            info.wait_for_publish(10)
+        wait_for(lambda: len(quarantined(server.data_dir)) == 4, "four quarantined items")
+        wait_for(lambda: "tidegate_mqtt_unacknowledged 0" in http.get("/metrics").text, "every message acknowledged")
+        assert len(telemetry_ids(server.data_dir)) == 196 + 1, "196 good readings and the batch's good one"
+        stages = sorted(headers["dlq-stage"].decode() for _, _, headers in quarantined(server.data_dir))
+        assert stages == ["auth", "contract", "decode", "route"]
+        for reason in ("wrong-device", "malformed", "invalid", "invalid-device-id"):
+            assert f'tidegate_mqtt_dead_letters_total{{reason="{reason}"}} 1' in http.get("/metrics").text
+        metrics = http.get("/metrics").text
+        assert 'tidegate_mqtt_messages_total{outcome="accepted"} 196' in metrics
+        assert 'tidegate_mqtt_messages_total{outcome="partly_dead_lettered"} 1' in metrics
+        assert 'tidegate_mqtt_messages_total{outcome="dead_lettered"} 3' in metrics
     device.close()
 
 
@@ -259,6 +353,26 @@ def test_durable_but_unacknowledged_messages_are_redelivered_after_sigkill_as_du
     device.close()
 
 
+def test_no_more_than_the_receive_maximum_are_read_unacknowledged(tmp_path: Path, broker: Mosquitto) -> None:
+    # As in the test above, slow's second reading waits for a token and holds every acknowledgement after it. With
+    # a window of 5 tidegate then reads 4 more messages and stops reading: the rest wait at the broker (mosquitto
+    # 2.0.11 does not keep to the Receive Maximum a client sends once it has acknowledged some messages).
+    settings = {"rate_per_device": "0.01", "burst_per_device": "1", "mqtt_receive_maximum": "5"}
+    server = Server(tmp_path / "data", mqtt_env(broker, **settings))
+    device = Device(broker, "fleet")
+    with serving(server, broker), httpx.Client(base_url=server.url, timeout=20) as http:
+        device.publish("devices/slow/telemetry", reading("slow", metrics={"i": 0}))
+        device.publish("devices/slow/telemetry", reading("slow", metrics={"i": 1}))
+        for i in range(50):
+            device.publish(f"devices/dev-{i}/telemetry", reading(f"dev-{i}"))  # the broker takes them all
+        wait_for(lambda: "tidegate_mqtt_unacknowledged 5" in http.get("/metrics").text, "a full window")
+        wait_for(lambda: len(telemetry_ids(server.data_dir)) == 5, "slow's first reading and 4 more")
+        time.sleep(1)  # were tidegate reading on, the 46 messages the broker holds would be spooled by now
+        assert "tidegate_mqtt_unacknowledged 5" in http.get("/metrics").text
+        assert len(telemetry_ids(server.data_dir)) == 5
+    device.close()
+
+
 def test_a_shared_subscription_splits_the_fleet_between_workers(tmp_path: Path, broker: Mosquitto) -> None:
     server = Server(tmp_path / "data", mqtt_env(broker), workers=2)
     device = Device(broker, "fleet")
@@ -282,6 +396,10 @@ def test_mqtt_acl_lets_each_device_publish_to_its_own_topics_only(tmp_path: Path
         check=True,
         env={**os.environ, **server_env},
     )
+    # mosquitto started as root reads its files as the `mosquitto` user: the password file must be that user's.
+    expected_owner = pwd.getpwnam("mosquitto").pw_uid if os.geteuid() == 0 else os.geteuid()
+    assert (out / "passwd").stat().st_uid == expected_owner
+    assert (out / "passwd").stat().st_mode & 0o777 == 0o600
     username = {device: "_".join(key.split("_")[:2]) for device, key in keys.items()}
     with Mosquitto(tmp_path / "broker", password_file=out / "passwd", acl_file=out / "acl") as broker:
         server = Server(data_dir, {**mqtt_env(broker), **server_env})
@@ -304,18 +422,65 @@ def test_mqtt_acl_lets_each_device_publish_to_its_own_topics_only(tmp_path: Path
         assert answers[0].is_failure, "another device's key is refused at CONNECT"
 
 
-def test_mqtt_3_1_1_subscribes_plainly_on_worker_0_and_takes_ndjson(tmp_path: Path, broker: Mosquitto) -> None:
+def test_mqtt_3_1_1_shares_the_subscription_between_workers_and_takes_ndjson(tmp_path: Path, broker: Mosquitto) -> None:
     server = Server(tmp_path / "data", mqtt_env(broker, mqtt_protocol="3.1.1"), workers=2)
     device = Device(broker, "gateway-7")
-    with server:
-        # Without shared subscriptions two workers would each take every message: worker 0 alone subscribes.
-        wait_for(lambda: len(broker.subscribers("devices/+/events")) == 1, "worker 0's plain subscription")
-        assert next(iter(broker.subscribers("devices/+/events"))).endswith("-w0")
-        ndjson = "\n".join(json.dumps(event(payload={"n": n})) for n in range(3)) + "\n"
-        device.publish("devices/gateway-7/events", ndjson)  # no content type travels with 3.1.1
-        wait_for(lambda: len(values(server.data_dir, "events-raw")) == 3, "three events")
+    with serving(server, broker, workers=2):
+        assert len(broker.subscribers(SHARED_EVENTS)) == 2, "mosquitto shares $share/ with 3.1.1 clients too"
+        for i in range(40):
+            ndjson = "\n".join(json.dumps(event(entity_id=f"e-{i}", payload={"n": n})) for n in range(3)) + "\n"
+            device.publish(f"devices/gateway-{i}/events", ndjson)  # no content type travels with 3.1.1
+        wait_for(lambda: len(values(server.data_dir, "events-raw")) == 120, "every event")
+        per_worker = {directory.name: len(spooled(directory)) for directory in (server.data_dir / "spool").iterdir()}
+        assert all(count > 0 for count in per_worker.values()) and len(per_worker) == 2, per_worker
         assert not quarantined(server.data_dir)
     device.close()
+
+
+def test_without_a_group_worker_0_alone_subscribes_plainly(tmp_path: Path, broker: Mosquitto) -> None:
+    server = Server(tmp_path / "data", mqtt_env(broker, mqtt_shared_group=""), workers=2)
+    device = Device(broker, "gateway-8")
+    with server:
+        # Two workers subscribing plainly would each take every message.
+        wait_for(lambda: len(broker.subscribers("devices/+/events")) == 1, "worker 0's plain subscription")
+        assert next(iter(broker.subscribers("devices/+/events"))).endswith("-w0")
+        assert not broker.subscribers(SHARED_EVENTS)
+        device.publish("devices/gateway-8/telemetry", reading("gateway-8"))
+        wait_for(lambda: len(telemetry_ids(server.data_dir)) == 1, "the reading")
+    device.close()
+
+
+def publish_packet(topic: str, payload: bytes, *, mid: int | None, properties: bytes | None) -> bytes:
+    """A PUBLISH packet after its fixed header, as a broker sends it (properties None: MQTT 3.1.1)."""
+    packet = len(topic).to_bytes(2, "big") + topic.encode()
+    if mid is not None:
+        packet += mid.to_bytes(2, "big")
+    return packet + (properties if properties is not None else b"") + payload
+
+
+def test_publish_packets_are_read_with_their_content_type_when_they_carry_one() -> None:
+    body = b'{"n":1}'
+    no_properties = publish_packet("devices/d-1/telemetry", body, mid=513, properties=b"\x00")
+    assert read_publish(no_properties, 0x32, v5=True) == ("devices/d-1/telemetry", body, None, 513, 1)
+    given = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+    given.MessageExpiryInterval = 60
+    given.ContentType = "application/x-ndjson"
+    packed = given.pack()  # type: ignore[no-untyped-call]
+    with_properties = publish_packet("devices/d-1/events", body, mid=7, properties=packed)
+    assert read_publish(with_properties, 0x32, v5=True) == ("devices/d-1/events", body, "application/x-ndjson", 7, 1)
+    assert read_publish(publish_packet("a/b", body, mid=9, properties=None), 0x32, v5=False) == (
+        "a/b",
+        body,
+        None,
+        9,
+        1,
+    )
+    assert read_publish(publish_packet("a/b", body, mid=None, properties=b"\x00"), 0x30, v5=True)[3:] == (0, 0)
+    for malformed in (no_properties[:3], publish_packet("", body, mid=1, properties=b"\x00")):
+        with pytest.raises(MalformedPacket):
+            read_publish(malformed, 0x32, v5=True)
+    with pytest.raises(MalformedPacket):
+        read_publish(no_properties, 0x34, v5=True)  # QoS 2: tidegate subscribes with QoS 1
 
 
 @pytest.mark.parametrize(

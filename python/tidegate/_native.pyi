@@ -169,12 +169,17 @@ class Validator:
         traceparent: str | None = None,
         tracestate: str | None = None,
         idempotency_key: str | None = None,
+        device_id: str | None = None,
     ) -> ValidationResult:
         """Validates one body: a JSON object or array, NDJSON, or CBOR, optionally gzip or zstd encoded.
 
         `priority` and `traceparent` are copied into every record's headers, and `tracestate` along with a
         `traceparent`; `traceparent` and `tracestate` must follow W3C Trace Context. `idempotency_key` is only
         checked (at most MAX_IDEMPOTENCY_KEY_BYTES): the caller claims it in its dedup window.
+
+        `device_id` is the device the transport names as the body's source (an MQTT topic's): a telemetry record
+        without `device_id` takes it, as a batch's readings take the batch's, with the event id it would have had
+        naming it. A record naming another device is not rejected: the caller refuses the body (as for a key).
 
         Bad records (including one too large for Kafka) are reported in the result and never spoil good ones.
         Raises a PayloadError subclass only when the request as a whole cannot be taken: InvalidHeader for a

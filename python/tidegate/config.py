@@ -162,16 +162,18 @@ class Settings:
     mqtt_protocol: MqttProtocol = "auto"
     """"5", "3.1.1", or "auto": MQTT 5 (shared subscriptions), falling back to 3.1.1 when the broker refuses 5."""
     mqtt_shared_group: str = "tidegate"
-    """Subscribe as `$share/<group>/<topic>` (MQTT 5), so every worker of every instance in the group takes a share
-    of the fleet. Empty, or under MQTT 3.1.1: a plain subscription, held by worker 0 of the instance alone."""
+    """Subscribe as `$share/<group>/<topic>`, so every worker of every instance in the group takes a share of the
+    fleet (MQTT 5, or MQTT 3.1.1 set by `mqtt_protocol`). Empty, or 3.1.1 as the fallback of `auto`: a plain
+    subscription, held by worker 0 of the instance alone."""
     mqtt_client_id: str | None = None
     """The prefix of each worker's client id (`<prefix>-w<N>`); by default `tidegate-<host>-<hash of the data dir>`.
     Stable across restarts, so the broker keeps each worker's session and redelivers what it had not acknowledged."""
     mqtt_session_expiry_s: int = 86400
     """How long the broker keeps a worker's session (its subscription and unacknowledged messages) while it is away."""
     mqtt_receive_maximum: int = 256
-    """Messages the broker may have in flight to a worker, unacknowledged (MQTT 5 Receive Maximum): the bounded
-    window that withheld acknowledgements close under overload. (MQTT 3.1.1: the broker's own setting.)"""
+    """Messages a worker reads and holds unacknowledged, at most: the bounded window that withheld acknowledgements
+    close under overload. The worker stops reading at this many (MQTT 5 brokers are also told, as the Receive
+    Maximum; mosquitto 2.0.11 does not keep to it), so it holds under MQTT 3.1.1 too."""
     mqtt_topic_telemetry: str = "devices/{device_id}/telemetry"
     """Topic patterns: `{device_id}` stands for one topic level, the device the message is taken from."""
     mqtt_topic_batch: str = "devices/{device_id}/batch"

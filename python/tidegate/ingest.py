@@ -101,6 +101,46 @@ class Answer:
     """The records refused (the body names them; they are quarantined)."""
 
 
+@dataclass(slots=True)
+class Claimed:
+    """A body `IngestEdge.claim` took: validated, its device checked, its records (and the quarantine records of
+    the rejected ones) claimed in the dedup window. `batch` and `key_claims` are what `persist` makes durable
+    (nothing for a body that repeats an idempotency key)."""
+
+    route: IngestRoute
+    result: ValidationResult
+    batch: RecordBatch
+    key_claims: list[tuple[str, str]]
+    duplicates: set[str]
+    whole_duplicate: bool
+    quarantined: RecordBatch
+    devices: list[str]
+    received: int
+    priority: str
+    dry_run: bool
+
+
+class Refused(Exception):
+    """`IngestEdge.claim` refused a body as a whole: `problem` is the answer, once `items` are quarantined
+    (`IngestEdge.refuse`); `rejected_records` are counted then."""
+
+    def __init__(
+        self,
+        problem: Problem,
+        items: list[QuarantineItem],
+        priority: str,
+        source: Source,
+        *,
+        rejected_records: int = 0,
+    ) -> None:
+        super().__init__(problem.detail)
+        self.problem = problem
+        self.items = items
+        self.priority = priority
+        self.source = source
+        self.rejected_records = rejected_records
+
+
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
@@ -321,10 +361,18 @@ class IngestEdge:
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     def _validate(
-        self, route: IngestRoute, body: bytes, headers: dict[bytes, str], priority: str, device_id: str | None
+        self,
+        route: IngestRoute,
+        body: bytes,
+        headers: dict[bytes, str],
+        priority: str,
+        device_id: str | None,
+        *,
+        device_from_source: bool = False,
     ) -> ValidationResult:
         """Validates the body and charges the device its decoded size (a compressed body that could not be
-        decoded is charged the body limit: what decompressing it cost is not known here)."""
+        decoded is charged the body limit: what decompressing it cost is not known here). With
+        `device_from_source` a telemetry record that leaves device_id out is `device_id`'s."""
         try:
             result = route.validator.validate(
                 body,
@@ -334,6 +382,7 @@ class IngestEdge:
                 traceparent=headers.get(b"traceparent"),
                 tracestate=headers.get(b"tracestate"),
                 idempotency_key=headers.get(b"x-idempotency-key"),
+                device_id=device_id if device_from_source else None,
             )
         except PayloadError as error:
             encoding = headers.get(b"content-encoding", "identity").strip().lower()
@@ -386,35 +435,58 @@ class IngestEdge:
         *,
         dry_run: bool,
         source: Source = HTTP,
+        device_from_source: bool = False,
     ) -> Answer:
         """The pipeline shared by HTTP and MQTT once a body is admitted: validate, check the device, dedup, spool
         (durable when this returns; with `dry_run`, nothing is written), answer. `device_id` is the authenticated
-        device (HTTP's key, MQTT's topic), which every telemetry record must name. Raises Problem for a body that
-        cannot be taken as a whole. What is refused is quarantined (`tidegate.quarantine`), durably, before the
-        answer: the rejected records with the accepted ones, a body refused as a whole before the Problem."""
-        content_type = headers.get(b"content-type", "application/json")
-
-        async def refused(problem: Problem, items: list[QuarantineItem]) -> Problem:
-            if dry_run:
-                return problem
-            return await self.quarantine(
-                problem,
-                items,
-                body=body,
-                route=route,
-                device_id=device_id,
-                priority=priority,
-                headers=headers,
-                source=source,
-            )
-
+        device (HTTP's key, MQTT's topic), which every telemetry record must name; with `device_from_source` (MQTT,
+        whose topic is the device) a telemetry record that leaves device_id out is that device's. Raises Problem
+        for a body that cannot be taken as a whole. What is refused is quarantined (`tidegate.quarantine`), durably,
+        before the answer: the rejected records with the accepted ones, a body refused as a whole before the Problem."""
         try:
-            result = self._validate(route, body, headers, priority, device_id)
+            claimed = self.claim(
+                route,
+                body,
+                headers,
+                device_id,
+                priority,
+                dry_run=dry_run,
+                source=source,
+                device_from_source=device_from_source,
+            )
+        except Refused as refusal:
+            raise await self.refuse(
+                refusal, body=body, route=route, device_id=device_id, headers=headers, dry_run=dry_run
+            ) from None
+        durability = "none" if dry_run else await self.persist(claimed.batch, claimed.key_claims, headers)
+        return self.answer(claimed, durability)
+
+    def claim(
+        self,
+        route: IngestRoute,
+        body: bytes,
+        headers: dict[bytes, str],
+        device_id: str | None,
+        priority: str,
+        *,
+        dry_run: bool,
+        source: Source = HTTP,
+        device_from_source: bool = False,
+    ) -> Claimed:
+        """`ingest_body` up to the spool: validates, checks the device, builds the quarantine records of rejected
+        ones and claims the records (and idempotency keys) in the dedup window. What it returns is for `persist`,
+        then `answer`; several bodies' claims may share one `persist` (MQTT takes the messages of one read so).
+        Raises Refused, with nothing claimed, for a body refused as a whole (`refuse` quarantines it)."""
+        content_type = headers.get(b"content-type", "application/json")
+        try:
+            result = self._validate(route, body, headers, priority, device_id, device_from_source=device_from_source)
         except Problem as undecodable:
             # A bad header is refused before any record is looked at: nothing there to investigate.
             if undecodable.slug == "invalid-header" or (source.undecodable_retried and undecodable.slug == "malformed"):
-                raise
-            raise await refused(undecodable, [whole_body(body, undecodable, "decode", content_type)]) from None
+                raise Refused(undecodable, [], priority, source) from None
+            raise Refused(
+                undecodable, [whole_body(body, undecodable, "decode", content_type)], priority, source
+            ) from None
         dedup = self.gateway.dedup
         batch = result.batch
         if route.kind == "batch":
@@ -430,11 +502,10 @@ class IngestEdge:
                     f"the key belongs to {device_id}, not {foreign[0]}",
                     [{"path": "$.device_id", "message": f"must be {device_id}"}],
                 )
-                raise await refused(wrong_device, [whole_body(body, wrong_device, "auth", content_type)])
+                raise Refused(wrong_device, [whole_body(body, wrong_device, "auth", content_type)], priority, source)
         if result.accepted == 0:
-            self.metrics.records.inc(("rejected", priority), result.total)
             invalid = Problem(400, "invalid", f"no record of {result.total} is valid", issue_errors(result.rejected))
-            raise await refused(invalid, result.quarantine)
+            raise Refused(invalid, result.quarantine, priority, source, rejected_records=result.total)
         received = now_ms()
         quarantined = RecordBatch()
         if not dry_run and (items := result.quarantine):
@@ -450,7 +521,6 @@ class IngestEdge:
                 received_ms=received,
             )
             batch.extend(quarantined)
-        durability = "spool"
         key_claims: list[tuple[str, str]] = []
         duplicates: set[str] = set()
         whole_duplicate = False
@@ -476,26 +546,72 @@ class IngestEdge:
             if whole_duplicate:
                 for scope, key in claimed:
                     dedup.release_key(scope, key)
-                durability = await self.persist(RecordBatch(), [], headers)
+                # Nothing to write: persisting the empty batch waits for what it repeats to be durable.
+                batch, key_claims = RecordBatch(), []
             else:
                 duplicates = set(dedup.claim_batch(batch, received))
-                durability = await self.persist(batch, key_claims, headers)
         if whole_duplicate:
             duplicates = {eid for eid in result.event_ids if eid is not None}
-        if dry_run:
-            durability = "none"
-        elif devices:
-            # Heard (a repeat too: the device is alive); a dry run changes nothing.
-            self.gateway.devices.seen(devices, received)
-        answer = self._answer(
-            route, result, duplicates=duplicates, durability=durability, dry_run=dry_run, priority=priority
+        return Claimed(
+            route,
+            result,
+            batch,
+            key_claims,
+            duplicates,
+            whole_duplicate,
+            quarantined,
+            devices,
+            received,
+            priority,
+            dry_run,
         )
+
+    def answer(self, claimed: Claimed, durability: str) -> Answer:
+        """The answer to a claimed body once `persist` made it durable (`durability`; "none" for a dry run)."""
+        if not claimed.dry_run and claimed.devices:
+            # Heard (a repeat too: the device is alive); a dry run changes nothing.
+            self.gateway.devices.seen(claimed.devices, claimed.received)
+        answer = self._answer(
+            claimed.route,
+            claimed.result,
+            duplicates=claimed.duplicates,
+            durability=durability,
+            dry_run=claimed.dry_run,
+            priority=claimed.priority,
+        )
+        quarantined = claimed.quarantined
         if len(quarantined):
-            if not whole_duplicate:
-                self.gateway.quarantine.count(quarantined, duplicates)
+            if not claimed.whole_duplicate:
+                self.gateway.quarantine.count(quarantined, claimed.duplicates)
             answer.headers.append((QUARANTINED_HEADER.lower().encode(), str(len(quarantined)).encode()))
-        answer.rejected = result.rejected
+        answer.rejected = claimed.result.rejected
         return answer
+
+    async def refuse(
+        self,
+        refusal: Refused,
+        *,
+        body: bytes,
+        route: IngestRoute,
+        device_id: str | None,
+        headers: dict[bytes, str],
+        dry_run: bool,
+    ) -> Problem:
+        """Quarantines what a body `claim` refused leaves behind (not in a dry run) and returns the problem."""
+        if refusal.rejected_records:
+            self.metrics.records.inc(("rejected", refusal.priority), refusal.rejected_records)
+        if not refusal.items or dry_run:
+            return refusal.problem
+        return await self.quarantine(
+            refusal.problem,
+            refusal.items,
+            body=body,
+            route=route,
+            device_id=device_id,
+            priority=refusal.priority,
+            headers=headers,
+            source=refusal.source,
+        )
 
     async def quarantine(
         self,

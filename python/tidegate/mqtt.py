@@ -1,21 +1,27 @@
 """The MQTT source: each worker subscribes to the device topics and takes messages through the HTTP pipeline.
 
 - MQTT 5 with a shared subscription (`$share/<group>/devices/+/telemetry`, ...): the broker splits the fleet between
-  every worker of every instance in the group. MQTT 3.1.1 (when the broker refuses 5, or by setting) and an empty
-  group subscribe plainly, on worker 0 only, so that no two workers of an instance take the same message.
+  every worker of every instance in the group; MQTT 3.1.1 set by `mqtt_protocol` shares the same way. The fallback
+  to 3.1.1 (when the broker refuses 5) and an empty group subscribe plainly, on worker 0 only, so that no two
+  workers of an instance take the same message.
 - QoS 1 with manual acknowledgement: a message's PUBACK is sent once its records are durable in the spool, never
   before, and in the order the messages arrived (MQTT requires it). Each worker has a client id of its own that
   outlives restarts (`<prefix>-w<N>`, N its spool directory) and a persistent session, so what was not acknowledged
   when a worker died is redelivered to the worker that owns the same spool, whose dedup window (rebuilt from that
   spool) answers it duplicate: a redelivery is never a second copy.
 - The device comes from the topic (`{device_id}` in a pattern) and is the device every telemetry record must name,
-  as a key is over HTTP. There is no response to carry a rejection: what is refused (the records of a message, or
+  as a key is over HTTP; a reading that leaves device_id out is the topic's device's, with the event id it has
+  naming it. There is no response to carry a rejection: what is refused (the records of a message, or
   the whole payload) is quarantined as over HTTP (`tidegate.quarantine`: raw bytes on the dead-letter topic, with
   `dlq-source: mqtt` and `mqtt-topic` headers), durably, before the message is acknowledged.
+- The messages of one read are taken together (`_take_together`): each is validated and claimed in the dedup window
+  as over HTTP, their records go to the spool at once and one commit makes them durable; a message that cannot be
+  taken so (admission would wait, a payload refused as a whole, the spool failing) is taken on its own (`_take`).
 - Overload never drops: a message waits, unacknowledged, while the worker is not ready, sheds its priority, or the
-  device is over its rate, and a spool write that failed is retried. The broker sends at most
-  `mqtt_receive_maximum` unacknowledged messages (MQTT 5 Receive Maximum), so withheld acknowledgements slow the
-  subscription to what the worker can take.
+  device is over its rate, and a spool write that failed is retried. A worker reads at most `mqtt_receive_maximum`
+  unacknowledged messages (and tells an MQTT 5 broker so, as its Receive Maximum): with that many waiting it stops
+  reading the socket, so withheld acknowledgements slow the subscription to what the worker can take, and what it
+  has not read waits at the broker.
 """
 
 from __future__ import annotations
@@ -27,11 +33,14 @@ import hashlib
 import json
 import logging
 import os
+import pwd
 import re
+import select
 import socket
 import ssl
 import time
 import urllib.parse
+from collections.abc import Awaitable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -39,19 +48,23 @@ from typing import TYPE_CHECKING
 import aiomqtt
 from aiomqtt.exceptions import MqttConnectError
 from paho.mqtt import client as paho_client
+from paho.mqtt.enums import MQTTErrorCode
+from paho.mqtt.exception import MalformedPacket, MQTTException
 from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
+from paho.mqtt.properties import Properties, VariableByteIntegers
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
+from tidegate._native import RecordBatch
 from tidegate.auth import KeyEntry, KeyStore, mosquitto_hash, mqtt_username
 from tidegate.config import Settings
+from tidegate.ingest import Refused
 from tidegate.problems import Problem
 from tidegate.quarantine import Source, whole_body
 
 if TYPE_CHECKING:
     from tidegate.gateway import Gateway
-    from tidegate.ingest import Answer, IngestRoute
+    from tidegate.ingest import Answer, Claimed, IngestRoute
 
 log = logging.getLogger("tidegate")
 
@@ -59,6 +72,8 @@ DEVICE_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 #: MQTT 5 CONNACK reason "Unsupported Protocol Version", and MQTT 3.1.1's "unacceptable protocol version".
 _UNSUPPORTED_PROTOCOL = (0x84, 1)
 _RETRY_S = 0.05
+#: At most this many messages are taken together (a socket that never runs dry still gets its messages taken).
+_TURN_MESSAGES = 1024
 
 
 @dataclass(frozen=True)
@@ -137,26 +152,71 @@ def client_id_prefix(settings: Settings) -> str:
     return f"tidegate-{socket.gethostname()}-{where}"
 
 
-def content_type_of(message: aiomqtt.Message, payload: bytes) -> str:
+def content_type_of(given: str | None, payload: bytes) -> str:
     """MQTT 5's content type when the publisher gave one; else JSON when the payload starts like JSON, or CBOR
     (a CBOR map or array never starts with `{`, `[` or white space)."""
-    given = getattr(message.properties, "ContentType", None) if message.properties is not None else None
     if given:
-        return str(given)
+        return given
     start = payload.lstrip()[:1]
     return "application/json" if start in (b"{", b"[") or not payload.strip() else "application/cbor"
+
+
+@dataclass(slots=True)
+class _Reading:
+    """One connection's socket, read by `MqttSource._read_socket` (paused while the window is full)."""
+
+    loop: asyncio.AbstractEventLoop
+    sock: paho_client.SocketLike
+    paho: paho_client.Client
+    connection: int
+    paused: bool = False
 
 
 class _Abandoned(Exception):
     """The worker stops: the message is left unacknowledged, for the broker to redeliver."""
 
 
-@dataclass
-class _Delivery:
+@dataclass(slots=True)
+class _Message:
+    """One PUBLISH as tidegate reads it (see `read_publish`)."""
+
+    topic: str
+    payload: bytes
+    content_type: str | None
     mid: int
     qos: int
     connection: int
     done: bool = False
+
+
+def read_publish(packet: bytes | bytearray, header: int, v5: bool) -> tuple[str, bytes, str | None, int, int]:
+    """A PUBLISH packet's (topic, payload, content type, packet id, QoS); `packet` is what follows its fixed header.
+
+    paho's own decoder builds an MQTT 5 `Properties` object for every message, properties or not (about 35 µs, the
+    largest single cost of a message on the worker's loop); most devices send none, so they are parsed only when
+    present. Raises MalformedPacket, which drops the connection (the broker redelivers what was not acknowledged)."""
+    qos = (header >> 1) & 3
+    try:
+        end = 2 + (packet[0] << 8 | packet[1])
+        topic = bytes(packet[2:end]).decode()
+        mid = 0
+        if qos:
+            mid = packet[end] << 8 | packet[end + 1]
+            end += 2
+        content_type = None
+        if v5:
+            length, used = (packet[end], 1) if packet[end] < 0x80 else VariableByteIntegers.decode(packet[end:])  # type: ignore[no-untyped-call]
+            if length:
+                properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+                properties.unpack(packet[end:])  # type: ignore[no-untyped-call]
+                given = getattr(properties, "ContentType", None)
+                content_type = str(given) if given else None
+            end += used + length
+    except (IndexError, UnicodeDecodeError, ValueError, MQTTException) as error:
+        raise MalformedPacket(f"PUBLISH: {error}") from error
+    if qos > 1 or not topic:
+        raise MalformedPacket(f"PUBLISH with QoS {qos} (tidegate subscribes with QoS 1) or no topic")
+    return topic, bytes(packet[end:]), content_type, mid, qos
 
 
 class MqttSource:
@@ -176,8 +236,12 @@ class MqttSource:
         self.connected = False
         self._client: aiomqtt.Client | None = None
         self._connection = 0
-        self._pending: collections.deque[_Delivery] = collections.deque()
+        self._pending: collections.deque[_Message] = collections.deque()
         self._handlers: set[asyncio.Task[None]] = set()
+        self._inbox: list[_Message] = []
+        self._turn_scheduled = False
+        self._readable: tuple[int, select.poll] | None = None
+        self._reading: _Reading | None = None
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         metrics = gateway.metrics
@@ -256,7 +320,22 @@ class MqttSource:
         )
         # aiomqtt acknowledges as each message is handed over; paho, under it, can leave that to us.
         client._client.manual_ack_set(True)
+        self._read_publishes_of(client._client, v5)
         return client
+
+    def _read_publishes_of(self, paho: paho_client.Client, v5: bool) -> None:
+        """Takes PUBLISH packets from paho as it reads them, past its decoder and aiomqtt's message queue: each
+        message costs the worker's loop a fraction of what paho's Properties, aiomqtt's Message, its queue and the
+        task its iterator makes per message did. paho still reads the socket, writes the PUBACKs and keeps the
+        connection; aiomqtt's message iterator, now always empty, still ends the session when it drops."""
+
+        def handle_publish() -> MQTTErrorCode:
+            packet = paho._in_packet  # a new one for every packet
+            topic, payload, content_type, mid, qos = read_publish(packet["packet"], packet["command"], v5)
+            self._arrived(_Message(topic, payload, content_type, mid, qos, self._connection))
+            return MQTTErrorCode.MQTT_ERR_SUCCESS
+
+        paho._handle_publish = handle_publish  # type: ignore[method-assign]
 
     def _subscribes(self) -> bool:
         """Shared subscriptions split the fleet between workers; a plain one is held by worker 0 alone."""
@@ -264,14 +343,21 @@ class MqttSource:
 
     @property
     def _shared(self) -> bool:
-        return self.protocol == "5" and bool(self.settings.mqtt_shared_group)
+        """MQTT 5 shares; so does MQTT 3.1.1 when asked for by setting (mosquitto, EMQX, HiveMQ and VerneMQ take
+        `$share/` from 3.1.1 clients too), but not as the fallback of `auto`: a broker that refuses MQTT 5 may not
+        know `$share/`, and would take it for a topic no device publishes to."""
+        return bool(self.settings.mqtt_shared_group) and (
+            self.protocol == "5" or self.settings.mqtt_protocol == "3.1.1"
+        )
 
     async def _session(self) -> None:
         client = self._client_for(self.protocol)
+        # Before connecting: a resumed session's messages may be read as soon as the CONNACK is.
+        self._connection += 1
+        self._pending = collections.deque()
+        self._client = client
         async with client:
-            self._connection += 1
-            self._pending = collections.deque()
-            self._client = client
+            self._read_from(client)
             self.connected = True
             group = self.settings.mqtt_shared_group
             self.subscriptions = [
@@ -314,16 +400,99 @@ class MqttSource:
         if refused:
             raise aiomqtt.MqttError(f"the broker refused the subscriptions {refused} (codes {codes})")
 
-    async def _read(self, client: aiomqtt.Client, connection: int) -> None:
-        async for message in client.messages:
-            delivery = _Delivery(message.mid, message.qos, connection)
-            if message.qos > 0:
-                self._pending.append(delivery)
-            task = asyncio.create_task(self._handle(message, delivery))
-            self._handlers.add(task)
-            task.add_done_callback(self._handlers.discard)
+    def _read_from(self, client: aiomqtt.Client) -> None:
+        """Takes over reading the connection from aiomqtt, so that tidegate stops reading while
+        `mqtt_receive_maximum` messages wait for their acknowledgement: the window holds where the broker does not
+        keep to the Receive Maximum tidegate sent (mosquitto 2.0.11 lets its quota grow with each PUBACK), and
+        under MQTT 3.1.1, which has none. What is not read waits in the socket, then in the broker's queue."""
+        paho = client._client
+        sock = paho.socket()
+        self._reading = None
+        if sock is None:
+            return
+        loop = asyncio.get_running_loop()
+        self._reading = _Reading(loop, sock, paho, self._connection)
+        loop.remove_reader(sock.fileno())
+        loop.add_reader(sock.fileno(), self._read_socket)
 
-    def _acknowledge(self, delivery: _Delivery) -> None:
+    def _read_socket(self) -> None:
+        reading = self._reading
+        if reading is None:
+            return
+        try:
+            reading.paho.loop_read()
+            # An SSL socket may hold decrypted bytes its descriptor does not show (paho issue 131).
+            while isinstance(reading.sock, ssl.SSLSocket) and reading.sock.pending() > 0:
+                reading.paho.loop_read()
+        except Exception:
+            # As aiomqtt would: the session ends (and what was not acknowledged is redelivered to the next).
+            log.exception(json.dumps({"event": "mqtt_read_failed", "broker": self.settings.mqtt}))
+            reading.paho.disconnect()
+
+    def _pause_when_full(self) -> None:
+        reading = self._reading
+        if reading is not None and not reading.paused and len(self._pending) >= self.settings.mqtt_receive_maximum:
+            reading.loop.remove_reader(reading.sock.fileno())
+            reading.paused = True
+
+    def _resume_when_room(self) -> None:
+        reading = self._reading
+        if (
+            reading is not None
+            and reading.paused
+            and reading.connection == self._connection
+            and len(self._pending) < self.settings.mqtt_receive_maximum
+            and reading.sock.fileno() >= 0
+        ):
+            reading.paused = False
+            reading.loop.add_reader(reading.sock.fileno(), self._read_socket)
+
+    async def _read(self, client: aiomqtt.Client, connection: int) -> None:
+        """Returns (raising MqttError) when the connection drops; messages come through `_arrived` meanwhile."""
+        async for _ in client.messages:
+            raise AssertionError("tidegate reads PUBLISH packets itself (_read_publishes_of)")
+
+    def _arrived(self, message: _Message) -> None:
+        """Called by paho, on the worker's loop, for each PUBLISH read; the messages of a read are taken together."""
+        if message.qos > 0:
+            self._pending.append(message)
+            self._pause_when_full()
+        self._inbox.append(message)
+        if not self._turn_scheduled:
+            self._turn_scheduled = True
+            asyncio.get_running_loop().call_soon(self._take_turn)
+
+    def _take_turn(self) -> None:
+        """Takes the messages read since the last turn together, once the socket holds no more (paho reads one
+        packet per turn of the loop, so this waits a turn while there is more), or once `_TURN_MESSAGES` wait."""
+        if self._stop.is_set():
+            return  # left unacknowledged: the broker redelivers them
+        paused = self._reading is None or self._reading.paused
+        if len(self._inbox) < _TURN_MESSAGES and not paused and self._more_to_read():
+            asyncio.get_running_loop().call_soon(self._take_turn)
+            return
+        self._turn_scheduled = False
+        messages, self._inbox = self._inbox, []
+        self._spawn(self._take_together(messages))
+
+    def _more_to_read(self) -> bool:
+        sock = self._reading.sock if self._reading is not None else None
+        if sock is None or sock.fileno() < 0:
+            return False
+        if isinstance(sock, ssl.SSLSocket) and sock.pending():
+            return True
+        if self._readable is None or self._readable[0] != sock.fileno():
+            poller = select.poll()
+            poller.register(sock.fileno(), select.POLLIN)
+            self._readable = (sock.fileno(), poller)
+        return bool(self._readable[1].poll(0))
+
+    def _spawn(self, taking: Coroutine[None, None, None]) -> None:
+        task = asyncio.create_task(taking)
+        self._handlers.add(task)
+        task.add_done_callback(self._handlers.discard)
+
+    def _acknowledge(self, delivery: _Message) -> None:
         """Sends the PUBACKs that are due: in arrival order, up to the first message not yet durable."""
         delivery.done = True
         client = self._client
@@ -333,39 +502,96 @@ class MqttSource:
         while pending and pending[0].done:
             head = pending.popleft()
             client._client.ack(head.mid, head.qos)
+        self._resume_when_room()
+
+    # ----- messages taken together
+
+    async def _take_together(self, messages: list[_Message]) -> None:
+        """Validates and claims each message, writes the records of all (and the quarantine records of their
+        rejected ones) to the spool at once and waits for the one commit that makes them durable, then acknowledges
+        them: the pipeline's per-message cost on the worker's loop is its own work, not a task, a spool write and a
+        wait each. A message that cannot be taken so (no route, admission would wait, a payload refused as a whole,
+        a spool that cannot take it now) is taken on its own, as `_take` takes it, from where it stopped."""
+        edge, gateway = self.gateway.edge, self.gateway
+        claims: list[tuple[_Message, IngestRoute, str, Claimed]] = []
+        for message in messages:
+            matched = self._route_of(message.topic)
+            if matched is None or self.settings.dry_run or self._admission(*matched) > 0:
+                self._spawn(self._finish(message, self._take(message)))  # it asks for admission again: nothing taken
+                continue
+            route, device_id = matched
+            content_type = content_type_of(message.content_type, message.payload)
+            try:
+                claimed = edge.claim(
+                    route,
+                    message.payload,
+                    {b"content-type": content_type},
+                    device_id,
+                    route.priority,
+                    dry_run=False,
+                    source=self._source(message.topic),
+                    device_from_source=True,
+                )
+            except Refused:
+                # Nothing was claimed (nor quarantined): taken again on its own, which quarantines what it must.
+                self._spawn(self._finish(message, self._take_admitted(message, route, device_id)))
+                continue
+            claims.append((message, route, device_id, claimed))
+        if not claims:
+            return
+        together, key_claims = RecordBatch(), []
+        for *_, claimed in claims:
+            together.extend(claimed.batch)
+            key_claims.extend(claimed.key_claims)
+        gateway.in_flight_requests += len(claims)
+        try:
+            durability = await edge.persist(together, key_claims, {})
+        except Problem:
+            # Nothing of them is durable and their claims are released: each waits for the spool on its own.
+            for message, route, device_id, _ in claims:
+                self._spawn(self._finish(message, self._take_admitted(message, route, device_id)))
+            return
+        finally:
+            gateway.in_flight_requests -= len(claims)
+        for message, _, _, claimed in claims:
+            outcome = self._outcome(message, edge.answer(claimed, durability))
+            gateway.metrics.mqtt_messages.inc((outcome,))
+            self._acknowledge(message)
 
     # ----- one message
 
-    async def _handle(self, message: aiomqtt.Message, delivery: _Delivery) -> None:
+    async def _finish(self, message: _Message, taking: Awaitable[str]) -> None:
+        """Acknowledges the message once `taking` took it (into the spool, or quarantined)."""
         try:
-            outcome = await self._take(message)
+            outcome = await taking
         except _Abandoned:
             return
         except Exception:
             # Never acknowledged: the broker redelivers it on the next session.
-            log.exception(json.dumps({"event": "mqtt_message_failed", "topic": message.topic.value}))
+            log.exception(json.dumps({"event": "mqtt_message_failed", "topic": message.topic}))
             return
         self.gateway.metrics.mqtt_messages.inc((outcome,))
-        self._acknowledge(delivery)
+        self._acknowledge(message)
 
     def _route_of(self, topic: str) -> tuple[IngestRoute, str] | None:
+        """The route and device of a topic; None for a topic of no pattern or a device id that is not one."""
         for pattern, route in self.patterns:
             device_id = pattern.device_of(topic)
             if device_id is not None:
-                return route, device_id
+                return (route, device_id) if DEVICE_ID.fullmatch(device_id) else None
         return None
 
-    async def _take(self, message: aiomqtt.Message) -> str:
+    async def _take(self, message: _Message) -> str:
         """Takes one message into the spool; what it holds that is refused is quarantined (`ingest_body`, the path
         HTTP takes). Returns the outcome counted in the metrics."""
-        topic = message.topic.value
-        payload = message.payload if isinstance(message.payload, bytes) else str(message.payload).encode()
+        topic, payload = message.topic, message.payload
         matched = self._route_of(topic)
         if matched is None:
-            problem = Problem(400, "unknown-topic", f"{topic!r} matches no configured topic pattern")
-            return await self._dead_letter(topic, None, None, problem, payload)
-        route, device_id = matched
-        if not DEVICE_ID.fullmatch(device_id):
+            named = next(((route, d) for p, route in self.patterns if (d := p.device_of(topic)) is not None), None)
+            if named is None:
+                problem = Problem(400, "unknown-topic", f"{topic!r} matches no configured topic pattern")
+                return await self._dead_letter(topic, None, None, problem, payload)
+            route, device_id = named
             problem = Problem(
                 400,
                 "invalid-device-id",
@@ -373,8 +599,14 @@ class MqttSource:
                 [{"path": "topic", "message": f"not a device id: {device_id[:80]!r}"}],
             )
             return await self._dead_letter(topic, route, None, problem, payload)
+        route, device_id = matched
         await self._admit(route, device_id)
-        content_type = content_type_of(message, payload)
+        return await self._take_admitted(message, route, device_id)
+
+    async def _take_admitted(self, message: _Message, route: IngestRoute, device_id: str) -> str:
+        """`_take` once admitted."""
+        topic, payload = message.topic, message.payload
+        content_type = content_type_of(message.content_type, payload)
         # No content type travels with MQTT 3.1.1: JSON that is not one document may be NDJSON, tried next, so the
         # first try does not quarantine a body it cannot decode.
         may_be_ndjson = content_type == "application/json" and b"\n" in payload.strip()
@@ -389,30 +621,35 @@ class MqttSource:
             except Problem as refused:
                 self._count_dead_letter(topic, refused)
                 return "dead_lettered"
+        return self._outcome(message, answer)
+
+    def _outcome(self, message: _Message, answer: Answer) -> str:
+        """A taken message's outcome; its refused records (quarantined with the others) are counted."""
         if answer.rejected:
-            self._count_dead_letter(topic, Problem(400, "invalid", f"{len(answer.rejected)} record(s) rejected"))
+            self._count_dead_letter(
+                message.topic, Problem(400, "invalid", f"{len(answer.rejected)} record(s) rejected")
+            )
             return "partly_dead_lettered"
         return "accepted"
 
-    async def _admit(self, route: IngestRoute, device_id: str) -> None:
-        """Waits, holding the message unacknowledged, until the worker takes this priority and the device has a
-        token: HTTP would answer 503 or 429, MQTT slows the subscription instead."""
+    def _admission(self, route: IngestRoute, device_id: str) -> float:
+        """0 when the message may be taken now (the device's token taken); else the seconds to wait before asking
+        again. Where HTTP would answer 503 or 429, MQTT holds the message unacknowledged: the subscription slows."""
         gateway, settings = self.gateway, self.settings
-        while True:
-            if self._stop.is_set():
-                raise _Abandoned
-            utilization = gateway.utilization()
-            shed = (utilization >= settings.shed_medium_at and route.priority != "high") or (
-                utilization >= settings.shed_low_at and route.priority == "low"
-            )
-            if gateway.is_ready() and not shed:
-                break
-            await asyncio.sleep(_RETRY_S)
-        while (wait := gateway.buckets.take(device_id, time.time_ns() // 1000)) > 0:
-            if self._stop.is_set():
-                raise _Abandoned
-            await asyncio.sleep(wait)
-        while (wait := gateway.decoded_bytes.wait(device_id, time.time_ns() // 1000)) > 0:
+        utilization = gateway.utilization()
+        shed = (utilization >= settings.shed_medium_at and route.priority != "high") or (
+            utilization >= settings.shed_low_at and route.priority == "low"
+        )
+        if shed or not gateway.is_ready():
+            return _RETRY_S
+        now_us = time.time_ns() // 1000
+        # The byte budget is post-paid (waiting takes nothing); the token is taken last, only when it is let in.
+        wait = gateway.decoded_bytes.wait(device_id, now_us)
+        return wait if wait > 0 else gateway.buckets.take(device_id, now_us)
+
+    async def _admit(self, route: IngestRoute, device_id: str) -> None:
+        """Waits, holding the message unacknowledged, until `_admission` lets it in."""
+        while (wait := self._admission(route, device_id)) > 0:
             if self._stop.is_set():
                 raise _Abandoned
             await asyncio.sleep(wait)
@@ -433,6 +670,7 @@ class MqttSource:
                     route.priority,
                     dry_run=gateway.settings.dry_run,
                     source=source,
+                    device_from_source=True,
                 )
             except Problem as problem:
                 if problem.status < 500:
@@ -527,14 +765,30 @@ def broker_files(entries: list[KeyEntry], settings: Settings) -> tuple[str, str,
     return "\n".join(passwd) + "\n", "\n".join(acl) + "\n", skipped
 
 
+def broker_owner() -> tuple[int, int] | None:
+    """Who must own the broker's files: mosquitto started as root reads them as the user it switches to, `mosquitto`
+    (its `user` setting's default), which cannot read a root-owned password file (0600). So when tidegate runs as
+    root and that user exists, its uid and gid; otherwise None (the broker runs as whoever runs tidegate)."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        user = pwd.getpwnam("mosquitto")
+    except KeyError:
+        return None
+    return user.pw_uid, user.pw_gid
+
+
 def write_broker_files(store: KeyStore, settings: Settings, out: Path) -> list[KeyEntry]:
     """Writes `passwd`, `acl` and a reference `mosquitto.conf` into `out`; returns the keys left out."""
     passwd, acl, skipped = broker_files(store.entries(), settings)
     out.mkdir(parents=True, exist_ok=True)
+    owner = broker_owner()
     for name, text, mode in (("passwd", passwd, 0o600), ("acl", acl, 0o644)):
         tmp = out / f".{name}.tmp"
         tmp.write_text(text)
         os.chmod(tmp, mode)
+        if owner is not None:
+            os.chown(tmp, *owner)
         os.replace(tmp, out / name)
     conf = out / "mosquitto.conf"
     conf.write_text(REFERENCE_CONFIG.format(passwd=(out / "passwd").resolve(), acl=(out / "acl").resolve()))

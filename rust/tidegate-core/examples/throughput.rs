@@ -154,6 +154,7 @@ fn measure(validator: &Validator, name: &str, body: &[u8], content_type: &str) {
         traceparent: None,
         tracestate: None,
         idempotency_key: None,
+        device_id: None,
     };
     let first = validator.validate(&request).expect("the body decodes");
     assert_eq!(first.accepted, first.total, "{:?}", first.rejected.first());

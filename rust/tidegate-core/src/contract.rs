@@ -63,6 +63,9 @@ pub struct Contract {
     pub name: String,
     /// The schema each record is checked against (for a batch: each reading).
     pub record_schema: Schema,
+    /// For telemetry: the record schema when the transport names the device ([`crate::Request::device_id`]), so
+    /// that a record may leave `device_id` out.
+    pub sourced_record_schema: Option<Schema>,
     /// For a batch: the envelope's schema (its `readings` are validated one by one with `record_schema`).
     pub envelope_schema: Option<Schema>,
     /// Default Kafka topic.
@@ -116,6 +119,7 @@ impl Contract {
             kind: ContractKind::Telemetry,
             name: "telemetry/v1".into(),
             record_schema: compiled(&reading_schema(true, unknown_fields)),
+            sourced_record_schema: Some(compiled(&reading_schema(false, unknown_fields))),
             envelope_schema: None,
             topic: "telemetry-raw".into(),
             key_field: Some("device_id".into()),
@@ -146,6 +150,7 @@ impl Contract {
         Contract {
             kind: ContractKind::Batch,
             record_schema: compiled(&reading_schema(false, unknown_fields)),
+            sourced_record_schema: None,
             envelope_schema: Some(compiled(&envelope)),
             ..Contract::telemetry_with(unknown_fields)
         }
@@ -170,6 +175,7 @@ impl Contract {
             kind: ContractKind::Event,
             name: "event/v1".into(),
             record_schema: compiled(&schema),
+            sourced_record_schema: None,
             envelope_schema: None,
             topic: "events-raw".into(),
             key_field: Some("entity_id".into()),
@@ -200,6 +206,7 @@ impl Contract {
             kind: ContractKind::Custom,
             name: name.to_string(),
             record_schema,
+            sourced_record_schema: None,
             envelope_schema: None,
             topic: topic.to_string(),
             enforce_window: time_field.is_some(),

@@ -15,6 +15,7 @@
 //!     traceparent: None,
 //!     tracestate: None,
 //!     idempotency_key: None,
+//!     device_id: None,
 //! };
 //! let outcome = validator.validate(&request).unwrap();
 //! assert_eq!(outcome.accepted, 1);

@@ -132,6 +132,10 @@ pub struct Request<'a> {
     pub tracestate: Option<&'a str>,
     /// Only checked ([`headers::check_idempotency_key`]): the caller claims it in its dedup window.
     pub idempotency_key: Option<&'a str>,
+    /// The device the transport names as the body's source (an MQTT topic's): a telemetry record without
+    /// `device_id` takes this one, as a batch's readings take the batch's. A record naming another device is
+    /// not rejected here: the caller refuses the whole body, as it does for a device key.
+    pub device_id: Option<&'a str>,
 }
 
 /// A header's check: `Err` holds why the value is refused.
@@ -247,7 +251,9 @@ impl Validator {
             let total = decode::for_each_record(&body, format, limits, |index, record| {
                 let context = RecordContext {
                     index,
-                    inherited_device_id: None,
+                    inherited_device_id: request
+                        .device_id
+                        .filter(|_| self.contract.sourced_record_schema.is_some()),
                     batch_id: None,
                 };
                 if self.options.quarantine && matches!(record, Value::Invalid(_)) {
@@ -456,7 +462,11 @@ impl<'v> Run<'v> {
         let time_source = time_field.and_then(|f| record.get(f)).and_then(Value::as_str);
         let timestamp = time_source.and_then(Timestamp::parse);
         let known_date_time = time_source.filter(|_| timestamp.is_some());
-        (contract.record_schema).validate_knowing_date_time(record, &Path::Root, &mut self.errors, known_date_time);
+        let schema = match (context.inherited_device_id, &contract.sourced_record_schema) {
+            (Some(_), Some(sourced)) => sourced,
+            _ => &contract.record_schema,
+        };
+        schema.validate_knowing_date_time(record, &Path::Root, &mut self.errors, known_date_time);
         if !self.errors.is_empty() {
             let prefix = self.record_path(context);
             for error in std::mem::take(&mut self.errors) {
@@ -472,9 +482,10 @@ impl<'v> Run<'v> {
             }
             return self.skip(fail_count);
         };
-        if let (Some(inherited), Some(own)) = (
+        if let (Some(inherited), Some(own), Some(_)) = (
             context.inherited_device_id,
             record.get("device_id").and_then(Value::as_str),
+            context.batch_id,
         ) && own != inherited
         {
             let prefix = self.record_path(context);
@@ -811,6 +822,7 @@ mod tests {
             traceparent: None,
             tracestate: None,
             idempotency_key: None,
+            device_id: None,
         }
     }
 
@@ -1006,5 +1018,52 @@ mod tests {
                 other => panic!("{expected}: {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn a_reading_without_device_id_takes_the_device_the_transport_names() {
+        let validator = Validator::new(Contract::telemetry(), ValidatorOptions::default());
+        let reading = r#"{"timestamp":"2026-03-27T10:15:30Z","metrics":{"temperature":21.5}}"#;
+        let named = r#"{"device_id":"dev-1","timestamp":"2026-03-27T10:15:30Z","metrics":{"temperature":21.5}}"#;
+        let sourced = |body: &'static str, device_id| {
+            validator
+                .validate(&Request {
+                    device_id,
+                    ..request(body.as_bytes())
+                })
+                .unwrap()
+        };
+
+        let refused = sourced(reading, None);
+        assert_eq!(refused.accepted, 0, "no device anywhere: device_id is required");
+        let filled = sourced(reading, Some("dev-1"));
+        assert_eq!(filled.accepted, 1, "{:?}", filled.rejected);
+        let record = filled.batch.get(0).unwrap();
+        assert_eq!(record.key, Some(&b"dev-1"[..]));
+        let value = std::str::from_utf8(record.value).unwrap();
+        assert!(value.starts_with(r#"{"device_id":"dev-1","#), "{value}");
+        assert_eq!(
+            filled.event_ids,
+            sourced(named, None).event_ids,
+            "the same reading as one that names its device"
+        );
+        // Naming another device is for the caller to refuse (the whole body, as for a device key).
+        let other = sourced(named, Some("dev-2"));
+        assert_eq!(other.batch.get(0).unwrap().key, Some(&b"dev-1"[..]));
+        // Events have no device: the transport's is not added.
+        let events = Validator::new(Contract::event(), ValidatorOptions::default());
+        let body = event("user-1", 1);
+        let plain = events.validate(&request(body.as_bytes())).unwrap();
+        let with_device = events
+            .validate(&Request {
+                device_id: Some("dev-1"),
+                ..request(body.as_bytes())
+            })
+            .unwrap();
+        assert_eq!(plain.event_ids, with_device.event_ids);
+        assert_eq!(
+            plain.batch.get(0).unwrap().value,
+            with_device.batch.get(0).unwrap().value
+        );
     }
 }

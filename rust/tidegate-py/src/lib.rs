@@ -181,7 +181,7 @@ impl Validator {
         Ok(Validator(core::Validator::new(contract.0.clone(), options)))
     }
 
-    #[pyo3(signature = (body, content_type = "application/json", content_encoding = None, *, received_at_ms = None, priority = None, traceparent = None, tracestate = None, idempotency_key = None))]
+    #[pyo3(signature = (body, content_type = "application/json", content_encoding = None, *, received_at_ms = None, priority = None, traceparent = None, tracestate = None, idempotency_key = None, device_id = None))]
     fn validate(
         &self,
         py: Python<'_>,
@@ -193,6 +193,7 @@ impl Validator {
         traceparent: Option<&str>,
         tracestate: Option<&str>,
         idempotency_key: Option<&str>,
+        device_id: Option<&str>,
     ) -> PyResult<ValidationResult> {
         let request = core::Request {
             body,
@@ -203,6 +204,7 @@ impl Validator {
             traceparent,
             tracestate,
             idempotency_key,
+            device_id,
         };
         let mut outcome = py
             .detach(|| self.0.validate(&request))
