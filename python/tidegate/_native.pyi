@@ -158,14 +158,15 @@ class Validator:
         *,
         received_at_ms: int | None = None,
         priority: str | None = None,
+        source: str | None = None,
         traceparent: str | None = None,
         tracestate: str | None = None,
         idempotency_key: str | None = None,
     ) -> ValidationResult:
         """Validates one body: a JSON object or array, NDJSON, or CBOR, optionally gzip or zstd encoded.
 
-        `priority` and `traceparent` are copied into every record's headers, and `tracestate` along with a
-        `traceparent`; `traceparent` and `tracestate` must follow W3C Trace Context. `idempotency_key` is only
+        `priority`, `source` (where the request came from: `http`, `mqtt`) and `traceparent` are copied into every
+        record's headers, and `tracestate` along with a `traceparent`; `traceparent` and `tracestate` must follow W3C Trace Context. `idempotency_key` is only
         checked (at most MAX_IDEMPOTENCY_KEY_BYTES): the caller claims it in its dedup window.
 
         Bad records (including one too large for Kafka) are reported in the result and never spoil good ones.
@@ -271,6 +272,8 @@ class RecordBatch:
         count. The GIL is released while encoding. ValueError for an unknown `compression`."""
 
     def extend(self, other: RecordBatch) -> None: ...
+    def moved_to(self, topic: str) -> RecordBatch:
+        """Every record but the dead-letter copies, on `topic`: the duplicate occurrences of a repeated request."""
 
 #: Kafka's codecs (``compression.type``).
 _Compression = Literal["none", "gzip", "snappy", "lz4", "zstd"]
@@ -455,9 +458,17 @@ class DedupWindow:
         ttl_seconds: float = 3600.0,
         key_ttl_seconds: float = 86400.0,
     ) -> DedupWindow: ...
-    def claim_batch(self, batch: RecordBatch, now_ms: int) -> list[str]:
+    def claim_batch(
+        self,
+        batch: RecordBatch,
+        now_ms: int,
+        *,
+        duplicates: RecordBatch | None = None,
+        duplicates_topic: str = "tidegate-duplicates",
+    ) -> list[str]:
         """Claims the batch's event ids; removes records seen before (and repeats within the batch) from
-        `batch` in place; returns the event ids that were seen before."""
+        `batch` in place; returns the event ids that were seen before. With `duplicates`, each removed record
+        (not a dead-letter copy) is added to it on `duplicates_topic`: the archive records duplicate occurrences."""
 
     def release_batch(self, batch: RecordBatch) -> None:
         """Forgets the batch's ids (it could not be made durable) so a retry is not called a duplicate."""

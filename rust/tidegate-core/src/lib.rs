@@ -12,6 +12,7 @@
 //!     content_encoding: None,
 //!     received_at_ms: 1_774_606_531_000,
 //!     priority: None,
+//!     source: None,
 //!     traceparent: None,
 //!     tracestate: None,
 //!     idempotency_key: None,

@@ -178,7 +178,7 @@ impl Validator {
         Ok(Validator(core::Validator::new(contract.0.clone(), options)))
     }
 
-    #[pyo3(signature = (body, content_type = "application/json", content_encoding = None, *, received_at_ms = None, priority = None, traceparent = None, tracestate = None, idempotency_key = None))]
+    #[pyo3(signature = (body, content_type = "application/json", content_encoding = None, *, received_at_ms = None, priority = None, source = None, traceparent = None, tracestate = None, idempotency_key = None))]
     fn validate(
         &self,
         py: Python<'_>,
@@ -187,6 +187,7 @@ impl Validator {
         content_encoding: Option<&str>,
         received_at_ms: Option<i64>,
         priority: Option<&str>,
+        source: Option<&str>,
         traceparent: Option<&str>,
         tracestate: Option<&str>,
         idempotency_key: Option<&str>,
@@ -197,6 +198,7 @@ impl Validator {
             content_encoding,
             received_at_ms: received_at_ms.unwrap_or_else(now_ms),
             priority,
+            source,
             traceparent,
             tracestate,
             idempotency_key,
@@ -456,6 +458,11 @@ impl RecordBatch {
 
     fn extend(&mut self, other: &RecordBatch) {
         self.0.extend(&other.0);
+    }
+
+    /// Every record but the dead-letter copies, on `topic`: the duplicate occurrences of a repeated request.
+    fn moved_to(&self, topic: &str) -> RecordBatch {
+        RecordBatch(self.0.moved_to(topic))
     }
 
     fn __repr__(&self) -> String {
