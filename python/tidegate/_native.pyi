@@ -423,8 +423,10 @@ class Spool:
         """Every record below `seq` was acknowledged by the broker. Raises OSError when the checkpoint could not be
         written; the previous one stays in force (try again later)."""
 
-    def cleanup(self) -> int:
-        """Deletes acknowledged segments past retention (or when over half the quota); returns how many."""
+    def cleanup(self, horizon: int | None = None) -> int:
+        """Deletes acknowledged segments past retention (or when over half the quota); returns how many. With
+        `horizon`, only segments wholly below it count as acknowledged (instead of below the Kafka checkpoint):
+        the least of what Kafka delivery and the archive have passed."""
 
     def read(
         self, seq: int, max_records: int = 10000, max_bytes: int = 4194304, durable_only: bool = True

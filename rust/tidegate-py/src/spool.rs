@@ -149,8 +149,13 @@ impl Spool {
         self.inner.inject_write_failures(count);
     }
 
-    fn cleanup(&self, py: Python<'_>) -> PyResult<usize> {
-        py.detach(|| self.inner.cleanup()).map_err(spool_error)
+    #[pyo3(signature = (horizon = None))]
+    fn cleanup(&self, py: Python<'_>, horizon: Option<u64>) -> PyResult<usize> {
+        py.detach(|| match horizon {
+            Some(horizon) => self.inner.cleanup_below(horizon),
+            None => self.inner.cleanup(),
+        })
+        .map_err(spool_error)
     }
 
     #[pyo3(signature = (seq, max_records = 10_000, max_bytes = 4_194_304, durable_only = true))]
