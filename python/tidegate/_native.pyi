@@ -166,8 +166,9 @@ class Validator:
         """Validates one body: a JSON object or array, NDJSON, or CBOR, optionally gzip or zstd encoded.
 
         `priority`, `source` (where the request came from: `http`, `mqtt`) and `traceparent` are copied into every
-        record's headers, and `tracestate` along with a `traceparent`; `traceparent` and `tracestate` must follow W3C Trace Context. `idempotency_key` is only
-        checked (at most MAX_IDEMPOTENCY_KEY_BYTES): the caller claims it in its dedup window.
+        record's headers, and `tracestate` along with a `traceparent`; `traceparent` and `tracestate` must follow
+        W3C Trace Context. `idempotency_key` is only checked (at most MAX_IDEMPOTENCY_KEY_BYTES): the caller claims
+        it in its dedup window.
 
         Bad records (including one too large for Kafka) are reported in the result and never spoil good ones.
         Raises a PayloadError subclass only when the request as a whole cannot be taken: InvalidHeader for a

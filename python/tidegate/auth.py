@@ -37,6 +37,9 @@ class KeyEntry:
     mqtt_password_hash: str | None = None
     """The whole key hashed as mosquitto's password file wants it (`tidegate mqtt-acl` writes it there); absent
     for keys made before tidegate stored one."""
+    role: str = "device"
+    """"device" (sends records as `device_id`) or "operator" (reads the archive over HTTP; `device_id` is then
+    the operator's name). Neither kind of key works as the other."""
 
 
 def _digest(secret: str) -> str:
@@ -71,6 +74,7 @@ class KeyStore:
                 item["secret_sha256"],
                 item["created_at"],
                 item.get("mqtt_password_hash"),
+                item.get("role", "device"),
             )
             for item in document.get("keys", [])
         }
@@ -83,7 +87,16 @@ class KeyStore:
             self._load()
 
     def device_for(self, presented: str) -> str | None:
-        """The device a presented key belongs to, or None for a malformed, unknown or revoked key."""
+        """The device a presented key belongs to, or None for a malformed, unknown or revoked key (or an operator's
+        key: it sends nothing)."""
+        entry = self._entry_for(presented)
+        return entry.device_id if entry is not None and entry.role == "device" else None
+
+    def entry_for(self, presented: str) -> KeyEntry | None:
+        """The entry of a presented key of either role, or None for a malformed, unknown or revoked key."""
+        return self._entry_for(presented)
+
+    def _entry_for(self, presented: str) -> KeyEntry | None:
         self.refresh()
         if not presented.startswith(PREFIX):
             return None
@@ -92,7 +105,7 @@ class KeyStore:
         # Compare even when the id is unknown, so timing does not tell ids apart.
         expected = entry.secret_sha256 if entry is not None else _digest("")
         matches = hmac.compare_digest(_digest(secret), expected)
-        return entry.device_id if entry is not None and matches and secret else None
+        return entry if entry is not None and matches and secret else None
 
     def entries(self) -> list[KeyEntry]:
         self._load()
@@ -111,13 +124,14 @@ class KeyStore:
     def entries_unsorted(self) -> list[KeyEntry]:
         return list(self._entries.values())
 
-    def add(self, device_id: str) -> str:
-        """Creates a key for `device_id` and returns it (the only time it is ever shown). A device id that no
-        reading could carry (the contracts' `^[A-Za-z0-9_-]{1,64}$`) is a ValueError: its key could never be used."""
+    def add(self, device_id: str, *, role: str = "device") -> str:
+        """Creates a key for `device_id` (with `role="operator"`: for the operator of that name) and returns it (the
+        only time it is ever shown). A device id that no reading could carry (the contracts'
+        `^[A-Za-z0-9_-]{1,64}$`) is a ValueError: its key could never be used; operator names follow the same rule."""
         if DEVICE_ID.fullmatch(device_id) is None:
-            raise ValueError(f"device id {device_id!r} must be 1 to 64 letters, digits, '_' or '-'")
+            raise ValueError(f"{role} id {device_id!r} must be 1 to 64 letters, digits, '_' or '-'")
         self._load()
-        held = [e for e in self._entries.values() if e.device_id == device_id]
+        held = [e for e in self._entries.values() if e.device_id == device_id and e.role == role]
         if len(held) >= MAX_KEYS_PER_DEVICE:
             raise ValueError(
                 f"{device_id} already holds {MAX_KEYS_PER_DEVICE} keys; revoke one first (tidegate keys revoke)"
@@ -125,7 +139,9 @@ class KeyStore:
         key_id = secrets.token_hex(6)
         secret = secrets.token_urlsafe(32).replace("_", "-")
         key = f"{PREFIX}{key_id}_{secret}"
-        self._entries[key_id] = KeyEntry(key_id, device_id, _digest(secret), time.time(), mosquitto_hash(key))
+        # Operators never publish over MQTT: no broker password for their keys.
+        mqtt_hash = mosquitto_hash(key) if role == "device" else None
+        self._entries[key_id] = KeyEntry(key_id, device_id, _digest(secret), time.time(), mqtt_hash, role)
         self._save()
         return key
 

@@ -22,7 +22,7 @@ from tidegate._native import Contract, DedupWindow, RateTable, Spool, Validator
 from tidegate.admission import AdaptiveLimit
 from tidegate.auth import KeyStore
 from tidegate.config import Settings
-from tidegate.delivery.spool import SpoolWriter
+from tidegate.delivery.spool import SpoolWriter, cleanup_horizon
 from tidegate.delivery.status import DeliveryStatus
 from tidegate.ingest import IngestEdge, IngestRoute, now_ms
 from tidegate.metrics import Metrics
@@ -350,7 +350,7 @@ class Gateway:
         now = time.monotonic()
         if self.spool_full or self.spool_fill > 0.5 or now >= self._next_cleanup:
             self._next_cleanup = now + 30.0
-            steps.append(("cleanup", spool.cleanup))
+            steps.append(("cleanup", self._cleanup))
         if spool.failing:
             steps.append(("recover", spool.recover))
         for name, step in steps:
@@ -361,6 +361,13 @@ class Gateway:
                 continue
             if name == "recover" and outcome:
                 log.info(json.dumps({"event": "spool_recovered", "spool": str(spool.path)}))
+
+    def _cleanup(self) -> int:
+        """Deletes segments that both Kafka delivery and the archive (those configured) have passed."""
+        assert self.spool is not None
+        settings = self.settings
+        horizon = cleanup_horizon(self.spool, kafka=bool(settings.kafka), archive=settings.archive)
+        return 0 if horizon is None else self.spool.cleanup(horizon)
 
     def _inject_faults(self) -> None:
         assert self.spool is not None

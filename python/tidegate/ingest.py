@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import math
@@ -29,6 +30,7 @@ from tidegate._native import (
     Validator,
 )
 from tidegate.admission import request_cost
+from tidegate.archive import DUPLICATES_TOPIC, archive_keys, event_type_of
 from tidegate.auth import presented_key
 from tidegate.config import PRIORITIES
 from tidegate.problems import Problem, issue_errors
@@ -84,6 +86,11 @@ class IngestRoute:
     priority: str
     kind: str
     """"telemetry", "batch" or "event"."""
+
+    @functools.cached_property
+    def event_type(self) -> str:
+        """The archive's `event_type` partition of this route's records (`telemetry`, `event`)."""
+        return event_type_of(self.validator.contract.name)
 
 
 @dataclass
@@ -308,13 +315,17 @@ class IngestEdge:
             del self._body_deadlines[task]
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
-    def _validate(self, route: IngestRoute, body: bytes, headers: dict[bytes, str], priority: str) -> ValidationResult:
+    def _validate(
+        self, route: IngestRoute, body: bytes, headers: dict[bytes, str], priority: str, *, source: str, received: int
+    ) -> ValidationResult:
         try:
             return route.validator.validate(
                 body,
                 headers.get(b"content-type", "application/json"),
                 headers.get(b"content-encoding"),
+                received_at_ms=received,
                 priority=priority,
+                source=source,
                 traceparent=headers.get(b"traceparent"),
                 tracestate=headers.get(b"tracestate"),
                 idempotency_key=headers.get(b"x-idempotency-key"),
@@ -361,12 +372,18 @@ class IngestEdge:
         priority: str,
         *,
         dry_run: bool,
+        source: str = "http",
     ) -> Answer:
         """The pipeline shared by HTTP and MQTT once a body is admitted: validate, check the device, dedup, spool
         (durable when this returns; with `dry_run`, nothing is written), answer. `device_id` is the authenticated
-        device (HTTP's key, MQTT's topic), which every telemetry record must name. Raises Problem for a body that
-        cannot be taken as a whole."""
-        result = self._validate(route, body, headers, priority)
+        device (HTTP's key, MQTT's topic), which every telemetry record must name; `source` where the body came
+        from (`http`, `mqtt`: each record's `source` header and archive partition). Raises Problem for a body that
+        cannot be taken as a whole.
+
+        With the archive on, duplicate occurrences are spooled too, on `DUPLICATES_TOPIC` (the forwarder never
+        sends it; the archive records them as `DUPLICATE`), and each record's answer carries its `archive_key`."""
+        received = now_ms()
+        result = self._validate(route, body, headers, priority, source=source, received=received)
         dedup = self.gateway.dedup
         batch = result.batch
         if route.kind == "batch":
@@ -385,8 +402,9 @@ class IngestEdge:
         if result.accepted == 0:
             self.metrics.records.inc(("rejected", priority), result.total)
             raise Problem(400, "invalid", f"no record of {result.total} is valid", issue_errors(result.rejected))
-        received = now_ms()
         durability = "spool"
+        archive = self.settings.archive
+        occurrences = RecordBatch()  # the duplicate occurrences, for the archive
         key_claims: list[tuple[str, str]] = []
         duplicates: set[str] = set()
         whole_duplicate = False
@@ -412,10 +430,16 @@ class IngestEdge:
             if whole_duplicate:
                 for scope, key in claimed:
                     dedup.release_key(scope, key)
-                durability = await self.persist(RecordBatch(), [], headers)
+                if archive:
+                    occurrences = batch.moved_to(DUPLICATES_TOPIC)
+                durability = await self.persist(RecordBatch(), [], headers, occurrences)
             else:
-                duplicates = set(dedup.claim_batch(batch, received))
-                durability = await self.persist(batch, key_claims, headers)
+                if archive:
+                    seen = dedup.claim_batch(batch, received, duplicates=occurrences, duplicates_topic=DUPLICATES_TOPIC)
+                else:
+                    seen = dedup.claim_batch(batch, received)
+                duplicates = set(seen)
+                durability = await self.persist(batch, key_claims, headers, occurrences)
         if whole_duplicate:
             duplicates = {eid for eid in result.event_ids if eid is not None}
         if dry_run:
@@ -423,14 +447,29 @@ class IngestEdge:
         for device in devices:
             self.gateway.last_seen[device] = received / 1000
         answer = self._answer(
-            route, result, duplicates=duplicates, durability=durability, dry_run=dry_run, priority=priority
+            route,
+            result,
+            duplicates=duplicates,
+            durability=durability,
+            dry_run=dry_run,
+            priority=priority,
+            archived_as=(source, received) if archive and not dry_run else None,
         )
         answer.rejected = result.rejected
         return answer
 
-    async def persist(self, batch: RecordBatch, key_claims: list[tuple[str, str]], headers: dict[bytes, str]) -> str:
+    async def persist(
+        self,
+        batch: RecordBatch,
+        key_claims: list[tuple[str, str]],
+        headers: dict[bytes, str],
+        occurrences: RecordBatch | None = None,
+    ) -> str:
         """Makes the batch durable (spool, and Kafka when asked); its dedup claims are released if that fails, and
         committed once it is durable (from then on they are duplicates for the other workers too).
+
+        `occurrences` (duplicate occurrences, for the archive) are appended first and made durable with the batch;
+        their ids are never claimed, released or committed here: they belong to records spooled before.
 
         A record answered `duplicate` may repeat one that is still on its way to disk, so an answer is given only
         once everything appended before it is durable too, and fails with it: an empty batch (every record a
@@ -445,6 +484,13 @@ class IngestEdge:
         records = len(batch)
         self.gateway.in_flight_records += records
         try:
+            if occurrences is not None and len(occurrences):
+                assert self.gateway.spool is not None
+                try:
+                    self.gateway.spool.append(occurrences)
+                except OSError:
+                    release()
+                    raise
             end = await (self.gateway.writer.write(batch, release) if records else self.gateway.writer.settle(release))
         except (SpoolFull, OSError) as error:
             self.gateway.spool_full = self.gateway.spool_full or isinstance(error, SpoolFull)
@@ -500,7 +546,9 @@ class IngestEdge:
         durability: str,
         dry_run: bool,
         priority: str,
+        archived_as: tuple[str, int] | None,
     ) -> Answer:
+        """The answer's body. `archived_as` (the source and the reception time) adds each record's `archive_key`."""
         counts, total = result.lag_histogram(self._lag_bounds)
         self.metrics.lag.observe_counts(counts, total)
         rejected, warnings = result.rejected, result.warnings
@@ -536,6 +584,9 @@ class IngestEdge:
                 )
         event_ids = result.event_ids
         lags = result.ingest_lag_ms
+        keys: list[str | None] = [None] * len(event_ids)
+        if archived_as is not None:
+            keys = archive_keys(archived_as[0], route.event_type, archived_as[1], lags, event_ids)
         rejected_by_index: dict[int, list[dict[str, object]]] = {}
         for issue in rejected:
             if issue.index is not None:
@@ -564,6 +615,8 @@ class IngestEdge:
                 "ingest_lag_ms": lags[0],
                 "warnings": warnings_by_index.get(0, []),
             }
+            if keys[0] is not None:
+                document["archive_key"] = keys[0]
         elif route.kind == "batch":
             document = summary | {
                 "status": "duplicate" if all(s == "duplicate" for s in statuses if s != "rejected") else "accepted",
@@ -574,6 +627,7 @@ class IngestEdge:
                     {"index": i, "status": s, "event_id": event_ids[i], "reason": rejected_by_index.get(i)}
                     if s == "rejected"
                     else {"index": i, "status": s, "event_id": event_ids[i]}
+                    | ({"archive_key": keys[i]} if keys[i] is not None else {})
                     for i, s in enumerate(statuses)
                     if s != "accepted"
                 ],
@@ -587,6 +641,8 @@ class IngestEdge:
                     "event_id": event_ids[i],
                     "ingest_lag_ms": lags[i],
                 }
+                if keys[i] is not None:
+                    item["archive_key"] = keys[i]
                 if status == "rejected":
                     item["errors"] = rejected_by_index.get(i, [])
                 if i in warnings_by_index:

@@ -447,6 +447,7 @@ class MqttSource:
                     device_id,
                     route.priority,
                     dry_run=gateway.settings.dry_run,
+                    source="mqtt",
                 )
             except Problem as problem:
                 if problem.status < 500:
@@ -538,7 +539,8 @@ def broker_files(entries: list[KeyEntry], settings: Settings) -> tuple[str, str,
 
 def write_broker_files(store: KeyStore, settings: Settings, out: Path) -> list[KeyEntry]:
     """Writes `passwd`, `acl` and a reference `mosquitto.conf` into `out`; returns the keys left out."""
-    passwd, acl, skipped = broker_files(store.entries(), settings)
+    devices = [entry for entry in store.entries() if entry.role == "device"]  # operators never publish
+    passwd, acl, skipped = broker_files(devices, settings)
     out.mkdir(parents=True, exist_ok=True)
     for name, text, mode in (("passwd", passwd, 0o600), ("acl", acl, 0o644)):
         tmp = out / f".{name}.tmp"
