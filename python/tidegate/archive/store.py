@@ -46,7 +46,9 @@ class ArchiveStore:
                 options["scheme"] = scheme if host else "https"
             if settings.archive_s3_region:
                 options["region"] = settings.archive_s3_region
-            return ArchiveStore(url.removeprefix("s3://").rstrip("/"), pafs.S3FileSystem(**options), local=False)
+            # Delayed open: a file smaller than a part goes up in one PUT, not a multipart upload.
+            filesystem = pafs.S3FileSystem(allow_delayed_open=True, **options)
+            return ArchiveStore(url.removeprefix("s3://").rstrip("/"), filesystem, local=False)
         path = url.removeprefix("file://")
         return ArchiveStore(str(Path(path).resolve()), pafs.LocalFileSystem(), local=True)
 

@@ -170,6 +170,7 @@ class SpoolArchiver:
 
     def resume(self) -> None:
         """Finds the cursor in the archive's file names, finishing a range a crash left incomplete."""
+        self._last_flush = time.monotonic()
         ranges: dict[tuple[int, int], tuple[int, set[int]]] = {}
         for relative in self.store.files(self.prefix):
             match = _FILE_NAME.match(relative.rsplit("/", 1)[-1])
