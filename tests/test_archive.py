@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import blake3
 import httpx
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
@@ -130,7 +131,7 @@ def test_rows_land_where_their_answer_said_with_their_metadata(tmp_path: Path) -
     assert accepted["ingest_time"].isoformat() == "2026-12-01T23:59:59.999000+00:00"
     assert accepted["ingest_lag_ms"] == results[0].ingest_lag_ms[0]
     assert json.loads(accepted["value"])["payload"] == {"steps": 10}
-    assert accepted["payload_sha256"] == __import__("hashlib").sha256(accepted["value"].encode()).hexdigest()
+    assert accepted["payload_blake3"] == blake3.blake3(accepted["value"].encode()).hexdigest()
     assert json.loads(accepted["headers"])["source"] == "http"
 
 

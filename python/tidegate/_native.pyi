@@ -273,6 +273,13 @@ class RecordBatch:
         count. The GIL is released while encoding. ValueError for an unknown `compression`."""
 
     def extend(self, other: RecordBatch) -> None: ...
+    def archive_columns(self, topic: str) -> tuple[int, list[bytes]]:
+        """The archive's columns of the records of `topic` (dead-letter copies left out), read in one pass without
+        the GIL, as Arrow buffers: the record count, then for each string column (keys, empty without one; event
+        ids; `source` headers, `unknown` without one; `schema` headers; every header as a JSON object; values;
+        BLAKE3 of each value, hex) its offsets (i64, little-endian) and bytes (a `large_string` column), then the
+        reception times (ms) and the top-level `ingest_lag_ms` (i64; the least i64 without an integer one)."""
+
     def moved_to(self, topic: str) -> RecordBatch:
         """Every record but the dead-letter copies, on `topic`: the duplicate occurrences of a repeated request."""
 

@@ -196,7 +196,7 @@ def _archive_schemas() -> dict[str, Any]:
             "ingest_time": _TIME,
             "ingest_lag_ms": _LAG,
             "archive_key": _ARCHIVE_KEY | {"description": "The row's archive key."},
-            "payload_sha256": {"type": "string", "description": "SHA-256 of the record's value as sent to Kafka."},
+            "payload_blake3": {"type": "string", "description": "BLAKE3 (hex) of the record's value as sent to Kafka."},
             "topic": {"type": "string"},
             "headers": {"type": "object", "additionalProperties": {"type": "string"}},
             "record": {"type": "object", "description": "The record's value: canonical JSON, as sent to Kafka."},

@@ -40,7 +40,7 @@ COLUMNS = (
     "ingest_time",
     "ingest_lag_ms",
     "archive_key",
-    "payload_sha256",
+    "payload_blake3",
     "topic",
     "headers",
     "value",

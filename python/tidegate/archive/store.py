@@ -17,7 +17,11 @@ import pyarrow.parquet as pq
 
 from tidegate.config import Settings
 
-__all__ = ["ArchiveStore", "writer_id"]
+__all__ = ["ROW_GROUP_ROWS", "ArchiveStore", "writer_id"]
+
+#: Rows per Parquet row group: small enough that a lookup by event id (rows are sorted by it) reads little of a
+#: file, large enough to compress well.
+ROW_GROUP_ROWS = 16_384
 
 
 def writer_id(data_dir: Path) -> str:
@@ -82,7 +86,7 @@ class ArchiveStore:
             os.makedirs(directory, exist_ok=True)
             temporary = f"{target}.tmp"
             with open(temporary, "wb") as file:
-                pq.write_table(table, file, compression="zstd")
+                pq.write_table(table, file, compression="zstd", row_group_size=ROW_GROUP_ROWS)
                 file.flush()
                 os.fsync(file.fileno())
             try:
@@ -100,7 +104,7 @@ class ArchiveStore:
         if self.filesystem.get_file_info(target).type != pafs.FileType.NotFound:
             return False
         buffer = io.BytesIO()
-        pq.write_table(table, buffer, compression="zstd")
+        pq.write_table(table, buffer, compression="zstd", row_group_size=ROW_GROUP_ROWS)
         with self.filesystem.open_output_stream(target) as stream:
             stream.write(buffer.getvalue())
         return True

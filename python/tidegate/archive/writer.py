@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import json
 import logging
 import re
@@ -31,7 +30,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from tidegate._native import RecordBatch, Spool
-from tidegate.archive import DUPLICATES_TOPIC, event_type_of
+from tidegate.archive import DUPLICATES_TOPIC, event_type_of, partition_dir
 from tidegate.archive.store import ArchiveStore
 from tidegate.delivery.spool import publish_archived
 
@@ -50,7 +49,7 @@ SCHEMA = pa.schema(
         ("ingest_lag_ms", pa.int64()),
         ("status", pa.string()),
         ("archive_key", pa.string()),
-        ("payload_sha256", pa.string()),
+        ("payload_blake3", pa.string()),
         ("topic", pa.string()),
         ("headers", pa.string()),
         ("value", pa.string()),
@@ -62,80 +61,92 @@ _FILE_NAME = re.compile(
 )
 
 
-def records_table(batch: RecordBatch, skip_topics: frozenset[str]) -> tuple[pa.Table, pa.Array]:
-    """The archive rows of a spool range, and each row's partition directory."""
-    event_ids: list[str] = []
-    entities: list[str | None] = []
-    sources: list[str] = []
-    types: list[str] = []
-    ingest: list[int] = []
-    lags: list[int | None] = []
-    statuses: list[str] = []
-    hashes: list[str] = []
-    topics: list[str] = []
-    header_docs: list[str] = []
-    values: list[str] = []
-    sha256 = hashlib.sha256
-    loads = json.loads
-    for topic in batch.topics:
-        if topic in skip_topics:
-            continue
-        status = "DUPLICATE" if topic == DUPLICATES_TOPIC else "ACCEPTED"
-        for key, value, headers, timestamp_ms in batch.records(topic):
-            named = {name: raw.decode(errors="replace") for name, raw in headers}
-            if "dlq-reason" in named:
-                continue
-            text = value.decode(errors="replace")
-            event_ids.append(named.get("event_id", ""))
-            entities.append(None if key is None else key.decode(errors="replace"))
-            sources.append(named.get("source", "unknown"))
-            types.append(event_type_of(named.get("schema", "")))
-            ingest.append(timestamp_ms)
-            lag = loads(text).get("ingest_lag_ms") if b'"ingest_lag_ms":' in value else None
-            lags.append(lag if isinstance(lag, int) else None)
-            statuses.append(status)
-            hashes.append(sha256(value).hexdigest())
-            topics.append(topic)
-            header_docs.append(json.dumps(named, separators=(",", ":")))
-            values.append(text)
-    ingest_ms = pa.array(ingest, pa.int64())
-    lag_ms = pa.array(lags, pa.int64())
-    event_ms = pc.if_else(pc.is_null(lag_ms), ingest_ms, pc.subtract(ingest_ms, lag_ms))
-    # The same arithmetic as `tidegate.archive.partition_dir`, on whole columns (naive timestamps are UTC here).
-    event_day = pc.strftime(event_ms.cast(pa.timestamp("ms")), format="%Y-%m-%d")
-    ingest_ts = ingest_ms.cast(pa.timestamp("ms"))
-    partitions = pc.binary_join_element_wise(
-        "raw/source=",
-        pa.array(sources, pa.string()),
-        "/event_type=",
-        pa.array(types, pa.string()),
-        "/event_date=",
-        event_day,
-        "/ingest_date=",
-        pc.strftime(ingest_ts, format="%Y-%m-%d"),
-        "/hour=",
-        pc.strftime(ingest_ts, format="%H"),
-        "",
+#: `RecordBatch.archive_columns`'s mark of a record without an integer `ingest_lag_ms`.
+NO_LAG = -(2**63)
+DAY_MS = 86_400_000
+HOUR_MS = 3_600_000
+
+
+def _topic_table(batch: RecordBatch, topic: str) -> pa.Table:
+    count, buffers = batch.archive_columns(topic)
+
+    def strings(index: int) -> pa.Array:
+        offsets, data = pa.py_buffer(buffers[2 * index]), pa.py_buffer(buffers[2 * index + 1])
+        return pa.Array.from_buffers(pa.large_string(), count, [None, offsets, data]).cast(pa.string())
+
+    def integers(index: int) -> pa.Array:
+        return pa.Array.from_buffers(pa.int64(), count, [None, pa.py_buffer(buffers[index])])
+
+    keys, ids, sources, schemas, headers, values, hashes = (strings(i) for i in range(7))
+    lags = integers(15)
+    return pa.table(
+        {
+            "event_id": ids,
+            "entity_id": pc.if_else(pc.equal(keys, ""), pa.scalar(None, pa.string()), keys),
+            "ingest_ms": integers(14),
+            "ingest_lag_ms": pc.if_else(pc.equal(lags, NO_LAG), pa.scalar(None, pa.int64()), lags),
+            "status": pa.array(["DUPLICATE" if topic == DUPLICATES_TOPIC else "ACCEPTED"] * count, pa.string()),
+            "source": sources,
+            "schema": schemas,
+            "payload_blake3": hashes,
+            "topic": pa.array([topic] * count, pa.string()),
+            "headers": headers,
+            "value": values,
+        }
     )
-    ids = pa.array(event_ids, pa.string())
-    keys = pc.binary_join_element_wise(partitions, "/event_id=", ids, "")
-    table = pa.Table.from_arrays(
-        [
-            ids,
-            pa.array(entities, pa.string()),
-            event_ms.cast(pa.timestamp("ms", tz="UTC")),
-            ingest_ms.cast(pa.timestamp("ms", tz="UTC")),
-            lag_ms,
-            pa.array(statuses, pa.string()),
-            keys,
-            pa.array(hashes, pa.string()),
-            pa.array(topics, pa.string()),
-            pa.array(header_docs, pa.string()),
-            pa.array(values, pa.string()),
-        ],
-        schema=SCHEMA,
-    )
-    return table, partitions
+
+
+def records_table(batch: RecordBatch, skip_topics: frozenset[str]) -> list[tuple[str, pa.Table]]:
+    """The archive rows of a spool range, per partition directory (in order), each sorted by event id. Fields are
+    read natively in one pass and the partitions computed on whole columns, with the arithmetic of
+    `tidegate.archive.partition_dir`."""
+    tables = [_topic_table(batch, topic) for topic in batch.topics if topic not in skip_topics]
+    tables = [table for table in tables if len(table)]
+    if not tables:
+        return []
+    table = pa.concat_tables(tables)
+    ingest_ms = table["ingest_ms"]
+    lag = table["ingest_lag_ms"]
+    event_ms = pc.if_else(pc.is_null(lag), ingest_ms, pc.subtract(ingest_ms, lag))
+
+    def floor_div(values: pa.ChunkedArray, unit: int) -> pa.ChunkedArray:
+        return pc.floor(pc.divide(pc.cast(values, pa.float64()), float(unit))).cast(pa.int64())
+
+    table = table.append_column("event_day", floor_div(event_ms, DAY_MS))
+    table = table.append_column("ingest_hour", floor_div(ingest_ms, HOUR_MS))
+    table = table.append_column("event_ms", event_ms)
+    groups = table.group_by(["source", "schema", "event_day", "ingest_hour"]).aggregate([])
+    parts: list[tuple[str, pa.Table]] = []
+    for source, schema, day, hour in zip(*(groups[name].to_pylist() for name in groups.column_names), strict=True):
+        directory = partition_dir(source, event_type_of(schema), day * DAY_MS, hour * HOUR_MS)
+        mask = pc.and_(
+            pc.and_(pc.equal(table["source"], source), pc.equal(table["schema"], schema)),
+            pc.and_(pc.equal(table["event_day"], day), pc.equal(table["ingest_hour"], hour)),
+        )
+        rows = table.filter(mask).sort_by("event_id")
+        parts.append(
+            (
+                directory,
+                pa.Table.from_arrays(
+                    [
+                        rows["event_id"],
+                        rows["entity_id"],
+                        rows["event_ms"].cast(pa.timestamp("ms", tz="UTC")),
+                        rows["ingest_ms"].cast(pa.timestamp("ms", tz="UTC")),
+                        rows["ingest_lag_ms"],
+                        rows["status"],
+                        pc.binary_join_element_wise(f"{directory}/event_id=", rows["event_id"], ""),
+                        rows["payload_blake3"],
+                        rows["topic"],
+                        rows["headers"],
+                        rows["value"],
+                    ],
+                    schema=SCHEMA,
+                ),
+            )
+        )
+    # A fixed order (so a range read again makes the same files): by directory, then by the first event id.
+    return sorted(parts, key=lambda part: (part[0], part[1]["event_id"][0].as_py()))
 
 
 class SpoolArchiver:
@@ -219,16 +230,13 @@ class SpoolArchiver:
         return len(batch)
 
     def _write(self, first: int, end: int, batch: RecordBatch, skip_parts: set[int]) -> None:
-        table, partitions = records_table(batch, self.skip_topics)
+        parts = records_table(batch, self.skip_topics)
         # A range without an archivable record (dead letters only) leaves no file: after a restart it is read
         # again and again leaves none.
-        directories = sorted(pc.unique(partitions).to_pylist())
-        parts = len(directories)
-        for index, directory in enumerate(directories):
+        for index, (directory, rows) in enumerate(parts):
             if index in skip_parts:
                 continue
-            rows = table.filter(pc.equal(partitions, directory))
-            name = f"{self.prefix}{first:020d}-{end:020d}-{index}of{parts}.parquet"
+            name = f"{self.prefix}{first:020d}-{end:020d}-{index}of{len(parts)}.parquet"
             metadata = {
                 b"tidegate.spool": self.name.encode(),
                 b"tidegate.first_seq": str(first).encode(),
