@@ -492,3 +492,41 @@ def test_the_archive_in_an_s3_compatible_bucket(tmp_path: Path, monkeypatch: pyt
         )
         again.resume()
         assert again.cursor == 4 and again.step() == 0
+
+
+# ---------------------------------------------------------------------------------------------------- MQTT
+
+
+def test_a_record_over_mqtt_is_archived_as_mqtt_and_its_http_repeat_as_a_duplicate(tmp_path: Path) -> None:
+    from tidegate.testing.mosquitto import Mosquitto  # noqa: PLC0415
+
+    from tests.test_mqtt import Device, mqtt_env, serving  # noqa: PLC0415
+
+    with Mosquitto(tmp_path / "broker") as broker:
+        server = Server(tmp_path / "data", mqtt_env(broker) | FAST)
+        keys = server.keys("sensor-001")
+        device = Device(broker, "sensor-001")
+        with serving(server, broker), httpx.Client(base_url=server.url, timeout=20) as http:
+            the_event = event(entity_id="sensor-001", payload={"over": "mqtt"})
+            device.publish("devices/sensor-001/events", the_event)
+            query = local_query(server.data_dir)
+            assert wait_archived(query, 1) == 1
+            answer = http.post("/api/v1/events", json=the_event, headers={"X-Device-Token": keys["sensor-001"]})
+            assert answer.json()["status"] == "DUPLICATE"
+            assert answer.json()["archive_key"].startswith("raw/source=http/event_type=event/")
+            assert wait_archived(query, 2) == 2
+            found = query.event(answer.json()["event_id"])
+            assert found is not None
+            occurrences = [(o["status"], o["source"]) for o in found["occurrences"]]
+            assert occurrences == [("ACCEPTED", "mqtt"), ("DUPLICATE", "http")]
+            # The delivery process's figures reach /metrics through its status file (within a few seconds).
+            wait = time.monotonic() + 30
+
+            def archived_metric() -> str:
+                text = http.get("/metrics").text
+                return next(line for line in text.splitlines() if line.startswith("tidegate_archive_records_archived"))
+
+            while archived_metric() != "tidegate_archive_records_archived 2" and time.monotonic() < wait:
+                time.sleep(0.2)
+            assert archived_metric() == "tidegate_archive_records_archived 2"
+        device.close()

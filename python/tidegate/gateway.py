@@ -208,7 +208,7 @@ class Gateway:
         delivery = self.delivery
         self.metrics.gauge(
             "tidegate_delivery_up",
-            "1 while the delivery process reports (Kafka configured).",
+            "1 while the delivery process reports (Kafka or the archive configured).",
             lambda: float(delivery.alive),
         )
         for name, help_text in (
@@ -218,6 +218,17 @@ class Gateway:
             ("checkpoint_failures", "Delivery checkpoints that could not be persisted (retried)."),
         ):
             self.metrics.gauge(f"tidegate_kafka_{name}", help_text, functools.partial(delivery.total, name))
+        for name, help_text in (
+            ("records_archived", "Rows written to the archive (accepted records and duplicate occurrences)."),
+            ("files_written", "Parquet files written to the archive."),
+            ("failures", "Archive writes that failed (retried from the same cursor)."),
+            ("lag_records", "Durable spooled records not archived yet."),
+        ):
+            self.metrics.gauge(
+                f"tidegate_archive_{name}",
+                help_text,
+                functools.partial(lambda field: float(delivery.get("archive_totals", {}).get(field, 0)), name),
+            )
         self.metrics.gauge(
             "tidegate_kafka_breaker_open",
             "1 while a Kafka circuit breaker is open.",
@@ -344,8 +355,9 @@ class Gateway:
         if self.settings.fault_injection:
             self._inject_faults()
         steps: list[tuple[str, Callable[[], object]]] = []
-        if self.settings.kafka:
+        if self.settings.kafka or self.settings.archive:
             self.delivery.refresh(time.time())
+        if self.settings.kafka:
             steps.append(("checkpoint", spool.refresh_acked))
         now = time.monotonic()
         if self.spool_full or self.spool_fill > 0.5 or now >= self._next_cleanup:

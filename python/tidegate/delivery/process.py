@@ -197,6 +197,10 @@ class Delivery:
             ),
             "spools": forwarders,
             "archive": {name: a.metrics() for name, a in self.archivers.items()},
+            "archive_totals": {
+                name: sum(int(a.metrics()[name] or 0) for a in self.archivers.values())  # type: ignore[call-overload]
+                for name in ("records_archived", "files_written", "failures", "lag_records")
+            },
         }
 
     async def _write_status(self) -> None:
