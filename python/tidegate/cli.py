@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import duckdb
 from granian import Granian
 from granian.constants import Interfaces
 from granian.http import HTTP1Settings
@@ -258,9 +259,12 @@ def _investigate(args: argparse.Namespace) -> int:
                 start=parse_time("--from", args.start),
                 end=parse_time("--to", args.end),
             )
-    except (InvalidQuery, OSError, ValueError) as error:
+    except (InvalidQuery, ValueError) as error:
         print(f"tidegate investigate: {error}", file=sys.stderr)
         return 2
+    except (duckdb.Error, OSError) as error:
+        print(f"tidegate investigate: the archive cannot be read: {error}", file=sys.stderr)
+        return 1
     if args.json:
         print(json.dumps(answer, indent=2))
         return 0

@@ -277,6 +277,7 @@ def _archive_operation(summary: str, schema: str, parameters: list[dict[str, Any
                 "A device's key: the archive is read with an operator key (`tidegate keys add --operator`)."
             ),
             "404": _problem("Not in the archive (yet), or the archive is off."),
+            "503": _problem("The archive cannot be read right now (a damaged file, a bucket away).", retry_after=True),
         },
     }
 

@@ -5,10 +5,13 @@ type and time (paginated), late arrivals, counts per hour. Each query runs in a 
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 import re
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+import duckdb
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -20,6 +23,8 @@ from tidegate.config import Settings
 from tidegate.problems import Problem
 
 __all__ = ["archive_routes"]
+
+log = logging.getLogger("tidegate")
 
 CONCURRENT_QUERIES = 2
 EVENT_ID = re.compile(r"[0-9a-f]{32}")
@@ -97,6 +102,16 @@ def archive_routes(settings: Settings, keys: KeyStore | None) -> list[Route]:
                 )
             except Problem as problem:
                 return _problem(problem)
+            except (duckdb.Error, OSError) as error:  # a file that cannot be read, a bucket away: not the client's
+                log.error(json.dumps({"event": "archive_query_failed", "error": f"{type(error).__name__}: {error}"}))
+                return _problem(
+                    Problem(
+                        503,
+                        "archive-unavailable",
+                        "the archive cannot be read right now",
+                        headers=[("Retry-After", "5")],
+                    )
+                )
             if answer is None:
                 return _problem(Problem(404, "not-archived", "no record of this event id is in the archive (yet)"))
             return JSONResponse(answer)

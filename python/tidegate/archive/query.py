@@ -116,7 +116,9 @@ class ArchiveQuery:
                 return None
             pattern = f"{self.store.root}/raw/**/*.parquet".replace("'", "''")
             connection.execute(
+                # union_by_name: files of an older layout (a column missing) read as NULL there.
                 f"CREATE VIEW archive AS SELECT * FROM read_parquet('{pattern}', hive_partitioning = true, "
+                "union_by_name = true, "
                 "hive_types = {'event_date': DATE, 'ingest_date': DATE, 'hour': INTEGER, 'source': VARCHAR, "
                 "'event_type': VARCHAR})"
             )
