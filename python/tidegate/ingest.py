@@ -468,13 +468,15 @@ class IngestEdge:
         """Makes the batch durable (spool, and Kafka when asked); its dedup claims are released if that fails, and
         committed once it is durable (from then on they are duplicates for the other workers too).
 
-        `occurrences` (duplicate occurrences, for the archive) are appended first and made durable with the batch;
-        their ids are never claimed, released or committed here: they belong to records spooled before.
+        `occurrences` (duplicate occurrences, for the archive) are appended in the same append as the batch (both or
+        neither: a request answered 503 records no occurrence) and made durable with it; their ids are never
+        claimed, released or committed here: they belong to records spooled before.
 
         A record answered `duplicate` may repeat one that is still on its way to disk, so an answer is given only
         once everything appended before it is durable too, and fails with it: an empty batch (every record a
         repeat) waits for that alone. The claims are released inside the failure, before any retry can run."""
-        assert self.gateway.writer is not None
+        writer = self.gateway.writer
+        assert writer is not None
 
         def release() -> None:
             self.gateway.dedup.release_batch(batch)
@@ -482,16 +484,15 @@ class IngestEdge:
                 self.gateway.dedup.release_key(scope, key)
 
         records = len(batch)
+        written = batch
+        if occurrences is not None and len(occurrences):
+            # Only on the duplicate path: one copy of the accepted records, so that one append holds both.
+            written = RecordBatch()
+            written.extend(batch)
+            written.extend(occurrences)
         self.gateway.in_flight_records += records
         try:
-            if occurrences is not None and len(occurrences):
-                assert self.gateway.spool is not None
-                try:
-                    self.gateway.spool.append(occurrences)
-                except OSError:
-                    release()
-                    raise
-            end = await (self.gateway.writer.write(batch, release) if records else self.gateway.writer.settle(release))
+            end = await (writer.write(written, release) if len(written) else writer.settle(release))
         except (SpoolFull, OSError) as error:
             self.gateway.spool_full = self.gateway.spool_full or isinstance(error, SpoolFull)
             raise Problem(
