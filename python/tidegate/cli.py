@@ -29,7 +29,7 @@ from tidegate.auth import KeyStore
 from tidegate.config import SETTING_NAMES, Settings, choices_of, load_settings, to_env
 from tidegate.delivery.kafka import kafka_settings
 from tidegate.delivery.process import DeliverySupervisor, run_delivery, supervise
-from tidegate.delivery.spool import worker_spool_dirs
+from tidegate.delivery.spool import read_archived, worker_spool_dirs
 from tidegate.instance import StartRefused, check_address_free, hold_instance_lock
 
 #: Settings with a flag of their own name (`kafka_tls_ca_file`: `--kafka-tls-ca-file`). Not the SASL password:
@@ -299,6 +299,7 @@ def _spool_stats(args: argparse.Namespace) -> int:
             "bytes": stats["bytes"],
             "records_written": stats["next_seq"],
             "acknowledged_seq": stats["acked_seq"],
+            "archived_seq": read_archived(directory),
             "lag_records": stats["lag_records"],
         }
     print(json.dumps(report, indent=2))

@@ -574,4 +574,5 @@ def capabilities(settings: Settings) -> dict[str, Any]:
         "ack_levels": ["spool", "kafka"] if settings.kafka else ["spool"],
         "auth": ["X-Device-Token", "X-API-Key", "Authorization: Bearer"] if settings.auth else [],
         "dry_run": settings.dry_run,
+        "archive": settings.archive,
     }
