@@ -1,4 +1,5 @@
-"""The delivery process: one per data dir, supervised by `tidegate serve`, the only place that runs Kafka code.
+"""The delivery process: one per data dir, supervised by `tidegate serve`, the only place that runs Kafka code and
+the archive writer.
 
 Workers only append to their spools (`data/spool/w<N>`); this process drains every one of them to Kafka, each with
 its own `Forwarder` (in order per partition within a spool, as each worker's records are). It opens the spools with
@@ -6,6 +7,10 @@ its own `Forwarder` (in order per partition within a spool, as each worker's rec
 in the spool's `progress` file after every commit), writes the `acked` checkpoint the worker's cleanup obeys, and
 publishes what the broker acknowledged (`X-Ack: kafka` answers in the worker wait for it). No request CPU goes to
 delivery, and a crash here costs no acknowledged record: a restarted process goes on from the checkpoints.
+
+With the archive on (the default), it also runs one `SpoolArchiver` per spool (`tidegate.archive.writer`), which
+reads the same spool from its own cursor and publishes `archived` beside `acked`; it runs without Kafka too (the
+embedded default), so that the worker's cleanup, which waits for both, can delete what the archive has.
 
 Its state for the workers' `/metrics` and `/health/ready` is `data/delivery/status.json`, rewritten every
 `STATUS_INTERVAL_S` (atomically: a temporary file and a rename); `tidegate.delivery.status` reads it.
