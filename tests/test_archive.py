@@ -530,3 +530,35 @@ def test_a_record_over_mqtt_is_archived_as_mqtt_and_its_http_repeat_as_a_duplica
                 time.sleep(0.2)
             assert archived_metric() == "tidegate_archive_records_archived 2"
         device.close()
+
+
+def test_the_service_archives_to_a_bucket_and_answers_from_it(tmp_path: Path) -> None:
+    """`tidegate serve` with `archive_url = s3://...`: the delivery process writes the bucket, the HTTP endpoints
+    read it, and the spool is cleaned behind it."""
+    import boto3  # noqa: PLC0415
+
+    credentials = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_REGION": "us-east-1"}
+    with moto_server(tmp_path) as endpoint:
+        boto3.client(
+            "s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="test", aws_secret_access_key="test"
+        ).create_bucket(Bucket="evidence")
+        env = FAST | credentials | {
+            "TIDEGATE_ARCHIVE_URL": "s3://evidence/tidegate",
+            "TIDEGATE_ARCHIVE_S3_ENDPOINT": endpoint,
+            "TIDEGATE_ARCHIVE_S3_REGION": "us-east-1",
+        }  # fmt: skip
+        server = Server(tmp_path / "server", env)
+        keys = server.keys("dev-1")
+        operator = {"Authorization": f"Bearer {operator_key(server.data_dir)}"}
+        with server, httpx.Client(base_url=server.url, timeout=30) as http:
+            answer = http.post("/api/v1/events", json=event(entity_id="b-1"), headers={"X-Device-Token": keys["dev-1"]})
+            event_id = answer.json()["event_id"]
+            deadline = time.monotonic() + 30
+            found = http.get(f"/api/v1/events/{event_id}", headers=operator)
+            while found.status_code == 404 and time.monotonic() < deadline:
+                time.sleep(0.2)
+                found = http.get(f"/api/v1/events/{event_id}", headers=operator)
+            assert found.status_code == 200, found.text
+            assert found.json()["occurrences"][0]["archive_key"] == answer.json()["archive_key"]
+            assert read_archived(server.data_dir / "spool" / "w0") == 1
+        assert not (server.data_dir / "archive").exists(), "nothing archived locally"
