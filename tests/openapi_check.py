@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import httpx
@@ -18,11 +19,22 @@ class OpenApiChecker:
         self.violations: list[str] = []
         self.checked = 0
 
+    def _operation(self, path: str, method: str) -> dict[str, Any] | None:
+        """The operation of `path`: its own entry, else one whose template (`/api/v1/events/{event_id}`) matches."""
+        paths: dict[str, dict[str, Any]] = self.document["paths"]
+        if path in paths:
+            return paths[path].get(method)
+        for template, operations in paths.items():
+            pattern = re.sub(r"\\\{[^/]+\\\}", "[^/]+", re.escape(template))
+            if re.fullmatch(pattern, path):
+                return operations.get(method)
+        return None
+
     def check(self, response: httpx.Response) -> None:
         response.read()
         path = response.request.url.path
         method = response.request.method.lower()
-        operation = self.document["paths"].get(path, {}).get(method)
+        operation = self._operation(path, method)
         where = f"{method.upper()} {path} -> {response.status_code}"
         if operation is None:
             if response.status_code not in (404, 405):

@@ -170,9 +170,17 @@ class TestIngest:
         batch = {"device_id": "dev-2", "batch_id": f"r-{time.time_ns()}", "readings": [same, same]}
         document = client.post("/api/v1/ingest/batch", json=batch, headers=key(server, "dev-2")).json()
         assert (document["accepted"], document["duplicates"]) == (1, 1)
+        event_id = document["results"][0]["event_id"]
         assert document["results"] == [
-            {"index": 1, "status": "duplicate", "event_id": document["results"][0]["event_id"]}
+            {
+                "index": 1,
+                "status": "duplicate",
+                "event_id": event_id,
+                # The repeat's own occurrence, recorded in the archive as a duplicate.
+                "archive_key": document["results"][0]["archive_key"],
+            }
         ]
+        assert document["results"][0]["archive_key"].endswith(f"/event_id={event_id}")
         clean = {
             **batch,
             "batch_id": f"c-{time.time_ns()}",

@@ -166,6 +166,7 @@ class Validator:
         *,
         received_at_ms: int | None = None,
         priority: str | None = None,
+        source: str | None = None,
         traceparent: str | None = None,
         tracestate: str | None = None,
         idempotency_key: str | None = None,
@@ -173,9 +174,10 @@ class Validator:
     ) -> ValidationResult:
         """Validates one body: a JSON object or array, NDJSON, or CBOR, optionally gzip or zstd encoded.
 
-        `priority` and `traceparent` are copied into every record's headers, and `tracestate` along with a
-        `traceparent`; `traceparent` and `tracestate` must follow W3C Trace Context. `idempotency_key` is only
-        checked (at most MAX_IDEMPOTENCY_KEY_BYTES): the caller claims it in its dedup window.
+        `priority`, `source` (where the request came from: `http`, `mqtt`) and `traceparent` are copied into every
+        record's headers, and `tracestate` along with a `traceparent`; `traceparent` and `tracestate` must follow
+        W3C Trace Context. `idempotency_key` is only checked (at most MAX_IDEMPOTENCY_KEY_BYTES): the caller claims
+        it in its dedup window.
 
         `device_id` is the device the transport names as the body's source (an MQTT topic's): a telemetry record
         without `device_id` takes it, as a batch's readings take the batch's, with the event id it would have had
@@ -331,6 +333,15 @@ class RecordBatch:
         count. The GIL is released while encoding. ValueError for an unknown `compression`."""
 
     def extend(self, other: RecordBatch) -> None: ...
+    def archive_columns(self, topic: str) -> tuple[int, list[bytes]]:
+        """The archive's columns of the records of `topic` (dead-letter copies left out), read in one pass without
+        the GIL, as Arrow buffers: the record count, then for each string column (keys, empty without one; event
+        ids; `source` headers, `unknown` without one; `schema` headers; every header as a JSON object; values;
+        BLAKE3 of each value, hex) its offsets (i64, little-endian) and bytes (a `large_string` column), then the
+        reception times (ms) and the top-level `ingest_lag_ms` (i64; the least i64 without an integer one)."""
+
+    def moved_to(self, topic: str) -> RecordBatch:
+        """Every record but the dead-letter copies, on `topic`: the duplicate occurrences of a repeated request."""
 
 #: Kafka's codecs (``compression.type``).
 _Compression = Literal["none", "gzip", "snappy", "lz4", "zstd"]
@@ -497,8 +508,10 @@ class Spool:
         """Every record below `seq` was acknowledged by the broker. Raises OSError when the checkpoint could not be
         written; the previous one stays in force (try again later)."""
 
-    def cleanup(self) -> int:
-        """Deletes acknowledged segments past retention (or when over half the quota); returns how many."""
+    def cleanup(self, horizon: int | None = None) -> int:
+        """Deletes acknowledged segments past retention (or when over half the quota); returns how many. With
+        `horizon`, only segments wholly below it count as acknowledged (instead of below the Kafka checkpoint):
+        the least of what Kafka delivery and the archive have passed."""
 
     def read(
         self, seq: int, max_records: int = 10000, max_bytes: int = 4194304, durable_only: bool = True
@@ -532,9 +545,17 @@ class DedupWindow:
         ttl_seconds: float = 3600.0,
         key_ttl_seconds: float = 86400.0,
     ) -> DedupWindow: ...
-    def claim_batch(self, batch: RecordBatch, now_ms: int) -> list[str]:
+    def claim_batch(
+        self,
+        batch: RecordBatch,
+        now_ms: int,
+        *,
+        duplicates: RecordBatch | None = None,
+        duplicates_topic: str = "tidegate-duplicates",
+    ) -> list[str]:
         """Claims the batch's event ids; removes records seen before (and repeats within the batch) from
-        `batch` in place; returns the event ids that were seen before."""
+        `batch` in place; returns the event ids that were seen before. With `duplicates`, each removed record
+        (not a dead-letter copy) is added to it on `duplicates_topic`: the archive records duplicate occurrences."""
 
     def release_batch(self, batch: RecordBatch) -> None:
         """Forgets the batch's ids (it could not be made durable) so a retry is not called a duplicate."""

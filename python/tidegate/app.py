@@ -1,7 +1,8 @@
 """The HTTP service: routes and lifespan. Granian runs `create_app` (factory form, `--interface asgi`).
 
 POSTs to the ingest routes go straight to the worker's raw-ASGI ingest edge (`tidegate.ingest`); everything else
-(health, metrics, OpenAPI, capabilities, silent devices, 404/405) is ordinary Starlette (`tidegate.operations`).
+(health, metrics, OpenAPI, capabilities, silent devices, 404/405) is ordinary Starlette (`tidegate.operations`),
+and so are the archive's investigation endpoints (`tidegate.archive.http`).
 The worker's state and lifecycle are `tidegate.gateway.Gateway`."""
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from tidegate.archive.http import archive_routes
 from tidegate.config import Settings, load_settings
 from tidegate.gateway import Gateway
 from tidegate.operations import http_exception, operations_routes
@@ -42,6 +44,7 @@ def create_app(settings: Settings | None = None) -> Callable[[Scope, Receive, Se
     starlette = Starlette(
         routes=[
             *operations_routes(gateway),
+            *archive_routes(settings, gateway.keys),
             # The ingest routes never reach Starlette for a POST; these make it answer 405 to other methods.
             *(Route(path, unreachable, methods=["POST"]) for path in gateway.routes),
         ],

@@ -1,4 +1,4 @@
-"""The `tidegate` command: serve, deliver, keys, tail, spool stats, chaos, bench."""
+"""The `tidegate` command: serve, deliver, keys, tail, spool stats, investigate, replay, chaos, bench."""
 
 from __future__ import annotations
 
@@ -11,18 +11,25 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
+import duckdb
 from granian import Granian
 from granian.constants import HTTPModes, Interfaces
 from granian.http import HTTP1Settings
 
 from tidegate import mqtt
 from tidegate._native import Spool
+from tidegate.archive import DUPLICATES_TOPIC
+from tidegate.archive.query import ArchiveQuery, InvalidQuery, parse_time
+from tidegate.archive.render import render_answer
+from tidegate.archive.replay import replay
+from tidegate.archive.store import ArchiveStore
 from tidegate.auth import KeyStore
 from tidegate.config import SETTING_NAMES, Settings, choices_of, load_settings, parse_intervals, to_env
 from tidegate.delivery.kafka import kafka_settings
 from tidegate.delivery.process import DeliverySupervisor, run_delivery, supervise
-from tidegate.delivery.spool import worker_spool_dirs
+from tidegate.delivery.spool import read_archived, worker_spool_dirs
 from tidegate.instance import StartRefused, check_address_free, hold_instance_lock
 
 #: Settings with a flag of their own name (`kafka_tls_ca_file`: `--kafka-tls-ca-file`). Not the SASL password:
@@ -107,8 +114,8 @@ def _serve(args: argparse.Namespace) -> int:
         # and a connection that never sends a byte is closed too (protocol detection, `auto`, waits forever).
         http=HTTPModes.http1 if settings.http == "1" else HTTPModes.auto,
     )
-    # Delivery runs in a process of its own (no Kafka code in the workers), started first and stopped last.
-    supervisor = DeliverySupervisor(settings) if settings.kafka else None
+    # Delivery (Kafka, the archive) runs in a process of its own, started first and stopped last.
+    supervisor = DeliverySupervisor(settings) if settings.kafka or settings.archive else None
     if supervisor is not None:
         supervisor.start()
     try:
@@ -123,8 +130,10 @@ def _serve(args: argparse.Namespace) -> int:
 def _deliver(args: argparse.Namespace) -> int:
     try:
         settings = load_settings(args.config, data_dir=args.data_dir, kafka=args.kafka)
-        if not settings.kafka:
-            raise ValueError("tidegate deliver needs kafka (the bootstrap servers): --kafka or TIDEGATE_KAFKA")
+        if not settings.kafka and not settings.archive:
+            raise ValueError(
+                "tidegate deliver has nothing to do: no kafka (--kafka or TIDEGATE_KAFKA) and the archive is off"
+            )
         _check_settings(settings)
     except (ValueError, OSError) as error:
         print(f"tidegate deliver: {error}", file=sys.stderr)
@@ -213,8 +222,10 @@ def _tail(args: argparse.Namespace) -> int:
                 batch, next_seq = spool.read(positions[directory], max_records=10_000, durable_only=False)
                 if len(batch) == 0:
                     break
-                for value in batch.values(args.topic):
-                    out.write(value + b"\n")
+                topics = [args.topic] if args.topic else [t for t in batch.topics if t != DUPLICATES_TOPIC]
+                for topic in topics:
+                    for value in batch.values(topic):
+                        out.write(value + b"\n")
                 positions[directory] = next_seq
         out.flush()
         if not args.follow:
@@ -223,6 +234,77 @@ def _tail(args: argparse.Namespace) -> int:
         directories = worker_spool_dirs(args.data_dir)
         for directory in directories:
             positions.setdefault(directory, 0)
+
+
+def _archive_query(args: argparse.Namespace) -> ArchiveQuery:
+    settings = load_settings(args.config, data_dir=args.data_dir)
+    return ArchiveQuery(ArchiveStore.from_settings(settings))
+
+
+def _investigate(args: argparse.Namespace) -> int:
+    try:
+        query = _archive_query(args)
+        if args.investigate_command == "event":
+            answer: dict[str, Any] | None = query.event(args.event_id)
+            if answer is None:
+                print(f"tidegate investigate: {args.event_id} is not in the archive", file=sys.stderr)
+                return 1
+        elif args.investigate_command == "events":
+            answer = query.events(
+                entity_id=args.entity_id,
+                source=args.source,
+                event_type=args.event_type,
+                start=parse_time("--from", args.start),
+                end=parse_time("--to", args.end),
+                status=args.status,
+                limit=args.limit,
+                cursor=args.cursor,
+            )
+        elif args.investigate_command == "late":
+            answer = query.late(
+                args.min_lag_ms,
+                source=args.source,
+                event_type=args.event_type,
+                start=parse_time("--from", args.start),
+                end=parse_time("--to", args.end),
+                limit=args.limit,
+            )
+        else:
+            answer = query.hourly(
+                source=args.source,
+                event_type=args.event_type,
+                start=parse_time("--from", args.start),
+                end=parse_time("--to", args.end),
+            )
+    except (InvalidQuery, ValueError) as error:
+        print(f"tidegate investigate: {error}", file=sys.stderr)
+        return 2
+    except (duckdb.Error, OSError) as error:
+        print(f"tidegate investigate: the archive cannot be read: {error}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(answer, indent=2))
+        return 0
+    print(render_answer(args.investigate_command, answer))
+    return 0
+
+
+def _replay(args: argparse.Namespace) -> int:
+    try:
+        settings = load_settings(args.config, data_dir=args.data_dir, kafka=args.kafka)
+        if not settings.kafka:
+            raise ValueError("tidegate replay needs kafka (the bootstrap servers): --kafka or TIDEGATE_KAFKA")
+        kafka = kafka_settings(settings)
+        start, end = parse_time("--from", args.start), parse_time("--to", args.end)
+    except (InvalidQuery, OSError, ValueError) as error:
+        print(f"tidegate replay: {error}", file=sys.stderr)
+        return 2
+    query = ArchiveQuery(ArchiveStore.from_settings(settings))
+    sent = asyncio.run(
+        replay(query, kafka, start=start, end=end, source=args.source, event_type=args.event_type, topic=args.topic)
+    )
+    print(f"replayed {sent} records", file=sys.stderr)
+    return 0
 
 
 def _spool_stats(args: argparse.Namespace) -> int:
@@ -234,6 +316,7 @@ def _spool_stats(args: argparse.Namespace) -> int:
             "bytes": stats["bytes"],
             "records_written": stats["next_seq"],
             "acknowledged_seq": stats["acked_seq"],
+            "archived_seq": read_archived(directory),
             "lag_records": stats["lag_records"],
         }
     print(json.dumps(report, indent=2))
@@ -348,6 +431,45 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("bench_args", nargs=argparse.REMAINDER)
     bench.set_defaults(run=_bench)
+
+    investigate = commands.add_parser(
+        "investigate",
+        help="query the archive (DuckDB over its Parquet files): an event, events, late arrivals, counts per hour",
+    )
+    investigate.add_argument("--data-dir", type=Path)
+    investigate.add_argument("--config", type=Path, help="TOML settings file (archive_url, archive_s3_*)")
+    investigate.add_argument("--json", action="store_true", help="JSON instead of a table")
+    what = investigate.add_subparsers(dest="investigate_command", required=True)
+    event = what.add_parser("event", help="one event: its record, metadata and every occurrence (duplicates too)")
+    event.add_argument("event_id")
+    listing = what.add_parser("events", help="events by entity, source, type and event time (paginated)")
+    late = what.add_parser("late", help="late arrivals: ingest_lag_ms above a bound, the latest first")
+    late.add_argument("--min-lag-ms", type=int, default=60_000)
+    hourly = what.add_parser("hourly", help="records per hour of reception, source and event type")
+    for sub in (listing, late, hourly):
+        sub.add_argument("--source", help="http or mqtt")
+        sub.add_argument("--event-type", help="telemetry or event")
+        sub.add_argument("--from", dest="start", metavar="TIME", help="ISO 8601 (UTC unless an offset is given)")
+        sub.add_argument("--to", dest="end", metavar="TIME", help="exclusive")
+    listing.add_argument("--entity-id", help="the device or entity")
+    listing.add_argument("--status", choices=("ACCEPTED", "DUPLICATE"))
+    listing.add_argument("--cursor", help="the next_cursor of the previous page")
+    for sub in (listing, late):
+        sub.add_argument("--limit", type=int, default=100)
+    investigate.set_defaults(run=_investigate)
+
+    replay = commands.add_parser(
+        "replay", help="re-publish archived records to Kafka (same event ids, a replay header), with progress"
+    )
+    replay.add_argument("--data-dir", type=Path)
+    replay.add_argument("--config", type=Path, help="TOML settings file (kafka_*, archive_url, archive_s3_*)")
+    replay.add_argument("--kafka", metavar="BOOTSTRAP")
+    replay.add_argument("--from", dest="start", metavar="TIME", required=True, help="event time, ISO 8601")
+    replay.add_argument("--to", dest="end", metavar="TIME", required=True, help="exclusive")
+    replay.add_argument("--source", help="http or mqtt")
+    replay.add_argument("--event-type", help="telemetry or event")
+    replay.add_argument("--topic", help="publish to this topic instead of each record's own")
+    replay.set_defaults(run=_replay)
 
     chaos = commands.add_parser("chaos", help="the chaos suite: faults under load, then count what was lost")
     chaos.add_argument("--size", choices=("small", "full"), default="full")

@@ -187,6 +187,21 @@ class Settings:
     host, about 43 bytes each). A bucket takes room only until it is full again (`burst_per_device /
     rate_per_device` seconds after the device's last request); past the capacity the fullest bucket is forgotten
     (its device gets its burst again)."""
+    archive: bool = True
+    """Seed 004's immutable archive: the delivery process writes every accepted record and every duplicate
+    occurrence from the spool to Parquet (README: The archive). A spool segment is deleted only once the archive
+    (and Kafka, when configured) has passed it."""
+    archive_url: str | None = None
+    """Where the archive lives: None is `<data_dir>/archive`; a directory; or `s3://bucket/prefix` (an
+    S3-compatible bucket, credentials from the usual `AWS_*` variables)."""
+    archive_s3_endpoint: str | None = None
+    """The S3-compatible service's address (`http://127.0.0.1:9000`); None is AWS itself."""
+    archive_s3_region: str | None = None
+    archive_flush_interval_s: float = 1.0
+    """How long new records wait to be archived together (fewer, larger files): they are queryable this long
+    after they were spooled, at most."""
+    archive_max_file_records: int = 100_000
+    """Records read from a spool at once, so the most one Parquet file holds."""
     idle_timeout_s: float = 10.0
     """A connection is closed when a request's headers have not all arrived this long after it was opened, after
     it became idle (after its previous request) or after their first byte (Granian's HTTP/1 header read timeout:

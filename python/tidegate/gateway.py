@@ -22,7 +22,7 @@ from tidegate._native import Contract, DedupWindow, DeviceTable, RateTable, Spoo
 from tidegate.admission import AdaptiveLimit
 from tidegate.auth import KeyStore
 from tidegate.config import Settings
-from tidegate.delivery.spool import SpoolWriter
+from tidegate.delivery.spool import SpoolWriter, cleanup_horizon
 from tidegate.delivery.status import DeliveryStatus
 from tidegate.ingest import IngestEdge, IngestRoute, now_ms
 from tidegate.metrics import Metrics
@@ -255,7 +255,7 @@ class Gateway:
         delivery = self.delivery
         self.metrics.gauge(
             "tidegate_delivery_up",
-            "1 while the delivery process reports (Kafka configured).",
+            "1 while the delivery process reports (Kafka or the archive configured).",
             lambda: float(delivery.alive),
         )
         for name, help_text in (
@@ -265,6 +265,17 @@ class Gateway:
             ("checkpoint_failures", "Delivery checkpoints that could not be persisted (retried)."),
         ):
             self.metrics.gauge(f"tidegate_kafka_{name}", help_text, functools.partial(delivery.total, name))
+        for name, help_text in (
+            ("records_archived", "Rows written to the archive (accepted records and duplicate occurrences)."),
+            ("files_written", "Parquet files written to the archive."),
+            ("failures", "Archive writes that failed (retried from the same cursor)."),
+            ("lag_records", "Durable spooled records not archived yet."),
+        ):
+            self.metrics.gauge(
+                f"tidegate_archive_{name}",
+                help_text,
+                functools.partial(lambda field: float(delivery.get("archive_totals", {}).get(field, 0)), name),
+            )
         self.metrics.gauge(
             "tidegate_kafka_breaker_open",
             "1 while a Kafka circuit breaker is open.",
@@ -391,13 +402,14 @@ class Gateway:
         if self.settings.fault_injection:
             self._inject_faults()
         steps: list[tuple[str, Callable[[], object]]] = []
-        if self.settings.kafka:
+        if self.settings.kafka or self.settings.archive:
             self.delivery.refresh(time.time())
+        if self.settings.kafka:
             steps.append(("checkpoint", spool.refresh_acked))
         now = time.monotonic()
         if self.spool_full or self.spool_fill > 0.5 or now >= self._next_cleanup:
             self._next_cleanup = now + 30.0
-            steps.append(("cleanup", spool.cleanup))
+            steps.append(("cleanup", self._cleanup))
         if spool.failing:
             steps.append(("recover", spool.recover))
         for name, step in steps:
@@ -408,6 +420,13 @@ class Gateway:
                 continue
             if name == "recover" and outcome:
                 log.info(json.dumps({"event": "spool_recovered", "spool": str(spool.path)}))
+
+    def _cleanup(self) -> int:
+        """Deletes segments that both Kafka delivery and the archive (those configured) have passed."""
+        assert self.spool is not None
+        settings = self.settings
+        horizon = cleanup_horizon(self.spool, kafka=bool(settings.kafka), archive=settings.archive)
+        return 0 if horizon is None else self.spool.cleanup(horizon)
 
     def _inject_faults(self) -> None:
         assert self.spool is not None

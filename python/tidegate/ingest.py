@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import math
@@ -30,6 +31,7 @@ from tidegate._native import (
     Validator,
 )
 from tidegate.admission import request_cost
+from tidegate.archive import DUPLICATES_TOPIC, archive_keys, event_type_of
 from tidegate.auth import presented_key
 from tidegate.config import PRIORITIES
 from tidegate.problems import Problem, issue_errors
@@ -87,6 +89,11 @@ class IngestRoute:
     kind: str
     """"telemetry", "batch" or "event"."""
 
+    @functools.cached_property
+    def event_type(self) -> str:
+        """The archive's `event_type` partition of this route's records (`telemetry`, `event`)."""
+        return event_type_of(self.validator.contract.name)
+
 
 @dataclass
 class Answer:
@@ -118,6 +125,9 @@ class Claimed:
     received: int
     priority: str
     dry_run: bool
+    occurrences: RecordBatch
+    """Duplicate occurrences, spooled with `batch` for the archive (empty when it is off)."""
+    source: str
 
 
 class Refused(Exception):
@@ -369,16 +379,21 @@ class IngestEdge:
         device_id: str | None,
         *,
         device_from_source: bool = False,
+        source: str,
+        received: int,
     ) -> ValidationResult:
         """Validates the body and charges the device its decoded size (a compressed body that could not be
         decoded is charged the body limit: what decompressing it cost is not known here). With
-        `device_from_source` a telemetry record that leaves device_id out is `device_id`'s."""
+        `device_from_source` a telemetry record that leaves device_id out is `device_id`'s; `source` (`http`,
+        `mqtt`) is each record's `source` header and archive partition."""
         try:
             result = route.validator.validate(
                 body,
                 headers.get(b"content-type", "application/json"),
                 headers.get(b"content-encoding"),
+                received_at_ms=received,
                 priority=priority,
+                source=source,
                 traceparent=headers.get(b"traceparent"),
                 tracestate=headers.get(b"tracestate"),
                 idempotency_key=headers.get(b"x-idempotency-key"),
@@ -442,7 +457,10 @@ class IngestEdge:
         device (HTTP's key, MQTT's topic), which every telemetry record must name; with `device_from_source` (MQTT,
         whose topic is the device) a telemetry record that leaves device_id out is that device's. Raises Problem
         for a body that cannot be taken as a whole. What is refused is quarantined (`tidegate.quarantine`), durably,
-        before the answer: the rejected records with the accepted ones, a body refused as a whole before the Problem."""
+        before the answer: the rejected records with the accepted ones, a body refused as a whole before the Problem.
+
+        With the archive on, duplicate occurrences are spooled too, on `DUPLICATES_TOPIC` (the forwarder never
+        sends it; the archive records them as `DUPLICATE`), and each record's answer carries its `archive_key`."""
         try:
             claimed = self.claim(
                 route,
@@ -458,7 +476,9 @@ class IngestEdge:
             raise await self.refuse(
                 refusal, body=body, route=route, device_id=device_id, headers=headers, dry_run=dry_run
             ) from None
-        durability = "none" if dry_run else await self.persist(claimed.batch, claimed.key_claims, headers)
+        durability = (
+            "none" if dry_run else await self.persist(claimed.batch, claimed.key_claims, headers, claimed.occurrences)
+        )
         return self.answer(claimed, durability)
 
     def claim(
@@ -478,8 +498,18 @@ class IngestEdge:
         then `answer`; several bodies' claims may share one `persist` (MQTT takes the messages of one read so).
         Raises Refused, with nothing claimed, for a body refused as a whole (`refuse` quarantines it)."""
         content_type = headers.get(b"content-type", "application/json")
+        received = now_ms()
         try:
-            result = self._validate(route, body, headers, priority, device_id, device_from_source=device_from_source)
+            result = self._validate(
+                route,
+                body,
+                headers,
+                priority,
+                device_id,
+                device_from_source=device_from_source,
+                source=source.name,
+                received=received,
+            )
         except Problem as undecodable:
             # A bad header is refused before any record is looked at: nothing there to investigate.
             if undecodable.slug == "invalid-header" or (source.undecodable_retried and undecodable.slug == "malformed"):
@@ -506,7 +536,6 @@ class IngestEdge:
         if result.accepted == 0:
             invalid = Problem(400, "invalid", f"no record of {result.total} is valid", issue_errors(result.rejected))
             raise Refused(invalid, result.quarantine, priority, source, rejected_records=result.total)
-        received = now_ms()
         quarantined = RecordBatch()
         if not dry_run and (items := result.quarantine):
             # Kept with the accepted records: durable with them, before the answer.
@@ -521,6 +550,8 @@ class IngestEdge:
                 received_ms=received,
             )
             batch.extend(quarantined)
+        archive = self.settings.archive
+        occurrences = RecordBatch()  # the duplicate occurrences, for the archive
         key_claims: list[tuple[str, str]] = []
         duplicates: set[str] = set()
         whole_duplicate = False
@@ -546,8 +577,14 @@ class IngestEdge:
             if whole_duplicate:
                 for scope, key in claimed:
                     dedup.release_key(scope, key)
+                if archive:
+                    occurrences = batch.moved_to(DUPLICATES_TOPIC)
                 # Nothing to write: persisting the empty batch waits for what it repeats to be durable.
                 batch, key_claims = RecordBatch(), []
+            elif archive:
+                duplicates = set(
+                    dedup.claim_batch(batch, received, duplicates=occurrences, duplicates_topic=DUPLICATES_TOPIC)
+                )
             else:
                 duplicates = set(dedup.claim_batch(batch, received))
         if whole_duplicate:
@@ -564,6 +601,8 @@ class IngestEdge:
             received,
             priority,
             dry_run,
+            occurrences,
+            source.name,
         )
 
     def answer(self, claimed: Claimed, durability: str) -> Answer:
@@ -578,6 +617,7 @@ class IngestEdge:
             durability=durability,
             dry_run=claimed.dry_run,
             priority=claimed.priority,
+            archived_as=(claimed.source, claimed.received) if self.settings.archive and not claimed.dry_run else None,
         )
         quarantined = claimed.quarantined
         if len(quarantined):
@@ -648,14 +688,25 @@ class IngestEdge:
         problem.headers.append((QUARANTINED_HEADER, str(kept)))
         return problem
 
-    async def persist(self, batch: RecordBatch, key_claims: list[tuple[str, str]], headers: dict[bytes, str]) -> str:
+    async def persist(
+        self,
+        batch: RecordBatch,
+        key_claims: list[tuple[str, str]],
+        headers: dict[bytes, str],
+        occurrences: RecordBatch | None = None,
+    ) -> str:
         """Makes the batch durable (spool, and Kafka when asked); its dedup claims are released if that fails, and
         committed once it is durable (from then on they are duplicates for the other workers too).
+
+        `occurrences` (duplicate occurrences, for the archive) are appended in the same append as the batch (both or
+        neither: a request answered 503 records no occurrence) and made durable with it; their ids are never
+        claimed, released or committed here: they belong to records spooled before.
 
         A record answered `duplicate` may repeat one that is still on its way to disk, so an answer is given only
         once everything appended before it is durable too, and fails with it: an empty batch (every record a
         repeat) waits for that alone. The claims are released inside the failure, before any retry can run."""
-        assert self.gateway.writer is not None
+        writer = self.gateway.writer
+        assert writer is not None
 
         def release() -> None:
             self.gateway.dedup.release_batch(batch)
@@ -663,9 +714,15 @@ class IngestEdge:
                 self.gateway.dedup.release_key(scope, key)
 
         records = len(batch)
+        written = batch
+        if occurrences is not None and len(occurrences):
+            # Only on the duplicate path: one copy of the accepted records, so that one append holds both.
+            written = RecordBatch()
+            written.extend(batch)
+            written.extend(occurrences)
         self.gateway.in_flight_records += records
         try:
-            end = await (self.gateway.writer.write(batch, release) if records else self.gateway.writer.settle(release))
+            end = await (writer.write(written, release) if len(written) else writer.settle(release))
         except (SpoolFull, OSError) as error:
             self.gateway.spool_full = self.gateway.spool_full or isinstance(error, SpoolFull)
             raise Problem(
@@ -720,7 +777,9 @@ class IngestEdge:
         durability: str,
         dry_run: bool,
         priority: str,
+        archived_as: tuple[str, int] | None,
     ) -> Answer:
+        """The answer's body. `archived_as` (the source and the reception time) adds each record's `archive_key`."""
         counts, total = result.lag_histogram(self._lag_bounds)
         self.metrics.lag.observe_counts(counts, total)
         rejected, warnings = result.rejected, result.warnings
@@ -756,6 +815,9 @@ class IngestEdge:
                 )
         event_ids = result.event_ids
         lags = result.ingest_lag_ms
+        keys: list[str | None] = [None] * len(event_ids)
+        if archived_as is not None:
+            keys = archive_keys(archived_as[0], route.event_type, archived_as[1], lags, event_ids)
         rejected_by_index: dict[int, list[dict[str, object]]] = {}
         for issue in rejected:
             if issue.index is not None:
@@ -784,6 +846,8 @@ class IngestEdge:
                 "ingest_lag_ms": lags[0],
                 "warnings": warnings_by_index.get(0, []),
             }
+            if keys[0] is not None:
+                document["archive_key"] = keys[0]
         elif route.kind == "batch":
             document = summary | {
                 "status": "duplicate" if all(s == "duplicate" for s in statuses if s != "rejected") else "accepted",
@@ -794,6 +858,7 @@ class IngestEdge:
                     {"index": i, "status": s, "event_id": event_ids[i], "reason": rejected_by_index.get(i)}
                     if s == "rejected"
                     else {"index": i, "status": s, "event_id": event_ids[i]}
+                    | ({"archive_key": keys[i]} if keys[i] is not None else {})
                     for i, s in enumerate(statuses)
                     if s != "accepted"
                 ],
@@ -807,6 +872,8 @@ class IngestEdge:
                     "event_id": event_ids[i],
                     "ingest_lag_ms": lags[i],
                 }
+                if keys[i] is not None:
+                    item["archive_key"] = keys[i]
                 if status == "rejected":
                     item["errors"] = rejected_by_index.get(i, [])
                 if i in warnings_by_index:

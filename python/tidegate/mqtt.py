@@ -780,7 +780,8 @@ def broker_owner() -> tuple[int, int] | None:
 
 def write_broker_files(store: KeyStore, settings: Settings, out: Path) -> list[KeyEntry]:
     """Writes `passwd`, `acl` and a reference `mosquitto.conf` into `out`; returns the keys left out."""
-    passwd, acl, skipped = broker_files(store.entries(), settings)
+    devices = store.entries()
+    passwd, acl, skipped = broker_files(devices, settings)
     out.mkdir(parents=True, exist_ok=True)
     owner = broker_owner()
     for name, text, mode in (("passwd", passwd, 0o600), ("acl", acl, 0o644)):

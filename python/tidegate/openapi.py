@@ -25,6 +25,14 @@ _METRICS = {
 _DEVICE_ID = {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"}
 _EVENT_ID = {"type": "string", "pattern": "^[0-9a-f]{32}$", "description": "BLAKE3-based id (see the README)."}
 _LAG = {"type": ["integer", "null"], "description": "Reception time minus record time, in milliseconds."}
+_ARCHIVE_KEY = {
+    "type": "string",
+    "pattern": "^raw/source=[^/]+/event_type=[^/]+/event_date=\\d{4}-\\d{2}-\\d{2}/ingest_date=\\d{4}-\\d{2}-\\d{2}/"
+    "hour=\\d{2}/event_id=[0-9a-f]{32}$",
+    "description": "Where the archive keeps this occurrence of the record: its partition directory under the archive's "
+    "root and its event id (README: The archive). Absent for dry runs and with the archive off.",
+}
+_TIME = {"type": "string", "format": "date-time"}
 
 
 def _schemas(settings: Settings) -> dict[str, Any]:
@@ -131,6 +139,7 @@ def _schemas(settings: Settings) -> dict[str, Any]:
                 "event_id": _EVENT_ID,
                 "ingest_lag_ms": _LAG,
                 "warnings": {"type": "array", "items": {"type": "string"}},
+                "archive_key": _ARCHIVE_KEY,
                 "dry_run": {"type": "boolean"},
             },
         },
@@ -145,6 +154,7 @@ def _schemas(settings: Settings) -> dict[str, Any]:
                 "errors": {"type": "array", "items": {"$ref": "#/components/schemas/FieldError"}},
                 "reason": {"type": ["array", "null"], "items": {"$ref": "#/components/schemas/FieldError"}},
                 "warnings": {"type": "array", "items": {"type": "string"}},
+                "archive_key": _ARCHIVE_KEY,
             },
         },
         "ManyAccepted": {
@@ -190,8 +200,148 @@ def _schemas(settings: Settings) -> dict[str, Any]:
                 "status": {"enum": ["ACCEPTED", "DUPLICATE"]},
                 "event_id": _EVENT_ID,
                 "ingest_lag_ms": _LAG,
+                "archive_key": _ARCHIVE_KEY,
                 "dry_run": {"type": "boolean"},
             },
+        },
+        **_archive_schemas(),
+    }
+
+
+def _archive_schemas() -> dict[str, Any]:
+    """The archive's rows and answers (tidegate.archive.query)."""
+    occurrence = {
+        "type": "object",
+        "required": ["event_id", "status", "source", "event_type", "ingest_time", "archive_key"],
+        "properties": {
+            "event_id": _EVENT_ID,
+            "status": {"enum": ["ACCEPTED", "DUPLICATE"]},
+            "source": {"type": "string", "description": "Where the record came in: http or mqtt."},
+            "event_type": {"type": "string", "description": "Its contract: telemetry or event."},
+            "entity_id": {"type": ["string", "null"], "description": "The device or entity (the Kafka key)."},
+            "event_time": {**_TIME, "type": ["string", "null"]},
+            "ingest_time": _TIME,
+            "ingest_lag_ms": _LAG,
+            "archive_key": _ARCHIVE_KEY | {"description": "The row's archive key."},
+            "payload_blake3": {"type": "string", "description": "BLAKE3 (hex) of the record's value as sent to Kafka."},
+            "topic": {"type": "string"},
+            "headers": {"type": "object", "additionalProperties": {"type": "string"}},
+            "record": {"type": "object", "description": "The record's value: canonical JSON, as sent to Kafka."},
+        },
+    }
+    return {
+        "ArchivedRow": occurrence,
+        "ArchivedEvent": {
+            "type": "object",
+            "required": ["event_id", "status", "record", "metadata", "duplicates", "occurrences"],
+            "properties": {
+                "event_id": _EVENT_ID,
+                "status": {"enum": ["ACCEPTED", "DUPLICATE"]},
+                "record": {"type": ["object", "null"]},
+                "metadata": {"type": "object"},
+                "duplicates": {"type": "integer", "description": "Duplicate occurrences recorded."},
+                "occurrences": {"type": "array", "items": {"$ref": "#/components/schemas/ArchivedRow"}},
+            },
+        },
+        "ArchivedEvents": {
+            "type": "object",
+            "required": ["count", "events", "next_cursor"],
+            "properties": {
+                "count": {"type": "integer"},
+                "events": {"type": "array", "items": {"$ref": "#/components/schemas/ArchivedRow"}},
+                "next_cursor": {
+                    "type": ["string", "null"],
+                    "description": "Pass as `cursor` for the next page; null on the last one.",
+                },
+            },
+        },
+        "LateArrivals": {
+            "type": "object",
+            "required": ["min_lag_ms", "count", "events"],
+            "properties": {
+                "min_lag_ms": {"type": "integer"},
+                "count": {"type": "integer"},
+                "events": {"type": "array", "items": {"$ref": "#/components/schemas/ArchivedRow"}},
+            },
+        },
+        "HourlyCounts": {
+            "type": "object",
+            "required": ["hours"],
+            "properties": {
+                "hours": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "required": ["hour", "source", "event_type", "accepted", "duplicates"],
+                        "properties": {
+                            "hour": _TIME,
+                            "source": {"type": "string"},
+                            "event_type": {"type": "string"},
+                            "accepted": {"type": "integer"},
+                            "duplicates": {"type": "integer"},
+                            "max_ingest_lag_ms": _LAG,
+                        },
+                    },
+                }
+            },
+        },
+    }
+
+
+def _archive_operation(summary: str, schema: str, parameters: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "summary": summary,
+        "security": [{"operatorKey": []}],
+        "parameters": parameters,
+        "responses": {
+            "200": {
+                "description": summary,
+                "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{schema}"}}},
+            },
+            "400": _problem("A query parameter that cannot be used, named in `errors[].path` (`query:from`)."),
+            "401": _problem("No key, or an unknown or revoked one."),
+            "403": _problem("A device's key: the archive is read with an operator key (`tidegate keys add-operator`)."),
+            "404": _problem("Not in the archive (yet), or the archive is off."),
+            "503": _problem("The archive cannot be read right now (a damaged file, a bucket away).", retry_after=True),
+        },
+    }
+
+
+def _query(name: str, description: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {"name": name, "in": "query", "schema": schema or {"type": "string"}, "description": description}
+
+
+def _archive_paths() -> dict[str, Any]:
+    time_range = [
+        _query("from", "From this time (inclusive): ISO 8601 (UTC unless it has an offset) or Unix milliseconds."),
+        _query("to", "Up to this time (exclusive)."),
+        _query("source", "http or mqtt."),
+        _query("event_type", "telemetry or event."),
+    ]
+    limit = _query("limit", "Rows per page.", {"type": "integer", "minimum": 1, "maximum": 1000})
+    return {
+        "/api/v1/events/{event_id}": {
+            "get": _archive_operation(
+                "One archived event: its record, metadata and every occurrence (duplicates too).",
+                "ArchivedEvent",
+                [{"name": "event_id", "in": "path", "required": True, "schema": _EVENT_ID}],
+            )
+        },
+        "/api/v1/events/late": {
+            "get": _archive_operation(
+                "Late arrivals: records received (within from..to) more than min_lag_ms after their own time.",
+                "LateArrivals",
+                [
+                    _query("min_lag_ms", "The bound, in milliseconds (60000).", {"type": "integer", "minimum": 0}),
+                    *time_range,
+                    limit,
+                ],
+            )
+        },
+        "/api/v1/events/hourly": {
+            "get": _archive_operation(
+                "Records per hour of reception (within from..to), source and event type.", "HourlyCounts", time_range
+            )
         },
     }
 
@@ -341,8 +491,23 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
             "/api/v1/events": {
                 "post": _ingest_operation(
                     "Events: one object, an array or NDJSON.", "Events", ["EventAccepted", "ManyAccepted"], settings
-                )
+                ),
+                "get": _archive_operation(
+                    "Archived records by entity, source, event type and event time (from..to), in event-time order.",
+                    "ArchivedEvents",
+                    [
+                        _query("entity_id", "The device or entity."),
+                        _query("from", "Event time from (inclusive): ISO 8601 or Unix milliseconds."),
+                        _query("to", "Event time up to (exclusive)."),
+                        _query("source", "http or mqtt."),
+                        _query("event_type", "telemetry or event."),
+                        _query("status", "ACCEPTED or DUPLICATE.", {"enum": ["ACCEPTED", "DUPLICATE"]}),
+                        _query("cursor", "The next_cursor of the previous page."),
+                        _query("limit", "Rows per page.", {"type": "integer", "minimum": 1, "maximum": 1000}),
+                    ],
+                ),
             },
+            **_archive_paths(),
             "/health/live": {
                 "get": {
                     "summary": "Liveness",
@@ -442,7 +607,16 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                 }
             },
         },
-        "components": {"schemas": _schemas(settings)},
+        "components": {
+            "schemas": _schemas(settings),
+            "securitySchemes": {
+                "operatorKey": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "An operator key (`tidegate keys add-operator NAME`); also as X-Operator-Key.",
+                }
+            },
+        },
     }
 
 
@@ -471,4 +645,5 @@ def capabilities(settings: Settings) -> dict[str, Any]:
         "dry_run": settings.dry_run,
         "unknown_fields": settings.unknown_fields,
         "quarantine": settings.quarantine,
+        "archive": settings.archive,
     }

@@ -11,7 +11,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from tidegate.auth import presented_key
+from tidegate.auth import KeyStore, presented_key
 from tidegate.gateway import Gateway
 from tidegate.openapi import capabilities, openapi_document
 from tidegate.problems import Problem
@@ -41,10 +41,14 @@ def rfc3339(ms: int) -> str:
 
 
 def require_operator(gateway: Gateway, request: Request) -> None:
-    """The operations endpoints that list the fleet need an operator key (`tidegate keys add-operator`), as
+    """The operations endpoints that list the fleet need an operator key: see `require_operator_key`."""
+    require_operator_key(gateway.keys, request)
+
+
+def require_operator_key(keys: KeyStore | None, request: Request) -> None:
+    """The operations and investigation endpoints need an operator key (`tidegate keys add-operator`), as
     `X-Operator-Key` or `Authorization: Bearer`: 401 without one or with an unknown one, 403 with a device's key.
     With auth off (`--no-auth`, development) they are open, like ingest."""
-    keys = gateway.keys
     if keys is None:
         return
     key = presented_key(request.headers.get("x-operator-key"), request.headers.get("authorization"))

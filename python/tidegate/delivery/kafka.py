@@ -23,7 +23,10 @@ Up to ``pipeline_ranges`` ranges are under way at once: while one waits for the 
 Their batches are queued in range order, so a partition receives its records in spool order as long as nothing
 fails. Delivery is at least once: a send cut off by the deadline may still land, and its records are sent again.
 
-Nothing is ever skipped. A record larger than ``max_record_bytes`` (encoded as a batch of its own; the validator
+Records on ``DUPLICATES_TOPIC`` (duplicate occurrences, spooled for the archive) are never sent: they are left out
+of every produce batch, and checkpointed with their range. Nothing else is ever skipped.
+
+A record larger than ``max_record_bytes`` (encoded as a batch of its own; the validator
 refuses such records at the door, so this is a broker whose limit is lower than ours), or one the broker refuses as
 too large, is dead-lettered: the whole record is appended (and fsynced) to a local dead-letter file
 (``dead_letter_dir``, never deleted by tidegate), and a small notice with its key, headers, reason and the file's
@@ -64,6 +67,7 @@ from aiokafka.errors import (  # type: ignore[import-untyped,unused-ignore]
 from aiokafka.helpers import create_ssl_context  # type: ignore[import-untyped,unused-ignore]
 
 from tidegate._native import KafkaRange, Spool, read_kafka_range
+from tidegate.archive import DUPLICATES_TOPIC
 from tidegate.config import Settings
 
 __all__ = ["BreakerState", "EncodedBatch", "Forwarder", "KafkaSettings", "kafka_settings", "producer_kwargs"]
@@ -619,13 +623,16 @@ class Forwarder:
         here, once (their notices added to `notices`): a range is encoded only once."""
         counts: dict[str, int] = {}
         for topic in batch.batch.topics:
+            if topic == DUPLICATES_TOPIC:
+                continue  # duplicate occurrences are spooled for the archive only: left out of every batch
             ids = sorted(await producer.partitions_for(topic))
             if not ids:
                 raise KafkaError(f"no partitions known for topic {topic!r}")
             self._partition_ids[topic] = ids
             counts[topic] = len(ids)
         encoded_with = batch.partitions
-        if batch.missing_topics or any(encoded_with.get(topic) != count for topic, count in counts.items()):
+        missing = [topic for topic in batch.missing_topics if topic != DUPLICATES_TOPIC]
+        if missing or any(encoded_with.get(topic) != count for topic, count in counts.items()):
             batch = await asyncio.to_thread(batch.encode_again, counts)
         limit = self.settings.max_record_bytes
         for topic, position in batch.oversize:

@@ -1,4 +1,5 @@
-"""The delivery process: one per data dir, supervised by `tidegate serve`, the only place that runs Kafka code.
+"""The delivery process: one per data dir, supervised by `tidegate serve`, the only place that runs Kafka code and
+the archive writer.
 
 Workers only append to their spools (`data/spool/w<N>`); this process drains every one of them to Kafka, each with
 its own `Forwarder` (in order per partition within a spool, as each worker's records are). It opens the spools with
@@ -6,6 +7,10 @@ its own `Forwarder` (in order per partition within a spool, as each worker's rec
 in the spool's `progress` file after every commit), writes the `acked` checkpoint the worker's cleanup obeys, and
 publishes what the broker acknowledged (`X-Ack: kafka` answers in the worker wait for it). No request CPU goes to
 delivery, and a crash here costs no acknowledged record: a restarted process goes on from the checkpoints.
+
+With the archive on (the default), it also runs one `SpoolArchiver` per spool (`tidegate.archive.writer`), which
+reads the same spool from its own cursor and publishes `archived` beside `acked`; it runs without Kafka too (the
+embedded default), so that the worker's cleanup, which waits for both, can delete what the archive has.
 
 Its state for the workers' `/metrics` and `/health/ready` is `data/delivery/status.json`, rewritten every
 `STATUS_INTERVAL_S` (atomically: a temporary file and a rename); `tidegate.delivery.status` reads it.
@@ -30,6 +35,8 @@ import time
 from typing import Any
 
 from tidegate._native import Spool
+from tidegate.archive.store import ArchiveStore, writer_id
+from tidegate.archive.writer import SpoolArchiver
 from tidegate.config import Settings
 from tidegate.delivery.cluster import ClusterCheck
 from tidegate.delivery.kafka import Forwarder, kafka_settings
@@ -50,32 +57,63 @@ LOCK_NAME = "delivery.lock"
 
 
 class Delivery:
-    """Every worker spool of a data dir, each drained by a Forwarder; see the module docstring."""
+    """Every worker spool of a data dir, each drained by a Forwarder (with Kafka) and a SpoolArchiver (with the
+    archive); see the module docstring."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.kafka = kafka_settings(settings)
+        self.kafka = kafka_settings(settings) if settings.kafka else None
         self.forwarders: dict[str, Forwarder] = {}
-        self.cluster = ClusterCheck(self.kafka, settings.kafka_topics, settings.kafka_topic_check_interval_s)
+        self.archivers: dict[str, SpoolArchiver] = {}
+        self.spools: dict[str, Spool] = {}
+        self.cluster = (
+            ClusterCheck(self.kafka, settings.kafka_topics, settings.kafka_topic_check_interval_s)
+            if self.kafka is not None
+            else None
+        )
+        self.archive = ArchiveStore.from_settings(settings) if settings.archive else None
+        self.writer_id = writer_id(settings.data_dir)
+        self._archive_stop = asyncio.Event()
+        self._archiving: list[asyncio.Task[None]] = []
         self.started = time.time()
 
     async def run(self, stop: asyncio.Event) -> None:
-        await self.cluster.start()
+        if self.cluster is not None:
+            await self.cluster.start()
         await self._discover()
         background = [
             asyncio.create_task(self._every(DISCOVER_INTERVAL_S, self._discover)),
             asyncio.create_task(self._poll()),
             asyncio.create_task(self._every(STATUS_INTERVAL_S, self._write_status)),
         ]
-        log.info(json.dumps({"event": "delivery_started", "pid": os.getpid(), "kafka": self.settings.kafka}))
+        log.info(
+            json.dumps(
+                {
+                    "event": "delivery_started",
+                    "pid": os.getpid(),
+                    "kafka": self.settings.kafka,
+                    "archive": self.archive.url if self.archive is not None else None,
+                }
+            )
+        )
         await stop.wait()
-        # Drain: the workers stopped first (their spools are committed); deliver what is left until the deadline.
+        # Drain: the workers stopped first (their spools are committed); deliver and archive what is left until the
+        # deadline.
         deadline = self.settings.shutdown_deadline_s
-        results = await asyncio.gather(*(f.stop(deadline) for f in self.forwarders.values()), return_exceptions=True)
+        self._archive_stop.set()
+        await asyncio.gather(*self._archiving, return_exceptions=True)
+        draining = [asyncio.create_task(f.stop(deadline)) for f in self.forwarders.values()]
+        archived = asyncio.gather(*(a.drain() for a in self.archivers.values()), return_exceptions=True)
+        try:
+            await asyncio.wait_for(asyncio.shield(archived), deadline)
+        except TimeoutError:
+            log.warning(json.dumps({"event": "archive_not_drained", "deadline_s": deadline}))
+        results = await asyncio.gather(*draining, return_exceptions=True)
         for task in background:
             task.cancel()
         await asyncio.gather(*background, return_exceptions=True)
-        await self.cluster.stop()
+        if self.cluster is not None:
+            await self.cluster.stop()
         await self._write_status()
         drained = all(result is True for result in results)
         log.info(json.dumps({"event": "delivery_stopped", "drained": drained}))
@@ -90,11 +128,26 @@ class Delivery:
                 log.exception("delivery housekeeping failed")
 
     async def _discover(self) -> None:
-        """Starts a forwarder for every worker spool that exists (a worker publishes `progress` when it opens)."""
+        """Starts a forwarder (with Kafka) and an archiver (with the archive) for every worker spool that exists (a
+        worker publishes `progress` when it opens)."""
         for directory in worker_spool_dirs(self.settings.data_dir):
-            if directory.name in self.forwarders or not (directory / "progress").exists():
+            if directory.name in self.spools or not (directory / "progress").exists():
                 continue
             spool = await asyncio.to_thread(Spool.open_for_delivery, directory)
+            self.spools[directory.name] = spool
+            if self.archive is not None:
+                archiver = SpoolArchiver(
+                    spool,
+                    self.archive,
+                    self.writer_id,
+                    skip_topics=frozenset({self.settings.kafka_topic_dead_letter}),
+                    flush_interval_s=self.settings.archive_flush_interval_s,
+                    max_records=self.settings.archive_max_file_records,
+                )
+                self.archivers[directory.name] = archiver
+                self._archiving.append(asyncio.create_task(archiver.run(self._archive_stop)))
+            if self.kafka is None:
+                continue
             if spool.checkpoint_error is not None:
                 log.error(
                     json.dumps(
@@ -130,8 +183,8 @@ class Delivery:
             "updated": time.time(),
             "started": self.started,
             "breaker": "open" if "open" in states else "half-open" if "half-open" in states else "closed",
-            "kafka_reachable": self.cluster.reachable,
-            "kafka_topics_missing": list(self.cluster.missing),
+            "kafka_reachable": self.cluster.reachable if self.cluster is not None else None,
+            "kafka_topics_missing": list(self.cluster.missing) if self.cluster is not None else [],
             "totals": {
                 name: sum(f[name] for f in forwarders.values())
                 for name in (
@@ -148,6 +201,11 @@ class Delivery:
                 default=None,
             ),
             "spools": forwarders,
+            "archive": {name: a.metrics() for name, a in self.archivers.items()},
+            "archive_totals": {
+                name: sum(int(a.metrics()[name] or 0) for a in self.archivers.values())  # type: ignore[call-overload]
+                for name in ("records_archived", "files_written", "failures", "lag_records")
+            },
         }
 
     async def _write_status(self) -> None:

@@ -29,6 +29,40 @@ def worker_spool_dirs(data_dir: Path) -> list[Path]:
     return sorted(p for p in root.glob("w*") if p.is_dir()) if root.is_dir() else []
 
 
+#: In each spool directory: every record below this sequence is in the archive (the archive writer publishes it
+#: once the files holding them are durable; the worker's cleanup reads it).
+ARCHIVED_FILE = "archived"
+
+
+def read_archived(spool_dir: Path) -> int:
+    """What the archive writer published for this spool (0 when nothing yet, or unreadable: nothing is deleted)."""
+    try:
+        return int((spool_dir / ARCHIVED_FILE).read_text().strip() or 0)
+    except (OSError, ValueError):
+        return 0
+
+
+def publish_archived(spool_dir: Path, seq: int) -> None:
+    """Publishes that every record of the spool below `seq` is in the archive (a temporary file and a rename:
+    readers see the old or the new number whole). Written after the archive's files are durable, so it is never
+    ahead of them; no fsync: after a power loss an older number only keeps segments longer."""
+    temporary = spool_dir / f"{ARCHIVED_FILE}.tmp"
+    temporary.write_text(str(seq))
+    temporary.replace(spool_dir / ARCHIVED_FILE)
+
+
+def cleanup_horizon(spool: Spool, *, kafka: bool, archive: bool) -> int | None:
+    """The sequence below which the writer's cleanup may delete segments: the least of what each reader of the
+    spool has passed (Kafka delivery's checkpoint, the archive's published sequence). None when neither is
+    configured: then nothing is ever acknowledged, and nothing deleted."""
+    passed = []
+    if kafka:
+        passed.append(spool.acked_seq)
+    if archive:
+        passed.append(read_archived(Path(spool.path)))
+    return min(passed) if passed else None
+
+
 class SpoolWriter:
     """Writes batches to a spool and awaits their durability with group commit."""
 

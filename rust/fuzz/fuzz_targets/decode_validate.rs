@@ -19,7 +19,7 @@ fuzz_target!(|data: &[u8]| {
     let content_encoding = [None, Some("gzip"), Some("zstd")][usize::from(selector / 12 % 3)];
     let limits = Limits { max_body_bytes: 1 << 20, ..Limits::default() };
     let validator = Validator::new(contract, ValidatorOptions { limits, ..ValidatorOptions::default() });
-    let request = Request { body, content_type, content_encoding, received_at_ms: 1_795_341_600_000, priority: None, traceparent: None, tracestate: None, idempotency_key: None, device_id: None };
+    let request = Request { body, content_type, content_encoding, received_at_ms: 1_795_341_600_000, priority: None, source: None, traceparent: None, tracestate: None, idempotency_key: None, device_id: None };
     if let Ok(outcome) = validator.validate(&request) {
         assert_eq!(outcome.event_ids.len(), outcome.total);
         assert!(outcome.accepted <= outcome.total);

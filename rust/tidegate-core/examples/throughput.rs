@@ -151,6 +151,7 @@ fn measure(validator: &Validator, name: &str, body: &[u8], content_type: &str) {
         content_encoding: None,
         received_at_ms: NOW_MS,
         priority: None,
+        source: None,
         traceparent: None,
         tracestate: None,
         idempotency_key: None,

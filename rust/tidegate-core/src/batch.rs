@@ -46,6 +46,11 @@ impl<'b> RecordRef<'b> {
     pub fn event_id_hex(&self) -> String {
         hex(&self.event_id)
     }
+
+    /// Whether this is the dead-letter copy of a flagged record (it carries a `dlq-reason` header).
+    pub fn is_dead_letter_copy(&self) -> bool {
+        self.headers().any(|(name, _)| name == "dlq-reason")
+    }
 }
 
 /// Iterator over encoded headers.
@@ -244,6 +249,16 @@ impl RecordBatch {
     /// Removes the records whose event id `drop` says was seen before, and any later repeat of a (topic, event
     /// id) pair within this batch. Returns how many records were removed; the batch is rebuilt only if any.
     pub fn remove_duplicates(&mut self, drop: impl Fn(&[u8; 16]) -> bool) -> usize {
+        self.move_duplicates(drop, None)
+    }
+
+    /// [`RecordBatch::remove_duplicates`], and each removed record that is not a dead-letter copy is also added to
+    /// `moved.0` on the topic `moved.1` (the archive records duplicate occurrences from there).
+    pub fn move_duplicates(
+        &mut self,
+        drop: impl Fn(&[u8; 16]) -> bool,
+        mut moved: Option<(&mut RecordBatch, &str)>,
+    ) -> usize {
         let mut seen: crate::dedup::IdSet<(u16, [u8; 16])> = crate::dedup::IdSet::default();
         seen.reserve(self.slots.len());
         let keep: Vec<bool> = self
@@ -253,10 +268,29 @@ impl RecordBatch {
             .collect();
         let removed = keep.iter().filter(|k| !**k).count();
         if removed > 0 {
+            if let Some((target, topic)) = moved.as_mut() {
+                for (index, _) in keep.iter().enumerate().filter(|(_, k)| !**k) {
+                    if let Some(record) = self.get(index)
+                        && !record.is_dead_letter_copy()
+                    {
+                        target.push(&RecordRef { topic, ..record });
+                    }
+                }
+            }
             let mut flags = keep.into_iter();
             self.retain(|_| flags.next().unwrap_or(true));
         }
         removed
+    }
+
+    /// Every record of this batch but its dead-letter copies, on `topic` (a request whose idempotency key was
+    /// seen before: every record of it is a duplicate occurrence).
+    pub fn moved_to(&self, topic: &str) -> RecordBatch {
+        let mut moved = RecordBatch::new();
+        for record in self.iter().filter(|r| !r.is_dead_letter_copy()) {
+            moved.push(&RecordRef { topic, ..record });
+        }
+        moved
     }
 
     /// Keeps only the records for which `keep` returns true.
@@ -320,5 +354,33 @@ mod tests {
         batch.retain(|r| r.topic == "t2");
         assert_eq!(batch.len(), 1);
         assert_eq!(batch.get(0).unwrap().value, b"v2");
+    }
+
+    #[test]
+    fn duplicates_move_to_their_topic_without_dead_letter_copies() {
+        let mut dlq = Vec::new();
+        encode_header(&mut dlq, "dlq-reason", b"semantic-range");
+        let mut batch = RecordBatch::new();
+        for (topic, id, headers) in [("t", 1u8, &[][..]), ("dlq", 1, &dlq[..]), ("t", 2, &[]), ("t", 2, &[])] {
+            batch.push(&RecordRef {
+                topic,
+                key: Some(b"k"),
+                value: &[id],
+                headers,
+                event_id: [id; 16],
+                timestamp_ms: 7,
+            });
+        }
+        let mut moved = RecordBatch::new();
+        // Id 1 was seen before; the second id 2 repeats the first within the batch.
+        let removed = batch.move_duplicates(|id| id == &[1; 16], Some((&mut moved, "dups")));
+        assert_eq!(removed, 3);
+        assert_eq!(batch.len(), 1);
+        assert_eq!(batch.get(0).unwrap().event_id, [2; 16]);
+        let kept: Vec<_> = moved.iter().map(|r| (r.topic, r.event_id[0], r.timestamp_ms)).collect();
+        assert_eq!(kept, [("dups", 1, 7), ("dups", 2, 7)]);
+        let all = batch.moved_to("dups");
+        assert_eq!(all.topics(), ["dups"]);
+        assert_eq!(all.len(), 1);
     }
 }

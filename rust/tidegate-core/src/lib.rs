@@ -12,6 +12,7 @@
 //!     content_encoding: None,
 //!     received_at_ms: 1_774_606_531_000,
 //!     priority: None,
+//!     source: None,
 //!     traceparent: None,
 //!     tracestate: None,
 //!     idempotency_key: None,
@@ -22,6 +23,7 @@
 //! assert_eq!(outcome.batch.get(0).unwrap().key, Some(&b"dev-1"[..]));
 //! ```
 
+pub mod archive;
 pub mod batch;
 pub mod canonical;
 pub mod cbor;

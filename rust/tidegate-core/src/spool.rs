@@ -838,10 +838,17 @@ impl Spool {
     /// (the spool more than half full). Never deletes the segment being written. Returns segments removed.
     /// Files are removed after the writer lock is released.
     pub fn cleanup(&self) -> Result<usize, SpoolError> {
+        self.cleanup_below(self.acked_seq())
+    }
+
+    /// [`Spool::cleanup`] with another horizon than the broker's checkpoint: only segments whose every record is
+    /// below `horizon` may go (the caller passes the least of what each reader of the spool has passed: Kafka
+    /// delivery, the archive).
+    pub fn cleanup_below(&self, horizon: u64) -> Result<usize, SpoolError> {
         if self.role != Role::Writer {
             return Ok(0);
         }
-        let acked = self.acked_seq();
+        let acked = horizon;
         let now = SystemTime::now();
         let mut doomed = Vec::new();
         {

@@ -126,6 +126,8 @@ pub struct Request<'a> {
     /// Server reception time, Unix milliseconds.
     pub received_at_ms: i64,
     pub priority: Option<&'a str>,
+    /// Where the request came from (`http`, `mqtt`), copied into every record's `source` header.
+    pub source: Option<&'a str>,
     /// W3C Trace Context headers, checked ([`headers::check_traceparent`]) and copied into every record's headers;
     /// `tracestate` only alongside a `traceparent` (it means nothing without one).
     pub traceparent: Option<&'a str>,
@@ -316,6 +318,9 @@ impl<'v> Run<'v> {
         encode_header(&mut headers_common, "schema", validator.contract.name.as_bytes());
         if let Some(priority) = request.priority {
             encode_header(&mut headers_common, "priority", priority.as_bytes());
+        }
+        if let Some(source) = request.source {
+            encode_header(&mut headers_common, "source", source.as_bytes());
         }
         if let Some(traceparent) = request.traceparent {
             encode_header(&mut headers_common, "traceparent", traceparent.as_bytes());
@@ -819,6 +824,7 @@ mod tests {
             content_encoding: None,
             received_at_ms: RECEIVED_MS,
             priority: None,
+            source: None,
             traceparent: None,
             tracestate: None,
             idempotency_key: None,
@@ -929,6 +935,22 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    #[test]
+    fn source_is_copied_into_every_record() {
+        let body = format!("{}\n{}", event("e", 1), event("f", 2));
+        let validator = events_validator(DEFAULT_MAX_RECORD_BYTES);
+        let from_mqtt = Request {
+            content_type: "application/x-ndjson",
+            source: Some("mqtt"),
+            ..request(body.as_bytes())
+        };
+        let outcome = validator.validate(&from_mqtt).unwrap();
+        assert_eq!(outcome.batch.len(), 2);
+        for record in outcome.batch.iter() {
+            assert!(record.headers().any(|h| h == ("source", &b"mqtt"[..])));
         }
     }
 

@@ -181,7 +181,7 @@ impl Validator {
         Ok(Validator(core::Validator::new(contract.0.clone(), options)))
     }
 
-    #[pyo3(signature = (body, content_type = "application/json", content_encoding = None, *, received_at_ms = None, priority = None, traceparent = None, tracestate = None, idempotency_key = None, device_id = None))]
+    #[pyo3(signature = (body, content_type = "application/json", content_encoding = None, *, received_at_ms = None, priority = None, source = None, traceparent = None, tracestate = None, idempotency_key = None, device_id = None))]
     fn validate(
         &self,
         py: Python<'_>,
@@ -190,6 +190,7 @@ impl Validator {
         content_encoding: Option<&str>,
         received_at_ms: Option<i64>,
         priority: Option<&str>,
+        source: Option<&str>,
         traceparent: Option<&str>,
         tracestate: Option<&str>,
         idempotency_key: Option<&str>,
@@ -201,6 +202,7 @@ impl Validator {
             content_encoding,
             received_at_ms: received_at_ms.unwrap_or_else(now_ms),
             priority,
+            source,
             traceparent,
             tracestate,
             idempotency_key,
@@ -473,6 +475,35 @@ impl RecordBatch {
 
     fn extend(&mut self, other: &RecordBatch) {
         self.0.extend(&other.0);
+    }
+
+    /// The archive's columns of the records of `topic` (dead-letter copies left out), as Arrow buffers: the record
+    /// count, then per string column (keys, event ids, sources, schemas, headers as JSON, values, BLAKE3 of the
+    /// values) its offsets (i64, little-endian) and bytes, and the reception times and ingest lags (i64 each).
+    fn archive_columns<'py>(&self, py: Python<'py>, topic: &str) -> (usize, Vec<Bound<'py, PyBytes>>) {
+        let c = py.detach(|| core::archive::archive_columns(&self.0, topic));
+        let ints = |values: &[i64]| values.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>();
+        let mut buffers = Vec::with_capacity(16);
+        for column in [
+            &c.keys,
+            &c.event_ids,
+            &c.sources,
+            &c.schemas,
+            &c.headers_json,
+            &c.values,
+            &c.payload_blake3,
+        ] {
+            buffers.push(PyBytes::new(py, &ints(&column.offsets)));
+            buffers.push(PyBytes::new(py, &column.data));
+        }
+        buffers.push(PyBytes::new(py, &ints(&c.timestamps_ms)));
+        buffers.push(PyBytes::new(py, &ints(&c.lags_ms)));
+        (c.timestamps_ms.len(), buffers)
+    }
+
+    /// Every record but the dead-letter copies, on `topic`: the duplicate occurrences of a repeated request.
+    fn moved_to(&self, topic: &str) -> RecordBatch {
+        RecordBatch(self.0.moved_to(topic))
     }
 
     fn __repr__(&self) -> String {

@@ -158,8 +158,13 @@ impl Spool {
         self.inner.inject_write_failures(count);
     }
 
-    fn cleanup(&self, py: Python<'_>) -> PyResult<usize> {
-        py.detach(|| self.inner.cleanup()).map_err(spool_error)
+    #[pyo3(signature = (horizon = None))]
+    fn cleanup(&self, py: Python<'_>, horizon: Option<u64>) -> PyResult<usize> {
+        py.detach(|| match horizon {
+            Some(horizon) => self.inner.cleanup_below(horizon),
+            None => self.inner.cleanup(),
+        })
+        .map_err(spool_error)
     }
 
     #[pyo3(signature = (seq, max_records = 10_000, max_bytes = 4_194_304, durable_only = true))]
@@ -263,9 +268,20 @@ impl DedupWindow {
     }
 
     /// Claims the event ids of `batch` at `now_ms`; removes records whose id was seen already (with their
-    /// dead-letter copies) and repeats within the batch, and returns the ids seen before this batch.
-    fn claim_batch(&self, py: Python<'_>, mut batch: PyRefMut<'_, RecordBatch>, now_ms: i64) -> PyResult<Vec<String>> {
+    /// dead-letter copies) and repeats within the batch, and returns the ids seen before this batch. With
+    /// `duplicates`, each removed record (not its dead-letter copy) is added to that batch on `duplicates_topic`.
+    #[pyo3(signature = (batch, now_ms, *, duplicates = None, duplicates_topic = "tidegate-duplicates"))]
+    fn claim_batch(
+        &self,
+        py: Python<'_>,
+        mut batch: PyRefMut<'_, RecordBatch>,
+        now_ms: i64,
+        duplicates: Option<PyRefMut<'_, RecordBatch>>,
+        duplicates_topic: &str,
+    ) -> PyResult<Vec<String>> {
         let records = &mut batch.0;
+        let mut moved = duplicates;
+        let target = moved.as_mut().map(|b| (&mut b.0, duplicates_topic));
         let duplicates = py.detach(|| -> std::io::Result<Vec<dedup::Id>> {
             let mut ids: Vec<dedup::Id> = records.iter().map(|r| r.event_id).collect();
             ids.sort_unstable();
@@ -273,7 +289,7 @@ impl DedupWindow {
             let fresh = self.inner.claim(&ids, now_ms, self.ttl_ms)?;
             let duplicates: Vec<dedup::Id> = ids.iter().zip(fresh).filter(|(_, f)| !f).map(|(id, _)| *id).collect();
             // `duplicates` is sorted (a subset of sorted `ids`).
-            records.remove_duplicates(|id| duplicates.binary_search(id).is_ok());
+            records.move_duplicates(|id| duplicates.binary_search(id).is_ok(), target);
             Ok(duplicates)
         })?;
         Ok(duplicates.iter().map(|id| hex(id)).collect())
