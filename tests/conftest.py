@@ -1,10 +1,15 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import pytest
 import tidegate
+from tidegate.testing.server import Server
+
+from tests.openapi_check import OpenApiChecker
 
 #: A valid W3C Trace Context traceparent (the specification's example).
 TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
@@ -54,3 +59,23 @@ def events() -> tidegate.Validator:
 @pytest.fixture(scope="session")
 def batches() -> tidegate.Validator:
     return tidegate.Validator(tidegate.Contract.batch())
+
+
+# For the modules that run one `server` (a module-scoped fixture of their own).
+@pytest.fixture(scope="module")
+def openapi(server: Server) -> OpenApiChecker:
+    return OpenApiChecker(httpx.get(server.url + "/openapi.json").json())
+
+
+@pytest.fixture
+def client(server: Server, openapi: OpenApiChecker) -> Iterator[httpx.Client]:
+    """A client whose every response is checked against the service's OpenAPI document."""
+    with httpx.Client(base_url=server.url, timeout=10, event_hooks={"response": [openapi.check]}) as http:
+        yield http
+    assert openapi.violations == []
+
+
+def key(server: Server, device: str) -> dict[str, str]:
+    """The device key header of one of the module server's devices (`server.device_keys`)."""
+    keys: dict[str, str] = server.device_keys  # type: ignore[attr-defined]
+    return {"X-Device-Token": keys[device]}

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ import tidegate
 import zstandard
 from tidegate.testing.server import Server
 
-from tests.conftest import TRACEPARENT, event, iso_now, reading
+from tests.conftest import TRACEPARENT, event, iso_now, key, reading
 from tests.openapi_check import OpenApiChecker
 
 DEVICES = [f"dev-{i}" for i in range(8)]
@@ -42,24 +43,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     instance.device_keys = instance.keys(*DEVICES)  # type: ignore[attr-defined]
     with instance:
         yield instance
-
-
-@pytest.fixture(scope="module")
-def openapi(server: Server) -> OpenApiChecker:
-    return OpenApiChecker(httpx.get(server.url + "/openapi.json").json())
-
-
-@pytest.fixture
-def client(server: Server, openapi: OpenApiChecker) -> Iterator[httpx.Client]:
-    """A client whose every response is checked against the service's OpenAPI document."""
-    with httpx.Client(base_url=server.url, timeout=10, event_hooks={"response": [openapi.check]}) as http:
-        yield http
-    assert openapi.violations == []
-
-
-def key(server: Server, device: str) -> dict[str, str]:
-    keys: dict[str, str] = server.device_keys  # type: ignore[attr-defined]
-    return {"X-Device-Token": keys[device]}
 
 
 def spooled_values(data_dir: Path, *options: str) -> bytes:
@@ -298,9 +281,9 @@ class TestAuth:
             stop.set()
             worker.join()
         assert 202 in statuses
-        assert 401 in statuses, "the revoked key was never refused"
+        assert 401 in statuses, f"the revoked key was never refused: {Counter(statuses)}"
         after = statuses[statuses.index(401) :]
-        assert len(after) >= 20 and set(after) == {401}
+        assert len(after) >= 20 and set(after) == {401}, f"after the first 401: {Counter(after)}"
 
 
 class TestErrors:

@@ -17,7 +17,7 @@ import tidegate
 from tidegate.testing.broker import Broker, consume_all
 from tidegate.testing.server import Server
 
-from tests.conftest import reading
+from tests.conftest import key, reading
 from tests.openapi_check import OpenApiChecker
 from tests.test_http import spooled_records
 
@@ -41,23 +41,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     instance.device_keys = instance.keys(*DEVICES)  # type: ignore[attr-defined]
     with instance:
         yield instance
-
-
-@pytest.fixture(scope="module")
-def openapi(server: Server) -> OpenApiChecker:
-    return OpenApiChecker(httpx.get(server.url + "/openapi.json").json())
-
-
-@pytest.fixture
-def client(server: Server, openapi: OpenApiChecker) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=server.url, timeout=10, event_hooks={"response": [openapi.check]}) as http:
-        yield http
-    assert openapi.violations == []
-
-
-def key(server: Server, device: str) -> dict[str, str]:
-    keys: dict[str, str] = server.device_keys  # type: ignore[attr-defined]
-    return {"X-Device-Token": keys[device]}
 
 
 def quarantined(data_dir: Path, device: str) -> list[Record]:

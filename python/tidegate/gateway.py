@@ -117,24 +117,16 @@ class Gateway:
         # Shared by every worker of the host (memory-mapped tables), so a retry that lands on another worker is
         # still a duplicate and a device's rate holds whichever worker it reaches; both survive restarts.
         state = settings.data_dir / "state"
-        self.buckets = shared_or_own(
-            state / "rate.tbl",
-            functools.partial(
-                RateTable,
-                rate=settings.rate_per_device,
-                burst=settings.burst_per_device,
-                capacity=settings.rate_capacity,
-            ),
-        )
+
+        def device_buckets(name: str, rate: float, burst: float) -> RateTable:
+            """Per-device token buckets in `state/<name>.tbl`, one per device of up to `rate_capacity`."""
+            table = functools.partial(RateTable, rate=rate, burst=burst, capacity=settings.rate_capacity)
+            return shared_or_own(state / f"{name}.tbl", table)
+
+        self.buckets = device_buckets("rate", settings.rate_per_device, settings.burst_per_device)
         #: Post-paid buckets of decompressed bytes per device (`wait` before the body, `charge` after decoding).
-        self.decoded_bytes = shared_or_own(
-            state / "decoded-bytes.tbl",
-            functools.partial(
-                RateTable,
-                rate=settings.decoded_bytes_per_device,
-                burst=settings.decoded_bytes_burst_per_device,
-                capacity=settings.rate_capacity,
-            ),
+        self.decoded_bytes = device_buckets(
+            "decoded-bytes", settings.decoded_bytes_per_device, settings.decoded_bytes_burst_per_device
         )
         self.dedup = shared_or_own(
             state / "dedup.tbl",
@@ -162,14 +154,8 @@ class Gateway:
         self.quarantine = Quarantine(
             settings,
             self.metrics,
-            shared_or_own(
-                state / "quarantine.tbl",
-                functools.partial(
-                    RateTable,
-                    rate=settings.quarantine_device_bytes_per_s,
-                    burst=settings.quarantine_device_burst_bytes,
-                    capacity=settings.rate_capacity,
-                ),
+            device_buckets(
+                "quarantine", settings.quarantine_device_bytes_per_s, settings.quarantine_device_burst_bytes
             ),
         )
         self.spool: Spool | None = None
