@@ -17,7 +17,7 @@
 
 use std::time::{Duration, Instant};
 
-use tidegate_core::value::Value;
+use tidegate_core::decode::value::Value;
 use tidegate_core::{Contract, Limits, Request, Validator, ValidatorOptions};
 
 const NOW_MS: i64 = 1_774_606_530_123;
@@ -201,7 +201,7 @@ fn main() {
     let mut cbor_array = Vec::new();
     cbor_head(&mut cbor_array, 4, records.len() as u64);
     for record in &records {
-        let value = tidegate_core::json::parse_one(record, &Limits::default()).expect("a generated reading");
+        let value = tidegate_core::decode::json::parse_one(record, &Limits::default()).expect("a generated reading");
         cbor(&mut cbor_array, &value);
     }
     let only = std::env::var("THROUGHPUT_FORMAT").ok();

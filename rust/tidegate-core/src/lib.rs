@@ -23,30 +23,21 @@
 //! assert_eq!(outcome.batch.get(0).unwrap().key, Some(&b"dev-1"[..]));
 //! ```
 
+// The request path, in order: decode the body into values, hold them to a contract, write their canonical form
+// (and event id) into a record arena, decide duplicates and budgets in tables shared by the workers, append to
+// the spool; then, in the delivery process, encode Kafka batches and write the archive.
 pub mod archive;
-pub mod batch;
 pub mod canonical;
-pub mod cbor;
 pub mod contract;
 pub mod decode;
-pub mod dedup;
+pub mod deliver;
 pub mod error;
-pub mod group_commit;
-pub mod headers;
-pub mod json;
-pub mod kafka;
-pub mod lastseen;
-pub mod number;
-pub mod quarantine;
-pub mod schema;
-pub mod shared;
 pub mod spool;
-pub mod time;
-pub mod validator;
-pub mod value;
+pub mod state;
 
-pub use batch::{RecordBatch, RecordRef};
-pub use contract::{Contract, ContractKind, UnknownFields};
-pub use error::{Error, Limits, PayloadError};
-pub use schema::SchemaError;
-pub use validator::{Issue, MetricRange, Outcome, Request, Validator, ValidatorOptions};
+pub use canonical::records::{RecordBatch, RecordRef};
+pub use contract::schema::SchemaError;
+pub use contract::validator::{MetricRange, Outcome, Request, Validator, ValidatorOptions};
+pub use contract::{Contract, ContractKind, Issue, UnknownFields};
+pub use decode::{Limits, PayloadError};
+pub use error::Error;

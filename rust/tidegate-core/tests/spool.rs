@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tidegate_core::batch::encode_header;
+use tidegate_core::canonical::records::encode_header;
 use tidegate_core::spool::{Spool, SpoolError, SpoolOptions};
 use tidegate_core::{RecordBatch, RecordRef};
 
@@ -463,7 +463,7 @@ fn a_delivery_process_follows_the_writer_up_to_what_is_durable() {
 }
 
 /// Waits (with a generous guard) until the committer's signal descriptor is readable, as the event loop would.
-fn wait_for_signal(committer: &tidegate_core::group_commit::GroupCommitter) {
+fn wait_for_signal(committer: &tidegate_core::spool::group_commit::GroupCommitter) {
     let mut poll = libc_pollfd(committer.signal_fd());
     // SAFETY: one valid pollfd, for the duration of the call.
     let ready = unsafe { libc::poll(&mut poll, 1, 10_000) };
@@ -480,7 +480,7 @@ fn libc_pollfd(fd: std::os::fd::RawFd) -> libc::pollfd {
 
 #[test]
 fn the_group_committer_makes_appends_durable_and_signals_once_per_commit() {
-    use tidegate_core::group_commit::GroupCommitter;
+    use tidegate_core::spool::group_commit::GroupCommitter;
     let dir = temp_dir("group-commit");
     let spool = Arc::new(Spool::open(&dir, SpoolOptions::default()).unwrap());
     let committer = GroupCommitter::start(Arc::clone(&spool), Duration::from_millis(1)).unwrap();
@@ -503,7 +503,7 @@ fn the_group_committer_makes_appends_durable_and_signals_once_per_commit() {
 
 #[test]
 fn the_group_committer_reports_a_failed_commit_and_the_next_one_succeeds() {
-    use tidegate_core::group_commit::GroupCommitter;
+    use tidegate_core::spool::group_commit::GroupCommitter;
     let dir = temp_dir("group-commit-failure");
     let spool = Arc::new(Spool::open(&dir, SpoolOptions::default()).unwrap());
     let committer = GroupCommitter::start(Arc::clone(&spool), Duration::ZERO).unwrap();

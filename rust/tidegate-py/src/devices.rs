@@ -3,8 +3,8 @@
 use std::path::PathBuf;
 
 use pyo3::prelude::*;
-use tidegate_core::batch::hex;
-use tidegate_core::lastseen::{self, Alert, LastSeenTable, SilenceRules, Snapshot};
+use tidegate_core::canonical::records::hex;
+use tidegate_core::state::lastseen::{self, Alert, LastSeenTable, SilenceRules, Snapshot};
 
 use crate::RecordBatch;
 

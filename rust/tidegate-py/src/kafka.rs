@@ -4,7 +4,7 @@
 use pyo3::exceptions::{PyIndexError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
-use tidegate_core::kafka::{self, Compression, EncodeOptions, EncodedRange};
+use tidegate_core::deliver::kafka::{self, Compression, EncodeOptions, EncodedRange};
 
 use crate::spool::{Spool, spool_error};
 use crate::{RecordBatch, RecordTuple, record_tuple};

@@ -113,7 +113,7 @@ fn unknown_fields_policy(name: &str) -> PyResult<core::UnknownFields> {
 struct Validator(core::Validator);
 
 // `Validator`'s `max_record_bytes` default is spelled as a literal so that Python sees its value.
-const _: () = assert!(core::validator::DEFAULT_MAX_RECORD_BYTES == 1_000_000);
+const _: () = assert!(core::contract::validator::DEFAULT_MAX_RECORD_BYTES == 1_000_000);
 
 fn now_ms() -> i64 {
     SystemTime::now()
@@ -159,7 +159,7 @@ impl Validator {
             max_records: max_records.unwrap_or(defaults.max_records),
         };
         // Given ranges add to seed 001's defaults, replacing a default of the same name.
-        let mut ranges = core::validator::default_metric_ranges();
+        let mut ranges = core::contract::validator::default_metric_ranges();
         for (name, bounds) in metric_ranges.iter().flat_map(|r| r.iter()) {
             let (min, max): (f64, f64) = bounds.extract()?;
             let name: String = name.extract()?;
@@ -291,7 +291,7 @@ impl ValidationResult {
         self.outcome
             .event_ids
             .iter()
-            .map(|id| id.map(|id| core::batch::hex(&id)))
+            .map(|id| id.map(|id| core::canonical::records::hex(&id)))
             .collect()
     }
 
@@ -514,14 +514,14 @@ impl RecordBatch {
 /// A rejected item to quarantine: its raw bytes, why, at which stage, and which record of its body it was.
 #[pyclass(frozen, module = "tidegate._native")]
 #[derive(Clone)]
-struct QuarantineItem(core::quarantine::Item);
+struct QuarantineItem(core::contract::quarantine::Item);
 
 #[pymethods]
 impl QuarantineItem {
     #[new]
     #[pyo3(signature = (raw, *, stage, reason, content_type, index = None))]
     fn new(raw: Vec<u8>, stage: String, reason: String, content_type: String, index: Option<usize>) -> Self {
-        QuarantineItem(core::quarantine::Item {
+        QuarantineItem(core::contract::quarantine::Item {
             index,
             raw,
             stage,
@@ -582,23 +582,23 @@ fn quarantine_records(
     timestamp_ms: i64,
     max_record_bytes: usize,
 ) -> RecordBatch {
-    let items: Vec<&core::quarantine::Item> = items.iter().map(|item| &item.0).collect();
+    let items: Vec<&core::contract::quarantine::Item> = items.iter().map(|item| &item.0).collect();
     let mut encoded = Vec::new();
     for (name, value) in &headers {
-        core::batch::encode_header(&mut encoded, name, value);
+        core::canonical::records::encode_header(&mut encoded, name, value);
     }
-    let destination = core::quarantine::Destination {
+    let destination = core::contract::quarantine::Destination {
         topic,
         key: key.map(str::as_bytes),
         headers: &encoded,
-        body_digest: py.detach(|| core::quarantine::body_digest(body)),
+        body_digest: py.detach(|| core::contract::quarantine::body_digest(body)),
         timestamp_ms,
         max_record_bytes,
     };
     let mut batch = core::RecordBatch::new();
     py.detach(|| {
         for item in items {
-            core::quarantine::push(&mut batch, &destination, item);
+            core::contract::quarantine::push(&mut batch, &destination, item);
         }
     });
     RecordBatch(batch)
@@ -613,11 +613,14 @@ fn _native(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_class::<RecordBatch>()?;
     module.add_class::<QuarantineItem>()?;
     module.add_function(wrap_pyfunction!(quarantine_records, module)?)?;
-    module.add("EVENT_ID_DOMAIN", core::validator::EVENT_ID_DOMAIN)?;
-    module.add("MAX_RECORD_BYTES", core::validator::DEFAULT_MAX_RECORD_BYTES)?;
-    module.add("MAX_TRACEPARENT_BYTES", core::headers::MAX_TRACEPARENT_BYTES)?;
-    module.add("MAX_TRACESTATE_BYTES", core::headers::MAX_TRACESTATE_BYTES)?;
-    module.add("MAX_IDEMPOTENCY_KEY_BYTES", core::headers::MAX_IDEMPOTENCY_KEY_BYTES)?;
+    module.add("EVENT_ID_DOMAIN", core::contract::validator::EVENT_ID_DOMAIN)?;
+    module.add("MAX_RECORD_BYTES", core::contract::validator::DEFAULT_MAX_RECORD_BYTES)?;
+    module.add("MAX_TRACEPARENT_BYTES", core::contract::headers::MAX_TRACEPARENT_BYTES)?;
+    module.add("MAX_TRACESTATE_BYTES", core::contract::headers::MAX_TRACESTATE_BYTES)?;
+    module.add(
+        "MAX_IDEMPOTENCY_KEY_BYTES",
+        core::contract::headers::MAX_IDEMPOTENCY_KEY_BYTES,
+    )?;
     errors::register(module)?;
     kafka::register(module)?;
     devices::register(module)?;

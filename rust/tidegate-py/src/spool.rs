@@ -5,11 +5,12 @@ use std::time::Duration;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
-use tidegate_core::batch::hex;
-use tidegate_core::dedup;
-use tidegate_core::group_commit::GroupCommitter;
-use tidegate_core::shared::{RateTable as CoreRateTable, SharedWindow};
+use tidegate_core::canonical::id::Id;
+use tidegate_core::canonical::records::hex;
+use tidegate_core::spool::group_commit::GroupCommitter;
 use tidegate_core::spool::{Cursor, Spool as CoreSpool, SpoolError, SpoolOptions};
+use tidegate_core::state::dedup;
+use tidegate_core::state::table::{RateTable as CoreRateTable, SharedWindow};
 
 use crate::RecordBatch;
 use crate::errors;
@@ -218,7 +219,7 @@ impl Spool {
     }
 }
 
-fn parse_id(text: &str) -> PyResult<dedup::Id> {
+fn parse_id(text: &str) -> PyResult<Id> {
     let bad = || PyValueError::new_err(format!("not a 32-digit hex event id: {text:?}"));
     if text.len() != 32 {
         return Err(bad());
@@ -282,12 +283,12 @@ impl DedupWindow {
         let records = &mut batch.0;
         let mut moved = duplicates;
         let target = moved.as_mut().map(|b| (&mut b.0, duplicates_topic));
-        let duplicates = py.detach(|| -> std::io::Result<Vec<dedup::Id>> {
-            let mut ids: Vec<dedup::Id> = records.iter().map(|r| r.event_id).collect();
+        let duplicates = py.detach(|| -> std::io::Result<Vec<Id>> {
+            let mut ids: Vec<Id> = records.iter().map(|r| r.event_id).collect();
             ids.sort_unstable();
             ids.dedup();
             let fresh = self.inner.claim(&ids, now_ms, self.ttl_ms)?;
-            let duplicates: Vec<dedup::Id> = ids.iter().zip(fresh).filter(|(_, f)| !f).map(|(id, _)| *id).collect();
+            let duplicates: Vec<Id> = ids.iter().zip(fresh).filter(|(_, f)| !f).map(|(id, _)| *id).collect();
             // `duplicates` is sorted (a subset of sorted `ids`).
             records.move_duplicates(|id| duplicates.binary_search(id).is_ok(), target);
             Ok(duplicates)
@@ -297,7 +298,7 @@ impl DedupWindow {
 
     /// Releases the ids of `batch` (its records could not be made durable), so retries are not duplicates.
     fn release_batch(&self, batch: PyRef<'_, RecordBatch>) -> PyResult<()> {
-        let ids: Vec<dedup::Id> = batch.0.iter().map(|r| r.event_id).collect();
+        let ids: Vec<Id> = batch.0.iter().map(|r| r.event_id).collect();
         Ok(self.inner.release(&ids)?)
     }
 
@@ -306,7 +307,7 @@ impl DedupWindow {
     fn commit(&self, py: Python<'_>, batch: PyRef<'_, RecordBatch>, keys: Vec<(String, String)>) -> PyResult<()> {
         let records = &batch.0;
         py.detach(|| {
-            let mut ids: Vec<dedup::Id> = records.iter().map(|r| r.event_id).collect();
+            let mut ids: Vec<Id> = records.iter().map(|r| r.event_id).collect();
             ids.extend(keys.iter().map(|(scope, key)| dedup::key_id(scope, key)));
             self.inner.commit(&ids)
         })?;
@@ -342,7 +343,7 @@ impl DedupWindow {
             return Ok(0);
         }
         py.detach(|| {
-            let ids: Vec<(dedup::Id, i64)> = spool
+            let ids: Vec<(Id, i64)> = spool
                 .inner
                 .event_ids_since(since_ms)
                 .map_err(spool_error)?

@@ -4,10 +4,10 @@
 
 use std::borrow::Cow;
 
-use crate::error::{Limits, PayloadError};
-use crate::json::duplicate_key;
-use crate::time::Timestamp;
-use crate::value::Value;
+use crate::decode::json::duplicate_key;
+use crate::decode::time::Timestamp;
+use crate::decode::value::Value;
+use crate::decode::{Limits, PayloadError};
 
 /// Decodes a CBOR body: one data item, or a top-level array whose items are the records.
 pub fn parse_records<'a>(data: &'a [u8], limits: &Limits) -> Result<Vec<Value<'a>>, PayloadError> {
@@ -709,7 +709,7 @@ mod tests {
         let big = decode(&[0x1b, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]).unwrap();
         assert_eq!(
             big[0],
-            Value::Integer(crate::value::Integer {
+            Value::Integer(crate::decode::value::Integer {
                 negative: false,
                 magnitude: u64::MAX
             })

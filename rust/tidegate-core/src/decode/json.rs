@@ -5,10 +5,9 @@
 
 use std::borrow::Cow;
 
-use crate::error::{Limits, PayloadError};
-use crate::number;
-use crate::schema::same_key;
-use crate::value::Value;
+use crate::decode::number;
+use crate::decode::value::{Value, same_key};
+use crate::decode::{Limits, PayloadError};
 
 /// Decodes a body holding either one JSON value or a top-level array of records.
 /// A top-level array is split into records (bounded by `max_records`); anything else is one record.
@@ -849,7 +848,7 @@ mod tests {
                 panic!("{text}: {value:?}")
             };
             let mut computed = Vec::new();
-            number::write_canonical(&mut computed, n);
+            crate::canonical::number::write_canonical(&mut computed, n);
             if let Some(spelling) = spelling {
                 assert_eq!(
                     String::from_utf8_lossy(spelling),

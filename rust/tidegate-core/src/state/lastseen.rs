@@ -4,7 +4,7 @@
 //!
 //! # The table
 //!
-//! A [`crate::shared::Table`] like the dedup window's (flock per call, CRC per slot, torn writes read as empty
+//! A [`crate::state::table::Table`] like the dedup window's (flock per call, CRC per slot, torn writes read as empty
 //! slots), whose slots carry 12 extra words (128 bytes a slot): the device's last-seen time (the slot's `word`),
 //! its learned interval and sample count, the open silence episode and its flags, and the device id itself (up to
 //! [`MAX_DEVICE_BYTES`]), so the table can be listed. The request path pays one lock and one slot write per device
@@ -33,9 +33,9 @@
 use std::io;
 use std::path::Path;
 
-use crate::batch::{RecordBatch, encode_header, hex};
-use crate::dedup::Id;
-use crate::shared::{Slot, Table, to_word};
+use crate::canonical::id::Id;
+use crate::canonical::records::{RecordBatch, encode_header, hex};
+use crate::state::table::{Slot, Table, to_word};
 
 /// A device is silent once unheard for this many times its expected interval.
 pub const SILENCE_FACTOR: i64 = 3;
@@ -234,7 +234,7 @@ impl Alert {
 
 fn write_time(out: &mut Vec<u8>, ms: i64) {
     out.push(b'"');
-    crate::time::write_millis(out, ms);
+    crate::decode::time::write_millis(out, ms);
     out.push(b'"');
 }
 

@@ -259,7 +259,7 @@ impl RecordBatch {
         drop: impl Fn(&[u8; 16]) -> bool,
         mut moved: Option<(&mut RecordBatch, &str)>,
     ) -> usize {
-        let mut seen: crate::dedup::IdSet<(u16, [u8; 16])> = crate::dedup::IdSet::default();
+        let mut seen: crate::canonical::id::IdSet<(u16, [u8; 16])> = crate::canonical::id::IdSet::default();
         seen.reserve(self.slots.len());
         let keep: Vec<bool> = self
             .slots

@@ -1,6 +1,19 @@
 //! Contracts: what a record must look like, where it goes, and which fields make its identity.
 
-use crate::schema::{Schema, SchemaError};
+pub mod headers;
+pub mod quarantine;
+pub mod schema;
+pub mod validator;
+
+use schema::{Schema, SchemaError};
+
+/// A rejection or warning: which record (`None` for the batch envelope), where, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Issue {
+    pub index: Option<usize>,
+    pub path: String,
+    pub message: String,
+}
 
 /// The built-in contract kinds and user-defined ones.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,7 +1,7 @@
 //! Kafka wire pieces built natively: the Java client's murmur2 partitioner and v2 record batches (no producer
 //! id), compressed with any of Kafka's codecs, so the forwarder hands finished produce batches to the Kafka client.
 
-use crate::batch::{RecordBatch, RecordRef};
+use crate::canonical::records::{RecordBatch, RecordRef};
 
 /// The Java client's (and aiokafka's) murmur2 hash, so tidegate picks the same partition for a key.
 pub fn murmur2(data: &[u8]) -> i32 {
@@ -422,8 +422,8 @@ mod tests {
     #[test]
     fn record_batch_size_is_the_size_of_a_batch_of_one() {
         let mut headers = Vec::new();
-        crate::batch::encode_header(&mut headers, "event_id", &[b'e'; 32]);
-        crate::batch::encode_header(&mut headers, "traceparent", &[b't'; 200]);
+        crate::canonical::records::encode_header(&mut headers, "event_id", &[b'e'; 32]);
+        crate::canonical::records::encode_header(&mut headers, "traceparent", &[b't'; 200]);
         for (key, value_len) in [(None, 0), (Some(&b"dev-1"[..]), 100), (Some(&b"k"[..]), 70_000)] {
             let value = vec![b'v'; value_len];
             let record = RecordRef::from_parts("t", key, &value, &headers, [0; 16], 1_774_606_531_000);
@@ -452,7 +452,7 @@ mod tests {
                 40 + i % 50
             );
             let mut headers = Vec::new();
-            crate::batch::encode_header(&mut headers, "event_id", format!("{i:032x}").as_bytes());
+            crate::canonical::records::encode_header(&mut headers, "event_id", format!("{i:032x}").as_bytes());
             let topic = if i % 7 == 3 { "events-raw" } else { "telemetry-raw" };
             let key = (i % 5 != 0).then_some(key.as_bytes());
             let record = RecordRef::from_parts(
@@ -549,7 +549,7 @@ mod tests {
     #[test]
     fn a_batch_compression_does_not_shrink_stays_uncompressed() {
         let mut headers = Vec::new();
-        crate::batch::encode_header(&mut headers, "a", b"b");
+        crate::canonical::records::encode_header(&mut headers, "a", b"b");
         let record = RecordRef::from_parts("t", None, b"x", &headers, [0; 16], 1);
         let plain = encode_record_batch(&[record], Compression::None);
         for codec in CODECS {

@@ -13,7 +13,9 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
-use crate::batch::{RecordBatch, RecordRef};
+pub mod group_commit;
+
+use crate::canonical::records::{RecordBatch, RecordRef};
 
 /// First bytes of every segment file.
 pub const MAGIC: &[u8; 8] = b"TGSPOOL1";

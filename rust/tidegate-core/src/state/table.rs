@@ -1,7 +1,7 @@
 //! State shared by the workers of a host: memory-mapped tables under the data dir, one file each, that every
 //! worker process maps and that survive restarts. Three tables use them: the dedup window ([`SharedWindow`]: event
 //! ids and idempotency keys), the per-device token buckets ([`RateTable`]) and the devices' last-seen state
-//! ([`crate::lastseen::LastSeenTable`], whose slots carry extra words).
+//! ([`crate::state::lastseen::LastSeenTable`], whose slots carry extra words).
 //!
 //! # Why this shape
 //!
@@ -35,7 +35,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use memmap2::{MmapOptions, MmapRaw};
 
-use crate::dedup::Id;
+use crate::canonical::id::Id;
 
 /// Bytes of one slot without extra words: a 128-bit id, a 64-bit word, a 32-bit aux value and a 32-bit check.
 pub const SLOT_BYTES: usize = 32;

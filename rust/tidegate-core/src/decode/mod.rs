@@ -3,9 +3,15 @@
 use std::borrow::Cow;
 use std::io::Read;
 
-use crate::error::{Limits, PayloadError};
-use crate::value::Value;
-use crate::{cbor, json};
+pub mod cbor;
+pub mod json;
+mod limits;
+pub mod number;
+pub mod time;
+pub mod value;
+
+pub use limits::{Limits, PayloadError};
+use value::Value;
 
 /// The body formats tidegate decodes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -3,18 +3,19 @@
 use std::borrow::Cow;
 use std::cmp::Ordering;
 
-use crate::batch::{RecordBatch, RecordRef, encode_header};
+use crate::canonical::number;
+use crate::canonical::records::{RecordBatch, RecordRef, encode_header};
 use crate::canonical::{Writer, compare_keys, sort_entries, write_string, write_value};
-use crate::contract::{Contract, ContractKind, UnknownFields};
+use crate::contract::headers;
+use crate::contract::quarantine;
+use crate::contract::schema::{FieldError, Path};
+use crate::contract::{Contract, ContractKind, Issue, UnknownFields};
+use crate::decode::time::{self, Timestamp};
+use crate::decode::value::Value;
+use crate::decode::value::same_key;
 use crate::decode::{self, Encoding, Format};
-use crate::error::{Limits, PayloadError};
-use crate::headers;
-use crate::kafka;
-use crate::number;
-use crate::quarantine;
-use crate::schema::{FieldError, Path, same_key};
-use crate::time::{self, Timestamp};
-use crate::value::Value;
+use crate::decode::{Limits, PayloadError};
+use crate::deliver::kafka;
 
 /// Domain separation for event ids; bump the version if the canonical form ever changes. v2: integers of the
 /// 64-bit range are kept exactly and written as their digits, where v1 wrote a double's shortest digits
@@ -162,14 +163,6 @@ impl Request<'_> {
         }
         Ok(())
     }
-}
-
-/// A rejection or warning: which record (`None` for the batch envelope), where, and why.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Issue {
-    pub index: Option<usize>,
-    pub path: String,
-    pub message: String,
 }
 
 /// The result of validating one body.
@@ -771,7 +764,7 @@ impl<'v> Run<'v> {
                     let mut path = self.record_path(context);
                     path.push('.');
                     path.push_str(section);
-                    crate::value::push_key(&mut path, name);
+                    crate::decode::value::push_key(&mut path, name);
                     let mut shown = Vec::new();
                     write_value(&mut shown, value);
                     let message = format!(

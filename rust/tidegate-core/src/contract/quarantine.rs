@@ -8,12 +8,12 @@
 
 use std::ops::Range;
 
-use crate::batch::{RecordBatch, RecordRef, encode_header, hex};
+use crate::canonical::records::{RecordBatch, RecordRef, encode_header, hex};
+use crate::contract::Issue;
 use crate::decode::Format;
-use crate::error::Limits;
-use crate::kafka;
-use crate::validator::Issue;
-use crate::{cbor, json};
+use crate::decode::Limits;
+use crate::decode::{cbor, json};
+use crate::deliver::kafka;
 
 /// Domain separation for quarantine ids (the dedup id of a quarantined item, header `dlq-id`).
 pub const QUARANTINE_ID_DOMAIN: &str = "tidegate:quarantine-id:v1\n";

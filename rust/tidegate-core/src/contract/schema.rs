@@ -7,10 +7,10 @@ use std::fmt;
 use regex::Regex;
 
 use crate::canonical;
-use crate::error::Limits;
-use crate::json;
-use crate::time::Timestamp;
-use crate::value::{Value, is_integer, push_index, push_key};
+use crate::decode::Limits;
+use crate::decode::json;
+use crate::decode::time::Timestamp;
+use crate::decode::value::{Value, is_integer, push_index, push_key, same_key};
 
 /// Why a schema could not be compiled.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -549,25 +549,6 @@ impl Schema {
     }
 }
 
-/// String equality without a `memcmp` call for the usual short keys: unequal lengths decide at once, and up
-/// to 16 bytes are compared as two overlapping words.
-#[inline]
-pub(crate) fn same_key(a: &str, b: &str) -> bool {
-    let (a, b) = (a.as_bytes(), b.as_bytes());
-    let n = a.len();
-    if n != b.len() {
-        return false;
-    }
-    let word = |s: &[u8], at: usize| u64::from_le_bytes(s[at..at + 8].try_into().unwrap_or_default());
-    let half = |s: &[u8], at: usize| u32::from_le_bytes(s[at..at + 4].try_into().unwrap_or_default());
-    match n {
-        0..4 => a.iter().zip(b).all(|(x, y)| x == y),
-        4..8 => half(a, 0) == half(b, 0) && half(a, n - 4) == half(b, n - 4),
-        8..=16 => word(a, 0) == word(b, 0) && word(a, n - 8) == word(b, n - 8),
-        _ => a.first() == b.first() && a == b,
-    }
-}
-
 /// A pattern `^[CLASS]QUANTIFIER$` whose class lists only ASCII letters, digits, `_` and ranges of those (and `-`
 /// first or last), with `?`, `*`, `+`, `{n}`, `{n,}` or `{m,n}` (or nothing): matched as a byte-set check, the
 /// same as the regex (`$` is the end of the text in the `regex` crate, and every member is one byte).
@@ -768,34 +749,6 @@ mod tests {
             1
         );
         assert!(errors(r#"{"type":"string","pattern":"^a+$"}"#, r#""aaa""#).is_empty());
-    }
-
-    #[test]
-    fn same_key_is_string_equality() {
-        let keys = [
-            "",
-            "a",
-            "ab",
-            "abc",
-            "abcd",
-            "abce",
-            "bbcd",
-            "temperature",
-            "temperaturf",
-            "uemperature",
-        ];
-        let long = [
-            "x".repeat(17),
-            "x".repeat(16) + "y",
-            "y".to_string() + &"x".repeat(16),
-            "x".repeat(40),
-        ];
-        let all: Vec<&str> = keys.iter().copied().chain(long.iter().map(String::as_str)).collect();
-        for a in &all {
-            for b in &all {
-                assert_eq!(same_key(a, b), a == b, "{a:?} {b:?}");
-            }
-        }
     }
 
     #[test]

@@ -2,8 +2,6 @@
 
 use std::borrow::Cow;
 
-use crate::schema::same_key;
-
 /// A decoded value. A number is read as its exact value when that is an integer within the 64-bit range
 /// (signed or unsigned), else as the nearest double; each value has one representation (`Number` whenever a
 /// double holds it exactly, `Integer` otherwise), so JSON `10`, `10.0`, `1e1` and CBOR `10` (integer or float)
@@ -13,7 +11,7 @@ pub enum Value<'a> {
     Null,
     Bool(bool),
     /// A double, and the text it was decoded from when that text is already its canonical spelling (which then
-    /// need not be worked out again; see [`crate::json`]). Two numbers are equal when their doubles are.
+    /// need not be worked out again; see [`crate::decode::json`]). Two numbers are equal when their doubles are.
     Number(f64, Option<&'a [u8]>),
     /// An integer no double holds exactly: beyond 2^53 in magnitude, within `-2^63 ..= 2^64 - 1`.
     Integer(Integer),
@@ -209,4 +207,56 @@ pub fn push_key(path: &mut String, key: &str) {
 
 fn itoa_usize(i: usize) -> String {
     i.to_string()
+}
+
+/// String equality without a `memcmp` call for the usual short keys: unequal lengths decide at once, and up
+/// to 16 bytes are compared as two overlapping words.
+#[inline]
+pub(crate) fn same_key(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    let n = a.len();
+    if n != b.len() {
+        return false;
+    }
+    let word = |s: &[u8], at: usize| u64::from_le_bytes(s[at..at + 8].try_into().unwrap_or_default());
+    let half = |s: &[u8], at: usize| u32::from_le_bytes(s[at..at + 4].try_into().unwrap_or_default());
+    match n {
+        0..4 => a.iter().zip(b).all(|(x, y)| x == y),
+        4..8 => half(a, 0) == half(b, 0) && half(a, n - 4) == half(b, n - 4),
+        8..=16 => word(a, 0) == word(b, 0) && word(a, n - 8) == word(b, n - 8),
+        _ => a.first() == b.first() && a == b,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn same_key_is_string_equality() {
+        let keys = [
+            "",
+            "a",
+            "ab",
+            "abc",
+            "abcd",
+            "abce",
+            "bbcd",
+            "temperature",
+            "temperaturf",
+            "uemperature",
+        ];
+        let long = [
+            "x".repeat(17),
+            "x".repeat(16) + "y",
+            "y".to_string() + &"x".repeat(16),
+            "x".repeat(40),
+        ];
+        let all: Vec<&str> = keys.iter().copied().chain(long.iter().map(String::as_str)).collect();
+        for a in &all {
+            for b in &all {
+                assert_eq!(same_key(a, b), a == b, "{a:?} {b:?}");
+            }
+        }
+    }
 }

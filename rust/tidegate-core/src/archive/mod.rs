@@ -1,10 +1,10 @@
 //! The archive's columns of a batch of spooled records: what the archive writer (Python, in the delivery process)
 //! turns into Parquet, read in one pass without a Python object per field.
 
-use crate::batch::{RecordBatch, hex};
+use crate::canonical::records::{RecordBatch, hex};
 use crate::canonical::write_string;
-use crate::error::Limits;
-use crate::value::Value;
+use crate::decode::Limits;
+use crate::decode::value::Value;
 
 /// Strings laid out as Arrow lays out a `large_string` column: every string's bytes one after another, and the
 /// offset where each starts and the last ends (so `offsets.len()` is one more than the strings).
@@ -98,7 +98,7 @@ pub fn archive_columns(batch: &RecordBatch, topic: &str) -> ArchiveColumns {
         headers_json.push(b'}');
         let lag = std::str::from_utf8(record.value)
             .ok()
-            .and_then(|text| crate::json::parse_one(text, &limits).ok())
+            .and_then(|text| crate::decode::json::parse_one(text, &limits).ok())
             .and_then(|document| match document.get("ingest_lag_ms") {
                 Some(Value::Number(n, _)) if n.fract() == 0.0 && n.abs() < 9.0e15 => Some(*n as i64),
                 Some(Value::Integer(n)) => i64::try_from(n.get()).ok(),
@@ -122,7 +122,7 @@ pub fn archive_columns(batch: &RecordBatch, topic: &str) -> ArchiveColumns {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::batch::{RecordRef, encode_header};
+    use crate::canonical::records::{RecordRef, encode_header};
 
     #[test]
     fn columns_of_a_topic_without_dead_letter_copies() {

@@ -5,9 +5,12 @@
 use std::borrow::Cow;
 use std::cmp::Ordering;
 
-use crate::json;
-use crate::number;
-use crate::value::Value;
+pub mod id;
+pub mod number;
+pub mod records;
+
+use crate::decode::json;
+use crate::decode::value::Value;
 
 /// Appends the canonical JSON of `value`. `Invalid` nodes never reach here: records holding one are rejected.
 pub fn write_value(out: &mut Vec<u8>, value: &Value<'_>) {
@@ -346,8 +349,8 @@ impl<'w> Writer<'w> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::error::Limits;
-    use crate::json::parse_one;
+    use crate::decode::Limits;
+    use crate::decode::json::parse_one;
 
     fn canonical(text: &str) -> String {
         let mut out = Vec::new();
