@@ -74,17 +74,17 @@ class Scenario:
 TIDEGATES = ("tidegate", "tidegate-kafka")
 """tidegate as `tidegate serve` runs it by default (embedded spool, acknowledged once fsynced), and the same also
 forwarding the spool to the broker in the background (`--kafka`; still acknowledged at spool)."""
-PEERS = ("noop", "reference")
+PEERS = ("noop", "noop-raw", "reference")
 
 SCENARIOS = (
     Scenario("single", "single readings", "single.lua", "/api/v1/ingest", 1,
-             (*TIDEGATES, "noop", "reference"), "SingleReading"),
+             (*TIDEGATES, "noop", "noop-raw", "reference"), "SingleReading"),
     Scenario("batch", "100-reading batches", "batch.lua", "/api/v1/ingest/batch", 100,
-             (*TIDEGATES, "noop", "reference"), "Batch"),
+             (*TIDEGATES, "noop", "noop-raw", "reference"), "Batch"),
     Scenario("events", "seed 004 events, NDJSON x100", "events.lua", "/api/v1/events", 100,
-             (*TIDEGATES, "noop"), "Events"),
+             (*TIDEGATES, "noop", "noop-raw"), "Events"),
     Scenario("fleet", "mixed fleet (10/60/30 priority, key rotation)", "fleet.lua", "/api/v1/ingest", 1,
-             (*TIDEGATES, "noop"), "MixedFleet", "mix"),
+             (*TIDEGATES, "noop", "noop-raw"), "MixedFleet", "mix"),
 )  # fmt: skip
 
 GATED: dict[str, bool] = {
@@ -124,6 +124,8 @@ class Options:
     locust_users: int
     tidegate_app: str | None
     max_in_flight_records: int | None
+    workers: int = 1
+    """Granian workers of every server (tidegate and the peers alike)."""
     extra_env: dict[str, str] = field(default_factory=dict)
 
 
@@ -460,6 +462,7 @@ class Session:
         self.progress(f"creating {DEVICES} device keys ({int(ROTATING_SHARE * 100)}% mid rotation)")
         self.keys(tg_dir)
         services: dict[str, Service] = {}
+        workers = self.options.workers
         for name in TIDEGATES:
             data_dir = self.workdir / name
             if data_dir != tg_dir:
@@ -480,21 +483,25 @@ class Session:
             port = free_port()
             if self.options.tidegate_app:
                 command = [sys.executable, "-m", "bench.peers.serve", self.options.tidegate_app, "--factory"]
+                command += ["--workers", str(workers)]
             else:
-                command = [sys.executable, "-m", "tidegate", "serve", "--data-dir", str(data_dir), "--workers", "1"]
+                command = [sys.executable, "-m", "tidegate", "serve", "--data-dir", str(data_dir)]
+                command += ["--workers", str(workers)]
             services[name] = Service(name, [*command, "--port", str(port)], env, port, self.workdir / f"{name}.log")
+        for name, target in (("noop", "bench.peers.noop:app"), ("noop-raw", "bench.peers.noop_raw:app")):
+            port = free_port()
+            services[name] = Service(
+                name,
+                [sys.executable, "-m", "bench.peers.serve", target, "--workers", str(workers), "--port", str(port)],
+                {},
+                port,
+                self.workdir / f"{name}.log",
+            )
         port = free_port()
-        services["noop"] = Service(
-            "noop",
-            [sys.executable, "-m", "bench.peers.serve", "bench.peers.noop:app", "--port", str(port)],
-            {},
-            port,
-            self.workdir / "noop.log",
-        )
-        port = free_port()
+        reference = ["bench.peers.reference.main:app", "--workers", str(workers), "--port", str(port)]
         services["reference"] = Service(
             "reference",
-            [sys.executable, "-m", "bench.peers.serve", "bench.peers.reference.main:app", "--port", str(port)],
+            [sys.executable, "-m", "bench.peers.serve", *reference],
             {
                 "REFERENCE_KAFKA": self.broker.bootstrap,
                 "REFERENCE_DEVICE_TOKENS": str(self.tokens_json),
@@ -509,6 +516,21 @@ class Session:
         for name, service in services.items():
             self.progress(f"starting {name}: {' '.join(service.command[1:])}")
             self.services[name] = service.start()
+
+    def dedup_table(self) -> None:
+        """The shared dedup table's size per id (issue 10: at most 64 bytes), and how many ids it held at the end."""
+        from tidegate._native import DedupWindow  # noqa: PLC0415
+
+        path = self.workdir / "tidegate" / "state" / "dedup.tbl"
+        if not path.exists():
+            return
+        window = DedupWindow(path)
+        self.results["dedup_table"] = {
+            "path": str(path),
+            "file_bytes": path.stat().st_size,
+            "bytes_per_id": window.bytes_per_id,
+            "ids_held": len(window),
+        }
 
     def stop(self) -> None:
         for service in self.services.values():
@@ -907,6 +929,12 @@ def markdown(results: Mapping[str, Any]) -> str:
             f"| {target['target']} | {target['wanted']} | {fmt(target['value'], 2)} | "
             f"{'yes' if target['met'] else '**no**'} |"
         )
+    if table := results.get("dedup_table"):
+        lines += [
+            "",
+            f"Shared dedup table: {fmt(table['bytes_per_id'], 1)} bytes per id at capacity "
+            f"({fmt(table['file_bytes'] / 1e6, 1)} MB file, {fmt(table['ids_held'])} ids held at the end).",
+        ]
     for part in ("overload", "overload_honouring"):
         overload = results.get(part)
         if not overload:
@@ -1021,6 +1049,7 @@ def options_from(args: argparse.Namespace) -> Options:
         options.duration = args.duration
     if args.no_locust:
         options.locust = False
+    options.workers = args.workers
     for item in args.env or []:
         name, _, value = item.partition("=")
         options.extra_env[name] = value
@@ -1063,6 +1092,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="TIDEGATE_MAX_IN_FLIGHT_RECORDS for the session (default: tidegate's own default)",
     )
     parser.add_argument("--env", action="append", metavar="NAME=VALUE", help="extra environment for tidegate")
+    parser.add_argument("--workers", type=int, default=1, help="Granian workers of every server (default 1)")
     parser.add_argument(
         "--only",
         help="comma-separated parts to run: " + ",".join(s.name for s in SCENARIOS) + ",overload,locust (default: all)",
@@ -1122,6 +1152,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             session.locust_scenarios()
             if capacity:
                 session.locust_ramp(capacity)
+        session.dedup_table()
     finally:
         session.stop()
     results["machine"]["loadavg_after"] = os.getloadavg()
