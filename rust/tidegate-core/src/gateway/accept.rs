@@ -1,5 +1,6 @@
 //! [`Gateway::accept`]: one body, from its bytes to its rendered answer and the sequence to await.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::io;
 
@@ -68,7 +69,7 @@ pub struct Answer {
     /// The append hit the spool's quota.
     pub spool_full: bool,
     /// A refusal's problem type (`malformed`, `invalid`...).
-    pub slug: Option<&'static str>,
+    pub slug: Option<Cow<'static, str>>,
     /// Records written, awaiting durability.
     pub records: usize,
     /// Records in the body.
@@ -91,7 +92,7 @@ impl Answer {
             body,
             durable_end,
             spool_full: false,
-            slug: Some(problem.slug),
+            slug: Some(problem.slug.clone()),
             records: 0,
             total: 0,
             rejected: 0,

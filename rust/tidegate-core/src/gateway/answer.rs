@@ -1,6 +1,8 @@
 //! Rendering answers: JSON exactly as Python's `json.dumps(document, separators=(",", ":"))` writes it (ASCII
 //! only, `\uXXXX` escapes), RFC 9457 problem documents, and the archive keys of accepted records.
 
+use std::borrow::Cow;
+
 use crate::batch::hex;
 use crate::dedup::Id;
 use crate::validator::Issue;
@@ -126,7 +128,7 @@ pub struct FieldError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem {
     pub status: u16,
-    pub slug: &'static str,
+    pub slug: Cow<'static, str>,
     pub detail: String,
     pub errors: Vec<FieldError>,
     pub headers: Vec<(&'static str, Vec<u8>)>,
@@ -149,10 +151,10 @@ pub fn title(status: u16) -> &'static str {
 }
 
 impl Problem {
-    pub fn new(status: u16, slug: &'static str, detail: impl Into<String>) -> Problem {
+    pub fn new(status: u16, slug: impl Into<Cow<'static, str>>, detail: impl Into<String>) -> Problem {
         Problem {
             status,
-            slug,
+            slug: slug.into(),
             detail: detail.into(),
             errors: Vec::new(),
             headers: Vec::new(),
