@@ -9,12 +9,13 @@ durable before the answer, and the delivery process sends it to `kafka_topic_dea
 and MQTT share this path: the native gateway builds and spools the records (`tidegate._native.Gateway.accept`,
 and `Gateway.quarantine` for MQTT's messages refused before any route; the core's `gateway` and `quarantine`).
 
-Bounded per device: each item costs its bytes plus `ITEM_OVERHEAD` from the device's quarantine budget (a token
-bucket in bytes, `quarantine_device_bytes_per_s` up to `quarantine_device_burst_bytes`, in a memory-mapped table
-shared by the host's workers). Past the budget an item is counted in `tidegate_quarantine_dropped_total` and
-not stored; the client's answer is the same either way. Requests refused before their body is read (no or an
-unknown key, a bad header, shed, over the device's rate) are not quarantined: without a key there is no device to
-charge, so anyone could fill the spool, and a request refused on its headers has nothing to investigate.
+Bounded per device: each item costs its bytes plus 256 (the core's `gateway::accept::ITEM_OVERHEAD`) from the
+device's quarantine budget (a token bucket in bytes, `quarantine_device_bytes_per_s` up to
+`quarantine_device_burst_bytes`, in a memory-mapped table shared by the host's workers). Past the budget an item is
+counted in `tidegate_quarantine_dropped_total` and not stored; the client's answer is the same either way. Requests
+refused before their body is read (no or an unknown key, a bad header, shed, over the device's rate) are not
+quarantined: without a key there is no device to charge, so anyone could fill the spool, and a request refused on its
+headers has nothing to investigate.
 """
 
 from __future__ import annotations
