@@ -11,11 +11,13 @@ __all__ = [
     "MAX_RECORD_BYTES",
     "MAX_TRACEPARENT_BYTES",
     "MAX_TRACESTATE_BYTES",
+    "Accepted",
     "Contract",
     "DedupWindow",
     "DeviceAlerts",
     "DeviceSnapshot",
     "DeviceTable",
+    "Gateway",
     "GroupCommit",
     "InvalidHeader",
     "Issue",
@@ -674,3 +676,133 @@ class DeviceAlerts:
     def alerts(self) -> list[tuple[str, str, int, int, str]]:
         """`(kind, device_id, last_seen_ms, interval_ms, event_id)` per alert; kind `device_silence` or
         `device_recovered`."""
+
+@final
+class Gateway:
+    """One worker's accept path (the core's `gateway`): everything a body goes through once its request was
+    admitted, in one call per body without the GIL. `routes` are `(name, kind, validator)`, kind `telemetry`,
+    `batch` or `event`; a route is named by its index. The tables are shared with the host's other workers; the
+    dedup window's lifetimes are its own.
+
+    What a body changes beyond the spool waits for its durability: `settle`, told each commit's outcome before any
+    waiter wakes (the spool writer's hook), commits the claims of the bodies made durable (duplicates for every
+    worker from then on), records their devices as heard and counts them; after a failed commit it releases the
+    claims of every body still waiting, so a retry is never a duplicate of what was not made durable."""
+
+    def __new__(
+        cls,
+        routes: Sequence[tuple[str, Literal["telemetry", "batch", "event"] | str, Validator]],
+        *,
+        spool: Spool,
+        dedup: DedupWindow,
+        decoded_bytes: RateTable,
+        quarantine_budget: RateTable,
+        devices: DeviceTable,
+        archive: bool,
+        duplicates_topic: str,
+        quarantine: bool,
+        dead_letter_topic: str,
+        max_record_bytes: int,
+        max_body_bytes: int,
+    ) -> Gateway: ...
+    def accept(
+        self,
+        route: int,
+        body: bytes,
+        *,
+        content_type: str | None = None,
+        content_encoding: str | None = None,
+        traceparent: str | None = None,
+        tracestate: str | None = None,
+        idempotency_key: str | None = None,
+        device_id: str | None = None,
+        device_from_source: bool = False,
+        priority: str,
+        dry_run: bool = False,
+        source: str = "http",
+        source_headers: Sequence[tuple[str, bytes]] = ...,
+        undecodable_retried: bool = False,
+    ) -> Accepted:
+        """Takes one body: validates it (charging `device_id` its decoded bytes), checks that its records name
+        `device_id` (403 otherwise; with `device_from_source` a telemetry record without device_id is that
+        device's), quarantines what is refused, claims its idempotency keys (`X-Idempotency-Key`, a batch's
+        `batch_id`, in scopes no two devices share) and event ids, appends what is new to the spool (with the
+        archive, duplicate occurrences too) and renders the answer. Nothing is written in a dry run.
+        `source_headers` are added to each quarantined item; with `undecodable_retried` a malformed body is not
+        quarantined (it will be tried another way). ValueError for an unknown route; OSError when a shared table
+        cannot be locked."""
+
+    def quarantine(
+        self,
+        body: bytes,
+        *,
+        status: int,
+        slug: str,
+        detail: str,
+        errors: Sequence[tuple[str, str]],
+        stage: str,
+        content_type: str,
+        route: int | None = None,
+        source: str = "http",
+        source_headers: Sequence[tuple[str, bytes]] = ...,
+    ) -> Accepted:
+        """Quarantines a body refused before any route took it (MQTT's topic that names no route or no device),
+        under the unattributed budget; the answer is the problem (`X-Tidegate-Quarantined` when kept), or a 503
+        when the spool cannot take it."""
+
+    def settle(self, durable_seq: int, failed: bool) -> None:
+        """A commit's outcome, before any waiter is woken (see the class)."""
+
+    @property
+    def waiting(self) -> int:
+        """Bodies waiting for their durability."""
+
+    def counters(self) -> tuple[list[tuple[str, str, int]], list[tuple[str, int]], int, list[int], float, bool]:
+        """Records by `(outcome, priority)` (accepted, duplicate, rejected, dry_run), quarantined records by stage,
+        quarantine items dropped over budget, the ingest lag histogram's counts (per bucket of 100 ms, 1 s, 10 s,
+        1 min, 10 min, 1 h, 1 d, 7 d, then +Inf), their sum, and whether any lag was observed."""
+
+@final
+class Accepted:
+    """One body's answer, rendered: send `status`, `headers` and `body` once `durable_end` is durable (the spool
+    writer's `durable`); a 202 adds `X-Durability` then."""
+
+    @property
+    def status(self) -> int: ...
+    @property
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        """Every header of the answer (content-type and content-length included) but `X-Durability`."""
+
+    @property
+    def body(self) -> bytes: ...
+    @property
+    def durable_end(self) -> int | None:
+        """The spool sequence to await before sending; None: send now (a dry run, a refusal with nothing kept)."""
+
+    @property
+    def spool_full(self) -> bool:
+        """The append hit the spool's quota (the answer is a 503)."""
+
+    @property
+    def slug(self) -> str | None:
+        """A problem's type (`malformed`, `invalid`, `wrong-device`, `spool-full`...)."""
+
+    @property
+    def records(self) -> int:
+        """Records written, awaiting durability."""
+
+    @property
+    def total(self) -> int:
+        """Records in the body."""
+
+    @property
+    def rejected(self) -> int:
+        """Issues of the body's rejected records."""
+
+    @property
+    def device_id(self) -> str | None:
+        """A batch's device."""
+
+    @property
+    def event_id(self) -> str | None:
+        """The first record's event id."""

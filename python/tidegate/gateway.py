@@ -19,14 +19,15 @@ from typing import IO, Any, TypeVar
 from starlette.applications import Starlette
 
 from tidegate._native import Contract, DedupWindow, DeviceTable, RateTable, Spool, Validator
+from tidegate._native import Gateway as NativeGateway
 from tidegate.admission import AdaptiveLimit
+from tidegate.archive import DUPLICATES_TOPIC
 from tidegate.auth import KeyStore
 from tidegate.config import Settings
 from tidegate.delivery.spool import SpoolWriter, cleanup_horizon
 from tidegate.delivery.status import DeliveryStatus
 from tidegate.ingest import IngestEdge, IngestRoute, now_ms
 from tidegate.metrics import Metrics
-from tidegate.quarantine import Quarantine
 from tidegate.silence import SilenceWatch
 
 log = logging.getLogger("tidegate")
@@ -84,6 +85,7 @@ class Gateway:
             route.path: route
             for route in (
                 IngestRoute(
+                    0,
                     "ingest",
                     "/api/v1/ingest",
                     Validator(Contract.telemetry(unknown_fields=unknown_fields), topic=telemetry_topic, **common),
@@ -91,6 +93,7 @@ class Gateway:
                     "telemetry",
                 ),
                 IngestRoute(
+                    1,
                     "batch",
                     "/api/v1/ingest/batch",
                     Validator(
@@ -103,6 +106,7 @@ class Gateway:
                     "batch",
                 ),
                 IngestRoute(
+                    2,
                     "events",
                     "/api/v1/events",
                     Validator(
@@ -151,14 +155,13 @@ class Gateway:
             ),
         )
         self.silence = SilenceWatch(self, self.devices)
-        self.quarantine = Quarantine(
-            settings,
-            self.metrics,
-            device_buckets(
-                "quarantine", settings.quarantine_device_bytes_per_s, settings.quarantine_device_burst_bytes
-            ),
+        #: Bytes each device may have quarantined (`tidegate.quarantine`).
+        self.quarantine_budget = device_buckets(
+            "quarantine", settings.quarantine_device_bytes_per_s, settings.quarantine_device_burst_bytes
         )
         self.spool: Spool | None = None
+        #: The accept path (`tidegate._native.Gateway`), once the spool is open.
+        self.native: NativeGateway | None = None
         self.writer: SpoolWriter | None = None
         self.admission = AdaptiveLimit(
             initial=settings.admission_initial_limit,
@@ -320,7 +323,26 @@ class Gateway:
             quota_bytes=self.settings.spool_quota_bytes,
             retention_seconds=self.settings.spool_retention_seconds,
         )
-        self.writer = SpoolWriter(self.spool, commit_window_ms=self.settings.commit_window_ms)
+        settings = self.settings
+        self.native = NativeGateway(
+            [
+                (route.name, route.kind, route.validator)
+                for route in sorted(self.routes.values(), key=lambda r: r.index)
+            ],
+            spool=self.spool,
+            dedup=self.dedup,
+            decoded_bytes=self.decoded_bytes,
+            quarantine_budget=self.quarantine_budget,
+            devices=self.devices,
+            archive=settings.archive,
+            duplicates_topic=DUPLICATES_TOPIC,
+            quarantine=settings.quarantine,
+            dead_letter_topic=settings.kafka_topic_dead_letter,
+            max_record_bytes=settings.max_record_bytes,
+            max_body_bytes=settings.max_body_bytes,
+        )
+        self.metrics.native = self.native.counters
+        self.writer = SpoolWriter(self.spool, commit_window_ms=settings.commit_window_ms, settle=self.native.settle)
         await self.writer.start()
         now = now_ms()
         # The shared table outlives restarts; only one started anew (missing or damaged) is filled from the spool.

@@ -13,29 +13,18 @@ import logging
 import math
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from starlette.types import Receive, Scope, Send
 
-from tidegate._native import (
-    InvalidHeader,
-    Issue,
-    PayloadError,
-    PayloadTooLarge,
-    QuarantineItem,
-    RecordBatch,
-    SpoolFull,
-    UnsupportedFormat,
-    ValidationResult,
-    Validator,
-)
+from tidegate._native import Accepted, Validator
 from tidegate.admission import request_cost
-from tidegate.archive import DUPLICATES_TOPIC, archive_keys, event_type_of
+from tidegate.archive import event_type_of
 from tidegate.auth import presented_key
 from tidegate.config import PRIORITIES
-from tidegate.problems import Problem, issue_errors
-from tidegate.quarantine import HTTP, QUARANTINED_HEADER, Source, whole_body
+from tidegate.problems import Problem
+from tidegate.quarantine import HTTP, Source
 
 if TYPE_CHECKING:
     from tidegate.gateway import Gateway
@@ -82,6 +71,8 @@ def dry_run_asked(headers: dict[bytes, str]) -> bool:
 
 @dataclass(frozen=True)
 class IngestRoute:
+    index: int
+    """The route's place in the native gateway's routes."""
     name: str
     path: str
     validator: Validator
@@ -100,63 +91,19 @@ class Answer:
     status: int
     body: bytes
     headers: list[tuple[bytes, bytes]]
-    device_id: str | None = None
-    event_id: str | None = None
-    records: int = 0
-    content_type: bytes = b"application/json"
-    rejected: list[Issue] = field(default_factory=list)
-    """The records refused (the body names them; they are quarantined)."""
+    content_type: bytes | None = b"application/json"
+    """None when `headers` are complete (the native gateway's answers carry content-type and content-length)."""
+    native: Accepted | None = None
+    """The native gateway's answer, when it rendered this one (its device, event id, records)."""
 
-
-@dataclass(slots=True)
-class Claimed:
-    """A body `IngestEdge.claim` took: validated, its device checked, its records (and the quarantine records of
-    the rejected ones) claimed in the dedup window. `batch` and `key_claims` are what `persist` makes durable
-    (nothing for a body that repeats an idempotency key)."""
-
-    route: IngestRoute
-    result: ValidationResult
-    batch: RecordBatch
-    key_claims: list[tuple[str, str]]
-    duplicates: set[str]
-    whole_duplicate: bool
-    quarantined: RecordBatch
-    devices: list[str]
-    received: int
-    priority: str
-    dry_run: bool
-    occurrences: RecordBatch
-    """Duplicate occurrences, spooled with `batch` for the archive (empty when it is off)."""
-    source: str
-
-
-class Refused(Exception):
-    """`IngestEdge.claim` refused a body as a whole: `problem` is the answer, once `items` are quarantined
-    (`IngestEdge.refuse`); `rejected_records` are counted then."""
-
-    def __init__(
-        self,
-        problem: Problem,
-        items: list[QuarantineItem],
-        priority: str,
-        source: Source,
-        *,
-        rejected_records: int = 0,
-    ) -> None:
-        super().__init__(problem.detail)
-        self.problem = problem
-        self.items = items
-        self.priority = priority
-        self.source = source
-        self.rejected_records = rejected_records
+    @property
+    def rejected(self) -> int:
+        """Issues of the records refused (the body names them; they are quarantined)."""
+        return self.native.rejected if self.native is not None else 0
 
 
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
-
-
-def json_bytes(document: object) -> bytes:
-    return json.dumps(document, separators=(",", ":")).encode()
 
 
 class IngestEdge:
@@ -224,8 +171,9 @@ class IngestEdge:
                 )
             finally:
                 self.gateway.in_flight_requests -= 1
-        answer.headers.append((b"content-type", answer.content_type))
-        answer.headers.append((b"content-length", str(len(answer.body)).encode()))
+        if answer.content_type is not None:
+            answer.headers.append((b"content-type", answer.content_type))
+            answer.headers.append((b"content-length", str(len(answer.body)).encode()))
         try:
             await send({"type": "http.response.start", "status": answer.status, "headers": answer.headers})
             await send({"type": "http.response.body", "body": answer.body})
@@ -244,13 +192,14 @@ class IngestEdge:
             or random.random() < self.settings.log_sample_rate
         )
         if sampled and log.isEnabledFor(logging.INFO):
+            native = answer.native
             line = {
                 "ts": round(time.time(), 3),
                 "route": route.path,
                 "status": answer.status,
-                "device_id": answer.device_id,
-                "event_id": answer.event_id,
-                "records": answer.records,
+                "device_id": native.device_id if native is not None else None,
+                "event_id": native.event_id if native is not None else None,
+                "records": native.total if native is not None else 0,
                 "ms": round(elapsed * 1000, 3),
             }
             log.info(json.dumps(line, separators=(",", ":")))
@@ -370,54 +319,6 @@ class IngestEdge:
             del self._body_deadlines[task]
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
-    def _validate(
-        self,
-        route: IngestRoute,
-        body: bytes,
-        headers: dict[bytes, str],
-        priority: str,
-        device_id: str | None,
-        *,
-        device_from_source: bool = False,
-        source: str,
-        received: int,
-    ) -> ValidationResult:
-        """Validates the body and charges the device its decoded size (a compressed body that could not be
-        decoded is charged the body limit: what decompressing it cost is not known here). With
-        `device_from_source` a telemetry record that leaves device_id out is `device_id`'s; `source` (`http`,
-        `mqtt`) is each record's `source` header and archive partition."""
-        try:
-            result = route.validator.validate(
-                body,
-                headers.get(b"content-type", "application/json"),
-                headers.get(b"content-encoding"),
-                received_at_ms=received,
-                priority=priority,
-                source=source,
-                traceparent=headers.get(b"traceparent"),
-                tracestate=headers.get(b"tracestate"),
-                idempotency_key=headers.get(b"x-idempotency-key"),
-                device_id=device_id if device_from_source else None,
-            )
-        except PayloadError as error:
-            encoding = headers.get(b"content-encoding", "identity").strip().lower()
-            self._charge_decoded(device_id, len(body) if encoding == "identity" else self.settings.max_body_bytes)
-            if isinstance(error, InvalidHeader):
-                raise Problem(
-                    400, "invalid-header", str(error), [{"path": f"header:{error.header}", "message": str(error)}]
-                ) from None
-            if isinstance(error, PayloadTooLarge):
-                raise Problem(413, "too-large", str(error)) from None
-            if isinstance(error, UnsupportedFormat):
-                raise Problem(415, "unsupported-media-type", str(error)) from None
-            raise Problem(400, "malformed", str(error)) from None
-        self._charge_decoded(device_id, result.decoded_bytes)
-        return result
-
-    def _charge_decoded(self, device_id: str | None, size: int) -> None:
-        if device_id is not None:
-            self.gateway.decoded_bytes.charge(device_id, time.time_ns() // 1000, float(size))
-
     async def ingest(self, route: IngestRoute, headers: dict[bytes, str], receive: Receive) -> Answer:
         device_id, priority = self._admit(route, headers)
         ack = headers.get(b"x-ack", "spool").strip().lower()
@@ -452,36 +353,21 @@ class IngestEdge:
         source: Source = HTTP,
         device_from_source: bool = False,
     ) -> Answer:
-        """The pipeline shared by HTTP and MQTT once a body is admitted: validate, check the device, dedup, spool
-        (durable when this returns; with `dry_run`, nothing is written), answer. `device_id` is the authenticated
-        device (HTTP's key, MQTT's topic), which every telemetry record must name; with `device_from_source` (MQTT,
-        whose topic is the device) a telemetry record that leaves device_id out is that device's. Raises Problem
-        for a body that cannot be taken as a whole. What is refused is quarantined (`tidegate.quarantine`), durably,
-        before the answer: the rejected records with the accepted ones, a body refused as a whole before the Problem.
-
-        With the archive on, duplicate occurrences are spooled too, on `DUPLICATES_TOPIC` (the forwarder never
-        sends it; the archive records them as `DUPLICATE`), and each record's answer carries its `archive_key`."""
-        try:
-            claimed = self.claim(
-                route,
-                body,
-                headers,
-                device_id,
-                priority,
-                dry_run=dry_run,
-                source=source,
-                device_from_source=device_from_source,
-            )
-        except Refused as refusal:
-            raise await self.refuse(
-                refusal, body=body, route=route, device_id=device_id, headers=headers, dry_run=dry_run
-            ) from None
-        durability = (
-            "none" if dry_run else await self.persist(claimed.batch, claimed.key_claims, headers, claimed.occurrences)
+        """The pipeline shared by HTTP and MQTT once a body is admitted: `accept` (one native call), then the
+        answer once what it wrote is durable (`deliver`)."""
+        accepted = self.accept(
+            route,
+            body,
+            headers,
+            device_id,
+            priority,
+            dry_run=dry_run,
+            source=source,
+            device_from_source=device_from_source,
         )
-        return self.answer(claimed, durability)
+        return await self.deliver(accepted, kafka=headers.get(b"x-ack", "").strip().lower() == "kafka")
 
-    def claim(
+    def accept(
         self,
         route: IngestRoute,
         body: bytes,
@@ -492,252 +378,67 @@ class IngestEdge:
         dry_run: bool,
         source: Source = HTTP,
         device_from_source: bool = False,
-    ) -> Claimed:
-        """`ingest_body` up to the spool: validates, checks the device, builds the quarantine records of rejected
-        ones and claims the records (and idempotency keys) in the dedup window. What it returns is for `persist`,
-        then `answer`; several bodies' claims may share one `persist` (MQTT takes the messages of one read so).
-        Raises Refused, with nothing claimed, for a body refused as a whole (`refuse` quarantines it)."""
-        content_type = headers.get(b"content-type", "application/json")
-        received = now_ms()
-        try:
-            result = self._validate(
-                route,
-                body,
-                headers,
-                priority,
-                device_id,
-                device_from_source=device_from_source,
-                source=source.name,
-                received=received,
-            )
-        except Problem as undecodable:
-            # A bad header is refused before any record is looked at: nothing there to investigate.
-            if undecodable.slug == "invalid-header" or (source.undecodable_retried and undecodable.slug == "malformed"):
-                raise Refused(undecodable, [], priority, source) from None
-            raise Refused(
-                undecodable, [whole_body(body, undecodable, "decode", content_type)], priority, source
-            ) from None
-        dedup = self.gateway.dedup
-        batch = result.batch
-        if route.kind == "batch":
-            devices = [result.device_id] if result.device_id is not None else []
-        else:
-            devices = batch.distinct_keys() if route.kind == "telemetry" else []
-        if device_id is not None and route.kind != "event":
-            foreign = [owner for owner in devices if owner != device_id]
-            if foreign:
-                wrong_device = Problem(
-                    403,
-                    "wrong-device",
-                    f"the key belongs to {device_id}, not {foreign[0]}",
-                    [{"path": "$.device_id", "message": f"must be {device_id}"}],
-                )
-                raise Refused(wrong_device, [whole_body(body, wrong_device, "auth", content_type)], priority, source)
-        if result.accepted == 0:
-            invalid = Problem(400, "invalid", f"no record of {result.total} is valid", issue_errors(result.rejected))
-            raise Refused(invalid, result.quarantine, priority, source, rejected_records=result.total)
-        quarantined = RecordBatch()
-        if not dry_run and (items := result.quarantine):
-            # Kept with the accepted records: durable with them, before the answer.
-            quarantined = self.gateway.quarantine.records(
-                items,
-                body=body,
-                source=source,
-                device_id=device_id,
-                schema=route.validator.contract.name,
-                priority=priority,
-                headers=headers,
-                received_ms=received,
-            )
-            batch.extend(quarantined)
-        archive = self.settings.archive
-        occurrences = RecordBatch()  # the duplicate occurrences, for the archive
-        key_claims: list[tuple[str, str]] = []
-        duplicates: set[str] = set()
-        whole_duplicate = False
-        idempotency_key = headers.get(b"x-idempotency-key")
-        # Without auth the devices named in the body own the key.
-        owner = device_id or result.device_id or ",".join(devices) or "-"
-        # Scopes name the kind of key first and the device last (device ids hold no ':'): no two devices, and no
-        # header key and batch_id, can share one.
-        if idempotency_key:
-            key_claims.append((f"header:{route.name}:{owner}", idempotency_key))
-        if route.kind == "batch" and result.batch_id is not None:
-            key_claims.append((f"batch_id:{result.device_id}", result.batch_id))
-        if dry_run:
-            whole_duplicate = any(dedup.contains_key(scope, key, received) for scope, key in key_claims)
-            duplicates = {eid for eid in result.event_ids if eid is not None and dedup.contains(eid, received)}
-        else:
-            claimed = []
-            for scope, key in key_claims:
-                if dedup.claim_key(scope, key, received):
-                    claimed.append((scope, key))
-                else:
-                    whole_duplicate = True
-            if whole_duplicate:
-                for scope, key in claimed:
-                    dedup.release_key(scope, key)
-                if archive:
-                    occurrences = batch.moved_to(DUPLICATES_TOPIC)
-                # Nothing to write: persisting the empty batch waits for what it repeats to be durable.
-                batch, key_claims = RecordBatch(), []
-            elif archive:
-                duplicates = set(
-                    dedup.claim_batch(batch, received, duplicates=occurrences, duplicates_topic=DUPLICATES_TOPIC)
-                )
-            else:
-                duplicates = set(dedup.claim_batch(batch, received))
-        if whole_duplicate:
-            duplicates = {eid for eid in result.event_ids if eid is not None}
-        return Claimed(
-            route,
-            result,
-            batch,
-            key_claims,
-            duplicates,
-            whole_duplicate,
-            quarantined,
-            devices,
-            received,
-            priority,
-            dry_run,
-            occurrences,
-            source.name,
-        )
-
-    def answer(self, claimed: Claimed, durability: str) -> Answer:
-        """The answer to a claimed body once `persist` made it durable (`durability`; "none" for a dry run)."""
-        if not claimed.dry_run and claimed.devices:
-            # Heard (a repeat too: the device is alive); a dry run changes nothing.
-            self.gateway.devices.seen(claimed.devices, claimed.received)
-        answer = self._answer(
-            claimed.route,
-            claimed.result,
-            duplicates=claimed.duplicates,
-            durability=durability,
-            dry_run=claimed.dry_run,
-            priority=claimed.priority,
-            archived_as=(claimed.source, claimed.received) if self.settings.archive and not claimed.dry_run else None,
-        )
-        quarantined = claimed.quarantined
-        if len(quarantined):
-            if not claimed.whole_duplicate:
-                self.gateway.quarantine.count(quarantined, claimed.duplicates)
-            answer.headers.append((QUARANTINED_HEADER.lower().encode(), str(len(quarantined)).encode()))
-        answer.rejected = claimed.result.rejected
-        return answer
-
-    async def refuse(
-        self,
-        refusal: Refused,
-        *,
-        body: bytes,
-        route: IngestRoute,
-        device_id: str | None,
-        headers: dict[bytes, str],
-        dry_run: bool,
-    ) -> Problem:
-        """Quarantines what a body `claim` refused leaves behind (not in a dry run) and returns the problem."""
-        if refusal.rejected_records:
-            self.metrics.records.inc(("rejected", refusal.priority), refusal.rejected_records)
-        if not refusal.items or dry_run:
-            return refusal.problem
-        return await self.quarantine(
-            refusal.problem,
-            refusal.items,
-            body=body,
-            route=route,
+    ) -> Accepted:
+        """Takes a body in one native call without the GIL (`tidegate._native.Gateway.accept`): validates it, checks
+        its device (`device_id`, the authenticated one, which every telemetry record must name; with
+        `device_from_source`, MQTT's, a telemetry record that leaves device_id out is that device's), quarantines
+        what is refused (`tidegate.quarantine`), claims its records and idempotency keys in the shared dedup
+        window, appends them to the spool (nothing in a dry run) and renders the answer. With the archive on,
+        duplicate occurrences are spooled too, on `DUPLICATES_TOPIC`, and each record's answer carries its
+        `archive_key`. Several bodies' appends may share one commit (MQTT takes the messages of one read so)."""
+        native = self.gateway.native
+        assert native is not None
+        return native.accept(
+            route.index,
+            body,
+            content_type=headers.get(b"content-type"),
+            content_encoding=headers.get(b"content-encoding"),
+            traceparent=headers.get(b"traceparent"),
+            tracestate=headers.get(b"tracestate"),
+            idempotency_key=headers.get(b"x-idempotency-key"),
             device_id=device_id,
-            priority=refusal.priority,
-            headers=headers,
-            source=refusal.source,
-        )
-
-    async def quarantine(
-        self,
-        problem: Problem,
-        items: list[QuarantineItem],
-        *,
-        body: bytes,
-        route: IngestRoute | None,
-        device_id: str | None,
-        priority: str | None,
-        headers: dict[bytes, str],
-        source: Source,
-    ) -> Problem:
-        """Quarantines what a refusal (`problem`) leaves behind, durably, and returns the problem to answer, its
-        `X-Tidegate-Quarantined` header saying how many items were kept. A spool that cannot take them is the
-        503 any write would get: the client's retry is quarantined then."""
-        received = now_ms()
-        records = self.gateway.quarantine.records(
-            items,
-            body=body,
-            source=source,
-            device_id=device_id,
-            schema=route.validator.contract.name if route is not None else None,
+            device_from_source=device_from_source,
             priority=priority,
-            headers=headers,
-            received_ms=received,
+            dry_run=dry_run,
+            source=source.name,
+            source_headers=list(source.headers),
+            undecodable_retried=source.undecodable_retried,
         )
-        if not len(records):
-            return problem
-        kept = len(records)
-        duplicates = set(self.gateway.dedup.claim_batch(records, received))
-        await self.persist(records, [], {})
-        self.gateway.quarantine.count(records, duplicates)
-        problem.headers.append((QUARANTINED_HEADER, str(kept)))
-        return problem
 
-    async def persist(
-        self,
-        batch: RecordBatch,
-        key_claims: list[tuple[str, str]],
-        headers: dict[bytes, str],
-        occurrences: RecordBatch | None = None,
-    ) -> str:
-        """Makes the batch durable (spool, and Kafka when asked); its dedup claims are released if that fails, and
-        committed once it is durable (from then on they are duplicates for the other workers too).
-
-        `occurrences` (duplicate occurrences, for the archive) are appended in the same append as the batch (both or
-        neither: a request answered 503 records no occurrence) and made durable with it; their ids are never
-        claimed, released or committed here: they belong to records spooled before.
-
-        A record answered `duplicate` may repeat one that is still on its way to disk, so an answer is given only
-        once everything appended before it is durable too, and fails with it: an empty batch (every record a
-        repeat) waits for that alone. The claims are released inside the failure, before any retry can run."""
+    async def deliver(self, accepted: Accepted, *, kafka: bool = False) -> Answer:
+        """The answer of an accepted body once what it wrote is durable (and, with `kafka`, acknowledged by the
+        broker, within `kafka_ack_timeout_s`). A duplicate's answer waits for what was appended before it, and fails
+        with it. Raises Problem (503) when the spool could not take it or its commit failed: its claims were
+        released before any other request could run (`Gateway.settle`)."""
+        if accepted.spool_full:
+            self.gateway.spool_full = True
+        end = accepted.durable_end
+        answer = Answer(accepted.status, accepted.body, accepted.headers, content_type=None, native=accepted)
+        if end is None:
+            if accepted.status == 202:
+                answer.headers.insert(0, (b"x-durability", b"none"))
+            return answer
         writer = self.gateway.writer
         assert writer is not None
-
-        def release() -> None:
-            self.gateway.dedup.release_batch(batch)
-            for scope, key in key_claims:
-                self.gateway.dedup.release_key(scope, key)
-
-        records = len(batch)
-        written = batch
-        if occurrences is not None and len(occurrences):
-            # Only on the duplicate path: one copy of the accepted records, so that one append holds both.
-            written = RecordBatch()
-            written.extend(batch)
-            written.extend(occurrences)
+        records = accepted.records
         self.gateway.in_flight_records += records
         try:
-            end = await (writer.write(written, release) if len(written) else writer.settle(release))
-        except (SpoolFull, OSError) as error:
-            self.gateway.spool_full = self.gateway.spool_full or isinstance(error, SpoolFull)
+            await writer.durable(end)
+        except OSError:
             raise Problem(
                 503,
-                "spool-full" if isinstance(error, SpoolFull) else "spool-error",
+                "spool-error",
                 "the local spool cannot take more data right now",
                 headers=[("Retry-After", "5")],
             ) from None
         finally:
             self.gateway.in_flight_records -= records
-        if records or key_claims:
-            self.gateway.dedup.commit(batch, key_claims)
-        if headers.get(b"x-ack", "").strip().lower() == "kafka":
-            return "kafka" if await self._wait_delivered(end, self.settings.kafka_ack_timeout_s) else "spool"
-        return "spool"
+        if accepted.status == 202:
+            durability = (
+                b"kafka" if kafka and await self._wait_delivered(end, self.settings.kafka_ack_timeout_s) else b"spool"
+            )
+            answer.headers.insert(0, (b"x-durability", durability))
+        return answer
 
     async def _wait_delivered(self, seq: int, timeout: float) -> bool:
         """True once the delivery process saw the broker acknowledge every record of this spool below `seq`
@@ -767,135 +468,3 @@ class IngestEdge:
             for seq, future in self._delivered_waiters:
                 if seq <= delivered and not future.done():
                     future.set_result(None)
-
-    def _answer(
-        self,
-        route: IngestRoute,
-        result: ValidationResult,
-        *,
-        duplicates: set[str],
-        durability: str,
-        dry_run: bool,
-        priority: str,
-        archived_as: tuple[str, int] | None,
-    ) -> Answer:
-        """The answer's body. `archived_as` (the source and the reception time) adds each record's `archive_key`."""
-        counts, total = result.lag_histogram(self._lag_bounds)
-        self.metrics.lag.observe_counts(counts, total)
-        rejected, warnings = result.rejected, result.warnings
-        warnings_by_index: dict[int, list[str]] = {}
-        for warning in warnings:
-            if warning.index is not None:
-                warnings_by_index.setdefault(warning.index, []).append(warning.message)
-        response_headers = [(b"x-durability", durability.encode())]
-        if warnings:
-            response_headers.append((b"x-tidegate-flagged", b"true"))
-        if route.kind == "batch":
-            summary: dict[str, object] = {
-                "status": "accepted",
-                "batch_id": result.batch_id,
-                "device_id": result.device_id,
-                "readings_count": result.total,
-                "accepted": result.accepted,
-                "duplicates": 0,
-                "rejected": 0,
-                "results": [],
-                "warnings": [{"index": i, "messages": m} for i, m in sorted(warnings_by_index.items())],
-            }
-            if (
-                not duplicates
-                and not rejected
-                and not dry_run
-                and result.batch.count(route.validator.topic) == result.accepted
-            ):
-                # Every reading accepted and nothing dropped as a repeat: no per-reading results to build.
-                self.metrics.records.inc(("accepted", priority), result.accepted)
-                return Answer(
-                    202, json_bytes(summary), response_headers, records=result.total, device_id=result.device_id
-                )
-        event_ids = result.event_ids
-        lags = result.ingest_lag_ms
-        keys: list[str | None] = [None] * len(event_ids)
-        if archived_as is not None:
-            keys = archive_keys(archived_as[0], route.event_type, archived_as[1], lags, event_ids)
-        rejected_by_index: dict[int, list[dict[str, object]]] = {}
-        for issue in rejected:
-            if issue.index is not None:
-                rejected_by_index.setdefault(issue.index, []).append({"path": issue.path, "message": issue.message})
-        seen: set[str] = set()
-
-        def status_of(eid: str | None) -> str:
-            if eid is None:
-                return "rejected"
-            if eid in duplicates or eid in seen:
-                return "duplicate"
-            seen.add(eid)
-            return "accepted"
-
-        statuses = [status_of(eid) for eid in event_ids]
-        for outcome in ("accepted", "duplicate", "rejected"):
-            if count := statuses.count(outcome):
-                # A dry run's records are counted apart: nothing of them was written.
-                counted = "dry_run" if dry_run and outcome != "rejected" else outcome
-                self.metrics.records.inc((counted, priority), count)
-        document: dict[str, object]
-        if route.kind == "telemetry" and not result.sequence:
-            document = {
-                "status": statuses[0],
-                "event_id": event_ids[0],
-                "ingest_lag_ms": lags[0],
-                "warnings": warnings_by_index.get(0, []),
-            }
-            if keys[0] is not None:
-                document["archive_key"] = keys[0]
-        elif route.kind == "batch":
-            document = summary | {
-                "status": "duplicate" if all(s == "duplicate" for s in statuses if s != "rejected") else "accepted",
-                "accepted": statuses.count("accepted"),
-                "duplicates": statuses.count("duplicate"),
-                "rejected": statuses.count("rejected"),
-                "results": [
-                    {"index": i, "status": s, "event_id": event_ids[i], "reason": rejected_by_index.get(i)}
-                    if s == "rejected"
-                    else {"index": i, "status": s, "event_id": event_ids[i]}
-                    | ({"archive_key": keys[i]} if keys[i] is not None else {})
-                    for i, s in enumerate(statuses)
-                    if s != "accepted"
-                ],
-            }
-        else:
-            items = []
-            for i, status in enumerate(statuses):
-                item: dict[str, object] = {
-                    "index": i,
-                    "status": status.upper() if route.kind == "event" else status,
-                    "event_id": event_ids[i],
-                    "ingest_lag_ms": lags[i],
-                }
-                if keys[i] is not None:
-                    item["archive_key"] = keys[i]
-                if status == "rejected":
-                    item["errors"] = rejected_by_index.get(i, [])
-                if i in warnings_by_index:
-                    item["warnings"] = warnings_by_index[i]
-                items.append(item)
-            if not result.sequence:
-                document = dict(items[0])
-                del document["index"]
-            else:
-                document = {
-                    "accepted": statuses.count("accepted"),
-                    "duplicates": statuses.count("duplicate"),
-                    "rejected": statuses.count("rejected"),
-                    "results": items,
-                }
-        if dry_run:
-            document["dry_run"] = True
-        return Answer(
-            202,
-            json_bytes(document),
-            response_headers,
-            event_id=event_ids[0],
-            records=result.total,
-            device_id=result.device_id,
-        )

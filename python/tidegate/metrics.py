@@ -9,6 +9,8 @@ import bisect
 from collections.abc import Callable, Iterable
 
 LabelValues = tuple[str, ...]
+#: `tidegate._native.Gateway.counters()`.
+NativeCounts = tuple[list[tuple[str, str, int]], list[tuple[str, int]], int, list[int], float, bool]
 
 
 def _labels(names: tuple[str, ...], values: LabelValues) -> str:
@@ -136,11 +138,24 @@ class Metrics:
         )
         self.quarantine_dropped.inc((), 0)
         self.gauges: list[Gauge] = []
+        #: The native gateway's counts (`tidegate._native.Gateway.counters`), once it runs: records, quarantined
+        #: records, quarantine drops and the ingest lag are counted there, per request, without the GIL.
+        self.native: Callable[[], NativeCounts] | None = None
+
+    def _read_native(self) -> None:
+        if self.native is None:
+            return
+        records, quarantined, dropped, lag, lag_sum, lag_observed = self.native()
+        self.records.values = {(outcome, priority): float(n) for outcome, priority, n in records}
+        self.quarantined.values = {(stage,): float(n) for stage, n in quarantined}
+        self.quarantine_dropped.values = {(): float(dropped)}
+        self.lag.series = {(): [*map(float, lag), lag_sum]} if lag_observed else {}
 
     def gauge(self, name: str, help_text: str, read: Callable[[], float]) -> None:
         self.gauges.append(Gauge(name, help_text, read))
 
     def render(self) -> str:
+        self._read_native()
         lines: list[str] = []
         for metric in (self.requests, self.records, self.shed, self.rate_limited, self.latency, self.lag):
             lines.extend(metric.render())

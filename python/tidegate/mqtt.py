@@ -55,16 +55,15 @@ from paho.mqtt.properties import Properties, VariableByteIntegers
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from tidegate._native import RecordBatch
 from tidegate.auth import KeyEntry, KeyStore, mosquitto_hash, mqtt_username
 from tidegate.config import Settings
-from tidegate.ingest import Refused
 from tidegate.problems import Problem
-from tidegate.quarantine import Source, whole_body
+from tidegate.quarantine import Source
 
 if TYPE_CHECKING:
+    from tidegate._native import Accepted
     from tidegate.gateway import Gateway
-    from tidegate.ingest import Answer, Claimed, IngestRoute
+    from tidegate.ingest import Answer, IngestRoute
 
 log = logging.getLogger("tidegate")
 
@@ -507,56 +506,60 @@ class MqttSource:
     # ----- messages taken together
 
     async def _take_together(self, messages: list[_Message]) -> None:
-        """Validates and claims each message, writes the records of all (and the quarantine records of their
-        rejected ones) to the spool at once and waits for the one commit that makes them durable, then acknowledges
-        them: the pipeline's per-message cost on the worker's loop is its own work, not a task, a spool write and a
-        wait each. A message that cannot be taken so (no route, admission would wait, a payload refused as a whole,
-        a spool that cannot take it now) is taken on its own, as `_take` takes it, from where it stopped."""
-        edge, gateway = self.gateway.edge, self.gateway
-        claims: list[tuple[_Message, IngestRoute, str, Claimed]] = []
+        """Takes each message (`IngestEdge.accept`: validated, claimed, appended to the spool with the quarantine
+        records of its rejected ones), waits for the commit that makes them all durable, then acknowledges them:
+        the pipeline's per-message cost on the worker's loop is its own work, not a task and a wait each. A message
+        that cannot be taken so (no route, admission would wait, a payload refused as a whole, a spool that cannot
+        take it now) is taken on its own, as `_take` takes it, from where it stopped."""
+        edge = self.gateway.edge
+        taken: list[tuple[_Message, IngestRoute, str, Accepted]] = []
         for message in messages:
             matched = self._route_of(message.topic)
             if matched is None or self.settings.dry_run or self._admission(*matched) > 0:
                 self._spawn(self._finish(message, self._take(message)))  # it asks for admission again: nothing taken
                 continue
             route, device_id = matched
-            content_type = content_type_of(message.content_type, message.payload)
-            try:
-                claimed = edge.claim(
-                    route,
-                    message.payload,
-                    {b"content-type": content_type},
-                    device_id,
-                    route.priority,
-                    dry_run=False,
-                    source=self._source(message.topic),
-                    device_from_source=True,
-                )
-            except Refused:
-                # Nothing was claimed (nor quarantined): taken again on its own, which quarantines what it must.
-                self._spawn(self._finish(message, self._take_admitted(message, route, device_id)))
+            accepted = self._accept(message, route, device_id)
+            if accepted.status >= 400:
+                # Refused as a whole (quarantined, or to be tried as NDJSON), or the spool cannot take it now.
+                self._spawn(self._finish(message, self._take_admitted(message, route, device_id, accepted)))
                 continue
-            claims.append((message, route, device_id, claimed))
-        if not claims:
+            taken.append((message, route, device_id, accepted))
+        if not taken:
             return
-        together, key_claims = RecordBatch(), []
-        for *_, claimed in claims:
-            together.extend(claimed.batch)
-            key_claims.extend(claimed.key_claims)
-        gateway.in_flight_requests += len(claims)
+        self.gateway.in_flight_requests += len(taken)
         try:
-            durability = await edge.persist(together, key_claims, {})
-        except Problem:
-            # Nothing of them is durable and their claims are released: each waits for the spool on its own.
-            for message, route, device_id, _ in claims:
-                self._spawn(self._finish(message, self._take_admitted(message, route, device_id)))
-            return
+            for message, route, device_id, accepted in taken:
+                try:
+                    answer = await edge.deliver(accepted)
+                except Problem:
+                    # Not durable and its claims released: it waits for the spool on its own.
+                    self._spawn(self._finish(message, self._take_admitted(message, route, device_id)))
+                    continue
+                self.gateway.metrics.mqtt_messages.inc((self._outcome(message, answer),))
+                self._acknowledge(message)
         finally:
-            gateway.in_flight_requests -= len(claims)
-        for message, _, _, claimed in claims:
-            outcome = self._outcome(message, edge.answer(claimed, durability))
-            gateway.metrics.mqtt_messages.inc((outcome,))
-            self._acknowledge(message)
+            self.gateway.in_flight_requests -= len(taken)
+
+    def _accept(
+        self, message: _Message, route: IngestRoute, device_id: str, content_type: str | None = None
+    ) -> Accepted:
+        """`IngestEdge.accept` of one message; `content_type` overrides the one the message gives (or guesses)."""
+        payload = message.payload
+        content_type = content_type or content_type_of(message.content_type, payload)
+        # No content type travels with MQTT 3.1.1: JSON that is not one document may be NDJSON, tried next, so the
+        # first try does not quarantine a body it cannot decode.
+        may_be_ndjson = content_type == "application/json" and b"\n" in payload.strip()
+        return self.gateway.edge.accept(
+            route,
+            payload,
+            {b"content-type": content_type},
+            device_id,
+            route.priority,
+            dry_run=self.settings.dry_run,
+            source=self._source(message.topic, may_be_ndjson),
+            device_from_source=True,
+        )
 
     # ----- one message
 
@@ -603,21 +606,22 @@ class MqttSource:
         await self._admit(route, device_id)
         return await self._take_admitted(message, route, device_id)
 
-    async def _take_admitted(self, message: _Message, route: IngestRoute, device_id: str) -> str:
-        """`_take` once admitted."""
-        topic, payload = message.topic, message.payload
-        content_type = content_type_of(message.content_type, payload)
-        # No content type travels with MQTT 3.1.1: JSON that is not one document may be NDJSON, tried next, so the
-        # first try does not quarantine a body it cannot decode.
-        may_be_ndjson = content_type == "application/json" and b"\n" in payload.strip()
+    async def _take_admitted(
+        self, message: _Message, route: IngestRoute, device_id: str, accepted: Accepted | None = None
+    ) -> str:
+        """`_take` once admitted (and `accepted` once, if it was). A JSON payload that cannot be decoded but holds
+        lines is tried again as NDJSON (only then quarantined)."""
+        topic = message.topic
         try:
-            answer = await self._ingest(route, payload, content_type, device_id, self._source(topic, may_be_ndjson))
+            answer = await self._ingest(message, route, device_id, accepted)
         except Problem as problem:
+            content_type = content_type_of(message.content_type, message.payload)
+            may_be_ndjson = content_type == "application/json" and b"\n" in message.payload.strip()
             if not (may_be_ndjson and problem.slug == "malformed"):
                 self._count_dead_letter(topic, problem)
                 return "dead_lettered"
             try:
-                answer = await self._ingest(route, payload, "application/x-ndjson", device_id, self._source(topic))
+                answer = await self._ingest(message, route, device_id, None, "application/x-ndjson")
             except Problem as refused:
                 self._count_dead_letter(topic, refused)
                 return "dead_lettered"
@@ -626,9 +630,7 @@ class MqttSource:
     def _outcome(self, message: _Message, answer: Answer) -> str:
         """A taken message's outcome; its refused records (quarantined with the others) are counted."""
         if answer.rejected:
-            self._count_dead_letter(
-                message.topic, Problem(400, "invalid", f"{len(answer.rejected)} record(s) rejected")
-            )
+            self._count_dead_letter(message.topic, Problem(400, "invalid", f"{answer.rejected} record(s) rejected"))
             return "partly_dead_lettered"
         return "accepted"
 
@@ -655,28 +657,33 @@ class MqttSource:
             await asyncio.sleep(wait)
 
     async def _ingest(
-        self, route: IngestRoute, payload: bytes, content_type: str, device_id: str, source: Source
+        self,
+        message: _Message,
+        route: IngestRoute,
+        device_id: str,
+        accepted: Accepted | None,
+        content_type: str | None = None,
     ) -> Answer:
-        """The HTTP pipeline; a spool that cannot take the message now (HTTP's 503) is waited for, never dropped."""
+        """The HTTP pipeline (`accept`, unless `accepted` was, then `deliver`); raises Problem for a payload refused
+        as a whole (quarantined once durable); a spool that cannot take the message now (HTTP's 503) is waited for,
+        never dropped."""
         gateway = self.gateway
         while True:
             gateway.in_flight_requests += 1
             try:
-                return await gateway.edge.ingest_body(
-                    route,
-                    payload,
-                    {b"content-type": content_type},
-                    device_id,
-                    route.priority,
-                    dry_run=gateway.settings.dry_run,
-                    source=source,
-                    device_from_source=True,
-                )
+                if accepted is None:
+                    accepted = self._accept(message, route, device_id, content_type)
+                answer = await gateway.edge.deliver(accepted)
+                if answer.status < 400:
+                    return answer
+                if answer.status < 500:
+                    raise Problem(answer.status, accepted.slug or "refused", "refused as a whole")
             except Problem as problem:
                 if problem.status < 500:
                     raise
             finally:
                 gateway.in_flight_requests -= 1
+            accepted = None
             if self._stop.is_set():
                 raise _Abandoned
             await asyncio.sleep(_RETRY_S * 10)
@@ -687,20 +694,26 @@ class MqttSource:
         """A message refused before the pipeline (a topic that names no route or no device): counted, and its
         payload quarantined (stage `route`, durable when this returns; retried while the spool cannot take it)."""
         self._count_dead_letter(topic, problem)
-        item = whole_body(payload, problem, "route", "application/octet-stream")
+        native = self.gateway.native
+        assert native is not None
         while True:
+            accepted = native.quarantine(
+                payload,
+                status=problem.status,
+                slug=problem.slug,
+                detail=problem.detail,
+                errors=[(str(error["path"]), str(error["message"])) for error in problem.errors],
+                stage="route",
+                content_type="application/octet-stream",
+                route=route.index if route is not None else None,
+                source="mqtt",
+                source_headers=[("mqtt-topic", topic.encode())],
+            )
             try:
-                await self.gateway.edge.quarantine(
-                    problem,
-                    [item],
-                    body=payload,
-                    route=route,
-                    device_id=device_id,
-                    priority=None,
-                    headers={},
-                    source=self._source(topic),
-                )
+                answer = await self.gateway.edge.deliver(accepted)
             except Problem:
+                answer = None
+            if answer is None or answer.status >= 500:
                 if self._stop.is_set():
                     raise _Abandoned from None
                 await asyncio.sleep(_RETRY_S * 10)

@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Sequence
 
-from tidegate._native import Issue
-
 PROBLEM_TYPE = "urn:tidegate:problem:"
 
 TITLES = {
@@ -50,14 +48,3 @@ class Problem(Exception):
             "errors": self.errors,
         }
         return json.dumps(document, separators=(",", ":")).encode()
-
-
-def issue_errors(issues: Iterable[Issue]) -> list[dict[str, object]]:
-    """Field errors in problem form: `path`, `message`, and `index` when the issue belongs to one record."""
-    errors: list[dict[str, object]] = []
-    for issue in issues:
-        error: dict[str, object] = {"path": issue.path, "message": issue.message}
-        if issue.index is not None:
-            error["index"] = issue.index
-        errors.append(error)
-    return errors

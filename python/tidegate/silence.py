@@ -29,7 +29,6 @@ import time
 from typing import IO, TYPE_CHECKING
 
 from tidegate._native import DeviceSnapshot, DeviceTable
-from tidegate.problems import Problem
 
 if TYPE_CHECKING:
     from tidegate.gateway import Gateway
@@ -115,10 +114,9 @@ class SilenceWatch:
                 log.info(json.dumps({"event": "silence_detector_started", "pid": os.getpid(), "since_ms": since}))
             try:
                 await self.scan(since)
-            except (OSError, Problem) as error:
+            except OSError as error:
                 # The table could not be locked, or the spool took nothing: what is due stays due, for the next scan.
-                detail = error.detail if isinstance(error, Problem) else str(error)
-                log.warning(json.dumps({"event": "silence_scan_failed", "error": detail}))
+                log.warning(json.dumps({"event": "silence_scan_failed", "error": str(error)}))
 
     async def scan(self, since_ms: int) -> int:
         """One scan: raises the alerts due (durable in the spool before they are marked sent); returns how many
@@ -131,8 +129,15 @@ class SilenceWatch:
         records = alerts.records
         # An alert raised again (this detector or a previous one died before marking it sent) has the same event
         # id: the dedup window drops it if the first copy is durable.
-        self.gateway.dedup.claim_batch(records, now_ms())
-        await self.gateway.edge.persist(records, [], {})
+        dedup, writer = self.gateway.dedup, self.gateway.writer
+        assert writer is not None
+        dedup.claim_batch(records, now_ms())
+        try:
+            await writer.write(records)
+        except OSError:
+            dedup.release_batch(records)  # a retry (the next scan) is not a duplicate of what was not made durable
+            raise
+        dedup.commit(records, [])
         await asyncio.to_thread(self.devices.confirm, alerts)
         spooled = set(records.event_ids())
         for kind, device, last_seen_ms, interval_ms, event_id in alerts.alerts:

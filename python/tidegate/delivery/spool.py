@@ -7,9 +7,11 @@ append a commit covers is released together: many concurrent requests share one 
 before its records are on disk.
 
 A failed commit fails every waiter (over-failing is safe: a record written after all is a duplicate of the
-client's retry, with the same event_id; under-failing would be a lost acknowledgement). Each waiter's `release`
-callback runs synchronously inside that failure, before any other request can run: a retry that arrives after
-the failure is not mistaken for a duplicate of a record that never became durable.
+client's retry, with the same event_id; under-failing would be a lost acknowledgement). The `settle` hook (the
+native gateway's, `Gateway.settle`) learns each commit's outcome synchronously, before any waiter is woken and
+before any other request can run: after a failure it releases the dedup claims of every request still waiting, so
+a retry is not mistaken for a duplicate of a record that never became durable; after a success it commits those
+made durable.
 """
 
 from __future__ import annotations
@@ -66,10 +68,14 @@ def cleanup_horizon(spool: Spool, *, kafka: bool, archive: bool) -> int | None:
 class SpoolWriter:
     """Writes batches to a spool and awaits their durability with group commit."""
 
-    def __init__(self, spool: Spool, *, commit_window_ms: float = 1.0) -> None:
+    def __init__(
+        self, spool: Spool, *, commit_window_ms: float = 1.0, settle: Callable[[int, bool], None] | None = None
+    ) -> None:
         self.spool = spool
         self.commit_window_ms = commit_window_ms
-        self._waiters: list[tuple[int, asyncio.Future[None], Callable[[], None] | None]] = []
+        #: Told each commit's outcome `(durable_seq, failed)` before any waiter wakes (`Gateway.settle`).
+        self.settle = settle
+        self._waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._committer: GroupCommit | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._failures_seen = 0
@@ -95,34 +101,25 @@ class SpoolWriter:
             raise
         self._release(durable)
 
-    async def write(self, batch: RecordBatch, release: Callable[[], None] | None = None) -> int:
+    async def write(self, batch: RecordBatch) -> int:
         """Appends `batch` and returns once it is durable; returns the sequence after its last record.
         Raises SpoolFull when the quota is reached (nothing of the batch was written then), OSError when the
-        commit failed (none of it is acknowledged). `release` runs exactly when the write fails, synchronously."""
-        try:
-            end = self.spool.append(batch)
-        except OSError:
-            if release is not None:
-                release()
-            raise
-        await self._durable(end, release)
+        commit failed (none of it is acknowledged)."""
+        end = self.spool.append(batch)
+        await self.durable(end)
         return end
 
-    async def settle(self, release: Callable[[], None] | None = None) -> int:
-        """Returns once everything appended so far is durable (the sequence it waited for); raises OSError if its
-        commit failed, running `release` first. A duplicate's answer waits on this: its original was appended
-        before, and is acknowledged only with it."""
-        end = self.spool.stats()["next_seq"]
-        await self._durable(end, release)
-        return end
-
-    async def _durable(self, end: int, release: Callable[[], None] | None) -> None:
+    async def durable(self, end: int) -> None:
+        """Returns once every record below `end` is durable; raises OSError if a commit failed meanwhile (the
+        gateway's appends are awaited so: `Gateway.accept` returns the sequence)."""
         if self.spool.durable_seq >= end:
             return
         if self._committer is None:
+            if self.settle is not None:
+                self.settle(self.spool.durable_seq, True)
             raise OSError(errno.ESHUTDOWN, "the spool writer is stopped: nothing more is made durable")
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.append((end, future, release))
+        self._waiters.append((end, future))
         self._committer.request()
         await future
 
@@ -141,9 +138,11 @@ class SpoolWriter:
             self._committer.request()
 
     def _release(self, durable: int) -> None:
+        if self.settle is not None:
+            self.settle(durable, False)
         still_waiting = []
         for waiter in self._waiters:
-            end, future, _ = waiter
+            end, future = waiter
             if end <= durable:
                 if not future.done():
                     future.set_result(None)
@@ -152,17 +151,19 @@ class SpoolWriter:
         self._waiters = still_waiting
 
     def _fail(self, error: BaseException) -> None:
+        if self.settle is not None:
+            self.settle(self.spool.durable_seq, True)
         waiters, self._waiters = self._waiters, []
-        for _, future, release in waiters:
-            if release is not None:
-                release()
+        for _, future in waiters:
             if not future.done():
                 future.set_exception(error)
 
 
 @contextlib.asynccontextmanager
-async def open_writer(spool: Spool, *, commit_window_ms: float = 1.0) -> AsyncIterator[SpoolWriter]:
-    writer = SpoolWriter(spool, commit_window_ms=commit_window_ms)
+async def open_writer(
+    spool: Spool, *, commit_window_ms: float = 1.0, settle: Callable[[int, bool], None] | None = None
+) -> AsyncIterator[SpoolWriter]:
+    writer = SpoolWriter(spool, commit_window_ms=commit_window_ms, settle=settle)
     await writer.start()
     try:
         yield writer

@@ -23,15 +23,17 @@
 //! assert_eq!(outcome.batch.get(0).unwrap().key, Some(&b"dev-1"[..]));
 //! ```
 
-// The request path, in order: decode the body into values, hold them to a contract, write their canonical form
-// (and event id) into a record arena, decide duplicates and budgets in tables shared by the workers, append to
-// the spool; then, in the delivery process, encode Kafka batches and write the archive.
+// The request path, one module per stage (rustfmt sorts the list): `decode` the body into values, hold them to a
+// `contract`, write their `canonical` form and event id into a record arena, where the `gateway` decides each
+// record's outcome with the tables shared by a host's workers (`state`) and appends to the `spool`; then, in the
+// delivery process, `deliver` encodes Kafka records and `archive` writes the archive's columns.
 pub mod archive;
 pub mod canonical;
 pub mod contract;
 pub mod decode;
 pub mod deliver;
 pub mod error;
+pub mod gateway;
 pub mod spool;
 pub mod state;
 

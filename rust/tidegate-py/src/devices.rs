@@ -14,7 +14,7 @@ fn seconds_to_ms(seconds: f64) -> i64 {
 
 /// Devices' last-seen state shared by a host's workers (see the core's `lastseen::LastSeenTable`).
 #[pyclass(frozen, module = "tidegate._native")]
-pub struct DeviceTable(LastSeenTable);
+pub struct DeviceTable(pub(crate) std::sync::Arc<LastSeenTable>);
 
 #[pymethods]
 impl DeviceTable {
@@ -41,9 +41,9 @@ impl DeviceTable {
                 .collect(),
             seconds_to_ms(forget_after_seconds),
         );
-        Ok(DeviceTable(
+        Ok(DeviceTable(std::sync::Arc::new(
             py.detach(|| LastSeenTable::open(path.as_deref(), capacity, rules))?,
-        ))
+        )))
     }
 
     /// Records that `devices` were heard at `now_ms`.

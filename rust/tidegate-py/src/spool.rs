@@ -21,7 +21,7 @@ pub(crate) fn spool_error(error: SpoolError) -> PyErr {
 
 #[pyclass(frozen, module = "tidegate._native")]
 pub struct Spool {
-    inner: Arc<CoreSpool>,
+    pub(crate) inner: Arc<CoreSpool>,
     /// The reader's last position, so sequential reads do not rescan a segment.
     cursor: Mutex<Option<Cursor>>,
 }
@@ -244,9 +244,9 @@ fn wall_clock_ms() -> i64 {
 /// The dedup window shared by a host's workers (see the core's `shared::SharedWindow`).
 #[pyclass(frozen, module = "tidegate._native")]
 pub struct DedupWindow {
-    inner: SharedWindow,
-    ttl_ms: i64,
-    key_ttl_ms: i64,
+    pub(crate) inner: Arc<SharedWindow>,
+    pub(crate) ttl_ms: i64,
+    pub(crate) key_ttl_ms: i64,
 }
 
 #[pymethods]
@@ -262,7 +262,7 @@ impl DedupWindow {
     ) -> PyResult<DedupWindow> {
         let inner = py.detach(|| SharedWindow::open(path.as_deref(), capacity))?;
         Ok(DedupWindow {
-            inner,
+            inner: Arc::new(inner),
             ttl_ms: seconds_to_ms(ttl_seconds),
             key_ttl_ms: seconds_to_ms(key_ttl_seconds),
         })
@@ -369,16 +369,16 @@ impl DedupWindow {
 
 /// Per-device token buckets shared by a host's workers (see the core's `shared::RateTable`).
 #[pyclass(frozen, module = "tidegate._native")]
-pub struct RateTable(CoreRateTable);
+pub struct RateTable(pub(crate) Arc<CoreRateTable>);
 
 #[pymethods]
 impl RateTable {
     #[new]
     #[pyo3(signature = (path = None, *, rate, burst, capacity = 1_000_000))]
     fn new(py: Python<'_>, path: Option<PathBuf>, rate: f64, burst: f64, capacity: usize) -> PyResult<RateTable> {
-        Ok(RateTable(py.detach(|| {
+        Ok(RateTable(Arc::new(py.detach(|| {
             CoreRateTable::open(path.as_deref(), capacity, rate, burst)
-        })?))
+        })?)))
     }
 
     /// Takes one token of the device's bucket at `now_us` (µs since the epoch); returns 0 when granted, else the

@@ -777,6 +777,11 @@ impl Spool {
         Ok(end)
     }
 
+    /// The sequence the next appended record gets (everything appended so far is below it).
+    pub fn next_seq(&self) -> u64 {
+        lock(&self.writer).next_seq
+    }
+
     /// Every record below this sequence is durable (for the delivery role: what the writer published).
     pub fn durable_seq(&self) -> u64 {
         match (&self.progress, self.role) {

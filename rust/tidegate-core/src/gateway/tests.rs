@@ -1,0 +1,253 @@
+use std::sync::Arc;
+
+use super::*;
+use crate::contract::Contract;
+use crate::contract::validator::ValidatorOptions;
+use crate::spool::SpoolOptions;
+use crate::state::lastseen::SilenceRules;
+
+const NOW_MS: i64 = 1_774_606_531_000;
+
+fn gateway(name: &str, archive: bool) -> Gateway {
+    let dir = std::env::temp_dir().join(format!("tidegate-gateway-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let options = ValidatorOptions {
+        quarantine: true,
+        ..ValidatorOptions::default()
+    };
+    let route = |name: &str, kind, contract| Route {
+        name: name.into(),
+        kind,
+        validator: Validator::new(contract, options.clone()),
+    };
+    let routes = vec![
+        route("ingest", RouteKind::Telemetry, Contract::telemetry()),
+        route("batch", RouteKind::Batch, Contract::batch()),
+        route("events", RouteKind::Event, Contract::event()),
+    ];
+    let settings = Settings {
+        archive,
+        duplicates_topic: "tidegate-duplicates".into(),
+        quarantine: true,
+        dead_letter_topic: "ingest-dlq".into(),
+        max_record_bytes: 1_000_000,
+        max_body_bytes: 8 << 20,
+        dedup_ttl_ms: 3_600_000,
+        key_ttl_ms: 86_400_000,
+    };
+    let tables = Tables {
+        dedup: Arc::new(SharedWindow::open(None, 1024).unwrap()),
+        decoded_bytes: Arc::new(RateTable::open(None, 1024, 0.0, 0.0).unwrap()),
+        quarantine_budget: Arc::new(RateTable::open(None, 1024, 0.0, 0.0).unwrap()),
+        devices: Arc::new(
+            LastSeenTable::open(None, 1024, SilenceRules::new(60_000, 1_000, Vec::new(), 86_400_000)).unwrap(),
+        ),
+    };
+    let spool = Arc::new(Spool::open(&dir, SpoolOptions::default()).unwrap());
+    Gateway::new(routes, settings, tables, spool)
+}
+
+fn body<'a>(route: usize, bytes: &'a [u8], device: Option<&'a str>) -> Body<'a> {
+    Body {
+        route,
+        body: bytes,
+        content_type: None,
+        content_encoding: None,
+        traceparent: None,
+        tracestate: None,
+        idempotency_key: None,
+        device_id: device,
+        device_from_source: false,
+        priority: "high",
+        dry_run: false,
+        source: Source {
+            name: "http",
+            headers: &[],
+            undecodable_retried: false,
+        },
+        received_ms: NOW_MS,
+        now_us: NOW_MS * 1000,
+    }
+}
+
+const READING: &[u8] =
+    br#"{"device_id":"dev-1","timestamp":"2026-03-27T10:15:30.000Z","metrics":{"temperature":23.5}}"#;
+
+fn text(answer: &Answer) -> &str {
+    std::str::from_utf8(&answer.body).unwrap()
+}
+
+/// Commits the spool and settles, as the group commit does.
+fn commit(gateway: &Gateway) {
+    let durable = gateway.spool().commit().unwrap();
+    gateway.settle(durable, false).unwrap();
+}
+
+#[test]
+fn a_reading_is_answered_once_durable_and_its_repeat_is_a_duplicate() {
+    let gateway = gateway("reading", false);
+    let first = gateway.accept(&body(0, READING, Some("dev-1"))).unwrap();
+    assert_eq!(first.status, 202);
+    assert!(
+        text(&first).starts_with(r#"{"status":"accepted","event_id":""#),
+        "{}",
+        text(&first)
+    );
+    assert!(
+        text(&first).ends_with(r#","ingest_lag_ms":1000,"warnings":[]}"#),
+        "{}",
+        text(&first)
+    );
+    assert_eq!(first.durable_end, Some(1));
+    assert_eq!(gateway.counters().records[0][0], 0, "counted once durable");
+    commit(&gateway);
+    assert_eq!(gateway.counters().records[0][0], 1);
+    let again = gateway.accept(&body(0, READING, Some("dev-1"))).unwrap();
+    assert!(text(&again).starts_with(r#"{"status":"duplicate""#), "{}", text(&again));
+    assert_eq!(again.durable_end, Some(1), "waits for what was appended before");
+    assert_eq!(gateway.waiting(), 0, "already durable: settled at once");
+    assert_eq!(gateway.counters().records[1][0], 1);
+}
+
+#[test]
+fn a_failed_commit_releases_the_claims() {
+    let gateway = gateway("failed", false);
+    let first = gateway.accept(&body(0, READING, Some("dev-1"))).unwrap();
+    assert_eq!(first.durable_end, Some(1));
+    gateway.settle(0, true).unwrap();
+    assert_eq!(gateway.waiting(), 0);
+    let retry = gateway.accept(&body(0, READING, Some("dev-1"))).unwrap();
+    assert!(text(&retry).starts_with(r#"{"status":"accepted""#), "{}", text(&retry));
+    assert_eq!(
+        gateway.counters().records,
+        [[0; 3]; 4],
+        "nothing counted before durability"
+    );
+}
+
+#[test]
+fn a_reading_for_another_device_is_refused_and_quarantined() {
+    let gateway = gateway("wrong-device", false);
+    let answer = gateway.accept(&body(0, READING, Some("dev-2"))).unwrap();
+    assert_eq!(answer.status, 403);
+    assert_eq!(
+        text(&answer),
+        r#"{"type":"urn:tidegate:problem:wrong-device","title":"Forbidden","status":403,"detail":"the key belongs to dev-2, not dev-1","errors":[{"path":"$.device_id","message":"must be dev-2"}]}"#
+    );
+    assert!(answer.headers.contains(&(QUARANTINED_HEADER_NAME, b"1".to_vec())));
+    assert_eq!(answer.durable_end, Some(1));
+    commit(&gateway);
+    assert_eq!(gateway.counters().quarantined[2], 1);
+    let (records, _) = gateway
+        .spool()
+        .read(gateway.spool().cursor_at(0), 10, 1 << 20, u64::MAX)
+        .unwrap();
+    let record = records.get(0).unwrap();
+    assert_eq!(record.value, READING);
+    assert!(
+        record
+            .headers()
+            .any(|(name, value)| name == "dlq-stage" && value == b"auth")
+    );
+}
+
+const QUARANTINED_HEADER_NAME: &str = accept::QUARANTINED_HEADER;
+
+#[test]
+fn undecodable_and_invalid_bodies() {
+    let gateway = gateway("undecodable", false);
+    let answer = gateway.accept(&body(0, b"{", None)).unwrap();
+    assert_eq!((answer.status, answer.slug.as_deref()), (400, Some("malformed")));
+    let answer = gateway.accept(&body(0, br#"{"device_id":"d"}"#, None)).unwrap();
+    assert_eq!((answer.status, answer.slug.as_deref()), (400, Some("invalid")));
+    assert!(text(&answer).contains(r#""detail":"no record of 1 is valid","errors":[{"path":"#));
+    assert_eq!(
+        gateway.counters().records[2][0],
+        1,
+        "rejected records are counted at once"
+    );
+}
+
+#[test]
+fn idempotency_scopes_do_not_collide_across_devices() {
+    let gateway = gateway("scopes", false);
+    let batch = br#"{"device_id":"ingest","batch_id":"K1","readings":[{"timestamp":"2026-03-27T10:15:30.000Z","metrics":{"t":1}}]}"#;
+    let first = gateway.accept(&body(1, batch, None)).unwrap();
+    assert_eq!(first.status, 202, "{}", text(&first));
+    commit(&gateway);
+    let reading = br#"{"device_id":"batch","timestamp":"2026-03-27T10:15:30.000Z","metrics":{"t":2}}"#;
+    let mut second = body(0, reading, None);
+    second.idempotency_key = Some("K1");
+    let answer = gateway.accept(&second).unwrap();
+    assert!(
+        text(&answer).starts_with(r#"{"status":"accepted""#),
+        "{}",
+        text(&answer)
+    );
+    commit(&gateway);
+    // The same batch_id again is a duplicate, whatever its readings; with the archive off nothing is written.
+    let other = br#"{"device_id":"ingest","batch_id":"K1","readings":[{"timestamp":"2026-03-27T10:15:31.000Z","metrics":{"t":3}}]}"#;
+    let answer = gateway.accept(&body(1, other, None)).unwrap();
+    assert!(
+        text(&answer).starts_with(r#"{"status":"duplicate","batch_id":"K1""#),
+        "{}",
+        text(&answer)
+    );
+    assert_eq!(answer.records, 0);
+}
+
+#[test]
+fn a_batch_answers_its_duplicates_with_archive_keys_and_spools_their_occurrences() {
+    let gateway = gateway("archive", true);
+    let batch = br#"{"device_id":"d","batch_id":"b1","readings":[{"timestamp":"2026-03-27T10:15:30.000Z","metrics":{"t":1}},{"timestamp":"2026-03-27T10:15:30.000Z","metrics":{"t":1}},{"metrics":{}}]}"#;
+    let answer = gateway.accept(&body(1, batch, Some("d"))).unwrap();
+    let document = text(&answer);
+    assert!(
+        document.starts_with(r#"{"status":"accepted","batch_id":"b1","device_id":"d","readings_count":3,"accepted":1,"duplicates":1,"rejected":1,"results":[{"index":1,"status":"duplicate","event_id":""#),
+        "{document}"
+    );
+    assert!(document.contains(r#""archive_key":"raw/source=http/event_type=telemetry/event_date=2026-03-27/ingest_date=2026-03-27/hour=10/event_id="#), "{document}");
+    assert!(
+        document.contains(r#"{"index":2,"status":"rejected","event_id":null,"reason":[{"path":"#),
+        "{document}"
+    );
+    assert!(
+        answer
+            .headers
+            .iter()
+            .any(|(name, value)| *name == "x-tidegate-quarantined" && value == b"1")
+    );
+    commit(&gateway);
+    let (records, _) = gateway
+        .spool()
+        .read(gateway.spool().cursor_at(0), 10, 1 << 20, u64::MAX)
+        .unwrap();
+    let topics: Vec<&str> = records.iter().map(|r| r.topic).collect();
+    assert_eq!(topics, ["telemetry-raw", "ingest-dlq", "tidegate-duplicates"]);
+}
+
+#[test]
+fn a_dry_run_writes_nothing_and_counts_apart() {
+    let gateway = gateway("dry", false);
+    let mut request = body(
+        2,
+        br#"[{"source":"s","event_type":"e","entity_id":"x","event_time":"2026-03-27T10:15:30.000Z","payload":{}}]"#,
+        None,
+    );
+    request.dry_run = true;
+    let answer = gateway.accept(&request).unwrap();
+    assert_eq!(answer.durable_end, None);
+    let document = text(&answer);
+    assert!(
+        document.starts_with(
+            r#"{"accepted":1,"duplicates":0,"rejected":0,"results":[{"index":0,"status":"ACCEPTED","event_id":""#
+        ),
+        "{document}"
+    );
+    assert!(
+        document.ends_with(r#""ingest_lag_ms":1000}],"dry_run":true}"#),
+        "{document}"
+    );
+    assert_eq!(gateway.counters().records[3][0], 1);
+    assert_eq!(gateway.spool().next_seq(), 0);
+}
