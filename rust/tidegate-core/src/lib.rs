@@ -31,6 +31,7 @@ pub mod contract;
 pub mod decode;
 pub mod dedup;
 pub mod error;
+pub mod gateway;
 pub mod group_commit;
 pub mod headers;
 pub mod json;
