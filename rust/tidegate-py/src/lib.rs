@@ -5,6 +5,7 @@
 
 mod devices;
 mod errors;
+mod gateway;
 mod kafka;
 mod spool;
 
@@ -621,5 +622,6 @@ fn _native(module: &Bound<'_, PyModule>) -> PyResult<()> {
     errors::register(module)?;
     kafka::register(module)?;
     devices::register(module)?;
+    gateway::register(module)?;
     spool::register(module)
 }

@@ -368,16 +368,16 @@ impl DedupWindow {
 
 /// Per-device token buckets shared by a host's workers (see the core's `shared::RateTable`).
 #[pyclass(frozen, module = "tidegate._native")]
-pub struct RateTable(CoreRateTable);
+pub struct RateTable(pub(crate) Arc<CoreRateTable>);
 
 #[pymethods]
 impl RateTable {
     #[new]
     #[pyo3(signature = (path = None, *, rate, burst, capacity = 1_000_000))]
     fn new(py: Python<'_>, path: Option<PathBuf>, rate: f64, burst: f64, capacity: usize) -> PyResult<RateTable> {
-        Ok(RateTable(py.detach(|| {
+        Ok(RateTable(Arc::new(py.detach(|| {
             CoreRateTable::open(path.as_deref(), capacity, rate, burst)
-        })?))
+        })?)))
     }
 
     /// Takes one token of the device's bucket at `now_us` (µs since the epoch); returns 0 when granted, else the

@@ -130,7 +130,7 @@ const SPOOL_FAILING: u8 = 2;
 
 pub struct Admission {
     config: AdmissionConfig,
-    keys: Option<KeyStore>,
+    keys: Option<Arc<KeyStore>>,
     rates: Option<Arc<RateTable>>,
     decoded_bytes: Option<Arc<RateTable>>,
     limit: Mutex<AdaptiveLimit>,
@@ -300,7 +300,7 @@ impl Admission {
     /// `keys`: None when auth is off. `rates`, `decoded_bytes`: the device buckets (None: unlimited).
     pub fn new(
         config: AdmissionConfig,
-        keys: Option<KeyStore>,
+        keys: Option<Arc<KeyStore>>,
         rates: Option<Arc<RateTable>>,
         decoded_bytes: Option<Arc<RateTable>>,
     ) -> Admission {
@@ -325,7 +325,7 @@ impl Admission {
     }
 
     pub fn keys(&self) -> Option<&KeyStore> {
-        self.keys.as_ref()
+        self.keys.as_deref()
     }
 
     fn now(&self) -> f64 {
@@ -628,7 +628,7 @@ mod tests {
         .unwrap();
         let keys = KeyStore::open(Path::new(&path), Duration::from_millis(500));
         let rates = Arc::new(RateTable::open(None, 64, 1.0, 2.0).unwrap());
-        let admission = Admission::new(AdmissionConfig::default(), Some(keys), Some(rates), None);
+        let admission = Admission::new(AdmissionConfig::default(), Some(Arc::new(keys)), Some(rates), None);
         admission.set_conditions(true, false, 0.0);
         let none = HeaderView::default();
         assert_eq!(
