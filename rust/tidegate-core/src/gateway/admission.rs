@@ -1,9 +1,10 @@
 //! The header phase of an ingest request: one decision, from the raw headers alone, before the body is read.
 //!
-//! In order: readiness (503 `not-ready` or `spool-error`), `X-Priority` (400 when unknown), the device key
-//! (401), utilization shedding (records awaiting durability, spool fill, event-loop lag: 503 `shed`), the adaptive
-//! concurrency limit with its priority partitions ([`super::limit`]: 503 `shed`), the device's request rate and its
-//! budget of decoded bytes (429). Every refusal is answered with a body rendered once, at start, and a
+//! In order: readiness (503 `not-ready` or `spool-error`), `X-Priority` (400 when unknown), utilization
+//! shedding (records awaiting durability, spool fill, event-loop lag: 503 `shed`), the adaptive concurrency limit
+//! with its priority partitions ([`super::limit`]: 503 `shed`), the device key (401), the device's request rate and
+//! its budget of decoded bytes (429). Shedding comes before the key so that a shed costs no hash; a request
+//! refused after the limit gives its permit back (its time is not counted). Every refusal is answered with a body rendered once, at start, and a
 //! `Retry-After`; every refusal and admission is counted here, for `/metrics`.
 //!
 //! The decision takes no lock but the limit's (a few arithmetic operations) and the keys' and buckets' own.
@@ -392,18 +393,6 @@ impl Admission {
         if parsed.is_none() {
             return self.refuse(Refusal::InvalidPriority, priority, None);
         }
-        let device = match &self.keys {
-            None => None,
-            Some(keys) => {
-                let Some(key) = presented_key(headers.device_token, headers.api_key, headers.authorization) else {
-                    return self.refuse(Refusal::MissingCredential, priority, None);
-                };
-                match keys.device_for(key) {
-                    Some(device) => Some(device),
-                    None => return self.refuse(Refusal::InvalidCredential, priority, None),
-                }
-            }
-        };
         let utilization = self.utilization(in_flight_records);
         if (utilization >= self.config.shed_medium_at && priority != Priority::High)
             || (utilization >= self.config.shed_low_at && priority == Priority::Low)
@@ -419,6 +408,26 @@ impl Admission {
                     let retry_after = limit.retry_after();
                     drop(limit);
                     return self.refuse(Refusal::Shed, priority, Some(retry_after));
+                }
+            }
+        };
+        // The key after the limit: a shed costs no hash. A request refused by its key gives its permit back.
+        let device = match &self.keys {
+            None => None,
+            Some(keys) => {
+                let found = presented_key(headers.device_token, headers.api_key, headers.authorization)
+                    .map(|key| keys.device_for(key));
+                match found {
+                    Some(Some(device)) => Some(device),
+                    refused => {
+                        self.lock().cancel(permit);
+                        let refusal = if refused.is_none() {
+                            Refusal::MissingCredential
+                        } else {
+                            Refusal::InvalidCredential
+                        };
+                        return self.refuse(refusal, priority, None);
+                    }
                 }
             }
         };
