@@ -1,68 +1,61 @@
-"""Header-phase cost, by instruction count: run under callgrind with N=0 and N>0, divide the difference by N."""
-import os, sys, tempfile
+"""The header phase's cost by instruction count, not wall time (the bench machine may be shared).
+
+    PY=$(python -c "import sys; print(sys.executable)")   # the real interpreter, not a pyenv shim
+    for n in 0 2000; do PYTHONHASHSEED=0 valgrind --tool=callgrind --callgrind-out-file=cg.$n \\
+        $PY bench/header_phase_cost.py admit $n; done
+    # instructions per request = (total of cg.2000 - total of cg.0) / 2000; `shed` for a refused request
+
+`admit`: a reading with a device key, admitted (keys, limit, rate and byte buckets); `shed`: a low-priority
+request refused by the limit's low partition. Add DICT=1 to `admit` to count the body phase's header dict too.
+Measured on this branch's introduction (Python 3.11, 7 request headers): before (admission in Python) 54,900
+instructions admitted and 33,300 shed; after (one native decision) 14,400 admitted (21,900 with the dict) and
+8,600 shed.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
 from pathlib import Path
 
-mode, n = sys.argv[1], int(sys.argv[2])
-new = os.environ.get("TREE") == "new"
-tmp = Path(tempfile.mkdtemp())
-from tidegate.config import load_settings
 from tidegate.auth import KeyStore
+from tidegate.config import load_settings
 from tidegate.gateway import Gateway
+from tidegate.ingest import read_headers
 
-env = {"TIDEGATE_RATE_PER_DEVICE": "1e9", "TIDEGATE_BURST_PER_DEVICE": "1e9"}
-if mode == "shed":
-    env |= {"TIDEGATE_ADMISSION_INITIAL_LIMIT": "2", "TIDEGATE_ADMISSION_MIN_LIMIT": "2", "TIDEGATE_ADMISSION_MAX_LIMIT": "2"}
-settings = load_settings(data_dir=tmp, env=env)
-key = KeyStore(settings.keys_file).add("dev-1")
-gw = Gateway(settings)
-gw.ready = True
-edge = gw.edge
-route = gw.routes["/api/v1/ingest"]
-prio = [(b"x-priority", b"low")] if mode == "shed" else []
-raw = [(b"host", b"127.0.0.1:8000"), (b"user-agent", b"bench/1.0"), (b"accept", b"*/*"),
-       (b"content-type", b"application/json"), (b"content-length", b"180"), (b"x-device-token", key.encode()), *prio]
 
-if new:
-    from tidegate.ingest import read_headers
-    DICT = bool(os.environ.get("DICT"))
-    adm = gw.admission
-    if mode == "shed":  # one big low request holds the low share
-        held = adm.decide([(b"x-priority", b"low"), (b"content-length", b"100000"), (b"x-device-token", key.encode())], "medium", 0)
-        assert held[3] is None
-    def once():
-        ticket, device, priority, refusal = adm.decide(raw, route.priority, gw.in_flight_records)
-        if refusal is not None:
-            status, body, head = refusal
-        adm.done(ticket)
-        if mode == "admit" and DICT:
-            read_headers(raw)
-        assert (refusal is None) == (mode == "admit")
-else:
-    from tidegate.ingest import WANTED_HEADERS, Answer
-    from tidegate.admission import request_cost
+def main(mode: str, n: int) -> None:
+    env = {"TIDEGATE_RATE_PER_DEVICE": "1e9", "TIDEGATE_BURST_PER_DEVICE": "1e9"}
     if mode == "shed":
-        assert gw.admission.try_acquire("low", 30.0)
-    def once():
-        headers = {}
-        for name, value in raw:
-            if name in WANTED_HEADERS:
-                text = value.decode("latin-1")
-                headers[name] = f"{headers[name]},{text}" if name in headers else text
-        priority = headers.get(b"x-priority", route.priority).strip().lower()
-        cost = request_cost(headers.get(b"content-length"), headers.get(b"content-encoding"))
-        admitted = gw.admission.try_acquire(priority, cost)
-        if not admitted:
-            edge.metrics.shed.inc((priority,))
-            answer = Answer(503, edge._shed_bodies.get(priority, edge._shed_bodies["low"]),
-                            [(b"retry-after", str(gw.admission.retry_after()).encode())],
-                            content_type=b"application/problem+json")
-            answer.headers.append((b"content-type", answer.content_type))
-            answer.headers.append((b"content-length", str(len(answer.body)).encode()))
-        else:
-            edge._admit(route, headers)
-            gw.admission.release(priority, cost, 0.001)
-        assert admitted == (mode == "admit")
+        env |= {f"TIDEGATE_ADMISSION_{k}_LIMIT": "2" for k in ("INITIAL", "MIN", "MAX")}
+    settings = load_settings(data_dir=Path(tempfile.mkdtemp()), env=env)
+    key = KeyStore(settings.keys_file).add("dev-1").encode()
+    gateway = Gateway(settings)
+    gateway.ready = True
+    route = gateway.routes["/api/v1/ingest"]
+    raw = [
+        (b"host", b"127.0.0.1:8000"),
+        (b"user-agent", b"bench/1.0"),
+        (b"accept", b"*/*"),
+        (b"content-type", b"application/json"),
+        (b"content-length", b"180"),
+        (b"x-device-token", key),
+        *([(b"x-priority", b"low")] if mode == "shed" else []),
+    ]
+    admission = gateway.admission
+    if mode == "shed":  # one large low-priority request holds the low partition
+        big = [(b"x-priority", b"low"), (b"content-length", b"100000"), (b"x-device-token", key)]
+        held = admission.decide(big, "low", 0)
+        assert held[3] is None
+    with_dict = bool(os.environ.get("DICT"))
+    for _ in range(n + 1):
+        ticket, _device, _priority, refusal = admission.decide(raw, route.priority, gateway.in_flight_records)
+        if refusal is None and with_dict:
+            read_headers(raw)
+        admission.done(ticket)
+        assert (refusal is None) == (mode == "admit")
 
-once()
-for _ in range(n):
-    once()
+
+if __name__ == "__main__":
+    main(sys.argv[1], int(sys.argv[2]))
