@@ -128,4 +128,11 @@ def test_under_a_low_priority_flood_low_is_shed_and_high_is_admitted(tmp_path: P
     assert low.count(202) > 0, "but low is not starved"
     assert all(1 <= int(value) <= 30 for value in retry_after)
     assert 'tidegate_shed_total{priority="low"}' in metrics
+    shed = next(
+        line
+        for line in metrics.splitlines()
+        if line.startswith('tidegate_admission_refused_total{reason="limit",priority="low"}')
+    )
+    assert float(shed.split()[-1]) >= low.count(503), "every shed counted natively"
+    assert 'tidegate_admission_refused_total{reason="limit",priority="high"} 0' in metrics
     assert "tidegate_admission_limit 8" in metrics
