@@ -1,8 +1,8 @@
 """The ingest edge: POSTs to the ingest routes take a raw-ASGI fast path and never build a Starlette Request or
 Response. Admission (readiness, credentials, priority shedding, the adaptive limit, the device's rate) is one native
 decision from the raw header list, before the body is read; an admitted request's headers are read once, the raw
-body goes to the native validator, dedup and the spool, and the answer is
-written straight to ASGI. MQTT shares the pipeline from `IngestEdge.ingest_body` on."""
+body goes to the native validator, dedup and the spool, and the answer is written straight to ASGI. MQTT shares
+the pipeline from `IngestEdge.ingest_body` on."""
 
 from __future__ import annotations
 
