@@ -7,52 +7,62 @@ import json
 from pathlib import Path
 
 import httpx
-from tidegate.admission import WINDOW_S, AdaptiveLimit, request_cost
+from tidegate._native import Admission, AdmissionTicket, Keys, RateTable
+from tidegate.auth import KeyStore
 from tidegate.testing.server import Server
 
 from tests.conftest import event, reading
 
 
-def test_cost_follows_the_body_size() -> None:
-    assert request_cost("200", None) < 1.1
-    assert request_cost("400000", None) > 20
-    assert request_cost("100000", "zstd") == request_cost("400000", None), "compressed bodies weigh what they expand to"
-    assert request_cost(None, None) == request_cost("16384", None), "a body of unknown length counts as 16 KiB"
-
-
 def test_low_fills_only_its_share_and_never_takes_room_from_high() -> None:
-    limit = AdaptiveLimit(initial=10, minimum=10, maximum=10)
-    assert all(limit.try_acquire("low", 1) for _ in range(5))
-    assert not limit.try_acquire("low", 1), "low stops at half the limit"
-    assert limit.try_acquire("medium", 1) and limit.try_acquire("high", 1)
-    assert sum(limit.try_acquire("high", 1) for _ in range(20)) == 9, "high has the whole limit to itself"
-    assert limit.shed == {"high": 11, "medium": 0, "low": 1}
-    empty = AdaptiveLimit(initial=10, minimum=10, maximum=10)
-    assert empty.try_acquire("low", 50), "a request larger than its share gets into an empty worker"
-    assert not empty.try_acquire("low", 1)
-    assert empty.try_acquire("high", 1), "and does not block high"
+    admission = Admission(initial_limit=10, min_limit=10, max_limit=10)
+    admission.set_conditions(True, False, 0.0)
+
+    def ask(
+        priority: str, size: int = 100
+    ) -> tuple[AdmissionTicket, tuple[int, bytes, list[tuple[bytes, bytes]]] | None]:
+        ticket, _, _, refusal = admission.decide(
+            [(b"x-priority", priority.encode()), (b"content-length", str(size).encode())], "medium", 0
+        )
+        return ticket, refusal
+
+    held = [ask("low") for _ in range(6)]
+    assert [refusal is None for _, refusal in held] == [True] * 4 + [False] * 2, "low stops at half the limit"
+    _, shed = held[-1]
+    assert shed is not None and shed[0] == 503 and json.loads(shed[1])["type"] == "urn:tidegate:problem:shed"
+    assert 1 <= int(dict(shed[2])[b"retry-after"]) <= 30
+    assert ask("medium")[1] is None and ask("HIGH ")[1] is None
+    assert sum(ask("high")[1] is None for _ in range(20)) == 8, "high has the whole limit to itself"
+    snapshot = admission.snapshot()
+    assert (snapshot["refused_limit_low"], snapshot["refused_limit_high"]) == (2, 12)
+    for ticket, _ in held:
+        admission.done(ticket)
+        admission.done(ticket)  # a second call does nothing
+    assert admission.snapshot()["in_flight_low"] == 0
+    assert ask("urgent")[1] is not None and ask("urgent")[1][0] == 400  # type: ignore[index]
 
 
-def test_the_limit_shrinks_when_requests_slow_down_and_grows_when_used() -> None:
-    limit = AdaptiveLimit(initial=64, minimum=4, maximum=1000)
+def test_keys_are_verified_natively_and_revocation_is_seen(tmp_path: Path) -> None:
+    store = KeyStore(tmp_path / "keys.json")
+    device, operator = store.add("dev-1"), store.add_operator("ops")
+    keys = Keys(tmp_path / "keys.json", reload_interval=0)
+    admission = Admission(keys=keys, rates=RateTable(rate=1, burst=1), initial_limit=10, min_limit=10)
+    admission.set_conditions(True, False, 0.0)
 
-    def window(seconds_each: float, requests: int, in_flight: int) -> None:
-        for _ in range(in_flight):
-            limit.try_acquire("high", 1)
-        limit._window_start -= WINDOW_S  # the window is over at the last release
-        for _ in range(requests):
-            limit.release("high", 1, seconds_each)
-        for _ in range(in_flight - requests):
-            limit.release("high", 1, seconds_each)
+    def status(*headers: tuple[bytes, bytes]) -> int:
+        ticket, device_id, _, refusal = admission.decide(list(headers), "high", 0)
+        admission.done(ticket)
+        assert (device_id is None) == (refusal is not None)
+        return 202 if refusal is None else refusal[0]
 
-    window(0.002, 60, 60)  # the best seen: 2 ms
-    grown = limit.limit
-    assert grown > 64, "used and not slowed down: it grows"
-    for _ in range(10):
-        window(0.020, 60, 60)  # ten times slower than the best
-    assert limit.limit < grown / 2, "slowed down: it shrinks"
-    assert limit.slowdown > 2
-    assert 1 <= limit.retry_after() <= 30
+    assert status() == 401
+    assert status((b"x-device-token", operator.encode())) == 401, "an operator key is no device's"
+    assert status((b"authorization", f"Bearer {device}".encode())) == 202
+    assert status((b"x-api-key", device.encode())) == 429, "one request per second"
+    assert keys.device_for(device) == "dev-1" and keys.is_operator(operator) and not keys.is_operator(device)
+    store.revoke("dev-1")
+    assert status((b"x-device-token", device.encode())) == 401, "revoked"
+    assert keys.device_for(device) is None and keys.is_operator(operator)
 
 
 def test_under_a_low_priority_flood_low_is_shed_and_high_is_admitted(tmp_path: Path) -> None:
@@ -118,4 +128,11 @@ def test_under_a_low_priority_flood_low_is_shed_and_high_is_admitted(tmp_path: P
     assert low.count(202) > 0, "but low is not starved"
     assert all(1 <= int(value) <= 30 for value in retry_after)
     assert 'tidegate_shed_total{priority="low"}' in metrics
+    shed = next(
+        line
+        for line in metrics.splitlines()
+        if line.startswith('tidegate_admission_refused_total{reason="limit",priority="low"}')
+    )
+    assert float(shed.split()[-1]) >= low.count(503), "every shed counted natively"
+    assert 'tidegate_admission_refused_total{reason="limit",priority="high"} 0' in metrics
     assert "tidegate_admission_limit 8" in metrics

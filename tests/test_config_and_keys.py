@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from tidegate._native import Keys
 from tidegate.auth import KeyStore, presented_key
 from tidegate.config import load_settings, to_env
 
@@ -75,16 +76,17 @@ def test_bad_settings_are_refused(tmp_path: Path) -> None:
 
 
 def test_keys_are_hashed_rotated_and_revoked(tmp_path: Path) -> None:
-    store = KeyStore(tmp_path / "keys.json", reload_interval=0)
-    first, second = store.add("dev-1"), store.add("dev-1")
+    writer = KeyStore(tmp_path / "keys.json")
+    first, second = writer.add("dev-1"), writer.add("dev-1")
+    store = Keys(tmp_path / "keys.json", reload_interval=0)
     assert first.startswith("tg_") and first != second
     assert store.device_for(first) == store.device_for(second) == "dev-1"
     assert first.split("_", 2)[2] not in (tmp_path / "keys.json").read_text(), "only hashes are stored"
     with pytest.raises(ValueError, match="already holds 2 keys"):
-        store.add("dev-1")
+        writer.add("dev-1")
     assert store.device_for(first[:-1] + ("x" if first[-1] != "x" else "y")) is None
     assert store.device_for("tg_unknown_secret") is None and store.device_for("nonsense") is None
-    other = KeyStore(tmp_path / "keys.json", reload_interval=0)
+    other = KeyStore(tmp_path / "keys.json")
     other.revoke(first)
     assert store.device_for(first) is None, "another process's revocation is seen"
     assert store.device_for(second) == "dev-1"
@@ -92,19 +94,20 @@ def test_keys_are_hashed_rotated_and_revoked(tmp_path: Path) -> None:
 
 
 def test_operator_keys_are_hashed_apart_from_device_keys_and_revoked(tmp_path: Path) -> None:
-    store = KeyStore(tmp_path / "keys.json", reload_interval=0)
-    device = store.add("dev-1")
-    operator = store.add_operator("dashboard")
+    writer = KeyStore(tmp_path / "keys.json")
+    device = writer.add("dev-1")
+    operator = writer.add_operator("dashboard")
+    store = Keys(tmp_path / "keys.json", reload_interval=0)
     assert operator.startswith("tgo_") and operator.split("_", 2)[2] not in (tmp_path / "keys.json").read_text()
     assert store.is_operator(operator) and not store.is_operator(device) and store.device_for(operator) is None
     assert not store.is_operator(operator[:-1] + ("x" if operator[-1] != "x" else "y"))
     assert not store.is_operator("tgo_unknown_secret") and not store.is_operator("tgo_")
-    other = KeyStore(tmp_path / "keys.json", reload_interval=0)
+    other = KeyStore(tmp_path / "keys.json")
     assert other.revoke_operator(operator.rsplit("_", 1)[0]) is not None
     assert not store.is_operator(operator), "another process's revocation is seen"
     assert store.device_for(device) == "dev-1", "device keys are kept"
     with pytest.raises(ValueError, match="name"):
-        store.add_operator(" ")
+        writer.add_operator(" ")
 
 
 def test_keys_cli(tmp_path: Path) -> None:

@@ -12,6 +12,8 @@ __all__ = [
     "MAX_TRACEPARENT_BYTES",
     "MAX_TRACESTATE_BYTES",
     "Accepted",
+    "Admission",
+    "AdmissionTicket",
     "Contract",
     "DedupWindow",
     "DeviceAlerts",
@@ -22,6 +24,7 @@ __all__ = [
     "InvalidHeader",
     "Issue",
     "KafkaRange",
+    "Keys",
     "MalformedPayload",
     "PayloadError",
     "PayloadTooLarge",
@@ -604,6 +607,69 @@ class RateTable:
     def take_each(self, device_id: str, costs: Sequence[float], now_us: int) -> list[bool]:
         """Takes `costs[i]` tokens for each item in turn, in one lock; which were granted (an item that does not
         fit is refused, and the next one tried)."""
+
+@final
+class Keys:
+    """The keys file (`tidegate keys`: hashed device and operator keys), verified natively: SHA-256 of the
+    presented secret compared in constant time; the file is re-read when it changed, checked at most every
+    `reload_interval` seconds (a revocation takes effect within a second)."""
+
+    def __new__(cls, path: str | PathLike[str], *, reload_interval: float = 0.5) -> Keys: ...
+    def device_for(self, key: str) -> str | None:
+        """The device a presented key belongs to; None for a malformed, unknown or revoked key."""
+    def operator_for(self, key: str) -> str | None:
+        """The name of the operator a presented key belongs to; None for any other key."""
+    def is_operator(self, key: str) -> bool: ...
+
+@final
+class AdmissionTicket:
+    """A request's place in admission, handed back to `Admission.done` once it is answered."""
+
+    @property
+    def admitted(self) -> bool: ...
+
+@final
+class Admission:
+    """The header phase of an ingest request in one worker, decided natively before the body is read:
+    readiness, `X-Priority`, the device key, utilization shedding, the adaptive concurrency limit with priority
+    partitions (cost-weighted; refusals' loop time kept out of its signal), the device's rate and decoded-bytes
+    budget. Refusals are answered with problem+json bodies rendered once. See the core's `gateway/limit.rs`."""
+
+    def __new__(
+        cls,
+        *,
+        keys: Keys | None = None,
+        rates: RateTable | None = None,
+        decoded_bytes: RateTable | None = None,
+        initial_limit: float = 1024.0,
+        min_limit: float = 1024.0,
+        max_limit: float = 4096.0,
+        tolerance: float = 2.0,
+        smoothing: float = 0.3,
+        low_share: float = 0.5,
+        medium_share: float = 0.8,
+        refusal_weight: float = 2.0,
+        shed_medium_at: float = 0.9,
+        shed_low_at: float = 0.7,
+        max_in_flight_records: float = 50000.0,
+        rate_per_device: float = 50.0,
+        decoded_bytes_per_device: float = 2097152.0,
+    ) -> Admission: ...
+    def decide(
+        self, headers: Sequence[tuple[bytes, bytes]], default_priority: str, in_flight_records: int
+    ) -> tuple[AdmissionTicket, str | None, str, tuple[int, bytes, list[tuple[bytes, bytes]]] | None]:
+        """Decides a request from its raw ASGI header list (the route's `default_priority`; the worker's records
+        awaiting durability). `(ticket, device_id, priority, refusal)`: `refusal` is None when admitted, else the
+        `(status, body, headers)` to send (content-type, content-length, Retry-After included)."""
+    def done(self, ticket: AdmissionTicket) -> None:
+        """The ticket's request was answered (an admitted one's time counts in the limit). Idempotent."""
+    def set_conditions(self, ready: bool, spool_failing: bool, pressure: float) -> None:
+        """Readiness, a failing spool, and `max(spool fill (1 when full), loop lag / its threshold)`."""
+    def utilization(self, in_flight_records: int) -> float:
+        """`max(in_flight_records / max_in_flight_records, pressure)`."""
+    def snapshot(self) -> dict[str, float]:
+        """Counters and gauges for `/metrics` (`limit`, `capacity_<p>`, `in_flight[_<p>]`, `slowdown`, `drain_rate`,
+        `refusal_seconds`, `admitted_<p>`, `refused_<reason>_<p>`)."""
 
 @final
 class DeviceTable:

@@ -1,18 +1,18 @@
-"""Per-device API keys: random, prefixed, stored only as hashes, compared in constant time.
+"""Per-device API keys: random, prefixed, stored only as hashes. This module writes the keys file (the
+`tidegate keys` commands, the MQTT broker files); servers verify keys natively (`tidegate._native.Keys`).
 
-A key reads `tg_<key id>_<secret>`. The key id finds the entry; the secret's SHA-256 is compared with
-`hmac.compare_digest`. A device holds at most two active keys, so keys rotate without downtime. Operator keys
-(`tgo_<key id>_<secret>`, `tidegate keys add-operator`) open the operations endpoints that list the fleet; they
-are stored and checked the same way, and are no device's key. The store is a
-JSON file under the data dir, written atomically; servers re-read it when it changes (checked at most every
-`reload_interval` seconds), so a revocation takes effect within a second without a restart.
+A key reads `tg_<key id>_<secret>`. The key id finds the entry, which holds the secret's SHA-256 in hex; the
+server compares it in constant time. A device holds at most two active keys, so keys rotate without downtime.
+Operator keys (`tgo_<key id>_<secret>`, `tidegate keys add-operator`) open the operations endpoints that list the
+fleet; they are stored and checked the same way, and are no device's key. The store is a JSON file under the data
+dir, written atomically (a new file renamed over the old); servers re-read it when it changes (checked at most
+every half second), so a revocation takes effect within a second without a restart.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
-import hmac
 import json
 import os
 import re
@@ -63,15 +63,13 @@ def _digest(secret: str) -> str:
 
 
 class KeyStore:
-    """The key file: read for lookups (with change detection) and written by the `tidegate keys` commands."""
+    """The key file, as the `tidegate keys` commands read and write it (servers verify with `_native.Keys`)."""
 
-    def __init__(self, path: Path, *, reload_interval: float = 0.5) -> None:
+    def __init__(self, path: Path) -> None:
         self.path = path
-        self.reload_interval = reload_interval
         self._entries: dict[str, KeyEntry] = {}
         self._operators: dict[str, OperatorEntry] = {}
         self._stamp: tuple[int, int] | None = None
-        self._checked_at = 0.0
         self._load()
 
     def _load(self) -> None:
@@ -99,34 +97,6 @@ class KeyStore:
             for item in document.get("operators", [])
         }
         self._stamp = stamp
-
-    def refresh(self) -> None:
-        now = time.monotonic()
-        if now - self._checked_at >= self.reload_interval:
-            self._checked_at = now
-            self._load()
-
-    def device_for(self, presented: str) -> str | None:
-        """The device a presented key belongs to, or None for a malformed, unknown or revoked key."""
-        self.refresh()
-        parts = _split(presented, PREFIX)
-        if parts is None:
-            return None
-        key_id, secret = parts
-        entry = self._entries.get(key_id)
-        # Compare even when the id is unknown, so timing does not tell ids apart.
-        expected = entry.secret_sha256 if entry is not None else _digest("")
-        matches = hmac.compare_digest(_digest(secret), expected)
-        return entry.device_id if entry is not None and matches and secret else None
-
-    def is_operator(self, presented: str) -> bool:
-        """Whether a presented key is an operator's (and not revoked)."""
-        self.refresh()
-        key_id, secret = _split(presented, OPERATOR_PREFIX) or ("", "")
-        entry = self._operators.get(key_id)
-        expected = entry.secret_sha256 if entry is not None else _digest("")
-        matches = hmac.compare_digest(_digest(secret), expected)
-        return entry is not None and matches and bool(secret)
 
     def operators(self) -> list[OperatorEntry]:
         self._load()

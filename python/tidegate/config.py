@@ -145,7 +145,7 @@ class Settings:
     N into its next N spool commits failing halfway, as on a full disk (where no small filesystem can be mounted)."""
     admission_initial_limit: float = 1024.0
     """The adaptive concurrency limit per worker, in cost units (a body costs 1 + size / 4 KiB), at start;
-    it adapts between `admission_min_limit` and `admission_max_limit` (tidegate/admission.py)."""
+    it adapts between `admission_min_limit` and `admission_max_limit` (the core's `gateway/limit.rs`)."""
     admission_min_limit: float = 1024.0
     admission_max_limit: float = 4096.0
     admission_low_share: float = 0.5
@@ -153,6 +153,10 @@ class Settings:
     admission_medium_share: float = 0.8
     admission_tolerance: float = 2.0
     """How much slower than its best a request may get before the limit shrinks."""
+    admission_refusal_weight: float = 2.0
+    """Event-loop time of one refusal, as a multiple of the part the worker measures (from the decision to the
+    answer sent; Granian's part of a request comes on top). That much time is taken out of the admitted requests'
+    time per refusal made while they were in flight, so that refusals do not shrink the limit."""
     mqtt: str | None = None
     """An MQTT broker to ingest from, `mqtt://host[:1883]` (or `mqtts://host[:8883]`, verified against the system's
     CAs); None (the default) runs no MQTT source."""

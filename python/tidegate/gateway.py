@@ -18,16 +18,14 @@ from typing import IO, Any, TypeVar
 
 from starlette.applications import Starlette
 
-from tidegate._native import Contract, DedupWindow, DeviceTable, RateTable, Spool, Validator
+from tidegate._native import Admission, Contract, DedupWindow, DeviceTable, Keys, RateTable, Spool, Validator
 from tidegate._native import Gateway as NativeGateway
-from tidegate.admission import AdaptiveLimit
 from tidegate.archive import DUPLICATES_TOPIC
-from tidegate.auth import KeyStore
 from tidegate.config import Settings
 from tidegate.delivery.spool import SpoolWriter, cleanup_horizon
 from tidegate.delivery.status import DeliveryStatus
 from tidegate.ingest import IngestEdge, IngestRoute, now_ms
-from tidegate.metrics import Metrics
+from tidegate.metrics import Metrics, admission_lines
 from tidegate.silence import SilenceWatch
 
 log = logging.getLogger("tidegate")
@@ -117,7 +115,8 @@ class Gateway:
                 ),
             )
         }
-        self.keys = KeyStore(settings.keys_file) if settings.auth else None
+        #: The keys file, verified natively (device keys in admission, operator keys by the operations routes).
+        self.keys = Keys(settings.keys_file) if settings.auth else None
         # Shared by every worker of the host (memory-mapped tables), so a retry that lands on another worker is
         # still a duplicate and a device's rate holds whichever worker it reaches; both survive restarts.
         state = settings.data_dir / "state"
@@ -163,21 +162,31 @@ class Gateway:
         #: The accept path (`tidegate._native.Gateway`), once the spool is open.
         self.native: NativeGateway | None = None
         self.writer: SpoolWriter | None = None
-        self.admission = AdaptiveLimit(
-            initial=settings.admission_initial_limit,
-            minimum=settings.admission_min_limit,
-            maximum=settings.admission_max_limit,
+        #: The header phase of every ingest request, decided natively (`tidegate._native.Admission`).
+        self.admission = Admission(
+            keys=self.keys,
+            rates=self.buckets,
+            decoded_bytes=self.decoded_bytes,
+            initial_limit=settings.admission_initial_limit,
+            min_limit=settings.admission_min_limit,
+            max_limit=settings.admission_max_limit,
             tolerance=settings.admission_tolerance,
-            shares={"high": 1.0, "medium": settings.admission_medium_share, "low": settings.admission_low_share},
+            low_share=settings.admission_low_share,
+            medium_share=settings.admission_medium_share,
+            refusal_weight=settings.admission_refusal_weight,
+            shed_medium_at=settings.shed_medium_at,
+            shed_low_at=settings.shed_low_at,
+            max_in_flight_records=float(settings.max_in_flight_records),
+            rate_per_device=settings.rate_per_device,
+            decoded_bytes_per_device=settings.decoded_bytes_per_device,
         )
         self.delivery = DeliveryStatus(settings.data_dir)
-        self.ready = False
-        self.shutting_down = False
+        self._ready = False
+        self._shutting_down = False
         self.in_flight_requests = 0
         self.in_flight_records = 0
         self.spool_fill = 0.0
-        self.spool_full = False
-        """Set when an append hit the quota; cleared once the spool drains below 95 % of it."""
+        self._spool_full = False
         self._lock_file: IO[str] | None = None
         self.loop_lag_s = 0.0
         self._recent_requests = 0
@@ -187,23 +196,7 @@ class Gateway:
         self._request_rate = 0.0
         self.metrics.gauge("tidegate_utilization", "Admission utilization (0..1).", self.utilization)
         admission = self.admission
-        self.metrics.gauge(
-            "tidegate_admission_limit", "Adaptive concurrency limit (cost units).", lambda: admission.limit
-        )
-        for share in ("low", "medium"):
-            self.metrics.gauge(
-                f"tidegate_admission_limit_{share}",
-                f"Part of the limit {share}-priority requests may fill.",
-                functools.partial(admission.capacity, share),
-            )
-        self.metrics.gauge(
-            "tidegate_admission_in_flight", "Cost of the requests in flight.", lambda: admission.in_flight
-        )
-        self.metrics.gauge(
-            "tidegate_admission_slowdown",
-            "Time in the app against the best seen for the same size of request (the limit shrinks above tolerance).",
-            lambda: admission.slowdown,
-        )
+        self.metrics.source(lambda: admission_lines(admission.snapshot()))
         self.metrics.gauge("tidegate_in_flight_records", "Records awaiting durability.", lambda: self.in_flight_records)
         self.metrics.gauge("tidegate_spool_bytes", "Bytes in the spool.", lambda: self._spool_stat("bytes"))
         self.metrics.gauge("tidegate_spool_fsyncs_total", "fsyncs of the spool.", lambda: self._spool_stat("fsyncs"))
@@ -298,10 +291,46 @@ class Gateway:
             return 0.0
         return float(snapshot.silent if name == "silent" else snapshot.tracked - snapshot.silent)
 
-    def utilization(self) -> float:
-        spool = 1.0 if self.spool_full else self.spool_fill
+    # Readiness and the spool's state are the admission's too: each change is handed to it at once.
+
+    @property
+    def ready(self) -> bool:
+        return self._ready
+
+    @ready.setter
+    def ready(self, value: bool) -> None:
+        self._ready = value
+        self.sync_admission()
+
+    @property
+    def shutting_down(self) -> bool:
+        return self._shutting_down
+
+    @shutting_down.setter
+    def shutting_down(self, value: bool) -> None:
+        self._shutting_down = value
+        self.sync_admission()
+
+    @property
+    def spool_full(self) -> bool:
+        """Set when an append hit the quota; cleared once the spool drains below 95 % of it."""
+        return self._spool_full
+
+    @spool_full.setter
+    def spool_full(self, value: bool) -> None:
+        self._spool_full = value
+        self.sync_admission()
+
+    def sync_admission(self) -> None:
+        """Hands admission what is not per request: readiness, a failing spool, spool fill and loop lag. Called on
+        every change of readiness and by the housekeeping task (every 50 ms) for the rest."""
+        spool = 1.0 if self._spool_full else self.spool_fill
         loop = self.loop_lag_s * 1000 / self.settings.shed_loop_lag_ms if self.settings.shed_loop_lag_ms > 0 else 0.0
-        return max(self.in_flight_records / self.settings.max_in_flight_records, spool, loop)
+        self.admission.set_conditions(self.is_ready(), self.spool_failing(), max(spool, loop))
+
+    def utilization(self) -> float:
+        """Records awaiting durability, spool fill, loop lag (as of the last `sync_admission`): 1 is full."""
+        return self.admission.utilization(self.in_flight_records)
 
     def spool_failing(self) -> bool:
         """The spool's last write or fsync failed (a full or failing disk) and it could not start anew yet."""
@@ -394,6 +423,7 @@ class Gateway:
                 if now >= self._next_spool_care:
                     self._next_spool_care = now + 1.0
                     await self._care_for_spool()
+            self.sync_admission()
             now = time.monotonic()
             elapsed = now - self._rate_window_start
             if elapsed >= 1.0:

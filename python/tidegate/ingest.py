@@ -1,7 +1,9 @@
 """The ingest edge: POSTs to the ingest routes take a raw-ASGI fast path and never build a Starlette Request or
-Response. Headers are read once from the scope, admission (credentials, priority shedding, the device's rate) is
-decided before the body is read, the raw body goes to the native validator, dedup and the spool, and the answer is
-written straight to ASGI. MQTT shares the pipeline from `IngestEdge.ingest_body` on."""
+Response. Two native calls per request: admission (readiness, credentials, priority shedding, the adaptive limit,
+the device's buckets) is one decision from the raw header list, before the body is read; an admitted request's
+headers are read once, and its raw body goes to the native gateway (validation, dedup, the spool append, the
+rendered answer), whose durability is awaited before the answer is written straight to ASGI. MQTT shares the
+pipeline from `IngestEdge.ingest_body` on."""
 
 from __future__ import annotations
 
@@ -10,7 +12,6 @@ import contextlib
 import functools
 import json
 import logging
-import math
 import random
 import time
 from dataclasses import dataclass
@@ -19,10 +20,7 @@ from typing import TYPE_CHECKING, Any
 from starlette.types import Receive, Scope, Send
 
 from tidegate._native import Accepted, Validator
-from tidegate.admission import request_cost
 from tidegate.archive import event_type_of
-from tidegate.auth import presented_key
-from tidegate.config import PRIORITIES
 from tidegate.problems import Problem
 from tidegate.quarantine import HTTP, Source
 
@@ -51,6 +49,18 @@ WANTED_HEADERS = frozenset(
 ACK_LEVELS = ("spool", "kafka")
 
 DRY_RUN_VALUES = {"true": True, "1": True, "false": False, "0": False}
+
+
+def read_headers(raw: list[tuple[bytes, bytes]]) -> dict[bytes, str]:
+    """The headers the body phase reads, once a request is admitted."""
+    headers: dict[bytes, str] = {}
+    for name, value in raw:
+        if name in WANTED_HEADERS:
+            text = value.decode("latin-1")
+            # A header sent on several lines is one comma-separated list (RFC 9110, 5.3): W3C Trace Context
+            # requires it for tracestate, and for a single-valued header the joined value is invalid.
+            headers[name] = f"{headers[name]},{text}" if name in headers else text
+    return headers
 
 
 def dry_run_asked(headers: dict[bytes, str]) -> bool:
@@ -114,13 +124,6 @@ class IngestEdge:
         self.gateway = gateway
         self.settings = gateway.settings
         self.metrics = gateway.metrics
-        #: 503 bodies rendered once: shedding must cost almost nothing.
-        self._shed_bodies: dict[str, bytes] = {
-            priority: Problem(
-                503, "shed", f"overloaded: {priority} priority traffic is shed first; retry after Retry-After"
-            ).body()
-            for priority in PRIORITIES
-        }
         self._delivered_waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._delivered_watch: asyncio.Task[None] | None = None
         self._lag_bounds = list(self.metrics.lag.buckets)
@@ -138,30 +141,37 @@ class IngestEdge:
 
     async def handle(self, route: IngestRoute, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
-        self.gateway._recent_requests += 1
-        headers: dict[bytes, str] = {}
-        for name, value in scope["headers"]:
-            if name in WANTED_HEADERS:
-                text = value.decode("latin-1")
-                # A header sent on several lines is one comma-separated list (RFC 9110, 5.3): W3C Trace Context
-                # requires it for tracestate, and for a single-valued header the joined value is invalid.
-                headers[name] = f"{headers[name]},{text}" if name in headers else text
-        # The adaptive limit comes first, from the headers alone: under overload a refusal costs almost nothing.
-        priority = headers.get(b"x-priority", route.priority).strip().lower()
-        cost = request_cost(headers.get(b"content-length"), headers.get(b"content-encoding"))
-        admitted = self.gateway.admission.try_acquire(priority, cost)
-        if not admitted:
-            self.metrics.shed.inc((priority if priority in PRIORITIES else "low",))
-            answer = Answer(
-                503,
-                self._shed_bodies.get(priority, self._shed_bodies["low"]),
-                [(b"retry-after", str(self.gateway.admission.retry_after()).encode())],
-                content_type=b"application/problem+json",
-            )
-        else:
-            self.gateway.in_flight_requests += 1
+        gateway = self.gateway
+        gateway._recent_requests += 1
+        admission = gateway.admission
+        # The header phase is one native decision from the raw header list, before the body is read: readiness,
+        # the device key, priority, utilization, the adaptive limit and the device's buckets (tidegate._native
+        # Admission). A refusal is rendered natively and costs almost nothing: no header dict, no Problem.
+        ticket, device_id, priority, refusal = admission.decide(
+            scope["headers"], route.priority, gateway.in_flight_records
+        )
+        if refusal is not None:
+            status, body, head = refusal
             try:
-                answer = await self.ingest(route, headers, receive)
+                await send({"type": "http.response.start", "status": status, "headers": head})
+                await send({"type": "http.response.body", "body": body})
+            finally:
+                admission.done(ticket)
+            elapsed = time.perf_counter() - started
+            self.metrics.requests.inc((route.name, str(status)))
+            self.metrics.latency.observe(elapsed, (route.name,))
+            # Logged as successes are (sampled under load): a flood's refusals must not each cost a log line.
+            if (
+                gateway._request_rate < self.settings.log_full_below_rps
+                or random.random() < self.settings.log_sample_rate
+            ):
+                self._log(route, Answer(status, body, head, content_type=None), elapsed)
+            return
+        headers = read_headers(scope["headers"])
+        gateway.in_flight_requests += 1
+        try:
+            try:
+                answer = await self.ingest(route, headers, receive, device_id, priority)
             except Problem as problem:
                 answer = Answer(
                     problem.status,
@@ -170,16 +180,14 @@ class IngestEdge:
                     content_type=b"application/problem+json",
                 )
             finally:
-                self.gateway.in_flight_requests -= 1
-        if answer.content_type is not None:
-            answer.headers.append((b"content-type", answer.content_type))
-            answer.headers.append((b"content-length", str(len(answer.body)).encode()))
-        try:
+                gateway.in_flight_requests -= 1
+            if answer.content_type is not None:
+                answer.headers.append((b"content-type", answer.content_type))
+                answer.headers.append((b"content-length", str(len(answer.body)).encode()))
             await send({"type": "http.response.start", "status": answer.status, "headers": answer.headers})
             await send({"type": "http.response.body", "body": answer.body})
         finally:
-            if admitted:
-                self.gateway.admission.release(priority, cost, time.perf_counter() - started)
+            admission.done(ticket)
         elapsed = time.perf_counter() - started
         self.metrics.requests.inc((route.name, str(answer.status)))
         self.metrics.latency.observe(elapsed, (route.name,))
@@ -203,83 +211,6 @@ class IngestEdge:
                 "ms": round(elapsed * 1000, 3),
             }
             log.info(json.dumps(line, separators=(",", ":")))
-
-    def _admit(self, route: IngestRoute, headers: dict[bytes, str]) -> tuple[str | None, str]:
-        """Credentials, priority shedding and the device's rate: all decided before the body is read."""
-        if not self.gateway.is_ready():
-            if self.gateway.spool_failing():
-                raise Problem(
-                    503,
-                    "spool-error",
-                    "the local spool cannot write right now (disk full or failing); nothing was acknowledged",
-                    headers=[("Retry-After", "5")],
-                )
-            raise Problem(
-                503,
-                "not-ready",
-                "the service is starting, draining or its spool is full",
-                headers=[("Retry-After", "5")],
-            )
-        device_id: str | None = None
-        if self.gateway.keys is not None:
-            key = presented_key(
-                headers.get(b"x-device-token"), headers.get(b"authorization"), headers.get(b"x-api-key")
-            )
-            if key is None:
-                raise Problem(
-                    401,
-                    "missing-credential",
-                    "send the device key as X-Device-Token, X-API-Key or Authorization: Bearer",
-                    headers=[("WWW-Authenticate", 'Bearer realm="tidegate"')],
-                )
-            device_id = self.gateway.keys.device_for(key)
-            if device_id is None:
-                raise Problem(
-                    401,
-                    "invalid-credential",
-                    "the device key is unknown or revoked",
-                    headers=[("WWW-Authenticate", 'Bearer realm="tidegate", error="invalid_token"')],
-                )
-        priority = headers.get(b"x-priority", route.priority).strip().lower()
-        if priority not in PRIORITIES:
-            raise Problem(
-                400,
-                "invalid-priority",
-                "X-Priority must be high, medium or low",
-                [{"path": "header:X-Priority", "message": f"unknown priority {priority!r}"}],
-            )
-        utilization = self.gateway.utilization()
-        if (utilization >= self.settings.shed_medium_at and priority != "high") or (
-            utilization >= self.settings.shed_low_at and priority == "low"
-        ):
-            self.metrics.shed.inc((priority,))
-            raise Problem(
-                503,
-                "shed",
-                f"overloaded (utilization {utilization:.2f}); {priority} priority traffic is shed",
-                headers=[("Retry-After", "1")],
-            )
-        if device_id is not None:
-            wait = self.gateway.buckets.take(device_id, time.time_ns() // 1000)
-            if wait > 0:
-                self.metrics.rate_limited.inc()
-                raise Problem(
-                    429,
-                    "rate-limited",
-                    f"device {device_id} is over its rate of {self.settings.rate_per_device:g} requests/s",
-                    headers=[("Retry-After", str(max(1, math.ceil(wait))))],
-                )
-            wait = self.gateway.decoded_bytes.wait(device_id, time.time_ns() // 1000)
-            if wait > 0:
-                self.metrics.rate_limited.inc()
-                raise Problem(
-                    429,
-                    "byte-budget",
-                    f"device {device_id} is over its budget of "
-                    f"{self.settings.decoded_bytes_per_device:g} decompressed bytes/s",
-                    headers=[("Retry-After", str(max(1, math.ceil(wait))))],
-                )
-        return device_id, priority
 
     async def _read_body(self, headers: dict[bytes, str], receive: Receive) -> bytes:
         limit = self.settings.max_body_bytes
@@ -319,8 +250,11 @@ class IngestEdge:
             del self._body_deadlines[task]
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
-    async def ingest(self, route: IngestRoute, headers: dict[bytes, str], receive: Receive) -> Answer:
-        device_id, priority = self._admit(route, headers)
+    async def ingest(
+        self, route: IngestRoute, headers: dict[bytes, str], receive: Receive, device_id: str | None, priority: str
+    ) -> Answer:
+        """An admitted request (`Admission.decide`: `device_id` is its key's device, None without auth): the
+        remaining header checks, the body, then `ingest_body`."""
         ack = headers.get(b"x-ack", "spool").strip().lower()
         if ack not in ACK_LEVELS:
             raise Problem(

@@ -99,14 +99,77 @@ LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0
 LAG_BUCKETS = (100.0, 1_000.0, 10_000.0, 60_000.0, 600_000.0, 3_600_000.0, 86_400_000.0, 604_800_000.0)
 
 
+PRIORITIES = ("high", "medium", "low")
+REFUSALS = (
+    "not_ready",
+    "spool_error",
+    "invalid_priority",
+    "missing_credential",
+    "invalid_credential",
+    "utilization",
+    "limit",
+    "rate",
+    "decoded_bytes",
+)
+
+
+def admission_lines(snapshot: dict[str, float]) -> Iterable[str]:
+    """The native admission's counters and gauges (`tidegate._native.Admission.snapshot`) in the text format."""
+
+    def family(name: str, kind: str, help_text: str) -> Iterable[str]:
+        yield f"# HELP {name} {help_text}"
+        yield f"# TYPE {name} {kind}"
+
+    yield from family("tidegate_shed_total", "counter", "Requests shed by priority (503: the limit or utilization).")
+    for p in PRIORITIES:
+        shed = snapshot[f"refused_limit_{p}"] + snapshot[f"refused_utilization_{p}"]
+        yield f'tidegate_shed_total{{priority="{p}"}} {shed:g}'
+    yield from family("tidegate_rate_limited_total", "counter", "Requests refused by a device's rate or bytes (429).")
+    limited = sum(snapshot[f"refused_{r}_{p}"] for r in ("rate", "decoded_bytes") for p in PRIORITIES)
+    yield f"tidegate_rate_limited_total {limited:g}"
+    yield from family(
+        "tidegate_admission_refused_total", "counter", "Requests refused before their body was read, by reason."
+    )
+    for reason in REFUSALS:
+        for p in PRIORITIES:
+            count = snapshot[f"refused_{reason}_{p}"]
+            yield f'tidegate_admission_refused_total{{reason="{reason}",priority="{p}"}} {count:g}'
+    yield from family("tidegate_admission_admitted_total", "counter", "Requests admitted, by priority.")
+    for p in PRIORITIES:
+        yield f'tidegate_admission_admitted_total{{priority="{p}"}} {snapshot[f"admitted_{p}"]:g}'
+    yield from family("tidegate_admission_limit", "gauge", "Adaptive concurrency limit (cost units).")
+    yield f"tidegate_admission_limit {snapshot['limit']:g}"
+    for p in ("low", "medium"):
+        yield from family(
+            f"tidegate_admission_limit_{p}", "gauge", f"Part of the limit {p}-priority requests may fill."
+        )
+        yield f"tidegate_admission_limit_{p} {snapshot[f'capacity_{p}']:g}"
+    yield from family("tidegate_admission_in_flight", "gauge", "Cost of the requests in flight.")
+    yield f"tidegate_admission_in_flight {snapshot['in_flight']:g}"
+    yield from family("tidegate_admission_in_flight_priority", "gauge", "Cost of the requests in flight, by priority.")
+    for p in PRIORITIES:
+        yield f'tidegate_admission_in_flight_priority{{priority="{p}"}} {snapshot[f"in_flight_{p}"]:g}'
+    yield from family(
+        "tidegate_admission_slowdown",
+        "gauge",
+        "Admitted requests' time (refusals' loop time excluded) against the best seen for their size (the limit "
+        "shrinks above tolerance).",
+    )
+    yield f"tidegate_admission_slowdown {snapshot['slowdown']:g}"
+    yield from family("tidegate_admission_drain_rate", "gauge", "Cost completed per second (Retry-After of a shed).")
+    yield f"tidegate_admission_drain_rate {snapshot['drain_rate']:g}"
+    yield from family(
+        "tidegate_admission_refusal_seconds", "gauge", "Event-loop seconds one refusal takes in the worker (measured)."
+    )
+    yield f"tidegate_admission_refusal_seconds {snapshot['refusal_seconds']:g}"
+
+
 class Metrics:
     """Every metric tidegate exports."""
 
     def __init__(self) -> None:
         self.requests = Counter("tidegate_requests_total", "HTTP requests by route and status.", ("route", "status"))
         self.records = Counter("tidegate_records_total", "Records by outcome and priority.", ("outcome", "priority"))
-        self.shed = Counter("tidegate_shed_total", "Requests shed by priority (503).", ("priority",))
-        self.rate_limited = Counter("tidegate_rate_limited_total", "Requests refused by a device's rate (429).")
         self.latency = Histogram(
             "tidegate_ingest_latency_seconds", "Ingest request latency until the answer.", LATENCY_BUCKETS, ("route",)
         )
@@ -138,6 +201,7 @@ class Metrics:
         )
         self.quarantine_dropped.inc((), 0)
         self.gauges: list[Gauge] = []
+        self.sources: list[Callable[[], Iterable[str]]] = []
         #: The native gateway's counts (`tidegate._native.Gateway.counters`), once it runs: records, quarantined
         #: records, quarantine drops and the ingest lag are counted there, per request, without the GIL.
         self.native: Callable[[], NativeCounts] | None = None
@@ -154,11 +218,17 @@ class Metrics:
     def gauge(self, name: str, help_text: str, read: Callable[[], float]) -> None:
         self.gauges.append(Gauge(name, help_text, read))
 
+    def source(self, render: Callable[[], Iterable[str]]) -> None:
+        """Metrics rendered by a callback at scrape time (counters kept natively)."""
+        self.sources.append(render)
+
     def render(self) -> str:
         self._read_native()
         lines: list[str] = []
-        for metric in (self.requests, self.records, self.shed, self.rate_limited, self.latency, self.lag):
+        for metric in (self.requests, self.records, self.latency, self.lag):
             lines.extend(metric.render())
+        for render in self.sources:
+            lines.extend(render())
         lines.extend(self.mqtt_messages.render())
         lines.extend(self.mqtt_dead_letters.render())
         lines.extend(self.device_alerts.render())

@@ -11,7 +11,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from tidegate.auth import KeyStore, presented_key
+from tidegate._native import Keys
+from tidegate.auth import presented_key
 from tidegate.gateway import Gateway
 from tidegate.openapi import capabilities, openapi_document
 from tidegate.problems import Problem
@@ -45,7 +46,7 @@ def require_operator(gateway: Gateway, request: Request) -> None:
     require_operator_key(gateway.keys, request)
 
 
-def require_operator_key(keys: KeyStore | None, request: Request) -> None:
+def require_operator_key(keys: Keys | None, request: Request) -> None:
     """The operations and investigation endpoints need an operator key (`tidegate keys add-operator`), as
     `X-Operator-Key` or `Authorization: Bearer`: 401 without one or with an unknown one, 403 with a device's key.
     With auth off (`--no-auth`, development) they are open, like ingest."""

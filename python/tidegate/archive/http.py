@@ -16,9 +16,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from tidegate._native import Keys
 from tidegate.archive.query import MAX_PAGE, ArchiveQuery, InvalidQuery, parse_time
 from tidegate.archive.store import ArchiveStore
-from tidegate.auth import KeyStore
 from tidegate.config import Settings
 from tidegate.operations import require_operator_key
 from tidegate.problems import Problem
@@ -39,7 +39,7 @@ def _problem(problem: Problem) -> Response:
     )
 
 
-def check_operator(keys: KeyStore | None, request: Request) -> None:
+def check_operator(keys: Keys | None, request: Request) -> None:
     """The archive is read with an operator key, as the other operations endpoints are."""
     require_operator_key(keys, request)
 
@@ -57,7 +57,7 @@ def _int(request: Request, name: str, default: int, minimum: int, maximum: int) 
     return value
 
 
-def archive_routes(settings: Settings, keys: KeyStore | None) -> list[Route]:
+def archive_routes(settings: Settings, keys: Keys | None) -> list[Route]:
     query = ArchiveQuery(ArchiveStore.from_settings(settings)) if settings.archive else None
     running = asyncio.Semaphore(CONCURRENT_QUERIES)
 

@@ -3,6 +3,7 @@
 // Python keyword arguments map one-to-one onto Rust parameters.
 #![allow(clippy::too_many_arguments)]
 
+mod admission;
 mod devices;
 mod errors;
 mod gateway;
@@ -626,5 +627,6 @@ fn _native(module: &Bound<'_, PyModule>) -> PyResult<()> {
     kafka::register(module)?;
     devices::register(module)?;
     gateway::register(module)?;
+    admission::register(module)?;
     spool::register(module)
 }

@@ -241,7 +241,7 @@ fn wall_clock_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
-/// The dedup window shared by a host's workers (see the core's `shared::SharedWindow`).
+/// The dedup window shared by a host's workers (see the core's `state::table::SharedWindow`).
 #[pyclass(frozen, module = "tidegate._native")]
 pub struct DedupWindow {
     pub(crate) inner: Arc<SharedWindow>,
@@ -367,7 +367,7 @@ impl DedupWindow {
     }
 }
 
-/// Per-device token buckets shared by a host's workers (see the core's `shared::RateTable`).
+/// Per-device token buckets shared by a host's workers (see the core's `state::table::RateTable`).
 #[pyclass(frozen, module = "tidegate._native")]
 pub struct RateTable(pub(crate) Arc<CoreRateTable>);
 

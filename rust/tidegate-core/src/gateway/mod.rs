@@ -1,4 +1,6 @@
-//! The gateway's accept path: one call per request body, from the raw bytes to the rendered answer.
+//! The gateway: what is decided per request, natively, in two calls. [`admission`] is the header phase
+//! (readiness, priority, the adaptive limit, keys, device buckets), decided before the body is read; the accept
+//! path takes the body, from the raw bytes to the rendered answer.
 //!
 //! [`Gateway::accept`] validates a body ([`crate::Validator`]), checks that its records name the authenticated
 //! device, quarantines what it refuses ([`crate::contract::quarantine`]), claims its idempotency keys and event ids in the
@@ -15,7 +17,10 @@
 //! record a repeat) waits for everything appended before it, and fails with it.
 
 pub mod accept;
+pub mod admission;
 pub mod answer;
+pub mod keys;
+pub mod limit;
 
 use std::io;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -27,7 +32,10 @@ use crate::state::lastseen::LastSeenTable;
 use crate::state::table::{RateTable, SharedWindow};
 
 pub use accept::{Answer, Body, Source};
+pub use admission::{Admission, AdmissionConfig, Decision, HeaderView, Refusal};
 pub use answer::Problem;
+pub use keys::KeyStore;
+pub use limit::{LimitConfig, Permit, Priority};
 
 /// What a route's bodies hold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,0 +1,689 @@
+//! The header phase of an ingest request: one decision, from the raw headers alone, before the body is read.
+//!
+//! In order: readiness (503 `not-ready` or `spool-error`), `X-Priority` (400 when unknown), utilization
+//! shedding (records awaiting durability, spool fill, event-loop lag: 503 `shed`), the adaptive concurrency limit
+//! with its priority partitions ([`super::limit`]: 503 `shed`), the device key (401), the device's request rate and
+//! its budget of decoded bytes (429). Shedding comes before the key so that a shed costs no hash; a request
+//! refused after the limit gives its permit back (its time is not counted). Every refusal is answered with a body rendered once, at start, and a
+//! `Retry-After`; every refusal and admission is counted here, for `/metrics`.
+//!
+//! The decision takes no lock but the limit's (a few arithmetic operations) and the keys' and buckets' own.
+
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use super::keys::{KeyStore, presented_key};
+use super::limit::{AdaptiveLimit, LimitConfig, Permit, Priority, request_cost};
+use crate::state::table::RateTable;
+
+/// Why a request was refused before its body was read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    NotReady = 0,
+    SpoolError = 1,
+    InvalidPriority = 2,
+    MissingCredential = 3,
+    InvalidCredential = 4,
+    /// Utilization (records awaiting durability, spool fill, loop lag) over the priority's threshold.
+    Overloaded = 5,
+    /// Over the priority's part of the adaptive limit.
+    Shed = 6,
+    RateLimited = 7,
+    ByteBudget = 8,
+}
+
+impl Refusal {
+    pub const ALL: [Refusal; 9] = [
+        Refusal::NotReady,
+        Refusal::SpoolError,
+        Refusal::InvalidPriority,
+        Refusal::MissingCredential,
+        Refusal::InvalidCredential,
+        Refusal::Overloaded,
+        Refusal::Shed,
+        Refusal::RateLimited,
+        Refusal::ByteBudget,
+    ];
+
+    /// The label in `/metrics`.
+    pub fn reason(self) -> &'static str {
+        [
+            "not_ready",
+            "spool_error",
+            "invalid_priority",
+            "missing_credential",
+            "invalid_credential",
+            "utilization",
+            "limit",
+            "rate",
+            "decoded_bytes",
+        ][self as usize]
+    }
+}
+
+/// What the worker decides with, besides the limit.
+#[derive(Clone, Debug)]
+pub struct AdmissionConfig {
+    pub limit: LimitConfig,
+    /// Utilization at which medium (and low) priority is shed.
+    pub shed_medium_at: f64,
+    /// Utilization at which low priority is shed.
+    pub shed_low_at: f64,
+    /// Records awaiting durability at which utilization reaches 1.
+    pub max_in_flight_records: f64,
+    /// For the 429 bodies: a device's requests per second and decoded bytes per second.
+    pub rate_per_device: f64,
+    pub decoded_bytes_per_device: f64,
+}
+
+impl Default for AdmissionConfig {
+    fn default() -> Self {
+        AdmissionConfig {
+            limit: LimitConfig::default(),
+            shed_medium_at: 0.9,
+            shed_low_at: 0.8,
+            max_in_flight_records: 50_000.0,
+            rate_per_device: 50.0,
+            decoded_bytes_per_device: 2.0 * 1024.0 * 1024.0,
+        }
+    }
+}
+
+/// The headers the decision reads (each as sent, several lines already joined by commas).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct HeaderView<'a> {
+    pub content_length: Option<&'a [u8]>,
+    pub content_encoding: Option<&'a [u8]>,
+    pub device_token: Option<&'a [u8]>,
+    pub api_key: Option<&'a [u8]>,
+    pub authorization: Option<&'a [u8]>,
+    pub priority: Option<&'a [u8]>,
+}
+
+/// A refusal's answer, rendered once: the status, the problem+json body and a `WWW-Authenticate` for 401s.
+#[derive(Clone, Debug)]
+pub struct Rendered {
+    pub status: u16,
+    pub body: Arc<[u8]>,
+    pub www_authenticate: Option<&'static str>,
+}
+
+#[derive(Debug)]
+pub enum Decision {
+    Admitted {
+        permit: Permit,
+        device: Option<Arc<str>>,
+        priority: Priority,
+    },
+    Refused {
+        refusal: Refusal,
+        priority: Priority,
+        retry_after: Option<u32>,
+        decided_at: f64,
+    },
+}
+
+/// Readiness as the worker sets it (`set_conditions`).
+const READY: u8 = 0;
+const NOT_READY: u8 = 1;
+const SPOOL_FAILING: u8 = 2;
+
+pub struct Admission {
+    config: AdmissionConfig,
+    keys: Option<Arc<KeyStore>>,
+    rates: Option<Arc<RateTable>>,
+    decoded_bytes: Option<Arc<RateTable>>,
+    limit: Mutex<AdaptiveLimit>,
+    epoch: Instant,
+    readiness: AtomicU8,
+    /// `max(spool fill, loop lag / its threshold)`, as f64 bits.
+    pressure: AtomicU64,
+    admitted: [AtomicU64; 3],
+    refused: [[AtomicU64; 3]; 9],
+    rendered: Vec<Rendered>,
+}
+
+/// A JSON string's contents (the details are ASCII; quotes and backslashes escaped).
+fn escape(text: &str) -> String {
+    text.replace('\\', "\\\\").replace('"', "\\\"")
+}
+
+fn problem(status: u16, slug: &str, detail: &str, errors: &str) -> Arc<[u8]> {
+    let title = match status {
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        429 => "Too Many Requests",
+        _ => "Service Unavailable",
+    };
+    let body = format!(
+        r#"{{"type":"urn:tidegate:problem:{slug}","title":"{title}","status":{status},"detail":"{}","errors":{errors}}}"#,
+        escape(detail)
+    );
+    Arc::from(body.into_bytes())
+}
+
+fn number(value: f64) -> String {
+    if value.fract() == 0.0 && value.abs() < 1e15 {
+        format!("{}", value as i64)
+    } else {
+        format!("{value}")
+    }
+}
+
+/// The bodies of every refusal, by `Refusal as usize * 3 + Priority as usize`.
+fn render(config: &AdmissionConfig) -> Vec<Rendered> {
+    let mut out = Vec::new();
+    for refusal in Refusal::ALL {
+        for priority in Priority::ALL {
+            let p = priority.name();
+            let (status, body, www_authenticate) = match refusal {
+                Refusal::NotReady => (
+                    503,
+                    problem(
+                        503,
+                        "not-ready",
+                        "the service is starting, draining or its spool is full",
+                        "[]",
+                    ),
+                    None,
+                ),
+                Refusal::SpoolError => (
+                    503,
+                    problem(
+                        503,
+                        "spool-error",
+                        "the local spool cannot write right now (disk full or failing); nothing was acknowledged",
+                        "[]",
+                    ),
+                    None,
+                ),
+                Refusal::InvalidPriority => (
+                    400,
+                    problem(
+                        400,
+                        "invalid-priority",
+                        "X-Priority must be high, medium or low",
+                        r#"[{"path":"header:X-Priority","message":"unknown priority"}]"#,
+                    ),
+                    None,
+                ),
+                Refusal::MissingCredential => (
+                    401,
+                    problem(
+                        401,
+                        "missing-credential",
+                        "send the device key as X-Device-Token, X-API-Key or Authorization: Bearer",
+                        "[]",
+                    ),
+                    Some(r#"Bearer realm="tidegate""#),
+                ),
+                Refusal::InvalidCredential => (
+                    401,
+                    problem(401, "invalid-credential", "the device key is unknown or revoked", "[]"),
+                    Some(r#"Bearer realm="tidegate", error="invalid_token""#),
+                ),
+                Refusal::Overloaded => (
+                    503,
+                    problem(
+                        503,
+                        "shed",
+                        &format!(
+                            "overloaded (records awaiting durability, spool fill or loop lag); {p} priority traffic is shed"
+                        ),
+                        "[]",
+                    ),
+                    None,
+                ),
+                Refusal::Shed => (
+                    503,
+                    problem(
+                        503,
+                        "shed",
+                        &format!("overloaded: {p} priority traffic is shed first; retry after Retry-After"),
+                        "[]",
+                    ),
+                    None,
+                ),
+                Refusal::RateLimited => (
+                    429,
+                    problem(
+                        429,
+                        "rate-limited",
+                        &format!(
+                            "the device is over its rate of {} requests/s",
+                            number(config.rate_per_device)
+                        ),
+                        "[]",
+                    ),
+                    None,
+                ),
+                Refusal::ByteBudget => (
+                    429,
+                    problem(
+                        429,
+                        "byte-budget",
+                        &format!(
+                            "the device is over its budget of {} decompressed bytes/s",
+                            number(config.decoded_bytes_per_device)
+                        ),
+                        "[]",
+                    ),
+                    None,
+                ),
+            };
+            out.push(Rendered {
+                status,
+                body,
+                www_authenticate,
+            });
+        }
+    }
+    out
+}
+
+/// Counters and gauges for `/metrics`.
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    pub admitted: [u64; 3],
+    /// By `Refusal as usize`, then priority.
+    pub refused: [[u64; 3]; 9],
+    pub limit: f64,
+    pub capacity: [f64; 3],
+    pub in_flight: f64,
+    pub in_flight_by: [f64; 3],
+    pub slowdown: f64,
+    pub drain_rate: f64,
+    pub refusal_cost: f64,
+}
+
+impl Admission {
+    /// `keys`: None when auth is off. `rates`, `decoded_bytes`: the device buckets (None: unlimited).
+    pub fn new(
+        config: AdmissionConfig,
+        keys: Option<Arc<KeyStore>>,
+        rates: Option<Arc<RateTable>>,
+        decoded_bytes: Option<Arc<RateTable>>,
+    ) -> Admission {
+        let epoch = Instant::now();
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64)
+            ^ (std::process::id() as u64) << 32;
+        Admission {
+            rendered: render(&config),
+            limit: Mutex::new(AdaptiveLimit::new(config.limit.clone(), 0.0, seed)),
+            config,
+            keys,
+            rates,
+            decoded_bytes,
+            epoch,
+            readiness: AtomicU8::new(NOT_READY),
+            pressure: AtomicU64::new(0f64.to_bits()),
+            admitted: Default::default(),
+            refused: Default::default(),
+        }
+    }
+
+    pub fn keys(&self) -> Option<&KeyStore> {
+        self.keys.as_deref()
+    }
+
+    fn now(&self) -> f64 {
+        self.epoch.elapsed().as_secs_f64()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, AdaptiveLimit> {
+        self.limit.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The worker's state, set whenever it changes: ready to take traffic (else 503 `not-ready`), the spool
+    /// failing (503 `spool-error`, before readiness), and the pressure that is not per request: spool fill
+    /// (1 when full) and event-loop lag against its threshold.
+    pub fn set_conditions(&self, ready: bool, spool_failing: bool, pressure: f64) {
+        let state = if spool_failing {
+            SPOOL_FAILING
+        } else if ready {
+            READY
+        } else {
+            NOT_READY
+        };
+        self.readiness.store(state, Ordering::Relaxed);
+        self.pressure.store(pressure.to_bits(), Ordering::Relaxed);
+    }
+
+    /// `max(records awaiting durability / max_in_flight_records, pressure)`.
+    pub fn utilization(&self, in_flight_records: u64) -> f64 {
+        let pressure = f64::from_bits(self.pressure.load(Ordering::Relaxed));
+        (in_flight_records as f64 / self.config.max_in_flight_records.max(1.0)).max(pressure)
+    }
+
+    /// The rendered answer of a refusal at a priority.
+    pub fn rendered(&self, refusal: Refusal, priority: Priority) -> &Rendered {
+        &self.rendered[refusal as usize * 3 + priority as usize]
+    }
+
+    fn refuse(&self, refusal: Refusal, priority: Priority, retry_after: Option<u32>) -> Decision {
+        self.refused[refusal as usize][priority as usize].fetch_add(1, Ordering::Relaxed);
+        self.lock().refused();
+        Decision::Refused {
+            refusal,
+            priority,
+            retry_after,
+            decided_at: self.now(),
+        }
+    }
+
+    /// Decides a request from its headers, at `now_us` (µs since the epoch, for the device buckets), with
+    /// `in_flight_records` awaiting durability in the worker and `default_priority` the route's.
+    pub fn decide(
+        &self,
+        headers: &HeaderView<'_>,
+        default_priority: Priority,
+        in_flight_records: u64,
+        now_us: i64,
+    ) -> Decision {
+        let parsed = headers.priority.map_or(Some(default_priority), Priority::parse);
+        let priority = parsed.unwrap_or(Priority::Low);
+        match self.readiness.load(Ordering::Relaxed) {
+            READY => {}
+            SPOOL_FAILING => return self.refuse(Refusal::SpoolError, priority, Some(5)),
+            _ => return self.refuse(Refusal::NotReady, priority, Some(5)),
+        }
+        if parsed.is_none() {
+            return self.refuse(Refusal::InvalidPriority, priority, None);
+        }
+        let utilization = self.utilization(in_flight_records);
+        if (utilization >= self.config.shed_medium_at && priority != Priority::High)
+            || (utilization >= self.config.shed_low_at && priority == Priority::Low)
+        {
+            return self.refuse(Refusal::Overloaded, priority, Some(1));
+        }
+        let cost = request_cost(headers.content_length, headers.content_encoding);
+        let permit = {
+            let mut limit = self.lock();
+            match limit.try_acquire(priority, cost, self.now()) {
+                Some(permit) => permit,
+                None => {
+                    let retry_after = limit.retry_after();
+                    drop(limit);
+                    return self.refuse(Refusal::Shed, priority, Some(retry_after));
+                }
+            }
+        };
+        // The key after the limit: a shed costs no hash. A request refused by its key gives its permit back.
+        let device = match &self.keys {
+            None => None,
+            Some(keys) => {
+                let found = presented_key(headers.device_token, headers.api_key, headers.authorization)
+                    .map(|key| keys.device_for(key));
+                match found {
+                    Some(Some(device)) => Some(device),
+                    refused => {
+                        self.lock().cancel(permit);
+                        let refusal = if refused.is_none() {
+                            Refusal::MissingCredential
+                        } else {
+                            Refusal::InvalidCredential
+                        };
+                        return self.refuse(refusal, priority, None);
+                    }
+                }
+            }
+        };
+        if let Some(device_id) = &device {
+            let id = RateTable::device_id(device_id);
+            for (table, refusal) in [
+                (&self.rates, Refusal::RateLimited),
+                (&self.decoded_bytes, Refusal::ByteBudget),
+            ] {
+                let Some(table) = table else { continue };
+                // A table that cannot be locked (its file damaged) does not refuse traffic.
+                let wait = if refusal == Refusal::RateLimited {
+                    table.take(&id, now_us)
+                } else {
+                    table.wait(&id, now_us)
+                };
+                let wait = wait.unwrap_or(0.0);
+                if wait > 0.0 {
+                    self.lock().cancel(permit);
+                    return self.refuse(refusal, priority, Some(wait.ceil().max(1.0) as u32));
+                }
+            }
+        }
+        self.admitted[priority as usize].fetch_add(1, Ordering::Relaxed);
+        Decision::Admitted {
+            permit,
+            device,
+            priority,
+        }
+    }
+
+    /// An admitted request was answered: its time counts in the limit.
+    pub fn release(&self, permit: Permit) {
+        let now = self.now();
+        self.lock().release(permit, now);
+    }
+
+    /// A refused request was answered (`decided_at` from its decision): the worker's part of a refusal's cost.
+    pub fn refusal_answered(&self, decided_at: f64) {
+        let now = self.now();
+        self.lock().refusal_answered(now - decided_at, now);
+    }
+
+    pub fn snapshot(&self) -> Snapshot {
+        let limit = self.lock();
+        let mut snapshot = Snapshot {
+            limit: limit.limit,
+            capacity: Priority::ALL.map(|p| limit.capacity(p)),
+            in_flight: limit.in_flight,
+            in_flight_by: limit.in_flight_by,
+            slowdown: limit.slowdown,
+            drain_rate: limit.drain_rate,
+            refusal_cost: limit.refusal_cost,
+            ..Snapshot::default()
+        };
+        drop(limit);
+        for (i, counter) in self.admitted.iter().enumerate() {
+            snapshot.admitted[i] = counter.load(Ordering::Relaxed);
+        }
+        for (r, row) in self.refused.iter().enumerate() {
+            for (p, counter) in row.iter().enumerate() {
+                snapshot.refused[r][p] = counter.load(Ordering::Relaxed);
+            }
+        }
+        snapshot
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+    use std::time::Duration;
+
+    fn fixed(limit: f64) -> AdmissionConfig {
+        let limit = LimitConfig {
+            initial: limit,
+            minimum: limit,
+            maximum: limit,
+            ..LimitConfig::default()
+        };
+        AdmissionConfig {
+            limit,
+            ..AdmissionConfig::default()
+        }
+    }
+
+    fn refusal(decision: &Decision) -> Option<Refusal> {
+        match decision {
+            Decision::Refused { refusal, .. } => Some(*refusal),
+            Decision::Admitted { .. } => None,
+        }
+    }
+
+    fn headers<'a>(priority: &'a [u8], length: &'a [u8]) -> HeaderView<'a> {
+        HeaderView {
+            priority: Some(priority),
+            content_length: Some(length),
+            ..HeaderView::default()
+        }
+    }
+
+    #[test]
+    fn not_ready_until_told_and_bad_priorities_refused() {
+        let admission = Admission::new(fixed(8.0), None, None, None);
+        let d = admission.decide(&headers(b"high", b"100"), Priority::Low, 0, 0);
+        assert_eq!(refusal(&d), Some(Refusal::NotReady));
+        admission.set_conditions(true, false, 0.0);
+        assert_eq!(
+            refusal(&admission.decide(&headers(b"urgent", b"1"), Priority::Low, 0, 0)),
+            Some(Refusal::InvalidPriority)
+        );
+        assert_eq!(
+            refusal(&admission.decide(&HeaderView::default(), Priority::Medium, 0, 0)),
+            None
+        );
+        admission.set_conditions(true, true, 0.0);
+        assert_eq!(
+            refusal(&admission.decide(&headers(b"high", b"1"), Priority::Low, 0, 0)),
+            Some(Refusal::SpoolError)
+        );
+        let rendered = admission.rendered(Refusal::SpoolError, Priority::High);
+        assert_eq!(rendered.status, 503);
+        let body = std::str::from_utf8(&rendered.body).unwrap();
+        assert!(
+            body.starts_with(
+                r#"{"type":"urn:tidegate:problem:spool-error","title":"Service Unavailable","status":503,"#
+            )
+        );
+    }
+
+    #[test]
+    fn under_a_low_flood_low_is_shed_and_high_admitted_and_counted() {
+        let admission = Admission::new(fixed(8.0), None, None, None);
+        admission.set_conditions(true, false, 0.0);
+        let mut held = Vec::new();
+        let mut shed = 0;
+        for _ in 0..20 {
+            match admission.decide(&headers(b"low", b"4096"), Priority::Low, 0, 0) {
+                Decision::Admitted { permit, .. } => held.push(permit),
+                Decision::Refused {
+                    refusal, retry_after, ..
+                } => {
+                    assert_eq!(refusal, Refusal::Shed);
+                    assert!((1..=30).contains(&retry_after.unwrap()));
+                    shed += 1;
+                }
+            }
+        }
+        assert_eq!(held.len(), 2, "low fills half the limit (two requests of cost 2)");
+        for _ in 0..2 {
+            let d = admission.decide(&headers(b"high", b"200"), Priority::Low, 0, 0);
+            assert!(matches!(
+                d,
+                Decision::Admitted {
+                    priority: Priority::High,
+                    ..
+                }
+            ));
+        }
+        let snapshot = admission.snapshot();
+        assert_eq!(snapshot.refused[Refusal::Shed as usize], [0, 0, shed]);
+        assert_eq!(snapshot.admitted, [2, 0, 2]);
+        assert_eq!(snapshot.limit, 8.0);
+        assert_eq!(snapshot.capacity, [8.0, 6.4, 4.0]);
+        for permit in held {
+            admission.release(permit);
+        }
+        assert!(admission.snapshot().in_flight < 3.0);
+    }
+
+    #[test]
+    fn utilization_sheds_low_then_medium() {
+        let admission = Admission::new(
+            AdmissionConfig {
+                max_in_flight_records: 10.0,
+                ..AdmissionConfig::default()
+            },
+            None,
+            None,
+            None,
+        );
+        admission.set_conditions(true, false, 0.0);
+        let at = |records: u64, p: &[u8]| refusal(&admission.decide(&headers(p, b"10"), Priority::Low, records, 0));
+        assert_eq!(at(8, b"low"), Some(Refusal::Overloaded));
+        assert_eq!(at(8, b"medium"), None);
+        assert_eq!(at(9, b"medium"), Some(Refusal::Overloaded));
+        assert_eq!(at(9, b"high"), None);
+        admission.set_conditions(true, false, 0.95); // spool nearly full
+        assert_eq!(at(0, b"medium"), Some(Refusal::Overloaded));
+    }
+
+    #[test]
+    fn keys_and_device_buckets() {
+        let dir = std::env::temp_dir().join(format!("tidegate-admission-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("keys.json");
+        let digest: String = super::super::keys::sha256(b"pw")
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        std::fs::write(
+            &path,
+            format!(r#"{{"keys":[{{"key_id":"k1","device_id":"dev-1","secret_sha256":"{digest}"}}]}}"#),
+        )
+        .unwrap();
+        let keys = KeyStore::open(Path::new(&path), Duration::from_millis(500));
+        let rates = Arc::new(RateTable::open(None, 64, 1.0, 2.0).unwrap());
+        let admission = Admission::new(AdmissionConfig::default(), Some(Arc::new(keys)), Some(rates), None);
+        admission.set_conditions(true, false, 0.0);
+        let none = HeaderView::default();
+        assert_eq!(
+            refusal(&admission.decide(&none, Priority::Low, 0, 0)),
+            Some(Refusal::MissingCredential)
+        );
+        let wrong = HeaderView {
+            device_token: Some(b"tg_k1_px"),
+            ..none
+        };
+        assert_eq!(
+            refusal(&admission.decide(&wrong, Priority::Low, 0, 0)),
+            Some(Refusal::InvalidCredential)
+        );
+        let rendered = admission.rendered(Refusal::InvalidCredential, Priority::Low);
+        assert_eq!((rendered.status, rendered.www_authenticate.is_some()), (401, true));
+        let good = HeaderView {
+            authorization: Some(b"Bearer tg_k1_pw"),
+            ..none
+        };
+        let now = 1_000_000_000_000;
+        for _ in 0..2 {
+            match admission.decide(&good, Priority::Low, 0, now) {
+                Decision::Admitted { device, permit, .. } => {
+                    assert_eq!(device.as_deref(), Some("dev-1"));
+                    admission.release(permit);
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        match admission.decide(&good, Priority::Low, 0, now) {
+            Decision::Refused {
+                refusal: Refusal::RateLimited,
+                retry_after,
+                ..
+            } => assert_eq!(retry_after, Some(1)),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            admission.snapshot().in_flight,
+            0.0,
+            "a request refused by its rate gives its permit back"
+        );
+        let body = std::str::from_utf8(&admission.rendered(Refusal::RateLimited, Priority::Low).body)
+            .unwrap()
+            .to_owned();
+        assert!(body.contains("over its rate of 50 requests/s"), "{body}");
+    }
+}

@@ -1,0 +1,460 @@
+//! The adaptive concurrency limit of one worker, over the cost of the requests in flight, with priority
+//! partitions (issue 11).
+//!
+//! When the CPU is what runs out, no queue tidegate owns grows: requests wait inside Granian and the kernel for an
+//! event loop busy with other requests, and the loop's lag stays small. What grows is the time an admitted request
+//! spends between its admission and its answer: every await puts it back behind every runnable request. So the
+//! signal is that time, per unit of cost, against the lowest seen recently (TCP Vegas and Netflix's gradient
+//! limiters do the same with round-trip times):
+//!
+//! * A request costs about its size: `1 + Content-Length / COST_BYTES` (a compressed body counts
+//!   `COMPRESSED_FACTOR` times its length), so a 2,000-event body weighs what it costs, not what one reading does.
+//! * Requests are compared with their own kind, by size class (`floor(log2(cost))`). Every `WINDOW_S`, each class's
+//!   mean time is divided by its `base`, a long-run mean (about `1 / BASE_WEIGHT` windows); `slowdown` is those
+//!   ratios averaged by cost. `gradient = clamp(tolerance / slowdown, 0.5, 1)` and the limit becomes
+//!   `limit * gradient + sqrt(limit)`, smoothed, between the floor and the ceiling. A steady load is its own base;
+//!   a sudden slowdown shrinks the limit up to half per window. When load drops the base follows it down at once.
+//! * **Refusals are not counted in the admitted requests' time.** Refused requests still take event-loop time
+//!   (Granian hands them over, the 503 is sent), and that time shows up as waiting in the admitted requests' awaits.
+//!   Counted, it made the limit shrink because requests were refused, which refused more: with a low floor the
+//!   limit sat at it and goodput collapsed. So every refusal advances a *refusal clock* by the loop time a refusal
+//!   takes (the smallest refusal time measured in a window, smoothed: a refusal that waited is not counted as its
+//!   cost), times `refusal_weight` (for Granian's part of a request, which the worker does not see); an admitted
+//!   request's time is its wall time minus what the refusal clock advanced while it was in flight (never less than
+//!   `OWN_SHARE` of it). What is left rises with the queueing admission controls, the admitted work.
+//! * Priority partitions: a request counts the work in flight of its own priority and those above it, against its
+//!   share of the limit: low counts everything and may fill `shares[low]` of it, medium counts medium and high
+//!   against `shares[medium]`, high counts only high against all of it. Low is shed first and never takes room
+//!   from high. A request larger than its share is admitted when nothing it counts is in flight.
+//! * `Retry-After` of a shed request: the time the work in flight takes to drain at the measured completion rate,
+//!   jittered up to twice that (clients that honour it do not come back together), 1 to 30 s.
+//!
+//! Times are seconds on a monotonic clock, passed in by the caller (so the controller is tested without sleeping).
+
+/// Bytes that weigh as much as one request: a reading (~250 B) costs about 1, a 2,000-event body about 90.
+pub const COST_BYTES: f64 = 4096.0;
+/// Assumed when a request does not say how long its body is (chunked).
+pub const UNKNOWN_BYTES: f64 = 16384.0;
+pub const COMPRESSED_FACTOR: f64 = 4.0;
+pub const WINDOW_S: f64 = 0.1;
+/// Weight of a window in the long-run mean time per size class (about 5 s at 100 ms windows).
+pub const BASE_WEIGHT: f64 = 0.02;
+/// An admitted request's own time is at least this share of its wall time, whatever the refusal clock says.
+pub const OWN_SHARE: f64 = 0.1;
+const CLASSES: usize = 64;
+
+/// `X-Priority`: high, medium, low.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Priority {
+    High = 0,
+    Medium = 1,
+    Low = 2,
+}
+
+impl Priority {
+    pub const ALL: [Priority; 3] = [Priority::High, Priority::Medium, Priority::Low];
+
+    /// `high`, `medium` or `low`, any case, surrounding whitespace ignored.
+    pub fn parse(value: &[u8]) -> Option<Priority> {
+        let value = value.trim_ascii();
+        Priority::ALL
+            .into_iter()
+            .find(|p| value.eq_ignore_ascii_case(p.name().as_bytes()))
+    }
+
+    pub fn name(self) -> &'static str {
+        ["high", "medium", "low"][self as usize]
+    }
+}
+
+/// A request's weight, from its headers alone (the body is not read before admission).
+pub fn request_cost(content_length: Option<&[u8]>, content_encoding: Option<&[u8]>) -> f64 {
+    let size = content_length
+        .filter(|v| !v.is_empty() && v.iter().all(u8::is_ascii_digit))
+        .and_then(|v| std::str::from_utf8(v).ok()?.parse::<f64>().ok())
+        .unwrap_or(UNKNOWN_BYTES);
+    let compressed = content_encoding.is_some_and(|e| {
+        let e = e.trim_ascii();
+        !e.is_empty() && !e.eq_ignore_ascii_case(b"identity")
+    });
+    1.0 + size * if compressed { COMPRESSED_FACTOR } else { 1.0 } / COST_BYTES
+}
+
+#[derive(Clone, Debug)]
+pub struct LimitConfig {
+    pub initial: f64,
+    pub minimum: f64,
+    pub maximum: f64,
+    pub tolerance: f64,
+    pub smoothing: f64,
+    /// Part of the limit each priority may fill (high, medium, low).
+    pub shares: [f64; 3],
+    /// Loop time of one refusal, as a multiple of the part measured in the worker.
+    pub refusal_weight: f64,
+}
+
+impl Default for LimitConfig {
+    fn default() -> Self {
+        LimitConfig {
+            initial: 1024.0,
+            minimum: 1024.0,
+            maximum: 4096.0,
+            tolerance: 2.0,
+            smoothing: 0.3,
+            shares: [1.0, 0.8, 0.5],
+            refusal_weight: 2.0,
+        }
+    }
+}
+
+/// An admitted request's place in the limit, handed back when it is answered.
+#[derive(Clone, Copy, Debug)]
+pub struct Permit {
+    pub priority: Priority,
+    pub cost: f64,
+    pub started: f64,
+    /// The refusal clock when it was admitted.
+    refusals_at: f64,
+}
+
+#[derive(Clone, Copy, Default)]
+struct Sums {
+    seconds: f64,
+    requests: f64,
+    cost: f64,
+}
+
+pub struct AdaptiveLimit {
+    config: LimitConfig,
+    pub limit: f64,
+    pub in_flight: f64,
+    pub in_flight_by: [f64; 3],
+    /// Per size class, the long-run mean seconds of an admitted request (0: none seen).
+    base: [f64; CLASSES],
+    /// The last window's time against the base, averaged by cost over the classes.
+    pub slowdown: f64,
+    /// Cost completed per second (smoothed), for Retry-After.
+    pub drain_rate: f64,
+    /// Loop seconds spent on refusals so far (estimated).
+    pub refusal_clock: f64,
+    /// Loop seconds one refusal takes (smoothed; 0 until measured).
+    pub refusal_cost: f64,
+    window_start: f64,
+    window: [Sums; CLASSES],
+    window_peak: f64,
+    window_refusal_min: f64,
+    rng: u64,
+}
+
+impl AdaptiveLimit {
+    pub fn new(config: LimitConfig, now: f64, seed: u64) -> AdaptiveLimit {
+        AdaptiveLimit {
+            limit: config.initial.clamp(config.minimum, config.maximum.max(config.minimum)),
+            config,
+            in_flight: 0.0,
+            in_flight_by: [0.0; 3],
+            base: [0.0; CLASSES],
+            slowdown: 1.0,
+            drain_rate: 0.0,
+            refusal_clock: 0.0,
+            refusal_cost: 0.0,
+            window_start: now,
+            window: [Sums::default(); CLASSES],
+            window_peak: 0.0,
+            window_refusal_min: f64::INFINITY,
+            rng: seed | 1,
+        }
+    }
+
+    /// The part of the limit `priority` may fill.
+    pub fn capacity(&self, priority: Priority) -> f64 {
+        self.limit * self.config.shares[priority as usize]
+    }
+
+    /// The work in flight a request of `priority` is measured against (its own and higher priorities').
+    pub fn counted(&self, priority: Priority) -> f64 {
+        match priority {
+            Priority::High => self.in_flight_by[0],
+            Priority::Medium => self.in_flight_by[0] + self.in_flight_by[1],
+            Priority::Low => self.in_flight,
+        }
+    }
+
+    /// Admits a request of `cost` at `priority`, or None: shed.
+    pub fn try_acquire(&mut self, priority: Priority, cost: f64, now: f64) -> Option<Permit> {
+        let counted = self.counted(priority);
+        if counted > 0.0 && counted + cost > self.capacity(priority) {
+            return None;
+        }
+        self.in_flight += cost;
+        self.in_flight_by[priority as usize] += cost;
+        self.window_peak = self.window_peak.max(self.in_flight);
+        Some(Permit {
+            priority,
+            cost,
+            started: now,
+            refusals_at: self.refusal_clock,
+        })
+    }
+
+    /// Gives a permit back without counting its time (the request was refused after all, e.g. by its rate).
+    pub fn cancel(&mut self, permit: Permit) {
+        self.in_flight = (self.in_flight - permit.cost).max(0.0);
+        let by = &mut self.in_flight_by[permit.priority as usize];
+        *by = (*by - permit.cost).max(0.0);
+    }
+
+    /// A refusal was decided (counted on the refusal clock at the cost measured so far).
+    pub fn refused(&mut self) {
+        self.refusal_clock += self.refusal_cost * self.config.refusal_weight;
+    }
+
+    /// A refusal was answered `seconds` after it was decided: the worker's part of its cost.
+    pub fn refusal_answered(&mut self, seconds: f64, now: f64) {
+        self.window_refusal_min = self.window_refusal_min.min(seconds.max(0.0));
+        self.tick(now);
+    }
+
+    /// An admitted request was answered at `now`.
+    pub fn release(&mut self, permit: Permit, now: f64) {
+        self.cancel(permit);
+        let wall = (now - permit.started).max(0.0);
+        let refusals = self.refusal_clock - permit.refusals_at;
+        let own = (wall - refusals).max(wall * OWN_SHARE);
+        let class = (permit.cost.max(1.0).log2() as usize).min(CLASSES - 1);
+        let sums = &mut self.window[class];
+        sums.seconds += own;
+        sums.requests += 1.0;
+        sums.cost += permit.cost;
+        self.tick(now);
+    }
+
+    fn tick(&mut self, now: f64) {
+        let elapsed = now - self.window_start;
+        if elapsed >= WINDOW_S {
+            self.update(elapsed);
+            self.window_start = now;
+        }
+    }
+
+    fn update(&mut self, elapsed: f64) {
+        let window = std::mem::replace(&mut self.window, [Sums::default(); CLASSES]);
+        let peak = std::mem::replace(&mut self.window_peak, self.in_flight);
+        let refusal_min = std::mem::replace(&mut self.window_refusal_min, f64::INFINITY);
+        if refusal_min.is_finite() {
+            self.refusal_cost = if self.refusal_cost == 0.0 {
+                refusal_min
+            } else {
+                0.7 * self.refusal_cost + 0.3 * refusal_min
+            };
+        }
+        let cost: f64 = window.iter().map(|s| s.cost).sum();
+        let rate = cost / elapsed;
+        self.drain_rate = if self.drain_rate == 0.0 {
+            rate
+        } else {
+            0.7 * self.drain_rate + 0.3 * rate
+        };
+        if cost <= 0.0 {
+            return;
+        }
+        let mut weighted = 0.0;
+        for (class, sums) in window.iter().enumerate().filter(|(_, s)| s.requests > 0.0) {
+            let mean = sums.seconds / sums.requests;
+            let base = if self.base[class] > 0.0 { self.base[class] } else { mean };
+            weighted += sums.cost * if base > 0.0 { mean / base } else { 1.0 };
+            // Compared first, then learnt: a faster window is the new normal at once, a slower one only slowly.
+            self.base[class] = if mean < base {
+                mean
+            } else {
+                base * (1.0 - BASE_WEIGHT) + mean * BASE_WEIGHT
+            };
+        }
+        self.slowdown = weighted / cost;
+        let gradient = (self.config.tolerance / self.slowdown).clamp(0.5, 1.0);
+        if gradient >= 1.0 && peak < self.limit / 2.0 {
+            return; // not pressed and not used: no reason to grow
+        }
+        let target = self.limit * gradient + self.limit.sqrt();
+        let limit = self.limit * (1.0 - self.config.smoothing) + target * self.config.smoothing;
+        self.limit = limit.clamp(self.config.minimum, self.config.maximum.max(self.config.minimum));
+    }
+
+    fn uniform(&mut self) -> f64 {
+        // xorshift64*: jitter only, not security.
+        self.rng ^= self.rng >> 12;
+        self.rng ^= self.rng << 25;
+        self.rng ^= self.rng >> 27;
+        (self.rng.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// Whole seconds until the work in flight drains at the measured rate, jittered up to twice that, 1..=30.
+    pub fn retry_after(&mut self) -> u32 {
+        let drain = if self.drain_rate > 0.0 {
+            self.in_flight / self.drain_rate
+        } else {
+            1.0
+        };
+        let jittered = drain * (1.0 + self.uniform());
+        jittered.ceil().clamp(1.0, 30.0) as u32
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixed(limit: f64) -> AdaptiveLimit {
+        let config = LimitConfig {
+            initial: limit,
+            minimum: limit,
+            maximum: limit,
+            ..LimitConfig::default()
+        };
+        AdaptiveLimit::new(config, 0.0, 7)
+    }
+
+    #[test]
+    fn cost_follows_the_body_size() {
+        assert!(request_cost(Some(b"200"), None) < 1.1);
+        assert!(request_cost(Some(b"400000"), None) > 20.0);
+        assert_eq!(
+            request_cost(Some(b"100000"), Some(b"zstd")),
+            request_cost(Some(b"400000"), None)
+        );
+        assert_eq!(
+            request_cost(Some(b"100000"), Some(b" Identity")),
+            request_cost(Some(b"100000"), None)
+        );
+        assert_eq!(request_cost(None, None), request_cost(Some(b"16384"), None));
+        assert_eq!(request_cost(Some(b"-5"), None), request_cost(None, None));
+    }
+
+    #[test]
+    fn priorities_parse_in_any_case() {
+        assert_eq!(Priority::parse(b" HIGH "), Some(Priority::High));
+        assert_eq!(Priority::parse(b"low"), Some(Priority::Low));
+        assert_eq!(Priority::parse(b"urgent"), None);
+    }
+
+    #[test]
+    fn low_fills_only_its_share_and_never_takes_room_from_high() {
+        let mut limit = fixed(10.0);
+        assert!((0..5).all(|_| limit.try_acquire(Priority::Low, 1.0, 0.0).is_some()));
+        assert!(
+            limit.try_acquire(Priority::Low, 1.0, 0.0).is_none(),
+            "low stops at half the limit"
+        );
+        assert!(limit.try_acquire(Priority::Medium, 1.0, 0.0).is_some());
+        assert!(limit.try_acquire(Priority::High, 1.0, 0.0).is_some());
+        let high = (0..20)
+            .filter(|_| limit.try_acquire(Priority::High, 1.0, 0.0).is_some())
+            .count();
+        assert_eq!(high, 9, "high has the whole limit to itself");
+        let mut empty = fixed(10.0);
+        let big = empty.try_acquire(Priority::Low, 50.0, 0.0);
+        assert!(
+            big.is_some(),
+            "a request larger than its share gets into an empty worker"
+        );
+        assert!(empty.try_acquire(Priority::Low, 1.0, 0.0).is_none());
+        assert!(
+            empty.try_acquire(Priority::High, 1.0, 0.0).is_some(),
+            "and does not block high"
+        );
+        empty.cancel(big.unwrap());
+        assert_eq!(empty.in_flight, 1.0);
+    }
+
+    /// One window: `requests` high-priority requests of cost 1, each `seconds` long, all in flight at once.
+    fn window(limit: &mut AdaptiveLimit, now: &mut f64, seconds: f64, requests: usize, refusals: usize) {
+        let permits: Vec<Permit> = (0..requests)
+            .filter_map(|_| limit.try_acquire(Priority::High, 1.0, *now))
+            .collect();
+        for _ in 0..refusals {
+            limit.refused();
+        }
+        *now += seconds.max(WINDOW_S * 1.01);
+        for permit in permits {
+            let mut permit = permit;
+            permit.started = *now - seconds;
+            limit.release(permit, *now);
+        }
+    }
+
+    #[test]
+    fn the_limit_shrinks_when_requests_slow_down_and_grows_when_used() {
+        let config = LimitConfig {
+            initial: 64.0,
+            minimum: 4.0,
+            maximum: 1000.0,
+            ..LimitConfig::default()
+        };
+        let mut limit = AdaptiveLimit::new(config, 0.0, 7);
+        let mut now = 0.0;
+        window(&mut limit, &mut now, 0.002, 60, 0); // the best seen: 2 ms
+        let grown = limit.limit;
+        assert!(grown > 64.0, "used and not slowed down: it grows");
+        for _ in 0..10 {
+            window(&mut limit, &mut now, 0.020, 60, 0); // ten times slower
+        }
+        assert!(
+            limit.limit < grown / 2.0,
+            "slowed down: it shrinks: {grown} -> {} ({})",
+            limit.limit,
+            limit.slowdown
+        );
+        assert!(limit.slowdown > 2.0);
+        assert!((1..=30).contains(&limit.retry_after()));
+    }
+
+    #[test]
+    fn time_spent_on_refusals_does_not_shrink_the_limit() {
+        let config = LimitConfig {
+            initial: 64.0,
+            minimum: 4.0,
+            maximum: 1000.0,
+            ..LimitConfig::default()
+        };
+        let (mut counted, mut excluded) = (
+            AdaptiveLimit::new(config.clone(), 0.0, 7),
+            AdaptiveLimit::new(config, 0.0, 7),
+        );
+        let (mut now_a, mut now_b) = (0.0, 0.0);
+        for limit in [&mut counted, &mut excluded] {
+            // Refusals measured: 50 µs of loop time each (the worker's part; weight 2 makes it 100 µs).
+            limit.refusal_answered(0.000_050, 0.0);
+            limit.refusal_answered(0.000_400, WINDOW_S); // a refusal that waited is not its cost
+        }
+        assert!((excluded.refusal_cost - 0.000_050).abs() < 1e-9);
+        window(&mut counted, &mut now_a, 0.002, 60, 0);
+        window(&mut excluded, &mut now_b, 0.002, 60, 0);
+        for _ in 0..10 {
+            // Admitted requests now take 20 ms of wall time, 18 ms of it waiting behind 180 refusals.
+            window(&mut counted, &mut now_a, 0.020, 60, 0);
+            window(&mut excluded, &mut now_b, 0.020, 60, 180);
+        }
+        assert!(counted.limit < 64.0, "slowed down by what it could not see: it shrinks");
+        assert!(
+            excluded.slowdown < 2.0,
+            "the refusals' time is not the admitted requests': {}",
+            excluded.slowdown
+        );
+        assert!(excluded.limit >= 64.0, "and the limit holds: {}", excluded.limit);
+    }
+
+    #[test]
+    fn retry_after_follows_the_drain_rate_with_jitter() {
+        let mut limit = fixed(10_000.0);
+        let mut now = 0.0;
+        for _ in 0..5 {
+            window(&mut limit, &mut now, 0.1, 100, 0); // 1,000 cost units per second
+        }
+        let _held: Vec<Permit> = (0..3000)
+            .map(|_| limit.try_acquire(Priority::High, 1.0, now).unwrap())
+            .collect();
+        let seen: Vec<u32> = (0..200).map(|_| limit.retry_after()).collect();
+        assert!(seen.iter().all(|s| (3..=12).contains(s)), "{seen:?}");
+        assert!(seen.iter().min() != seen.iter().max(), "jittered");
+    }
+}

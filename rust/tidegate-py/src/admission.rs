@@ -1,0 +1,297 @@
+//! The header phase of the native gateway (`tidegate-core`'s `gateway`): device and operator keys, and the one
+//! admission decision per request, taken from the raw ASGI header list with the GIL released. Conversion only.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
+use std::sync::Arc;
+use tidegate_core::gateway::{
+    Admission as CoreAdmission, AdmissionConfig, Decision, HeaderView, KeyStore, LimitConfig, Permit, Priority, Refusal,
+};
+
+use crate::spool::RateTable;
+
+/// The keys file (`tidegate keys`), verified natively and re-read within `reload_interval` of a change.
+#[pyclass(frozen, module = "tidegate._native")]
+pub struct Keys(Arc<KeyStore>);
+
+#[pymethods]
+impl Keys {
+    #[new]
+    #[pyo3(signature = (path, *, reload_interval = 0.5))]
+    fn new(py: Python<'_>, path: PathBuf, reload_interval: f64) -> Keys {
+        let every = Duration::from_secs_f64(reload_interval.max(0.0));
+        Keys(Arc::new(py.detach(|| KeyStore::open(&path, every))))
+    }
+
+    /// The device a presented key belongs to; None for a malformed, unknown or revoked key.
+    fn device_for(&self, py: Python<'_>, key: &str) -> Option<String> {
+        py.detach(|| self.0.device_for(key.as_bytes())).map(|d| d.to_string())
+    }
+
+    /// The name of the operator a presented key belongs to; None for any other key.
+    fn operator_for(&self, py: Python<'_>, key: &str) -> Option<String> {
+        py.detach(|| self.0.operator_for(key.as_bytes())).map(|d| d.to_string())
+    }
+
+    fn is_operator(&self, py: Python<'_>, key: &str) -> bool {
+        py.detach(|| self.0.operator_for(key.as_bytes())).is_some()
+    }
+}
+
+/// A request's place in admission, handed back to `Admission.done` once it is answered.
+#[pyclass(frozen, module = "tidegate._native")]
+pub struct AdmissionTicket {
+    permit: Option<Permit>,
+    decided_at: f64,
+    done: AtomicBool,
+}
+
+#[pymethods]
+impl AdmissionTicket {
+    #[getter]
+    fn admitted(&self) -> bool {
+        self.permit.is_some()
+    }
+}
+
+/// The header phase of one worker: see the core's `gateway::admission`.
+#[pyclass(frozen, module = "tidegate._native")]
+pub struct Admission {
+    inner: CoreAdmission,
+    bodies: Vec<Py<PyBytes>>,
+    priorities: [Py<PyString>; 3],
+}
+
+/// The header names the decision reads, in `HeaderView` order.
+const WANTED: [&[u8]; 6] = [
+    b"content-length",
+    b"content-encoding",
+    b"x-device-token",
+    b"x-api-key",
+    b"authorization",
+    b"x-priority",
+];
+
+type Decided<'py> = (
+    AdmissionTicket,
+    Option<Bound<'py, PyString>>,
+    Py<PyString>,
+    Option<(u16, Py<PyBytes>, Bound<'py, PyList>)>,
+);
+
+#[pymethods]
+impl Admission {
+    #[new]
+    #[pyo3(signature = (
+        *, keys = None, rates = None, decoded_bytes = None, initial_limit = 1024.0, min_limit = 1024.0,
+        max_limit = 4096.0, tolerance = 2.0, smoothing = 0.3, low_share = 0.5, medium_share = 0.8,
+        refusal_weight = 2.0, shed_medium_at = 0.9, shed_low_at = 0.7, max_in_flight_records = 50_000.0,
+        rate_per_device = 50.0, decoded_bytes_per_device = 2_097_152.0,
+    ))]
+    fn new(
+        py: Python<'_>,
+        keys: Option<&Keys>,
+        rates: Option<&RateTable>,
+        decoded_bytes: Option<&RateTable>,
+        initial_limit: f64,
+        min_limit: f64,
+        max_limit: f64,
+        tolerance: f64,
+        smoothing: f64,
+        low_share: f64,
+        medium_share: f64,
+        refusal_weight: f64,
+        shed_medium_at: f64,
+        shed_low_at: f64,
+        max_in_flight_records: f64,
+        rate_per_device: f64,
+        decoded_bytes_per_device: f64,
+    ) -> Admission {
+        let config = AdmissionConfig {
+            limit: LimitConfig {
+                initial: initial_limit,
+                minimum: min_limit,
+                maximum: max_limit,
+                tolerance,
+                smoothing,
+                shares: [1.0, medium_share, low_share],
+                refusal_weight,
+            },
+            shed_medium_at,
+            shed_low_at,
+            max_in_flight_records,
+            rate_per_device,
+            decoded_bytes_per_device,
+        };
+        let inner = CoreAdmission::new(
+            config,
+            keys.map(|k| k.0.clone()),
+            rates.map(|r| r.0.clone()),
+            decoded_bytes.map(|r| r.0.clone()),
+        );
+        let mut bodies = Vec::new();
+        for refusal in Refusal::ALL {
+            for priority in Priority::ALL {
+                bodies.push(PyBytes::new(py, &inner.rendered(refusal, priority).body).unbind());
+            }
+        }
+        let priorities = Priority::ALL.map(|p| PyString::intern(py, p.name()).unbind());
+        Admission {
+            inner,
+            bodies,
+            priorities,
+        }
+    }
+
+    /// Decides a request from its raw ASGI `headers` (`(name, value)` pairs of bytes), `default_priority` being
+    /// its route's and `in_flight_records` the records awaiting durability in the worker. Returns `(ticket,
+    /// device_id, priority, refusal)`: `refusal` is None when admitted, else `(status, body, headers)` to send.
+    fn decide<'py>(
+        &self,
+        py: Python<'py>,
+        headers: &Bound<'py, PyAny>,
+        default_priority: &str,
+        in_flight_records: u64,
+    ) -> PyResult<Decided<'py>> {
+        // The wanted values, copied into one buffer (a header sent on several lines is one comma-joined value).
+        let mut buffer: Vec<u8> = Vec::with_capacity(160);
+        let mut spans: [Option<(usize, usize)>; 6] = [None; 6];
+        for item in headers.try_iter()? {
+            let item = item?;
+            let (name, value) = match item.cast::<PyTuple>() {
+                Ok(pair) => (pair.get_item(0)?, pair.get_item(1)?),
+                Err(_) => (item.get_item(0)?, item.get_item(1)?),
+            };
+            let name = name.cast::<PyBytes>()?;
+            let Some(slot) = WANTED.iter().position(|w| *w == name.as_bytes()) else {
+                continue;
+            };
+            let value = value.cast::<PyBytes>()?;
+            let start = buffer.len();
+            if let Some((a, b)) = spans[slot] {
+                buffer.extend_from_within(a..b);
+                buffer.push(b',');
+            }
+            buffer.extend_from_slice(value.as_bytes());
+            spans[slot] = Some((start, buffer.len()));
+        }
+        let default = Priority::parse(default_priority.as_bytes()).unwrap_or(Priority::Low);
+        let now_us = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as i64);
+        let decision = py.detach(|| {
+            let get = |i: usize| spans[i].map(|(a, b)| &buffer[a..b]);
+            let view = HeaderView {
+                content_length: get(0),
+                content_encoding: get(1),
+                device_token: get(2),
+                api_key: get(3),
+                authorization: get(4),
+                priority: get(5),
+            };
+            self.inner.decide(&view, default, in_flight_records, now_us)
+        });
+        Ok(match decision {
+            Decision::Admitted {
+                permit,
+                device,
+                priority,
+            } => (
+                AdmissionTicket {
+                    permit: Some(permit),
+                    decided_at: permit.started,
+                    done: AtomicBool::new(false),
+                },
+                device.map(|d| PyString::new(py, &d)),
+                self.priorities[priority as usize].clone_ref(py),
+                None,
+            ),
+            Decision::Refused {
+                refusal,
+                priority,
+                retry_after,
+                decided_at,
+            } => {
+                let rendered = self.inner.rendered(refusal, priority);
+                let body = self.bodies[refusal as usize * 3 + priority as usize].clone_ref(py);
+                let head = PyList::empty(py);
+                let pair = |name: &[u8], value: &[u8]| (PyBytes::new(py, name), PyBytes::new(py, value));
+                head.append(pair(b"content-type", b"application/problem+json"))?;
+                head.append(pair(b"content-length", rendered.body.len().to_string().as_bytes()))?;
+                if let Some(seconds) = retry_after {
+                    head.append(pair(b"retry-after", seconds.to_string().as_bytes()))?;
+                }
+                if let Some(challenge) = rendered.www_authenticate {
+                    head.append(pair(b"www-authenticate", challenge.as_bytes()))?;
+                }
+                (
+                    AdmissionTicket {
+                        permit: None,
+                        decided_at,
+                        done: AtomicBool::new(false),
+                    },
+                    None,
+                    self.priorities[priority as usize].clone_ref(py),
+                    Some((rendered.status, body, head)),
+                )
+            }
+        })
+    }
+
+    /// The request of `ticket` was answered (an admitted one's time counts in the limit; a refused one's measures
+    /// what a refusal costs). A second call does nothing.
+    fn done(&self, ticket: &AdmissionTicket) {
+        if ticket.done.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        match ticket.permit {
+            Some(permit) => self.inner.release(permit),
+            None => self.inner.refusal_answered(ticket.decided_at),
+        }
+    }
+
+    /// Readiness (else 503 `not-ready`), a failing spool (503 `spool-error`), and the pressure that is not per
+    /// request: `max(spool fill (1 when full), event-loop lag / its threshold)`.
+    fn set_conditions(&self, ready: bool, spool_failing: bool, pressure: f64) {
+        self.inner.set_conditions(ready, spool_failing, pressure);
+    }
+
+    /// `max(in_flight_records / max_in_flight_records, pressure)`.
+    fn utilization(&self, in_flight_records: u64) -> f64 {
+        self.inner.utilization(in_flight_records)
+    }
+
+    /// Counters and gauges for `/metrics`: `limit`, `capacity_<priority>`, `in_flight`, `in_flight_<priority>`,
+    /// `slowdown`, `drain_rate`, `refusal_seconds`, `admitted_<priority>`, `refused_<reason>_<priority>`.
+    fn snapshot<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let s = self.inner.snapshot();
+        let out = PyDict::new(py);
+        out.set_item("limit", s.limit)?;
+        out.set_item("in_flight", s.in_flight)?;
+        out.set_item("slowdown", s.slowdown)?;
+        out.set_item("drain_rate", s.drain_rate)?;
+        out.set_item("refusal_seconds", s.refusal_cost)?;
+        for p in Priority::ALL {
+            let name = p.name();
+            out.set_item(format!("capacity_{name}"), s.capacity[p as usize])?;
+            out.set_item(format!("in_flight_{name}"), s.in_flight_by[p as usize])?;
+            out.set_item(format!("admitted_{name}"), s.admitted[p as usize] as f64)?;
+            for refusal in Refusal::ALL {
+                let count = s.refused[refusal as usize][p as usize] as f64;
+                out.set_item(format!("refused_{}_{name}", refusal.reason()), count)?;
+            }
+        }
+        Ok(out)
+    }
+}
+
+pub fn register(module: &Bound<'_, PyModule>) -> PyResult<()> {
+    module.add_class::<Keys>()?;
+    module.add_class::<Admission>()?;
+    module.add_class::<AdmissionTicket>()?;
+    Ok(())
+}
