@@ -494,6 +494,48 @@ def test_the_archive_in_an_s3_compatible_bucket(tmp_path: Path, monkeypatch: pyt
         assert again.cursor == 4 and again.step() == 0
 
 
+def test_a_bucket_file_larger_than_one_upload_part_goes_up_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Parquet file larger than pyarrow's S3 upload part (10 MiB) goes up as a multipart upload: every row is in
+    the bucket once, and DuckDB finds them there. (moto before 5.2.5 answered CompleteMultipartUpload with the
+    wrong root element, `CompleteMultipartUploadResponse`, which pyarrow takes for an error: the upload failed.)"""
+    import boto3  # noqa: PLC0415
+
+    for name, value in (("AWS_ACCESS_KEY_ID", "test"), ("AWS_SECRET_ACCESS_KEY", "test"), ("AWS_REGION", "us-east-1")):
+        monkeypatch.setenv(name, value)
+    with moto_server(tmp_path) as endpoint:
+        client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
+        client.create_bucket(Bucket="evidence")
+        settings = load_settings(
+            data_dir=tmp_path, archive_url="s3://evidence/tidegate", archive_s3_endpoint=endpoint,
+            archive_s3_region="us-east-1",
+        )  # fmt: skip
+        store = ArchiveStore.from_settings(settings)
+        # Incompressible payloads (random text): 24,000 records of ~900 bytes make one file of ~14 MB.
+        records = [event(entity_id=f"big-{i}", payload={"noise": os.urandom(450).hex()}) for i in range(24_000)]
+        bodies = [("event", ndjson(records[i : i + 4000]), "http") for i in range(0, len(records), 4000)]
+        results = spool_with(tmp_path / "w0", bodies, int(time.time() * 1000))
+        event_ids = [event_id for result in results for event_id in result.event_ids]
+        archiver = SpoolArchiver(
+            tidegate.Spool.open_for_delivery(tmp_path / "w0"), store, "atest", skip_topics=frozenset()
+        )
+        archiver.resume()
+        assert archiver.step() == len(records)
+        objects = client.list_objects_v2(Bucket="evidence")["Contents"]
+        assert len(objects) == 1 and objects[0]["Size"] > 10 << 20, "one file, larger than a part"
+        assert objects[0]["ETag"].strip('"').endswith("-2"), "uploaded in parts"
+        table = pq.read_table(store.path(objects[0]["Key"].removeprefix("tidegate/")), filesystem=store.filesystem)
+        assert sorted(table.column("event_id").to_pylist()) == sorted(event_ids), "every row, once"
+        query = ArchiveQuery(store)
+        assert query.count() == len(records)
+        wanted = event_ids[12_345]
+        assert wanted is not None
+        found = query.event(wanted)
+        assert found is not None and found["metadata"]["entity_id"] == "big-12345"
+        assert found["record"]["payload"] == records[12_345]["payload"]
+
+
 # ---------------------------------------------------------------------------------------------------- MQTT
 
 
