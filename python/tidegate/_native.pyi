@@ -11,6 +11,7 @@ __all__ = [
     "MAX_RECORD_BYTES",
     "MAX_TRACEPARENT_BYTES",
     "MAX_TRACESTATE_BYTES",
+    "ArrowBuffer",
     "Contract",
     "DedupWindow",
     "DeviceAlerts",
@@ -33,6 +34,7 @@ __all__ = [
     "UnsupportedFormat",
     "ValidationResult",
     "Validator",
+    "archive_parts",
     "quarantine_records",
     "read_kafka_range",
 ]
@@ -333,13 +335,6 @@ class RecordBatch:
         count. The GIL is released while encoding. ValueError for an unknown `compression`."""
 
     def extend(self, other: RecordBatch) -> None: ...
-    def archive_columns(self, topic: str) -> tuple[int, list[bytes]]:
-        """The archive's columns of the records of `topic` (dead-letter copies left out), read in one pass without
-        the GIL, as Arrow buffers: the record count, then for each string column (keys, empty without one; event
-        ids; `source` headers, `unknown` without one; `schema` headers; every header as a JSON object; values;
-        BLAKE3 of each value, hex) its offsets (i64, little-endian) and bytes (a `large_string` column), then the
-        reception times (ms) and the top-level `ingest_lag_ms` (i64; the least i64 without an integer one)."""
-
     def moved_to(self, topic: str) -> RecordBatch:
         """Every record but the dead-letter copies, on `topic`: the duplicate occurrences of a repeated request."""
 
@@ -348,6 +343,23 @@ _Compression = Literal["none", "gzip", "snappy", "lz4", "zstd"]
 
 #: (key, value, headers, timestamp_ms) of one record.
 _RecordTuple = tuple[bytes | None, bytes, list[tuple[str, bytes]], int]
+
+@final
+class ArrowBuffer:
+    """Bytes owned by the native side, read through the buffer protocol (`pyarrow.py_buffer` wraps them without a
+    copy): one buffer of an Arrow column that `archive_parts` built."""
+
+    def __len__(self) -> int: ...
+
+def archive_parts(
+    batch: RecordBatch, skip_topics: list[str], duplicates_topic: str
+) -> list[tuple[str, int, list[list[ArrowBuffer | None]]]]:
+    """The archive files of `batch`'s records (those of every topic but `skip_topics`, dead-letter copies left
+    out, records of `duplicates_topic` as `DUPLICATE` occurrences), built without the GIL: per file (ordered by
+    directory, then first event id) its partition directory, its row count and, per column of the archive's
+    schema (`tidegate.archive.writer.SCHEMA`), Arrow's buffers of it, rows sorted by event id: `[validity,
+    offsets (i32), data]` for a string, `[validity, data (i64)]` for an integer or timestamp; validity None
+    without nulls. ValueError when a column would exceed 2 GiB."""
 
 @final
 class KafkaRange:

@@ -27,10 +27,9 @@ import time
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.compute as pc
 
-from tidegate._native import RecordBatch, Spool
-from tidegate.archive import DUPLICATES_TOPIC, event_type_of, partition_dir
+from tidegate._native import RecordBatch, Spool, archive_parts
+from tidegate.archive import DUPLICATES_TOPIC
 from tidegate.archive.store import ArchiveStore
 from tidegate.delivery.spool import publish_archived
 
@@ -61,92 +60,23 @@ _FILE_NAME = re.compile(
 )
 
 
-#: `RecordBatch.archive_columns`'s mark of a record without an integer `ingest_lag_ms`.
-NO_LAG = -(2**63)
-DAY_MS = 86_400_000
-HOUR_MS = 3_600_000
-
-
-def _topic_table(batch: RecordBatch, topic: str) -> pa.Table:
-    count, buffers = batch.archive_columns(topic)
-
-    def strings(index: int) -> pa.Array:
-        offsets, data = pa.py_buffer(buffers[2 * index]), pa.py_buffer(buffers[2 * index + 1])
-        return pa.Array.from_buffers(pa.large_string(), count, [None, offsets, data]).cast(pa.string())
-
-    def integers(index: int) -> pa.Array:
-        return pa.Array.from_buffers(pa.int64(), count, [None, pa.py_buffer(buffers[index])])
-
-    keys, ids, sources, schemas, headers, values, hashes = (strings(i) for i in range(7))
-    lags = integers(15)
-    return pa.table(
-        {
-            "event_id": ids,
-            "entity_id": pc.if_else(pc.equal(keys, ""), pa.scalar(None, pa.string()), keys),
-            "ingest_ms": integers(14),
-            "ingest_lag_ms": pc.if_else(pc.equal(lags, NO_LAG), pa.scalar(None, pa.int64()), lags),
-            "status": pa.array(["DUPLICATE" if topic == DUPLICATES_TOPIC else "ACCEPTED"] * count, pa.string()),
-            "source": sources,
-            "schema": schemas,
-            "payload_blake3": hashes,
-            "topic": pa.array([topic] * count, pa.string()),
-            "headers": headers,
-            "value": values,
-        }
-    )
-
-
 def records_table(batch: RecordBatch, skip_topics: frozenset[str]) -> list[tuple[str, pa.Table]]:
-    """The archive rows of a spool range, per partition directory (in order), each sorted by event id. Fields are
-    read natively in one pass and the partitions computed on whole columns, with the arithmetic of
-    `tidegate.archive.partition_dir`."""
-    tables = [_topic_table(batch, topic) for topic in batch.topics if topic not in skip_topics]
-    tables = [table for table in tables if len(table)]
-    if not tables:
-        return []
-    table = pa.concat_tables(tables)
-    ingest_ms = table["ingest_ms"]
-    lag = table["ingest_lag_ms"]
-    event_ms = pc.if_else(pc.is_null(lag), ingest_ms, pc.subtract(ingest_ms, lag))
+    """The archive rows of a spool range, per partition directory (in a fixed order: by directory, then by first
+    event id), each sorted by event id. Built natively (`tidegate._native.archive_parts`: the partition of each
+    record with the arithmetic of `tidegate.archive.partition_dir`, the columns as Arrow lays them out) and wrapped
+    by pyarrow without a copy: no Python object per record or field."""
+    tables = []
+    for directory, rows, columns in archive_parts(batch, sorted(skip_topics), DUPLICATES_TOPIC):
+        arrays = [
+            pa.Array.from_buffers(_STORAGE[index], rows, [None if b is None else pa.py_buffer(b) for b in buffers])
+            for index, buffers in enumerate(columns)
+        ]
+        tables.append((directory, pa.Table.from_arrays(arrays, schema=SCHEMA)))
+    return tables
 
-    def floor_div(values: pa.ChunkedArray, unit: int) -> pa.ChunkedArray:
-        return pc.floor(pc.divide(pc.cast(values, pa.float64()), float(unit))).cast(pa.int64())
 
-    table = table.append_column("event_day", floor_div(event_ms, DAY_MS))
-    table = table.append_column("ingest_hour", floor_div(ingest_ms, HOUR_MS))
-    table = table.append_column("event_ms", event_ms)
-    groups = table.group_by(["source", "schema", "event_day", "ingest_hour"]).aggregate([])
-    parts: list[tuple[str, pa.Table]] = []
-    for source, schema, day, hour in zip(*(groups[name].to_pylist() for name in groups.column_names), strict=True):
-        directory = partition_dir(source, event_type_of(schema), day * DAY_MS, hour * HOUR_MS)
-        mask = pc.and_(
-            pc.and_(pc.equal(table["source"], source), pc.equal(table["schema"], schema)),
-            pc.and_(pc.equal(table["event_day"], day), pc.equal(table["ingest_hour"], hour)),
-        )
-        rows = table.filter(mask).sort_by("event_id")
-        parts.append(
-            (
-                directory,
-                pa.Table.from_arrays(
-                    [
-                        rows["event_id"],
-                        rows["entity_id"],
-                        rows["event_ms"].cast(pa.timestamp("ms", tz="UTC")),
-                        rows["ingest_ms"].cast(pa.timestamp("ms", tz="UTC")),
-                        rows["ingest_lag_ms"],
-                        rows["status"],
-                        pc.binary_join_element_wise(f"{directory}/event_id=", rows["event_id"], ""),
-                        rows["payload_blake3"],
-                        rows["topic"],
-                        rows["headers"],
-                        rows["value"],
-                    ],
-                    schema=SCHEMA,
-                ),
-            )
-        )
-    # A fixed order (so a range read again makes the same files): by directory, then by the first event id.
-    return sorted(parts, key=lambda part: (part[0], part[1]["event_id"][0].as_py()))
+#: The Arrow type each column is built as (timestamps as int64, viewed as timestamps without a copy).
+_STORAGE = [field.type for field in SCHEMA]
 
 
 class SpoolArchiver:

@@ -23,7 +23,7 @@
 //! assert_eq!(outcome.batch.get(0).unwrap().key, Some(&b"dev-1"[..]));
 //! ```
 
-pub mod archive;
+pub mod archive_parts;
 pub mod batch;
 pub mod canonical;
 pub mod cbor;

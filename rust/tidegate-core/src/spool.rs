@@ -415,6 +415,52 @@ fn scan_frames(
     }
 }
 
+/// A window of a segment file, to scan: mapped (the page cache's pages, neither copied nor zeroed: reading a
+/// large window this way costs a fraction of a `read` into a fresh buffer), or read when it is small or the
+/// mapping fails. The mapped range lies within the file as it was listed: segments only grow while they are
+/// read (a crashed writer's restart truncates only a torn tail past every durable record, which the scan never
+/// reaches: it stops at the durable sequence), and a deleted segment stays readable through its mapping.
+enum SegmentWindow {
+    Mapped(memmap2::Mmap),
+    Read(Vec<u8>),
+}
+
+impl SegmentWindow {
+    /// Below this, a `read` costs less than setting up and tearing down a mapping.
+    const MAP_AT_LEAST: u64 = 1 << 20;
+
+    fn read(file: &mut File, offset: u64, span: u64) -> io::Result<SegmentWindow> {
+        if span >= Self::MAP_AT_LEAST {
+            // SAFETY: see the type's doc: the mapped bytes stay in the file while the window is scanned, and
+            // nothing in this process writes through or to them.
+            let mapped = unsafe {
+                memmap2::MmapOptions::new()
+                    .offset(offset)
+                    .len(span as usize)
+                    .map(&*file)
+            };
+            if let Ok(map) = mapped {
+                return Ok(SegmentWindow::Mapped(map));
+            }
+        }
+        file.seek(SeekFrom::Start(offset))?;
+        let mut data = Vec::with_capacity(span as usize);
+        file.take(span).read_to_end(&mut data)?;
+        Ok(SegmentWindow::Read(data))
+    }
+}
+
+impl std::ops::Deref for SegmentWindow {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match self {
+            SegmentWindow::Mapped(map) => map,
+            SegmentWindow::Read(data) => data,
+        }
+    }
+}
+
 fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
@@ -983,9 +1029,9 @@ impl Spool {
         }
         let before = batch.len() as u64;
         let mut consumed_total = 0usize;
-        // Read about what the byte budget allows, not the whole segment; widen the window only when a single
-        // frame does not fit in it.
-        let mut window = (max_bytes as u64).saturating_add(64 << 10);
+        // Read about what the byte budget allows (at most 16 MiB at a time), not the whole segment; widen the
+        // window only when a single frame does not fit in it.
+        let mut window = (max_bytes as u64).saturating_add(64 << 10).min(16 << 20);
         let stop = loop {
             let remaining = segment.bytes.saturating_sub(cursor.offset);
             if remaining == 0 {
@@ -994,9 +1040,7 @@ impl Spool {
             let room = max_records - (batch.len() as u64 - before);
             let byte_room = max_bytes.saturating_sub(consumed_total);
             let span = remaining.min(window);
-            file.seek(SeekFrom::Start(cursor.offset))?;
-            let mut data = Vec::new();
-            (&mut file).take(span).read_to_end(&mut data)?;
+            let data = SegmentWindow::read(&mut file, cursor.offset, span)?;
             let got = batch.len() as u64;
             let (records, consumed, stop) = scan_frames(&data, Some(batch), room, byte_room);
             debug_assert_eq!(batch.len() as u64 - got, records);

@@ -3,6 +3,7 @@
 // Python keyword arguments map one-to-one onto Rust parameters.
 #![allow(clippy::too_many_arguments)]
 
+mod archive;
 mod devices;
 mod errors;
 mod kafka;
@@ -477,30 +478,6 @@ impl RecordBatch {
         self.0.extend(&other.0);
     }
 
-    /// The archive's columns of the records of `topic` (dead-letter copies left out), as Arrow buffers: the record
-    /// count, then per string column (keys, event ids, sources, schemas, headers as JSON, values, BLAKE3 of the
-    /// values) its offsets (i64, little-endian) and bytes, and the reception times and ingest lags (i64 each).
-    fn archive_columns<'py>(&self, py: Python<'py>, topic: &str) -> (usize, Vec<Bound<'py, PyBytes>>) {
-        let c = py.detach(|| core::archive::archive_columns(&self.0, topic));
-        let ints = |values: &[i64]| values.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>();
-        let mut buffers = Vec::with_capacity(16);
-        for column in [
-            &c.keys,
-            &c.event_ids,
-            &c.sources,
-            &c.schemas,
-            &c.headers_json,
-            &c.values,
-            &c.payload_blake3,
-        ] {
-            buffers.push(PyBytes::new(py, &ints(&column.offsets)));
-            buffers.push(PyBytes::new(py, &column.data));
-        }
-        buffers.push(PyBytes::new(py, &ints(&c.timestamps_ms)));
-        buffers.push(PyBytes::new(py, &ints(&c.lags_ms)));
-        (c.timestamps_ms.len(), buffers)
-    }
-
     /// Every record but the dead-letter copies, on `topic`: the duplicate occurrences of a repeated request.
     fn moved_to(&self, topic: &str) -> RecordBatch {
         RecordBatch(self.0.moved_to(topic))
@@ -619,6 +596,7 @@ fn _native(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add("MAX_TRACESTATE_BYTES", core::headers::MAX_TRACESTATE_BYTES)?;
     module.add("MAX_IDEMPOTENCY_KEY_BYTES", core::headers::MAX_IDEMPOTENCY_KEY_BYTES)?;
     errors::register(module)?;
+    archive::register(module)?;
     kafka::register(module)?;
     devices::register(module)?;
     spool::register(module)
