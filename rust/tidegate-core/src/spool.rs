@@ -1018,14 +1018,13 @@ impl Spool {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((0, ScanStop::Exhausted)),
             Err(e) => return Err(e.into()),
         };
-        if cursor.offset == UNRESOLVED {
-            let mut data = Vec::new();
-            file.seek(SeekFrom::Start(MAGIC.len() as u64))?;
-            (&mut file)
-                .take(segment.bytes.saturating_sub(MAGIC.len() as u64))
-                .read_to_end(&mut data)?;
+        if cursor.offset == UNRESOLVED && cursor.seq == segment.base_seq {
+            cursor.offset = MAGIC.len() as u64;
+        } else if cursor.offset == UNRESOLVED {
+            let start = MAGIC.len() as u64;
+            let data = SegmentWindow::read(&mut file, start, segment.bytes.saturating_sub(start))?;
             let (_, consumed, _) = scan_frames(&data, None, cursor.seq - segment.base_seq, usize::MAX);
-            cursor.offset = MAGIC.len() as u64 + consumed as u64;
+            cursor.offset = start + consumed as u64;
         }
         let before = batch.len() as u64;
         let mut consumed_total = 0usize;

@@ -440,6 +440,13 @@ fn a_delivery_process_reads_large_segments_whole_through_mapped_windows() {
             "every durable record once, in order (max_bytes {max_bytes})"
         );
     }
+    // From a sequence number alone (a restarted reader): its place in the segment is found by scanning up to it.
+    let (batch, next) = delivery
+        .read(delivery.cursor_at(4321), 2, usize::MAX, delivery.durable_seq())
+        .unwrap();
+    let values: Vec<&[u8]> = batch.iter().map(|r| r.value).collect();
+    assert!(values[0].starts_with(br#"{"tag":"m4","i":321,"#) && values[1].starts_with(br#"{"tag":"m4","i":322,"#));
+    assert_eq!(next.seq, 4323);
     fs::remove_dir_all(&dir).unwrap();
 }
 
