@@ -4,6 +4,7 @@ path against a real S3-compatible server (moto_server)."""
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import signal
@@ -22,8 +23,8 @@ import pytest
 import tidegate
 from tidegate.archive import DUPLICATES_TOPIC, archive_keys
 from tidegate.archive.query import ArchiveQuery
-from tidegate.archive.store import ArchiveStore
-from tidegate.archive.writer import SpoolArchiver
+from tidegate.archive.store import ROW_GROUP_ROWS, ArchiveStore
+from tidegate.archive.writer import READ_CHUNK, SpoolArchiver
 from tidegate.config import load_settings
 from tidegate.delivery.spool import read_archived
 from tidegate.delivery.status import running_delivery_pid
@@ -163,6 +164,29 @@ def test_a_restarted_writer_finishes_an_interrupted_range_without_writing_a_row_
     archived = rows(store)
     assert len(archived) == 15
     assert len({row["entity_id"] for row in archived}) == 15, "no row twice"
+
+
+def test_a_range_read_in_chunks_makes_one_file_sorted_across_its_row_groups(tmp_path: Path) -> None:
+    """A range larger than one spool read (`READ_CHUNK`) and than one row group: one file per partition as
+    before, every record once, rows sorted by event id across row groups (so a lookup skips all but one)."""
+    count = 2 * READ_CHUNK + 1000
+    records = [event(entity_id=f"c{i}", payload={"i": i}) for i in range(count)]
+    bodies = [("event", ndjson(records[i : i + 5000]), "http") for i in range(0, count, 5000)]
+    results = spool_with(tmp_path / "w0", bodies, int(time.time() * 1000))
+    store = ArchiveStore(str(tmp_path / "archive"), pafs.LocalFileSystem(), local=True)
+    archiver = SpoolArchiver(tidegate.Spool.open_for_delivery(tmp_path / "w0"), store, "atest", skip_topics=frozenset())
+    archiver.resume()
+    assert archiver.step() == count
+    (relative,) = store.files()
+    parquet = pq.ParquetFile(store.path(relative))
+    assert [parquet.metadata.row_group(i).num_rows for i in range(parquet.num_row_groups)] == [
+        ROW_GROUP_ROWS, ROW_GROUP_ROWS, count - 2 * ROW_GROUP_ROWS
+    ]  # fmt: skip
+    ids = parquet.read(columns=["event_id"]).column("event_id").to_pylist()
+    assert ids == sorted(ids)
+    assert sorted(ids) == sorted(e for result in results for e in result.event_ids if e is not None)
+    bounds = [parquet.metadata.row_group(i).column(0).statistics for i in range(parquet.num_row_groups)]
+    assert all(a.max < b.min for a, b in itertools.pairwise(bounds)), "row groups do not overlap"
 
 
 # ---------------------------------------------------------------------------------------------------- the service

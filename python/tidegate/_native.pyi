@@ -37,6 +37,7 @@ __all__ = [
     "archive_parts",
     "quarantine_records",
     "read_kafka_range",
+    "retain_freed_memory",
 ]
 
 EVENT_ID_DOMAIN: Final[str]
@@ -352,14 +353,20 @@ class ArrowBuffer:
     def __len__(self) -> int: ...
 
 def archive_parts(
-    batch: RecordBatch, skip_topics: list[str], duplicates_topic: str
-) -> list[tuple[str, int, list[list[ArrowBuffer | None]]]]:
-    """The archive files of `batch`'s records (those of every topic but `skip_topics`, dead-letter copies left
-    out, records of `duplicates_topic` as `DUPLICATE` occurrences), built without the GIL: per file (ordered by
-    directory, then first event id) its partition directory, its row count and, per column of the archive's
-    schema (`tidegate.archive.writer.SCHEMA`), Arrow's buffers of it, rows sorted by event id: `[validity,
-    offsets (i32), data]` for a string, `[validity, data (i64)]` for an integer or timestamp; validity None
-    without nulls. ValueError when a column would exceed 2 GiB."""
+    batches: list[RecordBatch], skip_topics: list[str], duplicates_topic: str, chunk_rows: int
+) -> list[tuple[str, int, list[tuple[int, list[list[ArrowBuffer | None]]]]]]:
+    """The archive files of the records of `batches` (consecutive reads of one spool range; those of every topic
+    but `skip_topics`, dead-letter copies left out, records of `duplicates_topic` as `DUPLICATE` occurrences),
+    built without the GIL: per file (ordered by directory, then first event id) its partition directory, its row
+    count and its chunks of at most `chunk_rows` rows (rows sorted by event id across them), each with its row
+    count and, per column of the archive's schema (`tidegate.archive.writer.SCHEMA`), Arrow's buffers of it:
+    `[validity, offsets (i32), data]` for a string, `[validity, data (i64)]` for an integer or timestamp;
+    validity None without nulls. ValueError when a column would exceed 2 GiB."""
+
+def retain_freed_memory() -> bool:
+    """Lets the process's allocator (glibc) keep freed blocks below 32 MiB for reuse, trimming its heap only past
+    256 MiB free, instead of returning them and taking fresh zeroed pages for the next ones; returns whether it
+    took the settings. Process-wide: the archive writer calls it."""
 
 @final
 class KafkaRange:

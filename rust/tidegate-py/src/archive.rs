@@ -69,57 +69,80 @@ fn validity(py: Python<'_>, v: &core::archive_parts::Validity) -> PyResult<Py<Py
     }
 }
 
-type Part = (String, usize, Vec<Vec<Py<PyAny>>>);
+type Column = Vec<Py<PyAny>>;
+type Part = (String, usize, Vec<(usize, Vec<Column>)>);
 
-/// The archive files of `batch` (see `tidegate-core`'s `archive_parts`): per file, its partition directory, its
-/// row count and, per column of the archive's schema, Arrow's buffers of it (`[validity, offsets, data]` for a
-/// string, `[validity, data]` for an integer; validity None without nulls).
+/// Arrow's buffers of one chunk's columns, in the archive schema's order.
+fn columns(py: Python<'_>, c: core::archive_parts::Columns) -> PyResult<Vec<Column>> {
+    let none = || py.None();
+    let strings = |s: core::archive_parts::Strings, valid: Py<PyAny>| -> PyResult<Column> {
+        Ok(vec![
+            valid,
+            buffer(py, Storage::I32(s.offsets))?,
+            buffer(py, Storage::Bytes(s.data))?,
+        ])
+    };
+    let integers =
+        |v: Vec<i64>, valid: Py<PyAny>| -> PyResult<Column> { Ok(vec![valid, buffer(py, Storage::I64(v))?]) };
+    let entity_valid = validity(py, &c.entity_valid)?;
+    let lag_valid = validity(py, &c.lag_valid)?;
+    Ok(vec![
+        strings(c.event_ids, none())?,
+        strings(c.entity_ids, entity_valid)?,
+        integers(c.event_ms, none())?,
+        integers(c.ingest_ms, none())?,
+        integers(c.lags_ms, lag_valid)?,
+        strings(c.statuses, none())?,
+        strings(c.archive_keys, none())?,
+        strings(c.payload_blake3, none())?,
+        strings(c.topics, none())?,
+        strings(c.headers, none())?,
+        strings(c.values, none())?,
+    ])
+}
+
+/// The archive files of the records of `batches` (see `tidegate-core`'s `archive_parts`): per file, its partition
+/// directory, its row count and its chunks of at most `chunk_rows` rows, each with its row count and, per column
+/// of the archive's schema, Arrow's buffers of it (`[validity, offsets, data]` for a string, `[validity, data]`
+/// for an integer; validity None without nulls).
 #[pyfunction]
 pub fn archive_parts(
     py: Python<'_>,
-    batch: &RecordBatch,
+    batches: Vec<PyRef<'_, RecordBatch>>,
     skip_topics: Vec<String>,
     duplicates_topic: &str,
+    chunk_rows: usize,
 ) -> PyResult<Vec<Part>> {
     let skip: Vec<&str> = skip_topics.iter().map(String::as_str).collect();
+    let inner: Vec<&core::RecordBatch> = batches.iter().map(|b| &b.0).collect();
     let parts = py
-        .detach(|| core::archive_parts::archive_parts(&batch.0, &skip, duplicates_topic))
+        .detach(|| core::archive_parts::archive_parts(&inner, &skip, duplicates_topic, chunk_rows))
         .map_err(|e| PyValueError::new_err(e.to_string()))?;
-    let none = || py.None();
     parts
         .into_iter()
-        .map(|p| {
-            let strings = |s: core::archive_parts::Strings, valid: Py<PyAny>| -> PyResult<Vec<Py<PyAny>>> {
-                Ok(vec![
-                    valid,
-                    buffer(py, Storage::I32(s.offsets))?,
-                    buffer(py, Storage::Bytes(s.data))?,
-                ])
-            };
-            let integers = |v: Vec<i64>, valid: Py<PyAny>| -> PyResult<Vec<Py<PyAny>>> {
-                Ok(vec![valid, buffer(py, Storage::I64(v))?])
-            };
-            let entity_valid = validity(py, &p.entity_valid)?;
-            let lag_valid = validity(py, &p.lag_valid)?;
-            let columns = vec![
-                strings(p.event_ids, none())?,
-                strings(p.entity_ids, entity_valid)?,
-                integers(p.event_ms, none())?,
-                integers(p.ingest_ms, none())?,
-                integers(p.lags_ms, lag_valid)?,
-                strings(p.statuses, none())?,
-                strings(p.archive_keys, none())?,
-                strings(p.payload_blake3, none())?,
-                strings(p.topics, none())?,
-                strings(p.headers, none())?,
-                strings(p.values, none())?,
-            ];
-            Ok((p.directory, p.rows, columns))
+        .map(|part| {
+            let chunks = part
+                .chunks
+                .into_iter()
+                .map(|chunk| Ok((chunk.rows, columns(py, chunk)?)))
+                .collect::<PyResult<_>>()?;
+            Ok((part.directory, part.rows, chunks))
         })
         .collect()
 }
 
+/// Lets the process's allocator keep what it frees for its next allocations, rather than give it back to the
+/// system and take it again as fresh (zeroed, faulted-in) pages: blocks below 32 MiB come from the heap, and the
+/// heap is trimmed only past 256 MiB free at its top. The archive writer's buffers (a range read in chunks, its
+/// columns a row group at a time) all fit, and are made and freed file after file. Returns whether the allocator
+/// took the settings (glibc only).
+#[pyfunction]
+pub fn retain_freed_memory() -> bool {
+    core::archive_parts::retain_freed_memory()
+}
+
 pub fn register(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_class::<ArrowBuffer>()?;
-    module.add_function(wrap_pyfunction!(archive_parts, module)?)
+    module.add_function(wrap_pyfunction!(archive_parts, module)?)?;
+    module.add_function(wrap_pyfunction!(retain_freed_memory, module)?)
 }
