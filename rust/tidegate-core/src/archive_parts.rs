@@ -134,9 +134,10 @@ impl std::error::Error for PartTooLarge {}
 
 /// A record's place in the archive, found in the first pass.
 struct Row {
-    batch: u32,
-    index: u32,
-    event_id: [u8; 16],
+    /// The event id as a big-endian integer (ordered as its bytes and its hex are), then where the record is
+    /// (`batch << 32 | index`): the sort key, compared as two integers.
+    event_id: u128,
+    place: u64,
     lag: Option<i64>,
 }
 
@@ -178,11 +179,11 @@ pub fn archive_parts(
             }
             let (mut source, mut schema): (&[u8], &[u8]) = (b"unknown", b"");
             let mut dead_letter = false;
-            for (name, value) in record.headers() {
+            for (name, value) in raw_headers(record.raw_headers()) {
                 match name {
-                    "source" => source = value,
-                    "schema" => schema = value,
-                    "dlq-reason" => dead_letter = true,
+                    b"source" => source = value,
+                    b"schema" => schema = value,
+                    b"dlq-reason" => dead_letter = true,
                     _ => {}
                 }
             }
@@ -211,9 +212,8 @@ pub fn archive_parts(
                 };
             }
             groups[last].rows.push(Row {
-                batch: batch_index as u32,
-                index: index as u32,
-                event_id: record.event_id,
+                event_id: u128::from_be_bytes(record.event_id),
+                place: (batch_index as u64) << 32 | index as u64,
                 lag,
             });
         }
@@ -223,9 +223,7 @@ pub fn archive_parts(
         .map(|mut group| {
             // By event id, then place in the batch (an accepted record and a duplicate occurrence of it can share a
             // partition): a total order, so the sort need not be stable.
-            group
-                .rows
-                .sort_unstable_by_key(|row| (row.event_id, row.batch, row.index));
+            group.rows.sort_unstable_by_key(|row| (row.event_id, row.place));
             (directory(&group), group)
         })
         .collect();
@@ -278,7 +276,7 @@ fn build(
     let n = rows.len();
     let records: Vec<RecordRef<'_>> = rows
         .iter()
-        .filter_map(|row| batches[row.batch as usize].get(row.index as usize))
+        .filter_map(|row| batches[(row.place >> 32) as usize].get(row.place as u32 as usize))
         .collect();
     let value_bytes: usize = records.iter().map(|r| r.value.len()).sum();
     let header_bytes: usize = records.iter().map(|r| r.raw_headers().len()).sum();
@@ -380,30 +378,65 @@ fn hex_into(bytes: &[u8; 16], out: &mut [u8; 32]) {
 
 /// Appends `bytes`, lossy UTF-8.
 fn push_lossy(out: &mut Vec<u8>, bytes: &[u8]) {
-    match std::str::from_utf8(bytes) {
-        Ok(text) => out.extend_from_slice(text.as_bytes()),
-        Err(_) => out.extend_from_slice(String::from_utf8_lossy(bytes).as_bytes()),
+    if simdutf8::basic::from_utf8(bytes).is_ok() {
+        out.extend_from_slice(bytes);
+    } else {
+        out.extend_from_slice(String::from_utf8_lossy(bytes).as_bytes());
     }
+}
+
+/// A record's headers as `(name, value)` byte strings, in the encoding of `batch::encode_header` (names are not
+/// checked for UTF-8 here: they are compared, or written lossy).
+fn raw_headers(mut rest: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
+    std::iter::from_fn(move || {
+        let (name_len, tail) = rest.split_first_chunk::<2>()?;
+        let (name, tail) = tail.split_at_checked(usize::from(u16::from_le_bytes(*name_len)))?;
+        let (value_len, tail) = tail.split_first_chunk::<4>()?;
+        let (value, tail) = tail.split_at_checked(u32::from_le_bytes(*value_len) as usize)?;
+        rest = tail;
+        Some((name, value))
+    })
 }
 
 /// Appends the record's headers as a JSON object of strings, in their order.
 fn headers_json(out: &mut Vec<u8>, record: &RecordRef<'_>) {
     out.push(b'{');
-    for (index, (name, value)) in record.headers().enumerate() {
+    for (index, (name, value)) in raw_headers(record.raw_headers()).enumerate() {
         if index > 0 {
             out.push(b',');
         }
-        json_string(out, name.as_bytes());
+        json_string(out, name);
         out.push(b':');
         json_string(out, value);
     }
     out.push(b'}');
 }
 
+/// Whether `bytes` are printable ASCII without `"` or `\\`: a JSON string's contents as they are. Eight bytes at a
+/// time (a byte is flagged by the high bit of its lane: set, below 0x20, or equal to one of the two).
+fn plain_ascii(bytes: &[u8]) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let zero_lane = |v: u64| v.wrapping_sub(ONES) & !v & HIGH;
+    let mut words = bytes.chunks_exact(8);
+    let mut flagged = 0u64;
+    for word in &mut words {
+        let w = u64::from_le_bytes(word.try_into().unwrap_or_default());
+        // Below 0x20: subtracting 0x20 borrows into the high bit of a lane whose own high bit is clear.
+        let control = w.wrapping_sub(ONES * 0x20) & !w & HIGH;
+        flagged |=
+            (w & HIGH) | control | zero_lane(w ^ (ONES * u64::from(b'"'))) | zero_lane(w ^ (ONES * u64::from(b'\\')));
+    }
+    flagged == 0
+        && words
+            .remainder()
+            .iter()
+            .all(|&b| (0x20..0x80).contains(&b) && b != b'"' && b != b'\\')
+}
+
 /// Appends `bytes` (lossy UTF-8) as a JSON string: as it is between quotes when nothing in it needs escaping.
 fn json_string(out: &mut Vec<u8>, bytes: &[u8]) {
-    let plain = bytes.iter().all(|&b| b >= 0x20 && b != b'"' && b != b'\\' && b < 0x80);
-    if plain {
+    if plain_ascii(bytes) {
         out.push(b'"');
         out.extend_from_slice(bytes);
         out.push(b'"');
@@ -455,10 +488,10 @@ fn skip_ws(value: &[u8], mut pos: usize) -> usize {
 /// The position of the quote closing the string whose contents start at `pos`.
 fn string_end(value: &[u8], mut pos: usize) -> Option<usize> {
     loop {
-        match value.get(pos)? {
+        pos += memchr::memchr2(b'"', b'\\', value.get(pos..)?)?;
+        match value[pos] {
             b'"' => return Some(pos),
-            b'\\' => pos += 2,
-            _ => pos += 1,
+            _ => pos += 2, // an escape and the byte it escapes
         }
     }
 }
@@ -500,20 +533,25 @@ fn value_end(value: &[u8], mut pos: usize) -> Option<usize> {
 /// The JSON number at `pos` as an integer: digits alone, or a number with no fraction below 9e15 in magnitude.
 fn integer(value: &[u8], pos: usize) -> Option<i64> {
     let end = value_end(value, pos)?;
-    let text = std::str::from_utf8(&value[pos..end]).ok()?;
-    let digits = text.strip_prefix('-').unwrap_or(text);
-    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        let n: f64 = text.parse().ok()?;
-        if !text
-            .bytes()
-            .all(|b| b.is_ascii_digit() || matches!(b, b'-' | b'+' | b'.' | b'e' | b'E'))
-        {
-            return None;
-        }
-        return (n.fract() == 0.0 && n.abs() < 9.0e15).then_some(n as i64);
+    let text = &value[pos..end];
+    let digits = text.strip_prefix(b"-").unwrap_or(text);
+    if !digits.is_empty() && digits.len() <= 18 && digits.iter().all(u8::is_ascii_digit) {
+        let n = digits.iter().fold(0i64, |n, d| n * 10 + i64::from(d - b'0'));
+        return Some(if digits.len() < text.len() { -n } else { n });
     }
-    // An integer beyond i64 is also beyond 9e15 as a float: none.
-    text.parse::<i64>().ok()
+    if !text
+        .iter()
+        .all(|&b| b.is_ascii_digit() || matches!(b, b'-' | b'+' | b'.' | b'e' | b'E'))
+    {
+        return None;
+    }
+    let n: f64 = std::str::from_utf8(text).ok()?.parse().ok()?;
+    if n.fract() == 0.0 && n.abs() < 9.0e15 {
+        return Some(n as i64);
+    }
+    // Digits alone beyond 18 of them: an i64 when they fit (beyond 9e15 as a float, still an integer).
+    let integer = std::str::from_utf8(text).ok()?;
+    integer.parse::<i64>().ok()
 }
 
 #[cfg(test)]
@@ -540,6 +578,20 @@ mod tests {
         assert_eq!(ingest_lag_ms(b"{\"a\":\"unterminated"), None);
         assert_eq!(ingest_lag_ms(b""), None);
         assert_eq!(ingest_lag_ms(b"{"), None);
+    }
+
+    #[test]
+    fn plain_ascii_flags_what_json_escapes() {
+        assert!(plain_ascii(b""));
+        assert!(plain_ascii(b"application/json; charset=utf-8 ~!#$%&'()*+,-./"));
+        for bad in [&b"\""[..], b"\\", b"\x1f", b"\x7f\x80", b"\xff", b"\n", b"\x00"] {
+            for at in [0usize, 3, 8, 13] {
+                let mut text = vec![b'a'; 16];
+                text[at..at + bad.len()].copy_from_slice(bad);
+                assert!(!plain_ascii(&text), "{bad:?} at {at}");
+            }
+        }
+        assert!(plain_ascii(b"\x7f ok"), "DEL needs no escape");
     }
 
     #[test]
