@@ -22,6 +22,7 @@ import pyarrow.parquet as pq
 import pytest
 import tidegate
 from tidegate.archive import DUPLICATES_TOPIC, archive_keys
+from tidegate.archive.compaction import visible
 from tidegate.archive.query import ArchiveQuery
 from tidegate.archive.store import ROW_GROUP_ROWS, ArchiveStore
 from tidegate.archive.writer import READ_CHUNK, SpoolArchiver
@@ -187,6 +188,51 @@ def test_a_range_read_in_chunks_makes_one_file_sorted_across_its_row_groups(tmp_
     assert sorted(ids) == sorted(e for result in results for e in result.event_ids if e is not None)
     bounds = [parquet.metadata.row_group(i).column(0).statistics for i in range(parquet.num_row_groups)]
     assert all(a.max < b.min for a, b in itertools.pairwise(bounds)), "row groups do not overlap"
+
+
+def test_compaction_adds_one_file_per_finished_partition_and_queries_count_each_row_once(tmp_path: Path) -> None:
+    """Small files of a finished hour are copied into one compacted file; none is deleted or overwritten, readers
+    skip the ones it supersedes, and files written later (or of a range not finished) stay visible."""
+    now_ms = int(time.time() * 1000)
+    bodies = [("event", ndjson([event(entity_id=f"k{i}-{j}") for j in range(5)]), "http") for i in range(6)]
+    results = spool_with(tmp_path / "w0", bodies, now_ms)
+    ids = [e for result in results for e in result.event_ids if e is not None]
+    store = ArchiveStore(str(tmp_path / "archive"), pafs.LocalFileSystem(), local=True)
+
+    def archiver() -> SpoolArchiver:
+        spool = tidegate.Spool.open_for_delivery(tmp_path / "w0")
+        return SpoolArchiver(spool, store, "atest", skip_topics=frozenset(), max_records=4, compact_min_files=3)
+
+    first = archiver()
+    first.resume()
+    while first.step():
+        pass
+    small = store.files()
+    assert len(small) == 8 and first.cursor == 30
+    query = ArchiveQuery(store)
+    assert first.compact(now_ms) == [], "the hour is not over"
+    later = now_ms + 2 * 3_600_000
+    # Only ranges below the cursor count: as if the writer had not finished the last ones yet.
+    first.cursor = 12
+    (compacted,) = first.compact(later)
+    assert compacted.endswith("/c-atest-w0-00000000000000000000-00000000000000000012.parquet")
+    assert set(small) < set(store.files()), "every small file is still there"
+    assert query.count() == 30
+    first.cursor = 30
+    (second,) = first.compact(later)
+    assert second.endswith("-00000000000000000012-00000000000000000030.parquet")
+    assert first.compact(later) == [], "nothing left to compact"
+    assert sorted(visible(store.files())) == sorted([compacted, second])
+    assert query.count() == 30 and query.events(entity_id="k5-4")["count"] == 1
+    table = pq.read_table(store.path(second), partitioning=None)
+    assert table.column("event_id").to_pylist() == sorted(ids[12:])
+    for event_id in ids[::7]:
+        found = query.event(event_id)
+        assert found is not None and len(found["occurrences"]) == 1, "once, not also from its small file"
+    # A restarted writer goes on from its own small files, and does not compact twice.
+    again = archiver()
+    again.resume()
+    assert again.cursor == 30 and again.compact(later) == []
 
 
 # ---------------------------------------------------------------------------------------------------- the service

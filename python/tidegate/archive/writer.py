@@ -22,7 +22,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import re
 import time
 from pathlib import Path
 
@@ -30,6 +29,7 @@ import pyarrow as pa
 
 from tidegate._native import RecordBatch, Spool, archive_parts, retain_freed_memory
 from tidegate.archive import DUPLICATES_TOPIC
+from tidegate.archive.compaction import FILE_NAME, compact
 from tidegate.archive.store import ROW_GROUP_ROWS, ArchiveStore
 from tidegate.delivery.spool import publish_archived
 
@@ -57,10 +57,6 @@ SCHEMA = pa.schema(
 
 #: Records per spool read (a range of `max_records` is read in chunks this size).
 READ_CHUNK = 16_384
-
-_FILE_NAME = re.compile(
-    r"^(?P<writer>[^-]+)-(?P<spool>[^-]+)-(?P<first>\d+)-(?P<end>\d+)-(?P<part>\d+)of(?P<parts>\d+)"
-)
 
 
 def records_table(batches: list[RecordBatch], skip_topics: frozenset[str]) -> list[tuple[str, pa.Table]]:
@@ -96,15 +92,22 @@ class SpoolArchiver:
         skip_topics: frozenset[str],
         flush_interval_s: float = 1.0,
         max_records: int = 100_000,
+        compact_min_files: int = 16,
+        compact_interval_s: float = 60.0,
     ) -> None:
         self.spool = spool
         self.directory = Path(spool.path)
         self.name = self.directory.name
         self.store = store
+        self.writer = writer
         self.prefix = f"{writer}-{self.name}-"
         self.skip_topics = skip_topics
         self.flush_interval_s = flush_interval_s
         self.max_records = max_records
+        self.compact_min_files = compact_min_files
+        self.compact_interval_s = compact_interval_s
+        self.files_compacted = 0
+        self._last_compaction = 0.0
         self.cursor = 0
         self.records_archived = 0
         self.files_written = 0
@@ -122,7 +125,7 @@ class SpoolArchiver:
         self._last_flush = time.monotonic()
         ranges: dict[tuple[int, int], tuple[int, set[int]]] = {}
         for relative in self.store.files(self.prefix):
-            match = _FILE_NAME.match(relative.rsplit("/", 1)[-1])
+            match = FILE_NAME.match(relative.rsplit("/", 1)[-1])
             if match is None:
                 continue
             span = (int(match["first"]), int(match["end"]))
@@ -194,6 +197,25 @@ class SpoolArchiver:
                 self.files_written += 1
                 self.records_archived += len(rows)
 
+    def compact(self, now_ms: int | None = None) -> list[str]:
+        """Compacts this writer's small files of partitions whose hour is over (see `tidegate.archive.compaction`);
+        returns the files written."""
+        self._last_compaction = time.monotonic()
+        now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+        written = compact(
+            self.store,
+            self.writer,
+            self.name,
+            self.cursor,
+            before_ms=now_ms - 60_000,
+            min_files=self.compact_min_files,
+        )
+        self.files_compacted += len(written)
+        return written
+
+    def compaction_due(self) -> bool:
+        return time.monotonic() - self._last_compaction >= self.compact_interval_s
+
     async def run(self, stop: asyncio.Event) -> None:
         """Archives as records become durable, until `stop`; then archives what is left."""
         await asyncio.to_thread(self.resume)
@@ -203,6 +225,8 @@ class SpoolArchiver:
                     await asyncio.to_thread(self.step)
                     self.last_error = None
                     continue
+                if self.compaction_due():
+                    await asyncio.to_thread(self.compact)
             except Exception as error:  # a full disk, a bucket away: keep the cursor, try again
                 self.failures += 1
                 self.last_error = f"{type(error).__name__}: {error}"
@@ -222,6 +246,7 @@ class SpoolArchiver:
             "cursor": self.cursor,
             "records_archived": self.records_archived,
             "files_written": self.files_written,
+            "files_compacted": self.files_compacted,
             "failures": self.failures,
             "last_error": self.last_error,
             "lag_records": max(0, self.spool.durable_seq - self.cursor),
