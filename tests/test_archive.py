@@ -235,6 +235,37 @@ def test_compaction_adds_one_file_per_finished_partition_and_queries_count_each_
     assert again.cursor == 30 and again.compact(later) == []
 
 
+def test_compaction_never_hides_a_file_it_did_not_take(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file that is not small (here: one holding a large record) cuts the run of small files around it: each
+    compacted file's range holds only its own sources, so the large file stays visible and no row is hidden."""
+    from tidegate.archive import compaction  # noqa: PLC0415
+
+    now_ms = int(time.time() * 1000)
+    records = [event(entity_id=f"r{i}", payload={"i": i}) for i in range(30)]
+    records[13] = event(entity_id="r13", payload={"noise": os.urandom(16_000).hex()})
+    results = spool_with(tmp_path / "w0", [("event", ndjson(records), "http")], now_ms)
+    ids = [e for e in results[0].event_ids if e is not None]
+    store = ArchiveStore(str(tmp_path / "archive"), pafs.LocalFileSystem(), local=True)
+    spool = tidegate.Spool.open_for_delivery(tmp_path / "w0")
+    archiver = SpoolArchiver(spool, store, "atest", skip_topics=frozenset(), max_records=4, compact_min_files=2)
+    archiver.resume()
+    while archiver.step():
+        pass
+    sizes = dict(store.listing())
+    large = next(f for f in sizes if "-00000000000000000012-00000000000000000016-" in f)
+    assert sizes[large] > 3 * max(size for f, size in sizes.items() if f != large)
+    monkeypatch.setattr(compaction, "SMALL_FILE_BYTES", sizes[large] - 1)
+    written = archiver.compact(now_ms + 2 * 3_600_000)
+    assert [w.rsplit("/", 1)[1] for w in written] == [
+        "c-atest-w0-00000000000000000000-00000000000000000012.parquet",
+        "c-atest-w0-00000000000000000016-00000000000000000030.parquet",
+    ]
+    assert large in visible(store.files())
+    query = ArchiveQuery(store)
+    assert query.count() == 30
+    assert query.event(ids[13]) is not None
+
+
 # ---------------------------------------------------------------------------------------------------- the service
 
 

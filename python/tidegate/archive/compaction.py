@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 
 from tidegate.archive.store import ArchiveStore
 
-__all__ = ["COMPACTED_NAME", "FILE_NAME", "compact", "visible"]
+__all__ = ["COMPACTED_NAME", "FILE_NAME", "MAX_COMPACTED_BYTES", "SMALL_FILE_BYTES", "compact", "visible"]
 
 #: A file the writer made from one spool range (`<part>of<parts>`: one of the range's files).
 FILE_NAME = re.compile(r"^(?P<writer>[^-]+)-(?P<spool>[^-]+)-(?P<first>\d+)-(?P<end>\d+)-(?P<part>\d+)of(?P<parts>\d+)")
@@ -72,6 +72,12 @@ def _hour_end_ms(directory: str) -> int | None:
     return int(start.timestamp() * 1000) + 3_600_000
 
 
+#: A file of at most this many bytes is small: worth compacting (a full 100,000-record file is about 13 MB).
+SMALL_FILE_BYTES = 1 << 20
+#: A compacted file is made of at most this many bytes of small files (a few hundred thousand rows).
+MAX_COMPACTED_BYTES = 64 << 20
+
+
 def compact(
     store: ArchiveStore,
     writer: str,
@@ -81,35 +87,56 @@ def compact(
     before_ms: int,
     min_files: int,
 ) -> list[str]:
-    """Compacts the files of `writer` and `spool` below `cursor` in each partition whose ingest hour ended before
-    `before_ms` and that holds at least `min_files` of them not yet superseded; returns the files it wrote."""
-    files = store.files(f"{writer}-{spool}-") + store.files(f"c-{writer}-{spool}-")
-    by_directory: dict[str, list[str]] = defaultdict(list)
-    for relative in visible(files):
+    """Compacts the small files of `writer` and `spool` below `cursor` in each partition whose ingest hour ended
+    before `before_ms`, in runs of at least `min_files` consecutive ones (by spool range) not yet superseded;
+    returns the files it wrote.
+
+    A compacted file's range must hold no file but its sources (any other file in it would be hidden from
+    readers): so a run is cut at every file that is not taken (a large one, or one of a range not finished)."""
+    sizes = dict(store.listing(f"{writer}-{spool}-") + store.listing(f"c-{writer}-{spool}-"))
+    by_directory: dict[str, list[tuple[int, int, str]]] = defaultdict(list)
+    for relative in visible(sorted(sizes)):
         directory, name = _split(relative)
         match = FILE_NAME.match(name)
-        if match is not None and int(match["end"]) <= cursor:
-            by_directory[directory].append(relative)
+        if match is not None:
+            by_directory[directory].append((int(match["first"]), int(match["end"]), relative))
     written = []
-    for directory, sources in sorted(by_directory.items()):
+    for directory, files in sorted(by_directory.items()):
         hour_end = _hour_end_ms(directory)
-        if len(sources) < min_files or hour_end is None or hour_end > before_ms:
+        if hour_end is None or hour_end > before_ms:
             continue
-        ranges = [FILE_NAME.match(_split(relative)[1]) for relative in sources]
-        first = min(int(match["first"]) for match in ranges if match is not None)
-        end = max(int(match["end"]) for match in ranges if match is not None)
-        tables = []
-        for relative in sources:
-            with store.filesystem.open_input_file(store.path(relative)) as file:
-                tables.append(pq.ParquetFile(file).read().replace_schema_metadata(None))
-        table = pa.concat_tables(tables).sort_by("event_id")
-        target = f"{directory}/c-{writer}-{spool}-{first:020d}-{end:020d}.parquet"
-        metadata = {
-            b"tidegate.spool": spool.encode(),
-            b"tidegate.first_seq": str(first).encode(),
-            b"tidegate.end_seq": str(end).encode(),
-            b"tidegate.supersedes": "\n".join(_split(relative)[1] for relative in sources).encode(),
-        }
-        if store.write(target, table.replace_schema_metadata(metadata)):
-            written.append(target)
-    return written
+        runs: list[list[tuple[int, int, str]]] = [[]]
+        total = 0
+        for first, end, relative in sorted(files):
+            if end > cursor or sizes[relative] > SMALL_FILE_BYTES:
+                runs.append([])  # not taken: the run stops before it
+                total = 0
+                continue
+            if total + sizes[relative] > MAX_COMPACTED_BYTES:
+                runs.append([])
+                total = 0
+            runs[-1].append((first, end, relative))
+            total += sizes[relative]
+        for run in runs:
+            if len(run) >= min_files:
+                written.append(_write_compacted(store, writer, spool, directory, run))
+    return [target for target in written if target]
+
+
+def _write_compacted(
+    store: ArchiveStore, writer: str, spool: str, directory: str, run: list[tuple[int, int, str]]
+) -> str:
+    first, end = run[0][0], run[-1][1]
+    tables = []
+    for _, _, relative in run:
+        with store.filesystem.open_input_file(store.path(relative)) as file:
+            tables.append(pq.ParquetFile(file).read().replace_schema_metadata(None))
+    table = pa.concat_tables(tables).sort_by("event_id")
+    target = f"{directory}/c-{writer}-{spool}-{first:020d}-{end:020d}.parquet"
+    metadata = {
+        b"tidegate.spool": spool.encode(),
+        b"tidegate.first_seq": str(first).encode(),
+        b"tidegate.end_seq": str(end).encode(),
+        b"tidegate.supersedes": "\n".join(_split(relative)[1] for _, _, relative in run).encode(),
+    }
+    return target if store.write(target, table.replace_schema_metadata(metadata)) else ""

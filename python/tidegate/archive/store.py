@@ -76,6 +76,10 @@ class ArchiveStore:
 
     def files(self, prefix: str = "") -> list[str]:
         """Every archive file (paths relative to the root), optionally only those whose name starts with `prefix`."""
+        return [relative for relative, _ in self.listing(prefix)]
+
+    def listing(self, prefix: str = "") -> list[tuple[str, int]]:
+        """`files`, each with its size in bytes (from the same listing)."""
         if self.local and not Path(self.root, "raw").is_dir():
             return []
         selector = pafs.FileSelector(self.path("raw"), recursive=True, allow_not_found=True)
@@ -83,7 +87,7 @@ class ArchiveStore:
         for info in self.filesystem.get_file_info(selector):
             name = info.base_name
             if info.type == pafs.FileType.File and name.endswith(".parquet") and name.startswith(prefix):
-                found.append(info.path[len(self.root) + 1 :])
+                found.append((info.path[len(self.root) + 1 :], info.size or 0))
         return sorted(found)
 
     def write(self, relative: str, table: pa.Table) -> bool:
