@@ -418,8 +418,11 @@ fn scan_frames(
 /// A window of a segment file, to scan: mapped (the page cache's pages, neither copied nor zeroed: reading a
 /// large window this way costs a fraction of a `read` into a fresh buffer), or read when it is small or the
 /// mapping fails. The mapped range lies within the file as it was listed: segments only grow while they are
-/// read (a crashed writer's restart truncates only a torn tail past every durable record, which the scan never
-/// reaches: it stops at the durable sequence), and a deleted segment stays readable through its mapping.
+/// read, and a deleted segment stays readable through its mapping. The one exception: a writer's restart
+/// truncates torn frames (never durable) at a segment's end. The scan never reaches them in the segment being
+/// written (it stops at the durable sequence); it does reach the leftovers of a failed write at the end of an
+/// older segment, and should the writer restart and truncate them in that very moment, touching them would
+/// end the delivery process (SIGBUS): it is restarted and goes on from its cursors, nothing is lost.
 enum SegmentWindow {
     Mapped(memmap2::Mmap),
     Read(Vec<u8>),
