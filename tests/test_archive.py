@@ -4,6 +4,7 @@ path against a real S3-compatible server (moto_server)."""
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import signal
@@ -21,9 +22,10 @@ import pyarrow.parquet as pq
 import pytest
 import tidegate
 from tidegate.archive import DUPLICATES_TOPIC, archive_keys
+from tidegate.archive.compaction import visible
 from tidegate.archive.query import ArchiveQuery
-from tidegate.archive.store import ArchiveStore
-from tidegate.archive.writer import SpoolArchiver
+from tidegate.archive.store import ROW_GROUP_ROWS, ArchiveStore
+from tidegate.archive.writer import READ_CHUNK, SpoolArchiver
 from tidegate.config import load_settings
 from tidegate.delivery.spool import read_archived
 from tidegate.delivery.status import running_delivery_pid
@@ -163,6 +165,105 @@ def test_a_restarted_writer_finishes_an_interrupted_range_without_writing_a_row_
     archived = rows(store)
     assert len(archived) == 15
     assert len({row["entity_id"] for row in archived}) == 15, "no row twice"
+
+
+def test_a_range_read_in_chunks_makes_one_file_sorted_across_its_row_groups(tmp_path: Path) -> None:
+    """A range larger than one spool read (`READ_CHUNK`) and than one row group: one file per partition as
+    before, every record once, rows sorted by event id across row groups (so a lookup skips all but one)."""
+    count = 2 * READ_CHUNK + 1000
+    records = [event(entity_id=f"c{i}", payload={"i": i}) for i in range(count)]
+    bodies = [("event", ndjson(records[i : i + 5000]), "http") for i in range(0, count, 5000)]
+    results = spool_with(tmp_path / "w0", bodies, int(time.time() * 1000))
+    store = ArchiveStore(str(tmp_path / "archive"), pafs.LocalFileSystem(), local=True)
+    archiver = SpoolArchiver(tidegate.Spool.open_for_delivery(tmp_path / "w0"), store, "atest", skip_topics=frozenset())
+    archiver.resume()
+    assert archiver.step() == count
+    (relative,) = store.files()
+    parquet = pq.ParquetFile(store.path(relative))
+    assert [parquet.metadata.row_group(i).num_rows for i in range(parquet.num_row_groups)] == [
+        ROW_GROUP_ROWS, ROW_GROUP_ROWS, count - 2 * ROW_GROUP_ROWS
+    ]  # fmt: skip
+    ids = parquet.read(columns=["event_id"]).column("event_id").to_pylist()
+    assert ids == sorted(ids)
+    assert sorted(ids) == sorted(e for result in results for e in result.event_ids if e is not None)
+    bounds = [parquet.metadata.row_group(i).column(0).statistics for i in range(parquet.num_row_groups)]
+    assert all(a.max < b.min for a, b in itertools.pairwise(bounds)), "row groups do not overlap"
+
+
+def test_compaction_adds_one_file_per_finished_partition_and_queries_count_each_row_once(tmp_path: Path) -> None:
+    """Small files of a finished hour are copied into one compacted file; none is deleted or overwritten, readers
+    skip the ones it supersedes, and files written later (or of a range not finished) stay visible."""
+    now_ms = int(time.time() * 1000)
+    bodies = [("event", ndjson([event(entity_id=f"k{i}-{j}") for j in range(5)]), "http") for i in range(6)]
+    results = spool_with(tmp_path / "w0", bodies, now_ms)
+    ids = [e for result in results for e in result.event_ids if e is not None]
+    store = ArchiveStore(str(tmp_path / "archive"), pafs.LocalFileSystem(), local=True)
+
+    def archiver() -> SpoolArchiver:
+        spool = tidegate.Spool.open_for_delivery(tmp_path / "w0")
+        return SpoolArchiver(spool, store, "atest", skip_topics=frozenset(), max_records=4, compact_min_files=3)
+
+    first = archiver()
+    first.resume()
+    while first.step():
+        pass
+    small = store.files()
+    assert len(small) == 8 and first.cursor == 30
+    query = ArchiveQuery(store)
+    assert first.compact(now_ms) == [], "the hour is not over"
+    later = now_ms + 2 * 3_600_000
+    # Only ranges below the cursor count: as if the writer had not finished the last ones yet.
+    first.cursor = 12
+    (compacted,) = first.compact(later)
+    assert compacted.endswith("/c-atest-w0-00000000000000000000-00000000000000000012.parquet")
+    assert set(small) < set(store.files()), "every small file is still there"
+    assert query.count() == 30
+    first.cursor = 30
+    (second,) = first.compact(later)
+    assert second.endswith("-00000000000000000012-00000000000000000030.parquet")
+    assert first.compact(later) == [], "nothing left to compact"
+    assert sorted(visible(store.files())) == sorted([compacted, second])
+    assert query.count() == 30 and query.events(entity_id="k5-4")["count"] == 1
+    table = pq.read_table(store.path(second), partitioning=None)
+    assert table.column("event_id").to_pylist() == sorted(ids[12:])
+    for event_id in ids[::7]:
+        found = query.event(event_id)
+        assert found is not None and len(found["occurrences"]) == 1, "once, not also from its small file"
+    # A restarted writer goes on from its own small files, and does not compact twice.
+    again = archiver()
+    again.resume()
+    assert again.cursor == 30 and again.compact(later) == []
+
+
+def test_compaction_never_hides_a_file_it_did_not_take(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file that is not small (here: one holding a large record) cuts the run of small files around it: each
+    compacted file's range holds only its own sources, so the large file stays visible and no row is hidden."""
+    from tidegate.archive import compaction  # noqa: PLC0415
+
+    now_ms = int(time.time() * 1000)
+    records = [event(entity_id=f"r{i}", payload={"i": i}) for i in range(30)]
+    records[13] = event(entity_id="r13", payload={"noise": os.urandom(16_000).hex()})
+    results = spool_with(tmp_path / "w0", [("event", ndjson(records), "http")], now_ms)
+    ids = [e for e in results[0].event_ids if e is not None]
+    store = ArchiveStore(str(tmp_path / "archive"), pafs.LocalFileSystem(), local=True)
+    spool = tidegate.Spool.open_for_delivery(tmp_path / "w0")
+    archiver = SpoolArchiver(spool, store, "atest", skip_topics=frozenset(), max_records=4, compact_min_files=2)
+    archiver.resume()
+    while archiver.step():
+        pass
+    sizes = dict(store.listing())
+    large = next(f for f in sizes if "-00000000000000000012-00000000000000000016-" in f)
+    assert sizes[large] > 3 * max(size for f, size in sizes.items() if f != large)
+    monkeypatch.setattr(compaction, "SMALL_FILE_BYTES", sizes[large] - 1)
+    written = archiver.compact(now_ms + 2 * 3_600_000)
+    assert [w.rsplit("/", 1)[1] for w in written] == [
+        "c-atest-w0-00000000000000000000-00000000000000000012.parquet",
+        "c-atest-w0-00000000000000000016-00000000000000000030.parquet",
+    ]
+    assert large in visible(store.files())
+    query = ArchiveQuery(store)
+    assert query.count() == 30
+    assert query.event(ids[13]) is not None
 
 
 # ---------------------------------------------------------------------------------------------------- the service
@@ -492,6 +593,47 @@ def test_the_archive_in_an_s3_compatible_bucket(tmp_path: Path, monkeypatch: pyt
         )
         again.resume()
         assert again.cursor == 4 and again.step() == 0
+
+
+def test_a_bucket_file_larger_than_one_upload_part_goes_up_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Parquet file larger than pyarrow's S3 upload part (10 MiB) goes up as a multipart upload: every row is in
+    the bucket once, and DuckDB finds them there. (moto 5.2.1 answers CompleteMultipartUpload with the
+    wrong root element, `CompleteMultipartUploadResponse`, which pyarrow takes for an error: the upload fails.)"""
+    import boto3  # noqa: PLC0415
+
+    for name, value in (("AWS_ACCESS_KEY_ID", "test"), ("AWS_SECRET_ACCESS_KEY", "test"), ("AWS_REGION", "us-east-1")):
+        monkeypatch.setenv(name, value)
+    with moto_server(tmp_path) as endpoint:
+        client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
+        client.create_bucket(Bucket="evidence")
+        settings = load_settings(
+            data_dir=tmp_path, archive_url="s3://evidence/tidegate", archive_s3_endpoint=endpoint,
+            archive_s3_region="us-east-1",
+        )  # fmt: skip
+        store = ArchiveStore.from_settings(settings)
+        # Incompressible payloads (random text): 24,000 records of ~900 bytes make one file of ~14 MB.
+        records = [event(entity_id=f"big-{i}", payload={"noise": os.urandom(450).hex()}) for i in range(24_000)]
+        bodies = [("event", ndjson(records[i : i + 4000]), "http") for i in range(0, len(records), 4000)]
+        results = spool_with(tmp_path / "w0", bodies, int(time.time() * 1000))
+        event_ids = [event_id for result in results for event_id in result.event_ids if event_id is not None]
+        assert len(event_ids) == len(records)
+        archiver = SpoolArchiver(
+            tidegate.Spool.open_for_delivery(tmp_path / "w0"), store, "atest", skip_topics=frozenset()
+        )
+        archiver.resume()
+        assert archiver.step() == len(records)
+        objects = client.list_objects_v2(Bucket="evidence")["Contents"]
+        assert len(objects) == 1 and objects[0]["Size"] > 10 << 20, "one file, larger than a part"
+        assert objects[0]["ETag"].strip('"').endswith("-2"), "uploaded in parts"
+        table = pq.read_table(store.path(objects[0]["Key"].removeprefix("tidegate/")), filesystem=store.filesystem)
+        assert sorted(table.column("event_id").to_pylist()) == sorted(event_ids), "every row, once"
+        query = ArchiveQuery(store)
+        assert query.count() == len(records)
+        found = query.event(event_ids[12_345])
+        assert found is not None and found["metadata"]["entity_id"] == "big-12345"
+        assert found["record"]["payload"] == records[12_345]["payload"]
 
 
 # ---------------------------------------------------------------------------------------------------- MQTT

@@ -14,6 +14,7 @@ __all__ = [
     "Accepted",
     "Admission",
     "AdmissionTicket",
+    "ArrowBuffer",
     "Contract",
     "DedupWindow",
     "DeviceAlerts",
@@ -38,8 +39,10 @@ __all__ = [
     "UnsupportedFormat",
     "ValidationResult",
     "Validator",
+    "archive_parts",
     "quarantine_records",
     "read_kafka_range",
+    "retain_freed_memory",
 ]
 
 EVENT_ID_DOMAIN: Final[str]
@@ -338,13 +341,6 @@ class RecordBatch:
         count. The GIL is released while encoding. ValueError for an unknown `compression`."""
 
     def extend(self, other: RecordBatch) -> None: ...
-    def archive_columns(self, topic: str) -> tuple[int, list[bytes]]:
-        """The archive's columns of the records of `topic` (dead-letter copies left out), read in one pass without
-        the GIL, as Arrow buffers: the record count, then for each string column (keys, empty without one; event
-        ids; `source` headers, `unknown` without one; `schema` headers; every header as a JSON object; values;
-        BLAKE3 of each value, hex) its offsets (i64, little-endian) and bytes (a `large_string` column), then the
-        reception times (ms) and the top-level `ingest_lag_ms` (i64; the least i64 without an integer one)."""
-
     def moved_to(self, topic: str) -> RecordBatch:
         """Every record but the dead-letter copies, on `topic`: the duplicate occurrences of a repeated request."""
 
@@ -353,6 +349,29 @@ _Compression = Literal["none", "gzip", "snappy", "lz4", "zstd"]
 
 #: (key, value, headers, timestamp_ms) of one record.
 _RecordTuple = tuple[bytes | None, bytes, list[tuple[str, bytes]], int]
+
+@final
+class ArrowBuffer:
+    """Bytes owned by the native side, read through the buffer protocol (`pyarrow.py_buffer` wraps them without a
+    copy): one buffer of an Arrow column that `archive_parts` built."""
+
+    def __len__(self) -> int: ...
+
+def archive_parts(
+    batches: list[RecordBatch], skip_topics: list[str], duplicates_topic: str, chunk_rows: int
+) -> list[tuple[str, int, list[tuple[int, list[list[ArrowBuffer | None]]]]]]:
+    """The archive files of the records of `batches` (consecutive reads of one spool range; those of every topic
+    but `skip_topics`, dead-letter copies left out, records of `duplicates_topic` as `DUPLICATE` occurrences),
+    built without the GIL: per file (ordered by directory, then first event id) its partition directory, its row
+    count and its chunks of at most `chunk_rows` rows (rows sorted by event id across them), each with its row
+    count and, per column of the archive's schema (`tidegate.archive.writer.SCHEMA`), Arrow's buffers of it:
+    `[validity, offsets (i32), data]` for a string, `[validity, data (i64)]` for an integer or timestamp;
+    validity None without nulls. ValueError when a column would exceed 2 GiB."""
+
+def retain_freed_memory() -> bool:
+    """Lets the process's allocator (glibc) keep freed blocks below 32 MiB for reuse, trimming its heap only past
+    256 MiB free, instead of returning them and taking fresh zeroed pages for the next ones; returns whether it
+    took the settings. Process-wide: the archive writer calls it."""
 
 @final
 class KafkaRange:

@@ -18,6 +18,7 @@ from typing import Any
 import duckdb
 import pyarrow.dataset as ds
 
+from tidegate.archive.compaction import visible
 from tidegate.archive.store import ArchiveStore
 
 __all__ = [
@@ -110,14 +111,20 @@ class ArchiveQuery:
     def _connect(self) -> duckdb.DuckDBPyConnection | None:
         """A connection with the view `archive` over every file; None while the archive holds no file."""
         connection = duckdb.connect()
+        every = self.store.files()
+        # Files a compacted file supersedes are left out (they hold the same rows).
+        shown = visible(every)
         if self.store.local:
-            if not self.store.files():
+            if not shown:
                 connection.close()
                 return None
-            pattern = f"{self.store.root}/raw/**/*.parquet".replace("'", "''")
+            if len(shown) == len(every):
+                source = "'" + f"{self.store.root}/raw/**/*.parquet".replace("'", "''") + "'"
+            else:
+                source = "[" + ", ".join("'" + self.store.path(f).replace("'", "''") + "'" for f in shown) + "]"
             connection.execute(
                 # union_by_name: files of an older layout (a column missing) read as NULL there.
-                f"CREATE VIEW archive AS SELECT * FROM read_parquet('{pattern}', hive_partitioning = true, "
+                f"CREATE VIEW archive AS SELECT * FROM read_parquet({source}, hive_partitioning = true, "
                 "union_by_name = true, "
                 "hive_types = {'event_date': DATE, 'ingest_date': DATE, 'hour': INTEGER, 'source': VARCHAR, "
                 "'event_type': VARCHAR})"
@@ -125,7 +132,7 @@ class ArchiveQuery:
             return connection
         # A bucket: DuckDB's httpfs extension would be downloaded at run time, so pyarrow reads the objects and
         # DuckDB queries them through Arrow (filters are pushed down to the dataset).
-        files = [self.store.path(relative) for relative in self.store.files()]
+        files = [self.store.path(relative) for relative in shown]
         if not files:
             connection.close()
             return None

@@ -22,16 +22,15 @@ import asyncio
 import contextlib
 import json
 import logging
-import re
 import time
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.compute as pc
 
-from tidegate._native import RecordBatch, Spool
-from tidegate.archive import DUPLICATES_TOPIC, event_type_of, partition_dir
-from tidegate.archive.store import ArchiveStore
+from tidegate._native import RecordBatch, Spool, archive_parts, retain_freed_memory
+from tidegate.archive import DUPLICATES_TOPIC
+from tidegate.archive.compaction import FILE_NAME, compact
+from tidegate.archive.store import ROW_GROUP_ROWS, ArchiveStore
 from tidegate.delivery.spool import publish_archived
 
 __all__ = ["SCHEMA", "SpoolArchiver", "records_table"]
@@ -56,97 +55,29 @@ SCHEMA = pa.schema(
     ]
 )
 
-_FILE_NAME = re.compile(
-    r"^(?P<writer>[^-]+)-(?P<spool>[^-]+)-(?P<first>\d+)-(?P<end>\d+)-(?P<part>\d+)of(?P<parts>\d+)"
-)
+#: Records per spool read (a range of `max_records` is read in chunks this size).
+READ_CHUNK = 16_384
 
 
-#: `RecordBatch.archive_columns`'s mark of a record without an integer `ingest_lag_ms`.
-NO_LAG = -(2**63)
-DAY_MS = 86_400_000
-HOUR_MS = 3_600_000
-
-
-def _topic_table(batch: RecordBatch, topic: str) -> pa.Table:
-    count, buffers = batch.archive_columns(topic)
-
-    def strings(index: int) -> pa.Array:
-        offsets, data = pa.py_buffer(buffers[2 * index]), pa.py_buffer(buffers[2 * index + 1])
-        return pa.Array.from_buffers(pa.large_string(), count, [None, offsets, data]).cast(pa.string())
-
-    def integers(index: int) -> pa.Array:
-        return pa.Array.from_buffers(pa.int64(), count, [None, pa.py_buffer(buffers[index])])
-
-    keys, ids, sources, schemas, headers, values, hashes = (strings(i) for i in range(7))
-    lags = integers(15)
-    return pa.table(
-        {
-            "event_id": ids,
-            "entity_id": pc.if_else(pc.equal(keys, ""), pa.scalar(None, pa.string()), keys),
-            "ingest_ms": integers(14),
-            "ingest_lag_ms": pc.if_else(pc.equal(lags, NO_LAG), pa.scalar(None, pa.int64()), lags),
-            "status": pa.array(["DUPLICATE" if topic == DUPLICATES_TOPIC else "ACCEPTED"] * count, pa.string()),
-            "source": sources,
-            "schema": schemas,
-            "payload_blake3": hashes,
-            "topic": pa.array([topic] * count, pa.string()),
-            "headers": headers,
-            "value": values,
-        }
-    )
-
-
-def records_table(batch: RecordBatch, skip_topics: frozenset[str]) -> list[tuple[str, pa.Table]]:
-    """The archive rows of a spool range, per partition directory (in order), each sorted by event id. Fields are
-    read natively in one pass and the partitions computed on whole columns, with the arithmetic of
-    `tidegate.archive.partition_dir`."""
-    tables = [_topic_table(batch, topic) for topic in batch.topics if topic not in skip_topics]
-    tables = [table for table in tables if len(table)]
-    if not tables:
-        return []
-    table = pa.concat_tables(tables)
-    ingest_ms = table["ingest_ms"]
-    lag = table["ingest_lag_ms"]
-    event_ms = pc.if_else(pc.is_null(lag), ingest_ms, pc.subtract(ingest_ms, lag))
-
-    def floor_div(values: pa.ChunkedArray, unit: int) -> pa.ChunkedArray:
-        return pc.floor(pc.divide(pc.cast(values, pa.float64()), float(unit))).cast(pa.int64())
-
-    table = table.append_column("event_day", floor_div(event_ms, DAY_MS))
-    table = table.append_column("ingest_hour", floor_div(ingest_ms, HOUR_MS))
-    table = table.append_column("event_ms", event_ms)
-    groups = table.group_by(["source", "schema", "event_day", "ingest_hour"]).aggregate([])
-    parts: list[tuple[str, pa.Table]] = []
-    for source, schema, day, hour in zip(*(groups[name].to_pylist() for name in groups.column_names), strict=True):
-        directory = partition_dir(source, event_type_of(schema), day * DAY_MS, hour * HOUR_MS)
-        mask = pc.and_(
-            pc.and_(pc.equal(table["source"], source), pc.equal(table["schema"], schema)),
-            pc.and_(pc.equal(table["event_day"], day), pc.equal(table["ingest_hour"], hour)),
-        )
-        rows = table.filter(mask).sort_by("event_id")
-        parts.append(
-            (
-                directory,
-                pa.Table.from_arrays(
-                    [
-                        rows["event_id"],
-                        rows["entity_id"],
-                        rows["event_ms"].cast(pa.timestamp("ms", tz="UTC")),
-                        rows["ingest_ms"].cast(pa.timestamp("ms", tz="UTC")),
-                        rows["ingest_lag_ms"],
-                        rows["status"],
-                        pc.binary_join_element_wise(f"{directory}/event_id=", rows["event_id"], ""),
-                        rows["payload_blake3"],
-                        rows["topic"],
-                        rows["headers"],
-                        rows["value"],
-                    ],
-                    schema=SCHEMA,
-                ),
+def records_table(batches: list[RecordBatch], skip_topics: frozenset[str]) -> list[tuple[str, pa.Table]]:
+    """The archive rows of a spool range (read as `batches`), per partition directory (in a fixed order: by
+    directory, then by first event id), each sorted by event id. Built natively (`tidegate._native.archive_parts`:
+    the partition of each record with the arithmetic of `tidegate.archive.partition_dir`, the columns as Arrow lays
+    them out, a row group at a time) and wrapped by pyarrow without a copy: no Python object per record or field."""
+    tables = []
+    for directory, _, chunks in archive_parts(batches, sorted(skip_topics), DUPLICATES_TOPIC, ROW_GROUP_ROWS):
+        groups = [
+            pa.RecordBatch.from_arrays(
+                [
+                    pa.Array.from_buffers(field.type, rows, [None if b is None else pa.py_buffer(b) for b in buffers])
+                    for field, buffers in zip(SCHEMA, columns, strict=True)
+                ],
+                schema=SCHEMA,
             )
-        )
-    # A fixed order (so a range read again makes the same files): by directory, then by the first event id.
-    return sorted(parts, key=lambda part: (part[0], part[1]["event_id"][0].as_py()))
+            for rows, columns in chunks
+        ]
+        tables.append((directory, pa.Table.from_batches(groups, schema=SCHEMA)))
+    return tables
 
 
 class SpoolArchiver:
@@ -161,21 +92,31 @@ class SpoolArchiver:
         skip_topics: frozenset[str],
         flush_interval_s: float = 1.0,
         max_records: int = 100_000,
+        compact_min_files: int = 16,
+        compact_interval_s: float = 60.0,
     ) -> None:
         self.spool = spool
         self.directory = Path(spool.path)
         self.name = self.directory.name
         self.store = store
+        self.writer = writer
         self.prefix = f"{writer}-{self.name}-"
         self.skip_topics = skip_topics
         self.flush_interval_s = flush_interval_s
         self.max_records = max_records
+        self.compact_min_files = compact_min_files
+        self.compact_interval_s = compact_interval_s
+        self.files_compacted = 0
+        self._last_compaction = 0.0
         self.cursor = 0
         self.records_archived = 0
         self.files_written = 0
         self.failures = 0
         self.last_error: str | None = None
         self._last_flush = 0.0
+        # The writer makes and frees the same buffers file after file: kept by the allocator, they are reused
+        # instead of taken afresh from the system (zeroed and faulted in) each time. Process-wide.
+        retain_freed_memory()
 
     # ------------------------------------------------------------------------------------------------ resume
 
@@ -184,7 +125,7 @@ class SpoolArchiver:
         self._last_flush = time.monotonic()
         ranges: dict[tuple[int, int], tuple[int, set[int]]] = {}
         for relative in self.store.files(self.prefix):
-            match = _FILE_NAME.match(relative.rsplit("/", 1)[-1])
+            match = FILE_NAME.match(relative.rsplit("/", 1)[-1])
             if match is None:
                 continue
             span = (int(match["first"]), int(match["end"]))
@@ -197,14 +138,8 @@ class SpoolArchiver:
         parts, present = ranges[(first, end)]
         if len(present) < parts:
             log.warning(json.dumps({"event": "archive_range_incomplete", "spool": self.name, "range": [first, end]}))
-            batch = RecordBatch()
-            seq = first
-            while seq < end:
-                read, seq = self.spool.read(seq, max_records=end - seq, max_bytes=1 << 40)
-                if len(read) == 0:
-                    break
-                batch.extend(read)
-            self._write(first, end, batch, skip_parts=present)
+            batches, _ = self._read(first, end - first, 1 << 40)
+            self._write(first, end, batches, skip_parts=present)
         self.cursor = end
         publish_archived(self.directory, self.cursor)
 
@@ -220,17 +155,33 @@ class SpoolArchiver:
     def step(self) -> int:
         """Archives one range of durable records (at most `max_records`); returns the records it held."""
         first = self.cursor
-        batch, end = self.spool.read(first, max_records=self.max_records, max_bytes=256 << 20)
+        batches, end = self._read(first, self.max_records, 256 << 20)
         self._last_flush = time.monotonic()
         if end <= first:
             return 0
-        self._write(first, end, batch, skip_parts=set())
+        self._write(first, end, batches, skip_parts=set())
         self.cursor = end
         publish_archived(self.directory, end)
-        return len(batch)
+        return sum(len(batch) for batch in batches)
 
-    def _write(self, first: int, end: int, batch: RecordBatch, skip_parts: set[int]) -> None:
-        parts = records_table(batch, self.skip_topics)
+    def _read(self, first: int, max_records: int, max_bytes: int) -> tuple[list[RecordBatch], int]:
+        """Durable records from `first` (at most `max_records`, about `max_bytes`), in reads of `READ_CHUNK`
+        records: buffers of a few MB, which the allocator reuses, rather than one the size of the range. Returns
+        them and where the range ends."""
+        batches: list[RecordBatch] = []
+        seq, count, size = first, 0, 0
+        while count < max_records and size < max_bytes:
+            batch, end = self.spool.read(
+                seq, max_records=min(READ_CHUNK, max_records - count), max_bytes=max_bytes - size
+            )
+            if end <= seq:
+                break
+            batches.append(batch)
+            count, size, seq = count + (end - seq), size + batch.payload_bytes, end
+        return batches, seq
+
+    def _write(self, first: int, end: int, batches: list[RecordBatch], skip_parts: set[int]) -> None:
+        parts = records_table(batches, self.skip_topics)
         # A range without an archivable record (dead letters only) leaves no file: after a restart it is read
         # again and again leaves none.
         for index, (directory, rows) in enumerate(parts):
@@ -246,6 +197,25 @@ class SpoolArchiver:
                 self.files_written += 1
                 self.records_archived += len(rows)
 
+    def compact(self, now_ms: int | None = None) -> list[str]:
+        """Compacts this writer's small files of partitions whose hour is over (see `tidegate.archive.compaction`);
+        returns the files written."""
+        self._last_compaction = time.monotonic()
+        now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+        written = compact(
+            self.store,
+            self.writer,
+            self.name,
+            self.cursor,
+            before_ms=now_ms - 60_000,
+            min_files=self.compact_min_files,
+        )
+        self.files_compacted += len(written)
+        return written
+
+    def compaction_due(self) -> bool:
+        return time.monotonic() - self._last_compaction >= self.compact_interval_s
+
     async def run(self, stop: asyncio.Event) -> None:
         """Archives as records become durable, until `stop`; then archives what is left."""
         await asyncio.to_thread(self.resume)
@@ -255,6 +225,8 @@ class SpoolArchiver:
                     await asyncio.to_thread(self.step)
                     self.last_error = None
                     continue
+                if self.compaction_due():
+                    await asyncio.to_thread(self.compact)
             except Exception as error:  # a full disk, a bucket away: keep the cursor, try again
                 self.failures += 1
                 self.last_error = f"{type(error).__name__}: {error}"
@@ -274,6 +246,7 @@ class SpoolArchiver:
             "cursor": self.cursor,
             "records_archived": self.records_archived,
             "files_written": self.files_written,
+            "files_compacted": self.files_compacted,
             "failures": self.failures,
             "last_error": self.last_error,
             "lag_records": max(0, self.spool.durable_seq - self.cursor),

@@ -4,6 +4,7 @@
 #![allow(clippy::too_many_arguments)]
 
 mod admission;
+mod archive;
 mod devices;
 mod errors;
 mod gateway;
@@ -479,30 +480,6 @@ impl RecordBatch {
         self.0.extend(&other.0);
     }
 
-    /// The archive's columns of the records of `topic` (dead-letter copies left out), as Arrow buffers: the record
-    /// count, then per string column (keys, event ids, sources, schemas, headers as JSON, values, BLAKE3 of the
-    /// values) its offsets (i64, little-endian) and bytes, and the reception times and ingest lags (i64 each).
-    fn archive_columns<'py>(&self, py: Python<'py>, topic: &str) -> (usize, Vec<Bound<'py, PyBytes>>) {
-        let c = py.detach(|| core::archive::archive_columns(&self.0, topic));
-        let ints = |values: &[i64]| values.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>();
-        let mut buffers = Vec::with_capacity(16);
-        for column in [
-            &c.keys,
-            &c.event_ids,
-            &c.sources,
-            &c.schemas,
-            &c.headers_json,
-            &c.values,
-            &c.payload_blake3,
-        ] {
-            buffers.push(PyBytes::new(py, &ints(&column.offsets)));
-            buffers.push(PyBytes::new(py, &column.data));
-        }
-        buffers.push(PyBytes::new(py, &ints(&c.timestamps_ms)));
-        buffers.push(PyBytes::new(py, &ints(&c.lags_ms)));
-        (c.timestamps_ms.len(), buffers)
-    }
-
     /// Every record but the dead-letter copies, on `topic`: the duplicate occurrences of a repeated request.
     fn moved_to(&self, topic: &str) -> RecordBatch {
         RecordBatch(self.0.moved_to(topic))
@@ -624,6 +601,7 @@ fn _native(module: &Bound<'_, PyModule>) -> PyResult<()> {
         core::contract::headers::MAX_IDEMPOTENCY_KEY_BYTES,
     )?;
     errors::register(module)?;
+    archive::register(module)?;
     kafka::register(module)?;
     devices::register(module)?;
     gateway::register(module)?;

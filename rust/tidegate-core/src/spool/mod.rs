@@ -417,6 +417,55 @@ fn scan_frames(
     }
 }
 
+/// A window of a segment file, to scan: mapped (the page cache's pages, neither copied nor zeroed: reading a
+/// large window this way costs a fraction of a `read` into a fresh buffer), or read when it is small or the
+/// mapping fails. The mapped range lies within the file as it was listed: segments only grow while they are
+/// read, and a deleted segment stays readable through its mapping. The one exception: a writer's restart
+/// truncates torn frames (never durable) at a segment's end. The scan never reaches them in the segment being
+/// written (it stops at the durable sequence); it does reach the leftovers of a failed write at the end of an
+/// older segment, and should the writer restart and truncate them in that very moment, touching them would
+/// end the delivery process (SIGBUS): it is restarted and goes on from its cursors, nothing is lost.
+enum SegmentWindow {
+    Mapped(memmap2::Mmap),
+    Read(Vec<u8>),
+}
+
+impl SegmentWindow {
+    /// Below this, a `read` costs less than setting up and tearing down a mapping.
+    const MAP_AT_LEAST: u64 = 1 << 20;
+
+    fn read(file: &mut File, offset: u64, span: u64) -> io::Result<SegmentWindow> {
+        if span >= Self::MAP_AT_LEAST {
+            // SAFETY: see the type's doc: the mapped bytes stay in the file while the window is scanned, and
+            // nothing in this process writes through or to them.
+            let mapped = unsafe {
+                memmap2::MmapOptions::new()
+                    .offset(offset)
+                    .len(span as usize)
+                    .map(&*file)
+            };
+            if let Ok(map) = mapped {
+                return Ok(SegmentWindow::Mapped(map));
+            }
+        }
+        file.seek(SeekFrom::Start(offset))?;
+        let mut data = Vec::with_capacity(span as usize);
+        file.take(span).read_to_end(&mut data)?;
+        Ok(SegmentWindow::Read(data))
+    }
+}
+
+impl std::ops::Deref for SegmentWindow {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match self {
+            SegmentWindow::Mapped(map) => map,
+            SegmentWindow::Read(data) => data,
+        }
+    }
+}
+
 fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
@@ -979,20 +1028,19 @@ impl Spool {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((0, ScanStop::Exhausted)),
             Err(e) => return Err(e.into()),
         };
-        if cursor.offset == UNRESOLVED {
-            let mut data = Vec::new();
-            file.seek(SeekFrom::Start(MAGIC.len() as u64))?;
-            (&mut file)
-                .take(segment.bytes.saturating_sub(MAGIC.len() as u64))
-                .read_to_end(&mut data)?;
+        if cursor.offset == UNRESOLVED && cursor.seq == segment.base_seq {
+            cursor.offset = MAGIC.len() as u64;
+        } else if cursor.offset == UNRESOLVED {
+            let start = MAGIC.len() as u64;
+            let data = SegmentWindow::read(&mut file, start, segment.bytes.saturating_sub(start))?;
             let (_, consumed, _) = scan_frames(&data, None, cursor.seq - segment.base_seq, usize::MAX);
-            cursor.offset = MAGIC.len() as u64 + consumed as u64;
+            cursor.offset = start + consumed as u64;
         }
         let before = batch.len() as u64;
         let mut consumed_total = 0usize;
-        // Read about what the byte budget allows, not the whole segment; widen the window only when a single
-        // frame does not fit in it.
-        let mut window = (max_bytes as u64).saturating_add(64 << 10);
+        // Read about what the byte budget allows (at most 16 MiB at a time), not the whole segment; widen the
+        // window only when a single frame does not fit in it.
+        let mut window = (max_bytes as u64).saturating_add(64 << 10).min(16 << 20);
         let stop = loop {
             let remaining = segment.bytes.saturating_sub(cursor.offset);
             if remaining == 0 {
@@ -1001,9 +1049,7 @@ impl Spool {
             let room = max_records - (batch.len() as u64 - before);
             let byte_room = max_bytes.saturating_sub(consumed_total);
             let span = remaining.min(window);
-            file.seek(SeekFrom::Start(cursor.offset))?;
-            let mut data = Vec::new();
-            (&mut file).take(span).read_to_end(&mut data)?;
+            let data = SegmentWindow::read(&mut file, cursor.offset, span)?;
             let got = batch.len() as u64;
             let (records, consumed, stop) = scan_frames(&data, Some(batch), room, byte_room);
             debug_assert_eq!(batch.len() as u64 - got, records);

@@ -1,0 +1,142 @@
+"""Compaction: when traffic is light, the writer makes a small file per partition per flush (up to 3,600 an hour in
+a partition), and every query opens them all. Once a partition's hour is over, the writer that made its files
+copies their rows into one file (sorted by event id, in row groups) and leaves them where they are: nothing is
+overwritten or deleted.
+
+The compacted file's name says which files it supersedes, so readers need nothing else to skip them:
+
+    c-<writer>-<spool>-<first seq>-<end seq>.parquet
+
+supersedes every file of that writer and spool in the same directory whose spool range lies within
+`[first, end)`. That is exactly the files it was made from, because it is made only from ranges the writer has
+finished (below its cursor: every file of them is written, and ranges are never written again once complete), and
+takes every such file of the directory not already superseded; a file written later comes from a later range.
+A compacted file is written like any other (temporary name, fsync, link that never replaces a file), so after a
+crash there is the compacted file and its sources (readers take the compacted file), or the sources alone.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from collections import defaultdict
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from tidegate.archive.store import ArchiveStore
+
+__all__ = ["COMPACTED_NAME", "FILE_NAME", "MAX_COMPACTED_BYTES", "SMALL_FILE_BYTES", "compact", "visible"]
+
+#: A file the writer made from one spool range (`<part>of<parts>`: one of the range's files).
+FILE_NAME = re.compile(r"^(?P<writer>[^-]+)-(?P<spool>[^-]+)-(?P<first>\d+)-(?P<end>\d+)-(?P<part>\d+)of(?P<parts>\d+)")
+#: A compacted file (see the module docstring).
+COMPACTED_NAME = re.compile(r"^c-(?P<writer>[^-]+)-(?P<spool>[^-]+)-(?P<first>\d+)-(?P<end>\d+)\.parquet$")
+
+_HOUR = re.compile(r"/ingest_date=(?P<date>\d{4}-\d{2}-\d{2})/hour=(?P<hour>\d{2})$")
+
+
+def _split(relative: str) -> tuple[str, str]:
+    directory, _, name = relative.rpartition("/")
+    return directory, name
+
+
+def visible(files: list[str]) -> list[str]:
+    """`files` (paths relative to the archive's root) without those a compacted file among them supersedes."""
+    spans: dict[tuple[str, str, str], list[tuple[int, int]]] = defaultdict(list)
+    for relative in files:
+        directory, name = _split(relative)
+        match = COMPACTED_NAME.match(name)
+        if match is not None:
+            spans[(directory, match["writer"], match["spool"])].append((int(match["first"]), int(match["end"])))
+    if not spans:
+        return files
+    kept = []
+    for relative in files:
+        directory, name = _split(relative)
+        match = FILE_NAME.match(name)
+        if match is not None:
+            first, end = int(match["first"]), int(match["end"])
+            covering = spans.get((directory, match["writer"], match["spool"]), [])
+            if any(low <= first and end <= high for low, high in covering):
+                continue
+        kept.append(relative)
+    return kept
+
+
+def _hour_end_ms(directory: str) -> int | None:
+    match = _HOUR.search(directory)
+    if match is None:
+        return None
+    start = dt.datetime.fromisoformat(f"{match['date']}T{match['hour']}:00:00+00:00")
+    return int(start.timestamp() * 1000) + 3_600_000
+
+
+#: A file of at most this many bytes is small: worth compacting (a full 100,000-record file is about 13 MB).
+SMALL_FILE_BYTES = 1 << 20
+#: A compacted file is made of at most this many bytes of small files (a few hundred thousand rows).
+MAX_COMPACTED_BYTES = 64 << 20
+
+
+def compact(
+    store: ArchiveStore,
+    writer: str,
+    spool: str,
+    cursor: int,
+    *,
+    before_ms: int,
+    min_files: int,
+) -> list[str]:
+    """Compacts the small files of `writer` and `spool` below `cursor` in each partition whose ingest hour ended
+    before `before_ms`, in runs of at least `min_files` consecutive ones (by spool range) not yet superseded;
+    returns the files it wrote.
+
+    A compacted file's range must hold no file but its sources (any other file in it would be hidden from
+    readers): so a run is cut at every file that is not taken (a large one, or one of a range not finished)."""
+    sizes = dict(store.listing(f"{writer}-{spool}-") + store.listing(f"c-{writer}-{spool}-"))
+    by_directory: dict[str, list[tuple[int, int, str]]] = defaultdict(list)
+    for relative in visible(sorted(sizes)):
+        directory, name = _split(relative)
+        match = FILE_NAME.match(name)
+        if match is not None:
+            by_directory[directory].append((int(match["first"]), int(match["end"]), relative))
+    written = []
+    for directory, files in sorted(by_directory.items()):
+        hour_end = _hour_end_ms(directory)
+        if hour_end is None or hour_end > before_ms:
+            continue
+        runs: list[list[tuple[int, int, str]]] = [[]]
+        total = 0
+        for first, end, relative in sorted(files):
+            if end > cursor or sizes[relative] > SMALL_FILE_BYTES:
+                runs.append([])  # not taken: the run stops before it
+                total = 0
+                continue
+            if total + sizes[relative] > MAX_COMPACTED_BYTES:
+                runs.append([])
+                total = 0
+            runs[-1].append((first, end, relative))
+            total += sizes[relative]
+        for run in runs:
+            if len(run) >= min_files:
+                written.append(_write_compacted(store, writer, spool, directory, run))
+    return [target for target in written if target]
+
+
+def _write_compacted(
+    store: ArchiveStore, writer: str, spool: str, directory: str, run: list[tuple[int, int, str]]
+) -> str:
+    first, end = run[0][0], run[-1][1]
+    tables = []
+    for _, _, relative in run:
+        with store.filesystem.open_input_file(store.path(relative)) as file:
+            tables.append(pq.ParquetFile(file).read().replace_schema_metadata(None))
+    table = pa.concat_tables(tables).sort_by("event_id")
+    target = f"{directory}/c-{writer}-{spool}-{first:020d}-{end:020d}.parquet"
+    metadata = {
+        b"tidegate.spool": spool.encode(),
+        b"tidegate.first_seq": str(first).encode(),
+        b"tidegate.end_seq": str(end).encode(),
+        b"tidegate.supersedes": "\n".join(_split(relative)[1] for _, _, relative in run).encode(),
+    }
+    return target if store.write(target, table.replace_schema_metadata(metadata)) else ""
