@@ -11,6 +11,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -124,8 +125,8 @@ def test_a_torn_slot_is_never_a_false_duplicate(tmp_path: Path) -> None:
         with checked_client(again) as http:
             response = http.post("/api/v1/ingest", json=unseen)
             assert response.json() == {**response.json(), "status": "accepted", "event_id": unseen_id}
-            # The torn slot lost the seen reading: delivered again (same event_id), never refused.
-            assert http.post("/api/v1/ingest", json=seen).json()["status"] == "accepted"
+            # The torn slot lost the seen reading, but the restart loaded the spool's tail, which holds it: a true
+            # duplicate, answered so, and never a second copy.
             assert http.post("/api/v1/ingest", json=seen).json()["status"] == "duplicate"
     finally:
         again.stop()
@@ -158,3 +159,33 @@ def test_an_idle_timeout_outside_what_granian_takes_is_refused(tmp_path: Path) -
     )
     assert result.returncode == 2
     assert "idle_timeout_s" in result.stderr
+
+
+def test_a_record_made_durable_by_a_worker_killed_before_committing_its_claim_is_a_duplicate_after_restart(
+    tmp_path: Path, telemetry: tidegate.Validator
+) -> None:
+    """A worker appends and fsyncs a record, then is killed before it marks the record's dedup claim durable (the
+    claim stays pending, owned by a process that is gone, so no other process calls it a duplicate). Its
+    successor on the same spool must know the spool's tail: the device's retry is `duplicate`, and the spool
+    holds one copy (MQTT redelivers exactly such records after a SIGKILL)."""
+    body = reading("dev-killed")
+    now = time.time_ns() // 1_000_000
+    result = telemetry.validate(json.dumps(body).encode(), "application/json", None, received_at_ms=now)
+    (tmp_path / "state").mkdir(parents=True)
+    window = tidegate.DedupWindow(tmp_path / "state" / "dedup.tbl")
+    assert window.claim_batch(result.batch, now) == []  # pending, never committed: the worker dies here
+    spool = tidegate.Spool(tmp_path / "spool" / "w0")
+    spool.append(result.batch)
+    spool.commit()
+    del window, spool
+    with Server(tmp_path, {"TIDEGATE_AUTH": "false"}) as server, checked_client(server) as http:
+        answer = http.post("/api/v1/ingest", json=body, headers=CLOSE).json()
+    assert answer["status"] == "duplicate", answer
+    copies: list[str] = []
+    reader, seq = tidegate.Spool.open_read_only(tmp_path / "spool" / "w0"), 0
+    while True:
+        batch, seq = reader.read(seq, durable_only=False)
+        if not len(batch):
+            break
+        copies.extend(json.loads(value)["event_id"] for value in batch.values("telemetry-raw"))
+    assert copies == [answer["event_id"]]

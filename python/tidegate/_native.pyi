@@ -597,9 +597,11 @@ class DedupWindow:
 
     def release_key(self, scope: str, key: str) -> None: ...
     def contains(self, event_id: str, now_ms: int) -> bool: ...
-    def load_spool(self, spool: Spool, now_ms: int, since_ms: int) -> int:
+    def load_spool(self, spool: Spool, now_ms: int, since_ms: int, *, tail: int = 0) -> int:
         """Adds the spool's records received since `since_ms` and before the table was started (it was missing
-        or damaged); returns how many ids were read (0 for a table older than the window)."""
+        or damaged), and the spool's last `tail` records whatever the table's age (a writer killed between a
+        commit and marking its claims durable left them pending, owned by nobody); returns how many ids were
+        read."""
 
     @property
     def bytes_per_id(self) -> float:

@@ -375,8 +375,15 @@ class Gateway:
         await self.writer.start()
         now = now_ms()
         # The shared table outlives restarts; only one started anew (missing or damaged) is filled from the spool.
+        # Whatever its age, the spool's tail is loaded too: a predecessor killed between a commit and marking its
+        # claims durable left those records durable but unclaimed (an MQTT redelivery of one would be spooled
+        # twice). What awaits durability is bounded by admission (`max_in_flight_records`, past which requests
+        # are shed) plus one body (the core's `Limits::max_records`, 10,000), so twice that covers it.
+        tail = 2 * (self.settings.max_in_flight_records + 10_000)
         loaded = await asyncio.to_thread(
-            self.dedup.load_spool, self.spool, now, now - int(self.settings.dedup_ttl_seconds * 1000)
+            functools.partial(
+                self.dedup.load_spool, self.spool, now, now - int(self.settings.dedup_ttl_seconds * 1000), tail=tail
+            )
         )
         housekeeping = asyncio.create_task(self._housekeeping())
         mqtt_source = None

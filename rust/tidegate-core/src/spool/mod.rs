@@ -1109,8 +1109,19 @@ impl Spool {
 
     /// Event ids of records received at or after `since_ms`, oldest first (to rebuild the dedup window).
     pub fn event_ids_since(&self, since_ms: i64) -> Result<Vec<([u8; 16], i64)>, SpoolError> {
+        self.event_ids(0, since_ms)
+    }
+
+    /// Event ids (with reception times) of the last `count` records written, oldest first: those a writer killed
+    /// between a commit and marking its records' dedup claims durable left durable but unclaimed.
+    pub fn last_event_ids(&self, count: u64) -> Result<Vec<([u8; 16], i64)>, SpoolError> {
+        let end = lock(&self.writer).next_seq;
+        self.event_ids(end.saturating_sub(count), i64::MIN)
+    }
+
+    fn event_ids(&self, from_seq: u64, since_ms: i64) -> Result<Vec<([u8; 16], i64)>, SpoolError> {
         let mut ids = Vec::new();
-        let mut cursor = self.cursor_at(0);
+        let mut cursor = self.cursor_at(from_seq);
         let limit = lock(&self.writer).next_seq;
         loop {
             let (batch, next) = self.read(cursor, 65_536, 64 << 20, limit)?;
