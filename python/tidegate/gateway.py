@@ -370,7 +370,7 @@ class Gateway:
             max_record_bytes=settings.max_record_bytes,
             max_body_bytes=settings.max_body_bytes,
         )
-        self.metrics.native = self.native.counters
+        self.metrics.native_counts(self.native.counters)
         self.writer = SpoolWriter(self.spool, commit_window_ms=settings.commit_window_ms, settle=self.native.settle)
         await self.writer.start()
         now = now_ms()

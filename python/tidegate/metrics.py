@@ -199,21 +199,9 @@ class Metrics:
             "tidegate_quarantine_dropped_total",
             "Refused records and bodies not kept: their device's quarantine budget was spent.",
         )
-        self.quarantine_dropped.inc((), 0)
         self.gauges: list[Gauge] = []
+        #: Metrics counted natively, rendered at scrape time (`source`): the only way native counts reach here.
         self.sources: list[Callable[[], Iterable[str]]] = []
-        #: The native gateway's counts (`tidegate._native.Gateway.counters`), once it runs: records, quarantined
-        #: records, quarantine drops and the ingest lag are counted there, per request, without the GIL.
-        self.native: Callable[[], NativeCounts] | None = None
-
-    def _read_native(self) -> None:
-        if self.native is None:
-            return
-        records, quarantined, dropped, lag, lag_sum, lag_observed = self.native()
-        self.records.values = {(outcome, priority): float(n) for outcome, priority, n in records}
-        self.quarantined.values = {(stage,): float(n) for stage, n in quarantined}
-        self.quarantine_dropped.values = {(): float(dropped)}
-        self.lag.series = {(): [*map(float, lag), lag_sum]} if lag_observed else {}
 
     def gauge(self, name: str, help_text: str, read: Callable[[], float]) -> None:
         self.gauges.append(Gauge(name, help_text, read))
@@ -222,18 +210,31 @@ class Metrics:
         """Metrics rendered by a callback at scrape time (counters kept natively)."""
         self.sources.append(render)
 
+    def native_counts(self, read: Callable[[], NativeCounts]) -> None:
+        """The native gateway's counts (`tidegate._native.Gateway.counters`): records, quarantined records,
+        quarantine drops and the ingest lag are counted there, per request, without the GIL; `read` is called at
+        each scrape."""
+
+        def render() -> Iterable[str]:
+            records, quarantined, dropped, lag, lag_sum, lag_observed = read()
+            self.records.values = {(outcome, priority): float(n) for outcome, priority, n in records}
+            self.quarantined.values = {(stage,): float(n) for stage, n in quarantined}
+            self.quarantine_dropped.values = {(): float(dropped)}
+            self.lag.series = {(): [*map(float, lag), lag_sum]} if lag_observed else {}
+            for metric in (self.records, self.lag, self.quarantined, self.quarantine_dropped):
+                yield from metric.render()
+
+        self.source(render)
+
     def render(self) -> str:
-        self._read_native()
         lines: list[str] = []
-        for metric in (self.requests, self.records, self.latency, self.lag):
+        for metric in (self.requests, self.latency):
             lines.extend(metric.render())
         for render in self.sources:
             lines.extend(render())
         lines.extend(self.mqtt_messages.render())
         lines.extend(self.mqtt_dead_letters.render())
         lines.extend(self.device_alerts.render())
-        lines.extend(self.quarantined.render())
-        lines.extend(self.quarantine_dropped.render())
         for gauge in self.gauges:
             lines.extend(gauge.render())
         return "\n".join(lines) + "\n"
