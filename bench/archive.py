@@ -44,7 +44,7 @@ from tidegate.archive.writer import SCHEMA, SpoolArchiver  # noqa: E402
 from tidegate.testing.server import Server  # noqa: E402
 
 from bench.harness import ensure_wrk, run_wrk, wrk_figures  # noqa: E402
-from bench.spool_to_kafka import make_batches  # noqa: E402
+from bench.spool_to_kafka import make_record_sets  # noqa: E402
 
 DAY_MS = 86_400_000
 
@@ -65,8 +65,8 @@ def archive_records_per_s(work: Path, records: int) -> dict[str, float]:
     # Warm-up (untimed): the first file written in a process pays for loading pyarrow's and zstd's code.
     warm = work / "warm-up"
     warm_spool = tidegate.Spool(warm / "w0")
-    for batch in make_batches(tidegate.Validator(tidegate.Contract.telemetry()), 2000):
-        warm_spool.append(batch)
+    for part in make_record_sets(tidegate.Validator(tidegate.Contract.telemetry()), 2000):
+        warm_spool.append(part)
     warm_spool.commit()
     warm_store = ArchiveStore(str(warm / "archive"), pafs.LocalFileSystem(), local=True)
     warming = SpoolArchiver(tidegate.Spool.open_for_delivery(warm / "w0"), warm_store, "awarm", skip_topics=frozenset())
@@ -74,8 +74,8 @@ def archive_records_per_s(work: Path, records: int) -> dict[str, float]:
     warming.step()
     spool_dir = work / "spool" / "w0"
     spool = tidegate.Spool(spool_dir, quota_bytes=1 << 40)
-    for batch in make_batches(tidegate.Validator(tidegate.Contract.telemetry()), records):
-        spool.append(batch)
+    for part in make_record_sets(tidegate.Validator(tidegate.Contract.telemetry()), records):
+        spool.append(part)
     spool.commit()
     spool_bytes = sum(p.stat().st_size for p in spool_dir.glob("*.seg"))
     store = ArchiveStore(str(work / "archive"), pafs.LocalFileSystem(), local=True)

@@ -11,7 +11,7 @@ Constraints, as tidegate's `Contract.telemetry()` enforces them:
   produce warnings, identified by (record index, JSON path) as tidegate reports them.
 
 tidegate does more than that per record: it computes the BLAKE3 event id, writes the canonical enriched JSON value
-and headers into a Kafka-ready batch, and isolates bad records (the others are still accepted). The Python
+and headers into Kafka-ready records, and isolates bad records (the others are still accepted). The Python
 competitors only validate and raise `Rejected` at the first bad record (all or nothing, which is cheaper).
 
 Known differences at the edges of the grammar, outside the benchmark data and outside the correctness tests:

@@ -28,7 +28,7 @@ import tidegate  # noqa: E402
 from tidegate.delivery.spool import worker_spool_dirs  # noqa: E402
 from tidegate.testing.broker import Broker, consume_all  # noqa: E402
 
-from bench.spool_to_kafka import TOPIC, make_batches  # noqa: E402
+from bench.spool_to_kafka import TOPIC, make_record_sets  # noqa: E402
 
 TICKS = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -45,9 +45,9 @@ def cpu_seconds_and_rss(pid: int) -> tuple[float, int]:
 def spool_backlog(data_dir: Path, records: int, workers: int) -> int:
     validator = tidegate.Validator(tidegate.Contract.telemetry())
     spools = [tidegate.Spool(data_dir / "spool" / f"w{i}") for i in range(workers)]
-    for index, batch in enumerate(make_batches(validator, records)):
+    for index, part in enumerate(make_record_sets(validator, records)):
         spool = spools[index % workers]
-        spool.append(batch)
+        spool.append(part)
         spool.commit()
     return sum(s.stats()["next_seq"] for s in spools)
 

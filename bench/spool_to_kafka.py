@@ -9,9 +9,9 @@
    are consumed back and counted. Prints records/s and MB/s per run and the median.
    In the same run, on a fresh broker each time, the reference: aiokafka's own `create_batch`/`send_batch` loop
    over the same records (already in memory as Python objects, partitioned by aiokafka's default partitioner, one
-   task per partition, acks=all, the same batch size and compression), timed until every batch is acknowledged.
+   task per partition, acks=all, the same Kafka batch size and compression), timed until every record is acknowledged.
    Printed side by side with the forwarder, as a ratio (issue 8's target: at least 2x).
-2. Group commit: `--writers` asyncio tasks each write single-record batches through `SpoolWriter` (every write
+2. Group commit: `--writers` asyncio tasks each write single-record `Records` through `SpoolWriter` (every write
    returns only once its record is fsynced) for `--seconds`. Prints appends/s and the fsyncs they shared.
 
 Both share the machine with the broker; figures on a busy or small machine swing, hence the runs and medians.
@@ -47,10 +47,10 @@ def _iso(ms: int) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ms / 1000)) + f".{ms % 1000:03d}Z"
 
 
-def make_batches(validator: tidegate.Validator, records: int, devices: int = 200) -> list[tidegate.RecordBatch]:
-    """Distinct telemetry readings (unique event ids), validated into batches of up to 1000 records."""
+def make_record_sets(validator: tidegate.Validator, records: int, devices: int = 200) -> list[tidegate.Records]:
+    """Distinct telemetry readings (unique event ids), validated into record arenas of up to 1000 records each."""
     now_ms = int(time.time() * 1000)
-    batches = []
+    record_sets = []
     for start in range(0, records, PER_BODY):
         lines = []
         for i in range(start, min(records, start + PER_BODY)):
@@ -64,19 +64,19 @@ def make_batches(validator: tidegate.Validator, records: int, devices: int = 200
         result = validator.validate("\n".join(lines).encode(), "application/x-ndjson")
         if result.accepted != len(lines):
             raise SystemExit(f"validation rejected records: {result.rejected[:3]}")
-        batches.append(result.batch)
-    return batches
+        record_sets.append(result.records)
+    return record_sets
 
 
 async def forward_once(
-    broker: Broker, spool_dir: Path, batches: list[tidegate.RecordBatch], args: argparse.Namespace
+    broker: Broker, spool_dir: Path, record_sets: list[tidegate.Records], args: argparse.Namespace
 ) -> dict[str, Any]:
     spool = tidegate.Spool(spool_dir)
-    for batch in batches:
-        spool.append(batch)
+    for part in record_sets:
+        spool.append(part)
     spool.commit()
     total = spool.stats()["next_seq"]
-    payload = sum(batch.payload_bytes for batch in batches)
+    payload = sum(part.payload_bytes for part in record_sets)
     settings = KafkaSettings(
         broker.bootstrap,
         read_max_records=args.read_records,
@@ -105,9 +105,9 @@ async def forward_once(
     }
 
 
-async def aiokafka_once(broker: Broker, batches: list[tidegate.RecordBatch], args: argparse.Namespace) -> float:
-    """The reference: aiokafka's own batch loop over the same records; returns records/s until all acknowledged."""
-    records = [record for batch in batches for record in batch.records(TOPIC)]
+async def aiokafka_once(broker: Broker, record_sets: list[tidegate.Records], args: argparse.Namespace) -> float:
+    """The reference: aiokafka's own Kafka batch loop over the same records; records/s until all are acknowledged."""
+    records = [record for part in record_sets for record in part.records(TOPIC)]
     per_partition: list[list[Any]] = [[] for _ in range(args.partitions)]
     for record in records:
         per_partition[(murmur2(record[0]) & 0x7FFFFFFF) % args.partitions].append(record)
@@ -125,14 +125,14 @@ async def aiokafka_once(broker: Broker, batches: list[tidegate.RecordBatch], arg
 
         async def send_partition(partition: int, mine: list[Any]) -> list[Any]:
             futures = []
-            batch = producer.create_batch()
+            kafka_batch = producer.create_batch()
             for key, value, headers, timestamp_ms in mine:
-                if batch.append(key=key, value=value, timestamp=timestamp_ms, headers=headers) is None:
-                    futures.append(await producer.send_batch(batch, TOPIC, partition=partition))
-                    batch = producer.create_batch()
-                    batch.append(key=key, value=value, timestamp=timestamp_ms, headers=headers)
-            if batch.record_count():
-                futures.append(await producer.send_batch(batch, TOPIC, partition=partition))
+                if kafka_batch.append(key=key, value=value, timestamp=timestamp_ms, headers=headers) is None:
+                    futures.append(await producer.send_batch(kafka_batch, TOPIC, partition=partition))
+                    kafka_batch = producer.create_batch()
+                    kafka_batch.append(key=key, value=value, timestamp=timestamp_ms, headers=headers)
+            if kafka_batch.record_count():
+                futures.append(await producer.send_batch(kafka_batch, TOPIC, partition=partition))
             return futures
 
         began = time.perf_counter()
@@ -145,7 +145,7 @@ async def aiokafka_once(broker: Broker, batches: list[tidegate.RecordBatch], arg
 
 
 async def group_commit(
-    spool_dir: Path, singles: list[tidegate.RecordBatch], writers: int, seconds: float
+    spool_dir: Path, singles: list[tidegate.Records], writers: int, seconds: float
 ) -> dict[str, Any]:
     spool = tidegate.Spool(spool_dir)
     writer = SpoolWriter(spool)
@@ -201,8 +201,8 @@ async def main() -> None:
     with tempfile.TemporaryDirectory(prefix="tidegate-bench-") as tmp:
         root = Path(tmp)
         if not args.skip_forward:
-            batches = make_batches(validator, args.records)
-            values = [len(v) for v in batches[0].values()]
+            record_sets = make_record_sets(validator, args.records)
+            values = [len(v) for v in record_sets[0].values()]
             print(
                 f"forwarder: {args.records} records, value {statistics.mean(values):.0f} B mean, "
                 f"{args.partitions} partitions, read {args.read_records} records/range, pipeline {args.pipeline}, "
@@ -213,15 +213,15 @@ async def main() -> None:
             for run in range(args.runs):
                 with Broker(root / f"broker-{run}") as broker:
                     broker.create_topics([TOPIC], partitions=args.partitions)
-                    result = await forward_once(broker, root / f"spool-{run}", batches, args)
+                    result = await forward_once(broker, root / f"spool-{run}", record_sets, args)
                 with Broker(root / f"broker-{run}-aiokafka") as broker:
                     broker.create_topics([TOPIC], partitions=args.partitions)
-                    reference = await aiokafka_once(broker, batches, args)
+                    reference = await aiokafka_once(broker, record_sets, args)
                 rates.append(result["records_per_s"])
                 references.append(reference)
                 print(
                     f"  run {run + 1}: {result['records_per_s']:,.0f} records/s, {result['mb_per_s']:.1f} MB/s "
-                    f"({result['records']} in {result['seconds']:.2f} s, {result['batches']} batches, "
+                    f"({result['records']} in {result['seconds']:.2f} s, {result['batches']} Kafka batches, "
                     f"{result['send_failures']} failed attempts, spool fsyncs {result['fsyncs']}, "
                     f"consumed back {result['consumed']}, ok={result['ok']}); aiokafka's create_batch/send_batch "
                     f"loop {reference:,.0f} records/s: {result['records_per_s'] / reference:.2f}x"
@@ -234,7 +234,7 @@ async def main() -> None:
                 f"records/s: {forwarder_median / reference_median:.2f}x (target >= 2x)"
             )
         if not args.skip_append:
-            singles = [b for batch in make_batches(validator, 2000, devices=64) for b in _split(validator, batch)]
+            singles = [one for part in make_record_sets(validator, 2000, devices=64) for one in _split(validator, part)]
             print(f"group commit: {args.writers} writers, single-record writes for {args.seconds} s")
             result = await group_commit(root / "spool-append", singles, args.writers, args.seconds)
             print(
@@ -245,13 +245,13 @@ async def main() -> None:
             )
 
 
-def _split(validator: tidegate.Validator, batch: tidegate.RecordBatch) -> list[tidegate.RecordBatch]:
-    """Single-record batches (what one small request produces), rebuilt through the validator."""
+def _split(validator: tidegate.Validator, records: tidegate.Records) -> list[tidegate.Records]:
+    """One `Records` per record (what one small request produces), rebuilt through the validator."""
     out = []
-    for value in batch.values(TOPIC):
+    for value in records.values(TOPIC):
         record = json.loads(value)
         reading = {k: record[k] for k in ("device_id", "timestamp", "metrics", "metadata")}
-        out.append(validator.validate(json.dumps(reading).encode()).batch)
+        out.append(validator.validate(json.dumps(reading).encode()).records)
     return out
 
 

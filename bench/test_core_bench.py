@@ -27,7 +27,7 @@ def test_validate(benchmark: BenchmarkFixture, documents: dict[str, bytes], fmt:
     if isinstance(result, tidegate.ValidationResult):
         assert result.accepted == RECORDS_PER_DOCUMENT, result.rejected[:3]
         assert len(result.event_ids) == RECORDS_PER_DOCUMENT
-        assert len(result.batch) == RECORDS_PER_DOCUMENT + len({w.index for w in result.warnings})
+        assert len(result.records) == RECORDS_PER_DOCUMENT + len({w.index for w in result.warnings})
     else:
         assert isinstance(result, Checked)
         assert len(result.records) == RECORDS_PER_DOCUMENT

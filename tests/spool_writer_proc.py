@@ -2,7 +2,7 @@
 
     python tests/spool_writer_proc.py SPOOL_DIR [BOOTSTRAP]
 
-Several concurrent writers each write small NDJSON bodies; as soon as ``SpoolWriter.write()`` returns (the batch
+Several concurrent writers each write small NDJSON bodies; as soon as ``SpoolWriter.write()`` returns (the records
 is durable), the writer prints ``ACK <end_seq> <event_id> ...`` on one line, flushed. With BOOTSTRAP a Forwarder
 drains the spool to that broker meanwhile. ``READY`` is printed once writing begins.
 """
@@ -54,9 +54,9 @@ async def main(spool_dir: str, bootstrap: str | None) -> None:
                 }
                 lines.append(json.dumps(reading))
                 n += 1
-            batch = validator.validate("\n".join(lines).encode(), "application/x-ndjson").batch
-            ids = batch.event_ids("telemetry-raw")
-            end = await writer.write(batch)
+            records = validator.validate("\n".join(lines).encode(), "application/x-ndjson").records
+            ids = records.event_ids("telemetry-raw")
+            end = await writer.write(records)
             out.write(f"ACK {end} {' '.join(ids)}\n")
             out.flush()
             if forwarder is not None:

@@ -80,10 +80,10 @@ def spool_with(directory: Path, bodies: list[tuple[str, bytes, str]], now_ms: in
     results = []
     for contract, body, source in bodies:
         result = validators[contract].validate(body, "application/x-ndjson", source=source, received_at_ms=now_ms)
-        occurrences = tidegate.RecordBatch()
-        dedup.claim_batch(result.batch, now_ms, duplicates=occurrences, duplicates_topic=DUPLICATES_TOPIC)
+        occurrences = tidegate.Records()
+        dedup.claim_records(result.records, now_ms, duplicates=occurrences, duplicates_topic=DUPLICATES_TOPIC)
         spool.append(occurrences)
-        spool.append(result.batch)
+        spool.append(result.records)
         results.append(result)
     spool.commit()
     return results

@@ -37,20 +37,21 @@ def _producer(bootstrap: str) -> AIOKafkaProducer:
 
 
 async def _send_batches(producer: AIOKafkaProducer, indices: range) -> int:
-    """Send records ``indices`` with create_batch()/send_batch(), round-robin over partitions; return batch count."""
+    """Send records ``indices`` with create_batch()/send_batch(), round-robin over partitions; return the Kafka
+    batch count."""
     futures: list[asyncio.Future[object]] = []
     by_partition: dict[int, list[int]] = {}
     for i in indices:
         by_partition.setdefault(i % PARTITIONS, []).append(i)
     for partition, items in by_partition.items():
-        batch = producer.create_batch()
+        kafka_batch = producer.create_batch()
         for i in items:
             key = f"k{i}".encode()
-            if batch.append(key=key, value=_value(i), timestamp=None, headers=_headers(i)) is None:
-                futures.append(await producer.send_batch(batch, TOPIC, partition=partition))
-                batch = producer.create_batch()
-                assert batch.append(key=key, value=_value(i), timestamp=None, headers=_headers(i)) is not None
-        futures.append(await producer.send_batch(batch, TOPIC, partition=partition))
+            if kafka_batch.append(key=key, value=_value(i), timestamp=None, headers=_headers(i)) is None:
+                futures.append(await producer.send_batch(kafka_batch, TOPIC, partition=partition))
+                kafka_batch = producer.create_batch()
+                assert kafka_batch.append(key=key, value=_value(i), timestamp=None, headers=_headers(i)) is not None
+        futures.append(await producer.send_batch(kafka_batch, TOPIC, partition=partition))
     await asyncio.gather(*futures)
     return len(futures)
 
@@ -69,8 +70,8 @@ async def _scenario(broker: Broker) -> None:
     producer = _producer(broker.bootstrap)
     await producer.start()
     try:
-        batches = await _send_batches(producer, range(BATCHED))
-        assert batches >= PARTITIONS
+        kafka_batches = await _send_batches(producer, range(BATCHED))
+        assert kafka_batches >= PARTITIONS
         for i in range(BATCHED, BATCHED + SINGLE):
             await producer.send_and_wait(TOPIC, _value(i), key=f"k{i}".encode(), headers=_headers(i))
 

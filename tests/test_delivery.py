@@ -93,10 +93,10 @@ def spool_records(spool: tidegate.Spool, topic: str) -> list[Record]:
     out: list[Record] = []
     seq = 0
     while True:
-        batch, seq = spool.read(seq, 5000, 16 << 20, durable_only=False)
-        if len(batch) == 0:
+        records, seq = spool.read(seq, 5000, 16 << 20, durable_only=False)
+        if len(records) == 0:
             return out
-        out.extend(batch.records(topic) if topic in batch.topics else [])
+        out.extend(records.records(topic) if topic in records.topics else [])
 
 
 def spool_event_ids(spool: tidegate.Spool) -> list[str]:
@@ -104,10 +104,10 @@ def spool_event_ids(spool: tidegate.Spool) -> list[str]:
     ids: list[str] = []
     seq = 0
     while True:
-        batch, seq = spool.read(seq, 5000, 16 << 20, durable_only=False)
-        if len(batch) == 0:
+        records, seq = spool.read(seq, 5000, 16 << 20, durable_only=False)
+        if len(records) == 0:
             return ids
-        ids.extend(batch.event_ids())
+        ids.extend(records.event_ids())
 
 
 def header(record: Any, name: str) -> bytes:
@@ -177,11 +177,11 @@ def test_forwarder_delivers_every_record_intact(
         forwarder = Forwarder(spool, settings)
         async with open_writer(spool) as writer:
             for k in range(3):  # some records before the forwarder starts, most while it runs
-                await writer.write(telemetry_validator.validate(telemetry_body(k * 100, 100, flagged_every=9)).batch)
+                await writer.write(telemetry_validator.validate(telemetry_body(k * 100, 100, flagged_every=9)).records)
             await forwarder.start()
             for k in range(3, 12):
-                await writer.write(telemetry_validator.validate(telemetry_body(k * 100, 100, flagged_every=9)).batch)
-                await writer.write(event_validator.validate(event_body(k * 40, 40)).batch)
+                await writer.write(telemetry_validator.validate(telemetry_body(k * 100, 100, flagged_every=9)).records)
+                await writer.write(event_validator.validate(event_body(k * 40, 40)).records)
                 forwarder.notify()
             end = spool.stats()["next_seq"]
         assert await forwarder.wait_acked(end, 30), forwarder.metrics()
@@ -222,8 +222,8 @@ def test_records_kafka_cannot_take_are_dead_lettered_never_skipped(
         spool = tidegate.Spool(tmp_path / "spool")
         result = telemetry_validator.validate(telemetry_body(0, 30, big=big))
         big_ids = {result.event_ids[i] for i in big}
-        big_values = {result.event_ids[i]: v for i, v in enumerate(result.batch.values(TELEMETRY)) if i in big}
-        spool.append(result.batch)
+        big_values = {result.event_ids[i]: v for i, v in enumerate(result.records.values(TELEMETRY)) if i in big}
+        spool.append(result.records)
         end = spool.commit()
         forwarder = Forwarder(spool, KafkaSettings(**{**_fields(settings), "max_record_bytes": 900}))
         await forwarder.start()
@@ -246,16 +246,16 @@ def test_records_kafka_cannot_take_are_dead_lettered_never_skipped(
 
 
 @pytest.mark.parametrize("codec", ["gzip", "snappy", "lz4", "zstd"])
-def test_compressed_batches_arrive_intact(
+def test_compressed_kafka_batches_arrive_intact(
     tmp_path: Path, broker: Broker, settings: KafkaSettings, telemetry_validator: tidegate.Validator, codec: str
 ) -> None:
-    """With compression, the natively compressed batches (several per partition: a small cap) are taken by the
-    broker and read back intact by aiokafka's consumer, in spool order per key."""
+    """With compression, the natively compressed Kafka record batches (several per partition: a small cap) are taken by
+    the broker and read back intact by aiokafka's consumer, in spool order per key."""
 
     async def scenario() -> None:
         spool = tidegate.Spool(tmp_path / "spool")
         for k in range(4):
-            spool.append(telemetry_validator.validate(telemetry_body(k * 200, 200)).batch)
+            spool.append(telemetry_validator.validate(telemetry_body(k * 200, 200)).records)
         end = spool.commit()
         compressed = {**_fields(settings), "compression_type": codec, "max_batch_bytes": 16_384}
         forwarder = Forwarder(spool, KafkaSettings(**compressed))
@@ -286,7 +286,7 @@ def test_a_checkpoint_that_cannot_be_written_is_retried_never_a_redelivery_from_
         await forwarder.start()
         async with open_writer(spool) as writer:
             for k in range(6):
-                await writer.write(telemetry_validator.validate(telemetry_body(k * 200, 200)).batch)
+                await writer.write(telemetry_validator.validate(telemetry_body(k * 200, 200)).records)
                 forwarder.notify()
         end = spool.stats()["next_seq"]
         assert await forwarder.wait_acked(end, 30), forwarder.metrics()
@@ -320,9 +320,9 @@ def test_records_spooled_without_kafka_are_delivered_later(
         ids: list[str] = []
         async with open_writer(spool) as writer:
             for k in range(8):
-                batch = telemetry_validator.validate(telemetry_body(k * 250, 250)).batch
-                ids.extend(batch.event_ids())
-                await writer.write(batch)
+                records = telemetry_validator.validate(telemetry_body(k * 250, 250)).records
+                ids.extend(records.event_ids())
+                await writer.write(records)
         return ids
 
     ids = asyncio.run(spool_only())
@@ -378,10 +378,10 @@ class StreamWriter:
         async with open_writer(self.spool) as writer:
             n = 0
             while not self._stop.is_set():
-                batch = self.validator.validate(telemetry_body(n, per_body)).batch
+                records = self.validator.validate(telemetry_body(n, per_body)).records
                 n += per_body
-                self.seq_ids.extend(batch.event_ids())
-                self.acknowledged = await writer.write(batch)
+                self.seq_ids.extend(records.event_ids())
+                self.acknowledged = await writer.write(records)
                 self.forwarder.notify()
                 await asyncio.sleep(interval)
 
@@ -474,14 +474,14 @@ def test_breaker_opens_while_down_and_closes_after(
         writer = SpoolWriter(spool)
         await writer.start()
         try:
-            first = await writer.write(telemetry_validator.validate(telemetry_body(0, 50)).batch)
+            first = await writer.write(telemetry_validator.validate(telemetry_body(0, 50)).records)
             assert await forwarder.wait_acked(first, 10)
             assert forwarder.state == "closed"
 
             broker.stop(grace=0)
-            batch = telemetry_validator.validate(telemetry_body(50, 50)).batch
-            ids = set(batch.event_ids())
-            end = await writer.write(batch)
+            records = telemetry_validator.validate(telemetry_body(50, 50)).records
+            ids = set(records.event_ids())
+            end = await writer.write(records)
             forwarder.notify()
             assert not await forwarder.wait_acked(end, 1.0)
             await wait_until(lambda: forwarder.state == "open", 10, "the breaker to open")

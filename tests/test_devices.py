@@ -38,7 +38,7 @@ def accepted(validator: tidegate.Validator, body: bytes, content_type: str = "ap
 
 def payload_of(body: bytes, content_type: str = "application/json") -> Any:
     """The payload as stored (the canonical value's text, so numbers keep their digits)."""
-    value = accepted(EVENTS, body, content_type).batch.values()[0].decode()
+    value = accepted(EVENTS, body, content_type).records.values()[0].decode()
     return value[value.index('"payload":') + len('"payload":') : value.index(',"server_received_at"')]
 
 
@@ -57,7 +57,7 @@ def event_body(payload_text: str) -> bytes:
 def test_64_bit_integers_are_kept_exactly(text: str) -> None:
     assert payload_of(event_body(text)) == text
     body = json.dumps(reading(metrics={"counter": int(text)}, metadata={"serial": int(text)})).encode()
-    value = accepted(TELEMETRY, body).batch.values()[0].decode()
+    value = accepted(TELEMETRY, body).records.values()[0].decode()
     assert f'"counter":{text}' in value and f'"serial":{text}' in value
 
 
@@ -135,7 +135,7 @@ def test_null_for_an_optional_field_means_absent() -> None:
     with_null = accepted(TELEMETRY, json.dumps(reading(metadata=None)).encode())
     without = accepted(TELEMETRY, json.dumps(reading()).encode())
     assert with_null.event_ids == without.event_ids
-    assert with_null.batch.values()[0] == without.batch.values()[0]
+    assert with_null.records.values()[0] == without.records.values()[0]
     required = TELEMETRY.validate(json.dumps(reading(metrics=None)).encode(), received_at_ms=RECEIVED_MS)
     assert required.rejected[0].path == "$.metrics"
 
@@ -143,10 +143,10 @@ def test_null_for_an_optional_field_means_absent() -> None:
 def test_unknown_fields_are_kept_outside_the_identity_by_default() -> None:
     extra = accepted(TELEMETRY, json.dumps(reading(location={"lat": 1.5})).encode())
     assert extra.event_ids == accepted(TELEMETRY, json.dumps(reading()).encode()).event_ids
-    assert b'"location":{"lat":1.5}' in extra.batch.values()[0]
+    assert b'"location":{"lat":1.5}' in extra.records.values()[0]
     an_event = accepted(EVENTS, json.dumps(event(1, trace="abc")).encode())
     assert an_event.event_ids == accepted(EVENTS, json.dumps(event(1)).encode()).event_ids
-    assert b'"trace":"abc"' in an_event.batch.values()[0]
+    assert b'"trace":"abc"' in an_event.records.values()[0]
 
 
 def test_unknown_fields_can_be_rejected_or_dropped() -> None:
@@ -155,7 +155,7 @@ def test_unknown_fields_can_be_rejected_or_dropped() -> None:
     result = strict.validate(body, received_at_ms=RECEIVED_MS)
     assert [(i.path, i.message) for i in result.rejected] == [("$.location", "unknown field")]
     dropping = tidegate.Validator(tidegate.Contract.telemetry(unknown_fields="drop"))
-    assert b"location" not in accepted(dropping, body).batch.values()[0]
+    assert b"location" not in accepted(dropping, body).records.values()[0]
     with pytest.raises(ValueError, match="unknown_fields"):
         tidegate.Contract.event(unknown_fields="ignore")  # type: ignore[arg-type]
 
@@ -183,7 +183,7 @@ def test_a_record_that_is_not_an_object_is_rejected_with_its_reason() -> None:
 def test_leap_seconds_and_long_fractions_are_times(text: str, canonical: str) -> None:
     validator = tidegate.Validator(tidegate.Contract.event())
     result = accepted(validator, json.dumps(event(1, event_time=text)).encode())
-    assert f'"event_time":"{canonical}"'.encode() in result.batch.values()[0]
+    assert f'"event_time":"{canonical}"'.encode() in result.records.values()[0]
     assert reference.canonical_timestamp(text) == canonical
     assert result.event_ids == [reference.event_id("event/v1", event(1, event_time=text))]
 

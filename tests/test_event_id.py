@@ -113,9 +113,9 @@ def test_canonical_value_matches_the_reference(payload: Any) -> None:
         "payload": payload,
     }
     result = EVENTS.validate(json.dumps(record).encode(), received_at_ms=RECEIVED_MS)
-    value = json.loads(result.batch.values()[0])
+    value = json.loads(result.records.values()[0])
     assert reference.canonical_json(value["payload"]) == reference.canonical_json(payload)
-    assert result.batch.values()[0].decode() == reference.canonical_json(value)
+    assert result.records.values()[0].decode() == reference.canonical_json(value)
 
 
 def spellings(number: float) -> set[str]:
@@ -155,7 +155,7 @@ def stored_payload(body: bytes, content_type: str = "application/json") -> str:
     """The payload's canonical text, as stored in the record's value."""
     result = EVENTS.validate(body, content_type, received_at_ms=RECEIVED_MS)
     assert result.rejected == [], result.rejected
-    value = result.batch.values()[0].decode()
+    value = result.records.values()[0].decode()
     return value[value.index('"payload":') + len('"payload":') : value.index(',"server_received_at"')]
 
 

@@ -57,10 +57,10 @@ def spooled_records(data_dir: Path) -> list[tuple[bytes | None, bytes, dict[str,
     for directory in sorted((data_dir / "spool").iterdir()):
         spool, seq = tidegate.Spool.open_read_only(directory), 0
         while True:
-            batch, seq = spool.read(seq, durable_only=False)
-            if len(batch) == 0:
+            part, seq = spool.read(seq, durable_only=False)
+            if len(part) == 0:
                 break
-            records.extend((key, value, dict(headers), ts) for key, value, headers, ts in batch.records())
+            records.extend((key, value, dict(headers), ts) for key, value, headers, ts in part.records())
     return records
 
 
@@ -366,7 +366,7 @@ class TestErrors:
 
         probe = 990_000
         value_bytes = len(
-            measure.validate(json.dumps(big_event(probe)).encode(), received_at_ms=received).batch.values()[0]
+            measure.validate(json.dumps(big_event(probe)).encode(), received_at_ms=received).records.values()[0]
         )
         # Its value alone is 60 bytes under the limit; its key and headers take more than that.
         big = big_event(probe + tidegate.MAX_RECORD_BYTES - 60 - value_bytes)

@@ -100,10 +100,10 @@ def values(data_dir: Path, topic: str | None = None) -> list[dict[str, Any]]:
 def spooled(directory: Path, topic: str | None = None) -> list[bytes]:
     spool, seq, out = tidegate.Spool.open_read_only(directory), 0, list[bytes]()
     while True:
-        batch, seq = spool.read(seq, durable_only=False)
-        if len(batch) == 0:
+        records, seq = spool.read(seq, durable_only=False)
+        if len(records) == 0:
             return out
-        out.extend(batch.values(topic))
+        out.extend(records.values(topic))
 
 
 def telemetry_ids(data_dir: Path) -> list[str]:
@@ -151,10 +151,10 @@ def quarantined(data_dir: Path) -> list[tuple[bytes | None, bytes, dict[str, byt
     for directory in (data_dir / "spool").iterdir():
         spool, seq = tidegate.Spool.open_read_only(directory), 0
         while True:
-            batch, seq = spool.read(seq, durable_only=False)
-            if len(batch) == 0:
+            records, seq = spool.read(seq, durable_only=False)
+            if len(records) == 0:
                 break
-            out.extend((key, value, dict(headers)) for key, value, headers, _ in batch.records(DLQ))
+            out.extend((key, value, dict(headers)) for key, value, headers, _ in records.records(DLQ))
     return out
 
 

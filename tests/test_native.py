@@ -68,7 +68,7 @@ class TestOutcomes:
         assert [i.path for i in result.rejected] == ["$[1].device_id", "$[2].metrics"]
         assert result.event_ids[1] is None and result.event_ids[2] is None
         assert result.event_ids[0] is not None and result.event_ids[3] is not None
-        assert len(result.batch) == 2
+        assert len(result.records) == 2
 
     def test_malformed_ndjson_line_is_one_rejection(self, telemetry: tidegate.Validator) -> None:
         body = dumps(reading("a")) + b"\n{not json\n" + b"\xff\xfe\n" + dumps(reading("b")) + b"\n"
@@ -102,8 +102,8 @@ class TestOutcomes:
         assert result.accepted == 2
         assert [(w.index, w.path) for w in result.warnings] == [(0, "$[0].metrics.temperature")]
         assert "outside expected range [-50, 150]" in result.warnings[0].message
-        assert result.batch.topics == ["telemetry-raw", "ingest-dlq"]
-        (dlq,) = result.batch.records("ingest-dlq")
+        assert result.records.topics == ["telemetry-raw", "ingest-dlq"]
+        (dlq,) = result.records.records("ingest-dlq")
         headers = dict(dlq[2])
         assert headers["dlq-reason"] == b"semantic-range"
         assert b"temperature=999" in headers["warnings"]
@@ -122,7 +122,7 @@ class TestOutcomes:
         received = 1_774_606_531_000
         wide = tidegate.Validator(tidegate.Contract.telemetry(), max_past_seconds=10**9)
         result = wide.validate(dumps(record), received_at_ms=received, priority="high", traceparent=TRACEPARENT)
-        ((key, value, headers, timestamp_ms),) = result.batch.records()
+        ((key, value, headers, timestamp_ms),) = result.records.records()
         assert key == b"sensor-factory-floor-001"
         assert timestamp_ms == received
         parsed = json.loads(value)
@@ -188,7 +188,7 @@ class TestEventIds:
         schema = {"type": "object", "properties": {"event_id": {"type": "string"}, "x": {"type": "integer"}}}
         validator = tidegate.Validator(tidegate.Contract.from_json_schema(schema))
         result = validator.validate(b'{"event_id": "0000", "x": 1}')
-        value = json.loads(result.batch.values()[0])
+        value = json.loads(result.records.values()[0])
         assert value["event_id"] == result.event_ids[0] != "0000"
 
 
@@ -210,10 +210,10 @@ class TestBatchContract:
             (1, "$.readings[1].metrics.t"),
             (2, "$.readings[2].device_id"),
         ]
-        values = [json.loads(v) for v in result.batch.values()]
+        values = [json.loads(v) for v in result.records.values()]
         assert {v["device_id"] for v in values} == {"dev-1"}
         assert {v["batch_id"] for v in values} == {"b-42"}
-        assert result.batch.distinct_keys() == ["dev-1"]
+        assert result.records.distinct_keys() == ["dev-1"]
 
     def test_bad_envelope_rejects_everything(self, batches: tidegate.Validator) -> None:
         result = batches.validate(
@@ -262,7 +262,7 @@ class TestJsonSchemaContracts:
         bad = {"id": "x", "status": "lost", "items": [], "at": "now", "total": -1, "note": 3, "kind": "o", "zz": 1}
         result = validator.validate(dumps([good, bad]))
         assert result.accepted == 1
-        assert result.batch.records()[0][0] == b"o-1"
+        assert result.records.records()[0][0] == b"o-1"
         paths = sorted(i.path for i in result.rejected)
         assert paths == sorted(
             [
@@ -398,10 +398,10 @@ class TestHostileInput:
         assert result.accepted == 2
         assert [(i.index, i.path) for i in result.rejected] == [(1, "$[1]")]
         assert "above the 2000 byte limit" in result.rejected[0].message
-        assert len(result.batch) == 2 and all(len(v) < 2000 for v in result.batch.values())
+        assert len(result.records) == 2 and all(len(v) < 2000 for v in result.records.values())
 
     def test_the_record_limit_counts_key_and_headers_as_kafka_does(self) -> None:
-        """A record is measured as the forwarder measures it (a Kafka v2 batch of its own: batch header, key,
+        """A record is measured as the forwarder measures it (a Kafka v2 record batch of its own: its header, key,
         value and every header): its value fitting the limit is not enough."""
         records = [event(entity_id="a"), event(entity_id="big", payload={"x": "y" * 1500}), event(entity_id="b")]
         received = int(time.time() * 1000)
@@ -413,19 +413,19 @@ class TestHostileInput:
             )
 
         unbounded = validate(10**9)
-        limit = len(unbounded.batch.values()[1]) + 100
+        limit = len(unbounded.records.values()[1]) + 100
 
-        def left_out(batch: tidegate.RecordBatch) -> list[bytes]:
+        def left_out(records: tidegate.Records) -> list[bytes]:
             """Values the forwarder's encoder leaves out with the same limit."""
-            encoded = batch.kafka_range({"events-raw": 1}, max_record_bytes=limit)
+            encoded = records.kafka_range({"events-raw": 1}, max_record_bytes=limit)
             return [encoded.record(position)[1] for _, position in encoded.oversize]
 
-        assert left_out(unbounded.batch) == [unbounded.batch.values()[1]]
+        assert left_out(unbounded.records) == [unbounded.records.values()[1]]
         result = validate(limit)
         assert result.accepted == 2, "the neighbours are kept"
         assert [(i.index, i.path) for i in result.rejected] == [(1, "$[1]")]
         assert "as a Kafka record (key, value and headers)" in result.rejected[0].message
-        assert left_out(result.batch) == []
+        assert left_out(result.records) == []
 
     def test_all_exceptions_are_value_errors(self) -> None:
         for error in [
@@ -445,13 +445,13 @@ class TestRequestHeaders:
         result = events.validate(
             dumps([event(), event(entity_id="other")]), traceparent=TRACEPARENT, tracestate=tracestate
         )
-        for _, _, headers, _ in result.batch.records():
+        for _, _, headers, _ in result.records.records():
             assert (dict(headers)["traceparent"], dict(headers)["tracestate"]) == (
                 TRACEPARENT.encode(),
                 tracestate.encode(),
             )
         alone = events.validate(dumps(event()), tracestate=tracestate)
-        assert "tracestate" not in dict(alone.batch.records()[0][2]), "tracestate means nothing without traceparent"
+        assert "tracestate" not in dict(alone.records.records()[0][2]), "tracestate means nothing without traceparent"
 
     @pytest.mark.parametrize(
         ("header", "value"),
@@ -486,11 +486,11 @@ class TestRequestHeaders:
         assert events.validate(dumps(event()), traceparent=TRACEPARENT, tracestate="", idempotency_key=key).accepted
 
 
-class TestRecordBatch:
+class TestRecords:
     def test_grouping_and_merging(self, telemetry: tidegate.Validator, events: tidegate.Validator) -> None:
-        merged = tidegate.RecordBatch()
-        merged.extend(telemetry.validate(dumps([reading("a"), reading("b")])).batch)
-        merged.extend(events.validate(dumps(event())).batch)
+        merged = tidegate.Records()
+        merged.extend(telemetry.validate(dumps([reading("a"), reading("b")])).records)
+        merged.extend(events.validate(dumps(event())).records)
         assert len(merged) == 3
         assert merged.topics == ["telemetry-raw", "events-raw"]
         assert len(merged.records("telemetry-raw")) == 2
@@ -501,7 +501,7 @@ class TestRecordBatch:
     def test_topic_override(self) -> None:
         validator = tidegate.Validator(tidegate.Contract.telemetry(), topic="fleet-a")
         assert validator.topic == "fleet-a"
-        assert validator.validate(dumps(reading())).batch.topics == ["fleet-a"]
+        assert validator.validate(dumps(reading())).records.topics == ["fleet-a"]
 
 
 def test_a_validator_is_shared_between_threads(telemetry: tidegate.Validator) -> None:
@@ -551,7 +551,7 @@ def test_a_full_spool_raises_spool_full_under_both_bases(tmp_path: Any) -> None:
     )
     with pytest.raises(tidegate.SpoolFull) as raised:
         for _ in range(100):
-            spool.append(result.batch)
+            spool.append(result.records)
             spool.commit()
     assert isinstance(raised.value, tidegate.TidegateError)
     assert isinstance(raised.value, OSError)

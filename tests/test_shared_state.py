@@ -173,9 +173,9 @@ def test_a_record_made_durable_by_a_worker_killed_before_committing_its_claim_is
     result = telemetry.validate(json.dumps(body).encode(), "application/json", None, received_at_ms=now)
     (tmp_path / "state").mkdir(parents=True)
     window = tidegate.DedupWindow(tmp_path / "state" / "dedup.tbl")
-    assert window.claim_batch(result.batch, now) == []  # pending, never committed: the worker dies here
+    assert window.claim_records(result.records, now) == []  # pending, never committed: the worker dies here
     spool = tidegate.Spool(tmp_path / "spool" / "w0")
-    spool.append(result.batch)
+    spool.append(result.records)
     spool.commit()
     del window, spool
     with Server(tmp_path, {"TIDEGATE_AUTH": "false"}) as server, checked_client(server) as http:
@@ -184,8 +184,8 @@ def test_a_record_made_durable_by_a_worker_killed_before_committing_its_claim_is
     copies: list[str] = []
     reader, seq = tidegate.Spool.open_read_only(tmp_path / "spool" / "w0"), 0
     while True:
-        batch, seq = reader.read(seq, durable_only=False)
-        if not len(batch):
+        records, seq = reader.read(seq, durable_only=False)
+        if not len(records):
             break
-        copies.extend(json.loads(value)["event_id"] for value in batch.values("telemetry-raw"))
+        copies.extend(json.loads(value)["event_id"] for value in records.values("telemetry-raw"))
     assert copies == [answer["event_id"]]

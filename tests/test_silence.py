@@ -259,11 +259,11 @@ def test_an_alert_raised_again_after_a_crash_is_a_duplicate_not_a_second_record(
     now = time.time_ns() // 1_000_000
     devices.seen(["fast-a"], now)
     first = devices.detect(now + 1000, now, "device-alerts")
-    assert dedup.claim_batch(first.records, now + 1000) == [] and len(first.records) == 1
+    assert dedup.claim_records(first.records, now + 1000) == [] and len(first.records) == 1
     dedup.commit(first.records, [])  # durable; then the detector died before `confirm`
     again = devices.detect(now + 2000, now, "device-alerts")
     assert [a[4] for a in again.alerts] == [a[4] for a in first.alerts], "the same alert, the same event id"
-    assert dedup.claim_batch(again.records, now + 2000) == first.records.event_ids()
+    assert dedup.claim_records(again.records, now + 2000) == first.records.event_ids()
     assert len(again.records) == 0, "nothing spooled twice"
     devices.confirm(again)
     assert len(devices.detect(now + 3000, now, "device-alerts")) == 0

@@ -31,7 +31,7 @@ __all__ = [
     "PayloadTooLarge",
     "QuarantineItem",
     "RateTable",
-    "RecordBatch",
+    "Records",
     "SchemaError",
     "Spool",
     "SpoolFull",
@@ -49,7 +49,7 @@ EVENT_ID_DOMAIN: Final[str]
 """The prefix hashed before every event id's canonical form (see the README's event_id definition)."""
 MAX_RECORD_BYTES: Final[int]
 """`Validator(max_record_bytes=)`'s default: the largest record accepted, measured as Kafka measures it (key,
-value and every header, as a v2 record batch of its own). The forwarder skips only records above its own
+value and every header, as a Kafka v2 record batch of its own). The forwarder skips only records above its own
 `KafkaSettings.max_record_bytes` by the same measure, which must not be smaller."""
 MAX_TRACEPARENT_BYTES: Final[int]
 """Longest `traceparent` accepted (version 00 is 55 characters; later versions may append fields)."""
@@ -160,7 +160,7 @@ class Validator:
     ) -> Validator:
         """Limits default to: body 8 MiB (after decompression), depth 32, strings 64 KiB, keys 256 B, arrays
         10,000 items, objects 1,000 keys, 10,000 records per body, 1,000,000 bytes per record as Kafka measures it
-        (key, value and headers as a record batch of its own: see MAX_RECORD_BYTES). `metric_ranges` adds to seed
+        (key, value and headers as a Kafka record batch of its own: see MAX_RECORD_BYTES). `metric_ranges` adds to seed
         001's table (temperature, humidity, pressure, battery_level, signal_strength), replacing a range of the
         same name. With `quarantine`, each result keeps its rejected records' raw bytes and reasons
         (`ValidationResult.quarantine`).
@@ -247,7 +247,7 @@ class ValidationResult:
         """Counts of the accepted records' ingest lags per bucket (`le` bounds, then +Inf) and their sum."""
 
     @property
-    def batch(self) -> RecordBatch:
+    def records(self) -> Records:
         """Accepted records ready for delivery, plus DLQ copies of flagged ones."""
 
     @property
@@ -297,7 +297,7 @@ def quarantine_records(
     headers: Sequence[tuple[str, bytes]],
     timestamp_ms: int,
     max_record_bytes: int = 1000000,
-) -> RecordBatch:
+) -> Records:
     """The dead-letter records of `items`: value the raw bytes, key `key`, headers `dlq-reason`, `dlq-stage`,
     `dlq-id`, `content-type`, `dlq-index` (for a record of a body), then `headers`. An item too large for
     `max_record_bytes` (as Kafka measures a record) is cut to fit, header `dlq-truncated` giving its whole length.
@@ -306,12 +306,12 @@ def quarantine_records(
     same bad record in another body is not."""
 
 @final
-class RecordBatch:
-    """Delivery-ready records (Kafka key, canonical enriched JSON value, headers), grouped by topic, held in
-    one native buffer: no Python object exists per record until asked for.
+class Records:
+    """The record arena: delivery-ready records (Kafka key, canonical enriched JSON value, headers), grouped by
+    topic, held in one native buffer: no Python object exists per record until asked for.
     """
 
-    def __new__(cls) -> RecordBatch: ...
+    def __new__(cls) -> Records: ...
     def __len__(self) -> int: ...
     @property
     def topics(self) -> list[str]: ...
@@ -337,11 +337,11 @@ class RecordBatch:
         max_record_bytes: int = 1048576,
         round_robin_start: int = 0,
     ) -> KafkaRange:
-        """These records as Kafka produce batches (see `KafkaRange`); `partitions` gives each topic's partition
-        count. The GIL is released while encoding. ValueError for an unknown `compression`."""
+        """These records as runs, each one Kafka record batch (see `KafkaRange`); `partitions` gives each topic's
+        partition count. The GIL is released while encoding. ValueError for an unknown `compression`."""
 
-    def extend(self, other: RecordBatch) -> None: ...
-    def moved_to(self, topic: str) -> RecordBatch:
+    def extend(self, other: Records) -> None: ...
+    def moved_to(self, topic: str) -> Records:
         """Every record but the dead-letter copies, on `topic`: the duplicate occurrences of a repeated request."""
 
 #: Kafka's codecs (``compression.type``).
@@ -358,9 +358,9 @@ class ArrowBuffer:
     def __len__(self) -> int: ...
 
 def archive_parts(
-    batches: list[RecordBatch], skip_topics: list[str], duplicates_topic: str, chunk_rows: int
+    reads: list[Records], skip_topics: list[str], duplicates_topic: str, chunk_rows: int
 ) -> list[tuple[str, int, list[tuple[int, list[list[ArrowBuffer | None]]]]]]:
-    """The archive files of the records of `batches` (consecutive reads of one spool range; those of every topic
+    """The archive files of the records of `reads` (consecutive reads of one spool range; those of every topic
     but `skip_topics`, dead-letter copies left out, records of `duplicates_topic` as `DUPLICATE` occurrences),
     built without the GIL: per file (ordered by directory, then first event id) its partition directory, its row
     count and its chunks of at most `chunk_rows` rows (rows sorted by event id across them), each with its row
@@ -375,18 +375,18 @@ def retain_freed_memory() -> bool:
 
 @final
 class KafkaRange:
-    """A range of records as finished Kafka produce batches: v2 record batches (magic 2, no producer id),
+    """A range of records as finished runs, each one Kafka v2 record batch (magic 2, no producer id),
     compressed with `compression` where that makes them smaller (the codec in the attributes, the CRC over the
     compressed bytes: what brokers and consumers decode).
 
     Partitions are the default partitioner's (keyed records: murmur2 of the key modulo the topic's partition count,
     like the Java client and aiokafka; unkeyed ones round robin from `round_robin_start`), and each partition's
-    records, in range order, are packed into batches of at most `max_batch_bytes` before compression (a larger
-    record alone in its batch). Records larger than `max_record_bytes` as a batch of their own (the measure of the
-    validator's `max_record_bytes` and of a broker's ``message.max.bytes``) are left out (`oversize`).
+    records, in range order, are packed into runs of at most `max_batch_bytes` before compression (a larger
+    record alone in its run). Records larger than `max_record_bytes` as a Kafka record batch of their own (the measure
+    of the validator's `max_record_bytes` and of a broker's ``message.max.bytes``) are left out (`oversize`).
 
-    The records are laid out in one order: per topic and partition, then the oversize records; a produce batch's
-    records are the positions `start..end` of it, so a batch can be encoded again (`split`) or its records looked
+    The records are laid out in one order: per topic and partition, then the oversize records; a run's
+    records are the positions `start..end` of it, so a run can be encoded again (`split`) or its records looked
     up (`record`).
     """
 
@@ -394,12 +394,12 @@ class KafkaRange:
         """Records in the range (placed, oversize or of a missing topic)."""
 
     @property
-    def batch(self) -> RecordBatch:
+    def records(self) -> Records:
         """The range's records."""
 
     @property
-    def batches(self) -> list[tuple[str, int, bytes, int, int, int]]:
-        """`(topic, partition, batch bytes, record count, start, end)` per produce batch."""
+    def runs(self) -> list[tuple[str, int, bytes, int, int, int]]:
+        """`(topic, partition, Kafka record batch bytes, record count, start, end)` per run."""
 
     @property
     def oversize(self) -> list[tuple[str, int]]:
@@ -407,7 +407,7 @@ class KafkaRange:
 
     @property
     def missing_topics(self) -> list[str]:
-        """Topics of the range without a partition count: their records are in no batch (`encode_again`)."""
+        """Topics of the range without a partition count: their records are in no run (`encode_again`)."""
 
     @property
     def partitions(self) -> dict[str, int]:
@@ -422,9 +422,9 @@ class KafkaRange:
         """The same records encoded with other partition counts (same codec, limits and round robin start)."""
 
     def split(self, start: int, end: int) -> list[tuple[bytes, int, int, int]]:
-        """The records at `start..end` (a produce batch the broker refused as too large) encoded again by the same
-        encoder as batches of at most half their size before compression: `(batch bytes, record count, start,
-        end)` per batch, in order. One record comes back as one batch. IndexError for a range out of bounds."""
+        """The records at `start..end` (a run the broker refused as too large) encoded again by the same
+        encoder as runs of at most half their size before compression: `(Kafka record batch bytes, record count,
+        start, end)` per run, in order. One record comes back as one run. IndexError for a range out of bounds."""
 
 def read_kafka_range(
     spool: Spool,
@@ -439,7 +439,7 @@ def read_kafka_range(
     round_robin_start: int = 0,
 ) -> tuple[KafkaRange, int]:
     """Reads durable records from `seq` (as `spool.read(seq, max_records, max_bytes)`) and encodes them as
-    `RecordBatch.kafka_range` does, in one native call without the GIL. Returns the range and the sequence number
+    `Records.kafka_range` does, in one native call without the GIL. Returns the range and the sequence number
     to read from next."""
 
 @final
@@ -496,8 +496,8 @@ class Spool:
         """Reads the checkpoint the delivery process wrote (cleanup deletes what it covers); returns it. Raises
         OSError when it cannot be read (the last good one stays)."""
 
-    def append(self, batch: RecordBatch) -> int:
-        """Writes the batch; returns the sequence after its last record (durable once `durable_seq` reaches it).
+    def append(self, records: Records) -> int:
+        """Writes the records; returns the sequence after its last record (durable once `durable_seq` reaches it).
         Raises SpoolFull when the quota would be exceeded."""
 
     def commit(self) -> int:
@@ -525,7 +525,7 @@ class Spool:
         """Why the delivery checkpoint could not be read at open (delivery restarts from the oldest record on
         disk, never from 0), or None."""
 
-    def append_durable(self, batch: RecordBatch, window_ms: float = 2.0) -> int:
+    def append_durable(self, records: Records, window_ms: float = 2.0) -> int:
         """Blocking append + group commit: waits `window_ms` for concurrent appends to share the fsync."""
 
     def ack(self, seq: int) -> None:
@@ -539,7 +539,7 @@ class Spool:
 
     def read(
         self, seq: int, max_records: int = 10000, max_bytes: int = 4194304, durable_only: bool = True
-    ) -> tuple[RecordBatch, int]:
+    ) -> tuple[Records, int]:
         """Records from `seq` (or the oldest still on disk) and the sequence to read next."""
 
     @property
@@ -569,23 +569,23 @@ class DedupWindow:
         ttl_seconds: float = 3600.0,
         key_ttl_seconds: float = 86400.0,
     ) -> DedupWindow: ...
-    def claim_batch(
+    def claim_records(
         self,
-        batch: RecordBatch,
+        records: Records,
         now_ms: int,
         *,
-        duplicates: RecordBatch | None = None,
+        duplicates: Records | None = None,
         duplicates_topic: str = "tidegate-duplicates",
     ) -> list[str]:
-        """Claims the batch's event ids; removes records seen before (and repeats within the batch) from
-        `batch` in place; returns the event ids that were seen before. With `duplicates`, each removed record
+        """Claims the records' event ids; removes records seen before (and repeats within `records`) from
+        `records` in place; returns the event ids that were seen before. With `duplicates`, each removed record
         (not a dead-letter copy) is added to it on `duplicates_topic`: the archive records duplicate occurrences."""
 
-    def release_batch(self, batch: RecordBatch) -> None:
-        """Forgets the batch's ids (it could not be made durable) so a retry is not called a duplicate."""
+    def release_records(self, records: Records) -> None:
+        """Forgets the records' ids (they could not be made durable) so a retry is not called a duplicate."""
 
-    def commit(self, batch: RecordBatch, keys: list[tuple[str, str]]) -> None:
-        """Marks the claims of the batch's ids and of the idempotency keys `(scope, key)` durable: duplicates for
+    def commit(self, records: Records, keys: list[tuple[str, str]]) -> None:
+        """Marks the claims of the records' ids and of the idempotency keys `(scope, key)` durable: duplicates for
         every process sharing the table from now on."""
 
     def claim_key(self, scope: str, key: str, now_ms: int) -> bool:
@@ -756,7 +756,7 @@ class DeviceAlerts:
 
     def __len__(self) -> int: ...
     @property
-    def records(self) -> RecordBatch:
+    def records(self) -> Records:
         """The alert records (canonical JSON, key the device id, headers event_id, content-type, schema)."""
 
     @property

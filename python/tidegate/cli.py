@@ -219,12 +219,12 @@ def _tail(args: argparse.Namespace) -> int:
         for directory in directories:
             spool = Spool.open_read_only(directory)
             while True:
-                batch, next_seq = spool.read(positions[directory], max_records=10_000, durable_only=False)
-                if len(batch) == 0:
+                records, next_seq = spool.read(positions[directory], max_records=10_000, durable_only=False)
+                if len(records) == 0:
                     break
-                topics = [args.topic] if args.topic else [t for t in batch.topics if t != DUPLICATES_TOPIC]
+                topics = [args.topic] if args.topic else [t for t in records.topics if t != DUPLICATES_TOPIC]
                 for topic in topics:
-                    for value in batch.values(topic):
+                    for value in records.values(topic):
                         out.write(value + b"\n")
                 positions[directory] = next_seq
         out.flush()

@@ -58,9 +58,10 @@ class Settings:
     leader has it (faster, but a leader that fails before its followers copied the record loses it)."""
     kafka_compression: KafkaCompression = "none"
     kafka_linger_ms: float = 5.0
-    """How long the forwarder waits for more records once new ones are spooled, to send fewer, larger batches."""
+    """How long the forwarder waits for more records once new ones are spooled, to send fewer, larger Kafka record
+    batches."""
     kafka_max_request_bytes: int = 1 << 20
-    """The largest record batch sent, and so the largest record; keep it at or below the brokers'
+    """The largest Kafka record batch sent, and so the largest record; keep it at or below the brokers'
     `message.max.bytes` (and the topics' `max.message.bytes`)."""
     kafka_topic_telemetry: str = "telemetry-raw"
     kafka_topic_events: str = "events-raw"
@@ -225,7 +226,7 @@ class Settings:
 
     @property
     def max_record_bytes(self) -> int:
-        """The largest record (key, value and headers as a Kafka batch of its own) accepted at the door: what
+        """The largest record (key, value and headers as a Kafka record batch of its own) accepted at the door: what
         Kafka will take, so that nothing acknowledged is refused later. One limit for the validators and the
         forwarder."""
         return min(MAX_RECORD_BYTES, self.kafka_max_request_bytes)

@@ -131,11 +131,11 @@ class SilenceWatch:
         # id: the dedup window drops it if the first copy is durable.
         dedup, writer = self.gateway.dedup, self.gateway.writer
         assert writer is not None
-        dedup.claim_batch(records, now_ms())
+        dedup.claim_records(records, now_ms())
         try:
             await writer.write(records)
         except OSError:
-            dedup.release_batch(records)  # a retry (the next scan) is not a duplicate of what was not made durable
+            dedup.release_records(records)  # a retry (the next scan) is not a duplicate of what was not made durable
             raise
         dedup.commit(records, [])
         await asyncio.to_thread(self.devices.confirm, alerts)

@@ -15,7 +15,7 @@ as the seed's own snippets suggest:
   seed has it. `REFERENCE_RATE_LIMIT` overrides the limit: the benchmarks set it to 1e9 so that the limiter
   still runs on every request but never refuses one (tidegate's own limit is lifted the same way).
 - `queue.py`: `QueueProducer` over aiokafka. `send` is aiokafka's `send`: the record is enqueued in the
-  producer's batch and the request is answered without waiting for the broker ("accept fast, process later").
+  Kafka producer's batch and the request is answered without waiting for the broker ("accept fast, process later").
   The broker is `REFERENCE_KAFKA` (the seed's `kafka:9092` by default). tidegate, for comparison, answers only
   once the records are fsynced to its spool.
 """

@@ -23,5 +23,5 @@ class QueueProducer:
         return self._started and bool(self._producer.client.cluster.brokers())
 
     async def send(self, topic: str, key: str, value: str) -> None:
-        # Enqueued in the producer's batch; the broker's acknowledgement is not awaited ("accept fast").
+        # Enqueued in the Kafka producer's batch; the broker's acknowledgement is not awaited ("accept fast").
         await self._producer.send(topic, key=key.encode(), value=value.encode())

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from tidegate._native import RecordBatch, Spool, archive_parts, retain_freed_memory
+from tidegate._native import Records, Spool, archive_parts, retain_freed_memory
 from tidegate.archive import DUPLICATES_TOPIC
 from tidegate.archive.compaction import FILE_NAME, compact
 from tidegate.archive.store import ROW_GROUP_ROWS, ArchiveStore
@@ -59,13 +59,13 @@ SCHEMA = pa.schema(
 READ_CHUNK = 16_384
 
 
-def records_table(batches: list[RecordBatch], skip_topics: frozenset[str]) -> list[tuple[str, pa.Table]]:
-    """The archive rows of a spool range (read as `batches`), per partition directory (in a fixed order: by
+def records_table(reads: list[Records], skip_topics: frozenset[str]) -> list[tuple[str, pa.Table]]:
+    """The archive rows of a spool range (read as `reads`), per partition directory (in a fixed order: by
     directory, then by first event id), each sorted by event id. Built natively (`tidegate._native.archive_parts`:
     the partition of each record with the arithmetic of `tidegate.archive.partition_dir`, the columns as Arrow lays
     them out, a row group at a time) and wrapped by pyarrow without a copy: no Python object per record or field."""
     tables = []
-    for directory, _, chunks in archive_parts(batches, sorted(skip_topics), DUPLICATES_TOPIC, ROW_GROUP_ROWS):
+    for directory, _, chunks in archive_parts(reads, sorted(skip_topics), DUPLICATES_TOPIC, ROW_GROUP_ROWS):
         groups = [
             pa.RecordBatch.from_arrays(
                 [
@@ -138,8 +138,8 @@ class SpoolArchiver:
         parts, present = ranges[(first, end)]
         if len(present) < parts:
             log.warning(json.dumps({"event": "archive_range_incomplete", "spool": self.name, "range": [first, end]}))
-            batches, _ = self._read(first, end - first, 1 << 40)
-            self._write(first, end, batches, skip_parts=present)
+            reads, _ = self._read(first, end - first, 1 << 40)
+            self._write(first, end, reads, skip_parts=present)
         self.cursor = end
         publish_archived(self.directory, self.cursor)
 
@@ -155,33 +155,33 @@ class SpoolArchiver:
     def step(self) -> int:
         """Archives one range of durable records (at most `max_records`); returns the records it held."""
         first = self.cursor
-        batches, end = self._read(first, self.max_records, 256 << 20)
+        reads, end = self._read(first, self.max_records, 256 << 20)
         self._last_flush = time.monotonic()
         if end <= first:
             return 0
-        self._write(first, end, batches, skip_parts=set())
+        self._write(first, end, reads, skip_parts=set())
         self.cursor = end
         publish_archived(self.directory, end)
-        return sum(len(batch) for batch in batches)
+        return sum(len(records) for records in reads)
 
-    def _read(self, first: int, max_records: int, max_bytes: int) -> tuple[list[RecordBatch], int]:
+    def _read(self, first: int, max_records: int, max_bytes: int) -> tuple[list[Records], int]:
         """Durable records from `first` (at most `max_records`, about `max_bytes`), in reads of `READ_CHUNK`
         records: buffers of a few MB, which the allocator reuses, rather than one the size of the range. Returns
         them and where the range ends."""
-        batches: list[RecordBatch] = []
+        reads: list[Records] = []
         seq, count, size = first, 0, 0
         while count < max_records and size < max_bytes:
-            batch, end = self.spool.read(
+            records, end = self.spool.read(
                 seq, max_records=min(READ_CHUNK, max_records - count), max_bytes=max_bytes - size
             )
             if end <= seq:
                 break
-            batches.append(batch)
-            count, size, seq = count + (end - seq), size + batch.payload_bytes, end
-        return batches, seq
+            reads.append(records)
+            count, size, seq = count + (end - seq), size + records.payload_bytes, end
+        return reads, seq
 
-    def _write(self, first: int, end: int, batches: list[RecordBatch], skip_parts: set[int]) -> None:
-        parts = records_table(batches, self.skip_topics)
+    def _write(self, first: int, end: int, reads: list[Records], skip_parts: set[int]) -> None:
+        parts = records_table(reads, self.skip_topics)
         # A range without an archivable record (dead letters only) leaves no file: after a restart it is read
         # again and again leaves none.
         for index, (directory, rows) in enumerate(parts):

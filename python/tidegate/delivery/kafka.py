@@ -3,16 +3,17 @@
 The forwarder reads ranges of durable records from ``spool.acked_seq`` forward and delivers each range:
 
 * Reading a range and encoding it is one native call (``read_kafka_range``, off the event loop): per topic and
-  partition, Kafka v2 record batches of at most ``max_batch_bytes`` before compression (uncompressed ones
-  byte-identical to what aiokafka's builder makes), compressed with ``compression_type`` (gzip, snappy, lz4, zstd:
-  natively, the codec in the batch attributes and the CRC set by the encoder). A keyed record goes where aiokafka's
-  default partitioner would put it (murmur2 of the key modulo the topic's partition count, from the producer's
-  metadata); unkeyed records are spread round-robin, continued from range to range. No Python object is made per
-  record: the finished bytes go to ``producer.send_batch`` (`EncodedBatch`).
-* Every partition's batches are queued at once: aiokafka puts the next batch of every partition of a broker into
-  one produce request (acks=all). A range is encoded once; an attempt that fails sends the same batches again.
+  partition, runs of at most ``max_batch_bytes`` before compression (each run one Kafka v2 record batch,
+  uncompressed ones byte-identical to what aiokafka's builder makes), compressed with ``compression_type`` (gzip,
+  snappy, lz4, zstd: natively, the codec in the Kafka record batch attributes and the CRC set by the encoder). A
+  keyed record goes where aiokafka's default partitioner would put it (murmur2 of the key modulo the topic's
+  partition count, from the producer's metadata); unkeyed records are spread round-robin, continued from range to
+  range. No Python object is made per record: the finished bytes go to ``producer.send_batch``
+  (`EncodedKafkaBatch`).
+* Every partition's runs are queued at once: aiokafka puts the next queued run of every partition of a broker
+  into one produce request (acks=all). A range is encoded once; an attempt that fails sends the same runs again.
 * Each attempt runs under the forwarder's own deadline (``send_deadline_s``), as aiokafka has none of its own for
-  a broker that is down. Only the batches that failed are retried, with exponential backoff and full jitter,
+  a broker that is down. Only the runs that failed are retried, with exponential backoff and full jitter,
   behind a circuit breaker: ``breaker_failures`` consecutive failed attempts open it; an open breaker waits
   ``breaker_cooldown_s`` and then lets one attempt through as a probe ("half-open"): success closes it, failure
   opens it again. Opening also replaces the producer (the old one stops in the background).
@@ -20,19 +21,19 @@ The forwarder reads ranges of durable records from ``spool.acked_seq`` forward a
   checkpoint; ``spool.cleanup()`` runs every ``cleanup_interval_s``.
 
 Up to ``pipeline_ranges`` ranges are under way at once: while one waits for the broker the next is read and encoded.
-Their batches are queued in range order, so a partition receives its records in spool order as long as nothing
+Their runs are queued in range order, so a partition receives its records in spool order as long as nothing
 fails. Delivery is at least once: a send cut off by the deadline may still land, and its records are sent again.
 
 Records on ``DUPLICATES_TOPIC`` (duplicate occurrences, spooled for the archive) are never sent: they are left out
-of every produce batch, and checkpointed with their range. Nothing else is ever skipped.
+of every run, and checkpointed with their range. Nothing else is ever skipped.
 
-A record larger than ``max_record_bytes`` (encoded as a batch of its own; the validator
+A record larger than ``max_record_bytes`` (encoded as a Kafka record batch of its own; the validator
 refuses such records at the door, so this is a broker whose limit is lower than ours), or one the broker refuses as
 too large, is dead-lettered: the whole record is appended (and fsynced) to a local dead-letter file
 (``dead_letter_dir``, never deleted by tidegate), and a small notice with its key, headers, reason and the file's
 path goes to the dead-letter topic; the range is checkpointed only once the notice is acknowledged. Counted in
-``dead_lettered``, reasons in ``dead_letter_reasons``, logged. A refused batch of several records is encoded again
-by the same native encoder as batches of half its size (``KafkaRange.split``), again and again if need be, so only
+``dead_lettered``, reasons in ``dead_letter_reasons``, logged. A refused run of several records is encoded again
+by the same native encoder as runs of half its size (``KafkaRange.split``), again and again if need be, so only
 a record that is too large on its own is dead-lettered.
 
 The checkpoint follows the broker's acknowledgements in memory (``acked_seq``: ``X-Ack: kafka`` waiters are
@@ -70,13 +71,13 @@ from tidegate._native import KafkaRange, Spool, read_kafka_range
 from tidegate.archive import DUPLICATES_TOPIC
 from tidegate.config import Settings
 
-__all__ = ["BreakerState", "EncodedBatch", "Forwarder", "KafkaSettings", "kafka_settings", "producer_kwargs"]
+__all__ = ["BreakerState", "EncodedKafkaBatch", "Forwarder", "KafkaSettings", "kafka_settings", "producer_kwargs"]
 
 log = logging.getLogger(__name__)
 
 BreakerState = Literal["closed", "open", "half-open"]
 
-#: (key, value, headers, timestamp_ms), as ``RecordBatch.records`` returns them.
+#: (key, value, headers, timestamp_ms), as ``Records.records`` returns them.
 Record = tuple[bytes | None, bytes, list[tuple[str, bytes]], int]
 
 _TOO_LARGE: tuple[type[BaseException], ...] = (MessageSizeTooLargeError, RecordListTooLargeError)
@@ -91,13 +92,14 @@ class KafkaSettings:
     #: "all" (every in-sync replica has the record) or 1 (the partition leader has it). Never 0: the checkpoint
     #: moves on acknowledgements, so a producer that does not wait for one would lose records silently.
     acks: Literal["all", 1] = "all"
-    #: aiokafka's own per-request timeout (also how long its accumulator keeps a batch it cannot deliver).
+    #: aiokafka's own per-request timeout (also how long its accumulator keeps a Kafka record batch it cannot deliver).
     request_timeout_ms: int = 10_000
-    #: The forwarder's deadline around one attempt (all batches of one read range).
+    #: The forwarder's deadline around one attempt (all runs of one read range).
     send_deadline_s: float = 10.0
-    #: Upper bound of one produce batch (one partition's share of a produce request).
+    #: Upper bound of one run, a Kafka record batch (one partition's share of a produce request); aiokafka's
+    #: ``max_batch_size``.
     max_batch_bytes: int = 1 << 20
-    #: A record whose encoded size (as a batch of its own) exceeds this is never sent; Kafka's default
+    #: A record whose encoded size (as a Kafka record batch of its own) exceeds this is never sent; Kafka's default
     #: ``message.max.bytes`` is 1 MiB + 12 bytes. The validator refuses records above ``MAX_RECORD_BYTES``
     #: (1,000,000) by the same measure, so this must never be set below that: what was accepted fits.
     max_record_bytes: int = 1 << 20
@@ -195,7 +197,7 @@ def producer_kwargs(settings: KafkaSettings) -> dict[str, Any]:
         "request_timeout_ms": settings.request_timeout_ms,
         "max_batch_size": settings.max_batch_bytes,
         "max_request_size": max(settings.max_record_bytes, settings.max_batch_bytes) + 65536,
-        # Not `compression_type`: the forwarder's batches are compressed natively (see `EncodedBatch`); the producer
+        # Not `compression_type`: the forwarder's runs are compressed natively (see `EncodedKafkaBatch`); the producer
         # builds only the small dead-letter notices itself, and would need cramjam for snappy, lz4 and zstd.
         "linger_ms": 0,
         **settings.connection_options,
@@ -216,14 +218,15 @@ def _retrieve(future: asyncio.Future[Any]) -> None:
         future.exception()
 
 
-class EncodedBatch:
-    """A finished produce batch (`KafkaRange.batches`), handed to aiokafka's public ``producer.send_batch(batch,
-    topic, partition=...)`` in place of the `BatchBuilder` that ``producer.create_batch()`` returns.
+class EncodedKafkaBatch:
+    """A finished Kafka record batch (one of `KafkaRange.runs`), handed to aiokafka's public
+    ``producer.send_batch(batch, topic, partition=...)`` in place of the `BatchBuilder` that
+    ``producer.create_batch()`` returns.
 
     aiokafka has no public way to send bytes that are already encoded, so this relies on the private part of
     `BatchBuilder` that its accumulator calls (``MessageAccumulator.add_batch`` wraps the builder in a
     ``MessageBatch``, which calls ``record_count()``, ``closed()``, ``_build()`` when the sender drains it, and
-    ``append()`` when ``send()`` targets the same partition while this batch is queued; ``close()`` when a
+    ``append()`` when ``send()`` targets the same partition while this Kafka record batch is queued; ``close()`` when a
     transaction commits, ``_set_producer_state`` with idempotence only). aiokafka is therefore pinned to the minor
     versions that were checked (pyproject.toml), and tests/test_kafka_batches.py checks this surface against the
     installed aiokafka's source, and sends through a real broker.
@@ -245,28 +248,31 @@ class EncodedBatch:
         return True
 
     def close(self) -> None:
-        """Already closed: the batch was built natively."""
+        """Already closed: the Kafka record batch was built natively."""
 
     def append(self, *, timestamp: int | None, key: bytes | None, value: bytes | None, headers: Any = ()) -> None:
-        """Full: ``producer.send`` to this partition waits until the batch is drained and starts a new one."""
+        """Full: ``producer.send`` to this partition waits until this Kafka record batch is drained and starts a new
+        one."""
         return None
 
     def _build(self) -> bytes:
         return self._buffer
 
     def _set_producer_state(self, producer_id: int, producer_epoch: int, base_sequence: int) -> None:
-        raise NotImplementedError("natively encoded batches carry no producer id: idempotence is not supported")
+        raise NotImplementedError(
+            "natively encoded Kafka record batches carry no producer id: idempotence is not supported"
+        )
 
 
 @dataclass(slots=True)
 class _Chunk:
-    """One encoded produce batch of one partition, and its outcome in the latest attempt."""
+    """One encoded run of one partition, and its outcome in the latest attempt."""
 
     #: The range it belongs to: its records are the positions ``start:end`` there.
     encoded: KafkaRange
     topic: str
     partition: int
-    #: The v2 record batch as sent (compressed when ``compression_type`` is set and that made it smaller).
+    #: The Kafka v2 record batch as sent (compressed when ``compression_type`` is set and that made it smaller).
     data: bytes
     count: int
     start: int
@@ -279,10 +285,11 @@ class _Chunk:
 class Forwarder:
     """Drains a spool to Kafka in order; see the module docstring.
 
-    Counters and gauges are plain attributes: ``records_sent``, ``batches_sent``, ``send_failures`` (failed
-    attempts), ``dead_lettered``, ``checkpoint_failures``, ``checkpoint_error``, ``last_send_latency_s``,
-    ``latencies_s`` (recent attempts), ``breaker_opens``, ``last_error``, ``lag_records`` and ``state`` (the breaker:
-    "closed", "open" or "half-open"; readiness wants "closed"). ``metrics()`` returns them in one dict.
+    Counters and gauges are plain attributes: ``records_sent``, ``batches_sent`` (Kafka record batches),
+    ``send_failures`` (failed attempts), ``dead_lettered``, ``checkpoint_failures``, ``checkpoint_error``,
+    ``last_send_latency_s``, ``latencies_s`` (recent attempts), ``breaker_opens``, ``last_error``, ``lag_records``
+    and ``state`` (the breaker: "closed", "open" or "half-open"; readiness wants "closed"). ``metrics()`` returns
+    them in one dict.
     """
 
     def __init__(self, spool: Spool, settings: KafkaSettings) -> None:
@@ -313,7 +320,7 @@ class Forwarder:
         self._producer_lock = asyncio.Lock()
         self._retiring: set[asyncio.Task[None]] = set()
         self._submit_lock = asyncio.Lock()
-        #: Ranges queue their batches in read order: `_deliver` takes a ticket, and the first attempt of the range
+        #: Ranges queue their runs in read order: `_deliver` takes a ticket, and the first attempt of the range
         #: with ticket N queues once every range before it has queued (its encoding may take longer than theirs).
         self._tickets = 0
         self._queue_turn = 0
@@ -399,7 +406,7 @@ class Forwarder:
         if self._persisted < self._acked:
             await self._persist_checkpoint()
         drained = self.spool.acked_seq >= self.spool.stats()["next_seq"]
-        # With the broker down, batches aiokafka still holds keep it from stopping until they expire.
+        # With the broker down, Kafka record batches aiokafka still holds keep it from stopping until they expire.
         await self._drop_producer(timeout=max(1.0, end - loop.time()))
         return drained
 
@@ -431,10 +438,10 @@ class Forwarder:
             while True:
                 try:
                     while len(inflight) < depth:
-                        batch, next_seq = await self._read(read_seq)
-                        if len(batch) == 0 and next_seq <= read_seq:
+                        kafka_range, next_seq = await self._read(read_seq)
+                        if len(kafka_range) == 0 and next_seq <= read_seq:
                             break
-                        inflight.append((asyncio.create_task(self._deliver(batch)), next_seq))
+                        inflight.append((asyncio.create_task(self._deliver(kafka_range)), next_seq))
                         read_seq = next_seq
                     if not inflight:
                         await self._idle()
@@ -572,19 +579,19 @@ class Forwarder:
 
     # ------------------------------------------------------------------------------------------------ delivery
 
-    async def _deliver(self, batch: KafkaRange) -> None:
-        """Returns once every record of `batch` is acknowledged by Kafka (or dead-lettered)."""
-        if len(batch) == 0:
+    async def _deliver(self, kafka_range: KafkaRange) -> None:
+        """Returns once every record of `kafka_range` is acknowledged by Kafka (or dead-lettered)."""
+        if len(kafka_range) == 0:
             return
         # Before any await: delivery tasks start in the order `_run` made them, which is read order.
         ticket = self._tickets
         self._tickets += 1
         try:
-            await self._deliver_range(batch, ticket)
+            await self._deliver_range(kafka_range, ticket)
         finally:
             self._pass_turn(ticket)  # also when cancelled before its first attempt
 
-    async def _deliver_range(self, batch: KafkaRange, ticket: int | None) -> None:
+    async def _deliver_range(self, kafka_range: KafkaRange, ticket: int | None) -> None:
         loop = asyncio.get_running_loop()
         deadline = self.settings.send_deadline_s
         pending: list[_Chunk] | None = None  # encoded once, by the first attempt that has the partition counts
@@ -599,7 +606,7 @@ class Forwarder:
                 producer = await self._ensure_producer()
                 end = loop.time() + deadline
                 if pending is None:
-                    pending = await asyncio.wait_for(self._encode(producer, batch, notices), deadline)
+                    pending = await asyncio.wait_for(self._encode(producer, kafka_range, notices), deadline)
                 first, ticket = ticket, None  # only the first attempt waits for its turn
                 pending, refused, error = await self._attempt(producer, pending, end, notices, first)
                 if error is None and not pending and notices:
@@ -612,41 +619,41 @@ class Forwarder:
                 if not pending:
                     self._on_success(time.monotonic() - began)
                     return
-                if refused:  # a batch refused as too large is no broker failure: it was split, go again at once
+                if refused:  # a run refused as too large is no broker failure: it was split, go again at once
                     continue
             failures += 1
             await self._on_failure(error, failures)
 
-    async def _encode(self, producer: Any, batch: KafkaRange, notices: list[Record]) -> list[_Chunk]:
-        """The produce batches of `batch`, encoded again (natively, off the event loop) if the current metadata
+    async def _encode(self, producer: Any, kafka_range: KafkaRange, notices: list[Record]) -> list[_Chunk]:
+        """The runs of `kafka_range`, encoded again (natively, off the event loop) if the current metadata
         has other partition counts than it was encoded with. Records above ``max_record_bytes`` are dead-lettered
         here, once (their notices added to `notices`): a range is encoded only once."""
         counts: dict[str, int] = {}
-        for topic in batch.batch.topics:
+        for topic in kafka_range.records.topics:
             if topic == DUPLICATES_TOPIC:
-                continue  # duplicate occurrences are spooled for the archive only: left out of every batch
+                continue  # duplicate occurrences are spooled for the archive only: left out of every run
             ids = sorted(await producer.partitions_for(topic))
             if not ids:
                 raise KafkaError(f"no partitions known for topic {topic!r}")
             self._partition_ids[topic] = ids
             counts[topic] = len(ids)
-        encoded_with = batch.partitions
-        missing = [topic for topic in batch.missing_topics if topic != DUPLICATES_TOPIC]
+        encoded_with = kafka_range.partitions
+        missing = [topic for topic in kafka_range.missing_topics if topic != DUPLICATES_TOPIC]
         if missing or any(encoded_with.get(topic) != count for topic, count in counts.items()):
-            batch = await asyncio.to_thread(batch.encode_again, counts)
+            kafka_range = await asyncio.to_thread(kafka_range.encode_again, counts)
         limit = self.settings.max_record_bytes
-        for topic, position in batch.oversize:
-            notices.append(self._dead_letter(topic, batch.record(position), f"above max_record_bytes={limit}"))
+        for topic, position in kafka_range.oversize:
+            notices.append(self._dead_letter(topic, kafka_range.record(position), f"above max_record_bytes={limit}"))
         return [
-            _Chunk(batch, topic, self._partition_ids[topic][partition], data, count, start, end)
-            for topic, partition, data, count, start, end in batch.batches
+            _Chunk(kafka_range, topic, self._partition_ids[topic][partition], data, count, start, end)
+            for topic, partition, data, count, start, end in kafka_range.runs
         ]
 
     async def _attempt(
         self, producer: Any, pending: list[_Chunk], end: float, notices: list[Record], ticket: int | None
     ) -> tuple[list[_Chunk], bool, BaseException | None]:
-        """One attempt, until the loop time `end`. Returns the batches still to send, whether a batch was refused
-        as too large (it is split in the batches still to send, unless it held one record: that one is
+        """One attempt, until the loop time `end`. Returns the runs still to send, whether a run was refused
+        as too large (it is split in the runs still to send, unless it held one record: that one is
         dead-lettered, its notice added to `notices`) and the first other error (None if there was none)."""
         loop = asyncio.get_running_loop()
         for chunk in pending:
@@ -668,7 +675,7 @@ class Forwarder:
                     notices.append(self._dead_letter(chunk.topic, record, f"refused by the broker: {chunk.error!r}"))
                     continue
                 refused = True
-                # The same records encoded again by the same encoder, as batches of half the size.
+                # The same records encoded again by the same encoder, as runs of half the size.
                 halves = await asyncio.to_thread(chunk.encoded.split, chunk.start, chunk.end)
                 remaining.extend(
                     _Chunk(chunk.encoded, chunk.topic, chunk.partition, data, count, start, end)
@@ -682,7 +689,7 @@ class Forwarder:
         return remaining, refused, first_error
 
     async def _send(self, producer: Any, chunks: list[_Chunk], ticket: int | None) -> None:
-        """Queues every batch (ranges one after another, in read order with their `ticket`, so partitions get them
+        """Queues every run (ranges one after another, in read order with their `ticket`, so partitions get them
         in spool order), then waits for the acknowledgements; outcomes are left in the chunks, also when cancelled
         by the deadline."""
         by_partition: dict[tuple[str, int], list[_Chunk]] = {}
@@ -712,7 +719,7 @@ class Forwarder:
                 if future is None:
                     continue  # never queued: its error is set
                 if not future.done():
-                    # Cut off by the deadline (the caller reports a timeout); aiokafka may still deliver the batch.
+                    # Cut off by the deadline (the caller reports a timeout); aiokafka may still deliver the run.
                     # Not cancelled: a cancelled shield would leave aiokafka's own future's exception unretrieved.
                     future.add_done_callback(_retrieve)
                     continue
@@ -736,12 +743,12 @@ class Forwarder:
 
     @staticmethod
     async def _queue(producer: Any, chunks: list[_Chunk]) -> None:
-        """Queues one partition's batches in order: aiokafka holds one queued batch per partition, and sends the
-        next one with the following produce request."""
+        """Queues one partition's runs in order: aiokafka holds one queued Kafka record batch per partition, and sends
+        the next one with the following produce request."""
         for index, chunk in enumerate(chunks):
             try:
                 chunk.future = await producer.send_batch(
-                    EncodedBatch(chunk.data, chunk.count), chunk.topic, partition=chunk.partition
+                    EncodedKafkaBatch(chunk.data, chunk.count), chunk.topic, partition=chunk.partition
                 )
             except Exception as error:
                 for unsent in chunks[index:]:
@@ -857,7 +864,8 @@ class Forwarder:
 
     def _retire_producer(self) -> None:
         """Replaces the producer (the next attempt starts a fresh one) and stops the old one in the background:
-        its ``stop()`` returns once its queued batches are delivered or expired (``request_timeout_ms``)."""
+        its ``stop()`` returns once its queued Kafka record batches are delivered or expired
+        (``request_timeout_ms``)."""
         producer, self._producer = self._producer, None
         if producer is not None:
             task = asyncio.create_task(self._close_producer(producer, self.settings.request_timeout_ms / 1000 + 5))
@@ -877,7 +885,7 @@ class Forwarder:
 
     @staticmethod
     async def _close_producer(producer: Any, timeout: float) -> None:
-        """``stop()`` waits until every batch it holds is delivered or expired (``request_timeout_ms``)."""
+        """``stop()`` waits until every Kafka record batch it holds is delivered or expired (``request_timeout_ms``)."""
         try:
             await asyncio.wait_for(producer.stop(), timeout)
         except (Exception, asyncio.CancelledError) as error:

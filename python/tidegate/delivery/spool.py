@@ -22,7 +22,7 @@ import errno
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
-from tidegate._native import GroupCommit, RecordBatch, Spool
+from tidegate._native import GroupCommit, Records, Spool
 
 
 def worker_spool_dirs(data_dir: Path) -> list[Path]:
@@ -66,7 +66,7 @@ def cleanup_horizon(spool: Spool, *, kafka: bool, archive: bool) -> int | None:
 
 
 class SpoolWriter:
-    """Writes batches to a spool and awaits their durability with group commit."""
+    """Writes records to a spool and awaits their durability with group commit."""
 
     def __init__(
         self, spool: Spool, *, commit_window_ms: float = 1.0, settle: Callable[[int, bool], None] | None = None
@@ -101,11 +101,11 @@ class SpoolWriter:
             raise
         self._release(durable)
 
-    async def write(self, batch: RecordBatch) -> int:
-        """Appends `batch` and returns once it is durable; returns the sequence after its last record.
-        Raises SpoolFull when the quota is reached (nothing of the batch was written then), OSError when the
+    async def write(self, records: Records) -> int:
+        """Appends `records` and returns once it is durable; returns the sequence after its last record.
+        Raises SpoolFull when the quota is reached (none of the records was written then), OSError when the
         commit failed (none of it is acknowledged)."""
-        end = self.spool.append(batch)
+        end = self.spool.append(records)
         await self.durable(end)
         return end
 

@@ -404,9 +404,9 @@ async def consume_all(
             remaining = deadline - loop.time()
             if remaining <= 0:
                 break
-            batches = await consumer.getmany(*tps, timeout_ms=max(1, int(min(remaining, 0.25) * 1000)))
-            for batch in batches.values():
-                records.extend(batch)
+            fetched = await consumer.getmany(*tps, timeout_ms=max(1, int(min(remaining, 0.25) * 1000)))
+            for part in fetched.values():
+                records.extend(part)
     finally:
         await consumer.stop()
     records.sort(key=lambda r: (r.partition, r.offset))
@@ -479,8 +479,8 @@ class Collector:
                 consumer.assign(tps)
                 await consumer.seek_to_beginning(*tps)
                 while epoch == self.epoch:
-                    batches = await consumer.getmany(*tps, timeout_ms=100, max_records=10_000)
-                    for tp, records in batches.items():
+                    fetched = await consumer.getmany(*tps, timeout_ms=100, max_records=10_000)
+                    for tp, records in fetched.items():
                         for record in records:
                             event_id = dict(record.headers)["event_id"].decode()
                             self.seen.add((epoch, tp.topic, tp.partition, record.offset, event_id))

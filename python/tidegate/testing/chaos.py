@@ -400,10 +400,10 @@ def spooled_ids(data_dir: Path) -> set[str]:
         spool = Spool.open_read_only(directory)
         seq = 0
         while True:
-            batch, seq = spool.read(seq, max_records=50_000, max_bytes=1 << 40, durable_only=False)
-            if len(batch) == 0:
+            records, seq = spool.read(seq, max_records=50_000, max_bytes=1 << 40, durable_only=False)
+            if len(records) == 0:
                 return out
-            out.update(batch.event_ids())
+            out.update(records.event_ids())
 
     return {i for directory in worker_spool_dirs(data_dir) for i in _while_cleanup_runs(read, directory)}
 
@@ -417,10 +417,10 @@ def checkpointed_ids(data_dir: Path) -> set[str]:
         acked = spool.stats()["acked_seq"]
         seq = 0
         while seq < acked:
-            batch, next_seq = spool.read(seq, max_records=50_000, max_bytes=1 << 40, durable_only=False)
-            if len(batch) == 0:
+            records, next_seq = spool.read(seq, max_records=50_000, max_bytes=1 << 40, durable_only=False)
+            if len(records) == 0:
                 break
-            out.update(batch.event_ids()[: max(0, acked - (next_seq - len(batch)))])
+            out.update(records.event_ids()[: max(0, acked - (next_seq - len(records)))])
             seq = next_seq
         return out
 

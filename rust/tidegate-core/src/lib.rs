@@ -1,5 +1,5 @@
 //! tidegate's ingest core, in pure Rust (no Python): decoders for JSON, NDJSON and CBOR with hostile-input
-//! limits, contracts (a JSON Schema subset), the canonical form and event ids, and delivery-ready batches.
+//! limits, contracts (a JSON Schema subset), the canonical form and event ids, and delivery-ready records.
 //!
 //! ```
 //! use tidegate_core::{Contract, Request, Validator, ValidatorOptions};
@@ -20,7 +20,7 @@
 //! };
 //! let outcome = validator.validate(&request).unwrap();
 //! assert_eq!(outcome.accepted, 1);
-//! assert_eq!(outcome.batch.get(0).unwrap().key, Some(&b"dev-1"[..]));
+//! assert_eq!(outcome.records.get(0).unwrap().key, Some(&b"dev-1"[..]));
 //! ```
 
 // The request path, one module per stage (rustfmt sorts the list): `decode` the body into values, hold them to a
@@ -37,7 +37,7 @@ pub mod gateway;
 pub mod spool;
 pub mod state;
 
-pub use canonical::records::{RecordBatch, RecordRef};
+pub use canonical::records::{RecordRef, Records};
 pub use contract::schema::SchemaError;
 pub use contract::validator::{MetricRange, Outcome, Request, Validator, ValidatorOptions};
 pub use contract::{Contract, ContractKind, Issue, UnknownFields};

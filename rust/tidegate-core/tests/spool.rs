@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tidegate_core::canonical::records::encode_header;
 use tidegate_core::spool::{Spool, SpoolError, SpoolOptions};
-use tidegate_core::{RecordBatch, RecordRef};
+use tidegate_core::{RecordRef, Records};
 
 fn temp_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("tidegate-spool-{name}-{}", std::process::id()));
@@ -15,12 +15,12 @@ fn temp_dir(name: &str) -> PathBuf {
     dir
 }
 
-fn batch_of(n: usize, tag: &str) -> RecordBatch {
-    batch_padded(n, tag, 250)
+fn records_of(n: usize, tag: &str) -> Records {
+    records_padded(n, tag, 250)
 }
 
-fn batch_padded(n: usize, tag: &str, pad: usize) -> RecordBatch {
-    let mut batch = RecordBatch::new();
+fn records_padded(n: usize, tag: &str, pad: usize) -> Records {
+    let mut records = Records::new();
     let mut headers = Vec::new();
     encode_header(&mut headers, "event_id", b"x");
     for i in 0..n {
@@ -29,7 +29,7 @@ fn batch_padded(n: usize, tag: &str, pad: usize) -> RecordBatch {
         let mut id = [0u8; 16];
         id[..8].copy_from_slice(&(i as u64).to_le_bytes());
         let topic = if i % 2 == 0 { "telemetry-raw" } else { "events-raw" };
-        batch.push(&RecordRef::from_parts(
+        records.push(&RecordRef::from_parts(
             topic,
             Some(key.as_bytes()),
             value.as_bytes(),
@@ -38,12 +38,12 @@ fn batch_padded(n: usize, tag: &str, pad: usize) -> RecordBatch {
             1000 + i as i64,
         ));
     }
-    batch
+    records
 }
 
-fn read_all(spool: &Spool) -> RecordBatch {
-    let (batch, _) = spool.read(spool.cursor_at(0), u64::MAX, usize::MAX, u64::MAX).unwrap();
-    batch
+fn read_all(spool: &Spool) -> Records {
+    let (records, _) = spool.read(spool.cursor_at(0), u64::MAX, usize::MAX, u64::MAX).unwrap();
+    records
 }
 
 #[test]
@@ -53,11 +53,11 @@ fn round_trip_across_segments_and_reopen() {
         segment_bytes: 4096,
         ..SpoolOptions::default()
     };
-    let written = batch_of(100, "a");
+    let written = records_of(100, "a");
     {
         let spool = Spool::open(&dir, options.clone()).unwrap();
         for chunk in 0..10 {
-            let mut part = RecordBatch::new();
+            let mut part = Records::new();
             for record in written.iter().skip(chunk * 10).take(10) {
                 part.push(&record);
             }
@@ -97,7 +97,7 @@ fn round_trip_across_segments_and_reopen() {
 #[test]
 fn torn_tail_is_truncated_at_every_offset_of_the_last_record() {
     let dir = temp_dir("torn");
-    let written = batch_of(5, "t");
+    let written = records_of(5, "t");
     let segment = {
         let spool = Spool::open(&dir, SpoolOptions::default()).unwrap();
         spool.append(&written).unwrap();
@@ -109,7 +109,7 @@ fn torn_tail_is_truncated_at_every_offset_of_the_last_record() {
             .unwrap()
     };
     let full = fs::read(&segment).unwrap();
-    let mut four = RecordBatch::new();
+    let mut four = Records::new();
     for record in written.iter().take(4) {
         four.push(&record);
     }
@@ -128,7 +128,7 @@ fn torn_tail_is_truncated_at_every_offset_of_the_last_record() {
         assert_eq!(stats.recovery.truncated_bytes, (cut - four_len) as u64);
         assert_eq!(read_all(&spool).len(), 4);
         // New appends after recovery are readable after the kept records.
-        spool.append(&batch_of(1, "after")).unwrap();
+        spool.append(&records_of(1, "after")).unwrap();
         spool.commit().unwrap();
         assert_eq!(read_all(&spool).len(), 5);
         drop(spool);
@@ -154,7 +154,7 @@ fn group_commit_shares_fsyncs_and_releases_waiters_after_sync() {
             let spool = Arc::clone(&spool);
             std::thread::spawn(move || {
                 let end = spool
-                    .append_durable(&batch_of(1, &format!("w{i}")), Duration::from_millis(3))
+                    .append_durable(&records_of(1, &format!("w{i}")), Duration::from_millis(3))
                     .unwrap();
                 assert!(spool.durable_seq() >= end, "released only once its records are synced");
             })
@@ -184,7 +184,7 @@ fn quota_refuses_instead_of_losing_and_acked_segments_free_space() {
     let spool = Spool::open(&dir, options).unwrap();
     let mut appended = 0u64;
     loop {
-        match spool.append(&batch_of(10, "q")) {
+        match spool.append(&records_of(10, "q")) {
             Ok(end) => {
                 // Commits come every few milliseconds in service, so segments roll as the spool fills.
                 spool.commit().unwrap();
@@ -204,7 +204,7 @@ fn quota_refuses_instead_of_losing_and_acked_segments_free_space() {
     // The service runs cleanup off the request path (appends never remove files).
     assert!(spool.cleanup().unwrap() > 0);
     assert!(
-        spool.append(&batch_of(10, "q")).is_ok(),
+        spool.append(&records_of(10, "q")).is_ok(),
         "acked segments are reclaimed under pressure"
     );
     assert!(spool.stats().segments < 5);
@@ -218,7 +218,7 @@ fn quota_refuses_instead_of_losing_and_acked_segments_free_space() {
 fn appends_after_a_failed_partial_write_stay_readable() {
     let dir = temp_dir("partial");
     let spool = Spool::open(&dir, SpoolOptions::default()).unwrap();
-    spool.append(&batch_of(3, "ok")).unwrap();
+    spool.append(&records_of(3, "ok")).unwrap();
     spool.commit().unwrap();
     drop(spool);
     // Simulate garbage from a crash mid-write.
@@ -231,7 +231,7 @@ fn appends_after_a_failed_partial_write_stay_readable() {
     std::io::Write::write_all(&mut file, &[200, 0, 0, 0, 1, 2]).unwrap();
     drop(file);
     let spool = Spool::open(&dir, SpoolOptions::default()).unwrap();
-    spool.append(&batch_of(2, "more")).unwrap();
+    spool.append(&records_of(2, "more")).unwrap();
     spool.commit().unwrap();
     drop(spool);
     let spool = Spool::open(&dir, SpoolOptions::default()).unwrap();
@@ -243,9 +243,9 @@ fn appends_after_a_failed_partial_write_stay_readable() {
 fn appends_are_written_by_commit_and_lost_only_if_never_committed() {
     let dir = temp_dir("pending");
     let spool = Spool::open(&dir, SpoolOptions::default()).unwrap();
-    spool.append(&batch_of(4, "committed")).unwrap();
+    spool.append(&records_of(4, "committed")).unwrap();
     spool.commit().unwrap();
-    spool.append(&batch_of(3, "never committed")).unwrap();
+    spool.append(&records_of(3, "never committed")).unwrap();
     assert_eq!(spool.stats().next_seq, 7);
     drop(spool);
     let reopened = Spool::open(&dir, SpoolOptions::default()).unwrap();
@@ -266,7 +266,7 @@ fn read_only_open_never_modifies_and_sees_new_records() {
         ..SpoolOptions::default()
     };
     let writer = Spool::open(&dir, options).unwrap();
-    writer.append(&batch_of(20, "a")).unwrap();
+    writer.append(&records_of(20, "a")).unwrap();
     writer.commit().unwrap();
     let segment = fs::read_dir(&dir)
         .unwrap()
@@ -281,25 +281,25 @@ fn read_only_open_never_modifies_and_sees_new_records() {
     let reader = Spool::open_read_only(&dir).unwrap();
     assert_eq!(fs::metadata(&segment).unwrap().len(), before);
     assert_eq!(read_all(&reader).len(), 20);
-    assert!(reader.append(&batch_of(1, "x")).is_err());
+    assert!(reader.append(&records_of(1, "x")).is_err());
     fs::remove_dir_all(&dir).unwrap();
 }
 
 /// Reads the whole spool in ranges of at most `max_bytes`, as the forwarder does; returns each record as
-/// `tag:i` (what `batch_of` put in its value), in read order.
+/// `tag:i` (what `records_of` put in its value), in read order.
 fn read_in_ranges(spool: &Spool, max_bytes: usize) -> Vec<String> {
     let mut cursor = spool.cursor_at(0);
-    let mut records = Vec::new();
+    let mut tags = Vec::new();
     loop {
-        let (batch, next) = spool.read(cursor, 10_000, max_bytes, spool.durable_seq()).unwrap();
-        if batch.is_empty() {
+        let (records, next) = spool.read(cursor, 10_000, max_bytes, spool.durable_seq()).unwrap();
+        if records.is_empty() {
             break;
         }
         assert!(
-            next.seq - cursor.seq >= batch.len() as u64,
+            next.seq - cursor.seq >= records.len() as u64,
             "the cursor moves past what was read"
         );
-        records.extend(batch.iter().map(|r| {
+        tags.extend(records.iter().map(|r| {
             let value = std::str::from_utf8(r.value).unwrap();
             let tag = value.split('"').nth(3).unwrap();
             let i = value.split("\"i\":").nth(1).unwrap().split(',').next().unwrap();
@@ -307,7 +307,7 @@ fn read_in_ranges(spool: &Spool, max_bytes: usize) -> Vec<String> {
         }));
         cursor = next;
     }
-    records
+    tags
 }
 
 fn tagged(tag: &str, n: usize) -> Vec<String> {
@@ -324,7 +324,7 @@ fn a_byte_budget_that_ends_mid_segment_never_skips_the_rest_of_it() {
     let spool = Spool::open(&dir, options).unwrap();
     let mut expected = Vec::new();
     for n in 0..30 {
-        spool.append(&batch_of(10, &format!("b{n}"))).unwrap();
+        spool.append(&records_of(10, &format!("b{n}"))).unwrap();
         spool.commit().unwrap();
         expected.extend(tagged(&format!("b{n}"), 10));
     }
@@ -346,7 +346,7 @@ fn a_corrupt_checkpoint_falls_back_to_the_oldest_record_on_disk_and_says_so() {
     };
     let spool = Spool::open(&dir, options.clone()).unwrap();
     for _ in 0..10 {
-        spool.append(&batch_of(10, "c")).unwrap();
+        spool.append(&records_of(10, "c")).unwrap();
         spool.commit().unwrap();
     }
     spool.ack(60).unwrap();
@@ -377,15 +377,15 @@ fn a_failed_write_is_never_acknowledged_and_the_spool_recovers_without_reusing_s
         ..SpoolOptions::default()
     };
     let spool = Spool::open(&dir, options.clone()).unwrap();
-    spool.append(&batch_of(5, "before")).unwrap();
+    spool.append(&records_of(5, "before")).unwrap();
     assert_eq!(spool.commit().unwrap(), 5);
     // The next commit's write stops halfway with ENOSPC (what a full disk does), then space is back.
     spool.inject_write_failures(1);
-    let failed_end = spool.append(&batch_of(5, "failed")).unwrap();
+    let failed_end = spool.append(&records_of(5, "failed")).unwrap();
     assert!(spool.commit().is_err());
     assert_eq!(spool.durable_seq(), 5, "the failed records are not durable");
     assert!(spool.is_failing(), "the spool says it cannot write");
-    let end = spool.append(&batch_of(5, "after")).unwrap();
+    let end = spool.append(&records_of(5, "after")).unwrap();
     assert_eq!(end, failed_end + 5, "sequence numbers are never reused");
     assert_eq!(
         spool.commit().unwrap(),
@@ -426,11 +426,11 @@ fn a_delivery_process_reads_large_segments_whole_through_mapped_windows() {
     let delivery = Spool::open_for_delivery(&dir).unwrap();
     let mut expected = Vec::new();
     for n in 0..10 {
-        writer.append(&batch_padded(1000, &format!("m{n}"), 4000)).unwrap();
+        writer.append(&records_padded(1000, &format!("m{n}"), 4000)).unwrap();
         writer.commit().unwrap();
         expected.extend(tagged(&format!("m{n}"), 1000));
     }
-    writer.append(&batch_padded(1000, "not-yet-durable", 4000)).unwrap();
+    writer.append(&records_padded(1000, "not-yet-durable", 4000)).unwrap();
     assert_eq!(writer.stats().segments, 1, "one large segment");
     for max_bytes in [1, 100_000, 3 << 20, 17 << 20, usize::MAX] {
         let records = read_in_ranges(&delivery, max_bytes);
@@ -441,10 +441,10 @@ fn a_delivery_process_reads_large_segments_whole_through_mapped_windows() {
         );
     }
     // From a sequence number alone (a restarted reader): its place in the segment is found by scanning up to it.
-    let (batch, next) = delivery
+    let (records, next) = delivery
         .read(delivery.cursor_at(4321), 2, usize::MAX, delivery.durable_seq())
         .unwrap();
-    let values: Vec<&[u8]> = batch.iter().map(|r| r.value).collect();
+    let values: Vec<&[u8]> = records.iter().map(|r| r.value).collect();
     assert!(values[0].starts_with(br#"{"tag":"m4","i":321,"#) && values[1].starts_with(br#"{"tag":"m4","i":322,"#));
     assert_eq!(next.seq, 4323);
     fs::remove_dir_all(&dir).unwrap();
@@ -462,11 +462,11 @@ fn a_delivery_process_follows_the_writer_up_to_what_is_durable() {
     let delivery = Spool::open_for_delivery(&dir).unwrap();
     let mut expected = Vec::new();
     for n in 0..6 {
-        writer.append(&batch_of(10, &format!("d{n}"))).unwrap();
+        writer.append(&records_of(10, &format!("d{n}"))).unwrap();
         writer.commit().unwrap();
         expected.extend(tagged(&format!("d{n}"), 10));
     }
-    writer.append(&batch_of(10, "not-yet-durable")).unwrap();
+    writer.append(&records_of(10, "not-yet-durable")).unwrap();
     assert!(
         writer.stats().segments >= 3,
         "the writer rolled segments after the reader opened"
@@ -493,7 +493,7 @@ fn a_delivery_process_follows_the_writer_up_to_what_is_durable() {
         "after the writer's cleanup the reader goes on from its checkpoint"
     );
     assert!(
-        delivery.append(&batch_of(1, "x")).is_err(),
+        delivery.append(&records_of(1, "x")).is_err(),
         "the delivery process never appends"
     );
     fs::remove_dir_all(&dir).unwrap();
@@ -521,8 +521,8 @@ fn the_group_committer_makes_appends_durable_and_signals_once_per_commit() {
     let dir = temp_dir("group-commit");
     let spool = Arc::new(Spool::open(&dir, SpoolOptions::default()).unwrap());
     let committer = GroupCommitter::start(Arc::clone(&spool), Duration::from_millis(1)).unwrap();
-    let end = spool.append(&batch_of(10, "a")).unwrap();
-    spool.append(&batch_of(5, "b")).unwrap();
+    let end = spool.append(&records_of(10, "a")).unwrap();
+    spool.append(&records_of(5, "b")).unwrap();
     committer.request();
     committer.request(); // a second request before the commit asks for nothing more
     wait_for_signal(&committer);
@@ -545,14 +545,14 @@ fn the_group_committer_reports_a_failed_commit_and_the_next_one_succeeds() {
     let spool = Arc::new(Spool::open(&dir, SpoolOptions::default()).unwrap());
     let committer = GroupCommitter::start(Arc::clone(&spool), Duration::ZERO).unwrap();
     spool.inject_write_failures(1);
-    spool.append(&batch_of(3, "lost")).unwrap();
+    spool.append(&records_of(3, "lost")).unwrap();
     committer.request();
     wait_for_signal(&committer);
     let failed = committer.take().unwrap();
     assert_eq!(failed.failures, 1);
     assert!(failed.last_error.is_some());
     assert_eq!(failed.durable_seq, 0, "nothing of the failed commit is durable");
-    let end = spool.append(&batch_of(2, "kept")).unwrap();
+    let end = spool.append(&records_of(2, "kept")).unwrap();
     committer.request();
     wait_for_signal(&committer);
     let next = committer.take().unwrap();

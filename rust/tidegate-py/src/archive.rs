@@ -8,7 +8,7 @@ use pyo3::prelude::*;
 use pyo3::{IntoPyObjectExt, ffi};
 use tidegate_core as core;
 
-use crate::RecordBatch;
+use crate::Records;
 
 /// Bytes owned by Rust, read through the buffer protocol (`pyarrow.py_buffer` wraps them without a copy). Typed
 /// storage keeps integer columns aligned as Arrow wants them.
@@ -101,20 +101,20 @@ fn columns(py: Python<'_>, c: core::archive::Columns) -> PyResult<Vec<Column>> {
     ])
 }
 
-/// The archive files of the records of `batches` (see `tidegate-core`'s `archive_parts`): per file, its partition
+/// The archive files of the records of `reads` (see `tidegate-core`'s `archive_parts`): per file, its partition
 /// directory, its row count and its chunks of at most `chunk_rows` rows, each with its row count and, per column
 /// of the archive's schema, Arrow's buffers of it (`[validity, offsets, data]` for a string, `[validity, data]`
 /// for an integer; validity None without nulls).
 #[pyfunction]
 pub fn archive_parts(
     py: Python<'_>,
-    batches: Vec<PyRef<'_, RecordBatch>>,
+    reads: Vec<PyRef<'_, Records>>,
     skip_topics: Vec<String>,
     duplicates_topic: &str,
     chunk_rows: usize,
 ) -> PyResult<Vec<Part>> {
     let skip: Vec<&str> = skip_topics.iter().map(String::as_str).collect();
-    let inner: Vec<&core::RecordBatch> = batches.iter().map(|b| &b.0).collect();
+    let inner: Vec<&core::Records> = reads.iter().map(|b| &b.0).collect();
     let parts = py
         .detach(|| core::archive::archive_parts(&inner, &skip, duplicates_topic, chunk_rows))
         .map_err(|e| PyValueError::new_err(e.to_string()))?;

@@ -6,7 +6,7 @@ use pyo3::prelude::*;
 use tidegate_core::canonical::records::hex;
 use tidegate_core::state::lastseen::{self, Alert, LastSeenTable, SilenceRules, Snapshot};
 
-use crate::RecordBatch;
+use crate::Records;
 
 fn seconds_to_ms(seconds: f64) -> i64 {
     (seconds * 1000.0).round() as i64
@@ -76,8 +76,8 @@ impl DeviceTable {
         max_alerts: usize,
     ) -> PyResult<DeviceAlerts> {
         let alerts = py.detach(|| self.0.detect(now_ms, since_ms, max_alerts))?;
-        let batch = Py::new(py, RecordBatch(lastseen::alert_batch(&alerts, topic)))?;
-        Ok(DeviceAlerts { alerts, batch })
+        let records = Py::new(py, Records(lastseen::alert_records(&alerts, topic)))?;
+        Ok(DeviceAlerts { alerts, records })
     }
 
     /// Marks the alerts sent, once their records are durable.
@@ -134,7 +134,7 @@ impl DeviceSnapshot {
 #[pyclass(frozen, module = "tidegate._native")]
 pub struct DeviceAlerts {
     alerts: Vec<Alert>,
-    batch: Py<RecordBatch>,
+    records: Py<Records>,
 }
 
 #[pymethods]
@@ -143,10 +143,10 @@ impl DeviceAlerts {
         self.alerts.len()
     }
 
-    /// The alert records (a `RecordBatch` of the alerts topic).
+    /// The alert records (a `Records` of the alerts topic).
     #[getter]
-    fn records(&self, py: Python<'_>) -> Py<RecordBatch> {
-        self.batch.clone_ref(py)
+    fn records(&self, py: Python<'_>) -> Py<Records> {
+        self.records.clone_ref(py)
     }
 
     /// `(kind, device_id, last_seen_ms, interval_ms, event_id)` per alert.

@@ -1,5 +1,5 @@
-//! The forwarder's encoder: a range of records as finished Kafka produce batches (`KafkaRange`), read from the
-//! spool and encoded in one native call (`read_kafka_range`) or encoded from a `RecordBatch` (`kafka_range`).
+//! The forwarder's encoder: a range of records as finished runs, each one Kafka record batch (`KafkaRange`), read
+//! from the spool and encoded in one native call (`read_kafka_range`) or encoded from a `Records` (`kafka_range`).
 
 use pyo3::exceptions::{PyIndexError, PyValueError};
 use pyo3::prelude::*;
@@ -7,23 +7,23 @@ use pyo3::types::{PyBytes, PyDict};
 use tidegate_core::deliver::kafka::{self, Compression, EncodeOptions, EncodedRange};
 
 use crate::spool::{Spool, spool_error};
-use crate::{RecordBatch, RecordTuple, record_tuple};
+use crate::{RecordTuple, Records, record_tuple};
 
-/// `(topic, partition, batch bytes, record count, start, end)`: one produce batch, its records at positions
+/// `(topic, partition, Kafka record batch bytes, record count, start, end)`: one run, its records at positions
 /// `start..end` of the range.
-type ProduceBatch = (String, u32, Py<PyBytes>, usize, usize, usize);
+type EncodedRun = (String, u32, Py<PyBytes>, usize, usize, usize);
 
-/// `(batch bytes, record count, start, end)`: one part of a split batch.
-type SplitBatch<'py> = (Bound<'py, PyBytes>, usize, usize, usize);
+/// `(Kafka record batch bytes, record count, start, end)`: one part of a split run.
+type SplitRun<'py> = (Bound<'py, PyBytes>, usize, usize, usize);
 
-/// The records of one range and their produce batches; see `_native.pyi`.
+/// The records of one range and their runs; see `_native.pyi`.
 #[pyclass(frozen, module = "tidegate._native")]
 pub struct KafkaRange {
-    batch: Py<RecordBatch>,
+    records: Py<Records>,
     options: EncodeOptions,
     partitions: Vec<(String, u32)>,
     order: Vec<usize>,
-    batches: Vec<ProduceBatch>,
+    runs: Vec<EncodedRun>,
     oversize: Vec<(String, usize)>,
     missing_topics: Vec<String>,
 }
@@ -58,42 +58,42 @@ pub fn partition_counts(partitions: &Bound<'_, PyDict>) -> PyResult<Vec<(String,
         .collect()
 }
 
-fn encode(batch: &tidegate_core::RecordBatch, partitions: &[(String, u32)], options: &EncodeOptions) -> EncodedRange {
+fn encode(records: &tidegate_core::Records, partitions: &[(String, u32)], options: &EncodeOptions) -> EncodedRange {
     kafka::encode_range(
-        batch,
+        records,
         |topic| partitions.iter().find(|(t, _)| t == topic).map(|(_, count)| *count),
         options,
     )
 }
 
 impl KafkaRange {
-    /// Wraps an encoding of `batch` (the finished batches become Python bytes here, once).
+    /// Wraps an encoding of `records` (the finished runs become Python bytes here, once).
     pub fn new(
         py: Python<'_>,
-        batch: Py<RecordBatch>,
+        records: Py<Records>,
         partitions: Vec<(String, u32)>,
         options: EncodeOptions,
         encoded: EncodedRange,
     ) -> KafkaRange {
         let EncodedRange {
             order,
-            batches,
+            runs,
             oversize,
             missing_topics,
         } = encoded;
-        let records = batch.borrow(py);
+        let borrowed = records.borrow(py);
         let oversize = oversize
             .into_iter()
             .map(|position| {
-                let topic = records
+                let topic = borrowed
                     .0
                     .get(order[position])
                     .map_or_else(String::new, |r| r.topic.to_string());
                 (topic, position)
             })
             .collect();
-        drop(records);
-        let batches = batches
+        drop(borrowed);
+        let runs = runs
             .into_iter()
             .map(|b| {
                 let count = b.records();
@@ -108,46 +108,46 @@ impl KafkaRange {
             })
             .collect();
         KafkaRange {
-            batch,
+            records,
             options,
             partitions,
             order,
-            batches,
+            runs,
             oversize,
             missing_topics,
         }
     }
 
-    /// Encodes `batch` (the GIL released while encoding).
+    /// Encodes `records` (the GIL released while encoding).
     pub fn encode(
         py: Python<'_>,
-        batch: Py<RecordBatch>,
+        records: Py<Records>,
         partitions: Vec<(String, u32)>,
         options: EncodeOptions,
     ) -> KafkaRange {
         let encoded = {
-            let records = batch.borrow(py);
+            let records = records.borrow(py);
             let records = &records.0;
             py.detach(|| encode(records, &partitions, &options))
         };
-        KafkaRange::new(py, batch, partitions, options, encoded)
+        KafkaRange::new(py, records, partitions, options, encoded)
     }
 }
 
 #[pymethods]
 impl KafkaRange {
     fn __len__(&self, py: Python<'_>) -> usize {
-        self.batch.borrow(py).0.len()
+        self.records.borrow(py).0.len()
     }
 
     #[getter]
-    fn batch(&self, py: Python<'_>) -> Py<RecordBatch> {
-        self.batch.clone_ref(py)
+    fn records(&self, py: Python<'_>) -> Py<Records> {
+        self.records.clone_ref(py)
     }
 
     #[getter]
-    fn batches(&self, py: Python<'_>) -> Vec<ProduceBatch> {
-        self.batches
+    fn runs(&self, py: Python<'_>) -> Vec<EncodedRun> {
+        self.runs
             .iter()
             .map(|(topic, partition, data, count, start, end)| {
                 (topic.clone(), *partition, data.clone_ref(py), *count, *start, *end)
@@ -181,7 +181,7 @@ impl KafkaRange {
 
     /// The record at `position` of the range's order.
     fn record<'py>(&self, py: Python<'py>, position: usize) -> PyResult<RecordTuple<'py>> {
-        let records = self.batch.borrow(py);
+        let records = self.records.borrow(py);
         self.order
             .get(position)
             .and_then(|&index| records.0.get(index))
@@ -194,22 +194,22 @@ impl KafkaRange {
         let partitions = partition_counts(partitions)?;
         Ok(KafkaRange::encode(
             py,
-            self.batch.clone_ref(py),
+            self.records.clone_ref(py),
             partitions,
             self.options,
         ))
     }
 
-    /// The records at positions `start..end` (one produce batch the broker refused as too large) encoded again by
-    /// the same encoder as batches of at most half their size: `(bytes, record count, start, end)` per batch.
-    fn split<'py>(&self, py: Python<'py>, start: usize, end: usize) -> PyResult<Vec<SplitBatch<'py>>> {
+    /// The records at positions `start..end` (one run the broker refused as too large) encoded again by
+    /// the same encoder as runs of at most half their size: `(bytes, record count, start, end)` per run.
+    fn split<'py>(&self, py: Python<'py>, start: usize, end: usize) -> PyResult<Vec<SplitRun<'py>>> {
         if start >= end || end > self.order.len() {
             return Err(PyIndexError::new_err(format!(
                 "{start}..{end} is not a range of the {} positions",
                 self.order.len()
             )));
         }
-        let records = self.batch.borrow(py);
+        let records = self.records.borrow(py);
         let (records, order, compression) = (&records.0, &self.order, self.options.compression);
         let parts = py.detach(|| kafka::split_run(records, order, start, end, compression));
         Ok(parts
@@ -220,17 +220,17 @@ impl KafkaRange {
 
     fn __repr__(&self, py: Python<'_>) -> String {
         format!(
-            "KafkaRange(records={}, batches={}, oversize={}, compression={:?})",
+            "KafkaRange(records={}, runs={}, oversize={}, compression={:?})",
             self.__len__(py),
-            self.batches.len(),
+            self.runs.len(),
             self.oversize.len(),
             self.compression()
         )
     }
 }
 
-/// Reads durable records from `seq` (as `Spool.read` does) and encodes them as produce batches, in one native call
-/// without the GIL. Returns the range and the sequence number to read next.
+/// Reads durable records from `seq` (as `Spool.read` does) and encodes them as runs (Kafka record batches), in one
+/// native call without the GIL. Returns the range and the sequence number to read next.
 #[pyfunction]
 #[pyo3(signature = (spool, seq, partitions, *, max_records = 10_000, max_bytes = 4_194_304, compression = None, max_batch_bytes = 1_048_576, max_record_bytes = 1_048_576, round_robin_start = 0))]
 pub fn read_kafka_range(
@@ -247,15 +247,15 @@ pub fn read_kafka_range(
 ) -> PyResult<(KafkaRange, u64)> {
     let options = encode_options(compression, max_batch_bytes, max_record_bytes, round_robin_start)?;
     let partitions = partition_counts(partitions)?;
-    let (batch, encoded, next) = py
+    let (records, encoded, next) = py
         .detach(|| {
-            let (batch, next) = spool.read_records(seq, max_records, max_bytes, true)?;
-            let encoded = encode(&batch, &partitions, &options);
-            Ok((batch, encoded, next))
+            let (records, next) = spool.read_records(seq, max_records, max_bytes, true)?;
+            let encoded = encode(&records, &partitions, &options);
+            Ok((records, encoded, next))
         })
         .map_err(spool_error)?;
-    let batch = Py::new(py, RecordBatch(batch))?;
-    Ok((KafkaRange::new(py, batch, partitions, options, encoded), next))
+    let records = Py::new(py, Records(records))?;
+    Ok((KafkaRange::new(py, records, partitions, options, encoded), next))
 }
 
 pub fn register(module: &Bound<'_, PyModule>) -> PyResult<()> {

@@ -214,8 +214,8 @@ impl Validator {
         let mut outcome = py
             .detach(|| self.0.validate(&request))
             .map_err(|e| errors::to_py(py, e))?;
-        let batch = Py::new(py, RecordBatch(std::mem::take(&mut outcome.batch)))?;
-        Ok(ValidationResult { outcome, batch })
+        let records = Py::new(py, Records(std::mem::take(&mut outcome.records)))?;
+        Ok(ValidationResult { outcome, records })
     }
 
     #[getter]
@@ -264,7 +264,7 @@ fn issues(list: &[core::Issue]) -> Vec<Issue> {
 #[pyclass(frozen, module = "tidegate._native")]
 struct ValidationResult {
     outcome: core::Outcome,
-    batch: Py<RecordBatch>,
+    records: Py<Records>,
 }
 
 #[pymethods]
@@ -317,8 +317,8 @@ impl ValidationResult {
     }
 
     #[getter]
-    fn batch(&self, py: Python<'_>) -> Py<RecordBatch> {
-        self.batch.clone_ref(py)
+    fn records(&self, py: Python<'_>) -> Py<Records> {
+        self.records.clone_ref(py)
     }
 
     /// The body held a sequence of records (a top-level array, or NDJSON) rather than one record.
@@ -382,13 +382,13 @@ fn record_tuple<'py>(py: Python<'py>, record: &core::RecordRef<'_>) -> RecordTup
 }
 
 #[pyclass(module = "tidegate._native")]
-pub struct RecordBatch(pub core::RecordBatch);
+pub struct Records(pub core::Records);
 
 #[pymethods]
-impl RecordBatch {
+impl Records {
     #[new]
-    fn new() -> RecordBatch {
-        RecordBatch(core::RecordBatch::new())
+    fn new() -> Records {
+        Records(core::Records::new())
     }
 
     fn __len__(&self) -> usize {
@@ -456,7 +456,7 @@ impl RecordBatch {
         keys
     }
 
-    /// The records as Kafka produce batches (see `KafkaRange`), encoded without the GIL.
+    /// The records as runs, each one Kafka record batch (see `KafkaRange`), encoded without the GIL.
     #[pyo3(signature = (partitions, *, compression = None, max_batch_bytes = 1_048_576, max_record_bytes = 1_048_576, round_robin_start = 0))]
     fn kafka_range(
         slf: &Bound<'_, Self>,
@@ -476,17 +476,17 @@ impl RecordBatch {
         ))
     }
 
-    fn extend(&mut self, other: &RecordBatch) {
+    fn extend(&mut self, other: &Records) {
         self.0.extend(&other.0);
     }
 
     /// Every record but the dead-letter copies, on `topic`: the duplicate occurrences of a repeated request.
-    fn moved_to(&self, topic: &str) -> RecordBatch {
-        RecordBatch(self.0.moved_to(topic))
+    fn moved_to(&self, topic: &str) -> Records {
+        Records(self.0.moved_to(topic))
     }
 
     fn __repr__(&self) -> String {
-        format!("RecordBatch(records={}, topics={:?})", self.0.len(), self.0.topics())
+        format!("Records(records={}, topics={:?})", self.0.len(), self.0.topics())
     }
 }
 
@@ -560,7 +560,7 @@ fn quarantine_records(
     headers: Vec<(String, Vec<u8>)>,
     timestamp_ms: i64,
     max_record_bytes: usize,
-) -> RecordBatch {
+) -> Records {
     let items: Vec<&core::contract::quarantine::Item> = items.iter().map(|item| &item.0).collect();
     let mut encoded = Vec::new();
     for (name, value) in &headers {
@@ -574,13 +574,13 @@ fn quarantine_records(
         timestamp_ms,
         max_record_bytes,
     };
-    let mut batch = core::RecordBatch::new();
+    let mut records = core::Records::new();
     py.detach(|| {
         for item in items {
-            core::contract::quarantine::push(&mut batch, &destination, item);
+            core::contract::quarantine::push(&mut records, &destination, item);
         }
     });
-    RecordBatch(batch)
+    Records(records)
 }
 
 #[pymodule(gil_used = false)]
@@ -589,7 +589,7 @@ fn _native(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_class::<Validator>()?;
     module.add_class::<ValidationResult>()?;
     module.add_class::<Issue>()?;
-    module.add_class::<RecordBatch>()?;
+    module.add_class::<Records>()?;
     module.add_class::<QuarantineItem>()?;
     module.add_function(wrap_pyfunction!(quarantine_records, module)?)?;
     module.add("EVENT_ID_DOMAIN", core::contract::validator::EVENT_ID_DOMAIN)?;

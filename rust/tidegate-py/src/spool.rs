@@ -12,7 +12,7 @@ use tidegate_core::spool::{Cursor, Spool as CoreSpool, SpoolError, SpoolOptions}
 use tidegate_core::state::dedup;
 use tidegate_core::state::table::{RateTable as CoreRateTable, SharedWindow};
 
-use crate::RecordBatch;
+use crate::Records;
 use crate::errors;
 
 pub(crate) fn spool_error(error: SpoolError) -> PyErr {
@@ -34,7 +34,7 @@ impl Spool {
         max_records: u64,
         max_bytes: usize,
         durable_only: bool,
-    ) -> Result<(tidegate_core::RecordBatch, u64), SpoolError> {
+    ) -> Result<(tidegate_core::Records, u64), SpoolError> {
         let cached = *self.cursor.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let cursor = cached
             .filter(|c| c.seq == seq)
@@ -44,9 +44,9 @@ impl Spool {
         } else {
             u64::MAX
         };
-        let (batch, next) = self.inner.read(cursor, max_records, max_bytes, limit)?;
+        let (records, next) = self.inner.read(cursor, max_records, max_bytes, limit)?;
         *self.cursor.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(next);
-        Ok((batch, next.seq))
+        Ok((records, next.seq))
     }
 }
 
@@ -107,8 +107,8 @@ impl Spool {
         py.detach(|| self.inner.refresh_acked()).map_err(spool_error)
     }
 
-    fn append(&self, py: Python<'_>, batch: PyRef<'_, RecordBatch>) -> PyResult<u64> {
-        let records = &batch.0;
+    fn append(&self, py: Python<'_>, records: PyRef<'_, Records>) -> PyResult<u64> {
+        let records = &records.0;
         py.detach(|| self.inner.append(records)).map_err(spool_error)
     }
 
@@ -124,9 +124,9 @@ impl Spool {
         Ok(GroupCommit(committer))
     }
 
-    #[pyo3(signature = (batch, window_ms = 2.0))]
-    fn append_durable(&self, py: Python<'_>, batch: PyRef<'_, RecordBatch>, window_ms: f64) -> PyResult<u64> {
-        let records = &batch.0;
+    #[pyo3(signature = (records, window_ms = 2.0))]
+    fn append_durable(&self, py: Python<'_>, records: PyRef<'_, Records>, window_ms: f64) -> PyResult<u64> {
+        let records = &records.0;
         let window = Duration::from_secs_f64(window_ms / 1000.0);
         py.detach(|| self.inner.append_durable(records, window))
             .map_err(spool_error)
@@ -176,11 +176,11 @@ impl Spool {
         max_records: u64,
         max_bytes: usize,
         durable_only: bool,
-    ) -> PyResult<(RecordBatch, u64)> {
-        let (batch, next) = py
+    ) -> PyResult<(Records, u64)> {
+        let (records, next) = py
             .detach(|| self.read_records(seq, max_records, max_bytes, durable_only))
             .map_err(spool_error)?;
-        Ok((RecordBatch(batch), next))
+        Ok((Records(records), next))
     }
 
     #[getter]
@@ -268,19 +268,19 @@ impl DedupWindow {
         })
     }
 
-    /// Claims the event ids of `batch` at `now_ms`; removes records whose id was seen already (with their
-    /// dead-letter copies) and repeats within the batch, and returns the ids seen before this batch. With
-    /// `duplicates`, each removed record (not its dead-letter copy) is added to that batch on `duplicates_topic`.
-    #[pyo3(signature = (batch, now_ms, *, duplicates = None, duplicates_topic = "tidegate-duplicates"))]
-    fn claim_batch(
+    /// Claims the event ids of `records` at `now_ms`; removes records whose id was seen already (with their
+    /// dead-letter copies) and repeats within them, and returns the ids seen before these records. With
+    /// `duplicates`, each removed record (not its dead-letter copy) is added to `duplicates` on `duplicates_topic`.
+    #[pyo3(signature = (records, now_ms, *, duplicates = None, duplicates_topic = "tidegate-duplicates"))]
+    fn claim_records(
         &self,
         py: Python<'_>,
-        mut batch: PyRefMut<'_, RecordBatch>,
+        mut records: PyRefMut<'_, Records>,
         now_ms: i64,
-        duplicates: Option<PyRefMut<'_, RecordBatch>>,
+        duplicates: Option<PyRefMut<'_, Records>>,
         duplicates_topic: &str,
     ) -> PyResult<Vec<String>> {
-        let records = &mut batch.0;
+        let records = &mut records.0;
         let mut moved = duplicates;
         let target = moved.as_mut().map(|b| (&mut b.0, duplicates_topic));
         let duplicates = py.detach(|| -> std::io::Result<Vec<Id>> {
@@ -296,16 +296,16 @@ impl DedupWindow {
         Ok(duplicates.iter().map(|id| hex(id)).collect())
     }
 
-    /// Releases the ids of `batch` (its records could not be made durable), so retries are not duplicates.
-    fn release_batch(&self, batch: PyRef<'_, RecordBatch>) -> PyResult<()> {
-        let ids: Vec<Id> = batch.0.iter().map(|r| r.event_id).collect();
+    /// Releases the ids of `records` (they could not be made durable), so retries are not duplicates.
+    fn release_records(&self, records: PyRef<'_, Records>) -> PyResult<()> {
+        let ids: Vec<Id> = records.0.iter().map(|r| r.event_id).collect();
         Ok(self.inner.release(&ids)?)
     }
 
-    /// Marks the claims of `batch` and of the idempotency keys `(scope, key)` durable: from now on they are
+    /// Marks the claims of `records` and of the idempotency keys `(scope, key)` durable: from now on they are
     /// duplicates for every worker of the host.
-    fn commit(&self, py: Python<'_>, batch: PyRef<'_, RecordBatch>, keys: Vec<(String, String)>) -> PyResult<()> {
-        let records = &batch.0;
+    fn commit(&self, py: Python<'_>, records: PyRef<'_, Records>, keys: Vec<(String, String)>) -> PyResult<()> {
+        let records = &records.0;
         py.detach(|| {
             let mut ids: Vec<Id> = records.iter().map(|r| r.event_id).collect();
             ids.extend(keys.iter().map(|(scope, key)| dedup::key_id(scope, key)));

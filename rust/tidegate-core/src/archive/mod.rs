@@ -8,7 +8,7 @@
 //! Parts are made per (source, schema, event day, ingest hour) and ordered by directory, then by their first event
 //! id, so a range read again makes the same parts with the same rows (the writer's resume relies on it).
 
-use crate::canonical::records::{RecordBatch, RecordRef};
+use crate::canonical::records::{RecordRef, Records};
 use crate::canonical::write_string;
 use crate::decode::time::civil_from_days;
 
@@ -135,7 +135,7 @@ impl std::error::Error for PartTooLarge {}
 /// A record's place in the archive, found in the first pass.
 struct Row {
     /// The event id as a big-endian integer (ordered as its bytes and its hex are), then where the record is
-    /// (`batch << 32 | index`): the sort key, compared as two integers.
+    /// (`read << 32 | index`): the sort key, compared as two integers.
     event_id: u128,
     place: u64,
     lag: Option<i64>,
@@ -149,11 +149,11 @@ struct Group<'b> {
     rows: Vec<Row>,
 }
 
-/// The archive parts of the records of `batches` (consecutive reads of one spool range): those of every topic but
+/// The archive parts of the records of `reads` (consecutive reads of one spool range): those of every topic but
 /// `skip_topics`, dead-letter copies left out, records of `duplicates_topic` as `DUPLICATE` occurrences; each
 /// part's columns in chunks of at most `chunk_rows` rows. Empty when no record is archived.
 pub fn archive_parts(
-    batches: &[&RecordBatch],
+    reads: &[&Records],
     skip_topics: &[&str],
     duplicates_topic: &str,
     chunk_rows: usize,
@@ -161,19 +161,19 @@ pub fn archive_parts(
     let mut groups: Vec<Group<'_>> = Vec::new();
     let mut last = 0usize;
     let mut topics: Vec<&str> = Vec::new();
-    for batch in batches {
-        for topic in batch.topics() {
+    for records in reads {
+        for topic in records.topics() {
             if !topics.contains(&topic.as_str()) && !skip_topics.contains(&topic.as_str()) {
                 topics.push(topic);
             }
         }
     }
     // Topic by topic (in their order of first appearance), each in arrival order.
-    for (topic, (batch_index, batch)) in topics
+    for (topic, (read_index, records)) in topics
         .iter()
-        .flat_map(|topic| batches.iter().enumerate().map(move |b| (*topic, b)))
+        .flat_map(|topic| reads.iter().enumerate().map(move |b| (*topic, b)))
     {
-        for (index, record) in batch.iter().enumerate() {
+        for (index, record) in records.iter().enumerate() {
             if record.topic != topic {
                 continue;
             }
@@ -213,7 +213,7 @@ pub fn archive_parts(
             }
             groups[last].rows.push(Row {
                 event_id: u128::from_be_bytes(record.event_id),
-                place: (batch_index as u64) << 32 | index as u64,
+                place: (read_index as u64) << 32 | index as u64,
                 lag,
             });
         }
@@ -221,7 +221,7 @@ pub fn archive_parts(
     let mut keyed: Vec<(String, Group<'_>)> = groups
         .into_iter()
         .map(|mut group| {
-            // By event id, then place in the batch (an accepted record and a duplicate occurrence of it can share a
+            // By event id, then place in the reads (an accepted record and a duplicate occurrence of it can share a
             // partition): a total order, so the sort need not be stable.
             group.rows.sort_unstable_by_key(|row| (row.event_id, row.place));
             (directory(&group), group)
@@ -234,7 +234,7 @@ pub fn archive_parts(
             let chunks = group
                 .rows
                 .chunks(chunk_rows.max(1))
-                .map(|rows| build(batches, &directory, rows, duplicates_topic))
+                .map(|rows| build(reads, &directory, rows, duplicates_topic))
                 .collect::<Result<_, _>>()?;
             Ok(ArchivePart {
                 directory,
@@ -267,16 +267,11 @@ pub fn date(day: i64) -> String {
     format!("{year}-{month:02}-{day:02}")
 }
 
-fn build(
-    batches: &[&RecordBatch],
-    directory: &str,
-    rows: &[Row],
-    duplicates_topic: &str,
-) -> Result<Columns, PartTooLarge> {
+fn build(reads: &[&Records], directory: &str, rows: &[Row], duplicates_topic: &str) -> Result<Columns, PartTooLarge> {
     let n = rows.len();
     let records: Vec<RecordRef<'_>> = rows
         .iter()
-        .filter_map(|row| batches[(row.place >> 32) as usize].get(row.place as u32 as usize))
+        .filter_map(|row| reads[(row.place >> 32) as usize].get(row.place as u32 as usize))
         .collect();
     let value_bytes: usize = records.iter().map(|r| r.value.len()).sum();
     let header_bytes: usize = records.iter().map(|r| r.raw_headers().len()).sum();
@@ -385,7 +380,7 @@ fn push_lossy(out: &mut Vec<u8>, bytes: &[u8]) {
     }
 }
 
-/// A record's headers as `(name, value)` byte strings, in the encoding of `batch::encode_header` (names are not
+/// A record's headers as `(name, value)` byte strings, in the encoding of `records::encode_header` (names are not
 /// checked for UTF-8 here: they are compared, or written lossy).
 fn raw_headers(mut rest: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
     std::iter::from_fn(move || {
@@ -603,12 +598,12 @@ mod tests {
         assert_eq!(date(-400_000), "874-11-02");
     }
 
-    fn record(batch: &mut RecordBatch, topic: &str, id: u8, source: &str, schema: &str, value: &[u8], ts: i64) {
+    fn record(records: &mut Records, topic: &str, id: u8, source: &str, schema: &str, value: &[u8], ts: i64) {
         let mut headers = Vec::new();
         encode_header(&mut headers, "event_id", b"x");
         encode_header(&mut headers, "schema", schema.as_bytes());
         encode_header(&mut headers, "source", source.as_bytes());
-        batch.push(&RecordRef::from_parts(
+        records.push(&RecordRef::from_parts(
             topic,
             Some(b"k1"),
             value,
@@ -622,16 +617,16 @@ mod tests {
     fn parts_by_partition_sorted_by_event_id() {
         let now = 1_796_169_599_999; // 2026-12-01T23:59:59.999Z
         let late = br#"{"ingest_lag_ms":86400000,"q":"\""}"#;
-        let mut batch = RecordBatch::new();
-        record(&mut batch, "events", 9, "http", "event/v1", b"{}", now);
-        record(&mut batch, "events", 3, "http", "event/v1", b"{}", now);
-        record(&mut batch, "events", 5, "http", "event/v1", late, now);
-        record(&mut batch, "skipped", 1, "http", "event/v1", b"{}", now);
-        record(&mut batch, "dups", 3, "http", "event/v1", b"{}", now + 1);
+        let mut records = Records::new();
+        record(&mut records, "events", 9, "http", "event/v1", b"{}", now);
+        record(&mut records, "events", 3, "http", "event/v1", b"{}", now);
+        record(&mut records, "events", 5, "http", "event/v1", late, now);
+        record(&mut records, "skipped", 1, "http", "event/v1", b"{}", now);
+        record(&mut records, "dups", 3, "http", "event/v1", b"{}", now + 1);
         let mut dlq = Vec::new();
         encode_header(&mut dlq, "dlq-reason", b"semantic-range");
-        batch.push(&RecordRef::from_parts("events", None, b"{}", &dlq, [7; 16], now));
-        let parts = archive_parts(&[&batch], &["skipped"], "dups", 16_384).unwrap();
+        records.push(&RecordRef::from_parts("events", None, b"{}", &dlq, [7; 16], now));
+        let parts = archive_parts(&[&records], &["skipped"], "dups", 16_384).unwrap();
         let dirs: Vec<&str> = parts.iter().map(|p| p.directory.as_str()).collect();
         assert_eq!(
             dirs,
@@ -670,9 +665,9 @@ mod tests {
     fn headers_that_need_escapes() {
         let mut headers = Vec::new();
         encode_header(&mut headers, "note", b"a\"b\xff");
-        let mut batch = RecordBatch::new();
-        batch.push(&RecordRef::from_parts("t", None, b"{}", &headers, [1; 16], 0));
-        let parts = archive_parts(&[&batch], &[], "dups", 16_384).unwrap();
+        let mut records = Records::new();
+        records.push(&RecordRef::from_parts("t", None, b"{}", &headers, [1; 16], 0));
+        let parts = archive_parts(&[&records], &[], "dups", 16_384).unwrap();
         assert_eq!(parts[0].chunks[0].headers.get(0), "{\"note\":\"a\\\"b\u{fffd}\"}");
         assert_eq!(parts[0].chunks[0].entity_valid.bitmap(), Some(&[0u8][..]));
         assert!(
@@ -683,9 +678,9 @@ mod tests {
     }
 
     #[test]
-    fn reads_in_several_batches_make_the_same_parts_in_chunks() {
+    fn several_reads_make_the_same_parts_in_chunks() {
         let now = 1_796_169_599_999;
-        let (mut one, mut first, mut second) = (RecordBatch::new(), RecordBatch::new(), RecordBatch::new());
+        let (mut one, mut first, mut second) = (Records::new(), Records::new(), Records::new());
         for id in [9u8, 3, 7, 1, 5, 8, 2] {
             let value = format!(r#"{{"ingest_lag_ms":{}}}"#, u64::from(id) * 1000);
             record(&mut one, "events", id, "mqtt", "event/v1", value.as_bytes(), now);

@@ -1,6 +1,6 @@
 //! Records ready for delivery, packed in one arena: no allocation per field, none per record beyond the arena.
 
-/// A reference to one record of a batch.
+/// A reference to one record of a [`Records`] arena.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RecordRef<'b> {
     pub topic: &'b str,
@@ -37,7 +37,7 @@ impl<'b> RecordRef<'b> {
         HeaderIter { rest: self.headers }
     }
 
-    /// The encoded headers (the form [`RecordBatch::push`] takes).
+    /// The encoded headers (the form [`Records::push`] takes).
     pub fn raw_headers(&self) -> &'b [u8] {
         self.headers
     }
@@ -90,17 +90,17 @@ struct Slot {
     timestamp_ms: i64,
 }
 
-/// Accepted records grouped by topic, in arrival order, each with its Kafka key, value and headers.
+/// The record arena: accepted records grouped by topic, in arrival order, each with its Kafka key, value and headers.
 #[derive(Debug, Clone, Default)]
-pub struct RecordBatch {
+pub struct Records {
     arena: Vec<u8>,
     slots: Vec<Slot>,
     topics: Vec<String>,
 }
 
-impl RecordBatch {
-    pub fn new() -> RecordBatch {
-        RecordBatch::default()
+impl Records {
+    pub fn new() -> Records {
+        Records::default()
     }
 
     pub fn len(&self) -> usize {
@@ -239,25 +239,25 @@ impl RecordBatch {
         (0..self.slots.len()).filter_map(|i| self.get(i))
     }
 
-    /// Moves every record of `other` to the end of this batch.
-    pub fn extend(&mut self, other: &RecordBatch) {
+    /// Moves every record of `other` to the end of these records.
+    pub fn extend(&mut self, other: &Records) {
         for record in other.iter() {
             self.push(&record);
         }
     }
 
     /// Removes the records whose event id `drop` says was seen before, and any later repeat of a (topic, event
-    /// id) pair within this batch. Returns how many records were removed; the batch is rebuilt only if any.
+    /// id) pair within these records. Returns how many records were removed; the arena is rebuilt only if any.
     pub fn remove_duplicates(&mut self, drop: impl Fn(&[u8; 16]) -> bool) -> usize {
         self.move_duplicates(drop, None)
     }
 
-    /// [`RecordBatch::remove_duplicates`], and each removed record that is not a dead-letter copy is also added to
+    /// [`Records::remove_duplicates`], and each removed record that is not a dead-letter copy is also added to
     /// `moved.0` on the topic `moved.1` (the archive records duplicate occurrences from there).
     pub fn move_duplicates(
         &mut self,
         drop: impl Fn(&[u8; 16]) -> bool,
-        mut moved: Option<(&mut RecordBatch, &str)>,
+        mut moved: Option<(&mut Records, &str)>,
     ) -> usize {
         let mut seen: crate::canonical::id::IdSet<(u16, [u8; 16])> = crate::canonical::id::IdSet::default();
         seen.reserve(self.slots.len());
@@ -283,10 +283,10 @@ impl RecordBatch {
         removed
     }
 
-    /// Every record of this batch but its dead-letter copies, on `topic` (a request whose idempotency key was
+    /// Every record of these records but its dead-letter copies, on `topic` (a request whose idempotency key was
     /// seen before: every record of it is a duplicate occurrence).
-    pub fn moved_to(&self, topic: &str) -> RecordBatch {
-        let mut moved = RecordBatch::new();
+    pub fn moved_to(&self, topic: &str) -> Records {
+        let mut moved = Records::new();
         for record in self.iter().filter(|r| !r.is_dead_letter_copy()) {
             moved.push(&RecordRef { topic, ..record });
         }
@@ -295,7 +295,7 @@ impl RecordBatch {
 
     /// Keeps only the records for which `keep` returns true.
     pub fn retain(&mut self, mut keep: impl FnMut(&RecordRef<'_>) -> bool) {
-        let mut kept = RecordBatch::new();
+        let mut kept = Records::new();
         for record in self.iter() {
             if keep(&record) {
                 kept.push(&record);
@@ -325,8 +325,8 @@ mod tests {
         let mut headers = Vec::new();
         encode_header(&mut headers, "event_id", b"abc");
         encode_header(&mut headers, "priority", b"high");
-        let mut batch = RecordBatch::new();
-        batch.push(&RecordRef {
+        let mut records = Records::new();
+        records.push(&RecordRef {
             topic: "t1",
             key: Some(b"k"),
             value: b"v1",
@@ -334,7 +334,7 @@ mod tests {
             event_id: [1; 16],
             timestamp_ms: 5,
         });
-        batch.push(&RecordRef {
+        records.push(&RecordRef {
             topic: "t2",
             key: None,
             value: b"v2",
@@ -342,27 +342,27 @@ mod tests {
             event_id: [2; 16],
             timestamp_ms: 6,
         });
-        assert_eq!(batch.len(), 2);
-        assert_eq!(batch.topics(), ["t1", "t2"]);
-        let first = batch.get(0).unwrap();
+        assert_eq!(records.len(), 2);
+        assert_eq!(records.topics(), ["t1", "t2"]);
+        let first = records.get(0).unwrap();
         assert_eq!(first.key, Some(&b"k"[..]));
         assert_eq!(
             first.headers().collect::<Vec<_>>(),
             [("event_id", &b"abc"[..]), ("priority", &b"high"[..])]
         );
-        assert_eq!(batch.get(1).unwrap().key, None);
-        batch.retain(|r| r.topic == "t2");
-        assert_eq!(batch.len(), 1);
-        assert_eq!(batch.get(0).unwrap().value, b"v2");
+        assert_eq!(records.get(1).unwrap().key, None);
+        records.retain(|r| r.topic == "t2");
+        assert_eq!(records.len(), 1);
+        assert_eq!(records.get(0).unwrap().value, b"v2");
     }
 
     #[test]
     fn duplicates_move_to_their_topic_without_dead_letter_copies() {
         let mut dlq = Vec::new();
         encode_header(&mut dlq, "dlq-reason", b"semantic-range");
-        let mut batch = RecordBatch::new();
+        let mut records = Records::new();
         for (topic, id, headers) in [("t", 1u8, &[][..]), ("dlq", 1, &dlq[..]), ("t", 2, &[]), ("t", 2, &[])] {
-            batch.push(&RecordRef {
+            records.push(&RecordRef {
                 topic,
                 key: Some(b"k"),
                 value: &[id],
@@ -371,15 +371,15 @@ mod tests {
                 timestamp_ms: 7,
             });
         }
-        let mut moved = RecordBatch::new();
-        // Id 1 was seen before; the second id 2 repeats the first within the batch.
-        let removed = batch.move_duplicates(|id| id == &[1; 16], Some((&mut moved, "dups")));
+        let mut moved = Records::new();
+        // Id 1 was seen before; the second id 2 repeats the first within these records.
+        let removed = records.move_duplicates(|id| id == &[1; 16], Some((&mut moved, "dups")));
         assert_eq!(removed, 3);
-        assert_eq!(batch.len(), 1);
-        assert_eq!(batch.get(0).unwrap().event_id, [2; 16]);
+        assert_eq!(records.len(), 1);
+        assert_eq!(records.get(0).unwrap().event_id, [2; 16]);
         let kept: Vec<_> = moved.iter().map(|r| (r.topic, r.event_id[0], r.timestamp_ms)).collect();
         assert_eq!(kept, [("dups", 1, 7), ("dups", 2, 7)]);
-        let all = batch.moved_to("dups");
+        let all = records.moved_to("dups");
         assert_eq!(all.topics(), ["dups"]);
         assert_eq!(all.len(), 1);
     }

@@ -8,7 +8,7 @@
 
 use std::ops::Range;
 
-use crate::canonical::records::{RecordBatch, RecordRef, encode_header, hex};
+use crate::canonical::records::{RecordRef, Records, encode_header, hex};
 use crate::contract::Issue;
 use crate::decode::Format;
 use crate::decode::Limits;
@@ -324,7 +324,7 @@ pub fn quarantine_id(item: &Item, key: Option<&[u8]>, body_digest: &[u8; 32]) ->
 
 /// Appends the dead-letter record of `item`: value its raw bytes, headers `dlq-reason`, `dlq-stage`, `dlq-id`,
 /// `content-type`, `dlq-index` for a record of a body, then the destination's.
-pub fn push(batch: &mut RecordBatch, destination: &Destination<'_>, item: &Item) {
+pub fn push(records: &mut Records, destination: &Destination<'_>, item: &Item) {
     let id = quarantine_id(item, destination.key, &destination.body_digest);
     let mut reason = item.reason.as_str();
     if reason.len() > MAX_REASON_BYTES {
@@ -356,14 +356,14 @@ pub fn push(batch: &mut RecordBatch, destination: &Destination<'_>, item: &Item)
         kafka::record_batch_size(&dead_letter(destination, id, value, headers))
     };
     if record(&item.raw, &headers) <= destination.max_record_bytes {
-        batch.push(&dead_letter(destination, id, &item.raw, &headers));
+        records.push(&dead_letter(destination, id, &item.raw, &headers));
         return;
     }
     encode_header(&mut headers, "dlq-truncated", item.raw.len().to_string().as_bytes());
     // The value shrinks by what is over; its length's varint can only shrink with it.
     let over = record(&item.raw, &headers) - destination.max_record_bytes;
     let keep = item.raw.len().saturating_sub(over);
-    batch.push(&dead_letter(destination, id, &item.raw[..keep], &headers));
+    records.push(&dead_letter(destination, id, &item.raw[..keep], &headers));
 }
 
 fn dead_letter<'r>(destination: &Destination<'r>, id: [u8; 16], value: &'r [u8], headers: &'r [u8]) -> RecordRef<'r> {
@@ -492,16 +492,16 @@ mod tests {
             timestamp_ms: 1,
             max_record_bytes: 1000,
         };
-        let mut batch = RecordBatch::new();
-        push(&mut batch, &destination, &item);
-        let record = batch.get(0).unwrap();
+        let mut records = Records::new();
+        push(&mut records, &destination, &item);
+        let record = records.get(0).unwrap();
         assert!(kafka::record_batch_size(&record) <= 1000);
         assert!(record.value.len() > 700, "{}", record.value.len());
         let truncated = record.headers().find(|(name, _)| *name == "dlq-truncated").unwrap();
         assert_eq!(truncated.1, b"5000");
         // The same item again has the same id: a retry is a duplicate.
         let id = record.event_id;
-        push(&mut batch, &destination, &item);
-        assert_eq!(batch.get(1).unwrap().event_id, id);
+        push(&mut records, &destination, &item);
+        assert_eq!(records.get(1).unwrap().event_id, id);
     }
 }

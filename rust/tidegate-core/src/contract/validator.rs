@@ -1,10 +1,10 @@
-//! The validator: body bytes in, per-record outcomes and a delivery-ready batch out.
+//! The validator: body bytes in, per-record outcomes and delivery-ready records out.
 
 use std::borrow::Cow;
 use std::cmp::Ordering;
 
 use crate::canonical::number;
-use crate::canonical::records::{RecordBatch, RecordRef, encode_header};
+use crate::canonical::records::{RecordRef, Records, encode_header};
 use crate::canonical::{Writer, compare_keys, sort_entries, write_string, write_value};
 use crate::contract::headers;
 use crate::contract::quarantine;
@@ -89,8 +89,8 @@ pub struct ValidatorOptions {
     /// Most readings in one batch.
     pub max_batch_readings: usize,
     /// Largest record accepted, measured as Kafka measures it: the record's key, enriched value and every header
-    /// it carries (dead-letter headers included for a flagged record's copy), encoded as a v2 record batch of
-    /// its own, batch header included ([`kafka::record_batch_size`]). The forwarder measures records the same
+    /// it carries (dead-letter headers included for a flagged record's copy), encoded as a Kafka v2 record batch of
+    /// its own, its header included ([`kafka::record_batch_size`]). The forwarder measures records the same
     /// way against its own `max_record_bytes`, which must be at least this (its default, 1 MiB, leaves the
     /// default 1,000,000 room for compression framing), so a record accepted here is never skipped there.
     pub max_record_bytes: usize,
@@ -178,7 +178,7 @@ pub struct Outcome {
     /// Per record: reception time minus record time, when accepted and the contract has a time field.
     pub ingest_lag_ms: Vec<Option<i64>>,
     /// Accepted records, plus dead-letter copies of flagged ones.
-    pub batch: RecordBatch,
+    pub records: Records,
     /// For a batch body: its `device_id` and `batch_id`.
     pub envelope: Option<(String, String)>,
     /// The body held a sequence of records (a top-level array, or NDJSON) rather than one record.
@@ -357,7 +357,7 @@ impl<'v> Run<'v> {
         } else {
             bytes
         };
-        self.outcome.batch.reserve(records, bytes);
+        self.outcome.records.reserve(records, bytes);
     }
 
     fn reject_envelope(&mut self, path: String, message: String) {
@@ -646,7 +646,7 @@ impl<'v> Run<'v> {
         let scratch = &self.scratch;
         let entries = &*entries;
         let spans = &*spans;
-        self.outcome.batch.push_with(
+        self.outcome.records.push_with(
             topic,
             key.as_deref(),
             event_id,
@@ -695,7 +695,7 @@ impl<'v> Run<'v> {
         );
         self.time_text = time_text;
         let mut pushed = 1;
-        let mut record_bytes = self.outcome.batch.last().map_or(0, |r| self.record_bytes(&r));
+        let mut record_bytes = self.outcome.records.last().map_or(0, |r| self.record_bytes(&r));
         if self.outcome.warnings.len() > warnings_before {
             let reasons: Vec<String> = self.outcome.warnings[warnings_before..]
                 .iter()
@@ -704,16 +704,16 @@ impl<'v> Run<'v> {
             let mut extra = Vec::new();
             encode_header(&mut extra, "dlq-reason", b"semantic-range");
             encode_header(&mut extra, "warnings", reasons.join("; ").as_bytes());
-            let last = self.outcome.batch.len() - 1;
-            self.outcome.batch.copy_to_topic(last, &options.dlq_topic, &extra);
+            let last = self.outcome.records.len() - 1;
+            self.outcome.records.copy_to_topic(last, &options.dlq_topic, &extra);
             pushed += 1;
-            let copy_bytes = self.outcome.batch.last().map_or(0, |r| self.record_bytes(&r));
+            let copy_bytes = self.outcome.records.last().map_or(0, |r| self.record_bytes(&r));
             record_bytes = record_bytes.max(copy_bytes);
         }
         if record_bytes > options.max_record_bytes {
             // Refused here, while the client can still be told, rather than skipped by the forwarder after a 202.
             for _ in 0..pushed {
-                self.outcome.batch.pop();
+                self.outcome.records.pop();
             }
             self.outcome.warnings.truncate(warnings_before);
             let path = self.record_path(context);
@@ -787,7 +787,7 @@ impl<'v> Run<'v> {
 /// An upper bound of [`kafka::record_batch_size`] from the lengths of the record's parts alone (measuring exactly
 /// reads every header), given `empty`, the size of a record without key, value or headers. Against an empty
 /// record, each of the four length varints (key, value, header count, the record's own length) takes at most 4
-/// bytes more (5 bytes hold any length below 2^31), and each header at most 2 bytes more than in the batch's
+/// bytes more (5 bytes hold any length below 2^31), and each header at most 2 bytes more than in the arena's
 /// encoding ([`encode_header`]: 2-byte name and 4-byte value lengths, so at least 6 bytes a header).
 fn record_bytes_bound(empty: usize, record: &RecordRef<'_>) -> usize {
     let headers = record.raw_headers().len();
@@ -849,7 +849,7 @@ mod tests {
             ..request(body.as_bytes())
         };
         let unbounded = events_validator(usize::MAX).validate(&trace).unwrap();
-        let big = unbounded.batch.get(1).unwrap();
+        let big = unbounded.records.get(1).unwrap();
         // The value alone fits this limit; with its key and headers the record does not.
         let limit = big.value.len() + 100;
         assert!(kafka::record_batch_size(&big) > limit);
@@ -865,8 +865,8 @@ mod tests {
             "{}",
             rejection.message
         );
-        assert_eq!(outcome.batch.len(), 1);
-        assert!(outcome.batch.iter().all(|r| kafka::record_batch_size(&r) <= limit));
+        assert_eq!(outcome.records.len(), 1);
+        assert!(outcome.records.iter().all(|r| kafka::record_batch_size(&r) <= limit));
     }
 
     #[test]
@@ -891,7 +891,7 @@ mod tests {
         let flagged = Validator::new(Contract::telemetry(), options(usize::MAX))
             .validate(&request(body.as_bytes()))
             .unwrap();
-        let (original, copy) = (flagged.batch.get(0).unwrap(), flagged.batch.get(1).unwrap());
+        let (original, copy) = (flagged.records.get(0).unwrap(), flagged.records.get(1).unwrap());
         assert_eq!(copy.topic, "ingest-dlq");
         let limit = kafka::record_batch_size(&original);
         assert!(kafka::record_batch_size(&copy) > limit);
@@ -900,8 +900,8 @@ mod tests {
             .validate(&request(body.as_bytes()))
             .unwrap();
         assert_eq!((outcome.accepted, outcome.rejected.len()), (0, 1));
-        assert!(outcome.warnings.is_empty() && outcome.batch.is_empty());
-        assert!(outcome.batch.topics().is_empty(), "no topic left without records");
+        assert!(outcome.warnings.is_empty() && outcome.records.is_empty());
+        assert!(outcome.records.topics().is_empty(), "no topic left without records");
     }
 
     #[test]
@@ -941,8 +941,8 @@ mod tests {
             ..request(body.as_bytes())
         };
         let outcome = validator.validate(&from_mqtt).unwrap();
-        assert_eq!(outcome.batch.len(), 2);
-        for record in outcome.batch.iter() {
+        assert_eq!(outcome.records.len(), 2);
+        for record in outcome.records.iter() {
             assert!(record.headers().any(|h| h == ("source", &b"mqtt"[..])));
         }
     }
@@ -977,7 +977,7 @@ mod tests {
             ..request(body.as_bytes())
         };
         let outcome = validator.validate(&traced).unwrap();
-        let headers: Vec<(&str, &[u8])> = outcome.batch.get(0).unwrap().headers().collect();
+        let headers: Vec<(&str, &[u8])> = outcome.records.get(0).unwrap().headers().collect();
         assert!(headers.contains(&("traceparent", TRACEPARENT.as_bytes())));
         assert!(headers.contains(&("tracestate", &b"rojo=00f067aa0ba902b7,congo=t61rcWkgMzE"[..])));
 
@@ -988,7 +988,7 @@ mod tests {
         let outcome = validator.validate(&state_alone).unwrap();
         assert!(
             outcome
-                .batch
+                .records
                 .get(0)
                 .unwrap()
                 .headers()
@@ -1053,7 +1053,7 @@ mod tests {
         assert_eq!(refused.accepted, 0, "no device anywhere: device_id is required");
         let filled = sourced(reading, Some("dev-1"));
         assert_eq!(filled.accepted, 1, "{:?}", filled.rejected);
-        let record = filled.batch.get(0).unwrap();
+        let record = filled.records.get(0).unwrap();
         assert_eq!(record.key, Some(&b"dev-1"[..]));
         let value = std::str::from_utf8(record.value).unwrap();
         assert!(value.starts_with(r#"{"device_id":"dev-1","#), "{value}");
@@ -1064,7 +1064,7 @@ mod tests {
         );
         // Naming another device is for the caller to refuse (the whole body, as for a device key).
         let other = sourced(named, Some("dev-2"));
-        assert_eq!(other.batch.get(0).unwrap().key, Some(&b"dev-1"[..]));
+        assert_eq!(other.records.get(0).unwrap().key, Some(&b"dev-1"[..]));
         // Events have no device: the transport's is not added.
         let events = Validator::new(Contract::event(), ValidatorOptions::default());
         let body = event("user-1", 1);
@@ -1077,8 +1077,8 @@ mod tests {
             .unwrap();
         assert_eq!(plain.event_ids, with_device.event_ids);
         assert_eq!(
-            plain.batch.get(0).unwrap().value,
-            with_device.batch.get(0).unwrap().value
+            plain.records.get(0).unwrap().value,
+            with_device.records.get(0).unwrap().value
         );
     }
 }

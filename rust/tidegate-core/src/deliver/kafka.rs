@@ -1,7 +1,9 @@
 //! Kafka wire pieces built natively: the Java client's murmur2 partitioner and v2 record batches (no producer
-//! id), compressed with any of Kafka's codecs, so the forwarder hands finished produce batches to the Kafka client.
+//! id), compressed with any of Kafka's codecs, so the forwarder hands finished Kafka record batches to the Kafka
+//! client. The forwarder's own grouping is a *run*: consecutive records of one partition sent as one Kafka record
+//! batch.
 
-use crate::canonical::records::{RecordBatch, RecordRef};
+use crate::canonical::records::{RecordRef, Records};
 
 /// The Java client's (and aiokafka's) murmur2 hash, so tidegate picks the same partition for a key.
 pub fn murmur2(data: &[u8]) -> i32 {
@@ -61,13 +63,13 @@ fn varint_len(value: i64) -> usize {
 
 const BATCH_HEADER: usize = 61;
 
-/// Bytes one record takes inside a v2 batch at `offset_delta` with `timestamp_delta`.
+/// Bytes one record takes inside a Kafka v2 record batch at `offset_delta` with `timestamp_delta`.
 fn record_size(record: &RecordRef<'_>, offset_delta: i64, timestamp_delta: i64) -> usize {
     let body = record_body_len(record, offset_delta, timestamp_delta);
     varint_len(body as i64) + body
 }
 
-/// Bytes `record` takes as a v2 record batch of its own, batch header included: what a broker compares with its
+/// Bytes `record` takes as a Kafka v2 record batch of its own, its header included: what a broker compares with its
 /// `message.max.bytes`. The validator refuses records above its `max_record_bytes` by this measure, and the
 /// forwarder leaves out records by the same measure ([`EncodeOptions::max_record_bytes`]).
 pub fn record_batch_size(record: &RecordRef<'_>) -> usize {
@@ -115,7 +117,7 @@ fn write_record(out: &mut Vec<u8>, record: &RecordRef<'_>, offset_delta: i64, ti
     }
 }
 
-/// How a record batch's records are compressed: the codec in the low 3 bits of the batch attributes, each framed
+/// How a Kafka record batch's records are compressed: the codec in the low 3 bits of its attributes, each framed
 /// as Kafka's Java client frames it (what brokers and every consumer decode).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Compression {
@@ -158,7 +160,7 @@ impl Compression {
         }
     }
 
-    /// The codec's bits in a batch's attributes.
+    /// The codec's bits in a Kafka record batch's attributes.
     pub fn attributes(self) -> i16 {
         match self {
             Compression::None => 0,
@@ -170,7 +172,7 @@ impl Compression {
     }
 
     /// `data` compressed with this codec, or None for `Compression::None` (and if an encoder fails: writing to
-    /// memory does not, and an uncompressed batch is as valid).
+    /// memory does not, and an uncompressed Kafka record batch is as valid).
     pub fn compress(self, data: &[u8]) -> Option<Vec<u8>> {
         use std::io::Write;
         match self {
@@ -211,14 +213,14 @@ impl Compression {
     }
 }
 
-/// Encodes records as one v2 record batch (magic 2, no producer id, CRC-32C), its records compressed with
-/// `compression` unless that makes them no smaller (then the batch says "no compression", as it may).
+/// Encodes records as one Kafka v2 record batch (magic 2, no producer id, CRC-32C), its records compressed with
+/// `compression` unless that makes them no smaller (then the Kafka record batch says "no compression", as it may).
 pub fn encode_record_batch(records: &[RecordRef<'_>], compression: Compression) -> Vec<u8> {
     let first_ts = records.iter().map(|r| r.timestamp_ms).min().unwrap_or(0);
     let max_ts = records.iter().map(|r| r.timestamp_ms).max().unwrap_or(0);
     let mut out = Vec::with_capacity(BATCH_HEADER + records.iter().map(|r| r.value.len() + 128).sum::<usize>());
     out.extend_from_slice(&0i64.to_be_bytes()); // base offset: set by the broker
-    out.extend_from_slice(&0i32.to_be_bytes()); // batch length: set below
+    out.extend_from_slice(&0i32.to_be_bytes()); // Kafka record batch length: set below
     out.extend_from_slice(&(-1i32).to_be_bytes()); // partition leader epoch
     out.push(2); // magic
     out.extend_from_slice(&0u32.to_be_bytes()); // CRC: set below
@@ -249,21 +251,23 @@ pub fn encode_record_batch(records: &[RecordRef<'_>], compression: Compression) 
     out
 }
 
-/// How a range of records becomes produce batches.
+/// How a range of records becomes runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EncodeOptions {
     pub compression: Compression,
-    /// Upper bound of a batch's size before compression (a record larger than that gets a batch of its own).
+    /// Upper bound of a run's size (a Kafka record batch's) before compression (a record larger than that gets a
+    /// run of its own).
     pub max_batch_bytes: usize,
-    /// A record whose batch of its own ([`record_batch_size`]) is larger is left out (`EncodedRange::oversize`).
+    /// A record whose Kafka record batch of its own ([`record_batch_size`]) is larger is left out (`EncodedRange::oversize`).
     pub max_record_bytes: usize,
     /// Where the round robin of unkeyed records starts (in every topic).
     pub round_robin_start: u32,
 }
 
-/// One produce batch of an [`EncodedRange`]: the records at `order[start..end]`, all of one topic and partition.
+/// One run of an [`EncodedRange`], encoded as one Kafka record batch: the records at `order[start..end]`, all of
+/// one topic and partition.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ProduceBatch {
+pub struct EncodedRun {
     pub topic: String,
     pub partition: u32,
     pub bytes: Vec<u8>,
@@ -271,38 +275,38 @@ pub struct ProduceBatch {
     pub end: usize,
 }
 
-impl ProduceBatch {
+impl EncodedRun {
     pub fn records(&self) -> usize {
         self.end - self.start
     }
 }
 
-/// A range of records as produce batches, see [`encode_range`].
+/// A range of records as runs, see [`encode_range`].
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct EncodedRange {
-    /// Indexes into the range's `RecordBatch`: per topic (in order of first appearance) and partition, that
-    /// partition's records in range order, then the oversize records. Batches and oversize records refer to
-    /// positions in this list, so a batch's records can be encoded again (`split_run`) or looked up.
+    /// Indexes into the range's `Records`: per topic (in order of first appearance) and partition, that
+    /// partition's records in range order, then the oversize records. Runs and oversize records refer to
+    /// positions in this list, so a run's records can be encoded again (`split_run`) or looked up.
     pub order: Vec<usize>,
-    pub batches: Vec<ProduceBatch>,
-    /// Positions in `order` of the records larger than `max_record_bytes`, left out of every batch.
+    pub runs: Vec<EncodedRun>,
+    /// Positions in `order` of the records larger than `max_record_bytes`, left out of every run.
     pub oversize: Vec<usize>,
-    /// Topics of the range with no partition count given: their records are in no batch (encode again).
+    /// Topics of the range with no partition count given: their records are in no run (encode again).
     pub missing_topics: Vec<String>,
 }
 
-/// Partitions `batch` like the default partitioner (keyed: murmur2 of the key modulo the topic's partition count;
-/// unkeyed: round robin) and packs each partition's records, in order, into v2 record batches of at most
+/// Partitions `arena` like the default partitioner (keyed: murmur2 of the key modulo the topic's partition count;
+/// unkeyed: round robin) and packs each partition's records, in order, into runs (Kafka v2 record batches) of at most
 /// `options.max_batch_bytes` before compression. `partitions` gives each topic's partition count.
 pub fn encode_range(
-    batch: &RecordBatch,
+    arena: &Records,
     partitions: impl Fn(&str) -> Option<u32>,
     options: &EncodeOptions,
 ) -> EncodedRange {
-    let records: Vec<RecordRef<'_>> = batch.iter().collect();
+    let records: Vec<RecordRef<'_>> = arena.iter().collect();
     let mut encoded = EncodedRange::default();
     let mut oversize = Vec::new();
-    for topic in batch.topics() {
+    for topic in arena.topics() {
         let Some(count) = partitions(topic).filter(|count| *count > 0) else {
             encoded.missing_topics.push(topic.clone());
             continue;
@@ -328,7 +332,7 @@ pub fn encode_range(
             encoded.order.extend(indexes);
             let run = &encoded.order[base..];
             for (start, end, bytes) in pack(&records, run, options.max_batch_bytes, options.compression) {
-                encoded.batches.push(ProduceBatch {
+                encoded.runs.push(EncodedRun {
                     topic: topic.clone(),
                     partition: partition as u32,
                     bytes,
@@ -343,18 +347,18 @@ pub fn encode_range(
     encoded
 }
 
-/// The records at `order[start..end]` of an [`EncodedRange`] of `batch` (one produce batch the broker refused as
-/// too large) encoded again as batches of at most half their size before compression: `(start, end, bytes)`
-/// per batch, positions in `order`. A single record cannot be split and comes back as it was.
+/// The records at `order[start..end]` of an [`EncodedRange`] of `arena` (one run the broker refused as
+/// too large) encoded again as runs of at most half their size before compression: `(start, end, bytes)`
+/// per run, positions in `order`. A single record cannot be split and comes back as it was.
 pub fn split_run(
-    batch: &RecordBatch,
+    arena: &Records,
     order: &[usize],
     start: usize,
     end: usize,
     compression: Compression,
 ) -> Vec<(usize, usize, Vec<u8>)> {
     let run = &order[start.min(end)..end.min(order.len())];
-    let records: Vec<RecordRef<'_>> = run.iter().filter_map(|&index| batch.get(index)).collect();
+    let records: Vec<RecordRef<'_>> = run.iter().filter_map(|&index| arena.get(index)).collect();
     let size = BATCH_HEADER
         + records
             .iter()
@@ -368,8 +372,8 @@ pub fn split_run(
         .collect()
 }
 
-/// `run` (indexes into `records`, one partition's, in order) cut into batches of at most `max_batch_bytes` before
-/// compression (a record larger than that alone in its batch): `(start, end, bytes)` per batch, positions in `run`.
+/// `run` (indexes into `records`, one partition's, in order) cut into runs of at most `max_batch_bytes` before
+/// compression (a record larger than that alone in its run): `(start, end, bytes)` per run, positions in `run`.
 fn pack(
     records: &[RecordRef<'_>],
     run: &[usize],
@@ -377,7 +381,7 @@ fn pack(
     compression: Compression,
 ) -> Vec<(usize, usize, Vec<u8>)> {
     let mut out = Vec::new();
-    let mut batch: Vec<RecordRef<'_>> = Vec::new();
+    let mut chunk: Vec<RecordRef<'_>> = Vec::new();
     let mut start = 0;
     while start < run.len() {
         let first_ts = records[run[start]].timestamp_ms;
@@ -392,9 +396,9 @@ fn pack(
             size += next;
             end += 1;
         }
-        batch.clear();
-        batch.extend(run[start..end].iter().map(|&index| records[index]));
-        out.push((start, end, encode_record_batch(&batch, compression)));
+        chunk.clear();
+        chunk.extend(run[start..end].iter().map(|&index| records[index]));
+        out.push((start, end, encode_record_batch(&chunk, compression)));
         start = end;
     }
     out
@@ -442,8 +446,8 @@ mod tests {
     ];
 
     /// `count` telemetry-like records over two topics: keyed ones (12 devices), every fifth unkeyed.
-    fn sample(count: usize) -> RecordBatch {
-        let mut batch = RecordBatch::new();
+    fn sample(count: usize) -> Records {
+        let mut arena = Records::new();
         for i in 0..count {
             let key = format!("sensor-{:03}", i % 12);
             let value = format!(
@@ -463,12 +467,12 @@ mod tests {
                 [0; 16],
                 1_774_606_531_000 + i as i64,
             );
-            batch.push(&record);
+            arena.push(&record);
         }
-        batch
+        arena
     }
 
-    /// The header fields of an encoded v2 batch: (batch length, attributes, record count), after checking its
+    /// The header fields of an encoded Kafka v2 record batch: (its length, attributes, record count), after checking its
     /// CRC-32C and magic.
     fn header(data: &[u8]) -> (usize, i16, usize) {
         assert_eq!(data[16], 2, "magic");
@@ -518,9 +522,9 @@ mod tests {
     }
 
     #[test]
-    fn compressed_batches_decode_to_the_uncompressed_records() {
-        let batch = sample(2000);
-        let records: Vec<RecordRef<'_>> = batch.iter().collect();
+    fn compressed_kafka_batches_decode_to_the_uncompressed_records() {
+        let arena = sample(2000);
+        let records: Vec<RecordRef<'_>> = arena.iter().collect();
         let plain = encode_record_batch(&records, Compression::None);
         assert_eq!(header(&plain), (plain.len() - 12, 0, records.len()));
         for codec in CODECS {
@@ -547,7 +551,7 @@ mod tests {
     }
 
     #[test]
-    fn a_batch_compression_does_not_shrink_stays_uncompressed() {
+    fn a_kafka_batch_compression_does_not_shrink_stays_uncompressed() {
         let mut headers = Vec::new();
         crate::canonical::records::encode_header(&mut headers, "a", b"b");
         let record = RecordRef::from_parts("t", None, b"x", &headers, [0; 16], 1);
@@ -580,25 +584,25 @@ mod tests {
         }
     }
 
-    /// Every record of `batch` is in exactly one batch or left out; per partition, in batch order; batches
+    /// Every record of `arena` is in exactly one run or left out; per partition, in arena order; runs
     /// within the cap (before compression) unless they hold one record; partitions as the default partitioner.
-    fn check_range(batch: &RecordBatch, encoded: &EncodedRange, counts: &[(&str, u32)], cap: usize) {
-        let mut seen = vec![false; batch.len()];
+    fn check_range(arena: &Records, encoded: &EncodedRange, counts: &[(&str, u32)], cap: usize) {
+        let mut seen = vec![false; arena.len()];
         for &index in &encoded.order {
             assert!(!seen[index], "record {index} twice");
             seen[index] = true;
         }
         assert!(seen.iter().all(|s| *s), "every record is placed");
         let mut last_end = 0;
-        for produce in &encoded.batches {
+        for produce in &encoded.runs {
             assert!(
                 produce.start < produce.end && produce.start == last_end,
-                "batches tile the order"
+                "runs tile the order"
             );
             last_end = produce.end;
             let indexes = &encoded.order[produce.start..produce.end];
             assert!(indexes.windows(2).all(|w| w[0] < w[1]), "record order kept");
-            let records: Vec<RecordRef<'_>> = indexes.iter().map(|&i| batch.get(i).unwrap()).collect();
+            let records: Vec<RecordRef<'_>> = indexes.iter().map(|&i| arena.get(i).unwrap()).collect();
             let count = counts.iter().find(|(t, _)| *t == produce.topic).unwrap().1;
             for record in &records {
                 assert_eq!(record.topic, produce.topic);
@@ -626,23 +630,23 @@ mod tests {
 
     #[test]
     fn a_range_is_partitioned_packed_and_compressed() {
-        let batch = sample(3000);
+        let arena = sample(3000);
         let counts = [("telemetry-raw", 4u32), ("events-raw", 3u32)];
         let lookup = |topic: &str| counts.iter().find(|(t, _)| *t == topic).map(|(_, c)| *c);
         for codec in [Compression::None, Compression::Zstd, Compression::Lz4] {
             for cap in [1 << 20, 4000, 1] {
-                let encoded = encode_range(&batch, lookup, &options(codec, cap));
+                let encoded = encode_range(&arena, lookup, &options(codec, cap));
                 assert!(encoded.oversize.is_empty() && encoded.missing_topics.is_empty());
-                check_range(&batch, &encoded, &counts, cap);
+                check_range(&arena, &encoded, &counts, cap);
                 if cap == 1 {
-                    assert!(encoded.batches.iter().all(|b| b.records() == 1));
+                    assert!(encoded.runs.iter().all(|b| b.records() == 1));
                 }
             }
         }
         // Unkeyed records go round robin from the start given, keyed ones by murmur2.
-        let encoded = encode_range(&batch, lookup, &options(Compression::None, 1 << 20));
+        let encoded = encode_range(&arena, lookup, &options(Compression::None, 1 << 20));
         let first_unkeyed = encoded
-            .batches
+            .runs
             .iter()
             .find(|b| b.topic == "telemetry-raw" && encoded.order[b.start..b.end].contains(&0))
             .unwrap();
@@ -651,8 +655,8 @@ mod tests {
 
     #[test]
     fn oversize_records_and_topics_without_a_partition_count_are_left_out() {
-        let batch = sample(200);
-        let mut big = batch.clone();
+        let arena = sample(200);
+        let mut big = arena.clone();
         let value = vec![b'v'; 5000];
         big.push(&RecordRef::from_parts(
             "telemetry-raw",
@@ -668,7 +672,7 @@ mod tests {
         assert_eq!(encoded.missing_topics, ["events-raw"]);
         assert_eq!(encoded.oversize.len(), 1);
         assert_eq!(encoded.order[encoded.oversize[0]], 200);
-        let placed: usize = encoded.batches.iter().map(ProduceBatch::records).sum();
+        let placed: usize = encoded.runs.iter().map(EncodedRun::records).sum();
         assert_eq!(placed, big.iter().filter(|r| r.topic == "telemetry-raw").count() - 1);
         opts.max_record_bytes += 1;
         assert!(
@@ -678,22 +682,22 @@ mod tests {
     }
 
     #[test]
-    fn a_refused_batch_splits_into_halves_of_the_same_records() {
-        let batch = sample(1000);
+    fn a_refused_run_splits_into_halves_of_the_same_records() {
+        let arena = sample(1000);
         let counts = [("telemetry-raw", 1u32), ("events-raw", 1u32)];
         let lookup = |topic: &str| counts.iter().find(|(t, _)| *t == topic).map(|(_, c)| *c);
         for codec in [Compression::None, Compression::Snappy] {
-            let encoded = encode_range(&batch, lookup, &options(codec, 1 << 20));
-            let whole = &encoded.batches[0];
+            let encoded = encode_range(&arena, lookup, &options(codec, 1 << 20));
+            let whole = &encoded.runs[0];
             let size = encode_record_batch(
                 &encoded.order[whole.start..whole.end]
                     .iter()
-                    .map(|&i| batch.get(i).unwrap())
+                    .map(|&i| arena.get(i).unwrap())
                     .collect::<Vec<_>>(),
                 Compression::None,
             )
             .len();
-            let halves = split_run(&batch, &encoded.order, whole.start, whole.end, codec);
+            let halves = split_run(&arena, &encoded.order, whole.start, whole.end, codec);
             assert!(halves.len() >= 2);
             let mut at = whole.start;
             for (start, end, bytes) in &halves {
@@ -701,14 +705,14 @@ mod tests {
                 at = *end;
                 let records: Vec<RecordRef<'_>> = encoded.order[*start..*end]
                     .iter()
-                    .map(|&i| batch.get(i).unwrap())
+                    .map(|&i| arena.get(i).unwrap())
                     .collect();
                 assert!(encode_record_batch(&records, Compression::None).len() <= size / 2);
                 assert_eq!(*bytes, encode_record_batch(&records, codec), "the same encoder");
             }
             assert_eq!(at, whole.end);
             // One record cannot be split: it comes back as it was.
-            let one = split_run(&batch, &encoded.order, whole.start, whole.start + 1, codec);
+            let one = split_run(&arena, &encoded.order, whole.start, whole.start + 1, codec);
             assert_eq!(one.len(), 1);
             assert_eq!((one[0].0, one[0].1), (whole.start, whole.start + 1));
         }

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::io;
 
 use crate::canonical::id::{Id, IdSet};
-use crate::canonical::records::{RecordBatch, encode_header};
+use crate::canonical::records::{Records, encode_header};
 use crate::contract::Issue;
 use crate::contract::quarantine::{self, Destination, Item, stage};
 use crate::contract::validator::{Outcome, Request};
@@ -180,8 +180,8 @@ pub fn whole_body(body: &[u8], problem: &Problem, stage: &str, content_type: &st
     }
 }
 
-fn record_ids(batch: &RecordBatch) -> Vec<Id> {
-    batch.iter().map(|r| r.event_id).collect()
+fn record_ids(records: &Records) -> Vec<Id> {
+    records.iter().map(|r| r.event_id).collect()
 }
 
 impl Gateway {
@@ -246,7 +246,7 @@ impl Gateway {
             RouteKind::Batch => outcome.envelope.iter().map(|(device, _)| device.clone()).collect(),
             RouteKind::Telemetry => {
                 let mut keys: Vec<String> = Vec::new();
-                for record in outcome.batch.iter() {
+                for record in outcome.records.iter() {
                     if let Some(key) = record.key.and_then(|k| std::str::from_utf8(k).ok())
                         && !keys.iter().any(|k| k == key)
                     {
@@ -293,14 +293,14 @@ impl Gateway {
             };
             return self.refuse(&req.whole(), refusal, req.dry_run);
         }
-        let mut batch = std::mem::take(&mut outcome.batch);
-        let mut quarantined = RecordBatch::new();
+        let mut records = std::mem::take(&mut outcome.records);
+        let mut quarantined = Records::new();
         if !req.dry_run && !outcome.quarantine.is_empty() {
             // Kept with the accepted records: durable with them, before the answer.
             quarantined = self.quarantine_records(&outcome.quarantine, &req.whole())?;
-            batch.extend(&quarantined);
+            records.extend(&quarantined);
         }
-        self.claim_and_answer(req, route, outcome, batch, quarantined, devices)
+        self.claim_and_answer(req, route, outcome, records, quarantined, devices)
     }
 
     fn claim_and_answer(
@@ -308,15 +308,15 @@ impl Gateway {
         req: &Body<'_>,
         route: &Route,
         outcome: Outcome,
-        mut batch: RecordBatch,
-        quarantined: RecordBatch,
+        mut records: Records,
+        quarantined: Records,
         devices: Vec<String>,
     ) -> io::Result<Answer> {
         let dedup = &self.tables.dedup;
         let settings = &self.settings;
         let received = req.received_ms;
         let archive = settings.archive && !req.dry_run;
-        let mut occurrences = RecordBatch::new();
+        let mut occurrences = Records::new();
         // Scopes name the kind of key first and the device last (device ids hold no ':'): no two devices, and no
         // header key and batch_id, can share one. Without auth the devices named in the body own the key.
         let mut keys: Vec<Id> = Vec::new();
@@ -360,19 +360,19 @@ impl Gateway {
             if whole_duplicate {
                 dedup.release(&claimed)?;
                 if archive {
-                    occurrences = batch.moved_to(&settings.duplicates_topic);
+                    occurrences = records.moved_to(&settings.duplicates_topic);
                 }
                 // Nothing to write: the answer waits for what it repeats to be durable.
-                batch = RecordBatch::new();
+                records = Records::new();
                 keys.clear();
             } else {
-                let mut ids = record_ids(&batch);
+                let mut ids = record_ids(&records);
                 ids.sort_unstable();
                 ids.dedup();
                 let fresh = dedup.claim(&ids, received, settings.dedup_ttl_ms)?;
                 let seen: Vec<Id> = ids.iter().zip(fresh).filter(|(_, f)| !f).map(|(id, _)| *id).collect();
                 let target = archive.then_some((&mut occurrences, settings.duplicates_topic.as_str()));
-                batch.move_duplicates(|id| seen.binary_search(id).is_ok(), target);
+                records.move_duplicates(|id| seen.binary_search(id).is_ok(), target);
                 duplicates.extend(seen);
             }
         }
@@ -380,7 +380,7 @@ impl Gateway {
             duplicates.extend(outcome.event_ids.iter().flatten().copied());
         }
         let mut counts = Counters::default();
-        let mut answer = self.render(req, route, &outcome, &batch, &duplicates, &mut counts);
+        let mut answer = self.render(req, route, &outcome, &records, &duplicates, &mut counts);
         if !quarantined.is_empty() {
             if !whole_duplicate {
                 count_quarantined(&quarantined, &duplicates, &mut counts);
@@ -394,9 +394,9 @@ impl Gateway {
             self.count(&counts);
             return Ok(answer);
         }
-        let mut claims = record_ids(&batch);
+        let mut claims = record_ids(&records);
         claims.extend(&keys);
-        let records = batch.len();
+        let count = records.len();
         let waiting = Pending {
             end: 0,
             ids: claims,
@@ -406,10 +406,10 @@ impl Gateway {
             counts,
         };
         let written = if occurrences.is_empty() {
-            batch
+            records
         } else {
             // Both or neither: a request answered 503 records no occurrence.
-            let mut written = batch;
+            let mut written = records;
             written.extend(&occurrences);
             written
         };
@@ -417,7 +417,7 @@ impl Gateway {
         match self.persist(&written, waiting) {
             Ok(end) => {
                 answer.durable_end = Some(end);
-                answer.records = records;
+                answer.records = count;
                 Ok(answer)
             }
             Err(error) => {
@@ -430,9 +430,9 @@ impl Gateway {
     }
 
     /// The dead-letter records of `items` within the device's quarantine budget (the others are counted dropped).
-    fn quarantine_records(&self, items: &[Item], whole: &Whole<'_>) -> io::Result<RecordBatch> {
+    fn quarantine_records(&self, items: &[Item], whole: &Whole<'_>) -> io::Result<Records> {
         let settings = &self.settings;
-        let mut records = RecordBatch::new();
+        let mut records = Records::new();
         if !settings.quarantine || items.is_empty() {
             return Ok(records);
         }
@@ -584,7 +584,7 @@ impl Gateway {
         req: &Body<'_>,
         route: &Route,
         outcome: &Outcome,
-        batch: &RecordBatch,
+        records: &Records,
         duplicates: &IdSet<Id>,
         counts: &mut Counters,
     ) -> Answer {
@@ -672,7 +672,7 @@ impl Gateway {
             && duplicates.is_empty()
             && outcome.rejected.is_empty()
             && !req.dry_run
-            && batch.iter().filter(|r| r.topic == topic).count() == outcome.accepted
+            && records.iter().filter(|r| r.topic == topic).count() == outcome.accepted
         {
             // Every reading accepted and nothing dropped as a repeat: no per-reading results to build.
             counts.count(0, priority, outcome.accepted);
@@ -825,7 +825,7 @@ impl Gateway {
 
 /// Counts the quarantined records stored: a repeat of one already kept (same `dlq-id`, in `duplicates` or
 /// earlier in `records`) is not.
-fn count_quarantined(records: &RecordBatch, duplicates: &IdSet<Id>, counts: &mut Counters) {
+fn count_quarantined(records: &Records, duplicates: &IdSet<Id>, counts: &mut Counters) {
     let mut seen: IdSet<Id> = IdSet::default();
     for record in records.iter() {
         if duplicates.contains(&record.event_id) || !seen.insert(record.event_id) {

@@ -222,10 +222,10 @@ impl Gateway {
         lock(&self.counters).add(counts);
     }
 
-    /// Appends `written` (nothing for an empty batch) and registers `waiting` for its durability, in one hold of
+    /// Appends `written` (nothing for empty records) and registers `waiting` for its durability, in one hold of
     /// the lock [`Gateway::settle`] takes: a commit that fails after the append always finds it. Returns the
     /// sequence to await. On an error nothing was written and nothing registered (the caller releases).
-    fn persist(&self, written: &crate::RecordBatch, mut waiting: Pending) -> Result<u64, SpoolError> {
+    fn persist(&self, written: &crate::Records, mut waiting: Pending) -> Result<u64, SpoolError> {
         let mut pending = lock(&self.pending);
         let end = if written.is_empty() {
             self.spool.next_seq()

@@ -15,7 +15,7 @@ use std::time::{Duration, SystemTime};
 
 pub mod group_commit;
 
-use crate::canonical::records::{RecordBatch, RecordRef};
+use crate::canonical::records::{RecordRef, Records};
 
 /// First bytes of every segment file.
 pub const MAGIC: &[u8; 8] = b"TGSPOOL1";
@@ -338,8 +338,8 @@ pub fn encode_frame(out: &mut Vec<u8>, record: &RecordRef<'_>) {
     out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
 }
 
-/// Decodes a frame payload into `batch`; `None` if it is not a well-formed record.
-fn decode_payload(payload: &[u8], batch: &mut RecordBatch) -> Option<()> {
+/// Decodes a frame payload into `records`; `None` if it is not a well-formed record.
+fn decode_payload(payload: &[u8], records: &mut Records) -> Option<()> {
     let (&version, rest) = payload.split_first()?;
     if version != 1 {
         return None;
@@ -364,7 +364,7 @@ fn decode_payload(payload: &[u8], batch: &mut RecordBatch) -> Option<()> {
         return None;
     }
     let topic = std::str::from_utf8(topic).ok()?;
-    batch.push(&RecordRef::from_parts(
+    records.push(&RecordRef::from_parts(
         topic,
         key,
         value,
@@ -375,12 +375,12 @@ fn decode_payload(payload: &[u8], batch: &mut RecordBatch) -> Option<()> {
     Some(())
 }
 
-/// Reads complete, CRC-valid frames from `data` (a segment's bytes from a frame boundary) into `batch`, up to the
+/// Reads complete, CRC-valid frames from `data` (a segment's bytes from a frame boundary) into `sink`, up to the
 /// limits (`max_bytes` counts frame bytes; at least one frame is read when one is there). Returns the number of
 /// records, the bytes consumed and why it stopped.
 fn scan_frames(
     data: &[u8],
-    mut batch: Option<&mut RecordBatch>,
+    mut sink: Option<&mut Records>,
     max_records: u64,
     max_bytes: usize,
 ) -> (u64, usize, ScanStop) {
@@ -407,8 +407,8 @@ fn scan_frames(
         if crc32c::crc32c(payload) != crc {
             return (records, pos, ScanStop::Corrupt);
         }
-        if let Some(batch) = batch.as_deref_mut()
-            && decode_payload(payload, batch).is_none()
+        if let Some(sink) = sink.as_deref_mut()
+            && decode_payload(payload, sink).is_none()
         {
             return (records, pos, ScanStop::Corrupt);
         }
@@ -633,18 +633,18 @@ impl Spool {
         &self.dir
     }
 
-    /// Appends every record of `batch` (written, not yet durable). Returns the sequence number after the last
-    /// record: the batch is durable once [`Spool::durable_seq`] reaches it. Never blocks on I/O: no write, fsync
+    /// Appends every record of `records` (written, not yet durable). Returns the sequence number after the last
+    /// record: the records are durable once [`Spool::durable_seq`] reaches it. Never blocks on I/O: no write, fsync
     /// or file removal happens here (quota pressure is relieved by [`Spool::cleanup`], run off the request path).
-    pub fn append(&self, batch: &RecordBatch) -> Result<u64, SpoolError> {
+    pub fn append(&self, records: &Records) -> Result<u64, SpoolError> {
         if self.role != Role::Writer {
             return Err(SpoolError::Io(io::Error::new(
                 io::ErrorKind::PermissionDenied,
                 "spool opened read-only",
             )));
         }
-        let size: u64 = batch.iter().map(|r| frame_len(&r) as u64).sum();
-        let count = batch.len() as u64;
+        let size: u64 = records.iter().map(|r| frame_len(&r) as u64).sum();
+        let count = records.len() as u64;
         let mut writer = lock(&self.writer);
         if writer.total_bytes + size > self.options.quota_bytes {
             return Err(SpoolError::Full {
@@ -654,7 +654,7 @@ impl Spool {
         }
         // Frames are encoded straight into the pending buffer: one copy of each record per append.
         writer.pending.reserve(size as usize);
-        for record in batch.iter() {
+        for record in records.iter() {
             encode_frame(&mut writer.pending, &record);
         }
         writer.pending_records += count;
@@ -820,8 +820,8 @@ impl Spool {
     }
 
     /// Appends and waits for durability with group commit.
-    pub fn append_durable(&self, batch: &RecordBatch, window: Duration) -> Result<u64, SpoolError> {
-        let end = self.append(batch)?;
+    pub fn append_durable(&self, records: &Records, window: Duration) -> Result<u64, SpoolError> {
+        let end = self.append(records)?;
         self.wait_durable(end, window)?;
         Ok(end)
     }
@@ -956,8 +956,8 @@ impl Spool {
         max_records: u64,
         max_bytes: usize,
         limit_seq: u64,
-    ) -> Result<(RecordBatch, Cursor), SpoolError> {
-        let mut batch = RecordBatch::new();
+    ) -> Result<(Records, Cursor), SpoolError> {
+        let mut records = Records::new();
         let mut cursor = cursor;
         let segments = self.segments()?;
         let Some(mut index) = segments
@@ -965,7 +965,7 @@ impl Spool {
             .position(|s| s.base_seq == cursor.segment_base)
             .or_else(|| segments.iter().position(|s| s.base_seq > cursor.segment_base))
         else {
-            return Ok((batch, cursor));
+            return Ok((records, cursor));
         };
         if segments[index].base_seq != cursor.segment_base {
             // The cursor's segment was deleted under the reader: go on from the oldest one after it.
@@ -975,14 +975,14 @@ impl Spool {
         loop {
             let segment = &segments[index];
             let room = max_records
-                .saturating_sub(batch.len() as u64)
+                .saturating_sub(records.len() as u64)
                 .min(limit_seq.saturating_sub(cursor.seq));
             if room == 0 || used_bytes >= max_bytes {
                 break;
             }
             if cursor.seq < segment.end_seq() {
                 let (consumed, stop) =
-                    self.read_segment(segment, &mut cursor, &mut batch, room, max_bytes - used_bytes)?;
+                    self.read_segment(segment, &mut cursor, &mut records, room, max_bytes - used_bytes)?;
                 used_bytes += consumed;
                 if stop == ScanStop::Limit {
                     continue;
@@ -1000,7 +1000,7 @@ impl Spool {
             index += 1;
             cursor = Cursor::start_of(&segments[index]);
         }
-        Ok((batch, cursor))
+        Ok((records, cursor))
     }
 
     /// The segments as they are now: the writer's own list, or, for the delivery role, listed afresh.
@@ -1018,7 +1018,7 @@ impl Spool {
         &self,
         segment: &Segment,
         cursor: &mut Cursor,
-        batch: &mut RecordBatch,
+        records: &mut Records,
         max_records: u64,
         max_bytes: usize,
     ) -> Result<(usize, ScanStop), SpoolError> {
@@ -1036,7 +1036,7 @@ impl Spool {
             let (_, consumed, _) = scan_frames(&data, None, cursor.seq - segment.base_seq, usize::MAX);
             cursor.offset = start + consumed as u64;
         }
-        let before = batch.len() as u64;
+        let before = records.len() as u64;
         let mut consumed_total = 0usize;
         // Read about what the byte budget allows (at most 16 MiB at a time), not the whole segment; widen the
         // window only when a single frame does not fit in it.
@@ -1046,21 +1046,21 @@ impl Spool {
             if remaining == 0 {
                 break ScanStop::Exhausted;
             }
-            let room = max_records - (batch.len() as u64 - before);
+            let room = max_records - (records.len() as u64 - before);
             let byte_room = max_bytes.saturating_sub(consumed_total);
             let span = remaining.min(window);
             let data = SegmentWindow::read(&mut file, cursor.offset, span)?;
-            let got = batch.len() as u64;
-            let (records, consumed, stop) = scan_frames(&data, Some(batch), room, byte_room);
-            debug_assert_eq!(batch.len() as u64 - got, records);
+            let got = records.len() as u64;
+            let (read, consumed, stop) = scan_frames(&data, Some(records), room, byte_room);
+            debug_assert_eq!(records.len() as u64 - got, read);
             cursor.offset += consumed as u64;
-            cursor.seq += records;
+            cursor.seq += read;
             consumed_total += consumed;
             let window_cut = (data.len() as u64) < remaining;
             match stop {
                 ScanStop::Limit | ScanStop::Corrupt => break stop,
                 ScanStop::Exhausted | ScanStop::Incomplete if window_cut && (data.len() as u64) == span => {
-                    if records == 0 {
+                    if read == 0 {
                         window = window.saturating_mul(2);
                     }
                 }
@@ -1124,12 +1124,12 @@ impl Spool {
         let mut cursor = self.cursor_at(from_seq);
         let limit = lock(&self.writer).next_seq;
         loop {
-            let (batch, next) = self.read(cursor, 65_536, 64 << 20, limit)?;
-            if batch.is_empty() {
+            let (records, next) = self.read(cursor, 65_536, 64 << 20, limit)?;
+            if records.is_empty() {
                 break;
             }
             ids.extend(
-                batch
+                records
                     .iter()
                     .filter(|r| r.timestamp_ms >= since_ms)
                     .map(|r| (r.event_id, r.timestamp_ms)),

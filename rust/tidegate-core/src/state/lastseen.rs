@@ -34,7 +34,7 @@ use std::io;
 use std::path::Path;
 
 use crate::canonical::id::Id;
-use crate::canonical::records::{RecordBatch, encode_header, hex};
+use crate::canonical::records::{Records, encode_header, hex};
 use crate::state::table::{Slot, Table, to_word};
 
 /// A device is silent once unheard for this many times its expected interval.
@@ -213,11 +213,11 @@ impl Alert {
         out
     }
 
-    /// Appends the alert's record to `batch` for `topic`: key the device id, the value above, headers `event_id`,
+    /// Appends the alert's record to `records` for `topic`: key the device id, the value above, headers `event_id`,
     /// `content-type` and `schema`.
-    pub fn push_record(&self, batch: &mut RecordBatch, topic: &str) {
+    pub fn push_record(&self, records: &mut Records, topic: &str) {
         let event_id = self.event_id();
-        batch.push_with(
+        records.push_with(
             topic,
             Some(self.device.as_bytes()),
             event_id,
@@ -515,12 +515,12 @@ impl LastSeenTable {
 }
 
 /// The records of `alerts` for `topic`, in order.
-pub fn alert_batch(alerts: &[Alert], topic: &str) -> RecordBatch {
-    let mut batch = RecordBatch::new();
+pub fn alert_records(alerts: &[Alert], topic: &str) -> Records {
+    let mut records = Records::new();
     for alert in alerts {
-        alert.push_record(&mut batch, topic);
+        alert.push_record(&mut records, topic);
     }
-    batch
+    records
 }
 
 #[cfg(test)]
@@ -765,8 +765,8 @@ mod tests {
             interval_ms: 300,
             detected_ms: T0 + 2600,
         };
-        let batch = alert_batch(std::slice::from_ref(&alert), "device-alerts");
-        let record = batch.get(0).unwrap();
+        let records = alert_records(std::slice::from_ref(&alert), "device-alerts");
+        let record = records.get(0).unwrap();
         assert_eq!((record.topic, record.key), ("device-alerts", Some(&b"dev-1"[..])));
         let value = std::str::from_utf8(record.value).unwrap();
         assert!(

@@ -5,7 +5,7 @@
 //!
 //! # Why this shape
 //!
-//! - **Mutual exclusion**: an `flock` on the table file, held for one request's whole batch of lookups (two
+//! - **Mutual exclusion**: an `flock` on the table file, held for all of one request's lookups (two
 //!   syscalls per request), plus a mutex for the threads of one process (an `flock` is per open file, so the
 //!   threads sharing one would not exclude each other). The kernel drops the lock of a process that dies, so a
 //!   SIGKILLed worker never wedges the others. A lock-free table would need multi-word atomic updates of a slot;
