@@ -686,6 +686,11 @@ class Admission:
         """The ticket's request was answered (an admitted one's time counts in the limit). Idempotent."""
     def set_conditions(self, ready: bool, spool_failing: bool, pressure: float) -> None:
         """Readiness, a failing spool, and `max(spool fill (1 when full), loop lag / its threshold)`."""
+    def wait_for(self, device_id: str, priority: str, in_flight_records: int) -> float:
+        """For MQTT, which holds a message it cannot take yet instead of refusing it: 0 when a message of
+        `device_id` at `priority` may be taken now (the device's token taken), else the seconds to wait before
+        asking again (the same readiness, utilization and device buckets as `decide`)."""
+
     def utilization(self, in_flight_records: int) -> float:
         """`max(in_flight_records / max_in_flight_records, pressure)`."""
     def snapshot(self) -> dict[str, float]:

@@ -38,7 +38,6 @@ import re
 import select
 import socket
 import ssl
-import time
 import urllib.parse
 from collections.abc import Awaitable, Coroutine
 from dataclasses import dataclass
@@ -637,17 +636,8 @@ class MqttSource:
     def _admission(self, route: IngestRoute, device_id: str) -> float:
         """0 when the message may be taken now (the device's token taken); else the seconds to wait before asking
         again. Where HTTP would answer 503 or 429, MQTT holds the message unacknowledged: the subscription slows."""
-        gateway, settings = self.gateway, self.settings
-        utilization = gateway.utilization()
-        shed = (utilization >= settings.shed_medium_at and route.priority != "high") or (
-            utilization >= settings.shed_low_at and route.priority == "low"
-        )
-        if shed or not gateway.is_ready():
-            return _RETRY_S
-        now_us = time.time_ns() // 1000
-        # The byte budget is post-paid (waiting takes nothing); the token is taken last, only when it is let in.
-        wait = gateway.decoded_bytes.wait(device_id, now_us)
-        return wait if wait > 0 else gateway.buckets.take(device_id, now_us)
+        gateway = self.gateway
+        return gateway.admission.wait_for(device_id, route.priority, gateway.in_flight_records)
 
     async def _admit(self, route: IngestRoute, device_id: str) -> None:
         """Waits, holding the message unacknowledged, until `_admission` lets it in."""

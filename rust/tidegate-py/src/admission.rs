@@ -260,6 +260,16 @@ impl Admission {
         self.inner.set_conditions(ready, spool_failing, pressure);
     }
 
+    /// For MQTT, which holds a message it cannot take yet instead of refusing it: 0 when a message of `device_id`
+    /// at `priority` may be taken now (the device's token taken), else the seconds to wait before asking again.
+    fn wait_for(&self, device_id: &str, priority: &str, in_flight_records: u64) -> f64 {
+        let priority = Priority::parse(priority.as_bytes()).unwrap_or(Priority::Low);
+        let now_us = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as i64);
+        self.inner.wait_for(device_id, priority, in_flight_records, now_us)
+    }
+
     /// `max(in_flight_records / max_in_flight_records, pressure)`.
     fn utilization(&self, in_flight_records: u64) -> f64 {
         self.inner.utilization(in_flight_records)

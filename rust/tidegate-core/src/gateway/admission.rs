@@ -125,6 +125,8 @@ pub enum Decision {
 }
 
 /// Readiness as the worker sets it (`set_conditions`).
+/// How long `wait_for` holds a message back while the worker is not ready or sheds its priority.
+pub const HOLD_S: f64 = 0.05;
 const READY: u8 = 0;
 const NOT_READY: u8 = 1;
 const SPOOL_FAILING: u8 = 2;
@@ -459,6 +461,32 @@ impl Admission {
         }
     }
 
+    /// For a source that holds what it cannot take yet instead of refusing it (MQTT: an unacknowledged message
+    /// slows the subscription): 0 when a message of `device_id` at `priority` may be taken now (the device's token
+    /// taken), else the seconds to wait before asking again. The same readiness, utilization and device buckets as
+    /// `decide`; no limit permit (the source bounds its own window) and no key (the topic names the device).
+    pub fn wait_for(&self, device_id: &str, priority: Priority, in_flight_records: u64, now_us: i64) -> f64 {
+        let utilization = self.utilization(in_flight_records);
+        if self.readiness.load(Ordering::Relaxed) != READY
+            || (utilization >= self.config.shed_medium_at && priority != Priority::High)
+            || (utilization >= self.config.shed_low_at && priority == Priority::Low)
+        {
+            return HOLD_S;
+        }
+        let id = RateTable::device_id(device_id);
+        // The byte budget is post-paid (waiting takes nothing); the token is taken last, only when it is let in.
+        // A table that cannot be locked (its file damaged) holds nothing back, as in `decide`.
+        if let Some(bytes) = &self.decoded_bytes {
+            let wait = bytes.wait(&id, now_us).unwrap_or(0.0);
+            if wait > 0.0 {
+                return wait;
+            }
+        }
+        self.rates
+            .as_ref()
+            .map_or(0.0, |rates| rates.take(&id, now_us).unwrap_or(0.0))
+    }
+
     /// An admitted request was answered: its time counts in the limit.
     pub fn release(&self, permit: Permit) {
         let now = self.now();
@@ -618,6 +646,44 @@ mod tests {
         assert_eq!(at(9, b"high"), None);
         admission.set_conditions(true, false, 0.95); // spool nearly full
         assert_eq!(at(0, b"medium"), Some(Refusal::Overloaded));
+    }
+
+    #[test]
+    fn a_held_source_waits_where_a_request_would_be_refused() {
+        let dir = std::env::temp_dir().join(format!("tidegate-wait-for-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let rates = Arc::new(RateTable::open(Some(&dir.join("rates.tbl")), 64, 1.0, 2.0).unwrap());
+        let admission = Admission::new(
+            AdmissionConfig {
+                max_in_flight_records: 10.0,
+                ..AdmissionConfig::default()
+            },
+            None,
+            Some(rates),
+            None,
+        );
+        assert_eq!(
+            admission.wait_for("dev-1", Priority::High, 0, 0),
+            HOLD_S,
+            "not ready yet"
+        );
+        admission.set_conditions(true, false, 0.0);
+        assert_eq!(
+            admission.wait_for("dev-1", Priority::Low, 8, 0),
+            HOLD_S,
+            "low is held first"
+        );
+        assert_eq!(admission.wait_for("dev-1", Priority::High, 0, 0), 0.0);
+        assert_eq!(
+            admission.wait_for("dev-1", Priority::High, 0, 0),
+            0.0,
+            "the burst of two"
+        );
+        let wait = admission.wait_for("dev-1", Priority::High, 0, 0);
+        assert!(wait > 0.0 && wait <= 1.0, "the third waits for its token: {wait}");
+        assert_eq!(admission.wait_for("dev-2", Priority::High, 0, 0), 0.0, "per device");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
