@@ -335,7 +335,7 @@ class IngestEdge:
             priority=priority,
             dry_run=dry_run,
             source=source.name,
-            source_headers=list(source.headers),
+            source_headers=source.headers,
             undecodable_retried=source.undecodable_retried,
         )
 

@@ -100,17 +100,6 @@ LAG_BUCKETS = (100.0, 1_000.0, 10_000.0, 60_000.0, 600_000.0, 3_600_000.0, 86_40
 
 
 PRIORITIES = ("high", "medium", "low")
-REFUSALS = (
-    "not_ready",
-    "spool_error",
-    "invalid_priority",
-    "missing_credential",
-    "invalid_credential",
-    "utilization",
-    "limit",
-    "rate",
-    "decoded_bytes",
-)
 
 
 def admission_lines(snapshot: dict[str, float]) -> Iterable[str]:
@@ -130,9 +119,10 @@ def admission_lines(snapshot: dict[str, float]) -> Iterable[str]:
     yield from family(
         "tidegate_admission_refused_total", "counter", "Requests refused before their body was read, by reason."
     )
-    for reason in REFUSALS:
-        for p in PRIORITIES:
-            count = snapshot[f"refused_{reason}_{p}"]
+    # The reasons are the native snapshot's (`refused_<reason>_<priority>`), not a second list kept here.
+    for key, count in snapshot.items():
+        if key.startswith("refused_"):
+            reason, _, p = key.removeprefix("refused_").rpartition("_")
             yield f'tidegate_admission_refused_total{{reason="{reason}",priority="{p}"}} {count:g}'
     yield from family("tidegate_admission_admitted_total", "counter", "Requests admitted, by priority.")
     for p in PRIORITIES:
