@@ -74,17 +74,17 @@ class Scenario:
 TIDEGATES = ("tidegate", "tidegate-kafka")
 """tidegate as `tidegate serve` runs it by default (embedded spool, acknowledged once fsynced), and the same also
 forwarding the spool to the broker in the background (`--kafka`; still acknowledged at spool)."""
-PEERS = ("noop", "noop-raw", "reference")
+PEERS = ("noop", "noop-raw", "noop-rsgi", "reference")
 
 SCENARIOS = (
     Scenario("single", "single readings", "single.lua", "/api/v1/ingest", 1,
-             (*TIDEGATES, "noop", "noop-raw", "reference"), "SingleReading"),
+             (*TIDEGATES, "noop", "noop-raw", "noop-rsgi", "reference"), "SingleReading"),
     Scenario("batch", "100-reading batches", "batch.lua", "/api/v1/ingest/batch", 100,
-             (*TIDEGATES, "noop", "noop-raw", "reference"), "Batch"),
+             (*TIDEGATES, "noop", "noop-raw", "noop-rsgi", "reference"), "Batch"),
     Scenario("events", "seed 004 events, NDJSON x100", "events.lua", "/api/v1/events", 100,
-             (*TIDEGATES, "noop", "noop-raw"), "Events"),
+             (*TIDEGATES, "noop", "noop-raw", "noop-rsgi"), "Events"),
     Scenario("fleet", "mixed fleet (10/60/30 priority, key rotation)", "fleet.lua", "/api/v1/ingest", 1,
-             (*TIDEGATES, "noop", "noop-raw"), "MixedFleet", "mix"),
+             (*TIDEGATES, "noop", "noop-raw", "noop-rsgi"), "MixedFleet", "mix"),
 )  # fmt: skip
 
 GATED: dict[str, bool] = {
@@ -482,17 +482,27 @@ class Session:
                 env["TIDEGATE_MAX_IN_FLIGHT_RECORDS"] = str(self.options.max_in_flight_records)
             port = free_port()
             if self.options.tidegate_app:
-                command = [sys.executable, "-m", "bench.peers.serve", self.options.tidegate_app, "--factory"]
+                command = [
+                    *(sys.executable, "-m", "bench.peers.serve", self.options.tidegate_app),
+                    *("--factory", "--interface", "rsgi"),
+                ]
                 command += ["--workers", str(workers)]
             else:
                 command = [sys.executable, "-m", "tidegate", "serve", "--data-dir", str(data_dir)]
                 command += ["--workers", str(workers)]
             services[name] = Service(name, [*command, "--port", str(port)], env, port, self.workdir / f"{name}.log")
-        for name, target in (("noop", "bench.peers.noop:app"), ("noop-raw", "bench.peers.noop_raw:app")):
+        for name, target, interface in (
+            ("noop", "bench.peers.noop:app", "asgi"),
+            ("noop-raw", "bench.peers.noop_raw:app", "asgi"),
+            ("noop-rsgi", "bench.peers.noop_rsgi:app", "rsgi"),
+        ):
             port = free_port()
             services[name] = Service(
                 name,
-                [sys.executable, "-m", "bench.peers.serve", target, "--workers", str(workers), "--port", str(port)],
+                [
+                    *(sys.executable, "-m", "bench.peers.serve", target, "--interface", interface),
+                    *("--workers", str(workers), "--port", str(port)),
+                ],
                 {},
                 port,
                 self.workdir / f"{name}.log",

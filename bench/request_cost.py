@@ -39,6 +39,43 @@ def body(kind: str, n: int) -> tuple[str, bytes]:
     return "/api/v1/ingest/batch", json.dumps(document).encode()
 
 
+class Headers:
+    """What the edge reads of Granian's RSGI headers."""
+
+    def __init__(self, pairs: list[tuple[str, str]]) -> None:
+        self.pairs = pairs
+
+    def items(self) -> list[tuple[str, str]]:
+        return self.pairs
+
+    def get(self, name: str, default: Any = None) -> Any:
+        return next((value for key, value in self.pairs if key == name), default)
+
+
+class Request:
+    """What the edge reads of Granian's RSGI scope."""
+
+    def __init__(self, path: str, headers: list[tuple[str, str]]) -> None:
+        self.method = "POST"
+        self.path = path
+        self.headers = Headers(headers)
+
+
+class Proto:
+    """What the edge uses of Granian's RSGI protocol: the body in one await, the answer in one call."""
+
+    def __init__(self, body: bytes) -> None:
+        self.body = body
+        self.status = 0
+        self.answer = b""
+
+    async def __call__(self) -> bytes:
+        return self.body
+
+    def response_bytes(self, status: int, _headers: list[tuple[str, str]], body: bytes) -> None:
+        self.status, self.answer = status, body
+
+
 async def run(kind: str, count: int, data_dir: Path) -> None:
     settings = load_settings(
         env={},
@@ -58,27 +95,14 @@ async def run(kind: str, count: int, data_dir: Path) -> None:
 
     gateway._housekeeping = idle
     gateway.silence.start = lambda: None
-    async with gateway.lifespan(None):
+    async with gateway.lifespan():
         for n in range(count):
             path, payload = body(kind, n)
-            sent: list[dict[str, Any]] = []
-            messages = [{"type": "http.request", "body": payload, "more_body": False}]
-
-            async def receive(messages: list[dict[str, Any]] = messages) -> dict[str, Any]:
-                return messages.pop()
-
-            async def send(message: dict[str, Any], sent: list[dict[str, Any]] = sent) -> None:
-                sent.append(message)
-
-            scope = {
-                "type": "http",
-                "method": "POST",
-                "path": path,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())],
-            }
-            await app(scope, receive, send)
-            if sent[0]["status"] != 202:
-                raise SystemExit(f"{sent[0]['status']}: {sent[1]['body']!r}")
+            headers = [("content-type", "application/json"), ("content-length", str(len(payload)))]
+            proto = Proto(payload)
+            await app.__rsgi__(Request(path, headers), proto)
+            if proto.status != 202:
+                raise SystemExit(f"{proto.status}: {proto.answer!r}")
 
 
 def main() -> None:

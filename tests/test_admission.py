@@ -18,19 +18,15 @@ def test_low_fills_only_its_share_and_never_takes_room_from_high() -> None:
     admission = Admission(initial_limit=10, min_limit=10, max_limit=10)
     admission.set_conditions(True, False, 0.0)
 
-    def ask(
-        priority: str, size: int = 100
-    ) -> tuple[AdmissionTicket, tuple[int, bytes, list[tuple[bytes, bytes]]] | None]:
-        ticket, _, _, refusal = admission.decide(
-            [(b"x-priority", priority.encode()), (b"content-length", str(size).encode())], "medium", 0
-        )
+    def ask(priority: str, size: int = 100) -> tuple[AdmissionTicket, tuple[int, bytes, list[tuple[str, str]]] | None]:
+        ticket, _, _, refusal = admission.decide([("x-priority", priority), ("content-length", str(size))], "medium", 0)
         return ticket, refusal
 
     held = [ask("low") for _ in range(6)]
     assert [refusal is None for _, refusal in held] == [True] * 4 + [False] * 2, "low stops at half the limit"
     _, shed = held[-1]
     assert shed is not None and shed[0] == 503 and json.loads(shed[1])["type"] == "urn:tidegate:problem:shed"
-    assert 1 <= int(dict(shed[2])[b"retry-after"]) <= 30
+    assert 1 <= int(dict(shed[2])["retry-after"]) <= 30
     assert ask("medium")[1] is None and ask("HIGH ")[1] is None
     assert sum(ask("high")[1] is None for _ in range(20)) == 8, "high has the whole limit to itself"
     snapshot = admission.snapshot()
@@ -50,19 +46,19 @@ def test_keys_are_verified_natively_and_revocation_is_seen(tmp_path: Path) -> No
     admission = Admission(keys=keys, rates=RateTable(rate=1e-4, burst=1), initial_limit=10, min_limit=10)
     admission.set_conditions(True, False, 0.0)
 
-    def status(*headers: tuple[bytes, bytes]) -> int:
+    def status(*headers: tuple[str, str]) -> int:
         ticket, device_id, _, refusal = admission.decide(list(headers), "high", 0)
         admission.done(ticket)
         assert (device_id is None) == (refusal is not None)
         return 202 if refusal is None else refusal[0]
 
     assert status() == 401
-    assert status((b"x-device-token", operator.encode())) == 401, "an operator key is no device's"
-    assert status((b"authorization", f"Bearer {device}".encode())) == 202
-    assert status((b"x-api-key", device.encode())) == 429, "its one token is spent"
+    assert status(("x-device-token", operator)) == 401, "an operator key is no device's"
+    assert status(("authorization", f"Bearer {device}")) == 202
+    assert status(("x-api-key", device)) == 429, "its one token is spent"
     assert keys.device_for(device) == "dev-1" and keys.is_operator(operator) and not keys.is_operator(device)
     store.revoke("dev-1")
-    assert status((b"x-device-token", device.encode())) == 401, "revoked"
+    assert status(("x-device-token", device)) == 401, "revoked"
     assert keys.device_for(device) is None and keys.is_operator(operator)
 
 

@@ -677,11 +677,12 @@ class Admission:
         decoded_bytes_per_device: float = 2097152.0,
     ) -> Admission: ...
     def decide(
-        self, headers: Sequence[tuple[bytes, bytes]], default_priority: str, in_flight_records: int
-    ) -> tuple[AdmissionTicket, str | None, str, tuple[int, bytes, list[tuple[bytes, bytes]]] | None]:
-        """Decides a request from its raw ASGI header list (the route's `default_priority`; the worker's records
-        awaiting durability). `(ticket, device_id, priority, refusal)`: `refusal` is None when admitted, else the
-        `(status, body, headers)` to send (content-type, content-length, Retry-After included)."""
+        self, headers: Sequence[tuple[str, str]], default_priority: str, in_flight_records: int
+    ) -> tuple[AdmissionTicket, str | None, str, tuple[int, bytes, list[tuple[str, str]]] | None]:
+        """Decides a request from its header pairs (RSGI's `scope.headers.items()`, names in lower case; the
+        route's `default_priority`; the worker's records awaiting durability). `(ticket, device_id, priority,
+        refusal)`: `refusal` is None when admitted, else the `(status, body, headers)` to send (content-type,
+        Retry-After, WWW-Authenticate; the server adds content-length)."""
     def done(self, ticket: AdmissionTicket) -> None:
         """The ticket's request was answered (an admitted one's time counts in the limit). Idempotent."""
     def set_conditions(self, ready: bool, spool_failing: bool, pressure: float) -> None:
@@ -862,7 +863,7 @@ class Accepted:
     @property
     def status(self) -> int: ...
     @property
-    def headers(self) -> list[tuple[bytes, bytes]]:
+    def headers(self) -> list[tuple[str, str]]:
         """Every header of the answer (content-type and content-length included) but `X-Durability`."""
 
     @property

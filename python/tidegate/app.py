@@ -1,33 +1,69 @@
-"""The HTTP service: routes and lifespan. Granian runs `create_app` (factory form, `--interface asgi`).
+"""The HTTP service: routes and lifespan. Granian runs `create_app` (factory form, `--interface rsgi`).
 
-POSTs to the ingest routes go straight to the worker's raw-ASGI ingest edge (`tidegate.ingest`); everything else
+POSTs to the ingest routes go straight to the worker's ingest edge (`tidegate.ingest`) over RSGI; everything else
 (health, metrics, OpenAPI, capabilities, silent devices, 404/405) is ordinary Starlette (`tidegate.operations`),
-and so are the archive's investigation endpoints (`tidegate.archive.http`).
-The worker's state and lifecycle are `tidegate.gateway.Gateway`."""
+and so are the archive's investigation endpoints (`tidegate.archive.http`), run through the RSGI-to-ASGI bridge
+(`tidegate.rsgi`). The worker's state and lifecycle are `tidegate.gateway.Gateway`."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
-from collections.abc import Callable, Coroutine
-from typing import Any
+import sys
 
+from granian._granian import RSGIHTTPProtocol as HTTPProtocol  # granian.rsgi re-exports it, untyped
+from granian.rsgi import Scope
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
-from starlette.types import Receive, Scope, Send
 
 from tidegate.archive.http import archive_routes
 from tidegate.config import Settings, load_settings
 from tidegate.gateway import Gateway
 from tidegate.operations import http_exception, operations_routes
+from tidegate.rsgi import serve_asgi
 
 log = logging.getLogger("tidegate")
 
 
-def create_app(settings: Settings | None = None) -> Callable[[Scope, Receive, Send], Coroutine[Any, Any, None]]:
-    """The ASGI application (Granian runs it with `--interface asgi`; use the factory form)."""
+class App:
+    """One worker's RSGI application: `__rsgi_init__` starts the gateway (`Gateway.lifespan`) before Granian serves,
+    `__rsgi_del__` stops it once Granian has stopped."""
+
+    def __init__(self, gateway: Gateway, operations: Starlette) -> None:
+        self.gateway = gateway
+        self.operations = operations
+        self._routes = gateway.routes
+        self._handle = gateway.edge.handle
+        self._max_body_bytes = gateway.settings.max_body_bytes
+        self._lifespan: contextlib.AbstractAsyncContextManager[None] | None = None
+
+    def __rsgi_init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._lifespan = self.gateway.lifespan()
+        try:
+            loop.run_until_complete(self._lifespan.__aenter__())
+        except Exception:
+            log.exception("tidegate: the worker could not start")
+            sys.exit(1)
+
+    def __rsgi_del__(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self._lifespan is not None:
+            loop.run_until_complete(self._lifespan.__aexit__(None, None, None))
+
+    async def __rsgi__(self, scope: Scope, proto: HTTPProtocol) -> None:
+        if scope.method == "POST":
+            route = self._routes.get(scope.path)
+            if route is not None:
+                await self._handle(route, scope, proto)
+                return
+        await serve_asgi(self.operations, scope, proto, max_body_bytes=self._max_body_bytes)
+
+
+def create_app(settings: Settings | None = None) -> App:
+    """The RSGI application (Granian runs it with `--interface rsgi`; use the factory form)."""
     settings = settings or load_settings()
     if not log.handlers:
         # Structured JSON lines on stderr, one per request at most (sampled under load).
@@ -48,20 +84,7 @@ def create_app(settings: Settings | None = None) -> Callable[[Scope, Receive, Se
             # The ingest routes never reach Starlette for a POST; these make it answer 405 to other methods.
             *(Route(path, unreachable, methods=["POST"]) for path in gateway.routes),
         ],
-        lifespan=gateway.lifespan,
         exception_handlers={HTTPException: http_exception},
     )
     starlette.state.gateway = gateway
-    fast_routes = gateway.routes
-    handle = gateway.edge.handle
-
-    async def app(scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST":
-            route = fast_routes.get(scope["path"])
-            if route is not None:
-                await handle(route, scope, receive, send)
-                return
-        await starlette(scope, receive, send)
-
-    app.gateway = gateway  # type: ignore[attr-defined]
-    return app
+    return App(gateway, starlette)

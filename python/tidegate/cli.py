@@ -101,7 +101,7 @@ def _serve(args: argparse.Namespace) -> int:
         factory=True,
         address=settings.host,
         port=settings.port,
-        interface=Interfaces.ASGI,
+        interface=Interfaces.RSGI,
         workers=settings.workers,
         log_access=False,
         # Granian's own cap on concurrent requests per worker is set at least as high as the adaptive limit can

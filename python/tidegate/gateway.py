@@ -16,8 +16,6 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
-from starlette.applications import Starlette
-
 from tidegate._native import Admission, Contract, DedupWindow, DeviceTable, Keys, RateTable, Spool, Validator
 from tidegate._native import Gateway as NativeGateway
 from tidegate.archive import DUPLICATES_TOPIC
@@ -344,7 +342,7 @@ class Gateway:
     # ----- lifecycle
 
     @contextlib.asynccontextmanager
-    async def lifespan(self, _app: Starlette) -> AsyncIterator[None]:
+    async def lifespan(self) -> AsyncIterator[None]:
         directory, self._lock_file = claim_worker_dir(self.settings.spool_root)
         self.spool = Spool(
             directory,

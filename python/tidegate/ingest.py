@@ -1,9 +1,10 @@
-"""The ingest edge: POSTs to the ingest routes take a raw-ASGI fast path and never build a Starlette Request or
-Response. Two native calls per request: admission (readiness, credentials, priority shedding, the adaptive limit,
-the device's buckets) is one decision from the raw header list, before the body is read; an admitted request's
-headers are read once, and its raw body goes to the native gateway (validation, dedup, the spool append, the
-rendered answer), whose durability is awaited before the answer is written straight to ASGI. MQTT shares the
-pipeline from `IngestEdge.ingest_body` on."""
+"""The ingest edge: POSTs to the ingest routes are served straight over Granian's RSGI (`tidegate.rsgi` says why)
+and never build a Starlette Request or Response. Two native calls per request: admission (readiness, credentials,
+priority shedding, the adaptive limit, the device's buckets) is one decision from the header pairs, before the body
+is read, and a refusal is answered there in one synchronous call, without an await; an admitted request's headers
+are read once, and its raw body goes to the native gateway (validation, dedup, the spool append, the rendered
+answer), whose durability is awaited before the answer is sent whole. MQTT shares the pipeline from
+`IngestEdge.ingest_body` on."""
 
 from __future__ import annotations
 
@@ -17,7 +18,10 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from starlette.types import Receive, Scope, Send
+from granian._granian import RSGIHTTPProtocol as HTTPProtocol
+from granian._granian import RSGIProtocolClosed as ProtocolClosed
+from granian._granian import RSGIProtocolError as ProtocolError
+from granian.rsgi import Scope
 
 from tidegate._native import Accepted, Validator
 from tidegate.archive import event_type_of
@@ -31,18 +35,18 @@ log = logging.getLogger("tidegate")
 
 WANTED_HEADERS = frozenset(
     {
-        b"content-type",
-        b"content-encoding",
-        b"content-length",
-        b"x-device-token",
-        b"x-api-key",
-        b"authorization",
-        b"x-priority",
-        b"x-idempotency-key",
-        b"x-dry-run",
-        b"x-ack",
-        b"traceparent",
-        b"tracestate",
+        "content-type",
+        "content-encoding",
+        "content-length",
+        "x-device-token",
+        "x-api-key",
+        "authorization",
+        "x-priority",
+        "x-idempotency-key",
+        "x-dry-run",
+        "x-ack",
+        "traceparent",
+        "tracestate",
     }
 )
 
@@ -51,21 +55,20 @@ ACK_LEVELS = ("spool", "kafka")
 DRY_RUN_VALUES = {"true": True, "1": True, "false": False, "0": False}
 
 
-def read_headers(raw: list[tuple[bytes, bytes]]) -> dict[bytes, str]:
-    """The headers the body phase reads, once a request is admitted."""
-    headers: dict[bytes, str] = {}
+def read_headers(raw: list[tuple[str, str]]) -> dict[str, str]:
+    """The headers the body phase reads, once a request is admitted (names in lower case, as Granian gives them)."""
+    headers: dict[str, str] = {}
     for name, value in raw:
         if name in WANTED_HEADERS:
-            text = value.decode("latin-1")
             # A header sent on several lines is one comma-separated list (RFC 9110, 5.3): W3C Trace Context
             # requires it for tracestate, and for a single-valued header the joined value is invalid.
-            headers[name] = f"{headers[name]},{text}" if name in headers else text
+            headers[name] = f"{headers[name]},{value}" if name in headers else value
     return headers
 
 
-def dry_run_asked(headers: dict[bytes, str]) -> bool:
+def dry_run_asked(headers: dict[str, str]) -> bool:
     """`X-Dry-Run`: true/false/1/0, any case; anything else is a 400 rather than a guess that might write."""
-    raw = headers.get(b"x-dry-run")
+    raw = headers.get("x-dry-run")
     if raw is None:
         return False
     value = DRY_RUN_VALUES.get(raw.strip().lower())
@@ -100,9 +103,10 @@ class IngestRoute:
 class Answer:
     status: int
     body: bytes
-    headers: list[tuple[bytes, bytes]]
-    content_type: bytes | None = b"application/json"
-    """None when `headers` are complete (the native gateway's answers carry content-type and content-length)."""
+    headers: list[tuple[str, str]]
+    content_type: str | None = "application/json"
+    """None when `headers` are complete (the native gateway's answers carry their content-type); Granian adds
+    content-length."""
     native: Accepted | None = None
     """The native gateway's answer, when it rendered this one (its device, event id, records)."""
 
@@ -117,7 +121,7 @@ def now_ms() -> int:
 
 
 class IngestEdge:
-    """The ingest routes' raw-ASGI path of one worker (`Gateway`): headers, admission, body, validation, dedup,
+    """The ingest routes' RSGI path of one worker (`Gateway`): headers, admission, body, validation, dedup,
     spool, answer. MQTT enters at `ingest_body`."""
 
     def __init__(self, gateway: Gateway) -> None:
@@ -139,22 +143,21 @@ class IngestEdge:
                 self._body_timed_out.add(task)
                 task.cancel()
 
-    async def handle(self, route: IngestRoute, scope: Scope, receive: Receive, send: Send) -> None:
+    async def handle(self, route: IngestRoute, scope: Scope, proto: HTTPProtocol) -> None:
         started = time.perf_counter()
         gateway = self.gateway
         gateway._recent_requests += 1
         admission = gateway.admission
-        # The header phase is one native decision from the raw header list, before the body is read: readiness,
+        raw_headers = scope.headers.items()
+        # The header phase is one native decision from the header pairs, before the body is read: readiness,
         # the device key, priority, utilization, the adaptive limit and the device's buckets (tidegate._native
-        # Admission). A refusal is rendered natively and costs almost nothing: no header dict, no Problem.
-        ticket, device_id, priority, refusal = admission.decide(
-            scope["headers"], route.priority, gateway.in_flight_records
-        )
+        # Admission). A refusal is rendered natively and sent in one call, without an await: no header dict, no
+        # Problem, no body read.
+        ticket, device_id, priority, refusal = admission.decide(raw_headers, route.priority, gateway.in_flight_records)
         if refusal is not None:
             status, body, head = refusal
             try:
-                await send({"type": "http.response.start", "status": status, "headers": head})
-                await send({"type": "http.response.body", "body": body})
+                proto.response_bytes(status, head, body)
             finally:
                 admission.done(ticket)
             elapsed = time.perf_counter() - started
@@ -167,25 +170,21 @@ class IngestEdge:
             ):
                 self._log(route, Answer(status, body, head, content_type=None), elapsed)
             return
-        headers = read_headers(scope["headers"])
+        headers = read_headers(raw_headers)
         gateway.in_flight_requests += 1
         try:
             try:
-                answer = await self.ingest(route, headers, receive, device_id, priority)
+                answer = await self.ingest(route, headers, proto, device_id, priority)
             except Problem as problem:
                 answer = Answer(
-                    problem.status,
-                    problem.body(),
-                    [(k.encode(), v.encode()) for k, v in problem.headers],
-                    content_type=b"application/problem+json",
+                    problem.status, problem.body(), problem.headers, content_type="application/problem+json"
                 )
             finally:
                 gateway.in_flight_requests -= 1
             if answer.content_type is not None:
-                answer.headers.append((b"content-type", answer.content_type))
-                answer.headers.append((b"content-length", str(len(answer.body)).encode()))
-            await send({"type": "http.response.start", "status": answer.status, "headers": answer.headers})
-            await send({"type": "http.response.body", "body": answer.body})
+                answer.headers.append(("content-type", answer.content_type))
+            with contextlib.suppress(ProtocolClosed):  # the client went away: nobody to answer
+                proto.response_bytes(answer.status, answer.headers, answer.body)
         finally:
             admission.done(ticket)
         elapsed = time.perf_counter() - started
@@ -212,29 +211,30 @@ class IngestEdge:
             }
             log.info(json.dumps(line, separators=(",", ":")))
 
-    async def _read_body(self, headers: dict[bytes, str], receive: Receive) -> bytes:
+    async def _read_body(self, headers: dict[str, str], proto: HTTPProtocol) -> bytes:
         limit = self.settings.max_body_bytes
-        declared = headers.get(b"content-length")
+        declared = headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             raise Problem(413, "too-large", f"the body exceeds {limit} bytes")
-        chunks: list[bytes] = []
-        size = 0
         task = asyncio.current_task()
         assert task is not None
         self._body_deadlines[task] = time.monotonic() + self.settings.body_timeout_s
         try:
-            while True:
-                # The only await while the task is registered: a late body is cancelled right here.
-                message = await receive()
-                if message["type"] == "http.disconnect":
-                    raise Problem(400, "disconnected", "the client went away before sending the whole body")
-                chunk = message.get("body", b"")
+            # The only awaits while the task is registered: a late body is cancelled right here.
+            if declared is not None:
+                # Within the limit, and the server reads exactly the declared length: read whole, in one await.
+                return await proto()
+            # Chunked: counted as it comes, so an endless body is refused at the limit, not held in memory.
+            chunks: list[bytes] = []
+            size = 0
+            async for chunk in proto:
                 size += len(chunk)
                 if size > limit:
                     raise Problem(413, "too-large", f"the body exceeds {limit} bytes")
                 chunks.append(chunk)
-                if not message.get("more_body", False):
-                    break
+            return b"".join(chunks)
+        except (ProtocolClosed, ProtocolError):
+            raise Problem(400, "disconnected", "the client went away before sending the whole body") from None
         except asyncio.CancelledError:
             if task not in self._body_timed_out:
                 raise
@@ -248,14 +248,13 @@ class IngestEdge:
             ) from None
         finally:
             del self._body_deadlines[task]
-        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     async def ingest(
-        self, route: IngestRoute, headers: dict[bytes, str], receive: Receive, device_id: str | None, priority: str
+        self, route: IngestRoute, headers: dict[str, str], proto: HTTPProtocol, device_id: str | None, priority: str
     ) -> Answer:
         """An admitted request (`Admission.decide`: `device_id` is its key's device, None without auth): the
         remaining header checks, the body, then `ingest_body`."""
-        ack = headers.get(b"x-ack", "spool").strip().lower()
+        ack = headers.get("x-ack", "spool").strip().lower()
         if ack not in ACK_LEVELS:
             raise Problem(
                 400,
@@ -272,14 +271,14 @@ class IngestEdge:
             )
         # Checked before the body is read, like X-Ack; the setting turns every request into a dry run.
         dry_run = dry_run_asked(headers) or self.settings.dry_run
-        body = await self._read_body(headers, receive)
+        body = await self._read_body(headers, proto)
         return await self.ingest_body(route, body, headers, device_id, priority, dry_run=dry_run)
 
     async def ingest_body(
         self,
         route: IngestRoute,
         body: bytes,
-        headers: dict[bytes, str],
+        headers: dict[str, str],
         device_id: str | None,
         priority: str,
         *,
@@ -299,13 +298,13 @@ class IngestEdge:
             source=source,
             device_from_source=device_from_source,
         )
-        return await self.deliver(accepted, kafka=headers.get(b"x-ack", "").strip().lower() == "kafka")
+        return await self.deliver(accepted, kafka=headers.get("x-ack", "").strip().lower() == "kafka")
 
     def accept(
         self,
         route: IngestRoute,
         body: bytes,
-        headers: dict[bytes, str],
+        headers: dict[str, str],
         device_id: str | None,
         priority: str,
         *,
@@ -325,11 +324,11 @@ class IngestEdge:
         return native.accept(
             route.index,
             body,
-            content_type=headers.get(b"content-type"),
-            content_encoding=headers.get(b"content-encoding"),
-            traceparent=headers.get(b"traceparent"),
-            tracestate=headers.get(b"tracestate"),
-            idempotency_key=headers.get(b"x-idempotency-key"),
+            content_type=headers.get("content-type"),
+            content_encoding=headers.get("content-encoding"),
+            traceparent=headers.get("traceparent"),
+            tracestate=headers.get("tracestate"),
+            idempotency_key=headers.get("x-idempotency-key"),
             device_id=device_id,
             device_from_source=device_from_source,
             priority=priority,
@@ -350,7 +349,7 @@ class IngestEdge:
         answer = Answer(accepted.status, accepted.body, accepted.headers, content_type=None, native=accepted)
         if end is None:
             if accepted.status == 202:
-                answer.headers.insert(0, (b"x-durability", b"none"))
+                answer.headers.insert(0, ("x-durability", "none"))
             return answer
         writer = self.gateway.writer
         assert writer is not None
@@ -369,9 +368,9 @@ class IngestEdge:
             self.gateway.in_flight_records -= records
         if accepted.status == 202:
             durability = (
-                b"kafka" if kafka and await self._wait_delivered(end, self.settings.kafka_ack_timeout_s) else b"spool"
+                "kafka" if kafka and await self._wait_delivered(end, self.settings.kafka_ack_timeout_s) else "spool"
             )
-            answer.headers.insert(0, (b"x-durability", durability))
+            answer.headers.insert(0, ("x-durability", durability))
         return answer
 
     async def _wait_delivered(self, seq: int, timeout: float) -> bool:

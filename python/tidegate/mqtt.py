@@ -552,7 +552,7 @@ class MqttSource:
         return self.gateway.edge.accept(
             route,
             payload,
-            {b"content-type": content_type},
+            {"content-type": content_type},
             device_id,
             route.priority,
             dry_run=self.settings.dry_run,

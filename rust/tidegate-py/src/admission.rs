@@ -1,5 +1,5 @@
 //! The header phase of the native gateway (`tidegate-core`'s `gateway`): device and operator keys, and the one
-//! admission decision per request, taken from the raw ASGI header list with the GIL released. Conversion only.
+//! admission decision per request, taken from the request's header pairs with the GIL released. Conversion only.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -147,7 +147,8 @@ impl Admission {
         }
     }
 
-    /// Decides a request from its raw ASGI `headers` (`(name, value)` pairs of bytes), `default_priority` being
+    /// Decides a request from its `headers` (RSGI's `scope.headers.items()`: `(name, value)` pairs of str, names in
+    /// lower case), `default_priority` being
     /// its route's and `in_flight_records` the records awaiting durability in the worker. Returns `(ticket,
     /// device_id, priority, refusal)`: `refusal` is None when admitted, else `(status, body, headers)` to send.
     fn decide<'py>(
@@ -166,11 +167,11 @@ impl Admission {
                 Ok(pair) => (pair.get_item(0)?, pair.get_item(1)?),
                 Err(_) => (item.get_item(0)?, item.get_item(1)?),
             };
-            let name = name.cast::<PyBytes>()?;
+            let name = name.cast::<PyString>()?.to_str()?;
             let Some(slot) = WANTED.iter().position(|w| *w == name.as_bytes()) else {
                 continue;
             };
-            let value = value.cast::<PyBytes>()?;
+            let value = value.cast::<PyString>()?.to_str()?;
             let start = buffer.len();
             if let Some((a, b)) = spans[slot] {
                 buffer.extend_from_within(a..b);
@@ -219,14 +220,14 @@ impl Admission {
                 let rendered = self.inner.rendered(refusal, priority);
                 let body = self.bodies[refusal as usize * 3 + priority as usize].clone_ref(py);
                 let head = PyList::empty(py);
-                let pair = |name: &[u8], value: &[u8]| (PyBytes::new(py, name), PyBytes::new(py, value));
-                head.append(pair(b"content-type", b"application/problem+json"))?;
-                head.append(pair(b"content-length", rendered.body.len().to_string().as_bytes()))?;
+                // Granian adds content-length (the body's size is known).
+                let pair = |name: &str, value: &str| (PyString::intern(py, name), PyString::new(py, value));
+                head.append(pair("content-type", "application/problem+json"))?;
                 if let Some(seconds) = retry_after {
-                    head.append(pair(b"retry-after", seconds.to_string().as_bytes()))?;
+                    head.append(pair("retry-after", &seconds.to_string()))?;
                 }
                 if let Some(challenge) = rendered.www_authenticate {
-                    head.append(pair(b"www-authenticate", challenge.as_bytes()))?;
+                    head.append(pair("www-authenticate", challenge))?;
                 }
                 (
                     AdmissionTicket {

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
-use pyo3::types::PyBytes;
+use pyo3::types::{PyBytes, PyString};
 use tidegate_core::canonical::records::hex;
 use tidegate_core::contract::quarantine::Item;
 use tidegate_core::gateway::{
@@ -250,11 +250,12 @@ impl Accepted {
     }
 
     #[getter]
-    fn headers<'py>(&self, py: Python<'py>) -> Vec<(Bound<'py, PyBytes>, Bound<'py, PyBytes>)> {
+    fn headers<'py>(&self, py: Python<'py>) -> Vec<(Bound<'py, PyString>, Bound<'py, PyString>)> {
+        // Header values are ASCII (numbers, ids, media types): the lossy conversion never replaces anything.
         self.0
             .headers
             .iter()
-            .map(|(name, value)| (PyBytes::new(py, name.as_bytes()), PyBytes::new(py, value)))
+            .map(|(name, value)| (PyString::intern(py, name), PyString::new(py, &String::from_utf8_lossy(value))))
             .collect()
     }
 
