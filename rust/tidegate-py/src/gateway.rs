@@ -255,7 +255,12 @@ impl Accepted {
         self.0
             .headers
             .iter()
-            .map(|(name, value)| (PyString::intern(py, name), PyString::new(py, &String::from_utf8_lossy(value))))
+            .map(|(name, value)| {
+                (
+                    PyString::intern(py, name),
+                    PyString::new(py, &String::from_utf8_lossy(value)),
+                )
+            })
             .collect()
     }
 
