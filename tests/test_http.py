@@ -19,6 +19,7 @@ import httpx
 import pytest
 import tidegate
 import zstandard
+from tidegate.ingest import OFF_LOOP_BODY_BYTES
 from tidegate.testing.server import Server
 
 from tests.conftest import TRACEPARENT, event, iso_now, key, reading
@@ -189,6 +190,41 @@ class TestIngest:
             "/api/v1/events", content=lines, headers={**headers, "Content-Type": "application/x-ndjson"}
         )
         assert [r["status"] for r in ndjson.json()["results"]] == ["ACCEPTED"] * 3
+
+    def test_a_large_body_is_answered_like_a_small_one(self, server: Server, client: httpx.Client) -> None:
+        # Over OFF_LOOP_BODY_BYTES: taken on the edge's accept thread rather than the event loop's.
+        headers = {**key(server, "dev-3"), "Content-Type": "application/x-ndjson"}
+        stamp = time.time_ns()
+        lines = [json.dumps(event(entity_id=f"big-{stamp}-{i}", payload={"pad": "x" * 200})) for i in range(600)]
+        lines[7] = json.dumps({"source": "no event_type"})
+        lines[9] = lines[8]
+        body = "\n".join(lines).encode()
+        assert len(body) > OFF_LOOP_BODY_BYTES
+        document = client.post("/api/v1/events", content=body, headers=headers).json()
+        statuses = Counter(r["status"] for r in document["results"])
+        assert statuses == {"ACCEPTED": 598, "REJECTED": 1, "DUPLICATE": 1}
+        assert [r["status"] for r in document["results"][7:10]] == ["REJECTED", "ACCEPTED", "DUPLICATE"]
+        again = client.post("/api/v1/events", content=body, headers=headers).json()
+        assert Counter(r["status"] for r in again["results"]) == {"DUPLICATE": 599, "REJECTED": 1}
+        ids = Counter(
+            json.loads(value)["event_id"]
+            for directory in (server.data_dir / "spool").iterdir()
+            for value in tidegate.Spool.open_read_only(directory).read(0, durable_only=False)[0].values("events-raw")
+            if f"big-{stamp}-".encode() in value
+        )
+        assert len(ids) == 598 and set(ids.values()) == {1}, "each accepted event spooled once"
+
+    def test_a_chunked_body_is_counted_as_it_comes(self, server: Server, client: httpx.Client) -> None:
+        headers = key(server, "dev-3")
+
+        def chunks(body: bytes, size: int = 1000) -> Iterator[bytes]:
+            yield from (body[i : i + size] for i in range(0, len(body), size))
+
+        one = json.dumps(event(entity_id=f"chunked-{time.time_ns()}")).encode()
+        accepted = client.post("/api/v1/events", content=chunks(one, 16), headers=headers)
+        assert accepted.status_code == 202 and accepted.json()["status"] == "ACCEPTED"
+        endless = chunks(b"[" + b" " * (9 * 1024 * 1024) + b"]", 64 * 1024)
+        assert_problem(client.post("/api/v1/events", content=endless, headers=headers), 413)
 
     def test_idempotency_key(self, server: Server, client: httpx.Client) -> None:
         headers = {**key(server, "dev-4"), "X-Idempotency-Key": f"k-{time.time_ns()}"}

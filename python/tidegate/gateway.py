@@ -405,6 +405,7 @@ class Gateway:
             while self.in_flight_requests and time.monotonic() < deadline:
                 await asyncio.sleep(0.01)
             housekeeping.cancel()
+            await asyncio.to_thread(self.edge.close)
             await self.silence.stop()
             await self.writer.stop()  # what is committed now, the delivery process drains until its deadline
             self._lock_file.close()
