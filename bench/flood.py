@@ -8,7 +8,7 @@ One tidegate server (one Granian worker, auth and rate limits off) per configura
 did before issue 11: shedding only on records awaiting fsync, spool fill and event-loop lag). Each round measures,
 for each configuration in turn:
 
-* unloaded: one device posts a high-priority reading every 50 ms;
+* unloaded: one device posts a high-priority reading every 50 ms (from a process of its own);
 * flooded: the same, while `--flooders` devices post low-priority NDJSON bodies of `--events` events as fast as
   they are answered, pausing 50 ms after a 503 or 429 (a client that backs off a little, not one that honours
   Retry-After).
@@ -23,10 +23,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import multiprocessing
 import statistics
 import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -48,6 +50,16 @@ CONFIGS = {
 
 def _iso(seconds: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{int(seconds * 1000) % 1000:03d}Z"
+
+
+def trickle_apart(url: str, seconds: float, tag: str) -> tuple[list[float], int, int]:
+    """`trickle` in a process of its own (see `measure`)."""
+
+    async def run() -> tuple[list[float], int, int]:
+        async with httpx.AsyncClient(base_url=url, timeout=60) as http:
+            return await trickle(http, seconds, tag)
+
+    return asyncio.run(run())
 
 
 async def trickle(http: httpx.AsyncClient, seconds: float, tag: str) -> tuple[list[float], int, int]:
@@ -120,19 +132,20 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
 
 
-async def measure(server: Server, args: argparse.Namespace, tag: str) -> dict[str, float]:
+async def measure(server: Server, args: argparse.Namespace, tag: str, apart: ProcessPoolExecutor) -> dict[str, float]:
+    """The high device runs in a process of its own (`apart`): sharing the flooders' event loop, its latency was
+    the client's as much as the server's (the flooders' sends and answers hold that loop). The unloaded and the
+    flooded phase are equally long."""
+    loop = asyncio.get_running_loop()
     limits = httpx.Limits(max_connections=args.flooders + 4)
-    async with (
-        httpx.AsyncClient(base_url=server.url, timeout=60, limits=limits) as http,
-        httpx.AsyncClient(base_url=server.url, timeout=60) as vip,  # its own connection
-    ):
-        quiet, _, _ = await trickle(vip, args.seconds / 2, tag)
+    async with httpx.AsyncClient(base_url=server.url, timeout=60, limits=limits) as http:
+        quiet, _, _ = await loop.run_in_executor(apart, trickle_apart, server.url, args.seconds, tag)
         stop = asyncio.Event()
         counts: dict[int, int] = {}
         template = flood_body(args.events)
         flooders = [asyncio.create_task(flood(http, i, template, stop, counts)) for i in range(args.flooders)]
         await asyncio.sleep(1.0)
-        loaded, accepted, sent = await trickle(vip, args.seconds, tag)
+        loaded, accepted, sent = await loop.run_in_executor(apart, trickle_apart, server.url, args.seconds, tag)
         stop.set()
         await asyncio.gather(*flooders)
     return {
@@ -163,14 +176,16 @@ async def main() -> None:
     results: dict[str, list[dict[str, float]]] = {name: [] for name in CONFIGS}
     with tempfile.TemporaryDirectory(prefix="tidegate-flood-") as tmp:
         servers = {name: Server(Path(tmp) / name, {**env, **extra}).start() for name, extra in CONFIGS.items()}
+        apart = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
         try:
             for round_ in range(args.rounds):
                 order = list(CONFIGS) if round_ % 2 == 0 else list(reversed(CONFIGS))
                 for name in order:
-                    result = await measure(servers[name], args, f"{name}-{round_}")
+                    result = await measure(servers[name], args, f"{name}-{round_}", apart)
                     results[name].append(result)
                     print(f"round {round_ + 1} {name}: " + ", ".join(f"{k} {v:,.3g}" for k, v in result.items()))
         finally:
+            apart.shutdown()
             for server in servers.values():
                 server.stop()
     print(f"\n{args.flooders} low-priority flooders ({args.events}-event NDJSON bodies) vs one high reading / 50 ms")
