@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import httpx
+import pytest
 from tidegate._native import Admission, AdmissionTicket, Keys, RateTable
 from tidegate.auth import KeyStore
 from tidegate.testing.server import Server
@@ -36,6 +37,32 @@ def test_low_fills_only_its_share_and_never_takes_room_from_high() -> None:
         admission.done(ticket)  # a second call does nothing
     assert admission.snapshot()["in_flight_low"] == 0
     assert ask("urgent")[1] is not None and ask("urgent")[1][0] == 400  # type: ignore[index]
+
+
+def test_a_busy_event_loop_sheds_low_before_medium_and_never_high() -> None:
+    admission = Admission(initial_limit=1e9, min_limit=1e9, max_limit=1e9, loop_busy_target=0.8)
+    admission.set_conditions(True, False, 0.0)
+
+    def refused(priority: str) -> int:
+        count = 0
+        for _ in range(200):
+            ticket, _, _, refusal = admission.decide([("x-priority", priority)], "medium", 0)
+            admission.done(ticket)
+            if refusal is not None:
+                assert refusal[0] == 503 and json.loads(refusal[1])["type"] == "urn:tidegate:problem:shed"
+                assert 1 <= int(dict(refusal[2])["retry-after"]) <= 30
+                count += 1
+        return count
+
+    admission.observe_loop(0.5, 5.0)
+    assert (refused("low"), refused("medium")) == (0, 0), "below the target nothing is shed"
+    admission.observe_loop(1.0, 1.0)  # the shed level rises by 8 * 0.2: all low, 60% of medium
+    assert refused("low") == 200 and 60 < refused("medium") < 180 and refused("high") == 0
+    snapshot = admission.snapshot()
+    assert snapshot["loop_busy"] == 1.0 and snapshot["shed_level"] == pytest.approx(1.6)
+    assert snapshot["refused_loop_busy_low"] == 200 and snapshot["refused_loop_busy_high"] == 0
+    admission.observe_loop(0.0, 1.0)
+    assert (refused("low"), refused("medium")) == (0, 0), "an idle loop stops the shedding"
 
 
 def test_keys_are_verified_natively_and_revocation_is_seen(tmp_path: Path) -> None:

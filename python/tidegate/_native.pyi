@@ -675,6 +675,7 @@ class Admission:
         max_in_flight_records: float = 50000.0,
         rate_per_device: float = 50.0,
         decoded_bytes_per_device: float = 2097152.0,
+        loop_busy_target: float = 0.85,
     ) -> Admission: ...
     def decide(
         self, headers: Sequence[tuple[str, str]], default_priority: str, in_flight_records: int
@@ -683,6 +684,9 @@ class Admission:
         route's `default_priority`; the worker's records awaiting durability). `(ticket, device_id, priority,
         refusal)`: `refusal` is None when admitted, else the `(status, body, headers)` to send (content-type,
         Retry-After, WWW-Authenticate; the server adds content-length)."""
+    def observe_loop(self, busy: float, seconds: float) -> None:
+        """The event loop was busy (not waiting for I/O) `busy` of the last `seconds`: above `loop_busy_target`
+        the shed level rises (low priority shed in proportion, then medium; never high), below it falls."""
     def done(self, ticket: AdmissionTicket) -> None:
         """The ticket's request was answered (an admitted one's time counts in the limit). Idempotent."""
     def set_conditions(self, ready: bool, spool_failing: bool, pressure: float) -> None:

@@ -10,6 +10,7 @@ import fcntl
 import functools
 import json
 import logging
+import math
 import os
 import time
 from collections.abc import AsyncIterator, Callable
@@ -27,6 +28,42 @@ from tidegate.metrics import Metrics, admission_lines
 from tidegate.silence import SilenceWatch
 
 log = logging.getLogger("tidegate")
+
+
+class LoopClock:
+    """How busy an event loop is: the share of wall time it spends outside its selector's wait for I/O (running
+    callbacks, or ready to run them and waiting for a CPU or the GIL). asyncio offers no hook for it, so the
+    selector's `select` is wrapped (`_selector` is the private attribute of asyncio's selector event loops, which
+    Granian runs; with another loop the clock reads 0 and admission does not shed by it)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.waited = 0.0
+        self._mark = (time.perf_counter(), 0.0)
+        selector = getattr(loop, "_selector", None)
+        if selector is None:
+            self._mark = (time.perf_counter(), math.inf)
+            return
+        select = selector.select
+
+        def timed_select(timeout: float | None = None) -> Any:
+            began = time.perf_counter()
+            try:
+                return select(timeout)
+            finally:
+                self.waited += time.perf_counter() - began
+
+        selector.select = timed_select
+
+    def busy(self) -> tuple[float, float]:
+        """(busy share, seconds) since the last call."""
+        now = time.perf_counter()
+        then, waited_then = self._mark
+        if math.isinf(waited_then):
+            return 0.0, now - then
+        self._mark = (now, self.waited)
+        seconds = now - then
+        return (max(0.0, 1.0 - (self.waited - waited_then) / seconds) if seconds > 0 else 0.0), seconds
+
 
 Table = TypeVar("Table", DedupWindow, RateTable, DeviceTable)
 
@@ -177,6 +214,7 @@ class Gateway:
             max_in_flight_records=float(settings.max_in_flight_records),
             rate_per_device=settings.rate_per_device,
             decoded_bytes_per_device=settings.decoded_bytes_per_device,
+            loop_busy_target=settings.admission_loop_busy_target,
         )
         self.delivery = DeliveryStatus(settings.data_dir)
         self._ready = False
@@ -413,6 +451,7 @@ class Gateway:
 
     async def _housekeeping(self) -> None:
         interval = 0.05
+        clock = LoopClock(asyncio.get_running_loop())
         while True:
             started = time.monotonic()
             await asyncio.sleep(interval)
@@ -420,6 +459,8 @@ class Gateway:
             # How late the loop woke us: a queueing signal that rises under CPU overload before any record waits.
             lag = max(0.0, now - started - interval)
             self.loop_lag_s = 0.7 * self.loop_lag_s + 0.3 * lag
+            busy, seconds = clock.busy()
+            self.admission.observe_loop(busy, seconds)
             self.edge.cancel_late_bodies(now)
             if self.spool is not None:
                 stats = self.spool.stats()

@@ -109,9 +109,11 @@ def admission_lines(snapshot: dict[str, float]) -> Iterable[str]:
         yield f"# HELP {name} {help_text}"
         yield f"# TYPE {name} {kind}"
 
-    yield from family("tidegate_shed_total", "counter", "Requests shed by priority (503: the limit or utilization).")
+    yield from family(
+        "tidegate_shed_total", "counter", "Requests shed by priority (503: the limit, utilization or a busy loop)."
+    )
     for p in PRIORITIES:
-        shed = snapshot[f"refused_limit_{p}"] + snapshot[f"refused_utilization_{p}"]
+        shed = sum(snapshot[f"refused_{reason}_{p}"] for reason in ("limit", "utilization", "loop_busy"))
         yield f'tidegate_shed_total{{priority="{p}"}} {shed:g}'
     yield from family("tidegate_rate_limited_total", "counter", "Requests refused by a device's rate or bytes (429).")
     limited = sum(snapshot[f"refused_{r}_{p}"] for r in ("rate", "decoded_bytes") for p in PRIORITIES)
@@ -146,6 +148,18 @@ def admission_lines(snapshot: dict[str, float]) -> Iterable[str]:
         "shrinks above tolerance).",
     )
     yield f"tidegate_admission_slowdown {snapshot['slowdown']:g}"
+    yield from family(
+        "tidegate_admission_loop_busy",
+        "gauge",
+        "Share of the last 50 ms the event loop was busy (not waiting for I/O).",
+    )
+    yield f"tidegate_admission_loop_busy {snapshot['loop_busy']:g}"
+    yield from family(
+        "tidegate_admission_shed_level",
+        "gauge",
+        "Shedding by the loop's busy share: 0 none, 1 all low priority, 2 all medium too (high never).",
+    )
+    yield f"tidegate_admission_shed_level {snapshot['shed_level']:g}"
     yield from family("tidegate_admission_drain_rate", "gauge", "Cost completed per second (Retry-After of a shed).")
     yield f"tidegate_admission_drain_rate {snapshot['drain_rate']:g}"
     yield from family(

@@ -90,7 +90,7 @@ impl Admission {
         *, keys = None, rates = None, decoded_bytes = None, initial_limit = 1024.0, min_limit = 1024.0,
         max_limit = 4096.0, tolerance = 2.0, smoothing = 0.3, low_share = 0.5, medium_share = 0.8,
         refusal_weight = 2.0, shed_medium_at = 0.9, shed_low_at = 0.7, max_in_flight_records = 50_000.0,
-        rate_per_device = 50.0, decoded_bytes_per_device = 2_097_152.0,
+        rate_per_device = 50.0, decoded_bytes_per_device = 2_097_152.0, loop_busy_target = 0.85,
     ))]
     fn new(
         py: Python<'_>,
@@ -110,6 +110,7 @@ impl Admission {
         max_in_flight_records: f64,
         rate_per_device: f64,
         decoded_bytes_per_device: f64,
+        loop_busy_target: f64,
     ) -> Admission {
         let config = AdmissionConfig {
             limit: LimitConfig {
@@ -126,6 +127,7 @@ impl Admission {
             max_in_flight_records,
             rate_per_device,
             decoded_bytes_per_device,
+            loop_busy_target,
         };
         let inner = CoreAdmission::new(
             config,
@@ -243,6 +245,11 @@ impl Admission {
         })
     }
 
+    /// The event loop was busy `busy` of the last `seconds` (see the core's `Admission::observe_loop`).
+    fn observe_loop(&self, busy: f64, seconds: f64) {
+        self.inner.observe_loop(busy, seconds);
+    }
+
     /// The request of `ticket` was answered (an admitted one's time counts in the limit; a refused one's measures
     /// what a refusal costs). A second call does nothing.
     fn done(&self, ticket: &AdmissionTicket) {
@@ -286,6 +293,8 @@ impl Admission {
         out.set_item("slowdown", s.slowdown)?;
         out.set_item("drain_rate", s.drain_rate)?;
         out.set_item("refusal_seconds", s.refusal_cost)?;
+        out.set_item("loop_busy", s.loop_busy)?;
+        out.set_item("shed_level", s.shed_level)?;
         for p in Priority::ALL {
             let name = p.name();
             out.set_item(format!("capacity_{name}"), s.capacity[p as usize])?;

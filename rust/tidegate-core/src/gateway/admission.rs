@@ -31,10 +31,12 @@ pub enum Refusal {
     Shed = 6,
     RateLimited = 7,
     ByteBudget = 8,
+    /// The worker's event loop busy past its target: low, then medium priority shed in proportion.
+    LoopBusy = 9,
 }
 
 impl Refusal {
-    pub const ALL: [Refusal; 9] = [
+    pub const ALL: [Refusal; 10] = [
         Refusal::NotReady,
         Refusal::SpoolError,
         Refusal::InvalidPriority,
@@ -44,6 +46,7 @@ impl Refusal {
         Refusal::Shed,
         Refusal::RateLimited,
         Refusal::ByteBudget,
+        Refusal::LoopBusy,
     ];
 
     /// The label in `/metrics`.
@@ -58,6 +61,7 @@ impl Refusal {
             "limit",
             "rate",
             "decoded_bytes",
+            "loop_busy",
         ][self as usize]
     }
 }
@@ -75,6 +79,8 @@ pub struct AdmissionConfig {
     /// For the 429 bodies: a device's requests per second and decoded bytes per second.
     pub rate_per_device: f64,
     pub decoded_bytes_per_device: f64,
+    /// The share of its time the event loop may be busy (not waiting for I/O) before low priority is shed.
+    pub loop_busy_target: f64,
 }
 
 impl Default for AdmissionConfig {
@@ -86,6 +92,7 @@ impl Default for AdmissionConfig {
             max_in_flight_records: 50_000.0,
             rate_per_device: 50.0,
             decoded_bytes_per_device: 2.0 * 1024.0 * 1024.0,
+            loop_busy_target: 0.85,
         }
     }
 }
@@ -142,8 +149,26 @@ pub struct Admission {
     /// `max(spool fill, loop lag / its threshold)`, as f64 bits.
     pressure: AtomicU64,
     admitted: [AtomicU64; 3],
-    refused: [[AtomicU64; 3]; 9],
+    refused: [[AtomicU64; 3]; 10],
     rendered: Vec<Rendered>,
+    /// `observe_loop`'s shed level, f64 bits: 0 sheds nothing, 1 all low priority, 2 all medium too.
+    shed_level: AtomicU64,
+    /// The last busy share `observe_loop` was given, f64 bits.
+    loop_busy: AtomicU64,
+    /// The state of the coin that picks which requests a shed level refuses.
+    coin: AtomicU64,
+}
+
+/// How fast the shed level follows the loop's busy share: per second, per unit of busy share over (or under) the
+/// target. Busy all the time against a target of 0.85, all low priority is shed within ~0.8 s; once the loop idles,
+/// shedding stops within ~0.2 s.
+pub const SHED_GAIN: f64 = 8.0;
+
+/// SplitMix64: a well-mixed 64-bit value from a counter (uniform enough to pick a share of requests; not for secrets).
+fn splitmix64(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 /// A JSON string's contents (the details are ASCII; quotes and backslashes escaped).
@@ -260,6 +285,18 @@ fn render(config: &AdmissionConfig) -> Vec<Rendered> {
                     ),
                     None,
                 ),
+                Refusal::LoopBusy => (
+                    503,
+                    problem(
+                        503,
+                        "shed",
+                        &format!(
+                            "overloaded (this worker's CPU is saturated): {p} priority traffic is shed first; retry after Retry-After"
+                        ),
+                        "[]",
+                    ),
+                    None,
+                ),
                 Refusal::ByteBudget => (
                     429,
                     problem(
@@ -289,7 +326,7 @@ fn render(config: &AdmissionConfig) -> Vec<Rendered> {
 pub struct Snapshot {
     pub admitted: [u64; 3],
     /// By `Refusal as usize`, then priority.
-    pub refused: [[u64; 3]; 9],
+    pub refused: [[u64; 3]; 10],
     pub limit: f64,
     pub capacity: [f64; 3],
     pub in_flight: f64,
@@ -297,6 +334,8 @@ pub struct Snapshot {
     pub slowdown: f64,
     pub drain_rate: f64,
     pub refusal_cost: f64,
+    pub loop_busy: f64,
+    pub shed_level: f64,
 }
 
 impl Admission {
@@ -324,7 +363,41 @@ impl Admission {
             pressure: AtomicU64::new(0f64.to_bits()),
             admitted: Default::default(),
             refused: Default::default(),
+            shed_level: AtomicU64::new(0f64.to_bits()),
+            loop_busy: AtomicU64::new(0f64.to_bits()),
+            coin: AtomicU64::new(seed),
         }
+    }
+
+    /// The event loop was busy (running callbacks, or ready to and waiting for a CPU or the GIL, rather than
+    /// waiting for I/O) `busy` of the last `seconds`. When the CPU is what runs out, requests queue where the
+    /// worker cannot see them (in Granian, waiting for the loop; in the kernel), and the loop's busy share is the
+    /// signal that rises: an integral controller moves the shed level by `SHED_GAIN * (busy - target) * seconds`,
+    /// between 0 and 2. Level `x` <= 1 sheds that share of low priority requests, `1 + x` all low and that share of
+    /// medium; high is never shed by it. A refusal costs a fraction of an acceptance (no body is read), so
+    /// shedding frees the loop.
+    pub fn observe_loop(&self, busy: f64, seconds: f64) {
+        let busy = busy.clamp(0.0, 1.0);
+        let level = f64::from_bits(self.shed_level.load(Ordering::Relaxed));
+        let error = busy - self.config.loop_busy_target;
+        let next = (level + SHED_GAIN * error * seconds.clamp(0.0, 1.0)).clamp(0.0, 2.0);
+        self.shed_level.store(next.to_bits(), Ordering::Relaxed);
+        self.loop_busy.store(busy.to_bits(), Ordering::Relaxed);
+    }
+
+    /// Whether the shed level refuses a request of `priority` (see `observe_loop`).
+    fn shed_for_load(&self, priority: Priority) -> bool {
+        let level = f64::from_bits(self.shed_level.load(Ordering::Relaxed));
+        let share = match priority {
+            Priority::High => return false,
+            Priority::Medium => level - 1.0,
+            Priority::Low => level,
+        };
+        if share <= 0.0 {
+            return false;
+        }
+        let draw = splitmix64(self.coin.fetch_add(0x9e37_79b9_7f4a_7c15, Ordering::Relaxed)) >> 11;
+        (draw as f64) < share * (1u64 << 53) as f64
     }
 
     pub fn keys(&self) -> Option<&KeyStore> {
@@ -400,6 +473,10 @@ impl Admission {
             || (utilization >= self.config.shed_low_at && priority == Priority::Low)
         {
             return self.refuse(Refusal::Overloaded, priority, Some(1));
+        }
+        if self.shed_for_load(priority) {
+            let retry_after = self.lock().retry_after();
+            return self.refuse(Refusal::LoopBusy, priority, Some(retry_after));
         }
         let cost = request_cost(headers.content_length, headers.content_encoding);
         let permit = {
@@ -509,6 +586,8 @@ impl Admission {
             slowdown: limit.slowdown,
             drain_rate: limit.drain_rate,
             refusal_cost: limit.refusal_cost,
+            loop_busy: f64::from_bits(self.loop_busy.load(Ordering::Relaxed)),
+            shed_level: f64::from_bits(self.shed_level.load(Ordering::Relaxed)),
             ..Snapshot::default()
         };
         drop(limit);
@@ -584,6 +663,53 @@ mod tests {
             body.starts_with(
                 r#"{"type":"urn:tidegate:problem:spool-error","title":"Service Unavailable","status":503,"#
             )
+        );
+    }
+
+    #[test]
+    fn a_busy_loop_sheds_low_then_medium_in_proportion_and_never_high() {
+        let admission = Admission::new(fixed(1e9), None, None, None);
+        admission.set_conditions(true, false, 0.0);
+        let refused = |priority: &[u8]| {
+            (0..2000)
+                .filter(|_| {
+                    let d = admission.decide(&headers(priority, b"100"), Priority::Low, 0, 0);
+                    if let Decision::Admitted { permit, .. } = &d {
+                        admission.release(*permit);
+                    }
+                    refusal(&d) == Some(Refusal::LoopBusy)
+                })
+                .count()
+        };
+        // Below the target nothing is shed, however long.
+        admission.observe_loop(0.5, 10.0);
+        assert_eq!((refused(b"low"), refused(b"medium")), (0, 0));
+        // Busy 0.85 + 1/16 for one second: the level rises by 8 * (1/16) = 0.5: half of low, no medium.
+        admission.observe_loop(0.85 + 1.0 / 16.0, 1.0);
+        let low = refused(b"low");
+        assert!((800..1200).contains(&low), "about half of low: {low}");
+        assert_eq!(refused(b"medium"), 0);
+        // Further: all of low and about half of medium; high never.
+        admission.observe_loop(0.85 + 1.0 / 8.0, 1.0);
+        assert_eq!(refused(b"low"), 2000);
+        let medium = refused(b"medium");
+        assert!((800..1200).contains(&medium), "about half of medium: {medium}");
+        admission.observe_loop(1.0, 10.0);
+        assert_eq!((refused(b"medium"), refused(b"high")), (2000, 0));
+        assert_eq!(admission.snapshot().shed_level, 2.0);
+        assert_eq!(
+            admission.snapshot().refused[Refusal::LoopBusy as usize][Priority::High as usize],
+            0
+        );
+        // The loop idles: shedding stops.
+        admission.observe_loop(0.1, 0.5);
+        assert_eq!((refused(b"low"), refused(b"medium")), (0, 0));
+        let rendered = admission.rendered(Refusal::LoopBusy, Priority::Low);
+        assert_eq!(rendered.status, 503);
+        assert!(
+            std::str::from_utf8(&rendered.body)
+                .unwrap()
+                .contains("CPU is saturated")
         );
     }
 
