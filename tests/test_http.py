@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gzip
 import json
+import socket
 import subprocess
 import sys
 import threading
@@ -438,6 +440,36 @@ class TestErrors:
         assert "POST" in client.get("/api/v1/ingest").headers["allow"]
         assert_problem(client.post("/api/v1/nothing", json={}), 404)
         assert_problem(client.get("/nothing"), 404)
+
+    def test_hostile_paths_and_framing_get_a_4xx(self, server: Server, client: httpx.Client) -> None:
+        # Paths Granian hands over decoded, which the bridge to the operations app must not decode again.
+        assert_problem(client.get("/%E2%82%AC"), 404)
+        assert_problem(client.get("/%2520x"), 404)
+
+        def raw(head: bytes, chunks: int) -> bytes:
+            """A chunked body of `chunks` MiB sent after `head`; the answer's status line."""
+            with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+                sock.sendall(head)
+                with contextlib.suppress(OSError):  # the server may answer and close before the body ends
+                    for _ in range(chunks):
+                        sock.sendall(b"100000\r\n" + b" " * 0x100000 + b"\r\n")
+                return sock.recv(200).split(b"\r\n", 1)[0]
+
+        # A chunked body with no end, to an operations path and, behind a small Content-Length, to ingest: both
+        # are counted as they come and refused at the limit instead of being held in memory.
+        assert raw(b"POST /health/live HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n", 12).endswith(
+            b" 413 Payload Too Large"
+        )
+        token = key(server, "dev-7")["X-Device-Token"].encode()
+        smuggled = (
+            b"POST /api/v1/ingest HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\nTransfer-Encoding: chunked\r\n"
+            b"Content-Type: application/json\r\nX-Device-Token: " + token + b"\r\n\r\n"
+        )
+        assert raw(smuggled, 12).endswith(b" 413 Payload Too Large")
+        # No WebSocket route: an upgrade request is the plain GET it also is.
+        upgrade = {"Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Version": "13",
+                   "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="}  # fmt: skip
+        assert client.get("/health/live", headers=upgrade).status_code == 200
 
     def test_slow_body_gets_408(self, tmp_path: Path) -> None:
         with Server(tmp_path, {"TIDEGATE_AUTH": "false", "TIDEGATE_BODY_TIMEOUT_S": "0.5"}) as slow:

@@ -675,7 +675,7 @@ class Admission:
         max_in_flight_records: float = 50000.0,
         rate_per_device: float = 50.0,
         decoded_bytes_per_device: float = 2097152.0,
-        loop_busy_target: float = 0.85,
+        loop_busy_target: float = 1.0,
     ) -> Admission: ...
     def decide(
         self, headers: Sequence[tuple[str, str]], default_priority: str, in_flight_records: int
@@ -700,7 +700,7 @@ class Admission:
         """`max(in_flight_records / max_in_flight_records, pressure)`."""
     def snapshot(self) -> dict[str, float]:
         """Counters and gauges for `/metrics` (`limit`, `capacity_<p>`, `in_flight[_<p>]`, `slowdown`, `drain_rate`,
-        `refusal_seconds`, `admitted_<p>`, `refused_<reason>_<p>`)."""
+        `refusal_seconds`, `loop_busy`, `shed_level`, `admitted_<p>`, `refused_<reason>_<p>`)."""
 
 @final
 class DeviceTable:

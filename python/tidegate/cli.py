@@ -15,7 +15,7 @@ from typing import Any
 
 import duckdb
 from granian import Granian
-from granian.constants import HTTPModes, Interfaces
+from granian.constants import HTTPModes, Interfaces, Loops
 from granian.http import HTTP1Settings
 
 from tidegate import mqtt
@@ -102,6 +102,11 @@ def _serve(args: argparse.Namespace) -> int:
         address=settings.host,
         port=settings.port,
         interface=Interfaces.RSGI,
+        # asyncio's own loop: admission reads its busy share from the selector (`gateway.LoopClock`), which rloop
+        # and uvloop, picked by Granian when installed, do not have.
+        loop=Loops.asyncio,
+        # No WebSocket route exists: an upgrade request is answered as the plain HTTP request it also is.
+        websockets=False,
         workers=settings.workers,
         log_access=False,
         # Granian's own cap on concurrent requests per worker is set at least as high as the adaptive limit can

@@ -28,6 +28,7 @@ from tidegate._native import Accepted, Validator
 from tidegate.archive import event_type_of
 from tidegate.problems import Problem
 from tidegate.quarantine import HTTP, Source
+from tidegate.rsgi import read_body
 
 if TYPE_CHECKING:
     from tidegate.gateway import Gateway
@@ -46,6 +47,7 @@ WANTED_HEADERS = frozenset(
         "x-idempotency-key",
         "x-dry-run",
         "x-ack",
+        "transfer-encoding",
         "traceparent",
         "tracestate",
     }
@@ -145,10 +147,12 @@ class IngestEdge:
         self._body_deadlines: dict[asyncio.Task[Any], float] = {}
         self._body_timed_out: set[asyncio.Task[Any]] = set()
         #: Takes the large bodies (`OFF_LOOP_BODY_BYTES`), one at a time, off the event loop's thread.
+        self._closing = False
         self._accept_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tidegate-accept")
 
     def close(self) -> None:
-        """At the worker's stop, once no request is in flight."""
+        """At the worker's stop, once no request is in flight (or the drain deadline passed)."""
+        self._closing = True
         self._accept_thread.shutdown(wait=True)
 
     def cancel_late_bodies(self, now: float) -> None:
@@ -198,8 +202,7 @@ class IngestEdge:
                 gateway.in_flight_requests -= 1
             if answer.content_type is not None:
                 answer.headers.append(("content-type", answer.content_type))
-            with contextlib.suppress(ProtocolClosed):  # the client went away: nobody to answer
-                proto.response_bytes(answer.status, answer.headers, answer.body)
+            proto.response_bytes(answer.status, answer.headers, answer.body)
         finally:
             admission.done(ticket)
         elapsed = time.perf_counter() - started
@@ -236,18 +239,7 @@ class IngestEdge:
         self._body_deadlines[task] = time.monotonic() + self.settings.body_timeout_s
         try:
             # The only awaits while the task is registered: a late body is cancelled right here.
-            if declared is not None:
-                # Within the limit, and the server reads exactly the declared length: read whole, in one await.
-                return await proto()
-            # Chunked: counted as it comes, so an endless body is refused at the limit, not held in memory.
-            chunks: list[bytes] = []
-            size = 0
-            async for chunk in proto:
-                size += len(chunk)
-                if size > limit:
-                    raise Problem(413, "too-large", f"the body exceeds {limit} bytes")
-                chunks.append(chunk)
-            return b"".join(chunks)
+            return await read_body(proto, declared, headers.get("transfer-encoding"), limit)
         except (ProtocolClosed, ProtocolError):
             raise Problem(400, "disconnected", "the client went away before sending the whole body") from None
         except asyncio.CancelledError:
@@ -305,7 +297,13 @@ class IngestEdge:
         if len(body) < OFF_LOOP_BODY_BYTES:
             accepted = take()
         else:
-            accepted = await asyncio.get_running_loop().run_in_executor(self._accept_thread, take)
+            try:
+                accepted = await asyncio.get_running_loop().run_in_executor(self._accept_thread, take)
+            except RuntimeError:
+                if not self._closing:
+                    raise
+                # A request still running past the drain deadline: the accept thread is shut down.
+                raise Problem(503, "not-ready", "the service is draining", headers=[("Retry-After", "5")]) from None
         return await self.deliver(accepted, kafka=headers.get("x-ack", "").strip().lower() == "kafka")
 
     def accept(

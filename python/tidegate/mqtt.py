@@ -584,8 +584,8 @@ class MqttSource:
         return None
 
     async def _take(self, message: _Message) -> str:
-        """Takes one message into the spool; what it holds that is refused is quarantined (`ingest_body`, the path
-        HTTP takes). Returns the outcome counted in the metrics."""
+        """Takes one message into the spool; what it holds that is refused is quarantined (`IngestEdge.accept`, the
+        path HTTP takes). Returns the outcome counted in the metrics."""
         topic, payload = message.topic, message.payload
         matched = self._route_of(topic)
         if matched is None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
-from urllib.parse import unquote
+from urllib.parse import quote
 
 from granian._granian import RSGIHTTPProtocol as HTTPProtocol  # granian.rsgi re-exports it, untyped
 from granian.rsgi import Scope
@@ -40,23 +40,44 @@ def address(text: str) -> tuple[str, int] | None:
     return (host.strip("[]"), int(port)) if host and port.isdigit() else None
 
 
+async def read_body(proto: HTTPProtocol, declared: str | None, framing: str | None, limit: int) -> bytes:
+    """A request's body, at most `limit` bytes (else Problem 413): `declared` its Content-Length, `framing` its
+    Transfer-Encoding. With a length and no transfer coding the server reads exactly that many bytes, in one await;
+    otherwise the body is counted as it comes, so an endless one is refused at the limit, not held in memory."""
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise Problem(413, "too-large", f"the body exceeds {limit} bytes")
+    if declared is not None and framing is None:
+        return await proto()
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in proto:
+        size += len(chunk)
+        if size > limit:
+            raise Problem(413, "too-large", f"the body exceeds {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 async def serve_asgi(app: ASGIApp, scope: Scope, proto: HTTPProtocol, *, max_body_bytes: int) -> None:
-    """Answers one RSGI request with `app` (ASGI 3). A body over `max_body_bytes` is answered 413 unread."""
-    declared = scope.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > max_body_bytes:
-        problem = Problem(413, "too-large", f"the body exceeds {max_body_bytes} bytes")
+    """Answers one RSGI request with `app` (ASGI 3). A body over `max_body_bytes` is answered 413."""
+    headers_in = scope.headers
+    try:
+        body = await read_body(
+            proto, headers_in.get("content-length"), headers_in.get("transfer-encoding"), max_body_bytes
+        )
+    except Problem as problem:
         proto.response_bytes(problem.status, [("content-type", "application/problem+json")], problem.body())
         return
-    body = await proto()
     asgi_scope: dict[str, Any] = {
         "type": "http",
         "asgi": {"version": "3.0", "spec_version": "2.3"},
         "http_version": scope.http_version,
         "method": scope.method,
         "scheme": scope.scheme,
-        "path": unquote(scope.path),
-        "raw_path": scope.path.encode("latin-1"),
-        "query_string": scope.query_string.encode("latin-1"),
+        # Granian gives the path percent-decoded already.
+        "path": scope.path,
+        "raw_path": quote(scope.path).encode(),
+        "query_string": scope.query_string.encode(),
         "root_path": "",
         "headers": [(name.encode("latin-1"), value.encode("latin-1")) for name, value in scope.headers.items()],
         "client": address(scope.client),
@@ -83,5 +104,8 @@ async def serve_asgi(app: ASGIApp, scope: Scope, proto: HTTPProtocol, *, max_bod
         elif message["type"] == "http.response.body":
             chunks.append(message.get("body", b""))
 
-    await app(asgi_scope, receive, send)
-    proto.response_bytes(status, headers, b"".join(chunks))
+    try:
+        await app(asgi_scope, receive, send)
+    finally:
+        # Also when the app raised after sending its own answer (Starlette's 500 for an endpoint's error).
+        proto.response_bytes(status, headers, b"".join(chunks))

@@ -681,7 +681,15 @@ async def broker_restart_empty(work_dir: Path, size: Size) -> ChaosRow:
         await asyncio.to_thread(rig.broker.stop, 0)
         await rig.collector.pause()
         await asyncio.sleep(1.0)  # the stream goes on into the spool
+        # The delivery process records the old broker's last acknowledgements in its checkpoint when it gets to it
+        # (it may be busy reconnecting): read until the checkpoint holds still, or those would count as lost by us.
         lost_with_broker = await rig.unread_checkpointed()
+        for _ in range(20):
+            await asyncio.sleep(0.5)
+            again = await rig.unread_checkpointed()
+            if again == lost_with_broker:
+                break
+            lost_with_broker = again
         await asyncio.to_thread(rig.broker.start)  # empty, topics re-created
         rig.collector.resume()
         back = time.monotonic()

@@ -1,4 +1,4 @@
-"""A real tidegate server for tests: `python -m tidegate serve` (Granian, ASGI) in a subprocess on a free port."""
+"""A real tidegate server for tests: `python -m tidegate serve` (Granian, RSGI) in a subprocess on a free port."""
 
 from __future__ import annotations
 

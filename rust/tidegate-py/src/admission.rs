@@ -90,7 +90,7 @@ impl Admission {
         *, keys = None, rates = None, decoded_bytes = None, initial_limit = 1024.0, min_limit = 1024.0,
         max_limit = 4096.0, tolerance = 2.0, smoothing = 0.3, low_share = 0.5, medium_share = 0.8,
         refusal_weight = 2.0, shed_medium_at = 0.9, shed_low_at = 0.7, max_in_flight_records = 50_000.0,
-        rate_per_device = 50.0, decoded_bytes_per_device = 2_097_152.0, loop_busy_target = 0.85,
+        rate_per_device = 50.0, decoded_bytes_per_device = 2_097_152.0, loop_busy_target = 1.0,
     ))]
     fn new(
         py: Python<'_>,

@@ -339,6 +339,8 @@ impl Gateway {
         }
         let mut whole_duplicate = false;
         let mut duplicates: IdSet<Id> = IdSet::default();
+        // From the first claim to the append (or the claims' release): see `Gateway::claiming`.
+        let _claiming = (!req.dry_run).then(|| lock(&self.claiming));
         if req.dry_run {
             for id in &keys {
                 whole_duplicate |= dedup.contains(id, received)?;
@@ -531,6 +533,8 @@ impl Gateway {
         let mut ids = record_ids(&records);
         ids.sort_unstable();
         ids.dedup();
+        // From the claim to the append (or the claims' release): see `Gateway::claiming`.
+        let _claiming = lock(&self.claiming);
         let fresh = self
             .tables
             .dedup

@@ -79,7 +79,8 @@ pub struct AdmissionConfig {
     /// For the 429 bodies: a device's requests per second and decoded bytes per second.
     pub rate_per_device: f64,
     pub decoded_bytes_per_device: f64,
-    /// The share of its time the event loop may be busy (not waiting for I/O) before low priority is shed.
+    /// The share of its time the event loop may be busy (not waiting for I/O) before low priority is shed; 1 (the
+    /// default) never sheds by it.
     pub loop_busy_target: f64,
 }
 
@@ -92,7 +93,7 @@ impl Default for AdmissionConfig {
             max_in_flight_records: 50_000.0,
             rate_per_device: 50.0,
             decoded_bytes_per_device: 2.0 * 1024.0 * 1024.0,
-            loop_busy_target: 0.85,
+            loop_busy_target: 1.0,
         }
     }
 }
@@ -377,9 +378,14 @@ impl Admission {
     /// medium; high is never shed by it. A refusal costs a fraction of an acceptance (no body is read), so
     /// shedding frees the loop.
     pub fn observe_loop(&self, busy: f64, seconds: f64) {
+        // A NaN would stick in the level for good; a target that is not a share turns the shedding off.
+        let target = self.config.loop_busy_target;
+        if !(busy.is_finite() && seconds.is_finite() && target > 0.0 && target < 1.0) {
+            return;
+        }
         let busy = busy.clamp(0.0, 1.0);
         let level = f64::from_bits(self.shed_level.load(Ordering::Relaxed));
-        let error = busy - self.config.loop_busy_target;
+        let error = busy - target;
         let next = (level + SHED_GAIN * error * seconds.clamp(0.0, 1.0)).clamp(0.0, 2.0);
         self.shed_level.store(next.to_bits(), Ordering::Relaxed);
         self.loop_busy.store(busy.to_bits(), Ordering::Relaxed);
@@ -668,7 +674,11 @@ mod tests {
 
     #[test]
     fn a_busy_loop_sheds_low_then_medium_in_proportion_and_never_high() {
-        let admission = Admission::new(fixed(1e9), None, None, None);
+        let config = AdmissionConfig {
+            loop_busy_target: 0.85,
+            ..fixed(1e9)
+        };
+        let admission = Admission::new(config, None, None, None);
         admission.set_conditions(true, false, 0.0);
         let refused = |priority: &[u8]| {
             (0..2000)

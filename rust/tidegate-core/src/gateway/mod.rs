@@ -182,6 +182,11 @@ pub struct Gateway {
     spool: Arc<Spool>,
     pending: Mutex<Vec<Pending>>,
     counters: Mutex<Counters>,
+    /// Held by an `accept` from its first dedup claim until its append is done or its claims are released. The
+    /// edge takes large bodies on a thread of their own while the event loop takes the others, so two `accept`s
+    /// of one worker can overlap; a claim not yet appended is a duplicate to the worker's other requests, and one
+    /// answered "duplicate" in that window would be acknowledged for a record whose append may still fail.
+    claiming: Mutex<()>,
 }
 
 impl Gateway {
@@ -193,6 +198,7 @@ impl Gateway {
             spool,
             pending: Mutex::new(Vec::new()),
             counters: Mutex::new(Counters::default()),
+            claiming: Mutex::new(()),
         }
     }
 

@@ -9,6 +9,10 @@ use crate::state::lastseen::SilenceRules;
 const NOW_MS: i64 = 1_774_606_531_000;
 
 fn gateway(name: &str, archive: bool) -> Gateway {
+    gateway_with(name, archive, SpoolOptions::default())
+}
+
+fn gateway_with(name: &str, archive: bool, spool_options: SpoolOptions) -> Gateway {
     let dir = std::env::temp_dir().join(format!("tidegate-gateway-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let options = ValidatorOptions {
@@ -43,7 +47,7 @@ fn gateway(name: &str, archive: bool) -> Gateway {
             LastSeenTable::open(None, 1024, SilenceRules::new(60_000, 1_000, Vec::new(), 86_400_000)).unwrap(),
         ),
     };
-    let spool = Arc::new(Spool::open(&dir, SpoolOptions::default()).unwrap());
+    let spool = Arc::new(Spool::open(&dir, spool_options).unwrap());
     Gateway::new(routes, settings, tables, spool)
 }
 
@@ -250,4 +254,42 @@ fn a_dry_run_writes_nothing_and_counts_apart() {
     );
     assert_eq!(gateway.counters().records[3][0], 1);
     assert_eq!(gateway.spool().next_seq(), 0);
+}
+
+#[test]
+fn a_repeat_is_not_acknowledged_while_another_thread_claims_what_it_repeats_and_fails_to_append_it() {
+    // The edge takes large bodies on a thread of their own while the loop takes small ones: both `accept` at once.
+    // A spool whose quota no append fits: every append fails and releases its claims, so nothing is ever stored,
+    // and a repeat of a record that body claimed must not be answered 202 (it would be acknowledged, never kept).
+    let options = SpoolOptions {
+        quota_bytes: 1,
+        ..SpoolOptions::default()
+    };
+    let gateway = Arc::new(gateway_with("race", false, options));
+    let event = |i: usize| {
+        format!(
+            r#"{{"source":"s","event_type":"t","entity_id":"e-{i}","event_time":"2026-03-27T10:15:30.000Z","payload":{{}}}}"#
+        )
+    };
+    let big = format!("[{}]", (0..9000).map(event).collect::<Vec<_>>().join(",")).into_bytes();
+    let small = event(8999).into_bytes();
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let taker = {
+        let (gateway, done) = (gateway.clone(), done.clone());
+        std::thread::spawn(move || {
+            for _ in 0..40 {
+                let answer = gateway.accept(&body(2, &big, None)).unwrap();
+                assert_eq!(answer.status, 503, "{}", text(&answer));
+            }
+            done.store(true, std::sync::atomic::Ordering::Relaxed);
+        })
+    };
+    let mut tries = 0;
+    while !done.load(std::sync::atomic::Ordering::Relaxed) {
+        let answer = gateway.accept(&body(2, &small, None)).unwrap();
+        assert_ne!(answer.status, 202, "acknowledged, never stored: {}", text(&answer));
+        tries += 1;
+    }
+    taker.join().unwrap();
+    assert!(tries > 0);
 }
