@@ -10,7 +10,6 @@ import fcntl
 import functools
 import json
 import logging
-import math
 import os
 import time
 from collections.abc import AsyncIterator, Callable
@@ -38,10 +37,10 @@ class LoopClock:
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.waited = 0.0
-        self._mark = (time.perf_counter(), 0.0)
+        self._last = (time.perf_counter(), 0.0)
         selector = getattr(loop, "_selector", None)
+        self.measuring = selector is not None
         if selector is None:
-            self._mark = (time.perf_counter(), math.inf)
             return
         select = selector.select
 
@@ -55,14 +54,14 @@ class LoopClock:
         selector.select = timed_select
 
     def busy(self) -> tuple[float, float]:
-        """(busy share, seconds) since the last call."""
+        """(busy share, seconds) since the last call; the share is 0 when the loop cannot be measured."""
         now = time.perf_counter()
-        then, waited_then = self._mark
-        if math.isinf(waited_then):
-            return 0.0, now - then
-        self._mark = (now, self.waited)
+        then, waited_then = self._last
+        self._last = (now, self.waited)
         seconds = now - then
-        return (max(0.0, 1.0 - (self.waited - waited_then) / seconds) if seconds > 0 else 0.0), seconds
+        if not self.measuring or seconds <= 0:
+            return 0.0, seconds
+        return max(0.0, 1.0 - (self.waited - waited_then) / seconds), seconds
 
 
 Table = TypeVar("Table", DedupWindow, RateTable, DeviceTable)

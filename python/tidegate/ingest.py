@@ -230,16 +230,14 @@ class IngestEdge:
             log.info(json.dumps(line, separators=(",", ":")))
 
     async def _read_body(self, headers: dict[str, str], proto: HTTPProtocol) -> bytes:
-        limit = self.settings.max_body_bytes
-        declared = headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
-            raise Problem(413, "too-large", f"the body exceeds {limit} bytes")
         task = asyncio.current_task()
         assert task is not None
         self._body_deadlines[task] = time.monotonic() + self.settings.body_timeout_s
         try:
             # The only awaits while the task is registered: a late body is cancelled right here.
-            return await read_body(proto, declared, headers.get("transfer-encoding"), limit)
+            return await read_body(
+                proto, headers.get("content-length"), headers.get("transfer-encoding"), self.settings.max_body_bytes
+            )
         except (ProtocolClosed, ProtocolError):
             raise Problem(400, "disconnected", "the client went away before sending the whole body") from None
         except asyncio.CancelledError:

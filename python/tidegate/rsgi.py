@@ -13,23 +13,14 @@ the bridge reads the body and collects the answer, with no streaming either way.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 from urllib.parse import quote
 
 from granian._granian import RSGIHTTPProtocol as HTTPProtocol  # granian.rsgi re-exports it, untyped
 from granian.rsgi import Scope
+from starlette.types import ASGIApp, Message
 
 from tidegate.problems import Problem
-
-ASGIApp = Callable[
-    [
-        MutableMapping[str, Any],
-        Callable[[], Awaitable[MutableMapping[str, Any]]],
-        Callable[[MutableMapping[str, Any]], Awaitable[None]],
-    ],
-    Awaitable[None],
-]
 
 Headers = list[tuple[str, str]]
 
@@ -88,7 +79,7 @@ async def serve_asgi(app: ASGIApp, scope: Scope, proto: HTTPProtocol, *, max_bod
     headers: Headers = []
     chunks: list[bytes] = []
 
-    async def receive() -> MutableMapping[str, Any]:
+    async def receive() -> Message:
         nonlocal delivered
         if not delivered:
             delivered = True
@@ -96,7 +87,7 @@ async def serve_asgi(app: ASGIApp, scope: Scope, proto: HTTPProtocol, *, max_bod
         await proto.client_disconnect()
         return {"type": "http.disconnect"}
 
-    async def send(message: MutableMapping[str, Any]) -> None:
+    async def send(message: Message) -> None:
         nonlocal status, headers
         if message["type"] == "http.response.start":
             status = message["status"]
