@@ -51,8 +51,8 @@ PLOTS_DIR = ROOT / "bench" / "plots"
 PRIORITY_SHARES = {"high": 0.1, "medium": 0.6, "low": 0.3}
 MAX_RAMP_CONNECTIONS = int(os.environ.get("BENCH_RAMP_MAX_CONNECTIONS", "256"))
 RAMP_INTERVAL_S = float(os.environ.get("BENCH_RAMP_INTERVAL_S", "0.1"))
-"""The overload ramp paces each connection (one per wrk thread) to a request every RAMP_INTERVAL_S, with at most
-MAX_RAMP_CONNECTIONS per priority: a connection whose answers take longer than its interval falls behind (wrk is
+"""The overload ramp paces each connection to a request every RAMP_INTERVAL_S, with at most MAX_RAMP_CONNECTIONS per
+priority: a connection whose answers take longer than its interval falls behind (HTTP/1.1 without pipelining is
 closed-loop per connection), so the "sent" rate is recorded next to the offered one."""
 DEVICES = 1000
 ROTATING_SHARE = 0.1
@@ -300,6 +300,44 @@ def run_wrk(
             for bucket, count in buckets.items():
                 merged[bucket] = merged.get(bucket, 0) + int(count)
     raw["status_counts"], raw["status_rates"], raw["hist"] = counts, rates, hist
+    return raw
+
+
+PACER = "tidegate-pacer"
+"""The overload ramp's load generator (bench/pacer): every paced connection on one thread."""
+
+
+def ensure_pacer() -> Path:
+    """Builds bench/pacer (cargo, release; a no-op once built) and returns its binary."""
+    subprocess.run(["cargo", "build", "--release", "--quiet", "-p", PACER], cwd=ROOT, check=True)
+    target = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
+    return (target if target.is_absolute() else ROOT / target) / "release" / PACER
+
+
+def run_pacer(
+    url: str,
+    duration: float,
+    priorities: Mapping[str, tuple[float, int]],
+    *,
+    devices: Path,
+    honour_retry_after: bool,
+    timeout_s: float = 10.0,
+) -> dict[str, dict[str, Any]]:
+    """Offers each priority its rate (requests/s) over its connections for `duration` seconds; per priority what
+    run_wrk returns (status counts and rates, log-bucketed latency histograms), with the offered rate and the
+    connections."""
+    command = [str(ensure_pacer()), "--url", url, "--devices", str(devices), "--seconds", str(duration)]
+    command += ["--nonce", str(next_nonce()), "--timeout", str(timeout_s)]
+    for name, (rate, connections) in priorities.items():
+        command += ["--priority", f"{name}:{rate:.3f}:{connections}"]
+    if honour_retry_after:
+        command.append("--honour-retry-after")
+    out = subprocess.run(command, capture_output=True, text=True, timeout=duration + 60, check=False)
+    if out.returncode != 0:
+        raise RuntimeError(f"{PACER} failed ({out.returncode}): {out.stderr[-2000:]}")
+    raw: dict[str, dict[str, Any]] = json.loads(out.stdout)["priorities"]
+    for name, (rate, connections) in priorities.items():
+        raw[name].update(offered_rps=rate, connections=connections)
     return raw
 
 
@@ -620,7 +658,7 @@ class Session:
                     summary["paired_ratios"][f"{metric}.{mine_name}/{peer}"] = {"median": median(pairs), "runs": pairs}
         self.results["scenarios"][scenario.name] = summary
 
-    # -- the overload ramp (wrk, one process per priority, paced)
+    # -- the overload ramp (bench/pacer: paced connections per priority)
 
     def ramp(self, capacity: float, *, honour_retry_after: bool) -> None:
         """One pass of the ramp; clients that honour Retry-After wait it out after a 429/503 (as a good SDK does),
@@ -630,7 +668,7 @@ class Session:
         levels = (options.unloaded_level, *options.ramp_levels)
         mode = "honouring" if honour_retry_after else "ignoring"
         out: dict[str, Any] = {
-            "tool": f"wrk (one paced process per priority, one connection per thread; clients {mode} Retry-After)",
+            "tool": f"tidegate-pacer (bench/pacer: paced connections per priority; clients {mode} Retry-After)",
             "clients": mode,
             "capacity_rps": capacity,
             "capacity_from": "fleet scenario, tidegate, closed loop (median)",
@@ -651,65 +689,34 @@ class Session:
             sampler.start()
             cpu_before = service.usage()[0]
             load_before = children_cpu()
-            results: dict[str, dict[str, Any]] = {}
-            errors: list[BaseException] = []
-
-            def drive(
-                priority: str,
-                share: float,
-                offered: float = offered,
-                results: dict[str, Any] = results,
-                errors: list[BaseException] = errors,
-            ) -> None:
-                rate = offered * share
-                conns = max(2, min(MAX_RAMP_CONNECTIONS, math.ceil(rate * RAMP_INTERVAL_S)))
-                env = self.load_env(
-                    BENCH_PRIORITY=priority,
-                    BENCH_PACE_RPS=f"{rate / conns:.3f}",
-                    BENCH_TIMED="1",
-                    BENCH_HONOUR_RETRY_AFTER="1" if honour_retry_after else "0",
+            rates = {priority: offered * share for priority, share in PRIORITY_SHARES.items()}
+            try:
+                results = run_pacer(
+                    service.url + "/api/v1/ingest",
+                    options.ramp_duration,
+                    {
+                        p: (rate, max(2, min(MAX_RAMP_CONNECTIONS, math.ceil(rate * RAMP_INTERVAL_S))))
+                        for p, rate in rates.items()
+                    },
+                    devices=self.devices_json,
+                    honour_retry_after=honour_retry_after,
                 )
-                try:
-                    raw = run_wrk(
-                        "fleet.lua",
-                        service.url + "/api/v1/ingest",
-                        options.ramp_duration,
-                        connections=conns,
-                        threads=conns,
-                        env=env,
-                    )
-                except BaseException as error:  # reported below, with the others
-                    errors.append(error)
-                    return
-                results[priority] = {"raw": raw, "offered_rps": rate, "connections": conns}
-
-            drivers = [
-                threading.Thread(target=drive, args=(priority, share)) for priority, share in PRIORITY_SHARES.items()
-            ]
-            for driver in drivers:
-                driver.start()
-            for driver in drivers:
-                driver.join()
-            stop.set()
-            sampler.join()
-            if errors:
-                raise errors[0]
+            finally:
+                stop.set()
+                sampler.join()
             cpu_after = service.usage()[0]
             step = 1.02
             entry: dict[str, Any] = {"level": level, "offered_rps": offered, "priorities": {}}
             all_hist: dict[str, dict[str, int]] = {}
             good_total = sent_total = 0.0
             seconds = options.ramp_duration
-            for priority, result in results.items():
-                raw = result["raw"]
+            for priority, raw in results.items():
                 seconds = raw["duration_us"] / 1e6
                 counts = {k: int(v) for k, v in raw["status_counts"].items()}
                 hist = raw["hist"]
                 step = float(raw.get("hist_log_step", 1.02))
-                # Rates over each thread's own window (wrk's duration undercounts: its threads start one by one).
-                rates = raw["status_rates"]
-                good = rates.get("202", 0.0)
-                sent = sum(rates.values())
+                good = raw["status_rates"].get("202", 0.0)
+                sent = sum(raw["status_rates"].values())
                 good_total += good
                 sent_total += sent
                 for status, buckets in hist.items():
@@ -717,16 +724,16 @@ class Session:
                     for bucket, count in buckets.items():
                         target[bucket] = target.get(bucket, 0) + int(count)
                 entry["priorities"][priority] = {
-                    "offered_rps": result["offered_rps"],
+                    "offered_rps": raw["offered_rps"],
                     "sent_rps": sent,
                     "goodput_rps": good,
-                    "goodput_fraction_of_offered": good / result["offered_rps"] if result["offered_rps"] else math.nan,
+                    "goodput_fraction_of_offered": good / raw["offered_rps"] if raw["offered_rps"] else math.nan,
                     "status_counts": counts,
                     "socket_errors": int(sum(v for k, v in raw["errors"].items() if k != "status")),
                     "p50_accepted_ms": hist_percentile(hist, ["202"], 50, step),
                     "p99_accepted_ms": hist_percentile(hist, ["202"], 99, step),
                     "p99_all_ms": raw["latency_us"]["p"]["99"] / 1000,
-                    "connections": result["connections"],
+                    "connections": raw["connections"],
                 }
             entry.update(
                 {
@@ -931,7 +938,7 @@ def markdown(results: Mapping[str, Any]) -> str:
             )
     lines += ["", "| ratio (median of back-to-back pairs) | value | tool |", "|---|---:|---|"]
     for key, value in results["ratios"].items():
-        tool = "wrk (paced, per priority)" if key.startswith("overload") else "wrk"
+        tool = "tidegate-pacer" if key.startswith("overload") else "wrk"
         lines.append(f"| {key} | {fmt(value, 2)} | {tool} |")
     lines += ["", "| target | wanted | value | met |", "|---|---|---:|---|"]
     for target in results["targets"]:
