@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
 import sys
 
 from granian._granian import RSGIHTTPProtocol as HTTPProtocol  # granian.rsgi re-exports it, untyped
@@ -25,6 +26,7 @@ from tidegate.config import Settings, load_settings
 from tidegate.gateway import Gateway
 from tidegate.operations import http_exception, operations_routes
 from tidegate.rsgi import serve_asgi
+from tidegate.signals import deliver_even_when_the_wakeup_pipe_is_full
 
 log = logging.getLogger("tidegate")
 
@@ -42,6 +44,8 @@ class App:
         self._lifespan: contextlib.AbstractAsyncContextManager[None] | None = None
 
     def __rsgi_init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        # Granian gave SIGINT and SIGTERM loop handlers (they stop the worker) before calling this.
+        deliver_even_when_the_wakeup_pipe_is_full(loop, (signal.SIGINT, signal.SIGTERM))
         self._lifespan = self.gateway.lifespan()
         try:
             loop.run_until_complete(self._lifespan.__aenter__())
