@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import logging
+import math
 import os
 import sys
 import time
@@ -108,6 +109,10 @@ def _serve(args: argparse.Namespace) -> int:
         # No WebSocket route exists: an upgrade request is answered as the plain HTTP request it also is.
         websockets=False,
         workers=settings.workers,
+        # A worker's stop is bounded (in-flight requests get `shutdown_deadline_s`, then the spool writer stops);
+        # one still alive well past that is killed rather than waited for forever. Nothing acknowledged is lost
+        # by it: a 202 is sent only once its records are fsynced.
+        workers_kill_timeout=math.ceil(settings.shutdown_deadline_s) + 20,
         log_access=False,
         # Granian's own cap on concurrent requests per worker is set at least as high as the adaptive limit can
         # go: requests must reach the app, where admission sees them and sheds the low ones cheaply, instead of
