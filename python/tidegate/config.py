@@ -156,10 +156,10 @@ class Settings:
     """How much slower than its best a request may get before the limit shrinks."""
     admission_loop_busy_target: float = 1.0
     """Share of its time a worker's event loop may be busy (not waiting for I/O) before low priority is shed, then
-    medium, in proportion (high never by it): under CPU saturation requests queue in Granian and the kernel, out of
-    the limit's sight, and this is the signal that rises. 1 (the default) turns it off: at full utilization with a
-    bounded set of clients (a closed-loop benchmark) the loop is just as busy, and it would shed there too; 0.85 is
-    what the overload ramp was measured with (README, Performance)."""
+    medium, in proportion (high never by it): under CPU saturation requests queue before the app (the loop's ready
+    queue, Granian, the kernel), out of the limit's sight, and this is the signal that rises. 1 (the default) turns
+    it off: at full utilization with a bounded set of clients (a closed-loop benchmark) the loop is just as busy,
+    and it would shed there too; 0.85 is what the overload ramp was measured with (README, Performance)."""
     admission_refusal_weight: float = 2.0
     """Event-loop time of one refusal, as a multiple of the part the worker measures (from the decision to the
     answer sent; Granian's part of a request comes on top). That much time is taken out of the admitted requests'
