@@ -711,7 +711,9 @@ async def sigterm(work_dir: Path, size: Size) -> ChaosRow:
         load = rig.clients
         await asyncio.sleep(size.load_s)
         in_flight = load.in_flight(sent_before=time.monotonic() - 0.1)
-        code = await asyncio.to_thread(rig.server.stop)
+        # To the main process alone, as `docker stop` sends it: Granian passes it on to its workers, each busy
+        # with the load (a signal lost there left `tidegate serve` waiting forever: `tidegate/signals.py`).
+        code = await asyncio.to_thread(rig.server.stop, group=False)
         cut = load.cut_off(in_flight)
         await rig.restart_server()
         back = time.monotonic()

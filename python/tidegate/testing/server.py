@@ -78,13 +78,19 @@ class Server:
         self.stop(kill=True)
         raise RuntimeError(f"tidegate did not answer {until} with 200:\n{self.log_tail()}")
 
-    def stop(self, *, kill: bool = False, timeout: float = 20.0) -> int | None:
-        """SIGTERM (graceful drain) or SIGKILL the whole process group; returns the exit code."""
+    def stop(self, *, kill: bool = False, group: bool = True, timeout: float = 20.0) -> int | None:
+        """SIGTERM (graceful drain) or SIGKILL the whole process group, or with `group` False signal the main process
+        alone, as a container runtime stops its PID 1 (it then stops the rest); returns the exit code. What has not
+        stopped after `timeout` seconds is killed."""
         if self.proc is None:
             return None
         proc, self.proc = self.proc, None
         if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL if kill else signal.SIGTERM)
+            sig = signal.SIGKILL if kill else signal.SIGTERM
+            if group:
+                os.killpg(proc.pid, sig)
+            else:
+                proc.send_signal(sig)
             try:
                 proc.wait(timeout)
             except subprocess.TimeoutExpired:
