@@ -6,7 +6,7 @@ import asyncio
 import os
 import signal
 
-from tidegate.signals import deliver_even_when_the_wakeup_pipe_is_full
+from tidegate.signals import stop_once_even_when_the_wakeup_pipe_is_full
 
 
 def test_a_stop_signal_reaches_the_loop_when_its_wakeup_pipe_is_full() -> None:
@@ -14,7 +14,7 @@ def test_a_stop_signal_reaches_the_loop_when_its_wakeup_pipe_is_full() -> None:
     stop = asyncio.Event()
     try:
         loop.add_signal_handler(signal.SIGUSR1, stop.set)
-        deliver_even_when_the_wakeup_pipe_is_full(loop, [signal.SIGUSR1])
+        stop_once_even_when_the_wakeup_pipe_is_full(loop, [signal.SIGUSR1])
         # As Granian hands over requests under load: a byte per call into the loop's self-pipe, far more than it
         # holds while the loop is busy (here: not running), so the signal's own byte is dropped.
         for _ in range(200_000):
@@ -31,4 +31,25 @@ def test_a_stop_signal_reaches_the_loop_when_its_wakeup_pipe_is_full() -> None:
         assert loop.run_until_complete(stopped()), "the signal's handler never ran"
     finally:
         loop.remove_signal_handler(signal.SIGUSR1)
+        loop.close()
+
+
+def test_repeated_stop_signals_run_the_stop_handler_once() -> None:
+    """Granian's stop handler blocks its worker's loop for good when called a third time; a SIGTERM to the process
+    group reaches a worker twice (and each is now also delivered by its Python-level handler)."""
+    loop = asyncio.new_event_loop()
+    calls: list[str] = []
+    try:
+        loop.add_signal_handler(signal.SIGUSR1, calls.append, "usr1")
+        loop.add_signal_handler(signal.SIGUSR2, calls.append, "usr2")
+        stop_once_even_when_the_wakeup_pipe_is_full(loop, [signal.SIGUSR1, signal.SIGUSR2])
+        for sig in (signal.SIGUSR1, signal.SIGUSR1, signal.SIGUSR2, signal.SIGUSR1):
+            os.kill(os.getpid(), sig)
+        # Every delivery scheduled so far runs in these passes of the loop (one to read the self-pipe, one to run).
+        for _ in range(3):
+            loop.run_until_complete(asyncio.sleep(0))
+        assert calls == ["usr1"]
+    finally:
+        loop.remove_signal_handler(signal.SIGUSR1)
+        loop.remove_signal_handler(signal.SIGUSR2)
         loop.close()

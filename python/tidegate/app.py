@@ -26,7 +26,7 @@ from tidegate.config import Settings, load_settings
 from tidegate.gateway import Gateway
 from tidegate.operations import http_exception, operations_routes
 from tidegate.rsgi import serve_asgi
-from tidegate.signals import deliver_even_when_the_wakeup_pipe_is_full
+from tidegate.signals import stop_once_even_when_the_wakeup_pipe_is_full
 
 log = logging.getLogger("tidegate")
 
@@ -45,7 +45,7 @@ class App:
 
     def __rsgi_init__(self, loop: asyncio.AbstractEventLoop) -> None:
         # Granian gave SIGINT and SIGTERM loop handlers (they stop the worker) before calling this.
-        deliver_even_when_the_wakeup_pipe_is_full(loop, (signal.SIGINT, signal.SIGTERM))
+        stop_once_even_when_the_wakeup_pipe_is_full(loop, (signal.SIGINT, signal.SIGTERM))
         self._lifespan = self.gateway.lifespan()
         try:
             loop.run_until_complete(self._lifespan.__aenter__())

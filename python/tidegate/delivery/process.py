@@ -43,7 +43,7 @@ from tidegate.delivery.kafka import Forwarder, kafka_settings
 from tidegate.delivery.spool import worker_spool_dirs
 from tidegate.delivery.status import status_path
 from tidegate.instance import StartRefused, hold_instance_lock
-from tidegate.signals import deliver_even_when_the_wakeup_pipe_is_full
+from tidegate.signals import stop_once_even_when_the_wakeup_pipe_is_full
 
 __all__ = ["DeliverySupervisor", "run_delivery", "supervise"]
 
@@ -238,7 +238,7 @@ async def run_delivery(settings: Settings, supervisor_pid: int | None = None) ->
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    deliver_even_when_the_wakeup_pipe_is_full(loop, (signal.SIGTERM, signal.SIGINT))
+    stop_once_even_when_the_wakeup_pipe_is_full(loop, (signal.SIGTERM, signal.SIGINT))
     try:
         await Delivery(settings).run(stop)
     finally:
