@@ -653,6 +653,8 @@ class TestAdmission:
             }
             shed = httpx.get(busy.url + "/metrics").text
             assert 'tidegate_shed_total{priority="low"} 1' in shed
+            # Both refusals were made as the requests arrived, before they waited for the event loop.
+            assert 'tidegate_admission_refused_on_arrival_total{route="ingest"} 2' in shed
 
     def test_full_spool_answers_503_and_not_ready(self, tmp_path: Path) -> None:
         env = {"TIDEGATE_AUTH": "false", "TIDEGATE_SPOOL_QUOTA_BYTES": "65536", "TIDEGATE_SPOOL_SEGMENT_BYTES": "16384"}

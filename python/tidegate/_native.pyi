@@ -678,12 +678,23 @@ class Admission:
         loop_busy_target: float = 1.0,
     ) -> Admission: ...
     def decide(
-        self, headers: Sequence[tuple[str, str]], default_priority: str, in_flight_records: int
+        self,
+        headers: Sequence[tuple[str, str]],
+        default_priority: str,
+        in_flight_records: int,
+        screened: bool = False,
     ) -> tuple[AdmissionTicket, str | None, str, tuple[int, bytes, list[tuple[str, str]]] | None]:
         """Decides a request from its header pairs (RSGI's `scope.headers.items()`, names in lower case; the
         route's `default_priority`; the worker's records awaiting durability). `(ticket, device_id, priority,
         refusal)`: `refusal` is None when admitted, else the `(status, body, headers)` to send (content-type,
-        Retry-After, WWW-Authenticate; the server adds content-length)."""
+        Retry-After, WWW-Authenticate; the server adds content-length). `screened`: `screen` let the request
+        through (its load checks are not made again)."""
+    def screen(
+        self, headers: Sequence[tuple[str, str]], default_priority: str, in_flight_records: int
+    ) -> tuple[AdmissionTicket, str | None, str, tuple[int, bytes, list[tuple[str, str]]]] | None:
+        """The load checks of `decide` alone (readiness, priority, utilization, the loop's shed level, room in the
+        limit), as a request arrives and before it waits for the event loop: None lets it through with no side
+        effect (then `decide(..., screened=True)`), else `decide`'s tuple of the refusal."""
     def observe_loop(self, busy: float, seconds: float) -> None:
         """The event loop was busy (not waiting for I/O) `busy` of the last `seconds`: above `loop_busy_target`
         the shed level rises (low priority shed in proportion, then medium; never high), below it falls."""

@@ -12,7 +12,10 @@ import contextlib
 import logging
 import signal
 import sys
+from collections.abc import Callable
+from typing import Any
 
+import granian._futures as granian_futures  # the per-request scheduler (`_screen_as_requests_arrive`)
 from granian._granian import RSGIHTTPProtocol as HTTPProtocol  # granian.rsgi re-exports it, untyped
 from granian.rsgi import Scope
 from starlette.applications import Starlette
@@ -46,12 +49,49 @@ class App:
     def __rsgi_init__(self, loop: asyncio.AbstractEventLoop) -> None:
         # Granian gave SIGINT and SIGTERM loop handlers (they stop the worker) before calling this.
         stop_once_even_when_the_wakeup_pipe_is_full(loop, (signal.SIGINT, signal.SIGTERM))
+        self._screen_as_requests_arrive()
         self._lifespan = self.gateway.lifespan()
         try:
             loop.run_until_complete(self._lifespan.__aenter__())
         except Exception:
             log.exception("tidegate: the worker could not start")
             sys.exit(1)
+
+    def _screen_as_requests_arrive(self) -> None:
+        """Has Granian run admission's load checks (`IngestEdge.screen`) on its own thread as each request arrives,
+        before queueing it for the event loop. Granian offers no hook for it: its functions that make the
+        per-request scheduling function are wrapped (`granian._futures`, both task implementations; they are looked
+        up when the worker's scheduler is made, right after this). Should they be missing (another Granian), the
+        loop makes the whole decision as before."""
+        factories = ("_cbsched_aioschedule", "_cbsched_schedule")
+        if not all(callable(getattr(granian_futures, name, None)) for name in factories):
+            log.warning("tidegate: Granian's scheduler is not the one known; load is shed on the event loop only")
+            return
+        routes, edge = self._routes, self.gateway.edge
+
+        def screening(make_schedule: Callable[..., Callable[[Any], None]]) -> Callable[..., Callable[[Any], None]]:
+            def make_screening_schedule(*args: Any) -> Callable[[Any], None]:
+                schedule = make_schedule(*args)
+
+                def screen_then_schedule(watcher: Any) -> None:
+                    try:
+                        scope = watcher.scope
+                        route = routes.get(scope.path) if scope.method == "POST" else None
+                        if route is not None and edge.screen(route, scope, watcher.proto):
+                            watcher.done()
+                            return
+                    except BaseException as error:  # as Granian's own wrapper hands an app's error over
+                        watcher.err(error)
+                        return
+                    schedule(watcher)
+
+                return screen_then_schedule
+
+            return make_screening_schedule
+
+        for name in factories:
+            setattr(granian_futures, name, screening(getattr(granian_futures, name)))
+        edge.screening = True
 
     def __rsgi_del__(self, loop: asyncio.AbstractEventLoop) -> None:
         if self._lifespan is not None:

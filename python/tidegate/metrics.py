@@ -1,11 +1,14 @@
 """A small Prometheus registry: labelled counters, histograms and gauges, rendered in the text format.
 
-Written here rather than imported so that the hot path costs one dict update per observation.
+Written here rather than imported so that the hot path costs one dict update per observation. Counters and
+histograms take a lock: refusals are counted on Granian's threads as requests arrive (`tidegate.app`), the rest on
+the event loop's, and an update is a read and a write the GIL may switch threads between.
 """
 
 from __future__ import annotations
 
 import bisect
+import threading
 from collections.abc import Callable, Iterable
 
 LabelValues = tuple[str, ...]
@@ -27,9 +30,11 @@ class Counter:
     def __init__(self, name: str, help_text: str, labels: tuple[str, ...] = ()) -> None:
         self.name, self.help, self.label_names = name, help_text, labels
         self.values: dict[LabelValues, float] = {}
+        self._lock = threading.Lock()
 
     def inc(self, labels: LabelValues = (), amount: float = 1.0) -> None:
-        self.values[labels] = self.values.get(labels, 0.0) + amount
+        with self._lock:
+            self.values[labels] = self.values.get(labels, 0.0) + amount
 
     def get(self, labels: LabelValues = ()) -> float:
         return self.values.get(labels, 0.0)
@@ -37,7 +42,9 @@ class Counter:
     def render(self) -> Iterable[str]:
         yield f"# HELP {self.name} {self.help}"
         yield f"# TYPE {self.name} counter"
-        for labels, value in sorted(self.values.items()):
+        with self._lock:
+            values = sorted(self.values.items())
+        for labels, value in values:
             yield f"{self.name}{_labels(self.label_names, labels)} {value:g}"
 
 
@@ -45,6 +52,7 @@ class Histogram:
     def __init__(self, name: str, help_text: str, buckets: tuple[float, ...], labels: tuple[str, ...] = ()) -> None:
         self.name, self.help, self.label_names, self.buckets = name, help_text, labels, buckets
         self.series: dict[LabelValues, list[float]] = {}
+        self._lock = threading.Lock()
 
     def _series(self, labels: LabelValues) -> list[float]:
         series = self.series.get(labels)
@@ -54,16 +62,18 @@ class Histogram:
         return series
 
     def observe(self, value: float, labels: LabelValues = ()) -> None:
-        series = self._series(labels)
-        series[bisect.bisect_left(self.buckets, value)] += 1
-        series[-1] += value
+        with self._lock:
+            series = self._series(labels)
+            series[bisect.bisect_left(self.buckets, value)] += 1
+            series[-1] += value
 
     def observe_counts(self, counts: list[int], total: float, labels: LabelValues = ()) -> None:
         """Adds pre-bucketed observations: `counts` per bucket then +Inf, and their sum."""
-        series = self._series(labels)
-        for i, count in enumerate(counts):
-            series[i] += count
-        series[-1] += total
+        with self._lock:
+            series = self._series(labels)
+            for i, count in enumerate(counts):
+                series[i] += count
+            series[-1] += total
 
     def count(self, labels: LabelValues = ()) -> float:
         series = self.series.get(labels)
@@ -72,7 +82,9 @@ class Histogram:
     def render(self) -> Iterable[str]:
         yield f"# HELP {self.name} {self.help}"
         yield f"# TYPE {self.name} histogram"
-        for labels, series in sorted(self.series.items()):
+        with self._lock:
+            all_series = sorted((labels, list(series)) for labels, series in self.series.items())
+        for labels, series in all_series:
             cumulative = 0.0
             for bound, count in zip((*self.buckets, float("inf")), series[:-1], strict=True):
                 cumulative += count
@@ -173,6 +185,12 @@ class Metrics:
 
     def __init__(self) -> None:
         self.requests = Counter("tidegate_requests_total", "HTTP requests by route and status.", ("route", "status"))
+        self.refused_on_arrival = Counter(
+            "tidegate_admission_refused_on_arrival_total",
+            "Requests refused as they arrived, on Granian's thread, before waiting for the event loop (counted in "
+            "tidegate_requests_total too).",
+            ("route",),
+        )
         self.records = Counter("tidegate_records_total", "Records by outcome and priority.", ("outcome", "priority"))
         self.latency = Histogram(
             "tidegate_ingest_latency_seconds", "Ingest request latency until the answer.", LATENCY_BUCKETS, ("route",)
@@ -232,7 +250,7 @@ class Metrics:
 
     def render(self) -> str:
         lines: list[str] = []
-        for metric in (self.requests, self.latency):
+        for metric in (self.requests, self.refused_on_arrival, self.latency):
             lines.extend(metric.render())
         for render in self.sources:
             lines.extend(render())

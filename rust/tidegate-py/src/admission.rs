@@ -83,6 +83,98 @@ type Decided<'py> = (
     Option<(u16, Py<PyBytes>, Bound<'py, PyList>)>,
 );
 
+/// The header values admission reads, copied into one buffer (a header sent on several lines is one comma-joined
+/// value), with their spans in `WANTED`'s order.
+type WantedHeaders = (Vec<u8>, [Option<(usize, usize)>; 6]);
+
+fn wanted_headers(headers: &Bound<'_, PyAny>) -> PyResult<WantedHeaders> {
+    let mut buffer: Vec<u8> = Vec::with_capacity(160);
+    let mut spans: [Option<(usize, usize)>; 6] = [None; 6];
+    for item in headers.try_iter()? {
+        let item = item?;
+        let (name, value) = match item.cast::<PyTuple>() {
+            Ok(pair) => (pair.get_item(0)?, pair.get_item(1)?),
+            Err(_) => (item.get_item(0)?, item.get_item(1)?),
+        };
+        let name = name.cast::<PyString>()?.to_str()?;
+        let Some(slot) = WANTED.iter().position(|w| *w == name.as_bytes()) else {
+            continue;
+        };
+        let value = value.cast::<PyString>()?.to_str()?;
+        let start = buffer.len();
+        if let Some((a, b)) = spans[slot] {
+            buffer.extend_from_within(a..b);
+            buffer.push(b',');
+        }
+        buffer.extend_from_slice(value.as_bytes());
+        spans[slot] = Some((start, buffer.len()));
+    }
+    Ok((buffer, spans))
+}
+
+fn header_view<'a>(buffer: &'a [u8], spans: &[Option<(usize, usize)>; 6]) -> HeaderView<'a> {
+    let get = |i: usize| spans[i].map(|(a, b)| &buffer[a..b]);
+    HeaderView {
+        content_length: get(0),
+        content_encoding: get(1),
+        device_token: get(2),
+        api_key: get(3),
+        authorization: get(4),
+        priority: get(5),
+    }
+}
+
+impl Admission {
+    /// `decide`'s tuple for a decision.
+    fn decided<'py>(&self, py: Python<'py>, decision: Decision) -> PyResult<Decided<'py>> {
+        Ok(match decision {
+            Decision::Admitted {
+                permit,
+                device,
+                priority,
+            } => (
+                AdmissionTicket {
+                    permit: Some(permit),
+                    decided_at: permit.started,
+                    done: AtomicBool::new(false),
+                },
+                device.map(|d| PyString::new(py, &d)),
+                self.priorities[priority as usize].clone_ref(py),
+                None,
+            ),
+            Decision::Refused {
+                refusal,
+                priority,
+                retry_after,
+                decided_at,
+            } => {
+                let rendered = self.inner.rendered(refusal, priority);
+                let body = self.bodies[refusal as usize * 3 + priority as usize].clone_ref(py);
+                let head = PyList::empty(py);
+                // Granian adds content-length (the body's size is known).
+                let pair = |name: &str, value: &str| (PyString::intern(py, name), PyString::new(py, value));
+                head.append(pair("content-type", "application/problem+json"))?;
+                if let Some(seconds) = retry_after {
+                    head.append(pair("retry-after", &seconds.to_string()))?;
+                }
+                if let Some(challenge) = rendered.www_authenticate {
+                    head.append(pair("www-authenticate", challenge))?;
+                }
+                (
+                    AdmissionTicket {
+                        permit: None,
+                        decided_at,
+                        done: AtomicBool::new(false),
+                    },
+                    None,
+                    self.priorities[priority as usize].clone_ref(py),
+                    Some((rendered.status, body, head)),
+                )
+            }
+        })
+    }
+}
+
 #[pymethods]
 impl Admission {
     #[new]
@@ -150,99 +242,52 @@ impl Admission {
     }
 
     /// Decides a request from its `headers` (RSGI's `scope.headers.items()`: `(name, value)` pairs of str, names in
-    /// lower case), `default_priority` being
-    /// its route's and `in_flight_records` the records awaiting durability in the worker. Returns `(ticket,
-    /// device_id, priority, refusal)`: `refusal` is None when admitted, else `(status, body, headers)` to send.
+    /// lower case), `default_priority` being its route's and `in_flight_records` the records awaiting durability in
+    /// the worker. Returns `(ticket, device_id, priority, refusal)`: `refusal` is None when admitted, else
+    /// `(status, body, headers)` to send. `screened`: `screen` let the request through (its load checks are not
+    /// made again).
+    #[pyo3(signature = (headers, default_priority, in_flight_records, screened = false))]
     fn decide<'py>(
         &self,
         py: Python<'py>,
         headers: &Bound<'py, PyAny>,
         default_priority: &str,
         in_flight_records: u64,
+        screened: bool,
     ) -> PyResult<Decided<'py>> {
-        // The wanted values, copied into one buffer (a header sent on several lines is one comma-joined value).
-        let mut buffer: Vec<u8> = Vec::with_capacity(160);
-        let mut spans: [Option<(usize, usize)>; 6] = [None; 6];
-        for item in headers.try_iter()? {
-            let item = item?;
-            let (name, value) = match item.cast::<PyTuple>() {
-                Ok(pair) => (pair.get_item(0)?, pair.get_item(1)?),
-                Err(_) => (item.get_item(0)?, item.get_item(1)?),
-            };
-            let name = name.cast::<PyString>()?.to_str()?;
-            let Some(slot) = WANTED.iter().position(|w| *w == name.as_bytes()) else {
-                continue;
-            };
-            let value = value.cast::<PyString>()?.to_str()?;
-            let start = buffer.len();
-            if let Some((a, b)) = spans[slot] {
-                buffer.extend_from_within(a..b);
-                buffer.push(b',');
-            }
-            buffer.extend_from_slice(value.as_bytes());
-            spans[slot] = Some((start, buffer.len()));
-        }
+        let (buffer, spans) = wanted_headers(headers)?;
         let default = Priority::parse(default_priority.as_bytes()).unwrap_or(Priority::Low);
         let now_us = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_micros() as i64);
         let decision = py.detach(|| {
-            let get = |i: usize| spans[i].map(|(a, b)| &buffer[a..b]);
-            let view = HeaderView {
-                content_length: get(0),
-                content_encoding: get(1),
-                device_token: get(2),
-                api_key: get(3),
-                authorization: get(4),
-                priority: get(5),
-            };
-            self.inner.decide(&view, default, in_flight_records, now_us)
-        });
-        Ok(match decision {
-            Decision::Admitted {
-                permit,
-                device,
-                priority,
-            } => (
-                AdmissionTicket {
-                    permit: Some(permit),
-                    decided_at: permit.started,
-                    done: AtomicBool::new(false),
-                },
-                device.map(|d| PyString::new(py, &d)),
-                self.priorities[priority as usize].clone_ref(py),
-                None,
-            ),
-            Decision::Refused {
-                refusal,
-                priority,
-                retry_after,
-                decided_at,
-            } => {
-                let rendered = self.inner.rendered(refusal, priority);
-                let body = self.bodies[refusal as usize * 3 + priority as usize].clone_ref(py);
-                let head = PyList::empty(py);
-                // Granian adds content-length (the body's size is known).
-                let pair = |name: &str, value: &str| (PyString::intern(py, name), PyString::new(py, value));
-                head.append(pair("content-type", "application/problem+json"))?;
-                if let Some(seconds) = retry_after {
-                    head.append(pair("retry-after", &seconds.to_string()))?;
-                }
-                if let Some(challenge) = rendered.www_authenticate {
-                    head.append(pair("www-authenticate", challenge))?;
-                }
-                (
-                    AdmissionTicket {
-                        permit: None,
-                        decided_at,
-                        done: AtomicBool::new(false),
-                    },
-                    None,
-                    self.priorities[priority as usize].clone_ref(py),
-                    Some((rendered.status, body, head)),
-                )
+            let view = header_view(&buffer, &spans);
+            if screened {
+                self.inner.decide_screened(&view, default, now_us)
+            } else {
+                self.inner.decide(&view, default, in_flight_records, now_us)
             }
-        })
+        });
+        self.decided(py, decision)
+    }
+
+    /// The load checks of `decide` alone, as a request arrives and before it waits for the event loop (the core's
+    /// `Admission::screen`): None lets it through (then `decide(..., screened=True)`), else `decide`'s tuple of
+    /// the refusal.
+    fn screen<'py>(
+        &self,
+        py: Python<'py>,
+        headers: &Bound<'py, PyAny>,
+        default_priority: &str,
+        in_flight_records: u64,
+    ) -> PyResult<Option<Decided<'py>>> {
+        let (buffer, spans) = wanted_headers(headers)?;
+        let default = Priority::parse(default_priority.as_bytes()).unwrap_or(Priority::Low);
+        let refused = py.detach(|| {
+            self.inner
+                .screen(&header_view(&buffer, &spans), default, in_flight_records)
+        });
+        refused.map(|decision| self.decided(py, decision)).transpose()
     }
 
     /// The event loop was busy `busy` of the last `seconds` (see the core's `Admission::observe_loop`).

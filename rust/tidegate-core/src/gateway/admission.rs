@@ -464,26 +464,79 @@ impl Admission {
         in_flight_records: u64,
         now_us: i64,
     ) -> Decision {
+        match self.load_checks(headers, default_priority, in_flight_records) {
+            Ok(priority) => self.decide_admissible(headers, priority, now_us),
+            Err(refused) => refused,
+        }
+    }
+
+    /// `decide` for a request `screen` let through moments ago: its load checks are not made again (the loop's
+    /// shed level is a coin per request: a second toss would shed more than the level says); the limit's permit,
+    /// the key and the device's buckets are.
+    pub fn decide_screened(&self, headers: &HeaderView<'_>, default_priority: Priority, now_us: i64) -> Decision {
+        let priority = headers
+            .priority
+            .map_or(Some(default_priority), Priority::parse)
+            .unwrap_or(Priority::Low);
+        self.decide_admissible(headers, priority, now_us)
+    }
+
+    /// The load checks of `decide` alone, made as a request arrives, before it waits for the event loop: when the
+    /// CPU is what runs out, that wait is where requests queue, and a request shed there neither waits nor costs
+    /// the loop anything. Readiness, the priority, utilization, the loop's shed level, and whether the limit has
+    /// room for it (no permit is taken: `decide_screened` takes it). None: let through, with no side effect.
+    pub fn screen(
+        &self,
+        headers: &HeaderView<'_>,
+        default_priority: Priority,
+        in_flight_records: u64,
+    ) -> Option<Decision> {
+        let priority = match self.load_checks(headers, default_priority, in_flight_records) {
+            Ok(priority) => priority,
+            Err(refused) => return Some(refused),
+        };
+        let cost = request_cost(headers.content_length, headers.content_encoding);
+        let mut limit = self.lock();
+        if limit.has_room(priority, cost) {
+            return None;
+        }
+        let retry_after = limit.retry_after();
+        drop(limit);
+        Some(self.refuse(Refusal::Shed, priority, Some(retry_after)))
+    }
+
+    /// Readiness, the priority, utilization and the loop's shed level: the request's priority, or its refusal.
+    fn load_checks(
+        &self,
+        headers: &HeaderView<'_>,
+        default_priority: Priority,
+        in_flight_records: u64,
+    ) -> Result<Priority, Decision> {
         let parsed = headers.priority.map_or(Some(default_priority), Priority::parse);
         let priority = parsed.unwrap_or(Priority::Low);
         match self.readiness.load(Ordering::Relaxed) {
             READY => {}
-            SPOOL_FAILING => return self.refuse(Refusal::SpoolError, priority, Some(5)),
-            _ => return self.refuse(Refusal::NotReady, priority, Some(5)),
+            SPOOL_FAILING => return Err(self.refuse(Refusal::SpoolError, priority, Some(5))),
+            _ => return Err(self.refuse(Refusal::NotReady, priority, Some(5))),
         }
         if parsed.is_none() {
-            return self.refuse(Refusal::InvalidPriority, priority, None);
+            return Err(self.refuse(Refusal::InvalidPriority, priority, None));
         }
         let utilization = self.utilization(in_flight_records);
         if (utilization >= self.config.shed_medium_at && priority != Priority::High)
             || (utilization >= self.config.shed_low_at && priority == Priority::Low)
         {
-            return self.refuse(Refusal::Overloaded, priority, Some(1));
+            return Err(self.refuse(Refusal::Overloaded, priority, Some(1)));
         }
         if self.shed_for_load(priority) {
             let retry_after = self.lock().retry_after();
-            return self.refuse(Refusal::LoopBusy, priority, Some(retry_after));
+            return Err(self.refuse(Refusal::LoopBusy, priority, Some(retry_after)));
         }
+        Ok(priority)
+    }
+
+    /// The rest of `decide` for a request the load checks let through: the limit's permit, the key, the buckets.
+    fn decide_admissible(&self, headers: &HeaderView<'_>, priority: Priority, now_us: i64) -> Decision {
         let cost = request_cost(headers.content_length, headers.content_encoding);
         let permit = {
             let mut limit = self.lock();
@@ -721,6 +774,55 @@ mod tests {
                 .unwrap()
                 .contains("CPU is saturated")
         );
+    }
+
+    #[test]
+    fn screening_refuses_on_the_load_checks_and_takes_nothing_from_what_it_lets_through() {
+        let config = AdmissionConfig {
+            loop_busy_target: 0.85,
+            ..fixed(8.0)
+        };
+        let admission = Admission::new(config, None, None, None);
+        // Not ready, then a priority that is none: refused as they arrive.
+        let screened = |priority: &[u8]| {
+            admission
+                .screen(&headers(priority, b"100"), Priority::Low, 0)
+                .as_ref()
+                .and_then(refusal)
+        };
+        assert_eq!(screened(b"high"), Some(Refusal::NotReady));
+        admission.set_conditions(true, false, 0.0);
+        assert_eq!(screened(b"urgent"), Some(Refusal::InvalidPriority));
+        // Let through: no permit taken, so however many are screened, the limit is untouched.
+        for _ in 0..100 {
+            assert_eq!(screened(b"low"), None);
+        }
+        assert_eq!(admission.snapshot().in_flight, 0.0);
+        // Low's part of the limit (half of 8) filled by three (each costs a little over 1): screened out; high still
+        // let through.
+        let permits: Vec<Permit> = (0..3)
+            .map(
+                |_| match admission.decide_screened(&headers(b"low", b"100"), Priority::Low, 0) {
+                    Decision::Admitted { permit, .. } => permit,
+                    refused => panic!("{:?}", refusal(&refused)),
+                },
+            )
+            .collect();
+        assert_eq!(screened(b"low"), Some(Refusal::Shed));
+        assert_eq!(screened(b"high"), None);
+        for permit in permits {
+            admission.release(permit);
+        }
+        // The loop fully busy: every low request is shed on arrival; one let through is not tossed for again.
+        admission.observe_loop(1.0, 10.0);
+        assert_eq!(screened(b"low"), Some(Refusal::LoopBusy));
+        assert!(matches!(
+            admission.decide_screened(&headers(b"low", b"100"), Priority::Low, 0),
+            Decision::Admitted { .. }
+        ));
+        let refused = admission.snapshot().refused;
+        assert_eq!(refused[Refusal::LoopBusy as usize][Priority::Low as usize], 1);
+        assert_eq!(refused[Refusal::Shed as usize][Priority::Low as usize], 1);
     }
 
     #[test]

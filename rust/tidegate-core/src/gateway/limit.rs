@@ -180,10 +180,15 @@ impl AdaptiveLimit {
         }
     }
 
+    /// Whether a request of `cost` at `priority` fits (what `try_acquire` checks, without taking anything).
+    pub fn has_room(&self, priority: Priority, cost: f64) -> bool {
+        let counted = self.counted(priority);
+        counted <= 0.0 || counted + cost <= self.capacity(priority)
+    }
+
     /// Admits a request of `cost` at `priority`, or None: shed.
     pub fn try_acquire(&mut self, priority: Priority, cost: f64, now: f64) -> Option<Permit> {
-        let counted = self.counted(priority);
-        if counted > 0.0 && counted + cost > self.capacity(priority) {
+        if !self.has_room(priority, cost) {
             return None;
         }
         self.in_flight += cost;
