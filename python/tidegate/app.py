@@ -74,6 +74,9 @@ class App:
                 schedule = make_schedule(*args)
 
                 def screen_then_schedule(watcher: Any) -> None:
+                    # Set here, not when wrapping: should Granian make its scheduler otherwise, no request is
+                    # screened and the loop keeps making the load checks.
+                    edge.screening = True
                     try:
                         scope = watcher.scope
                         route = routes.get(scope.path) if scope.method == "POST" else None
@@ -91,7 +94,6 @@ class App:
 
         for name in factories:
             setattr(granian_futures, name, screening(getattr(granian_futures, name)))
-        edge.screening = True
 
     def __rsgi_del__(self, loop: asyncio.AbstractEventLoop) -> None:
         if self._lifespan is not None:

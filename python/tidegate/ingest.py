@@ -146,7 +146,7 @@ class IngestEdge:
         #: a timeout context per request).
         self._body_deadlines: dict[asyncio.Task[Any], float] = {}
         self._body_timed_out: set[asyncio.Task[Any]] = set()
-        #: Whether every request passes `screen` as it arrives (set by `App.__rsgi_init__` once it is in place).
+        #: Whether every request passes `screen` as it arrives (set by the scheduler `App.__rsgi_init__` wraps).
         self.screening = False
         #: Takes the large bodies (`OFF_LOOP_BODY_BYTES`), one at a time, off the event loop's thread.
         self._closing = False
