@@ -6,9 +6,12 @@ import asyncio
 import os
 import signal
 
+import pytest
 from tidegate.signals import stop_once_even_when_the_wakeup_pipe_is_full
 
 
+# Python reports the signal's byte it could not write ("Exception ignored ..."): that is the condition under test.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_a_stop_signal_reaches_the_loop_when_its_wakeup_pipe_is_full() -> None:
     loop = asyncio.new_event_loop()
     stop = asyncio.Event()
