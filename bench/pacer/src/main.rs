@@ -29,6 +29,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 use serde_json::{Value, json};
+use tidegate_core::decode::time::write_millis;
 
 const LOG_STEP: f64 = 1.02;
 const KINDS: [&str; 5] = ["temperature", "humidity", "pressure", "vibration_rms", "co2_ppm"];
@@ -261,28 +262,6 @@ fn parse_answer(answer: &[u8]) -> Result<Outcome, ()> {
     })
 }
 
-/// `YYYY-MM-DDTHH:MM:SS.mmmZ` for milliseconds since the epoch (days to a civil date: Howard Hinnant's
-/// `civil_from_days`; the one timestamp format needs no calendar crate).
-fn rfc3339_ms(epoch_ms: i64) -> String {
-    let (days, ms_of_day) = (epoch_ms.div_euclid(86_400_000), epoch_ms.rem_euclid(86_400_000));
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    let (h, m, s, ms) = (
-        ms_of_day / 3_600_000,
-        ms_of_day / 60_000 % 60,
-        ms_of_day / 1000 % 60,
-        ms_of_day % 1000,
-    );
-    format!("{year:04}-{month:02}-{day:02}T{h:02}:{m:02}:{s:02}.{ms:03}Z")
-}
-
 struct Pacer {
     options: Options,
     poll: Poll,
@@ -337,10 +316,13 @@ impl Pacer {
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as i64);
         let unique = ((options.nonce * 1000) + index as u64) * 1_000_000 + connection.counter;
+        let mut timestamp = Vec::with_capacity(24);
+        write_millis(&mut timestamp, now_ms - fastrand::i64(0..=600_000));
+        let timestamp = String::from_utf8_lossy(&timestamp);
         let body = format!(
             r#"{{"device_id":"{}","timestamp":"{}","metrics":{{"{}":{:.2},"seq":{}}},"metadata":{{"battery_level":{}}}}}"#,
             device[0],
-            rfc3339_ms(now_ms - fastrand::i64(0..=600_000)),
+            timestamp,
             KINDS[fastrand::usize(..KINDS.len())],
             fastrand::f64() * 100.0,
             unique,
@@ -581,13 +563,6 @@ fn main() -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn timestamps_are_rfc3339_utc_with_milliseconds() {
-        assert_eq!(rfc3339_ms(0), "1970-01-01T00:00:00.000Z");
-        assert_eq!(rfc3339_ms(951_782_400_123), "2000-02-29T00:00:00.123Z");
-        assert_eq!(rfc3339_ms(1_796_083_199_999), "2026-11-30T23:59:59.999Z");
-    }
 
     #[test]
     fn an_answer_is_complete_with_its_whole_body() {
