@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import asyncio
+import re
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -79,3 +81,18 @@ def key(server: Server, device: str) -> dict[str, str]:
     """The device key header of one of the module server's devices (`server.device_keys`)."""
     keys: dict[str, str] = server.device_keys  # type: ignore[attr-defined]
     return {"X-Device-Token": keys[device]}
+
+
+def metric(text: str, name: str) -> float:
+    """The value of an unlabelled metric (or of `name` written with its labels) in a `/metrics` text; 0 if absent."""
+    match = re.search(rf"^{re.escape(name)} (\S+)$", text, re.MULTILINE)
+    return float(match.group(1)) if match else 0.0
+
+
+async def until_in_flight(http: httpx.AsyncClient, records: int) -> None:
+    """Waits until the worker holds `records` records awaiting durability: requests are ordered by what the server
+    has, not by sleeps. The 60 s bound only keeps a broken server from hanging the test."""
+    guard = time.monotonic() + 60
+    while metric((await http.get("/metrics")).text, "tidegate_in_flight_records") < records:
+        assert time.monotonic() < guard, f"the worker never held {records} records in flight"
+        await asyncio.sleep(0.005)

@@ -24,7 +24,7 @@ import zstandard
 from tidegate.ingest import OFF_LOOP_BODY_BYTES
 from tidegate.testing.server import Server
 
-from tests.conftest import TRACEPARENT, event, iso_now, key, reading
+from tests.conftest import TRACEPARENT, event, iso_now, key, reading, until_in_flight
 from tests.openapi_check import OpenApiChecker
 
 DEVICES = [f"dev-{i}" for i in range(8)]
@@ -610,8 +610,8 @@ class TestAdmission:
             assert_problem(http.post("/api/v1/events", content=too_big, headers=bad_headers), 429)
 
     def test_low_priority_is_shed_first(self, tmp_path: Path) -> None:
-        # The first commit comes 8 s after the first reading: the sleeps below only order the requests, and a slow
-        # machine has seconds of room before the waiting readings are committed.
+        # The first commit comes 8 s after the first reading; each step below waits for the server to hold the
+        # readings it needs (milliseconds), so the window is only how long those steps may take together.
         env = {"TIDEGATE_AUTH": "false", "TIDEGATE_MAX_IN_FLIGHT_RECORDS": "10", "TIDEGATE_COMMIT_WINDOW_MS": "8000"}
         with Server(tmp_path, env) as busy:
 
@@ -625,10 +625,10 @@ class TestAdmission:
 
                     # Eight medium readings wait for the slow group commit: utilization 0.8.
                     pending = [asyncio.create_task(post("medium", i)) for i in range(8)]
-                    await asyncio.sleep(0.5)
+                    await until_in_flight(http, 8)
                     low = await post("low", 0)
                     ninth = asyncio.create_task(post("medium", 8))
-                    await asyncio.sleep(0.3)
+                    await until_in_flight(http, 9)
                     # Nine waiting: utilization 0.9, so medium is shed too while high still gets in.
                     medium = await post("medium", 9)
                     high = asyncio.create_task(post("high", 0))
@@ -711,13 +711,14 @@ class TestLifecycle:
             assert retry.json() == {**retry.json(), "status": "duplicate", "event_id": event_id}
 
     def test_sigterm_finishes_in_flight_requests(self, tmp_path: Path) -> None:
-        env = {"TIDEGATE_AUTH": "false", "TIDEGATE_COMMIT_WINDOW_MS": "800"}
+        # The reading waits for a commit 3 s away; SIGTERM is sent once the server holds it, not after a guess.
+        env = {"TIDEGATE_AUTH": "false", "TIDEGATE_COMMIT_WINDOW_MS": "3000"}
         server = Server(tmp_path, env).start()
 
         async def in_flight() -> int:
             async with httpx.AsyncClient(base_url=server.url, timeout=20) as http:
                 request = asyncio.create_task(http.post("/api/v1/ingest", json=reading("term-dev")))
-                await asyncio.sleep(0.3)
+                await until_in_flight(http, 1)
                 stopper = asyncio.create_task(asyncio.to_thread(server.stop))
                 response = await request
                 await stopper

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import gzip
 import json
-import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import tidegate
 from tidegate.testing.broker import Broker, consume_all
 from tidegate.testing.server import Server
 
-from tests.conftest import key, reading
+from tests.conftest import key, metric, reading
 from tests.openapi_check import OpenApiChecker
 from tests.test_http import spooled_records
 
@@ -46,11 +45,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 def quarantined(data_dir: Path, device: str) -> list[Record]:
     """The device's quarantined records in the spool, in order."""
     return [r for r in spooled_records(data_dir) if "dlq-stage" in r[2] and r[2].get("device_id") == device.encode()]
-
-
-def metric(text: str, name: str) -> float:
-    match = re.search(rf"^{re.escape(name)} (\S+)$", text, re.MULTILINE)
-    return float(match.group(1)) if match else 0.0
 
 
 def test_a_batch_keeps_its_good_records_and_quarantines_the_bad_ones_as_received(
