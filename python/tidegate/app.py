@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import signal
 import sys
@@ -67,33 +68,32 @@ class App:
         if not all(callable(getattr(granian_futures, name, None)) for name in factories):
             log.warning("tidegate: Granian's scheduler is not the one known; load is shed on the event loop only")
             return
-        routes, edge = self._routes, self.gateway.edge
-
-        def screening(make_schedule: Callable[..., Callable[[Any], None]]) -> Callable[..., Callable[[Any], None]]:
-            def make_screening_schedule(*args: Any) -> Callable[[Any], None]:
-                schedule = make_schedule(*args)
-
-                def screen_then_schedule(watcher: Any) -> None:
-                    # Set here, not when wrapping: should Granian make its scheduler otherwise, no request is
-                    # screened and the loop keeps making the load checks.
-                    edge.screening = True
-                    try:
-                        scope = watcher.scope
-                        route = routes.get(scope.path) if scope.method == "POST" else None
-                        if route is not None and edge.screen(route, scope, watcher.proto):
-                            watcher.done()
-                            return
-                    except BaseException as error:  # as Granian's own wrapper hands an app's error over
-                        watcher.err(error)
-                        return
-                    schedule(watcher)
-
-                return screen_then_schedule
-
-            return make_screening_schedule
-
         for name in factories:
-            setattr(granian_futures, name, screening(getattr(granian_futures, name)))
+            make_schedule = getattr(granian_futures, name)
+            setattr(granian_futures, name, functools.partial(self._screening_schedule, make_schedule))
+
+    def _screening_schedule(
+        self, make_schedule: Callable[..., Callable[[Any], None]], *args: Any
+    ) -> Callable[[Any], None]:
+        """Granian's per-request scheduling function (`make_schedule(*args)`), with the screen in front of it."""
+        return functools.partial(self._screen_then_schedule, make_schedule(*args))
+
+    def _screen_then_schedule(self, schedule: Callable[[Any], None], watcher: Any) -> None:
+        """On Granian's thread, per request: answered here when screened out, else queued for the loop."""
+        edge = self.gateway.edge
+        # Set here, not when wrapping: should Granian make its scheduler otherwise, no request is screened and the
+        # loop keeps making the load checks.
+        edge.screening = True
+        try:
+            scope = watcher.scope
+            route = self._routes.get(scope.path) if scope.method == "POST" else None
+            if route is not None and edge.screen(route, scope, watcher.proto):
+                watcher.done()
+                return
+        except BaseException as error:  # as Granian's own wrapper hands an app's error over
+            watcher.err(error)
+            return
+        schedule(watcher)
 
     def __rsgi_del__(self, loop: asyncio.AbstractEventLoop) -> None:
         if self._lifespan is not None:
