@@ -676,6 +676,10 @@ class Admission:
         rate_per_device: float = 50.0,
         decoded_bytes_per_device: float = 2097152.0,
         loop_busy_target: float = 1.0,
+        loop_queue_high: float = 256.0,
+        loop_queue_medium: float = 32.0,
+        loop_queue_low: float = 12.0,
+        loop_queue_interval_s: float = 0.1,
     ) -> Admission: ...
     def decide(
         self,
@@ -692,9 +696,13 @@ class Admission:
     def screen(
         self, headers: Sequence[tuple[str, str]], default_priority: str, in_flight_records: int
     ) -> tuple[AdmissionTicket, str | None, str, tuple[int, bytes, list[tuple[str, str]]]] | None:
-        """The load checks of `decide` alone (readiness, priority, utilization, the loop's shed level, room in the
-        limit), as a request arrives and before it waits for the event loop: None lets it through with no side
-        effect (then `decide(..., screened=True)`), else `decide`'s tuple of the refusal."""
+        """The load checks of `decide` alone (readiness, priority, utilization, the loop's shed level, the cost
+        already waiting for the loop against the priority's `loop_queue_<p>`, room in the limit), as a request
+        arrives and before it waits for the event loop: None lets it through, its cost counted as waiting for the
+        loop until `decide(..., screened=True)` (or `left_queue`), else `decide`'s tuple of the refusal."""
+    def left_queue(self, headers: Sequence[tuple[str, str]]) -> None:
+        """A request `screen` let through will not reach the event loop after all: its cost leaves the loop's
+        queue."""
     def observe_loop(self, busy: float, seconds: float) -> None:
         """The event loop was busy (not waiting for I/O) `busy` of the last `seconds`: above `loop_busy_target`
         the shed level rises (low priority shed in proportion, then medium; never high), below it falls."""
@@ -711,7 +719,7 @@ class Admission:
         """`max(in_flight_records / max_in_flight_records, pressure)`."""
     def snapshot(self) -> dict[str, float]:
         """Counters and gauges for `/metrics` (`limit`, `capacity_<p>`, `in_flight[_<p>]`, `slowdown`, `drain_rate`,
-        `refusal_seconds`, `loop_busy`, `shed_level`, `admitted_<p>`, `refused_<reason>_<p>`)."""
+        `refusal_seconds`, `loop_busy`, `shed_level`, `loop_queue`, `admitted_<p>`, `refused_<reason>_<p>`)."""
 
 @final
 class DeviceTable:

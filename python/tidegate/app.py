@@ -93,7 +93,14 @@ class App:
         except BaseException as error:  # as Granian's own wrapper hands an app's error over
             watcher.err(error)
             return
-        schedule(watcher)
+        try:
+            schedule(watcher)
+        except BaseException:
+            # Not queued (the loop closed as the worker stops): it never reaches the loop, which would take its
+            # cost out of the loop's queue.
+            if route is not None:
+                self.gateway.admission.left_queue(scope.headers.items())
+            raise
 
     def __rsgi_del__(self, loop: asyncio.AbstractEventLoop) -> None:
         if self._lifespan is not None:

@@ -160,6 +160,17 @@ class Settings:
     queue, Granian, the kernel), out of the limit's sight, and this is the signal that rises. 1 (the default) turns
     it off: at full utilization with a bounded set of clients (a closed-loop benchmark) the loop is just as busy,
     and it would shed there too; 0.85 is what the overload ramp was measured with (README, Performance)."""
+    admission_loop_queue_low: float = 12.0
+    """Cost (a reading costs about 1) let in as it arrived and still waiting for the worker's event loop at which
+    a low-priority request is shed as it arrives: under CPU saturation that wait is where requests queue, first
+    come first served whatever their priority. Medium is shed at `admission_loop_queue_medium`, high at
+    `admission_loop_queue_high`, so high waits behind at most medium's mark of new work."""
+    admission_loop_queue_medium: float = 32.0
+    admission_loop_queue_high: float = 256.0
+    admission_loop_queue_interval_s: float = 0.1
+    """How long the loop's queue must stand past a priority's mark before that priority is shed (and under it
+    before shedding stops): a shorter burst sheds nothing, as each refusal pauses a well-behaved client for at
+    least the smallest Retry-After, a second."""
     admission_refusal_weight: float = 2.0
     """Event-loop time of one refusal, as a multiple of the part the worker measures (from the decision to the
     answer sent; Granian's part of a request comes on top). That much time is taken out of the admitted requests'

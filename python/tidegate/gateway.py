@@ -214,6 +214,10 @@ class Gateway:
             rate_per_device=settings.rate_per_device,
             decoded_bytes_per_device=settings.decoded_bytes_per_device,
             loop_busy_target=settings.admission_loop_busy_target,
+            loop_queue_high=settings.admission_loop_queue_high,
+            loop_queue_medium=settings.admission_loop_queue_medium,
+            loop_queue_low=settings.admission_loop_queue_low,
+            loop_queue_interval_s=settings.admission_loop_queue_interval_s,
         )
         self.delivery = DeliveryStatus(settings.data_dir)
         self._ready = False

@@ -122,10 +122,10 @@ def admission_lines(snapshot: dict[str, float]) -> Iterable[str]:
         yield f"# TYPE {name} {kind}"
 
     yield from family(
-        "tidegate_shed_total", "counter", "Requests shed by priority (503: the limit, utilization or a busy loop)."
+        "tidegate_shed_total", "counter", "Requests shed by priority (503: the limit, utilization, a busy loop or the loop's queue)."
     )
     for p in PRIORITIES:
-        shed = sum(snapshot[f"refused_{reason}_{p}"] for reason in ("limit", "utilization", "loop_busy"))
+        shed = sum(snapshot[f"refused_{reason}_{p}"] for reason in ("limit", "utilization", "loop_busy", "loop_queue"))
         yield f'tidegate_shed_total{{priority="{p}"}} {shed:g}'
     yield from family("tidegate_rate_limited_total", "counter", "Requests refused by a device's rate or bytes (429).")
     limited = sum(snapshot[f"refused_{r}_{p}"] for r in ("rate", "decoded_bytes") for p in PRIORITIES)
@@ -172,6 +172,12 @@ def admission_lines(snapshot: dict[str, float]) -> Iterable[str]:
         "Shedding by the loop's busy share: 0 none, 1 all low priority, 2 all medium too (high never).",
     )
     yield f"tidegate_admission_shed_level {snapshot['shed_level']:g}"
+    yield from family(
+        "tidegate_admission_loop_queue",
+        "gauge",
+        "Cost let in as it arrived and not yet begun by the event loop (each priority is shed past its mark).",
+    )
+    yield f"tidegate_admission_loop_queue {snapshot['loop_queue']:g}"
     yield from family("tidegate_admission_drain_rate", "gauge", "Cost completed per second (Retry-After of a shed).")
     yield f"tidegate_admission_drain_rate {snapshot['drain_rate']:g}"
     yield from family(

@@ -183,6 +183,7 @@ impl Admission {
         max_limit = 4096.0, tolerance = 2.0, smoothing = 0.3, low_share = 0.5, medium_share = 0.8,
         refusal_weight = 2.0, shed_medium_at = 0.9, shed_low_at = 0.7, max_in_flight_records = 50_000.0,
         rate_per_device = 50.0, decoded_bytes_per_device = 2_097_152.0, loop_busy_target = 1.0,
+        loop_queue_high = 256.0, loop_queue_medium = 32.0, loop_queue_low = 12.0, loop_queue_interval_s = 0.1,
     ))]
     fn new(
         py: Python<'_>,
@@ -203,6 +204,10 @@ impl Admission {
         rate_per_device: f64,
         decoded_bytes_per_device: f64,
         loop_busy_target: f64,
+        loop_queue_high: f64,
+        loop_queue_medium: f64,
+        loop_queue_low: f64,
+        loop_queue_interval_s: f64,
     ) -> Admission {
         let config = AdmissionConfig {
             limit: LimitConfig {
@@ -220,6 +225,8 @@ impl Admission {
             rate_per_device,
             decoded_bytes_per_device,
             loop_busy_target,
+            loop_queue_shed_at: [loop_queue_high, loop_queue_medium, loop_queue_low],
+            loop_queue_interval_s,
         };
         let inner = CoreAdmission::new(
             config,
@@ -290,6 +297,14 @@ impl Admission {
         refused.map(|decision| self.decided(py, decision)).transpose()
     }
 
+    /// A request `screen` let through will not reach the event loop after all (it could not be queued): its cost
+    /// leaves the loop's queue. (`decide(..., screened=True)` takes it out of the queue for the others.)
+    fn left_queue(&self, headers: &Bound<'_, PyAny>) -> PyResult<()> {
+        let (buffer, spans) = wanted_headers(headers)?;
+        self.inner.left_queue(&header_view(&buffer, &spans));
+        Ok(())
+    }
+
     /// The event loop was busy `busy` of the last `seconds` (see the core's `Admission::observe_loop`).
     fn observe_loop(&self, busy: f64, seconds: f64) {
         self.inner.observe_loop(busy, seconds);
@@ -329,7 +344,7 @@ impl Admission {
     }
 
     /// Counters and gauges for `/metrics`: `limit`, `capacity_<priority>`, `in_flight`, `in_flight_<priority>`,
-    /// `slowdown`, `drain_rate`, `refusal_seconds`, `admitted_<priority>`, `refused_<reason>_<priority>`.
+    /// `slowdown`, `drain_rate`, `refusal_seconds`, `loop_busy`, `shed_level`, `loop_queue`, `admitted_<priority>`, `refused_<reason>_<priority>`.
     fn snapshot<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let s = self.inner.snapshot();
         let out = PyDict::new(py);
@@ -340,6 +355,7 @@ impl Admission {
         out.set_item("refusal_seconds", s.refusal_cost)?;
         out.set_item("loop_busy", s.loop_busy)?;
         out.set_item("shed_level", s.shed_level)?;
+        out.set_item("loop_queue", s.loop_queue)?;
         for p in Priority::ALL {
             let name = p.name();
             out.set_item(format!("capacity_{name}"), s.capacity[p as usize])?;

@@ -33,10 +33,12 @@ pub enum Refusal {
     ByteBudget = 8,
     /// The worker's event loop busy past its target: low, then medium priority shed in proportion.
     LoopBusy = 9,
+    /// More work waiting for the worker's event loop than the priority may queue behind (`screen`).
+    LoopQueue = 10,
 }
 
 impl Refusal {
-    pub const ALL: [Refusal; 10] = [
+    pub const ALL: [Refusal; 11] = [
         Refusal::NotReady,
         Refusal::SpoolError,
         Refusal::InvalidPriority,
@@ -47,6 +49,7 @@ impl Refusal {
         Refusal::RateLimited,
         Refusal::ByteBudget,
         Refusal::LoopBusy,
+        Refusal::LoopQueue,
     ];
 
     /// The label in `/metrics`.
@@ -62,6 +65,7 @@ impl Refusal {
             "rate",
             "decoded_bytes",
             "loop_busy",
+            "loop_queue",
         ][self as usize]
     }
 }
@@ -82,6 +86,12 @@ pub struct AdmissionConfig {
     /// The share of its time the event loop may be busy (not waiting for I/O) before low priority is shed; 1 (the
     /// default) never sheds by it.
     pub loop_busy_target: f64,
+    /// The cost let in and still waiting for the event loop (`screen`) at which a request of each priority
+    /// (high, medium, low) is shed as it arrives.
+    pub loop_queue_shed_at: [f64; 3],
+    /// How long the loop's queue must stay past a priority's mark before that priority is shed (and below it
+    /// before shedding stops): a burst shorter than this is let through.
+    pub loop_queue_interval_s: f64,
 }
 
 impl Default for AdmissionConfig {
@@ -94,6 +104,8 @@ impl Default for AdmissionConfig {
             rate_per_device: 50.0,
             decoded_bytes_per_device: 2.0 * 1024.0 * 1024.0,
             loop_busy_target: 1.0,
+            loop_queue_shed_at: [256.0, 32.0, 12.0],
+            loop_queue_interval_s: 0.1,
         }
     }
 }
@@ -150,7 +162,7 @@ pub struct Admission {
     /// `max(spool fill, loop lag / its threshold)`, as f64 bits.
     pressure: AtomicU64,
     admitted: [AtomicU64; 3],
-    refused: [[AtomicU64; 3]; 10],
+    refused: [[AtomicU64; 3]; 11],
     rendered: Vec<Rendered>,
     /// `observe_loop`'s shed level, f64 bits: 0 sheds nothing, 1 all low priority, 2 all medium too.
     shed_level: AtomicU64,
@@ -158,12 +170,32 @@ pub struct Admission {
     loop_busy: AtomicU64,
     /// The state of the coin that picks which requests a shed level refuses.
     coin: AtomicU64,
+    /// The cost `screen` let in that the loop has not begun yet (`decide_screened`), in `QUEUE_UNITS` per cost.
+    loop_queue: AtomicU64,
+    /// Per priority, whether the loop's queue stands past its mark (`standing_past_mark`).
+    standing: Mutex<[Standing; 3]>,
 }
+
+/// Whether the loop's queue stands past a priority's mark, the way CoDel tells a standing queue from a burst: the
+/// state turns only once the queue has stayed on the other side of the mark for `loop_queue_interval_s`.
+#[derive(Clone, Copy, Debug, Default)]
+struct Standing {
+    past_mark: bool,
+    /// When the queue was last seen crossing to the side the state is not on (None: on the state's side).
+    crossed_at: Option<f64>,
+}
+
+/// Fixed-point units per unit of cost in `Admission::loop_queue` (an atomic add needs an integer).
+const QUEUE_UNITS: f64 = 1024.0;
 
 /// How fast the shed level follows the loop's busy share: per second, per unit of busy share over (or under) the
 /// target. Busy all the time against a target of 0.85, all low priority is shed within ~0.8 s; once the loop idles,
 /// shedding stops within ~0.2 s.
 pub const SHED_GAIN: f64 = 8.0;
+
+fn queue_units(cost: f64) -> u64 {
+    (cost * QUEUE_UNITS) as u64
+}
 
 /// SplitMix64: a well-mixed 64-bit value from a counter (uniform enough to pick a share of requests; not for secrets).
 fn splitmix64(mut z: u64) -> u64 {
@@ -298,6 +330,18 @@ fn render(config: &AdmissionConfig) -> Vec<Rendered> {
                     ),
                     None,
                 ),
+                Refusal::LoopQueue => (
+                    503,
+                    problem(
+                        503,
+                        "shed",
+                        &format!(
+                            "overloaded (requests are waiting for this worker's CPU): {p} priority traffic is shed first; retry after Retry-After"
+                        ),
+                        "[]",
+                    ),
+                    None,
+                ),
                 Refusal::ByteBudget => (
                     429,
                     problem(
@@ -327,7 +371,7 @@ fn render(config: &AdmissionConfig) -> Vec<Rendered> {
 pub struct Snapshot {
     pub admitted: [u64; 3],
     /// By `Refusal as usize`, then priority.
-    pub refused: [[u64; 3]; 10],
+    pub refused: [[u64; 3]; 11],
     pub limit: f64,
     pub capacity: [f64; 3],
     pub in_flight: f64,
@@ -337,6 +381,8 @@ pub struct Snapshot {
     pub refusal_cost: f64,
     pub loop_busy: f64,
     pub shed_level: f64,
+    /// The cost let in and waiting for the event loop.
+    pub loop_queue: f64,
 }
 
 impl Admission {
@@ -367,6 +413,8 @@ impl Admission {
             shed_level: AtomicU64::new(0f64.to_bits()),
             loop_busy: AtomicU64::new(0f64.to_bits()),
             coin: AtomicU64::new(seed),
+            loop_queue: AtomicU64::new(0),
+            standing: Mutex::new([Standing::default(); 3]),
         }
     }
 
@@ -474,6 +522,7 @@ impl Admission {
     /// shed level is a coin per request: a second toss would shed more than the level says); the limit's permit,
     /// the key and the device's buckets are.
     pub fn decide_screened(&self, headers: &HeaderView<'_>, default_priority: Priority, now_us: i64) -> Decision {
+        self.left_queue(headers);
         let priority = headers
             .priority
             .map_or(Some(default_priority), Priority::parse)
@@ -483,26 +532,83 @@ impl Admission {
 
     /// The load checks of `decide` alone, made as a request arrives, before it waits for the event loop: when the
     /// CPU is what runs out, that wait is where requests queue, and a request shed there neither waits nor costs
-    /// the loop anything. Readiness, the priority, utilization, the loop's shed level, and whether the limit has
-    /// room for it (no permit is taken: `decide_screened` takes it). None: let through, with no side effect.
+    /// the loop anything. Readiness, the priority, utilization, the loop's shed level, the loop's queue, and
+    /// whether the limit has room for it (no permit is taken: `decide_screened` takes it). None: let through, its
+    /// cost counted in the loop's queue until `decide_screened` (or `left_queue`) takes it out.
+    ///
+    /// The loop's queue is the cost let through and not yet begun by the loop. It is the wait a request arriving
+    /// now has in front of it, known at once (a delay is known only once it has been waited), and it sheds by
+    /// priority where the wait is: low is refused once `loop_queue_shed_at[low]` is waiting, medium at its own
+    /// (larger) mark, high at the largest. Whatever the load, a high request waits behind at most medium's mark
+    /// of newly arrived work, so its latency stays near the unloaded one while the loop is kept busy.
     pub fn screen(
         &self,
         headers: &HeaderView<'_>,
         default_priority: Priority,
         in_flight_records: u64,
     ) -> Option<Decision> {
+        self.screen_at(headers, default_priority, in_flight_records, self.now())
+    }
+
+    /// `screen` at `now` (seconds on the admission's clock).
+    fn screen_at(
+        &self,
+        headers: &HeaderView<'_>,
+        default_priority: Priority,
+        in_flight_records: u64,
+        now: f64,
+    ) -> Option<Decision> {
         let priority = match self.load_checks(headers, default_priority, in_flight_records) {
             Ok(priority) => priority,
             Err(refused) => return Some(refused),
         };
         let cost = request_cost(headers.content_length, headers.content_encoding);
-        let mut limit = self.lock();
-        if limit.has_room(priority, cost) {
-            return None;
+        let refusal = if self.standing_past_mark(priority, now) {
+            Refusal::LoopQueue
+        } else {
+            let mut limit = self.lock();
+            if limit.has_room(priority, cost) {
+                drop(limit);
+                self.loop_queue.fetch_add(queue_units(cost), Ordering::Relaxed);
+                return None;
+            }
+            Refusal::Shed
+        };
+        let retry_after = self.lock().retry_after();
+        Some(self.refuse(refusal, priority, Some(retry_after)))
+    }
+
+    /// Whether a request of `priority` arriving at `now` finds the loop's queue past the priority's mark, and
+    /// standing there (past it for `loop_queue_interval_s`, not a burst). Every clients' pause a refusal causes is
+    /// a second or more of their requests (the smallest Retry-After), so a burst of a few milliseconds must not
+    /// refuse anyone; a queue that stands is an overload.
+    fn standing_past_mark(&self, priority: Priority, now: f64) -> bool {
+        let queued = self.loop_queue.load(Ordering::Relaxed) as f64 / QUEUE_UNITS;
+        let past_mark = queued >= self.config.loop_queue_shed_at[priority as usize];
+        let mut standing = self.standing.lock().unwrap_or_else(|e| e.into_inner());
+        let state = &mut standing[priority as usize];
+        if past_mark == state.past_mark {
+            state.crossed_at = None;
+        } else {
+            let crossed_at = *state.crossed_at.get_or_insert(now);
+            if now - crossed_at >= self.config.loop_queue_interval_s {
+                *state = Standing {
+                    past_mark,
+                    crossed_at: None,
+                };
+            }
         }
-        let retry_after = limit.retry_after();
-        drop(limit);
-        Some(self.refuse(Refusal::Shed, priority, Some(retry_after)))
+        past_mark && state.past_mark
+    }
+
+    /// A request `screen` let through has left the loop's queue: begun by the loop (`decide_screened` calls this),
+    /// or never to reach it (it could not be queued).
+    pub fn left_queue(&self, headers: &HeaderView<'_>) {
+        let units = queue_units(request_cost(headers.content_length, headers.content_encoding));
+        // Never below zero, whatever the order of the threads' updates.
+        let _ = self
+            .loop_queue
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |q| Some(q.saturating_sub(units)));
     }
 
     /// Readiness, the priority, utilization and the loop's shed level: the request's priority, or its refusal.
@@ -647,6 +753,7 @@ impl Admission {
             refusal_cost: limit.refusal_cost,
             loop_busy: f64::from_bits(self.loop_busy.load(Ordering::Relaxed)),
             shed_level: f64::from_bits(self.shed_level.load(Ordering::Relaxed)),
+            loop_queue: self.loop_queue.load(Ordering::Relaxed) as f64 / QUEUE_UNITS,
             ..Snapshot::default()
         };
         drop(limit);
@@ -780,6 +887,8 @@ mod tests {
     fn screening_refuses_on_the_load_checks_and_takes_nothing_from_what_it_lets_through() {
         let config = AdmissionConfig {
             loop_busy_target: 0.85,
+            // The loop's queue has its own test.
+            loop_queue_shed_at: [f64::INFINITY; 3],
             ..fixed(8.0)
         };
         let admission = Admission::new(config, None, None, None);
@@ -823,6 +932,109 @@ mod tests {
         let refused = admission.snapshot().refused;
         assert_eq!(refused[Refusal::LoopBusy as usize][Priority::Low as usize], 1);
         assert_eq!(refused[Refusal::Shed as usize][Priority::Low as usize], 1);
+    }
+
+    #[test]
+    fn the_loop_queue_sheds_low_then_medium_then_high_as_requests_arrive() {
+        let config = AdmissionConfig {
+            loop_queue_shed_at: [6.0, 4.0, 2.0],
+            loop_queue_interval_s: 0.0,
+            ..fixed(1e9)
+        };
+        let admission = Admission::new(config, None, None, None);
+        admission.set_conditions(true, false, 0.0);
+        // Each request costs 1 + 100 / 4096.
+        let screened = |priority: &[u8]| {
+            admission
+                .screen(&headers(priority, b"100"), Priority::Low, 0)
+                .as_ref()
+                .and_then(refusal)
+        };
+        let queued = || admission.snapshot().loop_queue;
+        assert_eq!((screened(b"low"), screened(b"low")), (None, None));
+        assert_eq!(screened(b"low"), Some(Refusal::LoopQueue));
+        assert_eq!((screened(b"medium"), screened(b"medium")), (None, None));
+        assert_eq!(screened(b"medium"), Some(Refusal::LoopQueue));
+        assert_eq!(screened(b"low"), Some(Refusal::LoopQueue));
+        assert_eq!((screened(b"high"), screened(b"high")), (None, None));
+        assert_eq!(screened(b"high"), Some(Refusal::LoopQueue));
+        assert!((queued() - 6.0 * (1.0 + 100.0 / 4096.0)).abs() < 1e-3, "{}", queued());
+        // A shed on arrival says when to come back.
+        let shed = admission.screen(&headers(b"low", b"100"), Priority::Low, 0);
+        assert!(matches!(
+            shed,
+            Some(Decision::Refused {
+                retry_after: Some(1..=30),
+                ..
+            })
+        ));
+        // The loop begins them: each leaves the queue, and low is let in again.
+        for _ in 0..6 {
+            let decision = admission.decide_screened(&headers(b"low", b"100"), Priority::Low, 0);
+            assert!(matches!(decision, Decision::Admitted { .. }));
+        }
+        assert_eq!(queued(), 0.0);
+        assert_eq!(screened(b"low"), None);
+        // One that could not be handed to the loop leaves it too; the queue never goes below zero.
+        admission.left_queue(&headers(b"low", b"100"));
+        admission.left_queue(&headers(b"low", b"100"));
+        assert_eq!(queued(), 0.0);
+        let refused = admission.snapshot().refused[Refusal::LoopQueue as usize];
+        assert_eq!(refused, [1, 1, 3]);
+        let rendered = admission.rendered(Refusal::LoopQueue, Priority::Medium);
+        assert_eq!(rendered.status, 503);
+        assert!(
+            std::str::from_utf8(&rendered.body)
+                .unwrap()
+                .contains("medium priority traffic is shed first")
+        );
+    }
+
+    #[test]
+    fn a_burst_past_the_mark_is_let_through_and_a_standing_queue_is_shed() {
+        let config = AdmissionConfig {
+            loop_queue_shed_at: [1e9, 1e9, 2.0],
+            loop_queue_interval_s: 0.1,
+            ..fixed(1e9)
+        };
+        let admission = Admission::new(config, None, None, None);
+        admission.set_conditions(true, false, 0.0);
+        let low = headers(b"low", b"100");
+        let screened = |now: f64| {
+            admission
+                .screen_at(&low, Priority::Low, 0, now)
+                .as_ref()
+                .and_then(refusal)
+        };
+        let begun = || admission.left_queue(&low);
+        // Past the mark (3 waiting) for less than the interval: a burst, let through.
+        for now in [0.0, 0.001, 0.002, 0.05, 0.099] {
+            assert_eq!(screened(now), None, "at {now}");
+        }
+        // Back under the mark at 0.1, past it again from 0.2: the interval starts again.
+        for _ in 0..5 {
+            begun();
+        }
+        assert_eq!((screened(0.1), screened(0.15)), (None, None));
+        assert_eq!((screened(0.2), screened(0.299)), (None, None));
+        // Past it for the whole interval (and a little: 0.3 - 0.2 < 0.1 in binary): shed, for as long as it stays
+        // past the mark.
+        assert_eq!(screened(0.31), Some(Refusal::LoopQueue));
+        assert_eq!(screened(0.35), Some(Refusal::LoopQueue));
+        // A short dip under the mark lets a request in and does not end the shedding.
+        for _ in 0..3 {
+            begun();
+        }
+        assert_eq!(screened(0.36), None);
+        assert_eq!(screened(0.37), Some(Refusal::LoopQueue));
+        // Under the mark for the interval: shedding ends, and a new crossing is a burst again.
+        for _ in 0..3 {
+            begun();
+        }
+        assert_eq!(screened(0.4), None);
+        assert_eq!(screened(0.51), None);
+        assert_eq!((screened(0.52), screened(0.53)), (None, None));
+        assert_eq!(screened(0.54), None);
     }
 
     #[test]

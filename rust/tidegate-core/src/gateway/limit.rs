@@ -27,7 +27,9 @@
 //!   against `shares[medium]`, high counts only high against all of it. Low is shed first and never takes room
 //!   from high. A request larger than its share is admitted when nothing it counts is in flight.
 //! * `Retry-After` of a shed request: the time the work in flight takes to drain at the measured completion rate,
-//!   jittered up to twice that (clients that honour it do not come back together), 1 to 30 s.
+//!   at least 1 s (the header's smallest), jittered up to twice that and rounded (clients that honour it do not
+//!   come back together: under a CPU-bound overload the drain takes milliseconds, and a Retry-After of 1 for every
+//!   client brought them all back in the same second), 1 to 30 s.
 //!
 //! Times are seconds on a monotonic clock, passed in by the caller (so the controller is tested without sleeping).
 
@@ -293,15 +295,16 @@ impl AdaptiveLimit {
         (self.rng.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 11) as f64 / (1u64 << 53) as f64
     }
 
-    /// Whole seconds until the work in flight drains at the measured rate, jittered up to twice that, 1..=30.
+    /// Whole seconds until the work in flight drains at the measured rate (at least 1), jittered up to twice that,
+    /// 1..=30.
     pub fn retry_after(&mut self) -> u32 {
         let drain = if self.drain_rate > 0.0 {
             self.in_flight / self.drain_rate
         } else {
             1.0
         };
-        let jittered = drain * (1.0 + self.uniform());
-        jittered.ceil().clamp(1.0, 30.0) as u32
+        let jittered = drain.max(1.0) * (1.0 + self.uniform());
+        jittered.round().clamp(1.0, 30.0) as u32
     }
 }
 
