@@ -24,7 +24,7 @@ import zstandard
 from tidegate.ingest import OFF_LOOP_BODY_BYTES
 from tidegate.testing.server import Server
 
-from tests.conftest import TRACEPARENT, event, iso_now, key, reading, until_in_flight
+from tests.conftest import TRACEPARENT, event, iso_now, key, metric, reading, until_in_flight
 from tests.openapi_check import OpenApiChecker
 
 DEVICES = [f"dev-{i}" for i in range(8)]
@@ -655,6 +655,59 @@ class TestAdmission:
             assert 'tidegate_shed_total{priority="low"} 1' in shed
             # Both refusals were made as the requests arrived, before they waited for the event loop.
             assert 'tidegate_admission_refused_on_arrival_total{route="ingest"} 2' in shed
+
+    def test_requests_waiting_for_a_stalled_loop_shed_low_as_they_arrive_and_let_high_in(self, tmp_path: Path) -> None:
+        # Low priority may queue 2 cost units (a reading costs about 1.06) for the event loop, high 256; a queue past
+        # the mark is shed at once (no interval).
+        env = {
+            "TIDEGATE_AUTH": "false",
+            "TIDEGATE_FAULT_INJECTION": "true",
+            "TIDEGATE_ADMISSION_LOOP_QUEUE_LOW": "2",
+            "TIDEGATE_ADMISSION_LOOP_QUEUE_INTERVAL_S": "0",
+            # Low is shed by the queue only while a higher priority arrives: the one sent first counts for the
+            # whole test.
+            "TIDEGATE_ADMISSION_LOOP_QUEUE_HIGHER_RECENT_S": "600",
+        }
+        with Server(tmp_path, env) as server:
+            first = httpx.post(server.url + "/api/v1/ingest", json=reading("dhigh-first"), headers={"X-Priority": "high"})
+            assert first.status_code == 202
+            faults = server.data_dir / "faults"
+            faults.mkdir(exist_ok=True)
+            # The worker's loop stops for 10 s: what arrives meanwhile waits for it (a hang guard, not a speed:
+            # the requests below take milliseconds).
+            (faults / "loop-stall-seconds").write_text("10")
+            deadline = time.monotonic() + 30
+            while not (faults / "loop-stalled").exists():
+                assert time.monotonic() < deadline, "the loop never stalled"
+                time.sleep(0.01)
+
+            async def scenario() -> tuple[list[int], int]:
+                async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
+
+                    def post(priority: str, i: int) -> Any:
+                        return http.post(
+                            "/api/v1/ingest", json=reading(f"d{priority}{i}"), headers={"X-Priority": priority}
+                        )
+
+                    lows = [asyncio.create_task(post("low", i)) for i in range(6)]
+                    # Two lows fill low's part of the queue; the other four are answered as they arrive, while the
+                    # loop is still stopped. Then a high one, which still fits.
+                    refused = 0
+                    for answer in asyncio.as_completed(lows):
+                        if (await answer).status_code == 503:
+                            refused += 1
+                            if refused == 4:
+                                break
+                    high = await post("high", 0)
+                    return sorted([(await low).status_code for low in lows]), high.status_code
+
+            lows, high = asyncio.run(scenario())
+            assert (lows, high) == ([202, 202, 503, 503, 503, 503], 202)
+            metrics = httpx.get(server.url + "/metrics").text
+            assert metric(metrics, 'tidegate_admission_refused_total{reason="loop_queue",priority="low"}') == 4
+            assert metric(metrics, 'tidegate_admission_refused_on_arrival_total{route="ingest"}') == 4
+            assert metric(metrics, "tidegate_admission_loop_queue") == 0
+            assert metric(metrics, 'tidegate_shed_total{priority="low"}') == 4
 
     def test_full_spool_answers_503_and_not_ready(self, tmp_path: Path) -> None:
         env = {"TIDEGATE_AUTH": "false", "TIDEGATE_SPOOL_QUOTA_BYTES": "65536", "TIDEGATE_SPOOL_SEGMENT_BYTES": "16384"}

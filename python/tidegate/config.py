@@ -143,7 +143,8 @@ class Settings:
     log_full_below_rps: float = 50.0
     fault_injection: bool = False
     """For tests and the chaos suite only: a worker turns a file `<data_dir>/faults/spool-write-failures` holding
-    N into its next N spool commits failing halfway, as on a full disk (where no small filesystem can be mounted)."""
+    N into its next N spool commits failing halfway, as on a full disk (where no small filesystem can be mounted),
+    and a file `<data_dir>/faults/loop-stall-seconds` holding S into its event loop stopping for S seconds."""
     admission_initial_limit: float = 1024.0
     """The adaptive concurrency limit per worker, in cost units (a body costs 1 + size / 4 KiB), at start;
     it adapts between `admission_min_limit` and `admission_max_limit` (the core's `gateway/limit.rs`)."""
@@ -171,6 +172,9 @@ class Settings:
     """How long the loop's queue must stand past a priority's mark before that priority is shed (and under it
     before shedding stops): a shorter burst sheds nothing, as each refusal pauses a well-behaved client for at
     least the smallest Retry-After, a second."""
+    admission_loop_queue_higher_recent_s: float = 1.0
+    """Medium and low are shed by the loop's queue only while a higher priority has arrived within this many
+    seconds: the shedding makes room for the priorities above, and with none of them coming it helps no one."""
     admission_refusal_weight: float = 2.0
     """Event-loop time of one refusal, as a multiple of the part the worker measures (from the decision to the
     answer sent; Granian's part of a request comes on top). That much time is taken out of the admitted requests'

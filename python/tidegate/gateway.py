@@ -218,6 +218,7 @@ class Gateway:
             loop_queue_medium=settings.admission_loop_queue_medium,
             loop_queue_low=settings.admission_loop_queue_low,
             loop_queue_interval_s=settings.admission_loop_queue_interval_s,
+            loop_queue_higher_recent_s=settings.admission_loop_queue_higher_recent_s,
         )
         self.delivery = DeliveryStatus(settings.data_dir)
         self._ready = False
@@ -518,9 +519,21 @@ class Gateway:
 
     def _inject_faults(self) -> None:
         assert self.spool is not None
-        trigger = self.settings.data_dir / "faults" / "spool-write-failures"
+        faults = self.settings.data_dir / "faults"
+        trigger = faults / "spool-write-failures"
         with contextlib.suppress(FileNotFoundError):
             count = int(trigger.read_text().strip() or 0)
             trigger.unlink()  # one worker takes it
             self.spool.inject_write_failures(count)
             log.warning(json.dumps({"event": "fault_injected", "spool_write_failures": count}))
+        stall = faults / "loop-stall-seconds"
+        with contextlib.suppress(FileNotFoundError):
+            seconds = float(stall.read_text().strip() or 0)
+            stall.unlink()
+            # The worker's event loop stops for that long, as under a CPU it cannot get: what arrives meanwhile
+            # waits for it (`loop-stalled` exists while it does).
+            stalled = faults / "loop-stalled"
+            stalled.touch()
+            log.warning(json.dumps({"event": "fault_injected", "loop_stall_seconds": seconds}))
+            time.sleep(seconds)
+            stalled.unlink()

@@ -184,6 +184,7 @@ impl Admission {
         refusal_weight = 2.0, shed_medium_at = 0.9, shed_low_at = 0.7, max_in_flight_records = 50_000.0,
         rate_per_device = 50.0, decoded_bytes_per_device = 2_097_152.0, loop_busy_target = 1.0,
         loop_queue_high = 256.0, loop_queue_medium = 32.0, loop_queue_low = 12.0, loop_queue_interval_s = 0.1,
+        loop_queue_higher_recent_s = 1.0,
     ))]
     fn new(
         py: Python<'_>,
@@ -208,6 +209,7 @@ impl Admission {
         loop_queue_medium: f64,
         loop_queue_low: f64,
         loop_queue_interval_s: f64,
+        loop_queue_higher_recent_s: f64,
     ) -> Admission {
         let config = AdmissionConfig {
             limit: LimitConfig {
@@ -227,6 +229,7 @@ impl Admission {
             loop_busy_target,
             loop_queue_shed_at: [loop_queue_high, loop_queue_medium, loop_queue_low],
             loop_queue_interval_s,
+            loop_queue_higher_recent_s,
         };
         let inner = CoreAdmission::new(
             config,

@@ -92,6 +92,9 @@ pub struct AdmissionConfig {
     /// How long the loop's queue must stay past a priority's mark before that priority is shed (and below it
     /// before shedding stops): a burst shorter than this is let through.
     pub loop_queue_interval_s: f64,
+    /// Medium and low are shed by the loop's queue only while a higher priority has arrived within this many
+    /// seconds: shedding makes room for the priorities above, and with none of them coming a refusal helps no one.
+    pub loop_queue_higher_recent_s: f64,
 }
 
 impl Default for AdmissionConfig {
@@ -106,6 +109,7 @@ impl Default for AdmissionConfig {
             loop_busy_target: 1.0,
             loop_queue_shed_at: [256.0, 32.0, 12.0],
             loop_queue_interval_s: 0.1,
+            loop_queue_higher_recent_s: 1.0,
         }
     }
 }
@@ -174,6 +178,9 @@ pub struct Admission {
     loop_queue: AtomicU64,
     /// Per priority, whether the loop's queue stands past its mark (`standing_past_mark`).
     standing: Mutex<[Standing; 3]>,
+    /// Per priority, when a request of it last arrived at `screen` (seconds on the admission's clock, f64 bits;
+    /// negative infinity: never).
+    last_arrival: [AtomicU64; 3],
 }
 
 /// Whether the loop's queue stands past a priority's mark, the way CoDel tells a standing queue from a burst: the
@@ -415,6 +422,7 @@ impl Admission {
             coin: AtomicU64::new(seed),
             loop_queue: AtomicU64::new(0),
             standing: Mutex::new([Standing::default(); 3]),
+            last_arrival: std::array::from_fn(|_| AtomicU64::new(f64::NEG_INFINITY.to_bits())),
         }
     }
 
@@ -566,7 +574,7 @@ impl Admission {
         let refusal = if self.standing_past_mark(priority, now) {
             Refusal::LoopQueue
         } else {
-            let mut limit = self.lock();
+            let limit = self.lock();
             if limit.has_room(priority, cost) {
                 drop(limit);
                 self.loop_queue.fetch_add(queue_units(cost), Ordering::Relaxed);
@@ -581,8 +589,15 @@ impl Admission {
     /// Whether a request of `priority` arriving at `now` finds the loop's queue past the priority's mark, and
     /// standing there (past it for `loop_queue_interval_s`, not a burst). Every clients' pause a refusal causes is
     /// a second or more of their requests (the smallest Retry-After), so a burst of a few milliseconds must not
-    /// refuse anyone; a queue that stands is an overload.
+    /// refuse anyone; a queue that stands is an overload. Medium and low are shed only while a higher priority is
+    /// arriving (`loop_queue_higher_recent_s`): with 256 low-priority clients alone in a closed loop, shedding them
+    /// by the queue halved what was accepted (their refusals and retries took the CPU) and protected no one.
     fn standing_past_mark(&self, priority: Priority, now: f64) -> bool {
+        self.last_arrival[priority as usize].store(now.to_bits(), Ordering::Relaxed);
+        let higher_recent = Priority::ALL[..priority as usize].iter().any(|higher| {
+            now - f64::from_bits(self.last_arrival[*higher as usize].load(Ordering::Relaxed))
+                <= self.config.loop_queue_higher_recent_s
+        });
         let queued = self.loop_queue.load(Ordering::Relaxed) as f64 / QUEUE_UNITS;
         let past_mark = queued >= self.config.loop_queue_shed_at[priority as usize];
         let mut standing = self.standing.lock().unwrap_or_else(|e| e.into_inner());
@@ -598,7 +613,7 @@ impl Admission {
                 };
             }
         }
-        past_mark && state.past_mark
+        past_mark && state.past_mark && (priority == Priority::High || higher_recent)
     }
 
     /// A request `screen` let through has left the loop's queue: begun by the loop (`decide_screened` calls this),
@@ -951,12 +966,21 @@ mod tests {
                 .and_then(refusal)
         };
         let queued = || admission.snapshot().loop_queue;
-        assert_eq!((screened(b"low"), screened(b"low")), (None, None));
+        // Low alone is not shed by the queue: there is no one to make room for.
+        for _ in 0..3 {
+            assert_eq!(screened(b"low"), None);
+        }
+        for _ in 0..3 {
+            admission.left_queue(&headers(b"low", b"100"));
+        }
+        assert_eq!(screened(b"high"), None);
+        assert_eq!(screened(b"low"), None);
         assert_eq!(screened(b"low"), Some(Refusal::LoopQueue));
         assert_eq!((screened(b"medium"), screened(b"medium")), (None, None));
         assert_eq!(screened(b"medium"), Some(Refusal::LoopQueue));
         assert_eq!(screened(b"low"), Some(Refusal::LoopQueue));
         assert_eq!((screened(b"high"), screened(b"high")), (None, None));
+        assert_eq!(screened(b"high"), Some(Refusal::LoopQueue));
         assert_eq!(screened(b"high"), Some(Refusal::LoopQueue));
         assert!((queued() - 6.0 * (1.0 + 100.0 / 4096.0)).abs() < 1e-3, "{}", queued());
         // A shed on arrival says when to come back.
@@ -980,7 +1004,7 @@ mod tests {
         admission.left_queue(&headers(b"low", b"100"));
         assert_eq!(queued(), 0.0);
         let refused = admission.snapshot().refused[Refusal::LoopQueue as usize];
-        assert_eq!(refused, [1, 1, 3]);
+        assert_eq!(refused, [2, 1, 3]);
         let rendered = admission.rendered(Refusal::LoopQueue, Priority::Medium);
         assert_eq!(rendered.status, 503);
         assert!(
@@ -1007,6 +1031,10 @@ mod tests {
                 .and_then(refusal)
         };
         let begun = || admission.left_queue(&low);
+        // A medium request arrived (within `loop_queue_higher_recent_s` of what follows): low may be shed.
+        let medium = headers(b"medium", b"100");
+        assert!(admission.screen_at(&medium, Priority::Low, 0, 0.0).is_none());
+        admission.left_queue(&medium);
         // Past the mark (3 waiting) for less than the interval: a burst, let through.
         for now in [0.0, 0.001, 0.002, 0.05, 0.099] {
             assert_eq!(screened(now), None, "at {now}");
@@ -1035,6 +1063,9 @@ mod tests {
         assert_eq!(screened(0.51), None);
         assert_eq!((screened(0.52), screened(0.53)), (None, None));
         assert_eq!(screened(0.54), None);
+        // Standing past the mark again: shed while the medium request is recent (1 s), not after.
+        assert_eq!(screened(0.7), Some(Refusal::LoopQueue));
+        assert_eq!(screened(1.1), None);
     }
 
     #[test]
