@@ -669,7 +669,9 @@ class TestAdmission:
             "TIDEGATE_ADMISSION_LOOP_QUEUE_HIGHER_RECENT_S": "600",
         }
         with Server(tmp_path, env) as server:
-            first = httpx.post(server.url + "/api/v1/ingest", json=reading("dhigh-first"), headers={"X-Priority": "high"})
+            first = httpx.post(
+                server.url + "/api/v1/ingest", json=reading("dhigh-first"), headers={"X-Priority": "high"}
+            )
             assert first.status_code == 202
             faults = server.data_dir / "faults"
             faults.mkdir(exist_ok=True)

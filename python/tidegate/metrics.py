@@ -122,7 +122,9 @@ def admission_lines(snapshot: dict[str, float]) -> Iterable[str]:
         yield f"# TYPE {name} {kind}"
 
     yield from family(
-        "tidegate_shed_total", "counter", "Requests shed by priority (503: the limit, utilization, a busy loop or the loop's queue)."
+        "tidegate_shed_total",
+        "counter",
+        "Requests shed by priority (503: the limit, utilization, a busy loop or the loop's queue).",
     )
     for p in PRIORITIES:
         shed = sum(snapshot[f"refused_{reason}_{p}"] for reason in ("limit", "utilization", "loop_busy", "loop_queue"))
