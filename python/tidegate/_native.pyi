@@ -679,7 +679,7 @@ class Admission:
         loop_queue_high: float = 256.0,
         loop_queue_medium: float = 32.0,
         loop_queue_low: float = 12.0,
-        loop_queue_interval_s: float = 0.1,
+        loop_queue_interval_s: float = 0.3,
         loop_queue_higher_recent_s: float = 1.0,
     ) -> Admission: ...
     def decide(

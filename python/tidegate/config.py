@@ -168,7 +168,7 @@ class Settings:
     `admission_loop_queue_high`, so high waits behind at most medium's mark of new work."""
     admission_loop_queue_medium: float = 32.0
     admission_loop_queue_high: float = 256.0
-    admission_loop_queue_interval_s: float = 0.1
+    admission_loop_queue_interval_s: float = 0.3
     """How long the loop's queue must stand past a priority's mark before that priority is shed (and under it
     before shedding stops): a shorter burst sheds nothing, as each refusal pauses a well-behaved client for at
     least the smallest Retry-After, a second."""

@@ -169,8 +169,10 @@ class IngestEdge:
         (`App.__rsgi_init__` puts this there): True when it was refused and answered here. Under CPU saturation the
         loop's queue is where requests wait, first come first served; a request shed here neither waits in it nor
         costs it a task (measured at twice capacity, busy shedding on, clients ignoring Retry-After: total goodput
-        0.38-0.43 of capacity before, 0.64-0.68 with it). The rest of the decision (the limit's permit, the key,
-        the device's buckets) is made on the loop, by `handle`."""
+        0.38-0.43 of capacity before, 0.64-0.68 with it). What it lets through is counted as waiting for the loop
+        until `handle` begins it, and that queue sheds by priority as requests arrive (`Admission::screen` in the
+        core). The rest of the decision (the limit's permit, the key, the device's buckets) is made on the loop, by
+        `handle`."""
         started = time.perf_counter()
         decided = self.gateway.admission.screen(scope.headers.items(), route.priority, self.gateway.in_flight_records)
         if decided is None:

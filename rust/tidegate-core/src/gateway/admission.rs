@@ -1,13 +1,15 @@
 //! The header phase of an ingest request: one decision, from the raw headers alone, before the body is read.
 //!
 //! In order: readiness (503 `not-ready` or `spool-error`), `X-Priority` (400 when unknown), utilization
-//! shedding (records awaiting durability, spool fill, event-loop lag: 503 `shed`), the adaptive concurrency limit
+//! shedding (records awaiting durability, spool fill, event-loop lag: 503 `shed`), the loop's busy share and its
+//! queue (as the request arrives, `Admission::screen`: 503 `shed`), the adaptive concurrency limit
 //! with its priority partitions ([`super::limit`]: 503 `shed`), the device key (401), the device's request rate and
 //! its budget of decoded bytes (429). Shedding comes before the key so that a shed costs no hash; a request
 //! refused after the limit gives its permit back (its time is not counted). Every refusal is answered with a body rendered once, at start, and a
 //! `Retry-After`; every refusal and admission is counted here, for `/metrics`.
 //!
-//! The decision takes no lock but the limit's (a few arithmetic operations) and the keys' and buckets' own.
+//! The decision takes no lock but the limit's and the loop queue's (a few arithmetic operations each) and the keys'
+//! and buckets' own.
 
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -108,7 +110,7 @@ impl Default for AdmissionConfig {
             decoded_bytes_per_device: 2.0 * 1024.0 * 1024.0,
             loop_busy_target: 1.0,
             loop_queue_shed_at: [256.0, 32.0, 12.0],
-            loop_queue_interval_s: 0.1,
+            loop_queue_interval_s: 0.3,
             loop_queue_higher_recent_s: 1.0,
         }
     }
@@ -191,6 +193,10 @@ struct Standing {
     /// When the queue was last seen crossing to the side the state is not on (None: on the state's side).
     crossed_at: Option<f64>,
 }
+
+/// A burst past a priority's loop-queue mark is let through for `loop_queue_interval_s`, but never past this many
+/// times the mark: the queue a burst may build in front of the priorities above is bounded too.
+pub const LOOP_QUEUE_BURST_FACTOR: f64 = 4.0;
 
 /// Fixed-point units per unit of cost in `Admission::loop_queue` (an atomic add needs an integer).
 const QUEUE_UNITS: f64 = 1024.0;
@@ -613,7 +619,9 @@ impl Admission {
                 };
             }
         }
-        past_mark && state.past_mark && (priority == Priority::High || higher_recent)
+        let standing =
+            state.past_mark || queued >= LOOP_QUEUE_BURST_FACTOR * self.config.loop_queue_shed_at[priority as usize];
+        past_mark && standing && (priority == Priority::High || higher_recent)
     }
 
     /// A request `screen` let through has left the loop's queue: begun by the loop (`decide_screened` calls this),
