@@ -1047,8 +1047,12 @@ mod tests {
         for now in [0.0, 0.001, 0.002, 0.05, 0.099] {
             assert_eq!(screened(now), None, "at {now}");
         }
+        // Never past 4 times the mark (8), burst or not.
+        assert_eq!((screened(0.0991), screened(0.0992)), (None, None));
+        assert_eq!(screened(0.0993), None);
+        assert_eq!(screened(0.0994), Some(Refusal::LoopQueue));
         // Back under the mark at 0.1, past it again from 0.2: the interval starts again.
-        for _ in 0..5 {
+        for _ in 0..8 {
             begun();
         }
         assert_eq!((screened(0.1), screened(0.15)), (None, None));
