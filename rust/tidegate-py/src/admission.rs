@@ -293,10 +293,11 @@ impl Admission {
     ) -> PyResult<Option<Decided<'py>>> {
         let (buffer, spans) = wanted_headers(headers)?;
         let default = Priority::parse(default_priority.as_bytes()).unwrap_or(Priority::Low);
-        let refused = py.detach(|| {
-            self.inner
-                .screen(&header_view(&buffer, &spans), default, in_flight_records)
-        });
+        // With the GIL held: the checks take a few atomics and two short locks, and a thread that lets the GIL go
+        // waits to take it back behind the event loop, which under load always wants it.
+        let refused = self
+            .inner
+            .screen(&header_view(&buffer, &spans), default, in_flight_records);
         refused.map(|decision| self.decided(py, decision)).transpose()
     }
 
