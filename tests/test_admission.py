@@ -12,7 +12,7 @@ from tidegate._native import Admission, AdmissionTicket, Keys, RateTable
 from tidegate.auth import KeyStore
 from tidegate.testing.server import Server
 
-from tests.conftest import event, reading
+from tests.conftest import event, metric, reading
 
 
 def test_low_fills_only_its_share_and_never_takes_room_from_high() -> None:
@@ -151,12 +151,7 @@ def test_under_a_low_priority_flood_low_is_shed_and_high_is_admitted(tmp_path: P
     assert low.count(503) > 0, "low-priority bodies were shed"
     assert low.count(202) > 0, "but low is not starved"
     assert all(1 <= int(value) <= 30 for value in retry_after)
-    assert 'tidegate_shed_total{priority="low"}' in metrics
-    shed = next(
-        line
-        for line in metrics.splitlines()
-        if line.startswith('tidegate_admission_refused_total{reason="limit",priority="low"}')
-    )
-    assert float(shed.split()[-1]) >= low.count(503), "every shed counted natively"
-    assert 'tidegate_admission_refused_total{reason="limit",priority="high"} 0' in metrics
+    # Shed by the limit's partition, or as they arrived by the loop's queue (the flood waits for the loop).
+    assert metric(metrics, 'tidegate_shed_total{priority="low"}') >= low.count(503), "every shed counted natively"
+    assert 'tidegate_shed_total{priority="high"} 0' in metrics
     assert "tidegate_admission_limit 8" in metrics
