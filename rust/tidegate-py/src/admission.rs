@@ -348,7 +348,8 @@ impl Admission {
     }
 
     /// Counters and gauges for `/metrics`: `limit`, `capacity_<priority>`, `in_flight`, `in_flight_<priority>`,
-    /// `slowdown`, `drain_rate`, `refusal_seconds`, `loop_busy`, `shed_level`, `loop_queue`, `admitted_<priority>`, `refused_<reason>_<priority>`.
+    /// `slowdown`, `drain_rate`, `refusal_seconds`, `loop_busy`, `shed_level`, `loop_queue`, `admitted_<priority>`,
+    /// `refused_<reason>_<priority>`.
     fn snapshot<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let s = self.inner.snapshot();
         let out = PyDict::new(py);
