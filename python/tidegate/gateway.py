@@ -526,14 +526,17 @@ class Gateway:
             trigger.unlink()  # one worker takes it
             self.spool.inject_write_failures(count)
             log.warning(json.dumps({"event": "fault_injected", "spool_write_failures": count}))
-        stall = faults / "loop-stall-seconds"
+        stall = faults / "loop-stall"
         with contextlib.suppress(FileNotFoundError):
-            seconds = float(stall.read_text().strip() or 0)
             stall.unlink()
-            # The worker's event loop stops for that long, as under a CPU it cannot get: what arrives meanwhile
-            # waits for it (`loop-stalled` exists while it does).
-            stalled = faults / "loop-stalled"
+            # The worker's event loop stops, as under a CPU it cannot get, until `loop-resume` appears (what arrives
+            # meanwhile waits for it; `loop-stalled` exists while it does). The 60 s bound keeps a test that never
+            # resumes it from hanging the worker.
+            stalled, resume = faults / "loop-stalled", faults / "loop-resume"
             stalled.touch()
-            log.warning(json.dumps({"event": "fault_injected", "loop_stall_seconds": seconds}))
-            time.sleep(seconds)
+            log.warning(json.dumps({"event": "fault_injected", "loop_stall": True}))
+            give_up = time.monotonic() + 60
+            while not resume.exists() and time.monotonic() < give_up:
+                time.sleep(0.005)
+            resume.unlink(missing_ok=True)
             stalled.unlink()
