@@ -112,6 +112,18 @@ fn wanted_headers(headers: &Bound<'_, PyAny>) -> PyResult<WantedHeaders> {
     Ok((buffer, spans))
 }
 
+/// A priority named by the caller (a route's default, MQTT's topic rule): anything but high or medium is low.
+fn route_priority(name: &str) -> Priority {
+    Priority::parse(name.as_bytes()).unwrap_or(Priority::Low)
+}
+
+/// Microseconds since the Unix epoch: the device buckets' clock, shared by every process of the host.
+fn now_us() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as i64)
+}
+
 fn header_view<'a>(buffer: &'a [u8], spans: &[Option<(usize, usize)>; 6]) -> HeaderView<'a> {
     let get = |i: usize| spans[i].map(|(a, b)| &buffer[a..b]);
     HeaderView {
@@ -266,16 +278,13 @@ impl Admission {
         screened: bool,
     ) -> PyResult<Decided<'py>> {
         let (buffer, spans) = wanted_headers(headers)?;
-        let default = Priority::parse(default_priority.as_bytes()).unwrap_or(Priority::Low);
-        let now_us = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_micros() as i64);
+        let default = route_priority(default_priority);
         let decision = py.detach(|| {
             let view = header_view(&buffer, &spans);
             if screened {
-                self.inner.decide_screened(&view, default, now_us)
+                self.inner.decide_screened(&view, default, now_us())
             } else {
-                self.inner.decide(&view, default, in_flight_records, now_us)
+                self.inner.decide(&view, default, in_flight_records, now_us())
             }
         });
         self.decided(py, decision)
@@ -292,7 +301,7 @@ impl Admission {
         in_flight_records: u64,
     ) -> PyResult<Option<Decided<'py>>> {
         let (buffer, spans) = wanted_headers(headers)?;
-        let default = Priority::parse(default_priority.as_bytes()).unwrap_or(Priority::Low);
+        let default = route_priority(default_priority);
         // With the GIL held: the checks take a few atomics and two short locks, and a thread that lets the GIL go
         // waits to take it back behind the event loop, which under load always wants it.
         let refused = self
@@ -335,11 +344,8 @@ impl Admission {
     /// For MQTT, which holds a message it cannot take yet instead of refusing it: 0 when a message of `device_id`
     /// at `priority` may be taken now (the device's token taken), else the seconds to wait before asking again.
     fn wait_for(&self, device_id: &str, priority: &str, in_flight_records: u64) -> f64 {
-        let priority = Priority::parse(priority.as_bytes()).unwrap_or(Priority::Low);
-        let now_us = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_micros() as i64);
-        self.inner.wait_for(device_id, priority, in_flight_records, now_us)
+        let priority = route_priority(priority);
+        self.inner.wait_for(device_id, priority, in_flight_records, now_us())
     }
 
     /// `max(in_flight_records / max_in_flight_records, pressure)`.
