@@ -713,6 +713,52 @@ class TestAdmission:
             assert metric(metrics, "tidegate_admission_loop_queue") == 0
             assert metric(metrics, 'tidegate_shed_total{priority="low"}') == 4
 
+    def test_a_high_priority_request_queued_last_for_a_busy_loop_is_taken_first(self, tmp_path: Path) -> None:
+        # The loop stalled, six medium readings wait for it, then a high one: first come, first served, the high
+        # one would be spooled last; in the loop's first lane (`tidegate.loop`) its task, its body and its commit
+        # run before the others' (it is spooled first).
+        with Server(tmp_path, {"TIDEGATE_AUTH": "false", "TIDEGATE_FAULT_INJECTION": "true"}) as server:
+            assert httpx.post(server.url + "/api/v1/ingest", json=reading("dwarm")).status_code == 202
+            faults = server.data_dir / "faults"
+            faults.mkdir(exist_ok=True)
+            (faults / "loop-stall").touch()
+            guard = time.monotonic() + 60
+            while not (faults / "loop-stalled").exists():
+                assert time.monotonic() < guard, "the loop never stalled"
+                time.sleep(0.01)
+
+            async def queued_for_the_loop(at_least: float) -> None:
+                # What screening let through and the stalled loop has not begun (cost units, about 1 a reading).
+                guard = time.monotonic() + 60
+                while True:
+                    with contextlib.suppress(FileNotFoundError, ValueError):
+                        if float((faults / "loop-queue").read_text()) >= at_least:
+                            return
+                    assert time.monotonic() < guard, "the requests never reached the stalled loop"
+                    await asyncio.sleep(0.01)
+
+            async def scenario() -> list[int]:
+                async with httpx.AsyncClient(base_url=server.url, timeout=120) as http:
+
+                    def post(priority: str, i: int) -> Any:
+                        return http.post(
+                            "/api/v1/ingest", json=reading(f"d{priority}{i}"), headers={"X-Priority": priority}
+                        )
+
+                    mediums = [asyncio.create_task(post("medium", i)) for i in range(6)]
+                    await queued_for_the_loop(6)
+                    high = asyncio.create_task(post("high", 0))
+                    await queued_for_the_loop(7)
+                    (faults / "loop-resume").touch()
+                    return [(await request).status_code for request in (*mediums, high)]
+
+            assert asyncio.run(scenario()) == [202] * 7
+            devices = [json.loads(value)["device_id"] for _, value, _, _ in spooled_records(server.data_dir)]
+            assert devices[0] == "dwarm" and sorted(devices[1:]) == sorted(
+                ["dhigh0"] + [f"dmedium{i}" for i in range(6)]
+            )
+            assert devices[1] == "dhigh0", devices
+
     def test_full_spool_answers_503_and_not_ready(self, tmp_path: Path) -> None:
         env = {"TIDEGATE_AUTH": "false", "TIDEGATE_SPOOL_QUOTA_BYTES": "65536", "TIDEGATE_SPOOL_SEGMENT_BYTES": "16384"}
         with Server(tmp_path, env) as tiny, httpx.Client(base_url=tiny.url) as http:

@@ -696,11 +696,12 @@ class Admission:
         through (its load checks are not made again)."""
     def screen(
         self, headers: Sequence[tuple[str, str]], default_priority: str, in_flight_records: int
-    ) -> tuple[AdmissionTicket, str | None, str, tuple[int, bytes, list[tuple[str, str]]]] | None:
+    ) -> str | tuple[AdmissionTicket, str | None, str, tuple[int, bytes, list[tuple[str, str]]]]:
         """The load checks of `decide` alone (readiness, priority, utilization, the loop's shed level, the cost
         already waiting for the loop against the priority's `loop_queue_<p>`, room in the limit), as a request
-        arrives and before it waits for the event loop: None lets it through, its cost counted as waiting for the
-        loop until `decide(..., screened=True)` (or `left_queue`), else `decide`'s tuple of the refusal."""
+        arrives and before it waits for the event loop: the request's priority (high, medium or low) lets it
+        through, its cost counted as waiting for the loop until `decide(..., screened=True)` (or `left_queue`);
+        else `decide`'s tuple of the refusal."""
     def left_queue(self, headers: Sequence[tuple[str, str]]) -> None:
         """A request `screen` let through will not reach the event loop after all: its cost leaves the loop's
         queue."""

@@ -29,6 +29,7 @@ from starlette.routing import Route
 from tidegate.archive.http import archive_routes
 from tidegate.config import Settings, load_settings
 from tidegate.gateway import Gateway
+from tidegate.loop import high_context, run_first_lane
 from tidegate.operations import http_exception, operations_routes
 from tidegate.rsgi import serve_asgi
 from tidegate.signals import stop_once_even_when_the_wakeup_pipe_is_full
@@ -51,6 +52,8 @@ class App:
     def __rsgi_init__(self, loop: asyncio.AbstractEventLoop) -> None:
         # Granian gave SIGINT and SIGTERM loop handlers (they stop the worker) before calling this.
         stop_once_even_when_the_wakeup_pipe_is_full(loop, (signal.SIGINT, signal.SIGTERM))
+        # High priority's callbacks run first; the loop is woken only when it waits (`tidegate.loop`).
+        run_first_lane(loop)
         self._screen_as_requests_arrive()
         self._lifespan = self.gateway.lifespan()
         try:
@@ -79,13 +82,22 @@ class App:
             setattr(granian_futures, name, functools.partial(self._screening_schedule, make_schedule))
 
     def _screening_schedule(
-        self, make_schedule: Callable[..., Callable[[Any], None]], *args: Any
+        self, make_schedule: Callable[..., Callable[[Any], None]], loop: Any, context: Any, *args: Any
     ) -> Callable[[Any], None]:
-        """Granian's per-request scheduling function (`make_schedule(*args)`), with the screen in front of it."""
-        return functools.partial(self._screen_then_schedule, make_schedule(*args))
+        """Granian's per-request scheduling function (`make_schedule(loop, context, ...)`, which starts each
+        request's task in a copy of `context`), with the screen in front of it, and a second one that starts
+        high-priority requests in the loop's first lane (`tidegate.loop`)."""
+        return functools.partial(
+            self._screen_then_schedule,
+            make_schedule(loop, context, *args),
+            make_schedule(loop, high_context(context), *args),
+        )
 
-    def _screen_then_schedule(self, schedule: Callable[[Any], None], watcher: Any) -> None:
-        """On Granian's thread, per request: answered here when screened out, else queued for the loop."""
+    def _screen_then_schedule(
+        self, schedule: Callable[[Any], None], schedule_first: Callable[[Any], None], watcher: Any
+    ) -> None:
+        """On Granian's thread, per request: answered here when screened out, else queued for the loop (high
+        priority in its first lane)."""
         edge = self.gateway.edge
         # Set here, not when wrapping: should Granian make its scheduler otherwise, no request is screened and the
         # loop keeps making the load checks.
@@ -93,9 +105,13 @@ class App:
         try:
             scope = watcher.scope
             route = self._routes.get(scope.path) if scope.method == "POST" else None
-            if route is not None and edge.screen(route, scope, watcher.proto):
-                watcher.done()
-                return
+            if route is not None:
+                priority = edge.screen(route, scope, watcher.proto)
+                if priority is None:
+                    watcher.done()
+                    return
+                if priority == "high":
+                    schedule = schedule_first
         except BaseException as error:  # as Granian's own wrapper hands an app's error over
             watcher.err(error)
             return

@@ -530,13 +530,16 @@ class Gateway:
         with contextlib.suppress(FileNotFoundError):
             stall.unlink()
             # The worker's event loop stops, as under a CPU it cannot get, until `loop-resume` appears (what arrives
-            # meanwhile waits for it; `loop-stalled` exists while it does). The 60 s bound keeps a test that never
-            # resumes it from hanging the worker.
-            stalled, resume = faults / "loop-stalled", faults / "loop-resume"
+            # meanwhile waits for it; `loop-stalled` exists while it does, and `loop-queue` says the cost waiting
+            # for the loop, `tidegate_admission_loop_queue`). The 60 s bound keeps a test that never resumes it
+            # from hanging the worker.
+            stalled, resume, queued = faults / "loop-stalled", faults / "loop-resume", faults / "loop-queue"
             stalled.touch()
             log.warning(json.dumps({"event": "fault_injected", "loop_stall": True}))
             give_up = time.monotonic() + 60
             while not resume.exists() and time.monotonic() < give_up:
+                queued.write_text(f"{self.admission.snapshot()['loop_queue']:g}")
                 time.sleep(0.005)
+            queued.unlink(missing_ok=True)
             resume.unlink(missing_ok=True)
             stalled.unlink()

@@ -164,24 +164,24 @@ class IngestEdge:
                 self._body_timed_out.add(task)
                 task.cancel()
 
-    def screen(self, route: IngestRoute, scope: Scope, proto: HTTPProtocol) -> bool:
+    def screen(self, route: IngestRoute, scope: Scope, proto: HTTPProtocol) -> str | None:
         """Admission's load checks as the request arrives, on the Granian thread that hands it to the event loop
-        (`App.__rsgi_init__` puts this there): True when it was refused and answered here. Under CPU saturation the
-        loop's queue is where requests wait, first come first served; a request shed here neither waits in it nor
-        costs it a task (measured at twice capacity, busy shedding on, clients ignoring Retry-After: total goodput
-        0.38-0.43 of capacity before, 0.64-0.68 with it). What it lets through is counted as waiting for the loop
-        until `handle` begins it, and that queue sheds by priority as requests arrive (`Admission::screen` in the
-        core). The rest of the decision (the limit's permit, the key, the device's buckets) is made on the loop, by
-        `handle`."""
+        (`App.__rsgi_init__` puts this there): the priority it goes to the loop with, or None when it was refused
+        and answered here. Under CPU saturation the loop's queue is where requests wait; a request shed here
+        neither waits in it nor costs it a task (measured at twice capacity, busy shedding on, clients ignoring
+        Retry-After: total goodput 0.38-0.43 of capacity before, 0.64-0.68 with it). What it lets through is counted
+        as waiting for the loop until `handle` begins it, and that queue sheds by priority as requests arrive
+        (`Admission::screen` in the core). The rest of the decision (the limit's permit, the key, the device's
+        buckets) is made on the loop, by `handle`."""
         started = time.perf_counter()
         decided = self.gateway.admission.screen(scope.headers.items(), route.priority, self.gateway.in_flight_records)
-        if decided is None:
-            return False
+        if isinstance(decided, str):
+            return decided
         ticket, _, _, refusal = decided
         assert refusal is not None
         self._refused(route, proto, ticket, refusal, started)
         self.metrics.refused_on_arrival.inc((route.name,))
-        return True
+        return None
 
     def _refused(
         self,

@@ -1,8 +1,11 @@
 """A small Prometheus registry: labelled counters, histograms and gauges, rendered in the text format.
 
 Written here rather than imported so that the hot path costs one dict update per observation. Counters and
-histograms take a lock: refusals are counted on Granian's threads as requests arrive (`tidegate.app`), the rest on
-the event loop's, and an update is a read and a write the GIL may switch threads between.
+histograms are updated from several threads (refusals are counted on Granian's threads as requests arrive,
+`tidegate.app`; the rest on the event loop's), and an update is a read and a write the GIL may switch threads
+between. So each thread updates values of its own, without a lock, and a scrape adds them up. A lock shared by
+those threads was what the event loop waited on most under overload: a Granian thread made to give up the GIL
+while holding it kept the loop waiting for both, up to 125 ms for one update (issue 11, at twice capacity).
 """
 
 from __future__ import annotations
@@ -10,10 +13,13 @@ from __future__ import annotations
 import bisect
 import threading
 from collections.abc import Callable, Iterable
+from typing import Generic, TypeVar
 
 LabelValues = tuple[str, ...]
 #: `tidegate._native.Gateway.counters()`.
 NativeCounts = tuple[list[tuple[str, str, int]], list[tuple[str, int]], int, list[int], float, bool]
+
+Value = TypeVar("Value")
 
 
 def _labels(names: tuple[str, ...], values: LabelValues) -> str:
@@ -26,65 +32,121 @@ def _labels(names: tuple[str, ...], values: LabelValues) -> str:
     return "{" + pairs + "}"
 
 
+class PerThread(Generic[Value]):
+    """One dict of values per thread that updates them (`mine`, no lock: only its thread writes it), and all of
+    them for a scrape (`copies`). A thread's values outlive it: what it counted stays counted."""
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+        self._all: list[dict[LabelValues, Value]] = []
+        self._lock = threading.Lock()  # taken once per thread, and by scrapes
+
+    def mine(self) -> dict[LabelValues, Value]:
+        try:
+            values: dict[LabelValues, Value] = self._local.values
+        except AttributeError:
+            values = self._local.values = {}
+            with self._lock:
+                self._all.append(values)
+        return values
+
+    def replace(self, values: dict[LabelValues, Value]) -> None:
+        """Every thread's values replaced by `values` (counts kept elsewhere, read at each scrape)."""
+        with self._lock:
+            every = list(self._all)
+        for each in every:
+            each.clear()
+        self.mine().update(values)
+
+    def copies(self) -> list[dict[LabelValues, Value]]:
+        """Each thread's values as they are now (`dict.copy` runs without a switch of thread)."""
+        with self._lock:
+            every = list(self._all)
+        return [values.copy() for values in every]
+
+
 class Counter:
     def __init__(self, name: str, help_text: str, labels: tuple[str, ...] = ()) -> None:
         self.name, self.help, self.label_names = name, help_text, labels
-        self.values: dict[LabelValues, float] = {}
-        self._lock = threading.Lock()
+        self._values: PerThread[float] = PerThread()
 
     def inc(self, labels: LabelValues = (), amount: float = 1.0) -> None:
-        with self._lock:
-            self.values[labels] = self.values.get(labels, 0.0) + amount
+        values = self._values.mine()
+        values[labels] = values.get(labels, 0.0) + amount
+
+    def totals(self) -> dict[LabelValues, float]:
+        totals: dict[LabelValues, float] = {}
+        for values in self._values.copies():
+            for labels, value in values.items():
+                totals[labels] = totals.get(labels, 0.0) + value
+        return totals
 
     def get(self, labels: LabelValues = ()) -> float:
-        return self.values.get(labels, 0.0)
+        return self.totals().get(labels, 0.0)
+
+    def set_totals(self, totals: dict[LabelValues, float]) -> None:
+        """For a count kept elsewhere (natively), read at each scrape."""
+        self._values.replace(totals)
 
     def render(self) -> Iterable[str]:
         yield f"# HELP {self.name} {self.help}"
         yield f"# TYPE {self.name} counter"
-        with self._lock:
-            values = sorted(self.values.items())
-        for labels, value in values:
+        for labels, value in sorted(self.totals().items()):
             yield f"{self.name}{_labels(self.label_names, labels)} {value:g}"
 
 
 class Histogram:
     def __init__(self, name: str, help_text: str, buckets: tuple[float, ...], labels: tuple[str, ...] = ()) -> None:
         self.name, self.help, self.label_names, self.buckets = name, help_text, labels, buckets
-        self.series: dict[LabelValues, list[float]] = {}
-        self._lock = threading.Lock()
+        # Per label values: the count in each bucket, then +Inf, then the sum.
+        self._series: PerThread[list[float]] = PerThread()
 
-    def _series(self, labels: LabelValues) -> list[float]:
-        series = self.series.get(labels)
+    def _mine(self, labels: LabelValues) -> list[float]:
+        all_series = self._series.mine()
+        series = all_series.get(labels)
         if series is None:
-            # Per-bucket counts, then +Inf, then the sum.
-            series = self.series[labels] = [0.0] * (len(self.buckets) + 2)
+            series = all_series[labels] = [0.0] * (len(self.buckets) + 2)
         return series
 
     def observe(self, value: float, labels: LabelValues = ()) -> None:
-        with self._lock:
-            series = self._series(labels)
-            series[bisect.bisect_left(self.buckets, value)] += 1
-            series[-1] += value
+        series = self._mine(labels)
+        series[bisect.bisect_left(self.buckets, value)] += 1
+        series[-1] += value
 
     def observe_counts(self, counts: list[int], total: float, labels: LabelValues = ()) -> None:
         """Adds pre-bucketed observations: `counts` per bucket then +Inf, and their sum."""
-        with self._lock:
-            series = self._series(labels)
-            for i, count in enumerate(counts):
-                series[i] += count
-            series[-1] += total
+        series = self._mine(labels)
+        for i, count in enumerate(counts):
+            series[i] += count
+        series[-1] += total
+
+    def totals(self) -> dict[LabelValues, list[float]]:
+        totals: dict[LabelValues, list[float]] = {}
+        for all_series in self._series.copies():
+            for labels, series in all_series.items():
+                # A copy of the list (`list(...)` runs without a switch of thread).
+                counts = list(series)
+                total = totals.get(labels)
+                if total is None:
+                    totals[labels] = counts
+                else:
+                    for i, count in enumerate(counts):
+                        total[i] += count
+        return totals
+
+    def set_totals(self, totals: dict[LabelValues, list[float]]) -> None:
+        """For observations kept elsewhere (natively), read at each scrape: per label values, the count in each
+        bucket, then +Inf, then the sum."""
+        self._series.replace(totals)
 
     def count(self, labels: LabelValues = ()) -> float:
-        series = self.series.get(labels)
+        series = self.totals().get(labels)
         return sum(series[:-1]) if series else 0.0
 
     def render(self) -> Iterable[str]:
         yield f"# HELP {self.name} {self.help}"
         yield f"# TYPE {self.name} histogram"
-        with self._lock:
-            all_series = sorted((labels, list(series)) for labels, series in self.series.items())
-        for labels, series in all_series:
+        for labels, series in sorted(self.totals().items()):
             cumulative = 0.0
             for bound, count in zip((*self.buckets, float("inf")), series[:-1], strict=True):
                 cumulative += count
@@ -247,10 +309,10 @@ class Metrics:
 
         def render() -> Iterable[str]:
             records, quarantined, dropped, lag, lag_sum, lag_observed = read()
-            self.records.values = {(outcome, priority): float(n) for outcome, priority, n in records}
-            self.quarantined.values = {(stage,): float(n) for stage, n in quarantined}
-            self.quarantine_dropped.values = {(): float(dropped)}
-            self.lag.series = {(): [*map(float, lag), lag_sum]} if lag_observed else {}
+            self.records.set_totals({(outcome, priority): float(n) for outcome, priority, n in records})
+            self.quarantined.set_totals({(stage,): float(n) for stage, n in quarantined})
+            self.quarantine_dropped.set_totals({(): float(dropped)})
+            self.lag.set_totals({(): [*map(float, lag), lag_sum]} if lag_observed else {})
             for metric in (self.records, self.lag, self.quarantined, self.quarantine_dropped):
                 yield from metric.render()
 

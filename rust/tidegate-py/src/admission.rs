@@ -291,23 +291,26 @@ impl Admission {
     }
 
     /// The load checks of `decide` alone, as a request arrives and before it waits for the event loop (the core's
-    /// `Admission::screen`): None lets it through (then `decide(..., screened=True)`), else `decide`'s tuple of
-    /// the refusal.
+    /// `Admission::screen`): the request's priority when it is let through (then `decide(..., screened=True)`),
+    /// else `decide`'s tuple of the refusal.
     fn screen<'py>(
         &self,
         py: Python<'py>,
         headers: &Bound<'py, PyAny>,
         default_priority: &str,
         in_flight_records: u64,
-    ) -> PyResult<Option<Decided<'py>>> {
+    ) -> PyResult<Bound<'py, PyAny>> {
         let (buffer, spans) = wanted_headers(headers)?;
         let default = route_priority(default_priority);
         // With the GIL held: the checks take a few atomics and two short locks, and a thread that lets the GIL go
         // waits to take it back behind the event loop, which under load always wants it.
-        let refused = self
+        match self
             .inner
-            .screen(&header_view(&buffer, &spans), default, in_flight_records);
-        refused.map(|decision| self.decided(py, decision)).transpose()
+            .screen(&header_view(&buffer, &spans), default, in_flight_records)
+        {
+            Ok(priority) => Ok(self.priorities[priority as usize].bind(py).clone().into_any()),
+            Err(decision) => Ok(self.decided(py, decision)?.into_pyobject(py)?.into_any()),
+        }
     }
 
     /// A request `screen` let through will not reach the event loop after all (it could not be queued): its cost

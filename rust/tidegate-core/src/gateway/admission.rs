@@ -547,8 +547,8 @@ impl Admission {
     /// The load checks of `decide` alone, made as a request arrives, before it waits for the event loop: when the
     /// CPU is what runs out, that wait is where requests queue, and a request shed there neither waits nor costs
     /// the loop anything. Readiness, the priority, utilization, the loop's shed level, the loop's queue, and
-    /// whether the limit has room for it (no permit is taken: `decide_screened` takes it). None: let through, its
-    /// cost counted in the loop's queue until `decide_screened` (or `left_queue`) takes it out.
+    /// whether the limit has room for it (no permit is taken: `decide_screened` takes it). Ok(its priority): let
+    /// through, its cost counted in the loop's queue until `decide_screened` (or `left_queue`) takes it out.
     ///
     /// The loop's queue is the cost let through and not yet begun by the loop. It is the wait a request arriving
     /// now has in front of it, known at once (a delay is known only once it has been waited), and it sheds by
@@ -560,7 +560,7 @@ impl Admission {
         headers: &HeaderView<'_>,
         default_priority: Priority,
         in_flight_records: u64,
-    ) -> Option<Decision> {
+    ) -> Result<Priority, Decision> {
         self.screen_at(headers, default_priority, in_flight_records, self.now())
     }
 
@@ -571,11 +571,8 @@ impl Admission {
         default_priority: Priority,
         in_flight_records: u64,
         now: f64,
-    ) -> Option<Decision> {
-        let priority = match self.load_checks(headers, default_priority, in_flight_records) {
-            Ok(priority) => priority,
-            Err(refused) => return Some(refused),
-        };
+    ) -> Result<Priority, Decision> {
+        let priority = self.load_checks(headers, default_priority, in_flight_records)?;
         let cost = request_cost(headers.content_length, headers.content_encoding);
         let refusal = if self.standing_past_mark(priority, now) {
             Refusal::LoopQueue
@@ -584,12 +581,12 @@ impl Admission {
             if limit.has_room(priority, cost) {
                 drop(limit);
                 self.loop_queue.fetch_add(queue_units(cost), Ordering::Relaxed);
-                return None;
+                return Ok(priority);
             }
             Refusal::Shed
         };
         let retry_after = self.lock().retry_after();
-        Some(self.refuse(refusal, priority, Some(retry_after)))
+        Err(self.refuse(refusal, priority, Some(retry_after)))
     }
 
     /// Whether a request of `priority` arriving at `now` finds the loop's queue past the priority's mark, and
@@ -919,6 +916,7 @@ mod tests {
         let screened = |priority: &[u8]| {
             admission
                 .screen(&headers(priority, b"100"), Priority::Low, 0)
+                .err()
                 .as_ref()
                 .and_then(refusal)
         };
@@ -929,6 +927,11 @@ mod tests {
         for _ in 0..100 {
             assert_eq!(screened(b"low"), None);
         }
+        // What is let through goes to the loop with its priority (the loop serves high first).
+        assert!(matches!(
+            admission.screen(&headers(b"high", b"100"), Priority::Low, 0),
+            Ok(Priority::High)
+        ));
         assert_eq!(admission.snapshot().in_flight, 0.0);
         // Low's part of the limit (half of 8) filled by three (each costs a little over 1): screened out; high still
         // let through.
@@ -970,6 +973,7 @@ mod tests {
         let screened = |priority: &[u8]| {
             admission
                 .screen(&headers(priority, b"100"), Priority::Low, 0)
+                .err()
                 .as_ref()
                 .and_then(refusal)
         };
@@ -995,7 +999,7 @@ mod tests {
         let shed = admission.screen(&headers(b"low", b"100"), Priority::Low, 0);
         assert!(matches!(
             shed,
-            Some(Decision::Refused {
+            Err(Decision::Refused {
                 retry_after: Some(1..=30),
                 ..
             })
@@ -1035,13 +1039,14 @@ mod tests {
         let screened = |now: f64| {
             admission
                 .screen_at(&low, Priority::Low, 0, now)
+                .err()
                 .as_ref()
                 .and_then(refusal)
         };
         let begun = || admission.left_queue(&low);
         // A medium request arrived (within `loop_queue_higher_recent_s` of what follows): low may be shed.
         let medium = headers(b"medium", b"100");
-        assert!(admission.screen_at(&medium, Priority::Low, 0, 0.0).is_none());
+        assert!(admission.screen_at(&medium, Priority::Low, 0, 0.0).is_ok());
         admission.left_queue(&medium);
         // Past the mark (3 waiting) for less than the interval: a burst, let through.
         for now in [0.0, 0.001, 0.002, 0.05, 0.099] {

@@ -1,0 +1,109 @@
+"""The worker's event loop (`tidegate.loop`): high priority's callbacks first; wake-ups only when the loop waits."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import threading
+from collections.abc import Iterator
+
+import pytest
+from tidegate.loop import HighFirstQueue, high_context, run_first_lane
+
+
+@pytest.fixture
+def loop() -> Iterator[asyncio.AbstractEventLoop]:
+    loop = asyncio.new_event_loop()
+    selector = loop._selector  # type: ignore[attr-defined]
+    select = selector.select
+    waiting = threading.Event()
+
+    def select_and_tell(timeout: float | None = None) -> object:
+        if timeout is None or timeout > 0:
+            waiting.set()  # about to block: `run_first_lane`'s wrapper has marked the loop as waiting
+        return select(timeout)
+
+    selector.select = select_and_tell
+    loop.waits = waiting  # type: ignore[attr-defined]
+    writes = 0
+    write_to_self = loop._write_to_self  # type: ignore[attr-defined]
+
+    def counted() -> None:
+        nonlocal writes
+        writes += 1
+        write_to_self()
+
+    loop._write_to_self = counted  # type: ignore[attr-defined]
+    loop.wake_ups = lambda: writes  # type: ignore[attr-defined]
+    assert run_first_lane(loop)
+    assert isinstance(loop._ready, HighFirstQueue)  # type: ignore[attr-defined]
+    yield loop
+    loop.close()
+
+
+def test_callbacks_in_a_high_context_run_before_those_already_waiting(loop: asyncio.AbstractEventLoop) -> None:
+    ran: list[str] = []
+    high = high_context(contextvars.copy_context())
+    for name in ("n1", "n2"):
+        loop.call_soon(ran.append, name)
+    loop.call_soon(ran.append, "h1", context=high)
+    loop.call_soon(ran.append, "n3")
+    loop.call_soon(ran.append, "h2", context=high)
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+    assert ran == ["h1", "h2", "n1", "n2", "n3"]
+
+
+def test_a_high_priority_task_keeps_the_first_lane_at_every_step(loop: asyncio.AbstractEventLoop) -> None:
+    # Each step of a task is scheduled in the task's context: one created last, in a high context, finishes first
+    # though every task yields as often.
+    finished: list[str] = []
+
+    async def steps(name: str) -> None:
+        for _ in range(5):
+            await asyncio.sleep(0)
+        finished.append(name)
+
+    async def main() -> None:
+        tasks = [loop.create_task(steps(f"n{i}")) for i in range(4)]
+        tasks.append(loop.create_task(steps("high"), context=high_context(contextvars.copy_context())))
+        await asyncio.gather(*tasks)
+
+    loop.run_until_complete(main())
+    assert finished == ["high", "n0", "n1", "n2", "n3"]
+
+
+def test_a_waiting_loop_is_woken_by_another_thread(loop: asyncio.AbstractEventLoop) -> None:
+    async def main() -> int:
+        result: asyncio.Future[int] = loop.create_future()
+
+        def send() -> None:
+            # Once the loop waits on the future, in its selector, with nothing else to do.
+            assert loop.waits.wait(30)  # type: ignore[attr-defined]
+            loop.call_soon_threadsafe(result.set_result, 7)
+
+        loop.waits.clear()  # type: ignore[attr-defined]
+        sender = threading.Thread(target=send)
+        sender.start()
+        try:
+            return await asyncio.wait_for(result, 30)
+        finally:
+            sender.join()
+
+    assert loop.run_until_complete(main()) == 7
+    assert loop.wake_ups() >= 1  # type: ignore[attr-defined]
+
+
+def test_a_busy_loop_is_not_woken_and_still_runs_what_a_thread_queued(loop: asyncio.AbstractEventLoop) -> None:
+    result: asyncio.Future[int] = loop.create_future()
+    before = loop.wake_ups()  # type: ignore[attr-defined]
+
+    def busy() -> None:
+        # The loop is running this callback, not waiting: the thread's callback is queued without a wake-up.
+        sender = threading.Thread(target=lambda: loop.call_soon_threadsafe(result.set_result, 7))
+        sender.start()
+        sender.join()
+
+    loop.call_soon(busy)
+    assert loop.run_until_complete(asyncio.wait_for(result, 30)) == 7
+    assert loop.wake_ups() == before  # type: ignore[attr-defined]
