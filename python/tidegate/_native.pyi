@@ -695,13 +695,21 @@ class Admission:
         Retry-After, WWW-Authenticate; the server adds content-length). `screened`: `screen` let the request
         through (its load checks are not made again)."""
     def screen(
-        self, headers: Sequence[tuple[str, str]], default_priority: str, in_flight_records: int
-    ) -> str | tuple[AdmissionTicket, str | None, str, tuple[int, bytes, list[tuple[str, str]]]]:
+        self,
+        headers: Sequence[tuple[str, str]],
+        default_priority: str,
+        in_flight_records: int,
+        route: int,
+        proto: Any,
+    ) -> str | int:
         """The load checks of `decide` alone (readiness, priority, utilization, the loop's shed level, the cost
         already waiting for the loop against the priority's `loop_queue_<p>`, room in the limit), as a request
         arrives and before it waits for the event loop: the request's priority (high, medium or low) lets it
-        through, its cost counted as waiting for the loop until `decide(..., screened=True)` (or `left_queue`);
-        else `decide`'s tuple of the refusal."""
+        through, its cost counted as waiting for the loop until `decide(..., screened=True)` (or `left_queue`).
+        Else the refusal is answered on `proto` (RSGI's protocol: `response_bytes`) in this call, counted for
+        `route` (`refused_on_arrival`), and its status returned."""
+    def refused_on_arrival(self) -> list[tuple[int, int, int]]:
+        """The refusals `screen` answered: (route, status, count)."""
     def left_queue(self, headers: Sequence[tuple[str, str]]) -> None:
         """A request `screen` let through will not reach the event loop after all: its cost leaves the loop's
         queue."""

@@ -237,6 +237,10 @@ class Gateway:
         self.metrics.gauge("tidegate_utilization", "Admission utilization (0..1).", self.utilization)
         admission = self.admission
         self.metrics.source(lambda: admission_lines(admission.snapshot()))
+        route_names = {route.index: route.name for route in self.routes.values()}
+        self.metrics.refusals_on_arrival(
+            lambda: [(route_names[route], status, count) for route, status, count in admission.refused_on_arrival()]
+        )
         self.metrics.gauge("tidegate_in_flight_records", "Records awaiting durability.", lambda: self.in_flight_records)
         self.metrics.gauge("tidegate_spool_bytes", "Bytes in the spool.", lambda: self._spool_stat("bytes"))
         self.metrics.gauge("tidegate_spool_fsyncs_total", "fsyncs of the spool.", lambda: self._spool_stat("fsyncs"))

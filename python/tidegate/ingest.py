@@ -174,13 +174,17 @@ class IngestEdge:
         (`Admission::screen` in the core). The rest of the decision (the limit's permit, the key, the device's
         buckets) is made on the loop, by `handle`."""
         started = time.perf_counter()
-        decided = self.gateway.admission.screen(scope.headers.items(), route.priority, self.gateway.in_flight_records)
+        gateway = self.gateway
+        decided = gateway.admission.screen(
+            scope.headers.items(), route.priority, gateway.in_flight_records, route.index, proto
+        )
         if isinstance(decided, str):
             return decided
-        ticket, _, _, refusal = decided
-        assert refusal is not None
-        self._refused(route, proto, ticket, refusal, started)
-        self.metrics.refused_on_arrival.inc((route.name,))
+        # Refused, answered and counted natively (`tidegate_requests_total` and `..._refused_on_arrival_total` read
+        # those counts; the latency histogram times what reaches the loop): the Python left is the log's.
+        gateway._recent_requests += 1
+        if gateway._request_rate < self.settings.log_full_below_rps or random.random() < self.settings.log_sample_rate:
+            self._log(route, Answer(decided, b"", [], content_type=None), time.perf_counter() - started)
         return None
 
     def _refused(
@@ -191,10 +195,10 @@ class IngestEdge:
         refusal: tuple[int, bytes, list[tuple[str, str]]],
         started: float,
     ) -> None:
-        """Sends a refusal admission rendered, and counts it (on the loop's thread or on Granian's)."""
+        """Sends a refusal admission rendered on the loop (`decide`), and counts it."""
         gateway = self.gateway
         # Counts requests for the log's sampling rate: an estimate, so the odd increment lost to a thread switch
-        # between Granian's threads and the loop's does not matter.
+        # between Granian's threads (`screen`) and the loop's does not matter.
         gateway._recent_requests += 1
         status, body, head = refusal
         try:

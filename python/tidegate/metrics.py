@@ -88,10 +88,14 @@ class Counter:
         """For a count kept elsewhere (natively), read at each scrape."""
         self._values.replace(totals)
 
-    def render(self) -> Iterable[str]:
+    def render(self, counted_elsewhere: Iterable[tuple[LabelValues, float]] = ()) -> Iterable[str]:
+        """The text format, with `counted_elsewhere` (natively) added."""
+        totals = self.totals()
+        for labels, value in counted_elsewhere:
+            totals[labels] = totals.get(labels, 0.0) + value
         yield f"# HELP {self.name} {self.help}"
         yield f"# TYPE {self.name} counter"
-        for labels, value in sorted(self.totals().items()):
+        for labels, value in sorted(totals.items()):
             yield f"{self.name}{_labels(self.label_names, labels)} {value:g}"
 
 
@@ -261,9 +265,14 @@ class Metrics:
             "tidegate_requests_total too).",
             ("route",),
         )
+        self._refused_on_arrival: Callable[[], Iterable[tuple[str, int, int]]] = list
         self.records = Counter("tidegate_records_total", "Records by outcome and priority.", ("outcome", "priority"))
         self.latency = Histogram(
-            "tidegate_ingest_latency_seconds", "Ingest request latency until the answer.", LATENCY_BUCKETS, ("route",)
+            "tidegate_ingest_latency_seconds",
+            "Ingest request latency until the answer, from the start of its task on the event loop (a refusal on "
+            "arrival, which takes microseconds on Granian's thread, is counted in tidegate_requests_total only).",
+            LATENCY_BUCKETS,
+            ("route",),
         )
         self.lag = Histogram("tidegate_ingest_lag_ms", "Reception time minus record time.", LAG_BUCKETS)
         self.mqtt_messages = Counter(
@@ -318,10 +327,18 @@ class Metrics:
 
         self.source(render)
 
+    def refusals_on_arrival(self, read: Callable[[], Iterable[tuple[str, int, int]]]) -> None:
+        """The refusals answered natively as requests arrived (`tidegate._native.Admission.screen`): `read` gives
+        (route, status, count) at each scrape, counted in `tidegate_requests_total` and
+        `tidegate_admission_refused_on_arrival_total`."""
+        self._refused_on_arrival = read
+
     def render(self) -> str:
         lines: list[str] = []
-        for metric in (self.requests, self.refused_on_arrival, self.latency):
-            lines.extend(metric.render())
+        refused = [((route, str(status)), float(count)) for route, status, count in self._refused_on_arrival()]
+        lines.extend(self.requests.render(refused))
+        lines.extend(self.refused_on_arrival.render(((route,), count) for (route, _), count in refused))
+        lines.extend(self.latency.render())
         for render in self.sources:
             lines.extend(render())
         lines.extend(self.mqtt_messages.render())

@@ -1,13 +1,14 @@
 //! The header phase of the native gateway (`tidegate-core`'s `gateway`): device and operator keys, and the one
 //! admission decision per request, taken from the request's header pairs with the GIL released. Conversion only.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use tidegate_core::gateway::{
     Admission as CoreAdmission, AdmissionConfig, Decision, HeaderView, KeyStore, LimitConfig, Permit, Priority, Refusal,
 };
@@ -64,6 +65,8 @@ pub struct Admission {
     inner: CoreAdmission,
     bodies: Vec<Py<PyBytes>>,
     priorities: [Py<PyString>; 3],
+    /// Refusals `screen` answered, by route (the caller's index) and status.
+    refused_on_arrival: Mutex<BTreeMap<(usize, u16), u64>>,
 }
 
 /// The header names the decision reads, in `HeaderView` order.
@@ -260,6 +263,7 @@ impl Admission {
             inner,
             bodies,
             priorities,
+            refused_on_arrival: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -291,26 +295,50 @@ impl Admission {
     }
 
     /// The load checks of `decide` alone, as a request arrives and before it waits for the event loop (the core's
-    /// `Admission::screen`): the request's priority when it is let through (then `decide(..., screened=True)`),
-    /// else `decide`'s tuple of the refusal.
+    /// `Admission::screen`): the request's priority when it is let through (then `decide(..., screened=True)`);
+    /// else the refusal is sent on `proto` (`response_bytes`), counted for `route` (`refused_on_arrival`), and its
+    /// status returned. The refusal is answered here, in the same call: under overload refusals are most of what
+    /// arrives, and each holds the GIL on Granian's thread, which the event loop then waits for.
     fn screen<'py>(
         &self,
         py: Python<'py>,
         headers: &Bound<'py, PyAny>,
         default_priority: &str,
         in_flight_records: u64,
+        route: usize,
+        proto: &Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let (buffer, spans) = wanted_headers(headers)?;
         let default = route_priority(default_priority);
         // With the GIL held: the checks take a few atomics and two short locks, and a thread that lets the GIL go
         // waits to take it back behind the event loop, which under load always wants it.
-        match self
+        let decision = match self
             .inner
             .screen(&header_view(&buffer, &spans), default, in_flight_records)
         {
-            Ok(priority) => Ok(self.priorities[priority as usize].bind(py).clone().into_any()),
-            Err(decision) => Ok(self.decided(py, decision)?.into_pyobject(py)?.into_any()),
-        }
+            Ok(priority) => return Ok(self.priorities[priority as usize].bind(py).clone().into_any()),
+            Err(decision) => decision,
+        };
+        let (ticket, _, _, refusal) = self.decided(py, decision)?;
+        let Some((status, body, head)) = refusal else {
+            unreachable!("screen lets through or refuses");
+        };
+        let sent = proto.call_method1(pyo3::intern!(py, "response_bytes"), (status, head, body));
+        self.done(&ticket);
+        sent?;
+        *self
+            .refused_on_arrival
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry((route, status))
+            .or_insert(0) += 1;
+        Ok(status.into_pyobject(py)?.into_any())
+    }
+
+    /// The refusals `screen` answered: (route, status, count).
+    fn refused_on_arrival(&self) -> Vec<(usize, u16, u64)> {
+        let counts = self.refused_on_arrival.lock().unwrap_or_else(PoisonError::into_inner);
+        counts.iter().map(|(&(route, status), &count)| (route, status, count)).collect()
     }
 
     /// A request `screen` let through will not reach the event loop after all (it could not be queued): its cost
