@@ -67,6 +67,19 @@ def spooled_records(data_dir: Path) -> list[tuple[bytes | None, bytes, dict[str,
     return records
 
 
+def stall_the_loop(server: Server) -> Path:
+    """Stops the worker's event loop (fault injection) until the test writes `loop-resume` in the returned faults
+    directory: what arrives meanwhile waits for it. The bound only keeps a broken server from hanging the test."""
+    faults = server.data_dir / "faults"
+    faults.mkdir(exist_ok=True)
+    (faults / "loop-stall").touch()
+    guard = time.monotonic() + 60
+    while not (faults / "loop-stalled").exists():
+        assert time.monotonic() < guard, "the loop never stalled"
+        time.sleep(0.01)
+    return faults
+
+
 def assert_problem(response: httpx.Response, status: int) -> dict[str, Any]:
     assert response.status_code == status, response.text
     assert response.headers["content-type"] == "application/problem+json"
@@ -673,15 +686,7 @@ class TestAdmission:
                 server.url + "/api/v1/ingest", json=reading("dhigh-first"), headers={"X-Priority": "high"}
             )
             assert first.status_code == 202
-            faults = server.data_dir / "faults"
-            faults.mkdir(exist_ok=True)
-            # The worker's loop stops until the test resumes it: what arrives meanwhile waits for it. The bound
-            # only keeps a broken server from hanging the test.
-            (faults / "loop-stall").touch()
-            guard = time.monotonic() + 60
-            while not (faults / "loop-stalled").exists():
-                assert time.monotonic() < guard, "the loop never stalled"
-                time.sleep(0.01)
+            faults = stall_the_loop(server)
 
             async def scenario() -> tuple[list[int], int]:
                 async with httpx.AsyncClient(base_url=server.url, timeout=120) as http:
@@ -719,13 +724,7 @@ class TestAdmission:
         # run before the others' (it is spooled first).
         with Server(tmp_path, {"TIDEGATE_AUTH": "false", "TIDEGATE_FAULT_INJECTION": "true"}) as server:
             assert httpx.post(server.url + "/api/v1/ingest", json=reading("dwarm")).status_code == 202
-            faults = server.data_dir / "faults"
-            faults.mkdir(exist_ok=True)
-            (faults / "loop-stall").touch()
-            guard = time.monotonic() + 60
-            while not (faults / "loop-stalled").exists():
-                assert time.monotonic() < guard, "the loop never stalled"
-                time.sleep(0.01)
+            faults = stall_the_loop(server)
 
             async def queued_for_the_loop(at_least: float) -> None:
                 # What screening let through and the stalled loop has not begun (cost units, about 1 a reading).
