@@ -338,7 +338,10 @@ impl Admission {
     /// The refusals `screen` answered: (route, status, count).
     fn refused_on_arrival(&self) -> Vec<(usize, u16, u64)> {
         let counts = self.refused_on_arrival.lock().unwrap_or_else(PoisonError::into_inner);
-        counts.iter().map(|(&(route, status), &count)| (route, status, count)).collect()
+        counts
+            .iter()
+            .map(|(&(route, status), &count)| (route, status, count))
+            .collect()
     }
 
     /// A request `screen` let through will not reach the event loop after all (it could not be queued): its cost
