@@ -2,6 +2,7 @@
 
     python bench/flood.py                    # 16 flooders, 2,000-event bodies, 20 s per phase, 3 rounds
     python bench/flood.py --flooders 8 --seconds 10 --rounds 1
+    python bench/flood.py --configs adaptive   # tidegate as shipped only
 
 One tidegate server (one Granian worker, auth and rate limits off) per configuration, started side by side:
 ``adaptive`` is tidegate as shipped; ``no-limit`` has the adaptive limit pinned far above any load (what tidegate
@@ -165,7 +166,9 @@ async def main() -> None:
     parser.add_argument("--events", type=int, default=2000)
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=list(CONFIGS))
     args = parser.parse_args()
+    configs = {name: CONFIGS[name] for name in args.configs}
     # A spool quota far above what the runs write, so that shedding comes from CPU pressure, not spool fill.
     env = {
         "TIDEGATE_AUTH": "false",
@@ -173,13 +176,13 @@ async def main() -> None:
         "TIDEGATE_LOG_SAMPLE_RATE": "0",
         "TIDEGATE_SPOOL_QUOTA_BYTES": str(64 << 30),
     }
-    results: dict[str, list[dict[str, float]]] = {name: [] for name in CONFIGS}
+    results: dict[str, list[dict[str, float]]] = {name: [] for name in configs}
     with tempfile.TemporaryDirectory(prefix="tidegate-flood-") as tmp:
-        servers = {name: Server(Path(tmp) / name, {**env, **extra}).start() for name, extra in CONFIGS.items()}
+        servers = {name: Server(Path(tmp) / name, {**env, **extra}).start() for name, extra in configs.items()}
         apart = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
         try:
             for round_ in range(args.rounds):
-                order = list(CONFIGS) if round_ % 2 == 0 else list(reversed(CONFIGS))
+                order = list(configs) if round_ % 2 == 0 else list(reversed(configs))
                 for name in order:
                     result = await measure(servers[name], args, f"{name}-{round_}", apart)
                     results[name].append(result)

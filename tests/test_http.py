@@ -529,6 +529,11 @@ class TestOperations:
             "tidegate_delivery_up",
         ]:
             assert name in text, name
+        # Every commit that made records durable is timed, the commit of the reading above included.
+        commits = metric(text, "tidegate_spool_commit_seconds_count")
+        assert commits == metric(text, "tidegate_spool_fsyncs_total") >= 1
+        assert metric(text, 'tidegate_spool_commit_seconds_bucket{le="+Inf"}') == commits
+        assert metric(text, "tidegate_spool_commit_seconds_sum") > 0
 
     def test_spool_lag_counts_records_spooled_without_kafka(self, server: Server, client: httpx.Client) -> None:
         response = client.post(

@@ -552,6 +552,9 @@ class Spool:
         """segments, bytes, quota_bytes, next_seq, durable_seq, acked_seq, lag_records, fsyncs,
         appended_records, unreadable_records (stepped over: torn by a failed write, or damaged), failed_commits,
         removed_segments (by cleanup since open), recovered_records, truncated_bytes."""
+    def commit_times(self) -> tuple[list[float], list[int], float]:
+        """The successful commits' times, each from the start of its write to the end of its fsync, as a
+        histogram: (bucket upper bounds in seconds, count per bucket then +Inf, sum of seconds)."""
 
 @final
 class DedupWindow:

@@ -244,6 +244,13 @@ class Gateway:
         self.metrics.gauge("tidegate_in_flight_records", "Records awaiting durability.", lambda: self.in_flight_records)
         self.metrics.gauge("tidegate_spool_bytes", "Bytes in the spool.", lambda: self._spool_stat("bytes"))
         self.metrics.gauge("tidegate_spool_fsyncs_total", "fsyncs of the spool.", lambda: self._spool_stat("fsyncs"))
+        self.metrics.native_histogram(
+            "tidegate_spool_commit_seconds",
+            "Spool commits (group commits) that made records durable, from the start of their write to the end of "
+            "their fsync: what an acknowledgement waits for after the commit window. It grows with the bytes a "
+            "commit carries and with a slow disk.",
+            lambda: self.spool.commit_times() if self.spool is not None else None,
+        )
         self.metrics.gauge(
             "tidegate_spool_failed_commits_total",
             "Spool commits whose write or fsync failed (their records were answered 503, never acknowledged).",

@@ -311,6 +311,23 @@ class Metrics:
         """Metrics rendered by a callback at scrape time (counters kept natively)."""
         self.sources.append(render)
 
+    def native_histogram(
+        self, name: str, help_text: str, read: Callable[[], tuple[list[float], list[int], float] | None]
+    ) -> None:
+        """A histogram kept natively: `read` gives (bucket upper bounds, count per bucket then +Inf, sum) at each
+        scrape, or None while there is nothing to read."""
+
+        def render() -> Iterable[str]:
+            observed = read()
+            if observed is None:
+                return
+            bounds, counts, total = observed
+            histogram = Histogram(name, help_text, tuple(bounds))
+            histogram.set_totals({(): [*map(float, counts), total]})
+            yield from histogram.render()
+
+        self.source(render)
+
     def native_counts(self, read: Callable[[], NativeCounts]) -> None:
         """The native gateway's counts (`tidegate._native.Gateway.counters`): records, quarantined records,
         quarantine drops and the ingest lag are counted there, per request, without the GIL; `read` is called at

@@ -174,6 +174,27 @@ fn group_commit_shares_fsyncs_and_releases_waiters_after_sync() {
 }
 
 #[test]
+fn every_successful_commit_is_timed_and_a_failed_one_is_not() {
+    let dir = temp_dir("commit-times");
+    let spool = Spool::open(&dir, SpoolOptions::default()).unwrap();
+    assert_eq!(spool.stats().commit_times.counts.iter().sum::<u64>(), 0);
+    for i in 0..3 {
+        spool.append(&records_of(10, &format!("c{i}"))).unwrap();
+        spool.commit().unwrap();
+    }
+    // Nothing appended: no write, no fsync, nothing timed.
+    spool.commit().unwrap();
+    spool.append(&records_of(1, "fails")).unwrap();
+    spool.inject_write_failures(1);
+    assert!(spool.commit().is_err());
+    let stats = spool.stats();
+    assert_eq!((stats.fsyncs, stats.failed_commits), (3, 1));
+    assert_eq!(stats.commit_times.counts.iter().sum::<u64>(), 3);
+    assert!(stats.commit_times.sum_nanos > 0);
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
 fn quota_refuses_instead_of_losing_and_acked_segments_free_space() {
     let dir = temp_dir("quota");
     let options = SpoolOptions {

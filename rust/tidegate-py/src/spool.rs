@@ -8,7 +8,7 @@ use pyo3::types::PyDict;
 use tidegate_core::canonical::id::Id;
 use tidegate_core::canonical::records::hex;
 use tidegate_core::spool::group_commit::GroupCommitter;
-use tidegate_core::spool::{Cursor, Spool as CoreSpool, SpoolError, SpoolOptions};
+use tidegate_core::spool::{COMMIT_SECONDS_BOUNDS, Cursor, Spool as CoreSpool, SpoolError, SpoolOptions};
 use tidegate_core::state::dedup;
 use tidegate_core::state::table::{RateTable as CoreRateTable, SharedWindow};
 
@@ -216,6 +216,17 @@ impl Spool {
         out.set_item("recovered_records", stats.recovery.records)?;
         out.set_item("truncated_bytes", stats.recovery.truncated_bytes)?;
         Ok(out)
+    }
+
+    /// The commits' times as a histogram: (bucket upper bounds in seconds, count per bucket then +Inf, sum of
+    /// seconds).
+    fn commit_times(&self) -> (Vec<f64>, Vec<u64>, f64) {
+        let times = self.inner.stats().commit_times;
+        (
+            COMMIT_SECONDS_BOUNDS.to_vec(),
+            times.counts.to_vec(),
+            times.sum_nanos as f64 / 1e9,
+        )
     }
 }
 

@@ -11,7 +11,7 @@ use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 pub mod group_commit;
 
@@ -89,6 +89,31 @@ pub struct Recovery {
     pub checkpoint_error: Option<String>,
 }
 
+/// Upper bounds of the commit-time histogram's buckets, in seconds (then +Inf).
+pub const COMMIT_SECONDS_BOUNDS: [f64; 12] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
+
+/// How long the commits that made records durable took, from the start of their write to the end of their fsync
+/// (a new segment's creation included): what a request acknowledged from the spool waits for besides the commit
+/// window, and what grows with the bytes a commit carries (a flood's large bodies) and with a slow disk.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CommitTimes {
+    /// Per bucket of [`COMMIT_SECONDS_BOUNDS`], then +Inf.
+    pub counts: [u64; 13],
+    pub sum_nanos: u64,
+}
+
+impl CommitTimes {
+    fn observe(&mut self, took: Duration) {
+        let seconds = took.as_secs_f64();
+        self.counts[COMMIT_SECONDS_BOUNDS.partition_point(|bound| *bound < seconds)] += 1;
+        self.sum_nanos = self
+            .sum_nanos
+            .saturating_add(u64::try_from(took.as_nanos()).unwrap_or(u64::MAX));
+    }
+}
+
 /// Counters for metrics and `spool stats`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SpoolStats {
@@ -102,6 +127,8 @@ pub struct SpoolStats {
     /// Every record below this sequence was acknowledged by the broker.
     pub acked_seq: u64,
     pub fsyncs: u64,
+    /// The successful commits' times (a failed one is counted in `failed_commits`).
+    pub commit_times: CommitTimes,
     pub appended_records: u64,
     /// Records a reader stepped over because their frames are torn or corrupt in a segment that is no longer
     /// written: what a failed write left behind (never acknowledged), or damage on disk.
@@ -149,6 +176,7 @@ struct Durability {
     durable_seq: u64,
     committing: bool,
     fsyncs: u64,
+    commit_times: CommitTimes,
     acked_seq: u64,
 }
 
@@ -613,6 +641,7 @@ impl Spool {
                 durable_seq: next_seq,
                 committing: false,
                 fsyncs: 0,
+                commit_times: CommitTimes::default(),
                 acked_seq,
             }),
             durable_changed: Condvar::new(),
@@ -683,6 +712,7 @@ impl Spool {
         if pending.is_empty() {
             return Ok(self.durable_seq());
         }
+        let started = Instant::now();
         let outcome = (|| {
             if roll {
                 self.roll(first_seq)?;
@@ -692,6 +722,7 @@ impl Spool {
             file.sync_data()?;
             Ok::<(), SpoolError>(())
         })();
+        let took = started.elapsed();
         let mut writer = lock(&self.writer);
         let rolled_ok = !writer.poisoned || !roll;
         if let Some(segment) = writer.segments.last_mut() {
@@ -712,6 +743,7 @@ impl Spool {
         drop(writer);
         let mut durability = lock(&self.durability);
         durability.fsyncs += 1;
+        durability.commit_times.observe(took);
         durability.durable_seq = durability.durable_seq.max(first_seq + count);
         let durable = durability.durable_seq;
         self.durable_changed.notify_all();
@@ -1098,6 +1130,7 @@ impl Spool {
             durable_seq: durability.durable_seq,
             acked_seq: durability.acked_seq,
             fsyncs: durability.fsyncs,
+            commit_times: durability.commit_times.clone(),
             appended_records: writer.appended_records,
             unreadable_records: self.unreadable_records.load(Ordering::Relaxed),
             failed_commits: self.failed_commits.load(Ordering::Relaxed),
