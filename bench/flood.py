@@ -15,7 +15,9 @@ for each configuration in turn:
   Retry-After).
 
 Printed per configuration: the high device's p50/p99 latency unloaded and flooded (median over rounds), the share of
-its readings accepted, and the flooders' accepted and shed counts. Targets: every high reading accepted, flooded p99
+its readings accepted, the flooders' accepted and shed counts, and the spool commits' p50/p99 while flooded (from
+`tidegate_spool_commit_seconds`, as bucket bounds): a high reading is acknowledged only after a commit, which
+carries the flood's bodies appended before it. Targets: every high reading accepted, flooded p99
 at most 3x unloaded. The clients share the two cores with the server: figures are comparable within a run.
 """
 
@@ -128,6 +130,24 @@ async def flood(
             await asyncio.sleep(0.05)
 
 
+async def commit_buckets(http: httpx.AsyncClient) -> dict[float, float]:
+    """`tidegate_spool_commit_seconds`: cumulative count per bucket upper bound (+Inf as inf)."""
+    text = (await http.get("/metrics")).text
+    prefix = 'tidegate_spool_commit_seconds_bucket{le="'
+    return {
+        float(line[len(prefix) :].split('"', 1)[0]): float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith(prefix)
+    }
+
+
+def bucket_quantile(before: dict[float, float], after: dict[float, float], q: float) -> float:
+    """The upper bound of the bucket holding the `q` quantile of what was observed between two scrapes."""
+    counts = {bound: after[bound] - before.get(bound, 0.0) for bound in sorted(after)}
+    total = counts.get(float("inf"), 0.0)
+    return next((bound for bound, count in counts.items() if count >= q * total and total), float("nan"))
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
@@ -146,7 +166,9 @@ async def measure(server: Server, args: argparse.Namespace, tag: str, apart: Pro
         template = flood_body(args.events)
         flooders = [asyncio.create_task(flood(http, i, template, stop, counts)) for i in range(args.flooders)]
         await asyncio.sleep(1.0)
+        commits_before = await commit_buckets(http)
         loaded, accepted, sent = await loop.run_in_executor(apart, trickle_apart, server.url, args.seconds, tag)
+        commits_after = await commit_buckets(http)
         stop.set()
         await asyncio.gather(*flooders)
     return {
@@ -157,6 +179,9 @@ async def measure(server: Server, args: argparse.Namespace, tag: str, apart: Pro
         "high_accepted": accepted / max(1, sent),
         "low_accepted": counts.get(202, 0),
         "low_shed": counts.get(503, 0) + counts.get(429, 0),
+        # Where a high reading's wait may go: its commit's write and fsync carry the flood's bodies appended before.
+        "flooded_commit_p50_ms_at_most": bucket_quantile(commits_before, commits_after, 0.5) * 1000,
+        "flooded_commit_p99_ms_at_most": bucket_quantile(commits_before, commits_after, 0.99) * 1000,
     }
 
 
@@ -194,16 +219,17 @@ async def main() -> None:
     print(f"\n{args.flooders} low-priority flooders ({args.events}-event NDJSON bodies) vs one high reading / 50 ms")
     print(
         "| configuration | high p50 / p99 unloaded (ms) | high p50 / p99 flooded (ms) | p99 flooded / unloaded "
-        "| high accepted | low accepted | low shed |"
+        "| high accepted | low accepted | low shed | spool commit p50 / p99 flooded (ms, bucket bound) |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for name, runs in results.items():
         med = {key: statistics.median(run[key] for run in runs) for key in runs[0]}
         print(
             f"| {name} | {med['unloaded_p50_ms']:.1f} / {med['unloaded_p99_ms']:.1f} "
             f"| {med['flooded_p50_ms']:.1f} / {med['flooded_p99_ms']:.1f} "
             f"| {med['flooded_p99_ms'] / med['unloaded_p99_ms']:.1f}x | {med['high_accepted']:.3f} "
-            f"| {med['low_accepted']:,.0f} | {med['low_shed']:,.0f} |"
+            f"| {med['low_accepted']:,.0f} | {med['low_shed']:,.0f} "
+            f"| ≤{med['flooded_commit_p50_ms_at_most']:g} / ≤{med['flooded_commit_p99_ms_at_most']:g} |"
         )
 
 
