@@ -39,6 +39,11 @@ async def delivered_ids(bootstrap: str, wanted: set[str], timeout: float = 30) -
         await asyncio.sleep(0.5)
 
 
+def nice_values(pid: int) -> set[int]:
+    """The nice of each of the process's threads (a thread has its own on Linux)."""
+    return {int(stat.read_text().rpartition(")")[2].split()[16]) for stat in Path(f"/proc/{pid}/task").glob("*/stat")}
+
+
 def test_the_delivery_process_drains_every_worker_and_is_restarted_when_killed(tmp_path: Path) -> None:
     with Broker(tmp_path / "broker") as broker:
         broker.create_topics(list(TOPICS), partitions=3)
@@ -48,6 +53,9 @@ def test_the_delivery_process_drains_every_worker_and_is_restarted_when_killed(t
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
             assert b"deliver" in cmdline, "a process of its own, not a worker"
             assert server.proc is not None and pid != server.proc.pid
+            # When the CPU runs out, the kernel serves the workers first: delivery waits (`delivery_nice`).
+            assert nice_values(pid) == {10}
+            assert nice_values(server.proc.pid) == {0}
             acknowledged: set[str] = set()
             for kill in range(4):
                 for i in range(150):
@@ -61,6 +69,7 @@ def test_the_delivery_process_drains_every_worker_and_is_restarted_when_killed(t
                 if kill < 3:
                     os.kill(pid, signal.SIGKILL)
                     pid = wait_for_delivery(server.data_dir, other_than=pid)
+                    assert nice_values(pid) == {10}, "a restarted delivery process runs behind the workers too"
             assert sorted(p.name for p in (server.data_dir / "spool").iterdir()) == ["w0", "w1"]
             delivered = asyncio.run(delivered_ids(broker.bootstrap, acknowledged))
             assert acknowledged <= delivered, f"lost: {len(acknowledged - delivered)}"

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 import tidegate
 from tidegate.testing.server import Server
 
@@ -148,17 +149,27 @@ def test_idle_and_slow_connections_are_closed(tmp_path: Path) -> None:
             assert silent.recv(4096) == b"", "closed without ever sending a byte"
 
 
-def test_an_idle_timeout_outside_what_granian_takes_is_refused(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("variable", "value", "setting"),
+    [
+        ("TIDEGATE_IDLE_TIMEOUT_S", "120", "idle_timeout_s"),  # more than Granian takes
+        ("TIDEGATE_DELIVERY_NICE", "20", "delivery_nice"),  # nice ends at 19
+        ("TIDEGATE_DELIVERY_NICE", "-5", "delivery_nice"),  # delivery never runs ahead of the workers
+    ],
+)
+def test_a_setting_outside_what_works_is_refused_before_serving(
+    tmp_path: Path, variable: str, value: str, setting: str
+) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "tidegate", "serve", "--data-dir", str(tmp_path), "--port", "1"],
         check=False,
-        env={**os.environ, "TIDEGATE_IDLE_TIMEOUT_S": "120"},
+        env={**os.environ, variable: value},
         capture_output=True,
         text=True,
         timeout=60,
     )
     assert result.returncode == 2
-    assert "idle_timeout_s" in result.stderr
+    assert setting in result.stderr
 
 
 def test_a_record_made_durable_by_a_worker_killed_before_committing_its_claim_is_a_duplicate_after_restart(

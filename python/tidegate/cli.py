@@ -62,6 +62,8 @@ def _check_settings(settings: Settings) -> None:
     parse_intervals(settings.silence_intervals)
     if not 0.001 <= settings.idle_timeout_s <= 60:
         raise ValueError(f"idle_timeout_s must be within 0.001 and 60 seconds, not {settings.idle_timeout_s:g}")
+    if not 0 <= settings.delivery_nice <= 19:
+        raise ValueError(f"delivery_nice must be within 0 and 19, not {settings.delivery_nice}")
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -149,9 +151,19 @@ def _deliver(args: argparse.Namespace) -> int:
         print(f"tidegate deliver: {error}", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    _lower_priority(settings.delivery_nice)
     if args.supervise:
         return supervise(settings, args.supervised_by)
     return asyncio.run(run_delivery(settings, args.supervised_by))
+
+
+def _lower_priority(nice: int) -> None:
+    """Runs this process at `nice` (`delivery_nice`) unless it already runs lower (a supervised child inherits its
+    supervisor's). Called before any thread starts: on Linux a thread's nice is its own, and threads started later
+    inherit it."""
+    current = os.getpriority(os.PRIO_PROCESS, 0)
+    if nice > current:
+        os.setpriority(os.PRIO_PROCESS, 0, nice)
 
 
 def _keys(args: argparse.Namespace) -> int:

@@ -119,6 +119,11 @@ class Settings:
     dedup_ttl_seconds: float = 3600.0
     kafka_ack_timeout_s: float = 10.0
     shutdown_deadline_s: float = 10.0
+    delivery_nice: int = 10
+    """The OS priority (nice, 0-19) the delivery process (`tidegate deliver`: Kafka, the archive) runs at. When the
+    CPU runs out, the kernel gives its share to the workers, which answer requests, first: what delivery does not
+    get to waits in the spool, durable, and is delivered once the CPU is free (`tidegate_spool_lag_records`). In
+    `bench/flood.py` delivery took a third of the CPU the workers needed. 0 runs it beside them as an equal."""
     silence_default_interval_s: float = 60.0
     """The expected reporting interval of a device with little history (fewer than 3 intervals learned): it is
     silent once unheard for 3x this (seed 001: 3x a 60 s interval). A device is silent once unheard for 3x its
