@@ -7,6 +7,7 @@ from typing import Any, Final, Literal, final
 
 __all__ = [
     "EVENT_ID_DOMAIN",
+    "LAG_BOUNDS_MS",
     "MAX_IDEMPOTENCY_KEY_BYTES",
     "MAX_RECORD_BYTES",
     "MAX_TRACEPARENT_BYTES",
@@ -47,6 +48,9 @@ __all__ = [
 
 EVENT_ID_DOMAIN: Final[str]
 """The prefix hashed before every event id's canonical form (see the README's event_id definition)."""
+LAG_BOUNDS_MS: Final[tuple[float, ...]]
+"""Upper bounds of the ingest lag histogram's buckets (`tidegate_ingest_lag_ms`), in ms, then +Inf: the counts
+`Gateway.counters` gives are per bucket of these."""
 MAX_RECORD_BYTES: Final[int]
 """`Validator(max_record_bytes=)`'s default: the largest record accepted, measured as Kafka measures it (key,
 value and every header, as a Kafka v2 record batch of its own). The forwarder skips only records above its own

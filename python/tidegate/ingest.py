@@ -141,7 +141,6 @@ class IngestEdge:
         self.metrics = gateway.metrics
         self._delivered_waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._delivered_watch: asyncio.Task[None] | None = None
-        self._lag_bounds = list(self.metrics.lag.buckets)
         #: Tasks reading a body, with their deadlines; the housekeeping task cancels the late ones (cheaper than
         #: a timeout context per request).
         self._body_deadlines: dict[asyncio.Task[Any], float] = {}

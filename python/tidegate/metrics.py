@@ -15,6 +15,8 @@ import threading
 from collections.abc import Callable, Iterable
 from typing import Generic, TypeVar
 
+from tidegate._native import LAG_BOUNDS_MS
+
 LabelValues = tuple[str, ...]
 #: `tidegate._native.Gateway.counters()`.
 NativeCounts = tuple[list[tuple[str, str, int]], list[tuple[str, int]], int, list[int], float, bool]
@@ -174,7 +176,6 @@ class Gauge:
 
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
-LAG_BUCKETS = (100.0, 1_000.0, 10_000.0, 60_000.0, 600_000.0, 3_600_000.0, 86_400_000.0, 604_800_000.0)
 
 
 PRIORITIES = ("high", "medium", "low")
@@ -274,7 +275,7 @@ class Metrics:
             LATENCY_BUCKETS,
             ("route",),
         )
-        self.lag = Histogram("tidegate_ingest_lag_ms", "Reception time minus record time.", LAG_BUCKETS)
+        self.lag = Histogram("tidegate_ingest_lag_ms", "Reception time minus record time.", LAG_BOUNDS_MS)
         self.mqtt_messages = Counter(
             "tidegate_mqtt_messages_total",
             "MQTT messages taken and acknowledged, by outcome (accepted, dead_lettered, partly_dead_lettered).",

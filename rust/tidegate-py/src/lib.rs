@@ -14,7 +14,7 @@ mod spool;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict, PyString};
+use pyo3::types::{PyBytes, PyDict, PyString, PyTuple};
 use tidegate_core as core;
 
 #[pyclass(frozen, module = "tidegate._native")]
@@ -593,6 +593,7 @@ fn _native(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_class::<QuarantineItem>()?;
     module.add_function(wrap_pyfunction!(quarantine_records, module)?)?;
     module.add("EVENT_ID_DOMAIN", core::contract::validator::EVENT_ID_DOMAIN)?;
+    module.add("LAG_BOUNDS_MS", PyTuple::new(module.py(), core::gateway::LAG_BOUNDS)?)?;
     module.add("MAX_RECORD_BYTES", core::contract::validator::DEFAULT_MAX_RECORD_BYTES)?;
     module.add("MAX_TRACEPARENT_BYTES", core::contract::headers::MAX_TRACEPARENT_BYTES)?;
     module.add("MAX_TRACESTATE_BYTES", core::contract::headers::MAX_TRACESTATE_BYTES)?;
