@@ -161,9 +161,11 @@ def _lower_priority(nice: int) -> None:
     """Runs this process at `nice` (`delivery_nice`) unless it already runs lower (a supervised child inherits its
     supervisor's). Called before any thread starts: on Linux a thread's nice is its own, and threads started later
     inherit it."""
-    current = os.getpriority(os.PRIO_PROCESS, 0)
-    if nice > current:
-        os.setpriority(os.PRIO_PROCESS, 0, nice)
+    try:
+        if nice > os.getpriority(os.PRIO_PROCESS, 0):
+            os.setpriority(os.PRIO_PROCESS, 0, nice)
+    except OSError as error:  # a sandbox that forbids it: delivery runs beside the workers, as with 0
+        print(f"tidegate deliver: delivery_nice not applied: {error}", file=sys.stderr)
 
 
 def _keys(args: argparse.Namespace) -> int:
