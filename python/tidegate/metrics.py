@@ -36,7 +36,8 @@ def _labels(names: tuple[str, ...], values: LabelValues) -> str:
 
 class PerThread(Generic[Value]):
     """One dict of values per thread that updates them (`mine`, no lock: only its thread writes it), and all of
-    them for a scrape (`copies`). A thread's values outlive it: what it counted stays counted."""
+    them for a scrape (`copies`). A thread's values outlive it: what it counted stays counted. Counts kept natively
+    are not stored here: they are read at each scrape and added as the metric renders (`counted_elsewhere`)."""
 
     def __init__(self) -> None:
         self._local = threading.local()
@@ -51,14 +52,6 @@ class PerThread(Generic[Value]):
             with self._lock:
                 self._all.append(values)
         return values
-
-    def replace(self, values: dict[LabelValues, Value]) -> None:
-        """Every thread's values replaced by `values` (counts kept elsewhere, read at each scrape)."""
-        with self._lock:
-            every = list(self._all)
-        for each in every:
-            each.clear()
-        self.mine().update(values)
 
     def copies(self) -> list[dict[LabelValues, Value]]:
         """Each thread's values as they are now (`dict.copy` runs without a switch of thread)."""
@@ -85,10 +78,6 @@ class Counter:
 
     def get(self, labels: LabelValues = ()) -> float:
         return self.totals().get(labels, 0.0)
-
-    def set_totals(self, totals: dict[LabelValues, float]) -> None:
-        """For a count kept elsewhere (natively), read at each scrape."""
-        self._values.replace(totals)
 
     def render(self, counted_elsewhere: Iterable[tuple[LabelValues, float]] = ()) -> Iterable[str]:
         """The text format, with `counted_elsewhere` (natively) added."""
@@ -119,13 +108,6 @@ class Histogram:
         series[bisect.bisect_left(self.buckets, value)] += 1
         series[-1] += value
 
-    def observe_counts(self, counts: list[int], total: float, labels: LabelValues = ()) -> None:
-        """Adds pre-bucketed observations: `counts` per bucket then +Inf, and their sum."""
-        series = self._mine(labels)
-        for i, count in enumerate(counts):
-            series[i] += count
-        series[-1] += total
-
     def totals(self) -> dict[LabelValues, list[float]]:
         totals: dict[LabelValues, list[float]] = {}
         for all_series in self._series.copies():
@@ -140,19 +122,21 @@ class Histogram:
                         total[i] += count
         return totals
 
-    def set_totals(self, totals: dict[LabelValues, list[float]]) -> None:
-        """For observations kept elsewhere (natively), read at each scrape: per label values, the count in each
-        bucket, then +Inf, then the sum."""
-        self._series.replace(totals)
-
     def count(self, labels: LabelValues = ()) -> float:
         series = self.totals().get(labels)
         return sum(series[:-1]) if series else 0.0
 
-    def render(self) -> Iterable[str]:
+    def render(self, counted_elsewhere: Iterable[tuple[LabelValues, list[float]]] = ()) -> Iterable[str]:
+        """The text format, with `counted_elsewhere` (natively: per label values, the count in each bucket, then
+        +Inf, then the sum) added."""
+        totals = self.totals()
+        for labels, series in counted_elsewhere:
+            total = totals.setdefault(labels, [0.0] * (len(self.buckets) + 2))
+            for i, count in enumerate(series):
+                total[i] += count
         yield f"# HELP {self.name} {self.help}"
         yield f"# TYPE {self.name} histogram"
-        for labels, series in sorted(self.totals().items()):
+        for labels, series in sorted(totals.items()):
             cumulative = 0.0
             for bound, count in zip((*self.buckets, float("inf")), series[:-1], strict=True):
                 cumulative += count
@@ -323,9 +307,7 @@ class Metrics:
             if observed is None:
                 return
             bounds, counts, total = observed
-            histogram = Histogram(name, help_text, tuple(bounds))
-            histogram.set_totals({(): [*map(float, counts), total]})
-            yield from histogram.render()
+            yield from Histogram(name, help_text, tuple(bounds)).render([((), [*map(float, counts), total])])
 
         self.source(render)
 
@@ -336,12 +318,10 @@ class Metrics:
 
         def render() -> Iterable[str]:
             records, quarantined, dropped, lag, lag_sum, lag_observed = read()
-            self.records.set_totals({(outcome, priority): float(n) for outcome, priority, n in records})
-            self.quarantined.set_totals({(stage,): float(n) for stage, n in quarantined})
-            self.quarantine_dropped.set_totals({(): float(dropped)})
-            self.lag.set_totals({(): [*map(float, lag), lag_sum]} if lag_observed else {})
-            for metric in (self.records, self.lag, self.quarantined, self.quarantine_dropped):
-                yield from metric.render()
+            yield from self.records.render(((outcome, priority), float(n)) for outcome, priority, n in records)
+            yield from self.lag.render([((), [*map(float, lag), lag_sum])] if lag_observed else [])
+            yield from self.quarantined.render(((stage,), float(n)) for stage, n in quarantined)
+            yield from self.quarantine_dropped.render([((), float(dropped))])
 
         self.source(render)
 
