@@ -182,7 +182,7 @@ class IngestEdge:
         # Refused, answered and counted natively (`tidegate_requests_total` and `..._refused_on_arrival_total` read
         # those counts; the latency histogram times what reaches the loop): the Python left is the log's.
         gateway._recent_requests += 1
-        if gateway._request_rate < self.settings.log_full_below_rps or random.random() < self.settings.log_sample_rate:
+        if self._log_sampled():
             self._log(route, Answer(decided, b"", [], content_type=None), time.perf_counter() - started)
         return None
 
@@ -208,7 +208,7 @@ class IngestEdge:
         self.metrics.requests.inc((route.name, str(status)))
         self.metrics.latency.observe(elapsed, (route.name,))
         # Logged as successes are (sampled under load): a flood's refusals must not each cost a log line.
-        if gateway._request_rate < self.settings.log_full_below_rps or random.random() < self.settings.log_sample_rate:
+        if self._log_sampled():
             self._log(route, Answer(status, body, head, content_type=None), elapsed)
 
     async def handle(self, route: IngestRoute, scope: Scope, proto: HTTPProtocol) -> None:
@@ -248,13 +248,17 @@ class IngestEdge:
         self.metrics.latency.observe(elapsed, (route.name,))
         self._log(route, answer, elapsed)
 
-    def _log(self, route: IngestRoute, answer: Answer, elapsed: float) -> None:
-        sampled = (
-            answer.status >= 400
-            or self.gateway._request_rate < self.settings.log_full_below_rps
+    def _log_sampled(self) -> bool:
+        """Whether a request is logged: every one while the rate is under `log_full_below_rps`, else a sample."""
+        return (
+            self.gateway._request_rate < self.settings.log_full_below_rps
             or random.random() < self.settings.log_sample_rate
         )
-        if sampled and log.isEnabledFor(logging.INFO):
+
+    def _log(self, route: IngestRoute, answer: Answer, elapsed: float) -> None:
+        """Logs a request's line: every failure (4xx, 5xx), successes as `_log_sampled` says (refusals under load are
+        sampled by their callers before they get here)."""
+        if (answer.status >= 400 or self._log_sampled()) and log.isEnabledFor(logging.INFO):
             native = answer.native
             line = {
                 "ts": round(time.time(), 3),
