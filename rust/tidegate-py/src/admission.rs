@@ -162,31 +162,40 @@ impl Admission {
                 priority,
                 retry_after,
                 decided_at,
-            } => {
-                let rendered = self.inner.rendered(refusal, priority);
-                let body = self.bodies[refusal as usize * 3 + priority as usize].clone_ref(py);
-                let head = PyList::empty(py);
-                // Granian adds content-length (the body's size is known).
-                let pair = |name: &str, value: &str| (PyString::intern(py, name), PyString::new(py, value));
-                head.append(pair("content-type", "application/problem+json"))?;
-                if let Some(seconds) = retry_after {
-                    head.append(pair("retry-after", &seconds.to_string()))?;
-                }
-                if let Some(challenge) = rendered.www_authenticate {
-                    head.append(pair("www-authenticate", challenge))?;
-                }
-                (
-                    AdmissionTicket {
-                        permit: None,
-                        decided_at,
-                        done: AtomicBool::new(false),
-                    },
-                    None,
-                    self.priorities[priority as usize].clone_ref(py),
-                    Some((rendered.status, body, head)),
-                )
-            }
+            } => (
+                AdmissionTicket {
+                    permit: None,
+                    decided_at,
+                    done: AtomicBool::new(false),
+                },
+                None,
+                self.priorities[priority as usize].clone_ref(py),
+                Some(self.refusal_answer(py, refusal, priority, retry_after)?),
+            ),
         })
+    }
+
+    /// A refusal's answer: its status, its pre-rendered problem+json body and its headers.
+    fn refusal_answer<'py>(
+        &self,
+        py: Python<'py>,
+        refusal: Refusal,
+        priority: Priority,
+        retry_after: Option<u32>,
+    ) -> PyResult<(u16, Py<PyBytes>, Bound<'py, PyList>)> {
+        let rendered = self.inner.rendered(refusal, priority);
+        let body = self.bodies[refusal as usize * 3 + priority as usize].clone_ref(py);
+        let head = PyList::empty(py);
+        // Granian adds content-length (the body's size is known).
+        let pair = |name: &str, value: &str| (PyString::intern(py, name), PyString::new(py, value));
+        head.append(pair("content-type", "application/problem+json"))?;
+        if let Some(seconds) = retry_after {
+            head.append(pair("retry-after", &seconds.to_string()))?;
+        }
+        if let Some(challenge) = rendered.www_authenticate {
+            head.append(pair("www-authenticate", challenge))?;
+        }
+        Ok((rendered.status, body, head))
     }
 }
 
@@ -312,19 +321,24 @@ impl Admission {
         let default = route_priority(default_priority);
         // With the GIL held: the checks take a few atomics and two short locks, and a thread that lets the GIL go
         // waits to take it back behind the event loop, which under load always wants it.
-        let decision = match self
-            .inner
-            .screen(&header_view(&buffer, &spans), default, in_flight_records)
-        {
-            Ok(priority) => return Ok(self.priorities[priority as usize].bind(py).clone().into_any()),
-            Err(decision) => decision,
-        };
-        let (ticket, _, _, refusal) = self.decided(py, decision)?;
-        let Some((status, body, head)) = refusal else {
-            unreachable!("screen lets through or refuses");
-        };
+        // A refusal is answered from its parts: no ticket object, as `decide`'s callers need, is made for it.
+        let (refusal, priority, retry_after, decided_at) =
+            match self
+                .inner
+                .screen(&header_view(&buffer, &spans), default, in_flight_records)
+            {
+                Ok(priority) => return Ok(self.priorities[priority as usize].bind(py).clone().into_any()),
+                Err(Decision::Refused {
+                    refusal,
+                    priority,
+                    retry_after,
+                    decided_at,
+                }) => (refusal, priority, retry_after, decided_at),
+                Err(Decision::Admitted { .. }) => unreachable!("screen lets through or refuses, it never admits"),
+            };
+        let (status, body, head) = self.refusal_answer(py, refusal, priority, retry_after)?;
         let sent = proto.call_method1(pyo3::intern!(py, "response_bytes"), (status, head, body));
-        self.done(&ticket);
+        self.inner.refusal_answered(decided_at);
         sent?;
         *self
             .refused_on_arrival
