@@ -1,9 +1,10 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import httpx
@@ -89,10 +90,37 @@ def metric(text: str, name: str) -> float:
     return float(match.group(1)) if match else 0.0
 
 
+HANG_GUARD_S = 60.0
+"""How long a test waits for a state before it reports that it never came. Tests wait for states, never for a
+time: this bound only keeps a broken server from hanging the suite."""
+
+
+def wait_for(condition: Callable[[], bool], what: str, timeout: float = HANG_GUARD_S) -> None:
+    """Polls `condition` until it holds (`what` names it in the failure, should it never)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"gave up waiting for {what}")
+        time.sleep(0.02)
+
+
+async def wait_until(predicate: Callable[[], bool | Awaitable[bool]], what: str, timeout: float = HANG_GUARD_S) -> None:
+    """`wait_for` in a coroutine: the predicate may be a coroutine function too."""
+    deadline = time.monotonic() + timeout
+    while True:
+        held = predicate()
+        if await held if inspect.isawaitable(held) else held:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        await asyncio.sleep(0.005)
+
+
 async def until_in_flight(http: httpx.AsyncClient, records: int) -> None:
     """Waits until the worker holds `records` records awaiting durability: requests are ordered by what the server
-    has, not by sleeps. The 60 s bound only keeps a broken server from hanging the test."""
-    guard = time.monotonic() + 60
-    while metric((await http.get("/metrics")).text, "tidegate_in_flight_records") < records:
-        assert time.monotonic() < guard, f"the worker never held {records} records in flight"
-        await asyncio.sleep(0.005)
+    has, not by sleeps."""
+
+    async def held() -> bool:
+        return metric((await http.get("/metrics")).text, "tidegate_in_flight_records") >= records
+
+    await wait_until(held, f"the worker to hold {records} records in flight")

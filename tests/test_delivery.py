@@ -27,6 +27,8 @@ from tidegate.delivery.kafka import Forwarder, KafkaSettings
 from tidegate.delivery.spool import SpoolWriter, open_writer
 from tidegate.testing.broker import Broker, Collector, consume_all
 
+from tests.conftest import wait_until
+
 TELEMETRY = "telemetry-raw"
 DLQ = "ingest-dlq"
 EVENTS = "events-raw"
@@ -151,14 +153,6 @@ def event_validator() -> tidegate.Validator:
     return tidegate.Validator(tidegate.Contract.event())
 
 
-async def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        await asyncio.sleep(0.01)
-
-
 # ------------------------------------------------------------------------------------------------------ delivery
 
 
@@ -185,7 +179,7 @@ def test_forwarder_delivers_every_record_intact(
                 forwarder.notify()
             end = spool.stats()["next_seq"]
         assert await forwarder.wait_acked(end, 30), forwarder.metrics()
-        await wait_until(lambda: spool.acked_seq == end, 5, "the checkpoint persisted")
+        await wait_until(lambda: spool.acked_seq == end, "the checkpoint persisted")
         assert await forwarder.stop(5)
 
         expected = {topic: spool_records(spool, topic) for topic in PARTITIONS}
@@ -290,12 +284,13 @@ def test_a_checkpoint_that_cannot_be_written_is_retried_never_a_redelivery_from_
                 forwarder.notify()
         end = spool.stats()["next_seq"]
         assert await forwarder.wait_acked(end, 30), forwarder.metrics()
-        await asyncio.sleep(0.3)  # idle ticks retry the checkpoint, and fail again
-        assert forwarder.checkpoint_failures > 1 and forwarder.checkpoint_error is not None
+        # Idle ticks retry the checkpoint, and fail again.
+        await wait_until(lambda: forwarder.checkpoint_failures > 1, "the checkpoint retried")
+        assert forwarder.checkpoint_error is not None
         assert spool.acked_seq == 0, "the persisted checkpoint never moved"
         assert forwarder.records_sent == end, "no range was sent again"
         (tmp_path / "spool" / "acked.tmp").rmdir()  # space is back
-        await wait_until(lambda: spool.acked_seq == end, 10, "the checkpoint persisted")
+        await wait_until(lambda: spool.acked_seq == end, "the checkpoint persisted")
         assert forwarder.checkpoint_error is None
         assert await forwarder.stop(5)
         consumed = await consume_all(broker.bootstrap, TELEMETRY, timeout=10)
@@ -406,7 +401,7 @@ def test_broker_restart_mid_stream_loses_no_acknowledged_record(
         stream.start()
         try:
             await asyncio.sleep(1.0)
-            await wait_until(lambda: forwarder.acked_seq > 500, 10, "the first records to be acknowledged")
+            await wait_until(lambda: forwarder.acked_seq > 500, "the first records to be acknowledged")
 
             # Kill at a moment when the collector holds everything acknowledged so far: records acknowledged by
             # the old broker and not consumed before it died would be lost by tansu, not by the forwarder.
@@ -415,7 +410,7 @@ def test_broker_restart_mid_stream_loses_no_acknowledged_record(
                     i in collector.ids for i in stream.seq_ids[: forwarder.acked_seq]
                 )
 
-            await wait_until(caught_up, 15, "the collector to catch up")
+            await wait_until(caught_up, "the collector to catch up")
             broker.stop(grace=0)  # synchronous: nothing else ran since the check
             acked_at_kill = forwarder.acked_seq
             written_at_kill = len(stream.seq_ids)
@@ -434,7 +429,7 @@ def test_broker_restart_mid_stream_loses_no_acknowledged_record(
             # Acknowledgements read from the dead broker's last responses (if any) cover records it lost.
             lost_by_tansu = set(stream.seq_ids[acked_at_kill:acked_before_restart])
             required = set(stream.seq_ids[:acked_at_kill]) | set(stream.seq_ids[acked_before_restart:total])
-            await wait_until(lambda: required <= collector.ids, 20, "every acknowledged record to be consumed")
+            await wait_until(lambda: required <= collector.ids, "every acknowledged record to be consumed")
             assert await forwarder.stop(5)
         finally:
             await stream.stop()
@@ -484,11 +479,10 @@ def test_breaker_opens_while_down_and_closes_after(
             end = await writer.write(records)
             forwarder.notify()
             assert not await forwarder.wait_acked(end, 1.0)
-            await wait_until(lambda: forwarder.state == "open", 10, "the breaker to open")
+            await wait_until(lambda: forwarder.state == "open", "the breaker to open")
             assert forwarder.send_failures >= settings.breaker_failures
             await wait_until(
                 lambda: [s for _, s in forwarder.state_changes][-3:] == ["open", "half-open", "open"],
-                10,
                 "a failed probe",
             )
             assert not await forwarder.wait_acked(end, 0.2)

@@ -24,7 +24,17 @@ import zstandard
 from tidegate.ingest import OFF_LOOP_BODY_BYTES
 from tidegate.testing.server import Server
 
-from tests.conftest import TRACEPARENT, event, iso_now, key, metric, reading, until_in_flight
+from tests.conftest import (
+    TRACEPARENT,
+    event,
+    iso_now,
+    key,
+    metric,
+    reading,
+    until_in_flight,
+    wait_for,
+    wait_until,
+)
 from tests.openapi_check import OpenApiChecker
 
 DEVICES = [f"dev-{i}" for i in range(8)]
@@ -69,14 +79,11 @@ def spooled_records(data_dir: Path) -> list[tuple[bytes | None, bytes, dict[str,
 
 def stall_the_loop(server: Server) -> Path:
     """Stops the worker's event loop (fault injection) until the test writes `loop-resume` in the returned faults
-    directory: what arrives meanwhile waits for it. The bound only keeps a broken server from hanging the test."""
+    directory: what arrives meanwhile waits for it."""
     faults = server.data_dir / "faults"
     faults.mkdir(exist_ok=True)
     (faults / "loop-stall").touch()
-    guard = time.monotonic() + 60
-    while not (faults / "loop-stalled").exists():
-        assert time.monotonic() < guard, "the loop never stalled"
-        time.sleep(0.01)
+    wait_for((faults / "loop-stalled").exists, "the loop to stall")
     return faults
 
 
@@ -733,13 +740,12 @@ class TestAdmission:
 
             async def queued_for_the_loop(at_least: float) -> None:
                 # What screening let through and the stalled loop has not begun (cost units, about 1 a reading).
-                guard = time.monotonic() + 60
-                while True:
+                def queued() -> bool:
                     with contextlib.suppress(FileNotFoundError, ValueError):
-                        if float((faults / "loop-queue").read_text()) >= at_least:
-                            return
-                    assert time.monotonic() < guard, "the requests never reached the stalled loop"
-                    await asyncio.sleep(0.01)
+                        return float((faults / "loop-queue").read_text()) >= at_least
+                    return False
+
+                await wait_until(queued, f"{at_least:g} requests to wait for the stalled loop")
 
             async def scenario() -> list[int]:
                 async with httpx.AsyncClient(base_url=server.url, timeout=120) as http:
@@ -780,8 +786,7 @@ class TestAdmission:
                     assert response.headers["retry-after"]
                     break
             assert statuses[0] == 202 and statuses[-1] == 503
-            time.sleep(0.3)
-            assert http.get("/health/ready").status_code == 503
+            wait_for(lambda: http.get("/health/ready").status_code == 503, "not ready once the spool is full")
 
 
 class TestLifecycle:

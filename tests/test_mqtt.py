@@ -13,7 +13,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,7 @@ from tidegate.testing.broker import Broker, consume_all
 from tidegate.testing.mosquitto import Mosquitto
 from tidegate.testing.server import Server
 
-from tests.conftest import event, reading
+from tests.conftest import event, reading, wait_for
 
 DLQ = "ingest-dlq"
 #: The last of tidegate's subscriptions (all three go in one SUBSCRIBE).
@@ -82,14 +82,6 @@ class Device:
 
 def mqtt_env(broker: Mosquitto, **settings: str) -> dict[str, str]:
     return {"TIDEGATE_MQTT": broker.url, **{f"TIDEGATE_{k.upper()}": v for k, v in settings.items()}}
-
-
-def wait_for(condition: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"gave up waiting for {what}")
-        time.sleep(0.1)
 
 
 def values(data_dir: Path, topic: str | None = None) -> list[dict[str, Any]]:
