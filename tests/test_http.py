@@ -730,6 +730,53 @@ class TestAdmission:
             assert metric(metrics, "tidegate_admission_loop_queue") == 0
             assert metric(metrics, 'tidegate_shed_total{priority="low"}') == 4
 
+    def test_the_bulk_lane_sheds_a_second_large_low_body_and_nothing_else(self, tmp_path: Path) -> None:
+        # One large low-priority body in flight (its headers sent, its body not yet): a second is shed, while a
+        # small low reading and large medium and high bodies are taken; once the first is answered, low's place is
+        # free again. Without the lane the second large body was taken like the first.
+        env = {"TIDEGATE_AUTH": "false", "TIDEGATE_ADMISSION_BULK_BODIES": "1"}
+
+        def large(tag: str) -> bytes:
+            lines = (json.dumps(event(entity_id=f"{tag}-{i}", payload={"pad": "x" * 200})) for i in range(400))
+            body = "\n".join(lines).encode()
+            assert len(body) >= OFF_LOOP_BODY_BYTES
+            return body
+
+        ndjson = {"Content-Type": "application/x-ndjson"}
+        with Server(tmp_path, env) as server, httpx.Client(base_url=server.url, timeout=60) as http:
+
+            def bulk_in_flight(priority: str) -> float:
+                text = http.get("/metrics").text
+                return metric(text, f'tidegate_admission_bulk_in_flight{{priority="{priority}"}}')
+
+            held = large("held")
+            with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+                head = (
+                    f"POST /api/v1/events HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-ndjson\r\n"
+                    f"X-Priority: low\r\nContent-Length: {len(held)}\r\n\r\n"
+                ).encode()
+                sock.sendall(head + held[:1000])
+                wait_for(lambda: bulk_in_flight("low") == 1, "the held body to take low's place in the bulk lane")
+                second = http.post("/api/v1/events", content=large("second"), headers={**ndjson, "X-Priority": "low"})
+                assert assert_problem(second, 503)["type"].endswith(":shed")
+                assert 1 <= int(second.headers["retry-after"]) <= 30
+                small = http.post("/api/v1/ingest", json=reading("dsmall"), headers={"X-Priority": "low"})
+                assert small.status_code == 202
+                for priority in ("medium", "high"):
+                    taken = http.post(
+                        "/api/v1/events", content=large(priority), headers={**ndjson, "X-Priority": priority}
+                    )
+                    assert taken.status_code == 202, taken.text
+                sock.sendall(held[1000:])
+                answer = sock.recv(65536)
+                assert answer.startswith(b"HTTP/1.1 202"), answer[:200]
+            wait_for(lambda: bulk_in_flight("low") == 0, "the held body's place to be given back")
+            again = http.post("/api/v1/events", content=large("again"), headers={**ndjson, "X-Priority": "low"})
+            assert again.status_code == 202
+            metrics = http.get("/metrics").text
+            assert metric(metrics, 'tidegate_admission_refused_total{reason="bulk",priority="low"}') == 1
+            assert metric(metrics, 'tidegate_shed_total{priority="low"}') == 1
+
     def test_a_high_priority_request_queued_last_for_a_busy_loop_is_taken_first(self, tmp_path: Path) -> None:
         # The loop stalled, six medium readings wait for it, then a high one: first come, first served, the high
         # one would be spooled last; in the loop's first lane (`tidegate.loop`) its task, its body and its commit

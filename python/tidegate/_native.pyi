@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any, Final, Literal, final
 
 __all__ = [
+    "BULK_BODY_BYTES",
     "EVENT_ID_DOMAIN",
     "LAG_BOUNDS_MS",
     "MAX_IDEMPOTENCY_KEY_BYTES",
@@ -46,6 +47,9 @@ __all__ = [
     "retain_freed_memory",
 ]
 
+BULK_BODY_BYTES: Final[int]
+"""A body this large or larger (declared; a compressed one weighs 4 times its length) is bulk: the worker takes it
+on its accept thread, one at a time, and `Admission(bulk_bodies=)` bounds how many are in flight."""
 EVENT_ID_DOMAIN: Final[str]
 """The prefix hashed before every event id's canonical form (see the README's event_id definition)."""
 LAG_BOUNDS_MS: Final[tuple[float, ...]]
@@ -660,8 +664,10 @@ class AdmissionTicket:
 class Admission:
     """The header phase of an ingest request in one worker, decided natively before the body is read:
     readiness, `X-Priority`, the device key, utilization shedding, the adaptive concurrency limit with priority
-    partitions (cost-weighted; refusals' loop time kept out of its signal), the device's rate and decoded-bytes
-    budget. Refusals are answered with problem+json bodies rendered once. See the core's `gateway/limit.rs`."""
+    partitions (cost-weighted; refusals' loop time kept out of its signal) and its bulk lane (`bulk_bodies` bulk
+    bodies of low priority in flight, counting every priority's; medium twice that; high unheld; 0 turns it off),
+    the device's rate and decoded-bytes budget. Refusals are answered with problem+json bodies rendered once. See
+    the core's `gateway/limit.rs`."""
 
     def __new__(
         cls,
@@ -688,6 +694,7 @@ class Admission:
         loop_queue_low: float = 12.0,
         loop_queue_interval_s: float = 0.3,
         loop_queue_higher_recent_s: float = 1.0,
+        bulk_bodies: float = 2.0,
     ) -> Admission: ...
     def decide(
         self,
@@ -735,7 +742,8 @@ class Admission:
     def utilization(self, in_flight_records: int) -> float:
         """`max(in_flight_records / max_in_flight_records, pressure)`."""
     def snapshot(self) -> dict[str, float]:
-        """Counters and gauges for `/metrics` (`limit`, `capacity_<p>`, `in_flight[_<p>]`, `slowdown`, `drain_rate`,
+        """Counters and gauges for `/metrics` (`limit`, `capacity_<p>`, `in_flight[_<p>]`, `bulk_in_flight_<p>`,
+        `slowdown`, `drain_rate`,
         `refusal_seconds`, `loop_busy`, `shed_level`, `loop_queue`, `admitted_<p>`, `refused_<reason>_<p>`)."""
 
 @final

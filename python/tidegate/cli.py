@@ -62,6 +62,8 @@ def _check_settings(settings: Settings) -> None:
     parse_intervals(settings.silence_intervals)
     if not 0.001 <= settings.idle_timeout_s <= 60:
         raise ValueError(f"idle_timeout_s must be within 0.001 and 60 seconds, not {settings.idle_timeout_s:g}")
+    if settings.admission_bulk_bodies < 0:
+        raise ValueError(f"admission_bulk_bodies must be 0 (off) or more, not {settings.admission_bulk_bodies}")
     if not 0 <= settings.delivery_nice <= 19:
         raise ValueError(f"delivery_nice must be within 0 and 19, not {settings.delivery_nice}")
 

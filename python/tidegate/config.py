@@ -159,6 +159,11 @@ class Settings:
     admission_low_share: float = 0.5
     """Share of the limit low-priority requests may fill (they are shed first)."""
     admission_medium_share: float = 0.8
+    admission_bulk_bodies: int = 2
+    """Large bodies (64 KiB or more declared; compressed, 16 KiB) of low priority a worker has in flight at once,
+    counting those of every priority; medium may find twice as many, high is not held by it; 0 turns it off. The
+    worker takes such bodies one at a time (its accept thread): more in flight only wait there, and every commit,
+    which a high-priority reading waits for, grows with them (`bench/flood.py`)."""
     admission_tolerance: float = 2.0
     """How much slower than its best a request may get before the limit shrinks."""
     admission_loop_busy_target: float = 1.0

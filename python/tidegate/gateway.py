@@ -219,6 +219,7 @@ class Gateway:
             loop_queue_low=settings.admission_loop_queue_low,
             loop_queue_interval_s=settings.admission_loop_queue_interval_s,
             loop_queue_higher_recent_s=settings.admission_loop_queue_higher_recent_s,
+            bulk_bodies=float(settings.admission_bulk_bodies),
         )
         self.delivery = DeliveryStatus(settings.data_dir)
         self._ready = False

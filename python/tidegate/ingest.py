@@ -24,7 +24,7 @@ from granian._granian import RSGIProtocolClosed as ProtocolClosed
 from granian._granian import RSGIProtocolError as ProtocolError
 from granian.rsgi import Scope
 
-from tidegate._native import Accepted, AdmissionTicket, Validator
+from tidegate._native import BULK_BODY_BYTES, Accepted, AdmissionTicket, Validator
 from tidegate.archive import event_type_of
 from tidegate.problems import Problem
 from tidegate.quarantine import HTTP, Source
@@ -119,12 +119,13 @@ class Answer:
         return self.native.rejected if self.native is not None else 0
 
 
-OFF_LOOP_BODY_BYTES = 64 * 1024
-"""A body at least this large is accepted on the edge's accept thread rather than on the event loop's: a
-2,000-event body takes the native call ~10-20 ms, and on the loop's thread every request behind it waits that long,
-the high-priority ones too (`bench/flood.py`: before, half a flooded high reading's time was spent waiting for the
-loop, in its body read and in its durability wake-up). One thread: large bodies are taken in turn, and the loop
-keeps the other core. Smaller bodies stay on the loop: handing one over costs more than taking it."""
+OFF_LOOP_BODY_BYTES = BULK_BODY_BYTES
+"""A body at least this large (what admission counts in its bulk lane) is accepted on the edge's accept thread
+rather than on the event loop's: a 2,000-event body takes the native call ~10-20 ms, and on the loop's thread every
+request behind it waits that long, the high-priority ones too (`bench/flood.py`: before, half a flooded high
+reading's time was spent waiting for the loop, in its body read and in its durability wake-up). One thread: large
+bodies are taken in turn, and the loop keeps the other core. Smaller bodies stay on the loop: handing one over
+costs more than taking it."""
 
 
 def now_ms() -> int:

@@ -175,10 +175,12 @@ def admission_lines(snapshot: dict[str, float]) -> Iterable[str]:
     yield from family(
         "tidegate_shed_total",
         "counter",
-        "Requests shed by priority (503: the limit, utilization, a busy loop or the loop's queue).",
+        "Requests shed by priority (503: the limit, its bulk lane, utilization, a busy loop or the loop's queue).",
     )
     for p in PRIORITIES:
-        shed = sum(snapshot[f"refused_{reason}_{p}"] for reason in ("limit", "utilization", "loop_busy", "loop_queue"))
+        shed = sum(
+            snapshot[f"refused_{reason}_{p}"] for reason in ("limit", "bulk", "utilization", "loop_busy", "loop_queue")
+        )
         yield f'tidegate_shed_total{{priority="{p}"}} {shed:g}'
     yield from family("tidegate_rate_limited_total", "counter", "Requests refused by a device's rate or bytes (429).")
     limited = sum(snapshot[f"refused_{r}_{p}"] for r in ("rate", "decoded_bytes") for p in PRIORITIES)
@@ -206,6 +208,13 @@ def admission_lines(snapshot: dict[str, float]) -> Iterable[str]:
     yield from family("tidegate_admission_in_flight_priority", "gauge", "Cost of the requests in flight, by priority.")
     for p in PRIORITIES:
         yield f'tidegate_admission_in_flight_priority{{priority="{p}"}} {snapshot[f"in_flight_{p}"]:g}'
+    yield from family(
+        "tidegate_admission_bulk_in_flight",
+        "gauge",
+        "Large bodies (64 KiB or more) in flight, by priority (the limit's bulk lane, admission_bulk_bodies).",
+    )
+    for p in PRIORITIES:
+        yield f'tidegate_admission_bulk_in_flight{{priority="{p}"}} {snapshot[f"bulk_in_flight_{p}"]:g}'
     yield from family(
         "tidegate_admission_slowdown",
         "gauge",

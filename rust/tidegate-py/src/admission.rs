@@ -208,7 +208,7 @@ impl Admission {
         refusal_weight = 2.0, shed_medium_at = 0.9, shed_low_at = 0.7, max_in_flight_records = 50_000.0,
         rate_per_device = 50.0, decoded_bytes_per_device = 2_097_152.0, loop_busy_target = 1.0,
         loop_queue_high = 256.0, loop_queue_medium = 32.0, loop_queue_low = 12.0, loop_queue_interval_s = 0.3,
-        loop_queue_higher_recent_s = 1.0,
+        loop_queue_higher_recent_s = 1.0, bulk_bodies = 2.0,
     ))]
     fn new(
         py: Python<'_>,
@@ -234,6 +234,7 @@ impl Admission {
         loop_queue_low: f64,
         loop_queue_interval_s: f64,
         loop_queue_higher_recent_s: f64,
+        bulk_bodies: f64,
     ) -> Admission {
         let config = AdmissionConfig {
             limit: LimitConfig {
@@ -244,6 +245,7 @@ impl Admission {
                 smoothing,
                 shares: [1.0, medium_share, low_share],
                 refusal_weight,
+                bulk_bodies,
             },
             shed_medium_at,
             shed_low_at,
@@ -402,7 +404,8 @@ impl Admission {
     }
 
     /// Counters and gauges for `/metrics`: `limit`, `capacity_<priority>`, `in_flight`, `in_flight_<priority>`,
-    /// `slowdown`, `drain_rate`, `refusal_seconds`, `loop_busy`, `shed_level`, `loop_queue`, `admitted_<priority>`,
+    /// `bulk_in_flight_<priority>`, `slowdown`, `drain_rate`, `refusal_seconds`, `loop_busy`, `shed_level`,
+    /// `loop_queue`, `admitted_<priority>`,
     /// `refused_<reason>_<priority>`.
     fn snapshot<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let s = self.inner.snapshot();
@@ -419,6 +422,7 @@ impl Admission {
             let name = p.name();
             out.set_item(format!("capacity_{name}"), s.capacity[p as usize])?;
             out.set_item(format!("in_flight_{name}"), s.in_flight_by[p as usize])?;
+            out.set_item(format!("bulk_in_flight_{name}"), s.bulk_in_flight_by[p as usize])?;
             out.set_item(format!("admitted_{name}"), s.admitted[p as usize] as f64)?;
             for refusal in Refusal::ALL {
                 let count = s.refused[refusal as usize][p as usize] as f64;

@@ -592,6 +592,7 @@ fn _native(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_class::<Records>()?;
     module.add_class::<QuarantineItem>()?;
     module.add_function(wrap_pyfunction!(quarantine_records, module)?)?;
+    module.add("BULK_BODY_BYTES", core::gateway::BULK_BODY_BYTES)?;
     module.add("EVENT_ID_DOMAIN", core::contract::validator::EVENT_ID_DOMAIN)?;
     module.add("LAG_BOUNDS_MS", PyTuple::new(module.py(), core::gateway::LAG_BOUNDS)?)?;
     module.add("MAX_RECORD_BYTES", core::contract::validator::DEFAULT_MAX_RECORD_BYTES)?;

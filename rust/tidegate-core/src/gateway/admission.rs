@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use super::keys::{KeyStore, presented_key};
-use super::limit::{AdaptiveLimit, LimitConfig, Permit, Priority, request_cost};
+use super::limit::{AdaptiveLimit, LimitConfig, NoRoom, Permit, Priority, request_cost};
 use crate::state::table::RateTable;
 
 /// Why a request was refused before its body was read.
@@ -37,10 +37,12 @@ pub enum Refusal {
     LoopBusy = 9,
     /// More work waiting for the worker's event loop than the priority may queue behind (`screen`).
     LoopQueue = 10,
+    /// A bulk body over its priority's places in the bulk lane (`limit.rs`).
+    Bulk = 11,
 }
 
 impl Refusal {
-    pub const ALL: [Refusal; 11] = [
+    pub const ALL: [Refusal; 12] = [
         Refusal::NotReady,
         Refusal::SpoolError,
         Refusal::InvalidPriority,
@@ -52,6 +54,7 @@ impl Refusal {
         Refusal::ByteBudget,
         Refusal::LoopBusy,
         Refusal::LoopQueue,
+        Refusal::Bulk,
     ];
 
     /// The label in `/metrics`.
@@ -68,6 +71,7 @@ impl Refusal {
             "decoded_bytes",
             "loop_busy",
             "loop_queue",
+            "bulk",
         ][self as usize]
     }
 }
@@ -168,7 +172,7 @@ pub struct Admission {
     /// `max(spool fill, loop lag / its threshold)`, as f64 bits.
     pressure: AtomicU64,
     admitted: [AtomicU64; 3],
-    refused: [[AtomicU64; 3]; 11],
+    refused: [[AtomicU64; 3]; 12],
     rendered: Vec<Rendered>,
     /// `observe_loop`'s shed level, f64 bits: 0 sheds nothing, 1 all low priority, 2 all medium too.
     shed_level: AtomicU64,
@@ -205,6 +209,13 @@ const QUEUE_UNITS: f64 = 1024.0;
 /// target. Busy all the time against a target of 0.85, all low priority is shed within ~0.8 s; once the loop idles,
 /// shedding stops within ~0.2 s.
 pub const SHED_GAIN: f64 = 8.0;
+
+fn refusal_for(no_room: NoRoom) -> Refusal {
+    match no_room {
+        NoRoom::Limit => Refusal::Shed,
+        NoRoom::Bulk => Refusal::Bulk,
+    }
+}
 
 fn queue_units(cost: f64) -> u64 {
     (cost * QUEUE_UNITS) as u64
@@ -355,6 +366,18 @@ fn render(config: &AdmissionConfig) -> Vec<Rendered> {
                     ),
                     None,
                 ),
+                Refusal::Bulk => (
+                    503,
+                    problem(
+                        503,
+                        "shed",
+                        &format!(
+                            "overloaded (this worker takes only a few large bodies at a time): large {p} priority bodies are shed first; retry after Retry-After"
+                        ),
+                        "[]",
+                    ),
+                    None,
+                ),
                 Refusal::ByteBudget => (
                     429,
                     problem(
@@ -384,11 +407,12 @@ fn render(config: &AdmissionConfig) -> Vec<Rendered> {
 pub struct Snapshot {
     pub admitted: [u64; 3],
     /// By `Refusal as usize`, then priority.
-    pub refused: [[u64; 3]; 11],
+    pub refused: [[u64; 3]; 12],
     pub limit: f64,
     pub capacity: [f64; 3],
     pub in_flight: f64,
     pub in_flight_by: [f64; 3],
+    pub bulk_in_flight_by: [f64; 3],
     pub slowdown: f64,
     pub drain_rate: f64,
     pub refusal_cost: f64,
@@ -577,13 +601,13 @@ impl Admission {
         let refusal = if self.standing_past_mark(priority, now) {
             Refusal::LoopQueue
         } else {
-            let limit = self.lock();
-            if limit.has_room(priority, cost) {
-                drop(limit);
-                self.loop_queue.fetch_add(queue_units(cost), Ordering::Relaxed);
-                return Ok(priority);
+            match self.lock().has_room(priority, cost) {
+                Ok(()) => {
+                    self.loop_queue.fetch_add(queue_units(cost), Ordering::Relaxed);
+                    return Ok(priority);
+                }
+                Err(no_room) => refusal_for(no_room),
             }
-            Refusal::Shed
         };
         let retry_after = self.lock().retry_after();
         Err(self.refuse(refusal, priority, Some(retry_after)))
@@ -667,11 +691,11 @@ impl Admission {
         let permit = {
             let mut limit = self.lock();
             match limit.try_acquire(priority, cost, self.now()) {
-                Some(permit) => permit,
-                None => {
+                Ok(permit) => permit,
+                Err(no_room) => {
                     let retry_after = limit.retry_after();
                     drop(limit);
-                    return self.refuse(Refusal::Shed, priority, Some(retry_after));
+                    return self.refuse(refusal_for(no_room), priority, Some(retry_after));
                 }
             }
         };
@@ -768,6 +792,7 @@ impl Admission {
             capacity: Priority::ALL.map(|p| limit.capacity(p)),
             in_flight: limit.in_flight,
             in_flight_by: limit.in_flight_by,
+            bulk_in_flight_by: limit.bulk_in_flight_by,
             slowdown: limit.slowdown,
             drain_rate: limit.drain_rate,
             refusal_cost: limit.refusal_cost,
