@@ -7,6 +7,8 @@ import asyncio
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -44,6 +46,36 @@ def nice_values(pid: int) -> set[int]:
     return {int(stat.read_text().rpartition(")")[2].split()[16]) for stat in Path(f"/proc/{pid}/task").glob("*/stat")}
 
 
+def autogroups() -> bool:
+    """Whether this kernel shares the CPU between sessions first (autogroups), where a nice counts only within its
+    session."""
+    try:
+        return Path("/proc/sys/kernel/sched_autogroup_enabled").read_text().strip() == "1"
+    except OSError:
+        return False
+
+
+def autogroup_nice(pid: int) -> int:
+    """The nice of the process's session (`/proc/<pid>/autogroup`: `/autogroup-<n> nice <nice>`)."""
+    return int(Path(f"/proc/{pid}/autogroup").read_text().split()[-1])
+
+
+def test_a_delivery_process_leading_its_own_session_lowers_the_session(tmp_path: Path) -> None:
+    # As a service of its own (a session leader, apart from the workers): with autogroups its nice alone would
+    # count only within its session, and it would run level with the workers.
+    command = [sys.executable, "-m", "tidegate", "deliver", "--data-dir", str(tmp_path)]
+    process = subprocess.Popen(command, start_new_session=True)
+    try:
+        pid = wait_for_delivery(tmp_path)
+        assert pid == process.pid
+        assert nice_values(pid) == {10}
+        if autogroups():
+            assert autogroup_nice(pid) == 10
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
 def test_the_delivery_process_drains_every_worker_and_is_restarted_when_killed(tmp_path: Path) -> None:
     with Broker(tmp_path / "broker") as broker:
         broker.create_topics(list(TOPICS), partitions=3)
@@ -56,6 +88,8 @@ def test_the_delivery_process_drains_every_worker_and_is_restarted_when_killed(t
             # When the CPU runs out, the kernel serves the workers first: delivery waits (`delivery_nice`).
             assert nice_values(pid) == {10}
             assert nice_values(server.proc.pid) == {0}
+            if autogroups():  # started by `tidegate serve`, it shares the workers' session, which is left alone
+                assert autogroup_nice(server.proc.pid) == 0
             acknowledged: set[str] = set()
             for kill in range(4):
                 for i in range(150):

@@ -161,13 +161,27 @@ def _deliver(args: argparse.Namespace) -> int:
 
 def _lower_priority(nice: int) -> None:
     """Runs this process at `nice` (`delivery_nice`) unless it already runs lower (a supervised child inherits its
-    supervisor's). Called before any thread starts: on Linux a thread's nice is its own, and threads started later
-    inherit it."""
+    supervisor's). On Linux a thread's nice is its own and threads started later inherit it; those already running
+    (the native module's allocator starts one as it is imported) are each set.
+
+    Where Linux groups processes by session (autogroups, on by default in many kernels), the CPU is shared between
+    sessions first and a nice counts only within its session: a delivery process leading a session of its own (a
+    service of its own, started apart from `tidegate serve`) would run level with the workers whatever its nice.
+    Then its session's nice is set too. A delivery process started by `tidegate serve` shares the workers' session,
+    whose nice is left alone (it would lower the workers with it)."""
     try:
         if nice > os.getpriority(os.PRIO_PROCESS, 0):
-            os.setpriority(os.PRIO_PROCESS, 0, nice)
+            threads = [int(tid) for tid in os.listdir("/proc/self/task")] if os.path.isdir("/proc/self/task") else [0]
+            for thread in threads:
+                os.setpriority(os.PRIO_PROCESS, thread, nice)
     except OSError as error:  # a sandbox that forbids it: delivery runs beside the workers, as with 0
         print(f"tidegate deliver: delivery_nice not applied: {error}", file=sys.stderr)
+    if os.getsid(0) == os.getpid():
+        try:
+            with open("/proc/self/autogroup", "w") as autogroup:
+                autogroup.write(str(nice))
+        except OSError:
+            pass  # no autogroups (or not Linux): the process's nice is what counts
 
 
 def _keys(args: argparse.Namespace) -> int:
