@@ -665,7 +665,8 @@ class Admission:
     """The header phase of an ingest request in one worker, decided natively before the body is read:
     readiness, `X-Priority`, the device key, utilization shedding, the adaptive concurrency limit with priority
     partitions (cost-weighted; refusals' loop time kept out of its signal) and its bulk lane (`bulk_bodies` bulk
-    bodies of low priority in flight, counting every priority's; medium twice that; high unheld; 0 turns it off),
+    bodies of low priority in flight, counting every priority's; medium twice that; high unheld; each only while a
+    higher priority arrived within `loop_queue_higher_recent_s`; 0 turns it off),
     the device's rate and decoded-bytes budget. Refusals are answered with problem+json bodies rendered once. See
     the core's `gateway/limit.rs`."""
 

@@ -161,9 +161,10 @@ class Settings:
     admission_medium_share: float = 0.8
     admission_bulk_bodies: int = 2
     """Large bodies (64 KiB or more declared; compressed, 16 KiB) of low priority a worker has in flight at once,
-    counting those of every priority; medium may find twice as many, high is not held by it; 0 turns it off. The
-    worker takes such bodies one at a time (its accept thread): more in flight only wait there, and every commit,
-    which a high-priority reading waits for, grows with them (`bench/flood.py`)."""
+    counting those of every priority, while a higher priority is arriving (`admission_loop_queue_higher_recent_s`);
+    medium may find twice as many while high is arriving; high is not held by it; 0 turns it off. The worker takes
+    such bodies one at a time (its accept thread): more in flight only wait there, and every commit, which a
+    high-priority reading waits for, grows with them (`bench/flood.py`)."""
     admission_tolerance: float = 2.0
     """How much slower than its best a request may get before the limit shrinks."""
     admission_loop_busy_target: float = 1.0
@@ -184,8 +185,9 @@ class Settings:
     before shedding stops): a shorter burst sheds nothing, as each refusal pauses a well-behaved client for at
     least the smallest Retry-After, a second."""
     admission_loop_queue_higher_recent_s: float = 1.0
-    """Medium and low are shed by the loop's queue only while a higher priority has arrived within this many
-    seconds: the shedding makes room for the priorities above, and with none of them coming it helps no one."""
+    """Medium and low are shed by the loop's queue, and held by the bulk lane (`admission_bulk_bodies`), only while a
+    higher priority has arrived within this many seconds: the shedding makes room for the priorities above, and with
+    none of them coming it helps no one."""
     admission_refusal_weight: float = 2.0
     """Event-loop time of one refusal, as a multiple of the part the worker measures (from the decision to the
     answer sent; Granian's part of a request comes on top). That much time is taken out of the admitted requests'

@@ -601,7 +601,7 @@ impl Admission {
         let refusal = if self.standing_past_mark(priority, now) {
             Refusal::LoopQueue
         } else {
-            match self.lock().has_room(priority, cost) {
+            match self.lock().has_room(priority, cost, self.higher_recent(priority, now)) {
                 Ok(()) => {
                     self.loop_queue.fetch_add(queue_units(cost), Ordering::Relaxed);
                     return Ok(priority);
@@ -621,10 +621,7 @@ impl Admission {
     /// by the queue halved what was accepted (their refusals and retries took the CPU) and protected no one.
     fn standing_past_mark(&self, priority: Priority, now: f64) -> bool {
         self.last_arrival[priority as usize].store(now.to_bits(), Ordering::Relaxed);
-        let higher_recent = Priority::ALL[..priority as usize].iter().any(|higher| {
-            now - f64::from_bits(self.last_arrival[*higher as usize].load(Ordering::Relaxed))
-                <= self.config.loop_queue_higher_recent_s
-        });
+        let higher_recent = self.higher_recent(priority, now);
         let queued = self.loop_queue.load(Ordering::Relaxed) as f64 / QUEUE_UNITS;
         let past_mark = queued >= self.config.loop_queue_shed_at[priority as usize];
         let mut standing = self.standing.lock().unwrap_or_else(|e| e.into_inner());
@@ -643,6 +640,16 @@ impl Admission {
         let standing =
             state.past_mark || queued >= LOOP_QUEUE_BURST_FACTOR * self.config.loop_queue_shed_at[priority as usize];
         past_mark && standing && (priority == Priority::High || higher_recent)
+    }
+
+    /// Whether a request of a priority above `priority` arrived at `screen` within `loop_queue_higher_recent_s`
+    /// of `now`: shedding `priority` (by the loop's queue, by the bulk lane) makes room for them; with none of
+    /// them coming it helps no one.
+    fn higher_recent(&self, priority: Priority, now: f64) -> bool {
+        Priority::ALL[..priority as usize].iter().any(|higher| {
+            now - f64::from_bits(self.last_arrival[*higher as usize].load(Ordering::Relaxed))
+                <= self.config.loop_queue_higher_recent_s
+        })
     }
 
     /// A request `screen` let through has left the loop's queue: begun by the loop (`decide_screened` calls this),
@@ -690,7 +697,8 @@ impl Admission {
         let cost = request_cost(headers.content_length, headers.content_encoding);
         let permit = {
             let mut limit = self.lock();
-            match limit.try_acquire(priority, cost, self.now()) {
+            let now = self.now();
+            match limit.try_acquire(priority, cost, now, self.higher_recent(priority, now)) {
                 Ok(permit) => permit,
                 Err(no_room) => {
                     let retry_after = limit.retry_after();
@@ -1049,6 +1057,31 @@ mod tests {
                 .unwrap()
                 .contains("medium priority traffic is shed first")
         );
+    }
+
+    #[test]
+    fn the_bulk_lane_holds_low_only_while_a_higher_priority_is_arriving() {
+        let admission = Admission::new(fixed(4096.0), None, None, None);
+        admission.set_conditions(true, false, 0.0);
+        let big_low = headers(b"low", b"300000");
+        let decided = |h: &HeaderView<'_>| refusal(&admission.decide(h, Priority::Low, 0, 0));
+        let high = headers(b"high", b"100");
+        let arrives = |h: &HeaderView<'_>, at: f64| {
+            assert!(admission.screen_at(h, Priority::Low, 0, at).is_ok());
+            admission.left_queue(h);
+        };
+        // A high request 10 s ago, none since: three large low bodies are taken (low has 2 places, but with no
+        // higher priority coming a refusal helps no one).
+        arrives(&high, admission.now() - 10.0);
+        assert_eq!([decided(&big_low), decided(&big_low), decided(&big_low)], [None; 3]);
+        assert_eq!(admission.snapshot().bulk_in_flight_by, [0.0, 0.0, 3.0]);
+        // High arriving now: the lane holds low (3 in flight, past its 2), not medium (which counts medium and
+        // high), nor a small low request.
+        arrives(&high, admission.now());
+        assert_eq!(decided(&big_low), Some(Refusal::Bulk));
+        assert_eq!(decided(&headers(b"medium", b"300000")), None);
+        assert_eq!(decided(&headers(b"low", b"100")), None);
+        assert_eq!(admission.snapshot().refused[Refusal::Bulk as usize], [0, 0, 1]);
     }
 
     #[test]

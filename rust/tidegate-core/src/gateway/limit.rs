@@ -33,7 +33,8 @@
 //!   limit's low share, about 7 bodies in flight, took the high reading's p99 from 9 ms unloaded to 80-100 ms;
 //!   at about one body in flight, 28-38 ms). So low priority may have `bulk_bodies` large bodies in flight,
 //!   counting those of every priority; medium counts medium and high ones against twice that; high is not held
-//!   by it. At least one always fits.
+//!   by it. At least one always fits. The lane holds a priority only while a higher one is arriving (the
+//!   caller says so, `Admission`): with none coming, a refusal helps no one.
 //! * `Retry-After` of a shed request: the time the work in flight takes to drain at the measured completion rate,
 //!   at least 1 s (the header's smallest), jittered up to twice that and rounded (clients that honour it do not
 //!   come back together: under a CPU-bound overload the drain takes milliseconds, and a Retry-After of 1 for every
@@ -226,9 +227,10 @@ impl AdaptiveLimit {
         }
     }
 
-    /// Whether a request of `cost` at `priority` fits (what `try_acquire` checks, without taking anything).
-    pub fn has_room(&self, priority: Priority, cost: f64) -> Result<(), NoRoom> {
-        if self.config.bulk_bodies > 0.0 && is_bulk(cost) {
+    /// Whether a request of `cost` at `priority` fits (what `try_acquire` checks, without taking anything);
+    /// `bulk_lane`: whether the bulk lane holds it (`Admission` turns it on while a higher priority is arriving).
+    pub fn has_room(&self, priority: Priority, cost: f64, bulk_lane: bool) -> Result<(), NoRoom> {
+        if bulk_lane && self.config.bulk_bodies > 0.0 && is_bulk(cost) {
             let (counted, places) = self.bulk_counted(priority);
             if counted > 0.0 && counted + 1.0 > places {
                 return Err(NoRoom::Bulk);
@@ -242,9 +244,10 @@ impl AdaptiveLimit {
         }
     }
 
-    /// Admits a request of `cost` at `priority`, or says why it is shed.
-    pub fn try_acquire(&mut self, priority: Priority, cost: f64, now: f64) -> Result<Permit, NoRoom> {
-        self.has_room(priority, cost)?;
+    /// Admits a request of `cost` at `priority`, or says why it is shed (`bulk_lane`: see `has_room`). A bulk body
+    /// is counted in the lane whether or not the lane holds it.
+    pub fn try_acquire(&mut self, priority: Priority, cost: f64, now: f64, bulk_lane: bool) -> Result<Permit, NoRoom> {
+        self.has_room(priority, cost, bulk_lane)?;
         let bulk = self.config.bulk_bodies > 0.0 && is_bulk(cost);
         self.in_flight += cost;
         self.in_flight_by[priority as usize] += cost;
@@ -409,23 +412,23 @@ mod tests {
     #[test]
     fn low_fills_only_its_share_and_never_takes_room_from_high() {
         let mut limit = fixed(10.0);
-        assert!((0..5).all(|_| limit.try_acquire(Priority::Low, 1.0, 0.0).is_ok()));
+        assert!((0..5).all(|_| limit.try_acquire(Priority::Low, 1.0, 0.0, true).is_ok()));
         assert!(
-            limit.try_acquire(Priority::Low, 1.0, 0.0).is_err(),
+            limit.try_acquire(Priority::Low, 1.0, 0.0, true).is_err(),
             "low stops at half the limit"
         );
-        assert!(limit.try_acquire(Priority::Medium, 1.0, 0.0).is_ok());
-        assert!(limit.try_acquire(Priority::High, 1.0, 0.0).is_ok());
+        assert!(limit.try_acquire(Priority::Medium, 1.0, 0.0, true).is_ok());
+        assert!(limit.try_acquire(Priority::High, 1.0, 0.0, true).is_ok());
         let high = (0..20)
-            .filter(|_| limit.try_acquire(Priority::High, 1.0, 0.0).is_ok())
+            .filter(|_| limit.try_acquire(Priority::High, 1.0, 0.0, true).is_ok())
             .count();
         assert_eq!(high, 9, "high has the whole limit to itself");
         let mut empty = fixed(10.0);
-        let big = empty.try_acquire(Priority::Low, 50.0, 0.0);
+        let big = empty.try_acquire(Priority::Low, 50.0, 0.0, true);
         assert!(big.is_ok(), "a request larger than its share gets into an empty worker");
-        assert!(empty.try_acquire(Priority::Low, 1.0, 0.0).is_err());
+        assert!(empty.try_acquire(Priority::Low, 1.0, 0.0, true).is_err());
         assert!(
-            empty.try_acquire(Priority::High, 1.0, 0.0).is_ok(),
+            empty.try_acquire(Priority::High, 1.0, 0.0, true).is_ok(),
             "and does not block high"
         );
         empty.cancel(big.unwrap());
@@ -438,34 +441,41 @@ mod tests {
         assert!(is_bulk(bulk) && !is_bulk(request_cost(Some(b"60000"), None)));
         assert!(is_bulk(request_cost(Some(b"20000"), Some(b"gzip"))));
         let mut limit = fixed(4096.0);
-        let first = limit.try_acquire(Priority::Low, bulk, 0.0).unwrap();
-        assert!(limit.try_acquire(Priority::Low, bulk, 0.0).is_ok());
+        let first = limit.try_acquire(Priority::Low, bulk, 0.0, true).unwrap();
+        assert!(limit.try_acquire(Priority::Low, bulk, 0.0, true).is_ok());
         assert_eq!(
-            limit.try_acquire(Priority::Low, bulk, 0.0).unwrap_err(),
+            limit.try_acquire(Priority::Low, bulk, 0.0, true).unwrap_err(),
             NoRoom::Bulk,
             "low has 2 places"
         );
+        let unheld = limit.try_acquire(Priority::Low, bulk, 0.0, false).unwrap();
+        assert_eq!(
+            limit.bulk_counted(Priority::Low).0,
+            3.0,
+            "the lane off, it fits, and is counted"
+        );
+        limit.cancel(unheld);
         assert!(
-            limit.try_acquire(Priority::Low, 1.0, 0.0).is_ok(),
+            limit.try_acquire(Priority::Low, 1.0, 0.0, true).is_ok(),
             "a small low request is not held by the bulk lane"
         );
         let medium: Vec<Permit> = (0..4)
-            .filter_map(|_| limit.try_acquire(Priority::Medium, bulk, 0.0).ok())
+            .filter_map(|_| limit.try_acquire(Priority::Medium, bulk, 0.0, true).ok())
             .collect();
         assert_eq!(medium.len(), 4, "medium counts medium and high, against 4 places");
         assert_eq!(
-            limit.try_acquire(Priority::Medium, bulk, 0.0).unwrap_err(),
+            limit.try_acquire(Priority::Medium, bulk, 0.0, true).unwrap_err(),
             NoRoom::Bulk
         );
         assert!(
-            (0..10).all(|_| limit.try_acquire(Priority::High, bulk, 0.0).is_ok()),
+            (0..10).all(|_| limit.try_acquire(Priority::High, bulk, 0.0, true).is_ok()),
             "high is held by the limit alone"
         );
         assert_eq!(limit.bulk_counted(Priority::Low), (16.0, 2.0));
         limit.cancel(first);
         assert_eq!(limit.bulk_counted(Priority::Low).0, 15.0);
         assert_eq!(
-            limit.try_acquire(Priority::Low, bulk, 0.0).unwrap_err(),
+            limit.try_acquire(Priority::Low, bulk, 0.0, true).unwrap_err(),
             NoRoom::Bulk,
             "low counts the bulk bodies of every priority"
         );
@@ -473,7 +483,10 @@ mod tests {
         for permit in medium {
             lone.cancel(permit); // permits of another limit: never below zero
         }
-        assert!(lone.try_acquire(Priority::Low, bulk, 0.0).is_ok(), "one always fits");
+        assert!(
+            lone.try_acquire(Priority::Low, bulk, 0.0, true).is_ok(),
+            "one always fits"
+        );
         let mut off = AdaptiveLimit::new(
             LimitConfig {
                 bulk_bodies: 0.0,
@@ -482,13 +495,13 @@ mod tests {
             0.0,
             7,
         );
-        assert!((0..5).all(|_| off.try_acquire(Priority::Low, bulk, 0.0).is_ok()));
+        assert!((0..5).all(|_| off.try_acquire(Priority::Low, bulk, 0.0, true).is_ok()));
     }
 
     /// One window: `requests` high-priority requests of cost 1, each `seconds` long, all in flight at once.
     fn window(limit: &mut AdaptiveLimit, now: &mut f64, seconds: f64, requests: usize, refusals: usize) {
         let permits: Vec<Permit> = (0..requests)
-            .filter_map(|_| limit.try_acquire(Priority::High, 1.0, *now).ok())
+            .filter_map(|_| limit.try_acquire(Priority::High, 1.0, *now, true).ok())
             .collect();
         for _ in 0..refusals {
             limit.refused();
@@ -570,7 +583,7 @@ mod tests {
             window(&mut limit, &mut now, 0.1, 100, 0); // 1,000 cost units per second
         }
         let _held: Vec<Permit> = (0..3000)
-            .map(|_| limit.try_acquire(Priority::High, 1.0, now).unwrap())
+            .map(|_| limit.try_acquire(Priority::High, 1.0, now, true).unwrap())
             .collect();
         let seen: Vec<u32> = (0..200).map(|_| limit.retry_after()).collect();
         assert!(seen.iter().all(|s| (3..=12).contains(s)), "{seen:?}");
