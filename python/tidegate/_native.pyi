@@ -744,7 +744,7 @@ class Admission:
         """`max(in_flight_records / max_in_flight_records, pressure)`."""
     def snapshot(self) -> dict[str, float]:
         """Counters and gauges for `/metrics` (`limit`, `capacity_<p>`, `in_flight[_<p>]`, `bulk_in_flight_<p>`,
-        `slowdown`, `drain_rate`,
+        `slowdown`, `drain_rate`, `shed_<p>` (refusals that shed by load and priority),
         `refusal_seconds`, `loop_busy`, `shed_level`, `loop_queue`, `admitted_<p>`, `refused_<reason>_<p>`)."""
 
 @final

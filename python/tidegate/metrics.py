@@ -177,11 +177,8 @@ def admission_lines(snapshot: dict[str, float]) -> Iterable[str]:
         "counter",
         "Requests shed by priority (503: the limit, its bulk lane, utilization, a busy loop or the loop's queue).",
     )
-    for p in PRIORITIES:
-        shed = sum(
-            snapshot[f"refused_{reason}_{p}"] for reason in ("limit", "bulk", "utilization", "loop_busy", "loop_queue")
-        )
-        yield f'tidegate_shed_total{{priority="{p}"}} {shed:g}'
+    for p in PRIORITIES:  # which refusals shed is the core's (`Refusal::is_shed`), not a list kept here
+        yield f'tidegate_shed_total{{priority="{p}"}} {snapshot[f"shed_{p}"]:g}'
     yield from family("tidegate_rate_limited_total", "counter", "Requests refused by a device's rate or bytes (429).")
     limited = sum(snapshot[f"refused_{r}_{p}"] for r in ("rate", "decoded_bytes") for p in PRIORITIES)
     yield f"tidegate_rate_limited_total {limited:g}"

@@ -405,8 +405,8 @@ impl Admission {
 
     /// Counters and gauges for `/metrics`: `limit`, `capacity_<priority>`, `in_flight`, `in_flight_<priority>`,
     /// `bulk_in_flight_<priority>`, `slowdown`, `drain_rate`, `refusal_seconds`, `loop_busy`, `shed_level`,
-    /// `loop_queue`, `admitted_<priority>`,
-    /// `refused_<reason>_<priority>`.
+    /// `loop_queue`, `admitted_<priority>`, `refused_<reason>_<priority>`, `shed_<priority>` (the refusals that
+    /// shed by load and priority).
     fn snapshot<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let s = self.inner.snapshot();
         let out = PyDict::new(py);
@@ -424,6 +424,12 @@ impl Admission {
             out.set_item(format!("in_flight_{name}"), s.in_flight_by[p as usize])?;
             out.set_item(format!("bulk_in_flight_{name}"), s.bulk_in_flight_by[p as usize])?;
             out.set_item(format!("admitted_{name}"), s.admitted[p as usize] as f64)?;
+            let shed: u64 = Refusal::ALL
+                .into_iter()
+                .filter(|r| r.is_shed())
+                .map(|r| s.refused[r as usize][p as usize])
+                .sum();
+            out.set_item(format!("shed_{name}"), shed as f64)?;
             for refusal in Refusal::ALL {
                 let count = s.refused[refusal as usize][p as usize] as f64;
                 out.set_item(format!("refused_{}_{name}", refusal.reason()), count)?;

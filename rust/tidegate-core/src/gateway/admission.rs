@@ -57,6 +57,15 @@ impl Refusal {
         Refusal::Bulk,
     ];
 
+    /// Whether it sheds by load and priority (a `503 shed`, counted in `tidegate_shed_total`), rather than
+    /// refusing for readiness, credentials or a device's own rate.
+    pub fn is_shed(self) -> bool {
+        matches!(
+            self,
+            Refusal::Overloaded | Refusal::Shed | Refusal::LoopBusy | Refusal::LoopQueue | Refusal::Bulk
+        )
+    }
+
     /// The label in `/metrics`.
     pub fn reason(self) -> &'static str {
         [
@@ -598,10 +607,12 @@ impl Admission {
     ) -> Result<Priority, Decision> {
         let priority = self.load_checks(headers, default_priority, in_flight_records)?;
         let cost = request_cost(headers.content_length, headers.content_encoding);
-        let refusal = if self.standing_past_mark(priority, now) {
+        self.last_arrival[priority as usize].store(now.to_bits(), Ordering::Relaxed);
+        let higher_recent = self.higher_recent(priority, now);
+        let refusal = if self.standing_past_mark(priority, now, higher_recent) {
             Refusal::LoopQueue
         } else {
-            match self.lock().has_room(priority, cost, self.higher_recent(priority, now)) {
+            match self.lock().has_room(priority, cost, higher_recent) {
                 Ok(()) => {
                     self.loop_queue.fetch_add(queue_units(cost), Ordering::Relaxed);
                     return Ok(priority);
@@ -618,10 +629,9 @@ impl Admission {
     /// a second or more of their requests (the smallest Retry-After), so a burst of a few milliseconds must not
     /// refuse anyone; a queue that stands is an overload. Medium and low are shed only while a higher priority is
     /// arriving (`loop_queue_higher_recent_s`): with 256 low-priority clients alone in a closed loop, shedding them
-    /// by the queue halved what was accepted (their refusals and retries took the CPU) and protected no one.
-    fn standing_past_mark(&self, priority: Priority, now: f64) -> bool {
-        self.last_arrival[priority as usize].store(now.to_bits(), Ordering::Relaxed);
-        let higher_recent = self.higher_recent(priority, now);
+    /// by the queue halved what was accepted (their refusals and retries took the CPU) and protected no one
+    /// (`higher_recent`, from `higher_recent`).
+    fn standing_past_mark(&self, priority: Priority, now: f64, higher_recent: bool) -> bool {
         let queued = self.loop_queue.load(Ordering::Relaxed) as f64 / QUEUE_UNITS;
         let past_mark = queued >= self.config.loop_queue_shed_at[priority as usize];
         let mut standing = self.standing.lock().unwrap_or_else(|e| e.into_inner());
@@ -1057,6 +1067,16 @@ mod tests {
                 .unwrap()
                 .contains("medium priority traffic is shed first")
         );
+    }
+
+    #[test]
+    fn the_refusals_that_shed_are_those_by_load_and_priority() {
+        let shed: Vec<&str> = Refusal::ALL
+            .into_iter()
+            .filter(|r| r.is_shed())
+            .map(Refusal::reason)
+            .collect();
+        assert_eq!(shed, ["utilization", "limit", "loop_busy", "loop_queue", "bulk"]);
     }
 
     #[test]

@@ -227,10 +227,15 @@ impl AdaptiveLimit {
         }
     }
 
+    /// Whether a request of `cost` counts in the bulk lane (there is one, and it is bulk).
+    fn in_bulk_lane(&self, cost: f64) -> bool {
+        self.config.bulk_bodies > 0.0 && is_bulk(cost)
+    }
+
     /// Whether a request of `cost` at `priority` fits (what `try_acquire` checks, without taking anything);
     /// `bulk_lane`: whether the bulk lane holds it (`Admission` turns it on while a higher priority is arriving).
     pub fn has_room(&self, priority: Priority, cost: f64, bulk_lane: bool) -> Result<(), NoRoom> {
-        if bulk_lane && self.config.bulk_bodies > 0.0 && is_bulk(cost) {
+        if bulk_lane && self.in_bulk_lane(cost) {
             let (counted, places) = self.bulk_counted(priority);
             if counted > 0.0 && counted + 1.0 > places {
                 return Err(NoRoom::Bulk);
@@ -248,7 +253,7 @@ impl AdaptiveLimit {
     /// is counted in the lane whether or not the lane holds it.
     pub fn try_acquire(&mut self, priority: Priority, cost: f64, now: f64, bulk_lane: bool) -> Result<Permit, NoRoom> {
         self.has_room(priority, cost, bulk_lane)?;
-        let bulk = self.config.bulk_bodies > 0.0 && is_bulk(cost);
+        let bulk = self.in_bulk_lane(cost);
         self.in_flight += cost;
         self.in_flight_by[priority as usize] += cost;
         if bulk {

@@ -100,7 +100,7 @@ pub const COMMIT_SECONDS_BOUNDS: [f64; 12] = [
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CommitTimes {
     /// Per bucket of [`COMMIT_SECONDS_BOUNDS`], then +Inf.
-    pub counts: [u64; 13],
+    pub counts: [u64; COMMIT_SECONDS_BOUNDS.len() + 1],
     pub sum_nanos: u64,
 }
 
