@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from tidegate.testing.server import Server
+from tidegate.testing.server import Server, arm_spool_write_failures
 
 from tests.conftest import reading
 from tests.test_http import spooled_values
@@ -23,9 +23,7 @@ ENV = {"TIDEGATE_AUTH": "false", "TIDEGATE_FAULT_INJECTION": "true"}
 
 def inject_write_failures(server: Server, count: int) -> None:
     """Arms `count` failing spool writes in the server's worker; returns once the worker took them."""
-    trigger = server.data_dir / "faults" / "spool-write-failures"
-    trigger.parent.mkdir(exist_ok=True)
-    trigger.write_text(str(count))
+    trigger = arm_spool_write_failures(server.data_dir, count)
     guard = time.monotonic() + 60  # a hang guard, not a speed requirement
     while trigger.exists() and time.monotonic() < guard:
         time.sleep(0.05)

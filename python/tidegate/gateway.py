@@ -533,8 +533,9 @@ class Gateway:
         assert self.spool is not None
         faults = self.settings.data_dir / "faults"
         trigger = faults / "spool-write-failures"
-        with contextlib.suppress(FileNotFoundError):
-            count = int(trigger.read_text().strip() or 0)
+        with contextlib.suppress(FileNotFoundError, ValueError):
+            # A file not yet written whole (empty, or cut) is left for the next look rather than taken as 0.
+            count = int(trigger.read_text().strip())
             trigger.unlink()  # one worker takes it
             self.spool.inject_write_failures(count)
             log.warning(json.dumps({"event": "fault_injected", "spool_write_failures": count}))

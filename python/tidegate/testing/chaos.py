@@ -49,7 +49,7 @@ from tidegate._native import Spool
 from tidegate.delivery.spool import worker_spool_dirs
 from tidegate.delivery.status import running_delivery_pid
 from tidegate.testing.broker import Broker, Collector
-from tidegate.testing.server import Server
+from tidegate.testing.server import Server, arm_spool_write_failures
 
 __all__ = ["SCENARIOS", "SIZES", "ChaosRow", "Scenario", "Size", "format_table", "main", "run_scenario"]
 
@@ -759,16 +759,11 @@ class _InjectedDiskFull:
     def __exit__(self, *_exc: object) -> None:
         pass
 
-    def _trigger(self, failures: int) -> None:
-        trigger = self.data_dir / "faults" / "spool-write-failures"
-        trigger.parent.mkdir(parents=True, exist_ok=True)
-        trigger.write_text(str(failures))
-
     def fill(self) -> None:
-        self._trigger(1_000_000_000)
+        arm_spool_write_failures(self.data_dir, 1_000_000_000)
 
     def free(self) -> int:
-        self._trigger(0)
+        arm_spool_write_failures(self.data_dir, 0)
         return shutil.disk_usage(self.data_dir).free
 
 

@@ -16,6 +16,18 @@ from types import TracebackType
 from tidegate.testing.processes import free_port
 
 
+def arm_spool_write_failures(data_dir: Path, count: int) -> Path:
+    """Has a worker serving `data_dir` with fault injection on make its next `count` spool writes fail (the
+    setting `fault_injection`); returns the trigger file, which the worker deletes once it took it. Written whole
+    under another name and renamed: a worker reading the file between its creation and its write took it as 0."""
+    trigger = data_dir / "faults" / "spool-write-failures"
+    trigger.parent.mkdir(parents=True, exist_ok=True)
+    written = trigger.with_name(f"{trigger.name}.{os.getpid()}.tmp")
+    written.write_text(str(count))
+    written.replace(trigger)
+    return trigger
+
+
 class Server:
     """Starts `tidegate serve` with `TIDEGATE_*` settings from `env`; `start()` returns once /health/ready is 200
     (or /health/live, for a server expected not to be ready)."""
