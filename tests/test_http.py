@@ -491,6 +491,45 @@ class TestErrors:
                    "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="}  # fmt: skip
         assert client.get("/health/live", headers=upgrade).status_code == 200
 
+    def test_an_answer_given_before_the_body_arrived_says_the_connection_closes(self, server: Server) -> None:
+        # Granian closes a connection whose request body was not read by the time it was answered. Without
+        # `Connection: close` on such an answer a keep-alive client sends its next request on a closed connection
+        # and gets no answer at all (seen in CI: a shed reading's connection, reused by the next request).
+        token = key(server, "dev-6")["X-Device-Token"]
+
+        def answer_before_body(extra: str, length: int = 400) -> tuple[bytes, dict[str, str], bytes]:
+            """Sends a reading's headers only; the status line, headers and what follows until the server closes."""
+            with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+                sock.sendall(
+                    f"POST /api/v1/ingest HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+                    f"Content-Length: {length}\r\n{extra}\r\n".encode()
+                )
+                received = b""
+                while chunk := sock.recv(65536):  # until the server closes the connection
+                    received += chunk
+            head, _, rest = received.partition(b"\r\n\r\n")
+            status, *lines = head.split(b"\r\n")
+            fields = {
+                name.strip().lower(): value.strip() for name, _, value in (ln.decode().partition(":") for ln in lines)
+            }
+            return status, fields, rest
+
+        refusals = {
+            "no key (refused natively)": ("", 401),
+            "an unknown X-Ack (refused in Python)": (f"X-Device-Token: {token}\r\nX-Ack: disk\r\n", 400),
+            "a Content-Length over the limit": (f"X-Device-Token: {token}\r\n", 413),
+        }
+        for case, (extra, expected) in refusals.items():
+            status, fields, rest = answer_before_body(extra, 1 << 30 if expected == 413 else 400)
+            assert status.split(b" ")[1] == str(expected).encode(), (case, status)
+            assert fields.get("connection") == "close", (case, fields)
+            assert json.loads(rest)["status"] == expected, case
+        # An answer given after the whole body was read keeps the connection open for the next request.
+        with httpx.Client(base_url=server.url, timeout=30) as http:
+            taken = http.post("/api/v1/ingest", json=reading("dev-6"), headers={"X-Device-Token": token})
+            assert taken.status_code == 202
+            assert "connection" not in taken.headers
+
     def test_slow_body_gets_408(self, tmp_path: Path) -> None:
         with Server(tmp_path, {"TIDEGATE_AUTH": "false", "TIDEGATE_BODY_TIMEOUT_S": "0.5"}) as slow:
 

@@ -292,7 +292,6 @@ class IngestEdge:
                 408,
                 "body-timeout",
                 f"the body was not received within {self.settings.body_timeout_s:g} s",
-                headers=[("Connection", "close")],
             ) from None
         finally:
             del self._body_deadlines[task]
@@ -302,6 +301,17 @@ class IngestEdge:
     ) -> Answer:
         """An admitted request (`Admission.decide`: `device_id` is its key's device, None without auth): the
         remaining header checks, the body, then `ingest_body`."""
+        try:
+            body, dry_run = await self._checked_body(headers, proto)
+        except Problem as problem:
+            # Answered before the whole body was read: Granian closes such a connection after the answer unless the
+            # body had already arrived, so the answer says so (else a keep-alive client reuses a closed connection).
+            problem.headers.append(("Connection", "close"))
+            raise
+        return await self.ingest_body(route, body, headers, device_id, priority, dry_run=dry_run)
+
+    async def _checked_body(self, headers: dict[str, str], proto: HTTPProtocol) -> tuple[bytes, bool]:
+        """The header checks left after admission, then the body: (body, whether it is a dry run)."""
         ack = headers.get("x-ack", "spool").strip().lower()
         if ack not in ACK_LEVELS:
             raise Problem(
@@ -319,8 +329,7 @@ class IngestEdge:
             )
         # Checked before the body is read, like X-Ack; the setting turns every request into a dry run.
         dry_run = dry_run_asked(headers) or self.settings.dry_run
-        body = await self._read_body(headers, proto)
-        return await self.ingest_body(route, body, headers, device_id, priority, dry_run=dry_run)
+        return await self._read_body(headers, proto), dry_run
 
     async def ingest_body(
         self,

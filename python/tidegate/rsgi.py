@@ -57,7 +57,9 @@ async def serve_asgi(app: ASGIApp, scope: Scope, proto: HTTPProtocol, *, max_bod
             proto, headers_in.get("content-length"), headers_in.get("transfer-encoding"), max_body_bytes
         )
     except Problem as problem:
-        proto.response_bytes(problem.status, [("content-type", "application/problem+json")], problem.body())
+        # Refused before the whole body was read: Granian closes the connection after the answer, which says so.
+        head = [("content-type", "application/problem+json"), ("connection", "close")]
+        proto.response_bytes(problem.status, head, problem.body())
         return
     asgi_scope: dict[str, Any] = {
         "type": "http",

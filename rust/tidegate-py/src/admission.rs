@@ -195,6 +195,9 @@ impl Admission {
         if let Some(challenge) = rendered.www_authenticate {
             head.append(pair("www-authenticate", challenge))?;
         }
+        // A refusal is answered before the body is read, and Granian then closes the connection unless the body
+        // had already arrived whole: said here, so that a keep-alive client does not send its next request on it.
+        head.append(pair("connection", "close"))?;
         Ok((rendered.status, body, head))
     }
 }
