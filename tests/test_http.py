@@ -21,6 +21,7 @@ import httpx
 import pytest
 import tidegate
 import zstandard
+from tidegate.delivery.spool import LANE_NAMES as LANES
 from tidegate.ingest import OFF_LOOP_BODY_BYTES
 from tidegate.testing.server import Server
 
@@ -64,10 +65,11 @@ def spooled_values(data_dir: Path, *options: str) -> bytes:
     return subprocess.run(command, check=True, capture_output=True, timeout=30).stdout
 
 
-def spooled_records(data_dir: Path) -> list[tuple[bytes | None, bytes, dict[str, bytes], int]]:
-    """Every record in a data dir's spools, as it goes to Kafka: (key, value, headers, timestamp_ms)."""
+def spooled_records(data_dir: Path, spools: str = "*") -> list[tuple[bytes | None, bytes, dict[str, bytes], int]]:
+    """Every record in a data dir's spools (those matching `spools`), as it goes to Kafka: (key, value, headers,
+    timestamp_ms)."""
     records: list[tuple[bytes | None, bytes, dict[str, bytes], int]] = []
-    for directory in sorted((data_dir / "spool").iterdir()):
+    for directory in sorted((data_dir / "spool").glob(spools)):
         spool, seq = tidegate.Spool.open_read_only(directory), 0
         while True:
             part, seq = spool.read(seq, durable_only=False)
@@ -576,10 +578,13 @@ class TestOperations:
         ]:
             assert name in text, name
         # Every commit that made records durable is timed, the commit of the reading above included.
-        commits = metric(text, "tidegate_spool_commit_seconds_count")
-        assert commits == metric(text, "tidegate_spool_fsyncs_total") >= 1
-        assert metric(text, 'tidegate_spool_commit_seconds_bucket{le="+Inf"}') == commits
-        assert metric(text, "tidegate_spool_commit_seconds_sum") > 0
+        # Per spool: the worker's main one, and high priority's own.
+        commits = {spool: metric(text, f'tidegate_spool_commit_seconds_count{{spool="{spool}"}}') for spool in LANES}
+        assert sum(commits.values()) == metric(text, "tidegate_spool_fsyncs_total") >= 1
+        assert commits["main"] >= 1
+        for spool, count in commits.items():
+            assert metric(text, f'tidegate_spool_commit_seconds_bucket{{spool="{spool}",le="+Inf"}}') == count
+        assert metric(text, 'tidegate_spool_commit_seconds_sum{spool="main"}') > 0
 
     def test_spool_lag_counts_records_spooled_without_kafka(self, server: Server, client: httpx.Client) -> None:
         response = client.post(
@@ -835,8 +840,9 @@ class TestAdmission:
     def test_a_high_priority_request_queued_last_for_a_busy_loop_is_taken_first(self, tmp_path: Path) -> None:
         # The loop stalled, six medium readings wait for it, then a high one: first come, first served, the high
         # one would be spooled last; in the loop's first lane (`tidegate.loop`) its task, its body and its commit
-        # run before the others' (it is spooled first).
-        with Server(tmp_path, {"TIDEGATE_AUTH": "false", "TIDEGATE_FAULT_INJECTION": "true"}) as server:
+        # run before the others' (it is spooled first; in one spool, to see the order).
+        env = {"TIDEGATE_AUTH": "false", "TIDEGATE_FAULT_INJECTION": "true", "TIDEGATE_HIGH_PRIORITY_SPOOL": "false"}
+        with Server(tmp_path, env) as server:
             assert httpx.post(server.url + "/api/v1/ingest", json=reading("dwarm")).status_code == 202
             faults = stall_the_loop(server)
 
@@ -892,16 +898,22 @@ class TestAdmission:
 
 
 class TestLifecycle:
-    def test_each_worker_owns_a_spool(self, tmp_path: Path) -> None:
+    def test_each_worker_owns_a_spool_and_one_for_high_priority(self, tmp_path: Path) -> None:
         with Server(tmp_path, {"TIDEGATE_AUTH": "false"}, workers=2) as pair, httpx.Client(base_url=pair.url) as http:
             ids = set()
             for i in range(40):
-                response = http.post("/api/v1/ingest", json=reading(f"w-{i}"), headers={"Connection": "close"})
+                priority = "high" if i % 4 == 0 else "low"
+                headers = {"Connection": "close", "X-Priority": priority}
+                response = http.post("/api/v1/ingest", json=reading(f"w-{i}"), headers=headers)
                 assert response.status_code == 202
                 ids.add(response.json()["event_id"])
-            assert sorted(p.name for p in (tmp_path / "spool").iterdir()) == ["w0", "w1"]
+            spools = sorted(p.name for p in (tmp_path / "spool").iterdir())
+            assert spools == ["w0", "w0-high", "w1", "w1-high"]
             out = spooled_values(tmp_path)
             assert {json.loads(line)["event_id"] for line in out.splitlines()} == ids
+            high = {json.loads(value)["event_id"] for _, value, _, _ in spooled_records(tmp_path, "w*-high")}
+            assert len(high) == 10, "the high readings, in high priority's spools"
+            assert high <= ids
 
     def test_sigkill_loses_nothing_acknowledged_and_dedup_survives(self, tmp_path: Path) -> None:
         env = {"TIDEGATE_AUTH": "false"}

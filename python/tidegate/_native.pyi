@@ -826,10 +826,16 @@ class Gateway:
     `batch` or `event`; a route is named by its index. The tables are shared with the host's other workers; the
     dedup window's lifetimes are its own.
 
+    With `high_spool`, high priority's records go to that spool (lane 1; the others to `spool`, lane 0), whose own
+    group commit does not carry the large bodies of lower priorities; when it is full they go to `spool`. A body
+    waits for its lane, and for both when it repeats records or keys claimed before it (their originals may wait
+    in the other lane) or has nothing to write.
+
     What a body changes beyond the spool waits for its durability: `settle`, told each commit's outcome before any
     waiter wakes (the spool writer's hook), commits the claims of the bodies made durable (duplicates for every
     worker from then on), records their devices as heard and counts them; after a failed commit it releases the
-    claims of every body still waiting, so a retry is never a duplicate of what was not made durable."""
+    claims of every body still waiting for that lane, so a retry is never a duplicate of what was not made
+    durable."""
 
     def __new__(
         cls,
@@ -846,6 +852,7 @@ class Gateway:
         dead_letter_topic: str,
         max_record_bytes: int,
         max_body_bytes: int,
+        high_spool: Spool | None = None,
     ) -> Gateway: ...
     def accept(
         self,
@@ -892,8 +899,9 @@ class Gateway:
         under the unattributed budget; the answer is the problem (`X-Tidegate-Quarantined` when kept), or a 503
         when the spool cannot take it."""
 
-    def settle(self, durable_seq: int, failed: bool) -> None:
-        """A commit's outcome, before any waiter is woken (see the class)."""
+    def settle(self, lane: int, durable_seq: int, failed: bool) -> None:
+        """A commit's outcome in `lane`'s spool (0 `spool`, 1 `high_spool`), before any waiter is woken (see the
+        class). ValueError for another lane."""
 
     @property
     def waiting(self) -> int:
@@ -906,8 +914,8 @@ class Gateway:
 
 @final
 class Accepted:
-    """One body's answer, rendered: send `status`, `headers` and `body` once `durable_end` is durable (the spool
-    writer's `durable`); a 202 adds `X-Durability` then."""
+    """One body's answer, rendered: send `status`, `headers` and `body` once `durable_ends` are durable (each lane's
+    spool writer's `durable`); a 202 adds `X-Durability` then."""
 
     @property
     def status(self) -> int: ...
@@ -918,8 +926,9 @@ class Accepted:
     @property
     def body(self) -> bytes: ...
     @property
-    def durable_end(self) -> int | None:
-        """The spool sequence to await before sending; None: send now (a dry run, a refusal with nothing kept)."""
+    def durable_ends(self) -> tuple[int, int] | None:
+        """The sequence each lane's spool (the gateway's `spool`, then its `high_spool`) must be durable to before
+        sending, 0 for one it need not wait for; None: send now (a dry run, a refusal with nothing kept)."""
 
     @property
     def spool_full(self) -> bool:

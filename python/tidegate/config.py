@@ -112,6 +112,12 @@ class Settings:
     priority_batch: Priority = "medium"
     priority_events: Priority = "medium"
     spool_quota_bytes: int = 1 << 30
+    """Bytes a worker's spools may hold (with `high_priority_spool`, an eighth of it is high priority's own)."""
+    high_priority_spool: bool = True
+    """High priority's records go to a spool of their own per worker (`spool/w<N>-high`), with its own group commit,
+    so that a high-priority acknowledgement waits for its own small commits and never for the large bodies of lower
+    priorities appended before it. It holds an eighth of `spool_quota_bytes`; when it is full, high priority's
+    records go to the worker's main spool. Delivery and the archive drain both."""
     spool_segment_bytes: int = 64 << 20
     spool_retention_seconds: float = 3600.0
     commit_window_ms: float = 1.0

@@ -20,7 +20,13 @@ from tidegate._native import Admission, Contract, DedupWindow, DeviceTable, Keys
 from tidegate._native import Gateway as NativeGateway
 from tidegate.archive import DUPLICATES_TOPIC
 from tidegate.config import Settings
-from tidegate.delivery.spool import SpoolWriter, cleanup_horizon
+from tidegate.delivery.spool import (
+    HIGH_LANE_QUOTA_SHARE,
+    HIGH_LANE_SUFFIX,
+    LANE_NAMES,
+    SpoolWriter,
+    cleanup_horizon,
+)
 from tidegate.delivery.status import DeliveryStatus
 from tidegate.ingest import IngestEdge, IngestRoute, now_ms
 from tidegate.metrics import Metrics, admission_lines
@@ -192,10 +198,12 @@ class Gateway:
         self.quarantine_budget = device_buckets(
             "quarantine", settings.quarantine_device_bytes_per_s, settings.quarantine_device_burst_bytes
         )
-        self.spool: Spool | None = None
-        #: The accept path (`tidegate._native.Gateway`), once the spool is open.
+        #: The worker's spools by lane, once open: the main one, then high priority's own (`high_priority_spool`).
+        self.spools: list[Spool] = []
+        #: The accept path (`tidegate._native.Gateway`), once the spools are open.
         self.native: NativeGateway | None = None
-        self.writer: SpoolWriter | None = None
+        #: Each spool's group-commit writer, by lane.
+        self.writers: list[SpoolWriter] = []
         #: The header phase of every ingest request, decided natively (`tidegate._native.Admission`).
         self.admission = Admission(
             keys=self.keys,
@@ -243,14 +251,15 @@ class Gateway:
             lambda: [(route_names[route], status, count) for route, status, count in admission.refused_on_arrival()]
         )
         self.metrics.gauge("tidegate_in_flight_records", "Records awaiting durability.", lambda: self.in_flight_records)
-        self.metrics.gauge("tidegate_spool_bytes", "Bytes in the spool.", lambda: self._spool_stat("bytes"))
-        self.metrics.gauge("tidegate_spool_fsyncs_total", "fsyncs of the spool.", lambda: self._spool_stat("fsyncs"))
+        self.metrics.gauge("tidegate_spool_bytes", "Bytes in the spools.", lambda: self._spool_stat("bytes"))
+        self.metrics.gauge("tidegate_spool_fsyncs_total", "fsyncs of the spools.", lambda: self._spool_stat("fsyncs"))
         self.metrics.native_histogram(
             "tidegate_spool_commit_seconds",
             "Spool commits (group commits) that made records durable, from the start of their write to the end of "
-            "their fsync: what an acknowledgement waits for after the commit window. It grows with the bytes a "
-            "commit carries and with a slow disk.",
-            lambda: self.spool.commit_times() if self.spool is not None else None,
+            "their fsync, per spool (main, or high priority's own): what an acknowledgement waits for after the "
+            "commit window. It grows with the bytes a commit carries and with a slow disk.",
+            lambda: [((LANE_NAMES[lane],), spool.commit_times()) for lane, spool in enumerate(self.spools)],
+            labels=("spool",),
         )
         self.metrics.gauge(
             "tidegate_spool_failed_commits_total",
@@ -334,8 +343,19 @@ class Gateway:
 
     # ----- state read by health and metrics
 
+    @property
+    def spool(self) -> Spool | None:
+        """The main spool (lane 0), once open."""
+        return self.spools[0] if self.spools else None
+
+    @property
+    def writer(self) -> SpoolWriter | None:
+        """The main spool's writer, once started."""
+        return self.writers[0] if self.writers else None
+
     def _spool_stat(self, name: str) -> float:
-        return float(self.spool.stats()[name]) if self.spool is not None else 0.0
+        """A count of the spools' `stats()`, summed over the worker's spools."""
+        return float(sum(spool.stats()[name] for spool in self.spools))
 
     def _devices_stat(self, name: str) -> float:
         snapshot = self.silence.latest
@@ -386,7 +406,7 @@ class Gateway:
 
     def spool_failing(self) -> bool:
         """The spool's last write or fsync failed (a full or failing disk) and it could not start anew yet."""
-        return self.spool is not None and self.spool.failing
+        return any(spool.failing for spool in self.spools)
 
     def is_ready(self) -> bool:
         # By default Kafka being down does not make the service unready: the spool is the sink and absorbs traffic.
@@ -398,19 +418,28 @@ class Gateway:
     @contextlib.asynccontextmanager
     async def lifespan(self) -> AsyncIterator[None]:
         directory, self._lock_file = claim_worker_dir(self.settings.spool_root)
-        self.spool = Spool(
-            directory,
-            segment_bytes=self.settings.spool_segment_bytes,
-            quota_bytes=self.settings.spool_quota_bytes,
-            retention_seconds=self.settings.spool_retention_seconds,
-        )
         settings = self.settings
+        # High priority's spool is the worker's too: the lock on its main spool's directory covers both.
+        high_quota = int(settings.spool_quota_bytes * HIGH_LANE_QUOTA_SHARE) if settings.high_priority_spool else 0
+        lanes = [(directory, settings.spool_quota_bytes - high_quota)]
+        if settings.high_priority_spool:
+            lanes.append((directory.with_name(directory.name + HIGH_LANE_SUFFIX), high_quota))
+        self.spools = [
+            Spool(
+                path,
+                segment_bytes=settings.spool_segment_bytes,
+                quota_bytes=quota,
+                retention_seconds=settings.spool_retention_seconds,
+            )
+            for path, quota in lanes
+        ]
         self.native = NativeGateway(
             [
                 (route.name, route.kind, route.validator)
                 for route in sorted(self.routes.values(), key=lambda r: r.index)
             ],
-            spool=self.spool,
+            spool=self.spools[0],
+            high_spool=self.spools[1] if len(self.spools) > 1 else None,
             dedup=self.dedup,
             decoded_bytes=self.decoded_bytes,
             quarantine_budget=self.quarantine_budget,
@@ -423,8 +452,14 @@ class Gateway:
             max_body_bytes=settings.max_body_bytes,
         )
         self.metrics.native_counts(self.native.counters)
-        self.writer = SpoolWriter(self.spool, commit_window_ms=settings.commit_window_ms, settle=self.native.settle)
-        await self.writer.start()
+        self.writers = [
+            SpoolWriter(
+                spool, commit_window_ms=settings.commit_window_ms, settle=functools.partial(self.native.settle, lane)
+            )
+            for lane, spool in enumerate(self.spools)
+        ]
+        for writer in self.writers:
+            await writer.start()
         now = now_ms()
         # The shared table outlives restarts; only one started anew (missing or damaged) is filled from the spool.
         # Whatever its age, the spool's tail is loaded too: a predecessor killed between a commit and marking its
@@ -432,11 +467,10 @@ class Gateway:
         # twice). What awaits durability is bounded by admission (`max_in_flight_records`, past which requests
         # are shed) plus one body (the core's `Limits::max_records`, 10,000), so twice that covers it.
         tail = 2 * (self.settings.max_in_flight_records + 10_000)
-        loaded = await asyncio.to_thread(
-            functools.partial(
-                self.dedup.load_spool, self.spool, now, now - int(self.settings.dedup_ttl_seconds * 1000), tail=tail
-            )
-        )
+        since = now - int(self.settings.dedup_ttl_seconds * 1000)
+        loaded = 0
+        for spool in self.spools:
+            loaded += await asyncio.to_thread(functools.partial(self.dedup.load_spool, spool, now, since, tail=tail))
         housekeeping = asyncio.create_task(self._housekeeping())
         mqtt_source = None
         if self.settings.mqtt:
@@ -461,7 +495,8 @@ class Gateway:
             housekeeping.cancel()
             await asyncio.to_thread(self.edge.close)
             await self.silence.stop()
-            await self.writer.stop()  # what is committed now, the delivery process drains until its deadline
+            for writer in self.writers:
+                await writer.stop()  # what is committed now, the delivery process drains until its deadline
             self._lock_file.close()
             log.info(json.dumps({"event": "stopped", "spool": str(directory)}))
 
@@ -478,9 +513,10 @@ class Gateway:
             busy, seconds = clock.busy()
             self.admission.observe_loop(busy, seconds)
             self.edge.cancel_late_bodies(now)
-            if self.spool is not None:
-                stats = self.spool.stats()
-                self.spool_fill = stats["bytes"] / max(1, stats["quota_bytes"])
+            if self.spools:
+                # Over the worker's spools: high priority's records go to the main one when their own is full.
+                stats = [spool.stats() for spool in self.spools]
+                self.spool_fill = sum(s["bytes"] for s in stats) / max(1, sum(s["quota_bytes"] for s in stats))
                 if self.spool_full and self.spool_fill < 0.95:
                     self.spool_full = False
                 if now >= self._next_spool_care:
@@ -495,49 +531,54 @@ class Gateway:
                 self._rate_window_start = now
 
     async def _care_for_spool(self) -> None:
-        """Off the request path, about once a second: reads the delivery process's status and checkpoint, deletes
-        acknowledged segments past retention or under pressure (appends never remove files) and, after a failed
-        write, tries to start a new segment, so the worker is ready again once the disk has room."""
-        assert self.spool is not None
-        spool = self.spool
+        """Off the request path, about once a second: reads the delivery process's status and, for each of the
+        worker's spools, the checkpoint; deletes acknowledged segments past retention or under pressure (appends
+        never remove files) and, after a failed write, tries to start a new segment, so the worker is ready again
+        once the disk has room."""
         if self.settings.fault_injection:
             self._inject_faults()
-        steps: list[tuple[str, Callable[[], object]]] = []
         if self.settings.kafka or self.settings.archive:
             self.delivery.refresh(time.time())
-        if self.settings.kafka:
-            steps.append(("checkpoint", spool.refresh_acked))
         now = time.monotonic()
-        if self.spool_full or self.spool_fill > 0.5 or now >= self._next_cleanup:
+        clean = self.spool_full or self.spool_fill > 0.5 or now >= self._next_cleanup
+        if clean:
             self._next_cleanup = now + 30.0
-            steps.append(("cleanup", self._cleanup))
-        if spool.failing:
-            steps.append(("recover", spool.recover))
-        for name, step in steps:
-            try:
-                outcome = await asyncio.to_thread(step)
-            except OSError as error:
-                log.warning(json.dumps({"event": "spool_care_failed", "step": name, "error": str(error)}))
-                continue
-            if name == "recover" and outcome:
-                log.info(json.dumps({"event": "spool_recovered", "spool": str(spool.path)}))
+        for spool in self.spools:
+            steps: list[tuple[str, Callable[[], object]]] = []
+            if self.settings.kafka:
+                steps.append(("checkpoint", spool.refresh_acked))
+            if clean:
+                steps.append(("cleanup", functools.partial(self._cleanup, spool)))
+            if spool.failing:
+                steps.append(("recover", spool.recover))
+            for name, step in steps:
+                try:
+                    outcome = await asyncio.to_thread(step)
+                except OSError as error:
+                    log.warning(
+                        json.dumps(
+                            {"event": "spool_care_failed", "spool": str(spool.path), "step": name, "error": str(error)}
+                        )
+                    )
+                    continue
+                if name == "recover" and outcome:
+                    log.info(json.dumps({"event": "spool_recovered", "spool": str(spool.path)}))
 
-    def _cleanup(self) -> int:
-        """Deletes segments that both Kafka delivery and the archive (those configured) have passed."""
-        assert self.spool is not None
+    def _cleanup(self, spool: Spool) -> int:
+        """Deletes segments of `spool` that both Kafka delivery and the archive (those configured) have passed."""
         settings = self.settings
-        horizon = cleanup_horizon(self.spool, kafka=bool(settings.kafka), archive=settings.archive)
-        return 0 if horizon is None else self.spool.cleanup(horizon)
+        horizon = cleanup_horizon(spool, kafka=bool(settings.kafka), archive=settings.archive)
+        return 0 if horizon is None else spool.cleanup(horizon)
 
     def _inject_faults(self) -> None:
-        assert self.spool is not None
         faults = self.settings.data_dir / "faults"
         trigger = faults / "spool-write-failures"
         with contextlib.suppress(FileNotFoundError, ValueError):
             # A file not yet written whole (empty, or cut) is left for the next look rather than taken as 0.
             count = int(trigger.read_text().strip())
             trigger.unlink()  # one worker takes it
-            self.spool.inject_write_failures(count)
+            for spool in self.spools:  # a full disk is every spool's
+                spool.inject_write_failures(count)
             log.warning(json.dumps({"event": "fault_injected", "spool_write_failures": count}))
         stall = faults / "loop-stall"
         with contextlib.suppress(FileNotFoundError):

@@ -140,7 +140,7 @@ class IngestEdge:
         self.gateway = gateway
         self.settings = gateway.settings
         self.metrics = gateway.metrics
-        self._delivered_waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self._delivered_waiters: list[tuple[tuple[int, int], asyncio.Future[None]]] = []
         self._delivered_watch: asyncio.Task[None] | None = None
         #: Tasks reading a body, with their deadlines; the housekeeping task cancels the late ones (cheaper than
         #: a timeout context per request).
@@ -398,21 +398,21 @@ class IngestEdge:
         """The answer of an accepted body once what it wrote is durable (and, with `kafka`, acknowledged by the
         broker, within `kafka_ack_timeout_s`). A duplicate's answer waits for what was appended before it, and fails
         with it. Raises Problem (503) when the spool could not take it or its commit failed: its claims were
-        released before any other request could run (`Gateway.settle`)."""
+        released before any other request could run (`Gateway.settle`). What it waits for is per lane
+        (`Accepted.durable_ends`): a high-priority body's own spool, and every spool for one that repeats."""
         if accepted.spool_full:
             self.gateway.spool_full = True
-        end = accepted.durable_end
+        ends = accepted.durable_ends
         answer = Answer(accepted.status, accepted.body, accepted.headers, content_type=None, native=accepted)
-        if end is None:
+        if ends is None:
             if accepted.status == 202:
                 answer.headers.insert(0, ("x-durability", "none"))
             return answer
-        writer = self.gateway.writer
-        assert writer is not None
         records = accepted.records
         self.gateway.in_flight_records += records
         try:
-            await writer.durable(end)
+            for writer, end in zip(self.gateway.writers, ends, strict=False):
+                await writer.durable(end)
         except OSError:
             raise Problem(
                 503,
@@ -424,36 +424,37 @@ class IngestEdge:
             self.gateway.in_flight_records -= records
         if accepted.status == 202:
             durability = (
-                "kafka" if kafka and await self._wait_delivered(end, self.settings.kafka_ack_timeout_s) else "spool"
+                "kafka" if kafka and await self._wait_delivered(ends, self.settings.kafka_ack_timeout_s) else "spool"
             )
             answer.headers.insert(0, ("x-durability", durability))
         return answer
 
-    async def _wait_delivered(self, seq: int, timeout: float) -> bool:
-        """True once the delivery process saw the broker acknowledge every record of this spool below `seq`
-        (`X-Ack: kafka`); False after `timeout`. One task watches the published sequence for every waiter."""
-        assert self.gateway.spool is not None
-        if self.gateway.spool.delivered_seq >= seq:
+    def _delivered(self, ends: tuple[int, int]) -> bool:
+        """Whether the delivery process saw the broker acknowledge every record below `ends` in each lane's spool."""
+        return all(spool.delivered_seq >= end for spool, end in zip(self.gateway.spools, ends, strict=False))
+
+    async def _wait_delivered(self, ends: tuple[int, int], timeout: float) -> bool:
+        """True once the delivery process saw the broker acknowledge every record below `ends` (`X-Ack: kafka`);
+        False after `timeout`. One task watches the published sequences for every waiter."""
+        if self._delivered(ends):
             return True
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        waiter = (seq, future)
+        waiter = (ends, future)
         self._delivered_waiters.append(waiter)
         if self._delivered_watch is None or self._delivered_watch.done():
             self._delivered_watch = asyncio.create_task(self._watch_delivered())
         try:
             await asyncio.wait_for(future, timeout)
         except TimeoutError:
-            return self.gateway.spool.delivered_seq >= seq
+            return self._delivered(ends)
         finally:
             with contextlib.suppress(ValueError):
                 self._delivered_waiters.remove(waiter)
         return True
 
     async def _watch_delivered(self) -> None:
-        assert self.gateway.spool is not None
         while self._delivered_waiters:
             await asyncio.sleep(0.002)
-            delivered = self.gateway.spool.delivered_seq
-            for seq, future in self._delivered_waiters:
-                if seq <= delivered and not future.done():
+            for ends, future in self._delivered_waiters:
+                if not future.done() and self._delivered(ends):
                     future.set_result(None)

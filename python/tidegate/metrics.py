@@ -303,17 +303,22 @@ class Metrics:
         self.sources.append(render)
 
     def native_histogram(
-        self, name: str, help_text: str, read: Callable[[], tuple[list[float], list[int], float] | None]
+        self,
+        name: str,
+        help_text: str,
+        read: Callable[[], list[tuple[LabelValues, tuple[list[float], list[int], float]]]],
+        labels: tuple[str, ...] = (),
     ) -> None:
-        """A histogram kept natively: `read` gives (bucket upper bounds, count per bucket then +Inf, sum) at each
-        scrape, or None while there is nothing to read."""
+        """A histogram kept natively: `read` gives, per series, its label values and (bucket upper bounds, count
+        per bucket then +Inf, sum) at each scrape (every series has the same bounds; none while nothing is kept)."""
 
         def render() -> Iterable[str]:
             observed = read()
-            if observed is None:
+            if not observed:
                 return
-            bounds, counts, total = observed
-            yield from Histogram(name, help_text, tuple(bounds)).render([((), [*map(float, counts), total])])
+            bounds = observed[0][1][0]
+            series = [(values, [*map(float, counts), total]) for values, (_, counts, total) in observed]
+            yield from Histogram(name, help_text, tuple(bounds), labels).render(series)
 
         self.source(render)
 

@@ -244,10 +244,16 @@ class _Connection:
             self._streams = None
 
 
-class Load:
-    """Concurrent clients, one device each, posting arrays of unique readings until stopped.
+#: Every this many devices of a `Load`, one sends at high priority.
+HIGH_PRIORITY_EVERY = 4
 
-    With ``race=True`` every other body is sent on two connections at once (a retry racing its original).
+
+class Load:
+    """Concurrent clients, one device each, posting arrays of unique readings until stopped. Every fourth device
+    sends at high priority (``HIGH_PRIORITY_EVERY``), whose records go to each worker's spool of their own.
+
+    With ``race=True`` every other body is sent on two connections at once (a retry racing its original), the racer
+    at the other priority: one copy goes to the high-priority spool, the other to the main one.
     """
 
     def __init__(self, port: int, keys: dict[str, str], size: Size, *, race: bool = False) -> None:
@@ -274,7 +280,10 @@ class Load:
         self._tokens = 0
 
     def start(self) -> None:
-        self._tasks = [asyncio.create_task(self._client(device, key)) for device, key in self.keys.items()]
+        self._tasks = [
+            asyncio.create_task(self._client(device, key, high=i % HIGH_PRIORITY_EVERY == 0))
+            for i, (device, key) in enumerate(self.keys.items())
+        ]
 
     async def stop(self) -> None:
         self._running = False
@@ -319,8 +328,10 @@ class Load:
         ]
         return json.dumps(readings).encode()
 
-    async def _client(self, device: str, key: str) -> None:
+    async def _client(self, device: str, key: str, *, high: bool) -> None:
         headers = {"Content-Type": "application/json", "X-Device-Token": key}
+        racer_headers = dict(headers)
+        (headers if high else racer_headers)["X-Priority"] = "high"
         connections = [_Connection(self.port), _Connection(self.port)]
         next_n = 0
         try:
@@ -334,7 +345,7 @@ class Load:
                 while self._running:
                     sends = [self._send(connections[0], body, headers)]
                     if racing:
-                        sends.append(self._send(connections[1], body, headers))
+                        sends.append(self._send(connections[1], body, racer_headers))
                     answers = await asyncio.gather(*sends)
                     if 202 in answers:
                         break

@@ -8,8 +8,8 @@ use pyo3::types::{PyBytes, PyString};
 use tidegate_core::canonical::records::hex;
 use tidegate_core::contract::quarantine::Item;
 use tidegate_core::gateway::{
-    self as core_gateway, Answer, Body, Gateway as CoreGateway, Problem, Route, RouteKind, Settings, Source, Tables,
-    accept::Whole,
+    self as core_gateway, Answer, Body, DurableEnds, Gateway as CoreGateway, Lane, Problem, Route, RouteKind, Settings,
+    Source, Tables, accept::Whole,
 };
 
 use crate::Validator;
@@ -47,7 +47,7 @@ impl Gateway {
     #[new]
     #[pyo3(signature = (
         routes, *, spool, dedup, decoded_bytes, quarantine_budget, devices, archive, duplicates_topic, quarantine,
-        dead_letter_topic, max_record_bytes, max_body_bytes,
+        dead_letter_topic, max_record_bytes, max_body_bytes, high_spool = None,
     ))]
     fn new(
         routes: Vec<(String, String, PyRef<'_, Validator>)>,
@@ -62,6 +62,7 @@ impl Gateway {
         dead_letter_topic: String,
         max_record_bytes: usize,
         max_body_bytes: usize,
+        high_spool: Option<PyRef<'_, Spool>>,
     ) -> PyResult<Gateway> {
         let routes = routes
             .into_iter()
@@ -100,6 +101,7 @@ impl Gateway {
             settings,
             tables,
             Arc::clone(&spool.inner),
+            high_spool.map(|high| Arc::clone(&high.inner)),
         )))
     }
 
@@ -201,8 +203,13 @@ impl Gateway {
     }
 
     /// A commit's outcome, before any waiter is woken (see `_native.pyi`).
-    fn settle(&self, py: Python<'_>, durable_seq: u64, failed: bool) -> PyResult<()> {
-        Ok(py.detach(|| self.0.settle(durable_seq, failed))?)
+    fn settle(&self, py: Python<'_>, lane: usize, durable_seq: u64, failed: bool) -> PyResult<()> {
+        let lane = match lane {
+            0 => Lane::Main,
+            1 => Lane::High,
+            other => return Err(PyValueError::new_err(format!("no lane {other}"))),
+        };
+        Ok(py.detach(|| self.0.settle(lane, durable_seq, failed))?)
     }
 
     /// Requests waiting for their durability.
@@ -270,8 +277,8 @@ impl Accepted {
     }
 
     #[getter]
-    fn durable_end(&self) -> Option<u64> {
-        self.0.durable_end
+    fn durable_ends(&self) -> Option<DurableEnds> {
+        self.0.durable_ends
     }
 
     #[getter]
@@ -311,8 +318,8 @@ impl Accepted {
 
     fn __repr__(&self) -> String {
         format!(
-            "Accepted(status={}, durable_end={:?}, records={})",
-            self.0.status, self.0.durable_end, self.0.records
+            "Accepted(status={}, durable_ends={:?}, records={})",
+            self.0.status, self.0.durable_ends, self.0.records
         )
     }
 }

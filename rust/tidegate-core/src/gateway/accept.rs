@@ -15,7 +15,7 @@ use crate::state::dedup;
 use crate::state::table::RateTable;
 
 use super::answer::{self, ArchiveKeys, FieldError, Problem, int, key, write_str};
-use super::{Counters, Gateway, Pending, Route, RouteKind, lock};
+use super::{Counters, DurableEnds, Gateway, LANES, Pending, Route, RouteKind, lock};
 
 /// What every quarantined item costs on top of its bytes: a flood of empty items is bounded too.
 pub const ITEM_OVERHEAD: usize = 256;
@@ -66,8 +66,8 @@ pub struct Answer {
     /// Every header but `X-Durability` (the caller's, once it awaited durability).
     pub headers: Vec<(&'static str, Vec<u8>)>,
     pub body: Vec<u8>,
-    /// The sequence to await before sending (None: send now).
-    pub durable_end: Option<u64>,
+    /// How far each lane's spool must be durable before sending (None: send now).
+    pub durable_ends: Option<DurableEnds>,
     /// The append hit the spool's quota.
     pub spool_full: bool,
     /// A refusal's problem type (`malformed`, `invalid`...).
@@ -83,7 +83,7 @@ pub struct Answer {
 }
 
 impl Answer {
-    fn problem(problem: &Problem, durable_end: Option<u64>) -> Answer {
+    fn problem(problem: &Problem, durable_ends: Option<DurableEnds>) -> Answer {
         let body = problem.body();
         let mut headers = problem.headers.clone();
         headers.push(("content-type", b"application/problem+json".to_vec()));
@@ -92,7 +92,7 @@ impl Answer {
             status: problem.status,
             headers,
             body,
-            durable_end,
+            durable_ends,
             spool_full: false,
             slug: Some(problem.slug.clone()),
             records: 0,
@@ -400,7 +400,7 @@ impl Gateway {
         claims.extend(&keys);
         let count = records.len();
         let waiting = Pending {
-            end: 0,
+            ends: [0; LANES],
             ids: claims,
             // Heard (a repeat too: the device is alive).
             devices,
@@ -416,9 +416,10 @@ impl Gateway {
             written
         };
         let ids = waiting.ids.clone();
-        match self.persist(&written, waiting) {
-            Ok(end) => {
-                answer.durable_end = Some(end);
+        let repeats = whole_duplicate || !duplicates.is_empty();
+        match self.persist(&written, waiting, Some(req.priority), repeats) {
+            Ok(ends) => {
+                answer.durable_ends = Some(ends);
                 answer.records = count;
                 Ok(answer)
             }
@@ -545,18 +546,18 @@ impl Gateway {
         records.remove_duplicates(|id| seen.contains(id));
         let claims = record_ids(&records);
         let waiting = Pending {
-            end: 0,
+            ends: [0; LANES],
             ids: claims.clone(),
             devices: Vec::new(),
             received_ms: whole.received_ms,
             counts,
         };
-        match self.persist(&records, waiting) {
-            Ok(end) => {
+        match self.persist(&records, waiting, whole.priority, !seen.is_empty()) {
+            Ok(ends) => {
                 problem
                     .headers
                     .push((QUARANTINED_HEADER, kept.to_string().into_bytes()));
-                Ok(Some(Answer::problem(&problem, Some(end))))
+                Ok(Some(Answer::problem(&problem, Some(ends))))
             }
             Err(error) => {
                 self.tables.dedup.release(&claims)?;
@@ -622,7 +623,7 @@ impl Gateway {
                 status: 202,
                 headers,
                 body,
-                durable_end: None,
+                durable_ends: None,
                 spool_full: false,
                 slug: None,
                 records: 0,

@@ -15,6 +15,12 @@
 //! failed commit it releases the claims of every request still waiting, before any retry can run, so a retry is
 //! never answered `duplicate` of a record that was not made durable. A request with nothing to write (every
 //! record a repeat) waits for everything appended before it, and fails with it.
+//!
+//! A worker may have two spools, its lanes ([`Lane`]): high priority's records go to a spool of their own, with
+//! its own group commit, so that a high-priority acknowledgement waits for its own small commits and never for
+//! the large low-priority bodies appended before it (the main spool's commit carries them). A request waits for
+//! its own lane; one that repeats records or keys already claimed waits for every lane (what it repeats may
+//! still be waiting for its commit in the other), and so does one with nothing to write.
 
 pub mod accept;
 pub mod admission;
@@ -159,9 +165,24 @@ impl Counters {
     }
 }
 
+/// A worker's spools: the main one, and high priority's own (see the module's documentation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lane {
+    Main = 0,
+    High = 1,
+}
+
+/// How many lanes there are.
+pub const LANES: usize = 2;
+
+/// The sequence each lane's spool must be durable to for an answer to be sent (indexed by [`Lane`]); 0 for a lane
+/// it does not wait for (every spool is durable to 0).
+pub type DurableEnds = [u64; LANES];
+
 /// A request waiting for its durability: what [`Gateway::settle`] commits or releases.
 struct Pending {
-    end: u64,
+    /// Each lane's sequence it still waits for; 0 once that lane is durable to it.
+    ends: DurableEnds,
     /// Its claims: event ids (and quarantine ids) of the records it wrote, and its idempotency keys.
     ids: Vec<Id>,
     /// The devices heard (recorded once durable).
@@ -174,12 +195,15 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// One worker's gateway: its routes, the shared tables and its spool.
+/// One worker's gateway: its routes, the shared tables and its spools.
 pub struct Gateway {
     routes: Vec<Route>,
     settings: Settings,
     tables: Tables,
     spool: Arc<Spool>,
+    /// High priority's own spool ([`Lane::High`]); without it every record goes to `spool`.
+    high_spool: Option<Arc<Spool>>,
+    /// Every lane's waiting requests: one lock, so that a request waiting for two lanes is settled by both.
     pending: Mutex<Vec<Pending>>,
     counters: Mutex<Counters>,
     /// Held by an `accept` from its first dedup claim until its append is done or its claims are released. The
@@ -190,12 +214,20 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    pub fn new(routes: Vec<Route>, settings: Settings, tables: Tables, spool: Arc<Spool>) -> Gateway {
+    /// With `high_spool`, high priority's records go there ([`Lane::High`]).
+    pub fn new(
+        routes: Vec<Route>,
+        settings: Settings,
+        tables: Tables,
+        spool: Arc<Spool>,
+        high_spool: Option<Arc<Spool>>,
+    ) -> Gateway {
         Gateway {
             routes,
             settings,
             tables,
             spool,
+            high_spool,
             pending: Mutex::new(Vec::new()),
             counters: Mutex::new(Counters::default()),
             claiming: Mutex::new(()),
@@ -210,8 +242,24 @@ impl Gateway {
         &self.settings
     }
 
+    /// The main spool ([`Lane::Main`]).
     pub fn spool(&self) -> &Arc<Spool> {
         &self.spool
+    }
+
+    /// A lane's spool, if the worker has it.
+    pub fn lane_spool(&self, lane: Lane) -> Option<&Arc<Spool>> {
+        match lane {
+            Lane::Main => Some(&self.spool),
+            Lane::High => self.high_spool.as_ref(),
+        }
+    }
+
+    /// The lanes the worker has, with their spools.
+    fn lanes(&self) -> impl Iterator<Item = (Lane, &Arc<Spool>)> {
+        [Lane::Main, Lane::High]
+            .into_iter()
+            .filter_map(|lane| Some((lane, self.lane_spool(lane)?)))
     }
 
     /// The counts so far.
@@ -228,24 +276,53 @@ impl Gateway {
         lock(&self.counters).add(counts);
     }
 
-    /// Appends `written` (nothing for empty records) and registers `waiting` for its durability, in one hold of
-    /// the lock [`Gateway::settle`] takes: a commit that fails after the append always finds it. Returns the
-    /// sequence to await. On an error nothing was written and nothing registered (the caller releases).
-    fn persist(&self, written: &crate::Records, mut waiting: Pending) -> Result<u64, SpoolError> {
+    /// Appends `written` (nothing for empty records) to the lane of `priority` and registers `waiting` for its
+    /// durability, in one hold of the lock [`Gateway::settle`] takes: a commit that fails after the append always
+    /// finds it. With `repeats` (some of its records or keys were claimed before it) or nothing to write, it waits
+    /// for everything appended before it in every lane. High priority's spool full (its quota), its records go to
+    /// the main spool, as they would without it: the lane is a shortcut, never a reason to refuse. Returns the
+    /// sequences to await. On an error nothing was written and nothing registered (the caller releases).
+    fn persist(
+        &self,
+        written: &crate::Records,
+        mut waiting: Pending,
+        priority: Option<&str>,
+        repeats: bool,
+    ) -> Result<DurableEnds, SpoolError> {
         let mut pending = lock(&self.pending);
-        let end = if written.is_empty() {
-            self.spool.next_seq()
-        } else {
-            self.spool.append(written)?
+        let mut ends = [0; LANES];
+        let lane = match &self.high_spool {
+            Some(high) if priority == Some("high") && !written.is_empty() => match high.append(written) {
+                Ok(end) => {
+                    ends[Lane::High as usize] = end;
+                    Lane::High
+                }
+                Err(SpoolError::Full { .. }) => Lane::Main,
+                Err(error) => return Err(error),
+            },
+            _ => Lane::Main,
         };
-        waiting.end = end;
-        if self.spool.durable_seq() >= end {
+        if lane == Lane::Main && !written.is_empty() {
+            ends[Lane::Main as usize] = self.spool.append(written)?;
+        }
+        for (other, spool) in self.lanes() {
+            if written.is_empty() || (repeats && other != lane) {
+                ends[other as usize] = spool.next_seq();
+            }
+        }
+        waiting.ends = ends;
+        for (lane, spool) in self.lanes() {
+            if spool.durable_seq() >= waiting.ends[lane as usize] {
+                waiting.ends[lane as usize] = 0;
+            }
+        }
+        if waiting.ends == [0; LANES] {
             drop(pending);
             self.finish(waiting)?;
         } else {
             pending.push(waiting);
         }
-        Ok(end)
+        Ok(ends)
     }
 
     /// A durable request's effects.
@@ -260,21 +337,31 @@ impl Gateway {
         Ok(())
     }
 
-    /// A commit's outcome, before any waiter is woken: with `failed`, every waiting request failed (their claims
-    /// are released: a retry is not a duplicate); otherwise those below `durable_seq` are durable (claims
-    /// committed, devices heard, counted).
-    pub fn settle(&self, durable_seq: u64, failed: bool) -> io::Result<()> {
+    /// A commit's outcome on `lane`'s spool, before any waiter is woken: with `failed`, every request waiting for
+    /// that lane failed (their claims are released: a retry is not a duplicate); otherwise those below
+    /// `durable_seq` are durable in it, and each durable in every lane it waits for is done (claims committed,
+    /// devices heard, counted).
+    pub fn settle(&self, lane: Lane, durable_seq: u64, failed: bool) -> io::Result<()> {
+        let lane = lane as usize;
         let mut pending = lock(&self.pending);
         let mut first_error = None;
         if failed {
-            for waiting in pending.drain(..) {
+            let (failed, still): (Vec<Pending>, Vec<Pending>) =
+                pending.drain(..).partition(|waiting| waiting.ends[lane] != 0);
+            *pending = still;
+            for waiting in failed {
                 if let Err(error) = self.tables.dedup.release(&waiting.ids) {
                     first_error.get_or_insert(error);
                 }
             }
         } else {
+            for waiting in pending.iter_mut() {
+                if waiting.ends[lane] <= durable_seq {
+                    waiting.ends[lane] = 0;
+                }
+            }
             let (done, still): (Vec<Pending>, Vec<Pending>) =
-                pending.drain(..).partition(|waiting| waiting.end <= durable_seq);
+                pending.drain(..).partition(|waiting| waiting.ends == [0; LANES]);
             *pending = still;
             drop(pending);
             for waiting in done {

@@ -13,6 +13,16 @@ fn gateway(name: &str, archive: bool) -> Gateway {
 }
 
 fn gateway_with(name: &str, archive: bool, spool_options: SpoolOptions) -> Gateway {
+    gateway_with_lanes(name, archive, spool_options, None)
+}
+
+/// With `high_options`, a high-priority spool of its own (its lane).
+fn gateway_with_lanes(
+    name: &str,
+    archive: bool,
+    spool_options: SpoolOptions,
+    high_options: Option<SpoolOptions>,
+) -> Gateway {
     let dir = std::env::temp_dir().join(format!("tidegate-gateway-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let options = ValidatorOptions {
@@ -47,8 +57,9 @@ fn gateway_with(name: &str, archive: bool, spool_options: SpoolOptions) -> Gatew
             LastSeenTable::open(None, 1024, SilenceRules::new(60_000, 1_000, Vec::new(), 86_400_000)).unwrap(),
         ),
     };
-    let spool = Arc::new(Spool::open(&dir, spool_options).unwrap());
-    Gateway::new(routes, settings, tables, spool)
+    let spool = Arc::new(Spool::open(dir.join("main"), spool_options).unwrap());
+    let high = high_options.map(|options| Arc::new(Spool::open(dir.join("high"), options).unwrap()));
+    Gateway::new(routes, settings, tables, spool, high)
 }
 
 fn body<'a>(route: usize, bytes: &'a [u8], device: Option<&'a str>) -> Body<'a> {
@@ -83,8 +94,12 @@ fn text(answer: &Answer) -> &str {
 
 /// Commits the spool and settles, as the group commit does.
 fn commit(gateway: &Gateway) {
-    let durable = gateway.spool().commit().unwrap();
-    gateway.settle(durable, false).unwrap();
+    commit_lane(gateway, Lane::Main);
+}
+
+fn commit_lane(gateway: &Gateway, lane: Lane) {
+    let durable = gateway.lane_spool(lane).unwrap().commit().unwrap();
+    gateway.settle(lane, durable, false).unwrap();
 }
 
 #[test]
@@ -102,13 +117,13 @@ fn a_reading_is_answered_once_durable_and_its_repeat_is_a_duplicate() {
         "{}",
         text(&first)
     );
-    assert_eq!(first.durable_end, Some(1));
+    assert_eq!(first.durable_ends, Some([1, 0]));
     assert_eq!(gateway.counters().records[0][0], 0, "counted once durable");
     commit(&gateway);
     assert_eq!(gateway.counters().records[0][0], 1);
     let again = gateway.accept(&body(0, READING, Some("dev-1"))).unwrap();
     assert!(text(&again).starts_with(r#"{"status":"duplicate""#), "{}", text(&again));
-    assert_eq!(again.durable_end, Some(1), "waits for what was appended before");
+    assert_eq!(again.durable_ends, Some([1, 0]), "waits for what was appended before");
     assert_eq!(gateway.waiting(), 0, "already durable: settled at once");
     assert_eq!(gateway.counters().records[1][0], 1);
 }
@@ -117,8 +132,8 @@ fn a_reading_is_answered_once_durable_and_its_repeat_is_a_duplicate() {
 fn a_failed_commit_releases_the_claims() {
     let gateway = gateway("failed", false);
     let first = gateway.accept(&body(0, READING, Some("dev-1"))).unwrap();
-    assert_eq!(first.durable_end, Some(1));
-    gateway.settle(0, true).unwrap();
+    assert_eq!(first.durable_ends, Some([1, 0]));
+    gateway.settle(Lane::Main, 0, true).unwrap();
     assert_eq!(gateway.waiting(), 0);
     let retry = gateway.accept(&body(0, READING, Some("dev-1"))).unwrap();
     assert!(text(&retry).starts_with(r#"{"status":"accepted""#), "{}", text(&retry));
@@ -139,7 +154,7 @@ fn a_reading_for_another_device_is_refused_and_quarantined() {
         r#"{"type":"urn:tidegate:problem:wrong-device","title":"Forbidden","status":403,"detail":"the key belongs to dev-2, not dev-1","errors":[{"path":"$.device_id","message":"must be dev-2"}]}"#
     );
     assert!(answer.headers.contains(&(QUARANTINED_HEADER_NAME, b"1".to_vec())));
-    assert_eq!(answer.durable_end, Some(1));
+    assert_eq!(answer.durable_ends, Some([1, 0]));
     commit(&gateway);
     assert_eq!(gateway.counters().quarantined[2], 1);
     let (records, _) = gateway
@@ -240,7 +255,7 @@ fn a_dry_run_writes_nothing_and_counts_apart() {
     );
     request.dry_run = true;
     let answer = gateway.accept(&request).unwrap();
-    assert_eq!(answer.durable_end, None);
+    assert_eq!(answer.durable_ends, None);
     let document = text(&answer);
     assert!(
         document.starts_with(
@@ -292,4 +307,86 @@ fn a_repeat_is_not_acknowledged_while_another_thread_claims_what_it_repeats_and_
     }
     taker.join().unwrap();
     assert!(tries > 0);
+}
+
+fn reading(device: &str, temperature: u32) -> Vec<u8> {
+    format!(r#"{{"device_id":"{device}","timestamp":"2026-03-27T10:15:30.000Z","metrics":{{"t":{temperature}}}}}"#)
+        .into_bytes()
+}
+
+fn at<'a>(priority: &'static str, request: Body<'a>) -> Body<'a> {
+    Body { priority, ..request }
+}
+
+fn lanes(name: &str) -> Gateway {
+    gateway_with_lanes(name, false, SpoolOptions::default(), Some(SpoolOptions::default()))
+}
+
+#[test]
+fn high_priority_waits_for_its_own_lane_only() {
+    let gateway = lanes("lanes");
+    let low = gateway.accept(&at("low", body(0, &reading("d1", 1), None))).unwrap();
+    assert_eq!(low.durable_ends, Some([1, 0]));
+    let high = gateway.accept(&at("high", body(0, &reading("d2", 2), None))).unwrap();
+    assert_eq!(
+        high.durable_ends,
+        Some([0, 1]),
+        "not behind the low reading appended before it"
+    );
+    assert_eq!(gateway.waiting(), 2);
+    commit_lane(&gateway, Lane::High);
+    assert_eq!(
+        gateway.waiting(),
+        1,
+        "the high reading is done; the low one waits for the main spool"
+    );
+    assert_eq!(gateway.counters().records[0], [1, 0, 0]);
+    // A failed main commit fails the low reading only: nothing waits for the high lane any more.
+    gateway.settle(Lane::Main, 0, true).unwrap();
+    assert_eq!(gateway.waiting(), 0);
+    let appended = |lane| gateway.lane_spool(lane).unwrap().next_seq();
+    assert_eq!(
+        (appended(Lane::Main), appended(Lane::High)),
+        (1, 1),
+        "one record in each spool"
+    );
+}
+
+#[test]
+fn a_repeat_waits_for_the_lane_of_what_it_repeats_and_fails_with_it() {
+    let gateway = lanes("repeat");
+    let original = gateway.accept(&at("high", body(0, &reading("d1", 1), None))).unwrap();
+    assert_eq!(original.durable_ends, Some([0, 1]));
+    // The same reading at low priority: a duplicate (nothing to write), answered once the high lane has it.
+    let repeat = gateway.accept(&at("low", body(0, &reading("d1", 1), None))).unwrap();
+    assert!(
+        text(&repeat).starts_with(r#"{"status":"duplicate""#),
+        "{}",
+        text(&repeat)
+    );
+    assert_eq!(repeat.durable_ends, Some([0, 1]));
+    // A batch repeating it with a new reading: written to the main spool, and waits for the high lane too.
+    let batch = br#"{"device_id":"d1","batch_id":"b","readings":[{"timestamp":"2026-03-27T10:15:30.000Z","metrics":{"t":1}},{"timestamp":"2026-03-27T10:15:31.000Z","metrics":{"t":2}}]}"#;
+    let mixed = gateway.accept(&at("low", body(1, batch, None))).unwrap();
+    assert_eq!(mixed.durable_ends, Some([1, 1]), "{}", text(&mixed));
+    // The high lane's commit fails: every request that waited for it fails, and their claims are released.
+    gateway.settle(Lane::High, 0, true).unwrap();
+    assert_eq!(gateway.waiting(), 0);
+    let retry = gateway.accept(&at("low", body(0, &reading("d1", 1), None))).unwrap();
+    assert!(text(&retry).starts_with(r#"{"status":"accepted""#), "{}", text(&retry));
+}
+
+#[test]
+fn high_priority_goes_to_the_main_spool_when_its_own_is_full() {
+    let tiny = SpoolOptions {
+        quota_bytes: 1,
+        ..SpoolOptions::default()
+    };
+    let gateway = gateway_with_lanes("overflow", false, SpoolOptions::default(), Some(tiny));
+    let high = gateway.accept(&at("high", body(0, &reading("d1", 1), None))).unwrap();
+    assert_eq!(high.status, 202, "{}", text(&high));
+    assert_eq!(high.durable_ends, Some([1, 0]));
+    assert!(!high.spool_full);
+    commit(&gateway);
+    assert_eq!(gateway.counters().records[0], [1, 0, 0]);
 }
