@@ -472,6 +472,7 @@ def test_segments_are_not_deleted_before_the_archive_has_them(tmp_path: Path) ->
 
 
 def test_killing_the_delivery_process_loses_no_archived_row_and_writes_none_twice(tmp_path: Path) -> None:
+    # Every other body is high priority: each worker's two spools are archived, each resuming from its own files.
     env = FAST | {"TIDEGATE_AUTH": "false", "TIDEGATE_ARCHIVE_MAX_FILE_RECORDS": "50"}
     with Server(tmp_path / "server", env) as server, httpx.Client(base_url=server.url, timeout=30) as http:
         acknowledged = []
@@ -479,7 +480,8 @@ def test_killing_the_delivery_process_loses_no_archived_row_and_writes_none_twic
         for kill in range(4):
             for i in range(10):
                 body = ndjson([event(entity_id=f"k{kill}-{i}-{j}") for j in range(20)])
-                response = http.post("/api/v1/events", content=body, headers=NDJSON)
+                priority = {"X-Priority": "high" if i % 2 else "low"}
+                response = http.post("/api/v1/events", content=body, headers=NDJSON | priority)
                 assert response.status_code == 202
                 acknowledged += [r["event_id"] for r in response.json()["results"]]
             pid = running_delivery_pid(server.data_dir, other_than=pid)

@@ -104,7 +104,7 @@ def test_the_delivery_process_drains_every_worker_and_is_restarted_when_killed(t
                     os.kill(pid, signal.SIGKILL)
                     pid = wait_for_delivery(server.data_dir, other_than=pid)
                     assert nice_values(pid) == {10}, "a restarted delivery process runs behind the workers too"
-            assert sorted(p.name for p in (server.data_dir / "spool").iterdir()) == ["w0", "w0-high", "w1", "w1-high"]
+            assert sorted(p.name for p in (server.data_dir / "spool").iterdir()) == ["w0", "w0h", "w1", "w1h"]
             delivered = asyncio.run(delivered_ids(broker.bootstrap, acknowledged))
             assert acknowledged <= delivered, f"lost: {len(acknowledged - delivered)}"
             metrics = http.get("/metrics").text

@@ -908,10 +908,10 @@ class TestLifecycle:
                 assert response.status_code == 202
                 ids.add(response.json()["event_id"])
             spools = sorted(p.name for p in (tmp_path / "spool").iterdir())
-            assert spools == ["w0", "w0-high", "w1", "w1-high"]
+            assert spools == ["w0", "w0h", "w1", "w1h"]
             out = spooled_values(tmp_path)
             assert {json.loads(line)["event_id"] for line in out.splitlines()} == ids
-            high = {json.loads(value)["event_id"] for _, value, _, _ in spooled_records(tmp_path, "w*-high")}
+            high = {json.loads(value)["event_id"] for _, value, _, _ in spooled_records(tmp_path, "w*h")}
             assert len(high) == 10, "the high readings, in high priority's spools"
             assert high <= ids
 

@@ -91,7 +91,7 @@ def values(data_dir: Path, topic: str | None = None) -> list[dict[str, Any]]:
 
 
 def worker_spools(data_dir: Path) -> list[Path]:
-    """The workers' main spools (`w<N>`; these tests' messages are not high priority, whose spools are `w<N>-high`)."""
+    """The workers' main spools (`w<N>`; these tests' messages are not high priority, whose spools are `w<N>h`)."""
     return [d for d in (data_dir / "spool").iterdir() if not d.name.endswith(HIGH_LANE_SUFFIX)]
 
 

@@ -53,7 +53,7 @@ def test_a_second_instance_on_the_same_data_dir_is_refused(tmp_path: Path) -> No
         message = refused.stderr
         assert "another tidegate" in message and str(tmp_path.resolve()) in message, message
         assert re.search(rf"\bpid {first.proc.pid}\b", message), message
-        assert sorted(p.name for p in (tmp_path / "spool").iterdir()) == ["w0", "w0-high"], (
+        assert sorted(p.name for p in (tmp_path / "spool").iterdir()) == ["w0", "w0h"], (
             "no second worker spool was claimed"
         )
         still_serving(first)

@@ -57,7 +57,7 @@ def test_a_retry_to_either_worker_is_a_duplicate(tmp_path: Path) -> None:
             for i in range(6)
         ]
         assert keyed == ["accepted"] + ["duplicate"] * 5
-        assert sorted(p.name for p in (tmp_path / "spool").iterdir()) == ["w0", "w0-high", "w1", "w1-high"]
+        assert sorted(p.name for p in (tmp_path / "spool").iterdir()) == ["w0", "w0h", "w1", "w1h"]
 
 
 def test_a_batch_id_is_a_duplicate_after_a_restart(tmp_path: Path) -> None:

@@ -114,7 +114,7 @@ class Settings:
     spool_quota_bytes: int = 1 << 30
     """Bytes a worker's spools may hold (with `high_priority_spool`, an eighth of it is high priority's own)."""
     high_priority_spool: bool = True
-    """High priority's records go to a spool of their own per worker (`spool/w<N>-high`), with its own group commit,
+    """High priority's records go to a spool of their own per worker (`spool/w<N>h`), with its own group commit,
     so that a high-priority acknowledgement waits for its own small commits and never for the large bodies of lower
     priorities appended before it. It holds an eighth of `spool_quota_bytes`; when it is full, high priority's
     records go to the worker's main spool. Delivery and the archive drain both."""

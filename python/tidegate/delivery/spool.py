@@ -29,8 +29,9 @@ from tidegate.loop import high_context
 #: A worker's spools by lane (`tidegate._native.Gateway`): the main one, and high priority's own.
 LANE_NAMES = ("main", "high")
 
-#: A worker's high-priority spool is its directory's name with this suffix (`spool/w<N>-high`), beside it.
-HIGH_LANE_SUFFIX = "-high"
+#: A worker's high-priority spool is its directory's name with this suffix (`spool/w<N>h`), beside it. No `-`: the
+#: archive's file names are `<writer>-<spool>-<first>-<end>...`, read back by `tidegate.archive.compaction`.
+HIGH_LANE_SUFFIX = "h"
 
 #: The share of `spool_quota_bytes` a worker's high-priority spool holds (the main spool has the rest): alarms and
 #: the like are a small part of a fleet's bytes, and records that do not fit go to the main spool.
@@ -38,7 +39,7 @@ HIGH_LANE_QUOTA_SHARE = 0.125
 
 
 def worker_spool_dirs(data_dir: Path) -> list[Path]:
-    """Every worker's spool directories under a data dir (`spool/w<N>` and `spool/w<N>-high`), in order."""
+    """Every worker's spool directories under a data dir (`spool/w<N>` and `spool/w<N>h`), in order."""
     root = data_dir / "spool"
     return sorted(p for p in root.glob("w*") if p.is_dir()) if root.is_dir() else []
 
