@@ -21,7 +21,7 @@ import httpx
 import pytest
 import tidegate
 import zstandard
-from tidegate.delivery.spool import LANE_NAMES as LANES
+from tidegate.delivery.spool import LANE_NAMES
 from tidegate.ingest import OFF_LOOP_BODY_BYTES
 from tidegate.testing.server import Server
 
@@ -579,7 +579,9 @@ class TestOperations:
             assert name in text, name
         # Every commit that made records durable is timed, the commit of the reading above included.
         # Per spool: the worker's main one, and high priority's own.
-        commits = {spool: metric(text, f'tidegate_spool_commit_seconds_count{{spool="{spool}"}}') for spool in LANES}
+        commits = {
+            spool: metric(text, f'tidegate_spool_commit_seconds_count{{spool="{spool}"}}') for spool in LANE_NAMES
+        }
         assert sum(commits.values()) == metric(text, "tidegate_spool_fsyncs_total") >= 1
         assert commits["main"] >= 1
         for spool, count in commits.items():

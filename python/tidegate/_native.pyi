@@ -903,6 +903,12 @@ class Gateway:
         """A commit's outcome in `lane`'s spool (0 `spool`, 1 `high_spool`), before any waiter is woken (see the
         class). ValueError for another lane."""
 
+    def failed_since(self, accepted: Accepted) -> bool:
+        """Whether a commit of a spool `accepted` waits for failed since it was accepted (its claims may have been
+        released): it must not be acknowledged, even once a later commit made that spool durable past it (failed
+        sequences are never reused). A wait registers with a lane's writer only when it awaits that lane, so a
+        failure before then does not reach it; the edge asks this once it has waited."""
+
     @property
     def waiting(self) -> int:
         """Bodies waiting for their durability."""

@@ -514,9 +514,10 @@ class Gateway:
             self.admission.observe_loop(busy, seconds)
             self.edge.cancel_late_bodies(now)
             if self.spools:
-                # Over the worker's spools: high priority's records go to the main one when their own is full.
-                stats = [spool.stats() for spool in self.spools]
-                self.spool_fill = sum(s["bytes"] for s in stats) / max(1, sum(s["quota_bytes"] for s in stats))
+                # The main spool's: high priority's records go there when their own spool is full, so the worker is
+                # full when the main spool is.
+                stats = self.spools[0].stats()
+                self.spool_fill = stats["bytes"] / max(1, stats["quota_bytes"])
                 if self.spool_full and self.spool_fill < 0.95:
                     self.spool_full = False
                 if now >= self._next_spool_care:
@@ -577,8 +578,8 @@ class Gateway:
             # A file not yet written whole (empty, or cut) is left for the next look rather than taken as 0.
             count = int(trigger.read_text().strip())
             trigger.unlink()  # one worker takes it
-            for spool in self.spools:  # a full disk is every spool's
-                spool.inject_write_failures(count)
+            # The main spool's next writes (a high-priority spool that may see no writes would keep them armed).
+            self.spools[0].inject_write_failures(count)
             log.warning(json.dumps({"event": "fault_injected", "spool_write_failures": count}))
         stall = faults / "loop-stall"
         with contextlib.suppress(FileNotFoundError):

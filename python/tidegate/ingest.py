@@ -409,19 +409,26 @@ class IngestEdge:
                 answer.headers.insert(0, ("x-durability", "none"))
             return answer
         records = accepted.records
+        native = self.gateway.native
+        assert native is not None
         self.gateway.in_flight_records += records
         try:
-            for writer, end in zip(self.gateway.writers, ends, strict=False):
-                await writer.durable(end)
+            for lane, end in enumerate(ends):
+                if end:  # 0: nothing to wait for in that lane (and no writer, without high priority's spool)
+                    await self.gateway.writers[lane].durable(end)
+            # A lane's commit that failed before this request awaited that lane did not fail its wait.
+            failed = native.failed_since(accepted)
         except OSError:
+            failed = True
+        finally:
+            self.gateway.in_flight_records -= records
+        if failed:
             raise Problem(
                 503,
                 "spool-error",
                 "the local spool cannot take more data right now",
                 headers=[("Retry-After", "5")],
-            ) from None
-        finally:
-            self.gateway.in_flight_records -= records
+            )
         if accepted.status == 202:
             durability = (
                 "kafka" if kafka and await self._wait_delivered(ends, self.settings.kafka_ack_timeout_s) else "spool"
@@ -431,7 +438,8 @@ class IngestEdge:
 
     def _delivered(self, ends: tuple[int, int]) -> bool:
         """Whether the delivery process saw the broker acknowledge every record below `ends` in each lane's spool."""
-        return all(spool.delivered_seq >= end for spool, end in zip(self.gateway.spools, ends, strict=False))
+        spools = self.gateway.spools
+        return all(not end or spools[lane].delivered_seq >= end for lane, end in enumerate(ends))
 
     async def _wait_delivered(self, ends: tuple[int, int], timeout: float) -> bool:
         """True once the delivery process saw the broker acknowledge every record below `ends` (`X-Ack: kafka`);

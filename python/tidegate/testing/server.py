@@ -17,7 +17,7 @@ from tidegate.testing.processes import free_port
 
 
 def arm_spool_write_failures(data_dir: Path, count: int) -> Path:
-    """Has a worker serving `data_dir` with fault injection on make its next `count` spool writes fail (the
+    """Has a worker serving `data_dir` with fault injection on make its next `count` writes to its main spool fail (the
     setting `fault_injection`); returns the trigger file, which the worker deletes once it took it. Written whole
     under another name and renamed: a worker reading the file between its creation and its write took it as 0."""
     trigger = data_dir / "faults" / "spool-write-failures"

@@ -212,6 +212,11 @@ impl Gateway {
         Ok(py.detach(|| self.0.settle(lane, durable_seq, failed))?)
     }
 
+    /// Whether a commit of a spool `accepted` waits for failed since it was registered (see `_native.pyi`).
+    fn failed_since(&self, accepted: &Accepted) -> bool {
+        self.0.failed_since(&accepted.0)
+    }
+
     /// Requests waiting for their durability.
     #[getter]
     fn waiting(&self) -> usize {

@@ -68,6 +68,8 @@ pub struct Answer {
     pub body: Vec<u8>,
     /// How far each lane's spool must be durable before sending (None: send now).
     pub durable_ends: Option<DurableEnds>,
+    /// Each lane's failed commits when the answer was registered to wait (see [`Gateway::failed_since`]).
+    pub failures_before: [u64; LANES],
     /// The append hit the spool's quota.
     pub spool_full: bool,
     /// A refusal's problem type (`malformed`, `invalid`...).
@@ -93,6 +95,7 @@ impl Answer {
             headers,
             body,
             durable_ends,
+            failures_before: [0; LANES],
             spool_full: false,
             slug: Some(problem.slug.clone()),
             records: 0,
@@ -418,8 +421,9 @@ impl Gateway {
         let ids = waiting.ids.clone();
         let repeats = whole_duplicate || !duplicates.is_empty();
         match self.persist(&written, waiting, Some(req.priority), repeats) {
-            Ok(ends) => {
+            Ok((ends, failures_before)) => {
                 answer.durable_ends = Some(ends);
+                answer.failures_before = failures_before;
                 answer.records = count;
                 Ok(answer)
             }
@@ -553,11 +557,13 @@ impl Gateway {
             counts,
         };
         match self.persist(&records, waiting, whole.priority, !seen.is_empty()) {
-            Ok(ends) => {
+            Ok((ends, failures_before)) => {
                 problem
                     .headers
                     .push((QUARANTINED_HEADER, kept.to_string().into_bytes()));
-                Ok(Some(Answer::problem(&problem, Some(ends))))
+                let mut answer = Answer::problem(&problem, Some(ends));
+                answer.failures_before = failures_before;
+                Ok(Some(answer))
             }
             Err(error) => {
                 self.tables.dedup.release(&claims)?;
@@ -624,6 +630,7 @@ impl Gateway {
                 headers,
                 body,
                 durable_ends: None,
+                failures_before: [0; LANES],
                 spool_full: false,
                 slug: None,
                 records: 0,

@@ -29,6 +29,7 @@ pub mod keys;
 pub mod limit;
 
 use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use crate::canonical::id::Id;
@@ -205,6 +206,8 @@ pub struct Gateway {
     high_spool: Option<Arc<Spool>>,
     /// Every lane's waiting requests: one lock, so that a request waiting for two lanes is settled by both.
     pending: Mutex<Vec<Pending>>,
+    /// Each lane's failed commits so far (counted by [`Gateway::settle`] under `pending`'s lock).
+    failed_commits: [AtomicU64; LANES],
     counters: Mutex<Counters>,
     /// Held by an `accept` from its first dedup claim until its append is done or its claims are released. The
     /// edge takes large bodies on a thread of their own while the event loop takes the others, so two `accept`s
@@ -229,6 +232,7 @@ impl Gateway {
             spool,
             high_spool,
             pending: Mutex::new(Vec::new()),
+            failed_commits: [AtomicU64::new(0), AtomicU64::new(0)],
             counters: Mutex::new(Counters::default()),
             claiming: Mutex::new(()),
         }
@@ -281,15 +285,20 @@ impl Gateway {
     /// finds it. With `repeats` (some of its records or keys were claimed before it) or nothing to write, it waits
     /// for everything appended before it in every lane. High priority's spool full (its quota), its records go to
     /// the main spool, as they would without it: the lane is a shortcut, never a reason to refuse. Returns the
-    /// sequences to await. On an error nothing was written and nothing registered (the caller releases).
+    /// sequences to await and each lane's failed commits so far (for [`Gateway::failed_since`]). On an error
+    /// nothing was written and nothing registered (the caller releases).
     fn persist(
         &self,
         written: &crate::Records,
         mut waiting: Pending,
         priority: Option<&str>,
         repeats: bool,
-    ) -> Result<DurableEnds, SpoolError> {
+    ) -> Result<(DurableEnds, [u64; LANES]), SpoolError> {
         let mut pending = lock(&self.pending);
+        let failures_before = self
+            .failed_commits
+            .each_ref()
+            .map(|failed| failed.load(Ordering::Relaxed));
         let mut ends = [0; LANES];
         let lane = match &self.high_spool {
             Some(high) if priority == Some("high") && !written.is_empty() => match high.append(written) {
@@ -311,9 +320,9 @@ impl Gateway {
             }
         }
         waiting.ends = ends;
-        for (lane, spool) in self.lanes() {
-            if spool.durable_seq() >= waiting.ends[lane as usize] {
-                waiting.ends[lane as usize] = 0;
+        for (each, spool) in self.lanes() {
+            if spool.durable_seq() >= waiting.ends[each as usize] {
+                waiting.ends[each as usize] = 0;
             }
         }
         if waiting.ends == [0; LANES] {
@@ -322,7 +331,21 @@ impl Gateway {
         } else {
             pending.push(waiting);
         }
-        Ok(ends)
+        Ok((ends, failures_before))
+    }
+
+    /// Whether a commit of a spool `answer` waits for failed since it was registered: its claims may have been
+    /// released (`settle`), so it must not be acknowledged, even once a later commit made that spool durable past
+    /// its sequence (failed sequences are never reused). The caller's wait is not registered with a lane's
+    /// committer until it awaits that lane, and a failure before then would not reach it. Over-failing is safe: a
+    /// request made durable before a failure it is then failed for is answered `duplicate` on its retry.
+    pub fn failed_since(&self, answer: &Answer) -> bool {
+        let Some(ends) = answer.durable_ends else {
+            return false;
+        };
+        (0..LANES).any(|lane| {
+            ends[lane] != 0 && self.failed_commits[lane].load(Ordering::Relaxed) > answer.failures_before[lane]
+        })
     }
 
     /// A durable request's effects.
@@ -346,6 +369,7 @@ impl Gateway {
         let mut pending = lock(&self.pending);
         let mut first_error = None;
         if failed {
+            self.failed_commits[lane].fetch_add(1, Ordering::Relaxed);
             let (failed, still): (Vec<Pending>, Vec<Pending>) =
                 pending.drain(..).partition(|waiting| waiting.ends[lane] != 0);
             *pending = still;

@@ -390,3 +390,31 @@ fn high_priority_goes_to_the_main_spool_when_its_own_is_full() {
     commit(&gateway);
     assert_eq!(gateway.counters().records[0], [1, 0, 0]);
 }
+
+#[test]
+fn a_failure_of_a_spool_an_answer_waits_for_is_known_after_a_later_commit_succeeds() {
+    // The edge registers its wait with a lane's committer only when it awaits that lane: a repeat waiting for both
+    // lanes, awaiting the main one first, is not told of a failed high-priority commit. A later successful commit
+    // makes the high spool durable past the failed sequence; `failed_since` says the answer must not be a 202.
+    let gateway = lanes("failed-since");
+    let original = gateway.accept(&at("high", body(0, &reading("d1", 1), None))).unwrap();
+    let batch = br#"{"device_id":"d1","batch_id":"b","readings":[{"timestamp":"2026-03-27T10:15:30.000Z","metrics":{"t":1}},{"timestamp":"2026-03-27T10:15:31.000Z","metrics":{"t":2}}]}"#;
+    let repeat = gateway.accept(&at("low", body(1, batch, None))).unwrap();
+    assert_eq!(repeat.durable_ends, Some([1, 1]));
+    commit_lane(&gateway, Lane::Main);
+    assert!(!gateway.failed_since(&repeat));
+    gateway.settle(Lane::High, 0, true).unwrap();
+    let later = gateway.accept(&at("high", body(0, &reading("d2", 3), None))).unwrap();
+    commit_lane(&gateway, Lane::High);
+    assert!(
+        gateway.lane_spool(Lane::High).unwrap().durable_seq() >= 1,
+        "durable past the failed sequence"
+    );
+    assert!(gateway.failed_since(&original));
+    assert!(gateway.failed_since(&repeat), "what it repeats was never made durable");
+    assert!(!gateway.failed_since(&later), "registered after the failure");
+    // A failure of a lane an answer does not wait for is not its own.
+    let low = gateway.accept(&at("low", body(0, &reading("d3", 4), None))).unwrap();
+    gateway.settle(Lane::High, 0, true).unwrap();
+    assert!(!gateway.failed_since(&low));
+}
