@@ -48,7 +48,7 @@ from typing import Any, ClassVar, TextIO, TypeVar
 from tidegate._native import Spool
 from tidegate.delivery.spool import worker_spool_dirs
 from tidegate.delivery.status import running_delivery_pid
-from tidegate.testing.broker import Broker, Collector
+from tidegate.testing.broker import Broker, Collector, consume_all
 from tidegate.testing.server import Server, arm_spool_write_failures
 
 __all__ = ["SCENARIOS", "SIZES", "ChaosRow", "Scenario", "Size", "format_table", "main", "run_scenario"]
@@ -529,13 +529,14 @@ class Rig:
         return sum(s["next_seq"] - s["acked_seq"] for s in stats.values())
 
     async def drain(self, required: set[str]) -> None:
-        """Waits until the checkpoint says everything was delivered and either Kafka holds every record in
-        ``required`` or the consumer has read nothing new for two seconds; or until the drain timeout passes."""
+        """Waits until the checkpoint says everything was delivered and the consumer has read every record in
+        ``required``, or until the drain timeout passes. (It also stopped once the consumer had read nothing new
+        for two seconds: a consumer stalled that long, on a machine the load keeps busy, would make records in
+        Kafka count as lost. A record really missing now costs the whole timeout before it is reported.)"""
         assert self.collector is not None
         deadline = time.monotonic() + self.size.drain_timeout_s
         while time.monotonic() < deadline:
-            quiet = time.monotonic() - self.collector.last_record > 2.0
-            if (quiet or required <= self.collector.ids) and await self.kafka_lag() == 0:
+            if required <= self.collector.ids and await self.kafka_lag() == 0:
                 return
             await asyncio.sleep(0.2)
 
@@ -588,6 +589,17 @@ class Rig:
                 notes.append(f"checkpoint {lag:,} records behind after {self.size.drain_timeout_s:g} s")
             recovered = recovered and lag == 0
             in_kafka = acknowledged & self.collector.ids
+            if missing := acknowledged - lost_by_broker - in_kafka:
+                # The running consumer has been seen not to return a few records that are in the topic (40 of
+                # 452,000 once, all read by a consumer from the beginning and all in the archive), since each worker
+                # has two spools and so two producers writing the same partitions at once. What the topic holds at
+                # the end counts too; the running consumer still counts what a broker lost later.
+                assert self.broker is not None
+                records = await consume_all(self.broker.bootstrap, TELEMETRY_TOPIC, timeout=60)
+                found = {dict(record.headers)["event_id"].decode() for record in records} & missing
+                if found:
+                    notes.append(f"{len(found):,} read only by a consumer from the beginning at the end")
+                in_kafka |= found
             duplicates = self.collector.duplicates_delivered()
         code = await asyncio.to_thread(self.server.stop)
         in_spool = acknowledged & await asyncio.to_thread(spooled_ids, self.data_dir)
