@@ -470,7 +470,12 @@ class Gateway:
         since = now - int(self.settings.dedup_ttl_seconds * 1000)
         loaded = 0
         for spool in self.spools:
-            loaded += await asyncio.to_thread(functools.partial(self.dedup.load_spool, spool, now, since, tail=tail))
+            # Not the duplicate occurrences: one may be durable in one spool while the record it repeats, waiting
+            # for the other spool's commit, was lost with the worker (never acknowledged).
+            load = functools.partial(
+                self.dedup.load_spool, spool, now, since, tail=tail, occurrences_topic=DUPLICATES_TOPIC
+            )
+            loaded += await asyncio.to_thread(load)
         housekeeping = asyncio.create_task(self._housekeeping())
         mqtt_source = None
         if self.settings.mqtt:

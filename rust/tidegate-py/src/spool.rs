@@ -348,14 +348,28 @@ impl DedupWindow {
     /// Adds a spool's records received since `since_ms` that the table cannot hold (those from before the table
     /// was started: it was missing or damaged), and the spool's last `tail` records whatever the table's age
     /// (a writer killed between a commit and marking its claims durable left them pending, owned by nobody);
-    /// returns how many ids were read.
-    #[pyo3(signature = (spool, now_ms, since_ms, *, tail = 0))]
-    fn load_spool(&self, py: Python<'_>, spool: &Spool, now_ms: i64, since_ms: i64, tail: u64) -> PyResult<usize> {
+    /// records on `occurrences_topic` (duplicate occurrences) are not loaded. Returns how many ids were read.
+    #[pyo3(signature = (spool, now_ms, since_ms, *, tail = 0, occurrences_topic = ""))]
+    fn load_spool(
+        &self,
+        py: Python<'_>,
+        spool: &Spool,
+        now_ms: i64,
+        since_ms: i64,
+        tail: u64,
+        occurrences_topic: &str,
+    ) -> PyResult<usize> {
         let created_ms = self.inner.table().created_ms();
         py.detach(|| {
-            let mut ids: Vec<(Id, i64)> = spool.inner.last_event_ids(tail).map_err(spool_error)?;
+            let mut ids: Vec<(Id, i64)> = spool
+                .inner
+                .last_event_ids(tail, occurrences_topic)
+                .map_err(spool_error)?;
             if created_ms > since_ms {
-                let older = spool.inner.event_ids_since(since_ms).map_err(spool_error)?;
+                let older = spool
+                    .inner
+                    .event_ids_since(since_ms, occurrences_topic)
+                    .map_err(spool_error)?;
                 ids.extend(older.into_iter().filter(|&(_, at)| at < created_ms));
             }
             self.inner.load(ids.iter().copied(), now_ms, self.ttl_ms)?;

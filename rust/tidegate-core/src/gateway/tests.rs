@@ -418,3 +418,34 @@ fn a_failure_of_a_spool_an_answer_waits_for_is_known_after_a_later_commit_succee
     gateway.settle(Lane::High, 0, true).unwrap();
     assert!(!gateway.failed_since(&low));
 }
+
+#[test]
+fn a_duplicate_occurrence_durable_in_one_spool_does_not_say_the_record_it_repeats_is() {
+    // A reading waits for the main spool's commit; its racing copy, at high priority, is a duplicate whose
+    // occurrence (archive on) goes to the high spool and commits first. The worker is killed before the main
+    // commit: the reading was never durable (nor acknowledged). Rebuilding the dedup window from the spools'
+    // tails must not take the occurrence for the record, or the client's retry is answered `duplicate` and lost.
+    let gateway = gateway_with_lanes(
+        "occurrence",
+        true,
+        SpoolOptions::default(),
+        Some(SpoolOptions::default()),
+    );
+    let original = gateway.accept(&at("low", body(0, &reading("d1", 1), None))).unwrap();
+    assert_eq!(original.durable_ends, Some([1, 0]));
+    let copy = gateway.accept(&at("high", body(0, &reading("d1", 1), None))).unwrap();
+    assert!(text(&copy).starts_with(r#"{"status":"duplicate""#), "{}", text(&copy));
+    assert_eq!(
+        copy.durable_ends,
+        Some([1, 1]),
+        "its occurrence in the high spool; waits for the main one too"
+    );
+    let high = gateway.lane_spool(Lane::High).unwrap();
+    high.commit().unwrap();
+    let occurrences = high.last_event_ids(100, "tidegate-duplicates").unwrap();
+    assert!(
+        occurrences.is_empty(),
+        "the occurrence is not a record: {occurrences:?}"
+    );
+    assert_eq!(high.last_event_ids(100, "").unwrap().len(), 1, "it is in the spool");
+}

@@ -1140,19 +1140,29 @@ impl Spool {
         }
     }
 
-    /// Event ids of records received at or after `since_ms`, oldest first (to rebuild the dedup window).
-    pub fn event_ids_since(&self, since_ms: i64) -> Result<Vec<([u8; 16], i64)>, SpoolError> {
-        self.event_ids(0, since_ms)
+    /// Event ids of records received at or after `since_ms`, oldest first (to rebuild the dedup window), but
+    /// those of records on `occurrences_topic` (see [`Spool::last_event_ids`]).
+    pub fn event_ids_since(&self, since_ms: i64, occurrences_topic: &str) -> Result<Vec<([u8; 16], i64)>, SpoolError> {
+        self.event_ids(0, since_ms, occurrences_topic)
     }
 
     /// Event ids (with reception times) of the last `count` records written, oldest first: those a writer killed
-    /// between a commit and marking its records' dedup claims durable left durable but unclaimed.
-    pub fn last_event_ids(&self, count: u64) -> Result<Vec<([u8; 16], i64)>, SpoolError> {
+    /// between a commit and marking its records' dedup claims durable left durable but unclaimed. Records on
+    /// `occurrences_topic` (the archive's duplicate occurrences) are left out: one says a record was seen, not that
+    /// it is durable, and the record it repeats may have been waiting for another spool's commit when the writer
+    /// was killed (a worker's high-priority spool commits on its own); taken as a duplicate, a retry of it was
+    /// answered `duplicate` and never written.
+    pub fn last_event_ids(&self, count: u64, occurrences_topic: &str) -> Result<Vec<([u8; 16], i64)>, SpoolError> {
         let end = lock(&self.writer).next_seq;
-        self.event_ids(end.saturating_sub(count), i64::MIN)
+        self.event_ids(end.saturating_sub(count), i64::MIN, occurrences_topic)
     }
 
-    fn event_ids(&self, from_seq: u64, since_ms: i64) -> Result<Vec<([u8; 16], i64)>, SpoolError> {
+    fn event_ids(
+        &self,
+        from_seq: u64,
+        since_ms: i64,
+        occurrences_topic: &str,
+    ) -> Result<Vec<([u8; 16], i64)>, SpoolError> {
         let mut ids = Vec::new();
         let mut cursor = self.cursor_at(from_seq);
         let limit = lock(&self.writer).next_seq;
@@ -1164,7 +1174,7 @@ impl Spool {
             ids.extend(
                 records
                     .iter()
-                    .filter(|r| r.timestamp_ms >= since_ms)
+                    .filter(|r| r.timestamp_ms >= since_ms && r.topic != occurrences_topic)
                     .map(|r| (r.event_id, r.timestamp_ms)),
             );
             cursor = next;
