@@ -564,6 +564,20 @@ class Rig:
             if pid is not None:
                 os.kill(pid, signal.SIGCONT)
 
+    async def lost_with_the_broker(self) -> set[str]:
+        """`unread_checkpointed` once the checkpoint holds still, read as soon as the broker is gone (and the
+        consumer paused): the delivery process records the old broker's last acknowledgements when it gets to them
+        (it may be busy reconnecting), and the worker's cleanup may delete the segments that hold them later (with a
+        backlog past half the spool's quota it runs every second), after which their ids can no longer be read."""
+        lost = await self.unread_checkpointed()
+        for _ in range(20):
+            await asyncio.sleep(0.5)
+            again = await self.unread_checkpointed()
+            if again == lost:
+                break
+            lost = again
+        return lost
+
     async def unread_checkpointed(self) -> set[str]:
         """Records the checkpoint says the broker acknowledged and the consumer has not read. Taken while the broker
         is down (after ``collector.pause()``), before it restarts empty: these are lost with the broker."""
@@ -677,6 +691,7 @@ async def broker_outage(work_dir: Path, size: Size) -> ChaosRow:
         load.resume()
         down = time.monotonic()
         await rig.collector.pause()
+        lost_with_broker = await rig.lost_with_the_broker()
         while True:
             await asyncio.sleep(0.2)
             stats = await asyncio.to_thread(spool_stats, rig.data_dir)
@@ -690,7 +705,6 @@ async def broker_outage(work_dir: Path, size: Size) -> ChaosRow:
                 break
             if waited > 10 * size.outage_s + 60:
                 break
-        lost_with_broker = await rig.unread_checkpointed()
         await rig.restart_broker()
         rig.collector.resume()
         back = time.monotonic()
@@ -719,15 +733,7 @@ async def broker_restart_empty(work_dir: Path, size: Size) -> ChaosRow:
         await asyncio.to_thread(rig.broker.stop, 0)
         await rig.collector.pause()
         await asyncio.sleep(1.0)  # the stream goes on into the spool
-        # The delivery process records the old broker's last acknowledgements in its checkpoint when it gets to it
-        # (it may be busy reconnecting): read until the checkpoint holds still, or those would count as lost by us.
-        lost_with_broker = await rig.unread_checkpointed()
-        for _ in range(20):
-            await asyncio.sleep(0.5)
-            again = await rig.unread_checkpointed()
-            if again == lost_with_broker:
-                break
-            lost_with_broker = again
+        lost_with_broker = await rig.lost_with_the_broker()
         await rig.restart_broker()  # empty, topics re-created
         rig.collector.resume()
         back = time.monotonic()
