@@ -720,13 +720,14 @@ class TestAdmission:
                     }
 
             outcome = asyncio.run(scenario())
+            # The refusal's Retry-After comes from the measured drain rate, with jitter: a bounded wait, not a figure.
+            assert 1 <= outcome.pop("retry_after") <= 30
             assert outcome == {
                 "low": 503,
                 "medium_at_0.8": 202,
                 "medium_at_0.9": 503,
                 "high": 202,
                 "waiting": 202,
-                "retry_after": 1,
             }
             shed = httpx.get(busy.url + "/metrics").text
             assert 'tidegate_shed_total{priority="low"} 1' in shed

@@ -424,7 +424,6 @@ class Collector:
         self.partitions = partitions
         self.seen: set[tuple[int, str, int, int, str]] = set()
         self.ids: set[str] = set()
-        self.last_record = time.monotonic()
         self.epoch = 0
         self.errors = 0
         self._running = asyncio.Event()
@@ -485,7 +484,6 @@ class Collector:
                             event_id = dict(record.headers)["event_id"].decode()
                             self.seen.add((epoch, tp.topic, tp.partition, record.offset, event_id))
                             self.ids.add(event_id)
-                            self.last_record = time.monotonic()
             except Exception:  # the broker is down or restarting: reconnect
                 self.errors += 1
                 await asyncio.sleep(0.2)
