@@ -706,12 +706,14 @@ class Admission:
         default_priority: str,
         in_flight_records: int,
         screened: bool = False,
+        proto: Any = None,
     ) -> tuple[AdmissionTicket, str | None, str, tuple[int, bytes, list[tuple[str, str]]] | None]:
         """Decides a request from its header pairs (RSGI's `scope.headers.items()`, names in lower case; the
         route's `default_priority`; the worker's records awaiting durability). `(ticket, device_id, priority,
         refusal)`: `refusal` is None when admitted, else the `(status, body, headers)` to send (content-type,
-        Retry-After, WWW-Authenticate; the server adds content-length). `screened`: `screen` let the request
-        through (its load checks are not made again)."""
+        Retry-After, WWW-Authenticate, and `Connection: close` unless the connection stays open: see `screen`;
+        the server adds content-length). `screened`: `screen` let the request through (its load checks are not
+        made again). `proto`: the request's RSGI protocol, whose small body a refusal has Granian read."""
     def screen(
         self,
         headers: Sequence[tuple[str, str]],
@@ -725,7 +727,12 @@ class Admission:
         arrives and before it waits for the event loop: the request's priority (high, medium or low) lets it
         through, its cost counted as waiting for the loop until `decide(..., screened=True)` (or `left_queue`).
         Else the refusal is answered on `proto` (RSGI's protocol: `response_bytes`) in this call, counted for
-        `route` (`refused_on_arrival`), and its status returned."""
+        `route` (`refused_on_arrival`), and its status returned. A refused request keeps its connection when its
+        declared body is empty, or at most 64 KiB without `Expect` (Granian is then told to read it after the
+        answer: `sweep_drains`); otherwise the refusal says `Connection: close`."""
+    def sweep_drains(self, timeout_s: float) -> int:
+        """Forgets the finished body reads of refused requests and cancels those unfinished after `timeout_s`
+        (the connection is then closed); returns how many were cancelled. About once a second."""
     def refused_on_arrival(self) -> list[tuple[int, int, int]]:
         """The refusals `screen` answered: (route, status, count)."""
     def left_queue(self, headers: Sequence[tuple[str, str]]) -> None:

@@ -240,6 +240,7 @@ class Gateway:
         self.loop_lag_s = 0.0
         self._recent_requests = 0
         self._next_spool_care = 0.0
+        self._next_drain_sweep = 0.0
         self._next_cleanup = 0.0
         self._rate_window_start = time.monotonic()
         self._request_rate = 0.0
@@ -518,6 +519,10 @@ class Gateway:
             busy, seconds = clock.busy()
             self.admission.observe_loop(busy, seconds)
             self.edge.cancel_late_bodies(now)
+            if now >= self._next_drain_sweep:
+                self._next_drain_sweep = now + 1.0
+                # The bodies refused requests declared, read after their answer: a late one closes its connection.
+                self.admission.sweep_drains(self.settings.body_timeout_s)
             if self.spools:
                 # The main spool's: high priority's records go there when their own spool is full, so the worker is
                 # full when the main spool is.

@@ -222,7 +222,7 @@ class IngestEdge:
         # Admission). A refusal is rendered natively and sent in one call, without an await: no header dict, no
         # Problem, no body read. When `screen` ran as the request arrived, its load checks are not made again.
         ticket, device_id, priority, refusal = admission.decide(
-            raw_headers, route.priority, gateway.in_flight_records, screened=self.screening
+            raw_headers, route.priority, gateway.in_flight_records, screened=self.screening, proto=proto
         )
         if refusal is not None:
             self._refused(route, proto, ticket, refusal, started)

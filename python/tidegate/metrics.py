@@ -190,6 +190,23 @@ def admission_lines(snapshot: dict[str, float]) -> Iterable[str]:
         if key.startswith("refused_"):
             reason, _, p = key.removeprefix("refused_").rpartition("_")
             yield f'tidegate_admission_refused_total{{reason="{reason}",priority="{p}"}} {count:g}'
+    yield from family(
+        "tidegate_admission_refusal_connections_total",
+        "counter",
+        "Refusals answered before the body was read, by what became of the connection: kept (the declared body, "
+        "empty or at most 64 KiB, is read and dropped after the answer) or closed (Connection: close).",
+    )
+    for connection in ("kept", "closed"):
+        yield (
+            f'tidegate_admission_refusal_connections_total{{connection="{connection}"}} '
+            f"{snapshot[f'refusals_connection_{connection}']:g}"
+        )
+    yield from family(
+        "tidegate_admission_refusal_bodies_never_sent_total",
+        "counter",
+        "Refused requests whose declared body did not arrive within body_timeout_s: their connection was closed.",
+    )
+    yield f"tidegate_admission_refusal_bodies_never_sent_total {snapshot['refusal_bodies_never_sent']:g}"
     yield from family("tidegate_admission_admitted_total", "counter", "Requests admitted, by priority.")
     for p in PRIORITIES:
         yield f'tidegate_admission_admitted_total{{priority="{p}"}} {snapshot[f"admitted_{p}"]:g}'

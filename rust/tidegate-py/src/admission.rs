@@ -3,14 +3,15 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
 use std::sync::{Arc, Mutex, PoisonError};
 use tidegate_core::gateway::{
-    Admission as CoreAdmission, AdmissionConfig, Decision, HeaderView, KeyStore, LimitConfig, Permit, Priority, Refusal,
+    Admission as CoreAdmission, AdmissionConfig, Decision, HeaderView, KeyStore, LimitConfig, Permit, Priority,
+    Refusal, declared_length,
 };
 
 use crate::spool::RateTable;
@@ -67,17 +68,35 @@ pub struct Admission {
     priorities: [Py<PyString>; 3],
     /// Refusals `screen` answered, by route (the caller's index) and status.
     refused_on_arrival: Mutex<BTreeMap<(usize, u16), u64>>,
+    /// Refused requests whose bodies Granian reads after the answer (`keeps_connection`): when each began, and
+    /// Granian's awaitable of the read (never awaited: `sweep_drains` forgets it once done, cancels it when late).
+    draining: Mutex<Vec<(Instant, Py<PyAny>)>>,
+    /// Refusals answered with the connection kept open, and closed (`keeps_connection`).
+    refusal_connections: [AtomicU64; 2],
+    /// Reads `sweep_drains` cancelled: the client never sent the body it declared.
+    drains_cancelled: AtomicU64,
 }
 
-/// The header names the decision reads, in `HeaderView` order.
-const WANTED: [&[u8]; 6] = [
+/// A refused request whose declared body is at most this long keeps its connection (`keeps_connection`): reading
+/// and dropping a few kilobytes costs the server less than the client's next connection (and, behind TLS, its
+/// handshake). A larger body, or one of unknown length, is not read: the refusal says `Connection: close`.
+const DRAINED_BODY_MAX_BYTES: u64 = 64 * 1024;
+
+/// The header names the decision reads, in `HeaderView` order, then `expect` (`keeps_connection`).
+const WANTED: [&[u8]; 7] = [
     b"content-length",
     b"content-encoding",
     b"x-device-token",
     b"x-api-key",
     b"authorization",
     b"x-priority",
+    b"expect",
 ];
+/// Where `expect` is in `WANTED`.
+const EXPECT: usize = 6;
+
+/// Each wanted header's span in the buffer (`wanted_headers`).
+type Spans = [Option<(usize, usize)>; WANTED.len()];
 
 type Decided<'py> = (
     AdmissionTicket,
@@ -88,11 +107,11 @@ type Decided<'py> = (
 
 /// The header values admission reads, copied into one buffer (a header sent on several lines is one comma-joined
 /// value), with their spans in `WANTED`'s order.
-type WantedHeaders = (Vec<u8>, [Option<(usize, usize)>; 6]);
+type WantedHeaders = (Vec<u8>, Spans);
 
 fn wanted_headers(headers: &Bound<'_, PyAny>) -> PyResult<WantedHeaders> {
     let mut buffer: Vec<u8> = Vec::with_capacity(160);
-    let mut spans: [Option<(usize, usize)>; 6] = [None; 6];
+    let mut spans: Spans = [None; WANTED.len()];
     for item in headers.try_iter()? {
         let item = item?;
         let (name, value) = match item.cast::<PyTuple>() {
@@ -127,7 +146,7 @@ fn now_us() -> i64 {
         .map_or(0, |d| d.as_micros() as i64)
 }
 
-fn header_view<'a>(buffer: &'a [u8], spans: &[Option<(usize, usize)>; 6]) -> HeaderView<'a> {
+fn header_view<'a>(buffer: &'a [u8], spans: &Spans) -> HeaderView<'a> {
     let get = |i: usize| spans[i].map(|(a, b)| &buffer[a..b]);
     HeaderView {
         content_length: get(0),
@@ -141,7 +160,7 @@ fn header_view<'a>(buffer: &'a [u8], spans: &[Option<(usize, usize)>; 6]) -> Hea
 
 impl Admission {
     /// `decide`'s tuple for a decision.
-    fn decided<'py>(&self, py: Python<'py>, decision: Decision) -> PyResult<Decided<'py>> {
+    fn decided<'py>(&self, py: Python<'py>, decision: Decision, keeps_connection: bool) -> PyResult<Decided<'py>> {
         Ok(match decision {
             Decision::Admitted {
                 permit,
@@ -170,18 +189,20 @@ impl Admission {
                 },
                 None,
                 self.priorities[priority as usize].clone_ref(py),
-                Some(self.refusal_answer(py, refusal, priority, retry_after)?),
+                Some(self.refusal_answer(py, refusal, priority, retry_after, keeps_connection)?),
             ),
         })
     }
 
-    /// A refusal's answer: its status, its pre-rendered problem+json body and its headers.
+    /// A refusal's answer: its status, its pre-rendered problem+json body and its headers (`Connection: close`
+    /// unless `keeps_connection` said the connection stays open).
     fn refusal_answer<'py>(
         &self,
         py: Python<'py>,
         refusal: Refusal,
         priority: Priority,
         retry_after: Option<u32>,
+        keeps_connection: bool,
     ) -> PyResult<(u16, Py<PyBytes>, Bound<'py, PyList>)> {
         let rendered = self.inner.rendered(refusal, priority);
         let body = self.bodies[refusal as usize * 3 + priority as usize].clone_ref(py);
@@ -195,10 +216,45 @@ impl Admission {
         if let Some(challenge) = rendered.www_authenticate {
             head.append(pair("www-authenticate", challenge))?;
         }
-        // A refusal is answered before the body is read, and Granian then closes the connection unless the body
-        // had already arrived whole: said here, so that a keep-alive client does not send its next request on it.
-        head.append(pair("connection", "close"))?;
+        if !keeps_connection {
+            head.append(pair("connection", "close"))?;
+        }
         Ok((rendered.status, body, head))
+    }
+
+    /// Whether a refused request's connection stays open. A refusal is answered before the body is read, and
+    /// hyper (under Granian) closes a connection whose request body was dropped before it arrived whole, without
+    /// saying so: a keep-alive client would send its next request on a closed connection. So the body is read
+    /// (`proto()`: Granian reads it on its own runtime, and the awaitable is kept in `draining`, never awaited)
+    /// when its declared length is at most `DRAINED_BODY_MAX_BYTES`; an empty one needs no read. Otherwise (no
+    /// `proto`, no or a larger declared length, chunked, or `Expect`: a client waiting for `100 Continue` may
+    /// never send the body) the answer says `Connection: close`.
+    fn keeps_connection(&self, buffer: &[u8], spans: &Spans, proto: Option<&Bound<'_, PyAny>>) -> bool {
+        let kept = self.may_keep_connection(buffer, spans, proto);
+        self.refusal_connections[usize::from(!kept)].fetch_add(1, Ordering::Relaxed);
+        kept
+    }
+
+    fn may_keep_connection(&self, buffer: &[u8], spans: &Spans, proto: Option<&Bound<'_, PyAny>>) -> bool {
+        let Some(proto) = proto else {
+            return false;
+        };
+        if spans[EXPECT].is_some() {
+            return false;
+        }
+        match declared_length(header_view(buffer, spans).content_length) {
+            Some(0) => true,
+            Some(length) if length <= DRAINED_BODY_MAX_BYTES => match proto.call0() {
+                Ok(reading) => {
+                    let mut draining = self.draining.lock().unwrap_or_else(PoisonError::into_inner);
+                    draining.push((Instant::now(), reading.unbind()));
+                    true
+                }
+                // The body was taken already (not by tidegate's path): nothing to read, so say close.
+                Err(_) => false,
+            },
+            _ => false,
+        }
     }
 }
 
@@ -278,6 +334,9 @@ impl Admission {
             bodies,
             priorities,
             refused_on_arrival: Mutex::new(BTreeMap::new()),
+            draining: Mutex::new(Vec::new()),
+            refusal_connections: [AtomicU64::new(0), AtomicU64::new(0)],
+            drains_cancelled: AtomicU64::new(0),
         }
     }
 
@@ -286,7 +345,7 @@ impl Admission {
     /// the worker. Returns `(ticket, device_id, priority, refusal)`: `refusal` is None when admitted, else
     /// `(status, body, headers)` to send. `screened`: `screen` let the request through (its load checks are not
     /// made again).
-    #[pyo3(signature = (headers, default_priority, in_flight_records, screened = false))]
+    #[pyo3(signature = (headers, default_priority, in_flight_records, screened = false, proto = None))]
     fn decide<'py>(
         &self,
         py: Python<'py>,
@@ -294,6 +353,7 @@ impl Admission {
         default_priority: &str,
         in_flight_records: u64,
         screened: bool,
+        proto: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Decided<'py>> {
         let (buffer, spans) = wanted_headers(headers)?;
         let default = route_priority(default_priority);
@@ -305,7 +365,9 @@ impl Admission {
                 self.inner.decide(&view, default, in_flight_records, now_us())
             }
         });
-        self.decided(py, decision)
+        let keeps_connection =
+            matches!(decision, Decision::Refused { .. }) && self.keeps_connection(&buffer, &spans, proto);
+        self.decided(py, decision, keeps_connection)
     }
 
     /// The load checks of `decide` alone, as a request arrives and before it waits for the event loop (the core's
@@ -341,7 +403,8 @@ impl Admission {
                 }) => (refusal, priority, retry_after, decided_at),
                 Err(Decision::Admitted { .. }) => unreachable!("screen lets through or refuses, it never admits"),
             };
-        let (status, body, head) = self.refusal_answer(py, refusal, priority, retry_after)?;
+        let keeps_connection = self.keeps_connection(&buffer, &spans, Some(proto));
+        let (status, body, head) = self.refusal_answer(py, refusal, priority, retry_after, keeps_connection)?;
         let sent = proto.call_method1(pyo3::intern!(py, "response_bytes"), (status, head, body));
         self.inner.refusal_answered(decided_at);
         sent?;
@@ -352,6 +415,38 @@ impl Admission {
             .entry((route, status))
             .or_insert(0) += 1;
         Ok(status.into_pyobject(py)?.into_any())
+    }
+
+    /// Forgets the refused requests' body reads that are done (`keeps_connection`), and cancels those still
+    /// unfinished after `timeout_s` (Granian drops the body; hyper closes the connection): a client that declared a
+    /// body and never sent it holds its connection no longer than an admitted one would. Returns how many were
+    /// cancelled. Called about once a second.
+    fn sweep_drains(&self, py: Python<'_>, timeout_s: f64) -> PyResult<u64> {
+        // Taken out of the lock: a Python call below may let another thread run `screen`, which takes it.
+        let pending = std::mem::take(&mut *self.draining.lock().unwrap_or_else(PoisonError::into_inner));
+        let late = Duration::from_secs_f64(timeout_s.max(0.0));
+        let now = Instant::now();
+        let mut unfinished = Vec::new();
+        let mut cancelled = 0;
+        for (began, reading) in pending {
+            let bound = reading.bind(py);
+            if bound.call_method0(pyo3::intern!(py, "done"))?.is_truthy()? {
+                continue;
+            }
+            if now.duration_since(began) >= late {
+                bound.call_method0(pyo3::intern!(py, "cancel"))?;
+                cancelled += 1;
+            } else {
+                unfinished.push((began, reading));
+            }
+        }
+        if !unfinished.is_empty() {
+            let mut draining = self.draining.lock().unwrap_or_else(PoisonError::into_inner);
+            unfinished.append(&mut draining);
+            *draining = unfinished;
+        }
+        self.drains_cancelled.fetch_add(cancelled, Ordering::Relaxed);
+        Ok(cancelled)
     }
 
     /// The refusals `screen` answered: (route, status, count).
@@ -421,6 +516,18 @@ impl Admission {
         out.set_item("loop_busy", s.loop_busy)?;
         out.set_item("shed_level", s.shed_level)?;
         out.set_item("loop_queue", s.loop_queue)?;
+        out.set_item(
+            "refusals_connection_kept",
+            self.refusal_connections[0].load(Ordering::Relaxed) as f64,
+        )?;
+        out.set_item(
+            "refusals_connection_closed",
+            self.refusal_connections[1].load(Ordering::Relaxed) as f64,
+        )?;
+        out.set_item(
+            "refusal_bodies_never_sent",
+            self.drains_cancelled.load(Ordering::Relaxed) as f64,
+        )?;
         for p in Priority::ALL {
             let name = p.name();
             out.set_item(format!("capacity_{name}"), s.capacity[p as usize])?;

@@ -82,10 +82,7 @@ impl Priority {
 
 /// A request's weight, from its headers alone (the body is not read before admission).
 pub fn request_cost(content_length: Option<&[u8]>, content_encoding: Option<&[u8]>) -> f64 {
-    let size = content_length
-        .filter(|v| !v.is_empty() && v.iter().all(u8::is_ascii_digit))
-        .and_then(|v| std::str::from_utf8(v).ok()?.parse::<f64>().ok())
-        .unwrap_or(UNKNOWN_BYTES);
+    let size = declared_length(content_length).map_or(UNKNOWN_BYTES, |length| length as f64);
     let compressed = content_encoding.is_some_and(|e| {
         let e = e.trim_ascii();
         !e.is_empty() && !e.eq_ignore_ascii_case(b"identity")
@@ -142,6 +139,14 @@ pub enum NoRoom {
     Limit,
     /// A bulk body over its priority's places in the bulk lane.
     Bulk,
+}
+
+/// A `Content-Length` value's bytes: None when it is absent or not one decimal number (several lines of it arrive
+/// comma-joined, and are not one).
+pub fn declared_length(content_length: Option<&[u8]>) -> Option<u64> {
+    content_length
+        .filter(|v| !v.is_empty() && v.iter().all(u8::is_ascii_digit))
+        .and_then(|v| std::str::from_utf8(v).ok()?.parse::<u64>().ok())
 }
 
 /// Whether a request of `cost` (`request_cost`) is bulk.

@@ -42,7 +42,7 @@ pub use accept::{Answer, Body, Source};
 pub use admission::{Admission, AdmissionConfig, Decision, HeaderView, Refusal};
 pub use answer::Problem;
 pub use keys::KeyStore;
-pub use limit::{BULK_BODY_BYTES, LimitConfig, Permit, Priority};
+pub use limit::{BULK_BODY_BYTES, LimitConfig, Permit, Priority, declared_length};
 
 /// What a route's bodies hold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
