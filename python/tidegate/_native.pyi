@@ -944,7 +944,13 @@ class Accepted:
     @property
     def durable_ends(self) -> tuple[int, int] | None:
         """The sequence each lane's spool (the gateway's `spool`, then its `high_spool`) must be durable to before
-        sending, 0 for one it need not wait for; None: send now (a dry run, a refusal with nothing kept)."""
+        sending, 0 for one it need not wait for; None: send now (a dry run, a refusal with nothing kept). A repeat
+        of claims not durable yet waits for every lane; one of durable records only for what it wrote."""
+
+    @property
+    def delivered_ends(self) -> tuple[int, int] | None:
+        """The sequence each lane's spool must be acknowledged by the broker to for `X-Ack: kafka`: what it wrote,
+        and for a repeat everything appended before it in every lane (what it repeats is there)."""
 
     @property
     def spool_full(self) -> bool:

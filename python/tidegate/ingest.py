@@ -396,10 +396,11 @@ class IngestEdge:
 
     async def deliver(self, accepted: Accepted, *, kafka: bool = False) -> Answer:
         """The answer of an accepted body once what it wrote is durable (and, with `kafka`, acknowledged by the
-        broker, within `kafka_ack_timeout_s`). A duplicate's answer waits for what was appended before it, and fails
-        with it. Raises Problem (503) when the spool could not take it or its commit failed: its claims were
-        released before any other request could run (`Gateway.settle`). What it waits for is per lane
-        (`Accepted.durable_ends`): a high-priority body's own spool, and every spool for one that repeats."""
+        broker, within `kafka_ack_timeout_s`). A duplicate's answer waits for what it repeats when that is not
+        durable yet, and fails with it. Raises Problem (503) when the spool could not take it or its commit failed:
+        its claims were released before any other request could run (`Gateway.settle`). What it waits for is per
+        lane (`Accepted.durable_ends`): a high-priority body's own spool, and every spool for one that repeats
+        records not durable yet; `X-Ack: kafka` waits for `Accepted.delivered_ends`."""
         if accepted.spool_full:
             self.gateway.spool_full = True
         ends = accepted.durable_ends
@@ -430,8 +431,11 @@ class IngestEdge:
                 headers=[("Retry-After", "5")],
             )
         if accepted.status == 202:
+            delivered = accepted.delivered_ends or ends
             durability = (
-                "kafka" if kafka and await self._wait_delivered(ends, self.settings.kafka_ack_timeout_s) else "spool"
+                "kafka"
+                if kafka and await self._wait_delivered(delivered, self.settings.kafka_ack_timeout_s)
+                else "spool"
             )
             answer.headers.insert(0, ("x-durability", durability))
         return answer

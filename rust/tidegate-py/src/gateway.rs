@@ -287,6 +287,11 @@ impl Accepted {
     }
 
     #[getter]
+    fn delivered_ends(&self) -> Option<DurableEnds> {
+        self.0.delivered_ends
+    }
+
+    #[getter]
     fn spool_full(&self) -> bool {
         self.0.spool_full
     }

@@ -298,8 +298,13 @@ impl DedupWindow {
             let mut ids: Vec<Id> = records.iter().map(|r| r.event_id).collect();
             ids.sort_unstable();
             ids.dedup();
-            let fresh = self.inner.claim(&ids, now_ms, self.ttl_ms)?;
-            let duplicates: Vec<Id> = ids.iter().zip(fresh).filter(|(_, f)| !f).map(|(id, _)| *id).collect();
+            let found = self.inner.claim(&ids, now_ms, self.ttl_ms)?;
+            let duplicates: Vec<Id> = ids
+                .iter()
+                .zip(found)
+                .filter(|(_, c)| !c.is_new())
+                .map(|(id, _)| *id)
+                .collect();
             // `duplicates` is sorted (a subset of sorted `ids`).
             records.move_duplicates(|id| duplicates.binary_search(id).is_ok(), target);
             Ok(duplicates)
@@ -329,7 +334,8 @@ impl DedupWindow {
     fn claim_key(&self, scope: &str, key: &str, now_ms: i64) -> PyResult<bool> {
         Ok(self
             .inner
-            .claim(&[dedup::key_id(scope, key)], now_ms, self.key_ttl_ms)?[0])
+            .claim(&[dedup::key_id(scope, key)], now_ms, self.key_ttl_ms)?[0]
+            .is_new())
     }
 
     /// Whether an idempotency key was claimed within the window (without claiming it).

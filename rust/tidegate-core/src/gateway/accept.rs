@@ -12,10 +12,11 @@ use crate::contract::validator::{Outcome, Request};
 use crate::decode::PayloadError;
 use crate::spool::SpoolError;
 use crate::state::dedup;
+use crate::state::table::Claimed;
 use crate::state::table::RateTable;
 
 use super::answer::{self, ArchiveKeys, FieldError, Problem, int, key, write_str};
-use super::{Counters, DurableEnds, Gateway, LANES, Pending, Route, RouteKind, lock};
+use super::{Counters, DurableEnds, Gateway, LANES, Pending, Persisted, Repeats, Route, RouteKind, lock};
 
 /// What every quarantined item costs on top of its bytes: a flood of empty items is bounded too.
 pub const ITEM_OVERHEAD: usize = 256;
@@ -68,6 +69,9 @@ pub struct Answer {
     pub body: Vec<u8>,
     /// How far each lane's spool must be durable before sending (None: send now).
     pub durable_ends: Option<DurableEnds>,
+    /// How far each lane's spool must be acknowledged by the broker for `X-Ack: kafka`: what it wrote, and for a
+    /// repeat everything appended before it in every lane of this worker, where what it repeats is.
+    pub delivered_ends: Option<DurableEnds>,
     /// Each lane's failed commits when the answer was registered to wait (see [`Gateway::failed_since`]).
     pub failures_before: [u64; LANES],
     /// The append hit the spool's quota.
@@ -95,6 +99,7 @@ impl Answer {
             headers,
             body,
             durable_ends,
+            delivered_ends: durable_ends,
             failures_before: [0; LANES],
             spool_full: false,
             slug: Some(problem.slug.clone()),
@@ -342,6 +347,8 @@ impl Gateway {
         }
         let mut whole_duplicate = false;
         let mut duplicates: IdSet<Id> = IdSet::default();
+        // What it repeats: a claim not durable yet, it waits for (and fails with).
+        let mut repeats = Repeats::Nothing;
         // From the first claim to the append (or the claims' release): see `Gateway::claiming`.
         let _claiming = (!req.dry_run).then(|| lock(&self.claiming));
         if req.dry_run {
@@ -356,10 +363,12 @@ impl Gateway {
         } else {
             let mut claimed = Vec::new();
             for id in &keys {
-                if dedup.claim(&[*id], received, settings.key_ttl_ms)?[0] {
+                let found = dedup.claim(&[*id], received, settings.key_ttl_ms)?[0];
+                if found == Claimed::New {
                     claimed.push(*id);
                 } else {
                     whole_duplicate = true;
+                    repeats = repeats.max(Repeats::of(&[found]));
                 }
             }
             if whole_duplicate {
@@ -374,8 +383,14 @@ impl Gateway {
                 let mut ids = record_ids(&records);
                 ids.sort_unstable();
                 ids.dedup();
-                let fresh = dedup.claim(&ids, received, settings.dedup_ttl_ms)?;
-                let seen: Vec<Id> = ids.iter().zip(fresh).filter(|(_, f)| !f).map(|(id, _)| *id).collect();
+                let found = dedup.claim(&ids, received, settings.dedup_ttl_ms)?;
+                repeats = Repeats::of(&found);
+                let seen: Vec<Id> = ids
+                    .iter()
+                    .zip(found)
+                    .filter(|(_, c)| !c.is_new())
+                    .map(|(id, _)| *id)
+                    .collect();
                 let target = archive.then_some((&mut occurrences, settings.duplicates_topic.as_str()));
                 records.move_duplicates(|id| seen.binary_search(id).is_ok(), target);
                 duplicates.extend(seen);
@@ -419,11 +434,11 @@ impl Gateway {
             written
         };
         let ids = waiting.ids.clone();
-        let repeats = whole_duplicate || !duplicates.is_empty();
         match self.persist(&written, waiting, Some(req.priority), repeats) {
-            Ok((ends, failures_before)) => {
-                answer.durable_ends = Some(ends);
-                answer.failures_before = failures_before;
+            Ok(persisted) => {
+                answer.durable_ends = Some(persisted.durable_ends);
+                answer.delivered_ends = Some(persisted.delivered_ends);
+                answer.failures_before = persisted.failures_before;
                 answer.records = count;
                 Ok(answer)
             }
@@ -540,11 +555,17 @@ impl Gateway {
         ids.dedup();
         // From the claim to the append (or the claims' release): see `Gateway::claiming`.
         let _claiming = lock(&self.claiming);
-        let fresh = self
+        let found = self
             .tables
             .dedup
             .claim(&ids, whole.received_ms, self.settings.dedup_ttl_ms)?;
-        let seen: IdSet<Id> = ids.iter().zip(fresh).filter(|(_, f)| !f).map(|(id, _)| *id).collect();
+        let repeats = Repeats::of(&found);
+        let seen: IdSet<Id> = ids
+            .iter()
+            .zip(found)
+            .filter(|(_, c)| !c.is_new())
+            .map(|(id, _)| *id)
+            .collect();
         let mut counts = Counters::default();
         count_quarantined(&records, &seen, &mut counts);
         records.remove_duplicates(|id| seen.contains(id));
@@ -556,8 +577,12 @@ impl Gateway {
             received_ms: whole.received_ms,
             counts,
         };
-        match self.persist(&records, waiting, whole.priority, !seen.is_empty()) {
-            Ok((ends, failures_before)) => {
+        match self.persist(&records, waiting, whole.priority, repeats) {
+            Ok(Persisted {
+                durable_ends: ends,
+                failures_before,
+                ..
+            }) => {
                 problem
                     .headers
                     .push((QUARANTINED_HEADER, kept.to_string().into_bytes()));
@@ -630,6 +655,7 @@ impl Gateway {
                 headers,
                 body,
                 durable_ends: None,
+                delivered_ends: None,
                 failures_before: [0; LANES],
                 spool_full: false,
                 slug: None,

@@ -166,6 +166,39 @@ impl Counters {
     }
 }
 
+/// What a request repeats of what was claimed before it (its records' event ids, its keys), by what those claims
+/// found ([`crate::state::table::Claimed`]), the weightiest first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Repeats {
+    Nothing,
+    /// Only records already durable.
+    Durable,
+    /// Some claim of this worker whose record is not durable yet.
+    Pending,
+}
+
+impl Repeats {
+    pub(crate) fn of(found: &[crate::state::table::Claimed]) -> Repeats {
+        use crate::state::table::Claimed;
+        found.iter().fold(Repeats::Nothing, |most, claimed| {
+            most.max(match claimed {
+                Claimed::New => Repeats::Nothing,
+                Claimed::Durable => Repeats::Durable,
+                Claimed::Pending => Repeats::Pending,
+            })
+        })
+    }
+}
+
+/// What [`Gateway::persist`] registered.
+struct Persisted {
+    /// What the answer waits for ([`Answer::durable_ends`]).
+    durable_ends: DurableEnds,
+    /// What `X-Ack: kafka` waits for the broker to acknowledge ([`Answer::delivered_ends`]).
+    delivered_ends: DurableEnds,
+    failures_before: [u64; LANES],
+}
+
 /// A worker's spools: the main one, and high priority's own (see the module's documentation).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Lane {
@@ -282,8 +315,10 @@ impl Gateway {
 
     /// Appends `written` (nothing for empty records) to the lane of `priority` and registers `waiting` for its
     /// durability, in one hold of the lock [`Gateway::settle`] takes: a commit that fails after the append always
-    /// finds it. With `repeats` (some of its records or keys were claimed before it) or nothing to write, it waits
-    /// for everything appended before it in every lane. High priority's spool full (its quota), its records go to
+    /// finds it. When it repeats claims of this worker not durable yet ([`Repeats::Pending`]: they may wait in
+    /// either lane) it also waits for everything appended before it in every lane; what repeats only durable
+    /// records waits for nothing more than its own appends (under a flood, a high-priority retry of a durable
+    /// reading would otherwise wait for the main spool's commit of megabytes). High priority's spool full (its quota), its records go to
     /// the main spool, as they would without it: the lane is a shortcut, never a reason to refuse. Returns the
     /// sequences to await and each lane's failed commits so far (for [`Gateway::failed_since`]). On an error
     /// nothing was written and nothing registered (the caller releases).
@@ -292,8 +327,8 @@ impl Gateway {
         written: &crate::Records,
         mut waiting: Pending,
         priority: Option<&str>,
-        repeats: bool,
-    ) -> Result<(DurableEnds, [u64; LANES]), SpoolError> {
+        repeats: Repeats,
+    ) -> Result<Persisted, SpoolError> {
         let mut pending = lock(&self.pending);
         let failures_before = self
             .failed_commits
@@ -314,10 +349,15 @@ impl Gateway {
         if lane == Lane::Main && !written.is_empty() {
             ends[Lane::Main as usize] = self.spool.append(written)?;
         }
+        // What it repeats was appended before it, in either lane (and, once delivered, only there).
+        let mut everything_before = ends;
         for (other, spool) in self.lanes() {
-            if written.is_empty() || (repeats && other != lane) {
-                ends[other as usize] = spool.next_seq();
+            if other != lane || written.is_empty() {
+                everything_before[other as usize] = spool.next_seq();
             }
+        }
+        if repeats == Repeats::Pending {
+            ends = everything_before;
         }
         waiting.ends = ends;
         for (each, spool) in self.lanes() {
@@ -331,7 +371,15 @@ impl Gateway {
         } else {
             pending.push(waiting);
         }
-        Ok((ends, failures_before))
+        Ok(Persisted {
+            durable_ends: ends,
+            delivered_ends: if repeats == Repeats::Nothing {
+                ends
+            } else {
+                everything_before
+            },
+            failures_before,
+        })
     }
 
     /// Whether a commit of a spool `answer` waits for failed since it was registered: its claims may have been

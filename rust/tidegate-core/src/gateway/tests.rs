@@ -123,8 +123,12 @@ fn a_reading_is_answered_once_durable_and_its_repeat_is_a_duplicate() {
     assert_eq!(gateway.counters().records[0][0], 1);
     let again = gateway.accept(&body(0, READING, Some("dev-1"))).unwrap();
     assert!(text(&again).starts_with(r#"{"status":"duplicate""#), "{}", text(&again));
-    assert_eq!(again.durable_ends, Some([1, 0]), "waits for what was appended before");
-    assert_eq!(gateway.waiting(), 0, "already durable: settled at once");
+    assert_eq!(
+        again.durable_ends,
+        Some([0, 0]),
+        "repeats a durable record: nothing to wait for"
+    );
+    assert_eq!(gateway.waiting(), 0, "settled at once");
     assert_eq!(gateway.counters().records[1][0], 1);
 }
 
@@ -374,6 +378,37 @@ fn a_repeat_waits_for_the_lane_of_what_it_repeats_and_fails_with_it() {
     assert_eq!(gateway.waiting(), 0);
     let retry = gateway.accept(&at("low", body(0, &reading("d1", 1), None))).unwrap();
     assert!(text(&retry).starts_with(r#"{"status":"accepted""#), "{}", text(&retry));
+}
+
+#[test]
+fn a_repeat_of_durable_records_waits_for_no_lane() {
+    // A retry of a reading already durable waits for nothing: not for a main-spool commit in progress (under a
+    // flood of low-priority bodies, one carrying megabytes) that holds nothing it repeats.
+    let gateway = lanes("repeat-durable");
+    let original = gateway.accept(&at("high", body(0, &reading("d1", 1), None))).unwrap();
+    assert_eq!(original.durable_ends, Some([0, 1]));
+    let early = gateway.accept(&at("high", body(0, &reading("d1", 1), None))).unwrap();
+    assert_eq!(
+        early.durable_ends,
+        Some([0, 1]),
+        "not durable yet: waits for its original"
+    );
+    commit_lane(&gateway, Lane::High);
+    let flood = gateway.accept(&at("low", body(0, &reading("d2", 2), None))).unwrap();
+    assert_eq!(flood.durable_ends, Some([1, 0]));
+    let retry = gateway.accept(&at("high", body(0, &reading("d1", 1), None))).unwrap();
+    assert!(text(&retry).starts_with(r#"{"status":"duplicate""#), "{}", text(&retry));
+    assert_eq!(retry.durable_ends, Some([0, 0]), "durable already: nothing to wait for");
+    assert_eq!(
+        retry.delivered_ends,
+        Some([1, 1]),
+        "X-Ack: kafka still waits for the broker to have everything appended before it, what it repeats among it"
+    );
+    assert!(!gateway.failed_since(&retry));
+    // The main spool's commit fails: the retry, which did not wait for it, was rightly answered.
+    gateway.settle(Lane::Main, 0, true).unwrap();
+    let again = gateway.accept(&at("low", body(0, &reading("d1", 1), None))).unwrap();
+    assert!(text(&again).starts_with(r#"{"status":"duplicate""#), "{}", text(&again));
 }
 
 #[test]

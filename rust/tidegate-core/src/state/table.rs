@@ -496,6 +496,24 @@ pub struct SharedWindow {
     capacity: usize,
 }
 
+/// What [`SharedWindow::claim`] found for an id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Claimed {
+    /// Not seen within its ttl (or only as another opening's pending claim, taken over): claimed now.
+    New,
+    /// A duplicate of a record already durable (committed, by any worker): nothing to wait for.
+    Durable,
+    /// A duplicate of this opening's own pending claim: its record is not durable yet, and an answer that
+    /// repeats it must wait for it (and fail with it).
+    Pending,
+}
+
+impl Claimed {
+    pub fn is_new(self) -> bool {
+        self == Claimed::New
+    }
+}
+
 /// Header kind of a dedup table.
 const KIND_DEDUP: u64 = 1;
 /// Header kind of a rate table.
@@ -519,9 +537,9 @@ impl SharedWindow {
         self.table.bytes_per_id(self.capacity)
     }
 
-    /// Claims each id at `now_ms` for `ttl_ms`. Returns, per id, whether it was claimed (new) rather than a
-    /// duplicate; an id repeated within `ids` is new only the first time.
-    pub fn claim(&self, ids: &[Id], now_ms: i64, ttl_ms: i64) -> io::Result<Vec<bool>> {
+    /// Claims each id at `now_ms` for `ttl_ms`. Returns, per id, whether it was claimed (new) or a duplicate,
+    /// and of what; an id repeated within `ids` is new only the first time (then pending).
+    pub fn claim(&self, ids: &[Id], now_ms: i64, ttl_ms: i64) -> io::Result<Vec<Claimed>> {
         let locked = self.table.lock()?;
         let now = to_word(now_ms);
         let pending = Slot::new([0; 16], to_word(now_ms.saturating_add(ttl_ms.max(1))), self.table.owner);
@@ -532,14 +550,15 @@ impl SharedWindow {
                 let mut slot = pending;
                 slot.id = *id;
                 match probe.found {
-                    Some((_, seen)) if seen.aux == COMMITTED || seen.aux == self.table.owner => false,
+                    Some((_, seen)) if seen.aux == COMMITTED => Claimed::Durable,
+                    Some((_, seen)) if seen.aux == self.table.owner => Claimed::Pending,
                     Some((index, _)) => {
                         locked.write(index, slot);
-                        true
+                        Claimed::New
                     }
                     None => {
                         locked.insert(&probe, slot);
-                        true
+                        Claimed::New
                     }
                 }
             })
@@ -778,28 +797,33 @@ mod tests {
         let window = SharedWindow::open(None, 100).unwrap();
         assert_eq!(
             window.claim(&[id(1), id(2), id(1)], 10, TTL).unwrap(),
-            [true, true, false]
+            [Claimed::New, Claimed::New, Claimed::Pending]
         );
         assert_eq!(
             window.claim(&[id(2)], 20, TTL).unwrap(),
-            [false],
-            "own pending claim is a duplicate"
+            [Claimed::Pending],
+            "own pending claim is a duplicate, not durable yet"
         );
         window.release(&[id(2)]).unwrap();
         assert_eq!(
             window.claim(&[id(2)], 30, TTL).unwrap(),
-            [true],
+            [Claimed::New],
             "released: a retry is new"
         );
         window.commit(&[id(1), id(2)]).unwrap();
         assert!(window.contains(&id(1), 1009).unwrap());
+        assert_eq!(
+            window.claim(&[id(1)], 40, TTL).unwrap(),
+            [Claimed::Durable],
+            "committed: a duplicate of a durable record"
+        );
         window.release(&[id(1)]).unwrap();
         assert!(
             window.contains(&id(1), 1009).unwrap(),
             "a committed id is never released"
         );
         assert!(!window.contains(&id(1), 1010).unwrap(), "expired after the ttl");
-        assert_eq!(window.claim(&[id(1)], 1010, TTL).unwrap(), [true]);
+        assert_eq!(window.claim(&[id(1)], 1010, TTL).unwrap(), [Claimed::New]);
         assert_eq!(window.len(1010).unwrap(), 2);
     }
 
@@ -808,22 +832,22 @@ mod tests {
         let path = temp_path("owners");
         let a = SharedWindow::open(Some(&path), 100).unwrap();
         let b = SharedWindow::open(Some(&path), 100).unwrap();
-        assert_eq!(a.claim(&[id(1)], 10, TTL).unwrap(), [true]);
+        assert_eq!(a.claim(&[id(1)], 10, TTL).unwrap(), [Claimed::New]);
         // A's record may never become durable: B appends it again rather than answer duplicate.
         assert!(!b.contains(&id(1), 11).unwrap());
-        assert_eq!(b.claim(&[id(1)], 11, TTL).unwrap(), [true]);
+        assert_eq!(b.claim(&[id(1)], 11, TTL).unwrap(), [Claimed::New]);
         a.release(&[id(1)]).unwrap();
-        assert_eq!(a.claim(&[id(2)], 12, TTL).unwrap(), [true]);
+        assert_eq!(a.claim(&[id(2)], 12, TTL).unwrap(), [Claimed::New]);
         a.commit(&[id(2)]).unwrap();
         assert_eq!(
             b.claim(&[id(2)], 13, TTL).unwrap(),
-            [false],
+            [Claimed::Durable],
             "committed by A: a duplicate for B"
         );
         b.commit(&[id(1)]).unwrap();
         assert_eq!(
             a.claim(&[id(1)], 14, TTL).unwrap(),
-            [false],
+            [Claimed::Durable],
             "B's release did not undo A's take-over"
         );
     }
@@ -838,7 +862,10 @@ mod tests {
         drop(first); // killed before id 2's record was durable
         let again = SharedWindow::open(Some(&path), 100).unwrap();
         assert!(!again.table().is_fresh());
-        assert_eq!(again.claim(&[id(1), id(2)], 20, TTL).unwrap(), [false, true]);
+        assert_eq!(
+            again.claim(&[id(1), id(2)], 20, TTL).unwrap(),
+            [Claimed::Durable, Claimed::New]
+        );
         let resized = SharedWindow::open(Some(&path), 200).unwrap();
         assert!(resized.table().is_fresh(), "another capacity starts anew");
         assert!(!resized.contains(&id(1), 20).unwrap());
@@ -876,10 +903,10 @@ mod tests {
             !window.contains(&id(2), 20).unwrap(),
             "the torn slot holds id 2's bytes, but not validly"
         );
-        assert_eq!(window.claim(&[id(2)], 20, TTL).unwrap(), [true]);
+        assert_eq!(window.claim(&[id(2)], 20, TTL).unwrap(), [Claimed::New]);
         assert_eq!(
             window.claim(&[id(1)], 20, TTL).unwrap(),
-            [true],
+            [Claimed::New],
             "id 1 was lost with its slot"
         );
         // Garbage over the whole table: every slot counts as empty.
@@ -894,7 +921,7 @@ mod tests {
         file.seek(SeekFrom::Start(HEADER_BYTES as u64)).unwrap();
         file.write_all(&garbage).unwrap();
         let fresh: Vec<Id> = (100..200).map(id).collect();
-        assert!(window.claim(&fresh, 30, TTL).unwrap().iter().all(|&f| f));
+        assert!(window.claim(&fresh, 30, TTL).unwrap().iter().all(|c| c.is_new()));
         assert_eq!(window.len(30).unwrap(), 100);
         // A damaged header starts the table anew at the next open.
         file.seek(SeekFrom::Start(0)).unwrap();
@@ -914,7 +941,7 @@ mod tests {
                     for round in 0..50 {
                         // Each thread its own ids; all of them share probe windows with the others'.
                         let ids: Vec<Id> = (0..20).map(|i| id(t * 1_000_000 + round * 100 + i)).collect();
-                        assert!(window.claim(&ids, 10, 1_000_000).unwrap().iter().all(|&f| f));
+                        assert!(window.claim(&ids, 10, 1_000_000).unwrap().iter().all(|c| c.is_new()));
                         window.commit(&ids).unwrap();
                     }
                 })
@@ -928,7 +955,13 @@ mod tests {
         let all: Vec<Id> = (0..4u64)
             .flat_map(|t| (0..50).flat_map(move |r| (0..20).map(move |i| id(t * 1_000_000 + r * 100 + i))))
             .collect();
-        assert!(window.claim(&all, 11, 1_000_000).unwrap().iter().all(|&f| !f));
+        assert!(
+            window
+                .claim(&all, 11, 1_000_000)
+                .unwrap()
+                .iter()
+                .all(|&c| c == Claimed::Durable)
+        );
     }
 
     #[test]
