@@ -36,7 +36,7 @@ use crate::canonical::id::Id;
 use crate::contract::validator::Validator;
 use crate::spool::{Spool, SpoolError};
 use crate::state::lastseen::LastSeenTable;
-use crate::state::table::{RateTable, SharedWindow};
+use crate::state::table::{Claimed, RateTable, SharedWindow};
 
 pub use accept::{Answer, Body, Source};
 pub use admission::{Admission, AdmissionConfig, Decision, HeaderView, Refusal};
@@ -167,7 +167,7 @@ impl Counters {
 }
 
 /// What a request repeats of what was claimed before it (its records' event ids, its keys), by what those claims
-/// found ([`crate::state::table::Claimed`]), the weightiest first.
+/// found ([`Claimed`]), the weightiest last.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) enum Repeats {
     Nothing,
@@ -178,8 +178,7 @@ pub(crate) enum Repeats {
 }
 
 impl Repeats {
-    pub(crate) fn of(found: &[crate::state::table::Claimed]) -> Repeats {
-        use crate::state::table::Claimed;
+    pub(crate) fn of(found: &[Claimed]) -> Repeats {
         found.iter().fold(Repeats::Nothing, |most, claimed| {
             most.max(match claimed {
                 Claimed::New => Repeats::Nothing,
@@ -188,6 +187,11 @@ impl Repeats {
             })
         })
     }
+}
+
+/// Whether a request's priority (as the edge names it) is high: its records go to [`Lane::High`].
+fn is_high(priority: Option<&str>) -> bool {
+    priority.and_then(|p| Priority::parse(p.as_bytes())) == Some(Priority::High)
 }
 
 /// What [`Gateway::persist`] registered.
@@ -336,7 +340,7 @@ impl Gateway {
             .map(|failed| failed.load(Ordering::Relaxed));
         let mut ends = [0; LANES];
         let lane = match &self.high_spool {
-            Some(high) if priority == Some("high") && !written.is_empty() => match high.append(written) {
+            Some(high) if is_high(priority) && !written.is_empty() => match high.append(written) {
                 Ok(end) => {
                     ends[Lane::High as usize] = end;
                     Lane::High
