@@ -608,9 +608,7 @@ class DedupWindow:
 
     def release_key(self, scope: str, key: str) -> None: ...
     def contains(self, event_id: str, now_ms: int) -> bool: ...
-    def load_spool(
-        self, spool: Spool, now_ms: int, since_ms: int, *, tail: int = 0, occurrences_topic: str = ""
-    ) -> int:
+    def load_spool(self, spool: Spool, now_ms: int, since_ms: int, *, occurrences_topic: str, tail: int = 0) -> int:
         """Adds the spool's records received since `since_ms` and before the table was started (it was missing
         or damaged), and the spool's last `tail` records whatever the table's age (a writer killed between a
         commit and marking its claims durable left them pending, owned by nobody); returns how many ids were

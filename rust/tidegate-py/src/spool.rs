@@ -354,16 +354,17 @@ impl DedupWindow {
     /// Adds a spool's records received since `since_ms` that the table cannot hold (those from before the table
     /// was started: it was missing or damaged), and the spool's last `tail` records whatever the table's age
     /// (a writer killed between a commit and marking its claims durable left them pending, owned by nobody);
-    /// records on `occurrences_topic` (duplicate occurrences) are not loaded. Returns how many ids were read.
-    #[pyo3(signature = (spool, now_ms, since_ms, *, tail = 0, occurrences_topic = ""))]
+    /// records on `occurrences_topic` (duplicate occurrences) are not loaded: one may be durable while the record
+    /// it repeats is not, so the caller must name it (no default). Returns how many ids were read.
+    #[pyo3(signature = (spool, now_ms, since_ms, *, occurrences_topic, tail = 0))]
     fn load_spool(
         &self,
         py: Python<'_>,
         spool: &Spool,
         now_ms: i64,
         since_ms: i64,
-        tail: u64,
         occurrences_topic: &str,
+        tail: u64,
     ) -> PyResult<usize> {
         let created_ms = self.inner.table().created_ms();
         py.detach(|| {
