@@ -4,6 +4,7 @@
     python bench/flood.py --flooders 8 --seconds 10 --rounds 1
     python bench/flood.py --configs adaptive   # tidegate as shipped only
     python bench/flood.py --generator-priority same   # the flooders' process competes for the CPU as an equal
+    python bench/flood.py --high-repeats   # the high device resends a reading it was acknowledged for
 
 One tidegate server (one Granian worker, auth and rate limits off) per configuration, started side by side:
 ``adaptive`` is tidegate as shipped; ``no-high-spool`` is that with high priority's records in the worker's one
@@ -17,6 +18,10 @@ each configuration in turn:
 * flooded: the same, while `--flooders` devices post low-priority NDJSON bodies of `--events` events as fast as
   they are answered, pausing 50 ms after a 503 or 429 (a client that backs off a little, not one that honours
   Retry-After).
+
+With ``--high-repeats`` the high device sends one reading, then the same one again at every tick: a device
+retrying a reading whose answer it lost, each answered `duplicate` (202). What such a retry waits for is what is
+measured then.
 
 Printed per configuration: the high device's p50/p99 latency unloaded and flooded (median over rounds), the share of
 its readings accepted, the flooders' accepted and shed counts, and the spool commits' p50/p99 while flooded (from
@@ -86,26 +91,28 @@ def _iso(seconds: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{int(seconds * 1000) % 1000:03d}Z"
 
 
-def trickle_apart(url: str, seconds: float, tag: str) -> tuple[list[float], int, int]:
+def trickle_apart(url: str, seconds: float, tag: str, repeats: bool) -> tuple[list[float], int, int]:
     """`trickle` in a process of its own (see `measure`)."""
 
     async def run() -> tuple[list[float], int, int]:
         async with httpx.AsyncClient(base_url=url, timeout=60) as http:
-            return await trickle(http, seconds, tag)
+            return await trickle(http, seconds, tag, repeats)
 
     return asyncio.run(run())
 
 
-async def trickle(http: httpx.AsyncClient, seconds: float, tag: str) -> tuple[list[float], int, int]:
-    """High-priority readings every 50 ms: (latencies of accepted ones, accepted, sent)."""
+async def trickle(http: httpx.AsyncClient, seconds: float, tag: str, repeats: bool) -> tuple[list[float], int, int]:
+    """High-priority readings every 50 ms (with `repeats`, the first one again and again): (latencies of accepted
+    ones, accepted, sent)."""
     latencies: list[float] = []
     sent = accepted = 0
     end = time.monotonic() + seconds
+    first = time.time()
     while time.monotonic() < end:
         body = {
             "device_id": "vip",
-            "timestamp": _iso(time.time()),
-            "metrics": {"temperature": 21.5, "n": sent},
+            "timestamp": _iso(first if repeats else time.time()),
+            "metrics": {"temperature": 21.5, "n": 0 if repeats else sent},
             "metadata": {"tag": tag},
         }
         began = time.perf_counter()
@@ -214,13 +221,17 @@ async def measure(
     after it; the unloaded and the flooded phase are equally long."""
     loop = asyncio.get_running_loop()
     async with httpx.AsyncClient(base_url=server.url, timeout=60) as http:
-        quiet, _, _ = await loop.run_in_executor(high, trickle_apart, server.url, args.seconds, tag)
+        quiet, _, _ = await loop.run_in_executor(
+            high, trickle_apart, server.url, args.seconds, f"{tag}-quiet", args.high_repeats
+        )
         flooding = loop.run_in_executor(
             generator, flood_apart, server.url, args.flooders, args.events, args.seconds + 1.5
         )
         await asyncio.sleep(1.0)
         commits_before = await commit_buckets(http)
-        loaded, accepted, sent = await loop.run_in_executor(high, trickle_apart, server.url, args.seconds, tag)
+        loaded, accepted, sent = await loop.run_in_executor(
+            high, trickle_apart, server.url, args.seconds, f"{tag}-flooded", args.high_repeats
+        )
         commits_after = await commit_buckets(http)
         counts = await flooding
     return {
@@ -255,6 +266,9 @@ async def main() -> None:
         choices=("lowest", "same"),
         default="lowest",
         help="the flooders' process: at nice 19 in its own session (devices on other machines), or at the server's",
+    )
+    parser.add_argument(
+        "--high-repeats", action="store_true", help="the high device resends one reading it was acknowledged for"
     )
     args = parser.parse_args()
     configs = {name: CONFIGS[name] for name in args.configs}
