@@ -431,12 +431,12 @@ class IngestEdge:
                 headers=[("Retry-After", "5")],
             )
         if accepted.status == 202:
-            delivered = accepted.delivered_ends or ends
-            durability = (
-                "kafka"
-                if kafka and await self._wait_delivered(delivered, self.settings.kafka_ack_timeout_s)
-                else "spool"
-            )
+            durability = "spool"
+            if kafka:
+                delivered = accepted.delivered_ends
+                assert delivered is not None  # set whenever durable_ends is
+                if await self._wait_delivered(delivered, self.settings.kafka_ack_timeout_s):
+                    durability = "kafka"
             answer.headers.insert(0, ("x-durability", durability))
         return answer
 

@@ -10,7 +10,7 @@ use tidegate_core::canonical::records::hex;
 use tidegate_core::spool::group_commit::GroupCommitter;
 use tidegate_core::spool::{COMMIT_SECONDS_BOUNDS, Cursor, Spool as CoreSpool, SpoolError, SpoolOptions};
 use tidegate_core::state::dedup;
-use tidegate_core::state::table::{RateTable as CoreRateTable, SharedWindow};
+use tidegate_core::state::table::{self, RateTable as CoreRateTable, SharedWindow};
 
 use crate::Records;
 use crate::errors;
@@ -299,12 +299,7 @@ impl DedupWindow {
             ids.sort_unstable();
             ids.dedup();
             let found = self.inner.claim(&ids, now_ms, self.ttl_ms)?;
-            let duplicates: Vec<Id> = ids
-                .iter()
-                .zip(found)
-                .filter(|(_, c)| !c.is_new())
-                .map(|(id, _)| *id)
-                .collect();
+            let duplicates: Vec<Id> = table::duplicates(&ids, &found).collect();
             // `duplicates` is sorted (a subset of sorted `ids`).
             records.move_duplicates(|id| duplicates.binary_search(id).is_ok(), target);
             Ok(duplicates)

@@ -12,8 +12,8 @@ use crate::contract::validator::{Outcome, Request};
 use crate::decode::PayloadError;
 use crate::spool::SpoolError;
 use crate::state::dedup;
-use crate::state::table::Claimed;
 use crate::state::table::RateTable;
+use crate::state::table::{Claimed, duplicates as duplicates_of};
 
 use super::answer::{self, ArchiveKeys, FieldError, Problem, int, key, write_str};
 use super::{Counters, DurableEnds, Gateway, LANES, Pending, Persisted, Repeats, Route, RouteKind, lock};
@@ -385,12 +385,7 @@ impl Gateway {
                 ids.dedup();
                 let found = dedup.claim(&ids, received, settings.dedup_ttl_ms)?;
                 repeats = Repeats::of(&found);
-                let seen: Vec<Id> = ids
-                    .iter()
-                    .zip(found)
-                    .filter(|(_, c)| !c.is_new())
-                    .map(|(id, _)| *id)
-                    .collect();
+                let seen: Vec<Id> = duplicates_of(&ids, &found).collect();
                 let target = archive.then_some((&mut occurrences, settings.duplicates_topic.as_str()));
                 records.move_duplicates(|id| seen.binary_search(id).is_ok(), target);
                 duplicates.extend(seen);
@@ -560,12 +555,7 @@ impl Gateway {
             .dedup
             .claim(&ids, whole.received_ms, self.settings.dedup_ttl_ms)?;
         let repeats = Repeats::of(&found);
-        let seen: IdSet<Id> = ids
-            .iter()
-            .zip(found)
-            .filter(|(_, c)| !c.is_new())
-            .map(|(id, _)| *id)
-            .collect();
+        let seen: IdSet<Id> = duplicates_of(&ids, &found).collect();
         let mut counts = Counters::default();
         count_quarantined(&records, &seen, &mut counts);
         records.remove_duplicates(|id| seen.contains(id));

@@ -514,6 +514,11 @@ impl Claimed {
     }
 }
 
+/// The ids of `ids` that [`SharedWindow::claim`] found to be duplicates (`found`, its answer for them), in order.
+pub fn duplicates<'a>(ids: &'a [Id], found: &'a [Claimed]) -> impl Iterator<Item = Id> + 'a {
+    ids.iter().zip(found).filter(|(_, c)| !c.is_new()).map(|(id, _)| *id)
+}
+
 /// Header kind of a dedup table.
 const KIND_DEDUP: u64 = 1;
 /// Header kind of a rate table.
