@@ -269,7 +269,7 @@ impl Gateway {
             spool,
             high_spool,
             pending: Mutex::new(Vec::new()),
-            failed_commits: [AtomicU64::new(0), AtomicU64::new(0)],
+            failed_commits: std::array::from_fn(|_| AtomicU64::new(0)),
             counters: Mutex::new(Counters::default()),
             claiming: Mutex::new(()),
         }
@@ -322,10 +322,11 @@ impl Gateway {
     /// finds it. When it repeats claims of this worker not durable yet ([`Repeats::Pending`]: they may wait in
     /// either lane) it also waits for everything appended before it in every lane; what repeats only durable
     /// records waits for nothing more than its own appends (under a flood, a high-priority retry of a durable
-    /// reading would otherwise wait for the main spool's commit of megabytes). High priority's spool full (its quota), its records go to
-    /// the main spool, as they would without it: the lane is a shortcut, never a reason to refuse. Returns the
-    /// sequences to await and each lane's failed commits so far (for [`Gateway::failed_since`]). On an error
-    /// nothing was written and nothing registered (the caller releases).
+    /// reading would otherwise wait for the main spool's commit of megabytes). High priority's spool full (its
+    /// quota), its records go to the main spool, as they would without it: the lane is a shortcut, never a reason
+    /// to refuse. Returns the sequences to await (and, for `X-Ack: kafka`, to see delivered) and each lane's
+    /// failed commits so far (for [`Gateway::failed_since`]). On an error nothing was written and nothing
+    /// registered (the caller releases).
     fn persist(
         &self,
         written: &crate::Records,
@@ -353,15 +354,19 @@ impl Gateway {
         if lane == Lane::Main && !written.is_empty() {
             ends[Lane::Main as usize] = self.spool.append(written)?;
         }
-        // What it repeats was appended before it, in either lane (and, once delivered, only there).
-        let mut everything_before = ends;
-        for (other, spool) in self.lanes() {
-            if other != lane || written.is_empty() {
-                everything_before[other as usize] = spool.next_seq();
+        // What a repeat repeats was appended before it, in either lane (read only for a repeat: each lane's next
+        // sequence takes its writer's lock).
+        let everything_before = (repeats != Repeats::Nothing).then(|| {
+            let mut before = ends;
+            for (other, spool) in self.lanes() {
+                if other != lane || written.is_empty() {
+                    before[other as usize] = spool.next_seq();
+                }
             }
-        }
-        if repeats == Repeats::Pending {
-            ends = everything_before;
+            before
+        });
+        if let (Repeats::Pending, Some(before)) = (repeats, everything_before) {
+            ends = before;
         }
         waiting.ends = ends;
         for (each, spool) in self.lanes() {
@@ -377,11 +382,7 @@ impl Gateway {
         }
         Ok(Persisted {
             durable_ends: ends,
-            delivered_ends: if repeats == Repeats::Nothing {
-                ends
-            } else {
-                everything_before
-            },
+            delivered_ends: everything_before.unwrap_or(ends),
             failures_before,
         })
     }

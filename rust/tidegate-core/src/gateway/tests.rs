@@ -176,6 +176,9 @@ fn a_reading_for_another_device_is_refused_and_quarantined() {
 
 const QUARANTINED_HEADER_NAME: &str = accept::QUARANTINED_HEADER;
 
+/// A batch of d1 that repeats `reading("d1", 1)` and adds a new reading.
+const REPEATING_BATCH: &[u8] = br#"{"device_id":"d1","batch_id":"b","readings":[{"timestamp":"2026-03-27T10:15:30.000Z","metrics":{"t":1}},{"timestamp":"2026-03-27T10:15:31.000Z","metrics":{"t":2}}]}"#;
+
 #[test]
 fn undecodable_and_invalid_bodies() {
     let gateway = gateway("undecodable", false);
@@ -370,8 +373,7 @@ fn a_repeat_waits_for_the_lane_of_what_it_repeats_and_fails_with_it() {
     );
     assert_eq!(repeat.durable_ends, Some([0, 1]));
     // A batch repeating it with a new reading: written to the main spool, and waits for the high lane too.
-    let batch = br#"{"device_id":"d1","batch_id":"b","readings":[{"timestamp":"2026-03-27T10:15:30.000Z","metrics":{"t":1}},{"timestamp":"2026-03-27T10:15:31.000Z","metrics":{"t":2}}]}"#;
-    let mixed = gateway.accept(&at("low", body(1, batch, None))).unwrap();
+    let mixed = gateway.accept(&at("low", body(1, REPEATING_BATCH, None))).unwrap();
     assert_eq!(mixed.durable_ends, Some([1, 1]), "{}", text(&mixed));
     // The high lane's commit fails: every request that waited for it fails, and their claims are released.
     gateway.settle(Lane::High, 0, true).unwrap();
@@ -433,8 +435,7 @@ fn a_failure_of_a_spool_an_answer_waits_for_is_known_after_a_later_commit_succee
     // makes the high spool durable past the failed sequence; `failed_since` says the answer must not be a 202.
     let gateway = lanes("failed-since");
     let original = gateway.accept(&at("high", body(0, &reading("d1", 1), None))).unwrap();
-    let batch = br#"{"device_id":"d1","batch_id":"b","readings":[{"timestamp":"2026-03-27T10:15:30.000Z","metrics":{"t":1}},{"timestamp":"2026-03-27T10:15:31.000Z","metrics":{"t":2}}]}"#;
-    let repeat = gateway.accept(&at("low", body(1, batch, None))).unwrap();
+    let repeat = gateway.accept(&at("low", body(1, REPEATING_BATCH, None))).unwrap();
     assert_eq!(repeat.durable_ends, Some([1, 1]));
     commit_lane(&gateway, Lane::Main);
     assert!(!gateway.failed_since(&repeat));
