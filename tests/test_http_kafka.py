@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
 import subprocess
 import sys
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import httpx
 from tidegate.testing.broker import Broker, consume_all
+from tidegate.testing.processes import free_port
 from tidegate.testing.server import Server
 
 from tests.conftest import event, iso_now, reading
@@ -81,3 +83,36 @@ def test_counts_consumed_back_equal_accepted_counts(tmp_path: Path) -> None:
             command = [sys.executable, "-m", "tidegate", "spool", "stats", "--data-dir", str(server.data_dir)]
             stats = json.loads(subprocess.run(command, check=True, capture_output=True, timeout=30).stdout)
             assert stats["w0"]["lag_records"] == 0, "the forwarder checkpointed everything the broker acknowledged"
+
+
+def test_x_ack_kafka_for_a_repeat_waits_for_the_spool_that_holds_what_it_repeats(tmp_path: Path) -> None:
+    """A repeat of a record another worker spooled is delivered when that worker's spool is, not this one's: while
+    the broker is down its `X-Ack: kafka` answer says `spool` (this worker's own spools hold nothing to deliver:
+    without the archive a repeat spools no occurrence), and once the broker is up, `kafka`, with the record on
+    the topic."""
+    data = tmp_path / "server"
+    body = reading("elsewhere-1", metrics={"x": 1})
+    env = {"TIDEGATE_AUTH": "false", "TIDEGATE_ARCHIVE": "false", "TIDEGATE_KAFKA_ACK_TIMEOUT_S": "1"}
+    broker_down = {**env, "TIDEGATE_KAFKA": f"127.0.0.1:{free_port()}"}
+    with Server(data, broker_down) as server:
+        first = httpx.post(server.url + "/api/v1/ingest", json=body, timeout=30)
+        assert first.status_code == 202 and first.headers["x-durability"] == "spool"
+    assert (data / "spool" / "w0" / "progress").exists(), "the original is in w0"
+    # Another worker holds w0, the spool with the original, so this server's worker writes to w1.
+    with (data / "spool" / "w0" / "lock").open("w") as other_worker:
+        fcntl.flock(other_worker, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with Server(data, broker_down) as server:
+            repeat = httpx.post(server.url + "/api/v1/ingest", json=body, headers={"X-Ack": "kafka"}, timeout=30)
+            assert repeat.status_code == 202 and repeat.json()["status"] == "duplicate"
+            assert repeat.headers["x-durability"] == "spool", "the broker is down: the original is not delivered"
+        assert (data / "spool" / "w1").is_dir(), "the repeat was answered by the worker of w1"
+
+        with Broker(tmp_path / "broker") as broker:
+            broker.create_topics(["telemetry-raw", "events-raw", "ingest-dlq"], partitions=1)
+            broker_up = {**env, "TIDEGATE_KAFKA": broker.bootstrap, "TIDEGATE_KAFKA_ACK_TIMEOUT_S": "30"}
+            with Server(data, broker_up) as server:
+                repeat = httpx.post(server.url + "/api/v1/ingest", json=body, headers={"X-Ack": "kafka"}, timeout=60)
+                assert repeat.status_code == 202 and repeat.headers["x-durability"] == "kafka"
+                # Up to the topic's end as of now: had it said kafka too early, the record could be missing.
+                records = asyncio.run(consume_all(broker.bootstrap, "telemetry-raw", timeout=20))
+                assert [json.loads(r.value)["event_id"] for r in records] == [first.json()["event_id"]]

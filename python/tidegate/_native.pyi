@@ -497,6 +497,12 @@ class Spool:
     def delivered_seq(self) -> int:
         """What the delivery process last saw the broker acknowledge (every record below it)."""
 
+    @staticmethod
+    def published_progress(path: str | PathLike[str]) -> tuple[int, int]:
+        """`(durable, delivered)` as the writer and the delivery process of the spool directory `path` published
+        them, read without opening the spool (another worker's): every record below the first is durable, every
+        one below the second acknowledged by the broker. `(0, 0)` when nothing was published."""
+
     def publish_delivered(self, seq: int) -> None:
         """Tells the writer the broker acknowledged every record below `seq` (page cache, no fsync)."""
 
@@ -948,7 +954,14 @@ class Accepted:
     @property
     def delivered_ends(self) -> tuple[int, int] | None:
         """The sequence each lane's spool must be acknowledged by the broker to for `X-Ack: kafka`: what it wrote,
-        and for a repeat everything appended before it in every lane (what it repeats is there)."""
+        and for a repeat everything appended before it in every lane (what it repeats is there, when this worker
+        wrote it)."""
+
+    @property
+    def repeats_durable(self) -> bool:
+        """It repeats records already durable, perhaps in another spool of the host (another worker's, or one an
+        earlier process left): `X-Ack: kafka` must also see the other spools delivered as far as they are
+        durable (`Spool.published_progress`)."""
 
     @property
     def spool_full(self) -> bool:

@@ -200,6 +200,8 @@ class Gateway:
         )
         #: The worker's spools by lane, once open: the main one, then high priority's own (`high_priority_spool`).
         self.spools: list[Spool] = []
+        #: The directories of `spools`, lane by lane.
+        self.spool_dirs: list[Path] = []
         #: The accept path (`tidegate._native.Gateway`), once the spools are open.
         self.native: NativeGateway | None = None
         #: Each spool's group-commit writer, by lane.
@@ -425,6 +427,7 @@ class Gateway:
         lanes = [(directory, settings.spool_quota_bytes - high_quota)]
         if settings.high_priority_spool:
             lanes.append((directory.with_name(directory.name + HIGH_LANE_SUFFIX), high_quota))
+        self.spool_dirs = [path for path, _ in lanes]
         self.spools = [
             Spool(
                 path,

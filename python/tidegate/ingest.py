@@ -17,15 +17,17 @@ import random
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from granian._granian import RSGIHTTPProtocol as HTTPProtocol
 from granian._granian import RSGIProtocolClosed as ProtocolClosed
 from granian._granian import RSGIProtocolError as ProtocolError
 from granian.rsgi import Scope
 
-from tidegate._native import BULK_BODY_BYTES, Accepted, AdmissionTicket, Validator
+from tidegate._native import BULK_BODY_BYTES, Accepted, AdmissionTicket, Spool, Validator
 from tidegate.archive import event_type_of
+from tidegate.delivery.spool import worker_spool_dirs
 from tidegate.problems import Problem
 from tidegate.quarantine import HTTP, Source
 from tidegate.rsgi import read_body
@@ -119,6 +121,14 @@ class Answer:
         return self.native.rejected if self.native is not None else 0
 
 
+class DeliveredEnds(NamedTuple):
+    """What `X-Ack: kafka` waits for the broker to acknowledge: every record below `lanes` in this worker's spools
+    (`Accepted.delivered_ends`), and below each end of `elsewhere` in another spool of the host."""
+
+    lanes: tuple[int, int]
+    elsewhere: tuple[tuple[Path, int], ...]
+
+
 OFF_LOOP_BODY_BYTES = BULK_BODY_BYTES
 """A body at least this large (what admission counts in its bulk lane) is accepted on the edge's accept thread
 rather than on the event loop's: a 2,000-event body takes the native call ~10-20 ms, and on the loop's thread every
@@ -140,7 +150,7 @@ class IngestEdge:
         self.gateway = gateway
         self.settings = gateway.settings
         self.metrics = gateway.metrics
-        self._delivered_waiters: list[tuple[tuple[int, int], asyncio.Future[None]]] = []
+        self._delivered_waiters: list[tuple[DeliveredEnds, asyncio.Future[None]]] = []
         self._delivered_watch: asyncio.Task[None] | None = None
         #: Tasks reading a body, with their deadlines; the housekeeping task cancels the late ones (cheaper than
         #: a timeout context per request).
@@ -433,19 +443,37 @@ class IngestEdge:
         if accepted.status == 202:
             durability = "spool"
             if kafka:
-                delivered = accepted.delivered_ends
-                assert delivered is not None  # set whenever durable_ends is
+                assert accepted.delivered_ends is not None  # set whenever durable_ends is
+                delivered = DeliveredEnds(
+                    accepted.delivered_ends, self._undelivered_elsewhere() if accepted.repeats_durable else ()
+                )
                 if await self._wait_delivered(delivered, self.settings.kafka_ack_timeout_s):
                     durability = "kafka"
             answer.headers.insert(0, ("x-durability", durability))
         return answer
 
-    def _delivered(self, ends: tuple[int, int]) -> bool:
-        """Whether the delivery process saw the broker acknowledge every record below `ends` in each lane's spool."""
-        spools = self.gateway.spools
-        return all(not end or spools[lane].delivered_seq >= end for lane, end in enumerate(ends))
+    def _undelivered_elsewhere(self) -> tuple[tuple[Path, int], ...]:
+        """The host's other spools (other workers', or left by an earlier process) holding durable records the
+        broker has not acknowledged: each directory, and how far it is durable. A repeat of durable records may
+        repeat one of them (`Accepted.repeats_durable`): its record was durable, and its spool's published durable
+        sequence past it, before its claim said so."""
+        own = self.gateway.spool_dirs
+        undelivered = []
+        for directory in worker_spool_dirs(self.settings.data_dir):
+            if directory not in own:
+                durable, delivered = Spool.published_progress(directory)
+                if delivered < durable:
+                    undelivered.append((directory, durable))
+        return tuple(undelivered)
 
-    async def _wait_delivered(self, ends: tuple[int, int], timeout: float) -> bool:
+    def _delivered(self, ends: DeliveredEnds) -> bool:
+        """Whether the delivery process saw the broker acknowledge every record below `ends`."""
+        spools = self.gateway.spools
+        return all(not end or spools[lane].delivered_seq >= end for lane, end in enumerate(ends.lanes)) and all(
+            Spool.published_progress(directory)[1] >= end for directory, end in ends.elsewhere
+        )
+
+    async def _wait_delivered(self, ends: DeliveredEnds, timeout: float) -> bool:
         """True once the delivery process saw the broker acknowledge every record below `ends` (`X-Ack: kafka`);
         False after `timeout`. One task watches the published sequences for every waiter."""
         if self._delivered(ends):

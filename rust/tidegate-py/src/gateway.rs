@@ -292,6 +292,11 @@ impl Accepted {
     }
 
     #[getter]
+    fn repeats_durable(&self) -> bool {
+        self.0.repeats_durable
+    }
+
+    #[getter]
     fn spool_full(&self) -> bool {
         self.0.spool_full
     }

@@ -99,6 +99,13 @@ impl Spool {
         self.inner.delivered_seq()
     }
 
+    /// `(durable, delivered)` as published in the spool directory `path` by its writer and the delivery process,
+    /// read without opening the spool (another worker's, say).
+    #[staticmethod]
+    fn published_progress(py: Python<'_>, path: PathBuf) -> (u64, u64) {
+        py.detach(|| tidegate_core::spool::published_progress(&path))
+    }
+
     fn publish_delivered(&self, seq: u64) -> PyResult<()> {
         self.inner.publish_delivered(seq).map_err(spool_error)
     }

@@ -70,8 +70,14 @@ pub struct Answer {
     /// How far each lane's spool must be durable before sending (None: send now).
     pub durable_ends: Option<DurableEnds>,
     /// How far each lane's spool must be acknowledged by the broker for `X-Ack: kafka`: what it wrote, and for a
-    /// repeat everything appended before it in every lane of this worker, where what it repeats is.
+    /// repeat everything appended before it in every lane of this worker, where what it repeats is when it is
+    /// this worker's.
     pub delivered_ends: Option<DurableEnds>,
+    /// It repeats records already durable, which may be in another spool of the host (another worker's, or one
+    /// an earlier process left): `X-Ack: kafka` must also see every other spool delivered as far as it is
+    /// durable (the record was durable, and that spool's published durable sequence past it, before its claim
+    /// said so).
+    pub repeats_durable: bool,
     /// Each lane's failed commits when the answer was registered to wait (see [`Gateway::failed_since`]).
     pub failures_before: [u64; LANES],
     /// The append hit the spool's quota.
@@ -100,6 +106,7 @@ impl Answer {
             body,
             durable_ends,
             delivered_ends: durable_ends,
+            repeats_durable: false,
             failures_before: [0; LANES],
             spool_full: false,
             slug: Some(problem.slug.clone()),
@@ -348,7 +355,7 @@ impl Gateway {
         let mut whole_duplicate = false;
         let mut duplicates: IdSet<Id> = IdSet::default();
         // What it repeats: a claim not durable yet, it waits for (and fails with).
-        let mut repeats = Repeats::Nothing;
+        let mut repeats = Repeats::default();
         // From the first claim to the append (or the claims' release): see `Gateway::claiming`.
         let _claiming = (!req.dry_run).then(|| lock(&self.claiming));
         if req.dry_run {
@@ -368,7 +375,7 @@ impl Gateway {
                     claimed.push(*id);
                 } else {
                     whole_duplicate = true;
-                    repeats = repeats.max(Repeats::of(&[found]));
+                    repeats.add(&[found]);
                 }
             }
             if whole_duplicate {
@@ -384,7 +391,7 @@ impl Gateway {
                 ids.sort_unstable();
                 ids.dedup();
                 let found = dedup.claim(&ids, received, settings.dedup_ttl_ms)?;
-                repeats = Repeats::of(&found);
+                repeats.add(&found);
                 let seen: Vec<Id> = duplicates_of(&ids, &found).collect();
                 let target = archive.then_some((&mut occurrences, settings.duplicates_topic.as_str()));
                 records.move_duplicates(|id| seen.binary_search(id).is_ok(), target);
@@ -433,6 +440,7 @@ impl Gateway {
             Ok(persisted) => {
                 answer.durable_ends = Some(persisted.durable_ends);
                 answer.delivered_ends = Some(persisted.delivered_ends);
+                answer.repeats_durable = repeats.durable;
                 answer.failures_before = persisted.failures_before;
                 answer.records = count;
                 Ok(answer)
@@ -646,6 +654,7 @@ impl Gateway {
                 body,
                 durable_ends: None,
                 delivered_ends: None,
+                repeats_durable: false,
                 failures_before: [0; LANES],
                 spool_full: false,
                 slug: None,

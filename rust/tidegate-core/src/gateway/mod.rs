@@ -167,25 +167,35 @@ impl Counters {
 }
 
 /// What a request repeats of what was claimed before it (its records' event ids, its keys), by what those claims
-/// found ([`Claimed`]), the weightiest last.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub(crate) enum Repeats {
-    Nothing,
-    /// Only records already durable.
-    Durable,
+/// found ([`Claimed`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Repeats {
+    /// Some record already durable: in this worker's spools, or in another worker's (or an earlier process's),
+    /// which `X-Ack: kafka` must then see delivered too ([`Answer::repeats_durable`]).
+    pub(crate) durable: bool,
     /// Some claim of this worker whose record is not durable yet.
-    Pending,
+    pub(crate) pending: bool,
 }
 
 impl Repeats {
     pub(crate) fn of(found: &[Claimed]) -> Repeats {
-        found.iter().fold(Repeats::Nothing, |most, claimed| {
-            most.max(match claimed {
-                Claimed::New => Repeats::Nothing,
-                Claimed::Durable => Repeats::Durable,
-                Claimed::Pending => Repeats::Pending,
-            })
-        })
+        let mut repeats = Repeats::default();
+        repeats.add(found);
+        repeats
+    }
+
+    pub(crate) fn add(&mut self, found: &[Claimed]) {
+        for claimed in found {
+            match claimed {
+                Claimed::New => {}
+                Claimed::Durable => self.durable = true,
+                Claimed::Pending => self.pending = true,
+            }
+        }
+    }
+
+    fn any(self) -> bool {
+        self.durable || self.pending
     }
 }
 
@@ -356,7 +366,7 @@ impl Gateway {
         }
         // What a repeat repeats was appended before it, in either lane (read only for a repeat: each lane's next
         // sequence takes its writer's lock).
-        let everything_before = (repeats != Repeats::Nothing).then(|| {
+        let everything_before = repeats.any().then(|| {
             let mut before = ends;
             for (other, spool) in self.lanes() {
                 if other != lane || written.is_empty() {
@@ -365,7 +375,9 @@ impl Gateway {
             }
             before
         });
-        if let (Repeats::Pending, Some(before)) = (repeats, everything_before) {
+        if repeats.pending
+            && let Some(before) = everything_before
+        {
             ends = before;
         }
         waiting.ends = ends;

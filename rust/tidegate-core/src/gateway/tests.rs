@@ -389,12 +389,14 @@ fn a_repeat_of_durable_records_waits_for_no_lane() {
     let gateway = lanes("repeat-durable");
     let original = gateway.accept(&at("high", body(0, &reading("d1", 1), None))).unwrap();
     assert_eq!(original.durable_ends, Some([0, 1]));
+    assert!(!original.repeats_durable);
     let early = gateway.accept(&at("high", body(0, &reading("d1", 1), None))).unwrap();
     assert_eq!(
         early.durable_ends,
         Some([0, 1]),
         "not durable yet: waits for its original"
     );
+    assert!(!early.repeats_durable, "what it repeats is this worker's, pending");
     commit_lane(&gateway, Lane::High);
     let flood = gateway.accept(&at("low", body(0, &reading("d2", 2), None))).unwrap();
     assert_eq!(flood.durable_ends, Some([1, 0]));
@@ -405,6 +407,10 @@ fn a_repeat_of_durable_records_waits_for_no_lane() {
         retry.delivered_ends,
         Some([1, 1]),
         "X-Ack: kafka still waits for the broker to have everything appended before it, what it repeats among it"
+    );
+    assert!(
+        retry.repeats_durable,
+        "what it repeats may be in another worker's spool: X-Ack: kafka looks there too"
     );
     assert!(!gateway.failed_since(&retry));
     // The main spool's commit fails: the retry, which did not wait for it, was rightly answered.

@@ -268,6 +268,15 @@ fn read_slot(file: &File, slot: u64) -> u64 {
     }
 }
 
+/// What the writer of the spool in `dir` and its delivery published, as any other process reads it: every record
+/// below the first sequence is durable, every one below the second acknowledged by the broker. Zeros for a spool
+/// that published nothing (nothing is known delivered).
+pub fn published_progress(dir: &Path) -> (u64, u64) {
+    File::open(dir.join(PROGRESS_FILE)).map_or((0, 0), |file| {
+        (read_slot(&file, DURABLE_SLOT), read_slot(&file, DELIVERED_SLOT))
+    })
+}
+
 fn write_slot(file: &File, slot: u64, value: u64) -> io::Result<()> {
     use std::os::unix::fs::FileExt;
     file.write_all_at(&value.to_le_bytes(), slot * 8)
