@@ -4,6 +4,7 @@ path against a real S3-compatible server (moto_server)."""
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import itertools
 import json
 import os
@@ -32,7 +33,7 @@ from tidegate.delivery.status import running_delivery_pid
 from tidegate.testing.processes import free_port
 from tidegate.testing.server import Server
 
-from tests.conftest import event, iso_now, reading
+from tests.conftest import event, iso_now, reading, wait_for
 from tests.openapi_check import OpenApiChecker
 
 NDJSON = {"Content-Type": "application/x-ndjson"}
@@ -432,6 +433,46 @@ def test_without_kafka_archived_segments_are_deleted_and_the_spool_never_fills(t
                 time.sleep(0.1)
             assert spool_bytes(server.data_dir) <= 144 * 1024, "archived segments were not deleted"
     assert local_query(server.data_dir).count() == sent
+
+
+def test_archived_segments_are_deleted_from_spools_no_worker_writes(tmp_path: Path) -> None:
+    """Spool directories no worker writes any more are cleaned like the others once the archive has their
+    records: one a worker left when the workers became fewer (here w1, written while w0 was another's), and a
+    worker's high-priority one once `high_priority_spool` is off (w0h). Before, their segments stayed for good."""
+    env = FAST | {
+        "TIDEGATE_AUTH": "false",
+        "TIDEGATE_SPOOL_SEGMENT_BYTES": str(16 * 1024),
+        "TIDEGATE_SPOOL_RETENTION_SECONDS": "0",
+    }
+    data = tmp_path / "server"
+    sent = 0
+
+    def fill(server: Server) -> None:
+        nonlocal sent
+        with httpx.Client(base_url=server.url, timeout=30) as http:
+            for round_ in range(8):  # each body about 24 KiB: a segment or more in each spool
+                body = ndjson([event(entity_id=f"s{sent}-{i}", payload={"pad": "x" * 200}) for i in range(60)])
+                priority = {"X-Priority": "high" if round_ % 2 else "low"}
+                assert http.post("/api/v1/events", content=body, headers=NDJSON | priority).status_code == 202
+                sent += 60
+        assert wait_archived(local_query(data), sent) == sent
+
+    with Server(data, env) as server:
+        fill(server)
+    # Another worker holds w0: this server's worker writes w1 and w1h.
+    with (data / "spool" / "w0" / "lock").open("a") as other_worker:
+        fcntl.flock(other_worker, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with Server(data, env) as server:
+            fill(server)
+    left = [data / "spool" / name for name in ("w0h", "w1", "w1h")]
+    assert all(len(list(directory.glob("*.seg"))) > 1 for directory in left)
+    with Server(data, env | {"TIDEGATE_HIGH_PRIORITY_SPOOL": "false"}):
+        # The last segment of a spool stays (cleanup never deletes it); every archived one before it goes.
+        wait_for(
+            lambda: all(len(list(directory.glob("*.seg"))) == 1 for directory in left),
+            "the archived segments of the spools no worker writes deleted",
+        )
+    assert local_query(data).count() == sent
 
 
 def test_segments_are_not_deleted_before_the_archive_has_them(tmp_path: Path) -> None:

@@ -26,6 +26,7 @@ from tidegate.delivery.spool import (
     LANE_NAMES,
     SpoolWriter,
     cleanup_horizon,
+    worker_spool_dirs,
 )
 from tidegate.delivery.status import DeliveryStatus
 from tidegate.ingest import IngestEdge, IngestRoute, now_ms
@@ -577,12 +578,59 @@ class Gateway:
                     continue
                 if name == "recover" and outcome:
                     log.info(json.dumps({"event": "spool_recovered", "spool": str(spool.path)}))
+        if clean:
+            await asyncio.to_thread(self._clean_left_spools)
 
     def _cleanup(self, spool: Spool) -> int:
         """Deletes segments of `spool` that both Kafka delivery and the archive (those configured) have passed."""
         settings = self.settings
         horizon = cleanup_horizon(spool, kafka=bool(settings.kafka), archive=settings.archive)
         return 0 if horizon is None else spool.cleanup(horizon)
+
+    def _clean_left_spools(self) -> int:
+        """`_cleanup` for the spool directories no worker writes: those workers left when they became fewer
+        (`w<N>` and `w<N>h` with N at least `workers`), and this worker's high-priority one once
+        `high_priority_spool` is off. Delivery and the archive drain them like any other, but only a writer deletes
+        segments, and without this their acknowledged segments stayed for good. Each is opened while the lock of
+        its worker directory is held (this worker's own covers its high-priority one). Only directories past the
+        workers' count: a worker claims the first free directory, and one that found its own locked for a
+        moment would take another, and with it another MQTT client id. Returns the segments deleted."""
+        settings = self.settings
+        own = self.spool_dirs
+        removed = 0
+        for directory in worker_spool_dirs(settings.data_dir):
+            if directory in own:
+                continue
+            worker_dir = directory.with_name(directory.name.removesuffix(HIGH_LANE_SUFFIX))
+            index = worker_dir.name.removeprefix("w")
+            if worker_dir not in own and not (index.isdigit() and int(index) >= settings.workers):
+                continue
+            try:
+                with contextlib.ExitStack() as held:
+                    if worker_dir not in own:
+                        # Appended to, never truncated: the lock file holds its writer's pid.
+                        lock = held.enter_context((worker_dir / "lock").open("a"))
+                        try:
+                            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                        except BlockingIOError:
+                            continue  # a worker writes it
+                    spool = Spool(
+                        directory,
+                        segment_bytes=settings.spool_segment_bytes,
+                        quota_bytes=settings.spool_quota_bytes,
+                        retention_seconds=settings.spool_retention_seconds,
+                    )
+                    try:
+                        removed += self._cleanup(spool)
+                    finally:
+                        del spool  # closed before the lock is let go
+            except OSError as error:
+                log.warning(
+                    json.dumps(
+                        {"event": "spool_care_failed", "spool": str(directory), "step": "cleanup", "error": str(error)}
+                    )
+                )
+        return removed
 
     def _inject_faults(self) -> None:
         faults = self.settings.data_dir / "faults"
