@@ -26,6 +26,7 @@ from tidegate.delivery.spool import (
     LANE_NAMES,
     SpoolWriter,
     cleanup_horizon,
+    read_archived,
     worker_spool_dirs,
 )
 from tidegate.delivery.status import DeliveryStatus
@@ -83,6 +84,10 @@ def shared_or_own(path: Path, open_table: Callable[[Path | None], Table]) -> Tab
     except OSError as error:
         log.error(json.dumps({"event": "shared-table-unavailable", "path": str(path), "error": str(error)}))
         return open_table(None)
+
+
+LEFT_SPOOLS_CLEANUP_S = 30.0
+"""How often a worker looks for segments to delete in the spools no worker writes (`Gateway._clean_left_spools`)."""
 
 
 def claim_worker_dir(root: Path) -> tuple[Path, IO[str]]:
@@ -245,6 +250,8 @@ class Gateway:
         self._next_spool_care = 0.0
         self._next_drain_sweep = 0.0
         self._next_cleanup = 0.0
+        self._next_left_cleanup = 0.0
+        self._left_cleanup: asyncio.Task[int] | None = None
         self._rate_window_start = time.monotonic()
         self._request_rate = 0.0
         self.metrics.gauge("tidegate_utilization", "Admission utilization (0..1).", self.utilization)
@@ -503,6 +510,9 @@ class Gateway:
             while self.in_flight_requests and time.monotonic() < deadline:
                 await asyncio.sleep(0.01)
             housekeeping.cancel()
+            if self._left_cleanup is not None:
+                # It may hold a spool this worker's lock covers: done before the lock goes.
+                await asyncio.wait([self._left_cleanup])
             await asyncio.to_thread(self.edge.close)
             await self.silence.stop()
             for writer in self.writers:
@@ -578,8 +588,11 @@ class Gateway:
                     continue
                 if name == "recover" and outcome:
                     log.info(json.dumps({"event": "spool_recovered", "spool": str(spool.path)}))
-        if clean:
-            await asyncio.to_thread(self._clean_left_spools)
+        idle = self._left_cleanup is None or self._left_cleanup.done()
+        if (self.settings.kafka or self.settings.archive) and idle and now >= self._next_left_cleanup:
+            self._next_left_cleanup = now + LEFT_SPOOLS_CLEANUP_S
+            # A task of its own: opening a spool reads it whole, which the worker's housekeeping must not wait for.
+            self._left_cleanup = asyncio.create_task(asyncio.to_thread(self._clean_left_spools))
 
     def _cleanup(self, spool: Spool) -> int:
         """Deletes segments of `spool` that both Kafka delivery and the archive (those configured) have passed."""
@@ -606,9 +619,11 @@ class Gateway:
             if worker_dir not in own and not (index.isdigit() and int(index) >= settings.workers):
                 continue
             try:
+                if not worker_dir.is_dir() or not self._left_spool_has_deletable(directory):
+                    continue
                 with contextlib.ExitStack() as held:
                     if worker_dir not in own:
-                        # Appended to, never truncated: the lock file holds its writer's pid.
+                        # Opened to append: the pid a worker wrote there stays.
                         lock = held.enter_context((worker_dir / "lock").open("a"))
                         try:
                             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -631,6 +646,25 @@ class Gateway:
                     )
                 )
         return removed
+
+    def _left_spool_has_deletable(self, directory: Path) -> bool:
+        """Whether `_cleanup` could delete a segment of the spool in `directory`, judged from its files alone (a
+        spool is read whole when opened): its oldest segment is below what Kafka delivery (its published delivered
+        sequence) and the archive have passed, those configured, and past retention or the spool past half its
+        quota. Segment files are named by their first sequence."""
+        settings = self.settings
+        segments = sorted(path for path in directory.glob("*.seg") if path.stem.isdigit())
+        if len(segments) < 2:
+            return False
+        passed = []
+        if settings.kafka:
+            passed.append(Spool.published_progress(directory)[1])
+        if settings.archive:
+            passed.append(read_archived(directory))
+        if not passed or int(segments[1].stem) > min(passed):
+            return False
+        expired = time.time() - segments[0].stat().st_mtime >= settings.spool_retention_seconds
+        return expired or 2 * sum(path.stat().st_size for path in segments) > settings.spool_quota_bytes
 
     def _inject_faults(self) -> None:
         faults = self.settings.data_dir / "faults"

@@ -456,7 +456,8 @@ class IngestEdge:
         """The host's other spools (other workers', or left by an earlier process) holding durable records the
         broker has not acknowledged: each directory, and how far it is durable. A repeat of durable records may
         repeat one of them (`Accepted.repeats_durable`): its record was durable, and its spool's published durable
-        sequence past it, before its claim said so."""
+        sequence past it, before its claim said so. Which spool holds it is not kept with the claim, so the repeat
+        waits for all of them: one that lags makes such answers wait, up to `kafka_ack_timeout_s`, and say `spool`."""
         own = self.gateway.spool_dirs
         undelivered = []
         for directory in worker_spool_dirs(self.settings.data_dir):
@@ -466,12 +467,20 @@ class IngestEdge:
                     undelivered.append((directory, durable))
         return tuple(undelivered)
 
-    def _delivered(self, ends: DeliveredEnds) -> bool:
-        """Whether the delivery process saw the broker acknowledge every record below `ends`."""
+    def _delivered(self, ends: DeliveredEnds, published: dict[Path, int] | None = None) -> bool:
+        """Whether the delivery process saw the broker acknowledge every record below `ends`. `published`: what
+        other spools' `progress` files said, read once for all the waiters a watch looks at."""
         spools = self.gateway.spools
-        return all(not end or spools[lane].delivered_seq >= end for lane, end in enumerate(ends.lanes)) and all(
-            Spool.published_progress(directory)[1] >= end for directory, end in ends.elsewhere
-        )
+        if not all(not end or spools[lane].delivered_seq >= end for lane, end in enumerate(ends.lanes)):
+            return False
+        published = {} if published is None else published
+        for directory, end in ends.elsewhere:
+            delivered = published.get(directory)
+            if delivered is None:
+                delivered = published[directory] = Spool.published_progress(directory)[1]
+            if delivered < end:
+                return False
+        return True
 
     async def _wait_delivered(self, ends: DeliveredEnds, timeout: float) -> bool:
         """True once the delivery process saw the broker acknowledge every record below `ends` (`X-Ack: kafka`);
@@ -495,6 +504,7 @@ class IngestEdge:
     async def _watch_delivered(self) -> None:
         while self._delivered_waiters:
             await asyncio.sleep(0.002)
+            published: dict[Path, int] = {}
             for ends, future in self._delivered_waiters:
-                if not future.done() and self._delivered(ends):
+                if not future.done() and self._delivered(ends, published):
                     future.set_result(None)

@@ -359,6 +359,12 @@ class Forwarder:
         if self._task is not None:
             raise RuntimeError("forwarder already started")
         self._acked = self._persisted = self.spool.acked_seq
+        # What the checkpoint holds is delivered: published at once, or a spool that gets no new records (one no
+        # worker writes any more) would say less for good, and `X-Ack: kafka` answers that look at it would wait.
+        try:
+            self.spool.publish_delivered(self._acked)
+        except OSError as error:
+            log.warning("kafka forwarder: cannot publish the delivered sequence: %s", error)
         self._task = asyncio.create_task(self._run(), name="tidegate-kafka-forwarder")
 
     def notify(self) -> None:

@@ -753,14 +753,16 @@ impl Spool {
         let mut durability = lock(&self.durability);
         durability.fsyncs += 1;
         durability.commit_times.observe(took);
-        durability.durable_seq = durability.durable_seq.max(first_seq + count);
-        let durable = durability.durable_seq;
-        self.durable_changed.notify_all();
-        drop(durability);
+        let durable = durability.durable_seq.max(first_seq + count);
         if let Some(progress) = &self.progress {
+            // Published before this process counts it durable: whatever it then marks durable (a dedup claim
+            // another worker may find) is covered by what other processes read here (`X-Ack: kafka` of a repeat).
             // Page cache only: a pwrite, no fsync. If it fails the delivery process lags until the next commit.
             let _ = write_slot(progress, DURABLE_SLOT, durable);
         }
+        durability.durable_seq = durable;
+        self.durable_changed.notify_all();
+        drop(durability);
         Ok(durable)
     }
 
