@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import json
 import threading
+import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
-from tidegate.loop import HighFirstQueue, high_context, run_first_lane
+import tidegate
+from tidegate.delivery.spool import SpoolWriter
+from tidegate.loop import HighFirstQueue, high_context, poll_between_callbacks, run_first_lane
 
 
 @pytest.fixture
@@ -107,3 +112,72 @@ def test_a_busy_loop_is_not_woken_and_still_runs_what_a_thread_queued(loop: asyn
     loop.call_soon(busy)
     assert loop.run_until_complete(asyncio.wait_for(result, 30)) == 7
     assert loop.wake_ups() == before  # type: ignore[attr-defined]
+
+
+def test_news_a_probe_finds_between_callbacks_is_taken_before_those_already_waiting(
+    loop: asyncio.AbstractEventLoop,
+) -> None:
+    ran: list[str] = []
+    news = [False]
+
+    def take() -> None:
+        news[0] = False
+        ran.append("news")
+
+    def signal() -> None:
+        ran.append("n1")
+        news[0] = True
+
+    assert poll_between_callbacks(loop, lambda: news[0], take)
+    loop.call_soon(signal)
+    for name in ("n2", "n3"):
+        loop.call_soon(ran.append, name)
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+    assert ran == ["n1", "news", "n2", "n3"]
+
+    # A probe that keeps saying so (its news never taken) still lets every waiting callback run, in order.
+    ran.clear()
+    assert poll_between_callbacks(loop, lambda: True, lambda: ran.append("news"))
+    for name in ("n1", "n2", "n3"):
+        loop.call_soon(ran.append, name)
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+    assert [name for name in ran if name != "news"] == ["n1", "n2", "n3"] and "news" in ran
+    assert poll_between_callbacks(loop, None, lambda: None)
+    assert loop._ready.probe is None  # type: ignore[attr-defined]
+
+
+def test_an_urgent_spool_writer_sees_its_commit_while_the_loop_is_busy(
+    loop: asyncio.AbstractEventLoop, tmp_path: Path
+) -> None:
+    """High priority's spool writer: its commit is taken between the loop's callbacks, not only when the loop next
+    looks at its selector, after every callback already waiting (here 400 of them, 2 ms each)."""
+    validator = tidegate.Validator(tidegate.Contract.telemetry())
+    body = json.dumps({"device_id": "d1", "timestamp": "2026-12-02T10:00:00Z", "metrics": {"t": 1}}).encode()
+    order: list[str] = []
+
+    def busy() -> None:
+        time.sleep(0.002)  # a callback's CPU time: the loop does not wait for I/O while callbacks are ready
+        order.append("busy")
+
+    async def scenario(urgent: bool) -> None:
+        writer = SpoolWriter(tidegate.Spool(tmp_path / f"spool-{urgent}"), urgent=urgent)
+        await writer.start()
+        try:
+            end = writer.spool.append(validator.validate(body, "application/json").records)
+            # As a high-priority request waits: in the first lane.
+            high = high_context(contextvars.copy_context())
+            durable = loop.create_task(writer.durable(end), context=high)
+            durable.add_done_callback(lambda _: order.append("durable"), context=high)
+            for _ in range(400):
+                loop.call_soon(busy)
+            await durable
+        finally:
+            await writer.stop()
+
+    loop.run_until_complete(scenario(urgent=True))
+    assert order.index("durable") < 300, f"seen after {order.index('durable')} of the waiting callbacks"
+    order.clear()
+    loop.run_until_complete(scenario(urgent=False))
+    assert order.index("durable") == 400, "without it, after every callback already waiting"

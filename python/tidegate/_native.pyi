@@ -459,6 +459,9 @@ class GroupCommit:
 
     def request(self) -> None: ...
     def fileno(self) -> int: ...
+    def has_news(self) -> bool:
+        """Whether a commit finished that `take` has not taken (`fileno` readable), without a system call."""
+
     def take(self) -> tuple[int, int, int, int | None, str | None]: ...
     def stop(self) -> None:
         """Stops the thread after the commit in progress; what is appended and not committed stays for

@@ -466,7 +466,10 @@ class Gateway:
         self.metrics.native_counts(self.native.counters)
         self.writers = [
             SpoolWriter(
-                spool, commit_window_ms=settings.commit_window_ms, settle=functools.partial(self.native.settle, lane)
+                spool,
+                commit_window_ms=settings.commit_window_ms,
+                settle=functools.partial(self.native.settle, lane),
+                urgent=LANE_NAMES[lane] == "high",
             )
             for lane, spool in enumerate(self.spools)
         ]

@@ -26,6 +26,7 @@ import asyncio
 import collections
 import contextvars
 import logging
+from collections.abc import Callable
 from typing import Any
 
 log = logging.getLogger("tidegate")
@@ -47,6 +48,11 @@ class HighFirstQueue(collections.deque[Any]):
     def __init__(self, waiting: collections.deque[Any]) -> None:
         super().__init__(waiting)
         self.first: collections.deque[Any] = collections.deque()
+        #: News looked at before each callback is served (`poll_between_callbacks`), and the handle that takes it.
+        self.probe: Callable[[], bool] | None = None
+        self.probe_handle: asyncio.Handle | None = None
+        #: The last callback served was `probe_handle`: the next is a queued one, whatever the probe says.
+        self._probed = False
 
     def append(self, handle: Any) -> None:
         context = handle._context
@@ -56,6 +62,14 @@ class HighFirstQueue(collections.deque[Any]):
             _append(self, handle)
 
     def popleft(self) -> Any:
+        probe = self.probe
+        if probe is not None:
+            if self._probed:
+                self._probed = False
+            elif probe():
+                # In place of a queued callback, which the loop serves next time round.
+                self._probed = True
+                return self.probe_handle
         first = self.first
         if first:
             return first.popleft()
@@ -83,6 +97,26 @@ def run_first_lane(loop: asyncio.AbstractEventLoop) -> bool:
     queue = HighFirstQueue(ready)
     loop._ready = queue  # type: ignore[attr-defined]
     _wake_only_when_waiting(loop, selector, queue)
+    return True
+
+
+def poll_between_callbacks(
+    loop: asyncio.AbstractEventLoop, probe: Callable[[], bool] | None, callback: Callable[[], object]
+) -> bool:
+    """Has `loop` call `probe` before each callback it serves and, when it says so, run `callback` (in the first
+    lane) at once; `probe` None stops it. For news a thread signals through a descriptor, which the loop otherwise
+    sees at its next look at its selector, once every callback already ready has run: high priority's commits
+    (`SpoolWriter`), which its requests wait for. Under saturation an iteration of the loop took 1.6 ms at the
+    median and 6 ms at the 99th percentile (twice capacity, bench/pacer, clients ignoring Retry-After). False for a
+    loop without the first lane (`run_first_lane`)."""
+    ready = getattr(loop, "_ready", None)
+    if not isinstance(ready, HighFirstQueue):
+        return False
+    if probe is None:
+        ready.probe = None
+        return True
+    ready.probe_handle = asyncio.Handle(callback, (), loop, context=high_context(contextvars.copy_context()))
+    ready.probe = probe
     return True
 
 

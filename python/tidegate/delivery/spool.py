@@ -24,7 +24,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 from tidegate._native import GroupCommit, Records, Spool
-from tidegate.loop import high_context
+from tidegate.loop import high_context, poll_between_callbacks
 
 #: A worker's spools by lane (`tidegate._native.Gateway`): the main one, and high priority's own.
 LANE_NAMES = ("main", "high")
@@ -82,10 +82,18 @@ class SpoolWriter:
     """Writes records to a spool and awaits their durability with group commit."""
 
     def __init__(
-        self, spool: Spool, *, commit_window_ms: float = 1.0, settle: Callable[[int, bool], None] | None = None
+        self,
+        spool: Spool,
+        *,
+        commit_window_ms: float = 1.0,
+        settle: Callable[[int, bool], None] | None = None,
+        urgent: bool = False,
     ) -> None:
         self.spool = spool
         self.commit_window_ms = commit_window_ms
+        #: Its commits are looked for between the loop's callbacks, not only when the loop next waits for I/O
+        #: (`tidegate.loop.poll_between_callbacks`): high priority's spool.
+        self.urgent = urgent
         #: Told each commit's outcome `(durable_seq, failed)` before any waiter wakes (`Gateway.settle`).
         self.settle = settle
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []
@@ -101,12 +109,16 @@ class SpoolWriter:
         # priority's among them, and costs the loop nothing it would not spend anyway.
         first_lane = high_context(contextvars.copy_context())
         first_lane.run(self._loop.add_reader, self._committer.fileno(), self._on_commit)
+        if self.urgent:
+            poll_between_callbacks(self._loop, self._committer.has_news, self._on_commit)
 
     async def stop(self) -> None:
         """Commits whatever is pending, then stops the committer."""
         if self._committer is not None:
             assert self._loop is not None
             self._loop.remove_reader(self._committer.fileno())
+            if self.urgent:
+                poll_between_callbacks(self._loop, None, self._on_commit)
             await asyncio.to_thread(self._committer.stop)
             self._on_commit()  # a commit that finished after the loop last looked
             self._committer = None

@@ -546,8 +546,11 @@ fn the_group_committer_makes_appends_durable_and_signals_once_per_commit() {
     spool.append(&records_of(5, "b")).unwrap();
     committer.request();
     committer.request(); // a second request before the commit asks for nothing more
+    assert!(!committer.has_news() || spool.durable_seq() > 0);
     wait_for_signal(&committer);
+    assert!(committer.has_news(), "what the descriptor says, without a system call");
     let outcome = committer.take().unwrap();
+    assert!(!committer.has_news(), "taken");
     assert!(outcome.durable_seq >= end);
     assert_eq!(outcome.failures, 0);
     assert_eq!(spool.durable_seq(), 15);

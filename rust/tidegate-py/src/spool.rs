@@ -451,6 +451,12 @@ impl GroupCommit {
         self.0.signal_fd()
     }
 
+    /// Whether a commit finished that `take` has not taken (what `fileno` being readable says, without a system
+    /// call).
+    fn has_news(&self) -> bool {
+        self.0.has_news()
+    }
+
     fn take(&self) -> PyResult<CommitOutcomeTuple> {
         let outcome = self.0.take().map_err(errors::io_error)?;
         let (errno, message) = match outcome.last_error {

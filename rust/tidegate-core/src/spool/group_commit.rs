@@ -9,6 +9,7 @@
 
 use std::io::{self, PipeReader, PipeWriter, Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -40,6 +41,8 @@ struct Shared {
     state: Mutex<State>,
     wake: Condvar,
     signal: Mutex<PipeWriter>,
+    /// `State::signalled`, readable without the lock ([`GroupCommitter::has_news`]).
+    news: AtomicBool,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -67,6 +70,7 @@ impl GroupCommitter {
             }),
             wake: Condvar::new(),
             signal: Mutex::new(signal_write),
+            news: AtomicBool::new(false),
         });
         let thread_shared = Arc::clone(&shared);
         let thread = std::thread::Builder::new()
@@ -100,8 +104,15 @@ impl GroupCommitter {
             // The byte was written before `signalled` was set, under this lock: this read cannot block.
             lock(&self.signal_read).read_exact(&mut [0u8; 1])?;
             state.signalled = false;
+            self.shared.news.store(false, Ordering::Release);
         }
         Ok(state.outcome.clone())
+    }
+
+    /// Whether a commit finished that [`GroupCommitter::take`] has not taken: what `signal_fd` says, without a
+    /// system call (an event loop may look between its callbacks, rather than at its next wait for I/O).
+    pub fn has_news(&self) -> bool {
+        self.shared.news.load(Ordering::Acquire)
     }
 
     /// Stops the thread after the commit in progress, if any. What is appended and not committed stays for the
@@ -156,6 +167,7 @@ fn run(shared: &Shared, spool: &Spool, window: Duration) {
             // The pipe holds one byte at most, so this never blocks; it fails only once the read end is gone.
             if lock(&shared.signal).write_all(&[1]).is_ok() {
                 state.signalled = true;
+                shared.news.store(true, Ordering::Release);
             }
         }
     }
