@@ -152,32 +152,39 @@ def test_an_urgent_spool_writer_sees_its_commit_while_the_loop_is_busy(
     loop: asyncio.AbstractEventLoop, tmp_path: Path
 ) -> None:
     """High priority's spool writer: its commit is taken between the loop's callbacks, not only when the loop next
-    looks at its selector, after every callback already waiting (here 400 of them, 2 ms each)."""
+    looks at its selector, after every callback already waiting (here 400; the first holds the loop until the
+    commit has finished)."""
     validator = tidegate.Validator(tidegate.Contract.telemetry())
     body = json.dumps({"device_id": "d1", "timestamp": "2026-12-02T10:00:00Z", "metrics": {"t": 1}}).encode()
     order: list[str] = []
 
-    def busy() -> None:
-        time.sleep(0.002)  # a callback's CPU time: the loop does not wait for I/O while callbacks are ready
-        order.append("busy")
-
     async def scenario(urgent: bool) -> None:
         writer = SpoolWriter(tidegate.Spool(tmp_path / f"spool-{urgent}"), urgent=urgent)
         await writer.start()
+
+        def until_committed() -> None:
+            committer = writer._committer
+            assert committer is not None
+            guard = time.monotonic() + 60  # a hang guard, not a speed requirement
+            while not committer.has_news() and time.monotonic() < guard:
+                time.sleep(0.001)  # the loop stays busy: it does not look at its selector meanwhile
+            order.append("busy")
+
         try:
             end = writer.spool.append(validator.validate(body, "application/json").records)
             # As a high-priority request waits: in the first lane.
             high = high_context(contextvars.copy_context())
             durable = loop.create_task(writer.durable(end), context=high)
             durable.add_done_callback(lambda _: order.append("durable"), context=high)
-            for _ in range(400):
-                loop.call_soon(busy)
+            loop.call_soon(until_committed)
+            for _ in range(399):
+                loop.call_soon(order.append, "busy")
             await durable
         finally:
             await writer.stop()
 
     loop.run_until_complete(scenario(urgent=True))
-    assert order.index("durable") < 300, f"seen after {order.index('durable')} of the waiting callbacks"
+    assert order.index("durable") == 1, "taken right after the callback during which the commit finished"
     order.clear()
     loop.run_until_complete(scenario(urgent=False))
     assert order.index("durable") == 400, "without it, after every callback already waiting"
