@@ -506,6 +506,19 @@ class Spool:
         them, read without opening the spool (another worker's): every record below the first is durable, every
         one below the second acknowledged by the broker. `(0, 0)` when nothing was published."""
 
+    @staticmethod
+    def read_acked(path: str | PathLike[str]) -> int:
+        """The delivery process's checkpoint in the spool directory `path` (every record below it acknowledged by
+        the broker; 0 when there is none), read without opening the spool."""
+
+    @staticmethod
+    def cleanup_unwritten(
+        path: str | PathLike[str], horizon: int, *, quota_bytes: int, retention_seconds: float
+    ) -> int:
+        """Deletes from the spool in `path`, which no process writes (the caller holds its worker directory's
+        lock), the segments `cleanup_below(horizon)` would, judged from its files alone (opening the spool would
+        read every segment). Returns how many went."""
+
     def publish_delivered(self, seq: int) -> None:
         """Tells the writer the broker acknowledged every record below `seq` (page cache, no fsync)."""
 

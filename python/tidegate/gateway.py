@@ -26,7 +26,6 @@ from tidegate.delivery.spool import (
     LANE_NAMES,
     SpoolWriter,
     cleanup_horizon,
-    read_archived,
     worker_spool_dirs,
 )
 from tidegate.delivery.status import DeliveryStatus
@@ -206,8 +205,6 @@ class Gateway:
         )
         #: The worker's spools by lane, once open: the main one, then high priority's own (`high_priority_spool`).
         self.spools: list[Spool] = []
-        #: The directories of `spools`, lane by lane.
-        self.spool_dirs: list[Path] = []
         #: The accept path (`tidegate._native.Gateway`), once the spools are open.
         self.native: NativeGateway | None = None
         #: Each spool's group-commit writer, by lane.
@@ -435,7 +432,6 @@ class Gateway:
         lanes = [(directory, settings.spool_quota_bytes - high_quota)]
         if settings.high_priority_spool:
             lanes.append((directory.with_name(directory.name + HIGH_LANE_SUFFIX), high_quota))
-        self.spool_dirs = [path for path, _ in lanes]
         self.spools = [
             Spool(
                 path,
@@ -594,25 +590,31 @@ class Gateway:
         idle = self._left_cleanup is None or self._left_cleanup.done()
         if (self.settings.kafka or self.settings.archive) and idle and now >= self._next_left_cleanup:
             self._next_left_cleanup = now + LEFT_SPOOLS_CLEANUP_S
-            # A task of its own: opening a spool reads it whole, which the worker's housekeeping must not wait for.
+            # A task of its own, awaited before the worker's lock goes (it may clean the spool that lock covers).
             self._left_cleanup = asyncio.create_task(asyncio.to_thread(self._clean_left_spools))
 
     def _cleanup(self, spool: Spool) -> int:
         """Deletes segments of `spool` that both Kafka delivery and the archive (those configured) have passed."""
         settings = self.settings
-        horizon = cleanup_horizon(spool, kafka=bool(settings.kafka), archive=settings.archive)
+        acked = spool.acked_seq if settings.kafka else None
+        horizon = cleanup_horizon(Path(spool.path), acked_seq=acked, archive=settings.archive)
         return 0 if horizon is None else spool.cleanup(horizon)
+
+    def own_spool_dirs(self) -> list[Path]:
+        """The directories of this worker's spools, lane by lane."""
+        return [Path(spool.path) for spool in self.spools]
 
     def _clean_left_spools(self) -> int:
         """`_cleanup` for the spool directories no worker writes: those workers left when they became fewer
         (`w<N>` and `w<N>h` with N at least `workers`), and this worker's high-priority one once
         `high_priority_spool` is off. Delivery and the archive drain them like any other, but only a writer deletes
-        segments, and without this their acknowledged segments stayed for good. Each is opened while the lock of
-        its worker directory is held (this worker's own covers its high-priority one). Only directories past the
-        workers' count: a worker claims the first free directory, and one that found its own locked for a
-        moment would take another, and with it another MQTT client id. Returns the segments deleted."""
+        segments, and without this their acknowledged segments stayed for good. Each is cleaned from its files
+        (`Spool.cleanup_unwritten`) while the lock of its worker directory is held (this worker's own covers its
+        high-priority one), so that no worker opens it meanwhile. Only directories past the workers' count: a
+        worker claims the first free directory, and one that found its own locked for a moment would take
+        another, and with it another MQTT client id. Returns the segments deleted."""
         settings = self.settings
-        own = self.spool_dirs
+        own = self.own_spool_dirs()
         removed = 0
         for directory in worker_spool_dirs(settings.data_dir):
             if directory in own:
@@ -622,8 +624,6 @@ class Gateway:
             if worker_dir not in own and not (index.isdigit() and int(index) >= settings.workers):
                 continue
             try:
-                if not worker_dir.is_dir() or not self._left_spool_has_deletable(directory):
-                    continue
                 with contextlib.ExitStack() as held:
                     if worker_dir not in own:
                         # Opened to append: the pid a worker wrote there stays.
@@ -632,16 +632,15 @@ class Gateway:
                             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
                         except BlockingIOError:
                             continue  # a worker writes it
-                    spool = Spool(
-                        directory,
-                        segment_bytes=settings.spool_segment_bytes,
-                        quota_bytes=settings.spool_quota_bytes,
-                        retention_seconds=settings.spool_retention_seconds,
-                    )
-                    try:
-                        removed += self._cleanup(spool)
-                    finally:
-                        del spool  # closed before the lock is let go
+                    acked = Spool.read_acked(directory) if settings.kafka else None
+                    horizon = cleanup_horizon(directory, acked_seq=acked, archive=settings.archive)
+                    if horizon is not None:
+                        removed += Spool.cleanup_unwritten(
+                            directory,
+                            horizon,
+                            quota_bytes=settings.spool_quota_bytes,
+                            retention_seconds=settings.spool_retention_seconds,
+                        )
             except OSError as error:
                 log.warning(
                     json.dumps(
@@ -649,25 +648,6 @@ class Gateway:
                     )
                 )
         return removed
-
-    def _left_spool_has_deletable(self, directory: Path) -> bool:
-        """Whether `_cleanup` could delete a segment of the spool in `directory`, judged from its files alone (a
-        spool is read whole when opened): its oldest segment is below what Kafka delivery (its published delivered
-        sequence) and the archive have passed, those configured, and past retention or the spool past half its
-        quota. Segment files are named by their first sequence."""
-        settings = self.settings
-        segments = sorted(path for path in directory.glob("*.seg") if path.stem.isdigit())
-        if len(segments) < 2:
-            return False
-        passed = []
-        if settings.kafka:
-            passed.append(Spool.published_progress(directory)[1])
-        if settings.archive:
-            passed.append(read_archived(directory))
-        if not passed or int(segments[1].stem) > min(passed):
-            return False
-        expired = time.time() - segments[0].stat().st_mtime >= settings.spool_retention_seconds
-        return expired or 2 * sum(path.stat().st_size for path in segments) > settings.spool_quota_bytes
 
     def _inject_faults(self) -> None:
         faults = self.settings.data_dir / "faults"

@@ -458,7 +458,7 @@ class IngestEdge:
         repeat one of them (`Accepted.repeats_durable`): its record was durable, and its spool's published durable
         sequence past it, before its claim said so. Which spool holds it is not kept with the claim, so the repeat
         waits for all of them: one that lags makes such answers wait, up to `kafka_ack_timeout_s`, and say `spool`."""
-        own = self.gateway.spool_dirs
+        own = self.gateway.own_spool_dirs()
         undelivered = []
         for directory in worker_spool_dirs(self.settings.data_dir):
             if directory not in own:

@@ -361,10 +361,7 @@ class Forwarder:
         self._acked = self._persisted = self.spool.acked_seq
         # What the checkpoint holds is delivered: published at once, or a spool that gets no new records (one no
         # worker writes any more) would say less for good, and `X-Ack: kafka` answers that look at it would wait.
-        try:
-            self.spool.publish_delivered(self._acked)
-        except OSError as error:
-            log.warning("kafka forwarder: cannot publish the delivered sequence: %s", error)
+        self._publish_delivered(self._acked)
         self._task = asyncio.create_task(self._run(), name="tidegate-kafka-forwarder")
 
     def notify(self) -> None:
@@ -535,14 +532,19 @@ class Forwarder:
             if self.settings.linger_s > 0:
                 await asyncio.sleep(self.settings.linger_s)
 
+    def _publish_delivered(self, seq: int) -> None:
+        """Tells the spool's writers (and other workers' `X-Ack: kafka` answers) that everything below `seq` is
+        acknowledged."""
+        try:
+            self.spool.publish_delivered(seq)
+        except OSError as error:  # only delays X-Ack: kafka answers; the checkpoint is what counts
+            log.warning("kafka forwarder: cannot publish the delivered sequence: %s", error)
+
     async def _checkpoint(self, next_seq: int) -> None:
         """Everything below `next_seq` is acknowledged by the broker: publish it (the writer's `X-Ack: kafka`
         waiters), release local waiters, then persist the checkpoint."""
         self._acked = next_seq
-        try:
-            self.spool.publish_delivered(next_seq)
-        except OSError as error:  # only delays X-Ack: kafka answers; the checkpoint below is what counts
-            log.warning("kafka forwarder: cannot publish the delivered sequence: %s", error)
+        self._publish_delivered(next_seq)
         self.ranges_acked += 1
         if self._ack_waiters:
             still = []

@@ -66,15 +66,14 @@ def publish_archived(spool_dir: Path, seq: int) -> None:
     temporary.replace(spool_dir / ARCHIVED_FILE)
 
 
-def cleanup_horizon(spool: Spool, *, kafka: bool, archive: bool) -> int | None:
-    """The sequence below which the writer's cleanup may delete segments: the least of what each reader of the
-    spool has passed (Kafka delivery's checkpoint, the archive's published sequence). None when neither is
-    configured: then nothing is ever acknowledged, and nothing deleted."""
-    passed = []
-    if kafka:
-        passed.append(spool.acked_seq)
+def cleanup_horizon(spool_dir: Path, *, acked_seq: int | None, archive: bool) -> int | None:
+    """The sequence below which cleanup may delete segments of the spool in `spool_dir`: the least of what each
+    reader of the spool has passed (Kafka delivery's checkpoint `acked_seq`, None without Kafka; the archive's
+    published sequence). None when neither is configured: then nothing is ever acknowledged, and nothing
+    deleted."""
+    passed = [] if acked_seq is None else [acked_seq]
     if archive:
-        passed.append(read_archived(Path(spool.path)))
+        passed.append(read_archived(spool_dir))
     return min(passed) if passed else None
 
 

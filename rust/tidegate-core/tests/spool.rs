@@ -583,3 +583,51 @@ fn the_group_committer_reports_a_failed_commit_and_the_next_one_succeeds() {
     assert_eq!(next.failures, 1);
     assert_eq!(next.durable_seq, end);
 }
+
+#[test]
+fn a_spool_no_one_writes_is_cleaned_from_its_files_as_its_writer_would() {
+    // Two spools written alike; one cleaned by its writer, the other closed and cleaned from its files alone.
+    let options = SpoolOptions {
+        segment_bytes: 4096,
+        retention: Duration::ZERO,
+        ..SpoolOptions::default()
+    };
+    let (open_dir, left_dir) = (temp_dir("cleanup-open"), temp_dir("cleanup-left"));
+    let (open, left) = (
+        Spool::open(&open_dir, options.clone()).unwrap(),
+        Spool::open(&left_dir, options.clone()).unwrap(),
+    );
+    let mut ends = Vec::new();
+    for i in 0..20 {
+        let records = records_of(10, &format!("c{i}"));
+        open.append(&records).unwrap();
+        open.commit().unwrap();
+        left.append(&records).unwrap();
+        ends.push(left.commit().unwrap());
+    }
+    let horizon = ends[12];
+    drop(left);
+    assert_eq!(
+        tidegate_core::spool::read_acked(&left_dir).unwrap(),
+        0,
+        "no checkpoint: 0"
+    );
+    let by_writer = open.cleanup_below(horizon).unwrap();
+    let by_files = tidegate_core::spool::cleanup_unwritten(&left_dir, horizon, &options).unwrap();
+    assert!(by_writer > 0);
+    assert_eq!(by_files, by_writer, "the same rule, the same segments");
+    let remaining = |dir: &PathBuf| {
+        fs::read_dir(dir)
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "seg"))
+            .count()
+    };
+    assert_eq!(remaining(&left_dir), remaining(&open_dir));
+    let reopened = Spool::open(&left_dir, options).unwrap();
+    assert!(
+        read_all(&reopened).len() as u64 >= 200 - horizon,
+        "what is past the horizon stays readable"
+    );
+    fs::remove_dir_all(&open_dir).unwrap();
+    fs::remove_dir_all(&left_dir).unwrap();
+}

@@ -106,6 +106,32 @@ impl Spool {
         py.detach(|| tidegate_core::spool::published_progress(&path))
     }
 
+    /// The delivery process's checkpoint in the spool directory `path`, read without opening the spool.
+    #[staticmethod]
+    fn read_acked(py: Python<'_>, path: PathBuf) -> PyResult<u64> {
+        py.detach(|| tidegate_core::spool::read_acked(&path))
+            .map_err(spool_error)
+    }
+
+    /// `cleanup_below` for a spool no process writes, from its files alone (see the core's `cleanup_unwritten`).
+    #[staticmethod]
+    #[pyo3(signature = (path, horizon, *, quota_bytes, retention_seconds))]
+    fn cleanup_unwritten(
+        py: Python<'_>,
+        path: PathBuf,
+        horizon: u64,
+        quota_bytes: u64,
+        retention_seconds: f64,
+    ) -> PyResult<usize> {
+        let options = SpoolOptions {
+            quota_bytes,
+            retention: Duration::from_secs_f64(retention_seconds),
+            ..SpoolOptions::default()
+        };
+        py.detach(|| tidegate_core::spool::cleanup_unwritten(&path, horizon, &options))
+            .map_err(spool_error)
+    }
+
     fn publish_delivered(&self, seq: u64) -> PyResult<()> {
         self.inner.publish_delivered(seq).map_err(spool_error)
     }

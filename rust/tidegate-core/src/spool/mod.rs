@@ -277,6 +277,48 @@ pub fn published_progress(dir: &Path) -> (u64, u64) {
     })
 }
 
+/// The checkpoint the delivery process wrote in the spool directory `dir` (every record below it acknowledged by
+/// the broker), read without opening the spool; 0 when there is none.
+pub fn read_acked(dir: &Path) -> Result<u64, SpoolError> {
+    read_checkpoint(dir)
+}
+
+/// Deletes from the spool in `dir`, which no process writes (the caller holds the lock of its worker
+/// directory), the segments [`Spool::cleanup_below`] would delete, judged from its files alone: opening it
+/// would recover it, reading every segment. Returns how many went.
+pub fn cleanup_unwritten(dir: &Path, horizon: u64, options: &SpoolOptions) -> Result<usize, SpoolError> {
+    let segments = list_segments(dir, 0)?;
+    let total_bytes = segments.iter().map(|s| s.bytes).sum();
+    let doomed = &segments[..expendable(&segments, total_bytes, horizon, options)];
+    remove_segments(doomed, || ())?;
+    Ok(doomed.len())
+}
+
+/// How many of `segments` (oldest first) cleanup deletes: each wholly below `horizon`, and past retention or the
+/// spool past half its quota (its `total_bytes`); never the last, the one written.
+fn expendable(segments: &[Segment], total_bytes: u64, horizon: u64, options: &SpoolOptions) -> usize {
+    let now = SystemTime::now();
+    let pressed = total_bytes * 2 > options.quota_bytes;
+    segments[..segments.len().saturating_sub(1)]
+        .iter()
+        .take_while(|segment| {
+            let expired = now.duration_since(segment.created).unwrap_or_default() >= options.retention;
+            segment.end_seq() <= horizon && (expired || pressed)
+        })
+        .count()
+}
+
+/// Deletes the files of `segments` (one already gone counts as deleted), calling `removed` for each.
+fn remove_segments(segments: &[Segment], mut removed: impl FnMut()) -> Result<(), SpoolError> {
+    for segment in segments {
+        match fs::remove_file(&segment.path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e.into()),
+            _ => removed(),
+        }
+    }
+    Ok(())
+}
+
 fn write_slot(file: &File, slot: u64, value: u64) -> io::Result<()> {
     use std::os::unix::fs::FileExt;
     file.write_all_at(&value.to_le_bytes(), slot * 8)
@@ -947,28 +989,16 @@ impl Spool {
         if self.role != Role::Writer {
             return Ok(0);
         }
-        let acked = horizon;
-        let now = SystemTime::now();
-        let mut doomed = Vec::new();
-        {
+        let doomed: Vec<Segment> = {
             let mut writer = lock(&self.writer);
-            let pressed = writer.total_bytes * 2 > self.options.quota_bytes;
-            while writer.segments.len() > 1 {
-                let oldest = &writer.segments[0];
-                let expired = now.duration_since(oldest.created).unwrap_or_default() >= self.options.retention;
-                if oldest.end_seq() > acked || !(expired || pressed) {
-                    break;
-                }
-                writer.total_bytes -= oldest.bytes;
-                doomed.push(writer.segments.remove(0));
-            }
-        }
-        for segment in &doomed {
-            match fs::remove_file(&segment.path) {
-                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e.into()),
-                _ => self.removed_segments.fetch_add(1, Ordering::Relaxed),
-            };
-        }
+            let expendable = expendable(&writer.segments, writer.total_bytes, horizon, &self.options);
+            let doomed: Vec<Segment> = writer.segments.drain(..expendable).collect();
+            writer.total_bytes -= doomed.iter().map(|s| s.bytes).sum::<u64>();
+            doomed
+        };
+        remove_segments(&doomed, || {
+            self.removed_segments.fetch_add(1, Ordering::Relaxed);
+        })?;
         Ok(doomed.len())
     }
 
