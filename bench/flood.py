@@ -63,6 +63,7 @@ CONFIGS = {
     "adaptive": {},
     "no-high-spool": {"TIDEGATE_HIGH_PRIORITY_SPOOL": "false"},
     "no-bulk-lane": {"TIDEGATE_ADMISSION_BULK_BODIES": "0"},
+    "no-refusal-hold": {"TIDEGATE_ADMISSION_REFUSAL_HOLD_S": "0"},
     "no-limit": {
         "TIDEGATE_ADMISSION_INITIAL_LIMIT": "1e9",
         "TIDEGATE_ADMISSION_MIN_LIMIT": "1e9",

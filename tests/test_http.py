@@ -797,6 +797,8 @@ class TestAdmission:
             # Low is shed by the queue only while a higher priority arrives: the one sent first counts for the
             # whole test.
             "TIDEGATE_ADMISSION_LOOP_QUEUE_HIGHER_RECENT_S": "600",
+            # Answered as they arrive, with the loop stopped: not held (the next test holds them).
+            "TIDEGATE_ADMISSION_REFUSAL_HOLD_S": "0",
         }
         with Server(tmp_path, env) as server:
             first = httpx.post(
@@ -834,6 +836,69 @@ class TestAdmission:
             assert metric(metrics, 'tidegate_admission_refused_on_arrival_total{route="ingest"}') == 4
             assert metric(metrics, "tidegate_admission_loop_queue") == 0
             assert metric(metrics, 'tidegate_shed_total{priority="low"}') == 4
+
+    def test_sheds_refused_as_they_arrive_are_held_then_answered_by_the_loop(self, tmp_path: Path) -> None:
+        # The test above, refusals held (the default, at most their Retry-After): the four lows shed as they arrive
+        # get no answer while the loop is stopped, though each arrival was decided at once (without the hold all
+        # four were answered within milliseconds); once it runs, they are answered 503 with a Retry-After.
+        env = {
+            "TIDEGATE_AUTH": "false",
+            "TIDEGATE_FAULT_INJECTION": "true",
+            "TIDEGATE_ADMISSION_LOOP_QUEUE_LOW": "2",
+            "TIDEGATE_ADMISSION_LOOP_QUEUE_INTERVAL_S": "0",
+            "TIDEGATE_ADMISSION_LOOP_QUEUE_HIGHER_RECENT_S": "600",
+        }
+        with Server(tmp_path, env) as server:
+            first = httpx.post(
+                server.url + "/api/v1/ingest", json=reading("dhigh-first"), headers={"X-Priority": "high"}
+            )
+            assert first.status_code == 202
+            faults = stall_the_loop(server)
+
+            async def scenario() -> tuple[int, list[tuple[int, str | None]]]:
+                async with httpx.AsyncClient(base_url=server.url, timeout=120) as http:
+                    lows = [
+                        asyncio.create_task(
+                            http.post("/api/v1/ingest", json=reading(f"dlow{i}"), headers={"X-Priority": "low"})
+                        )
+                        for i in range(6)
+                    ]
+                    # Longer than any hold (1 s at most): every answer sent at arrival would be here by then.
+                    done, _ = await asyncio.wait(lows, timeout=3)
+                    (faults / "loop-resume").touch()
+                    answers = [await low for low in lows]
+                    return len(done), sorted((a.status_code, a.headers.get("retry-after")) for a in answers)
+
+            answered_while_stalled, answers = asyncio.run(scenario())
+            assert answered_while_stalled == 0
+            assert [status for status, _ in answers] == [202, 202, 503, 503, 503, 503]
+            assert all(1 <= int(retry_after or 0) <= 30 for status, retry_after in answers if status == 503)
+            metrics = httpx.get(server.url + "/metrics").text
+            assert metric(metrics, 'tidegate_admission_refused_on_arrival_total{route="ingest"}') == 4
+            assert metric(metrics, "tidegate_admission_refusals_held_total") == 4
+            assert metric(metrics, "tidegate_admission_refusals_holding") == 0
+
+    def test_a_refusal_still_held_when_the_worker_stops_is_answered(self, tmp_path: Path) -> None:
+        # Low is shed by utilization (Retry-After 1, so held 0.5-1 s); SIGTERM comes while it is held.
+        env = {"TIDEGATE_AUTH": "false", "TIDEGATE_SHED_LOW_AT": "0"}
+        server = Server(tmp_path, env).start()
+
+        async def held_at_stop() -> tuple[int, str | None]:
+            async with httpx.AsyncClient(base_url=server.url, timeout=20) as http:
+                request = asyncio.create_task(
+                    http.post("/api/v1/ingest", json=reading("dlow"), headers={"X-Priority": "low"})
+                )
+
+                async def holding() -> bool:
+                    return metric((await http.get("/metrics")).text, "tidegate_admission_refusals_held_total") == 1
+
+                await wait_until(holding, "the refusal to be held")
+                stopper = asyncio.create_task(asyncio.to_thread(server.stop))
+                response = await request
+                assert await stopper == 0
+                return response.status_code, response.headers.get("retry-after")
+
+        assert asyncio.run(held_at_stop()) == (503, "1")
 
     def test_the_bulk_lane_sheds_a_second_large_low_body_and_nothing_else(self, tmp_path: Path) -> None:
         # One large low-priority body in flight (its headers sent, its body not yet). With no higher priority

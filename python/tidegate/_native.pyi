@@ -719,6 +719,7 @@ class Admission:
         loop_queue_interval_s: float = 0.3,
         loop_queue_higher_recent_s: float = 1.0,
         bulk_bodies: float = 2.0,
+        refusal_hold_s: float = 1.0,
     ) -> Admission: ...
     def decide(
         self,
@@ -749,7 +750,17 @@ class Admission:
         Else the refusal is answered on `proto` (RSGI's protocol: `response_bytes`) in this call, counted for
         `route` (`refused_on_arrival`), and its status returned. A refused request keeps its connection when its
         declared body is empty, or at most 64 KiB without `Expect` (Granian is then told to read it after the
-        answer: `sweep_drains`); otherwise the refusal says `Connection: close`."""
+        answer: `sweep_drains`); otherwise the refusal says `Connection: close`. A shed (not a client error, not
+        readiness) is held first, between half and all of `min(refusal_hold_s, its Retry-After)`, and answered by
+        `release_held` (at most 4096 held; past that, answered at once): a client that ignores Retry-After then
+        costs the worker one arrival per hold on each of its connections instead of one per round trip. Either
+        way the caller does nothing more with a refused request."""
+    def release_held(self, all: bool = False) -> int:
+        """Answers the held refusals that are due (every one with `all`); returns how many. The worker calls it on
+        each housekeeping tick (50 ms)."""
+    def stop_holding(self) -> int:
+        """The worker stops: answers every held refusal now, and every later refusal at once; returns how many
+        were held."""
     def sweep_drains(self, timeout_s: float) -> int:
         """Forgets the finished body reads of refused requests and cancels those unfinished after `timeout_s`
         (the connection is then closed); returns how many were cancelled. About once a second."""
@@ -775,7 +786,8 @@ class Admission:
     def snapshot(self) -> dict[str, float]:
         """Counters and gauges for `/metrics` (`limit`, `capacity_<p>`, `in_flight[_<p>]`, `bulk_in_flight_<p>`,
         `slowdown`, `drain_rate`, `shed_<p>` (refusals that shed by load and priority),
-        `refusal_seconds`, `loop_busy`, `shed_level`, `loop_queue`, `admitted_<p>`, `refused_<reason>_<p>`)."""
+        `refusal_seconds`, `loop_busy`, `shed_level`, `loop_queue`, `admitted_<p>`, `refused_<reason>_<p>`,
+        `refusals_held` (since the start), `refusals_holding` (now))."""
 
 @final
 class DeviceTable:

@@ -51,7 +51,10 @@ class App:
 
     def __rsgi_init__(self, loop: asyncio.AbstractEventLoop) -> None:
         # Granian gave SIGINT and SIGTERM loop handlers (they stop the worker) before calling this.
-        stop_once_even_when_the_wakeup_pipe_is_full(loop, (signal.SIGINT, signal.SIGTERM))
+        # The refusals held (`Admission.screen`) are answered as the stop begins, not left to the end of the drain.
+        stop_once_even_when_the_wakeup_pipe_is_full(
+            loop, (signal.SIGINT, signal.SIGTERM), first=self.gateway.admission.stop_holding
+        )
         # High priority's callbacks run first; the loop is woken only when it waits (`tidegate.loop`).
         run_first_lane(loop)
         self._screen_as_requests_arrive()
@@ -108,7 +111,8 @@ class App:
             if route is not None:
                 priority = edge.screen(route, scope, watcher.proto)
                 if priority is None:
-                    watcher.done()
+                    # Answered, or held to be answered later (`Admission.screen`): not `watcher.done()`, which
+                    # answers 500 a request not answered yet.
                     return
                 if priority == "high":
                     schedule = schedule_first

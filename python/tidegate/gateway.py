@@ -233,6 +233,7 @@ class Gateway:
             loop_queue_interval_s=settings.admission_loop_queue_interval_s,
             loop_queue_higher_recent_s=settings.admission_loop_queue_higher_recent_s,
             bulk_bodies=float(settings.admission_bulk_bodies),
+            refusal_hold_s=settings.admission_refusal_hold_s,
         )
         self.delivery = DeliveryStatus(settings.data_dir)
         self._ready = False
@@ -503,6 +504,7 @@ class Gateway:
             yield
         finally:
             self.shutting_down = True
+            self.admission.stop_holding()
             deadline = time.monotonic() + self.settings.shutdown_deadline_s
             if mqtt_source is not None:
                 await mqtt_source.stop(self.settings.shutdown_deadline_s)
@@ -532,6 +534,7 @@ class Gateway:
             busy, seconds = clock.busy()
             self.admission.observe_loop(busy, seconds)
             self.edge.cancel_late_bodies(now)
+            self.admission.release_held()
             if now >= self._next_drain_sweep:
                 self._next_drain_sweep = now + 1.0
                 # The bodies refused requests declared, read after their answer: a late one closes its connection.

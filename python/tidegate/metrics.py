@@ -202,6 +202,14 @@ def admission_lines(snapshot: dict[str, float]) -> Iterable[str]:
             f"{snapshot[f'refusals_connection_{connection}']:g}"
         )
     yield from family(
+        "tidegate_admission_refusals_held_total",
+        "counter",
+        "Sheds refused as the request arrived and held before their answer (admission_refusal_hold_s), since start.",
+    )
+    yield f"tidegate_admission_refusals_held_total {snapshot['refusals_held']:g}"
+    yield from family("tidegate_admission_refusals_holding", "gauge", "Refusals held now, their answer not yet sent.")
+    yield f"tidegate_admission_refusals_holding {snapshot['refusals_holding']:g}"
+    yield from family(
         "tidegate_admission_refusal_bodies_never_sent_total",
         "counter",
         "Refused requests whose declared body did not arrive within body_timeout_s: their connection was closed.",

@@ -20,12 +20,15 @@ from types import FrameType
 from typing import Any
 
 
-def stop_once_even_when_the_wakeup_pipe_is_full(loop: asyncio.AbstractEventLoop, signals: Iterable[int]) -> None:
+def stop_once_even_when_the_wakeup_pipe_is_full(
+    loop: asyncio.AbstractEventLoop, signals: Iterable[int], *, first: Callable[[], object] | None = None
+) -> None:
     """For `signals` already given handlers with `loop.add_signal_handler` (a stop, each): the first of them to
     arrive runs its handler, once; later ones are ignored. Each is also delivered by its Python-level handler,
     which the interpreter runs on the main thread whatever became of the byte: it schedules the loop's handler
     itself, as the byte would have (asyncio's `_handle_signal`, safe in a signal handler). asyncio offers no public
-    way to do either, hence the private names (`_signal_handlers`, `_handle_signal`), the same from 3.11 to 3.13."""
+    way to do either, hence the private names (`_signal_handlers`, `_handle_signal`), the same from 3.11 to 3.13.
+    `first`, if given, runs just before that one handler."""
     registered: dict[int, asyncio.Handle] = getattr(loop, "_signal_handlers")  # noqa: B009
     handle_signal: Callable[[int], None] = getattr(loop, "_handle_signal")  # noqa: B009
     stopped = False
@@ -34,6 +37,8 @@ def stop_once_even_when_the_wakeup_pipe_is_full(loop: asyncio.AbstractEventLoop,
         nonlocal stopped
         if not stopped:
             stopped = True
+            if first is not None:
+                first()
             callback(*args)
 
     def on_signal(signum: int, frame: FrameType | None) -> None:

@@ -75,7 +75,27 @@ pub struct Admission {
     refusal_connections: [AtomicU64; 2],
     /// Reads `sweep_drains` cancelled: the client never sent the body it declared.
     drains_cancelled: AtomicU64,
+    /// Refusals `screen` made and holds before answering (the core's `refusal_hold`), until `release_held`.
+    held: Mutex<Vec<HeldRefusal>>,
+    /// Refusals held since the start.
+    refusals_held: AtomicU64,
+    /// Set once the worker stops (`stop_holding`): every refusal is answered at once.
+    holding_stopped: AtomicBool,
 }
+
+/// A refusal rendered and held: answered on `proto` once `due` (`Admission.release_held`).
+struct HeldRefusal {
+    due: Instant,
+    proto: Py<PyAny>,
+    status: u16,
+    body: Py<PyBytes>,
+    head: Py<PyList>,
+}
+
+/// At most this many refusals are held at once; past it they are answered at once. Each holds its connection's
+/// request (Granian's few hundred bytes, the rendered answer shared): a bound on memory for a flood of clients
+/// far larger than any seen (the overload ramp holds a few hundred).
+const HELD_REFUSALS_MAX: usize = 4096;
 
 /// A refused request whose declared body is at most this long keeps its connection (`keeps_connection`): reading
 /// and dropping a few kilobytes costs the server less than the client's next connection (and, behind TLS, its
@@ -267,7 +287,7 @@ impl Admission {
         refusal_weight = 2.0, shed_medium_at = 0.9, shed_low_at = 0.7, max_in_flight_records = 50_000.0,
         rate_per_device = 50.0, decoded_bytes_per_device = 2_097_152.0, loop_busy_target = 1.0,
         loop_queue_high = 256.0, loop_queue_medium = 32.0, loop_queue_low = 12.0, loop_queue_interval_s = 0.3,
-        loop_queue_higher_recent_s = 1.0, bulk_bodies = 2.0,
+        loop_queue_higher_recent_s = 1.0, bulk_bodies = 2.0, refusal_hold_s = 1.0,
     ))]
     fn new(
         py: Python<'_>,
@@ -294,6 +314,7 @@ impl Admission {
         loop_queue_interval_s: f64,
         loop_queue_higher_recent_s: f64,
         bulk_bodies: f64,
+        refusal_hold_s: f64,
     ) -> Admission {
         let config = AdmissionConfig {
             limit: LimitConfig {
@@ -315,6 +336,7 @@ impl Admission {
             loop_queue_shed_at: [loop_queue_high, loop_queue_medium, loop_queue_low],
             loop_queue_interval_s,
             loop_queue_higher_recent_s,
+            refusal_hold_s,
         };
         let inner = CoreAdmission::new(
             config,
@@ -337,6 +359,9 @@ impl Admission {
             draining: Mutex::new(Vec::new()),
             refusal_connections: [AtomicU64::new(0), AtomicU64::new(0)],
             drains_cancelled: AtomicU64::new(0),
+            held: Mutex::new(Vec::new()),
+            refusals_held: AtomicU64::new(0),
+            holding_stopped: AtomicBool::new(false),
         }
     }
 
@@ -374,7 +399,9 @@ impl Admission {
     /// `Admission::screen`): the request's priority when it is let through (then `decide(..., screened=True)`);
     /// else the refusal is sent on `proto` (`response_bytes`), counted for `route` (`refused_on_arrival`), and its
     /// status returned. The refusal is answered here, in the same call: under overload refusals are most of what
-    /// arrives, and each holds the GIL on Granian's thread, which the event loop then waits for.
+    /// arrives, and each holds the GIL on Granian's thread, which the event loop then waits for. A shed is held
+    /// first (the core's `refusal_hold`, which says why) and sent by `release_held`; the caller does nothing more
+    /// with the request either way.
     fn screen<'py>(
         &self,
         py: Python<'py>,
@@ -405,9 +432,28 @@ impl Admission {
             };
         let keeps_connection = self.keeps_connection(&buffer, &spans, Some(proto));
         let (status, body, head) = self.refusal_answer(py, refusal, priority, retry_after, keeps_connection)?;
-        let sent = proto.call_method1(pyo3::intern!(py, "response_bytes"), (status, head, body));
-        self.inner.refusal_answered(decided_at);
-        sent?;
+        let hold = match self.holding_stopped.load(Ordering::Relaxed) {
+            false => self.inner.refusal_hold(refusal, retry_after),
+            true => None,
+        };
+        let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(hold) = hold.filter(|_| held.len() < HELD_REFUSALS_MAX) {
+            held.push(HeldRefusal {
+                due: Instant::now() + hold,
+                proto: proto.clone().unbind(),
+                status,
+                body,
+                head: head.unbind(),
+            });
+            drop(held);
+            self.refusals_held.fetch_add(1, Ordering::Relaxed);
+            self.inner.refusal_answered(decided_at);
+        } else {
+            drop(held);
+            let sent = proto.call_method1(pyo3::intern!(py, "response_bytes"), (status, head, body));
+            self.inner.refusal_answered(decided_at);
+            sent?;
+        }
         *self
             .refused_on_arrival
             .lock()
@@ -447,6 +493,42 @@ impl Admission {
         }
         self.drains_cancelled.fetch_add(cancelled, Ordering::Relaxed);
         Ok(cancelled)
+    }
+
+    /// Answers the held refusals that are due (all of them with `all`). Returns how many were answered.
+    #[pyo3(signature = (all = false))]
+    fn release_held(&self, py: Python<'_>, all: bool) -> PyResult<usize> {
+        let now = Instant::now();
+        // Taken out of the lock: answering is a Python call, during which Granian's thread may run `screen`.
+        let due: Vec<HeldRefusal> = {
+            let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
+            if all {
+                std::mem::take(&mut *held)
+            } else {
+                let (due, waiting) = std::mem::take(&mut *held).into_iter().partition(|h| h.due <= now);
+                *held = waiting;
+                due
+            }
+        };
+        let mut first_error = None;
+        for refusal in &due {
+            let answer = (refusal.status, refusal.head.bind(py), refusal.body.bind(py));
+            if let Err(error) = refusal
+                .proto
+                .bind(py)
+                .call_method1(pyo3::intern!(py, "response_bytes"), answer)
+            {
+                first_error.get_or_insert(error);
+            }
+        }
+        first_error.map_or(Ok(due.len()), Err)
+    }
+
+    /// The worker stops: every held refusal is answered now, and every later one at once. Returns how many were
+    /// held.
+    fn stop_holding(&self, py: Python<'_>) -> PyResult<usize> {
+        self.holding_stopped.store(true, Ordering::Relaxed);
+        self.release_held(py, true)
     }
 
     /// The refusals `screen` answered: (route, status, count).
@@ -504,7 +586,7 @@ impl Admission {
     /// Counters and gauges for `/metrics`: `limit`, `capacity_<priority>`, `in_flight`, `in_flight_<priority>`,
     /// `bulk_in_flight_<priority>`, `slowdown`, `drain_rate`, `refusal_seconds`, `loop_busy`, `shed_level`,
     /// `loop_queue`, `admitted_<priority>`, `refused_<reason>_<priority>`, `shed_<priority>` (the refusals that
-    /// shed by load and priority).
+    /// shed by load and priority), `refusals_held` (since the start) and `refusals_holding` (now).
     fn snapshot<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let s = self.inner.snapshot();
         let out = PyDict::new(py);
@@ -524,6 +606,9 @@ impl Admission {
             "refusals_connection_closed",
             self.refusal_connections[1].load(Ordering::Relaxed) as f64,
         )?;
+        out.set_item("refusals_held", self.refusals_held.load(Ordering::Relaxed) as f64)?;
+        let holding = self.held.lock().unwrap_or_else(PoisonError::into_inner).len();
+        out.set_item("refusals_holding", holding as f64)?;
         out.set_item(
             "refusal_bodies_never_sent",
             self.drains_cancelled.load(Ordering::Relaxed) as f64,

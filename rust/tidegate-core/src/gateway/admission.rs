@@ -13,7 +13,7 @@
 
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::keys::{KeyStore, presented_key};
 use super::limit::{AdaptiveLimit, LimitConfig, NoRoom, Permit, Priority, request_cost};
@@ -110,6 +110,9 @@ pub struct AdmissionConfig {
     /// Medium and low are shed by the loop's queue only while a higher priority has arrived within this many
     /// seconds: shedding makes room for the priorities above, and with none of them coming a refusal helps no one.
     pub loop_queue_higher_recent_s: f64,
+    /// The longest a shed refusal made as the request arrives (`screen`) is held before it is answered
+    /// (`refusal_hold`); 0 answers at once.
+    pub refusal_hold_s: f64,
 }
 
 impl Default for AdmissionConfig {
@@ -125,6 +128,7 @@ impl Default for AdmissionConfig {
             loop_queue_shed_at: [256.0, 32.0, 12.0],
             loop_queue_interval_s: 0.3,
             loop_queue_higher_recent_s: 1.0,
+            refusal_hold_s: 1.0,
         }
     }
 }
@@ -624,6 +628,28 @@ impl Admission {
         Err(self.refuse(refusal, priority, Some(retry_after)))
     }
 
+    /// How long the shed refusal `screen` made is held before it is answered: None for a refusal that is not a
+    /// shed (`Refusal::is_shed`: a client error, readiness) or when holding is off, else between half and all of
+    /// `refusal_hold_s`, at most its Retry-After (jitter, so that held clients do not return in step).
+    ///
+    /// Why: under CPU saturation every arrival, refused or not, costs the worker a turn of its one Python thread
+    /// (Granian hands each request over there), which the high-priority requests then wait behind. A client that
+    /// honours Retry-After stays away for a second or more after a refusal; one that ignores it sends again as
+    /// soon as the answer comes, on the same connection. Holding the answer holds that client too: each of its
+    /// connections then costs one arrival per hold instead of one per round trip, whatever it does with the
+    /// Retry-After, while a client that honours it loses at most a hold on a backoff of a second or more.
+    pub fn refusal_hold(&self, refusal: Refusal, retry_after: Option<u32>) -> Option<Duration> {
+        let longest = match retry_after {
+            Some(seconds) => self.config.refusal_hold_s.min(f64::from(seconds)),
+            None => self.config.refusal_hold_s,
+        };
+        if !refusal.is_shed() || longest <= 0.0 || longest.is_nan() {
+            return None;
+        }
+        let share = 0.5 + 0.5 * self.lock().uniform();
+        Some(Duration::from_secs_f64(longest * share))
+    }
+
     /// Whether a request of `priority` arriving at `now` finds the loop's queue past the priority's mark, and
     /// standing there (past it for `loop_queue_interval_s`, not a burst). Every clients' pause a refusal causes is
     /// a second or more of their requests (the smallest Retry-After), so a burst of a few milliseconds must not
@@ -864,6 +890,40 @@ mod tests {
             content_length: Some(length),
             ..HeaderView::default()
         }
+    }
+
+    #[test]
+    fn only_sheds_are_held_between_half_and_all_of_the_hold_and_never_past_retry_after() {
+        let admission = Admission::new(
+            AdmissionConfig {
+                refusal_hold_s: 2.0,
+                ..AdmissionConfig::default()
+            },
+            None,
+            None,
+            None,
+        );
+        for refusal in Refusal::ALL {
+            let hold = admission.refusal_hold(refusal, Some(5));
+            assert_eq!(hold.is_some(), refusal.is_shed(), "{refusal:?}");
+        }
+        let holds: Vec<Duration> = (0..200)
+            .filter_map(|_| admission.refusal_hold(Refusal::LoopQueue, Some(5)))
+            .collect();
+        assert!(holds.iter().all(|h| (1.0..=2.0).contains(&h.as_secs_f64())));
+        assert!(holds.iter().min() != holds.iter().max(), "jittered");
+        let capped = admission.refusal_hold(Refusal::Shed, Some(1)).unwrap();
+        assert!((0.5..=1.0).contains(&capped.as_secs_f64()));
+        let off = Admission::new(
+            AdmissionConfig {
+                refusal_hold_s: 0.0,
+                ..AdmissionConfig::default()
+            },
+            None,
+            None,
+            None,
+        );
+        assert_eq!(off.refusal_hold(Refusal::LoopQueue, Some(5)), None);
     }
 
     #[test]

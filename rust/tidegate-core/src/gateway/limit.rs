@@ -361,7 +361,8 @@ impl AdaptiveLimit {
         self.limit = limit.clamp(self.config.minimum, self.config.maximum.max(self.config.minimum));
     }
 
-    fn uniform(&mut self) -> f64 {
+    /// Uniform in [0, 1): jitter.
+    pub(crate) fn uniform(&mut self) -> f64 {
         // xorshift64*: jitter only, not security.
         self.rng ^= self.rng >> 12;
         self.rng ^= self.rng << 25;
