@@ -10,8 +10,9 @@ One tidegate server (one Granian worker, auth and rate limits off) per configura
 ``adaptive`` is tidegate as shipped; ``no-high-spool`` is that with high priority's records in the worker's one
 spool (`high_priority_spool` off: their commits carry the flood's bodies appended before them); ``no-bulk-lane`` is
 tidegate without the limit's bulk lane (any number of large low-priority bodies in flight, up to the limit's low
-share); ``no-limit`` has the adaptive limit pinned far above any load, no bulk lane and one spool (what tidegate did
-before issue 11: shedding only on records awaiting fsync, spool fill and event-loop lag). Each round measures, for
+share); ``no-refusal-hold`` answers a shed at once instead of holding it (`admission_refusal_hold_s` 0);
+``no-limit`` has the adaptive limit pinned far above any load, no bulk lane and one spool (what tidegate did before
+issue 11: shedding only on records awaiting fsync, spool fill and event-loop lag). Each round measures, for
 each configuration in turn:
 
 * unloaded: one device posts a high-priority reading every 50 ms (from a process of its own);

@@ -255,6 +255,31 @@ impl Admission {
         kept
     }
 
+    /// Holds a refusal's answer on `proto` for `hold` (sent by `release_held`), unless `HELD_REFUSALS_MAX` are
+    /// held already: then it is not held and returns false.
+    fn try_hold(
+        &self,
+        py: Python<'_>,
+        proto: &Bound<'_, PyAny>,
+        hold: Duration,
+        status: u16,
+        body: &Py<PyBytes>,
+        head: &Bound<'_, PyList>,
+    ) -> bool {
+        let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
+        if held.len() >= HELD_REFUSALS_MAX {
+            return false;
+        }
+        held.push(HeldRefusal {
+            due: Instant::now() + hold,
+            proto: proto.clone().unbind(),
+            status,
+            body: body.clone_ref(py),
+            head: head.clone().unbind(),
+        });
+        true
+    }
+
     fn may_keep_connection(&self, buffer: &[u8], spans: &Spans, proto: Option<&Bound<'_, PyAny>>) -> bool {
         let Some(proto) = proto else {
             return false;
@@ -432,28 +457,21 @@ impl Admission {
             };
         let keeps_connection = self.keeps_connection(&buffer, &spans, Some(proto));
         let (status, body, head) = self.refusal_answer(py, refusal, priority, retry_after, keeps_connection)?;
-        let hold = match self.holding_stopped.load(Ordering::Relaxed) {
-            false => self.inner.refusal_hold(refusal, retry_after),
-            true => None,
-        };
-        let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(hold) = hold.filter(|_| held.len() < HELD_REFUSALS_MAX) {
-            held.push(HeldRefusal {
-                due: Instant::now() + hold,
-                proto: proto.clone().unbind(),
-                status,
-                body,
-                head: head.unbind(),
-            });
-            drop(held);
+        let held = !self.holding_stopped.load(Ordering::Relaxed)
+            && self
+                .inner
+                .refusal_hold(refusal, retry_after)
+                .is_some_and(|hold| self.try_hold(py, proto, hold, status, &body, &head));
+        let sent = if held {
             self.refusals_held.fetch_add(1, Ordering::Relaxed);
-            self.inner.refusal_answered(decided_at);
+            Ok(())
         } else {
-            drop(held);
-            let sent = proto.call_method1(pyo3::intern!(py, "response_bytes"), (status, head, body));
-            self.inner.refusal_answered(decided_at);
-            sent?;
-        }
+            proto
+                .call_method1(pyo3::intern!(py, "response_bytes"), (status, head, body))
+                .map(drop)
+        };
+        self.inner.refusal_answered(decided_at);
+        sent?;
         *self
             .refused_on_arrival
             .lock()
