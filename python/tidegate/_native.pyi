@@ -752,9 +752,9 @@ class Admission:
         declared body is empty, or at most 64 KiB without `Expect` (Granian is then told to read it after the
         answer: `sweep_drains`); otherwise the refusal says `Connection: close`. A shed (not a client error, not
         readiness) is held first, between half and all of `min(refusal_hold_s, its Retry-After)`, and answered by
-        `release_held` (at most 4096 held; past that, answered at once): a client that ignores Retry-After then
-        costs the worker one arrival per hold on each of its connections instead of one per round trip. Either
-        way the caller does nothing more with a refused request."""
+        `release_held` with what is left of its Retry-After (at most 4096 held; past that, answered at once): a
+        client that ignores Retry-After then costs the worker one arrival per hold on each of its connections
+        instead of one per round trip. Either way the caller does nothing more with a refused request."""
     def release_held(self, all: bool = False) -> int:
         """Answers the held refusals that are due (every one with `all`); returns how many. The worker calls it on
         each housekeeping tick (50 ms)."""

@@ -196,11 +196,11 @@ class Settings:
     none of them coming it helps no one."""
     admission_refusal_hold_s: float = 1.0
     """The longest a shed (load, not a client error) refused as the request arrives is held before it is answered:
-    between half and all of this, at most its Retry-After; 0 answers at once. Under CPU saturation every arrival,
-    refused or not, costs the worker a turn of its one Python thread, which high priority waits behind; a client
-    that ignores Retry-After sends again as soon as its refusal comes, and the hold paces it to one arrival per
-    hold per connection, while one that honours it waits a hold more on a backoff of a second or more (README,
-    Admission)."""
+    between half and all of this, at most its Retry-After, and the Retry-After sent is what is left of it; 0 answers
+    at once. Under CPU saturation every arrival, refused or not, costs the worker a turn of its one Python thread,
+    which high priority waits behind; a client that ignores Retry-After sends again as soon as its refusal comes, and
+    the hold paces it to one arrival per hold per connection, while one that honours it waits no longer in all than
+    before (README, Admission)."""
     admission_refusal_weight: float = 2.0
     """Event-loop time of one refusal, as a multiple of the part the worker measures (from the decision to the
     answer sent; Granian's part of a request comes on top). That much time is taken out of the admitted requests'

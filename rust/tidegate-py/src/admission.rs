@@ -10,7 +10,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
 use std::sync::{Arc, Mutex, PoisonError};
 use tidegate_core::gateway::{
-    Admission as CoreAdmission, AdmissionConfig, Decision, HeaderView, KeyStore, LimitConfig, Permit, Priority,
+    Admission as CoreAdmission, AdmissionConfig, Decision, HeaderView, Hold, KeyStore, LimitConfig, Permit, Priority,
     Refusal, declared_length,
 };
 
@@ -92,9 +92,10 @@ struct HeldRefusal {
     head: Py<PyList>,
 }
 
-/// At most this many refusals are held at once; past it they are answered at once. Each holds its connection's
-/// request (Granian's few hundred bytes, the rendered answer shared): a bound on memory for a flood of clients
-/// far larger than any seen (the overload ramp holds a few hundred).
+/// At most this many refusals are held at once (checked before each is held, so a few more under a race); past it
+/// they are answered at once. Each holds its connection's request (Granian's few hundred bytes, the rendered answer
+/// shared): a bound on memory for a flood of clients far larger than any seen (the overload ramp holds a few
+/// hundred).
 const HELD_REFUSALS_MAX: usize = 4096;
 
 /// A refused request whose declared body is at most this long keeps its connection (`keeps_connection`): reading
@@ -255,29 +256,33 @@ impl Admission {
         kept
     }
 
-    /// Holds a refusal's answer on `proto` for `hold` (sent by `release_held`), unless `HELD_REFUSALS_MAX` are
-    /// held already: then it is not held and returns false.
-    fn try_hold(
-        &self,
-        py: Python<'_>,
-        proto: &Bound<'_, PyAny>,
-        hold: Duration,
-        status: u16,
-        body: &Py<PyBytes>,
-        head: &Bound<'_, PyList>,
-    ) -> bool {
-        let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
-        if held.len() >= HELD_REFUSALS_MAX {
-            return false;
+    /// The core's `refusal_hold`, unless the worker stops (`stop_holding`) or `HELD_REFUSALS_MAX` are held.
+    fn hold_for(&self, refusal: Refusal, retry_after: Option<u32>) -> Option<Hold> {
+        let room = self.held.lock().unwrap_or_else(PoisonError::into_inner).len() < HELD_REFUSALS_MAX;
+        if !room || self.holding_stopped.load(Ordering::Relaxed) {
+            return None;
         }
-        held.push(HeldRefusal {
-            due: Instant::now() + hold,
+        self.inner.refusal_hold(refusal, retry_after)
+    }
+
+    /// Holds a refusal's answer on `proto` for `duration` (`release_held` sends it).
+    fn hold(
+        &self,
+        proto: &Bound<'_, PyAny>,
+        duration: Duration,
+        status: u16,
+        body: Py<PyBytes>,
+        head: Bound<'_, PyList>,
+    ) {
+        let refusal = HeldRefusal {
+            due: Instant::now() + duration,
             proto: proto.clone().unbind(),
             status,
-            body: body.clone_ref(py),
-            head: head.clone().unbind(),
-        });
-        true
+            body,
+            head: head.unbind(),
+        };
+        self.held.lock().unwrap_or_else(PoisonError::into_inner).push(refusal);
+        self.refusals_held.fetch_add(1, Ordering::Relaxed);
     }
 
     fn may_keep_connection(&self, buffer: &[u8], spans: &Spans, proto: Option<&Bound<'_, PyAny>>) -> bool {
@@ -456,19 +461,17 @@ impl Admission {
                 Err(Decision::Admitted { .. }) => unreachable!("screen lets through or refuses, it never admits"),
             };
         let keeps_connection = self.keeps_connection(&buffer, &spans, Some(proto));
+        let hold = self.hold_for(refusal, retry_after);
+        let retry_after = hold.map_or(retry_after, |hold| hold.retry_after);
         let (status, body, head) = self.refusal_answer(py, refusal, priority, retry_after, keeps_connection)?;
-        let held = !self.holding_stopped.load(Ordering::Relaxed)
-            && self
-                .inner
-                .refusal_hold(refusal, retry_after)
-                .is_some_and(|hold| self.try_hold(py, proto, hold, status, &body, &head));
-        let sent = if held {
-            self.refusals_held.fetch_add(1, Ordering::Relaxed);
-            Ok(())
-        } else {
-            proto
+        let sent = match hold {
+            Some(hold) => {
+                self.hold(proto, hold.duration, status, body, head);
+                Ok(())
+            }
+            None => proto
                 .call_method1(pyo3::intern!(py, "response_bytes"), (status, head, body))
-                .map(drop)
+                .map(drop),
         };
         self.inner.refusal_answered(decided_at);
         sent?;

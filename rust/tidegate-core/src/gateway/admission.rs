@@ -115,6 +115,15 @@ pub struct AdmissionConfig {
     pub refusal_hold_s: f64,
 }
 
+/// A shed refusal's answer held back (`Admission::refusal_hold`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Hold {
+    /// How long the answer is held.
+    pub duration: Duration,
+    /// The Retry-After to send: the one decided, less the hold, rounded (0 when the hold took all of it).
+    pub retry_after: Option<u32>,
+}
+
 impl Default for AdmissionConfig {
     fn default() -> Self {
         AdmissionConfig {
@@ -628,17 +637,18 @@ impl Admission {
         Err(self.refuse(refusal, priority, Some(retry_after)))
     }
 
-    /// How long the shed refusal `screen` made is held before it is answered: None for a refusal that is not a
-    /// shed (`Refusal::is_shed`: a client error, readiness) or when holding is off, else between half and all of
-    /// `refusal_hold_s`, at most its Retry-After (jitter, so that held clients do not return in step).
+    /// Whether, and how long, the shed refusal `screen` made is held before it is answered: None for a refusal
+    /// that is not a shed (`Refusal::is_shed`: a client error, readiness) or when holding is off, else between
+    /// half and all of `refusal_hold_s`, at most its Retry-After (jitter, so that held clients do not return in
+    /// step). The hold is part of the backoff the refusal asks for: the Retry-After to send is what is left of it.
     ///
     /// Why: under CPU saturation every arrival, refused or not, costs the worker a turn of its one Python thread
     /// (Granian hands each request over there), which the high-priority requests then wait behind. A client that
     /// honours Retry-After stays away for a second or more after a refusal; one that ignores it sends again as
     /// soon as the answer comes, on the same connection. Holding the answer holds that client too: each of its
     /// connections then costs one arrival per hold instead of one per round trip, whatever it does with the
-    /// Retry-After, while a client that honours it loses at most a hold on a backoff of a second or more.
-    pub fn refusal_hold(&self, refusal: Refusal, retry_after: Option<u32>) -> Option<Duration> {
+    /// Retry-After, and a client that honours it waits no longer in all than it was asked to.
+    pub fn refusal_hold(&self, refusal: Refusal, retry_after: Option<u32>) -> Option<Hold> {
         let longest = match retry_after {
             Some(seconds) => self.config.refusal_hold_s.min(f64::from(seconds)),
             None => self.config.refusal_hold_s,
@@ -646,8 +656,11 @@ impl Admission {
         if !refusal.is_shed() || longest <= 0.0 || longest.is_nan() {
             return None;
         }
-        let share = 0.5 + 0.5 * self.lock().uniform();
-        Some(Duration::from_secs_f64(longest * share))
+        let held = longest * (0.5 + 0.5 * self.lock().uniform());
+        Some(Hold {
+            duration: Duration::from_secs_f64(held),
+            retry_after: retry_after.map(|seconds| (f64::from(seconds) - held).round().max(0.0) as u32),
+        })
     }
 
     /// Whether a request of `priority` arriving at `now` finds the loop's queue past the priority's mark, and
@@ -893,7 +906,7 @@ mod tests {
     }
 
     #[test]
-    fn only_sheds_are_held_between_half_and_all_of_the_hold_and_never_past_retry_after() {
+    fn only_sheds_are_held_between_half_and_all_of_the_hold_never_past_retry_after_which_is_what_is_left() {
         let admission = Admission::new(
             AdmissionConfig {
                 refusal_hold_s: 2.0,
@@ -907,13 +920,20 @@ mod tests {
             let hold = admission.refusal_hold(refusal, Some(5));
             assert_eq!(hold.is_some(), refusal.is_shed(), "{refusal:?}");
         }
-        let holds: Vec<Duration> = (0..200)
+        let holds: Vec<Hold> = (0..200)
             .filter_map(|_| admission.refusal_hold(Refusal::LoopQueue, Some(5)))
             .collect();
-        assert!(holds.iter().all(|h| (1.0..=2.0).contains(&h.as_secs_f64())));
-        assert!(holds.iter().min() != holds.iter().max(), "jittered");
+        for hold in &holds {
+            let held = hold.duration.as_secs_f64();
+            assert!((1.0..=2.0).contains(&held), "{hold:?}");
+            assert_eq!(hold.retry_after, Some((5.0 - held).round() as u32));
+        }
+        assert!(holds.iter().any(|h| h.retry_after == Some(4)) && holds.iter().any(|h| h.retry_after == Some(3)));
         let capped = admission.refusal_hold(Refusal::Shed, Some(1)).unwrap();
-        assert!((0.5..=1.0).contains(&capped.as_secs_f64()));
+        assert!((0.5..=1.0).contains(&capped.duration.as_secs_f64()));
+        assert!(capped.retry_after <= Some(1));
+        let no_retry_after = admission.refusal_hold(Refusal::Bulk, None).unwrap();
+        assert_eq!(no_retry_after.retry_after, None);
         let off = Admission::new(
             AdmissionConfig {
                 refusal_hold_s: 0.0,

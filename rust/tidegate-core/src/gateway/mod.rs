@@ -39,7 +39,7 @@ use crate::state::lastseen::LastSeenTable;
 use crate::state::table::{Claimed, RateTable, SharedWindow};
 
 pub use accept::{Answer, Body, Source};
-pub use admission::{Admission, AdmissionConfig, Decision, HeaderView, Refusal};
+pub use admission::{Admission, AdmissionConfig, Decision, HeaderView, Hold, Refusal};
 pub use answer::Problem;
 pub use keys::KeyStore;
 pub use limit::{BULK_BODY_BYTES, LimitConfig, Permit, Priority, declared_length};
