@@ -428,10 +428,10 @@ impl Admission {
     /// The load checks of `decide` alone, as a request arrives and before it waits for the event loop (the core's
     /// `Admission::screen`): the request's priority when it is let through (then `decide(..., screened=True)`);
     /// else the refusal is sent on `proto` (`response_bytes`), counted for `route` (`refused_on_arrival`), and its
-    /// status returned. The refusal is answered here, in the same call: under overload refusals are most of what
-    /// arrives, and each holds the GIL on Granian's thread, which the event loop then waits for. A shed is held
-    /// first (the core's `refusal_hold`, which says why) and sent by `release_held`; the caller does nothing more
-    /// with the request either way.
+    /// status returned. A refusal is decided here, in the same call: under overload refusals are most of what
+    /// arrives, and each holds the GIL on Granian's thread, which the event loop then waits for. It is answered
+    /// here too, unless it is a shed, which is held (the core's `refusal_hold` says why) and answered by
+    /// `release_held`; the caller does nothing more with the request either way.
     fn screen<'py>(
         &self,
         py: Python<'py>,
