@@ -13,6 +13,7 @@ __all__ = [
     "MAX_RECORD_BYTES",
     "MAX_TRACEPARENT_BYTES",
     "MAX_TRACESTATE_BYTES",
+    "REFUSAL_DRAINED_BODY_MAX_BYTES",
     "Accepted",
     "Admission",
     "AdmissionTicket",
@@ -59,6 +60,9 @@ MAX_RECORD_BYTES: Final[int]
 """`Validator(max_record_bytes=)`'s default: the largest record accepted, measured as Kafka measures it (key,
 value and every header, as a Kafka v2 record batch of its own). The forwarder skips only records above its own
 `KafkaSettings.max_record_bytes` by the same measure, which must not be smaller."""
+REFUSAL_DRAINED_BODY_MAX_BYTES: Final[int]
+"""A request refused before its body was read keeps its connection when its declared body is empty or at most this
+long (and no `Expect` was sent): Granian reads the body after the answer and drops it (`Admission.screen`)."""
 MAX_TRACEPARENT_BYTES: Final[int]
 """Longest `traceparent` accepted (version 00 is 55 characters; later versions may append fields)."""
 MAX_TRACESTATE_BYTES: Final[int]
@@ -749,12 +753,12 @@ class Admission:
         through, its cost counted as waiting for the loop until `decide(..., screened=True)` (or `left_queue`).
         Else the refusal is answered on `proto` (RSGI's protocol: `response_bytes`) in this call, counted for
         `route` (`refused_on_arrival`), and its status returned. A refused request keeps its connection when its
-        declared body is empty, or at most 64 KiB without `Expect` (Granian is then told to read it after the
-        answer: `sweep_drains`); otherwise the refusal says `Connection: close`. A shed (not a client error, not
-        readiness) is held first, between half and all of `min(refusal_hold_s, its Retry-After)`, and answered by
-        `release_held` with what is left of its Retry-After (at most 4096 held; past that, answered at once): a
-        client that ignores Retry-After then costs the worker one arrival per hold on each of its connections
-        instead of one per round trip. Either way the caller does nothing more with a refused request."""
+        declared body is empty, or at most `REFUSAL_DRAINED_BODY_MAX_BYTES` without `Expect` (Granian is then told
+        to read it after the answer: `sweep_drains`); otherwise the refusal says `Connection: close`. A shed (not a
+        client error, not readiness) is held first, between half and all of `min(refusal_hold_s, its Retry-After)`,
+        and answered by `release_held` with what is left of its Retry-After (at most 4096 held; past that, answered
+        at once): a client that ignores Retry-After then costs the worker one arrival per hold on each of its
+        connections instead of one per round trip. Either way the caller does nothing more with a refused request."""
     def release_held(self, all: bool = False) -> int:
         """Answers the held refusals that are due (every one with `all`); returns how many. The worker calls it on
         each housekeeping tick (50 ms)."""

@@ -15,7 +15,7 @@ import threading
 from collections.abc import Callable, Iterable
 from typing import Generic, TypeVar
 
-from tidegate._native import LAG_BOUNDS_MS
+from tidegate._native import BULK_BODY_BYTES, LAG_BOUNDS_MS, REFUSAL_DRAINED_BODY_MAX_BYTES
 
 LabelValues = tuple[str, ...]
 #: `tidegate._native.Gateway.counters()`.
@@ -194,7 +194,8 @@ def admission_lines(snapshot: dict[str, float]) -> Iterable[str]:
         "tidegate_admission_refusal_connections_total",
         "counter",
         "Refusals answered before the body was read, by what became of the connection: kept (the declared body, "
-        "empty or at most 64 KiB, is read and dropped after the answer) or closed (Connection: close).",
+        f"empty or at most {REFUSAL_DRAINED_BODY_MAX_BYTES // 1024} KiB, is read and dropped after the answer) or "
+        "closed (Connection: close).",
     )
     for connection in ("kept", "closed"):
         yield (
@@ -233,7 +234,8 @@ def admission_lines(snapshot: dict[str, float]) -> Iterable[str]:
     yield from family(
         "tidegate_admission_bulk_in_flight",
         "gauge",
-        "Large bodies (64 KiB or more) in flight, by priority (the limit's bulk lane, admission_bulk_bodies).",
+        f"Large bodies ({BULK_BODY_BYTES // 1024} KiB or more) in flight, by priority (the limit's bulk lane, "
+        "admission_bulk_bodies).",
     )
     for p in PRIORITIES:
         yield f'tidegate_admission_bulk_in_flight{{priority="{p}"}} {snapshot[f"bulk_in_flight_{p}"]:g}'

@@ -101,7 +101,7 @@ const HELD_REFUSALS_MAX: usize = 4096;
 /// A refused request whose declared body is at most this long keeps its connection (`keeps_connection`): reading
 /// and dropping a few kilobytes costs the server less than the client's next connection (and, behind TLS, its
 /// handshake). A larger body, or one of unknown length, is not read: the refusal says `Connection: close`.
-const DRAINED_BODY_MAX_BYTES: u64 = 64 * 1024;
+pub const DRAINED_BODY_MAX_BYTES: u64 = 64 * 1024;
 
 /// The header names the decision reads, in `HeaderView` order, then `expect` (`keeps_connection`).
 const WANTED: [&[u8]; 7] = [

@@ -596,6 +596,7 @@ fn _native(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add("EVENT_ID_DOMAIN", core::contract::validator::EVENT_ID_DOMAIN)?;
     module.add("LAG_BOUNDS_MS", PyTuple::new(module.py(), core::gateway::LAG_BOUNDS)?)?;
     module.add("MAX_RECORD_BYTES", core::contract::validator::DEFAULT_MAX_RECORD_BYTES)?;
+    module.add("REFUSAL_DRAINED_BODY_MAX_BYTES", admission::DRAINED_BODY_MAX_BYTES)?;
     module.add("MAX_TRACEPARENT_BYTES", core::contract::headers::MAX_TRACEPARENT_BYTES)?;
     module.add("MAX_TRACESTATE_BYTES", core::contract::headers::MAX_TRACESTATE_BYTES)?;
     module.add(
