@@ -89,6 +89,41 @@ def stall_the_loop(server: Server) -> Path:
     return faults
 
 
+#: Low priority may queue 2 cost units (a reading costs about 1.06) for the event loop, high 256; a queue past the
+#: mark is shed at once (no interval). Low is shed by the queue only while a higher priority arrives: the one
+#: `stall_the_loop_after_a_high_reading` sends counts for the whole test.
+LOW_SHED_BY_THE_LOOP_QUEUE = {
+    "TIDEGATE_AUTH": "false",
+    "TIDEGATE_FAULT_INJECTION": "true",
+    "TIDEGATE_ADMISSION_LOOP_QUEUE_LOW": "2",
+    "TIDEGATE_ADMISSION_LOOP_QUEUE_INTERVAL_S": "0",
+    "TIDEGATE_ADMISSION_LOOP_QUEUE_HIGHER_RECENT_S": "600",
+}
+
+
+def stall_the_loop_after_a_high_reading(server: Server) -> Path:
+    """A high-priority reading taken, then `stall_the_loop`."""
+    first = httpx.post(server.url + "/api/v1/ingest", json=reading("dhigh-first"), headers={"X-Priority": "high"})
+    assert first.status_code == 202
+    return stall_the_loop(server)
+
+
+def post_reading(http: httpx.AsyncClient, device: str, priority: str) -> Any:
+    return http.post("/api/v1/ingest", json=reading(device), headers={"X-Priority": priority})
+
+
+#: Every request logged (the test server logs none by default): `refusals_logged` reads them.
+LOG_EVERY_REQUEST = {"TIDEGATE_LOG_FULL_BELOW_RPS": "1e9"}
+
+
+def refusals_logged(server: Server) -> int:
+    """Ingest requests the worker logged as answered 503 (with `LOG_EVERY_REQUEST`): a refusal made as the request
+    arrived is logged then, on Granian's thread, whether the event loop runs or not (and whether its answer is held
+    or not)."""
+    text = server.log_path.read_text(errors="replace")
+    return sum('"route":"/api/v1/ingest","status":503' in line for line in text.splitlines())
+
+
 def assert_problem(response: httpx.Response, status: int) -> dict[str, Any]:
     assert response.status_code == status, response.text
     assert response.headers["content-type"] == "application/problem+json"
@@ -788,35 +823,14 @@ class TestAdmission:
             assert 'tidegate_admission_refused_on_arrival_total{route="ingest"} 2' in shed
 
     def test_requests_waiting_for_a_stalled_loop_shed_low_as_they_arrive_and_let_high_in(self, tmp_path: Path) -> None:
-        # Low priority may queue 2 cost units (a reading costs about 1.06) for the event loop, high 256; a queue past
-        # the mark is shed at once (no interval).
-        env = {
-            "TIDEGATE_AUTH": "false",
-            "TIDEGATE_FAULT_INJECTION": "true",
-            "TIDEGATE_ADMISSION_LOOP_QUEUE_LOW": "2",
-            "TIDEGATE_ADMISSION_LOOP_QUEUE_INTERVAL_S": "0",
-            # Low is shed by the queue only while a higher priority arrives: the one sent first counts for the
-            # whole test.
-            "TIDEGATE_ADMISSION_LOOP_QUEUE_HIGHER_RECENT_S": "600",
-            # Answered as they arrive, with the loop stopped: not held (the next test holds them).
-            "TIDEGATE_ADMISSION_REFUSAL_HOLD_S": "0",
-        }
+        # Answered as they arrive, with the loop stopped: not held (the next test holds them).
+        env = {**LOW_SHED_BY_THE_LOOP_QUEUE, "TIDEGATE_ADMISSION_REFUSAL_HOLD_S": "0"}
         with Server(tmp_path, env) as server:
-            first = httpx.post(
-                server.url + "/api/v1/ingest", json=reading("dhigh-first"), headers={"X-Priority": "high"}
-            )
-            assert first.status_code == 202
-            faults = stall_the_loop(server)
+            faults = stall_the_loop_after_a_high_reading(server)
 
             async def scenario() -> tuple[list[int], int]:
                 async with httpx.AsyncClient(base_url=server.url, timeout=120) as http:
-
-                    def post(priority: str, i: int) -> Any:
-                        return http.post(
-                            "/api/v1/ingest", json=reading(f"d{priority}{i}"), headers={"X-Priority": priority}
-                        )
-
-                    lows = [asyncio.create_task(post("low", i)) for i in range(6)]
+                    lows = [asyncio.create_task(post_reading(http, f"dlow{i}", "low")) for i in range(6)]
                     # Two lows fill low's part of the queue; the other four are answered as they arrive, with the
                     # loop stopped. Then a high one, which fits (256), whether it arrives before the loop resumes
                     # or after; the loop resumes and begins them all.
@@ -826,7 +840,7 @@ class TestAdmission:
                             refused += 1
                             if refused == 4:
                                 break
-                    high = asyncio.create_task(post("high", 0))
+                    high = asyncio.create_task(post_reading(http, "dhigh0", "high"))
                     (faults / "loop-resume").touch()
                     return sorted([(await low).status_code for low in lows]), (await high).status_code
 
@@ -837,41 +851,28 @@ class TestAdmission:
             assert metric(metrics, 'tidegate_admission_refused_on_arrival_total{route="ingest"}') == 4
             assert metric(metrics, "tidegate_admission_loop_queue") == 0
             assert metric(metrics, 'tidegate_shed_total{priority="low"}') == 4
+            assert metric(metrics, "tidegate_admission_refusals_held_total") == 0
 
     def test_sheds_refused_as_they_arrive_are_held_then_answered_by_the_loop(self, tmp_path: Path) -> None:
-        # The test above, refusals held (the default, at most their Retry-After): the four lows shed as they arrive
-        # get no answer while the loop is stopped, though each arrival was decided at once (without the hold all
-        # four were answered within milliseconds); once it runs, they are answered 503 with a Retry-After.
-        env = {
-            "TIDEGATE_AUTH": "false",
-            "TIDEGATE_FAULT_INJECTION": "true",
-            "TIDEGATE_ADMISSION_LOOP_QUEUE_LOW": "2",
-            "TIDEGATE_ADMISSION_LOOP_QUEUE_INTERVAL_S": "0",
-            "TIDEGATE_ADMISSION_LOOP_QUEUE_HIGHER_RECENT_S": "600",
-        }
-        with Server(tmp_path, env) as server:
-            first = httpx.post(
-                server.url + "/api/v1/ingest", json=reading("dhigh-first"), headers={"X-Priority": "high"}
-            )
-            assert first.status_code == 202
-            faults = stall_the_loop(server)
+        # The test above with refusals held (the default): the four lows shed as they arrive are decided with the
+        # loop stopped (each is logged then, on Granian's thread) and answered only once it runs, 503 with what is
+        # left of their Retry-After.
+        with Server(tmp_path, {**LOW_SHED_BY_THE_LOOP_QUEUE, **LOG_EVERY_REQUEST}) as server:
+            faults = stall_the_loop_after_a_high_reading(server)
 
             async def scenario() -> tuple[int, list[tuple[int, str | None]]]:
                 async with httpx.AsyncClient(base_url=server.url, timeout=120) as http:
-                    lows = [
-                        asyncio.create_task(
-                            http.post("/api/v1/ingest", json=reading(f"dlow{i}"), headers={"X-Priority": "low"})
-                        )
-                        for i in range(6)
-                    ]
-                    # Longer than any hold (1 s at most): every answer sent at arrival would be here by then.
-                    done, _ = await asyncio.wait(lows, timeout=3)
+                    lows = [asyncio.create_task(post_reading(http, f"dlow{i}", "low")) for i in range(6)]
+                    await wait_until(lambda: refusals_logged(server) == 4, "four lows refused as they arrive")
+                    answered_before_the_loop_ran = sum(low.done() for low in lows)
                     (faults / "loop-resume").touch()
                     answers = [await low for low in lows]
-                    return len(done), sorted((a.status_code, a.headers.get("retry-after")) for a in answers)
+                    return answered_before_the_loop_ran, sorted(
+                        (a.status_code, a.headers.get("retry-after")) for a in answers
+                    )
 
-            answered_while_stalled, answers = asyncio.run(scenario())
-            assert answered_while_stalled == 0
+            answered_before_the_loop_ran, answers = asyncio.run(scenario())
+            assert answered_before_the_loop_ran == 0
             assert [status for status, _ in answers] == [202, 202, 503, 503, 503, 503]
             # What is left of each one's Retry-After (1-30 s) once it was held.
             assert all(0 <= int(retry_after or -1) <= 29 for status, retry_after in answers if status == 503)
@@ -881,22 +882,25 @@ class TestAdmission:
             assert metric(metrics, "tidegate_admission_refusals_holding") == 0
 
     def test_a_refusal_still_held_when_the_worker_stops_is_answered(self, tmp_path: Path) -> None:
-        # Low is shed by utilization (Retry-After 1, so held 0.5-1 s, and what is left of the 1 s sent, rounded:
-        # 0, or 1 after half a second exactly); SIGTERM comes while it is held.
-        env = {"TIDEGATE_AUTH": "false", "TIDEGATE_SHED_LOW_AT": "0"}
+        # Low is shed by utilization as it arrives (Retry-After 1: held 0.5-1 s, and what is left of the 1 s sent,
+        # rounded: 0, or 1 after half a second exactly). The loop is stopped from before it arrives until after
+        # SIGTERM has reached the server, so the refusal is still held when the stop begins.
+        env = {
+            "TIDEGATE_AUTH": "false",
+            "TIDEGATE_FAULT_INJECTION": "true",
+            "TIDEGATE_SHED_LOW_AT": "0",
+            **LOG_EVERY_REQUEST,
+        }
         server = Server(tmp_path, env).start()
+        faults = stall_the_loop(server)
 
         async def held_at_stop() -> tuple[int, str | None]:
-            async with httpx.AsyncClient(base_url=server.url, timeout=20) as http:
-                request = asyncio.create_task(
-                    http.post("/api/v1/ingest", json=reading("dlow"), headers={"X-Priority": "low"})
-                )
-
-                async def holding() -> bool:
-                    return metric((await http.get("/metrics")).text, "tidegate_admission_refusals_held_total") == 1
-
-                await wait_until(holding, "the refusal to be held")
+            async with httpx.AsyncClient(base_url=server.url, timeout=60) as http:
+                request = asyncio.create_task(post_reading(http, "dlow", "low"))
+                await wait_until(lambda: refusals_logged(server) == 1, "the low reading refused as it arrived")
                 stopper = asyncio.create_task(asyncio.to_thread(server.stop))
+                await wait_until(lambda: "Shutting down granian" in server.log_tail(), "the stop to begin")
+                (faults / "loop-resume").touch()
                 response = await request
                 assert await stopper == 0
                 return response.status_code, response.headers.get("retry-after")
