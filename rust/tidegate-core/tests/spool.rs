@@ -608,7 +608,7 @@ fn a_spool_no_one_writes_is_cleaned_from_its_files_as_its_writer_would() {
     let horizon = ends[12];
     drop(left);
     assert_eq!(
-        tidegate_core::spool::read_acked(&left_dir).unwrap(),
+        tidegate_core::spool::read_checkpoint(&left_dir).unwrap(),
         0,
         "no checkpoint: 0"
     );

@@ -50,6 +50,15 @@ impl Spool {
     }
 }
 
+/// The core's options from the Python arguments (`retention_seconds` in seconds).
+fn spool_options(segment_bytes: u64, quota_bytes: u64, retention_seconds: f64) -> SpoolOptions {
+    SpoolOptions {
+        segment_bytes,
+        quota_bytes,
+        retention: Duration::from_secs_f64(retention_seconds),
+    }
+}
+
 #[pymethods]
 impl Spool {
     #[new]
@@ -61,11 +70,7 @@ impl Spool {
         quota_bytes: u64,
         retention_seconds: f64,
     ) -> PyResult<Spool> {
-        let options = SpoolOptions {
-            segment_bytes,
-            quota_bytes,
-            retention: Duration::from_secs_f64(retention_seconds),
-        };
+        let options = spool_options(segment_bytes, quota_bytes, retention_seconds);
         let inner = py.detach(|| CoreSpool::open(&path, options)).map_err(spool_error)?;
         Ok(Spool {
             inner: Arc::new(inner),
@@ -109,7 +114,7 @@ impl Spool {
     /// The delivery process's checkpoint in the spool directory `path`, read without opening the spool.
     #[staticmethod]
     fn read_acked(py: Python<'_>, path: PathBuf) -> PyResult<u64> {
-        py.detach(|| tidegate_core::spool::read_acked(&path))
+        py.detach(|| tidegate_core::spool::read_checkpoint(&path))
             .map_err(spool_error)
     }
 
@@ -123,11 +128,7 @@ impl Spool {
         quota_bytes: u64,
         retention_seconds: f64,
     ) -> PyResult<usize> {
-        let options = SpoolOptions {
-            quota_bytes,
-            retention: Duration::from_secs_f64(retention_seconds),
-            ..SpoolOptions::default()
-        };
+        let options = spool_options(SpoolOptions::default().segment_bytes, quota_bytes, retention_seconds);
         py.detach(|| tidegate_core::spool::cleanup_unwritten(&path, horizon, &options))
             .map_err(spool_error)
     }

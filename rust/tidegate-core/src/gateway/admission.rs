@@ -877,6 +877,11 @@ mod tests {
     use std::path::Path;
     use std::time::Duration;
 
+    /// An admission without keys or device tables.
+    fn without_tables(config: AdmissionConfig) -> Admission {
+        Admission::new(config, None, None, None)
+    }
+
     fn fixed(limit: f64) -> AdmissionConfig {
         let limit = LimitConfig {
             initial: limit,
@@ -907,15 +912,10 @@ mod tests {
 
     #[test]
     fn only_sheds_are_held_between_half_and_all_of_the_hold_never_past_retry_after_which_is_what_is_left() {
-        let admission = Admission::new(
-            AdmissionConfig {
-                refusal_hold_s: 2.0,
-                ..AdmissionConfig::default()
-            },
-            None,
-            None,
-            None,
-        );
+        let admission = without_tables(AdmissionConfig {
+            refusal_hold_s: 2.0,
+            ..AdmissionConfig::default()
+        });
         for refusal in Refusal::ALL {
             let hold = admission.refusal_hold(refusal, Some(5));
             assert_eq!(hold.is_some(), refusal.is_shed(), "{refusal:?}");
@@ -934,21 +934,16 @@ mod tests {
         assert!(capped.retry_after <= Some(1));
         let no_retry_after = admission.refusal_hold(Refusal::Bulk, None).unwrap();
         assert_eq!(no_retry_after.retry_after, None);
-        let off = Admission::new(
-            AdmissionConfig {
-                refusal_hold_s: 0.0,
-                ..AdmissionConfig::default()
-            },
-            None,
-            None,
-            None,
-        );
+        let off = without_tables(AdmissionConfig {
+            refusal_hold_s: 0.0,
+            ..AdmissionConfig::default()
+        });
         assert_eq!(off.refusal_hold(Refusal::LoopQueue, Some(5)), None);
     }
 
     #[test]
     fn not_ready_until_told_and_bad_priorities_refused() {
-        let admission = Admission::new(fixed(8.0), None, None, None);
+        let admission = without_tables(fixed(8.0));
         let d = admission.decide(&headers(b"high", b"100"), Priority::Low, 0, 0);
         assert_eq!(refusal(&d), Some(Refusal::NotReady));
         admission.set_conditions(true, false, 0.0);
@@ -981,7 +976,7 @@ mod tests {
             loop_busy_target: 0.85,
             ..fixed(1e9)
         };
-        let admission = Admission::new(config, None, None, None);
+        let admission = without_tables(config);
         admission.set_conditions(true, false, 0.0);
         let refused = |priority: &[u8]| {
             (0..2000)
@@ -1034,7 +1029,7 @@ mod tests {
             loop_queue_shed_at: [f64::INFINITY; 3],
             ..fixed(8.0)
         };
-        let admission = Admission::new(config, None, None, None);
+        let admission = without_tables(config);
         // Not ready, then a priority that is none: refused as they arrive.
         let screened = |priority: &[u8]| {
             admission
@@ -1090,7 +1085,7 @@ mod tests {
             loop_queue_interval_s: 0.0,
             ..fixed(1e9)
         };
-        let admission = Admission::new(config, None, None, None);
+        let admission = without_tables(config);
         admission.set_conditions(true, false, 0.0);
         // Each request costs 1 + 100 / 4096.
         let screened = |priority: &[u8]| {
@@ -1161,7 +1156,7 @@ mod tests {
 
     #[test]
     fn the_bulk_lane_holds_low_only_while_a_higher_priority_is_arriving() {
-        let admission = Admission::new(fixed(4096.0), None, None, None);
+        let admission = without_tables(fixed(4096.0));
         admission.set_conditions(true, false, 0.0);
         let big_low = headers(b"low", b"300000");
         let decided = |h: &HeaderView<'_>| refusal(&admission.decide(h, Priority::Low, 0, 0));
@@ -1191,7 +1186,7 @@ mod tests {
             loop_queue_interval_s: 0.1,
             ..fixed(1e9)
         };
-        let admission = Admission::new(config, None, None, None);
+        let admission = without_tables(config);
         admission.set_conditions(true, false, 0.0);
         let low = headers(b"low", b"100");
         let screened = |now: f64| {
@@ -1245,7 +1240,7 @@ mod tests {
 
     #[test]
     fn under_a_low_flood_low_is_shed_and_high_admitted_and_counted() {
-        let admission = Admission::new(fixed(8.0), None, None, None);
+        let admission = without_tables(fixed(8.0));
         admission.set_conditions(true, false, 0.0);
         let mut held = Vec::new();
         let mut shed = 0;
@@ -1285,15 +1280,10 @@ mod tests {
 
     #[test]
     fn utilization_sheds_low_then_medium() {
-        let admission = Admission::new(
-            AdmissionConfig {
-                max_in_flight_records: 10.0,
-                ..AdmissionConfig::default()
-            },
-            None,
-            None,
-            None,
-        );
+        let admission = without_tables(AdmissionConfig {
+            max_in_flight_records: 10.0,
+            ..AdmissionConfig::default()
+        });
         admission.set_conditions(true, false, 0.0);
         let at = |records: u64, p: &[u8]| refusal(&admission.decide(&headers(p, b"10"), Priority::Low, records, 0));
         assert_eq!(at(8, b"low"), Some(Refusal::Overloaded));

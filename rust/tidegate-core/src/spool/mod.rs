@@ -277,12 +277,6 @@ pub fn published_progress(dir: &Path) -> (u64, u64) {
     })
 }
 
-/// The checkpoint the delivery process wrote in the spool directory `dir` (every record below it acknowledged by
-/// the broker), read without opening the spool; 0 when there is none.
-pub fn read_acked(dir: &Path) -> Result<u64, SpoolError> {
-    read_checkpoint(dir)
-}
-
 /// Deletes from the spool in `dir`, which no process writes (the caller holds the lock of its worker
 /// directory), the segments [`Spool::cleanup_below`] would delete, judged from its files alone: opening it
 /// would recover it, reading every segment. Returns how many went.
@@ -1246,8 +1240,9 @@ fn new_segment(dir: &Path, base_seq: u64) -> Result<Segment, SpoolError> {
     })
 }
 
-/// The checkpoint's sequence number: 0 when there is none yet, an error when it cannot be read or parsed.
-fn read_checkpoint(dir: &Path) -> Result<u64, SpoolError> {
+/// The checkpoint the delivery process wrote in the spool directory `dir` (every record below it acknowledged by
+/// the broker), read without opening the spool: 0 when there is none yet, an error when it cannot be read or parsed.
+pub fn read_checkpoint(dir: &Path) -> Result<u64, SpoolError> {
     let path = dir.join("acked");
     match fs::read(&path) {
         Ok(bytes) => std::str::from_utf8(&bytes)
