@@ -16,9 +16,12 @@
 //! list of `[device_id, key, second_key?]`; a device with two keys is mid rotation and uses both). With
 //! `--honour-retry-after`, a connection answered 429/503 waits the `Retry-After` before its next request.
 //!
+//! With `--warmup W`, the load runs W seconds before the `--seconds` measured: its connections open and the server
+//! meets the load's onset then, and what was sent in those W seconds is counted apart (`warmup`).
+//!
 //! Prints one JSON object: per priority the status counts, their rates over the run, and per status a latency
 //! histogram in the buckets of `bench/wrk/common.lua` (bucket b holds latencies around 1.02^b microseconds), so the
-//! harness reads it as it reads wrk's.
+//! harness reads it as it reads wrk's; the same for the warm-up under `warmup`.
 
 use std::collections::{BTreeMap, BinaryHeap};
 use std::io::{ErrorKind, Read, Write};
@@ -42,6 +45,7 @@ struct Options {
     path: String,
     devices: Vec<Vec<String>>,
     seconds: f64,
+    warmup: f64,
     nonce: u64,
     priorities: Vec<(String, f64, usize)>,
     honour_retry_after: bool,
@@ -51,15 +55,15 @@ struct Options {
 fn usage(problem: &str) -> String {
     format!(
         "{problem}\nusage: tidegate-pacer --url http://HOST:PORT/PATH --devices FILE.json --seconds S --nonce N \
-         --priority NAME:RATE:CONNECTIONS [--priority ...] [--honour-retry-after] [--timeout S]"
+         --priority NAME:RATE:CONNECTIONS [--priority ...] [--honour-retry-after] [--timeout S] [--warmup S]"
     )
 }
 
-// Seven flags, all required but two: a parser by hand is shorter than a dependency's setup.
+// Eight flags, all required but three: a parser by hand is shorter than a dependency's setup.
 fn parse_options() -> Result<Options, String> {
     let mut args = std::env::args().skip(1);
     let (mut url, mut devices_path, mut seconds, mut nonce) = (None, None, None, 0_u64);
-    let (mut priorities, mut honour_retry_after, mut timeout) = (Vec::new(), false, 10.0_f64);
+    let (mut priorities, mut honour_retry_after, mut timeout, mut warmup) = (Vec::new(), false, 10.0_f64, 0.0_f64);
     while let Some(flag) = args.next() {
         if flag == "--honour-retry-after" {
             honour_retry_after = true;
@@ -76,6 +80,7 @@ fn parse_options() -> Result<Options, String> {
             "--seconds" => seconds = Some(number(&value)?),
             "--nonce" => nonce = number(&value)? as u64,
             "--timeout" => timeout = number(&value)?,
+            "--warmup" => warmup = number(&value)?.max(0.0),
             "--priority" => {
                 let parts: Vec<&str> = value.split(':').collect();
                 let [name, rate, connections] = parts[..] else {
@@ -114,6 +119,7 @@ fn parse_options() -> Result<Options, String> {
         path,
         devices,
         seconds: seconds.ok_or_else(|| usage("--seconds is required"))?,
+        warmup,
         nonce,
         priorities,
         honour_retry_after,
@@ -266,12 +272,23 @@ struct Pacer {
     options: Options,
     poll: Poll,
     connections: Vec<Connection>,
-    tallies: Vec<Tally>,
+    /// Per priority, what was sent in the warm-up ([`WARMUP`]) and after it ([`MEASURED`]).
+    tallies: [Vec<Tally>; 2],
+    /// The end of the warm-up: a request sent from then on is measured.
+    measured_from: Instant,
     /// (Reverse(next_at), connection index) of the idle connections.
     schedule: BinaryHeap<(std::cmp::Reverse<Instant>, usize)>,
 }
 
+const WARMUP: usize = 0;
+const MEASURED: usize = 1;
+
 impl Pacer {
+    /// The phase a request sent (or an error met) at `at` is counted in.
+    fn phase(measured_from: Instant, at: Instant) -> usize {
+        if at >= measured_from { MEASURED } else { WARMUP }
+    }
+
     fn connect(&mut self, index: usize) -> bool {
         let connection = &mut self.connections[index];
         if let Some(mut old) = connection.stream.take() {
@@ -289,14 +306,16 @@ impl Pacer {
                     .register(&mut stream, Token(index), Interest::READABLE)
                     .is_err()
                 {
-                    self.tallies[connection.priority].connect_errors += 1;
+                    let phase = Self::phase(self.measured_from, Instant::now());
+                    self.tallies[phase][connection.priority].connect_errors += 1;
                     return false;
                 }
                 connection.stream = Some(stream);
                 true
             }
             Err(_) => {
-                self.tallies[connection.priority].connect_errors += 1;
+                let phase = Self::phase(self.measured_from, Instant::now());
+                self.tallies[phase][connection.priority].connect_errors += 1;
                 false
             }
         }
@@ -359,7 +378,7 @@ impl Pacer {
                 };
             }
             _ => {
-                self.tallies[connection.priority].write_errors += 1;
+                self.tallies[Self::phase(self.measured_from, now)][connection.priority].write_errors += 1;
                 connection.stream = None;
                 self.reschedule(index, now, None);
             }
@@ -413,13 +432,14 @@ impl Pacer {
         let outcome = parse_answer(answer).unwrap_or(Outcome::Failed);
         let sent_at = *sent_at;
         let priority = connection.priority;
+        let phase = Self::phase(self.measured_from, sent_at);
         match outcome {
             Outcome::Answered {
                 status,
                 retry_after,
                 close,
             } => {
-                self.tallies[priority].record(status, now - sent_at);
+                self.tallies[phase][priority].record(status, now - sent_at);
                 if close || closed {
                     connection.stream = None;
                 }
@@ -427,7 +447,7 @@ impl Pacer {
             }
             Outcome::Pending if !closed => {}
             Outcome::Pending | Outcome::Failed => {
-                self.tallies[priority].read_errors += 1;
+                self.tallies[phase][priority].read_errors += 1;
                 connection.stream = None;
                 self.reschedule(index, now, None);
             }
@@ -440,7 +460,7 @@ impl Pacer {
             if let State::Waiting { sent_at, .. } = connection.state
                 && now - sent_at > self.options.timeout
             {
-                self.tallies[connection.priority].timeouts += 1;
+                self.tallies[Self::phase(self.measured_from, sent_at)][connection.priority].timeouts += 1;
                 connection.stream = None;
                 self.reschedule(index, now, None);
             }
@@ -449,7 +469,8 @@ impl Pacer {
 
     fn run(mut self) -> Result<Value, String> {
         let start = Instant::now();
-        let end = start + Duration::from_secs_f64(self.options.seconds);
+        self.measured_from = start + Duration::from_secs_f64(self.options.warmup);
+        let end = self.measured_from + Duration::from_secs_f64(self.options.seconds);
         for index in 0..self.connections.len() {
             // The connections' first requests are spread over one interval, as wrk's paced script spreads them.
             let connection = &mut self.connections[index];
@@ -492,13 +513,19 @@ impl Pacer {
                 self.readable(event.token().0, now);
             }
         }
-        let seconds = start.elapsed().as_secs_f64();
+        let seconds = self.measured_from.elapsed().as_secs_f64();
+        let warmup = (self.measured_from - start).as_secs_f64();
+        let [warmed, measured] = &self.tallies;
         let priorities: BTreeMap<&str, Value> = self
             .options
             .priorities
             .iter()
-            .zip(&self.tallies)
-            .map(|((name, _, _), tally)| (name.as_str(), tally.to_json(seconds)))
+            .zip(measured.iter().zip(warmed))
+            .map(|((name, _, _), (tally, warm))| {
+                let mut figures = tally.to_json(seconds);
+                figures["warmup"] = warm.to_json(warmup);
+                (name.as_str(), figures)
+            })
             .collect();
         Ok(json!({ "tool": "tidegate-pacer", "seconds": seconds, "priorities": priorities }))
     }
@@ -540,12 +567,13 @@ fn main() -> ExitCode {
             });
         }
     }
-    let tallies = options.priorities.iter().map(|_| Tally::default()).collect();
+    let tallies = [0, 1].map(|_| options.priorities.iter().map(|_| Tally::default()).collect());
     let pacer = Pacer {
         options,
         poll,
         connections,
         tallies,
+        measured_from: now,
         schedule: BinaryHeap::new(),
     };
     match pacer.run() {
