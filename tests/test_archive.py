@@ -33,7 +33,7 @@ from tidegate.delivery.status import running_delivery_pid
 from tidegate.testing.processes import free_port
 from tidegate.testing.server import Server
 
-from tests.conftest import event, iso_now, reading, wait_for
+from tests.conftest import event, iso_now, metric, reading, wait_for
 from tests.openapi_check import OpenApiChecker
 
 NDJSON = {"Content-Type": "application/x-ndjson"}
@@ -503,8 +503,20 @@ def test_segments_are_not_deleted_before_the_archive_has_them(tmp_path: Path) ->
                 assert response.status_code == 202 and response.headers["x-durability"] == "kafka"
                 ids += [r["event_id"] for r in response.json()["results"]]
             first_segment = min(spool.glob("*.seg"))
-            time.sleep(3)  # several cleanups: Kafka has every record, the archive none
+
+            # Once the worker has seen Kafka acknowledge every record, two more cleanup passes: each would delete
+            # every segment Kafka passed, were the archive not obeyed (it has none).
+            def cleanup(name: str) -> float:
+                return metric(http.get("/metrics").text, f"tidegate_spool_{name}_total")
+
+            wait_for(lambda: metric(http.get("/metrics").text, "tidegate_spool_lag_records") == 0, "Kafka has all")
+            passes = cleanup("cleanups")
+            wait_for(
+                lambda: cleanup("cleanups") >= passes + 2 or cleanup("segments_deleted") > 0,
+                "two cleanup passes since (or a segment deleted)",
+            )
             assert read_archived(spool) == 0
+            assert cleanup("segments_deleted") == 0
             assert first_segment.exists(), "a segment was deleted before the archive had it"
         archived = {
             row["event_id"] for row in rows(ArchiveStore.from_settings(load_settings(data_dir=server.data_dir)))

@@ -601,7 +601,10 @@ class Gateway:
         settings = self.settings
         acked = spool.acked_seq if settings.kafka else None
         horizon = cleanup_horizon(Path(spool.path), acked_seq=acked, archive=settings.archive)
-        return 0 if horizon is None else spool.cleanup(horizon)
+        deleted = 0 if horizon is None else spool.cleanup(horizon)
+        self.metrics.spool_cleanups.inc()
+        self.metrics.spool_segments_deleted.inc(amount=deleted)
+        return deleted
 
     def own_spool_dirs(self) -> list[Path]:
         """The directories of this worker's spools, lane by lane."""

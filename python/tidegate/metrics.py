@@ -318,6 +318,15 @@ class Metrics:
             "tidegate_quarantine_dropped_total",
             "Refused records and bodies not kept: their device's quarantine budget was spent.",
         )
+        self.spool_cleanups = Counter(
+            "tidegate_spool_cleanups_total",
+            "Cleanup passes over the worker's spools (each deletes the segments every reader, Kafka delivery and the "
+            "archive, has passed; about once a second past half the quota, else every 30 s).",
+        )
+        self.spool_segments_deleted = Counter(
+            "tidegate_spool_segments_deleted_total",
+            "Spool segments deleted by cleanup (the worker's spools and those no worker writes any more).",
+        )
         self.gauges: list[Gauge] = []
         #: Metrics counted natively, rendered at scrape time (`source`): the only way native counts reach here.
         self.sources: list[Callable[[], Iterable[str]]] = []
@@ -380,6 +389,8 @@ class Metrics:
         lines.extend(self.mqtt_messages.render())
         lines.extend(self.mqtt_dead_letters.render())
         lines.extend(self.device_alerts.render())
+        lines.extend(self.spool_cleanups.render())
+        lines.extend(self.spool_segments_deleted.render())
         for gauge in self.gauges:
             lines.extend(gauge.render())
         return "\n".join(lines) + "\n"
