@@ -365,8 +365,13 @@ def test_no_more_than_the_receive_maximum_are_read_unacknowledged(tmp_path: Path
             device.publish(f"devices/dev-{i}/telemetry", reading(f"dev-{i}"))  # the broker takes them all
         wait_for(lambda: "tidegate_mqtt_unacknowledged 5" in http.get("/metrics").text, "a full window")
         wait_for(lambda: len(telemetry_ids(server.data_dir)) == 5, "slow's first reading and 4 more")
-        time.sleep(1)  # were tidegate reading on, the 46 messages the broker holds would be spooled by now
-        assert "tidegate_mqtt_unacknowledged 5" in http.get("/metrics").text
+        wait_for(lambda: "tidegate_mqtt_reading_paused 1" in http.get("/metrics").text, "reading paused")
+        # Each scrape takes turns of the worker's event loop, which reads the broker's connection whenever it is
+        # readable and the reading not paused: 20 of them, and still no more.
+        for _ in range(20):
+            metrics = http.get("/metrics").text
+            assert "tidegate_mqtt_unacknowledged 5" in metrics
+            assert "tidegate_mqtt_reading_paused 1" in metrics
         assert len(telemetry_ids(server.data_dir)) == 5
     device.close()
 

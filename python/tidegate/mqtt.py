@@ -249,6 +249,12 @@ class MqttSource:
             "MQTT messages received and not yet acknowledged (at most mqtt_receive_maximum).",
             lambda: float(len(self._pending)),
         )
+        metrics.gauge(
+            "tidegate_mqtt_reading_paused",
+            "1 while the worker does not read the broker's connection: mqtt_receive_maximum messages await their "
+            "acknowledgement (what the broker sends meanwhile waits in the socket, then at the broker).",
+            lambda: float(self._reading is not None and self._reading.paused),
+        )
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="tidegate-mqtt")
