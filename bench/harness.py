@@ -59,9 +59,10 @@ RAMP_WARMUP_S = float(os.environ.get("BENCH_RAMP_WARMUP_S", "1.0"))
 opens its connections (up to 768 at once) then, and the server meets the load's onset, which is reported apart
 (`onset_p99_accepted_ms`). From idle the onset is steep: at about twice capacity (bench/pacer, per request, 10 s,
 one worker) the high priority's first 50 ms had a p50 of 31-37 ms and a p99 of 43-59 ms, then a steady p99 of
-12 ms. In the ramp a level follows a loaded one and the onset is milder (at 2x, 10.1-11.3 ms in the warm-up against
-10.9-11.8 after); it matters most to the unloaded level, whose p99 every other is compared with: it follows the
-fleet scenario's full load or an idle server, and its warm-up read 35.8 ms where the level after read 4.1."""
+12 ms. In the ramp a level follows a loaded one and the onset is milder (at 2x, 8.6-13.3 ms in the warm-up against
+8.9-12.3 after, six passes); it matters most to the unloaded level, whose p99 every other is compared with: it
+follows the fleet scenario's full load or an idle server, and its warm-up read up to 35.8 ms where the level after
+read 3.5-5.1 (README, "Overload, the ramp measured again")."""
 DEVICES = 1000
 ROTATING_SHARE = 0.1
 """Devices mid key rotation: they hold two keys and use both."""

@@ -521,16 +521,12 @@ impl Admission {
     fn release_held(&self, py: Python<'_>, all: bool) -> PyResult<usize> {
         let now = Instant::now();
         // Taken out of the lock: answering is a Python call, during which Granian's thread may run `screen`.
-        let due: Vec<HeldRefusal> = {
-            let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
-            if all {
-                std::mem::take(&mut *held)
-            } else {
-                let (due, waiting) = std::mem::take(&mut *held).into_iter().partition(|h| h.due <= now);
-                *held = waiting;
-                due
-            }
-        };
+        let due: Vec<HeldRefusal> = self
+            .held
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .extract_if(.., |h| all || h.due <= now)
+            .collect();
         let mut first_error = None;
         for refusal in &due {
             let answer = (refusal.status, refusal.head.bind(py), refusal.body.bind(py));
