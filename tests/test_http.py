@@ -780,21 +780,15 @@ class TestAdmission:
 
             async def scenario() -> dict[str, int]:
                 async with httpx.AsyncClient(base_url=busy.url, timeout=20) as http:
-
-                    def post(priority: str, i: int) -> Any:
-                        return http.post(
-                            "/api/v1/ingest", json=reading(f"d{priority}{i}"), headers={"X-Priority": priority}
-                        )
-
                     # Eight medium readings wait for the slow group commit: utilization 0.8.
-                    pending = [asyncio.create_task(post("medium", i)) for i in range(8)]
+                    pending = [asyncio.create_task(post_reading(http, f"dmedium{i}", "medium")) for i in range(8)]
                     await until_in_flight(http, 8)
-                    low = await post("low", 0)
-                    ninth = asyncio.create_task(post("medium", 8))
+                    low = await post_reading(http, "dlow0", "low")
+                    ninth = asyncio.create_task(post_reading(http, "dmedium8", "medium"))
                     await until_in_flight(http, 9)
                     # Nine waiting: utilization 0.9, so medium is shed too while high still gets in.
-                    medium = await post("medium", 9)
-                    high = asyncio.create_task(post("high", 0))
+                    medium = await post_reading(http, "dmedium9", "medium")
+                    high = asyncio.create_task(post_reading(http, "dhigh0", "high"))
                     done = await asyncio.gather(*pending, ninth, high)
                     return {
                         "low": low.status_code,
@@ -984,15 +978,9 @@ class TestAdmission:
 
             async def scenario() -> list[int]:
                 async with httpx.AsyncClient(base_url=server.url, timeout=120) as http:
-
-                    def post(priority: str, i: int) -> Any:
-                        return http.post(
-                            "/api/v1/ingest", json=reading(f"d{priority}{i}"), headers={"X-Priority": priority}
-                        )
-
-                    mediums = [asyncio.create_task(post("medium", i)) for i in range(6)]
+                    mediums = [asyncio.create_task(post_reading(http, f"dmedium{i}", "medium")) for i in range(6)]
                     await queued_for_the_loop(6)
-                    high = asyncio.create_task(post("high", 0))
+                    high = asyncio.create_task(post_reading(http, "dhigh0", "high"))
                     await queued_for_the_loop(7)
                     (faults / "loop-resume").touch()
                     return [(await request).status_code for request in (*mediums, high)]
