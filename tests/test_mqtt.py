@@ -301,7 +301,9 @@ def test_sigkill_mid_stream_loses_nothing_the_broker_took(tmp_path: Path, broker
     try:
         wait_for(lambda: len(telemetry_ids(server.data_dir)) >= 100, "records before the kill")
         server.stop(kill=True)
-        time.sleep(0.5)  # the stream goes on while tidegate is down: the broker keeps it for the worker's session
+        # The stream goes on while tidegate is down: the broker keeps it for the worker's session.
+        published_at_kill = len(published)
+        wait_for(lambda: len(published) >= published_at_kill + 100, "readings published while tidegate is down")
         server.start()
         stop.set()
         publisher.join()
