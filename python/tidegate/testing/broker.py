@@ -426,6 +426,8 @@ class Collector:
         self.ids: set[str] = set()
         self.epoch = 0
         self.errors = 0
+        #: Per (topic, partition), the offset after the last record read from the current broker.
+        self.read_to: dict[tuple[str, int], int] = {}
         self._running = asyncio.Event()
         self._running.set()
         self._idle = asyncio.Event()
@@ -448,6 +450,28 @@ class Collector:
     def resume(self) -> None:
         self._idle.clear()
         self._running.set()
+
+    async def read_out(self, timeout: float) -> bool:
+        """Waits until this collector has read every partition up to the broker's end offsets, found the same twice
+        (a produce request in flight lands in between), so that it holds everything the broker has; False after
+        `timeout`. For a broker about to be killed while nothing more is produced."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        tps = [TopicPartition(topic, p) for topic, n in self.partitions.items() for p in range(n)]
+        consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, group_id=None, request_timeout_ms=5000)
+        await consumer.start()
+        try:
+            confirmed: dict[tuple[str, int], int] | None = None
+            while loop.time() < deadline:
+                ends = {(tp.topic, tp.partition): end for tp, end in (await consumer.end_offsets(tps)).items()}
+                read_all = all(self.read_to.get(key, 0) >= end for key, end in ends.items())
+                if read_all and ends == confirmed:
+                    return True
+                confirmed = ends if read_all else None
+                await asyncio.sleep(0.1)
+        finally:
+            await consumer.stop()
+        return False
 
     def duplicates(self) -> dict[str, int]:
         """Event ids found at more than one log position (broker epoch, topic, partition, offset)."""
@@ -477,6 +501,7 @@ class Collector:
                 await consumer.start()
                 consumer.assign(tps)
                 await consumer.seek_to_beginning(*tps)
+                self.read_to = {}
                 while epoch == self.epoch:
                     fetched = await consumer.getmany(*tps, timeout_ms=100, max_records=10_000)
                     for tp, records in fetched.items():
@@ -484,6 +509,8 @@ class Collector:
                             event_id = dict(record.headers)["event_id"].decode()
                             self.seen.add((epoch, tp.topic, tp.partition, record.offset, event_id))
                             self.ids.add(event_id)
+                        if records:
+                            self.read_to[(tp.topic, tp.partition)] = records[-1].offset + 1
             except Exception:  # the broker is down or restarting: reconnect
                 self.errors += 1
                 await asyncio.sleep(0.2)
