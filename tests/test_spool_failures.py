@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 from tidegate.testing.server import Server, arm_spool_write_failures
 
-from tests.conftest import reading
+from tests.conftest import reading, until_in_flight
 from tests.test_http import spooled_values
 
 ENV = {"TIDEGATE_AUTH": "false", "TIDEGATE_FAULT_INJECTION": "true"}
@@ -78,7 +78,7 @@ def test_a_duplicate_is_answered_only_with_its_original_and_fails_with_it(tmp_pa
         async def original_and_retry() -> list[Any]:
             async with httpx.AsyncClient(base_url=server.url, timeout=20) as http:
                 original = asyncio.create_task(http.post("/api/v1/ingest", json=body))
-                await asyncio.sleep(0.15)  # the original waits for its commit (400 ms window)
+                await until_in_flight(http, 1)  # the original waits for its commit (400 ms window)
                 retry = asyncio.create_task(http.post("/api/v1/ingest", json=body))
                 return list(await asyncio.gather(original, retry))
 
@@ -101,7 +101,7 @@ def test_a_duplicate_is_answered_only_with_its_original_and_fails_with_it(tmp_pa
 async def original_and_retry_ok(server: Server, body: dict[str, Any]) -> None:
     async with httpx.AsyncClient(base_url=server.url, timeout=20) as http:
         original = asyncio.create_task(http.post("/api/v1/ingest", json=body))
-        await asyncio.sleep(0.15)
+        await until_in_flight(http, 1)
         retry = await http.post("/api/v1/ingest", json=body)
         first = await original
     assert first.status_code == retry.status_code == 202
