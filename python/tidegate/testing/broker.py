@@ -451,13 +451,16 @@ class Collector:
         self._idle.clear()
         self._running.set()
 
+    def topic_partitions(self) -> list[TopicPartition]:
+        return [TopicPartition(topic, p) for topic, n in self.partitions.items() for p in range(n)]
+
     async def read_out(self, timeout: float) -> bool:
         """Waits until this collector has read every partition up to the broker's end offsets, found the same twice
         (a produce request in flight lands in between), so that it holds everything the broker has; False after
         `timeout`. For a broker about to be killed while nothing more is produced."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        tps = [TopicPartition(topic, p) for topic, n in self.partitions.items() for p in range(n)]
+        tps = self.topic_partitions()
         consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, group_id=None, request_timeout_ms=5000)
         await consumer.start()
         try:
@@ -482,7 +485,7 @@ class Collector:
         return sum(n - 1 for n in self.duplicates().values())
 
     async def _consume(self) -> None:
-        tps = [TopicPartition(topic, p) for topic, n in self.partitions.items() for p in range(n)]
+        tps = self.topic_partitions()
         while True:
             if not self._running.is_set():
                 self._idle.set()

@@ -558,17 +558,23 @@ class Rig:
         fails, when it is let go after the kill."""
         assert self.broker is not None and self.collector is not None
         notes = []
+        with self.delivery_held():
+            if not await self.collector.read_out(timeout=30):
+                notes.append("the consumer had not read the broker out when it was killed")
+            await asyncio.to_thread(self.broker.stop, 0)
+        return notes
+
+    @contextlib.contextmanager
+    def delivery_held(self) -> Iterator[None]:
+        """The delivery process stopped (SIGSTOP) for the block, then let go: it sends nothing meanwhile."""
         pid = running_delivery_pid(self.data_dir)
         if pid is not None:
             os.kill(pid, signal.SIGSTOP)
         try:
-            if not await self.collector.read_out(timeout=30):
-                notes.append("the consumer had not read the broker out when it was killed")
-            await asyncio.to_thread(self.broker.stop, 0)
+            yield
         finally:
             if pid is not None:
                 os.kill(pid, signal.SIGCONT)
-        return notes
 
     async def restart_broker(self) -> None:
         """Starts the broker again, empty, with its topics. tansu acknowledges a produce to a topic that does not
@@ -576,14 +582,8 @@ class Rig:
         after: checked by hand), and the delivery process's producer retries the moment the broker listens. A real
         cluster keeps its topics across a restart, so the delivery process is held (SIGSTOP) until they exist."""
         assert self.broker is not None
-        pid = running_delivery_pid(self.data_dir)
-        if pid is not None:
-            os.kill(pid, signal.SIGSTOP)
-        try:
+        with self.delivery_held():
             await asyncio.to_thread(self.broker.start)
-        finally:
-            if pid is not None:
-                os.kill(pid, signal.SIGCONT)
 
     async def lost_with_the_broker(self) -> set[str]:
         """`unread_checkpointed` once the checkpoint holds still, read as soon as the broker is gone (and the
