@@ -7,11 +7,16 @@ service recovered.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
-from tidegate.testing.chaos import SCENARIOS, format_table, run_scenario
+import tidegate
+from tidegate.testing.chaos import SCENARIOS, format_table, offset_gaps, run_scenario, whereabouts
+
+from tests.conftest import reading
 
 RUNNABLE = [scenario.name for scenario in SCENARIOS.values() if scenario.run is not None]
 
@@ -25,3 +30,24 @@ def test_chaos_scenario(name: str, tmp_path: Path, record_property: Callable[[st
     assert row.acknowledged > 0, row
     assert row.lost == 0, format_table([row])
     assert row.recovered, format_table([row])
+
+
+def test_a_loss_is_located_in_the_spool_and_the_topic(tmp_path: Path) -> None:
+    """What a row that lost records says about them: where they are in the spools against the checkpoint, and the
+    offsets the broker assigned that no record read holds."""
+    validator = tidegate.Validator(tidegate.Contract.telemetry())
+    result = validator.validate(json.dumps([reading(f"dev-{i}") for i in range(6)]).encode())
+    spool = tidegate.Spool(tmp_path / "data" / "spool" / "w0")
+    spool.append(result.records)
+    spool.commit()
+    spool.ack(2)
+    ids = result.records.event_ids()
+    assert whereabouts(tmp_path / "data", {ids[2], ids[3], ids[5]}) == [
+        "w0: 3 on telemetry-raw, at 2-3, 5 (checkpoint 2, next 6)"
+    ]
+    read = [SimpleNamespace(partition=0, offset=offset) for offset in (0, 1, 4)]
+    read.append(SimpleNamespace(partition=1, offset=0))
+    assert (
+        offset_gaps(read)
+        == "offsets read at the end: partition 0: 3 records, gaps at 2-3; partition 1: 1 records, no gap"
+    )

@@ -45,6 +45,8 @@ from collections.abc import Callable, Coroutine, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, TextIO, TypeVar
 
+from aiokafka.structs import ConsumerRecord  # type: ignore[import-untyped,unused-ignore]
+
 from tidegate._native import Spool
 from tidegate.delivery.spool import worker_spool_dirs
 from tidegate.delivery.status import running_delivery_pid
@@ -438,6 +440,68 @@ def checkpointed_ids(data_dir: Path) -> set[str]:
     return {i for directory in worker_spool_dirs(data_dir) for i in _while_cleanup_runs(read, directory)}
 
 
+def whereabouts(data_dir: Path, ids: set[str]) -> list[str]:
+    """Where the records of ``ids`` are in the spools, for a row that lost some: per spool, how many on each
+    topic and at which sequences, against the spool's checkpoint. It tells records the forwarder passed (below
+    the checkpoint: stepped over, or acknowledged by a broker that lost them) from records kept only as duplicate
+    occurrences (their originals never written)."""
+
+    def read(directory: Path) -> tuple[list[int], Counter[str], dict[str, int]]:
+        seqs: list[int] = []
+        topics: Counter[str] = Counter()
+        spool = Spool.open_read_only(directory)
+        seq = 0
+        while True:
+            records, next_seq = spool.read(seq, max_records=50_000, max_bytes=1 << 40, durable_only=False)
+            if len(records) == 0:
+                return seqs, topics, spool.stats()
+            first = next_seq - len(records)
+            seqs.extend(first + offset for offset, event_id in enumerate(records.event_ids()) if event_id in ids)
+            for topic in records.topics:
+                topics[topic] += sum(1 for event_id in records.event_ids(topic) if event_id in ids)
+            seq = next_seq
+
+    notes = []
+    for directory in worker_spool_dirs(data_dir):
+        seqs, topics, stats = _while_cleanup_runs(read, directory)
+        if seqs:
+            on = ", ".join(f"{n:,} on {topic}" for topic, n in sorted(topics.items()) if n)
+            notes.append(
+                f"{directory.name}: {on}, at {_ranges(seqs)} (checkpoint {stats['acked_seq']:,}, "
+                f"next {stats['next_seq']:,})"
+            )
+    return notes
+
+
+def offset_gaps(records: Iterable[ConsumerRecord]) -> str:
+    """Per partition, the offsets below the highest one read that no record read holds. tansu reserves a batch's
+    offsets before it stores the batch: a gap is a batch it took and did not store (or not yet), and a record lost
+    where there is no gap never reached its log."""
+    offsets: dict[int, list[int]] = {}
+    for record in records:
+        offsets.setdefault(record.partition, []).append(record.offset)
+    gaps = []
+    for partition, held in sorted(offsets.items()):
+        present = set(held)
+        missing = [offset for offset in range(max(held) + 1) if offset not in present]
+        gaps.append(
+            f"partition {partition}: {len(held):,} records, " + (f"gaps at {_ranges(missing)}" if missing else "no gap")
+        )
+    return "offsets read at the end: " + "; ".join(gaps)
+
+
+def _ranges(seqs: list[int], most: int = 8) -> str:
+    """``12-31, 40-59, ...`` for sorted sequences, the first ``most`` runs."""
+    runs: list[list[int]] = []
+    for seq in seqs:
+        if runs and seq == runs[-1][1] + 1:
+            runs[-1][1] = seq
+        else:
+            runs.append([seq, seq])
+    shown = ", ".join(f"{a}-{b}" if a != b else str(a) for a, b in runs[:most])
+    return shown + (f" and {len(runs) - most} more runs" if len(runs) > most else "")
+
+
 def spool_stats(data_dir: Path) -> dict[str, dict[str, int]]:
     def read(directory: Path) -> dict[str, int]:
         return Spool.open_read_only(directory).stats()
@@ -635,6 +699,8 @@ class Rig:
                 if found:
                     notes.append(f"{len(found):,} read only by a consumer from the beginning at the end")
                 in_kafka |= found
+                if missing - found:
+                    notes.append(offset_gaps(records))
             duplicates = self.collector.duplicates_delivered()
         code = await asyncio.to_thread(self.server.stop)
         in_spool = acknowledged & await asyncio.to_thread(spooled_ids, self.data_dir)
@@ -644,6 +710,11 @@ class Rig:
             lost = acknowledged - in_kafka - lost_by_broker
             if nowhere := acknowledged - in_spool - in_kafka:
                 notes.append(f"{len(nowhere):,} acknowledged ids neither in the spool nor in Kafka")
+        if lost:
+            notes.extend(await asyncio.to_thread(whereabouts, self.data_dir, lost))
+            log = self.server.log_path.read_text(errors="replace") if self.server.log_path.exists() else ""
+            # The forwarder logs records it could not read and stepped over (`Forwarder._idle`).
+            notes.append(f"server log: {log.count('stepped over')} step-overs, {log.count('Traceback')} tracebacks")
         if lost & load.first_answer_duplicate:
             notes.append(f"{len(lost & load.first_answer_duplicate):,} lost were first answered `duplicate`")
         if code not in (0, None):
