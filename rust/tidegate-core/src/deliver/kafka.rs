@@ -215,8 +215,10 @@ impl Compression {
 
 /// Encodes records as one Kafka v2 record batch (magic 2, no producer id, CRC-32C), its records compressed with
 /// `compression` unless that makes them no smaller (then the Kafka record batch says "no compression", as it may).
+/// The base timestamp is the first record's, as aiokafka's and the Java client's builders have it (a later record
+/// may be older: its delta is negative), so that [`pack`]'s sizes, measured from the first record, are exact.
 pub fn encode_record_batch(records: &[RecordRef<'_>], compression: Compression) -> Vec<u8> {
-    let first_ts = records.iter().map(|r| r.timestamp_ms).min().unwrap_or(0);
+    let first_ts = records.first().map_or(0, |r| r.timestamp_ms);
     let max_ts = records.iter().map(|r| r.timestamp_ms).max().unwrap_or(0);
     let mut out = Vec::with_capacity(BATCH_HEADER + records.iter().map(|r| r.value.len() + 128).sum::<usize>());
     out.extend_from_slice(&0i64.to_be_bytes()); // base offset: set by the broker
@@ -435,6 +437,41 @@ mod tests {
                 record_batch_size(&record),
                 encode_record_batch(&[record], Compression::None).len()
             );
+        }
+    }
+
+    #[test]
+    fn runs_stay_within_max_batch_bytes_when_timestamps_are_out_of_order() {
+        // Devices sharing a partition are appended in arrival order, not in timestamp order: a run whose first record
+        // is the newest has negative deltas, which must be sized as they are encoded.
+        let mut headers = Vec::new();
+        crate::canonical::records::encode_header(&mut headers, "event_id", &[b'e'; 32]);
+        let value = vec![b'v'; 1_000];
+        let mut arena = Records::new();
+        for i in 0..3_000i64 {
+            let timestamp = 1_774_606_531_000 + if i % 2 == 0 { 0 } else { 9_000_000 } - i;
+            arena.push(&RecordRef::from_parts(
+                "t",
+                Some(b"k"),
+                &value,
+                &headers,
+                [0; 16],
+                timestamp,
+            ));
+        }
+        let records: Vec<RecordRef<'_>> = arena.iter().collect();
+        let run: Vec<usize> = (0..records.len()).collect();
+        let max = 1 << 20;
+        let packed = pack(&records, &run, max, Compression::None);
+        assert!(packed.len() > 1);
+        for (start, end, bytes) in &packed {
+            let first = records[*start].timestamp_ms;
+            let sized = BATCH_HEADER
+                + (*start..*end)
+                    .map(|i| record_size(&records[i], (i - start) as i64, records[i].timestamp_ms - first))
+                    .sum::<usize>();
+            assert_eq!(bytes.len(), sized, "the size pack measured is the size encoded");
+            assert!(bytes.len() <= max, "{} bytes in a run of at most {max}", bytes.len());
         }
     }
 
