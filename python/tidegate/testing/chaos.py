@@ -47,7 +47,7 @@ from typing import Any, ClassVar, TextIO, TypeVar
 
 from aiokafka.structs import ConsumerRecord  # type: ignore[import-untyped,unused-ignore]
 
-from tidegate._native import Spool
+from tidegate._native import Records, Spool
 from tidegate.delivery.spool import worker_spool_dirs
 from tidegate.delivery.status import running_delivery_pid
 from tidegate.testing.broker import Broker, Collector, consume_all
@@ -404,19 +404,22 @@ def _while_cleanup_runs(read: Callable[[Path], _T], directory: Path) -> _T:
     raise AssertionError("unreachable")
 
 
+def _records_on_disk(spool: Spool) -> Iterator[tuple[int, Records]]:
+    """Every record still on disk in `spool`, in order, as (the sequence of the first, records). Each read takes
+    whole segments (no byte budget), so this reader cannot skip what a budget would cut."""
+    seq = 0
+    while True:
+        records, seq = spool.read(seq, max_records=50_000, max_bytes=1 << 40, durable_only=False)
+        if len(records) == 0:
+            return
+        yield seq - len(records), records
+
+
 def spooled_ids(data_dir: Path) -> set[str]:
-    """Event ids of every record in every spool directory. Each read takes whole segments (no byte budget), so
-    this reader cannot skip what a budget would cut."""
+    """Event ids of every record in every spool directory."""
 
     def read(directory: Path) -> set[str]:
-        out: set[str] = set()
-        spool = Spool.open_read_only(directory)
-        seq = 0
-        while True:
-            records, seq = spool.read(seq, max_records=50_000, max_bytes=1 << 40, durable_only=False)
-            if len(records) == 0:
-                return out
-            out.update(records.event_ids())
+        return {i for _, records in _records_on_disk(Spool.open_read_only(directory)) for i in records.event_ids()}
 
     return {i for directory in worker_spool_dirs(data_dir) for i in _while_cleanup_runs(read, directory)}
 
@@ -428,13 +431,10 @@ def checkpointed_ids(data_dir: Path) -> set[str]:
         out: set[str] = set()
         spool = Spool.open_read_only(directory)
         acked = spool.stats()["acked_seq"]
-        seq = 0
-        while seq < acked:
-            records, next_seq = spool.read(seq, max_records=50_000, max_bytes=1 << 40, durable_only=False)
-            if len(records) == 0:
+        for first, records in _records_on_disk(spool):
+            if first >= acked:
                 break
-            out.update(records.event_ids()[: max(0, acked - (next_seq - len(records)))])
-            seq = next_seq
+            out.update(records.event_ids()[: acked - first])
         return out
 
     return {i for directory in worker_spool_dirs(data_dir) for i in _while_cleanup_runs(read, directory)}
@@ -450,16 +450,11 @@ def whereabouts(data_dir: Path, ids: set[str]) -> list[str]:
         seqs: list[int] = []
         topics: Counter[str] = Counter()
         spool = Spool.open_read_only(directory)
-        seq = 0
-        while True:
-            records, next_seq = spool.read(seq, max_records=50_000, max_bytes=1 << 40, durable_only=False)
-            if len(records) == 0:
-                return seqs, topics, spool.stats()
-            first = next_seq - len(records)
+        for first, records in _records_on_disk(spool):
             seqs.extend(first + offset for offset, event_id in enumerate(records.event_ids()) if event_id in ids)
             for topic in records.topics:
                 topics[topic] += sum(1 for event_id in records.event_ids(topic) if event_id in ids)
-            seq = next_seq
+        return seqs, topics, spool.stats()
 
     notes = []
     for directory in worker_spool_dirs(data_dir):
