@@ -27,6 +27,7 @@ Scenarios that need parts not built yet are listed in ``SCENARIOS`` with the rea
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import dataclasses
 import json
@@ -37,6 +38,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -46,11 +48,15 @@ from pathlib import Path
 from typing import Any, ClassVar, TextIO, TypeVar
 
 from aiokafka.structs import ConsumerRecord  # type: ignore[import-untyped,unused-ignore]
+from paho.mqtt import client as paho
+from paho.mqtt.enums import CallbackAPIVersion
 
-from tidegate._native import Records, Spool
+from tidegate._native import Contract, Records, Spool, Validator
 from tidegate.delivery.spool import worker_spool_dirs
 from tidegate.delivery.status import running_delivery_pid
 from tidegate.testing.broker import Broker, Collector, consume_all
+from tidegate.testing.mosquitto import Mosquitto
+from tidegate.testing.processes import LOOPBACK
 from tidegate.testing.server import Server, arm_spool_write_failures
 
 __all__ = ["SCENARIOS", "SIZES", "ChaosRow", "Scenario", "Size", "format_table", "main", "run_scenario"]
@@ -388,6 +394,75 @@ class Load:
         return status
 
 
+MQTT_DEVICES = 4
+MQTT_TOPIC = "devices/{device}/telemetry"
+MQTT_LAST_SUBSCRIPTION = "$share/tidegate/devices/+/events"
+"""The last of tidegate's three subscriptions (one SUBSCRIBE): a message published before it goes nowhere."""
+MQTT_MESSAGES_PER_S = 50
+MQTT_IN_FLIGHT = 100
+
+
+class MqttLoad:
+    """Devices publishing over MQTT with QoS 1 beside the HTTP clients (one paho client on a thread of its own),
+    each message a body like ``Load``'s. A message counts as acknowledged once mosquitto acknowledged it (PUBACK):
+    from then the broker holds it in tidegate's persistent session until tidegate acknowledges it, which tidegate
+    does only once its records are durable, so every one must reach the spool and Kafka. Its event ids are the
+    ones the server derives, from the core validator (the topic names the device, as for the server)."""
+
+    def __init__(self, mosquitto: Mosquitto, body: Callable[[str, int], bytes]) -> None:
+        self.mosquitto = mosquitto
+        self.body = body
+        self.acknowledged: set[str] = set()
+        self.published = 0
+        self.unacknowledged = 0
+        self._validator = Validator(Contract.telemetry(), max_future_seconds=3600)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._client = paho.Client(CallbackAPIVersion.VERSION2, client_id="chaos-publisher", protocol=paho.MQTTv5)
+        self._client.max_inflight_messages_set(MQTT_IN_FLIGHT)
+
+    def start(self) -> None:
+        self._client.connect(LOOPBACK, self.mosquitto.port)
+        self._client.loop_start()
+        self._thread = threading.Thread(target=self._publish, name="chaos-mqtt", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stops publishing and waits (10 s at most) for mosquitto's acknowledgements of what was sent."""
+        self._stop.set()
+        if self._thread is None:
+            return
+        self._thread.join()
+        self._thread = None
+        self._client.disconnect()
+        self._client.loop_stop()
+
+    def _publish(self) -> None:
+        pending: collections.deque[tuple[paho.MQTTMessageInfo, list[str]]] = collections.deque()
+        readings_per_body = len(json.loads(self.body("x", 0)))
+        n = 0
+        while not self._stop.is_set():
+            device = f"mqtt-{n // readings_per_body % MQTT_DEVICES:02d}"
+            body = self.body(device, n)
+            n += readings_per_body
+            ids = [i for i in self._validator.validate(body, device_id=device).event_ids if i is not None]
+            pending.append((self._client.publish(MQTT_TOPIC.format(device=device), body, qos=1), ids))
+            self.published += 1
+            while pending and (pending[0][0].is_published() or len(pending) >= MQTT_IN_FLIGHT):
+                info, acknowledged = pending.popleft()
+                info.wait_for_publish(10)
+                if info.is_published():
+                    self.acknowledged.update(acknowledged)
+            self._stop.wait(1 / MQTT_MESSAGES_PER_S)
+        for info, acknowledged in pending:
+            with contextlib.suppress(RuntimeError, ValueError):
+                info.wait_for_publish(10)
+            if info.is_published():
+                self.acknowledged.update(acknowledged)
+            else:
+                self.unacknowledged += 1
+
+
 # ------------------------------------------------------------------------------------------------------ readers
 
 
@@ -519,6 +594,7 @@ class Rig:
         env: dict[str, str] | None = None,
         data_dir: Path | None = None,
         race: bool = False,
+        mqtt: bool = False,
     ) -> None:
         self.work_dir = work_dir
         self.size = size
@@ -530,6 +606,11 @@ class Rig:
         self.race = race
         self.collector: Collector | None = None
         self.load: Load | None = None
+        #: With ``mqtt=True``: a mosquitto the server subscribes to, and devices publishing to it (``MqttLoad``).
+        self.mosquitto = Mosquitto(work_dir / "mosquitto") if mqtt else None
+        self.mqtt: MqttLoad | None = None
+        if self.mosquitto is not None:
+            self.server.env["TIDEGATE_MQTT"] = self.mosquitto.url
         self.started = time.monotonic()
 
     async def __aenter__(self) -> Rig:
@@ -543,23 +624,43 @@ class Rig:
             self.collector.start()
         devices = [f"chaos-{i:02d}" for i in range(self.size.clients)]
         try:
+            if self.mosquitto is not None:
+                await asyncio.to_thread(self.mosquitto.start)
             keys = await asyncio.to_thread(self.server.keys, *devices)
             await asyncio.to_thread(self.server.start)
+            self.load = Load(self.server.port, keys, self.size, race=self.race)
+            if self.mosquitto is not None:
+                await self._subscribed()
+                self.mqtt = MqttLoad(self.mosquitto, self.load._body)
+                self.mqtt.start()
         except BaseException:
             await self.__aexit__()
             raise
-        self.load = Load(self.server.port, keys, self.size, race=self.race)
         self.load.start()
         return self
+
+    async def _subscribed(self, timeout: float = 30.0) -> None:
+        """Waits until the server subscribed to mosquitto: from then its persistent session keeps what is published
+        while the server is down."""
+        assert self.mosquitto is not None
+        deadline = time.monotonic() + timeout
+        while not self.mosquitto.subscribers(MQTT_LAST_SUBSCRIPTION):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the server did not subscribe to mosquitto: {self.mosquitto.log_tail()}")
+            await asyncio.sleep(0.05)
 
     async def __aexit__(self, *_exc: object) -> None:
         if self.load is not None:
             await self.load.stop()
+        if self.mqtt is not None:
+            await asyncio.to_thread(self.mqtt.stop)
         if self.collector is not None:
             await self.collector.stop()
         await asyncio.to_thread(self.server.stop)
         if self.broker is not None:
             await asyncio.to_thread(self.broker.stop, 0)
+        if self.mosquitto is not None:
+            await asyncio.to_thread(self.mosquitto.stop)
 
     @property
     def clients(self) -> Load:
@@ -670,8 +771,15 @@ class Rig:
         """Stops the load, lets the backlog drain, stops the server and counts (see the module docstring)."""
         load = self.clients
         await load.stop()
-        acknowledged = load.acknowledged
+        acknowledged = set(load.acknowledged)
         notes = list(notes)
+        if self.mqtt is not None:
+            await asyncio.to_thread(self.mqtt.stop)
+            acknowledged |= self.mqtt.acknowledged
+            notes.append(
+                f"MQTT: {self.mqtt.published:,} messages published, {len(self.mqtt.acknowledged):,} records in those "
+                f"mosquitto acknowledged" + (f", {self.mqtt.unacknowledged:,} not" if self.mqtt.unacknowledged else "")
+            )
         in_kafka: set[str] | None = None
         duplicates: int | None = None
         lost_by_broker: set[str] = set()
@@ -736,8 +844,8 @@ class Rig:
 # ------------------------------------------------------------------------------------------------------ scenarios
 
 
-async def _kill_loop(work_dir: Path, size: Size, *, race: bool, name: str) -> ChaosRow:
-    async with Rig(work_dir, size, race=race) as rig:
+async def _kill_loop(work_dir: Path, size: Size, *, race: bool, name: str, mqtt: bool = False) -> ChaosRow:
+    async with Rig(work_dir, size, race=race, mqtt=mqtt) as rig:
         load = rig.clients
         await asyncio.sleep(size.load_s)
         recovered = True
@@ -762,6 +870,13 @@ async def sigkill(work_dir: Path, size: Size) -> ChaosRow:
 async def duplicate_races(work_dir: Path, size: Size) -> ChaosRow:
     """(g) (a) again, with every other body sent on two connections at once: retries racing their originals."""
     return await _kill_loop(work_dir, size, race=True, name="g. duplicate retries racing, SIGKILL x5")
+
+
+async def mqtt_sigkill(work_dir: Path, size: Size) -> ChaosRow:
+    """(h) (a) again with devices publishing over MQTT (QoS 1) beside the HTTP clients: every message mosquitto
+    acknowledged waits in tidegate's persistent session until tidegate acknowledged it, durable, so none may be
+    lost to a kill; what a killed worker had taken and not acknowledged comes again and is answered duplicate."""
+    return await _kill_loop(work_dir, size, race=False, name="h. MQTT beside HTTP, SIGKILL x5", mqtt=True)
 
 
 async def broker_outage(work_dir: Path, size: Size) -> ChaosRow:
@@ -1005,6 +1120,7 @@ SCENARIOS: dict[str, Scenario] = {
         Scenario("e", "sigterm", "SIGTERM under load", sigterm),
         Scenario("f", "delivery-killed", "the delivery process killed 3 times", delivery_killed),
         Scenario("g", "duplicate-races", "duplicate retries racing their originals during (a)", duplicate_races),
+        Scenario("h", "mqtt-sigkill", "MQTT devices (QoS 1) beside the HTTP clients during (a)", mqtt_sigkill),
     )
 }
 
