@@ -10,7 +10,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer  # type: ignore[import-untyped,unused-ignore]
 from aiokafka.errors import KafkaError  # type: ignore[import-untyped,unused-ignore]
 from aiokafka.structs import ConsumerRecord, TopicPartition  # type: ignore[import-untyped,unused-ignore]
-from tidegate.testing.broker import Broker, consume_all
+from tidegate.testing.broker import Broker, Collector, consume_all
 
 TOPIC = "events"
 PARTITIONS = 3
@@ -156,7 +156,8 @@ async def _race_first_batches(bootstrap: str, topic: str) -> set[int]:
         async def send(producer: AIOKafkaProducer, partition: int, records: int) -> None:
             kafka_batch = producer.create_batch()
             for i in range(records):
-                assert kafka_batch.append(key=None, value=_value(i), timestamp=None) is not None
+                headers = [("event_id", f"{topic}/{partition}/{records}/{i}".encode())]
+                assert kafka_batch.append(key=None, value=_value(i), timestamp=None, headers=headers) is not None
             kafka_batch.close()
             await (await producer.send_batch(kafka_batch, topic, partition=partition))
 
@@ -179,8 +180,9 @@ async def _race_first_batches(bootstrap: str, topic: str) -> set[int]:
 def test_consume_all_reads_a_first_batch_tansu_stored_after_the_next(tmp_path: Path) -> None:
     """tansu answers ListOffsets(earliest) with the batch it stored first, so when two producers race on a
     partition, a consumer seeking to the beginning can skip the batch at offset 0 (a chaos run in CI counted such a
-    batch, 877 records, as lost). consume_all reads from offset 0: every record of every raced partition. The race
-    is hit on about 7 of 100 partitions per round; rounds go on until it is (so the test proves something)."""
+    batch, 877 records, as lost). consume_all and Collector read from offset 0: every record of every raced
+    partition. The race is hit on about 7 of 100 partitions per round; rounds go on until it is (so the test proves
+    something)."""
 
     async def scenario(broker: Broker) -> set[int]:
         skipped: set[int] = set()
@@ -188,6 +190,18 @@ def test_consume_all_reads_a_first_batch_tansu_stored_after_the_next(tmp_path: P
             topic = f"raced-{round_}"
             broker.create_topics([topic], partitions=RACED_PARTITIONS)
             skipped = await _race_first_batches(broker.bootstrap, topic)
+            collector = Collector(broker.bootstrap, {topic: RACED_PARTITIONS})
+            collector.start()
+            try:
+                for _ in range(100):
+                    if len(collector.ids) >= RACED_PARTITIONS * (FIRST_BATCH + 1):
+                        break
+                    await asyncio.sleep(0.1)
+            finally:
+                await collector.stop()
+            assert len(collector.ids) == RACED_PARTITIONS * (FIRST_BATCH + 1), (
+                f"the collector read {len(collector.ids)} ({collector.gap_rereads} gaps read again)"
+            )
             records = await consume_all(broker.bootstrap, topic, timeout=30)
             per_partition = Counter(r.partition for r in records)
             short = {p: per_partition[p] for p in range(RACED_PARTITIONS) if per_partition[p] != FIRST_BATCH + 1}
