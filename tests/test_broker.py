@@ -10,7 +10,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer  # type: ignore[import-untyped,unused-ignore]
 from aiokafka.errors import KafkaError  # type: ignore[import-untyped,unused-ignore]
 from aiokafka.structs import ConsumerRecord, TopicPartition  # type: ignore[import-untyped,unused-ignore]
-from tidegate.testing.broker import Broker, Collector, consume_all
+from tidegate.testing.broker import GAP_RETRIES, Broker, Collector, consume_all
 
 TOPIC = "events"
 PARTITIONS = 3
@@ -200,7 +200,7 @@ def test_consume_all_reads_a_first_batch_tansu_stored_after_the_next(tmp_path: P
             finally:
                 await collector.stop()
             assert len(collector.ids) == RACED_PARTITIONS * (FIRST_BATCH + 1), (
-                f"the collector read {len(collector.ids)} ({collector.gap_rereads} gaps read again)"
+                f"the collector read {len(collector.ids)} ({collector.gaps_read_again} gaps read again)"
             )
             records = await consume_all(broker.bootstrap, topic, timeout=30)
             per_partition = Counter(r.partition for r in records)
@@ -212,3 +212,29 @@ def test_consume_all_reads_a_first_batch_tansu_stored_after_the_next(tmp_path: P
 
     with Broker(tmp_path) as broker:
         assert asyncio.run(scenario(broker)), "no round hit the race: nothing was tested"
+
+
+def test_the_collector_reads_again_from_a_gap_inside_a_fetch() -> None:
+    """A fetch from tansu returns the stored batches at and after its offset, so a batch not stored yet leaves a
+    gap at its start or between two of its batches: the Collector keeps what comes before the gap and reads again
+    from it, and passes a gap that stays after GAP_RETRIES tries."""
+    collector = Collector("127.0.0.1:9", {"t": 1})
+    tp = TopicPartition("t", 0)
+
+    def fetched(offsets: range) -> list[ConsumerRecord]:
+        return [
+            ConsumerRecord("t", 0, offset, 0, 0, None, b"", None, 0, 0, [("event_id", f"e{offset}".encode())])
+            for offset in offsets
+        ]
+
+    gaps: Counter[tuple[str, int]] = Counter()
+    assert collector._take(0, tp, fetched(range(0, 10)) + fetched(range(20, 30)), gaps) == 10
+    assert collector.ids == {f"e{i}" for i in range(10)}
+    assert collector._take(0, tp, fetched(range(10, 30)), gaps) is None  # stored by now: read whole
+    assert collector.ids == {f"e{i}" for i in range(30)}
+    assert (collector.gaps_read_again, collector.gaps_passed) == (1, 0)
+    for _ in range(GAP_RETRIES):
+        assert collector._take(0, tp, fetched(range(40, 50)), gaps) == 30
+    assert collector._take(0, tp, fetched(range(40, 50)), gaps) is None  # never stored: passed
+    assert collector.read_to[("t", 0)] == 50
+    assert (collector.gaps_read_again, collector.gaps_passed) == (2, 1)

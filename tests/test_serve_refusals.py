@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from tidegate.instance import StartRefused, hold_instance_lock
 from tidegate.testing.processes import free_port
 from tidegate.testing.server import Server
 
@@ -76,3 +78,25 @@ def test_a_port_held_by_another_program_is_refused(tmp_path: Path) -> None:
         refused = serve(tmp_path, port)
     assert refused.returncode != 0
     assert f"127.0.0.1:{port}" in refused.stderr and "in use" in refused.stderr, refused.stderr
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounts a tmpfs (root; CI runs as root)")
+def test_the_instance_lock_is_held_on_a_full_disk(tmp_path: Path) -> None:
+    """The pid written into the lock only names the holder: a full disk must not stop an instance from starting
+    (the delivery process crashed at start, and again at each restart, while the chaos suite's disk was full)."""
+    mount_point = tmp_path / "full"
+    mount_point.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount_point)], check=True)
+    try:
+        (mount_point / "tidegate.lock").touch()
+        with contextlib.suppress(OSError), (mount_point / "ballast").open("wb", buffering=0) as ballast:
+            while True:
+                ballast.write(b"\0" * 4096)
+        held = hold_instance_lock(mount_point)
+        try:
+            with pytest.raises(StartRefused, match="another tidegate"):
+                hold_instance_lock(mount_point)
+        finally:
+            held.close()
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], check=False)

@@ -39,10 +39,12 @@ def hold_instance_lock(data_dir: Path, name: str = LOCK_NAME, what: str = "tideg
             f"another {what} (pid {holder}) serves the data dir {data_dir.resolve()}; "
             f"stop it, or give this instance its own --data-dir"
         ) from None
-    lock.seek(0)
-    lock.truncate()
-    lock.write(f"{os.getpid()}\n")
-    lock.flush()
+    # The pid only names the holder in another instance's refusal: a disk too full to take it must not stop the
+    # instance (the delivery process crashed at start in a loop while the chaos suite's disk was full).
+    # Written past the file object's buffer, so that a write the disk refused is not tried again at close.
+    with contextlib.suppress(OSError):
+        os.ftruncate(lock.fileno(), 0)
+        os.write(lock.fileno(), f"{os.getpid()}\n".encode())  # appended ("a+"): at 0 after the truncate
     return lock
 
 

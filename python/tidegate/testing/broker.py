@@ -385,7 +385,7 @@ async def consume_all(
         bootstrap_servers=bootstrap,
         group_id=None,
         enable_auto_commit=False,
-        auto_offset_reset="earliest",
+        auto_offset_reset="none",  # never tansu's `earliest`: see the module docstring
         request_timeout_ms=max(1000, int(timeout * 1000)),
     )
     await consumer.start()
@@ -450,8 +450,9 @@ class Collector:
         #: fetch rounds the current consumer made.
         self.high_watermarks: dict[tuple[str, int], int] = {}
         self.fetch_rounds = 0
-        #: Times a fetch skipped offsets and the partition was read again from the gap.
-        self.gap_rereads = 0
+        #: Gaps (offsets a fetch skipped) read again, and gaps passed after GAP_RETRIES tries.
+        self.gaps_read_again = 0
+        self.gaps_passed = 0
         self._running = asyncio.Event()
         self._running.set()
         self._idle = asyncio.Event()
@@ -492,10 +493,37 @@ class Collector:
             read_all = len(highs) == partitions and all(self.read_to.get(key, 0) >= high for key, high in highs.items())
             if read_all and confirmed is not None and confirmed[0] == highs and round_ >= confirmed[1] + 2:
                 return True
-            if not read_all or confirmed is None or confirmed[0] != highs:
+            if not read_all or confirmed is None or confirmed[0] != highs or round_ < confirmed[1]:
                 confirmed = (highs, round_) if read_all else None
             await asyncio.sleep(0.1)
         return False
+
+    def _take(
+        self, epoch: int, tp: TopicPartition, records: list[ConsumerRecord], gaps: Counter[tuple[str, int]]
+    ) -> int | None:
+        """Keeps a fetch's records up to the first offsets it skipped, and returns the offset to read again from
+        (None when it kept them all). tansu reserves a batch's offsets before it stores the batch, and a fetch returns
+        the stored batches at and after its offset: a batch not stored yet is skipped, at the start of a fetch or
+        between two of its batches. A gap that stays (offsets a failed produce reserved) is passed after
+        GAP_RETRIES tries."""
+        key = (tp.topic, tp.partition)
+        start = self.read_to.get(key, 0)
+        cut = next((i for i, record in enumerate(records) if record.offset != start + i), len(records))
+        again = cut < len(records) and gaps[key] < GAP_RETRIES
+        if again:
+            self.gaps_read_again += gaps[key] == 0
+            gaps[key] += 1
+            records = records[:cut]
+        else:
+            self.gaps_passed += cut < len(records)
+            gaps[key] = 0
+        for record in records:
+            event_id = dict(record.headers)["event_id"].decode()
+            self.seen.add((epoch, tp.topic, tp.partition, record.offset, event_id))
+            self.ids.add(event_id)
+        if records:
+            self.read_to[key] = records[-1].offset + 1
+        return self.read_to.get(key, 0) if again else None
 
     def duplicates(self) -> dict[str, int]:
         """Event ids found at more than one log position (broker epoch, topic, partition, offset)."""
@@ -517,7 +545,7 @@ class Collector:
                 bootstrap_servers=self.bootstrap,
                 group_id=None,
                 enable_auto_commit=False,
-                auto_offset_reset="earliest",
+                auto_offset_reset="none",  # never tansu's `earliest`: see the module docstring
                 fetch_max_wait_ms=50,
                 request_timeout_ms=5000,
             )
@@ -533,25 +561,14 @@ class Collector:
                     for tp in tps:
                         if (high := consumer.highwater(tp)) is not None:
                             self.high_watermarks[(tp.topic, tp.partition)] = high
+                    gapped = False
                     for tp, records in fetched.items():
-                        key = (tp.topic, tp.partition)
-                        if records and records[0].offset > self.read_to.get(key, 0) and gaps[key] < GAP_RETRIES:
-                            # Offsets skipped: tansu reserves a batch's offsets before it stores the batch, and a
-                            # fetch at a reserved offset returns the stored batches after it. Read again from the
-                            # gap once it is stored (a gap that stays, offsets a failed produce reserved, is passed
-                            # after GAP_RETRIES tries).
-                            gaps[key] += 1
-                            self.gap_rereads += 1
-                            consumer.seek(tp, self.read_to.get(key, 0))
-                            await asyncio.sleep(GAP_RETRY_S)
-                            continue
-                        gaps[key] = 0
-                        for record in records:
-                            event_id = dict(record.headers)["event_id"].decode()
-                            self.seen.add((epoch, tp.topic, tp.partition, record.offset, event_id))
-                            self.ids.add(event_id)
-                        if records:
-                            self.read_to[key] = records[-1].offset + 1
+                        again = self._take(epoch, tp, records, gaps)
+                        if again is not None:
+                            consumer.seek(tp, again)
+                            gapped = True
+                    if gapped:
+                        await asyncio.sleep(GAP_RETRY_S)
             except Exception:  # the broker is down or restarting: reconnect
                 self.errors += 1
                 await asyncio.sleep(0.2)
