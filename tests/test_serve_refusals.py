@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
+import asyncio
+import json
+import logging
 import os
 import re
 import signal
@@ -13,6 +15,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+from tidegate.config import Settings
+from tidegate.delivery.process import Delivery
+from tidegate.delivery.status import status_path
 from tidegate.instance import StartRefused, hold_instance_lock
 from tidegate.testing.processes import free_port
 from tidegate.testing.server import Server
@@ -80,23 +85,31 @@ def test_a_port_held_by_another_program_is_refused(tmp_path: Path) -> None:
     assert f"127.0.0.1:{port}" in refused.stderr and "in use" in refused.stderr, refused.stderr
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="mounts a tmpfs (root; CI runs as root)")
-def test_the_instance_lock_is_held_on_a_full_disk(tmp_path: Path) -> None:
+def test_the_instance_lock_is_held_on_a_full_disk(full_disk: Path) -> None:
     """The pid written into the lock only names the holder: a full disk must not stop an instance from starting
     (the delivery process crashed at start, and again at each restart, while the chaos suite's disk was full)."""
-    mount_point = tmp_path / "full"
-    mount_point.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount_point)], check=True)
+    (full_disk / "tidegate.lock").touch()
+    held = hold_instance_lock(full_disk)
     try:
-        (mount_point / "tidegate.lock").touch()
-        with contextlib.suppress(OSError), (mount_point / "ballast").open("wb", buffering=0) as ballast:
-            while True:
-                ballast.write(b"\0" * 4096)
-        held = hold_instance_lock(mount_point)
-        try:
-            with pytest.raises(StartRefused, match="another tidegate"):
-                hold_instance_lock(mount_point)
-        finally:
-            held.close()
+        with pytest.raises(StartRefused, match="another tidegate"):
+            hold_instance_lock(full_disk)
     finally:
-        subprocess.run(["umount", "-l", str(mount_point)], check=False)
+        held.close()
+
+
+def test_the_delivery_status_on_a_full_disk_is_said_once_not_raised(
+    full_disk: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The delivery process writes its status every second: on a full disk that was a traceback a second."""
+    (full_disk / "delivery").mkdir(exist_ok=True)
+    delivery = Delivery(Settings(data_dir=full_disk))
+    with caplog.at_level(logging.INFO, logger="tidegate"):
+        for _ in range(3):
+            asyncio.run(delivery._write_status())
+    failures = [r for r in caplog.records if "status_write_failed" in r.getMessage()]
+    assert len(failures) == 1, caplog.text
+    (full_disk / "ballast").unlink()
+    with caplog.at_level(logging.INFO, logger="tidegate"):
+        asyncio.run(delivery._write_status())
+    assert "status_write_recovered" in caplog.text
+    assert json.loads(status_path(full_disk).read_text())["pid"] == os.getpid()

@@ -74,6 +74,8 @@ class Delivery:
         )
         self.archive = ArchiveStore.from_settings(settings) if settings.archive else None
         self.writer_id = writer_id(settings.data_dir)
+        #: The last error writing the status file (None while it is written): said once as it starts and ends.
+        self._status_write_error: str | None = None
         self._archive_stop = asyncio.Event()
         self._archiving: list[asyncio.Task[None]] = []
         self.started = time.time()
@@ -219,7 +221,18 @@ class Delivery:
             temporary.write_bytes(document)
             temporary.replace(path)  # readers see the old or the new file whole; no fsync: live processes only
 
-        await asyncio.to_thread(write)
+        # Written every second: a disk that cannot take it (full) is said once as it starts and once as it ends,
+        # not with a traceback a second. Nothing is lost with it; the status is what operators' scripts read.
+        try:
+            await asyncio.to_thread(write)
+        except OSError as error:
+            if self._status_write_error is None:
+                log.warning(json.dumps({"event": "status_write_failed", "path": str(path), "error": str(error)}))
+            self._status_write_error = str(error)
+        else:
+            if self._status_write_error is not None:
+                log.info(json.dumps({"event": "status_write_recovered", "path": str(path)}))
+            self._status_write_error = None
 
 
 async def run_delivery(settings: Settings, supervisor_pid: int | None = None) -> int:
