@@ -420,6 +420,8 @@ class MqttLoad:
         self.body = body
         self.acknowledged: set[str] = set()
         self.published = 0
+        self.last_ack = 0.0
+        """time.monotonic() when the latest acknowledgement was counted."""
         self.unacknowledged = 0
         """Messages mosquitto refused, or did not acknowledge within MQTT_STOP_WAIT_S of the stop."""
         self._validator = Validator(Contract.telemetry(), max_future_seconds=3600)
@@ -470,6 +472,7 @@ class MqttLoad:
                 pending.popleft()
                 if accepted:
                     self.acknowledged.update(ids)
+                    self.last_ack = time.monotonic()
                 else:
                     self.unacknowledged += 1
 
@@ -779,6 +782,18 @@ class Rig:
             if pid is not None:
                 os.kill(pid, signal.SIGCONT)
 
+    @contextlib.contextmanager
+    def server_held(self) -> Iterator[None]:
+        """The server's processes stopped (SIGSTOP) for the block, then let go: it takes nothing meanwhile."""
+        proc = self.server.proc
+        if proc is not None:
+            os.killpg(proc.pid, signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            if proc is not None:
+                os.killpg(proc.pid, signal.SIGCONT)
+
     async def restart_broker(self) -> None:
         """Starts the broker again, empty, with its topics. tansu acknowledges a produce to a topic that does not
         exist yet and drops it when the topic is created (three sends acknowledged in that window, none consumed
@@ -931,6 +946,35 @@ async def mqtt_sigkill(work_dir: Path, size: Size) -> ChaosRow:
     acknowledged waits in tidegate's persistent session until tidegate acknowledged it, durable, so none may be
     lost to a kill; what a killed worker had taken and not acknowledged comes again and is answered duplicate."""
     return await _kill_loop(work_dir, size, race=False, name="h. MQTT beside HTTP, SIGKILL x5", mqtt=True)
+
+
+async def mqtt_broker_restart(work_dir: Path, size: Size) -> ChaosRow:
+    """(i) mosquitto stopped (SIGTERM: it saves its sessions) and started again on its port, twice, while devices
+    publish (QoS 1) beside the HTTP clients; the server is held (SIGSTOP) from a second before each stop until the
+    broker is back, so mosquitto holds a backlog for tidegate's session. tidegate connects its persistent session
+    again and takes that backlog, what it had taken and not acknowledged on the old connection comes again
+    (answered duplicate), and nothing mosquitto acknowledged is lost. The publisher reconnects too, and sends
+    again what mosquitto had not acknowledged."""
+    async with Rig(work_dir, size, mqtt=True) as rig:
+        assert rig.mosquitto is not None and rig.mqtt is not None
+        await asyncio.sleep(size.load_s)
+        recovered = True
+        for _ in range(2):
+            with rig.server_held():
+                # A backlog for tidegate's session at mosquitto (and in its socket), which mosquitto saves at stop.
+                await asyncio.sleep(1.0)
+                await asyncio.to_thread(rig.mosquitto.stop)
+                await asyncio.sleep(1.0)  # the devices publish on into their client's queue
+                await asyncio.to_thread(rig.mosquitto.start)
+            back = time.monotonic()
+            deadline = back + size.recovery_timeout_s
+            while rig.mqtt.last_ack <= back and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            recovered = recovered and rig.mqtt.last_ack > back
+            await asyncio.sleep(size.kill_interval_s)
+        await asyncio.sleep(size.load_s)
+        notes = ["mosquitto restarted twice, " + ("acknowledging again each time" if recovered else "not back")]
+        return await rig.finish("i. MQTT broker restarted x2", recovered=recovered, notes=notes)
 
 
 async def broker_outage(work_dir: Path, size: Size) -> ChaosRow:
@@ -1187,6 +1231,7 @@ SCENARIOS: dict[str, Scenario] = {
         Scenario("f", "delivery-killed", "the delivery process killed 3 times", delivery_killed),
         Scenario("g", "duplicate-races", "duplicate retries racing their originals during (a)", duplicate_races),
         Scenario("h", "mqtt-sigkill", "MQTT devices (QoS 1) beside the HTTP clients during (a)", mqtt_sigkill),
+        Scenario("i", "mqtt-broker-restart", "mosquitto restarted twice under MQTT load", mqtt_broker_restart),
     )
 }
 
