@@ -1056,7 +1056,11 @@ async def sigterm(work_dir: Path, size: Size) -> ChaosRow:
     async with Rig(work_dir, size, env={"TIDEGATE_COMMIT_WINDOW_MS": "300"}) as rig:
         load = rig.clients
         await asyncio.sleep(size.load_s)
-        in_flight = load.in_flight(sent_before=time.monotonic() - 0.1)
+        # A commit answers all its requests at once, and the clients send again at once: right after a commit no
+        # request has been in flight for long (a full run once sent the signal with none, "0 of 0"). Waited for.
+        give_up = time.monotonic() + 3.0
+        while not (in_flight := load.in_flight(sent_before=time.monotonic() - 0.1)) and time.monotonic() < give_up:
+            await asyncio.sleep(0.01)
         # To the main process alone, as `docker stop` sends it: Granian passes it on to its workers, each busy
         # with the load (a signal lost there left `tidegate serve` waiting forever: `tidegate/signals.py`).
         code = await asyncio.to_thread(rig.server.stop, group=False)
