@@ -1,14 +1,10 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import inspect
-import os
 import re
-import subprocess
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -128,20 +124,3 @@ async def until_in_flight(http: httpx.AsyncClient, records: int) -> None:
         return metric((await http.get("/metrics")).text, "tidegate_in_flight_records") >= records
 
     await wait_until(held, f"the worker to hold {records} records in flight")
-
-
-@pytest.fixture
-def full_disk(tmp_path: Path) -> Iterator[Path]:
-    """A 64 KiB tmpfs (root; CI runs as root) filled up by a file named `ballast`: unlink it to make room."""
-    if os.geteuid() != 0:
-        pytest.skip("mounts a tmpfs: needs root, as CI has")
-    mount_point = tmp_path / "full"
-    mount_point.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount_point)], check=True)
-    try:
-        with contextlib.suppress(OSError), (mount_point / "ballast").open("wb", buffering=0) as ballast:
-            while True:
-                ballast.write(b"\0" * 4096)
-        yield mount_point
-    finally:
-        subprocess.run(["umount", "-l", str(mount_point)], check=False)

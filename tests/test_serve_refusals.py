@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
 import logging
 import os
@@ -18,7 +19,7 @@ import pytest
 from tidegate.config import Settings
 from tidegate.delivery.process import Delivery
 from tidegate.delivery.status import status_path
-from tidegate.instance import StartRefused, hold_instance_lock
+from tidegate.instance import hold_instance_lock
 from tidegate.testing.processes import free_port
 from tidegate.testing.server import Server
 
@@ -85,31 +86,35 @@ def test_a_port_held_by_another_program_is_refused(tmp_path: Path) -> None:
     assert f"127.0.0.1:{port}" in refused.stderr and "in use" in refused.stderr, refused.stderr
 
 
-def test_the_instance_lock_is_held_on_a_full_disk(full_disk: Path) -> None:
-    """The pid written into the lock only names the holder: a full disk must not stop an instance from starting
-    (the delivery process crashed at start, and again at each restart, while the chaos suite's disk was full)."""
-    (full_disk / "tidegate.lock").touch()
-    held = hold_instance_lock(full_disk)
+def test_the_instance_lock_is_held_on_a_full_disk(tmp_path: Path) -> None:
+    """The pid written into the lock only names the holder: a disk that cannot take it (here the lock file is
+    /dev/full, whose every write fails with ENOSPC, as on a full disk) must not stop an instance from starting (the
+    delivery process crashed at start, and again at each restart, while the chaos suite's disk was full)."""
+    (tmp_path / "tidegate.lock").symlink_to("/dev/full")
+    held = hold_instance_lock(tmp_path)
     try:
-        with pytest.raises(StartRefused, match="another tidegate"):
-            hold_instance_lock(full_disk)
+        with (tmp_path / "tidegate.lock").open() as other, pytest.raises(BlockingIOError):
+            fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)  # held: another instance is refused
     finally:
         held.close()
 
 
 def test_the_delivery_status_on_a_full_disk_is_said_once_not_raised(
-    full_disk: Path, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """The delivery process writes its status every second: on a full disk that was a traceback a second."""
-    (full_disk / "delivery").mkdir(exist_ok=True)
-    delivery = Delivery(Settings(data_dir=full_disk))
+    """The delivery process writes its status every second: on a full disk that was a traceback a second. The
+    status is written to a temporary file first, here /dev/full (every write fails with ENOSPC), then a file."""
+    (tmp_path / "delivery").mkdir()
+    temporary = status_path(tmp_path).with_suffix(".tmp")
+    temporary.symlink_to("/dev/full")
+    delivery = Delivery(Settings(data_dir=tmp_path))
     with caplog.at_level(logging.INFO, logger="tidegate"):
         for _ in range(3):
             asyncio.run(delivery._write_status())
     failures = [r for r in caplog.records if "status_write_failed" in r.getMessage()]
     assert len(failures) == 1, caplog.text
-    (full_disk / "ballast").unlink()
+    temporary.unlink()
     with caplog.at_level(logging.INFO, logger="tidegate"):
         asyncio.run(delivery._write_status())
     assert "status_write_recovered" in caplog.text
-    assert json.loads(status_path(full_disk).read_text())["pid"] == os.getpid()
+    assert json.loads(status_path(tmp_path).read_text())["pid"] == os.getpid()
