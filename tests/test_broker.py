@@ -12,6 +12,8 @@ from aiokafka.errors import KafkaError  # type: ignore[import-untyped,unused-ign
 from aiokafka.structs import ConsumerRecord, TopicPartition  # type: ignore[import-untyped,unused-ignore]
 from tidegate.testing.broker import GAP_RETRIES, Broker, Collector, consume_all
 
+from tests.conftest import HANG_GUARD_S
+
 TOPIC = "events"
 PARTITIONS = 3
 BATCHED = 900
@@ -193,16 +195,14 @@ def test_consume_all_reads_a_first_batch_tansu_stored_after_the_next(tmp_path: P
             collector = Collector(broker.bootstrap, {topic: RACED_PARTITIONS})
             collector.start()
             try:
-                for _ in range(100):
-                    if len(collector.ids) >= RACED_PARTITIONS * (FIRST_BATCH + 1):
-                        break
-                    await asyncio.sleep(0.1)
+                # Until it has read every partition up to its high watermark (a hang guard, not a measure).
+                assert await collector.read_out(timeout=HANG_GUARD_S), "the collector never read up to the end"
             finally:
                 await collector.stop()
             assert len(collector.ids) == RACED_PARTITIONS * (FIRST_BATCH + 1), (
                 f"the collector read {len(collector.ids)} ({collector.gaps_read_again} gaps read again)"
             )
-            records = await consume_all(broker.bootstrap, topic, timeout=30)
+            records = await consume_all(broker.bootstrap, topic, timeout=HANG_GUARD_S)
             per_partition = Counter(r.partition for r in records)
             short = {p: per_partition[p] for p in range(RACED_PARTITIONS) if per_partition[p] != FIRST_BATCH + 1}
             assert not short, f"records read per partition (tansu's earliest skipped {sorted(skipped)}): {short}"
