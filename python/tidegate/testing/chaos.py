@@ -259,6 +259,16 @@ class _Connection:
 HIGH_PRIORITY_EVERY = 4
 
 
+async def _acknowledged_after(last_ack: Callable[[], float], after: float, timeout: float) -> bool:
+    """Whether `last_ack()` (time.monotonic() of the latest acknowledgement) passes `after` within `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while last_ack() <= after:
+        if time.monotonic() >= deadline:
+            return False
+        await asyncio.sleep(0.05)
+    return True
+
+
 class Load:
     """Concurrent clients, one device each, posting arrays of unique readings until stopped. Every fourth device
     sends at high priority (``HIGH_PRIORITY_EVERY``), whose records go to each worker's spool of their own.
@@ -320,14 +330,10 @@ class Load:
 
     async def wait_for_ack(self, after: float, timeout: float) -> bool:
         """Whether a 202 arrives after ``after`` (time.monotonic()) within ``timeout`` seconds."""
-        deadline = time.monotonic() + timeout
-        while self.last_ack <= after:
-            if time.monotonic() >= deadline:
-                return False
-            await asyncio.sleep(0.05)
-        return True
+        return await _acknowledged_after(lambda: self.last_ack, after, timeout)
 
-    def _body(self, device: str, first: int) -> bytes:
+    def body(self, device: str, first: int) -> bytes:
+        """A body of unique readings of `device`, numbered from `first` (the MQTT devices send the same)."""
         readings = [
             {
                 "device_id": device,
@@ -348,7 +354,7 @@ class Load:
         try:
             while self._running:
                 await self._unpaused.wait()
-                body = self._body(device, next_n)
+                body = self.body(device, next_n)
                 next_n += self.size.readings_per_request
                 racing = self.race and next_n // self.size.readings_per_request % 2 == 0
                 self.raced_bodies += racing
@@ -415,9 +421,9 @@ class MqttLoad:
     spool and Kafka. Its event ids are the ones the server derives, from the core validator (the topic names the
     device, as for the server)."""
 
-    def __init__(self, mosquitto: Mosquitto, body: Callable[[str, int], bytes]) -> None:
+    def __init__(self, mosquitto: Mosquitto, load: Load) -> None:
         self.mosquitto = mosquitto
-        self.body = body
+        self.load = load
         self.acknowledged: set[str] = set()
         self.published = 0
         self.last_ack = 0.0
@@ -478,11 +484,11 @@ class MqttLoad:
 
     def _publish(self) -> None:
         pending: collections.deque[tuple[int, list[str]]] = collections.deque()
-        readings_per_body = len(json.loads(self.body("x", 0)))
+        readings_per_body = self.load.size.readings_per_request
         n = 0
         while not self._stop.is_set():
             device = f"mqtt-{n // readings_per_body % MQTT_DEVICES:02d}"
-            body = self.body(device, n)
+            body = self.load.body(device, n)
             n += readings_per_body
             ids = [i for i in self._validator.validate(body, device_id=device).event_ids if i is not None]
             # Queued by paho even when it has no connection (sent once it has one again): the id is good either way.
@@ -612,6 +618,18 @@ def spool_stats(data_dir: Path) -> dict[str, dict[str, int]]:
 # ------------------------------------------------------------------------------------------------------ the rig
 
 
+@contextlib.contextmanager
+def _stopped(send: Callable[[int], None] | None) -> Iterator[None]:
+    """What `send(signal)` reaches stopped (SIGSTOP) for the block, then let go (SIGCONT); None: nothing to stop."""
+    if send is not None:
+        send(signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        if send is not None:
+            send(signal.SIGCONT)
+
+
 class Rig:
     """A broker (optional), a server on ``data_dir`` with one key per client device, the load and the collector."""
 
@@ -661,7 +679,7 @@ class Rig:
             self.load = Load(self.server.port, keys, self.size, race=self.race)
             if self.mosquitto is not None:
                 await self._subscribed()
-                self.mqtt = MqttLoad(self.mosquitto, self.load._body)
+                self.mqtt = MqttLoad(self.mosquitto, self.load)
                 await asyncio.to_thread(self.mqtt.start)
         except BaseException:
             await self.__aexit__()
@@ -728,21 +746,20 @@ class Rig:
         stats = await asyncio.to_thread(spool_stats, self.data_dir)
         return sum(s["next_seq"] - s["acked_seq"] for s in stats.values())
 
-    async def _spooled(self, required: set[str]) -> None:
-        """Waits until every id in ``required`` is in a spool, or until the drain timeout passes."""
-        deadline = time.monotonic() + self.size.drain_timeout_s
-        while time.monotonic() < deadline and not required <= await asyncio.to_thread(spooled_ids, self.data_dir):
-            await asyncio.sleep(0.2)
-
     async def drain(self, required: set[str]) -> None:
-        """Waits until the checkpoint says everything was delivered and the consumer has read every record in
-        ``required``, or until the drain timeout passes. (It also stopped once the consumer had read nothing new
-        for two seconds: a consumer stalled that long, on a machine the load keeps busy, would make records in
-        Kafka count as lost. A record really missing now costs the whole timeout before it is reported.)"""
-        assert self.collector is not None
+        """Waits until every record in ``required`` is where the row counts it, or until the drain timeout passes:
+        with Kafka, the checkpoint says everything was delivered and the consumer has read them; without, they are
+        in a spool (MQTT messages mosquitto still holds for tidegate's session are taken meanwhile). (It also
+        stopped once the consumer had read nothing new for two seconds: a consumer stalled that long, on a machine
+        the load keeps busy, would make records in Kafka count as lost. A record really missing now costs the whole
+        timeout before it is reported.)"""
+        collector = self.collector
         deadline = time.monotonic() + self.size.drain_timeout_s
         while time.monotonic() < deadline:
-            if required <= self.collector.ids and await self.kafka_lag() == 0:
+            if collector is None:
+                if required <= await asyncio.to_thread(spooled_ids, self.data_dir):
+                    return
+            elif required <= collector.ids and await self.kafka_lag() == 0:
                 return
             await asyncio.sleep(0.2)
 
@@ -770,29 +787,15 @@ class Rig:
             await asyncio.to_thread(self.broker.stop, 0)
         return notes
 
-    @contextlib.contextmanager
-    def delivery_held(self) -> Iterator[None]:
+    def delivery_held(self) -> contextlib.AbstractContextManager[None]:
         """The delivery process stopped (SIGSTOP) for the block, then let go: it sends nothing meanwhile."""
         pid = running_delivery_pid(self.data_dir)
-        if pid is not None:
-            os.kill(pid, signal.SIGSTOP)
-        try:
-            yield
-        finally:
-            if pid is not None:
-                os.kill(pid, signal.SIGCONT)
+        return _stopped(None if pid is None else functools.partial(os.kill, pid))
 
-    @contextlib.contextmanager
-    def server_held(self) -> Iterator[None]:
+    def server_held(self) -> contextlib.AbstractContextManager[None]:
         """The server's processes stopped (SIGSTOP) for the block, then let go: it takes nothing meanwhile."""
         proc = self.server.proc
-        if proc is not None:
-            os.killpg(proc.pid, signal.SIGSTOP)
-        try:
-            yield
-        finally:
-            if proc is not None:
-                os.killpg(proc.pid, signal.SIGCONT)
+        return _stopped(None if proc is None else functools.partial(os.killpg, proc.pid))
 
     async def restart_broker(self) -> None:
         """Starts the broker again, empty, with its topics. tansu acknowledges a produce to a topic that does not
@@ -834,10 +837,6 @@ class Rig:
         if self.mqtt is not None:
             await asyncio.to_thread(self.mqtt.stop)
             acknowledged |= self.mqtt.acknowledged
-            if self.collector is None:
-                # What mosquitto still holds for tidegate's session is taken before the server stops (with Kafka,
-                # the drain waits for it).
-                await self._spooled(self.mqtt.acknowledged)
             notes.append(
                 f"MQTT: {self.mqtt.published:,} messages published, {len(self.mqtt.acknowledged):,} records in those "
                 f"mosquitto acknowledged" + (f", {self.mqtt.unacknowledged:,} not" if self.mqtt.unacknowledged else "")
@@ -873,6 +872,8 @@ class Rig:
                     f"the running consumer read {self.collector.gaps_read_again:,} gaps in its fetches again, "
                     f"passed {self.collector.gaps_passed:,}"
                 )
+        else:
+            await self.drain(acknowledged)
         code = await asyncio.to_thread(self.server.stop)
         in_spool = acknowledged & await asyncio.to_thread(spooled_ids, self.data_dir)
         if in_kafka is None:
@@ -957,6 +958,7 @@ async def mqtt_broker_restart(work_dir: Path, size: Size) -> ChaosRow:
     again what mosquitto had not acknowledged."""
     async with Rig(work_dir, size, mqtt=True) as rig:
         assert rig.mosquitto is not None and rig.mqtt is not None
+        mqtt = rig.mqtt
         await asyncio.sleep(size.load_s)
         recovered = True
         for _ in range(2):
@@ -967,10 +969,7 @@ async def mqtt_broker_restart(work_dir: Path, size: Size) -> ChaosRow:
                 await asyncio.sleep(1.0)  # the devices publish on into their client's queue
                 await asyncio.to_thread(rig.mosquitto.start)
             back = time.monotonic()
-            deadline = back + size.recovery_timeout_s
-            while rig.mqtt.last_ack <= back and time.monotonic() < deadline:
-                await asyncio.sleep(0.05)
-            recovered = recovered and rig.mqtt.last_ack > back
+            recovered = await _acknowledged_after(lambda: mqtt.last_ack, back, size.recovery_timeout_s) and recovered
             await asyncio.sleep(size.kill_interval_s)
         await asyncio.sleep(size.load_s)
         notes = ["mosquitto restarted twice, " + ("acknowledging again each time" if recovered else "not back")]
