@@ -63,6 +63,8 @@ one worker) the high priority's first 50 ms had a p50 of 31-37 ms and a p99 of 4
 8.9-12.3 after, six passes); it matters most to the unloaded level, whose p99 every other is compared with: it
 follows the fleet scenario's full load or an idle server, and its warm-up read up to 35.8 ms where the level after
 read 3.5-5.1 (README, "Overload, the ramp measured again")."""
+TARGET_LEVEL = 2.0
+"""The ramp's level the issue's targets are set at (twice capacity)."""
 DEVICES = 1000
 ROTATING_SHARE = 0.1
 """Devices mid key rotation: they hold two keys and use both."""
@@ -140,6 +142,11 @@ class Options:
     `ramp_duration`). The targets compare the p99 at each level with the unloaded p99, and at 0.1x a 5 s level
     gives about 500 high readings, a p99 that is their 5th slowest: over 24 passes it read 3.0-18.6 ms (median
     4.8), where the p50 read 1.9-2.1 ms. 2,000 readings make it their 20th slowest."""
+    target_rounds: int = 1
+    """After its pass, the ramp measures the unloaded level and the target level (TARGET_LEVEL) again, alternated,
+    until each has this many rounds; the targets read the median over the rounds (of each round's ratio to the
+    unloaded level just before it). One pass of a level is one sample of a wide spread: at about 2x, ten 10 s runs
+    alike by hand read a high-priority p99 of 12.8-21.8 ms (README, "Overload, rounds")."""
     extra_env: dict[str, str] = field(default_factory=dict)
 
 
@@ -678,7 +685,8 @@ class Session:
 
     def ramp(self, capacity: float, *, honour_retry_after: bool) -> None:
         """One pass of the ramp; clients that honour Retry-After wait it out after a 429/503 (as a good SDK does),
-        the others keep their pace. Results under `overload` (ignoring) and `overload_honouring`."""
+        the others keep their pace. Then the unloaded and the target level again, alternated, until each has
+        `target_rounds` rounds. Results under `overload` (ignoring) and `overload_honouring`."""
         options = self.options
         service = self.services["tidegate"]
         levels = (options.unloaded_level, *options.ramp_levels)
@@ -689,110 +697,130 @@ class Session:
             "capacity_rps": capacity,
             "capacity_from": "fleet scenario, tidegate, closed loop (median)",
             "levels": [],
+            "rounds": [],
         }
         rss_start = service.usage()[1]
         for level in levels:
-            offered = capacity * level
-            duration = options.ramp_duration
-            if level == options.unloaded_level and offered:
-                duration = max(duration, options.unloaded_high_readings / (offered * PRIORITY_SHARES["high"]))
-            samples: list[int] = []
-            stop = threading.Event()
-
-            def sample(samples: list[int] = samples, stop: threading.Event = stop) -> None:
-                while not stop.is_set():
-                    samples.append(service.usage()[1])
-                    stop.wait(0.5)
-
-            sampler = threading.Thread(target=sample, daemon=True)
-            sampler.start()
-            cpu_before = service.usage()[0]
-            load_before = children_cpu()
-            # The CPU figures cover the warm-up too: they are rates over the whole pacer run.
-            wall_before = time.monotonic()
-            rates = {priority: offered * share for priority, share in PRIORITY_SHARES.items()}
-            try:
-                results = run_pacer(
-                    service.url + "/api/v1/ingest",
-                    duration,
+            out["levels"].append(self.ramp_level(capacity, level, honour_retry_after=honour_retry_after))
+        by_level = {entry["level"]: entry for entry in out["levels"]}
+        if TARGET_LEVEL in by_level:
+            # The pass's own pair is the first round; its unloaded level ran before the levels between them.
+            out["rounds"].append({"unloaded": by_level[options.unloaded_level], "loaded": by_level[TARGET_LEVEL]})
+            for _ in range(options.target_rounds - 1):
+                unloaded = self.ramp_level(capacity, options.unloaded_level, honour_retry_after=honour_retry_after)
+                out["rounds"].append(
                     {
-                        p: (rate, max(2, min(MAX_RAMP_CONNECTIONS, math.ceil(rate * RAMP_INTERVAL_S))))
-                        for p, rate in rates.items()
-                    },
-                    devices=self.devices_json,
-                    honour_retry_after=honour_retry_after,
-                    warmup=RAMP_WARMUP_S,
+                        "unloaded": unloaded,
+                        "loaded": self.ramp_level(capacity, TARGET_LEVEL, honour_retry_after=honour_retry_after),
+                    }
                 )
-                cpu_after = service.usage()[0]
-                load_after = children_cpu()
-                wall = time.monotonic() - wall_before
-            finally:
-                stop.set()
-                sampler.join()
-            step = 1.02
-            entry: dict[str, Any] = {"level": level, "offered_rps": offered, "duration_s": duration, "priorities": {}}
-            all_hist: dict[str, dict[str, int]] = {}
-            good_total = sent_total = 0.0
-            for priority, raw in results.items():
-                counts = {k: int(v) for k, v in raw["status_counts"].items()}
-                hist = raw["hist"]
-                step = float(raw.get("hist_log_step", 1.02))
-                good = raw["status_rates"].get("202", 0.0)
-                sent = sum(raw["status_rates"].values())
-                good_total += good
-                sent_total += sent
-                for status, buckets in hist.items():
-                    target = all_hist.setdefault(status, {})
-                    for bucket, count in buckets.items():
-                        target[bucket] = target.get(bucket, 0) + int(count)
-                entry["priorities"][priority] = {
-                    "offered_rps": raw["offered_rps"],
-                    "sent_rps": sent,
-                    "goodput_rps": good,
-                    "goodput_fraction_of_offered": good / raw["offered_rps"] if raw["offered_rps"] else math.nan,
-                    "status_counts": counts,
-                    "socket_errors": int(sum(v for k, v in raw["errors"].items() if k != "status")),
-                    "p50_accepted_ms": hist_percentile(hist, ["202"], 50, step),
-                    "p99_accepted_ms": hist_percentile(hist, ["202"], 99, step),
-                    "p99_all_ms": raw["latency_us"]["p"]["99"] / 1000,
-                    "onset_status_counts": {k: int(v) for k, v in raw["warmup"]["status_counts"].items()},
-                    "onset_p99_accepted_ms": hist_percentile(raw["warmup"]["hist"], ["202"], 99, step),
-                    "connections": raw["connections"],
-                }
-            entry.update(
-                {
-                    "sent_rps": sent_total,
-                    "goodput_rps": good_total,
-                    "goodput_fraction_of_capacity": good_total / capacity if capacity else math.nan,
-                    "p50_accepted_ms": hist_percentile(all_hist, ["202"], 50, step),
-                    "p99_accepted_ms": hist_percentile(all_hist, ["202"], 99, step),
-                    "p999_accepted_ms": hist_percentile(all_hist, ["202"], 99.9, step),
-                    "cpu_cores": (cpu_after - cpu_before) / wall,
-                    "load_cpu_cores": (load_after - load_before) / wall,
-                    "rss_mb_start": (samples[0] if samples else 0) / 2**20,
-                    "rss_mb_end": (samples[-1] if samples else 0) / 2**20,
-                    "rss_mb_max": (max(samples) if samples else 0) / 2**20,
-                }
-            )
-            out["levels"].append(entry)
-            pr = entry["priorities"]
-            self.progress(
-                f"overload ({mode} Retry-After) {level:.2g}x ({offered:,.0f} req/s offered, {sent_total:,.0f} sent, "
-                f"{duration:.0f} s): "
-                + "goodput "
-                + " ".join(
-                    f"{p} {pr[p]['goodput_rps']:,.0f}/{pr[p]['offered_rps']:,.0f} "
-                    f"(503: {pr[p]['status_counts'].get('503', 0)})"
-                    for p in PRIORITY_SHARES
-                )
-                + f"  p99 accepted {entry['p99_accepted_ms']:.1f} ms (high {pr['high']['p99_accepted_ms']:.1f}, "
-                f"in the warm-up {pr['high']['onset_p99_accepted_ms']:.1f})  rss {entry['rss_mb_end']:.0f} MB"
-                + f"  cpu {entry['cpu_cores']:.2f} (wrk {entry['load_cpu_cores']:.2f})"
-            )
         rss_end = service.usage()[1]
         out["rss_mb_before"] = rss_start / 2**20
         out["rss_mb_after"] = rss_end / 2**20
         self.results["overload_honouring" if honour_retry_after else "overload"] = out
+
+    def ramp_level(self, capacity: float, level: float, *, honour_retry_after: bool) -> dict[str, Any]:
+        """One level of the ramp: `level` times `capacity` offered, in the shares of PRIORITY_SHARES."""
+        options = self.options
+        service = self.services["tidegate"]
+        mode = "honouring" if honour_retry_after else "ignoring"
+        offered = capacity * level
+        duration = options.ramp_duration
+        if level == options.unloaded_level and offered:
+            duration = max(duration, options.unloaded_high_readings / (offered * PRIORITY_SHARES["high"]))
+        samples: list[int] = []
+        stop = threading.Event()
+
+        def sample(samples: list[int] = samples, stop: threading.Event = stop) -> None:
+            while not stop.is_set():
+                samples.append(service.usage()[1])
+                stop.wait(0.5)
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        cpu_before = service.usage()[0]
+        load_before = children_cpu()
+        # The CPU figures cover the warm-up too: they are rates over the whole pacer run.
+        wall_before = time.monotonic()
+        rates = {priority: offered * share for priority, share in PRIORITY_SHARES.items()}
+        try:
+            results = run_pacer(
+                service.url + "/api/v1/ingest",
+                duration,
+                {
+                    p: (rate, max(2, min(MAX_RAMP_CONNECTIONS, math.ceil(rate * RAMP_INTERVAL_S))))
+                    for p, rate in rates.items()
+                },
+                devices=self.devices_json,
+                honour_retry_after=honour_retry_after,
+                warmup=RAMP_WARMUP_S,
+            )
+            cpu_after = service.usage()[0]
+            load_after = children_cpu()
+            wall = time.monotonic() - wall_before
+        finally:
+            stop.set()
+            sampler.join()
+        step = 1.02
+        entry: dict[str, Any] = {"level": level, "offered_rps": offered, "duration_s": duration, "priorities": {}}
+        all_hist: dict[str, dict[str, int]] = {}
+        good_total = sent_total = 0.0
+        for priority, raw in results.items():
+            counts = {k: int(v) for k, v in raw["status_counts"].items()}
+            hist = raw["hist"]
+            step = float(raw.get("hist_log_step", 1.02))
+            good = raw["status_rates"].get("202", 0.0)
+            sent = sum(raw["status_rates"].values())
+            good_total += good
+            sent_total += sent
+            for status, buckets in hist.items():
+                target = all_hist.setdefault(status, {})
+                for bucket, count in buckets.items():
+                    target[bucket] = target.get(bucket, 0) + int(count)
+            entry["priorities"][priority] = {
+                "offered_rps": raw["offered_rps"],
+                "sent_rps": sent,
+                "goodput_rps": good,
+                "goodput_fraction_of_offered": good / raw["offered_rps"] if raw["offered_rps"] else math.nan,
+                "status_counts": counts,
+                "socket_errors": int(sum(v for k, v in raw["errors"].items() if k != "status")),
+                "p50_accepted_ms": hist_percentile(hist, ["202"], 50, step),
+                "p99_accepted_ms": hist_percentile(hist, ["202"], 99, step),
+                "p99_all_ms": raw["latency_us"]["p"]["99"] / 1000,
+                "onset_status_counts": {k: int(v) for k, v in raw["warmup"]["status_counts"].items()},
+                "onset_p99_accepted_ms": hist_percentile(raw["warmup"]["hist"], ["202"], 99, step),
+                "connections": raw["connections"],
+            }
+        entry.update(
+            {
+                "sent_rps": sent_total,
+                "goodput_rps": good_total,
+                "goodput_fraction_of_capacity": good_total / capacity if capacity else math.nan,
+                "p50_accepted_ms": hist_percentile(all_hist, ["202"], 50, step),
+                "p99_accepted_ms": hist_percentile(all_hist, ["202"], 99, step),
+                "p999_accepted_ms": hist_percentile(all_hist, ["202"], 99.9, step),
+                "cpu_cores": (cpu_after - cpu_before) / wall,
+                "load_cpu_cores": (load_after - load_before) / wall,
+                "rss_mb_start": (samples[0] if samples else 0) / 2**20,
+                "rss_mb_end": (samples[-1] if samples else 0) / 2**20,
+                "rss_mb_max": (max(samples) if samples else 0) / 2**20,
+            }
+        )
+        pr = entry["priorities"]
+        self.progress(
+            f"overload ({mode} Retry-After) {level:.2g}x ({offered:,.0f} req/s offered, {sent_total:,.0f} sent, "
+            f"{duration:.0f} s): "
+            + "goodput "
+            + " ".join(
+                f"{p} {pr[p]['goodput_rps']:,.0f}/{pr[p]['offered_rps']:,.0f} "
+                f"(503: {pr[p]['status_counts'].get('503', 0)})"
+                for p in PRIORITY_SHARES
+            )
+            + f"  p99 accepted {entry['p99_accepted_ms']:.1f} ms (high {pr['high']['p99_accepted_ms']:.1f}, "
+            f"in the warm-up {pr['high']['onset_p99_accepted_ms']:.1f})  rss {entry['rss_mb_end']:.0f} MB"
+            + f"  cpu {entry['cpu_cores']:.2f} (wrk {entry['load_cpu_cores']:.2f})"
+        )
+        return entry
 
     # -- Locust
 
@@ -895,22 +923,29 @@ def ratios(results: Mapping[str, Any]) -> dict[str, float]:
         overload = results.get(part)
         if not overload:
             continue
-        levels = {entry["level"]: entry for entry in overload["levels"]}
         unloaded = overload["levels"][0]
-        for level, entry in levels.items():
-            if level == unloaded["level"]:
-                continue
-            tag = f"{part}.{level:g}x"
-            high, unloaded_high = entry["priorities"]["high"], unloaded["priorities"]["high"]
-            out[f"{tag}.high_goodput/offered"] = high["goodput_fraction_of_offered"]
-            out[f"{tag}.goodput/capacity"] = entry["goodput_fraction_of_capacity"]
-            out[f"{tag}.p99_accepted/unloaded_p99"] = entry["p99_accepted_ms"] / unloaded["p99_accepted_ms"]
-            out[f"{tag}.high_p99/unloaded_high_p99"] = high["p99_accepted_ms"] / unloaded_high["p99_accepted_ms"]
-            out[f"{tag}.high_onset_p99/unloaded_high_p99"] = (
-                high["onset_p99_accepted_ms"] / unloaded_high["p99_accepted_ms"]
-            )
+        for entry in overload["levels"][1:]:
+            tag = f"{part}.{entry['level']:g}x"
+            out.update({f"{tag}.{key}": value for key, value in level_ratios(entry, unloaded).items()})
+        if rounds := overload.get("rounds"):
+            # The target level's figures are the medians over its rounds, each against the unloaded level before it.
+            per_round = [level_ratios(pair["loaded"], pair["unloaded"]) for pair in rounds]
+            tag = f"{part}.{TARGET_LEVEL:g}x"
+            out.update({f"{tag}.{key}": statistics.median(r[key] for r in per_round) for key in per_round[0]})
         out[f"{part}.rss_after/rss_before"] = overload["rss_mb_after"] / overload["rss_mb_before"]
     return out
+
+
+def level_ratios(entry: Mapping[str, Any], unloaded: Mapping[str, Any]) -> dict[str, float]:
+    """A level of the ramp's figures, the p99s as ratios to the unloaded level's."""
+    high, unloaded_high = entry["priorities"]["high"], unloaded["priorities"]["high"]
+    return {
+        "high_goodput/offered": high["goodput_fraction_of_offered"],
+        "goodput/capacity": entry["goodput_fraction_of_capacity"],
+        "p99_accepted/unloaded_p99": entry["p99_accepted_ms"] / unloaded["p99_accepted_ms"],
+        "high_p99/unloaded_high_p99": high["p99_accepted_ms"] / unloaded_high["p99_accepted_ms"],
+        "high_onset_p99/unloaded_high_p99": high["onset_p99_accepted_ms"] / unloaded_high["p99_accepted_ms"],
+    }
 
 
 def targets(values: Mapping[str, float]) -> list[dict[str, Any]]:
@@ -1022,6 +1057,23 @@ def markdown(results: Mapping[str, Any]) -> str:
                 f"| {fmt(pr['high']['p99_accepted_ms'], 1)} | {fmt(pr['high']['onset_p99_accepted_ms'], 1)} "
                 f"| {fmt(entry['cpu_cores'], 2)} | {fmt(entry['load_cpu_cores'], 2)} | {fmt(entry['rss_mb_end'])} |"
             )
+        if len(rounds := overload.get("rounds", [])) > 1:
+            lines += [
+                "",
+                f"Its rounds at {TARGET_LEVEL:g}x (the targets read the medians; the first is the pass above):",
+                "",
+                "| round | unloaded high p99 ms | high p99 ms | high p99 / unloaded | high good/offered "
+                "| goodput/capacity |",
+                "|---:|---:|---:|---:|---:|---:|",
+            ]
+            for number, pair in enumerate(rounds, 1):
+                figures = level_ratios(pair["loaded"], pair["unloaded"])
+                lines.append(
+                    f"| {number} | {fmt(pair['unloaded']['priorities']['high']['p99_accepted_ms'], 1)} "
+                    f"| {fmt(pair['loaded']['priorities']['high']['p99_accepted_ms'], 1)} "
+                    f"| {fmt(figures['high_p99/unloaded_high_p99'], 2)} | {fmt(figures['high_goodput/offered'], 3)} "
+                    f"| {fmt(figures['goodput/capacity'], 2)} |"
+                )
     locust = results.get("locust") or {}
     if locust:
         lines += [
@@ -1106,7 +1158,7 @@ def options_from(args: argparse.Namespace) -> Options:
             quick=False, duration=4.0, warmup=1.0, reps=4, connections=64, wrk_threads=2, ramp_duration=5.0,
             ramp_levels=(0.5, 1.0, 2.0, 4.0), unloaded_level=0.1, locust=True, locust_duration=4.0, locust_users=64,
             tidegate_app=args.tidegate_app, max_in_flight_records=args.max_in_flight_records,
-            unloaded_high_readings=2000,
+            unloaded_high_readings=2000, target_rounds=3,
         )  # fmt: skip
     if args.reps:
         options.reps = args.reps
