@@ -197,9 +197,14 @@ def test_a_range_read_in_chunks_makes_one_file_sorted_across_its_row_groups(tmp_
     assert all(a.max < b.min for a, b in itertools.pairwise(bounds)), "row groups do not overlap"
 
 
-def test_compaction_adds_one_file_per_finished_partition_and_queries_count_each_row_once(tmp_path: Path) -> None:
-    """Small files of a finished hour are copied into one compacted file; none is deleted or overwritten, readers
-    skip the ones it supersedes, and files written later (or of a range not finished) stay visible."""
+def test_compaction_adds_one_file_per_finished_partition_and_queries_count_each_row_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Small files of a finished hour are copied into one compacted file, sorted by event id across its row groups;
+    none is deleted or overwritten, readers skip the ones it supersedes, and files written later (or of a range not
+    finished) stay visible."""
+    from tidegate.archive import compaction  # noqa: PLC0415
+
     now_ms = int(time.time() * 1000)
     bodies = [("event", ndjson([event(entity_id=f"k{i}-{j}") for j in range(5)]), "http") for i in range(6)]
     results = spool_with(tmp_path / "w0", bodies, now_ms)
@@ -226,6 +231,8 @@ def test_compaction_adds_one_file_per_finished_partition_and_queries_count_each_
     assert set(small) < set(store.files()), "every small file is still there"
     assert query.count() == 30
     first.cursor = 30
+    # Row groups of 4 rows: the 18 rows are sorted and written a row group at a time.
+    monkeypatch.setattr(compaction, "ROW_GROUP_ROWS", 4)
     (second,) = first.compact(later)
     assert second.endswith("-00000000000000000012-00000000000000000030.parquet")
     assert first.compact(later) == [], "nothing left to compact"
@@ -233,6 +240,8 @@ def test_compaction_adds_one_file_per_finished_partition_and_queries_count_each_
     assert query.count() == 30 and query.events(entity_id="k5-4")["count"] == 1
     table = pq.read_table(store.path(second), partitioning=None)
     assert table.column("event_id").to_pylist() == sorted(ids[12:])
+    parquet = pq.ParquetFile(store.path(second))
+    assert [parquet.metadata.row_group(i).num_rows for i in range(parquet.num_row_groups)] == [4, 4, 4, 4, 2]
     for event_id in ids[::7]:
         found = query.event(event_id)
         assert found is not None and len(found["occurrences"]) == 1, "once, not also from its small file"
@@ -765,5 +774,6 @@ def test_the_service_archives_to_a_bucket_and_answers_from_it(tmp_path: Path) ->
                 found = http.get(f"/api/v1/events/{event_id}", headers=operator)
             assert found.status_code == 200, found.text
             assert found.json()["occurrences"][0]["archive_key"] == answer.json()["archive_key"]
-            assert read_archived(server.data_dir / "spool" / "w0") == 1
+            # The archived cursor is published after the object is uploaded, so a lookup may find it first.
+            wait_for(lambda: read_archived(server.data_dir / "spool" / "w0") == 1, "the archived cursor")
         assert not (server.data_dir / "archive").exists(), "nothing archived locally"

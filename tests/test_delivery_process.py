@@ -4,6 +4,7 @@ every worker's spool; killed, it is restarted and goes on from its checkpoints. 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -42,8 +43,13 @@ async def delivered_ids(bootstrap: str, wanted: set[str], timeout: float = 30) -
 
 
 def nice_values(pid: int) -> set[int]:
-    """The nice of each of the process's threads (a thread has its own on Linux)."""
-    return {int(stat.read_text().rpartition(")")[2].split()[16]) for stat in Path(f"/proc/{pid}/task").glob("*/stat")}
+    """The nice of each of the process's threads (a thread has its own on Linux); one that ends while they are read
+    is left out."""
+    nices = set()
+    for stat in Path(f"/proc/{pid}/task").glob("*/stat"):
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+            nices.add(int(stat.read_text().rpartition(")")[2].split()[16]))
+    return nices
 
 
 def autogroups() -> bool:

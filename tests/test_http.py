@@ -1022,8 +1022,11 @@ class TestLifecycle:
                 response = http.post("/api/v1/ingest", json=reading(f"w-{i}"), headers=headers)
                 assert response.status_code == 202
                 ids.add(response.json()["event_id"])
-            spools = sorted(p.name for p in (tmp_path / "spool").iterdir())
-            assert spools == ["w0", "w0h", "w1", "w1h"]
+            # Each worker makes its spools as it starts, and the server is up once one of them is.
+            wait_for(
+                lambda: sorted(p.name for p in (tmp_path / "spool").iterdir()) == ["w0", "w0h", "w1", "w1h"],
+                "both workers' spools",
+            )
             out = spooled_values(tmp_path)
             assert {json.loads(line)["event_id"] for line in out.splitlines()} == ids
             high = {json.loads(value)["event_id"] for _, value, _, _ in spooled_records(tmp_path, "w*h")}

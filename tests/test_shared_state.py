@@ -21,7 +21,7 @@ import pytest
 import tidegate
 from tidegate.testing.server import Server
 
-from tests.conftest import iso_now, reading
+from tests.conftest import iso_now, reading, wait_for
 from tests.openapi_check import OpenApiChecker
 
 CLOSE = {"Connection": "close"}
@@ -57,7 +57,11 @@ def test_a_retry_to_either_worker_is_a_duplicate(tmp_path: Path) -> None:
             for i in range(6)
         ]
         assert keyed == ["accepted"] + ["duplicate"] * 5
-        assert sorted(p.name for p in (tmp_path / "spool").iterdir()) == ["w0", "w0h", "w1", "w1h"]
+        # Each worker makes its spools as it starts, and the server is up once one of them is.
+        wait_for(
+            lambda: sorted(p.name for p in (tmp_path / "spool").iterdir()) == ["w0", "w0h", "w1", "w1h"],
+            "both workers' spools",
+        )
 
 
 def test_a_batch_id_is_a_duplicate_after_a_restart(tmp_path: Path) -> None:

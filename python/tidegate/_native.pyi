@@ -380,6 +380,11 @@ def archive_parts(
     `[validity, offsets (i32), data]` for a string, `[validity, data (i64)]` for an integer or timestamp;
     validity None without nulls. ValueError when a column would exceed 2 GiB."""
 
+def release_freed_memory() -> bool:
+    """Gives back to the system all the memory the process's allocator (glibc) holds free, which
+    `retain_freed_memory` lets it keep: for after a rare large job (the archive's compaction) whose peak should not
+    stay resident. Returns whether any was given back."""
+
 def retain_freed_memory() -> bool:
     """Lets the process's allocator (glibc) keep freed blocks below 32 MiB for reuse, trimming its heap only past
     256 MiB free, instead of returning them and taking fresh zeroed pages for the next ones; returns whether it

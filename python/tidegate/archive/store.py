@@ -8,8 +8,10 @@ import hashlib
 import io
 import os
 import socket
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -29,10 +31,17 @@ ROW_GROUP_ROWS = 16_384
 #: (the event id, sorted, lets a lookup skip every other row group).
 PARQUET_OPTIONS: dict[str, object] = {
     "compression": "zstd",
-    "row_group_size": ROW_GROUP_ROWS,
     "use_dictionary": ["entity_id", "status", "topic"],
     "write_statistics": ["event_id", "entity_id", "event_time", "ingest_time", "ingest_lag_ms", "status"],
 }
+
+
+def _write_parquet(sink: BinaryIO, schema: pa.Schema, pieces: Iterable[pa.Table]) -> None:
+    """The Parquet file of `pieces` (what `pq.write_table` writes of their concatenation: row groups of
+    ROW_GROUP_ROWS within each piece)."""
+    with pq.ParquetWriter(sink, schema, **PARQUET_OPTIONS) as writer:
+        for piece in pieces:
+            writer.write_table(piece, row_group_size=ROW_GROUP_ROWS)
 
 
 def writer_id(data_dir: Path) -> str:
@@ -95,13 +104,18 @@ class ArchiveStore:
         Locally: a temporary name, fsync, a hard link to the final name (which fails rather than replace a file)
         and the directory's fsync, so the file is there whole after a crash, or not at all. In a bucket a PUT
         is atomic: the object appears whole."""
+        return self.write_pieces(relative, table.schema, [table])
+
+    def write_pieces(self, relative: str, schema: pa.Schema, pieces: Iterable[pa.Table]) -> bool:
+        """`write` of the table the `pieces` (of `schema`) make one after the other, each taken when the one before
+        is written: a caller that makes them one at a time never holds the whole table twice."""
         target = self.path(relative)
         if self.local:
             directory = os.path.dirname(target)
             os.makedirs(directory, exist_ok=True)
             temporary = f"{target}.tmp"
             with open(temporary, "wb") as file:
-                pq.write_table(table, file, **PARQUET_OPTIONS)
+                _write_parquet(file, schema, pieces)
                 file.flush()
                 os.fsync(file.fileno())
             try:
@@ -119,7 +133,7 @@ class ArchiveStore:
         if self.filesystem.get_file_info(target).type != pafs.FileType.NotFound:
             return False
         buffer = io.BytesIO()
-        pq.write_table(table, buffer, **PARQUET_OPTIONS)
+        _write_parquet(buffer, schema, pieces)
         with self.filesystem.open_output_stream(target) as stream:
             stream.write(buffer.getvalue())
         return True
