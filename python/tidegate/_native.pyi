@@ -45,6 +45,7 @@ __all__ = [
     "archive_parts",
     "quarantine_records",
     "read_kafka_range",
+    "release_freed_memory",
     "retain_freed_memory",
 ]
 
