@@ -282,6 +282,34 @@ def test_compaction_never_hides_a_file_it_did_not_take(tmp_path: Path, monkeypat
     assert query.event(ids[13]) is not None
 
 
+def test_a_compaction_that_fails_in_its_process_says_why_and_leaves_the_small_files(tmp_path: Path) -> None:
+    """Compaction runs in a process of its own (`compact_apart`): its error comes back to the writer as one
+    message, the archiver counts nothing compacted, and the small files stay what readers read."""
+    from tidegate.archive.compaction import compact_apart, plan  # noqa: PLC0415
+
+    now_ms = int(time.time() * 1000)
+    bodies = [("event", ndjson([event(entity_id=f"f{i}-{j}") for j in range(4)]), "http") for i in range(4)]
+    spool_with(tmp_path / "w0", bodies, now_ms)
+    store = ArchiveStore(str(tmp_path / "archive"), pafs.LocalFileSystem(), local=True)
+    spool = tidegate.Spool.open_for_delivery(tmp_path / "w0")
+    archiver = SpoolArchiver(spool, store, "atest", skip_topics=frozenset(), max_records=4, compact_min_files=2)
+    archiver.resume()
+    while archiver.step():
+        pass
+    job = plan(store, "atest", "w0", archiver.cursor, before_ms=now_ms + 2 * 3_600_000, min_files=2)
+    assert job is not None and len(job.runs) == 1
+    (_, run) = job.runs[0]
+    gone = run[1][2]
+    os.rename(store.path(gone), store.path(gone) + ".aside")
+    with pytest.raises(RuntimeError, match=r"compaction failed \(exit 1\): FileNotFoundError"):
+        compact_apart(job)
+    os.rename(store.path(gone) + ".aside", store.path(gone))
+    assert not any(name.rsplit("/", 1)[1].startswith("c-") for name in store.files())
+    assert ArchiveQuery(store).count() == 16
+    (written,) = compact_apart(job)
+    assert written in visible(store.files()) and ArchiveQuery(store).count() == 16
+
+
 # ---------------------------------------------------------------------------------------------------- the service
 
 

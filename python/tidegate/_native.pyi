@@ -45,7 +45,6 @@ __all__ = [
     "archive_parts",
     "quarantine_records",
     "read_kafka_range",
-    "release_freed_memory",
     "retain_freed_memory",
 ]
 
@@ -380,11 +379,6 @@ def archive_parts(
     count and, per column of the archive's schema (`tidegate.archive.writer.SCHEMA`), Arrow's buffers of it:
     `[validity, offsets (i32), data]` for a string, `[validity, data (i64)]` for an integer or timestamp;
     validity None without nulls. ValueError when a column would exceed 2 GiB."""
-
-def release_freed_memory() -> bool:
-    """Gives back to the system all the memory the process's allocator (glibc) holds free, which
-    `retain_freed_memory` lets it keep: for after a rare large job (the archive's compaction) whose peak should not
-    stay resident. Returns whether any was given back."""
 
 def retain_freed_memory() -> bool:
     """Lets the process's allocator (glibc) keep freed blocks below 32 MiB for reuse, trimming its heap only past

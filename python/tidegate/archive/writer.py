@@ -22,31 +22,20 @@ import asyncio
 import contextlib
 import json
 import logging
-import threading
 import time
 from pathlib import Path
 
 import pyarrow as pa
 
-from tidegate._native import Records, Spool, archive_parts, release_freed_memory, retain_freed_memory
+from tidegate._native import Records, Spool, archive_parts, retain_freed_memory
 from tidegate.archive import DUPLICATES_TOPIC
-from tidegate.archive.compaction import FILE_NAME, compact
+from tidegate.archive.compaction import FILE_NAME, compact_apart, plan
 from tidegate.archive.store import ROW_GROUP_ROWS, ArchiveStore
 from tidegate.delivery.spool import publish_archived
 
 __all__ = ["SCHEMA", "SpoolArchiver", "records_table"]
 
 log = logging.getLogger("tidegate.archive")
-
-_COMPACTING = threading.Lock()
-"""Compaction holds its runs decoded (see `compaction.MAX_COMPACTED_BYTES`), once an hour per writer: one at a
-time in the process, from the system's allocator (glibc, through Arrow's system pool), whose free memory is given
-back when it is done. Arrow's default pool (mimalloc) is the writers' own (their files cost 5-6% more CPU without
-it: bench/archive.py, 2 alternated runs) but kept the peak: on the bench's hour of small files (72 MB in 442), the
-process's RSS rose from 71 MB to 499 MB and stayed there (runs of up to 64 MiB sorted whole, before); now from 79
-MB to 275 MB at the peak and 147 MB after (/tmp scripts, 2 runs). Switching the default pool is process-wide: a
-writer that flushes meanwhile uses the system's allocator too, which is only slower (every buffer is freed to the
-pool that made it)."""
 
 #: The columns of every archive file; the partition columns (`source`, `event_type`, `event_date`, `ingest_date`,
 #: `hour`) are in the directory names, as Hive lays them out.
@@ -213,22 +202,15 @@ class SpoolArchiver:
         returns the files written."""
         self._last_compaction = time.monotonic()
         now_ms = int(time.time() * 1000) if now_ms is None else now_ms
-        with _COMPACTING:
-            writers_pool = pa.default_memory_pool()
-            pa.set_memory_pool(pa.system_memory_pool())
-            try:
-                written = compact(
-                    self.store,
-                    self.writer,
-                    self.name,
-                    self.cursor,
-                    before_ms=now_ms - 60_000,
-                    min_files=self.compact_min_files,
-                )
-            finally:
-                pa.set_memory_pool(writers_pool)
-            if written:
-                release_freed_memory()
+        job = plan(
+            self.store,
+            self.writer,
+            self.name,
+            self.cursor,
+            before_ms=now_ms - 60_000,
+            min_files=self.compact_min_files,
+        )
+        written = compact_apart(job) if job is not None else []
         self.files_compacted += len(written)
         return written
 

@@ -141,17 +141,8 @@ pub fn retain_freed_memory() -> bool {
     core::archive::retain_freed_memory()
 }
 
-/// Gives back to the system all the memory the process's allocator holds free (which `retain_freed_memory` lets
-/// it keep): for after a rare large job whose peak should not stay resident. Returns whether any was given back
-/// (glibc only).
-#[pyfunction]
-pub fn release_freed_memory() -> bool {
-    core::archive::release_freed_memory()
-}
-
 pub fn register(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_class::<ArrowBuffer>()?;
     module.add_function(wrap_pyfunction!(archive_parts, module)?)?;
-    module.add_function(wrap_pyfunction!(retain_freed_memory, module)?)?;
-    module.add_function(wrap_pyfunction!(release_freed_memory, module)?)
+    module.add_function(wrap_pyfunction!(retain_freed_memory, module)?)
 }

@@ -363,21 +363,6 @@ pub fn retain_freed_memory() -> bool {
     }
 }
 
-/// Gives back to the system the memory glibc's allocator holds free (all of it: `malloc_trim(0)`), which
-/// `retain_freed_memory` lets it keep up to 256 MiB of. For after a rare large job (the archive's hourly
-/// compaction), whose peak would otherwise stay resident. Returns whether any memory was given back.
-pub fn release_freed_memory() -> bool {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    {
-        // SAFETY: malloc_trim only returns free memory to the system; it is safe to call at any time.
-        unsafe { libc::malloc_trim(0) == 1 }
-    }
-    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-    {
-        false
-    }
-}
-
 fn hex_into(bytes: &[u8; 16], out: &mut [u8; 32]) {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     for (i, b) in bytes.iter().enumerate() {
