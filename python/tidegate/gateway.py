@@ -464,7 +464,9 @@ class Gateway:
         self.writers = [
             SpoolWriter(
                 spool,
-                commit_window_ms=settings.commit_window_ms,
+                commit_window_ms=(
+                    settings.high_priority_commit_window_ms if LANE_NAMES[lane] == "high" else settings.commit_window_ms
+                ),
                 settle=functools.partial(self.native.settle, lane),
                 urgent=LANE_NAMES[lane] == "high",
             )
