@@ -644,7 +644,14 @@ class TestOperations:
 
     def test_metrics(self, server: Server, client: httpx.Client) -> None:
         client.post("/api/v1/ingest", json=reading("dev-7", metrics={"m": 1}), headers=key(server, "dev-7"))
+        before = client.get("/metrics").text
+        high = {**key(server, "dev-7"), "X-Priority": "high"}
+        assert client.post("/api/v1/ingest", json=reading("dev-7", metrics={"m": 2}), headers=high).status_code == 202
         text = client.get("/metrics").text
+        # Latency per route and priority: the high reading is counted under high, the first under the default.
+        for priority, added in (("high", 1), ("medium", 0), ("low", 0)):
+            series = f'tidegate_ingest_latency_seconds_count{{route="ingest",priority="{priority}"}}'
+            assert metric(text, series) - metric(before, series) == added, priority
         for name in [
             'tidegate_requests_total{route="ingest",status="202"}',
             "tidegate_records_total",

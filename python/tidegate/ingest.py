@@ -203,6 +203,8 @@ class IngestEdge:
         proto: HTTPProtocol,
         ticket: AdmissionTicket,
         refusal: tuple[int, bytes, list[tuple[str, str]]],
+        *,
+        priority: str,
         started: float,
     ) -> None:
         """Sends a refusal admission rendered on the loop (`decide`), and counts it."""
@@ -217,7 +219,7 @@ class IngestEdge:
             gateway.admission.done(ticket)
         elapsed = time.perf_counter() - started
         self.metrics.requests.inc((route.name, str(status)))
-        self.metrics.latency.observe(elapsed, (route.name,))
+        self.metrics.latency.observe(elapsed, (route.name, priority))
         # Logged as successes are (sampled under load): a flood's refusals must not each cost a log line.
         if self._log_sampled():
             self._log(route, Answer(status, body, head, content_type=None), elapsed)
@@ -235,7 +237,7 @@ class IngestEdge:
             raw_headers, route.priority, gateway.in_flight_records, screened=self.screening, proto=proto
         )
         if refusal is not None:
-            self._refused(route, proto, ticket, refusal, started)
+            self._refused(route, proto, ticket, refusal, priority=priority, started=started)
             return
         gateway._recent_requests += 1
         headers = read_headers(raw_headers)
@@ -256,7 +258,7 @@ class IngestEdge:
             admission.done(ticket)
         elapsed = time.perf_counter() - started
         self.metrics.requests.inc((route.name, str(answer.status)))
-        self.metrics.latency.observe(elapsed, (route.name,))
+        self.metrics.latency.observe(elapsed, (route.name, priority))
         self._log(route, answer, elapsed)
 
     def _log_sampled(self) -> bool:

@@ -288,9 +288,10 @@ class Metrics:
         self.latency = Histogram(
             "tidegate_ingest_latency_seconds",
             "Ingest request latency until the answer, from the start of its task on the event loop (a refusal on "
-            "arrival, which takes microseconds on Granian's thread, is counted in tidegate_requests_total only).",
+            "arrival, which takes microseconds on Granian's thread, is counted in tidegate_requests_total only), by "
+            "route and priority (X-Priority, or the route's default).",
             LATENCY_BUCKETS,
-            ("route",),
+            ("route", "priority"),
         )
         self.lag = Histogram("tidegate_ingest_lag_ms", "Reception time minus record time.", LAG_BOUNDS_MS)
         self.mqtt_messages = Counter(
