@@ -197,6 +197,20 @@ def test_a_range_read_in_chunks_makes_one_file_sorted_across_its_row_groups(tmp_
     assert all(a.max < b.min for a, b in itertools.pairwise(bounds)), "row groups do not overlap"
 
 
+def archive_all(tmp_path: Path, *, compact_min_files: int) -> tuple[ArchiveStore, SpoolArchiver]:
+    """The spool `tmp_path/w0` archived under `tmp_path/archive` by writer `atest`, 4 records a range, and its
+    archiver (compacting runs of at least `compact_min_files` small files)."""
+    store = ArchiveStore(str(tmp_path / "archive"), pafs.LocalFileSystem(), local=True)
+    spool = tidegate.Spool.open_for_delivery(tmp_path / "w0")
+    archiver = SpoolArchiver(
+        spool, store, "atest", skip_topics=frozenset(), max_records=4, compact_min_files=compact_min_files
+    )
+    archiver.resume()
+    while archiver.step():
+        pass
+    return store, archiver
+
+
 def test_compaction_adds_one_file_per_finished_partition_and_queries_count_each_row_once(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -261,12 +275,7 @@ def test_compaction_never_hides_a_file_it_did_not_take(tmp_path: Path, monkeypat
     records[13] = event(entity_id="r13", payload={"noise": os.urandom(16_000).hex()})
     results = spool_with(tmp_path / "w0", [("event", ndjson(records), "http")], now_ms)
     ids = [e for e in results[0].event_ids if e is not None]
-    store = ArchiveStore(str(tmp_path / "archive"), pafs.LocalFileSystem(), local=True)
-    spool = tidegate.Spool.open_for_delivery(tmp_path / "w0")
-    archiver = SpoolArchiver(spool, store, "atest", skip_topics=frozenset(), max_records=4, compact_min_files=2)
-    archiver.resume()
-    while archiver.step():
-        pass
+    store, archiver = archive_all(tmp_path, compact_min_files=2)
     sizes = dict(store.listing())
     large = next(f for f in sizes if "-00000000000000000012-00000000000000000016-" in f)
     assert sizes[large] > 3 * max(size for f, size in sizes.items() if f != large)
@@ -290,12 +299,7 @@ def test_a_compaction_that_fails_in_its_process_says_why_and_leaves_the_small_fi
     now_ms = int(time.time() * 1000)
     bodies = [("event", ndjson([event(entity_id=f"f{i}-{j}") for j in range(4)]), "http") for i in range(4)]
     spool_with(tmp_path / "w0", bodies, now_ms)
-    store = ArchiveStore(str(tmp_path / "archive"), pafs.LocalFileSystem(), local=True)
-    spool = tidegate.Spool.open_for_delivery(tmp_path / "w0")
-    archiver = SpoolArchiver(spool, store, "atest", skip_topics=frozenset(), max_records=4, compact_min_files=2)
-    archiver.resume()
-    while archiver.step():
-        pass
+    store, archiver = archive_all(tmp_path, compact_min_files=2)
     job = plan(store, "atest", "w0", archiver.cursor, before_ms=now_ms + 2 * 3_600_000, min_files=2)
     assert job is not None and len(job.runs) == 1
     (_, run) = job.runs[0]
