@@ -195,11 +195,11 @@ def main() -> None:
 def compact(job: CompactionJob) -> list[str]:
     """Writes `job`'s compacted files, in this process; returns those written (a file that exists already is left
     as it is: a run compacted before a crash)."""
-    written = [_write_compacted(job, directory, list(run)) for directory, run in job.runs]
+    written = [_write_compacted(job, directory, run) for directory, run in job.runs]
     return [target for target in written if target]
 
 
-def _write_compacted(job: CompactionJob, directory: str, run: list[tuple[int, int, str]]) -> str:
+def _write_compacted(job: CompactionJob, directory: str, run: tuple[tuple[int, int, str], ...]) -> str:
     store, rows = job.store, job.row_group_rows
     first, end = run[0][0], run[-1][1]
     tables = []
