@@ -5,6 +5,7 @@
     python bench/flood.py --configs adaptive   # tidegate as shipped only
     python bench/flood.py --generator-priority same   # the flooders' process competes for the CPU as an equal
     python bench/flood.py --high-repeats   # the high device resends a reading it was acknowledged for
+    python bench/flood.py --flooders 4 --pause-ms 200   # bulk load the CPU has room for: the bulk lane stays wide
 
 One tidegate server (one Granian worker, auth and rate limits off) per configuration, started side by side:
 ``adaptive`` is tidegate as shipped; ``no-high-spool`` is that with high priority's records in the worker's one
@@ -64,6 +65,8 @@ CONFIGS = {
     "adaptive": {},
     "no-high-spool": {"TIDEGATE_HIGH_PRIORITY_SPOOL": "false"},
     "no-bulk-lane": {"TIDEGATE_ADMISSION_BULK_BODIES": "0"},
+    "wide-bulk-lane": {"TIDEGATE_ADMISSION_BULK_NARROW_AT": "0"},
+    "one-body-lane": {"TIDEGATE_ADMISSION_BULK_BODIES": "1"},
     "no-refusal-hold": {"TIDEGATE_ADMISSION_REFUSAL_HOLD_S": "0"},
     "no-limit": {
         "TIDEGATE_ADMISSION_INITIAL_LIMIT": "1e9",
@@ -151,9 +154,9 @@ def flood_body(events: int) -> bytes:
     return "\n".join(lines).encode()
 
 
-def flood_apart(url: str, flooders: int, events: int, seconds: float) -> dict[int, int]:
-    """`flooders` devices flooding for `seconds`, in a process of its own (see `measure`): answers by status (0: a
-    failed request)."""
+def flood_apart(url: str, flooders: int, events: int, seconds: float, pause: float) -> dict[int, int]:
+    """`flooders` devices flooding for `seconds`, each pausing `pause` seconds after an accepted body, in a process
+    of its own (see `measure`): answers by status (0: a failed request)."""
 
     async def run() -> dict[int, int]:
         limits = httpx.Limits(max_connections=flooders + 4)
@@ -161,7 +164,10 @@ def flood_apart(url: str, flooders: int, events: int, seconds: float) -> dict[in
         stop = asyncio.Event()
         template = flood_body(events)
         async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as http:
-            devices = [asyncio.create_task(flood(http, i, template, stop, counts)) for i in range(flooders)]
+            devices = [
+                asyncio.create_task(flood(http, i, template, pause=pause, stop=stop, counts=counts))
+                for i in range(flooders)
+            ]
             await asyncio.sleep(seconds)
             stop.set()
             await asyncio.gather(*devices)
@@ -171,7 +177,7 @@ def flood_apart(url: str, flooders: int, events: int, seconds: float) -> dict[in
 
 
 async def flood(
-    http: httpx.AsyncClient, index: int, template: bytes, stop: asyncio.Event, counts: dict[int, int]
+    http: httpx.AsyncClient, index: int, template: bytes, *, pause: float, stop: asyncio.Event, counts: dict[int, int]
 ) -> None:
     k = 0
     while not stop.is_set():
@@ -187,12 +193,13 @@ async def flood(
         counts[response.status_code] = counts.get(response.status_code, 0) + 1
         if response.status_code in (429, 503):
             await asyncio.sleep(0.05)
+        elif pause:
+            await asyncio.sleep(pause)
 
 
-async def commit_buckets(http: httpx.AsyncClient) -> dict[str, dict[float, float]]:
-    """`tidegate_spool_commit_seconds` per spool (main, high): cumulative count per bucket upper bound (+Inf as
-    inf)."""
-    text = (await http.get("/metrics")).text
+def commit_buckets(text: str) -> dict[str, dict[float, float]]:
+    """`tidegate_spool_commit_seconds` per spool (main, high) in a scrape of `/metrics`: cumulative count per bucket
+    upper bound (+Inf as inf)."""
     buckets: dict[str, dict[float, float]] = {"main": {}, "high": {}}
     for spool, counts in buckets.items():
         prefix = f'tidegate_spool_commit_seconds_bucket{{spool="{spool}",le="'
@@ -200,6 +207,12 @@ async def commit_buckets(http: httpx.AsyncClient) -> dict[str, dict[float, float
             if line.startswith(prefix):
                 counts[float(line[len(prefix) :].split('"', 1)[0])] = float(line.rsplit(" ", 1)[1])
     return buckets
+
+
+def narrowed_seconds(text: str) -> float:
+    """`tidegate_admission_bulk_narrowed_seconds_total` in a scrape of `/metrics`."""
+    prefix = "tidegate_admission_bulk_narrowed_seconds_total "
+    return next(float(line[len(prefix) :]) for line in text.splitlines() if line.startswith(prefix))
 
 
 def bucket_quantile(before: dict[float, float], after: dict[float, float], q: float) -> float:
@@ -227,14 +240,14 @@ async def measure(
             high, trickle_apart, server.url, args.seconds, f"{tag}-quiet", args.high_repeats
         )
         flooding = loop.run_in_executor(
-            generator, flood_apart, server.url, args.flooders, args.events, args.seconds + 1.5
+            generator, flood_apart, server.url, args.flooders, args.events, args.seconds + 1.5, args.pause_ms / 1000
         )
         await asyncio.sleep(1.0)
-        commits_before = await commit_buckets(http)
+        before = (await http.get("/metrics")).text
         loaded, accepted, sent = await loop.run_in_executor(
             high, trickle_apart, server.url, args.seconds, f"{tag}-flooded", args.high_repeats
         )
-        commits_after = await commit_buckets(http)
+        after = (await http.get("/metrics")).text
         counts = await flooding
     return {
         "unloaded_p50_ms": percentile(quiet, 0.5) * 1000,
@@ -244,11 +257,12 @@ async def measure(
         "high_accepted": accepted / max(1, sent),
         "low_accepted": counts.get(202, 0),
         "low_shed": counts.get(503, 0) + counts.get(429, 0),
+        "lane_narrowed_share": (narrowed_seconds(after) - narrowed_seconds(before)) / args.seconds,
         # Where a high reading's wait may go: the main spool's commits carry the flood's bodies (and, without a
         # spool of high priority's own, the high readings appended after them); the high spool's, its readings.
         **{
             f"{spool}_commit_p{round(q * 100)}_ms_at_most": (
-                bucket_quantile(commits_before[spool], commits_after[spool], q) * 1000
+                bucket_quantile(commit_buckets(before)[spool], commit_buckets(after)[spool], q) * 1000
             )
             for spool in ("main", "high")
             for q in (0.5, 0.99)
@@ -262,6 +276,9 @@ async def main() -> None:
     parser.add_argument("--events", type=int, default=2000)
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--pause-ms", type=float, default=0.0, help="each flooder pauses this long after an accepted body (0: none)"
+    )
     parser.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=list(CONFIGS))
     parser.add_argument(
         "--generator-priority",
@@ -306,9 +323,10 @@ async def main() -> None:
     )
     print(
         "| configuration | high p50 / p99 unloaded (ms) | high p50 / p99 flooded (ms) | p99 flooded / unloaded "
-        "| high accepted | low accepted | low shed | commit p50 / p99 flooded, main / high spool (ms, bucket bound) |"
+        "| high accepted | low accepted | low shed | bulk lane narrowed "
+        "| commit p50 / p99 flooded, main / high spool (ms, bucket bound) |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for name, runs in results.items():
         # Bucket bounds are not a measure to take the median of: the highest over the rounds.
         med = {
@@ -318,7 +336,7 @@ async def main() -> None:
             f"| {name} | {med['unloaded_p50_ms']:.1f} / {med['unloaded_p99_ms']:.1f} "
             f"| {med['flooded_p50_ms']:.1f} / {med['flooded_p99_ms']:.1f} "
             f"| {med['flooded_p99_ms'] / med['unloaded_p99_ms']:.1f}x | {med['high_accepted']:.3f} "
-            f"| {med['low_accepted']:,.0f} | {med['low_shed']:,.0f} "
+            f"| {med['low_accepted']:,.0f} | {med['low_shed']:,.0f} | {med['lane_narrowed_share']:.0%} "
             f"| ≤{med['main_commit_p50_ms_at_most']:g} / ≤{med['main_commit_p99_ms_at_most']:g}, "
             f"≤{med['high_commit_p50_ms_at_most']:g} / ≤{med['high_commit_p99_ms_at_most']:g} |"
         )

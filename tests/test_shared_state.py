@@ -160,6 +160,7 @@ def test_idle_and_slow_connections_are_closed(tmp_path: Path) -> None:
         ("TIDEGATE_DELIVERY_NICE", "20", "delivery_nice"),  # nice ends at 19
         ("TIDEGATE_DELIVERY_NICE", "-5", "delivery_nice"),  # delivery never runs ahead of the workers
         ("TIDEGATE_ADMISSION_BULK_BODIES", "-1", "admission_bulk_bodies"),  # 0 is off, below means nothing
+        ("TIDEGATE_ADMISSION_BULK_NARROW_AT", "0.5", "admission_bulk_narrow_at"),  # would narrow at the baseline
     ],
 )
 def test_a_setting_outside_what_works_is_refused_before_serving(

@@ -693,7 +693,8 @@ class Admission:
     readiness, `X-Priority`, the device key, utilization shedding, the adaptive concurrency limit with priority
     partitions (cost-weighted; refusals' loop time kept out of its signal) and its bulk lane (`bulk_bodies` bulk
     bodies of low priority in flight, counting every priority's; medium twice that; high unheld; each only while a
-    higher priority arrived within `loop_queue_higher_recent_s`; 0 turns it off),
+    higher priority arrived within `loop_queue_higher_recent_s`; 0 turns it off; one body wide for a hold while high
+    priority's own time is past `bulk_narrow_at` times its baseline, 0: never),
     the device's rate and decoded-bytes budget. Refusals are answered with problem+json bodies rendered once. See
     the core's `gateway/limit.rs`."""
 
@@ -723,6 +724,7 @@ class Admission:
         loop_queue_interval_s: float = 0.3,
         loop_queue_higher_recent_s: float = 1.0,
         bulk_bodies: float = 2.0,
+        bulk_narrow_at: float = 2.0,
         refusal_hold_s: float = 1.0,
     ) -> Admission: ...
     def decide(
@@ -789,7 +791,8 @@ class Admission:
         """`max(in_flight_records / max_in_flight_records, pressure)`."""
     def snapshot(self) -> dict[str, float]:
         """Counters and gauges for `/metrics` (`limit`, `capacity_<p>`, `in_flight[_<p>]`, `bulk_in_flight_<p>`,
-        `slowdown`, `drain_rate`, `shed_<p>` (refusals that shed by load and priority),
+        `bulk_places`, `high_slowdown`, `bulk_narrowings`, `bulk_narrow_seconds`, `slowdown`, `drain_rate`,
+        `shed_<p>` (refusals that shed by load and priority),
         `refusal_seconds`, `loop_busy`, `shed_level`, `loop_queue`, `admitted_<p>`, `refused_<reason>_<p>`,
         `refusals_held` (since the start), `refusals_holding` (now))."""
 

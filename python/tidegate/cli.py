@@ -64,6 +64,10 @@ def _check_settings(settings: Settings) -> None:
         raise ValueError(f"idle_timeout_s must be within 0.001 and 60 seconds, not {settings.idle_timeout_s:g}")
     if settings.admission_bulk_bodies < 0:
         raise ValueError(f"admission_bulk_bodies must be 0 (off) or more, not {settings.admission_bulk_bodies}")
+    if settings.admission_bulk_narrow_at != 0 and settings.admission_bulk_narrow_at <= 1:
+        raise ValueError(
+            f"admission_bulk_narrow_at must be 0 (never) or above 1, not {settings.admission_bulk_narrow_at:g}"
+        )
     if not 0 <= settings.delivery_nice <= 19:
         raise ValueError(f"delivery_nice must be within 0 and 19, not {settings.delivery_nice}")
 

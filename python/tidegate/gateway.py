@@ -233,6 +233,7 @@ class Gateway:
             loop_queue_interval_s=settings.admission_loop_queue_interval_s,
             loop_queue_higher_recent_s=settings.admission_loop_queue_higher_recent_s,
             bulk_bodies=float(settings.admission_bulk_bodies),
+            bulk_narrow_at=settings.admission_bulk_narrow_at,
             refusal_hold_s=settings.admission_refusal_hold_s,
         )
         self.delivery = DeliveryStatus(settings.data_dir)

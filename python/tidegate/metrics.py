@@ -240,6 +240,30 @@ def admission_lines(snapshot: dict[str, float]) -> Iterable[str]:
     for p in PRIORITIES:
         yield f'tidegate_admission_bulk_in_flight{{priority="{p}"}} {snapshot[f"bulk_in_flight_{p}"]:g}'
     yield from family(
+        "tidegate_admission_bulk_places",
+        "gauge",
+        "Large low-priority bodies the bulk lane lets in flight now (medium twice as many); 1 while it is narrowed "
+        "for high priority (admission_bulk_narrow_at).",
+    )
+    yield f"tidegate_admission_bulk_places {snapshot['bulk_places']:g}"
+    yield from family(
+        "tidegate_admission_high_slowdown",
+        "gauge",
+        "High priority's own time (smoothed) against the bulk lane's baseline of it; the lane narrows past "
+        "admission_bulk_narrow_at (0: no high request seen).",
+    )
+    yield f"tidegate_admission_high_slowdown {snapshot['high_slowdown']:g}"
+    yield from family(
+        "tidegate_admission_bulk_narrowed_total", "counter", "Times the bulk lane narrowed for high priority."
+    )
+    yield f"tidegate_admission_bulk_narrowed_total {snapshot['bulk_narrowings']:g}"
+    yield from family(
+        "tidegate_admission_bulk_narrowed_seconds_total",
+        "counter",
+        "Seconds the bulk lane was narrowed for high priority.",
+    )
+    yield f"tidegate_admission_bulk_narrowed_seconds_total {snapshot['bulk_narrow_seconds']:g}"
+    yield from family(
         "tidegate_admission_slowdown",
         "gauge",
         "Admitted requests' time (refusals' loop time excluded) against the best seen for their size (the limit "

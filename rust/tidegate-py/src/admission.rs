@@ -317,7 +317,7 @@ impl Admission {
         refusal_weight = 2.0, shed_medium_at = 0.9, shed_low_at = 0.7, max_in_flight_records = 50_000.0,
         rate_per_device = 50.0, decoded_bytes_per_device = 2_097_152.0, loop_busy_target = 1.0,
         loop_queue_high = 256.0, loop_queue_medium = 32.0, loop_queue_low = 12.0, loop_queue_interval_s = 0.3,
-        loop_queue_higher_recent_s = 1.0, bulk_bodies = 2.0, refusal_hold_s = 1.0,
+        loop_queue_higher_recent_s = 1.0, bulk_bodies = 2.0, bulk_narrow_at = 2.0, refusal_hold_s = 1.0,
     ))]
     fn new(
         py: Python<'_>,
@@ -344,6 +344,7 @@ impl Admission {
         loop_queue_interval_s: f64,
         loop_queue_higher_recent_s: f64,
         bulk_bodies: f64,
+        bulk_narrow_at: f64,
         refusal_hold_s: f64,
     ) -> Admission {
         let config = AdmissionConfig {
@@ -356,6 +357,7 @@ impl Admission {
                 shares: [1.0, medium_share, low_share],
                 refusal_weight,
                 bulk_bodies,
+                bulk_narrow_at,
             },
             shed_medium_at,
             shed_low_at,
@@ -601,7 +603,7 @@ impl Admission {
     }
 
     /// Counters and gauges for `/metrics`: `limit`, `capacity_<priority>`, `in_flight`, `in_flight_<priority>`,
-    /// `bulk_in_flight_<priority>`, `slowdown`, `drain_rate`, `refusal_seconds`, `loop_busy`, `shed_level`,
+    /// `bulk_in_flight_<priority>`, `bulk_places`, `high_slowdown`, `bulk_narrowings`, `bulk_narrow_seconds`, `slowdown`, `drain_rate`, `refusal_seconds`, `loop_busy`, `shed_level`,
     /// `loop_queue`, `admitted_<priority>`, `refused_<reason>_<priority>`, `shed_<priority>` (the refusals that
     /// shed by load and priority), `refusals_held` (since the start) and `refusals_holding` (now).
     fn snapshot<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
@@ -610,6 +612,10 @@ impl Admission {
         out.set_item("limit", s.limit)?;
         out.set_item("in_flight", s.in_flight)?;
         out.set_item("slowdown", s.slowdown)?;
+        out.set_item("bulk_places", s.bulk_places)?;
+        out.set_item("high_slowdown", s.high_slowdown)?;
+        out.set_item("bulk_narrowings", s.bulk_narrowings as f64)?;
+        out.set_item("bulk_narrow_seconds", s.bulk_narrow_seconds)?;
         out.set_item("drain_rate", s.drain_rate)?;
         out.set_item("refusal_seconds", s.refusal_cost)?;
         out.set_item("loop_busy", s.loop_busy)?;

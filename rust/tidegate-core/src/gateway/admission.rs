@@ -435,6 +435,13 @@ pub struct Snapshot {
     pub in_flight: f64,
     pub in_flight_by: [f64; 3],
     pub bulk_in_flight_by: [f64; 3],
+    /// Large low-priority bodies the bulk lane lets in flight now (medium twice as many).
+    pub bulk_places: f64,
+    /// High priority's time (smoothed) against the bulk lane's baseline of it (0: none seen).
+    pub high_slowdown: f64,
+    /// Times the bulk lane narrowed, and seconds it was narrow, so far.
+    pub bulk_narrowings: u64,
+    pub bulk_narrow_seconds: f64,
     pub slowdown: f64,
     pub drain_rate: f64,
     pub refusal_cost: f64,
@@ -850,6 +857,10 @@ impl Admission {
             in_flight: limit.in_flight,
             in_flight_by: limit.in_flight_by,
             bulk_in_flight_by: limit.bulk_in_flight_by,
+            bulk_places: limit.bulk_lane.places(),
+            high_slowdown: limit.bulk_lane.slowdown(),
+            bulk_narrowings: limit.bulk_lane.narrowings,
+            bulk_narrow_seconds: limit.bulk_lane.narrow_seconds,
             slowdown: limit.slowdown,
             drain_rate: limit.drain_rate,
             refusal_cost: limit.refusal_cost,
