@@ -5,16 +5,17 @@
     python bench/flood.py --configs adaptive   # tidegate as shipped only
     python bench/flood.py --generator-priority same   # the flooders' process competes for the CPU as an equal
     python bench/flood.py --high-repeats   # the high device resends a reading it was acknowledged for
-    python bench/flood.py --flooders 4 --pause-ms 200   # bulk load the CPU has room for: the bulk lane stays wide
+    python bench/flood.py --flooders 4 --pause-ms 200   # a bulk load the CPU has room for
 
 One tidegate server (one Granian worker, auth and rate limits off) per configuration, started side by side:
 ``adaptive`` is tidegate as shipped; ``no-high-spool`` is that with high priority's records in the worker's one
 spool (`high_priority_spool` off: their commits carry the flood's bodies appended before them); ``no-bulk-lane`` is
 tidegate without the limit's bulk lane (any number of large low-priority bodies in flight, up to the limit's low
-share); ``no-refusal-hold`` answers a shed at once instead of holding it (`admission_refusal_hold_s` 0);
-``no-limit`` has the adaptive limit pinned far above any load, no bulk lane and one spool (what tidegate did before
-issue 11: shedding only on records awaiting fsync, spool fill and event-loop lag). Each round measures, for
-each configuration in turn:
+share); ``wide-bulk-lane`` keeps the lane 2 bodies wide (`admission_bulk_narrow_at` 0: it never narrows while high
+priority slows); ``one-body-lane`` has it 1 body wide at all times; ``no-refusal-hold`` answers a shed at once
+instead of holding it (`admission_refusal_hold_s` 0); ``no-limit`` has the adaptive limit pinned far above any load,
+no bulk lane and one spool (what tidegate did before issue 11: shedding only on records awaiting fsync, spool fill
+and event-loop lag). Each round measures, for each configuration in turn:
 
 * unloaded: one device posts a high-priority reading every 50 ms (from a process of its own);
 * flooded: the same, while `--flooders` devices post low-priority NDJSON bodies of `--events` events as fast as

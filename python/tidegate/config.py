@@ -180,12 +180,12 @@ class Settings:
     such bodies one at a time (its accept thread): more in flight only wait there, and every commit, which a
     high-priority reading waits for, grows with them (`bench/flood.py`)."""
     admission_bulk_narrow_at: float = 2.0
-    """High priority's own time (its small requests, admission to answer, smoothed over 100 ms windows) against its
-    baseline (the lowest seen, rising over about 20 s) at which the bulk lane narrows to one large body in flight, for
-    a hold of 5 s that doubles, up to 80 s, when high suffers again soon after the lane widened. One body at a time
-    is what keeps a high reading's p99 near its unloaded one under a flood of large bodies, and costs a third of
-    their throughput (`bench/flood.py`), so the lane narrows only while high priority pays for its width. 0: the
-    lane keeps `admission_bulk_bodies`."""
+    """High priority's own time (the median of its last 8 small requests, admission to answer) against its baseline
+    (following it down over about 5 s, up over about 20 s) at which the bulk lane narrows to one large body in
+    flight, for a hold of 5 s that doubles, up to 80 s, when high suffers again soon after the lane widened. Under a
+    flood of large bodies one at a time keeps a high reading's p99 lower and takes a fifth to a third fewer of them
+    (`bench/flood.py`), so the lane narrows only while high priority pays for its width. 0: the lane keeps
+    `admission_bulk_bodies`."""
     admission_tolerance: float = 2.0
     """How much slower than its best a request may get before the limit shrinks."""
     admission_loop_busy_target: float = 1.0

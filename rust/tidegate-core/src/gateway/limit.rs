@@ -42,8 +42,9 @@
 //!   requests (admission to answer): a flood that takes the CPU moves the median, while bulk bodies the CPU has
 //!   room for move only the tail (4 clients sending a body every 200 ms: median 2.8 ms against 2.9 unloaded),
 //!   and a smoothed mean, driven by that tail, kept the lane narrow there. The baseline follows that median
-//!   down within about a second (`LANE_BASE_FALL`) and up only over about 20 s (`LANE_BASE_RISE`): the limit's
-//!   per-class base follows a steady load within seconds, and would take a flood as the new normal.
+//!   down over about 5 s (`LANE_BASE_FALL`: faster, it sat at the median's lowest dips, and ordinary ones
+//!   crossed twice that) and up only over about 20 s (`LANE_BASE_RISE`): the limit's per-class base follows a
+//!   steady load within seconds, and would take a flood as the new normal.
 //!   A narrow lane lowers the signal it is driven by, so it widens again only when the hold is over; if high
 //!   suffers again within a hold of widening, the hold doubles (`LANE_HOLD_S` up to `LANE_HOLD_MAX_S`): the
 //!   lane does not swing in and out of the flood it protects from.
@@ -68,9 +69,9 @@ pub const BASE_WEIGHT: f64 = 0.02;
 pub const OWN_SHARE: f64 = 0.1;
 /// High priority's time, for the bulk lane: the median of this many of its last small requests.
 pub const LANE_SAMPLES: usize = 8;
-/// Weight of a window in the bulk lane's baseline of high priority's time, when it falls (about 1 s) and when it
+/// Weight of a window in the bulk lane's baseline of high priority's time, when it falls (about 5 s) and when it
 /// rises (about 20 s).
-pub const LANE_BASE_FALL: f64 = 0.1;
+pub const LANE_BASE_FALL: f64 = 0.02;
 pub const LANE_BASE_RISE: f64 = 0.005;
 /// How long the bulk lane stays narrow, at first and at most (it doubles each time high suffers again soon after
 /// it widened).
