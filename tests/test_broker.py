@@ -11,6 +11,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer  # type: ignore[import-u
 from aiokafka.errors import KafkaError  # type: ignore[import-untyped,unused-ignore]
 from aiokafka.structs import ConsumerRecord, TopicPartition  # type: ignore[import-untyped,unused-ignore]
 from tidegate.testing.broker import GAP_RETRIES, Broker, Collector, consume_all, reveal_tails
+from tidegate.testing.broker import producer as tansu_producer
 
 from tests.conftest import HANG_GUARD_S
 
@@ -30,13 +31,7 @@ def _headers(i: int) -> list[tuple[str, bytes]]:
 
 
 def _producer(bootstrap: str) -> AIOKafkaProducer:
-    return AIOKafkaProducer(
-        bootstrap_servers=bootstrap,
-        acks="all",
-        enable_idempotence=False,
-        request_timeout_ms=3000,
-        retry_backoff_ms=50,
-    )
+    return tansu_producer(bootstrap, request_timeout_ms=3000, retry_backoff_ms=50)
 
 
 async def _send_batches(producer: AIOKafkaProducer, indices: range) -> int:

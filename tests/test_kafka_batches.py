@@ -22,6 +22,7 @@ from aiokafka.record.default_records import DefaultRecordBatch, DefaultRecordBat
 from tidegate._native import KafkaRange
 from tidegate.delivery.kafka import EncodedKafkaBatch, KafkaSettings
 from tidegate.testing.broker import Broker, consume_all
+from tidegate.testing.broker import producer as tansu_producer
 
 from tests.conftest import TRACEPARENT, event, reading
 
@@ -183,7 +184,7 @@ def test_a_real_broker_takes_native_batches_of_every_codec(tmp_path: Path) -> No
             await asyncio.gather(*futures)
 
         async def roundtrip() -> None:
-            producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap, acks="all", enable_idempotence=False)
+            producer = tansu_producer(broker.bootstrap)
             await producer.start()
             try:
                 for codec, topic in topics.items():

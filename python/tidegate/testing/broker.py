@@ -57,6 +57,7 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer  # type: ignore[import-untyped,unused-ignore]
 from aiokafka.structs import ConsumerRecord, TopicPartition  # type: ignore[import-untyped,unused-ignore]
@@ -440,20 +441,26 @@ def is_reveal_marker(record: ConsumerRecord) -> bool:
     return any(name == REVEAL_HEADER for name, _ in record.headers)
 
 
+def producer(bootstrap: str, **options: Any) -> AIOKafkaProducer:
+    """A producer tansu takes (see the module docstring: no idempotence), every record acknowledged by all
+    replicas; `options` are AIOKafkaProducer's."""
+    return AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=False, acks="all", **options)
+
+
 async def reveal_tails(bootstrap: str, partitions: dict[str, int]) -> None:
     """Stores a marker record at the end of every partition of ``partitions`` (topic: partition count), each
     acknowledged: every batch stored before it is then below the high watermark (see the module docstring)."""
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=False, acks="all")
-    await producer.start()
+    marker = producer(bootstrap)
+    await marker.start()
     try:
         sent = [
-            await producer.send(topic, b"", partition=p, headers=[(REVEAL_HEADER, b"1")])
+            await marker.send(topic, b"", partition=p, headers=[(REVEAL_HEADER, b"1")])
             for topic, count in partitions.items()
             for p in range(count)
         ]
         await asyncio.gather(*sent)
     finally:
-        await producer.stop()
+        await marker.stop()
 
 
 #: How often, and how far apart, ``Collector`` reads a partition again from offsets a fetch skipped.
