@@ -250,6 +250,7 @@ async def measure(
         )
         after = (await http.get("/metrics")).text
         counts = await flooding
+    commits_before, commits_after = commit_buckets(before), commit_buckets(after)
     return {
         "unloaded_p50_ms": percentile(quiet, 0.5) * 1000,
         "unloaded_p99_ms": percentile(quiet, 0.99) * 1000,
@@ -263,7 +264,7 @@ async def measure(
         # spool of high priority's own, the high readings appended after them); the high spool's, its readings.
         **{
             f"{spool}_commit_p{round(q * 100)}_ms_at_most": (
-                bucket_quantile(commit_buckets(before)[spool], commit_buckets(after)[spool], q) * 1000
+                bucket_quantile(commits_before[spool], commits_after[spool], q) * 1000
             )
             for spool in ("main", "high")
             for q in (0.5, 0.99)

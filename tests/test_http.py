@@ -962,85 +962,11 @@ class TestAdmission:
             metrics = http.get("/metrics").text
             assert metric(metrics, 'tidegate_admission_refused_total{reason="bulk",priority="low"}') == 1
             assert metric(metrics, 'tidegate_shed_total{priority="low"}') == 1
-
-    def test_the_bulk_lane_narrows_while_high_priority_slows_and_widens_when_it_recovers(self, tmp_path: Path) -> None:
-        # High readings answered in a few milliseconds set the baseline; then eight high readings are held
-        # admitted (their headers sent, their bodies not) for a while, so the median of the last eight is far past
-        # twice the baseline: the lane narrows to one large body (gauge, counter), and a second large low body is
-        # shed where the wide lane (2) took it. Once high readings are quick again and the hold is over, it widens
-        # and a second large body is taken again.
-        env = {"TIDEGATE_AUTH": "false", "TIDEGATE_ADMISSION_LOOP_QUEUE_HIGHER_RECENT_S": "600"}
-        ndjson = {"Content-Type": "application/x-ndjson", "X-Priority": "low"}
-
-        def large(tag: str) -> bytes:
-            lines = (json.dumps(event(entity_id=f"{tag}-{i}", payload={"pad": "x" * 200})) for i in range(400))
-            return "\n".join(lines).encode()
-
-        with Server(tmp_path, env) as server, httpx.Client(base_url=server.url, timeout=60) as http:
-
-            def gauge(name: str) -> float:
-                return metric(http.get("/metrics").text, name)
-
-            def quick_high(tag: str) -> int:
-                return http.post("/api/v1/ingest", json=reading(tag), headers={"X-Priority": "high"}).status_code
-
-            assert [quick_high(f"dquick{i}") for i in range(10)] == [202] * 10
-            assert gauge("tidegate_admission_bulk_places") == 2
-            held = [json.dumps(reading(f"dheld{i}")).encode() for i in range(8)]
-            sockets = [socket.create_connection(("127.0.0.1", server.port), timeout=30) for _ in held]
-            try:
-                for sock, body in zip(sockets, held, strict=True):
-                    sock.sendall(
-                        b"POST /api/v1/ingest HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                        + f"X-Priority: high\r\nContent-Length: {len(body)}\r\n\r\n".encode()
-                        + body[:10]
-                    )
-                wait_for(
-                    lambda: gauge('tidegate_admission_in_flight_priority{priority="high"}') >= 8,
-                    "the eight held readings to be admitted",
-                )
-                time.sleep(0.5)  # what makes them slow: a hundred times a quick reading's time, not a bound on it
-                for sock, body in zip(sockets, held, strict=True):
-                    sock.sendall(body[10:])
-                for sock in sockets:
-                    assert sock.recv(65536).startswith(b"HTTP/1.1 202")
-            finally:
-                for sock in sockets:
-                    sock.close()
-            # The lane follows high's time once per window (100 ms) as requests are answered: another answer after
-            # one has passed.
-            time.sleep(0.2)
-            assert http.get("/health/live").status_code == 200
-            low = http.post("/api/v1/events", content=large("tick"), headers=ndjson)
-            assert low.status_code == 202
-            assert gauge("tidegate_admission_bulk_places") == 1
-            assert gauge("tidegate_admission_bulk_narrowed_total") == 1
-            assert gauge("tidegate_admission_high_slowdown") > 2
-            # One large low body in flight (its body unfinished): a second is shed by the narrow lane.
-            first = large("first")
-            with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
-                sock.sendall(
-                    b"POST /api/v1/events HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-ndjson\r\n"
-                    + f"X-Priority: low\r\nContent-Length: {len(first)}\r\n\r\n".encode()
-                    + first[:1000]
-                )
-                wait_for(
-                    lambda: gauge('tidegate_admission_bulk_in_flight{priority="low"}') == 1, "the first to be in flight"
-                )
-                second = http.post("/api/v1/events", content=large("second"), headers=ndjson)
-                assert assert_problem(second, 503)["type"].endswith(":shed")
-                sock.sendall(first[1000:])
-                assert sock.recv(65536).startswith(b"HTTP/1.1 202")
-            # Quick high readings again: once the hold is over, the lane widens.
-            quick = iter(range(10_000))
-            wait_for(
-                lambda: quick_high(f"dagain{next(quick)}") == 202 and gauge("tidegate_admission_bulk_places") == 2,
-                "the lane to widen",
-            )
-            assert gauge("tidegate_admission_high_slowdown") < 2
-            assert (
-                metric(http.get("/metrics").text, 'tidegate_admission_refused_total{reason="bulk",priority="low"}') == 1
-            )
+            # The lane's width as configured; it narrows only on high priority's time (the core's limit.rs tests
+            # that with its own clock), and judges nothing before 8 high requests.
+            assert metric(metrics, "tidegate_admission_bulk_places") == 1
+            assert metric(metrics, "tidegate_admission_bulk_narrowed_total") == 0
+            assert metric(metrics, "tidegate_admission_high_slowdown") == 0
 
     def test_a_high_priority_request_queued_last_for_a_busy_loop_is_taken_first(self, tmp_path: Path) -> None:
         # The loop stalled, six medium readings wait for it, then a high one: first come, first served, the high

@@ -249,8 +249,8 @@ def admission_lines(snapshot: dict[str, float]) -> Iterable[str]:
     yield from family(
         "tidegate_admission_high_slowdown",
         "gauge",
-        "High priority's own time (smoothed) against the bulk lane's baseline of it; the lane narrows past "
-        "admission_bulk_narrow_at (0: no high request seen).",
+        "High priority's own time (the median of its last 8 small requests) against the bulk lane's baseline of it; "
+        "the lane narrows past admission_bulk_narrow_at (0: fewer than 8 seen).",
     )
     yield f"tidegate_admission_high_slowdown {snapshot['high_slowdown']:g}"
     yield from family(

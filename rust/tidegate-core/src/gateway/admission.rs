@@ -437,7 +437,8 @@ pub struct Snapshot {
     pub bulk_in_flight_by: [f64; 3],
     /// Large low-priority bodies the bulk lane lets in flight now (medium twice as many).
     pub bulk_places: f64,
-    /// High priority's time (smoothed) against the bulk lane's baseline of it (0: none seen).
+    /// High priority's time (the median of its last small requests) against the bulk lane's baseline of it (0:
+    /// not judged yet).
     pub high_slowdown: f64,
     /// Times the bulk lane narrowed, and seconds it was narrow, so far.
     pub bulk_narrowings: u64,

@@ -232,7 +232,7 @@ impl BulkLane {
         }
     }
 
-    /// High priority's time against its baseline (0: none seen).
+    /// High priority's time against its baseline (0: not judged yet).
     pub fn slowdown(&self) -> f64 {
         if self.base > 0.0 { self.recent / self.base } else { 0.0 }
     }
