@@ -858,7 +858,7 @@ impl Admission {
             in_flight: limit.in_flight,
             in_flight_by: limit.in_flight_by,
             bulk_in_flight_by: limit.bulk_in_flight_by,
-            bulk_places: limit.bulk_lane.places(),
+            bulk_places: limit.bulk_places(),
             high_slowdown: limit.bulk_lane.slowdown(),
             bulk_narrowings: limit.bulk_lane.narrowings,
             bulk_narrow_seconds: limit.bulk_lane.narrow_seconds,

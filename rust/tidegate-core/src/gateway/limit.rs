@@ -183,7 +183,6 @@ pub fn is_bulk(cost: f64) -> bool {
 /// The bulk lane's width, driven by high priority's own time (module doc).
 #[derive(Clone, Debug)]
 pub struct BulkLane {
-    wide: f64,
     narrow_at: f64,
     /// High priority's last small requests' seconds (a ring), how many were seen, and whether any since the
     /// last window.
@@ -205,9 +204,8 @@ pub struct BulkLane {
 }
 
 impl BulkLane {
-    pub fn new(wide: f64, narrow_at: f64, now: f64) -> BulkLane {
+    pub fn new(narrow_at: f64, now: f64) -> BulkLane {
         BulkLane {
-            wide,
             narrow_at,
             samples: [0.0; LANE_SAMPLES],
             seen: 0,
@@ -223,13 +221,9 @@ impl BulkLane {
         }
     }
 
-    /// Large bodies of low priority the lane lets in flight now (medium twice as many).
-    pub fn places(&self) -> f64 {
-        if self.narrow_until.is_some() {
-            self.wide.min(1.0)
-        } else {
-            self.wide
-        }
+    /// Whether the lane is one body wide now.
+    pub fn narrowed(&self) -> bool {
+        self.narrow_until.is_some()
     }
 
     /// High priority's time against its baseline (0: not judged yet).
@@ -246,7 +240,7 @@ impl BulkLane {
 
     /// A window ended at `now`.
     fn update(&mut self, now: f64) {
-        if self.narrow_until.is_some() {
+        if self.narrowed() {
             self.narrow_seconds += now - self.last_update;
         }
         self.last_update = now;
@@ -328,7 +322,7 @@ pub struct AdaptiveLimit {
 impl AdaptiveLimit {
     pub fn new(config: LimitConfig, now: f64, seed: u64) -> AdaptiveLimit {
         AdaptiveLimit {
-            bulk_lane: BulkLane::new(config.bulk_bodies, config.bulk_narrow_at, now),
+            bulk_lane: BulkLane::new(config.bulk_narrow_at, now),
             limit: config.initial.clamp(config.minimum, config.maximum.max(config.minimum)),
             config,
             in_flight: 0.0,
@@ -365,12 +359,18 @@ impl AdaptiveLimit {
     /// (see the module's doc).
     pub fn bulk_counted(&self, priority: Priority) -> (f64, f64) {
         let by = &self.bulk_in_flight_by;
-        let lane = self.bulk_lane.places();
+        let lane = self.bulk_places();
         match priority {
             Priority::High => (by[0], f64::INFINITY),
             Priority::Medium => (by[0] + by[1], 2.0 * lane),
             Priority::Low => (by[0] + by[1] + by[2], lane),
         }
+    }
+
+    /// Large bodies of low priority the bulk lane lets in flight now (medium twice as many).
+    pub fn bulk_places(&self) -> f64 {
+        let wide = self.config.bulk_bodies;
+        if self.bulk_lane.narrowed() { wide.min(1.0) } else { wide }
     }
 
     /// Whether a request of `cost` counts in the bulk lane (there is one, and it is bulk).
