@@ -1,18 +1,21 @@
 //! The spool: round trips, torn-tail recovery, group commit, quota, acknowledgement and cleanup.
 
 use std::fs::{self, OpenOptions};
-use std::path::PathBuf;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tempfile::TempDir;
 use tidegate_core::canonical::records::encode_header;
 use tidegate_core::spool::{Spool, SpoolError, SpoolOptions};
 use tidegate_core::{RecordRef, Records};
 
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("tidegate-spool-{name}-{}", std::process::id()));
-    let _ = fs::remove_dir_all(&dir);
-    dir
+/// A spool's directory, removed when the test drops it (even if the test panics).
+fn temp_dir(name: &str) -> TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("tidegate-spool-{name}-"))
+        .tempdir()
+        .unwrap()
 }
 
 fn records_of(n: usize, tag: &str) -> Records {
@@ -91,7 +94,6 @@ fn round_trip_across_segments_and_reopen() {
     assert_eq!(seen, 100);
     let (from_middle, _) = spool.read(spool.cursor_at(42), 3, usize::MAX, u64::MAX).unwrap();
     assert_eq!(from_middle.get(0).unwrap(), written.get(42).unwrap());
-    fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
@@ -141,7 +143,6 @@ fn torn_tail_is_truncated_at_every_offset_of_the_last_record() {
     fs::write(&segment, &flipped).unwrap();
     let spool = Spool::open(&dir, SpoolOptions::default()).unwrap();
     assert_eq!(spool.stats().recovery.records, 4);
-    fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
@@ -170,7 +171,6 @@ fn group_commit_shares_fsyncs_and_releases_waiters_after_sync() {
         "{} fsyncs for {writers} appends",
         stats.fsyncs
     );
-    fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
@@ -191,7 +191,6 @@ fn every_successful_commit_is_timed_and_a_failed_one_is_not() {
     assert_eq!((stats.fsyncs, stats.failed_commits), (3, 1));
     assert_eq!(stats.commit_times.counts.iter().sum::<u64>(), 3);
     assert!(stats.commit_times.sum_nanos > 0);
-    fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
@@ -232,7 +231,6 @@ fn quota_refuses_instead_of_losing_and_acked_segments_free_space() {
     drop(spool);
     let reopened = Spool::open(&dir, SpoolOptions::default()).unwrap();
     assert_eq!(reopened.acked_seq(), appended, "the checkpoint survives a restart");
-    fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
@@ -257,7 +255,6 @@ fn appends_after_a_failed_partial_write_stay_readable() {
     drop(spool);
     let spool = Spool::open(&dir, SpoolOptions::default()).unwrap();
     assert_eq!(read_all(&spool).len(), 5);
-    fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
@@ -276,7 +273,6 @@ fn appends_are_written_by_commit_and_lost_only_if_never_committed() {
         "only what a commit covered was ever acknowledged"
     );
     assert_eq!(reopened.stats().next_seq, 4);
-    fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
@@ -303,7 +299,6 @@ fn read_only_open_never_modifies_and_sees_new_records() {
     assert_eq!(fs::metadata(&segment).unwrap().len(), before);
     assert_eq!(read_all(&reader).len(), 20);
     assert!(reader.append(&records_of(1, "x")).is_err());
-    fs::remove_dir_all(&dir).unwrap();
 }
 
 /// Reads the whole spool in ranges of at most `max_bytes`, as the forwarder does; returns each record as
@@ -354,7 +349,6 @@ fn a_byte_budget_that_ends_mid_segment_never_skips_the_rest_of_it() {
         let records = read_in_ranges(&spool, max_bytes);
         assert_eq!(records, expected, "every record once, in order (max_bytes {max_bytes})");
     }
-    fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
@@ -375,7 +369,7 @@ fn a_corrupt_checkpoint_falls_back_to_the_oldest_record_on_disk_and_says_so() {
     let oldest_on_disk = spool.cursor_at(0).seq;
     assert!(oldest_on_disk > 0 && oldest_on_disk <= 60);
     drop(spool);
-    fs::write(dir.join("acked"), b"6\x00garbage").unwrap();
+    fs::write(dir.path().join("acked"), b"6\x00garbage").unwrap();
     let reopened = Spool::open(&dir, options.clone()).unwrap();
     assert_eq!(
         reopened.acked_seq(),
@@ -387,7 +381,6 @@ fn a_corrupt_checkpoint_falls_back_to_the_oldest_record_on_disk_and_says_so() {
         "the corruption is reported"
     );
     drop(reopened);
-    fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
@@ -435,7 +428,6 @@ fn a_failed_write_is_never_acknowledged_and_the_spool_recovers_without_reusing_s
         .collect();
     assert_eq!(after_restart, expected, "and after a restart");
     assert_eq!(reopened.stats().next_seq, end);
-    fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
@@ -468,7 +460,6 @@ fn a_delivery_process_reads_large_segments_whole_through_mapped_windows() {
     let values: Vec<&[u8]> = records.iter().map(|r| r.value).collect();
     assert!(values[0].starts_with(br#"{"tag":"m4","i":321,"#) && values[1].starts_with(br#"{"tag":"m4","i":322,"#));
     assert_eq!(next.seq, 4323);
-    fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
@@ -517,7 +508,6 @@ fn a_delivery_process_follows_the_writer_up_to_what_is_durable() {
         delivery.append(&records_of(1, "x")).is_err(),
         "the delivery process never appends"
     );
-    fs::remove_dir_all(&dir).unwrap();
 }
 
 /// Waits (with a generous guard) until the committer's signal descriptor is readable, as the event loop would.
@@ -608,26 +598,24 @@ fn a_spool_no_one_writes_is_cleaned_from_its_files_as_its_writer_would() {
     let horizon = ends[12];
     drop(left);
     assert_eq!(
-        tidegate_core::spool::read_checkpoint(&left_dir).unwrap(),
+        tidegate_core::spool::read_checkpoint(left_dir.path()).unwrap(),
         0,
         "no checkpoint: 0"
     );
     let by_writer = open.cleanup_below(horizon).unwrap();
-    let by_files = tidegate_core::spool::cleanup_unwritten(&left_dir, horizon, &options).unwrap();
+    let by_files = tidegate_core::spool::cleanup_unwritten(left_dir.path(), horizon, &options).unwrap();
     assert!(by_writer > 0);
     assert_eq!(by_files, by_writer, "the same rule, the same segments");
-    let remaining = |dir: &PathBuf| {
+    let remaining = |dir: &Path| {
         fs::read_dir(dir)
             .unwrap()
             .filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "seg"))
             .count()
     };
-    assert_eq!(remaining(&left_dir), remaining(&open_dir));
+    assert_eq!(remaining(left_dir.path()), remaining(open_dir.path()));
     let reopened = Spool::open(&left_dir, options).unwrap();
     assert!(
         read_all(&reopened).len() as u64 >= 200 - horizon,
         "what is past the horizon stays readable"
     );
-    fs::remove_dir_all(&open_dir).unwrap();
-    fs::remove_dir_all(&left_dir).unwrap();
 }

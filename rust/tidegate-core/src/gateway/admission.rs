@@ -1308,10 +1308,8 @@ mod tests {
 
     #[test]
     fn a_held_source_waits_where_a_request_would_be_refused() {
-        let dir = std::env::temp_dir().join(format!("tidegate-wait-for-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let rates = Arc::new(RateTable::open(Some(&dir.join("rates.tbl")), 64, 1.0, 2.0).unwrap());
+        let dir = tempfile::Builder::new().prefix("tidegate-wait-for-").tempdir().unwrap();
+        let rates = Arc::new(RateTable::open(Some(&dir.path().join("rates.tbl")), 64, 1.0, 2.0).unwrap());
         let admission = Admission::new(
             AdmissionConfig {
                 max_in_flight_records: 10.0,
@@ -1341,15 +1339,15 @@ mod tests {
         let wait = admission.wait_for("dev-1", Priority::High, 0, 0);
         assert!(wait > 0.0 && wait <= 1.0, "the third waits for its token: {wait}");
         assert_eq!(admission.wait_for("dev-2", Priority::High, 0, 0), 0.0, "per device");
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
     fn keys_and_device_buckets() {
-        let dir = std::env::temp_dir().join(format!("tidegate-admission-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("keys.json");
+        let dir = tempfile::Builder::new()
+            .prefix("tidegate-admission-")
+            .tempdir()
+            .unwrap();
+        let path = dir.path().join("keys.json");
         let digest: String = super::super::keys::sha256(b"pw")
             .iter()
             .map(|b| format!("{b:02x}"))

@@ -264,16 +264,18 @@ mod tests {
         fs::rename(&tmp, path).unwrap();
     }
 
-    fn dir(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("tidegate-keys-{name}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).unwrap();
-        dir
+    /// Removed when dropped, even if the test panics.
+    fn dir(name: &str) -> tempfile::TempDir {
+        tempfile::Builder::new()
+            .prefix(&format!("tidegate-keys-{name}-"))
+            .tempdir()
+            .unwrap()
     }
 
     #[test]
     fn device_and_operator_keys_verify_and_revocation_is_seen() {
-        let path = dir("verify").join("keys.json");
+        let dir = dir("verify");
+        let path = dir.path().join("keys.json");
         write(
             &path,
             &[("a1", "dev-1", "s3cret"), ("a2", "dev-1", "other")],
@@ -308,7 +310,8 @@ mod tests {
 
     #[test]
     fn changes_are_checked_at_most_every_interval_and_a_torn_file_keeps_the_keys() {
-        let path = dir("interval").join("keys.json");
+        let dir = dir("interval");
+        let path = dir.path().join("keys.json");
         write(&path, &[("a1", "dev-1", "s")], &[]);
         let store = KeyStore::open(&path, Duration::from_secs(3600));
         write(&path, &[], &[]);

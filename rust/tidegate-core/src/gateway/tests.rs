@@ -8,11 +8,26 @@ use crate::state::lastseen::SilenceRules;
 
 const NOW_MS: i64 = 1_774_606_531_000;
 
-fn gateway(name: &str, archive: bool) -> Gateway {
+/// A gateway with the directory of its spools, removed when the test drops it (after the gateway: fields drop in
+/// order), even if the test panics.
+struct TestGateway {
+    gateway: Gateway,
+    _dir: tempfile::TempDir,
+}
+
+impl std::ops::Deref for TestGateway {
+    type Target = Gateway;
+
+    fn deref(&self) -> &Gateway {
+        &self.gateway
+    }
+}
+
+fn gateway(name: &str, archive: bool) -> TestGateway {
     gateway_with(name, archive, SpoolOptions::default())
 }
 
-fn gateway_with(name: &str, archive: bool, spool_options: SpoolOptions) -> Gateway {
+fn gateway_with(name: &str, archive: bool, spool_options: SpoolOptions) -> TestGateway {
     gateway_with_lanes(name, archive, spool_options, None)
 }
 
@@ -22,9 +37,11 @@ fn gateway_with_lanes(
     archive: bool,
     spool_options: SpoolOptions,
     high_options: Option<SpoolOptions>,
-) -> Gateway {
-    let dir = std::env::temp_dir().join(format!("tidegate-gateway-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+) -> TestGateway {
+    let dir = tempfile::Builder::new()
+        .prefix(&format!("tidegate-gateway-{name}-"))
+        .tempdir()
+        .unwrap();
     let options = ValidatorOptions {
         quarantine: true,
         ..ValidatorOptions::default()
@@ -57,9 +74,12 @@ fn gateway_with_lanes(
             LastSeenTable::open(None, 1024, SilenceRules::new(60_000, 1_000, Vec::new(), 86_400_000)).unwrap(),
         ),
     };
-    let spool = Arc::new(Spool::open(dir.join("main"), spool_options).unwrap());
-    let high = high_options.map(|options| Arc::new(Spool::open(dir.join("high"), options).unwrap()));
-    Gateway::new(routes, settings, tables, spool, high)
+    let spool = Arc::new(Spool::open(dir.path().join("main"), spool_options).unwrap());
+    let high = high_options.map(|options| Arc::new(Spool::open(dir.path().join("high"), options).unwrap()));
+    TestGateway {
+        gateway: Gateway::new(routes, settings, tables, spool, high),
+        _dir: dir,
+    }
 }
 
 fn body<'a>(route: usize, bytes: &'a [u8], device: Option<&'a str>) -> Body<'a> {
@@ -325,7 +345,7 @@ fn at<'a>(priority: &'static str, request: Body<'a>) -> Body<'a> {
     Body { priority, ..request }
 }
 
-fn lanes(name: &str) -> Gateway {
+fn lanes(name: &str) -> TestGateway {
     gateway_with_lanes(name, false, SpoolOptions::default(), Some(SpoolOptions::default()))
 }
 

@@ -539,10 +539,15 @@ mod tests {
         )
     }
 
-    fn temp_path(name: &str) -> std::path::PathBuf {
-        let dir = std::env::temp_dir().join(format!("tidegate-lastseen-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        dir.join("state").join("devices.tbl")
+    /// A path under a `state` directory not made yet (opening the table makes it), in a TempDir that removes it
+    /// all when dropped, even if the test panics: the test holds it for as long as it uses the path.
+    fn temp_path(name: &str) -> (tempfile::TempDir, std::path::PathBuf) {
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("tidegate-lastseen-{name}-"))
+            .tempdir()
+            .unwrap();
+        let path = dir.path().join("state").join("devices.tbl");
+        (dir, path)
     }
 
     fn kinds(alerts: &[Alert]) -> Vec<(AlertKind, &str)> {
@@ -683,7 +688,7 @@ mod tests {
 
     #[test]
     fn survives_reopening_and_is_shared_by_every_mapping() {
-        let path = temp_path("reopen");
+        let (_dir, path) = temp_path("reopen");
         let a = LastSeenTable::open(Some(&path), 100, rules()).unwrap();
         let b = LastSeenTable::open(Some(&path), 100, rules()).unwrap();
         a.seen(&["fast-a"], T0).unwrap();

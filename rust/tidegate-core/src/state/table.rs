@@ -791,10 +791,15 @@ mod tests {
         id
     }
 
-    fn temp_path(name: &str) -> std::path::PathBuf {
-        let dir = std::env::temp_dir().join(format!("tidegate-shared-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        dir.join("state").join("dedup.tbl")
+    /// A path under a `state` directory not made yet (opening the table makes it), in a TempDir that removes it
+    /// all when dropped, even if the test panics: the test holds it for as long as it uses the path.
+    fn temp_path(name: &str) -> (tempfile::TempDir, std::path::PathBuf) {
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("tidegate-shared-{name}-"))
+            .tempdir()
+            .unwrap();
+        let path = dir.path().join("state").join("dedup.tbl");
+        (dir, path)
     }
 
     #[test]
@@ -834,7 +839,7 @@ mod tests {
 
     #[test]
     fn another_owners_pending_claim_is_taken_over_and_committed_ids_are_shared() {
-        let path = temp_path("owners");
+        let (_dir, path) = temp_path("owners");
         let a = SharedWindow::open(Some(&path), 100).unwrap();
         let b = SharedWindow::open(Some(&path), 100).unwrap();
         assert_eq!(a.claim(&[id(1)], 10, TTL).unwrap(), [Claimed::New]);
@@ -859,7 +864,7 @@ mod tests {
 
     #[test]
     fn survives_reopening_and_a_dead_openings_pending_claims_are_not_duplicates() {
-        let path = temp_path("reopen");
+        let (_dir, path) = temp_path("reopen");
         let first = SharedWindow::open(Some(&path), 100).unwrap();
         assert!(first.table().is_fresh());
         first.claim(&[id(1), id(2)], 10, TTL).unwrap();
@@ -893,7 +898,7 @@ mod tests {
 
     #[test]
     fn a_torn_slot_is_empty_never_a_false_duplicate() {
-        let path = temp_path("torn");
+        let (_dir, path) = temp_path("torn");
         let window = SharedWindow::open(Some(&path), 100).unwrap();
         window.claim(&[id(1)], 10, TTL).unwrap();
         window.commit(&[id(1)]).unwrap();
@@ -936,7 +941,7 @@ mod tests {
 
     #[test]
     fn threads_with_their_own_mappings_exclude_each_other() {
-        let path = temp_path("threads");
+        let (_dir, path) = temp_path("threads");
         SharedWindow::open(Some(&path), 10_000).unwrap();
         let threads: Vec<_> = (0..4u64)
             .map(|t| {
@@ -971,7 +976,7 @@ mod tests {
 
     #[test]
     fn rate_is_shared_by_every_mapping() {
-        let path = temp_path("rate");
+        let (_dir, path) = temp_path("rate");
         let device = RateTable::device_id("sensor-1");
         let now = 1_000_000_000;
         // 10 tokens/s, burst 20, taken from 4 threads each with its own mapping at one instant: exactly 20 pass.
