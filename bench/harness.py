@@ -62,7 +62,7 @@ one worker) the high priority's first 50 ms had a p50 of 31-37 ms and a p99 of 4
 12 ms. In the ramp a level follows a loaded one and the onset is milder (at 2x, 8.6-13.3 ms in the warm-up against
 8.9-12.3 after, six passes); it matters most to the unloaded level, whose p99 every other is compared with: it
 follows the fleet scenario's full load or an idle server, and its warm-up read up to 35.8 ms where the level after
-read 3.5-5.1 (README, "Overload, the ramp measured again")."""
+read 3.5-5.1 (bench/JOURNAL.md, "Overload, the ramp measured again")."""
 TARGET_LEVEL = 2.0
 """The ramp's level the issue's targets are set at (twice capacity)."""
 DEVICES = 1000
@@ -146,7 +146,7 @@ class Options:
     """After its pass, the ramp measures the unloaded level and the target level (TARGET_LEVEL) again, alternated,
     until each has this many rounds; the targets read the median over the rounds (of each round's ratio to the
     unloaded level just before it). One pass of a level is one sample of a wide spread: at about 2x, ten 10 s runs
-    alike by hand read a high-priority p99 of 12.8-21.8 ms (README, "Overload, rounds")."""
+    alike by hand read a high-priority p99 of 12.8-21.8 ms (bench/JOURNAL.md, "Overload, rounds")."""
     extra_env: dict[str, str] = field(default_factory=dict)
 
 

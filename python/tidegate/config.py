@@ -193,7 +193,7 @@ class Settings:
     medium, in proportion (high never by it): under CPU saturation requests queue before the app (the loop's ready
     queue, Granian, the kernel), out of the limit's sight, and this is the signal that rises. 1 (the default) turns
     it off: at full utilization with a bounded set of clients (a closed-loop benchmark) the loop is just as busy,
-    and it would shed there too; 0.85 is what the overload ramp was measured with (README, Performance)."""
+    and it would shed there too; 0.85 is what the overload ramp was measured with (bench/JOURNAL.md)."""
     admission_loop_queue_low: float = 12.0
     """Cost (a reading costs about 1) let in as it arrived and still waiting for the worker's event loop at which
     a low-priority request is shed as it arrives: under CPU saturation that wait is where requests queue, first
