@@ -53,7 +53,7 @@ from paho.mqtt import client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
-from tidegate._native import Contract, Records, Spool, Validator
+from tidegate._native import BULK_BODY_BYTES, Contract, Records, Spool, Validator
 from tidegate.config import Settings
 from tidegate.delivery.spool import worker_spool_dirs
 from tidegate.delivery.status import running_delivery_pid
@@ -148,6 +148,9 @@ class ChaosRow:
     recovered: bool = True
     notes: list[str] = dataclasses.field(default_factory=list)
     seconds: float = 0.0
+    shed: int | None = None
+    """In a scenario that overloads the server on purpose, the requests it refused for load (`503 shed`); None
+    elsewhere."""
 
     def failures(self) -> list[str]:
         """Why the scenario failed (empty when it passed)."""
@@ -158,6 +161,8 @@ class ChaosRow:
             out.append(f"{self.lost} acknowledged records lost")
         if not self.recovered:
             out.append("the service did not recover")
+        if self.shed == 0:
+            out.append("nothing was shed: the overload the scenario is about never happened")
         return out
 
     @property
@@ -260,6 +265,9 @@ class _Connection:
 
 #: Every this many devices of a `Load`, one sends at high priority.
 HIGH_PRIORITY_EVERY = 4
+FLOOD_BODY_BYTES = BULK_BODY_BYTES + BULK_BODY_BYTES // 2
+"""About how large a flooding device's bodies are (`Load` with ``flood=True``): past `BULK_BODY_BYTES`, at which
+admission counts a body in its bulk lane and the worker accepts it on its accept thread."""
 
 
 async def _acknowledged_after(last_ack: Callable[[], float], after: float, timeout: float) -> bool:
@@ -278,13 +286,19 @@ class Load:
 
     With ``race=True`` every other body is sent on two connections at once (a retry racing its original), the racer
     at the other priority: one copy goes to the high-priority spool, the other to the main one.
+
+    With ``flood=True`` the other devices send low-priority bodies of ``FLOOD_BODY_BYTES`` or more, which admission
+    takes in its bulk lane and the worker accepts on its accept thread, and sheds (`503 shed`) past the lane.
     """
 
-    def __init__(self, port: int, keys: dict[str, str], size: Size, *, race: bool = False) -> None:
+    def __init__(self, port: int, keys: dict[str, str], size: Size, *, race: bool = False, flood: bool = False) -> None:
         self.port = port
         self.keys = keys
         self.size = size
         self.race = race
+        self.flood = flood
+        self.by_priority: Counter[tuple[str, int | None]] = Counter()
+        """Answers per (priority sent, status); None is a connection error."""
         self.acknowledged: set[str] = set()
         self.first_answer_duplicate: set[str] = set()
         """Acknowledged ids whose first 202 said `duplicate` (a retry or a racer answered before its original)."""
@@ -335,8 +349,9 @@ class Load:
         """Whether a 202 arrives after ``after`` (time.monotonic()) within ``timeout`` seconds."""
         return await _acknowledged_after(lambda: self.last_ack, after, timeout)
 
-    def body(self, device: str, first: int) -> bytes:
-        """A body of unique readings of `device`, numbered from `first` (the MQTT devices send the same)."""
+    def body(self, device: str, first: int, count: int | None = None) -> bytes:
+        """A body of `count` (default: the size's) unique readings of `device`, numbered from `first` (the MQTT
+        devices send the same)."""
         readings = [
             {
                 "device_id": device,
@@ -344,7 +359,7 @@ class Load:
                 "metrics": {"temperature": 20 + n % 100 / 10, "humidity": 40 + n % 40, "pressure": 1013.25, "n": n},
                 "metadata": {"firmware_version": "2.1.0", "battery_level": 85, "note": self._padding},
             }
-            for n in range(first, first + self.size.readings_per_request)
+            for n in range(first, first + (count or self.size.readings_per_request))
         ]
         return json.dumps(readings).encode()
 
@@ -352,14 +367,20 @@ class Load:
         headers = {"Content-Type": "application/json", "X-Device-Token": key}
         racer_headers = dict(headers)
         (headers if high else racer_headers)["X-Priority"] = "high"
+        flooding = self.flood and not high
+        count = self.size.readings_per_request
+        if flooding:
+            headers["X-Priority"] = "low"
+            count = max(count, -(-FLOOD_BODY_BYTES // self.size.reading_bytes))
+        priority = headers.get("X-Priority", "medium")
         connections = [_Connection(self.port), _Connection(self.port)]
         next_n = 0
         try:
             while self._running:
                 await self._unpaused.wait()
-                body = self.body(device, next_n)
-                next_n += self.size.readings_per_request
-                racing = self.race and next_n // self.size.readings_per_request % 2 == 0
+                body = self.body(device, next_n, count)
+                next_n += count
+                racing = self.race and next_n // count % 2 == 0
                 self.raced_bodies += racing
                 # A device retries the same body until one answer acknowledges it (or the load stops).
                 while self._running:
@@ -367,6 +388,7 @@ class Load:
                     if racing:
                         sends.append(self._send(connections[1], body, racer_headers))
                     answers = await asyncio.gather(*sends)
+                    self.by_priority[(priority, answers[0])] += 1
                     if 202 in answers:
                         break
                     await asyncio.sleep(0.05 if None in answers or 503 in answers else 0.01)
@@ -646,6 +668,7 @@ class Rig:
         data_dir: Path | None = None,
         race: bool = False,
         mqtt: bool = False,
+        flood: bool = False,
     ) -> None:
         self.work_dir = work_dir
         self.size = size
@@ -655,6 +678,7 @@ class Rig:
         self.server = Server(self.data_dir, settings)
         self.server.log_path = work_dir / "server.log"  # outside data_dir, which may be a small filesystem
         self.race = race
+        self.flood = flood
         self.collector: Collector | None = None
         self.load: Load | None = None
         #: With ``mqtt=True``: a mosquitto the server subscribes to, and devices publishing to it (``MqttLoad``).
@@ -679,7 +703,7 @@ class Rig:
                 await asyncio.to_thread(self.mosquitto.start)
             keys = await asyncio.to_thread(self.server.keys, *devices)
             await asyncio.to_thread(self.server.start)
-            self.load = Load(self.server.port, keys, self.size, race=self.race)
+            self.load = Load(self.server.port, keys, self.size, race=self.race, flood=self.flood)
             if self.mosquitto is not None:
                 await self._subscribed()
                 self.mqtt = MqttLoad(self.mosquitto, self.load)
@@ -910,6 +934,14 @@ class Rig:
         notes.append(f"answers {answers}; {load.connection_errors:,} connection errors")
         if load.problems:
             notes.append("problems " + ", ".join(f"{p}: {n:,}" for p, n in load.problems.most_common()))
+        if load.flood:
+            for priority in ("high", "low"):
+                per_status = sorted(
+                    ((status, n) for (sent, status), n in load.by_priority.items() if sent == priority),
+                    key=lambda item: -1 if item[0] is None else item[0],
+                )
+                shown = ", ".join(f"{'no answer' if status is None else status}: {n:,}" for status, n in per_status)
+                notes.append(f"{priority} priority's bodies: {shown}")
         return ChaosRow(
             scenario=scenario,
             acknowledged=len(acknowledged),
@@ -921,14 +953,24 @@ class Rig:
             recovered=recovered,
             notes=notes,
             seconds=time.monotonic() - self.started,
+            shed=load.problems["503 shed"] if load.flood else None,
         )
 
 
 # ------------------------------------------------------------------------------------------------------ scenarios
 
 
-async def _kill_loop(work_dir: Path, size: Size, *, race: bool, name: str, mqtt: bool = False) -> ChaosRow:
-    async with Rig(work_dir, size, race=race, mqtt=mqtt) as rig:
+async def _kill_loop(
+    work_dir: Path,
+    size: Size,
+    *,
+    race: bool,
+    name: str,
+    mqtt: bool = False,
+    flood: bool = False,
+    env: dict[str, str] | None = None,
+) -> ChaosRow:
+    async with Rig(work_dir, size, race=race, mqtt=mqtt, flood=flood, env=env) as rig:
         load = rig.clients
         await asyncio.sleep(size.load_s)
         recovered = True
@@ -960,6 +1002,20 @@ async def mqtt_sigkill(work_dir: Path, size: Size) -> ChaosRow:
     acknowledged waits in tidegate's persistent session until tidegate acknowledged it, durable, so none may be
     lost to a kill; what a killed worker had taken and not acknowledged comes again and is answered duplicate."""
     return await _kill_loop(work_dir, size, race=False, name="h. MQTT beside HTTP, SIGKILL x5", mqtt=True)
+
+
+async def overload_sigkill(work_dir: Path, size: Size) -> ChaosRow:
+    """(j) (a) again with three times the devices, all but every fourth flooding low-priority bodies of about 96
+    KiB while the fourth send high-priority readings: the flooders' bodies pass admission's bulk lane a few at a
+    time and are accepted on the worker's accept thread, the rest are shed (`503 shed`, held before their answer),
+    and the kills land among bodies in every one of those states. Nothing acknowledged may be lost, and the scenario
+    fails if nothing was shed (then it overloaded nothing). The devices' budget of decoded bytes is lifted, so that
+    what refuses the flood is the load shedding, not that budget (`429 byte-budget`)."""
+    flooded = dataclasses.replace(size, clients=size.clients * 3)
+    env = {"TIDEGATE_DECODED_BYTES_PER_DEVICE": "0"}
+    return await _kill_loop(
+        work_dir, flooded, race=False, name="j. low-priority flood beside high, SIGKILL x5", flood=True, env=env
+    )
 
 
 async def mqtt_broker_restart(work_dir: Path, size: Size) -> ChaosRow:
@@ -1248,6 +1304,9 @@ SCENARIOS: dict[str, Scenario] = {
         Scenario("g", "duplicate-races", "duplicate retries racing their originals during (a)", duplicate_races),
         Scenario("h", "mqtt-sigkill", "MQTT devices (QoS 1) beside the HTTP clients during (a)", mqtt_sigkill),
         Scenario("i", "mqtt-broker-restart", "mosquitto restarted twice under MQTT load", mqtt_broker_restart),
+        Scenario(
+            "j", "overload-sigkill", "a low-priority flood of large bodies beside high priority, (a)", overload_sigkill
+        ),
     )
 }
 
