@@ -539,15 +539,8 @@ mod tests {
         )
     }
 
-    /// A path under a `state` directory not made yet (opening the table makes it), in a TempDir that removes it
-    /// all when dropped, even if the test panics: the test holds it for as long as it uses the path.
     fn temp_path(name: &str) -> (tempfile::TempDir, std::path::PathBuf) {
-        let dir = tempfile::Builder::new()
-            .prefix(&format!("tidegate-lastseen-{name}-"))
-            .tempdir()
-            .unwrap();
-        let path = dir.path().join("state").join("devices.tbl");
-        (dir, path)
+        crate::state::temp_table_path(&format!("lastseen-{name}"), "devices.tbl")
     }
 
     fn kinds(alerts: &[Alert]) -> Vec<(AlertKind, &str)> {

@@ -4,3 +4,16 @@
 pub mod dedup;
 pub mod lastseen;
 pub mod table;
+
+/// For tests: the path of a table file `file` under a `state` directory not made yet (opening the table makes it),
+/// in a TempDir (named after `name`) that removes it all when dropped, even if the test panics: the test holds it
+/// for as long as it uses the path.
+#[cfg(test)]
+pub(crate) fn temp_table_path(name: &str, file: &str) -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::Builder::new()
+        .prefix(&format!("tidegate-{name}-"))
+        .tempdir()
+        .unwrap();
+    let path = dir.path().join("state").join(file);
+    (dir, path)
+}

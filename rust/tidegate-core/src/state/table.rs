@@ -791,15 +791,8 @@ mod tests {
         id
     }
 
-    /// A path under a `state` directory not made yet (opening the table makes it), in a TempDir that removes it
-    /// all when dropped, even if the test panics: the test holds it for as long as it uses the path.
     fn temp_path(name: &str) -> (tempfile::TempDir, std::path::PathBuf) {
-        let dir = tempfile::Builder::new()
-            .prefix(&format!("tidegate-shared-{name}-"))
-            .tempdir()
-            .unwrap();
-        let path = dir.path().join("state").join("dedup.tbl");
-        (dir, path)
+        crate::state::temp_table_path(&format!("shared-{name}"), "dedup.tbl")
     }
 
     #[test]
