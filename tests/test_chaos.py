@@ -2,7 +2,7 @@
 
 Each scenario lives in ``tidegate.testing.chaos`` (``tidegate chaos --size full`` runs the full size) and returns
 one row: acknowledged / in spool / in Kafka / duplicates delivered / lost. A scenario passes when lost is 0 and the
-service recovered.
+service recovered, and (j, which overloads the server on purpose) something was shed: `ChaosRow.failures`.
 """
 
 from __future__ import annotations
@@ -27,9 +27,7 @@ def test_chaos_scenario(name: str, tmp_path: Path, record_property: Callable[[st
     print(f"\n{format_table([row])}")
     for field in ("acknowledged", "in_spool", "in_kafka", "duplicates_delivered", "lost", "lost_by_broker"):
         record_property(field, getattr(row, field))
-    assert row.acknowledged > 0, row
-    assert row.lost == 0, format_table([row])
-    assert row.recovered, format_table([row])
+    assert row.passed, "; ".join(row.failures()) + "\n" + format_table([row])
 
 
 def test_a_loss_is_located_in_the_spool_and_the_topic(tmp_path: Path) -> None:

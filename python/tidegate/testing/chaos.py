@@ -18,7 +18,8 @@ and reads back what it holds:
   not lost by tidegate; they are reported separately and never hidden in "lost".
 
 A scenario passes when lost is 0 and the service recovered (it answers ``202`` again after the fault, and with
-Kafka its backlog drained: every acknowledged record reached the broker and the checkpoint caught up).
+Kafka its backlog drained: every acknowledged record reached the broker and the checkpoint caught up), and, in
+one that overloads the server on purpose (j), something was shed (``ChaosRow.failures``).
 
 Run the small size from pytest (``tests/test_chaos.py``), or any size on demand: ``tidegate chaos --size full``.
 Scenarios that need parts not built yet are listed in ``SCENARIOS`` with the reason (``pending``).
@@ -287,7 +288,7 @@ class Load:
     With ``race=True`` every other body is sent on two connections at once (a retry racing its original), the racer
     at the other priority: one copy goes to the high-priority spool, the other to the main one.
 
-    With ``flood=True`` the other devices send low-priority bodies of ``FLOOD_BODY_BYTES`` or more, which admission
+    With ``flood=True`` the other devices send low-priority bodies of about ``FLOOD_BODY_BYTES``, which admission
     takes in its bulk lane and the worker accepts on its accept thread, and sheds (`503 shed`) past the lane.
     """
 
@@ -298,7 +299,8 @@ class Load:
         self.race = race
         self.flood = flood
         self.by_priority: Counter[tuple[str, int | None]] = Counter()
-        """Answers per (priority sent, status); None is a connection error."""
+        """Answers to each attempt, per (priority sent, status): a retry counts again, None is no answer (a
+        connection error), and a racer's answer is not counted (only the first connection's)."""
         self.acknowledged: set[str] = set()
         self.first_answer_duplicate: set[str] = set()
         """Acknowledged ids whose first 202 said `duplicate` (a retry or a racer answered before its original)."""
@@ -941,7 +943,7 @@ class Rig:
                     key=lambda item: -1 if item[0] is None else item[0],
                 )
                 shown = ", ".join(f"{'no answer' if status is None else status}: {n:,}" for status, n in per_status)
-                notes.append(f"{priority} priority's bodies: {shown}")
+                notes.append(f"{priority} priority's requests: {shown}")
         return ChaosRow(
             scenario=scenario,
             acknowledged=len(acknowledged),
@@ -1006,7 +1008,7 @@ async def mqtt_sigkill(work_dir: Path, size: Size) -> ChaosRow:
 
 async def overload_sigkill(work_dir: Path, size: Size) -> ChaosRow:
     """(j) (a) again with three times the devices, all but every fourth flooding low-priority bodies of about 96
-    KiB while the fourth send high-priority readings: the flooders' bodies pass admission's bulk lane a few at a
+    KiB while every fourth sends high-priority readings: the flooders' bodies pass admission's bulk lane a few at a
     time and are accepted on the worker's accept thread, the rest are shed (`503 shed`, held before their answer),
     and the kills land among bodies in every one of those states. Nothing acknowledged may be lost, and the scenario
     fails if nothing was shed (then it overloaded nothing). The devices' budget of decoded bytes is lifted, so that
