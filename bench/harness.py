@@ -1017,6 +1017,13 @@ def markdown(results: Mapping[str, Any]) -> str:
                 f"| {fmt(m['cpu_cores'], 2)} | {fmt(m['rss_mb'])} "
                 f"| wrk, {scenario['connections']} conns ({fmt(m.get('load_cpu_cores', math.nan), 2)}) |"
             )
+    lines += [
+        "",
+        "The latencies above are wrk's, corrected for coordinated omission: an answer far slower than its connection's "
+        "mean interval counts again at every interval it covered, so a scenario with refusals held 0.5-1 s before "
+        "their answer (`admission_refusal_hold_s`: non-2xx above) reads a p99 of hundreds of ms though its accepted "
+        "requests took tens (bench/README.md, Output).",
+    ]
     lines += ["", "| ratio (median of back-to-back pairs) | value | tool |", "|---|---:|---|"]
     for key, value in results["ratios"].items():
         tool = "tidegate-pacer" if key.startswith("overload") else "wrk"
