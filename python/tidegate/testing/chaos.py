@@ -671,13 +671,14 @@ class Rig:
         race: bool = False,
         mqtt: bool = False,
         flood: bool = False,
+        workers: int = 1,
     ) -> None:
         self.work_dir = work_dir
         self.size = size
         self.broker = Broker(work_dir / "broker") if kafka else None
         self.data_dir = data_dir or work_dir / "data"
         settings = {"TIDEGATE_RATE_PER_DEVICE": "0", **(env or {})}
-        self.server = Server(self.data_dir, settings)
+        self.server = Server(self.data_dir, settings, workers=workers)
         self.server.log_path = work_dir / "server.log"  # outside data_dir, which may be a small filesystem
         self.race = race
         self.flood = flood
@@ -971,8 +972,9 @@ async def _kill_loop(
     mqtt: bool = False,
     flood: bool = False,
     env: dict[str, str] | None = None,
+    workers: int = 1,
 ) -> ChaosRow:
-    async with Rig(work_dir, size, race=race, mqtt=mqtt, flood=flood, env=env) as rig:
+    async with Rig(work_dir, size, race=race, mqtt=mqtt, flood=flood, env=env, workers=workers) as rig:
         load = rig.clients
         await asyncio.sleep(size.load_s)
         recovered = True
@@ -984,6 +986,12 @@ async def _kill_loop(
             await asyncio.sleep(size.kill_interval_s)
         await asyncio.sleep(size.load_s)
         notes = [f"{size.kills} SIGKILLs, each restart answered 202 again" if recovered else "no 202 after a restart"]
+        if workers > 1:
+            # Shows that every worker took its share (a worker that took none would make this (a) again).
+            written = await asyncio.to_thread(spool_stats, rig.data_dir)
+            notes.append(
+                "records per spool " + ", ".join(f"{n}: {s['next_seq']:,}" for n, s in sorted(written.items()))
+            )
         if race:
             notes.append(f"{load.raced_bodies:,} bodies sent twice at once")
         return await rig.finish(name, recovered=recovered, notes=notes)
@@ -1018,6 +1026,16 @@ async def overload_sigkill(work_dir: Path, size: Size) -> ChaosRow:
     return await _kill_loop(
         work_dir, flooded, race=False, name="j. low-priority flood beside high, SIGKILL x5", flood=True, env=env
     )
+
+
+async def workers_sigkill(work_dir: Path, size: Size) -> ChaosRow:
+    """(k) (a) again with two workers and twice the devices: each worker writes spools of its own (`w0`, `w1` and
+    their high-priority lanes) while the dedup window, the rate buckets and the devices' table are shared through
+    memory-mapped files; a kill takes both workers and the delivery process, and after each restart the new workers
+    claim the spool directories again, in whichever order their locks fall, so a worker may go on with the other's
+    spools. Nothing acknowledged by either may be lost."""
+    doubled = dataclasses.replace(size, clients=size.clients * 2)
+    return await _kill_loop(work_dir, doubled, race=False, name="k. two workers, SIGKILL x5", workers=2)
 
 
 async def mqtt_broker_restart(work_dir: Path, size: Size) -> ChaosRow:
@@ -1309,6 +1327,7 @@ SCENARIOS: dict[str, Scenario] = {
         Scenario(
             "j", "overload-sigkill", "a low-priority flood of large bodies beside high priority, (a)", overload_sigkill
         ),
+        Scenario("k", "workers-sigkill", "two workers sharing the host's tables, (a)", workers_sigkill),
     )
 }
 
