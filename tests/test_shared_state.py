@@ -6,8 +6,10 @@ workers."""
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -19,6 +21,7 @@ from typing import Any
 import httpx
 import pytest
 import tidegate
+from tidegate.testing.chaos import spooled_ids
 from tidegate.testing.server import Server
 
 from tests.conftest import iso_now, reading, wait_for
@@ -206,3 +209,52 @@ def test_a_record_made_durable_by_a_worker_killed_before_committing_its_claim_is
             break
         copies.extend(json.loads(value)["event_id"] for value in records.values("telemetry-raw"))
     assert copies == [answer["event_id"]]
+
+
+def test_a_killed_worker_is_started_again_while_the_other_serves(tmp_path: Path) -> None:
+    """One worker of two SIGKILLed (as the OOM killer would): the service stays up, the other worker answers, the dead
+    one is started again on its own spool directory, and nothing either acknowledged is lost. Before, Granian
+    stopped every worker and exited when one died."""
+    with Server(tmp_path, {"TIDEGATE_AUTH": "false"}, workers=2) as server, checked_client(server) as http:
+        wait_for(lambda: len(server.worker_pids()) == 2, "both workers")
+        acknowledged: dict[str, dict[str, Any]] = {}
+
+        def send(n: int) -> int:
+            body = reading(f"kill-{n % 5}", metrics={"n": n})
+            try:
+                response = http.post("/api/v1/ingest", json=body, headers=CLOSE)
+            except httpx.TransportError:
+                return 0  # a connection the dead worker held
+            if response.status_code == 202:
+                acknowledged[response.json()["event_id"]] = body
+            return response.status_code
+
+        assert {send(n) for n in range(20)} == {202}
+        before = server.worker_pids()
+        victim = min(before)
+        os.kill(victim, signal.SIGKILL)
+        # The survivor answers meanwhile. Each request is a new connection, so one may also meet the dying worker (a
+        # connection error) or its replacement before it is ready (503 not-ready), never anything else.
+        answered = [send(n) for n in range(20, 60)]
+        assert 202 in answered and set(answered) <= {202, 503, 0}, answered
+
+        def replaced() -> bool:
+            assert server.proc is not None and server.proc.poll() is None, "the server exited when a worker died"
+            return len(server.worker_pids() - {victim}) == 2
+
+        wait_for(replaced, "the killed worker started again")
+        firsts = itertools.count(100, 20)
+
+        def all_accepted() -> bool:
+            first = next(firsts)
+            return all(send(n) == 202 for n in range(first, first + 20))
+
+        wait_for(all_accepted, "both workers accepting")
+        # A retry of a reading acknowledged before the kill is still a duplicate, whichever worker takes it.
+        for body in list(acknowledged.values())[:10]:
+            assert http.post("/api/v1/ingest", json=body, headers=CLOSE).json()["status"] == "duplicate"
+        wait_for(
+            lambda: sorted(p.name for p in (tmp_path / "spool").iterdir()) == ["w0", "w0h", "w1", "w1h"],
+            "the restarted worker's spools",
+        )
+    assert set(acknowledged) <= spooled_ids(tmp_path)

@@ -121,6 +121,12 @@ def _serve(args: argparse.Namespace) -> int:
         # one still alive well past that is killed rather than waited for forever. Nothing acknowledged is lost
         # by it: a 202 is sent only once its records are fsynced.
         workers_kill_timeout=math.ceil(settings.shutdown_deadline_s) + 20,
+        # A worker that dies (the OOM killer, a crash in native code) is started again while the others go on serving;
+        # without this Granian stops every worker and exits when one dies. Safe for what was acknowledged: the dead
+        # worker's records are in its spool, whose lock died with it (the new worker claims that directory again),
+        # and its dedup claims that never became durable are no duplicates to any other worker. A worker that dies
+        # again within 5.5 s of being started makes Granian exit (its crash-loop guard).
+        respawn_failed_workers=True,
         log_access=False,
         # Granian's own cap on concurrent requests per worker is set at least as high as the adaptive limit can
         # go: requests must reach the app, where admission sees them and sheds the low ones cheaply, instead of

@@ -1038,6 +1038,52 @@ async def workers_sigkill(work_dir: Path, size: Size) -> ChaosRow:
     return await _kill_loop(work_dir, doubled, race=False, name="k. two workers, SIGKILL x5", workers=2)
 
 
+def _started_at(pid: int) -> int:
+    """A process's start time, in clock ticks since boot (`/proc/<pid>/stat`, field 22)."""
+    return int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[19])
+
+
+async def worker_killed(work_dir: Path, size: Size) -> ChaosRow:
+    """(l) One worker of two SIGKILLed at a time, as the OOM killer would, 5 times, with retries racing their
+    originals as in (g) (so the two copies often reach different workers): the other worker goes on serving, Granian
+    starts a new worker in the dead one's place, which claims its spools again, and the dead worker's dedup claims
+    that never became durable are no duplicates to anyone. Each kill takes the worker started longest ago, so the two
+    take turns (Granian exits when the worker it just started dies within 5.5 s: its crash-loop guard). Nothing
+    acknowledged may be lost; the service recovered if it answered 202 after each kill and a replacement started."""
+    doubled = dataclasses.replace(size, clients=size.clients * 2)
+    async with Rig(work_dir, doubled, race=True, workers=2) as rig:
+        load = rig.clients
+        await asyncio.sleep(size.load_s)
+        recovered = True
+        for _ in range(size.kills):
+            workers = rig.server.worker_pids()
+            if not workers:  # the server exited
+                recovered = False
+                break
+            victim = min(workers, key=_started_at)
+            os.kill(victim, signal.SIGKILL)
+            killed = time.monotonic()
+            replaced = False
+            while time.monotonic() - killed < size.recovery_timeout_s:
+                if len(rig.server.worker_pids() - {victim}) == 2:
+                    replaced = True
+                    break
+                await asyncio.sleep(0.05)
+            answered = await load.wait_for_ack(killed, size.recovery_timeout_s)
+            recovered = recovered and replaced and answered
+            await asyncio.sleep(size.kill_interval_s)
+        await asyncio.sleep(size.load_s)
+        alive = rig.server.proc is not None and rig.server.proc.poll() is None
+        recovered = recovered and alive
+        notes = [
+            f"{size.kills} workers SIGKILLed one at a time, "
+            + ("each replaced, 202 answered throughout" if recovered else "NOT each replaced")
+            + ("" if alive else "; the server exited"),
+            f"{load.raced_bodies:,} bodies sent twice at once",
+        ]
+        return await rig.finish("l. one worker of two SIGKILLed x5", recovered=recovered, notes=notes)
+
+
 async def mqtt_broker_restart(work_dir: Path, size: Size) -> ChaosRow:
     """(i) mosquitto stopped (SIGTERM: it saves its sessions) and started again on its port, twice, while devices
     publish (QoS 1) beside the HTTP clients; the server is held (SIGSTOP) from a second before each stop until the
@@ -1328,6 +1374,7 @@ SCENARIOS: dict[str, Scenario] = {
             "j", "overload-sigkill", "a low-priority flood of large bodies beside high priority, (a)", overload_sigkill
         ),
         Scenario("k", "workers-sigkill", "two workers sharing the host's tables, (a)", workers_sigkill),
+        Scenario("l", "worker-killed", "one worker of two SIGKILLed at a time, retries racing", worker_killed),
     )
 }
 

@@ -110,6 +110,25 @@ class Server:
                 proc.wait()
         return proc.returncode
 
+    def worker_pids(self) -> set[int]:
+        """The running HTTP workers' process ids: the main process's children but the delivery process's supervisor
+        (read from `/proc`, Linux; empty once the server stopped)."""
+        if self.proc is None:
+            return set()
+        pids = set()
+        try:
+            children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text().split()
+        except FileNotFoundError:
+            return set()
+        for child in children:
+            try:
+                command = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
+            except (FileNotFoundError, ProcessLookupError):
+                continue  # ended while being read
+            if b"deliver" not in command:
+                pids.add(int(child))
+        return pids
+
     def log_tail(self, lines: int = 40) -> str:
         try:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
