@@ -271,14 +271,19 @@ FLOOD_BODY_BYTES = BULK_BODY_BYTES + BULK_BODY_BYTES // 2
 admission counts a body in its bulk lane and the worker accepts it on its accept thread."""
 
 
-async def _acknowledged_after(last_ack: Callable[[], float], after: float, timeout: float) -> bool:
-    """Whether `last_ack()` (time.monotonic() of the latest acknowledgement) passes `after` within `timeout` s."""
+async def _eventually(condition: Callable[[], bool], timeout: float) -> bool:
+    """Whether `condition()` holds within `timeout` seconds (polled every 50 ms)."""
     deadline = time.monotonic() + timeout
-    while last_ack() <= after:
+    while not condition():
         if time.monotonic() >= deadline:
             return False
         await asyncio.sleep(0.05)
     return True
+
+
+async def _acknowledged_after(last_ack: Callable[[], float], after: float, timeout: float) -> bool:
+    """Whether `last_ack()` (time.monotonic() of the latest acknowledgement) passes `after` within `timeout` s."""
+    return await _eventually(lambda: last_ack() > after, timeout)
 
 
 class Load:
@@ -720,12 +725,10 @@ class Rig:
     async def _subscribed(self, timeout: float = 30.0) -> None:
         """Waits until the server subscribed to mosquitto: from then its persistent session keeps what is published
         while the server is down."""
-        assert self.mosquitto is not None
-        deadline = time.monotonic() + timeout
-        while not self.mosquitto.subscribers(MQTT_LAST_SUBSCRIPTION):
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"the server did not subscribe to mosquitto: {self.mosquitto.log_tail()}")
-            await asyncio.sleep(0.05)
+        mosquitto = self.mosquitto
+        assert mosquitto is not None
+        if not await _eventually(lambda: bool(mosquitto.subscribers(MQTT_LAST_SUBSCRIPTION)), timeout):
+            raise RuntimeError(f"the server did not subscribe to mosquitto: {mosquitto.log_tail()}")
 
     async def __aexit__(self, *_exc: object) -> None:
         """Stops every part, each even when stopping one before it failed (the first failure is raised)."""
@@ -1038,9 +1041,9 @@ async def workers_sigkill(work_dir: Path, size: Size) -> ChaosRow:
     return await _kill_loop(work_dir, doubled, race=False, name="k. two workers, SIGKILL x5", workers=2)
 
 
-def _started_at(pid: int) -> int:
-    """A process's start time, in clock ticks since boot (`/proc/<pid>/stat`, field 22)."""
-    return int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[19])
+def _two_workers_without(server: Server, pid: int) -> bool:
+    """Whether two workers other than `pid` run (a killed worker was replaced)."""
+    return len(set(server.worker_pids()) - {pid}) == 2
 
 
 async def worker_killed(work_dir: Path, size: Size) -> ChaosRow:
@@ -1060,15 +1063,12 @@ async def worker_killed(work_dir: Path, size: Size) -> ChaosRow:
             if not workers:  # the server exited
                 recovered = False
                 break
-            victim = min(workers, key=_started_at)
+            victim = workers[0]
             os.kill(victim, signal.SIGKILL)
             killed = time.monotonic()
-            replaced = False
-            while time.monotonic() - killed < size.recovery_timeout_s:
-                if len(rig.server.worker_pids() - {victim}) == 2:
-                    replaced = True
-                    break
-                await asyncio.sleep(0.05)
+            replaced = await _eventually(
+                functools.partial(_two_workers_without, rig.server, victim), size.recovery_timeout_s
+            )
             answered = await load.wait_for_ack(killed, size.recovery_timeout_s)
             recovered = recovered and replaced and answered
             await asyncio.sleep(size.kill_interval_s)

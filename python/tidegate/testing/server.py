@@ -110,24 +110,26 @@ class Server:
                 proc.wait()
         return proc.returncode
 
-    def worker_pids(self) -> set[int]:
-        """The running HTTP workers' process ids: the main process's children but the delivery process's supervisor
-        (read from `/proc`, Linux; empty once the server stopped)."""
+    def worker_pids(self) -> list[int]:
+        """The running HTTP workers' process ids, oldest first: the main process's children but the delivery
+        process's supervisor (read from `/proc`, Linux; empty once the server stopped)."""
         if self.proc is None:
-            return set()
-        pids = set()
+            return []
         try:
             children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text().split()
         except FileNotFoundError:
-            return set()
+            return []
+        started: dict[int, int] = {}
         for child in children:
             try:
                 command = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
+                # `/proc/<pid>/stat` field 22: the start time, in clock ticks since boot.
+                ticks = int(Path(f"/proc/{child}/stat").read_text().rpartition(")")[2].split()[19])
             except (FileNotFoundError, ProcessLookupError):
                 continue  # ended while being read
             if b"deliver" not in command:
-                pids.add(int(child))
-        return pids
+                started[int(child)] = ticks
+        return sorted(started, key=started.__getitem__)
 
     def log_tail(self, lines: int = 40) -> str:
         try:

@@ -604,8 +604,9 @@ impl Admission {
 
     /// Counters and gauges for `/metrics`: `limit`, `capacity_<priority>`, `in_flight`, `in_flight_<priority>`,
     /// `bulk_in_flight_<priority>`, `bulk_places`, `high_slowdown`, `bulk_narrowings`, `bulk_narrow_seconds`,
-    /// `slowdown`, `drain_rate`, `refusal_seconds`, `loop_busy`, `shed_level`, `loop_queue`, `admitted_<priority>`, `refused_<reason>_<priority>`, `shed_<priority>` (the refusals that
-    /// shed by load and priority), `refusals_held` (since the start) and `refusals_holding` (now).
+    /// `slowdown`, `drain_rate`, `refusal_seconds`, `loop_busy`, `shed_level`, `loop_queue`, `admitted_<priority>`,
+    /// `refused_<reason>_<priority>`, `shed_<priority>` (the refusals that shed by load and priority),
+    /// `refusals_held` (since the start) and `refusals_holding` (now).
     fn snapshot<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let s = self.inner.snapshot();
         let out = PyDict::new(py);
