@@ -37,6 +37,16 @@ pub mod gateway;
 pub mod spool;
 pub mod state;
 
+/// For tests: a directory of its own (`tidegate-<name>-…` under the system's temporary directory), removed with
+/// everything in it when the returned value is dropped, even if the test panics.
+#[cfg(test)]
+pub(crate) fn test_dir(name: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("tidegate-{name}-"))
+        .tempdir()
+        .unwrap()
+}
+
 pub use canonical::records::{RecordRef, Records};
 pub use contract::schema::SchemaError;
 pub use contract::validator::{MetricRange, Outcome, Request, Validator, ValidatorOptions};

@@ -1308,7 +1308,7 @@ mod tests {
 
     #[test]
     fn a_held_source_waits_where_a_request_would_be_refused() {
-        let dir = tempfile::Builder::new().prefix("tidegate-wait-for-").tempdir().unwrap();
+        let dir = crate::test_dir("wait-for");
         let rates = Arc::new(RateTable::open(Some(&dir.path().join("rates.tbl")), 64, 1.0, 2.0).unwrap());
         let admission = Admission::new(
             AdmissionConfig {
@@ -1343,10 +1343,7 @@ mod tests {
 
     #[test]
     fn keys_and_device_buckets() {
-        let dir = tempfile::Builder::new()
-            .prefix("tidegate-admission-")
-            .tempdir()
-            .unwrap();
+        let dir = crate::test_dir("admission");
         let path = dir.path().join("keys.json");
         let digest: String = super::super::keys::sha256(b"pw")
             .iter()

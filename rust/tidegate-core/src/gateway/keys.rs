@@ -264,12 +264,8 @@ mod tests {
         fs::rename(&tmp, path).unwrap();
     }
 
-    /// Removed when dropped, even if the test panics.
     fn dir(name: &str) -> tempfile::TempDir {
-        tempfile::Builder::new()
-            .prefix(&format!("tidegate-keys-{name}-"))
-            .tempdir()
-            .unwrap()
+        crate::test_dir(&format!("keys-{name}"))
     }
 
     #[test]

@@ -38,10 +38,7 @@ fn gateway_with_lanes(
     spool_options: SpoolOptions,
     high_options: Option<SpoolOptions>,
 ) -> TestGateway {
-    let dir = tempfile::Builder::new()
-        .prefix(&format!("tidegate-gateway-{name}-"))
-        .tempdir()
-        .unwrap();
+    let dir = crate::test_dir(&format!("gateway-{name}"));
     let options = ValidatorOptions {
         quarantine: true,
         ..ValidatorOptions::default()

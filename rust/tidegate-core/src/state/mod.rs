@@ -10,10 +10,7 @@ pub mod table;
 /// for as long as it uses the path.
 #[cfg(test)]
 pub(crate) fn temp_table_path(name: &str, file: &str) -> (tempfile::TempDir, std::path::PathBuf) {
-    let dir = tempfile::Builder::new()
-        .prefix(&format!("tidegate-{name}-"))
-        .tempdir()
-        .unwrap();
+    let dir = crate::test_dir(name);
     let path = dir.path().join("state").join(file);
     (dir, path)
 }
