@@ -62,6 +62,8 @@ sys.path[:0] = [str(ROOT / "python"), str(ROOT)]
 
 from tidegate.testing.server import Server  # noqa: E402
 
+from bench.harness import bucket_quantile, commit_buckets  # noqa: E402
+
 CONFIGS = {
     "adaptive": {},
     "no-high-spool": {"TIDEGATE_HIGH_PRIORITY_SPOOL": "false"},
@@ -198,29 +200,10 @@ async def flood(
             await asyncio.sleep(pause)
 
 
-def commit_buckets(text: str) -> dict[str, dict[float, float]]:
-    """`tidegate_spool_commit_seconds` per spool (main, high) in a scrape of `/metrics`: cumulative count per bucket
-    upper bound (+Inf as inf)."""
-    buckets: dict[str, dict[float, float]] = {"main": {}, "high": {}}
-    for spool, counts in buckets.items():
-        prefix = f'tidegate_spool_commit_seconds_bucket{{spool="{spool}",le="'
-        for line in text.splitlines():
-            if line.startswith(prefix):
-                counts[float(line[len(prefix) :].split('"', 1)[0])] = float(line.rsplit(" ", 1)[1])
-    return buckets
-
-
 def narrowed_seconds(text: str) -> float:
     """`tidegate_admission_bulk_narrowed_seconds_total` in a scrape of `/metrics`."""
     prefix = "tidegate_admission_bulk_narrowed_seconds_total "
     return next(float(line[len(prefix) :]) for line in text.splitlines() if line.startswith(prefix))
-
-
-def bucket_quantile(before: dict[float, float], after: dict[float, float], q: float) -> float:
-    """The upper bound of the bucket holding the `q` quantile of what was observed between two scrapes."""
-    counts = {bound: after[bound] - before.get(bound, 0.0) for bound in sorted(after)}
-    total = counts.get(float("inf"), 0.0)
-    return next((bound for bound, count in counts.items() if count >= q * total and total), float("nan"))
 
 
 def percentile(values: list[float], q: float) -> float:
