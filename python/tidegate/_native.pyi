@@ -554,6 +554,10 @@ class Spool:
         """Makes the next `count` writes fail as on a full disk (a commit writes half its frames; starting a new
         segment fails): fault injection for tests where no small filesystem can be mounted."""
 
+    def inject_commit_delay(self, delay_ms: int) -> None:
+        """Makes every commit's fsync start `delay_ms` late, as on a disk that stalls, until set to 0 (fault injection
+        for the chaos suite)."""
+
     @property
     def checkpoint_error(self) -> str | None:
         """Why the delivery checkpoint could not be read at open (delivery restarts from the oldest record on

@@ -163,8 +163,9 @@ class Settings:
     fault_injection: bool = False
     """For tests and the chaos suite only: a worker turns a file `<data_dir>/faults/spool-write-failures` holding
     N into its next N spool commits failing halfway, as on a full disk (where no small filesystem can be mounted),
-    and a file `<data_dir>/faults/loop-stall` into its event loop stopping until `<data_dir>/faults/loop-resume`
-    appears."""
+    a file `<data_dir>/faults/spool-commit-delay` holding M into every commit's fsync starting M ms late, as on a
+    disk that stalls (0 lifts it), and a file `<data_dir>/faults/loop-stall` into its event loop stopping until
+    `<data_dir>/faults/loop-resume` appears."""
     admission_initial_limit: float = 1024.0
     """The adaptive concurrency limit per worker, in cost units (a body costs 1 + size / 4 KiB), at start;
     it adapts between `admission_min_limit` and `admission_max_limit` (the core's `gateway/limit.rs`)."""

@@ -668,6 +668,14 @@ class Gateway:
             # The main spool's next writes (a high-priority spool that may see no writes would keep them armed).
             self.spools[0].inject_write_failures(count)
             log.warning(json.dumps({"event": "fault_injected", "spool_write_failures": count}))
+        delay = faults / "spool-commit-delay"
+        with contextlib.suppress(FileNotFoundError, ValueError):
+            delay_ms = int(delay.read_text().strip())
+            delay.unlink()
+            # Every spool of the worker: a disk that stalls stalls them all. 0 lifts it.
+            for spool in self.spools:
+                spool.inject_commit_delay(delay_ms)
+            log.warning(json.dumps({"event": "fault_injected", "spool_commit_delay_ms": delay_ms}))
         stall = faults / "loop-stall"
         with contextlib.suppress(FileNotFoundError):
             stall.unlink()

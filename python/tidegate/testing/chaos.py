@@ -61,7 +61,7 @@ from tidegate.delivery.status import running_delivery_pid
 from tidegate.testing.broker import Broker, Collector, consume_all, reveal_tails
 from tidegate.testing.mosquitto import Mosquitto
 from tidegate.testing.processes import LOOPBACK
-from tidegate.testing.server import Server, arm_spool_write_failures
+from tidegate.testing.server import Server, arm_spool_commit_delay, arm_spool_write_failures
 
 __all__ = ["SCENARIOS", "SIZES", "ChaosRow", "Scenario", "Size", "format_table", "main", "run_scenario"]
 
@@ -152,6 +152,9 @@ class ChaosRow:
     shed: int | None = None
     """In a scenario that overloads the server on purpose, the requests it refused for load (`503 shed`); None
     elsewhere."""
+    fault_in_effect: bool = True
+    """False when an injected fault was not taken by the worker before it was killed (the scenario then tested less
+    than it says)."""
 
     def failures(self) -> list[str]:
         """Why the scenario failed (empty when it passed)."""
@@ -164,6 +167,8 @@ class ChaosRow:
             out.append("the service did not recover")
         if self.shed == 0:
             out.append("nothing was shed: the overload the scenario is about never happened")
+        if not self.fault_in_effect:
+            out.append("the injected fault was not in effect at every kill: the scenario proved less than it says")
         return out
 
     @property
@@ -1084,6 +1089,51 @@ async def worker_killed(work_dir: Path, size: Size) -> ChaosRow:
         return await rig.finish("l. one worker of two SIGKILLed x5", recovered=recovered, notes=notes)
 
 
+SLOW_DISK_DELAYS_MS = (250, 1000)
+"""(m) How late each commit's fsync starts, by turns: about what this machine's virtual disk showed by itself (a
+flush of 50-300 ms at times, bench/JOURNAL.md), and a stall past the clients' patience for a single reading."""
+
+
+def _taken(trigger: Path) -> bool:
+    """Whether the worker took an armed fault (it deletes the trigger file as it does)."""
+    return not trigger.exists()
+
+
+async def slow_disk_sigkill(work_dir: Path, size: Size) -> ChaosRow:
+    """(m) (a) on a disk that stalls: every commit's fsync starts 250 ms or 1 s late (by turns; fault injection,
+    ``spool-commit-delay``), so every acknowledgement waits for it while the clients' records keep arriving and are
+    written but not yet synced, and the server is SIGKILLed in the middle of that, 5 times. The fault dies with the
+    worker, so it is armed again after each restart, and lifted for the last stretch of load. Nothing acknowledged
+    may be lost: an answer waits for the fsync that covers its records, however late, and what was written and not
+    synced when the process died was never acknowledged. Recovered: a 202 after each restart and after the lift."""
+    env = {"TIDEGATE_FAULT_INJECTION": "true"}
+    async with Rig(work_dir, size, env=env) as rig:
+        load = rig.clients
+        await asyncio.sleep(size.load_s)
+        recovered = True
+        taken = 0
+        for kill in range(size.kills):
+            trigger = arm_spool_commit_delay(rig.data_dir, SLOW_DISK_DELAYS_MS[kill % len(SLOW_DISK_DELAYS_MS)])
+            if await _eventually(functools.partial(_taken, trigger), size.recovery_timeout_s):
+                taken += 1
+            await asyncio.sleep(size.kill_interval_s)
+            await asyncio.to_thread(rig.server.stop, kill=True)
+            await rig.restart_server()
+            recovered = await load.wait_for_ack(time.monotonic(), size.recovery_timeout_s) and recovered
+        lifted = arm_spool_commit_delay(rig.data_dir, 0)
+        await _eventually(functools.partial(_taken, lifted), size.recovery_timeout_s)
+        recovered = await load.wait_for_ack(time.monotonic(), size.recovery_timeout_s) and recovered
+        await asyncio.sleep(size.load_s)
+        notes = [
+            f"commits slowed by {' / '.join(f'{d:,} ms' for d in SLOW_DISK_DELAYS_MS)} by turns, the worker took the "
+            f"fault {taken} of {size.kills} times; {size.kills} SIGKILLs while slow, "
+            + ("each restart answered 202 again" if recovered else "no 202 after a restart")
+        ]
+        row = await rig.finish("m. slow disk (fsync 0.25-1 s late), SIGKILL x5", recovered=recovered, notes=notes)
+        row.fault_in_effect = taken == size.kills
+        return row
+
+
 async def mqtt_broker_restart(work_dir: Path, size: Size) -> ChaosRow:
     """(i) mosquitto stopped (SIGTERM: it saves its sessions) and started again on its port, twice, while devices
     publish (QoS 1) beside the HTTP clients; the server is held (SIGSTOP) from a second before each stop until the
@@ -1375,6 +1425,7 @@ SCENARIOS: dict[str, Scenario] = {
         ),
         Scenario("k", "workers-sigkill", "two workers sharing the host's tables, (a)", workers_sigkill),
         Scenario("l", "worker-killed", "one worker of two SIGKILLed at a time, retries racing", worker_killed),
+        Scenario("m", "slow-disk", "every fsync 0.25-1 s late, SIGKILL x5 meanwhile", slow_disk_sigkill),
     )
 }
 

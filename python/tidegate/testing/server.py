@@ -18,12 +18,24 @@ from tidegate.testing.processes import free_port
 
 def arm_spool_write_failures(data_dir: Path, count: int) -> Path:
     """Has a worker serving `data_dir` with fault injection on make its next `count` writes to its main spool fail (the
-    setting `fault_injection`); returns the trigger file, which the worker deletes once it took it. Written whole
-    under another name and renamed: a worker reading the file between its creation and its write took it as 0."""
-    trigger = data_dir / "faults" / "spool-write-failures"
+    setting `fault_injection`); returns the trigger file, which the worker deletes once it took it."""
+    return _arm_fault(data_dir, "spool-write-failures", count)
+
+
+def arm_spool_commit_delay(data_dir: Path, delay_ms: int) -> Path:
+    """Has a worker serving `data_dir` with fault injection on start every commit's fsync `delay_ms` late, as on a
+    disk that stalls, until armed again with 0 or the worker dies; returns the trigger file, which the worker deletes
+    once it took it."""
+    return _arm_fault(data_dir, "spool-commit-delay", delay_ms)
+
+
+def _arm_fault(data_dir: Path, name: str, value: int) -> Path:
+    """Writes a fault's trigger file (`Gateway._inject_faults` reads it about once a second). Written whole under
+    another name and renamed: a worker reading the file between its creation and its write took it as 0."""
+    trigger = data_dir / "faults" / name
     trigger.parent.mkdir(parents=True, exist_ok=True)
     written = trigger.with_name(f"{trigger.name}.{os.getpid()}.tmp")
-    written.write_text(str(count))
+    written.write_text(str(value))
     written.replace(trigger)
     return trigger
 

@@ -193,6 +193,12 @@ impl Spool {
         self.inner.inject_write_failures(count);
     }
 
+    /// Makes every commit's fsync start `delay_ms` late, as on a disk that stalls, until 0 (fault injection, see
+    /// the core).
+    fn inject_commit_delay(&self, delay_ms: u64) {
+        self.inner.inject_commit_delay(delay_ms);
+    }
+
     #[pyo3(signature = (horizon = None))]
     fn cleanup(&self, py: Python<'_>, horizon: Option<u64>) -> PyResult<usize> {
         py.detach(|| match horizon {

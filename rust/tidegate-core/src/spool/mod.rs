@@ -228,6 +228,9 @@ pub struct Spool {
     /// Fault injection for tests without root (no small filesystem to fill): the next N commits write half
     /// their frames and fail as a full disk does.
     injected_write_failures: AtomicU32,
+    /// Fault injection: every commit's fsync starts this many milliseconds late, as on a disk that stalls (a
+    /// virtual disk's flush took 50-300 ms at times on the development machine; bench/JOURNAL.md).
+    injected_commit_delay_ms: AtomicU64,
 }
 
 /// Who opened the spool, which decides what it may do.
@@ -700,6 +703,7 @@ impl Spool {
             removed_segments: AtomicU64::new(0),
             unreadable_records: AtomicU64::new(0),
             injected_write_failures: AtomicU32::new(0),
+            injected_commit_delay_ms: AtomicU64::new(0),
         })
     }
 
@@ -764,6 +768,10 @@ impl Spool {
             }
             let file = lock(&self.writer).file.try_clone()?;
             self.write_frames(&file, &pending)?;
+            let delay_ms = self.injected_commit_delay_ms.load(Ordering::Relaxed);
+            if delay_ms > 0 {
+                std::thread::sleep(Duration::from_millis(delay_ms));
+            }
             file.sync_data()?;
             Ok::<(), SpoolError>(())
         })();
@@ -870,6 +878,13 @@ impl Spool {
     /// fails (fault injection for the tests and the chaos suite where no small filesystem can be mounted).
     pub fn inject_write_failures(&self, count: u32) {
         self.injected_write_failures.store(count, Ordering::Relaxed);
+    }
+
+    /// Makes every commit's fsync start `delay_ms` late, as on a disk that stalls, until set to 0 (fault
+    /// injection for the chaos suite: no slow device can be made without device-mapper, which the test machines'
+    /// kernels may lack). The frames are written first, so a process killed meanwhile leaves them on disk unsynced.
+    pub fn inject_commit_delay(&self, delay_ms: u64) {
+        self.injected_commit_delay_ms.store(delay_ms, Ordering::Relaxed);
     }
 
     /// Blocks until every record below `seq` is durable, sharing fsyncs with concurrent callers: the first
