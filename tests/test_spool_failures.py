@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from tidegate.testing.server import Server, arm_spool_write_failures
+from tidegate.testing.server import Server, arm_spool_write_failures, fault_taken
 
 from tests.conftest import reading, until_in_flight
 from tests.test_http import spooled_values
@@ -25,9 +25,9 @@ def inject_write_failures(server: Server, count: int) -> None:
     """Arms `count` failing spool writes in the server's worker; returns once the worker took them."""
     trigger = arm_spool_write_failures(server.data_dir, count)
     guard = time.monotonic() + 60  # a hang guard, not a speed requirement
-    while trigger.exists() and time.monotonic() < guard:
+    while not fault_taken(trigger) and time.monotonic() < guard:
         time.sleep(0.05)
-    assert not trigger.exists(), "the worker never took the injected fault"
+    assert fault_taken(trigger), "the worker never took the injected fault"
 
 
 def wait_ready(http: httpx.Client) -> list[int]:

@@ -658,20 +658,24 @@ class Gateway:
                 )
         return removed
 
+    def _take_fault(self, name: str) -> int | None:
+        """The number in the trigger file `<data_dir>/faults/<name>` (`tidegate.testing.server._arm_fault`), which
+        this worker deletes as it takes it (one worker takes it); None when there is none. A file not yet written
+        whole (empty, or cut) is left for the next look rather than taken as 0."""
+        trigger = self.settings.data_dir / "faults" / name
+        with contextlib.suppress(FileNotFoundError, ValueError):
+            value = int(trigger.read_text().strip())
+            trigger.unlink()
+            return max(value, 0)
+        return None
+
     def _inject_faults(self) -> None:
         faults = self.settings.data_dir / "faults"
-        trigger = faults / "spool-write-failures"
-        with contextlib.suppress(FileNotFoundError, ValueError):
-            # A file not yet written whole (empty, or cut) is left for the next look rather than taken as 0.
-            count = int(trigger.read_text().strip())
-            trigger.unlink()  # one worker takes it
+        if (count := self._take_fault("spool-write-failures")) is not None:
             # The main spool's next writes (a high-priority spool that may see no writes would keep them armed).
             self.spools[0].inject_write_failures(count)
             log.warning(json.dumps({"event": "fault_injected", "spool_write_failures": count}))
-        delay = faults / "spool-commit-delay"
-        with contextlib.suppress(FileNotFoundError, ValueError):
-            delay_ms = int(delay.read_text().strip())
-            delay.unlink()
+        if (delay_ms := self._take_fault("spool-commit-delay")) is not None:
             # Every spool of the worker: a disk that stalls stalls them all. 0 lifts it.
             for spool in self.spools:
                 spool.inject_commit_delay(delay_ms)

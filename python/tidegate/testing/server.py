@@ -29,9 +29,14 @@ def arm_spool_commit_delay(data_dir: Path, delay_ms: int) -> Path:
     return _arm_fault(data_dir, "spool-commit-delay", delay_ms)
 
 
+def fault_taken(trigger: Path) -> bool:
+    """Whether a worker took an armed fault: it deletes the trigger file as it does."""
+    return not trigger.exists()
+
+
 def _arm_fault(data_dir: Path, name: str, value: int) -> Path:
-    """Writes a fault's trigger file (`Gateway._inject_faults` reads it about once a second). Written whole under
-    another name and renamed: a worker reading the file between its creation and its write took it as 0."""
+    """Writes a fault's trigger file (`Gateway._take_fault` looks for it about once a second). Written whole under
+    another name and renamed, so that no worker reads a number half written ("250" as "2")."""
     trigger = data_dir / "faults" / name
     trigger.parent.mkdir(parents=True, exist_ok=True)
     written = trigger.with_name(f"{trigger.name}.{os.getpid()}.tmp")
