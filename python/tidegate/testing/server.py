@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import signal
 import subprocess
@@ -13,6 +14,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
 
+from tidegate.instance import LOCK_NAME
 from tidegate.testing.processes import free_port
 
 
@@ -125,7 +127,30 @@ class Server:
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
+        self._wait_released(timeout)
         return proc.returncode
+
+    def _wait_released(self, timeout: float) -> None:
+        """Waits until no process of the stopped instance holds the data dir's instance lock. The workers share the
+        main process's lock (they are forked from it), and a worker SIGKILLed in the middle of an fsync dies only
+        once the fsync returns, which a slow disk can make last past the main process's end (the likeliest reading of
+        a restart refused at once, `another tidegate ... serves the data dir`, in CI's scenario k on 2026-12-03,
+        on a machine whose disk stalled for 50-300 ms at times)."""
+        path = self.data_dir / LOCK_NAME
+        if not path.exists():
+            return
+        deadline = time.monotonic() + timeout  # a hang guard: the restart after it reports what still holds it
+        with path.open("a") as probe:
+            while True:
+                try:
+                    fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        return
+                    time.sleep(0.02)
+                    continue
+                fcntl.flock(probe, fcntl.LOCK_UN)
+                return
 
     def worker_pids(self) -> list[int]:
         """The running HTTP workers' process ids, oldest first: the main process's children but the delivery
