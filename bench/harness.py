@@ -196,7 +196,8 @@ class Service:
     def metrics(self) -> str:
         """A scrape of the server's `/metrics` (tidegate's Prometheus text)."""
         with urllib.request.urlopen(self.url + "/metrics", timeout=10) as response:
-            return response.read().decode()
+            body: bytes = response.read()
+        return body.decode()
 
     def ready(self) -> bool:
         try:
