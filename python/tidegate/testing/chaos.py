@@ -1291,9 +1291,10 @@ class _InjectedDiskFull:
     def fill(self) -> None:
         arm_spool_write_failures(self.data_dir, 1_000_000_000)
 
-    def free(self) -> int:
+    def free(self) -> str:
+        """Lifts the fault; says so for the row (no space was freed: the disk is the machine's)."""
         arm_spool_write_failures(self.data_dir, 0)
-        return shutil.disk_usage(self.data_dir).free
+        return "fault lifted"
 
     def grow(self) -> None:
         """Nothing to do: the fault is lifted and the disk is the machine's."""
@@ -1328,10 +1329,10 @@ class _Tmpfs:
                 ballast.write(chunk)
         return self
 
-    def free(self) -> int:
-        """Deletes the ballast; returns the bytes now free."""
+    def free(self) -> str:
+        """Deletes the ballast; says how much is free now, for the row."""
         self.ballast.unlink(missing_ok=True)
-        return shutil.disk_usage(self.mount_point).free
+        return f"{shutil.disk_usage(self.mount_point).free >> 20} MiB freed"
 
     def grow(self) -> None:
         """Makes the filesystem 8 times as large (the load that goes on after `free` fills it again)."""
@@ -1373,15 +1374,15 @@ async def _disk_full(work_dir: Path, size: Size, *, inject: bool) -> ChaosRow:
             full_after = time.monotonic() - began
             await asyncio.sleep(size.load_s)  # full for a while
             ready_while_full = await rig.ready_status()
-            room = await asyncio.to_thread(disk.free)
+            freed_how = await asyncio.to_thread(disk.free)
             freed = time.monotonic()
             recovered = await load.wait_for_ack(freed, size.recovery_timeout_s)
             if recovered:
                 await asyncio.sleep(size.load_s)
-            how = f"tmpfs {size.tmpfs_bytes >> 20} MiB" if isinstance(disk, _Tmpfs) else "injected ENOSPC (no root)"
+            how = f"tmpfs {size.tmpfs_bytes >> 20} MiB" if isinstance(disk, _Tmpfs) else "injected ENOSPC"
             notes = [
                 f"{how}; full after {full_after:.1f} s: "
-                f"{'503' if saw_full else 'never 503'}, /health/ready {ready_while_full}; {room >> 20} MiB freed: "
+                f"{'503' if saw_full else 'never 503'}, /health/ready {ready_while_full}; {freed_how}: "
                 + ("202 again" if recovered else f"no 202 within {size.recovery_timeout_s:g} s")
             ]
             name = "d. disk full (injected), then lifted" if inject else "d. disk full, then space freed"
