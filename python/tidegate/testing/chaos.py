@@ -658,14 +658,16 @@ def spool_stats(data_dir: Path) -> dict[str, dict[str, int]]:
 
 @contextlib.contextmanager
 def _stopped(send: Callable[[int], None] | None) -> Iterator[None]:
-    """What `send(signal)` reaches stopped (SIGSTOP) for the block, then let go (SIGCONT); None: nothing to stop."""
+    """What `send(signal)` reaches stopped (SIGSTOP) for the block, then let go (SIGCONT), unless the block killed
+    it; None: nothing to stop."""
     if send is not None:
         send(signal.SIGSTOP)
     try:
         yield
     finally:
         if send is not None:
-            send(signal.SIGCONT)
+            with contextlib.suppress(ProcessLookupError):
+                send(signal.SIGCONT)
 
 
 class Rig:
@@ -982,20 +984,29 @@ async def _kill_loop(
     flood: bool = False,
     env: dict[str, str] | None = None,
     workers: int = 1,
+    restart_workers: Sequence[int] = (),
+    hold_delivery_s: float = 0.0,
 ) -> ChaosRow:
+    """SIGKILLs the server `size.kills` times under load and restarts it; with `restart_workers`, the restarts take
+    those counts of workers in turn; with `hold_delivery_s`, the delivery process is held (SIGSTOP) that long before
+    each kill, so that every spool has records not delivered yet when it comes."""
     async with Rig(work_dir, size, race=race, mqtt=mqtt, flood=flood, env=env, workers=workers) as rig:
         load = rig.clients
         await asyncio.sleep(size.load_s)
         recovered = True
-        for _ in range(size.kills):
-            await asyncio.to_thread(rig.server.stop, kill=True)
+        for kill in range(size.kills):
+            with rig.delivery_held() if hold_delivery_s else contextlib.nullcontext():
+                await asyncio.sleep(hold_delivery_s)
+                await asyncio.to_thread(rig.server.stop, kill=True)
+            if restart_workers:
+                rig.server.workers = restart_workers[kill % len(restart_workers)]
             await rig.restart_server()
             back = time.monotonic()
             recovered = await load.wait_for_ack(back, size.recovery_timeout_s) and recovered
             await asyncio.sleep(size.kill_interval_s)
         await asyncio.sleep(size.load_s)
         notes = [f"{size.kills} SIGKILLs, each restart answered 202 again" if recovered else "no 202 after a restart"]
-        if workers > 1:
+        if workers > 1 or restart_workers:
             # Shows that every worker took its share (a worker that took none would make this (a) again).
             written = await asyncio.to_thread(spool_stats, rig.data_dir)
             notes.append(
@@ -1045,6 +1056,35 @@ async def workers_sigkill(work_dir: Path, size: Size) -> ChaosRow:
     spools. Nothing acknowledged by either may be lost."""
     doubled = dataclasses.replace(size, clients=size.clients * 2)
     return await _kill_loop(work_dir, doubled, race=False, name="k. two workers, SIGKILL x5", workers=2)
+
+
+async def workers_change(work_dir: Path, size: Size) -> ChaosRow:
+    """(n) The workers become fewer and more again across kills: two, SIGKILLed and restarted with one, then two,
+    and so on (ending with one), with retries racing their originals as in (g). While one worker runs, `w1` and
+    `w1h` are left: no worker writes them, the delivery process drains them, and the worker deletes their delivered
+    segments from their files (`Gateway._clean_left_spools`, at once after each start); when two run again, the
+    second claims them and writes on after what they hold. Before each kill the delivery process is held for a
+    while, so that the left spools have records not yet delivered when that cleanup comes. Segments are small, kept
+    no longer than delivered (retention 0), and the quota is 16 of them, so that the workers' own spools run past
+    half full and are cleaned at every look (each second) while records are in flight, and high priority's spool
+    (an eighth) fills and sends its records to the main one. Nothing acknowledged may be lost: cleaning the left
+    spools up to what was durable instead of what was delivered lost records here."""
+    doubled = dataclasses.replace(size, clients=size.clients * 2)
+    env = {
+        "TIDEGATE_SPOOL_SEGMENT_BYTES": str(size.segment_bytes),
+        "TIDEGATE_SPOOL_QUOTA_BYTES": str(16 * size.segment_bytes),
+        "TIDEGATE_SPOOL_RETENTION_SECONDS": "0",
+    }
+    return await _kill_loop(
+        work_dir,
+        doubled,
+        race=True,
+        name="n. workers 2 -> 1 -> 2 across SIGKILLs",
+        env=env,
+        workers=2,
+        restart_workers=(1, 2),
+        hold_delivery_s=min(size.kill_interval_s, 2.0),
+    )
 
 
 def _two_workers_without(server: Server, pid: int) -> bool:
@@ -1422,6 +1462,7 @@ SCENARIOS: dict[str, Scenario] = {
         Scenario("k", "workers-sigkill", "two workers sharing the host's tables, (a)", workers_sigkill),
         Scenario("l", "worker-killed", "one worker of two SIGKILLed at a time, retries racing", worker_killed),
         Scenario("m", "slow-disk", "every fsync 0.25-1 s late, SIGKILL x5 meanwhile", slow_disk_sigkill),
+        Scenario("n", "workers-change", "the workers fewer and more again across SIGKILLs", workers_change),
     )
 }
 
