@@ -17,7 +17,7 @@ from tests.conftest import event, metric, reading
 
 def test_low_fills_only_its_share_and_never_takes_room_from_high() -> None:
     admission = Admission(initial_limit=10, min_limit=10, max_limit=10)
-    admission.set_conditions(True, False, 0.0)
+    admission.set_conditions(True, False, False, 0.0)
 
     def ask(priority: str, size: int = 100) -> tuple[AdmissionTicket, tuple[int, bytes, list[tuple[str, str]]] | None]:
         ticket, _, _, refusal = admission.decide([("x-priority", priority), ("content-length", str(size))], "medium", 0)
@@ -41,7 +41,7 @@ def test_low_fills_only_its_share_and_never_takes_room_from_high() -> None:
 
 def test_a_busy_event_loop_sheds_low_before_medium_and_never_high() -> None:
     admission = Admission(initial_limit=1e9, min_limit=1e9, max_limit=1e9, loop_busy_target=0.8)
-    admission.set_conditions(True, False, 0.0)
+    admission.set_conditions(True, False, False, 0.0)
 
     def refused(priority: str) -> int:
         count = 0
@@ -71,7 +71,7 @@ def test_keys_are_verified_natively_and_revocation_is_seen(tmp_path: Path) -> No
     keys = Keys(tmp_path / "keys.json", reload_interval=0)
     # One token, refilled after about three hours: the second request is refused however slow the machine.
     admission = Admission(keys=keys, rates=RateTable(rate=1e-4, burst=1), initial_limit=10, min_limit=10)
-    admission.set_conditions(True, False, 0.0)
+    admission.set_conditions(True, False, False, 0.0)
 
     def status(*headers: tuple[str, str]) -> int:
         ticket, device_id, _, refusal = admission.decide(list(headers), "high", 0)

@@ -1002,8 +1002,14 @@ class TestAdmission:
             )
             assert devices[1] == "dhigh0", devices
 
-    def test_full_spool_answers_503_and_not_ready(self, tmp_path: Path) -> None:
-        env = {"TIDEGATE_AUTH": "false", "TIDEGATE_SPOOL_QUOTA_BYTES": "65536", "TIDEGATE_SPOOL_SEGMENT_BYTES": "16384"}
+    def test_full_spool_answers_503_spool_full_and_not_ready(self, tmp_path: Path) -> None:
+        # No archive (nor Kafka): nothing frees room, so the spool stays full.
+        env = {
+            "TIDEGATE_AUTH": "false",
+            "TIDEGATE_SPOOL_QUOTA_BYTES": "65536",
+            "TIDEGATE_SPOOL_SEGMENT_BYTES": "16384",
+            "TIDEGATE_ARCHIVE": "false",
+        }
         with Server(tmp_path, env) as tiny, httpx.Client(base_url=tiny.url) as http:
             statuses = []
             for i in range(200):
@@ -1020,6 +1026,10 @@ class TestAdmission:
                     break
             assert statuses[0] == 202 and statuses[-1] == 503
             wait_for(lambda: http.get("/health/ready").status_code == 503, "not ready once the spool is full")
+            # From then on refused before the body is read, and still told why (it said not-ready before).
+            after = http.post("/api/v1/ingest", json=reading("fill-after"), headers={"X-Priority": "high"})
+            assert assert_problem(after, 503)["type"] == "urn:tidegate:problem:spool-full"
+            assert after.headers["retry-after"]
 
 
 class TestLifecycle:

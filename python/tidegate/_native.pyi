@@ -784,8 +784,9 @@ class Admission:
         the shed level rises (low priority shed in proportion, then medium; never high), below it falls."""
     def done(self, ticket: AdmissionTicket) -> None:
         """The ticket's request was answered (an admitted one's time counts in the limit). Idempotent."""
-    def set_conditions(self, ready: bool, spool_failing: bool, pressure: float) -> None:
-        """Readiness, a failing spool, and `max(spool fill (1 when full), loop lag / its threshold)`."""
+    def set_conditions(self, ready: bool, spool_failing: bool, spool_full: bool, pressure: float) -> None:
+        """Readiness (when not ready: a failing spool is refused `spool-error`, a full one `spool-full`, else
+        `not-ready`), and `max(spool fill (1 when full), loop lag / its threshold)`."""
     def wait_for(self, device_id: str, priority: str, in_flight_records: int) -> float:
         """For MQTT, which holds a message it cannot take yet instead of refusing it: 0 when a message of
         `device_id` at `priority` may be taken now (the device's token taken), else the seconds to wait before

@@ -408,7 +408,7 @@ class Gateway:
         every change of readiness and by the housekeeping task (every 50 ms) for the rest."""
         spool = 1.0 if self._spool_full else self.spool_fill
         loop = self.loop_lag_s * 1000 / self.settings.shed_loop_lag_ms if self.settings.shed_loop_lag_ms > 0 else 0.0
-        self.admission.set_conditions(self.is_ready(), self.spool_failing(), max(spool, loop))
+        self.admission.set_conditions(self.is_ready(), self.spool_failing(), self._spool_full, max(spool, loop))
 
     def utilization(self) -> float:
         """Records awaiting durability, spool fill, loop lag (as of the last `sync_admission`): 1 is full."""

@@ -584,10 +584,10 @@ impl Admission {
         }
     }
 
-    /// Readiness (else 503 `not-ready`), a failing spool (503 `spool-error`), and the pressure that is not per
-    /// request: `max(spool fill (1 when full), event-loop lag / its threshold)`.
-    fn set_conditions(&self, ready: bool, spool_failing: bool, pressure: f64) {
-        self.inner.set_conditions(ready, spool_failing, pressure);
+    /// Readiness, else 503 `spool-error` (a failing spool), `spool-full` (at its quota) or `not-ready`; and the
+    /// pressure that is not per request: `max(spool fill (1 when full), event-loop lag / its threshold)`.
+    fn set_conditions(&self, ready: bool, spool_failing: bool, spool_full: bool, pressure: f64) {
+        self.inner.set_conditions(ready, spool_failing, spool_full, pressure);
     }
 
     /// For MQTT, which holds a message it cannot take yet instead of refusing it: 0 when a message of `device_id`

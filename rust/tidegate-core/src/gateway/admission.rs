@@ -1,6 +1,6 @@
 //! The header phase of an ingest request: one decision, from the raw headers alone, before the body is read.
 //!
-//! In order: readiness (503 `not-ready` or `spool-error`), `X-Priority` (400 when unknown), utilization
+//! In order: readiness (503 `not-ready`, `spool-error` or `spool-full`), `X-Priority` (400 when unknown), utilization
 //! shedding (records awaiting durability, spool fill, event-loop lag: 503 `shed`), the loop's busy share and its
 //! queue (as the request arrives, `Admission::screen`: 503 `shed`), the adaptive concurrency limit
 //! with its priority partitions ([`super::limit`]: 503 `shed`), the device key (401), the device's request rate and
@@ -39,10 +39,12 @@ pub enum Refusal {
     LoopQueue = 10,
     /// A bulk body over its priority's places in the bulk lane (`limit.rs`).
     Bulk = 11,
+    /// The worker's spool at its quota (`spool_quota_bytes`) until delivery and the archive let cleanup free room.
+    SpoolFull = 12,
 }
 
 impl Refusal {
-    pub const ALL: [Refusal; 12] = [
+    pub const ALL: [Refusal; 13] = [
         Refusal::NotReady,
         Refusal::SpoolError,
         Refusal::InvalidPriority,
@@ -55,6 +57,7 @@ impl Refusal {
         Refusal::LoopBusy,
         Refusal::LoopQueue,
         Refusal::Bulk,
+        Refusal::SpoolFull,
     ];
 
     /// Whether it sheds by load and priority (a `503 shed`, counted in `tidegate_shed_total`), rather than
@@ -81,6 +84,7 @@ impl Refusal {
             "loop_busy",
             "loop_queue",
             "bulk",
+            "spool_full",
         ][self as usize]
     }
 }
@@ -182,6 +186,7 @@ pub const HOLD_S: f64 = 0.05;
 const READY: u8 = 0;
 const NOT_READY: u8 = 1;
 const SPOOL_FAILING: u8 = 2;
+const SPOOL_FULL: u8 = 3;
 
 pub struct Admission {
     config: AdmissionConfig,
@@ -194,7 +199,7 @@ pub struct Admission {
     /// `max(spool fill, loop lag / its threshold)`, as f64 bits.
     pressure: AtomicU64,
     admitted: [AtomicU64; 3],
-    refused: [[AtomicU64; 3]; 12],
+    refused: [[AtomicU64; 3]; Refusal::ALL.len()],
     rendered: Vec<Rendered>,
     /// `observe_loop`'s shed level, f64 bits: 0 sheds nothing, 1 all low priority, 2 all medium too.
     shed_level: AtomicU64,
@@ -289,7 +294,17 @@ fn render(config: &AdmissionConfig) -> Vec<Rendered> {
                     problem(
                         503,
                         "not-ready",
-                        "the service is starting, draining or its spool is full",
+                        "the service is starting or draining (or Kafka is down and ready_requires_kafka is set)",
+                        "[]",
+                    ),
+                    None,
+                ),
+                Refusal::SpoolFull => (
+                    503,
+                    problem(
+                        503,
+                        "spool-full",
+                        "the local spool is at its quota until delivery frees room; nothing was acknowledged",
                         "[]",
                     ),
                     None,
@@ -429,7 +444,7 @@ fn render(config: &AdmissionConfig) -> Vec<Rendered> {
 pub struct Snapshot {
     pub admitted: [u64; 3],
     /// By `Refusal as usize`, then priority.
-    pub refused: [[u64; 3]; 12],
+    pub refused: [[u64; 3]; Refusal::ALL.len()],
     pub limit: f64,
     pub capacity: [f64; 3],
     pub in_flight: f64,
@@ -534,14 +549,17 @@ impl Admission {
         self.limit.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The worker's state, set whenever it changes: ready to take traffic (else 503 `not-ready`), the spool
-    /// failing (503 `spool-error`, before readiness), and the pressure that is not per request: spool fill
-    /// (1 when full) and event-loop lag against its threshold.
-    pub fn set_conditions(&self, ready: bool, spool_failing: bool, pressure: f64) {
+    /// The worker's state, set whenever it changes: ready to take traffic, else refused with 503 `spool-error`
+    /// when the spool is failing, `spool-full` when it is at its quota (either says why better than readiness),
+    /// `not-ready` otherwise (starting, draining); and the pressure that is not per request: spool fill (1 when
+    /// full) and event-loop lag against its threshold.
+    pub fn set_conditions(&self, ready: bool, spool_failing: bool, spool_full: bool, pressure: f64) {
         let state = if spool_failing {
             SPOOL_FAILING
         } else if ready {
             READY
+        } else if spool_full {
+            SPOOL_FULL
         } else {
             NOT_READY
         };
@@ -731,6 +749,7 @@ impl Admission {
         match self.readiness.load(Ordering::Relaxed) {
             READY => {}
             SPOOL_FAILING => return Err(self.refuse(Refusal::SpoolError, priority, Some(5))),
+            SPOOL_FULL => return Err(self.refuse(Refusal::SpoolFull, priority, Some(5))),
             _ => return Err(self.refuse(Refusal::NotReady, priority, Some(5))),
         }
         if parsed.is_none() {
@@ -958,7 +977,7 @@ mod tests {
         let admission = without_tables(fixed(8.0));
         let d = admission.decide(&headers(b"high", b"100"), Priority::Low, 0, 0);
         assert_eq!(refusal(&d), Some(Refusal::NotReady));
-        admission.set_conditions(true, false, 0.0);
+        admission.set_conditions(true, false, false, 0.0);
         assert_eq!(
             refusal(&admission.decide(&headers(b"urgent", b"1"), Priority::Low, 0, 0)),
             Some(Refusal::InvalidPriority)
@@ -967,10 +986,26 @@ mod tests {
             refusal(&admission.decide(&HeaderView::default(), Priority::Medium, 0, 0)),
             None
         );
-        admission.set_conditions(true, true, 0.0);
+        admission.set_conditions(true, true, false, 0.0);
         assert_eq!(
             refusal(&admission.decide(&headers(b"high", b"1"), Priority::Low, 0, 0)),
             Some(Refusal::SpoolError)
+        );
+        admission.set_conditions(false, false, true, 0.0);
+        assert_eq!(
+            refusal(&admission.decide(&headers(b"high", b"1"), Priority::Low, 0, 0)),
+            Some(Refusal::SpoolFull)
+        );
+        let full = admission.rendered(Refusal::SpoolFull, Priority::High);
+        assert!(
+            std::str::from_utf8(&full.body)
+                .unwrap()
+                .starts_with(r#"{"type":"urn:tidegate:problem:spool-full","#)
+        );
+        admission.set_conditions(false, false, false, 0.0);
+        assert_eq!(
+            refusal(&admission.decide(&headers(b"high", b"1"), Priority::Low, 0, 0)),
+            Some(Refusal::NotReady)
         );
         let rendered = admission.rendered(Refusal::SpoolError, Priority::High);
         assert_eq!(rendered.status, 503);
@@ -989,7 +1024,7 @@ mod tests {
             ..fixed(1e9)
         };
         let admission = without_tables(config);
-        admission.set_conditions(true, false, 0.0);
+        admission.set_conditions(true, false, false, 0.0);
         let refused = |priority: &[u8]| {
             (0..2000)
                 .filter(|_| {
@@ -1051,7 +1086,7 @@ mod tests {
                 .and_then(refusal)
         };
         assert_eq!(screened(b"high"), Some(Refusal::NotReady));
-        admission.set_conditions(true, false, 0.0);
+        admission.set_conditions(true, false, false, 0.0);
         assert_eq!(screened(b"urgent"), Some(Refusal::InvalidPriority));
         // Let through: no permit taken, so however many are screened, the limit is untouched.
         for _ in 0..100 {
@@ -1098,7 +1133,7 @@ mod tests {
             ..fixed(1e9)
         };
         let admission = without_tables(config);
-        admission.set_conditions(true, false, 0.0);
+        admission.set_conditions(true, false, false, 0.0);
         // Each request costs 1 + 100 / 4096.
         let screened = |priority: &[u8]| {
             admission
@@ -1169,7 +1204,7 @@ mod tests {
     #[test]
     fn the_bulk_lane_holds_low_only_while_a_higher_priority_is_arriving() {
         let admission = without_tables(fixed(4096.0));
-        admission.set_conditions(true, false, 0.0);
+        admission.set_conditions(true, false, false, 0.0);
         let big_low = headers(b"low", b"300000");
         let decided = |h: &HeaderView<'_>| refusal(&admission.decide(h, Priority::Low, 0, 0));
         let high = headers(b"high", b"100");
@@ -1199,7 +1234,7 @@ mod tests {
             ..fixed(1e9)
         };
         let admission = without_tables(config);
-        admission.set_conditions(true, false, 0.0);
+        admission.set_conditions(true, false, false, 0.0);
         let low = headers(b"low", b"100");
         let screened = |now: f64| {
             admission
@@ -1253,7 +1288,7 @@ mod tests {
     #[test]
     fn under_a_low_flood_low_is_shed_and_high_admitted_and_counted() {
         let admission = without_tables(fixed(8.0));
-        admission.set_conditions(true, false, 0.0);
+        admission.set_conditions(true, false, false, 0.0);
         let mut held = Vec::new();
         let mut shed = 0;
         for _ in 0..20 {
@@ -1296,13 +1331,13 @@ mod tests {
             max_in_flight_records: 10.0,
             ..AdmissionConfig::default()
         });
-        admission.set_conditions(true, false, 0.0);
+        admission.set_conditions(true, false, false, 0.0);
         let at = |records: u64, p: &[u8]| refusal(&admission.decide(&headers(p, b"10"), Priority::Low, records, 0));
         assert_eq!(at(8, b"low"), Some(Refusal::Overloaded));
         assert_eq!(at(8, b"medium"), None);
         assert_eq!(at(9, b"medium"), Some(Refusal::Overloaded));
         assert_eq!(at(9, b"high"), None);
-        admission.set_conditions(true, false, 0.95); // spool nearly full
+        admission.set_conditions(true, false, false, 0.95); // spool nearly full
         assert_eq!(at(0, b"medium"), Some(Refusal::Overloaded));
     }
 
@@ -1324,7 +1359,7 @@ mod tests {
             HOLD_S,
             "not ready yet"
         );
-        admission.set_conditions(true, false, 0.0);
+        admission.set_conditions(true, false, false, 0.0);
         assert_eq!(
             admission.wait_for("dev-1", Priority::Low, 8, 0),
             HOLD_S,
@@ -1357,7 +1392,7 @@ mod tests {
         let keys = KeyStore::open(Path::new(&path), Duration::from_millis(500));
         let rates = Arc::new(RateTable::open(None, 64, 1.0, 2.0).unwrap());
         let admission = Admission::new(AdmissionConfig::default(), Some(Arc::new(keys)), Some(rates), None);
-        admission.set_conditions(true, false, 0.0);
+        admission.set_conditions(true, false, false, 0.0);
         let none = HeaderView::default();
         assert_eq!(
             refusal(&admission.decide(&none, Priority::Low, 0, 0)),
