@@ -134,13 +134,17 @@ pub fn payload_problem(error: &PayloadError) -> Problem {
     }
 }
 
+/// The detail of a `spool-full` or `spool-error` answer to a body the spool refused, and of admission's `spool-full`
+/// refusal of the requests after it (one problem, one text).
+pub const SPOOL_REFUSED_DETAIL: &str = "the local spool cannot take more data right now";
+
 fn spool_problem(error: &SpoolError) -> Problem {
     let slug = if matches!(error, SpoolError::Full { .. }) {
         "spool-full"
     } else {
         "spool-error"
     };
-    let mut problem = Problem::new(503, slug, "the local spool cannot take more data right now");
+    let mut problem = Problem::new(503, slug, SPOOL_REFUSED_DETAIL);
     problem.headers.push(("Retry-After", b"5".to_vec()));
     problem
 }

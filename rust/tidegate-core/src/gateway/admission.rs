@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use super::accept::SPOOL_REFUSED_DETAIL;
 use super::keys::{KeyStore, presented_key};
 use super::limit::{AdaptiveLimit, LimitConfig, NoRoom, Permit, Priority, request_cost};
 use crate::state::table::RateTable;
@@ -299,16 +300,7 @@ fn render(config: &AdmissionConfig) -> Vec<Rendered> {
                     ),
                     None,
                 ),
-                Refusal::SpoolFull => (
-                    503,
-                    problem(
-                        503,
-                        "spool-full",
-                        "the local spool is at its quota until delivery frees room; nothing was acknowledged",
-                        "[]",
-                    ),
-                    None,
-                ),
+                Refusal::SpoolFull => (503, problem(503, "spool-full", SPOOL_REFUSED_DETAIL, "[]"), None),
                 Refusal::SpoolError => (
                     503,
                     problem(
@@ -549,17 +541,17 @@ impl Admission {
         self.limit.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The worker's state, set whenever it changes: ready to take traffic, else refused with 503 `spool-error`
-    /// when the spool is failing, `spool-full` when it is at its quota (either says why better than readiness),
-    /// `not-ready` otherwise (starting, draining); and the pressure that is not per request: spool fill (1 when
-    /// full) and event-loop lag against its threshold.
+    /// The worker's state, set whenever it changes: refused with 503 `spool-error` while the spool is failing,
+    /// `spool-full` while it is at its quota (each says why better than readiness, which both also take away),
+    /// `not-ready` while otherwise not ready (starting, draining); and the pressure that is not per request: spool
+    /// fill (1 when full) and event-loop lag against its threshold.
     pub fn set_conditions(&self, ready: bool, spool_failing: bool, spool_full: bool, pressure: f64) {
         let state = if spool_failing {
             SPOOL_FAILING
-        } else if ready {
-            READY
         } else if spool_full {
             SPOOL_FULL
+        } else if ready {
+            READY
         } else {
             NOT_READY
         };
